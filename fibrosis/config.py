@@ -1,0 +1,248 @@
+"""Configuration: frozen dataclasses loaded from YAML, unknown keys rejected.
+
+Every stage reads its own section. The resolved config (defaults + YAML + CLI
+overrides) is saved inside each checkpoint so that scoring cannot drift from
+training. Keys are strict on purpose: a typo such as ``learning_rate:`` instead
+of ``lr:`` must fail loudly rather than silently train with the default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid (unknown key, wrong type, bad value)."""
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    image_size: int = 512  # side of the square cache image (aspect kept, padded)
+    cache_dtype: str = "uint8"  # uint8 | uint16
+    workers: int = 0  # 0 = one per CPU core
+    shard_size: int = 64  # images per cache shard (also the commit unit for resume)
+    max_rows: int = 16384  # refuse before decoding: absurd dimensions
+    max_cols: int = 16384
+    min_side: int = 256  # smaller than this is not a diagnostic radiograph
+    voi_percentiles: tuple[float, float] = (0.5, 99.5)  # fallback window
+    j2k_reduce: bool = True  # decode JPEG 2000 at a reduced resolution level
+    allowed_modalities: tuple[str, ...] = ("CR", "DX")
+    allowed_body_parts: tuple[str, ...] = ("CHEST", "THORAX", "LUNG", "")  # "" = tag absent
+    excluded_views: tuple[str, ...] = ("LL", "RL", "LLD", "RLD", "LATERAL", "LAT")
+    labels_csv: str | None = None
+    label_column: str = "fibrosis"
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    train: float = 0.6
+    val: float = 0.2
+    test: float = 0.2
+    calib: float = 0.0  # optional separate calibration split
+    seed: int = 0
+    near_duplicate_hamming: int = 4  # dHash distance at or below which images are near-duplicates
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "resnet50"
+    weights: str = "imagenet"  # imagenet | none | path/to/weights.pth
+    weights_sha256: str | None = None  # expected hash of a local weights file
+    allow_random_init: bool = False  # demo only: proceed when ImageNet weights are unavailable
+    input_size: int = 224
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    name: str = "head"
+    epochs: int = 1
+    lr: float = 1e-3
+    # Which backbone blocks train in this stage: [] = head only, ["layer4"], or ["all"].
+    unfreeze: tuple[str, ...] = ()
+    warmup_epochs: float = 0.0
+    weight_decay: float = 1e-4
+    layer_decay: float = 1.0  # <1: discriminative lr, earlier blocks get lr * decay**depth
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    enabled: bool = True
+    affine_degrees: float = 7.0
+    affine_scale: tuple[float, float] = (0.9, 1.1)
+    affine_translate: float = 0.05
+    brightness_contrast: float = 0.15
+    gamma: tuple[float, float] = (0.85, 1.15)
+    noise_std: float = 0.02
+    horizontal_flip: bool = False  # off: situs (heart on the left) is anatomy, not noise
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str | None = "partial"  # head-only | partial | full | None (use `stages`)
+    stages: tuple[StageConfig, ...] = ()
+    batch_size: int = 32
+    num_workers: int = 2
+    seed: int = 0
+    imbalance: str = "pos_weight"  # pos_weight | sampler | none
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    early_stopping_patience: int = 5  # epochs without val-AUC gain (0 = off)
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    channels_last: bool = True
+    compile: bool = False
+    cache_features: bool = True  # head-only stage on a frozen backbone: compute features once
+    mlflow_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    bootstrap_resamples: int = 2000
+    ci_level: float = 0.95
+    ece_bins: int = 10
+    calibration: str = "temperature"  # temperature | platt | isotonic | none
+    target_sensitivities: tuple[float, ...] = (0.90, 0.95)
+    deployment_prevalence: float | None = None
+    subgroups: tuple[str, ...] = ("sex", "age_band", "view_position", "manufacturer")
+    min_subgroup_n: int = 30
+    min_subgroup_positives: int = 5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    batch_size: int = 32
+    workers: int = 0  # 0 = one per CPU core
+    study_aggregate: str = "max"  # max | mean
+    gradcam: bool = False
+    engine: str = "auto"  # auto | eager | bf16 | onnx
+
+
+@dataclass(frozen=True)
+class Config:
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where or 'config'}: unknown key(s) {unknown}; allowed: {sorted(names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``train.batch_size=16`` -> {"train": {"batch_size": 16}} (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY.PATH=VALUE")
+    key, raw = text.split("=", 1)
+    node: dict[str, Any] = {}
+    cur = node
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        cur[p] = {}
+        cur = cur[p]
+    cur[parts[-1]] = yaml.safe_load(raw)
+    return node
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return _build(Config, data or {}, "")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file (if any), then ``a.b=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    for text in overrides:
+        data = _merge(data, parse_override(text))
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) suitable for YAML/JSON and checkpoints."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
