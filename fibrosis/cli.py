@@ -1,0 +1,211 @@
+"""Command-line interface: a thin layer over the importable stage functions.
+
+Each sub-command parses arguments, loads the config, calls one stage function
+and maps its outcome to an exit status. No pipeline logic lives here.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from fibrosis import __version__
+from fibrosis.config import Config, ConfigError, load_config
+
+logger = logging.getLogger("fibrosis")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.set or ())
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML config (see configs/default.yaml); unknown keys are an error")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set train.batch_size=16 (repeatable)")
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from fibrosis.ingest import ingest
+
+    cfg = _config(args)
+    if args.labels:
+        cfg = load_config(args.config, [*(args.set or ()), f"ingest.labels_csv={args.labels}"])
+    summary = ingest(args.inputs, args.cache, cfg.ingest, strict=args.strict,
+                     workers=args.workers, progress=not args.no_progress)
+    logger.info("%s", summary)
+    return EXIT_OK if summary.ok(strict=args.strict) else EXIT_FAIL
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from fibrosis.split import split_cache
+
+    summary = split_cache(args.cache, _config(args).split)
+    logger.info("%s", summary)
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fibrosis.train import train
+
+    best = train(_config(args), args.cache, args.out, resume=args.resume)
+    logger.info("best checkpoint: %s", best)
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fibrosis.evaluate import evaluate_run
+
+    cfg = _config(args) if (args.config or args.set) else None
+    evaluate_run(args.run, args.cache, split=args.split, cfg=cfg)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fibrosis.report import write_report
+
+    out = write_report(args.run, args.out)
+    logger.info("report written to %s", out)
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fibrosis.compare import compare_runs
+
+    compare_runs(args.run_a, args.run_b, split=args.split)
+    return EXIT_OK
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from fibrosis.score import score
+
+    summary = score(args.model, args.input, args.out, workers=args.workers,
+                    batch_size=args.batch_size, gradcam_dir=args.gradcam,
+                    study_aggregate=args.aggregate, engine=args.engine,
+                    progress=not args.no_progress)
+    logger.info("%s", summary)
+    return EXIT_OK if summary.ok() else EXIT_FAIL
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fibrosis.demo import run_demo
+
+    return EXIT_OK if run_demo(args.work, quick=args.quick) else EXIT_FAIL
+
+
+# ------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fibrosis",
+        description="Train, validate and batch-score a pulmonary-fibrosis classifier on chest "
+                    "X-rays by transfer learning. Pipeline: ingest -> split -> train -> evaluate "
+                    "-> report -> score.")
+    parser.add_argument("--version", action="version", version=f"fibrosis {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-file", type=Path, default=None, help="also log to this file")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("ingest", cmd_ingest,
+            "Decode DICOM/PNG/JPEG inputs into the preprocessing cache (manifest.csv, rejects.csv).")
+    p.add_argument("inputs", nargs="+", help="folders (recursive), files, or a CSV with a 'path' column")
+    p.add_argument("--cache", type=Path, required=True, help="cache directory (created or resumed)")
+    p.add_argument("--labels", default=None,
+                   help="labels CSV joined by file name (image/file), sop_instance_uid or "
+                        "study_instance_uid; label column = ingest.label_column")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
+    p.add_argument("--strict", action="store_true", help="exit non-zero on any rejected file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_args(p)
+
+    p = add("split", cmd_split,
+            "Write a seeded, patient-level, label-stratified train/val/test(/calib) split into the manifest.")
+    p.add_argument("--cache", type=Path, required=True)
+    _add_config_args(p)
+
+    p = add("train", cmd_train, "Fine-tune an ImageNet backbone (freeze, then unfreeze) on the cache.")
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/last.pt exactly where it stopped (error if absent)")
+    _add_config_args(p)
+
+    p = add("evaluate", cmd_evaluate,
+            "Fit calibration and operating points on validation, measure on a held-out split.")
+    p.add_argument("--run", type=Path, required=True, help="run directory written by `train`")
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--split", default="test", help="split to report on (default: test)")
+    _add_config_args(p)
+
+    p = add("report", cmd_report, "Write the HTML + PDF validation report and metrics.json.")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=None, help="default: reports/<run name>/")
+
+    p = add("compare", cmd_compare, "Paired DeLong test of two evaluated runs on the same cases.")
+    p.add_argument("run_a", type=Path)
+    p.add_argument("run_b", type=Path)
+    p.add_argument("--split", default="test")
+
+    p = add("score", cmd_score,
+            "Batch-score DICOM/PNG studies with a trained model, its calibration and threshold.")
+    p.add_argument("--model", type=Path, required=True, help="run directory or checkpoint (.pt)")
+    p.add_argument("--input", type=Path, required=True, help="folder (recursive) or CSV of paths")
+    p.add_argument("--out", type=Path, required=True,
+                   help="per-image scores CSV; per-study aggregate goes to <out>.studies.csv")
+    p.add_argument("--workers", type=int, default=None, help="decode worker processes")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--aggregate", choices=["max", "mean"], default=None,
+                   help="per-study aggregate over frontal images (default from checkpoint config)")
+    p.add_argument("--engine", choices=["auto", "eager", "bf16", "onnx"], default=None)
+    p.add_argument("--gradcam", type=Path, default=None, help="write Grad-CAM PNGs of positives here")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = add("demo", cmd_demo,
+            "Run the whole pipeline on the bundled demo data (data/demo): ingest, split, train, "
+            "evaluate, report, score.")
+    p.add_argument("--work", type=Path, default=Path("work/demo"), help="working directory")
+    p.add_argument("--quick", action="store_true", help="fewer epochs (smoke test)")
+    return parser
+
+
+def _setup_logging(verbose: bool, log_file: Path | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose, args.log_file)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        # Expected user errors: one clear line, no traceback (use -v for one).
+        logger.error("%s", exc)
+        if args.verbose:
+            logger.exception("details")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
