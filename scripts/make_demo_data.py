@@ -345,6 +345,8 @@ def make_demo(source: Path, out: Path) -> dict[str, object]:
         "score_files": len(expected),
     }
     (out / "SOURCE.md").write_text(render_source_md(counts, expected))
+    # Byte-exact checkouts everywhere (no CRLF conversion), so SHA256SUMS holds on Windows too.
+    (out / ".gitattributes").write_text("* -text\n")
     write_checksums(out)
     return counts
 

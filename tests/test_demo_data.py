@@ -222,6 +222,30 @@ def test_checksums_cover_and_match_every_file():
     assert sum((DEMO / rel).stat().st_size for rel in present) < 8_000_000
 
 
+def test_demo_files_go_through_the_pipeline_reader(train, expected):
+    """fibrosis.pixels.load_image (what ingest and scoring use) must display every demo file
+    as the pydicom reference does, and turn both bad score files into per-file errors."""
+    pixels = pytest.importorskip("fibrosis.pixels")
+    from fibrosis.config import IngestConfig
+
+    cfg = IngestConfig(image_size=256)  # the demo's native size: no resampling in the comparison
+    ok = [DEMO / "images" / n for n in train] + [DEMO / "score" / r["image"] for r in expected
+                                                  if r["expected"] == "ok"]
+    for path in ok:
+        ds = dcmread(path)
+        got, want = pixels.load_image(path, cfg).image, presented(ds)
+        assert got.shape == (256, 256), path
+        if "WindowCenter" in ds:
+            assert np.abs(got - want).max() < 1e-5, path
+        else:  # the reader's fallback is a percentile window, the reference min-max
+            assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.999, path
+    for r in expected:
+        if r["expected"] == "error":
+            with pytest.raises(pixels.InputError) as info:
+                pixels.load_image(DEMO / "score" / r["image"], cfg)
+            assert info.value.kind == "error" and r["image"] in str(info.value)
+
+
 # ---------------------------------------------------------------- against the NIH source
 
 
