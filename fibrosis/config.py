@@ -35,6 +35,14 @@ class IngestConfig:
     allowed_modalities: tuple[str, ...] = ("CR", "DX")
     allowed_body_parts: tuple[str, ...] = ("CHEST", "THORAX", "LUNG", "")  # "" = tag absent
     excluded_views: tuple[str, ...] = ("LL", "RL", "LLD", "RLD", "LATERAL", "LAT")
+    # Words in series/image-level descriptions (SeriesDescription, ProtocolName,
+    # AcquisitionDeviceProcessingDescription, protocol/anatomy codes) that mark a
+    # non-chest or non-human image even when BodyPartExamined is absent or says THORAX.
+    excluded_description_terms: tuple[str, ...] = (
+        "TEETH", "DENTAL", "PANORAMIC", "OPG", "SKULL", "SINUS", "HAND", "WRIST", "FINGER",
+        "FOOT", "ANKLE", "KNEE", "HIP", "PELVIS", "FEMUR", "HUMERUS", "ELBOW", "SHOULDER",
+        "SPINE", "CSPINE", "TSPINE", "LSPINE", "ABDOMEN", "KUB", "EXTREMITY", "MAMMO", "BREAST",
+        "CANINE", "FELINE", "EQUINE", "BOVINE", "VETERINARY", "DOG", "CAT", "HORSE")
     labels_csv: str | None = None
     label_column: str = "fibrosis"
 
@@ -46,7 +54,7 @@ class SplitConfig:
     test: float = 0.2
     calib: float = 0.0  # optional separate calibration split
     seed: int = 0
-    near_duplicate_hamming: int = 4  # dHash distance at or below which images are near-duplicates
+    near_duplicate_hamming: int = 4  # bits of a 256-bit dHash at or below which images are near-duplicates
 
 
 @dataclass(frozen=True)
@@ -81,11 +89,12 @@ class AugmentConfig:
     gamma: tuple[float, float] = (0.85, 1.15)
     noise_std: float = 0.02
     horizontal_flip: bool = False  # off: situs (heart on the left) is anatomy, not noise
+    p: float = 0.5  # probability of each transform above
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    preset: str | None = "partial"  # head-only | partial | full | None (use `stages`)
+    preset: str | None = "partial"  # head-only | partial | full | auto | None (use `stages`)
     stages: tuple[StageConfig, ...] = ()
     batch_size: int = 32
     num_workers: int = 2
@@ -98,6 +107,17 @@ class TrainConfig:
     compile: bool = False
     cache_features: bool = True  # head-only stage on a frozen backbone: compute features once
     mlflow_uri: str | None = None
+    # Preset stage parameters (ignored when `stages` is given). head-only spends
+    # head_epochs + finetune_epochs on the head, so all presets get the same budget.
+    head_epochs: int = 5
+    head_lr: float = 1e-3
+    finetune_epochs: int = 15
+    finetune_lr: float = 1e-4  # 10x lower than the head: pretrained features move gently
+    finetune_warmup_epochs: float = 1.0
+    layer_decay: float = 1.0  # `full` preset: <1 gives earlier blocks lr * decay**depth
+    auto_full_min_train: int = 10000  # preset `auto`: full at or above this many train images
+    val_batch_size: int | None = None  # default: 2 x batch_size
+    deterministic: bool = True  # monai set_determinism; False lets cuDNN pick fastest kernels
 
 
 @dataclass(frozen=True)
@@ -112,6 +132,10 @@ class EvaluateConfig:
     min_subgroup_n: int = 30
     min_subgroup_positives: int = 5
     seed: int = 0
+    ece_strategy: str = "uniform"  # uniform (equal-width bins) | quantile (equal-count bins)
+    fit_split: str = "auto"  # split that fits calibration + thresholds: auto (calib if any, else val) | val | calib
+    gradcam_per_kind: int = 2  # Grad-CAM panels per kind (most confident TP, FP, FN); 0 = none
+    data_source: str | None = None  # one line for the report header, e.g. "NIH ChestX-ray14 sample"
 
 
 @dataclass(frozen=True)
