@@ -1,0 +1,30 @@
+"""Shared fixtures. The DICOM writers live in ``tests/dicom_factory.py`` (plain functions,
+importable from any test module as ``from dicom_factory import make_dicom``)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # make `dicom_factory` importable everywhere
+
+from fibrosis.config import IngestConfig  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture
+def small_cfg() -> IngestConfig:
+    """Tiny cache images and no size floor, so hand-sized arrays pass policy."""
+    return IngestConfig(image_size=64, min_side=1, shard_size=4)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``<repo>/../shared/data``; the test is skipped when it is not there."""
+    path = SHARED / "data"
+    if not path.is_dir():
+        pytest.skip(f"{path} not present")
+    return path
