@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -95,11 +95,12 @@ class CacheWriter:
         meta_path = self.root / "cache.json"
         if meta_path.exists():
             old = json.loads(meta_path.read_text())
-            for key in ("format", "image_size", "dtype"):
+            for key in ("format", "image_size", "dtype", "preprocessing"):
                 if old.get(key) != meta[key]:
                     raise ValueError(
                         f"{meta_path}: existing cache has {key}={old.get(key)!r}, this run asks "
-                        f"for {meta[key]!r}; use a new cache directory")
+                        f"for {meta[key]!r}; images prepared differently must not be mixed: "
+                        "use a new cache directory")
         else:
             atomic_write_bytes(meta_path, json.dumps(meta, indent=2).encode())
         self.image_size, self.dtype = image_size, dtype
@@ -124,16 +125,21 @@ class CacheWriter:
         write_csv(self.root / "parts" / f"{name}.csv", rows, MANIFEST_COLUMNS)
 
 
+def iter_parts(root: str | Path) -> Iterator[tuple[int, list[dict[str, str]], list[dict[str, str]]]]:
+    """(shard id, manifest rows, reject rows) of every committed chunk, in commit order."""
+    root = Path(root)
+    for part in sorted((root / "parts").glob("shard-*.csv")):
+        rej = part.with_name(part.name.replace("shard-", "rejects-"))
+        yield int(part.stem.split("-")[1]), read_csv(part), (read_csv(rej) if rej.exists() else [])
+
+
 def committed_parts(root: str | Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Manifest rows and reject rows of every committed chunk (part file present)."""
-    root = Path(root)
     rows: list[dict[str, str]] = []
     rejects: list[dict[str, str]] = []
-    for part in sorted((root / "parts").glob("shard-*.csv")):
-        rows.extend(read_csv(part))
-        rej = part.with_name(part.name.replace("shard-", "rejects-"))
-        if rej.exists():
-            rejects.extend(read_csv(rej))
+    for _, part_rows, part_rejects in iter_parts(root):
+        rows.extend(part_rows)
+        rejects.extend(part_rejects)
     return rows, rejects
 
 

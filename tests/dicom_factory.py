@@ -103,11 +103,11 @@ def save(ds: Dataset, path: str | Path, syntax: str = "explicit", *, preamble: b
     path = Path(path)
     ds = ds.copy()
     if syntax == "rle":
-        ds.compress(RLELossless)
+        ds.compress(RLELossless, generate_instance_uid=False)
     elif syntax == "j2k":
-        ds.compress(JPEG2000Lossless)
+        ds.compress(JPEG2000Lossless, generate_instance_uid=False)
     elif syntax == "j2k-lossy":
-        ds.compress(JPEG2000, j2k_cr=[20], use_mct=False)
+        ds.compress(JPEG2000, j2k_cr=[20], use_mct=False, generate_instance_uid=False)
     elif syntax == "jpeg-baseline":
         arr = np.frombuffer(ds.PixelData, np.uint8).reshape(ds.Rows, ds.Columns)
         buf = io.BytesIO()

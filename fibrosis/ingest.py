@@ -1,0 +1,293 @@
+"""`fibrosis ingest`: input files -> preprocessing cache + manifest.csv + rejects.csv.
+
+Accounting invariant: every discovered input path ends up exactly once in
+manifest.csv or rejects.csv (kind error | excluded | duplicate). Commits are
+per shard (:mod:`fibrosis.cache`): a killed run keeps its committed shards, and
+the next run skips those files (same path, same content hash), re-tries earlier
+rejects and redoes the rest -- nothing lost, nothing duplicated, because
+consolidation keeps only the latest committed entry of each path.
+
+Patient identity: PatientID (or the labels CSV ``patient_id`` for PNG/JPEG) is
+replaced by ``patient_key`` = first 16 hex digits of sha256(salt + id). The salt
+is ``$FIBROSIS_SALT`` if set, else a random salt created once in
+``<cache>/salt.key``. Keep that file (or the variable) private: with the salt,
+keys can be matched back to known IDs; without it they cannot.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from tqdm import tqdm
+
+from fibrosis.cache import (MANIFEST_COLUMNS, REJECT_COLUMNS, CacheWriter, iter_parts, read_csv,
+                            write_csv)
+from fibrosis.config import IngestConfig
+from fibrosis.labels import Labels, load_labels
+from fibrosis.pixels import preprocessing_signature
+from fibrosis.workers import ordered_map, process_file
+
+logger = logging.getLogger(__name__)
+
+SALT_ENV = "FIBROSIS_SALT"
+REJECT_KINDS = ("error", "excluded", "duplicate")
+
+
+@dataclass
+class IngestSummary:
+    cache_dir: str
+    inputs: int = 0
+    ingested: int = 0  # newly written to the cache in this run
+    skipped: int = 0  # already in the cache with the same content hash
+    rejected: dict[str, int] = field(default_factory=lambda: {k: 0 for k in REJECT_KINDS})
+    unlabeled: int = 0
+    strict: bool = False
+
+    @property
+    def status(self) -> str:
+        if self.ingested + self.skipped == 0:
+            return "nothing-ingested"
+        if self.strict and sum(self.rejected.values()):
+            return "rejects-in-strict-mode"
+        return "ok"
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.status == "ok" else 1
+
+    def ok(self, strict: bool | None = None) -> bool:
+        """Something was ingested (or already was), and with ``strict`` nothing was rejected."""
+        strict = self.strict if strict is None else strict
+        return self.ingested + self.skipped > 0 and not (strict and sum(self.rejected.values()))
+
+
+# ---------------------------------------------------------------- inputs, identity
+
+
+def discover(inputs: Iterable[str | Path]) -> list[Path]:
+    """Input paths, sorted and de-duplicated: folders recursively (hidden entries
+    skipped), single files as given, and ``*.csv`` files as lists of paths (column
+    ``path``, else the first column; relative paths resolve against the CSV's folder).
+    A path listed in a CSV that does not exist is kept: ingest rejects it by name."""
+    found: set[Path] = set()
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found.update(Path(root, f).resolve() for f in files if not f.startswith("."))
+        elif p.is_file() and p.suffix.lower() == ".csv":
+            rows = read_csv(p)
+            if not rows:
+                continue
+            col = "path" if "path" in rows[0] else next(iter(rows[0]))
+            for row in rows:
+                if row.get(col, "").strip():
+                    q = Path(row[col].strip())
+                    found.add((q if q.is_absolute() else p.parent / q).resolve())
+        elif p.is_file():
+            found.add(p.resolve())
+        else:
+            raise FileNotFoundError(f"{p}: input not found (expected a folder, a file or a CSV of paths)")
+    return sorted(found)
+
+
+def resolve_salt(cache_dir: str | Path) -> str:
+    """``$FIBROSIS_SALT``, else ``<cache_dir>/salt.key`` (created once, 32 random bytes, mode 600)."""
+    env = os.environ.get(SALT_ENV, "")
+    if env:
+        return env
+    path = Path(cache_dir) / "salt.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def patient_key(raw_id: str, salt: str) -> str:
+    """Pseudonymous patient key: first 16 hex of sha256(salt + id)."""
+    return hashlib.sha256((salt + raw_id).encode("utf-8")).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- cache state
+
+
+def _latest_entries(cache_dir: Path) -> dict[str, tuple[str, dict[str, str]]]:
+    """path -> ('row' | 'reject', entry) from the newest committed part naming it."""
+    latest: dict[str, tuple[str, dict[str, str]]] = {}
+    for _, rows, rejects in iter_parts(cache_dir):
+        for r in rows:
+            latest[r["path"]] = ("row", r)
+        for r in rejects:
+            latest[r["path"]] = ("reject", r)
+    return latest
+
+
+def consolidate(cache_dir: str | Path) -> tuple[int, int]:
+    """Rewrite manifest.csv / rejects.csv from the committed parts; keeps ``split``
+    of rows whose path and content are unchanged. Returns (rows, rejects)."""
+    root = Path(cache_dir)
+    latest = _latest_entries(root)
+    old_split: dict[tuple[str, str], str] = {}
+    if (root / "manifest.csv").exists():
+        old_split = {(r["path"], r["content_hash"]): r.get("split", "")
+                     for r in read_csv(root / "manifest.csv")}
+    rows = [dict(e) for kind, e in latest.values() if kind == "row"]
+    for r in rows:
+        r["split"] = old_split.get((r["path"], r["content_hash"]), "")
+    rows.sort(key=lambda r: (int(r["shard"]), int(r["index"])))
+    rejects = sorted((e for kind, e in latest.values() if kind == "reject"), key=lambda r: r["path"])
+    write_csv(root / "manifest.csv", rows, MANIFEST_COLUMNS)
+    write_csv(root / "rejects.csv", rejects, REJECT_COLUMNS)
+    return len(rows), len(rejects)
+
+
+def _remove_uncommitted(root: Path) -> None:
+    """Drop what a killed run left without its commit marker (part CSV)."""
+    if not (root / "parts").is_dir():
+        return
+    committed = {p.stem for p in (root / "parts").glob("shard-*.csv")}
+    for p in (root / "shards").glob("*.npy"):
+        if p.name.startswith(".") or p.stem not in committed:
+            p.unlink()
+    for p in (root / "parts").iterdir():
+        stem = p.stem.replace("rejects-", "shard-")
+        if p.name.startswith(".") or (p.name.startswith("rejects-") and stem not in committed):
+            p.unlink()
+
+
+class _Lock:
+    """Exclusive lock on the cache; released by the OS if the process dies."""
+
+    def __init__(self, root: Path):
+        self.path = root / ".ingest.lock"
+
+    def __enter__(self) -> "_Lock":
+        self.fh = open(self.path, "w")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.close()
+            raise RuntimeError(f"{self.path}: another `fibrosis ingest` is writing this cache") from None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+# ---------------------------------------------------------------- ingest
+
+
+def _identity(res: dict[str, Any], salt: str, counts: Counter) -> str:
+    """patient_key from PatientID; else the study (one patient per study) or the file."""
+    meta = res["meta"]
+    raw = str(meta.get("_patient_id", "") or "").strip()
+    if raw:
+        return patient_key(raw, salt)
+    if meta.get("study_uid") and meta["source_format"] != "png" and meta["source_format"] != "jpeg":
+        counts["patient-from-study"] += 1
+        return patient_key("study:" + meta["study_uid"], salt)
+    counts["patient-from-file"] += 1
+    return patient_key("file:" + res["hash"], salt)
+
+
+def _identity_keys(content_hash: str, sop_uid: str) -> list[str]:
+    return [content_hash] + ([f"sop:{sop_uid}"] if sop_uid and not sop_uid.startswith("file:") else [])
+
+
+def _manifest_row(res: dict[str, Any], key: str, labels: Labels | None, counts: Counter) -> dict[str, Any]:
+    meta = res["meta"]
+    row = {k: v for k, v in meta.items() if not k.startswith("_") and k in MANIFEST_COLUMNS}
+    label = ""
+    if labels is not None:
+        label, how = labels.label(res["path"], meta.get("sop_uid", ""), meta.get("study_uid", ""))
+        counts[f"label-by-{how}" if how else "unlabeled"] += 1
+    row.update(path=res["path"], content_hash=res["hash"], patient_key=key,
+               steps="|".join(res["steps"]), label=label, split="")
+    return row
+
+
+def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *, strict: bool = False,
+           workers: int | None = None, progress: bool = True) -> IngestSummary:
+    """Ingest every input into ``cache_dir``; see the module docstring for the guarantees."""
+    root = Path(cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    labels = load_labels(cfg.labels_csv, cfg.label_column) if cfg.labels_csv else None
+    paths = discover(inputs)
+    if cfg.labels_csv:
+        paths = [p for p in paths if p != Path(cfg.labels_csv).resolve()]
+    summary = IngestSummary(cache_dir=str(root), inputs=len(paths), strict=strict)
+    counts: Counter = Counter()
+    with _Lock(root):
+        _remove_uncommitted(root)
+        writer = CacheWriter(root, cfg.image_size, cfg.cache_dtype, preprocessing_signature(cfg))
+        salt = resolve_salt(root)
+        latest = _latest_entries(root)
+        # Duplicates: the same bytes, or the same DICOM instance re-exported (same
+        # SOPInstanceUID, other transfer syntax or header) -- either would let one
+        # image sit in two splits. The first path (commit order, then sorted) wins.
+        owner: dict[str, str] = {}  # content hash or "sop:" + SOPInstanceUID -> path
+        for kind, e in latest.values():
+            if kind == "row":
+                for k in _identity_keys(e["content_hash"], e["sop_uid"]):
+                    owner.setdefault(k, e["path"])
+        tasks = [(str(p), latest[str(p)][1]["content_hash"] if latest.get(str(p), ("",))[0] == "row" else "",
+                  labels.hints(p) if labels else {}) for p in paths]
+        n_workers = workers if workers is not None else (cfg.workers or len(os.sched_getaffinity(0)))
+        images, rows, rejects = [], [], []
+
+        def commit() -> None:
+            if rows or rejects:
+                writer.write_shard(writer.next_shard_id(), images, rows, rejects)
+                images.clear(), rows.clear(), rejects.clear()
+
+        bar = tqdm(total=len(tasks), unit="img", desc="ingest", disable=not progress)
+        for res in ordered_map(process_file, tasks, cfg, max(1, min(n_workers, len(tasks)))):
+            bar.update()
+            path = res["path"]
+            if res["status"] == "skip":
+                summary.skipped += 1
+                continue
+            if res["status"] == "ok":
+                keys = _identity_keys(res["hash"], res["meta"]["sop_uid"])
+                clash = next(((k, owner[k]) for k in keys if owner.get(k, path) != path), None)
+                if clash is not None:
+                    what = (f"same (0008,0018) SOPInstanceUID {clash[0][4:]}" if clash[0].startswith("sop:")
+                            else f"identical content (sha256 {res['hash'][:16]}...)")
+                    res.update(status="reject", kind="duplicate", ts=res["meta"]["transfer_syntax"],
+                               reason=f"{what} as {clash[1]}")
+                else:
+                    owner.update((k, path) for k in keys)
+                    rows.append(_manifest_row(res, _identity(res, salt, counts), labels, counts))
+                    images.append(res["image"])
+                    summary.ingested += 1
+            if res["status"] == "reject":
+                rejects.append({"path": path, "kind": res["kind"], "reason": res["reason"],
+                                "transfer_syntax": res["ts"]})
+                summary.rejected[res["kind"]] += 1
+                logger.debug("%s: %s: %s", path, res["kind"], res["reason"])
+            if len(rows) >= cfg.shard_size or len(rejects) >= cfg.shard_size:
+                commit()
+        commit()
+        bar.close()
+        n_rows, n_rejects = consolidate(root)
+    summary.unlabeled = counts["unlabeled"] if labels is not None else summary.ingested
+    for what, n in sorted(counts.items()):
+        if what.startswith("patient-from"):
+            logger.warning("%d image(s) without PatientID: patient key derived from the %s, so images "
+                           "of one patient may land in different splits", n, what.split("-")[-1])
+    if labels is not None and counts["unlabeled"]:
+        logger.warning("%d ingested image(s) have no row in %s", counts["unlabeled"], cfg.labels_csv)
+    logger.info("ingest: %d inputs, %d ingested, %d skipped, rejected %s; cache now %d images, %d rejects",
+                summary.inputs, summary.ingested, summary.skipped, summary.rejected, n_rows, n_rejects)
+    return summary
