@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
 from scipy import optimize
 
-from .metrics import check_binary, fit_logistic
+from .metrics import MetricWarning, check_binary, fit_logistic
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,9 @@ class TemperatureScaling(Calibrator):
                                        options={"xatol": 1e-8})
         self.temperature = float(math.exp(res.x))
         if self.temperature <= 0.0101 or self.temperature >= 99.0:
-            logger.warning("temperature %.3g hit its bound: the calibration split is (nearly) "
-                           "separable or uninformative; calibration is unreliable", self.temperature)
+            warnings.warn(f"temperature {self.temperature:.3g} hit its bound [0.01, 100]: the logits of the "
+                          "calibration split are (nearly) separable or uninformative; calibration is "
+                          "unreliable", MetricWarning, stacklevel=3)
 
     def predict(self, logits: Any) -> np.ndarray:
         return sigmoid(_check_logits(logits) / self.temperature)

@@ -161,8 +161,8 @@ def delong_paired_test(y_true: Any, score_a: Any, score_b: Any, level: float = 0
 def roc_points(y_true: Any, y_score: Any) -> dict[str, list[float]]:
     """Empirical ROC: one point per distinct threshold, from (0, 0) to (1, 1).
 
-    ``thresholds[k]`` is the cut-off "positive if score >= t" producing point k
-    (the first is +inf).
+    ``thresholds[k]`` is the cut-off "positive if score >= t" producing point k; the
+    first point (nobody positive) has threshold None, so the result stays valid JSON.
     """
     y, s = check_binary(y_true, y_score)
     order = np.argsort(-s, kind="mergesort")
@@ -172,7 +172,7 @@ def roc_points(y_true: Any, y_score: Any) -> dict[str, list[float]]:
     fp = (last + 1) - tp
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     return {"fpr": [0.0, *(fp / n_neg).tolist()], "tpr": [0.0, *(tp / n_pos).tolist()],
-            "thresholds": [math.inf, *s_sorted[last].tolist()]}
+            "thresholds": [None, *s_sorted[last].tolist()]}
 
 
 def pr_curve(y_true: Any, y_score: Any) -> dict[str, Any]:
@@ -376,8 +376,9 @@ def calibration_intercept_slope(y_true: Any, prob: Any, level: float = 0.95) -> 
         se = math.sqrt(cov2[1, 1])
         out.update(slope=float(beta2[1]), slope_ci=[float(beta2[1] - z * se), float(beta2[1] + z * se)])
     else:
-        warnings.warn("calibration slope: logistic fit did not converge (classes perfectly "
-                      "separated?); slope not reported", MetricWarning, stacklevel=2)
+        warnings.warn("calibration slope: the logistic fit did not converge or the slope is extreme "
+                      "(|slope| > 50: classes separated, or predictions nearly constant); not reported",
+                      MetricWarning, stacklevel=2)
         out.update(slope=None, slope_ci=None)
     if ok1:
         se = math.sqrt(cov1[0, 0])

@@ -148,12 +148,15 @@ def predictive_values_at_prevalence(sensitivity: Mapping[str, Any], specificity:
 
 
 def subgroup_table(y_true: Any, y_score: Any, attributes: Mapping[str, Sequence[Any]], *,
-                   min_n: int = 30, min_positives: int = 5, level: float = 0.95) -> list[dict[str, Any]]:
+                   min_n: int = 30, min_positives: int = 5, level: float = 0.95,
+                   value_order: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
     """n, prevalence and AUC (DeLong CI) per value of each attribute.
 
     Groups with fewer than ``min_n`` cases or ``min_positives`` positives (or
     negatives) are flagged ``small`` with the reason; their AUC is still given when
-    computable but must not be read as evidence of a difference.
+    computable but must not be read as evidence of a difference. Values are listed in
+    ``value_order[attribute]`` order when given (e.g. age bands), else alphabetically;
+    "unknown" comes last.
     """
     y, s = check_binary(y_true, y_score, need_both=False)
     rows: list[dict[str, Any]] = []
@@ -161,7 +164,9 @@ def subgroup_table(y_true: Any, y_score: Any, attributes: Mapping[str, Sequence[
         vals = np.asarray(["unknown" if v in (None, "") else str(v) for v in values], dtype=object)
         if len(vals) != len(y):
             raise ValueError(f"subgroup attribute {attr!r} has {len(vals)} values; expected {len(y)}")
-        for value in sorted(set(vals.tolist())):
+        order = list((value_order or {}).get(attr, ()))
+        rank = {v: i for i, v in enumerate(order)}
+        for value in sorted(set(vals.tolist()), key=lambda v: (v == "unknown", rank.get(v, len(order)), v)):
             sel = vals == value
             ys, ss = y[sel], s[sel]
             n, n_pos = int(sel.sum()), int(ys.sum())

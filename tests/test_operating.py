@@ -1,18 +1,14 @@
 """Operating points, Wilson intervals, prevalence-adjusted PPV/NPV and the subgroup table."""
 from __future__ import annotations
 
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fibrosis import operating as O
 from fibrosis.metrics import MetricWarning
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_metrics import MARKERS, Y  # noqa: E402  (pROC aSAH reference data)
+from asah_data import MARKERS, Y  # pROC aSAH reference data (tests/asah_data.py)
 
 
 @pytest.mark.parametrize("k,n,lo,hi", [

@@ -1,0 +1,282 @@
+"""`fibrosis evaluate`: calibration and operating points fitted on one split, measured on another.
+
+Flow for a trained run:
+
+1. logits of the fit split (``calib`` when the manifest has one, else ``val``) and of
+   the reported split (``test``) with the run's best checkpoint;
+2. calibrator and thresholds are fitted on the fit split only, then frozen;
+3. on the reported split: discrimination (DeLong and patient-clustered bootstrap CIs,
+   PR/AP), calibration before/after, operating points, subgroups, Grad-CAM panels;
+4. ``RUN/eval/<split>/metrics.json`` + ``predictions.csv`` are written and the
+   calibrator and thresholds are stored in the checkpoint for `fibrosis score`.
+
+``evaluate_predictions`` is the pure core (arrays in, JSON-able dict out); the rest is I/O.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics as M
+from . import operating as O
+from .cache import MANIFEST_COLUMNS, atomic_write_bytes, write_csv
+from .calibration import Calibrator, make_calibrator, sigmoid
+from .config import Config, EvaluateConfig, config_from_dict, config_to_dict
+
+logger = logging.getLogger(__name__)
+
+METRICS_FORMAT = 1
+THRESHOLD_FORMAT = 1
+AGE_BANDS = ((0, 40, "<40"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 200, ">=80"))
+DERIVED_ATTRIBUTES = ("age_band",)
+
+
+@dataclasses.dataclass
+class Predictions:
+    """Model outputs of one split with what evaluation needs from the manifest."""
+
+    split: str
+    logits: np.ndarray
+    labels: np.ndarray
+    patient_keys: list[str]
+    rows: list[dict[str, str]]
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict[str, str]], logits: Any, split: str) -> "Predictions":
+        z = np.asarray(logits, dtype=float).ravel()
+        if len(z) != len(rows):
+            raise ValueError(f"split {split!r}: {len(rows)} manifest rows but {len(z)} logits")
+        labels = []
+        for i, r in enumerate(rows):
+            value = str(r.get("label", "")).strip()
+            if value not in ("0", "1", "0.0", "1.0"):
+                raise ValueError(f"split {split!r}, row {i} (patient_key={r.get('patient_key')!r}): "
+                                 f"label={value!r}; expected 0 or 1 (evaluation needs labelled data)")
+            labels.append(int(float(value)))
+        keys = [str(r.get("patient_key") or "") for r in rows]
+        if any(not k for k in keys):
+            raise ValueError(f"split {split!r}: {sum(not k for k in keys)} row(s) without patient_key; "
+                             "the bootstrap resamples patients and needs one key per image")
+        return cls(split, z, np.asarray(labels, dtype=int), keys, [dict(r) for r in rows])
+
+
+def age_band(value: Any) -> str:
+    """'61', '61.0' or DICOM AS '061Y' -> '60-79'; months/weeks/days -> '<40'; bad -> 'unknown'."""
+    text = str(value or "").strip().upper()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([DWMY]?)", text)
+    if not m:
+        return "unknown"
+    years = float(m.group(1)) / {"": 1, "Y": 1, "M": 12, "W": 52.18, "D": 365.25}[m.group(2)]
+    if years > 130:
+        return "unknown"
+    return next(name for lo, hi, name in AGE_BANDS if lo <= years < hi)
+
+
+def attribute_values(rows: Sequence[dict[str, str]], name: str) -> list[str]:
+    if name == "age_band":
+        return [age_band(r.get("age")) for r in rows]
+    if name not in MANIFEST_COLUMNS:
+        raise ValueError(f"evaluate.subgroups: unknown attribute {name!r}; allowed: "
+                         f"{sorted(set(MANIFEST_COLUMNS) | set(DERIVED_ATTRIBUTES))}")
+    return [str(r.get(name) or "").strip().upper() or "unknown" for r in rows]
+
+
+class WarningLog:
+    """Collects MetricWarnings per step so they end up next to the numbers (and in the log)."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always", M.MetricWarning)
+            yield
+        for w in rec:
+            msg = f"{name}: {w.message}"
+            if issubclass(w.category, M.MetricWarning) and msg not in self.items:
+                self.items.append(msg)
+                logger.warning("%s", msg)
+
+
+def _calibration_block(y: np.ndarray, prob: np.ndarray, ecfg: EvaluateConfig,
+                       log: WarningLog, label: str) -> dict[str, Any]:
+    with log.step(f"calibration ({label})"):
+        return {"reliability": M.reliability_curve(y, prob, ecfg.ece_bins, ecfg.ece_strategy, ecfg.ci_level),
+                "brier": M.brier_score(y, prob),
+                "intercept_slope": M.calibration_intercept_slope(y, prob, ecfg.ci_level),
+                "histogram": M.score_histogram(y, prob)}
+
+
+def choose_thresholds(y: np.ndarray, prob: np.ndarray, ecfg: EvaluateConfig) -> list[dict[str, Any]]:
+    """Youden and target-sensitivity cut-offs on the fit split's calibrated probabilities."""
+    points = [{"name": "youden", **O.threshold_youden(y, prob)}]
+    for target in ecfg.target_sensitivities:
+        points.append({"name": f"sensitivity_{target:.2f}", **O.threshold_for_sensitivity(y, prob, target)})
+    for p in points:
+        # On the probability scale "everyone positive" is 0.0 and "no one" is just above 1.0;
+        # finite values keep the threshold JSON-able for the checkpoint and scoring.
+        if p["threshold"] == -np.inf:
+            p["threshold"] = 0.0
+        elif p["threshold"] == np.inf:
+            p["threshold"] = float(np.nextafter(1.0, 2.0))
+    return points
+
+
+def evaluate_predictions(fit: Predictions, test: Predictions, ecfg: EvaluateConfig,
+                         ) -> tuple[dict[str, Any], Calibrator, dict[str, Any], list[dict[str, Any]]]:
+    """Pure core: returns (metrics, fitted calibrator, threshold record, per-case rows)."""
+    log = WarningLog()
+    y, z = test.labels, test.logits
+    M.check_binary(y, z, score_name=f"{test.split} logits")
+    M.check_binary(fit.labels, fit.logits, score_name=f"{fit.split} logits")
+    with log.step(f"calibration fit ({fit.split})"):
+        cal = make_calibrator(ecfg.calibration).fit(fit.logits, fit.labels, split=fit.split)
+    fit_prob = cal.predict(fit.logits)
+    raw, prob = sigmoid(z), cal.predict(z)
+
+    with log.step(f"thresholds ({fit.split})"):
+        points = choose_thresholds(fit.labels, fit_prob, ecfg)
+    ops = []
+    for p in points:
+        with log.step(f"operating point {p['name']} ({test.split})"):
+            cm = O.confusion(y, prob, p["threshold"])
+            perf = O.binary_metrics(cm, ecfg.ci_level)
+            deploy = (O.predictive_values_at_prevalence(perf["sensitivity"], perf["specificity"],
+                                                        ecfg.deployment_prevalence)
+                      if ecfg.deployment_prevalence is not None else None)
+        ops.append({"name": p["name"], "rule": p["rule"], "threshold": p["threshold"],
+                    "chosen_on": {"split": fit.split, "sensitivity": p["sensitivity"],
+                                  "specificity": p["specificity"]},
+                    "confusion": cm, **{k: perf[k] for k in ("sensitivity", "specificity", "ppv", "npv")},
+                    "deployment": deploy})
+
+    with log.step(f"discrimination ({test.split})"):
+        delong = M.auc_delong(y, z, ecfg.ci_level)
+        boot = M.bootstrap_roc(y, z, test.patient_keys, n_resamples=ecfg.bootstrap_resamples,
+                               level=ecfg.ci_level, seed=ecfg.seed)
+        auc_cal = M.auc_delong(y, prob, ecfg.ci_level)["auc"] if ecfg.calibration == "isotonic" else None
+        roc, pr = M.roc_points(y, z), M.pr_curve(y, z)
+    if ecfg.bootstrap_resamples < 2000:
+        log.items.append(f"bootstrap: {ecfg.bootstrap_resamples} resamples (< 2000): CI is coarse")
+    with log.step(f"subgroups ({test.split})"):
+        attrs = {name: attribute_values(test.rows, name) for name in ecfg.subgroups}
+        subgroups = O.subgroup_table(y, z, attrs, min_n=ecfg.min_subgroup_n,
+                                     min_positives=ecfg.min_subgroup_positives, level=ecfg.ci_level,
+                                     value_order={"age_band": [name for _, _, name in AGE_BANDS]})
+
+    n_pos = int(y.sum())
+    result = {
+        "format": METRICS_FORMAT, "split": test.split, "fit_split": fit.split,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "evaluate_config": config_to_dict(ecfg),
+        "data": {"n": int(len(y)), "n_pos": n_pos, "n_neg": int(len(y) - n_pos),
+                 "prevalence": n_pos / len(y), "n_patients": len(set(test.patient_keys)),
+                 "fit": {"split": fit.split, "n": int(len(fit.labels)), "n_pos": int(fit.labels.sum()),
+                         "n_patients": len(set(fit.patient_keys))}},
+        "discrimination": {"score": "model logit (AUC is unchanged by temperature/Platt calibration)",
+                           "auc": delong["auc"], "delong": delong,
+                           "bootstrap": boot, "auc_after_calibration": auc_cal, "roc": roc, "pr": pr},
+        "calibration": {"method": ecfg.calibration, "calibrator": cal.to_dict(),
+                        "before": _calibration_block(y, raw, ecfg, log, "before"),
+                        "after": _calibration_block(y, prob, ecfg, log, f"after {ecfg.calibration}")},
+        "operating_points": ops,
+        "deployment_prevalence": ecfg.deployment_prevalence,
+        "subgroups": subgroups,
+        "warnings": log.items,
+    }
+    threshold = {"format": THRESHOLD_FORMAT, "scale": "calibrated probability",
+                 "calibration": ecfg.calibration, "chosen_on": fit.split, "default": "youden",
+                 "value": points[0]["threshold"],
+                 "points": {p["name"]: p["threshold"] for p in points},
+                 "rule": "positive if calibrated probability >= threshold"}
+    cases = [{"case": i + 1, "content_hash": r.get("content_hash", ""),
+              "patient_key": test.patient_keys[i], "split": test.split, "label": int(y[i]),
+              "logit": float(z[i]), "prob_uncalibrated": float(raw[i]), "prob": float(prob[i]),
+              **{f"pred_{p['name']}": int(prob[i] >= p["threshold"]) for p in points},
+              **{name: attrs[name][i] for name in attrs}}
+             for i, r in enumerate(test.rows)]
+    return result, cal, threshold, cases
+
+
+# ------------------------------------------------------------------ I/O adapter
+
+
+def resolve_fit_split(rows: Sequence[dict[str, str]], requested: str) -> str:
+    present = {r.get("split", "") for r in rows}
+    if requested == "auto":
+        return "calib" if "calib" in present else "val"
+    if requested not in ("val", "calib"):
+        raise ValueError(f"evaluate.fit_split={requested!r}; allowed: ['auto', 'val', 'calib']")
+    return requested
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=1, default=_json_default, allow_nan=False)
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
+                 cfg: Config | None = None, *, gradcam: bool = True,
+                 device: str | None = None) -> Path:
+    """Evaluate ``run/best.pt`` on ``split`` of ``cache``; returns the metrics.json path."""
+    from .checkpoint import load_checkpoint, update_checkpoint
+    from .predict import predict_split, split_rows
+    from .summary import data_summary, run_summary
+
+    run, cache = Path(run), Path(cache)
+    ckpt_path = run / "best.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    if cfg is None:  # the run's own resolved config: evaluation settings travel with the model
+        cfg = config_from_dict(ckpt.get("config") or {})
+    ecfg = cfg.evaluate
+    all_rows, _ = split_rows(cache, split)
+    fit_split = resolve_fit_split(all_rows, ecfg.fit_split)
+    if fit_split == split:
+        raise ValueError(f"split={split!r} is also the calibration/threshold split; report on a "
+                         f"held-out split (test) so thresholds are not chosen on the cases they are judged on")
+    logger.info("evaluating %s: fit calibration + thresholds on %r, report on %r", run, fit_split, split)
+    fit = Predictions.from_rows(*predict_split(ckpt_path, cache, fit_split, device=device), fit_split)
+    test = Predictions.from_rows(*predict_split(ckpt_path, cache, split, device=device), split)
+    result, cal, threshold, cases = evaluate_predictions(fit, test, ecfg)
+    result["run"] = run_summary(run, ckpt)
+    result["data"].update(data_summary(cache, all_rows, cfg))
+
+    out = run / "eval" / split
+    out.mkdir(parents=True, exist_ok=True)
+    if gradcam and ecfg.gradcam_per_kind > 0:
+        from .gradcam import gradcam_panels
+
+        try:
+            result["gradcam"] = gradcam_panels(ckpt_path, cache, test, np.array([c["prob"] for c in cases]),
+                                               threshold["value"], out, per_kind=ecfg.gradcam_per_kind,
+                                               device=device)
+        except Exception as exc:  # a figure must not sink the numbers; say so in the report
+            logger.exception("Grad-CAM failed")
+            result["warnings"].append(f"Grad-CAM panels not produced: {type(exc).__name__}: {exc}")
+    write_json(out / "metrics.json", result)
+    write_csv(out / "predictions.csv", cases, tuple(cases[0]))
+    update_checkpoint(ckpt_path, calibration=cal.to_dict(), threshold=threshold)
+    d = result["discrimination"]
+    logger.info("%s AUC %.3f (DeLong %.3f-%.3f; bootstrap %.3f-%.3f); %s -> %s", split, d["auc"],
+                *(d["delong"]["ci"] or [float("nan")] * 2), *d["bootstrap"]["ci"], ckpt_path,
+                "calibration + thresholds stored")
+    return out / "metrics.json"

@@ -1,0 +1,105 @@
+"""Grad-CAM panels (monai.visualize.GradCAM) for the most confident TP, FP and FN cases.
+
+Grad-CAM shows where the last convolutional block's evidence for the fibrosis logit
+lies. It is a sanity check (is the model looking at lung, or at a marker, a tube or
+the image border?), not a localisation of disease: the labels are image-level and
+NLP-mined, and a heat map over the lung bases does not prove the model "sees" fibrosis.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("TP", "FP", "FN")
+KIND_TEXT = {"TP": "true positive (most confident)", "FP": "false positive (most confident)",
+             "FN": "false negative (most confidently missed)"}
+
+
+def select_cases(labels: np.ndarray, prob: np.ndarray, threshold: float, per_kind: int) -> dict[str, list[int]]:
+    """Indices of the ``per_kind`` most confident TP/FP (highest p) and FN (lowest p) cases."""
+    y, p = np.asarray(labels), np.asarray(prob, float)
+    pred = p >= threshold
+    order_desc, order_asc = np.argsort(-p, kind="stable"), np.argsort(p, kind="stable")
+    pick = {
+        "TP": [int(i) for i in order_desc if y[i] == 1 and pred[i]],
+        "FP": [int(i) for i in order_desc if y[i] == 0 and pred[i]],
+        "FN": [int(i) for i in order_asc if y[i] == 1 and not pred[i]],
+    }
+    return {k: v[:per_kind] for k, v in pick.items()}
+
+
+class _OneLogit2D(nn.Module):
+    """FibrosisNet returns (B,); monai's CAM code indexes class scores as (B, C)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).reshape(len(x), 1)
+
+
+def compute_cams(model: nn.Module, x: torch.Tensor, layer: str) -> np.ndarray:
+    """Grad-CAM maps (B, H, W) in [0, 1] for the fibrosis logit, at the input resolution.
+
+    ``layer`` is the module name inside ``model`` (e.g. ``backbone.layer4``).
+    """
+    from monai.visualize import GradCAM
+
+    wrapped = _OneLogit2D(model).eval()
+    cam = GradCAM(nn_module=wrapped, target_layers=f"model.{layer}")
+    with torch.enable_grad():
+        maps = cam(x=x.requires_grad_(False), class_idx=0)
+    out = maps.detach().float().cpu().numpy()[:, 0]
+    return np.nan_to_num(out, nan=0.0)
+
+
+def gradcam_panels(checkpoint_path: str | Path, cache: str | Path, test: Any, prob: np.ndarray,
+                   threshold: float, out_dir: str | Path, *, per_kind: int = 2,
+                   device: str | None = None) -> dict[str, Any]:
+    """Render ``out_dir/gradcam.png`` for ``test`` (evaluate.Predictions); returns its description.
+
+    The description carries kind, probability and label only: no identifiers.
+    """
+    import cv2
+
+    from .cache import CacheReader
+    from .checkpoint import load_model
+    from .dataset import normalise, resize
+    from .plots import gradcam_figure, save_png
+
+    out_dir = Path(out_dir)
+    picks = select_cases(test.labels, prob, threshold, per_kind)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, _ = load_model(checkpoint_path, dev)
+    reader = CacheReader(cache, test.rows)
+    size = int(model.preprocessing["input_size"])
+    panels: list[dict[str, Any]] = []
+    for kind in KINDS:
+        idx = picks[kind]
+        if not idx:
+            panels.append({"kind": kind, "empty": True})
+            continue
+        images = [reader.image(i) for i in idx]
+        x = torch.from_numpy(np.stack([normalise(resize(im, size), model.preprocessing) for im in images]))
+        cams = compute_cams(model, x[:, None].to(dev), model.cam_layer_name)
+        for i, im, cam in zip(idx, images, cams):
+            shown = resize(im, min(512, im.shape[0]))
+            panels.append({"kind": kind, "image": shown,
+                           "cam": cv2.resize(cam, shown.shape[::-1], interpolation=cv2.INTER_LINEAR),
+                           "prob": float(prob[i]), "label": int(test.labels[i])})
+    fig = gradcam_figure(panels, threshold, per_kind)
+    save_png(fig, out_dir / "gradcam.png")
+    logger.info("Grad-CAM panels: %s", {k: len(v) for k, v in picks.items()})
+    return {"image": "gradcam.png", "threshold": threshold, "layer": model.cam_layer_name,
+            "method": "Grad-CAM (monai.visualize.GradCAM) of the fibrosis logit, ReLU, min-max scaled",
+            "cases": [{"kind": p["kind"], "prob": p["prob"], "label": p["label"]}
+                      for p in panels if not p.get("empty")],
+            "missing_kinds": [p["kind"] for p in panels if p.get("empty")]}

@@ -1,0 +1,62 @@
+"""The model card section of the validation report (intended use, out of scope, limitations).
+
+The wording is fixed where it states what the software is and is not; the numbers
+(prevalence, test size, subgroup flags, pretraining) are filled in from metrics.json
+so the limitations a reader sees are the ones of *this* run.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+NIH_PREVALENCE = 1686 / 112120  # "Fibrosis" in the whole NIH ChestX-ray14 data set (1.5%)
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def model_card(m: dict[str, Any]) -> list[dict[str, Any]]:
+    d, r = m["data"], m.get("run", {})
+    total = d.get("total") or {}
+    prev = total.get("prevalence") or d["prevalence"]
+    intended = [
+        "Research use: retrospective validation, by a hospital research team, of a transfer-learning classifier "
+        "that flags frontal (PA/AP) adult chest radiographs whose report mentions pulmonary fibrosis.",
+        "Output: a calibrated probability and a yes/no flag at a threshold frozen on the validation split. "
+        "Every flag is meant to be reviewed by a radiologist (second reader / worklist triage in a study setting).",
+    ]
+    out_of_scope = [
+        "Diagnosing or ruling out interstitial lung disease or idiopathic pulmonary fibrosis in a patient; "
+        "any use without review by a radiologist; treatment or staging decisions.",
+        "Lateral or decubitus views, children, CT, non-chest images, and images from sites, scanners or "
+        "populations not represented in the training data, unless validated there first.",
+        "Reading the probability as a patient's risk at another prevalence without re-calibrating on local data.",
+    ]
+    limits = [
+        "Weak labels: the reference standard is text-mined from radiology reports (NLP), not a confirmed "
+        "diagnosis; a report mention of fibrosis includes minor scarring and misses unreported disease. "
+        "Label noise caps and biases every metric in this report.",
+        "Single source: the images come from one institution's archive"
+        f" ({d.get('source', 'see section 1')}); performance at other hospitals, on other detectors and "
+        "post-processing, and in other populations is unknown.",
+        f"Prevalence shift: fibrosis is {_pct(prev)} of this data set versus {_pct(NIH_PREVALENCE)} in the full "
+        "NIH ChestX-ray14 set and less in most clinical populations. Calibration, PPV and NPV measured here "
+        "do not transfer; PPV at a lower prevalence is much lower (see section 5).",
+        f"Small test set: {d['n']} images with {d['n_pos']} positives; the confidence intervals are the result, "
+        "the point estimates alone are not.",
+        "Grad-CAM maps show where the score came from, not where disease is; they cannot validate the model.",
+        "The model sees a downsampled gray image; fine reticular patterns visible at full resolution may be lost.",
+    ]
+    small = [g for g in m.get("subgroups", []) if g.get("small")]
+    if small:
+        limits.append(f"{len(small)} of {len(m['subgroups'])} subgroups are too small to compare "
+                      "(flagged in section 6); fairness across sex, age, view and device is not established.")
+    if not r.get("pretrained", False):
+        limits.insert(0, "The backbone was NOT ImageNet-pretrained (random initialisation): this run does "
+                         "not represent the intended transfer-learning method.")
+    return [{"type": "h3", "text": "Intended use"}, {"type": "list", "items": intended},
+            {"type": "h3", "text": "Out of scope"}, {"type": "list", "items": out_of_scope},
+            {"type": "h3", "text": "Limitations"}, {"type": "list", "items": limits},
+            {"type": "p", "style": "note", "text": "Not a medical device; not cleared or approved by any "
+                                                   "regulator. Patient data never leave the site in this "
+                                                   "report: it holds aggregates, hashes and settings only."}]

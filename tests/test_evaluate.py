@@ -1,0 +1,147 @@
+"""fibrosis.evaluate (pure core on synthetic predictions; one end-to-end run) and fibrosis.compare."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from asah_data import MARKERS, Y  # pROC aSAH reference data (tests/asah_data.py)
+from fibrosis.calibration import calibrator_from_dict
+from fibrosis.compare import compare_predictions, compare_runs
+from fibrosis.config import EvaluateConfig
+from fibrosis.evaluate import Predictions, age_band, evaluate_predictions, resolve_fit_split, write_json
+
+
+def _preds(n: int, seed: int, split: str, prev: float = 0.15, images_per_patient: int = 2) -> Predictions:
+    """Overconfident logits (temperature ~2) of a moderately good model."""
+    rng = np.random.default_rng(seed)
+    y = (rng.uniform(size=n) < prev).astype(int)
+    z = 2.0 * (rng.normal(size=n) + 1.8 * y - 2.2)
+    rows = [{"patient_key": f"SECRET-PATIENT-{seed}-{i // images_per_patient}", "label": str(y[i]),
+             "content_hash": f"hash{seed}-{i}", "path": f"/data/Doe^John/{i}.dcm",
+             "sex": "FM"[i % 2], "age": f"{20 + i % 70:03d}Y", "view_position": "PA" if i % 4 else "AP",
+             "manufacturer": "ACME"} for i in range(n)]
+    return Predictions.from_rows(rows, z, split)
+
+
+@pytest.fixture(scope="module")
+def evaluated():
+    cfg = EvaluateConfig(bootstrap_resamples=500, deployment_prevalence=0.015)
+    fit, test = _preds(400, 1, "val"), _preds(500, 2, "test")
+    return fit, test, cfg, evaluate_predictions(fit, test, cfg)
+
+
+def test_calibration_and_thresholds_come_from_the_fit_split_only(evaluated):
+    fit, test, cfg, (res, cal, threshold, cases) = evaluated
+    assert cal.fitted_on == {"split": "val", "n": 400, "n_pos": int(fit.labels.sum())}
+    assert cal.temperature == pytest.approx(2.0, rel=0.35)
+    # same fit split with a different test split -> identical calibrator and thresholds
+    _, cal2, thr2, _ = evaluate_predictions(fit, _preds(300, 9, "test"), cfg)
+    assert thr2["points"] == threshold["points"] and cal2.to_dict() == cal.to_dict()
+    # the frozen thresholds, applied to the test split, give the reported confusion matrices
+    prob = np.array([c["prob"] for c in cases])
+    for op in res["operating_points"]:
+        pred = prob >= op["threshold"]
+        assert op["confusion"]["tp"] == int((pred & (test.labels == 1)).sum())
+        assert op["confusion"]["fp"] == int((pred & (test.labels == 0)).sum())
+        assert op["chosen_on"]["split"] == "val"
+        assert op["sensitivity"]["ci"][0] <= op["sensitivity"]["value"] <= op["sensitivity"]["ci"][1]
+        assert op["deployment"]["prevalence"] == 0.015
+    assert [op["name"] for op in res["operating_points"]] == ["youden", "sensitivity_0.90", "sensitivity_0.95"]
+    assert threshold["value"] == threshold["points"]["youden"]
+
+
+def test_calibration_improves_overconfident_logits(evaluated):
+    _, _, _, (res, _, _, _) = evaluated
+    before, after = res["calibration"]["before"], res["calibration"]["after"]
+    assert after["reliability"]["ece"] < before["reliability"]["ece"]
+    assert before["intercept_slope"]["slope"] < 0.8  # overconfident
+    assert after["intercept_slope"]["slope"] == pytest.approx(1.0, abs=0.3)
+
+
+def test_metrics_are_json_and_identifier_free(evaluated, tmp_path):
+    _, _, _, (res, cal, threshold, cases) = evaluated
+    write_json(tmp_path / "m.json", res)  # allow_nan=False: no NaN/inf slipped through
+    text = (tmp_path / "m.json").read_text()
+    assert "SECRET-PATIENT" not in text and "Doe^John" not in text and "hash2-" not in text
+    assert calibrator_from_dict(json.loads(json.dumps(cal.to_dict()))).predict([0.0])[0] == 0.5
+    # per-case rows keep the pseudonymous key (for the run folder) but never the path
+    assert "path" not in cases[0] and cases[0]["patient_key"].startswith("SECRET-PATIENT")
+    boot = res["discrimination"]["bootstrap"]
+    assert boot["n_patients"] == 250 and boot["n_resamples"] == 500
+    assert "bootstrap: 500 resamples (< 2000): CI is coarse" in res["warnings"]
+
+
+def test_subgroups_ordered_and_flagged(evaluated):
+    _, _, _, (res, _, _, _) = evaluated
+    ages = [g["value"] for g in res["subgroups"] if g["attribute"] == "age_band"]
+    assert ages == ["<40", "40-59", "60-79", ">=80"]
+    for g in res["subgroups"]:
+        assert g["small"] == (g["n"] < 30 or g["n_pos"] < 5 or g["n"] - g["n_pos"] < 5), g
+    assert {g["attribute"] for g in res["subgroups"]} == {"sex", "age_band", "view_position", "manufacturer"}
+
+
+def test_small_sets_are_warned_not_silent():
+    res, *_ = evaluate_predictions(_preds(40, 3, "val", prev=0.3), _preds(40, 4, "test", prev=0.2),
+                                   EvaluateConfig(bootstrap_resamples=200))
+    assert any("unstable" in w for w in res["warnings"])
+    assert any(w.startswith("thresholds (val)") for w in res["warnings"])
+    assert all(g["small"] for g in res["subgroups"])  # 40 images, 4 positives: every group is flagged
+
+
+def test_nan_logits_and_missing_labels_are_errors():
+    fit = _preds(50, 5, "val")
+    bad = _preds(50, 6, "test")
+    bad.logits[3] = np.nan
+    with pytest.raises(ValueError, match=r"test logits\[3\] = nan"):
+        evaluate_predictions(fit, bad, EvaluateConfig(bootstrap_resamples=100))
+    with pytest.raises(ValueError, match="label=''; expected 0 or 1"):
+        Predictions.from_rows([{"patient_key": "a", "label": ""}], [0.1], "test")
+    with pytest.raises(ValueError, match="without patient_key"):
+        Predictions.from_rows([{"patient_key": "", "label": "1"}], [0.1], "test")
+    with pytest.raises(ValueError, match="calibration method 'beta'"):
+        evaluate_predictions(fit, _preds(50, 7, "test"), EvaluateConfig(calibration="beta"))
+
+
+@pytest.mark.parametrize("raw,band", [("061Y", "60-79"), ("45", "40-59"), ("80.0", ">=80"), ("006M", "<40"),
+                                      ("", "unknown"), ("abc", "unknown"), ("999Y", "unknown")])
+def test_age_band(raw, band):
+    assert age_band(raw) == band
+
+
+def test_fit_split_resolution():
+    rows = [{"split": "train"}, {"split": "val"}, {"split": "test"}]
+    assert resolve_fit_split(rows, "auto") == "val"
+    assert resolve_fit_split(rows + [{"split": "calib"}], "auto") == "calib"
+    with pytest.raises(ValueError, match="fit_split='test'; allowed"):
+        resolve_fit_split(rows, "test")
+
+
+# ------------------------------------------------------------------ compare
+
+
+def test_compare_reproduces_proc_paired_test():
+    a = {f"c{i}": (int(Y[i]), float(MARKERS["wfns"][i])) for i in range(len(Y))}
+    b = {f"c{i}": (int(Y[i]), float(MARKERS["s100b"][i])) for i in range(len(Y))}
+    res = compare_predictions(a, b, names=("wfns", "s100b"))
+    assert res["z"] == pytest.approx(2.20898359144091, rel=1e-10)  # pROC roc.test(r.wfns, r.s100b)
+    assert res["p"] == pytest.approx(0.0271757822291882, rel=1e-10)
+    b.pop("c0")
+    with pytest.raises(ValueError, match="different cases: 1 only in wfns"):
+        compare_predictions(a, b, names=("wfns", "s100b"))
+
+
+def test_compare_runs_reads_prediction_files(tmp_path):
+    from fibrosis.cache import write_csv
+
+    for name, marker in (("run_a", "wfns"), ("run_b", "ndka")):
+        rows = [{"content_hash": f"c{i}", "label": int(Y[i]), "logit": float(MARKERS[marker][i])}
+                for i in range(len(Y))]
+        (tmp_path / name / "eval" / "test").mkdir(parents=True)
+        write_csv(tmp_path / name / "eval" / "test" / "predictions.csv", rows, ("content_hash", "label", "logit"))
+    res = compare_runs(tmp_path / "run_a", tmp_path / "run_b")
+    assert res["z"] == pytest.approx(2.79777591868904, rel=1e-10)  # pROC roc.test(r.wfns, r.ndka)
+    assert (tmp_path / "run_a" / "eval" / "test" / "compare_run_b.json").is_file()
+    with pytest.raises(FileNotFoundError, match="run `fibrosis evaluate"):
+        compare_runs(tmp_path / "run_a", tmp_path / "missing")

@@ -1,0 +1,140 @@
+"""The validation report: content, privacy, the not-pretrained banner, PDF, and a real
+headless-Chromium rendering (skipped where Debian's ``chromium`` is not installed)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fibrosis.cache import write_csv
+from fibrosis.config import Config, EvaluateConfig, config_to_dict
+from fibrosis.evaluate import Predictions, evaluate_predictions, write_json
+from fibrosis.report import NOT_PRETRAINED, build_blocks, write_report
+from fibrosis.report_render import render_html
+from fibrosis.summary import data_summary, run_summary, scrub_reason
+from fibrosis.synthetic import make_synthetic_cache
+
+SECRETS = ("SECRET-PATIENT", "Doe^John", "/data/incoming", "hash7-")
+
+
+def _preds(n: int, seed: int, split: str) -> Predictions:
+    rng = np.random.default_rng(seed)
+    y = (rng.uniform(size=n) < 0.15).astype(int)
+    z = 2.0 * (rng.normal(size=n) + 1.8 * y - 2.2)
+    rows = [{"patient_key": f"SECRET-PATIENT-{i // 2}", "label": str(y[i]), "content_hash": f"hash{seed}-{i}",
+             "sex": "FM"[i % 2], "age": str(25 + i % 60), "view_position": "PA", "manufacturer": "ACME"}
+            for i in range(n)]
+    return Predictions.from_rows(rows, z, split)
+
+
+def _make_run(tmp_path, pretrained: bool):
+    cache = make_synthetic_cache(tmp_path / "cache", n=40, size=32)
+    write_csv(cache / "rejects.csv", [
+        {"path": "/data/incoming/Doe^John/IM0001.dcm", "kind": "excluded",
+         "reason": "/data/incoming/Doe^John/IM0001.dcm: (0018,5101) ViewPosition='LL'; lateral views excluded"},
+        {"path": "/data/incoming/x.dcm", "kind": "error", "reason": "unsupported transfer syntax"}],
+        ("path", "kind", "reason", "transfer_syntax"))
+    cfg = Config(evaluate=EvaluateConfig(bootstrap_resamples=300, deployment_prevalence=0.015,
+                                         data_source="synthetic test images"))
+    res, *_ = evaluate_predictions(_preds(300, 6, "val"), _preds(300, 7, "test"), cfg.evaluate)
+    run = tmp_path / "runs" / "my-run"
+    ckpt = {"config": config_to_dict(cfg), "pretrained": pretrained, "arch": "resnet18",
+            "weights_info": {"source": "mobilenet_v2-imagenet-features.pth" if pretrained else "none",
+                             "sha256": "f" * 64 if pretrained else None},
+            "preprocessing": {"input_size": 224}, "best_epoch": 3, "best_val_auc": 0.8,
+            "stages": [{"name": "head", "epochs": 2, "lr": 1e-3, "unfreeze": []}],
+            "run": {"history": [{"stage": 0, "stage_name": "head", "lr": 1e-3, "val_auc": 0.8}] * 2}}
+    res["run"] = run_summary(run, ckpt)
+    res["data"].update(data_summary(cache, [dict(r) for r in _rows(cache)], cfg))
+    (run / "eval" / "test").mkdir(parents=True)
+    write_json(run / "eval" / "test" / "metrics.json", res)
+    return run
+
+
+def _rows(cache):
+    from fibrosis.cache import read_csv
+
+    return read_csv(cache / "manifest.csv")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    return write_report(_make_run(tmp, pretrained=False), tmp / "out")
+
+
+def test_report_files_and_sections(report):
+    assert {p.name for p in report.iterdir()} == {"report.html", "report.pdf", "metrics.json"}
+    html = (report / "report.html").read_text()
+    for needle in ("validation report", "my-run", "synthetic test images", "prevalence", "1. Data",
+                   "Model and training schedule", "3. Discrimination", "DeLong", "bootstrap", "4. Calibration",
+                   "ECE binning: 10 equal-width bins", "5. Operating points", "PPV / NPV at 1.5%", "6. Subgroups",
+                   "7. Grad-CAM", "Intended use", "Out of scope", "Limitations", "Weak labels",
+                   "Prevalence shift", "9. Reproducibility", "Package versions", "Manifest sha256",
+                   "Resolved configuration", "(0018,5101) ViewPosition=&#x27;LL&#x27;"):
+        assert needle in html, needle
+    assert html.count("data:image/png;base64,") == 4  # ROC, PR, reliability, histograms (no Grad-CAM here)
+    assert "http://" not in html and "https://" not in html  # self-contained: nothing fetched
+    assert (report / "report.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_not_pretrained_banner_comes_first(report, tmp_path):
+    html = (report / "report.html").read_text()
+    body = html.split("<body>", 1)[1].lstrip()
+    assert body.startswith('<div class="banner" role="alert">WARNING: the backbone of this model is NOT '
+                           "ImageNet-pretrained")
+    run = _make_run(tmp_path, pretrained=True)
+    m = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    blocks = build_blocks(m, set())
+    assert blocks[0] == {"type": "h1", "text": "Pulmonary fibrosis classifier: validation report"}
+    assert "NOT ImageNet-pretrained" not in render_html(blocks, {}, "t")
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", "-l", "1", str(report / "report.pdf"), "-"], capture_output=True,
+                              text=True, timeout=60).stdout
+        assert text.lstrip().startswith("WARNING: the backbone of this model is NOT ImageNet-pretrained")
+        assert NOT_PRETRAINED.split(".")[0].split()[-1] in text
+
+
+def test_no_identifiers_anywhere(report):
+    for name in ("report.html", "metrics.json"):
+        text = (report / name).read_text()
+        for secret in SECRETS:
+            assert secret not in text, (name, secret)
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", str(report / "report.pdf"), "-"], capture_output=True, text=True,
+                              timeout=60).stdout
+        assert "Reproducibility" in text and not any(s in text for s in SECRETS)
+
+
+def test_scrub_reason():
+    assert scrub_reason("/a/b/Doe^John.dcm: bad tag", "/a/b/Doe^John.dcm") == "bad tag"
+    assert scrub_reason("C:\\x\\y.dcm is truncated") == "<path> is truncated"
+    assert scrub_reason("(0028,0004) PhotometricInterpretation='PALETTE COLOR'; expected MONOCHROME1/2") == \
+        "(0028,0004) PhotometricInterpretation='PALETTE COLOR'; expected MONOCHROME1/2"
+
+
+def test_missing_evaluation_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `fibrosis evaluate --run"):
+        write_report(tmp_path / "nothing", tmp_path / "out")
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium not installed")
+def test_html_renders_in_headless_chromium(report, tmp_path):
+    shot = tmp_path / "shot.png"
+    cmd = ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1400", f"--screenshot={shot}",
+           (report / "report.html").as_uri()]
+    subprocess.run(cmd, capture_output=True, timeout=120, check=True)
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert img.shape[:2] == (1400, 1100)
+    # the banner is the first thing on the page: the top rows are the alert red (#b00020)
+    red = (abs(img[:, :, 0] - 0xB0) < 12) & (img[:, :, 1] < 20) & (abs(img[:, :, 2] - 0x20) < 12)
+    assert red[5:40].mean() > 0.5
+    # and the page below is real content (text and a figure), not an empty or error page
+    body = img[200:]
+    assert (body.sum(axis=2) < 200).mean() > 0.005  # dark text pixels
+    assert len(np.unique(body.reshape(-1, 3), axis=0)) > 200  # anti-aliased text + plot colours
