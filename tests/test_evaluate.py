@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from asah_data import MARKERS, Y  # pROC aSAH reference data (tests/asah_data.py
 from fibrosis.calibration import calibrator_from_dict
 from fibrosis.compare import compare_predictions, compare_runs
 from fibrosis.config import EvaluateConfig
-from fibrosis.evaluate import Predictions, age_band, evaluate_predictions, resolve_fit_split, write_json
+from fibrosis.evaluate import (Predictions, age_band, evaluate_predictions, evaluate_run, resolve_fit_split,
+                                write_json)
 
 
 def _preds(n: int, seed: int, split: str, prev: float = 0.15, images_per_patient: int = 2) -> Predictions:
@@ -145,3 +147,51 @@ def test_compare_runs_reads_prediction_files(tmp_path):
     assert (tmp_path / "run_a" / "eval" / "test" / "compare_run_b.json").is_file()
     with pytest.raises(FileNotFoundError, match="run `fibrosis evaluate"):
         compare_runs(tmp_path / "run_a", tmp_path / "missing")
+
+
+# ------------------------------------------------------------------ end to end
+
+
+@pytest.mark.slow
+def test_evaluate_run_end_to_end(tmp_path):
+    """Synthetic cache -> real training (tiny) -> evaluate_run -> report; checkpoint updated."""
+    from fibrosis.checkpoint import load_checkpoint, load_model
+    from fibrosis.config import config_from_dict
+    from fibrosis.report import write_report
+    from fibrosis.synthetic import make_synthetic_cache
+    from fibrosis.train import train
+
+    cache = make_synthetic_cache(tmp_path / "cache", n=120, size=64, pos_frac=0.3, seed=0)
+    cfg = config_from_dict({
+        "model": {"arch": "resnet18", "weights": "none", "input_size": 64},
+        "train": {"preset": None, "stages": [{"name": "head", "epochs": 2, "lr": 0.01}], "batch_size": 16,
+                  "num_workers": 0, "amp": False, "channels_last": False},
+        "evaluate": {"bootstrap_resamples": 300, "deployment_prevalence": 0.015, "data_source": "synthetic"}})
+    run = tmp_path / "run"
+    train(cfg, cache, run, device="cpu")
+    metrics_path = evaluate_run(run, cache, "test", device="cpu")
+    m = json.loads(metrics_path.read_text())
+    assert m["split"] == "test" and m["fit_split"] == "val"
+    assert m["data"]["splits"]["test"]["n"] == m["data"]["n"] == 24
+    assert m["run"]["pretrained"] is False and m["run"]["arch"] == "resnet18"
+    assert m["run"]["stages_run"] == [{"name": "head", "epochs": 2, "lr_peak": m["run"]["stages_run"][0]["lr_peak"],
+                                       "best_val_auc": m["run"]["stages_run"][0]["best_val_auc"]}]
+    # the run's own config was used (cfg=None): its evaluate section travelled in the checkpoint
+    assert m["evaluate_config"]["bootstrap_resamples"] == 300
+    preds = (run / "eval" / "test" / "predictions.csv").read_text()
+    assert preds.splitlines()[0].startswith("case,content_hash,patient_key,split,label,logit,")
+    assert (run / "eval" / "test" / "gradcam.png").is_file() and m["gradcam"]["cases"]
+    ckpt = load_checkpoint(run / "best.pt")  # weights_only load
+    assert ckpt["calibration"]["method"] == "temperature" and ckpt["calibration"]["fitted_on"]["split"] == "val"
+    assert ckpt["threshold"]["value"] == m["operating_points"][0]["threshold"]
+    # the stored calibration reproduces the evaluated probabilities exactly
+    model, _ = load_model(run / "best.pt")
+    cal = calibrator_from_dict(ckpt["calibration"])
+    rows = [line.split(",") for line in preds.splitlines()[1:]]
+    logits, probs = np.array([float(r[5]) for r in rows]), np.array([float(r[7]) for r in rows])
+    assert cal.predict(logits) == pytest.approx(probs, abs=1e-12)
+    out = write_report(run, tmp_path / "report")
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 5  # with the Grad-CAM panel
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)  # keys could occur in base64 by chance
+    assert "p000" not in text and "synthetic/0" not in text  # patient keys and paths of the cache
