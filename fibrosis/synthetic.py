@@ -22,7 +22,7 @@ def synthetic_image(rng: np.random.Generator, size: int, positive: bool) -> np.n
     if positive:
         p = max(4, size // 3)
         y, x = rng.integers(0, size - p, 2)
-        period = max(2, size // 16)
+        period = max(4, size // 8)
         stripes = (np.arange(p) // (period // 2 or 1)) % 2
         img[y:y + p, x:x + p] += 0.35 * stripes[:, None].astype(np.float32)
     return np.clip(img, 0.0, 1.0)

@@ -38,22 +38,22 @@ def test_arch_list():
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50", "densenet121", "efficientnet_b0",
                                   "mobilenet_v2"])
 def test_every_arch_gives_one_logit_from_gray_input(arch):
-    model = build_model(arch, "none", input_size=64).eval()
+    model = build_model(arch, "none", input_size=32).eval()
     with torch.no_grad():
-        out = model(torch.randn(2, 1, 64, 64))
+        out = model(torch.randn(2, 1, 32, 32))
     assert out.shape == (2,)
-    assert model.preprocessing["in_chans"] == 1 and model.preprocessing["input_size"] == 64
+    assert model.preprocessing["in_chans"] == 1 and model.preprocessing["input_size"] == 32
     assert not model.pretrained and model.weights_info["source"] == "none"
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     assert first.in_channels == 1
     feats = []
     model.cam_layer.register_forward_hook(lambda m, i, o: feats.append(o))
     with torch.no_grad():
-        model(torch.randn(1, 1, 64, 64))
+        model(torch.randn(1, 1, 32, 32))
     assert feats[0].ndim == 4  # a spatial map for Grad-CAM
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "efficientnet_b0"])
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
 def test_folded_gray_model_equals_rgb_model_on_replicated_image(tmp_path, arch):
     path, tv = _tv_file(tmp_path, arch)
     model = build_model(arch, str(path), input_size=48).eval()
