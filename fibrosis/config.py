@@ -144,7 +144,9 @@ class ScoreConfig:
     workers: int = 0  # 0 = one per CPU core
     study_aggregate: str = "max"  # max | mean
     gradcam: bool = False
-    engine: str = "auto"  # auto | eager | bf16 | onnx
+    # auto | eager | channels_last | bf16 | onnx (see fibrosis.engine; auto = first of a
+    # fixed per-device order that agrees with eager fp32 within fibrosis.engine.TOLERANCES)
+    engine: str = "auto"
 
 
 @dataclass(frozen=True)

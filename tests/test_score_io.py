@@ -1,0 +1,84 @@
+"""Score files: torn-line repair, resume checks, rank merge, per-study aggregate."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from fibrosis import score_io as IO
+
+
+def row(path: str, **kw) -> dict[str, str]:
+    base = {"path": path, "status": "ok", "study_uid": "S1", "patient_key": "k1", "view_position": "PA",
+            "logit": "0.0", "probability": "0.5", "decision": "1", "threshold_name": "youden",
+            "threshold": "0.4", "model_id": "m1", "engine": "eager"}
+    return {**base, **kw}
+
+
+def write(path: Path, rows: list[dict[str, str]]) -> Path:
+    w = IO.RowWriter(path)
+    for r in rows:
+        w.write(r)
+    w.close()
+    return path
+
+
+def paths(path: Path) -> list[str]:
+    return [r["path"] for r in IO.iter_rows(path)]
+
+
+def test_resume_cuts_torn_line_and_lists_done(tmp_path):
+    f = write(tmp_path / "s.csv", [row("/a"), row("/b, with comma")])
+    with open(f, "a") as fh:
+        fh.write("/c,ok,1.2.3")  # killed mid-row
+    assert IO.open_for_resume(f, "m1") == {"/a", "/b, with comma"}
+    assert f.read_text().endswith("\n") and paths(f) == ["/a", "/b, with comma"]
+    assert IO.open_for_resume(tmp_path / "absent.csv", "m1") == set()
+
+
+def test_resume_refuses_other_model_and_foreign_file(tmp_path):
+    f = write(tmp_path / "s.csv", [row("/a")])
+    with pytest.raises(ValueError, match="model_id='m1'.*'m2'"):
+        IO.open_for_resume(f, "m2")
+    g = tmp_path / "g.csv"
+    g.write_text("image,score\nx,1\n")
+    with pytest.raises(ValueError, match="columns"):
+        IO.open_for_resume(g, "m1")
+
+
+def test_merge_parts_sorted_deduplicated_and_cleaned(tmp_path):
+    out = write(tmp_path / "out.csv", [row("/a"), row("/d")])  # from an earlier run
+    p0 = write(tmp_path / "out.csv.rank0", [row("/b"), row("/e")])
+    p1 = write(tmp_path / "out.csv.rank1", [row("/c"), row("/d")])  # /d: killed before clean-up
+    assert IO.merge_parts(out, [p0, p1]) == 5
+    assert paths(out) == ["/a", "/b", "/c", "/d", "/e"] and not p0.exists() and not p1.exists()
+    with open(out, newline="") as fh:
+        assert tuple(next(csv.reader(fh))) == IO.COLUMNS
+
+
+def test_sort_in_place(tmp_path):
+    f = write(tmp_path / "s.csv", [row("/b"), row("/a"), row("/c")])
+    assert not IO.is_sorted(f)
+    IO.sort_in_place(f)
+    assert IO.is_sorted(f) and paths(f) == ["/a", "/b", "/c"]
+
+
+def test_study_aggregate_frontal_ok_only(tmp_path):
+    f = write(tmp_path / "s.csv", [
+        row("/1", probability="0.30", decision="0"),
+        row("/2", probability="0.60", decision="1", view_position="AP"),
+        row("/3", probability="0.90", decision="1", view_position="RLO"),  # oblique: not frontal
+        row("/4", status="excluded: lateral", probability="", decision="", study_uid=""),
+        row("/5", study_uid="S2", probability="0.20", decision="0", view_position=""),  # view unknown
+        row("/6", study_uid="S3", view_position="LLO", probability="0.7"),
+    ])
+    s = {r["study_uid"]: r for r in IO.study_rows(f, "max")}
+    assert set(s) == {"S1", "S2", "S3"}
+    assert (s["S1"]["n_images"], s["S1"]["n_ok"], s["S1"]["probability"], s["S1"]["decision"]) == (2, 3, "0.600000", 1)
+    assert s["S2"]["probability"] == "0.200000" and s["S2"]["decision"] == 0
+    assert s["S3"]["n_images"] == 0 and s["S3"]["probability"] == "" and s["S3"]["decision"] == ""
+    mean = {r["study_uid"]: r for r in IO.study_rows(f, "mean")}
+    assert mean["S1"]["probability"] == "0.450000" and mean["S1"]["decision"] == 1  # 0.45 >= 0.4
+    with pytest.raises(ValueError, match="'median'.*allowed"):
+        IO.study_rows(f, "median")
