@@ -83,6 +83,22 @@ def _context() -> Any:
     return ctx
 
 
+def _canary() -> bool:
+    return True
+
+
+def _check_workers_start(ctx: Any) -> None:
+    """A worker died: tell a file that kills its decoder from workers that cannot run
+    at all (e.g. a __main__ that child processes cannot re-import, such as stdin).
+    The latter must stop the run, not turn every input into a reject."""
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker) as ex:
+        try:
+            ex.submit(_canary).result()
+        except BrokenProcessPool:
+            raise RuntimeError("ingest worker processes die before doing any work (is the calling "
+                               "program's __main__ importable? run from a file, or use workers=1)") from None
+
+
 def _one_by_one(fn: Callable, tasks: list[Task], cfg: IngestConfig, ctx: Any) -> Iterator[dict[str, Any]]:
     """Run tasks sequentially on one worker process; a task that kills it is the culprit."""
     ex = None
@@ -127,6 +143,7 @@ def ordered_map(fn: Callable[[Task, IngestConfig], dict[str, Any]], tasks: Itera
                 logger.warning("a worker process died; re-running the %d tasks in flight one by one",
                                len(pending) + 1)
                 ex.shutdown(wait=True, cancel_futures=True)
+                _check_workers_start(ctx)
                 redo = [task] + [t for t, _ in pending]
                 pending.clear()
                 yield from _one_by_one(fn, redo, cfg, ctx)

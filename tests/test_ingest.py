@@ -288,3 +288,19 @@ def test_a_crashing_decoder_rejects_only_its_file(cfg):
     assert [r["path"] for r in results] == [t[0] for t in tasks]
     assert [r["status"] for r in results] == ["ok", "ok", "reject", "ok", "ok", "ok"]
     assert "crashed its worker process" in results[2]["reason"]
+
+
+def test_workers_that_cannot_start_stop_the_run_instead_of_rejecting_files(tmp_path):
+    """A __main__ that children cannot re-import kills every worker: that is not the files' fault."""
+    script = textwrap.dedent(f"""
+        from fibrosis.config import IngestConfig
+        from fibrosis.workers import ordered_map, process_file
+        tasks = [(f"/x/{{i}}", "", {{}}) for i in range(3)]
+        try:
+            list(ordered_map(process_file, tasks, IngestConfig(), workers=2))
+        except RuntimeError as exc:
+            print("RAISED", exc)
+    """)
+    proc = subprocess.run([sys.executable, "-"], input=script, cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert "RAISED ingest worker processes die before doing any work" in proc.stdout, proc.stderr[-2000:]
