@@ -12,8 +12,8 @@ from dicom_factory import (chest_phantom, lut_item, make_dataset, make_dicom, ma
 from pydicom.encaps import generate_frames
 
 from fibrosis.dicom import parse_age
-from fibrosis.pixels import (InputError, fit_square, j2k_codestream_info, load_image, polarity_score,
-                             _j2k_reduced)
+from fibrosis.j2k import codestream_info, decode_reduced
+from fibrosis.pixels import InputError, fit_square, load_image, polarity_score
 
 RAMP = np.array([[0, 100, 200, 300]] * 4, np.uint16)  # 4x4: each value 4 times
 
@@ -198,10 +198,10 @@ def test_j2k_reduced_decode_matches_full_decode(tmp_path, small_cfg):
 def test_j2k_codestream_header_and_pillow_shift_undone(tmp_path):
     stored = to_stored(chest_phantom(300, 280), 12)
     ds = pydicom.dcmread(make_dicom(tmp_path / "j.dcm", stored, "j2k", bits_stored=12))
-    info = j2k_codestream_info(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    info = codestream_info(next(generate_frames(ds.PixelData, number_of_frames=1)))
     assert (info["width"], info["height"], info["precision"], info["components"]) == (280, 300, 12, 1)
     assert info["levels"] >= 2
-    reduced, level = _j2k_reduced(ds, 300, 70)  # 300 / 2 = 150 >= 2 x 70, 300 / 4 = 75 is not
+    reduced, level = decode_reduced(ds, 300, 70)  # 300 / 2 = 150 >= 2 x 70, 300 / 4 = 75 is not
     assert level == 1 and reduced.shape == (150, 140)
     # Pillow returns 12-bit samples shifted to 16 bits; undone, values stay in the 12-bit range
     assert reduced.max() <= 4095

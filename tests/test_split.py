@@ -1,7 +1,6 @@
 """`fibrosis split`: patient-level, stratified, seeded, stable; near-duplicates grouped and reported."""
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter, defaultdict
 
 import cv2
