@@ -111,8 +111,8 @@ def _reliability_panel(ax: Any, axh: Any, block: dict[str, Any], title: str, col
     ax.plot([0, 1], [0, 1], ls="--", color=GREY, lw=1, label="perfect calibration")
     mp = [b["mean_predicted"] for b in rel["bins"]]
     ob = [b["observed"] for b in rel["bins"]]
-    err = np.array([[b["observed"] - b["observed_ci"][0], b["observed_ci"][1] - b["observed"]]
-                    for b in rel["bins"]]).T
+    err = np.clip(np.array([[b["observed"] - b["observed_ci"][0], b["observed_ci"][1] - b["observed"]]
+                            for b in rel["bins"]]).T, 0.0, None)
     ax.errorbar(mp, ob, yerr=err, fmt="o-", color=colour, ms=5, lw=1.5, capsize=2,
                 label="observed (Wilson 95% CI)")
     cs = block["intercept_slope"]

@@ -108,9 +108,12 @@ def _model_blocks(m: dict[str, Any]) -> list[Block]:
     w = r.get("weights", {})
     stages = r.get("stages_run") or []
     conf = {s["name"]: s for s in r.get("stages_configured") or []}
-    rows = [[s["name"], s["epochs"], conf.get(s["name"], {}).get("epochs", "?"), num(s.get("lr_peak"), 6).rstrip("0"),
-             ", ".join(conf.get(s["name"], {}).get("unfreeze") or []) or "head only", num(s.get("best_val_auc"))]
-            for s in stages]
+    rows = []
+    for s in stages:
+        c = conf.get(s["name"], {})
+        rows.append([s["name"], f"{s['epochs']} / {c.get('epochs', '?')}",
+                     "n/a" if c.get("lr") is None else f"{c['lr']:g}",
+                     ", ".join(c.get("unfreeze") or []) or "head only", num(s.get("best_val_auc"))])
     return [
         {"type": "h2", "text": "2. Model and training schedule"},
         {"type": "kv", "items": [
@@ -121,8 +124,8 @@ def _model_blocks(m: dict[str, Any]) -> list[Block]:
             ("Epochs trained", f"{r.get('epochs_done')} (best checkpoint: epoch {r.get('best_epoch')}, "
                                f"validation AUC {num(r.get('best_val_auc'))})"),
             ("Checkpoint sha256", r.get("checkpoint_sha256") or "n/a")]},
-        {"type": "table", "caption": "Stages (epochs run / configured; peak learning rate)",
-         "header": ["stage", "epochs run", "configured", "peak lr", "trainable blocks", "best val AUC"],
+        {"type": "table", "caption": "Training stages (freeze, then unfreeze)",
+         "header": ["stage", "epochs run / planned", "learning rate", "trainable blocks", "best val AUC"],
          "rows": rows},
     ]
 

@@ -36,9 +36,8 @@ def model_card(m: dict[str, Any]) -> list[dict[str, Any]]:
         "Weak labels: the reference standard is text-mined from radiology reports (NLP), not a confirmed "
         "diagnosis; a report mention of fibrosis includes minor scarring and misses unreported disease. "
         "Label noise caps and biases every metric in this report.",
-        "Single source: the images come from one institution's archive"
-        f" ({d.get('source', 'see section 1')}); performance at other hospitals, on other detectors and "
-        "post-processing, and in other populations is unknown.",
+        f"Single source: {d.get('source', 'see section 1')}. Performance at other hospitals, on other "
+        "detectors and post-processing, and in other populations is unknown until validated there.",
         f"Prevalence shift: fibrosis is {_pct(prev)} of this data set versus {_pct(NIH_PREVALENCE)} in the full "
         "NIH ChestX-ray14 set and less in most clinical populations. Calibration, PPV and NPV measured here "
         "do not transfer; PPV at a lower prevalence is much lower (see section 5).",

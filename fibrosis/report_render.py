@@ -252,6 +252,10 @@ class _Pdf:
                 w = h * w_px / h_px
             sizes.append((w, h))
         row_h = max(h for _, h in sizes)
+        room = self.y - (self.M + 0.2) - 0.46 if self.fig is not None else 0.0
+        if row_h > room >= 0.65 * row_h:  # shrink a little rather than orphan the heading above
+            sizes = [(w * room / row_h, h * room / row_h) for w, h in sizes]
+            row_h = room
         self.need(row_h + 0.45)
         top = self.y
         for k, (img, (w, h), (_, caption)) in enumerate(zip(decoded, sizes, items)):

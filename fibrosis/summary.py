@@ -55,8 +55,10 @@ def _split_counts(rows: Sequence[dict[str, str]]) -> dict[str, dict[str, Any]]:
         s["n"] += 1
         s["n_pos"] += int(str(r.get("label", "")).strip() in ("1", "1.0"))
         s["patients"].add(r.get("patient_key"))
+    order = {name: i for i, name in enumerate(("train", "val", "calib", "test"))}
     return {k: {"n": v["n"], "n_pos": v["n_pos"], "prevalence": v["n_pos"] / v["n"],
-                "n_patients": len(v["patients"])} for k, v in sorted(out.items())}
+                "n_patients": len(v["patients"])}
+            for k, v in sorted(out.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))}
 
 
 def data_summary(cache: str | Path, rows: Sequence[dict[str, str]], cfg: Config) -> dict[str, Any]:

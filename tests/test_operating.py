@@ -116,3 +116,8 @@ def test_small_positive_count_for_target_sensitivity_warns():
         warnings.simplefilter("always")
         O.threshold_for_sensitivity([1, 1, 1, 0, 0, 0], [0.9, 0.8, 0.3, 0.4, 0.2, 0.1], 0.9)
     assert any("only 3 positives" in str(w.message) for w in rec)
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 77, 1000])
+def test_wilson_contains_observed_proportion_at_the_ends(n):
+    assert O.wilson_ci(0, n)[0] == 0.0 and O.wilson_ci(n, n)[1] == 1.0
