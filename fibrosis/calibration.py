@@ -46,7 +46,8 @@ def _check_logits(logits: Any) -> np.ndarray:
     bad = ~np.isfinite(z)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"logits[{i}] = {z[i].item()!r}: {int(bad.sum())} non-finite logit(s); expected finite numbers")
+        raise ValueError(f"logits[{i}] = {z[i].item()!r}: {int(bad.sum())} non-finite logit(s); "
+                         "expected finite numbers")
     return z
 
 

@@ -209,10 +209,11 @@ def _subgroup_blocks(m: dict[str, Any]) -> list[Block]:
                      "; ".join(g["flags"]) or ""])
         muted.append(bool(g["small"]))
     return [{"type": "h2", "text": "6. Subgroups"},
-            {"type": "p", "text": f"AUC with DeLong 95% CI per subgroup of the {m['split']} split. Groups with fewer "
-                                  f"than {cfg['min_subgroup_n']} images or fewer than {cfg['min_subgroup_positives']} "
-                                  "positives (or negatives) are greyed out and flagged: their AUC is shown for "
-                                  "completeness and must not be read as a difference between groups."},
+            {"type": "p", "text": f"AUC with DeLong 95% CI per subgroup of the {m['split']} split. Groups with "
+                                  f"fewer than {cfg['min_subgroup_n']} images or fewer than "
+                                  f"{cfg['min_subgroup_positives']} positives (or negatives) are greyed out and "
+                                  "flagged: their AUC is shown for completeness and must not be read as a "
+                                  "difference between groups."},
             {"type": "table", "caption": "Subgroups", "header": ["attribute", "value", "n", "fibrosis",
                                                                 "prevalence", "AUC (95% CI)", "flag"],
              "rows": rows, "muted": muted}]
@@ -248,7 +249,8 @@ def _repro_blocks(m: dict[str, Any]) -> list[Block]:
             ("Weights sha256", (r.get("weights") or {}).get("sha256") or "n/a"),
             ("Checkpoint sha256", r.get("checkpoint_sha256") or "n/a"),
             ("Evaluated", m.get("created", "")), ("fibrosis version", __version__)]},
-        {"type": "table", "caption": "Package versions", "header": ["package", "training", "evaluation"], "rows": rows},
+        {"type": "table", "caption": "Package versions", "header": ["package", "training", "evaluation"],
+         "rows": rows},
         {"type": "pre", "caption": "Resolved configuration (config.yaml of the run + evaluation settings)",
          "text": yaml.safe_dump({**(r.get("config") or {}), "evaluate": m["evaluate_config"]}, sort_keys=False,
                                 default_flow_style=None, width=100)},
@@ -264,10 +266,11 @@ def build_blocks(m: dict[str, Any], have: set[str]) -> list[Block]:
     d = m["data"]
     blocks += [
         {"type": "h1", "text": "Pulmonary fibrosis classifier: validation report"},
-        {"type": "kv", "items": [("Run", r.get("name", "?")), ("Report date", dt.date.today().isoformat()),
-                                 ("Evaluated", m.get("created", "")), ("Data source", d.get("source", "not recorded")),
-                                 ("Reported split", f"{m['split']}: {d['n']} images, {d['n_patients']} patients, "
-                                                    f"{d['n_pos']} with fibrosis (prevalence {pct(d['prevalence'])})")]},
+        {"type": "kv", "items": [
+            ("Run", r.get("name", "?")), ("Report date", dt.date.today().isoformat()),
+            ("Evaluated", m.get("created", "")), ("Data source", d.get("source", "not recorded")),
+            ("Reported split", f"{m['split']}: {d['n']} images, {d['n_patients']} patients, {d['n_pos']} with "
+                               f"fibrosis (prevalence {pct(d['prevalence'])})")]},
         {"type": "p", "style": "summary", "text": headline(m)},
         {"type": "p", "style": "note", "text": "Research software, not a medical device. Labels are mined from "
                                                "radiology report text, not confirmed diagnoses. See the model card "
@@ -277,17 +280,21 @@ def build_blocks(m: dict[str, Any], have: set[str]) -> list[Block]:
         blocks += [{"type": "h3", "text": "Read with care"}, {"type": "list", "items": m["warnings"]}]
     blocks += _data_blocks(m) + _model_blocks(m)
     disc = m["discrimination"]
+    boot = disc["bootstrap"]
     blocks += [
         {"type": "h2", "text": "3. Discrimination"},
-        {"type": "table", "caption": f"AUC on the {m['split']} split", "header": ["measure", "value", "95% CI", "method"],
+        {"type": "table", "caption": f"AUC on the {m['split']} split",
+         "header": ["measure", "value", "95% CI", "method"],
          "rows": [["AUC", f"{disc['auc']:.3f}", ci3(disc["delong"]["ci"]), "DeLong"],
-                  ["AUC", f"{disc['auc']:.3f}", ci3(disc["bootstrap"]["ci"]),
-                   f"percentile bootstrap, {disc['bootstrap']['n_used']} resamples of {disc['bootstrap']['n_patients']} patients"],
+                  ["AUC", f"{disc['auc']:.3f}", ci3(boot["ci"]),
+                   f"percentile bootstrap, {boot['n_used']} resamples of {boot['n_patients']} patients"],
                   ["average precision", f"{disc['pr']['average_precision']:.3f}", "",
                    f"no-skill level = prevalence {pct(disc['pr']['prevalence'])}"]]},
-        {"type": "figure", "key": "roc", "half": True, "caption": "ROC curve with the patient-clustered bootstrap 95% band; "
-                                                    "dots: the frozen operating points on this split."},
-        {"type": "figure", "key": "pr", "half": True, "caption": "Precision-recall curve (precision at this split's prevalence)."},
+        {"type": "figure", "key": "roc", "half": True,
+         "caption": "ROC curve with the patient-clustered bootstrap 95% band; dots: the frozen operating "
+                    "points on this split."},
+        {"type": "figure", "key": "pr", "half": True,
+         "caption": "Precision-recall curve (precision at this split's prevalence)."},
     ]
     blocks += _calibration_blocks(m) + _operating_blocks(m) + _subgroup_blocks(m)
     blocks += _gradcam_blocks(m, "gradcam" in have)

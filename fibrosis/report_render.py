@@ -84,7 +84,8 @@ def render_html(blocks: list[Block], figures: dict[str, bytes], title: str) -> s
             rows = "".join(f'<tr{" class=muted" if mu else ""}>' + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>"
                            for r, mu in zip(b["rows"], muted))
             out.append(f"<table><caption>{_e(b.get('caption', ''))}</caption><thead><tr>"
-                       + "".join(f"<th>{_e(h)}</th>" for h in b["header"]) + f"</tr></thead><tbody>{rows}</tbody></table>")
+                       + "".join(f"<th>{_e(h)}</th>" for h in b["header"])
+                       + f"</tr></thead><tbody>{rows}</tbody></table>")
         elif t == "figure":
             out.append(_html_figure(b, figures))
         elif t == "figrow":
