@@ -6,9 +6,10 @@ policy checks as training), the model input transform (the cache quantisation,
 then :mod:`fibrosis.dataset`'s resize + normalise), the calibrator and the frozen
 default operating point. Nothing on the command line can change them.
 
-Pipeline: worker processes read, check and decode files (:func:`fibrosis.workers.ordered_map`,
-bounded, crash-isolated, in sorted path order); a reader thread keeps a bounded
-queue of decoded inputs full while the main thread runs batched inference, so
+Pipeline: worker processes read, check and decode files with ingestion's own
+per-file function (:func:`fibrosis.workers.ordered_map`: bounded, crash-isolated,
+in sorted path order); a reader thread applies the model transform and keeps a
+bounded queue of inputs full while the main thread runs batched inference, so
 decoding overlaps inference; rows are appended to the output in sorted path order
 as each batch completes (see :mod:`fibrosis.score_io` for resume and merging).
 Under ``torchrun`` each rank scores ``paths[rank::world]`` into ``<out>.rank<k>``
@@ -17,7 +18,6 @@ and rank 0 merges after a barrier.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import queue
@@ -35,7 +35,6 @@ from fibrosis import score_io
 from fibrosis.cache import DTYPES, file_sha256
 from fibrosis.config import IngestConfig, ScoreConfig, config_from_dict
 from fibrosis.dataset import normalise, resize
-from fibrosis.workers import Task, process_file
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ def frozen_settings(ckpt: dict[str, Any], path: Path, sha256: str) -> Frozen:
                   str(thr.get("default", "default")), float(thr["value"]), sha256[:16])
 
 
-# ------------------------------------------------------------------ per file (worker side)
+# ------------------------------------------------------------------ per file
 
 
 def model_input(stored: np.ndarray, cache_dtype: str, preprocessing: dict[str, Any]) -> np.ndarray:
@@ -117,14 +116,6 @@ def model_input(stored: np.ndarray, cache_dtype: str, preprocessing: dict[str, A
     img = stored.astype(np.float32) / float(np.iinfo(DTYPES[cache_dtype]).max)
     size = int(preprocessing["input_size"])
     return np.ascontiguousarray(normalise(resize(img, size), preprocessing), np.float32)[None]
-
-
-def prepare_file(task: Task, cfg: IngestConfig, *, preprocessing: dict[str, Any]) -> dict[str, Any]:
-    """Worker: ingestion's per-file function, then the model input transform."""
-    res = process_file(task, cfg)
-    if res["status"] == "ok":
-        res["x"] = model_input(res.pop("image"), cfg.cache_dtype, preprocessing)
-    return res
 
 
 # ------------------------------------------------------------------ streaming
@@ -176,11 +167,14 @@ def _prefetch(gen: Iterator[Any], maxsize: int) -> Iterator[Any]:
 def results(entries: list[tuple[str, str]], cfg: IngestConfig, preprocessing: dict[str, Any],
             workers: int) -> Iterator[dict[str, Any]]:
     """One result dict per entry, in entry order (folder errors interleaved in place)."""
-    from fibrosis.workers import ordered_map
+    from fibrosis.workers import ordered_map, process_file
 
+    # Workers run ingestion's own per-file function (read, hash, checks, load_image,
+    # cache quantisation); fibrosis.workers is what their fork server preloads, so they
+    # start in milliseconds without torch. The model transform (a 512 -> 224 area
+    # resize and normalise, well under a millisecond) runs here, in the prefetch thread.
     files = [(p, "", {}) for p, err in entries if not err]
-    fn = functools.partial(prepare_file, preprocessing=preprocessing)
-    decoded = ordered_map(fn, files, cfg, max(1, min(workers, len(files))))
+    decoded = ordered_map(process_file, files, cfg, max(1, min(workers, len(files))))
     try:
         for path, err in entries:
             if err:
@@ -189,6 +183,8 @@ def results(entries: list[tuple[str, str]], cfg: IngestConfig, preprocessing: di
                 res = next(decoded)
                 if res["path"] != path:  # ordered_map keeps order; a mismatch is a bug, not data
                     raise RuntimeError(f"decode order broken: got {res['path']}, expected {path}")
+                if res["status"] == "ok":
+                    res["x"] = model_input(res.pop("image"), cfg.cache_dtype, preprocessing)
                 yield res
     finally:
         decoded.close()
@@ -322,6 +318,8 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
         sha = file_sha256(ckpt_path)
         net, ckpt = load_model(ckpt_path, d.device)
         fz = frozen_settings(ckpt, ckpt_path, sha)
+        for key in ("model", "optimizer", "scheduler"):  # loaded already / not needed: free them
+            ckpt.pop(key, None)
         aggregate = study_aggregate or fz.score.study_aggregate
         if aggregate not in score_io.AGGREGATES:
             raise ValueError(f"study aggregate {aggregate!r}; allowed: {list(score_io.AGGREGATES)}")
