@@ -118,6 +118,20 @@ def _calibration_block(y: np.ndarray, prob: np.ndarray, ecfg: EvaluateConfig,
                 "histogram": M.score_histogram(y, prob)}
 
 
+def _bootstrap(y: np.ndarray, z: np.ndarray, keys: list[str], ecfg: EvaluateConfig, log: WarningLog,
+               split: str) -> dict[str, Any]:
+    """Clustered bootstrap, or an explicit "not reported" record when too few positives make
+    it degenerate (tiny test sets): the DeLong interval and every other number still stand."""
+    try:
+        return M.bootstrap_roc(y, z, keys, n_resamples=ecfg.bootstrap_resamples, level=ecfg.ci_level,
+                               seed=ecfg.seed)
+    except ValueError as exc:
+        log.items.append(f"discrimination ({split}): bootstrap CI not reported: {exc}")
+        return {"auc": None, "ci": None, "band": None, "level": ecfg.ci_level,
+                "method": "patient-clustered percentile bootstrap", "n_resamples": ecfg.bootstrap_resamples,
+                "n_used": None, "n_patients": len(set(keys)), "seed": ecfg.seed, "error": str(exc)}
+
+
 def choose_thresholds(y: np.ndarray, prob: np.ndarray, ecfg: EvaluateConfig) -> list[dict[str, Any]]:
     """Youden and target-sensitivity cut-offs on the fit split's calibrated probabilities."""
     points = [{"name": "youden", **O.threshold_youden(y, prob)}]
@@ -163,8 +177,7 @@ def evaluate_predictions(fit: Predictions, test: Predictions, ecfg: EvaluateConf
 
     with log.step(f"discrimination ({test.split})"):
         delong = M.auc_delong(y, z, ecfg.ci_level)
-        boot = M.bootstrap_roc(y, z, test.patient_keys, n_resamples=ecfg.bootstrap_resamples,
-                               level=ecfg.ci_level, seed=ecfg.seed)
+        boot = _bootstrap(y, z, test.patient_keys, ecfg, log, test.split)
         auc_cal = M.auc_delong(y, prob, ecfg.ci_level)["auc"] if ecfg.calibration == "isotonic" else None
         roc, pr = M.roc_points(y, z), M.pr_curve(y, z)
     if ecfg.bootstrap_resamples < 2000:
@@ -277,6 +290,6 @@ def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
     update_checkpoint(ckpt_path, calibration=cal.to_dict(), threshold=threshold)
     d = result["discrimination"]
     logger.info("%s AUC %.3f (DeLong %.3f-%.3f; bootstrap %.3f-%.3f); %s -> %s", split, d["auc"],
-                *(d["delong"]["ci"] or [float("nan")] * 2), *d["bootstrap"]["ci"], ckpt_path,
+                *(d["delong"]["ci"] or [float("nan")] * 2), *(d["bootstrap"]["ci"] or [float("nan")] * 2), ckpt_path,
                 "calibration + thresholds stored")
     return out / "metrics.json"

@@ -70,8 +70,9 @@ def roc_figure(disc: dict[str, Any], operating_points: Sequence[dict[str, Any]] 
     ax = fig.add_subplot()
     band, boot, delong = disc["bootstrap"]["band"], disc["bootstrap"], disc["delong"]
     level = int(round(100 * boot["level"]))
-    ax.fill_between(band["fpr"], band["tpr_lower"], band["tpr_upper"], color=BLUE, alpha=0.18, lw=0,
-                    label=f"{level}% band (bootstrap, {boot['n_patients']} patients)")
+    if band:
+        ax.fill_between(band["fpr"], band["tpr_lower"], band["tpr_upper"], color=BLUE, alpha=0.18, lw=0,
+                        label=f"{level}% band (bootstrap, {boot['n_patients']} patients)")
     ax.plot(disc["roc"]["fpr"], disc["roc"]["tpr"], color=BLUE, lw=2, drawstyle="default",
             label=f"ROC  AUC {disc['auc']:.3f}")
     ax.plot([0, 1], [0, 1], ls="--", color=GREY, lw=1, label="chance")
@@ -83,7 +84,7 @@ def roc_figure(disc: dict[str, Any], operating_points: Sequence[dict[str, Any]] 
                 label=f"{op['name'].replace('_', ' ')} (test): sens {_pct(se)}, spec {_pct(sp)}")
     ci_d = delong.get("ci")
     text = f"AUC {disc['auc']:.3f}\n{level}% CI DeLong " + (f"{ci_d[0]:.3f}-{ci_d[1]:.3f}" if ci_d else "n/a")
-    text += f"\n{level}% CI bootstrap {boot['ci'][0]:.3f}-{boot['ci'][1]:.3f}"
+    text += f"\n{level}% CI bootstrap " + (f"{boot['ci'][0]:.3f}-{boot['ci'][1]:.3f}" if boot["ci"] else "n/a")
     ax.text(0.98, 0.04, text, ha="right", va="bottom", transform=ax.transAxes, fontsize=9,
             bbox={"boxstyle": "round", "fc": "white", "ec": GREY, "alpha": 0.9})
     _unit_axes(ax, "1 - specificity (false-positive rate)", "sensitivity (true-positive rate)")

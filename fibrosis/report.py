@@ -287,7 +287,8 @@ def build_blocks(m: dict[str, Any], have: set[str]) -> list[Block]:
          "header": ["measure", "value", "95% CI", "method"],
          "rows": [["AUC", f"{disc['auc']:.3f}", ci3(disc["delong"]["ci"]), "DeLong"],
                   ["AUC", f"{disc['auc']:.3f}", ci3(boot["ci"]),
-                   f"percentile bootstrap, {boot['n_used']} resamples of {boot['n_patients']} patients"],
+                   f"percentile bootstrap, {boot['n_used']} resamples of {boot['n_patients']} patients"
+                   if boot["ci"] else f"bootstrap not reported: {boot.get('error', '')}"],
                   ["average precision", f"{disc['pr']['average_precision']:.3f}", "",
                    f"no-skill level = prevalence {pct(disc['pr']['prevalence'])}"]]},
         {"type": "figure", "key": "roc", "half": True,

@@ -195,3 +195,20 @@ def test_evaluate_run_end_to_end(tmp_path):
     assert html.count("data:image/png;base64,") == 5  # with the Grad-CAM panel
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)  # keys could occur in base64 by chance
     assert "p000" not in text and "synthetic/0" not in text  # patient keys and paths of the cache
+
+
+def test_degenerate_bootstrap_is_reported_not_fatal(tmp_path):
+    """2 positives among 30 single-image patients: ~13% of resamples lack a positive."""
+    from fibrosis.report import build_blocks, make_figures
+
+    test = _preds(30, 11, "test", prev=0.0, images_per_patient=1)
+    test.labels[:2] = 1
+    res, *_ = evaluate_predictions(_preds(200, 10, "val"), test, EvaluateConfig(bootstrap_resamples=400))
+    boot = res["discrimination"]["bootstrap"]
+    assert boot["ci"] is None and "contained both classes" in boot["error"]
+    assert any("bootstrap CI not reported" in w for w in res["warnings"])
+    assert res["discrimination"]["delong"]["ci"] is not None
+    write_json(tmp_path / "m.json", res)
+    m = json.loads((tmp_path / "m.json").read_text())
+    figs = make_figures(m, tmp_path)  # the ROC figure is drawn without a band
+    assert "n/a by patient-clustered bootstrap" in json.dumps(build_blocks(m, set(figs)))
