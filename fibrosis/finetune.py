@@ -43,10 +43,11 @@ def _groups(arch: str) -> dict[str, tuple[str, ...]]:
 
 
 # "The last blocks" per architecture for the `partial` preset: the stride-32 stage(s),
-# whose features are the most ImageNet-specific; for ResNets also layer3 (the issue's
-# layer3+layer4 regime), since X-ray texture differs from photographs at mid level too.
+# whose features are the most ImageNet-specific and the first to re-learn for X-rays.
+# One rule for every arch; deeper unfreezing (e.g. layer3+layer4) is an explicit stage:
+# `stages: [{name: head, ...}, {name: finetune, unfreeze: [layer3, layer4], ...}]`.
 PARTIAL: dict[str, tuple[str, ...]] = {
-    **{f"resnet{d}": ("layer3", "layer4") for d in (18, 34, 50, 101, 152)},
+    **{f"resnet{d}": ("layer4",) for d in (18, 34, 50, 101, 152)},
     "densenet121": ("denseblock4",),
     "efficientnet_b0": ("features.6", "features.7", "features.8"),
     "mobilenet_v2": tuple(f"features.{i}" for i in range(14, 19)),

@@ -89,7 +89,7 @@ def train_epoch(step_model: nn.Module, loader: DataLoader, opt: torch.optim.Opti
                 sched: Any, loss_fn: nn.Module, device: torch.device, *, amp: bool,
                 channels_last: bool, desc: str = "", show: bool = False) -> tuple[float, int]:
     """One pass; returns (mean loss, images seen). ``step_model`` maps a batch to logits."""
-    total, n = 0.0, 0
+    total, n = torch.zeros((), dtype=torch.float64, device=device), 0
     for x, y in tqdm(loader, desc=desc, disable=True if not show else None, leave=False):
         x = x.to(device, non_blocking=True)
         if channels_last and x.ndim == 4:
@@ -102,9 +102,9 @@ def train_epoch(step_model: nn.Module, loader: DataLoader, opt: torch.optim.Opti
         loss.backward()
         opt.step()
         sched.step()
-        total += float(loss.detach()) * len(y)
+        total += loss.detach() * len(y)  # stays on the device: no host sync per step
         n += len(y)
-    return total / max(n, 1), n
+    return float(total) / max(n, 1), n
 
 
 def _read_splits(cache_dir: Path) -> tuple[CacheReader, list[int], list[int]]:

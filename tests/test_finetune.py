@@ -46,7 +46,7 @@ def test_every_parameter_in_exactly_one_group(arch):
 
 def test_partial_presets_cover_the_last_blocks():
     assert set(PARTIAL) == set(ARCHS)
-    assert PARTIAL["resnet50"] == ("layer3", "layer4")
+    assert PARTIAL["resnet50"] == ("layer4",) and PARTIAL["densenet121"] == ("denseblock4",)
     assert PARTIAL["mobilenet_v2"][-1] == "features.18"
 
 
@@ -151,7 +151,7 @@ def test_presets():
     assert only.unfreeze == () and only.epochs == 5
     head, tune = preset_stages("partial", "resnet50", t)
     assert head.unfreeze == () and head.lr == 1e-3
-    assert tune.unfreeze == ("layer3", "layer4") and tune.lr == 1e-5 and tune.epochs == 3
+    assert tune.unfreeze == ("layer4",) and tune.lr == 1e-5 and tune.epochs == 3
     assert preset_stages("full", "resnet50", t)[1].unfreeze == ("all",)
     with pytest.raises(ValueError, match="head-only"):
         preset_stages("most", "resnet50", t)
