@@ -42,14 +42,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     summary = ingest(args.inputs, args.cache, cfg.ingest, strict=args.strict,
                      workers=args.workers, progress=not args.no_progress)
     logger.info("%s", summary)
-    return EXIT_OK if summary.ok(strict=args.strict) else EXIT_FAIL
+    return summary.exit_code
 
 
 def cmd_split(args: argparse.Namespace) -> int:
     from fibrosis.split import split_cache
 
-    summary = split_cache(args.cache, _config(args).split)
-    logger.info("%s", summary)
+    summary = split_cache(args.cache, _config(args).split, reassign=args.reassign)
+    for name, counts in summary.counts.items():
+        logger.info("%-6s %s", name, counts)
+    for warning in summary.warnings:
+        logger.warning("%s", warning)
+    logger.info("near-duplicate pairs: %s", Path(args.cache) / "near_duplicates.csv")
     return EXIT_OK
 
 
@@ -135,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("split", cmd_split,
             "Write a seeded, patient-level, label-stratified train/val/test(/calib) split into the manifest.")
     p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--reassign", action="store_true",
+                   help="re-draw every patient's split (default: assigned patients never move)")
     _add_config_args(p)
 
     p = add("train", cmd_train, "Fine-tune an ImageNet backbone (freeze, then unfreeze) on the cache.")
