@@ -1,0 +1,53 @@
+"""Config loading: strict keys, types, overrides, and the shipped YAML files."""
+from pathlib import Path
+
+import pytest
+
+from fibrosis.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_yaml_documents_exactly_the_defaults():
+    # configs/default.yaml is the user's reference: it must not drift from the code.
+    assert load_config(REPO / "configs" / "default.yaml") == Config()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    assert isinstance(load_config(path), Config)
+
+
+def test_unknown_key_names_key_and_allowed_set(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"learning_rate.*allowed.*batch_size"):
+        load_config(f)
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises(ConfigError, match=r"train.batch_size: expected an integer, got '16'"):
+        config_from_dict({"train": {"batch_size": "16"}})
+    with pytest.raises(ConfigError, match="expected true/false"):
+        config_from_dict({"train": {"amp": "yes"}})
+
+
+def test_overrides_parse_yaml_values_and_nest():
+    cfg = load_config(None, ["train.batch_size=16", "model.arch=resnet18",
+                             "train.stages=[{name: head, epochs: 2, lr: 0.01}]"])
+    assert cfg.train.batch_size == 16 and cfg.model.arch == "resnet18"
+    assert cfg.train.stages[0].epochs == 2 and cfg.train.stages[0].lr == 0.01
+    with pytest.raises(ConfigError, match="KEY.PATH=VALUE"):
+        load_config(None, ["train.batch_size"])
+
+
+def test_config_is_frozen_and_round_trips():
+    cfg = load_config(None, ["split.seed=3"])
+    with pytest.raises(Exception):
+        cfg.split.seed = 4  # type: ignore[misc]
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_config(tmp_path / "nope.yaml")
