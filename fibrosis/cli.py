@@ -69,14 +69,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from fibrosis.evaluate import evaluate_run
 
     cfg = _config(args) if (args.config or args.set) else None
-    evaluate_run(args.run, args.cache, split=args.split, cfg=cfg)
+    evaluate_run(args.run, args.cache, split=args.split, cfg=cfg, gradcam=not args.no_gradcam,
+                 device=args.device)
     return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from fibrosis.report import write_report
 
-    out = write_report(args.run, args.out)
+    out = write_report(args.run, args.out, split=args.split)
     logger.info("report written to %s", out)
     return EXIT_OK
 
@@ -84,7 +85,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from fibrosis.compare import compare_runs
 
-    compare_runs(args.run_a, args.run_b, split=args.split)
+    result = compare_runs(args.run_a, args.run_b, split=args.split, level=args.level)
+    logger.info("%s", result)
     return EXIT_OK
 
 
@@ -155,16 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True, help="run directory written by `train`")
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--split", default="test", help="split to report on (default: test)")
+    p.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM panels")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     _add_config_args(p)
 
     p = add("report", cmd_report, "Write the HTML + PDF validation report and metrics.json.")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--out", type=Path, default=None, help="default: reports/<run name>/")
+    p.add_argument("--split", default="test", help="evaluated split to report (default: test)")
 
     p = add("compare", cmd_compare, "Paired DeLong test of two evaluated runs on the same cases.")
     p.add_argument("run_a", type=Path)
     p.add_argument("run_b", type=Path)
     p.add_argument("--split", default="test")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the CI")
 
     p = add("score", cmd_score,
             "Batch-score DICOM/PNG studies with a trained model, its calibration and threshold.")
