@@ -255,3 +255,67 @@ def test_torchrun_ranks_shard_and_merge(ckpt, inputs, tmp_path, monkeypatch):
     # rank 0 reports the counts of all ranks
     counts, resumed = (tmp_path / "multi.csv.summary0").read_text().split("|")
     assert eval(counts) == {"ok": 2, "error": 4} and resumed == "0"
+
+
+class _Shifted:
+    """An engine that passed the synthetic check but is off on real images (+0.5 logit)."""
+
+    name = "onnx"
+
+    def __init__(self, net):
+        self.net = net
+
+    def __call__(self, x):
+        with torch.no_grad():
+            return self.net(torch.from_numpy(x)).numpy() + np.float32(0.5)
+
+    def describe(self):
+        return "shifted"
+
+
+@pytest.mark.parametrize("auto", [True, False])
+def test_first_real_batch_rechecks_the_engine(tmp_path, ckpt, auto):
+    from fibrosis.checkpoint import load_model
+    from fibrosis.engine import EngineError
+    from fibrosis.score_io import RowWriter
+
+    net, ck = load_model(ckpt)
+    fz = S.frozen_settings(ck, ckpt, "f" * 64)
+    writer = RowWriter(tmp_path / "o.csv")
+    scorer = S.Scorer(net, _Shifted(net), fz, writer, batch_size=2, salt="s", auto=auto, gradcam_dir=None)
+    x = np.stack([S.model_input(to_cache_dtype(chest_phantom(64, 64, seed=i), "uint8"), "uint8",
+                                net.preprocessing) for i in range(2)])
+    results = [{"path": f"/p{i}", "status": "ok", "hash": "h", "x": x[i],
+                "meta": {"sop_uid": f"1.{i}", "study_uid": "1", "series_uid": "1", "view_position": "PA",
+                         "source_format": "dicom", "_patient_id": PATIENT_ID}} for i in range(2)]
+    if not auto:
+        with pytest.raises(EngineError, match="real images"):
+            for r in results:
+                scorer.add(r)
+        return
+    for r in results:
+        scorer.add(r)
+    writer.close()
+    rows = read(tmp_path / "o.csv")
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    assert [r["engine"] for r in rows] == ["eager", "eager"]
+    np.testing.assert_allclose([float(r["logit"]) for r in rows], ref, atol=1e-6)
+    assert PATIENT_ID not in (tmp_path / "o.csv").read_text()
+
+
+def test_demo_score_folder_matches_its_expected_statuses(tmp_path, monkeypatch):
+    """data/demo/score: the files the demo ends by scoring, with their documented outcomes."""
+    demo = Path(__file__).resolve().parents[1] / "data" / "demo"
+    if not (demo / "score_expected.csv").is_file():
+        pytest.skip("data/demo not present")
+    monkeypatch.setenv("FIBROSIS_SALT", "test-salt")
+    ck = make_checkpoint(tmp_path / "run" / "best.pt", ingest=IngestConfig(image_size=64))
+    out = tmp_path / "scores.csv"
+    summary = S.score(ck, demo / "score", out, progress=False, device="cpu")
+    got = {Path(r["path"]).name: r["status"].split(":")[0] for r in read(out)}
+    expected = {r["image"]: r["expected"] for r in read(demo / "score_expected.csv")}
+    assert got == expected
+    assert not summary.ok() and summary.counts["error"] == 2
+    studies = read(out.with_suffix(".studies.csv"))
+    assert len(studies) == 10 and sum(int(s["n_images"]) for s in studies) == 13
