@@ -341,7 +341,7 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
                 logger.warning("patient keys: creating %s (keep it private, never share it with the "
                                "scores); use the training cache's salt (salt_dir / FIBROSIS_SALT) for keys "
                                "that match the training manifest", salt_home / "salt.key")
-            shared = (resolve_salt(salt_home), score_io.discover_inputs(input, out, gc_dir))
+            shared = (resolve_salt(salt_home), score_io.discover_inputs(input, out, gc_dir, salt_home / "salt.key"))
         salt, entries = distributed.broadcast_object(d, shared if d.is_main else None)
         if not entries:
             logger.warning("%s: no input files found", input)

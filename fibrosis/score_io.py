@@ -54,16 +54,14 @@ def unreadable_dirs(root: Path) -> list[tuple[str, str]]:
     return found
 
 
-def _outputs(out: Path) -> set[str]:
-    return {str(p.resolve()) for p in (out, out.with_suffix(".studies.csv"))}
-
-
-def discover_inputs(input_: str | Path, out: Path, gradcam_dir: Path | None) -> list[tuple[str, str]]:
+def discover_inputs(input_: str | Path, out: Path, gradcam_dir: Path | None,
+                    salt_file: Path | None = None) -> list[tuple[str, str]]:
     """Sorted (path, error) entries: files from ``ingest.discover`` ("" error) and unreadable
-    folders. Our own outputs are left out when they sit inside the input folder."""
+    folders. Our own outputs (and the salt file) are left out when they sit inside the
+    input folder: a re-run must not score its own CSV."""
     from fibrosis.ingest import discover
 
-    skip = _outputs(out)
+    skip = {str(p.resolve()) for p in (out, out.with_suffix(".studies.csv"), salt_file) if p}
     name = re.compile(re.escape(out.name) + r"\.rank\d+$")
     gc = str(gradcam_dir.resolve()) + os.sep if gradcam_dir else None
     entries = [(str(p), "") for p in discover([input_])

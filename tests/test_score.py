@@ -319,3 +319,15 @@ def test_demo_score_folder_matches_its_expected_statuses(tmp_path, monkeypatch):
     assert not summary.ok() and summary.counts["error"] == 2
     studies = read(out.with_suffix(".studies.csv"))
     assert len(studies) == 10 and sum(int(s["n_images"]) for s in studies) == 13
+
+
+def test_outputs_inside_the_input_folder_are_not_scored(ckpt, inputs, tmp_path, monkeypatch):
+    monkeypatch.delenv("FIBROSIS_SALT", raising=False)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "pa.dcm").write_bytes((inputs / "a" / "s1_pa.dcm").read_bytes())
+    out = folder / "scores.csv"
+    first = run(ckpt, folder, out, gradcam_dir=folder / "cams")
+    second = run(ckpt, folder, out, gradcam_dir=folder / "cams")  # scores.csv, salt.key now inside
+    assert first.ok() and second.ok() and second.resumed == 1 and not second.counts
+    assert (folder / "salt.key").is_file() and [Path(r["path"]).name for r in read(out)] == ["pa.dcm"]
