@@ -44,7 +44,8 @@ class EngineError(RuntimeError):
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Largest allowed difference from ``eager`` on the verification batch.
+    """Largest allowed difference from ``eager`` on the verification batch:
+    |dlogit| <= logit + rtol * |eager logit| and |dprob| <= prob.
 
     Decisions must agree for every case whose reference probability is further
     than ``prob`` from the threshold (closer cases may legitimately flip).
@@ -52,18 +53,21 @@ class Tolerance:
 
     logit: float
     prob: float
+    rtol: float = 0.0
 
 
 # fp32 engines differ from eager only in summation order: ~1e-5 on a logit is
 # typical, 1e-3 leaves headroom and still catches a wrong export (missing
 # normalisation, train-mode BatchNorm) by orders of magnitude. bf16 keeps 8 bits
 # of mantissa: ~0.01-0.03 on a logit through a ResNet, so it gets a wider band
-# that is still far below any clinically meaningful change of probability.
+# that is still far below any clinically meaningful change of probability; its
+# error grows with the logit (relative rounding), hence rtol: on a ResNet50 with
+# large logits benchmarks/score.py measured |dlogit| 0.09 while |dprob| was 6e-5.
 TOLERANCES = {
     "eager": Tolerance(0.0, 0.0),
     "channels_last": Tolerance(1e-3, 1e-3),
     "onnx": Tolerance(1e-3, 1e-3),
-    "bf16": Tolerance(0.05, 0.01),
+    "bf16": Tolerance(0.05, 0.01, rtol=0.02),
 }
 
 
@@ -75,17 +79,19 @@ class Agreement:
     max_abs_prob: float
     decisions_differ: int  # outside the tolerance band around the threshold
     tolerance: Tolerance
+    max_excess: float = 0.0  # max of |dlogit| - rtol * |eager logit|, held to tolerance.logit
 
     @property
     def ok(self) -> bool:
         t = self.tolerance
-        return (self.max_abs_logit <= t.logit and self.max_abs_prob <= t.prob
+        return (self.max_excess <= t.logit and self.max_abs_prob <= t.prob
                 and self.decisions_differ == 0)
 
     def __str__(self) -> str:
         t = self.tolerance
+        rel = f" + {t.rtol:g} |logit|" if t.rtol else ""
         return (f"{self.engine} vs eager on {self.n} images: max |dlogit| {self.max_abs_logit:.2e} "
-                f"(tol {t.logit:g}), max |dprob| {self.max_abs_prob:.2e} (tol {t.prob:g}), "
+                f"(tol {t.logit:g}{rel}), max |dprob| {self.max_abs_prob:.2e} (tol {t.prob:g}), "
                 f"{self.decisions_differ} decision(s) differ")
 
 
@@ -106,8 +112,10 @@ def agreement(name: str, ref: np.ndarray, got: np.ndarray,
     if threshold is not None:
         clear = np.abs(p_ref - threshold) > tol.prob
         differ = int(((p_ref >= threshold) != (p_got >= threshold))[clear].sum())
-    return Agreement(name, len(ref), float(np.abs(ref - got).max(initial=0.0)),
-                     float(np.abs(p_ref - p_got).max(initial=0.0)), differ, tol)
+    err = np.abs(ref - got)
+    return Agreement(name, len(ref), float(err.max(initial=0.0)),
+                     float(np.abs(p_ref - p_got).max(initial=0.0)), differ, tol,
+                     float((err - tol.rtol * np.abs(ref)).max(initial=0.0)))
 
 
 # ------------------------------------------------------------------ engines

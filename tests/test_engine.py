@@ -36,6 +36,11 @@ def test_agreement_hand_checked():
     assert flip.decisions_differ == 1 and not flip.ok
     nan = E.agreement("onnx", ref, np.array([0.0, np.nan, 1.0]))
     assert not nan.ok
+    # bf16: relative part of the band; a logit of 10 may be 0.05 + 0.02 * 10 = 0.25 off
+    big = E.agreement("bf16", np.array([10.0]), np.array([10.24]), threshold=0.5)
+    assert big.ok and big.max_abs_logit == pytest.approx(0.24)
+    assert not E.agreement("bf16", np.array([10.0]), np.array([10.26])).ok
+    assert not E.agreement("onnx", np.array([10.0]), np.array([10.01])).ok  # fp32: absolute only
 
 
 def test_verification_batch_deterministic_and_normalised(net):
