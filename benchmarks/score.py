@@ -122,13 +122,48 @@ def decode_rate(ckpt: Path, src: Path, workers: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def _descendants_rss_mb(root: int) -> float:
+    """Current RSS of all descendants of ``root`` (decode workers are grandchildren,
+    under the fork server, so RUSAGE_CHILDREN does not see them)."""
+    parent: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            parent[int(d.name)] = int(fields[1])
+            rss[int(d.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    total = 0
+    for pid in parent:
+        p = parent.get(pid)
+        while p and p != root:
+            p = parent.get(p)
+        if p == root:
+            total += rss.get(pid, 0)
+    return total / 2**20
+
+
 def rss_child(ckpt: str, src: str, out: str, workers: int) -> None:
+    import threading
+
     from fibrosis.score import score
 
+    peak, done = [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.25):
+            peak[0] = max(peak[0], _descendants_rss_mb(os.getpid()))
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
     s = score(ckpt, src, out, progress=False, workers=workers, device="cpu")
+    done.set()
+    t.join()
     self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    kids_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"{sum(s.counts.values())} {self_mb:.0f} {kids_mb:.0f} {s.seconds:.1f}")
+    print(f"{sum(s.counts.values())} {self_mb:.0f} {peak[0]:.0f} {s.seconds:.1f}")
 
 
 def rss_runs(root: Path, arch: str, counts: list[int], workers: int) -> None:
@@ -159,8 +194,8 @@ def rss_runs(root: Path, arch: str, counts: list[int], workers: int) -> None:
         res = subprocess.run([sys.executable, __file__, "--rss-child", str(ckpt), str(src), str(out),
                               str(workers)], capture_output=True, text=True, check=True)
         scored, self_mb, kids_mb, secs = res.stdout.split()[-4:]
-        print(f"  {n:6d} files: scored {scored}, peak RSS main {self_mb} MB, largest worker {kids_mb} MB "
-              f"({float(secs):.0f} s)")
+        print(f"  {n:6d} files: scored {scored}, peak RSS main process {self_mb} MB, peak RSS of its "
+              f"worker processes together {kids_mb} MB ({float(secs):.0f} s)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=4.0, help="per engine per round")
     ap.add_argument("--rss", default="1000,5000", help="file counts for the RSS runs ('' = skip)")
+    ap.add_argument("--rss-only", action="store_true", help="only the RSS runs")
     ap.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.rss_child:
@@ -190,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.arch} @ {args.input_size} px, batch {args.batch_size}, {workers} decode worker(s), "
           f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}; files in {root}")
     try:
+        if args.rss_only:
+            rss_runs(root, args.arch, [int(c) for c in args.rss.split(",")], workers)
+            return 0
         src = root / "dicom"
         src.mkdir()
         t = time.perf_counter()
