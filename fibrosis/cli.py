@@ -91,12 +91,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from fibrosis.engine import EngineError
     from fibrosis.score import score
 
-    summary = score(args.model, args.input, args.out, workers=args.workers,
-                    batch_size=args.batch_size, gradcam_dir=args.gradcam,
-                    study_aggregate=args.aggregate, engine=args.engine,
-                    progress=not args.no_progress)
+    try:
+        summary = score(args.model, args.input, args.out, workers=args.workers,
+                        batch_size=args.batch_size, gradcam_dir=args.gradcam,
+                        study_aggregate=args.aggregate, engine=args.engine,
+                        progress=not args.no_progress, salt_dir=args.salt_dir, device=args.device)
+    except EngineError as exc:  # a named engine is unavailable or disagrees with eager fp32
+        logger.error("%s", exc)
+        return EXIT_USAGE
     logger.info("%s", summary)
     return EXIT_OK if summary.ok() else EXIT_FAIL
 
@@ -182,7 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--aggregate", choices=["max", "mean"], default=None,
                    help="per-study aggregate over frontal images (default from checkpoint config)")
-    p.add_argument("--engine", choices=["auto", "eager", "bf16", "onnx"], default=None)
+    p.add_argument("--engine", choices=["auto", "eager", "channels_last", "bf16", "onnx"],
+                   default=None, help="inference engine (default from the checkpoint config: auto, "
+                                      "the first that agrees with eager fp32)")
+    p.add_argument("--salt-dir", type=Path, default=None,
+                   help="training cache folder (or folder holding salt.key), so patient keys match "
+                        "the training manifest; default: $FIBROSIS_SALT, else the output's folder")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--gradcam", type=Path, default=None, help="write Grad-CAM PNGs of positives here")
     p.add_argument("--no-progress", action="store_true")
 
