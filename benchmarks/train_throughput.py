@@ -75,8 +75,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--head-epochs", type=int, default=5, help="epochs for the head-stage comparison")
     ap.add_argument("--head-images", type=int, default=256)
     ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
