@@ -173,8 +173,8 @@ def fetch_imagenet(arch: str) -> Path:
     enum, path = imagenet_file(arch)
     prefix = _hash_prefix(path.name)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(enum.url, str(path), hash_prefix=prefix, progress=False)
         except Exception as exc:  # URLError, timeouts, hash mismatch, read-only dir...
             raise WeightsError(
