@@ -238,8 +238,48 @@ def parse_override(text: str) -> dict[str, Any]:
     return node
 
 
+# Allowed values of the enumerated keys: checked when the config is loaded, so a
+# typo fails in the first second rather than after hours of training.
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "ingest.cache_dtype": ("uint8", "uint16"),
+    "train.preset": ("head-only", "partial", "full", "auto", None),
+    "train.imbalance": ("pos_weight", "sampler", "none"),
+    "evaluate.calibration": ("temperature", "platt", "isotonic", "none"),
+    "evaluate.ece_strategy": ("uniform", "quantile"),
+    "evaluate.fit_split": ("auto", "val", "calib"),
+    "score.study_aggregate": ("max", "mean"),
+    "score.engine": ("auto", "eager", "channels_last", "bf16", "onnx"),
+}
+
+
+def validate(cfg: Config) -> Config:
+    """Check enumerations and ranges; raise ConfigError naming the key, value and allowed set."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
+    fractions = {k: getattr(cfg.split, k) for k in ("train", "val", "test", "calib")}
+    if any(v < 0 for v in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-6:
+        raise ConfigError(f"split: fractions {fractions} must be >= 0 and sum to 1")
+    if not 0.0 < cfg.evaluate.ci_level < 1.0:
+        raise ConfigError(f"evaluate.ci_level: {cfg.evaluate.ci_level} must lie in (0, 1)")
+    for s in cfg.evaluate.target_sensitivities:
+        if not 0.0 < s <= 1.0:
+            raise ConfigError(f"evaluate.target_sensitivities: {s} must lie in (0, 1]")
+    prev = cfg.evaluate.deployment_prevalence
+    if prev is not None and not 0.0 < prev < 1.0:
+        raise ConfigError(f"evaluate.deployment_prevalence: {prev} must lie in (0, 1)")
+    for key in ("ingest.image_size", "model.input_size", "train.batch_size", "score.batch_size",
+                "ingest.shard_size", "evaluate.ece_bins"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 1:
+            raise ConfigError(f"{key}: {getattr(getattr(cfg, section), name)} must be >= 1")
+    return cfg
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
-    return _build(Config, data or {}, "")
+    return validate(_build(Config, data or {}, ""))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

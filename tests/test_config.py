@@ -51,3 +51,18 @@ def test_config_is_frozen_and_round_trips():
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("ingest.cache_dtype=float32", r"ingest.cache_dtype: 'float32' is not one of \['uint8', 'uint16'\]"),
+    ("train.preset=partal", r"train.preset: 'partal' is not one of"),
+    ("evaluate.calibration=beta", r"evaluate.calibration: 'beta'"),
+    ("score.study_aggregate=median", r"score.study_aggregate: 'median'"),
+    ("split.test=0.5", r"split: fractions .* sum to 1"),
+    ("evaluate.ci_level=95", r"evaluate.ci_level: 95.0 must lie in \(0, 1\)"),
+    ("evaluate.deployment_prevalence=0", r"deployment_prevalence: 0.0"),
+    ("train.batch_size=0", r"train.batch_size: 0 must be >= 1"),
+])
+def test_bad_values_name_key_value_and_allowed(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
