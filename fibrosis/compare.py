@@ -8,6 +8,7 @@ model logits (the AUC before any calibration, which temperature/Platt do not cha
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from .cache import read_csv
 from .evaluate import write_json
-from .metrics import delong_paired_test
+from .metrics import MetricWarning, delong_paired_test
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,13 @@ def compare_predictions(a: dict[str, tuple[int, float]], b: dict[str, tuple[int,
     if disagree:
         raise ValueError(f"{disagree} case(s) have different labels in {names[0]} and {names[1]}; "
                          "were they evaluated against the same labels?")
-    res = delong_paired_test(y, [a[k][1] for k in keys], [b[k][1] for k in keys], level)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always", MetricWarning)
+        res = delong_paired_test(y, [a[k][1] for k in keys], [b[k][1] for k in keys], level)
+    # Kept next to the numbers (zero variance, tiny sets), not only in the log.
+    res["warnings"] = [str(w.message) for w in rec if issubclass(w.category, MetricWarning)]
+    for msg in res["warnings"]:
+        logger.warning("compare %s vs %s: %s", names[0], names[1], msg)
     res.update(run_a=names[0], run_b=names[1], n=len(keys))
     return res
 
@@ -63,7 +70,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path, split: str = "test", *, l
     path = Path(out) if out else run_a / "eval" / split / f"compare_{run_b.name}.json"
     write_json(path, res)
     lvl = int(round(100 * level))
-    logger.info("%s: AUC %s %.3f vs %s %.3f; difference %.3f (%d%% CI %.3f to %.3f), z = %.2f, p = %.4g "
+    zstat = "undefined (variance 0)" if res["z"] is None else f"{res['z']:.2f}"
+    logger.info("%s: AUC %s %.3f vs %s %.3f; difference %.3f (%d%% CI %.3f to %.3f), z = %s, p = %.4g "
                 "(paired DeLong, %d cases, %d positive) -> %s", split, run_a.name, res["auc_a"], run_b.name,
-                res["auc_b"], res["difference"], lvl, *res["ci"], res["z"], res["p"], res["n"], res["n_pos"], path)
+                res["auc_b"], res["difference"], lvl, *res["ci"], zstat, res["p"], res["n"], res["n_pos"], path)
     return res

@@ -120,6 +120,12 @@ def auc_delong(y_true: Any, y_score: Any, level: float = 0.95) -> dict[str, Any]
                 "method": "DeLong", "n_pos": m, "n_neg": n}
     var = float(np.var(v10, ddof=1) / m + np.var(v01, ddof=1) / n)
     se = math.sqrt(var)
+    if var <= _EPS:
+        # Happens with perfect separation (AUC 1 or 0) or all-tied scores: the sample
+        # gives no spread, not certainty; the zero-width interval must not pass unremarked.
+        warnings.warn(f"DeLong variance is 0 (AUC = {auc:.3f}, {m} positives / {n} negatives): the "
+                      f"zero-width CI understates the uncertainty; read it as 'no interval'",
+                      MetricWarning, stacklevel=2)
     return {"auc": auc, "variance": var, "se": se,
             "ci": [max(0.0, auc - z * se), min(1.0, auc + z * se)], "level": level,
             "method": "DeLong", "n_pos": m, "n_neg": n}
@@ -141,9 +147,17 @@ def delong_paired_test(y_true: Any, score_a: Any, score_b: Any, level: float = 0
     cov = s10 / m + s01 / n
     diff = auc_a - auc_b
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    zstat: float | None
     if var <= _EPS:
-        # Identical rankings: the difference is exactly 0 with no sampling variance.
-        zstat, p, se = 0.0, 1.0, 0.0
+        # No sampling variance of the difference (identical rankings, or e.g. a perfect
+        # separator against a constant score). z is undefined: p = 1 is only right when
+        # there is no difference at all; any difference then counts as certain (p = 0),
+        # flagged because the zero-width interval understates the real uncertainty.
+        se = 0.0
+        zstat, p = (0.0, 1.0) if diff == 0.0 else (None, 0.0)
+        warnings.warn(f"paired DeLong: variance is 0 (AUC {auc_a:.3f} vs {auc_b:.3f}, difference "
+                      f"{diff:.3f}); z is undefined and p = {p:g} is a degenerate limit, not a test",
+                      MetricWarning, stacklevel=2)
     else:
         se = math.sqrt(var)
         zstat = diff / se

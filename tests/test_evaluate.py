@@ -214,3 +214,19 @@ def test_degenerate_bootstrap_is_reported_not_fatal(tmp_path):
     m = json.loads((tmp_path / "m.json").read_text())
     figs = make_figures(m, tmp_path)  # the ROC figure is drawn without a band
     assert "n/a by patient-clustered bootstrap" in json.dumps(build_blocks(m, set(figs)))
+
+
+def test_compare_zero_variance_is_recorded_not_p_one(tmp_path):
+    from fibrosis.cache import write_csv
+
+    y = [1] * 15 + [0] * 15
+    perfect = list(np.r_[np.linspace(2, 3, 15), np.linspace(-3, -2, 15)])
+    for name, scores in (("run_a", perfect), ("run_b", [0.0] * 30)):
+        rows = [{"content_hash": f"c{i}", "label": y[i], "logit": scores[i]} for i in range(30)]
+        (tmp_path / name / "eval" / "test").mkdir(parents=True)
+        write_csv(tmp_path / name / "eval" / "test" / "predictions.csv", rows, ("content_hash", "label", "logit"))
+    res = compare_runs(tmp_path / "run_a", tmp_path / "run_b")
+    assert res["p"] == 0.0 and res["z"] is None and res["difference"] == 0.5
+    assert any("variance is 0" in w for w in res["warnings"])
+    saved = json.loads((tmp_path / "run_a" / "eval" / "test" / "compare_run_b.json").read_text())
+    assert saved["warnings"] == res["warnings"]

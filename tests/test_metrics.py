@@ -92,7 +92,8 @@ def test_paired_delong_matches_proc_roc_test(a, b, z, p, lo, hi):
 
 
 def test_paired_delong_identical_scores():
-    res = M.delong_paired_test(Y, MARKERS["wfns"], MARKERS["wfns"])
+    with pytest.warns(MetricWarning, match="variance is 0"):
+        res = M.delong_paired_test(Y, MARKERS["wfns"], MARKERS["wfns"])
     assert res["z"] == 0 and res["p"] == 1.0 and res["difference"] == 0
 
 
@@ -254,3 +255,38 @@ def test_bootstrap_degenerate_resamples_are_counted():
     with pytest.raises(ValueError, match="contained both classes"), warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricWarning)
         M.bootstrap_roc(y, np.linspace(0, 1, 30), n_resamples=200)
+
+
+def _metric_messages(rec) -> list[str]:
+    return [str(w.message) for w in rec if issubclass(w.category, MetricWarning)]
+
+
+def test_paired_delong_zero_variance_with_a_difference_is_not_p_one():
+    # perfect separator vs a collapsed (constant) model: difference 0.5 with no DeLong variance
+    y = np.r_[np.ones(15, int), np.zeros(15, int)]
+    perfect, constant = np.r_[np.linspace(2, 3, 15), np.linspace(-3, -2, 15)], np.zeros(30)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        res = M.delong_paired_test(y, perfect, constant)
+    assert res["difference"] == 0.5 and res["se"] == 0.0
+    assert res["p"] == 0.0 and res["z"] is None
+    assert any("variance is 0" in msg for msg in _metric_messages(rec))
+    json_safe = [v for v in res.values() if isinstance(v, float)]
+    assert all(math.isfinite(v) for v in json_safe)
+
+
+def test_paired_delong_zero_variance_and_zero_difference_warns():
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        res = M.delong_paired_test(Y, MARKERS["wfns"], MARKERS["wfns"])
+    assert res["p"] == 1.0 and res["z"] == 0
+    assert any("variance is 0" in msg for msg in _metric_messages(rec))
+
+
+def test_single_auc_zero_variance_warns():
+    y = np.r_[np.ones(15, int), np.zeros(15, int)]
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        res = M.auc_delong(y, np.r_[np.linspace(2, 3, 15), np.linspace(-3, -2, 15)])
+    assert res["auc"] == 1.0 and res["se"] == 0.0 and res["ci"] == [1.0, 1.0]
+    assert any("variance is 0" in msg and "understates" in msg for msg in _metric_messages(rec))
