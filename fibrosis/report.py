@@ -41,6 +41,11 @@ def ci3(ci: list[float] | None) -> str:
     return "n/a" if not ci or ci[0] is None else f"{ci[0]:.3f}-{ci[1]:.3f}"
 
 
+def ci_label(m: dict[str, Any]) -> str:
+    """'95% CI' (or the configured evaluate.ci_level, e.g. '90% CI') for every interval label."""
+    return f"{100 * float(m['evaluate_config']['ci_level']):.4g}% CI"
+
+
 def num(v: Any, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
@@ -58,10 +63,9 @@ def _frac(p: dict[str, Any]) -> str:
 
 def headline(m: dict[str, Any]) -> str:
     d, disc = m["data"], m["discrimination"]
-    lvl = int(round(100 * disc["delong"]["level"]))
     text = (f"On the held-out {m['split']} split ({d['n']} images of {d['n_patients']} patients; {d['n_pos']} "
             f"with fibrosis, prevalence {pct(d['prevalence'])}), the model's AUC was {disc['auc']:.3f} "
-            f"({lvl}% CI {ci3(disc['delong']['ci'])} by DeLong; {ci3(disc['bootstrap']['ci'])} by "
+            f"({ci_label(m)} {ci3(disc['delong']['ci'])} by DeLong; {ci3(disc['bootstrap']['ci'])} by "
             f"patient-clustered bootstrap).")
     op = next((o for o in m["operating_points"] if o["name"] == "youden"), None)
     if op and op["sensitivity"]["value"] is not None and op["specificity"]["value"] is not None:
@@ -150,7 +154,7 @@ def _calibration_blocks(m: dict[str, Any]) -> list[Block]:
                               "ECE 0, slope 1, intercept 0. Calibration holds at the prevalence of the "
                               "data it was fitted on; it must be re-checked at another site or prevalence."},
         {"type": "table", "caption": f"Calibration on the {m['split']} split",
-         "header": ["", "ECE", "Brier", "slope (95% CI)", "intercept (95% CI)"], "rows": rows},
+         "header": ["", "ECE", "Brier", f"slope ({ci_label(m)})", f"intercept ({ci_label(m)})"], "rows": rows},
         {"type": "figure", "key": "reliability", "caption": "Reliability diagrams before and after calibration; "
                                                             "bars: number of images per bin (log scale)."},
         {"type": "figure", "key": "histogram", "caption": "Predicted probability per true class; dotted lines: "
@@ -188,7 +192,7 @@ def _operating_blocks(m: dict[str, Any]) -> list[Block]:
         header.append(f"PPV / NPV at {pct(dep_prev)}")
     note = ("Thresholds are on the calibrated probability, chosen on the "
             f"{m['fit_split']} split and frozen, then applied to the {m['split']} split. Intervals: Wilson "
-            f"95% CI. PPV and NPV depend on prevalence: the {m['split']} prevalence is "
+            f"{ci_label(m)}. PPV and NPV depend on prevalence: the {m['split']} prevalence is "
             f"{pct(m['data']['prevalence'])}.")
     if dep_prev is not None:
         note += (f" The last column re-computes them by Bayes' rule at the deployment prevalence "
@@ -209,13 +213,13 @@ def _subgroup_blocks(m: dict[str, Any]) -> list[Block]:
                      "; ".join(g["flags"]) or ""])
         muted.append(bool(g["small"]))
     return [{"type": "h2", "text": "6. Subgroups"},
-            {"type": "p", "text": f"AUC with DeLong 95% CI per subgroup of the {m['split']} split. Groups with "
+            {"type": "p", "text": f"AUC with DeLong {ci_label(m)} per subgroup of the {m['split']} split. Groups with "
                                   f"fewer than {cfg['min_subgroup_n']} images or fewer than "
                                   f"{cfg['min_subgroup_positives']} positives (or negatives) are greyed out and "
                                   "flagged: their AUC is shown for completeness and must not be read as a "
                                   "difference between groups."},
             {"type": "table", "caption": "Subgroups", "header": ["attribute", "value", "n", "fibrosis",
-                                                                "prevalence", "AUC (95% CI)", "flag"],
+                                                                "prevalence", f"AUC ({ci_label(m)})", "flag"],
              "rows": rows, "muted": muted}]
 
 
@@ -284,7 +288,7 @@ def build_blocks(m: dict[str, Any], have: set[str]) -> list[Block]:
     blocks += [
         {"type": "h2", "text": "3. Discrimination"},
         {"type": "table", "caption": f"AUC on the {m['split']} split",
-         "header": ["measure", "value", "95% CI", "method"],
+         "header": ["measure", "value", ci_label(m), "method"],
          "rows": [["AUC", f"{disc['auc']:.3f}", ci3(disc["delong"]["ci"]), "DeLong"],
                   ["AUC", f"{disc['auc']:.3f}", ci3(boot["ci"]),
                    f"percentile bootstrap, {boot['n_used']} resamples of {boot['n_patients']} patients"
@@ -292,7 +296,7 @@ def build_blocks(m: dict[str, Any], have: set[str]) -> list[Block]:
                   ["average precision", f"{disc['pr']['average_precision']:.3f}", "",
                    f"no-skill level = prevalence {pct(disc['pr']['prevalence'])}"]]},
         {"type": "figure", "key": "roc", "half": True,
-         "caption": "ROC curve with the patient-clustered bootstrap 95% band; dots: the frozen operating "
+         "caption": f"ROC curve with the patient-clustered bootstrap {ci_label(m)[:-3]} band; dots: the frozen operating "
                     "points on this split."},
         {"type": "figure", "key": "pr", "half": True,
          "caption": "Precision-recall curve (precision at this split's prevalence)."},

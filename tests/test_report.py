@@ -138,3 +138,15 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     body = img[200:]
     assert (body.sum(axis=2) < 200).mean() > 0.005  # dark text pixels
     assert len(np.unique(body.reshape(-1, 3), axis=0)) > 200  # anti-aliased text + plot colours
+
+
+def test_intervals_are_labelled_with_the_configured_level(tmp_path):
+    ecfg = EvaluateConfig(bootstrap_resamples=200, ci_level=0.9, deployment_prevalence=0.015)
+    res, *_ = evaluate_predictions(_preds(300, 6, "val"), _preds(300, 7, "test"), ecfg)
+    write_json(tmp_path / "m.json", res)
+    m = json.loads((tmp_path / "m.json").read_text())
+    text = json.dumps(build_blocks(m, {"roc", "pr", "reliability", "histogram"}))
+    assert "95%" not in text
+    for needle in ("90% CI by DeLong", "slope (90% CI)", "intercept (90% CI)", "Wilson 90% CI",
+                   "DeLong 90% CI per subgroup", "AUC (90% CI)", "bootstrap 90% band"):
+        assert needle in text, needle
