@@ -147,6 +147,6 @@ def test_intervals_are_labelled_with_the_configured_level(tmp_path):
     m = json.loads((tmp_path / "m.json").read_text())
     text = json.dumps(build_blocks(m, {"roc", "pr", "reliability", "histogram"}))
     assert "95%" not in text
-    for needle in ("90% CI by DeLong", "slope (90% CI)", "intercept (90% CI)", "Wilson 90% CI",
+    for needle in ("(90% CI 0.", "slope (90% CI)", "intercept (90% CI)", "Wilson 90% CI",
                    "DeLong 90% CI per subgroup", "AUC (90% CI)", "bootstrap 90% band"):
         assert needle in text, needle
