@@ -235,7 +235,11 @@ def build_model(arch: str, weights: str = "none", *, weights_sha256: str | None 
         digest = file_sha256(path)
         if weights_sha256 and digest != weights_sha256.lower():
             raise WeightsError(f"{path}: sha256 {digest}; expected model.weights_sha256={weights_sha256}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickled code, truncated or foreign file
+            raise WeightsError(f"{path}: not loadable as a plain state dict with weights_only=True "
+                               f"({type(exc).__name__}: {str(exc)[:300]})") from exc
         load_state_strict(net, state, spec, str(path))
         info.update(sha256=digest, pretrained=True, file=path.name)
         logger.info("loaded %s weights from %s (sha256 %s)", arch, path, digest)
