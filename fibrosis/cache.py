@@ -86,7 +86,8 @@ def to_cache_dtype(img01: np.ndarray, dtype: str) -> np.ndarray:
 class CacheWriter:
     """Writes shards and their manifest parts; safe to kill at any point."""
 
-    def __init__(self, root: str | Path, image_size: int, dtype: str, preprocessing: dict[str, Any]):
+    def __init__(self, root: str | Path, image_size: int, dtype: str, preprocessing: dict[str, Any],
+                 ingest_config: dict[str, Any] | None = None):
         self.root = Path(root)
         (self.root / "shards").mkdir(parents=True, exist_ok=True)
         (self.root / "parts").mkdir(parents=True, exist_ok=True)
@@ -101,7 +102,12 @@ class CacheWriter:
                         f"{meta_path}: existing cache has {key}={old.get(key)!r}, this run asks "
                         f"for {meta[key]!r}; images prepared differently must not be mixed: "
                         "use a new cache directory")
-        else:
+            meta = {**old, **meta}
+        # The full ingest config of the latest run (policy lists, label column, ...):
+        # `train` copies it into the checkpoint, so `score` applies what built the cache.
+        if ingest_config is not None:
+            meta["ingest_config"] = ingest_config
+        if not meta_path.exists() or ingest_config is not None:
             atomic_write_bytes(meta_path, json.dumps(meta, indent=2).encode())
         self.image_size, self.dtype = image_size, dtype
 

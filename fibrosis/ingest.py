@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from fibrosis.cache import (MANIFEST_COLUMNS, REJECT_COLUMNS, CacheWriter, iter_parts, read_csv,
                             write_csv)
-from fibrosis.config import IngestConfig
+from fibrosis.config import IngestConfig, config_to_dict
 from fibrosis.labels import Labels, load_labels
 from fibrosis.pixels import preprocessing_signature
 from fibrosis.workers import ordered_map, process_file
@@ -221,16 +221,18 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
            workers: int | None = None, progress: bool = True) -> IngestSummary:
     """Ingest every input into ``cache_dir``; see the module docstring for the guarantees."""
     root = Path(cache_dir)
-    root.mkdir(parents=True, exist_ok=True)
     labels = load_labels(cfg.labels_csv, cfg.label_column) if cfg.labels_csv else None
     paths = discover(inputs)
-    if cfg.labels_csv:
+    if labels is not None:
         paths = [p for p in paths if p != Path(cfg.labels_csv).resolve()]
+        labels.check_unique(paths)  # before any work: a label must never reach two images
+    root.mkdir(parents=True, exist_ok=True)
     summary = IngestSummary(cache_dir=str(root), inputs=len(paths), strict=strict)
     counts: Counter = Counter()
     with _Lock(root):
         _remove_uncommitted(root)
-        writer = CacheWriter(root, cfg.image_size, cfg.cache_dtype, preprocessing_signature(cfg))
+        writer = CacheWriter(root, cfg.image_size, cfg.cache_dtype, preprocessing_signature(cfg),
+                             ingest_config=config_to_dict(cfg))
         salt = resolve_salt(root)
         latest = _latest_entries(root)
         # Duplicates: the same bytes, or the same DICOM instance re-exported (same

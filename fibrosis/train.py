@@ -11,6 +11,7 @@ the same weights as an uninterrupted run, across the unfreeze too.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -30,10 +31,11 @@ from tqdm import tqdm
 from fibrosis import distributed, runlog
 from fibrosis.cache import CacheReader, manifest_hash
 from fibrosis.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from fibrosis.config import Config, StageConfig, config_to_dict
+from fibrosis.config import Config, StageConfig, config_from_dict, config_to_dict
 from fibrosis.dataset import CacheDataset, EpochSampler, build_augment, pos_weight, row_label
 from fibrosis.finetune import backbone_frozen, freeze, make_optimizer, resolve_stages
 from fibrosis.model import FibrosisNet, build_model_from_config
+from fibrosis.summary import package_versions
 from fibrosis.predict import autocast, extract_features, predict_rows, split_rows
 
 logger = logging.getLogger(__name__)
@@ -117,6 +119,38 @@ def _read_splits(cache_dir: Path) -> tuple[CacheReader, list[int], list[int]]:
             raise ValueError(f"{where}: split {name!r} has {int(pos)} positives of {len(idx)} rows;"
                              f" both classes are needed (train to learn, val for the AUC)")
     return CacheReader(cache_dir, rows), train_idx, val_idx
+
+
+def cache_ingest_config(cfg: Config, cache_dir: Path) -> Config:
+    """The config with the ingest section that actually built the cache.
+
+    The checkpoint's ingest section is what `fibrosis score` applies to new files, so it
+    must be the cache's (recorded by `fibrosis ingest` in cache.json), not whatever
+    config was handed to `train`.
+    """
+    meta_path = cache_dir / "cache.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    recorded = meta.get("ingest_config")
+    if recorded is None:  # not written by `fibrosis ingest` (older or synthetic cache)
+        logger.warning("%s records no ingest config: the checkpoint stores the ingest section "
+                       "given to train, and scoring will apply it; make sure it is the one "
+                       "that built the cache", meta_path)
+        return cfg
+    merged = config_from_dict({**config_to_dict(cfg), "ingest": recorded})
+    if merged.ingest != cfg.ingest:
+        diff = [k for k, v in config_to_dict(merged.ingest).items()
+                if v != config_to_dict(cfg.ingest)[k]]
+        logger.info("ingest settings taken from %s (they built the cache; scoring will apply "
+                    "them): differs from the given config in %s", meta_path, diff)
+    return merged
+
+
+def split_keys(reader: CacheReader, idx: list[int]) -> dict[str, list[str]]:
+    """Pseudonymous patient keys and content hashes of a split, sorted: stored in the
+    checkpoint so `evaluate` can refuse a test set that overlaps what training saw."""
+    rows = [reader.rows[i] for i in idx]
+    return {"patients": sorted({r["patient_key"] for r in rows}),
+            "images": sorted({r["content_hash"] for r in rows})}
 
 
 def _check_resume(ckpt: dict[str, Any], cfg: Config, mhash: str, path: Path, world: int) -> None:
@@ -209,6 +243,7 @@ def _train(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
     reader, train_idx, val_idx = _read_splits(cache_dir)
     mhash = manifest_hash(cache_dir)
+    cfg = cache_ingest_config(cfg, cache_dir)
     model = build_model_from_config(cfg.model)
     stages, why = resolve_stages(tcfg, cfg.model.arch, len(train_idx))
     logger.info("%s", why)
@@ -249,7 +284,9 @@ def _train(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs
     base = {"config": config_to_dict(cfg), "stages": [config_to_dict(s) for s in stages],
             "preset": why, "arch": cfg.model.arch, "preprocessing": model.preprocessing,
             "weights_info": model.weights_info, "pretrained": model.pretrained,
-            "manifest_hash": mhash, "world_size": d.world}
+            "manifest_hash": mhash, "world_size": d.world,
+            "split_keys": {"train": split_keys(reader, train_idx), "val": split_keys(reader, val_idx)},
+            "versions": package_versions()}
     ran = 0
     if state.stage_done:  # stopped right after a stage ended: the next one starts fresh
         state.stage, state.epoch_in_stage, state.stage_done, state.bad_epochs = state.stage + 1, 0, False, 0

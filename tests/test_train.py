@@ -169,3 +169,18 @@ def test_mlflow_is_optional_and_imported_only_when_asked(cache, tmp_path):
     with pytest.raises(RuntimeError, match="mlflow is not installed"):
         train(_cfg("train.mlflow_uri=file:./mlruns"), cache, tmp_path / "run", device="cpu")
     assert "mlflow" not in sys.modules
+
+
+def test_checkpoint_ingest_section_is_the_one_that_built_the_cache(tmp_path):
+    # Scoring applies the checkpoint's ingest section to new files: it must be the cache's
+    # (recorded by ingest), not the config handed to `train` (review finding: 512 vs 256).
+    import json
+
+    from fibrosis.config import Config, IngestConfig, config_to_dict
+    from fibrosis.train import cache_ingest_config
+
+    (tmp_path / "cache.json").write_text(json.dumps(
+        {"format": 1, "ingest_config": config_to_dict(IngestConfig(image_size=256, min_side=128))}))
+    cfg = cache_ingest_config(Config(), tmp_path)
+    assert cfg.ingest.image_size == 256 and cfg.ingest.min_side == 128
+    assert cfg.train == Config().train  # nothing else changes
