@@ -1,9 +1,15 @@
-"""Labels CSV: one label per image, joined by SOP Instance UID, file name or Study UID.
+"""Labels CSV: one label per image, joined by SOP Instance UID, file path or Study UID.
 
-Accepted key columns (at least one): ``sop_instance_uid``, ``image`` or ``file``
-(file name; matched on the name, then on the name without extension so that a
-``00000075_000.png`` row also labels its DICOM wrap ``00000075_000.dcm``), and
-``study_instance_uid`` (the label then applies to every image of the study).
+Accepted key columns (at least one): ``sop_instance_uid``, ``image`` or ``file``,
+and ``study_instance_uid`` (the label then applies to every image of the study).
+``image``/``file`` holds a file name (``IM0001.dcm``) or a path relative to the
+input folder (``studyA/IM0001.dcm``; ``\\`` and a leading ``./`` are accepted). A
+row matches the input files whose path *ends with* those components; the longest
+match wins, then the same with the extension dropped so that a
+``00000075_000.png`` row also labels its DICOM wrap ``00000075_000.dcm`` (in the
+same folder when the row names one). PACS exports repeat file names in every
+study folder, so :meth:`Labels.check_unique` refuses a row that matches more than
+one input: a label (and its patient_id hint) must never reach another patient.
 The label column is ``ingest.label_column``. Optional ``patient_id``, ``age``,
 ``sex`` and ``view`` columns supply what PNG/JPEG exports cannot carry.
 """
@@ -12,14 +18,17 @@ from __future__ import annotations
 import csv
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable
 
 logger = logging.getLogger(__name__)
 
 POSITIVE = {"1", "true", "yes", "positive", "pos"}
 NEGATIVE = {"0", "false", "no", "negative", "neg"}
 HINT_COLUMNS = ("patient_id", "age", "sex", "view")
+SHOW_PATHS = 5  # matching paths quoted in an ambiguity error
+
+Key = tuple[str, ...]  # path components, file name last
 
 
 class LabelsError(ValueError):
@@ -38,24 +47,55 @@ def parse_label(value: str, where: str) -> str:
     raise LabelsError(f"{where}: label {value!r}; expected one of {sorted(POSITIVE | NEGATIVE)} or empty")
 
 
+def path_key(name: str) -> Key:
+    """Components of a CSV file entry: Windows separators and ``.`` parts normalised."""
+    return tuple(p for p in PurePosixPath(name.replace("\\", "/")).parts if p != ".")
+
+
+def _stem_key(key: Key) -> Key:
+    return key[:-1] + (PurePosixPath(key[-1]).stem,)
+
+
 @dataclass
 class Labels:
+    source: str = ""
     by_sop: dict[str, dict[str, str]] = field(default_factory=dict)
-    by_file: dict[str, dict[str, str]] = field(default_factory=dict)
-    by_stem: dict[str, dict[str, str] | None] = field(default_factory=dict)  # None = ambiguous
+    by_path: dict[Key, dict[str, str]] = field(default_factory=dict)
+    by_stem: dict[Key, dict[str, str] | None] = field(default_factory=dict)  # None = ambiguous
     by_study: dict[str, dict[str, str]] = field(default_factory=dict)
+    depth: int = 1  # most components of any file entry
 
     def row_for_file(self, path: str | Path) -> dict[str, str] | None:
-        p = Path(path)
-        row = self.by_file.get(p.name)
-        if row is None:
-            row = self.by_stem.get(p.stem)
-        return row
+        """Row of the longest entry that ``path`` ends with (full name first, then stem)."""
+        parts = Path(path).parts
+        for k in range(min(self.depth, len(parts)), 0, -1):
+            key = parts[-k:]
+            row = self.by_path.get(key) or self.by_stem.get(_stem_key(key))
+            if row is not None:
+                return row
+        return None
+
+    def check_unique(self, paths: Iterable[str | Path]) -> None:
+        """Refuse a file row that matches several inputs (e.g. IM0001.dcm in every study)."""
+        hits: dict[int, tuple[dict[str, str], list[str]]] = {}
+        for p in paths:
+            row = self.row_for_file(p)
+            if row is not None:
+                hits.setdefault(id(row), (row, []))[1].append(str(p))
+        bad = [(row, ps) for row, ps in hits.values() if len(ps) > 1]
+        if not bad:
+            return
+        lines = [f"{self.source}:{row['_line']}: image {row['_file']!r} matches {len(ps)} input files "
+                 f"({', '.join(ps[:SHOW_PATHS])}{', ...' if len(ps) > SHOW_PATHS else ''})" for row, ps in bad]
+        raise LabelsError("\n".join(lines[:SHOW_PATHS]) + (f"\n... and {len(bad) - SHOW_PATHS} more rows"
+                                                           if len(bad) > SHOW_PATHS else "")
+                          + "\nexpected each row to name one image: give its relative path (e.g. "
+                            "studyA/IM0001.dcm) or its sop_instance_uid")
 
     def hints(self, path: str | Path) -> dict[str, Any]:
-        """patient_id/age/sex/view for a file, from its row (file-name join only)."""
+        """patient_id/age/sex/view for a file, from its row (file join only)."""
         row = self.row_for_file(path)
-        return {k: row[k] for k in HINT_COLUMNS if row and row.get(k)} if row else {}
+        return {k: row[k] for k in HINT_COLUMNS if row.get(k)} if row else {}
 
     def label(self, path: str | Path, sop_uid: str, study_uid: str) -> tuple[str, str]:
         """(label, how it was joined); ('', '') when no row matches."""
@@ -67,11 +107,10 @@ class Labels:
         return "", ""
 
 
-def _put(table: dict[str, dict[str, str]], key: str, row: dict[str, str], where: str, col: str) -> None:
+def _put(table: dict[Any, dict[str, str]], key: Any, row: dict[str, str], where: str, what: str) -> None:
     old = table.get(key)
     if old is not None and old["_label"] != row["_label"]:
-        raise LabelsError(f"{where}: {col}={key!r} appears twice with labels "
-                          f"{old['_label']!r} and {row['_label']!r}")
+        raise LabelsError(f"{where}: {what} appears twice with labels {old['_label']!r} and {row['_label']!r}")
     table[key] = row
 
 
@@ -89,26 +128,32 @@ def load_labels(path: str | Path, label_column: str) -> Labels:
                           f"study_instance_uid (columns: {columns})")
     if label_column not in columns:
         raise LabelsError(f"{path}: label column {label_column!r} (ingest.label_column) not in {columns}")
-    labels = Labels()
+    labels = Labels(source=str(path))
+    stems: dict[Key, dict[str, str] | None] = {}
     for i, row in enumerate(rows, start=2):
         where = f"{path}:{i}"
         row["_label"] = parse_label(row[label_column], f"{where} column {label_column!r}")
+        row["_line"] = str(i)
         if row.get("sop_instance_uid"):
-            _put(labels.by_sop, row["sop_instance_uid"], row, where, "sop_instance_uid")
+            _put(labels.by_sop, row["sop_instance_uid"], row, where,
+                 f"sop_instance_uid {row['sop_instance_uid']!r}")
         name = row.get("image") or row.get("file")
-        if name:
-            name = Path(name).name
-            _put(labels.by_file, name, row, where, "file name")
-            stem = Path(name).stem
-            labels.by_stem[stem] = None if stem in labels.by_stem else row
+        key = path_key(name) if name else ()
+        if key:
+            row["_file"] = "/".join(key)
+            _put(labels.by_path, key, row, where, f"file {row['_file']!r}")
+            labels.depth = max(labels.depth, len(key))
+            stem = _stem_key(key)
+            prev = stems.get(stem, row)  # the same entry twice is not ambiguous
+            stems[stem] = row if prev is not None and prev["_file"] == row["_file"] else None
         # A study key labels the whole study only in rows that name no single image.
-        if row.get("study_instance_uid") and not (row.get("sop_instance_uid") or name):
-            _put(labels.by_study, row["study_instance_uid"], row, where, "study_instance_uid")
-    ambiguous = sum(v is None for v in labels.by_stem.values())
+        if row.get("study_instance_uid") and not (row.get("sop_instance_uid") or key):
+            _put(labels.by_study, row["study_instance_uid"], row, where,
+                 f"study_instance_uid {row['study_instance_uid']!r}")
+    ambiguous = sum(v is None for v in stems.values())
     if ambiguous:
         logger.info("%s: %d file stems appear with several extensions; those join by full name only",
                     path, ambiguous)
-    labels.by_stem = {k: v for k, v in labels.by_stem.items() if v is not None}
-    logger.info("%s: %d label rows (%d positive)", path, len(rows),
-                sum(r["_label"] == "1" for r in rows))
+    labels.by_stem = {k: v for k, v in stems.items() if v is not None}
+    logger.info("%s: %d label rows (%d positive)", path, len(rows), sum(r["_label"] == "1" for r in rows))
     return labels

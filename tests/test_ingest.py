@@ -304,3 +304,21 @@ def test_workers_that_cannot_start_stop_the_run_instead_of_rejecting_files(tmp_p
     proc = subprocess.run([sys.executable, "-"], input=script, cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert "RAISED ingest worker processes die before doing any work" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_labels_join_on_the_relative_path_and_refuse_ambiguous_names(tmp_path, cfg):
+    """PACS exports repeat IM0001.dcm in every study folder: a label must reach one patient."""
+    d = tmp_path / "in"
+    (d / "studyA").mkdir(parents=True)
+    (d / "studyB").mkdir()
+    _chest(d / "studyA" / "IM0001.dcm", 1, patient_id="A")
+    _chest(d / "studyB" / "IM0001.dcm", 2, patient_id="B")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,fibrosis\nstudyA/IM0001.dcm,1\n")
+    ingest([d], tmp_path / "c", dataclasses.replace(cfg, labels_csv=str(labels)), workers=1, progress=False)
+    rows = {Path(r["path"]).parent.name: r["label"] for r in read_csv(tmp_path / "c" / "manifest.csv")}
+    assert rows == {"studyA": "1", "studyB": ""}
+    labels.write_text("image,fibrosis\nIM0001.dcm,1\n")
+    with pytest.raises(LabelsError, match=r"labels.csv:2: image 'IM0001.dcm' matches 2 input files \(.*studyA"):
+        ingest([d], tmp_path / "c2", dataclasses.replace(cfg, labels_csv=str(labels)), workers=1, progress=False)
+    assert not (tmp_path / "c2" / "manifest.csv").exists()  # refused before any work
