@@ -7,6 +7,12 @@ the next run skips those files (same path, same content hash), re-tries earlier
 rejects and redoes the rest -- nothing lost, nothing duplicated, because
 consolidation keeps only the latest committed entry of each path.
 
+Labels are re-joined on every run that has a labels CSV, skipped files included:
+a corrected label is committed as a rows-only part (the rows keep their shard and
+index, no re-decode); a changed PNG/JPEG hint (patient_id, age, sex, view: the
+only source of those fields for a raster export) re-ingests that file. A run
+without a labels CSV keeps the labels the cache has.
+
 Patient identity: PatientID (or the labels CSV ``patient_id`` for PNG/JPEG) is
 replaced by ``patient_key`` = first 16 hex digits of sha256(salt + id). The salt
 is ``$FIBROSIS_SALT`` if set, else a random salt created once in
@@ -46,6 +52,7 @@ class IngestSummary:
     inputs: int = 0
     ingested: int = 0  # newly written to the cache in this run
     skipped: int = 0  # already in the cache with the same content hash
+    relabelled: int = 0  # skipped rows whose label this run's labels CSV changed
     rejected: dict[str, int] = field(default_factory=lambda: {k: 0 for k in REJECT_KINDS})
     unlabeled: int = 0
     strict: bool = False
@@ -217,6 +224,26 @@ def _manifest_row(res: dict[str, Any], key: str, labels: Labels | None, counts: 
     return row
 
 
+def _hints_change(row: dict[str, str], hints: dict[str, Any], salt: str) -> bool:
+    """Would this run's hints change a committed PNG/JPEG row? For a raster export the
+    hints are the only source of these fields, so the comparison is exact; a DICOM's own
+    header wins over hints (``pixels._apply_hints``), so DICOM rows are not compared."""
+    if row["source_format"] not in ("png", "jpeg"):
+        return False
+    want = {col: str(hints.get(h, "") or "").strip() for col, h in
+            (("age", "age"), ("sex", "sex"), ("view_position", "view"), ("patient_key", "patient_id"))}
+    want["sex"], want["view_position"] = want["sex"].upper(), want["view_position"].upper()
+    want["patient_key"] = patient_key(want["patient_key"] or "file:" + row["content_hash"], salt)
+    return any(row.get(k, "") != v for k, v in want.items())
+
+
+def _commit_relabels(root: Path, writer: CacheWriter, rows: list[dict[str, str]]) -> None:
+    """A rows-only part: the rows keep their own shard/index (no array is written), and
+    being the newest part it wins at consolidation, in this and every later run."""
+    if rows:
+        write_csv(root / "parts" / f"shard-{writer.next_shard_id():06d}.csv", rows, MANIFEST_COLUMNS)
+
+
 def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *, strict: bool = False,
            workers: int | None = None, progress: bool = True) -> IngestSummary:
     """Ingest every input into ``cache_dir``; see the module docstring for the guarantees."""
@@ -243,10 +270,21 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
             if kind == "row":
                 for k in _identity_keys(e["content_hash"], e["sop_uid"]):
                     owner.setdefault(k, e["path"])
-        tasks = [(str(p), latest[str(p)][1]["content_hash"] if latest.get(str(p), ("",))[0] == "row" else "",
-                  labels.hints(p) if labels else {}) for p in paths]
+        tasks, new_label = [], {}
+        for p in paths:
+            kind, entry = latest.get(str(p), ("", {}))
+            known = entry["content_hash"] if kind == "row" else ""
+            hints = labels.hints(p) if labels else {}
+            if known and labels is not None:
+                if _hints_change(entry, hints, salt):
+                    known = ""  # patient key / view policy come from decoding with the hints
+                else:
+                    label, _ = labels.label(str(p), entry["sop_uid"], entry["study_uid"])
+                    if label != entry["label"]:
+                        new_label[str(p)] = label
+            tasks.append((str(p), known, hints))
         n_workers = workers if workers is not None else (cfg.workers or len(os.sched_getaffinity(0)))
-        images, rows, rejects = [], [], []
+        images, rows, rejects, relabelled = [], [], [], []
 
         def commit() -> None:
             if rows or rejects:
@@ -259,6 +297,8 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
             path = res["path"]
             if res["status"] == "skip":
                 summary.skipped += 1
+                if path in new_label:
+                    relabelled.append({**latest[path][1], "label": new_label[path]})
                 continue
             if res["status"] == "ok":
                 keys = _identity_keys(res["hash"], res["meta"]["sop_uid"])
@@ -281,6 +321,8 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
             if len(rows) >= cfg.shard_size or len(rejects) >= cfg.shard_size:
                 commit()
         commit()
+        _commit_relabels(root, writer, relabelled)
+        summary.relabelled = len(relabelled)
         bar.close()
         n_rows, n_rejects = consolidate(root)
     summary.unlabeled = counts["unlabeled"] if labels is not None else summary.ingested
@@ -290,6 +332,7 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
                            "of one patient may land in different splits", n, what.split("-")[-1])
     if labels is not None and counts["unlabeled"]:
         logger.warning("%d ingested image(s) have no row in %s", counts["unlabeled"], cfg.labels_csv)
-    logger.info("ingest: %d inputs, %d ingested, %d skipped, rejected %s; cache now %d images, %d rejects",
-                summary.inputs, summary.ingested, summary.skipped, summary.rejected, n_rows, n_rejects)
+    logger.info("ingest: %d inputs, %d ingested, %d skipped (%d relabelled), rejected %s; cache now "
+                "%d images, %d rejects", summary.inputs, summary.ingested, summary.skipped,
+                summary.relabelled, summary.rejected, n_rows, n_rejects)
     return summary

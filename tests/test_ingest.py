@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from dicom_factory import chest_phantom, make_dicom, make_png, to_stored, truncate
 
-from fibrosis.cache import CacheReader, read_csv
+from fibrosis.cache import MANIFEST_COLUMNS, CacheReader, read_csv, write_csv
 from fibrosis.config import IngestConfig
 from fibrosis.ingest import discover, ingest, patient_key, resolve_salt
 from fibrosis.labels import LabelsError
@@ -322,3 +322,43 @@ def test_labels_join_on_the_relative_path_and_refuse_ambiguous_names(tmp_path, c
     with pytest.raises(LabelsError, match=r"labels.csv:2: image 'IM0001.dcm' matches 2 input files \(.*studyA"):
         ingest([d], tmp_path / "c2", dataclasses.replace(cfg, labels_csv=str(labels)), workers=1, progress=False)
     assert not (tmp_path / "c2" / "manifest.csv").exists()  # refused before any work
+
+
+def test_rerun_with_corrected_labels_relabels_skipped_rows(tmp_path, cfg, monkeypatch):
+    """Corrected labels reach rows that are skipped (unchanged content) without a re-decode,
+    persist across later runs, and a changed PNG hint re-ingests just that file."""
+    monkeypatch.setenv("FIBROSIS_SALT", "s")
+    d, cache, labels = tmp_path / "in", tmp_path / "cache", tmp_path / "labels.csv"
+    d.mkdir()
+    _chest(d / "a.dcm", 1, sop_uid="1.2.826.10")
+    _chest(d / "b.dcm", 2)
+    make_png(d / "x.png", to_stored(chest_phantom(64, 64), 8))
+    with_labels = dataclasses.replace(cfg, labels_csv=str(labels))
+    head = "image,sop_instance_uid,patient_id,age,sex,view,fibrosis\n"
+    labels.write_text(head + ",1.2.826.10,,,,,1\nb.dcm,,,,,,1\nx.png,,P1,61,f,pa,1\n")
+    ingest([d], cache, with_labels, workers=1, progress=False)
+    rows = read_csv(cache / "manifest.csv")
+    for r in rows:
+        r["split"] = "train"  # as `fibrosis split` leaves it
+    write_csv(cache / "manifest.csv", rows, MANIFEST_COLUMNS)
+    before = {Path(r["path"]).name: r for r in rows}
+
+    labels.write_text(head + ",1.2.826.10,,,,,0\nb.dcm,,,,,,\nx.png,,P1,61,F,PA,0\n")
+    again = ingest([d], cache, with_labels, workers=1, progress=False)
+    assert (again.ingested, again.skipped, again.relabelled) == (0, 3, 3)
+    after = {Path(r["path"]).name: r for r in read_csv(cache / "manifest.csv")}
+    assert {n: r["label"] for n, r in after.items()} == {"a.dcm": "0", "b.dcm": "", "x.png": "0"}
+    assert all({**after[n], "label": ""} == {**before[n], "label": ""} for n in before)  # only the label
+
+    _chest(d / "new.dcm", 3)  # a later run without a labels CSV keeps the corrected labels
+    ingest([d], cache, cfg, workers=1, progress=False)
+    after = {Path(r["path"]).name: r for r in read_csv(cache / "manifest.csv")}
+    assert {n: r["label"] for n, r in after.items()} == {"a.dcm": "0", "b.dcm": "", "x.png": "0", "new.dcm": ""}
+
+    labels.write_text(head + ",1.2.826.10,,,,,0\nx.png,,P2,61,F,PA,0\n")  # corrected patient of x.png
+    fourth = ingest([d], cache, with_labels, workers=1, progress=False)
+    assert (fourth.ingested, fourth.skipped, fourth.relabelled) == (1, 3, 0)
+    after = {Path(r["path"]).name: r for r in read_csv(cache / "manifest.csv")}
+    assert after["x.png"]["patient_key"] == patient_key("P2", "s") != before["x.png"]["patient_key"]
+    same = ingest([d], cache, with_labels, workers=1, progress=False)
+    assert (same.ingested, same.skipped, same.relabelled) == (0, 4, 0)
