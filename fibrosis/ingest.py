@@ -17,12 +17,16 @@ Patient identity: PatientID (or the labels CSV ``patient_id`` for PNG/JPEG) is
 replaced by ``patient_key`` = first 16 hex digits of sha256(salt + id). The salt
 is ``$FIBROSIS_SALT`` if set, else a random salt created once in
 ``<cache>/salt.key``. Keep that file (or the variable) private: with the salt,
-keys can be matched back to known IDs; without it they cannot.
+keys can be matched back to known IDs; without it they cannot. ``<cache>/salt.check``
+records a fingerprint of the salt (HMAC, reveals nothing of it) on the first run;
+a later run whose salt differs (variable forgotten or changed, salt.key replaced)
+is refused, since one patient would otherwise get two keys in one cache.
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -33,8 +37,8 @@ from typing import Any, Iterable
 
 from tqdm import tqdm
 
-from fibrosis.cache import (MANIFEST_COLUMNS, REJECT_COLUMNS, CacheWriter, iter_parts, read_csv,
-                            write_csv)
+from fibrosis.cache import (MANIFEST_COLUMNS, REJECT_COLUMNS, CacheWriter, atomic_write_bytes, iter_parts,
+                            read_csv, write_csv)
 from fibrosis.config import IngestConfig, config_to_dict
 from fibrosis.labels import Labels, load_labels
 from fibrosis.pixels import preprocessing_signature
@@ -43,6 +47,7 @@ from fibrosis.workers import ordered_map, process_file
 logger = logging.getLogger(__name__)
 
 SALT_ENV = "FIBROSIS_SALT"
+SALT_CHECK = "salt.check"
 REJECT_KINDS = ("error", "excluded", "duplicate")
 
 
@@ -106,18 +111,49 @@ def discover(inputs: Iterable[str | Path]) -> list[Path]:
     return sorted(found)
 
 
-def resolve_salt(cache_dir: str | Path) -> str:
-    """``$FIBROSIS_SALT``, else ``<cache_dir>/salt.key`` (created once, 32 random bytes, mode 600)."""
+class SaltMismatchError(ValueError):
+    """The salt now in effect is not the one this cache's patient keys were made with."""
+
+
+def salt_fingerprint(salt: str) -> str:
+    """HMAC of a fixed message under the salt: equal salts match, the salt stays secret."""
+    return hmac.new(salt.encode("utf-8"), b"fibrosis-salt-check", hashlib.sha256).hexdigest()[:16]
+
+
+def resolve_salt(cache_dir: str | Path, *, record: bool = False) -> str:
+    """``$FIBROSIS_SALT``, else ``<cache_dir>/salt.key`` (created once, 32 random bytes, mode 600).
+
+    When ``<cache_dir>/salt.check`` exists the salt must match its fingerprint
+    (:class:`SaltMismatchError` otherwise, before any salt file is created);
+    ``record`` writes it when absent (ingest does, on a cache's first run).
+    """
+    root = Path(cache_dir)
     env = os.environ.get(SALT_ENV, "")
-    if env:
-        return env
-    path = Path(cache_dir) / "salt.key"
-    if not path.exists():
+    path, check = root / "salt.key", root / SALT_CHECK
+    expected = check.read_text().strip() if check.exists() else ""
+    if not env and not path.exists():
+        if expected:
+            raise SaltMismatchError(
+                f"{check}: this cache's patient keys were made with the salt of fingerprint {expected}, "
+                f"but ${SALT_ENV} is not set and {path} is missing; expected that salt: export the "
+                f"{SALT_ENV} used to build the cache (or restore salt.key) -- a new salt would give "
+                "the same patient a second patient key")
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
-    return path.read_text().strip()
+    salt, source = (env, f"${SALT_ENV}") if env else (path.read_text().strip(), str(path))
+    got = salt_fingerprint(salt)
+    if expected and got != expected:
+        raise SaltMismatchError(
+            f"{check}: salt fingerprint {got} (from {source}); expected {expected}, the salt this cache "
+            f"was built with: use the {SALT_ENV} that built it (or unset it to use {path}) -- "
+            "two salts would give the same patient two patient keys")
+    if record and not expected:
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(check, (got + "\n").encode())
+        logger.info("%s: salt fingerprint %s recorded (salt from %s)", check, got, source)
+    return salt
 
 
 def patient_key(raw_id: str, salt: str) -> str:
@@ -260,7 +296,7 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
         _remove_uncommitted(root)
         writer = CacheWriter(root, cfg.image_size, cfg.cache_dtype, preprocessing_signature(cfg),
                              ingest_config=config_to_dict(cfg))
-        salt = resolve_salt(root)
+        salt = resolve_salt(root, record=True)
         latest = _latest_entries(root)
         # Duplicates: the same bytes, or the same DICOM instance re-exported (same
         # SOPInstanceUID, other transfer syntax or header) -- either would let one

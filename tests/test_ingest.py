@@ -16,7 +16,7 @@ from dicom_factory import chest_phantom, make_dicom, make_png, to_stored, trunca
 
 from fibrosis.cache import MANIFEST_COLUMNS, CacheReader, read_csv, write_csv
 from fibrosis.config import IngestConfig
-from fibrosis.ingest import discover, ingest, patient_key, resolve_salt
+from fibrosis.ingest import SaltMismatchError, discover, ingest, patient_key, resolve_salt
 from fibrosis.labels import LabelsError
 from fibrosis.workers import ordered_map
 
@@ -362,3 +362,37 @@ def test_rerun_with_corrected_labels_relabels_skipped_rows(tmp_path, cfg, monkey
     assert after["x.png"]["patient_key"] == patient_key("P2", "s") != before["x.png"]["patient_key"]
     same = ingest([d], cache, with_labels, workers=1, progress=False)
     assert (same.ingested, same.skipped, same.relabelled) == (0, 4, 0)
+
+
+def test_a_different_salt_for_an_existing_cache_is_refused(tmp_path, cfg, monkeypatch):
+    """One patient must never get two patient keys in one cache (review: $FIBROSIS_SALT
+    forgotten in the next session silently created a new salt.key)."""
+    d1, d2, cache = tmp_path / "b1", tmp_path / "b2", tmp_path / "cache"
+    d1.mkdir(), d2.mkdir()
+    _chest(d1 / "img1.dcm", 1, patient_id="MRN-1")
+    _chest(d2 / "img2.dcm", 2, patient_id="MRN-1")
+    monkeypatch.setenv("FIBROSIS_SALT", "site-secret")
+    ingest([d1], cache, cfg, workers=1, progress=False)
+    monkeypatch.delenv("FIBROSIS_SALT")
+    with pytest.raises(SaltMismatchError, match=r"salt.check: .*salt.key.*is missing.*FIBROSIS_SALT"):
+        ingest([d2], cache, cfg, workers=1, progress=False)
+    assert not (cache / "salt.key").exists()  # no second salt created on the way
+    monkeypatch.setenv("FIBROSIS_SALT", "another-secret")
+    with pytest.raises(SaltMismatchError, match=r"fingerprint [0-9a-f]{16} .*\$FIBROSIS_SALT.*expected [0-9a-f]{16}"):
+        ingest([d2], cache, cfg, workers=1, progress=False)
+    monkeypatch.setenv("FIBROSIS_SALT", "site-secret")
+    ingest([d2], cache, cfg, workers=1, progress=False)
+    keys = {r["patient_key"] for r in read_csv(cache / "manifest.csv")}
+    assert keys == {patient_key("MRN-1", "site-secret")}
+    assert b"site-secret" not in (cache / "salt.check").read_bytes()  # a fingerprint, not the salt
+
+
+def test_salt_file_replaced_under_a_cache_is_refused(tmp_path, cfg, monkeypatch):
+    monkeypatch.delenv("FIBROSIS_SALT", raising=False)
+    d = tmp_path / "in"
+    d.mkdir()
+    _chest(d / "a.dcm", 1)
+    ingest([d], tmp_path / "c", cfg, workers=1, progress=False)
+    (tmp_path / "c" / "salt.key").write_text("0" * 64)
+    with pytest.raises(SaltMismatchError, match=r"salt.key"):
+        resolve_salt(tmp_path / "c")
