@@ -117,10 +117,16 @@ class PlattScaling(Calibrator):
         self.a, self.b = float(a), float(b)
 
     def _fit(self, z: np.ndarray, y: np.ndarray) -> None:
-        beta, _, ok = fit_logistic(z, y)
+        # Platt's (1999) smoothed targets: (N+ + 1)/(N+ + 2) for positives and 1/(N- + 2)
+        # for negatives. They keep the fit finite when a small validation split is
+        # perfectly separated by the logit (plain maximum likelihood diverges there),
+        # and act as a mild prior on tiny sets.
+        n_pos, n_neg = float(y.sum()), float(len(y) - y.sum())
+        targets = np.where(y > 0.5, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+        beta, _, ok = fit_logistic(z, targets)
         if not ok:
-            raise ValueError("Platt scaling did not converge: the calibration split is perfectly "
-                             "separated by the logit; use calibration=temperature instead")
+            raise ValueError(f"Platt scaling did not converge on {len(y)} cases "
+                             f"({int(n_pos)} positive); use calibration=temperature instead")
         self.b, self.a = float(beta[0]), float(beta[1])
 
     def predict(self, logits: Any) -> np.ndarray:

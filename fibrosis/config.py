@@ -125,7 +125,9 @@ class EvaluateConfig:
     bootstrap_resamples: int = 2000
     ci_level: float = 0.95
     ece_bins: int = 10
-    calibration: str = "temperature"  # temperature | platt | isotonic | none
+    # platt (default): a*logit + b. Class weighting (pos_weight, sampler) shifts the
+    # logit by about log(pos_weight); temperature scaling (logit / T) cannot undo a shift.
+    calibration: str = "platt"  # platt | temperature | isotonic | none
     target_sensitivities: tuple[float, ...] = (0.90, 0.95)
     deployment_prevalence: float | None = None
     subgroups: tuple[str, ...] = ("sex", "age_band", "view_position", "manufacturer")

@@ -84,5 +84,19 @@ def test_errors_name_the_bad_value():
         C.TemperatureScaling().fit([0.1, 0.2, 0.3], [1, 1, 1])
     with pytest.raises(ValueError, match="format 7; this version reads 1"):
         C.calibrator_from_dict({"format": 7, "method": "temperature"})
-    with pytest.raises(ValueError, match="perfectly separated"):
-        C.PlattScaling().fit([-2.0, -1.0, 1.0, 2.0], [0, 0, 1, 1])
+
+
+
+def test_platt_finite_on_separated_split_and_removes_a_logit_shift():
+    # Platt's smoothed targets keep a perfectly separated split finite: targets are
+    # (2+1)/(2+2) = 0.75 and 1/(2+2) = 0.25, so predictions stay inside [0.25, 0.75]-ish.
+    cal = C.PlattScaling().fit([-2.0, -1.0, 1.0, 2.0], [0, 0, 1, 1], "val")
+    p = cal.predict([-2.0, 2.0])
+    assert np.isfinite(cal.a) and 0.0 < p[0] < 0.5 < p[1] < 1.0
+    # Class weighting shifts logits by log(pos_weight): Platt's intercept undoes it.
+    rng = np.random.default_rng(0)
+    z = rng.normal(-3.0, 1.5, 20000)
+    y = (rng.random(20000) < 1.0 / (1.0 + np.exp(-z))).astype(float)
+    cal = C.PlattScaling().fit(z + np.log(19.0), y, "val")
+    assert cal.a == pytest.approx(1.0, abs=0.05)
+    assert cal.b == pytest.approx(-np.log(19.0), abs=0.1)
