@@ -40,6 +40,7 @@ from tqdm import tqdm
 from fibrosis.cache import (MANIFEST_COLUMNS, REJECT_COLUMNS, CacheWriter, atomic_write_bytes, iter_parts,
                             read_csv, write_csv)
 from fibrosis.config import IngestConfig, config_to_dict
+from fibrosis.discover import FOLDER_ERROR, discover_entries
 from fibrosis.labels import Labels, load_labels
 from fibrosis.pixels import preprocessing_signature
 from fibrosis.workers import ordered_map, process_file
@@ -84,31 +85,26 @@ class IngestSummary:
 
 
 def discover(inputs: Iterable[str | Path]) -> list[Path]:
-    """Input paths, sorted and de-duplicated: folders recursively (hidden entries
-    skipped), single files as given, and ``*.csv`` files as lists of paths (column
-    ``path``, else the first column; relative paths resolve against the CSV's folder).
-    A path listed in a CSV that does not exist is kept: ingest rejects it by name."""
-    found: set[Path] = set()
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found.update(Path(root, f).resolve() for f in files if not f.startswith("."))
-        elif p.is_file() and p.suffix.lower() == ".csv":
-            rows = read_csv(p)
-            if not rows:
-                continue
-            col = "path" if "path" in rows[0] else next(iter(rows[0]))
-            for row in rows:
-                if row.get(col, "").strip():
-                    q = Path(row[col].strip())
-                    found.add((q if q.is_absolute() else p.parent / q).resolve())
-        elif p.is_file():
-            found.add(p.resolve())
-        else:
-            raise FileNotFoundError(f"{p}: input not found (expected a folder, a file or a CSV of paths)")
-    return sorted(found)
+    """Input files (:func:`fibrosis.discover.discover_entries`), for callers that need files
+    only; an unreadable folder raises rather than being dropped silently."""
+    files = []
+    for path, error in discover_entries(inputs):
+        if error:
+            raise OSError(f"{path}: {error}")
+        files.append(Path(path))
+    return files
+
+
+def _listable_again(reject: dict[str, str]) -> bool:
+    """A folder rejected as unlistable that can be listed now: its files are inputs again,
+    so its reject no longer stands (it is never re-discovered to be superseded)."""
+    if reject["kind"] != "error" or not reject["reason"].startswith(FOLDER_ERROR):
+        return False
+    try:
+        with os.scandir(reject["path"]):
+            return True
+    except OSError:
+        return False
 
 
 class SaltMismatchError(ValueError):
@@ -188,7 +184,8 @@ def consolidate(cache_dir: str | Path) -> tuple[int, int]:
     for r in rows:
         r["split"] = old_split.get((r["path"], r["content_hash"]), "")
     rows.sort(key=lambda r: (int(r["shard"]), int(r["index"])))
-    rejects = sorted((e for kind, e in latest.values() if kind == "reject"), key=lambda r: r["path"])
+    rejects = sorted((e for kind, e in latest.values() if kind == "reject" and not _listable_again(e)),
+                     key=lambda r: r["path"])
     write_csv(root / "manifest.csv", rows, MANIFEST_COLUMNS)
     write_csv(root / "rejects.csv", rejects, REJECT_COLUMNS)
     return len(rows), len(rejects)
@@ -285,12 +282,15 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
     """Ingest every input into ``cache_dir``; see the module docstring for the guarantees."""
     root = Path(cache_dir)
     labels = load_labels(cfg.labels_csv, cfg.label_column) if cfg.labels_csv else None
-    paths = discover(inputs)
+    entries = discover_entries(inputs)
     if labels is not None:
-        paths = [p for p in paths if p != Path(cfg.labels_csv).resolve()]
+        entries = [e for e in entries if e[0] != str(Path(cfg.labels_csv).resolve())]
+    paths = [Path(p) for p, error in entries if not error]
+    folder_errors = [(p, error) for p, error in entries if error]
+    if labels is not None:
         labels.check_unique(paths)  # before any work: a label must never reach two images
     root.mkdir(parents=True, exist_ok=True)
-    summary = IngestSummary(cache_dir=str(root), inputs=len(paths), strict=strict)
+    summary = IngestSummary(cache_dir=str(root), inputs=len(entries), strict=strict)
     counts: Counter = Counter()
     with _Lock(root):
         _remove_uncommitted(root)
@@ -321,6 +321,9 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
             tasks.append((str(p), known, hints))
         n_workers = workers if workers is not None else (cfg.workers or len(os.sched_getaffinity(0)))
         images, rows, rejects, relabelled = [], [], [], []
+        for path, error in folder_errors:  # an unlistable folder is accounted for as an input
+            rejects.append({"path": path, "kind": "error", "reason": error, "transfer_syntax": ""})
+            summary.rejected["error"] += 1
 
         def commit() -> None:
             if rows or rejects:

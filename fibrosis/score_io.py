@@ -38,38 +38,23 @@ AGGREGATES = ("max", "mean")
 FRONTAL_VIEWS = frozenset({"PA", "AP", ""})
 
 
-def unreadable_dirs(root: Path) -> list[tuple[str, str]]:
-    """(folder, reason) for folders under ``root`` that cannot be listed.
-
-    ``ingest.discover`` walks past them silently; scoring owes each a status row.
-    """
-    found: list[tuple[str, str]] = []
-
-    def onerror(exc: OSError) -> None:
-        found.append((str(Path(exc.filename).resolve()), f"cannot list folder: {exc.strerror or exc}"))
-
-    if root.is_dir():
-        for _, dirs, _ in os.walk(root, onerror=onerror):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-    return found
-
-
 def discover_inputs(input_: str | Path, out: Path, gradcam_dir: Path | None,
                     salt_file: Path | None = None) -> list[tuple[str, str]]:
-    """Sorted (path, error) entries: files from ``ingest.discover`` ("" error) and unreadable
-    folders. Our own outputs (and the salt file) are left out when they sit inside the
+    """Sorted (path, error) entries from :func:`fibrosis.discover.discover_entries` (the
+    discovery ingest uses: hidden files included, unreadable folders as entries with their
+    reason). Our own outputs (and the salt file) are left out when they sit inside the
     input folder: a re-run must not score its own CSV."""
-    from fibrosis.ingest import discover
+    from fibrosis.discover import discover_entries
 
     skip = {str(p.resolve()) for p in (out, out.with_suffix(".studies.csv"), salt_file) if p}
-    name = re.compile(re.escape(out.name) + r"\.rank\d+$")
+    # Also rank parts and the temporary files a killed atomic rewrite leaves (all next to
+    # ``out``): hidden files are inputs now, so ``.scores.csv.tmp123`` must be named here.
+    names = "|".join(re.escape(n) for n in (out.name, out.with_suffix(".studies.csv").name))
+    own = re.compile(rf"(?:{names})\.rank\d+|\.(?:{names})\.tmp\d+")
     gc = str(gradcam_dir.resolve()) + os.sep if gradcam_dir else None
-    entries = [(str(p), "") for p in discover([input_])
-               if str(p) not in skip and not name.fullmatch(p.name) and not (gc and str(p).startswith(gc))]
-    entries += unreadable_dirs(Path(input_))
-    # Sort by the string, not by Path: Path orders by components ("b" < "b-c"), the CSV
-    # checks and merges compare strings ("b-c/x" < "b/x").
-    return sorted(entries)
+    return [(p, err) for p, err in discover_entries([input_])
+            if p not in skip and not (Path(p).parent == out.parent.resolve() and own.fullmatch(Path(p).name))
+            and not (gc and p.startswith(gc))]
 
 
 def _line(row: dict[str, Any], columns: tuple[str, ...]) -> str:

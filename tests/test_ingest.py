@@ -37,7 +37,7 @@ def _chest(path: Path, seed: int, **kw) -> Path:
 
 @pytest.fixture
 def mixed(tmp_path) -> dict[str, Path]:
-    """One file per outcome, in nested folders, plus a hidden file discover must skip."""
+    """One file per outcome, in nested folders, including a hidden file (an input like any other)."""
     d = tmp_path / "in"
     (d / "sub").mkdir(parents=True)
     f = {f"ok{i}": _chest(d / f"ok{i}.dcm", i) for i in range(4)}
@@ -50,6 +50,7 @@ def mixed(tmp_path) -> dict[str, Path]:
     f["copy"] = d / "sub" / "copy_of_ok0.dcm"
     shutil.copy(f["ok0"], f["copy"])
     (d / ".DS_Store").write_text("hidden")
+    f["hidden"] = d / ".DS_Store"
     return f
 
 
@@ -67,12 +68,13 @@ def test_every_input_path_appears_exactly_once(tmp_path, mixed, cfg):
     rows, rejects = _accounting(cache)
     assert set(rows) | set(rejects) == {str(p.resolve()) for p in mixed.values()}
     kinds = {Path(p).name: r["kind"] for p, r in rejects.items()}
-    assert kinds == {"lat.dcm": "excluded", "trunc.dcm": "error", "notes.txt": "error",
+    assert kinds == {"lat.dcm": "excluded", "trunc.dcm": "error", "notes.txt": "error", ".DS_Store": "error",
                      "ok0.dcm": "duplicate"} or kinds == {"lat.dcm": "excluded", "trunc.dcm": "error",
-                                                          "notes.txt": "error", "copy_of_ok0.dcm": "duplicate"}
+                                                          "notes.txt": "error", ".DS_Store": "error",
+                                                          "copy_of_ok0.dcm": "duplicate"}
     dup = next(r for r in rejects.values() if r["kind"] == "duplicate")
     assert "identical content" in dup["reason"]
-    assert (summary.ingested, summary.rejected) == (6, {"error": 2, "excluded": 1, "duplicate": 1})
+    assert (summary.ingested, summary.rejected) == (6, {"error": 3, "excluded": 1, "duplicate": 1})
     assert summary.exit_code == 0 and summary.ok()
     assert len(CacheReader(cache)) == 6 and CacheReader(cache).raw(5).shape == (32, 32)
 
@@ -241,13 +243,36 @@ def test_salt_from_environment_or_created_once(tmp_path, monkeypatch):
     assert patient_key("A", salt) != patient_key("A", "other") and patient_key("A", salt) != patient_key("B", salt)
 
 
-def test_discover_folders_csv_lists_and_hidden_files(tmp_path):
-    (tmp_path / "d" / ".git").mkdir(parents=True)
-    (tmp_path / "d" / "a.dcm").write_text("x")
-    (tmp_path / "d" / ".git" / "b.dcm").write_text("x")
-    (tmp_path / "list.csv").write_text("path\nd/a.dcm\nmissing.dcm\n")
-    found = discover([tmp_path / "d", tmp_path / "list.csv"])
-    assert found == sorted([(tmp_path / "d" / "a.dcm").resolve(), (tmp_path / "missing.dcm").resolve()])
+def test_hidden_files_and_unreadable_folders_are_accounted_for(tmp_path, cfg, monkeypatch):
+    """Review: .IM0001 and .snap/IM0002 appeared in neither CSV; an unreadable folder was walked past."""
+    d = tmp_path / "in"
+    (d / ".snap").mkdir(parents=True)
+    (d / "locked").mkdir()
+    _chest(d / ".IM0001", 1)
+    _chest(d / ".snap" / "IM0002", 2)
+    (d / ".hidden.txt").write_text("not an image")
+    real, target = os.scandir, str(d / "locked")
+
+    def scandir(path="."):  # chmod 000 does not stop root: fail the listing call itself
+        if os.fspath(path) == target:
+            raise PermissionError(13, "Permission denied", target)
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    summary = ingest([d], tmp_path / "c", cfg, workers=1, progress=False)
+    rows, rejects = _accounting(tmp_path / "c")
+    assert set(rows) == {str(d / ".IM0001"), str(d / ".snap" / "IM0002")}
+    assert {p: (r["kind"], r["reason"]) for p, r in rejects.items() if "locked" in p} == {
+        target: ("error", "cannot list folder: Permission denied")}
+    assert set(rejects) == {target, str(d / ".hidden.txt")}
+    assert (summary.inputs, summary.ingested, summary.rejected["error"]) == (4, 2, 2)
+    with pytest.raises(OSError, match=r"locked: cannot list folder: Permission denied"):
+        discover([d])  # the files-only view refuses rather than drop the folder silently
+    monkeypatch.undo()  # readable again: its files are ingested and the folder's reject is gone
+    _chest(d / "locked" / "x.dcm", 3)
+    ingest([d], tmp_path / "c", cfg, workers=1, progress=False)
+    rows, rejects = _accounting(tmp_path / "c")
+    assert str(d / "locked" / "x.dcm") in rows and set(rejects) == {str(d / ".hidden.txt")}
 
 
 def test_missing_file_listed_in_csv_is_a_reject(tmp_path, cfg):
