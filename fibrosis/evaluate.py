@@ -30,8 +30,9 @@ import numpy as np
 from . import metrics as M
 from . import operating as O
 from .cache import MANIFEST_COLUMNS, atomic_write_bytes, write_csv
-from .calibration import Calibrator, make_calibrator, sigmoid
-from .config import Config, EvaluateConfig, config_from_dict, config_to_dict
+from .calibration import Calibrator, calibrator_from_dict, make_calibrator, sigmoid
+from .config import Config, EvaluateConfig, config_to_dict
+from .evaluate_checks import ALL
 
 logger = logging.getLogger(__name__)
 
@@ -147,20 +148,85 @@ def choose_thresholds(y: np.ndarray, prob: np.ndarray, ecfg: EvaluateConfig) -> 
     return points
 
 
+@dataclasses.dataclass
+class OperatingPoints:
+    """Calibrator and thresholds: fitted on a split now, or frozen from the checkpoint."""
+
+    calibrator: Calibrator
+    points: list[dict[str, Any]]  # name, rule, threshold, sensitivity, specificity (on the fit split)
+    fit_data: dict[str, Any]  # split, n, n_pos, n_patients (None where an old record lacks them)
+    frozen: bool = False
+
+    @property
+    def split(self) -> str:
+        return str(self.fit_data.get("split"))
+
+    def threshold_record(self) -> dict[str, Any]:
+        """What the checkpoint stores for `fibrosis score` and for later frozen evaluations."""
+        return {"format": THRESHOLD_FORMAT, "scale": "calibrated probability",
+                "calibration": self.calibrator.method, "chosen_on": self.split, "default": "youden",
+                "value": self.points[0]["threshold"],
+                "points": {p["name"]: p["threshold"] for p in self.points},
+                "details": {p["name"]: {k: p[k] for k in ("rule", "sensitivity", "specificity")}
+                            for p in self.points},
+                "fit_data": dict(self.fit_data),
+                "rule": "positive if calibrated probability >= threshold"}
+
+
+def fit_operating_points(fit: Predictions, ecfg: EvaluateConfig, log: WarningLog) -> OperatingPoints:
+    M.check_binary(fit.labels, fit.logits, score_name=f"{fit.split} logits")
+    with log.step(f"calibration fit ({fit.split})"):
+        cal = make_calibrator(ecfg.calibration).fit(fit.logits, fit.labels, split=fit.split)
+    with log.step(f"thresholds ({fit.split})"):
+        points = choose_thresholds(fit.labels, cal.predict(fit.logits), ecfg)
+    return OperatingPoints(cal, points, {"split": fit.split, "n": int(len(fit.labels)),
+                                         "n_pos": int(fit.labels.sum()), "n_patients": len(set(fit.patient_keys))})
+
+
+def stored_operating_points(calibration: dict[str, Any] | None, threshold: dict[str, Any] | None,
+                            source: str) -> OperatingPoints:
+    """The calibrator and thresholds a previous (fitting) evaluation stored, unchanged."""
+    if not calibration or not threshold:
+        raise ValueError(f"{source}: no calibration/threshold stored; run `fibrosis evaluate` without "
+                         "--frozen on the training cache first (it fits them on val/calib and stores them)")
+    if threshold.get("format") != THRESHOLD_FORMAT:
+        raise ValueError(f"{source}: threshold format={threshold.get('format')!r}; this version reads "
+                         f"{THRESHOLD_FORMAT}")
+    cal = calibrator_from_dict(calibration)
+    details = threshold.get("details") or {}
+    points = [{"name": name, "threshold": float(value),
+               "rule": (details.get(name) or {}).get("rule", f"stored threshold {name!r}"),
+               "sensitivity": (details.get(name) or {}).get("sensitivity"),
+               "specificity": (details.get(name) or {}).get("specificity")}
+              for name, value in threshold["points"].items()]
+    fit_data = {"split": threshold.get("chosen_on"), "n": None, "n_pos": None, "n_patients": None,
+                **(threshold.get("fit_data") or {})}
+    return OperatingPoints(cal, points, fit_data, frozen=True)
+
+
 def evaluate_predictions(fit: Predictions, test: Predictions, ecfg: EvaluateConfig,
                          ) -> tuple[dict[str, Any], Calibrator, dict[str, Any], list[dict[str, Any]]]:
     """Pure core: returns (metrics, fitted calibrator, threshold record, per-case rows)."""
     log = WarningLog()
+    M.check_binary(test.labels, test.logits, score_name=f"{test.split} logits")
+    return measure(fit_operating_points(fit, ecfg, log), test, ecfg, log)
+
+
+def evaluate_frozen(test: Predictions, calibration: dict[str, Any] | None, threshold: dict[str, Any] | None,
+                    ecfg: EvaluateConfig, source: str = "checkpoint",
+                    ) -> tuple[dict[str, Any], Calibrator, dict[str, Any], list[dict[str, Any]]]:
+    """Pure core of external validation: the stored calibrator and thresholds, nothing refitted.
+    ``ecfg.calibration``/``target_sensitivities``/``fit_split`` do not apply (they were fixed then)."""
+    return measure(stored_operating_points(calibration, threshold, source), test, ecfg, WarningLog())
+
+
+def measure(op: OperatingPoints, test: Predictions, ecfg: EvaluateConfig, log: WarningLog,
+            ) -> tuple[dict[str, Any], Calibrator, dict[str, Any], list[dict[str, Any]]]:
+    """Everything reported on ``test`` with calibrator and thresholds already fixed."""
     y, z = test.labels, test.logits
     M.check_binary(y, z, score_name=f"{test.split} logits")
-    M.check_binary(fit.labels, fit.logits, score_name=f"{fit.split} logits")
-    with log.step(f"calibration fit ({fit.split})"):
-        cal = make_calibrator(ecfg.calibration).fit(fit.logits, fit.labels, split=fit.split)
-    fit_prob = cal.predict(fit.logits)
+    cal, points, method = op.calibrator, op.points, op.calibrator.method
     raw, prob = sigmoid(z), cal.predict(z)
-
-    with log.step(f"thresholds ({fit.split})"):
-        points = choose_thresholds(fit.labels, fit_prob, ecfg)
     ops = []
     for p in points:
         with log.step(f"operating point {p['name']} ({test.split})"):
@@ -170,7 +236,7 @@ def evaluate_predictions(fit: Predictions, test: Predictions, ecfg: EvaluateConf
                                                         ecfg.deployment_prevalence)
                       if ecfg.deployment_prevalence is not None else None)
         ops.append({"name": p["name"], "rule": p["rule"], "threshold": p["threshold"],
-                    "chosen_on": {"split": fit.split, "sensitivity": p["sensitivity"],
+                    "chosen_on": {"split": op.split, "sensitivity": p["sensitivity"],
                                   "specificity": p["specificity"]},
                     "confusion": cm, **{k: perf[k] for k in ("sensitivity", "specificity", "ppv", "npv")},
                     "deployment": deploy})
@@ -178,7 +244,7 @@ def evaluate_predictions(fit: Predictions, test: Predictions, ecfg: EvaluateConf
     with log.step(f"discrimination ({test.split})"):
         delong = M.auc_delong(y, z, ecfg.ci_level)
         boot = _bootstrap(y, z, test.patient_keys, ecfg, log, test.split)
-        auc_cal = M.auc_delong(y, prob, ecfg.ci_level)["auc"] if ecfg.calibration == "isotonic" else None
+        auc_cal = M.auc_delong(y, prob, ecfg.ci_level)["auc"] if method == "isotonic" else None
         roc, pr = M.roc_points(y, z), M.pr_curve(y, z)
     if ecfg.bootstrap_resamples < 2000:
         log.items.append(f"bootstrap: {ecfg.bootstrap_resamples} resamples (< 2000): CI is coarse")
@@ -190,36 +256,30 @@ def evaluate_predictions(fit: Predictions, test: Predictions, ecfg: EvaluateConf
 
     n_pos = int(y.sum())
     result = {
-        "format": METRICS_FORMAT, "split": test.split, "fit_split": fit.split,
+        "format": METRICS_FORMAT, "split": test.split, "fit_split": op.split, "frozen": op.frozen,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "evaluate_config": config_to_dict(ecfg),
         "data": {"n": int(len(y)), "n_pos": n_pos, "n_neg": int(len(y) - n_pos),
                  "prevalence": n_pos / len(y), "n_patients": len(set(test.patient_keys)),
-                 "fit": {"split": fit.split, "n": int(len(fit.labels)), "n_pos": int(fit.labels.sum()),
-                         "n_patients": len(set(fit.patient_keys))}},
+                 "fit": dict(op.fit_data)},
         "discrimination": {"score": "model logit (AUC is unchanged by temperature/Platt calibration)",
                            "auc": delong["auc"], "delong": delong,
                            "bootstrap": boot, "auc_after_calibration": auc_cal, "roc": roc, "pr": pr},
-        "calibration": {"method": ecfg.calibration, "calibrator": cal.to_dict(),
+        "calibration": {"method": method, "calibrator": cal.to_dict(),
                         "before": _calibration_block(y, raw, ecfg, log, "before"),
-                        "after": _calibration_block(y, prob, ecfg, log, f"after {ecfg.calibration}")},
+                        "after": _calibration_block(y, prob, ecfg, log, f"after {method}")},
         "operating_points": ops,
         "deployment_prevalence": ecfg.deployment_prevalence,
         "subgroups": subgroups,
         "warnings": log.items,
     }
-    threshold = {"format": THRESHOLD_FORMAT, "scale": "calibrated probability",
-                 "calibration": ecfg.calibration, "chosen_on": fit.split, "default": "youden",
-                 "value": points[0]["threshold"],
-                 "points": {p["name"]: p["threshold"] for p in points},
-                 "rule": "positive if calibrated probability >= threshold"}
     cases = [{"case": i + 1, "content_hash": r.get("content_hash", ""),
               "patient_key": test.patient_keys[i], "split": test.split, "label": int(y[i]),
               "logit": float(z[i]), "prob_uncalibrated": float(raw[i]), "prob": float(prob[i]),
               **{f"pred_{p['name']}": int(prob[i] >= p["threshold"]) for p in points},
               **{name: attrs[name][i] for name in attrs}}
              for i, r in enumerate(test.rows)]
-    return result, cal, threshold, cases
+    return result, cal, op.threshold_record(), cases
 
 
 # ------------------------------------------------------------------ I/O adapter
@@ -248,32 +308,72 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
-                 cfg: Config | None = None, *, gradcam: bool = True,
-                 device: str | None = None) -> Path:
-    """Evaluate ``run/best.pt`` on ``split`` of ``cache``; returns the metrics.json path."""
+                 cfg: Config | None = None, *, overrides: Sequence[str] = (), frozen: bool = False,
+                 gradcam: bool = True, device: str | None = None) -> Path:
+    """Evaluate ``run/best.pt`` on ``split`` of ``cache``; returns the metrics.json path.
+
+    Settings: ``cfg`` if given (a full config, used as is), else the run's own resolved
+    config from the checkpoint; ``overrides`` (``evaluate.KEY=VALUE``) go on top of either.
+
+    Default mode fits calibration and thresholds on the fit split (val/calib), reports on
+    ``split`` (never train, val or the fit split) in ``RUN/eval/<split>/`` and stores them
+    in the checkpoint for `fibrosis score`.
+
+    ``frozen=True`` (external validation) applies the calibrator and thresholds already
+    stored in the checkpoint, refits nothing and leaves the checkpoint untouched; results
+    go to ``RUN/eval/frozen-<cache name>-<split>/``. ``split="all"`` (every manifest row,
+    with or without a split column, as in another site's cache) is allowed only then.
+
+    Either way, the evaluated split (and the fit split) is checked against the train/val
+    patient keys and image hashes the checkpoint recorded: any overlap is an error.
+    """
+    from .cache import manifest_hash
     from .checkpoint import load_checkpoint, update_checkpoint
+    from .evaluate_checks import (check_evaluated_split, check_split_isolation, manifest_warning,
+                                  resolve_config)
     from .predict import predict_split, split_rows
     from .summary import data_summary, run_summary
 
     run, cache = Path(run), Path(cache)
     ckpt_path = run / "best.pt"
     ckpt = load_checkpoint(ckpt_path)
-    if cfg is None:  # the run's own resolved config: evaluation settings travel with the model
-        cfg = config_from_dict(ckpt.get("config") or {})
+    cfg = resolve_config(ckpt.get("config") or {}, cfg, overrides)
     ecfg = cfg.evaluate
-    all_rows, _ = split_rows(cache, split)
-    fit_split = resolve_fit_split(all_rows, ecfg.fit_split)
-    if fit_split == split:
-        raise ValueError(f"split={split!r} is also the calibration/threshold split; report on a "
-                         f"held-out split (test) so thresholds are not chosen on the cases they are judged on")
-    logger.info("evaluating %s: fit calibration + thresholds on %r, report on %r", run, fit_split, split)
-    fit = Predictions.from_rows(*predict_split(ckpt_path, cache, fit_split, device=device), fit_split)
-    test = Predictions.from_rows(*predict_split(ckpt_path, cache, split, device=device), split)
-    result, cal, threshold, cases = evaluate_predictions(fit, test, ecfg)
+    all_rows, idx = split_rows(cache, split)
+    stored = (stored_operating_points(ckpt.get("calibration"), ckpt.get("threshold"), str(ckpt_path))
+              if frozen else None)
+    fit_split = None if frozen else resolve_fit_split(all_rows, ecfg.fit_split)
+    check_evaluated_split(split, fit_split, frozen, stored.split if stored else None)
+    if not idx:
+        raise ValueError(f"{cache}/manifest.csv: no rows with split={split!r}")
+    fit_rows = [r for r in all_rows if r.get("split") == fit_split] if fit_split else None
+    loud: list[str] = []
+    if ckpt.get("split_keys"):
+        check_split_isolation(ckpt["split_keys"], split, [all_rows[i] for i in idx], fit_split, fit_rows,
+                              (ckpt.get("config") or {}).get("split", {}).get("seed"))
+    else:  # checkpoint from before train recorded its patients: the manifest hash is all there is
+        text = manifest_warning(ckpt.get("manifest_hash"), manifest_hash(cache), split, fit_split)
+        if text:
+            logger.warning("%s: %s", ckpt_path, text)
+            loud.append(text)
+
+    if frozen:
+        logger.info("evaluating %s on %r of %s with the stored (frozen) calibration and thresholds",
+                    run, split, cache)
+        test = Predictions.from_rows(*predict_split(ckpt_path, cache, split, device=device), split)
+        result, cal, threshold, cases = measure(stored, test, ecfg, WarningLog())
+    else:
+        logger.info("evaluating %s: fit calibration + thresholds on %r, report on %r", run, fit_split, split)
+        fit = Predictions.from_rows(*predict_split(ckpt_path, cache, fit_split, device=device), fit_split)
+        test = Predictions.from_rows(*predict_split(ckpt_path, cache, split, device=device), split)
+        result, cal, threshold, cases = evaluate_predictions(fit, test, ecfg)
+    result["warnings"][:0] = loud  # first: they qualify every number below
     result["run"] = run_summary(run, ckpt)
     result["data"].update(data_summary(cache, all_rows, cfg))
+    if split == ALL:
+        result["data"]["split_method"] = "none: every row of the cache evaluated (external validation)"
 
-    out = run / "eval" / split
+    out = run / "eval" / (f"frozen-{cache.resolve().name}-{split}" if frozen else split)
     out.mkdir(parents=True, exist_ok=True)
     if gradcam and ecfg.gradcam_per_kind > 0:
         from .gradcam import gradcam_panels
@@ -287,9 +387,11 @@ def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
             result["warnings"].append(f"Grad-CAM panels not produced: {type(exc).__name__}: {exc}")
     write_json(out / "metrics.json", result)
     write_csv(out / "predictions.csv", cases, tuple(cases[0]))
-    update_checkpoint(ckpt_path, calibration=cal.to_dict(), threshold=threshold)
+    if not frozen:
+        update_checkpoint(ckpt_path, calibration=cal.to_dict(), threshold=threshold)
     d = result["discrimination"]
-    logger.info("%s AUC %.3f (DeLong %.3f-%.3f; bootstrap %.3f-%.3f); %s -> %s", split, d["auc"],
-                *(d["delong"]["ci"] or [float("nan")] * 2), *(d["bootstrap"]["ci"] or [float("nan")] * 2), ckpt_path,
-                "calibration + thresholds stored")
+    logger.info("%s AUC %.3f (DeLong %.3f-%.3f; bootstrap %.3f-%.3f); %s", split, d["auc"],
+                *(d["delong"]["ci"] or [float("nan")] * 2), *(d["bootstrap"]["ci"] or [float("nan")] * 2),
+                f"checkpoint left unchanged (frozen) -> {out}" if frozen
+                else f"calibration + thresholds stored in {ckpt_path}")
     return out / "metrics.json"

@@ -10,11 +10,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from fibrosis.cache import CacheReader, manifest_hash, read_csv
+from fibrosis.cache import CacheReader, read_csv
 from fibrosis.checkpoint import load_model
 from fibrosis.dataset import CacheDataset
 
 logger = logging.getLogger(__name__)
+
+ALL_ROWS = "all"  # = fibrosis.evaluate_checks.ALL
 
 
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
@@ -62,11 +64,14 @@ def extract_features(model: torch.nn.Module, reader: CacheReader, indices: Seque
 
 
 def split_rows(cache_dir: str | Path, split: str) -> tuple[list[dict[str, str]], list[int]]:
-    """All manifest rows and the indices of those in ``split``."""
+    """All manifest rows and the indices of those in ``split`` ("all": every row, split
+    column or not -- another site's cache evaluated as a whole)."""
     path = Path(cache_dir) / "manifest.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest (run `fibrosis ingest` and `fibrosis split`)")
     rows = read_csv(path)
+    if split == ALL_ROWS:
+        return rows, list(range(len(rows)))
     if rows and "split" not in rows[0]:
         raise ValueError(f"{path}: no 'split' column; run `fibrosis split` first")
     idx = [i for i, r in enumerate(rows) if r.get("split") == split]
@@ -76,18 +81,16 @@ def split_rows(cache_dir: str | Path, split: str) -> tuple[list[dict[str, str]],
 def predict_split(checkpoint_path: str | Path, cache_dir: str | Path, split: str, *,
                   batch_size: int = 64, device: str | torch.device | None = None,
                   num_workers: int = 0) -> tuple[list[dict[str, str]], np.ndarray]:
-    """(manifest rows of ``split``, their logits) for a checkpoint."""
+    """(manifest rows of ``split``, their logits) for a checkpoint.
+
+    Whether those rows are held out from the checkpoint's training is the caller's check
+    (``fibrosis.evaluate_checks``), where it can refuse or be recorded, not just logged.
+    """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, ckpt = load_model(checkpoint_path, device)
+    model, _ = load_model(checkpoint_path, device)
     rows, idx = split_rows(cache_dir, split)
     if not idx:
         raise ValueError(f"{cache_dir}/manifest.csv: no rows with split={split!r}")
-    trained_on = ckpt.get("manifest_hash")
-    if trained_on and trained_on != manifest_hash(cache_dir):
-        # Not fatal (evaluating on another site's cache is legitimate) but a re-split of
-        # the training cache could have moved training images into this split.
-        logger.warning("%s: manifest differs from the one %s was trained on; make sure the %r "
-                       "rows were never used for training", cache_dir, checkpoint_path, split)
     reader = CacheReader(cache_dir, rows)
     logits = predict_rows(model, reader, idx, batch_size, device, num_workers=num_workers)
     return [rows[i] for i in idx], logits

@@ -63,7 +63,10 @@ def _frac(p: dict[str, Any]) -> str:
 
 def headline(m: dict[str, Any]) -> str:
     d, disc = m["data"], m["discrimination"]
-    text = (f"On the held-out {m['split']} split ({d['n']} images of {d['n_patients']} patients; {d['n_pos']} "
+    where = ("all images of the evaluated cache" if m["split"] == "all" else f"the {m['split']} split")
+    how = (f"With the calibration and thresholds frozen from training (fitted on its {m['fit_split']} split; "
+           f"nothing refitted on these data), on {where}" if m.get("frozen") else f"On the held-out {m['split']} split")
+    text = (f"{how} ({d['n']} images of {d['n_patients']} patients; {d['n_pos']} "
             f"with fibrosis, prevalence {pct(d['prevalence'])}), the model's AUC was {disc['auc']:.3f} "
             f"({ci_label(m)} {ci3(disc['delong']['ci'])} by DeLong; {ci3(disc['bootstrap']['ci'])} by "
             f"patient-clustered bootstrap).")
@@ -296,8 +299,8 @@ def build_blocks(m: dict[str, Any], have: set[str]) -> list[Block]:
                   ["average precision", f"{disc['pr']['average_precision']:.3f}", "",
                    f"no-skill level = prevalence {pct(disc['pr']['prevalence'])}"]]},
         {"type": "figure", "key": "roc", "half": True,
-         "caption": f"ROC curve with the patient-clustered bootstrap {ci_label(m)[:-3]} band; dots: the frozen operating "
-                    "points on this split."},
+         "caption": f"ROC curve with the patient-clustered bootstrap {ci_label(m)[:-3]} band; dots: the frozen "
+                    "operating points on this split."},
         {"type": "figure", "key": "pr", "half": True,
          "caption": "Precision-recall curve (precision at this split's prevalence)."},
     ]

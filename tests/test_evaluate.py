@@ -29,7 +29,8 @@ def _preds(n: int, seed: int, split: str, prev: float = 0.15, images_per_patient
 
 @pytest.fixture(scope="module")
 def evaluated():
-    cfg = EvaluateConfig(bootstrap_resamples=500, deployment_prevalence=0.015)
+    # temperature explicitly: these tests check its fit, whatever the configured default is
+    cfg = EvaluateConfig(bootstrap_resamples=500, deployment_prevalence=0.015, calibration="temperature")
     fit, test = _preds(400, 1, "val"), _preds(500, 2, "test")
     return fit, test, cfg, evaluate_predictions(fit, test, cfg)
 
@@ -183,7 +184,8 @@ def test_evaluate_run_end_to_end(tmp_path):
     assert preds.splitlines()[0].startswith("case,content_hash,patient_key,split,label,logit,")
     assert (run / "eval" / "test" / "gradcam.png").is_file() and m["gradcam"]["cases"]
     ckpt = load_checkpoint(run / "best.pt")  # weights_only load
-    assert ckpt["calibration"]["method"] == "temperature" and ckpt["calibration"]["fitted_on"]["split"] == "val"
+    assert ckpt["calibration"]["method"] == m["evaluate_config"]["calibration"]
+    assert ckpt["calibration"]["fitted_on"]["split"] == "val"
     assert ckpt["threshold"]["value"] == m["operating_points"][0]["threshold"]
     # the stored calibration reproduces the evaluated probabilities exactly
     model, _ = load_model(run / "best.pt")
@@ -230,3 +232,141 @@ def test_compare_zero_variance_is_recorded_not_p_one(tmp_path):
     assert any("variance is 0" in w for w in res["warnings"])
     saved = json.loads((tmp_path / "run_a" / "eval" / "test" / "compare_run_b.json").read_text())
     assert saved["warnings"] == res["warnings"]
+
+
+# ------------------------------------------------------------------ run-level guards (tiny random model)
+
+
+def _split_keys(rows, split):
+    mine = [r for r in rows if r["split"] == split]
+    return {"patients": sorted({r["patient_key"] for r in mine}), "images": sorted({r["content_hash"] for r in mine})}
+
+
+def _tiny_run(tmp_path, *, evaluate=None, with_split_keys=True, splits=None):
+    """A real (randomly initialised) resnet18 checkpoint over a 32px synthetic cache: no training."""
+    import torch
+
+    from fibrosis.cache import manifest_hash, read_csv
+    from fibrosis.checkpoint import save_checkpoint, update_checkpoint
+    from fibrosis.config import config_from_dict, config_to_dict
+    from fibrosis.model import build_model
+    from fibrosis.synthetic import make_synthetic_cache
+
+    cache = make_synthetic_cache(tmp_path / "cache", n=80, size=32, pos_frac=0.3, seed=0,
+                                 splits=splits or {"train": 0.5, "val": 0.25, "test": 0.25})
+    torch.manual_seed(0)
+    model = build_model("resnet18", "none", input_size=32)
+    cfg = config_from_dict({"model": {"arch": "resnet18", "weights": "none", "input_size": 32},
+                            "evaluate": {"bootstrap_resamples": 200, "gradcam_per_kind": 0, **(evaluate or {})}})
+    run = tmp_path / "run"
+    save_checkpoint(run / "best.pt", {"model": model.state_dict(), "config": config_to_dict(cfg),
+                                      "preprocessing": model.preprocessing, "weights_info": model.weights_info,
+                                      "pretrained": False, "manifest_hash": manifest_hash(cache)})
+    if with_split_keys:  # what train.py records
+        rows = read_csv(cache / "manifest.csv")
+        update_checkpoint(run / "best.pt", split_keys={s: _split_keys(rows, s) for s in ("train", "val")})
+    return run, cache
+
+
+def _rewrite_manifest(cache, change):
+    from fibrosis.cache import MANIFEST_COLUMNS, read_csv, write_csv
+
+    rows = read_csv(cache / "manifest.csv")
+    change(rows)
+    write_csv(cache / "manifest.csv", rows, tuple(c for c in MANIFEST_COLUMNS if c in rows[0]))
+
+
+def test_split_isolation_pure_check():
+    from fibrosis.evaluate_checks import check_split_isolation
+
+    keys = {"train": {"patients": ["a", "b"], "images": ["ha", "hb"]}, "val": {"patients": ["v"], "images": ["hv"]}}
+    clean = [{"patient_key": "t", "content_hash": "ht"}]
+    check_split_isolation(keys, "test", clean, "val", [{"patient_key": "v", "content_hash": "hv"}])  # by design
+    with pytest.raises(ValueError, match=r"split 'test'.*2 of 3 patient\(s\) and 1 of 3 image\(s\).*train or val"
+                                         r".*original seed.*fresh cache"):
+        check_split_isolation(keys, "test", clean + [{"patient_key": "a", "content_hash": "new"},
+                                                     {"patient_key": "v", "content_hash": "hb"}], "val", [])
+    with pytest.raises(ValueError, match=r"fit split 'calib'.*1 of 1 patient\(s\) and 0 of 1 image\(s\).*train"):
+        check_split_isolation(keys, "test", clean, "calib", [{"patient_key": "b", "content_hash": "x"}])
+    check_split_isolation(keys, "all", clean, None, None)  # frozen: no fit split
+
+
+def test_resplit_after_training_is_refused(tmp_path):
+    run, cache = _tiny_run(tmp_path)
+
+    def move_train_to_test(rows):
+        for r in [r for r in rows if r["split"] == "train"][:5]:
+            r["split"] = "test"
+    _rewrite_manifest(cache, move_train_to_test)
+    with pytest.raises(ValueError, match=r"split 'test': 5 of 25 patient\(s\) and 5 of 25 image\(s\)"):
+        evaluate_run(run, cache, "test", gradcam=False, device="cpu")
+    assert "calibration" not in __import__("fibrosis.checkpoint").checkpoint.load_checkpoint(run / "best.pt")
+
+
+def test_old_checkpoint_manifest_change_is_a_recorded_warning(tmp_path):
+    from fibrosis.report import build_blocks
+
+    run, cache = _tiny_run(tmp_path, with_split_keys=False)
+    _rewrite_manifest(cache, lambda rows: rows.reverse())  # same split assignment, different file
+    m = json.loads(evaluate_run(run, cache, "test", gradcam=False, device="cpu").read_text())
+    warning = next(w for w in m["warnings"] if "manifest differs" in w)
+    assert "cannot verify" in warning and "'test'" in warning
+    assert warning in json.dumps(build_blocks(m, set()))
+
+
+@pytest.mark.parametrize("split,match", [("train", "split='train' was used to fit the model"),
+                                         ("val", "split='val' is also the calibration/threshold split"),
+                                         ("all", "split='all' .* only with frozen=True")])
+def test_evaluated_split_must_be_held_out(tmp_path, split, match):
+    run, cache = _tiny_run(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        evaluate_run(run, cache, split, gradcam=False, device="cpu")
+
+
+def test_overrides_go_on_top_of_the_checkpoint_config(tmp_path):
+    run, cache = _tiny_run(tmp_path, evaluate={"calibration": "platt", "target_sensitivities": [0.8]})
+    m = json.loads(evaluate_run(run, cache, "test", overrides=["evaluate.deployment_prevalence=0.015"],
+                                gradcam=False, device="cpu").read_text())
+    ec = m["evaluate_config"]
+    assert (ec["calibration"], ec["target_sensitivities"], ec["deployment_prevalence"]) == ("platt", [0.8], 0.015)
+    assert [o["name"] for o in m["operating_points"]] == ["youden", "sensitivity_0.80"]
+    with pytest.raises(ValueError, match=r"train.batch_size=8.*allowed: evaluate\.\*"):
+        evaluate_run(run, cache, "test", overrides=["train.batch_size=8"], gradcam=False, device="cpu")
+
+
+def test_frozen_external_validation_leaves_the_checkpoint_untouched(tmp_path):
+    import hashlib
+
+    from fibrosis.checkpoint import load_checkpoint
+    from fibrosis.synthetic import make_synthetic_cache
+
+    run, cache = _tiny_run(tmp_path)
+    with pytest.raises(ValueError, match="no calibration/threshold stored"):
+        evaluate_run(run, cache, "test", frozen=True, gradcam=False, device="cpu")
+    evaluate_run(run, cache, "test", gradcam=False, device="cpu")
+    stored = load_checkpoint(run / "best.pt")
+    before = hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
+
+    ext = make_synthetic_cache(tmp_path / "site_b", n=40, size=32, pos_frac=0.3, seed=5, splits={"test": 1.0})
+
+    def other_site(rows):
+        for r in rows:
+            r["patient_key"] = "siteB-" + r["patient_key"]
+            del r["split"]  # an external cache need not be split at all
+    _rewrite_manifest(ext, other_site)
+    m = json.loads(evaluate_run(run, ext, "all", frozen=True, overrides=["evaluate.calibration=isotonic"],
+                                gradcam=False, device="cpu").read_text())
+    assert hashlib.sha256((run / "best.pt").read_bytes()).hexdigest() == before
+    assert m["frozen"] is True and m["split"] == "all" and m["data"]["n"] == 40
+    assert m["fit_split"] == "val" and m["calibration"]["calibrator"] == stored["calibration"]
+    assert m["calibration"]["method"] == stored["calibration"]["method"] != "isotonic"  # stored one, not --set
+    assert {o["name"]: o["threshold"] for o in m["operating_points"]} == stored["threshold"]["points"]
+    cases = (run / "eval" / "frozen-site_b-all" / "predictions.csv").read_text().splitlines()
+    assert len(cases) == 41
+    assert not (run / "eval" / "all").exists()
+
+    def same_patients(rows):  # site B's cache holds training patients: refused like a re-split
+        rows[0]["patient_key"] = stored["split_keys"]["train"]["patients"][0]
+    _rewrite_manifest(ext, same_patients)
+    with pytest.raises(ValueError, match=r"split 'all': 1 of 40 patient\(s\)"):
+        evaluate_run(run, ext, "all", frozen=True, gradcam=False, device="cpu")

@@ -150,3 +150,17 @@ def test_intervals_are_labelled_with_the_configured_level(tmp_path):
     for needle in ("(90% CI 0.", "slope (90% CI)", "intercept (90% CI)", "Wilson 90% CI",
                    "DeLong 90% CI per subgroup", "AUC (90% CI)", "bootstrap 90% band"):
         assert needle in text, needle
+
+
+def test_frozen_external_evaluation_is_described_as_such(tmp_path):
+    from fibrosis.evaluate import evaluate_frozen
+
+    ecfg = EvaluateConfig(bootstrap_resamples=200)
+    _, cal, threshold, _ = evaluate_predictions(_preds(300, 6, "val"), _preds(300, 7, "test"), ecfg)
+    res, cal2, thr2, _ = evaluate_frozen(_preds(200, 8, "all"), cal.to_dict(), threshold, ecfg)
+    assert cal2.to_dict() == cal.to_dict() and thr2 == threshold and res["frozen"] is True
+    assert res["operating_points"][0]["chosen_on"]["sensitivity"] == threshold["details"]["youden"]["sensitivity"]
+    write_json(tmp_path / "m.json", res)
+    text = json.dumps(build_blocks(json.loads((tmp_path / "m.json").read_text()), set()))
+    assert "held-out all split" not in text
+    assert "all images of the evaluated cache" in text and "frozen" in text
