@@ -68,9 +68,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from fibrosis.evaluate import evaluate_run
 
-    cfg = _config(args) if (args.config or args.set) else None
-    evaluate_run(args.run, args.cache, split=args.split, cfg=cfg, gradcam=not args.no_gradcam,
-                 device=args.device)
+    # Without --config, the run's own resolved config is used and --set goes on top of it.
+    cfg = load_config(args.config, args.set or ()) if args.config else None
+    out = evaluate_run(args.run, args.cache, split=args.split, cfg=cfg,
+                       overrides=() if args.config else (args.set or ()), frozen=args.frozen,
+                       gradcam=not args.no_gradcam, device=args.device)
+    logger.info("metrics: %s", out)
     return EXIT_OK
 
 
@@ -161,7 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Fit calibration and operating points on validation, measure on a held-out split.")
     p.add_argument("--run", type=Path, required=True, help="run directory written by `train`")
     p.add_argument("--cache", type=Path, required=True)
-    p.add_argument("--split", default="test", help="split to report on (default: test)")
+    p.add_argument("--split", default="test",
+                   help="split to measure on: test (default); `all` = every row of the cache, "
+                        "only with --frozen")
+    p.add_argument("--frozen", action="store_true",
+                   help="external validation: apply the calibration and thresholds stored in the "
+                        "checkpoint, refit nothing, leave the checkpoint unchanged")
     p.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM panels")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     _add_config_args(p)
@@ -169,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "Write the HTML + PDF validation report and metrics.json.")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--out", type=Path, default=None, help="default: reports/<run name>/")
-    p.add_argument("--split", default="test", help="evaluated split to report (default: test)")
+    p.add_argument("--split", default="test",
+                   help="evaluation to report: a folder name under RUN/eval/ (default: test; a "
+                        "frozen evaluation is frozen-<cache dir name>-<split>)")
 
     p = add("compare", cmd_compare, "Paired DeLong test of two evaluated runs on the same cases.")
     p.add_argument("run_a", type=Path)

@@ -332,7 +332,7 @@ def reliability_curve(y_true: Any, prob: Any, n_bins: int = 10, strategy: str = 
     return {"bins": bins, "ece": float(ece), "n_bins": n_bins, "strategy": strategy,
             "binning": f"{n_bins} {'equal-width' if strategy == 'uniform' else 'equal-count'} bins on "
                        "[0, 1]; ECE = count-weighted mean |mean predicted - observed| "
-                       "of the positive-class probability", "n": int(len(p))}
+                       "of the positive-class probability", "n": int(len(p)), "level": level}
 
 
 def expected_calibration_error(y_true: Any, prob: Any, n_bins: int = 10,

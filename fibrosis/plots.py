@@ -115,7 +115,7 @@ def _reliability_panel(ax: Any, axh: Any, block: dict[str, Any], title: str, col
     err = np.clip(np.array([[b["observed"] - b["observed_ci"][0], b["observed_ci"][1] - b["observed"]]
                             for b in rel["bins"]]).T, 0.0, None)
     ax.errorbar(mp, ob, yerr=err, fmt="o-", color=colour, ms=5, lw=1.5, capsize=2,
-                label="observed (Wilson 95% CI)")
+                label=f"observed (Wilson {100 * rel.get('level', 0.95):g}% CI)")
     cs = block["intercept_slope"]
     slope = "n/a" if cs.get("slope") is None else f"{cs['slope']:.2f}"
     icpt = "n/a" if cs.get("intercept") is None else f"{cs['intercept']:.2f}"
