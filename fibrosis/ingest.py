@@ -285,6 +285,11 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
     entries = discover_entries(inputs)
     if labels is not None:
         entries = [e for e in entries if e[0] != str(Path(cfg.labels_csv).resolve())]
+    # A cache placed inside an input folder holds our own outputs, not inputs.
+    inside = [e for e in entries if Path(e[0]).resolve().is_relative_to(root.resolve())]
+    if inside:
+        logger.info("%d file(s) under the cache folder %s are not inputs", len(inside), root)
+        entries = [e for e in entries if e not in inside]
     paths = [Path(p) for p, error in entries if not error]
     folder_errors = [(p, error) for p, error in entries if error]
     if labels is not None:

@@ -421,3 +421,14 @@ def test_salt_file_replaced_under_a_cache_is_refused(tmp_path, cfg, monkeypatch)
     (tmp_path / "c" / "salt.key").write_text("0" * 64)
     with pytest.raises(SaltMismatchError, match=r"salt.key"):
         resolve_salt(tmp_path / "c")
+
+
+def test_a_cache_inside_the_input_folder_is_not_ingested_as_input(tmp_path, cfg):
+    d = tmp_path / "in"
+    d.mkdir()
+    _chest(d / "a.dcm", 1)
+    first = ingest([d], d / "cache", cfg, workers=1, progress=False)
+    again = ingest([d], d / "cache", cfg, workers=1, progress=False)
+    assert (first.inputs, first.ingested) == (1, 1)
+    # The second run sees only a.dcm: no shards, manifests or lock files as rejects.
+    assert (again.inputs, again.skipped, sum(again.rejected.values())) == (1, 1, 0)
