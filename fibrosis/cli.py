@@ -60,7 +60,8 @@ def cmd_split(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from fibrosis.train import train
 
-    best = train(_config(args), args.cache, args.out, resume=args.resume)
+    best = train(_config(args), args.cache, args.out, resume=args.resume,
+                 max_epochs=args.max_epochs, device=args.device)
     logger.info("best checkpoint: %s", best)
     return EXIT_OK
 
@@ -158,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/last.pt exactly where it stopped (error if absent)")
+    p.add_argument("--max-epochs", type=int, default=None,
+                   help="stop after N epochs in this invocation (time-boxed jobs; then --resume)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     _add_config_args(p)
 
     p = add("evaluate", cmd_evaluate,

@@ -8,6 +8,7 @@ of ``lr:`` must fail loudly rather than silently train with the default.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -164,6 +165,9 @@ class Config:
 # ---------------------------------------------------------------- loading
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Convert a YAML value to the annotated type, or raise ConfigError naming the key."""
     origin = typing.get_origin(tp)
@@ -188,6 +192,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is float:
+        # PyYAML (YAML 1.1) reads `1e-3` as a string; accept such plain numerals.
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -41,7 +41,7 @@ def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
     cfg = load_config(DEMO_CONFIG, overrides)
     if work.exists():
         shutil.rmtree(work)
-    cache, run = work / "cache", work / "run"
+    cache, run = work / "cache", work / "resnet18-demo"
     report_dir = Path(report_dir) if report_dir else REPO / "reports" / "demo"
 
     logger.info("demo 1/6: ingest %s", DEMO_DATA / "images")

@@ -66,3 +66,13 @@ def test_missing_file_is_named(tmp_path):
 def test_bad_values_name_key_value_and_allowed(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_scientific_notation_floats_are_numbers(tmp_path):
+    # PyYAML reads 1e-3 as the string '1e-3'; a learning rate written that way must work.
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  head_lr: 1e-3\n  stages: [{name: head, epochs: 1, lr: 5e-4}]\n")
+    cfg = load_config(f)
+    assert cfg.train.head_lr == 0.001 and cfg.train.stages[0].lr == 0.0005
+    with pytest.raises(ConfigError, match="expected a number, got 'fast'"):
+        load_config(None, ["train.head_lr=fast"])
