@@ -28,3 +28,21 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} not present")
     return path
+
+
+@pytest.fixture
+def unlistable(monkeypatch):
+    """Make folders fail to list (PermissionError), as chmod 000 would for a non-root user;
+    chmod does not stop root, so the listing call itself is made to fail."""
+    import os
+
+    blocked: set[str] = set()
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) in blocked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    return lambda folder: blocked.add(str(folder))

@@ -243,7 +243,7 @@ def test_salt_from_environment_or_created_once(tmp_path, monkeypatch):
     assert patient_key("A", salt) != patient_key("A", "other") and patient_key("A", salt) != patient_key("B", salt)
 
 
-def test_hidden_files_and_unreadable_folders_are_accounted_for(tmp_path, cfg, monkeypatch):
+def test_hidden_files_and_unreadable_folders_are_accounted_for(tmp_path, cfg, unlistable):
     """Review: .IM0001 and .snap/IM0002 appeared in neither CSV; an unreadable folder was walked past."""
     d = tmp_path / "in"
     (d / ".snap").mkdir(parents=True)
@@ -251,14 +251,8 @@ def test_hidden_files_and_unreadable_folders_are_accounted_for(tmp_path, cfg, mo
     _chest(d / ".IM0001", 1)
     _chest(d / ".snap" / "IM0002", 2)
     (d / ".hidden.txt").write_text("not an image")
-    real, target = os.scandir, str(d / "locked")
-
-    def scandir(path="."):  # chmod 000 does not stop root: fail the listing call itself
-        if os.fspath(path) == target:
-            raise PermissionError(13, "Permission denied", target)
-        return real(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    target = str(d / "locked")
+    unlistable(target)
     summary = ingest([d], tmp_path / "c", cfg, workers=1, progress=False)
     rows, rejects = _accounting(tmp_path / "c")
     assert set(rows) == {str(d / ".IM0001"), str(d / ".snap" / "IM0002")}

@@ -84,7 +84,7 @@ def test_study_aggregate_frontal_ok_only(tmp_path):
         IO.study_rows(f, "median")
 
 
-def test_discover_inputs_counts_hidden_files_and_leaves_out_our_own_outputs(tmp_path, monkeypatch):
+def test_discover_inputs_counts_hidden_files_and_leaves_out_our_own_outputs(tmp_path, unlistable):
     import os
 
     d = tmp_path / "in"
@@ -95,14 +95,7 @@ def test_discover_inputs_counts_hidden_files_and_leaves_out_our_own_outputs(tmp_
                  "scores.studies.csv", "scores.csv.rank1", ".scores.csv.tmp42", ".scores.studies.csv.tmp7",
                  "other.csv.rank1"):
         (d / name).write_text("x")
-    real, target = os.scandir, str(d / "locked")
-
-    def scandir(path="."):  # chmod 000 does not stop root: fail the listing call itself
-        if os.fspath(path) == target:
-            raise PermissionError(13, "Permission denied", target)
-        return real(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    unlistable(d / "locked")
     got = IO.discover_inputs(d, d / "scores.csv", d / "cams", d / "salt.key")
     assert [(Path(p).relative_to(d).as_posix(), e) for p, e in got] == [
         (".IM0001", ""), (".snap/IM0002", ""), ("a.dcm", ""), ("locked", "cannot list folder: Permission denied"),
