@@ -32,8 +32,9 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def unlistable(monkeypatch):
-    """Make folders fail to list (PermissionError), as chmod 000 would for a non-root user;
-    chmod does not stop root, so the listing call itself is made to fail."""
+    """The set of folders that fail to list (PermissionError), as chmod 000 would for a
+    non-root user; chmod does not stop root, so the listing call itself is made to fail.
+    ``unlistable.add(folder)`` blocks one, ``unlistable.discard(folder)`` unblocks it."""
     import os
 
     blocked: set[str] = set()
@@ -45,4 +46,4 @@ def unlistable(monkeypatch):
         return real(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    return lambda folder: blocked.add(str(folder))
+    return blocked

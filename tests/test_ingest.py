@@ -252,7 +252,7 @@ def test_hidden_files_and_unreadable_folders_are_accounted_for(tmp_path, cfg, un
     _chest(d / ".snap" / "IM0002", 2)
     (d / ".hidden.txt").write_text("not an image")
     target = str(d / "locked")
-    unlistable(target)
+    unlistable.add(target)
     summary = ingest([d], tmp_path / "c", cfg, workers=1, progress=False)
     rows, rejects = _accounting(tmp_path / "c")
     assert set(rows) == {str(d / ".IM0001"), str(d / ".snap" / "IM0002")}
@@ -262,7 +262,7 @@ def test_hidden_files_and_unreadable_folders_are_accounted_for(tmp_path, cfg, un
     assert (summary.inputs, summary.ingested, summary.rejected["error"]) == (4, 2, 2)
     with pytest.raises(OSError, match=r"locked: cannot list folder: Permission denied"):
         discover([d])  # the files-only view refuses rather than drop the folder silently
-    monkeypatch.undo()  # readable again: its files are ingested and the folder's reject is gone
+    unlistable.discard(target)  # readable again: its files are ingested and the folder's reject is gone
     _chest(d / "locked" / "x.dcm", 3)
     ingest([d], tmp_path / "c", cfg, workers=1, progress=False)
     rows, rejects = _accounting(tmp_path / "c")

@@ -95,7 +95,7 @@ def test_discover_inputs_counts_hidden_files_and_leaves_out_our_own_outputs(tmp_
                  "scores.studies.csv", "scores.csv.rank1", ".scores.csv.tmp42", ".scores.studies.csv.tmp7",
                  "other.csv.rank1"):
         (d / name).write_text("x")
-    unlistable(d / "locked")
+    unlistable.add(str(d / "locked"))
     got = IO.discover_inputs(d, d / "scores.csv", d / "cams", d / "salt.key")
     assert [(Path(p).relative_to(d).as_posix(), e) for p, e in got] == [
         (".IM0001", ""), (".snap/IM0002", ""), ("a.dcm", ""), ("locked", "cannot list folder: Permission denied"),
