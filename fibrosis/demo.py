@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "data" / "demo"
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+DEMO_SALT = "fibrosis-demo-public-nih-ids"
 
 
 def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
@@ -43,6 +44,12 @@ def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
         shutil.rmtree(work)
     cache, run = work / "cache", work / "resnet18-demo"
     report_dir = Path(report_dir) if report_dir else REPO / "reports" / "demo"
+
+    # The demo patients are public NIH pseudonyms, so a fixed salt hides nothing here; it
+    # makes the patient keys -- hence the seeded split and every number after it -- the
+    # same on every machine. (Real caches get a random salt, or $FIBROSIS_SALT.)
+    cache.mkdir(parents=True)
+    (cache / "salt.key").write_text(DEMO_SALT)
 
     logger.info("demo 1/6: ingest %s", DEMO_DATA / "images")
     summary = ingest([DEMO_DATA / "images"], cache, cfg.ingest, progress=False)
