@@ -36,9 +36,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from fibrosis.ingest import ingest
 
-    cfg = _config(args)
     if args.labels:
-        cfg = load_config(args.config, [*(args.set or ()), f"ingest.labels_csv={args.labels}"])
+        args.set = [*(args.set or ()), f"ingest.labels_csv={args.labels}"]
+    cfg = _config(args)
     summary = ingest(args.inputs, args.cache, cfg.ingest, strict=args.strict,
                      workers=args.workers, progress=not args.no_progress)
     logger.info("%s", summary)
@@ -70,7 +70,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from fibrosis.evaluate import evaluate_run
 
     # Without --config, the run's own resolved config is used and --set goes on top of it.
-    cfg = load_config(args.config, args.set or ()) if args.config else None
+    cfg = _config(args) if args.config else None
     out = evaluate_run(args.run, args.cache, split=args.split, cfg=cfg,
                        overrides=() if args.config else (args.set or ()), frozen=args.frozen,
                        gradcam=not args.no_gradcam, device=args.device)

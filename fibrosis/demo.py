@@ -11,6 +11,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from fibrosis.cache import read_csv
 from fibrosis.config import load_config
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,12 @@ def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
     # salt_dir=cache: the same salt as ingest, so patient keys match the manifest
     result = score(run, DEMO_DATA / "score", scores, progress=False, salt_dir=cache)
     logger.info("%s", result)
-    # The scoring folder holds two deliberately broken files, so `error` rows are
-    # expected here; the demo succeeds when exactly those fail and the rest score.
     logger.info("scores: %s (per study: %s)", scores, scores.with_suffix(".studies.csv"))
+    # The scoring folder holds two deliberately broken files, so `error` rows are
+    # expected; the demo succeeds when every file got the status it expects.
+    expected = {r["image"]: r["expected"] for r in read_csv(DEMO_DATA / "score_expected.csv")}
+    got = {Path(r["path"]).name: r["status"].split(":")[0] for r in read_csv(scores)}
+    if got != expected:
+        logger.error("demo scoring: statuses %s differ from %s", got, DEMO_DATA / "score_expected.csv")
+        return False
     return True
