@@ -139,16 +139,6 @@ def iter_parts(root: str | Path) -> Iterator[tuple[int, list[dict[str, str]], li
         yield int(part.stem.split("-")[1]), read_csv(part), (read_csv(rej) if rej.exists() else [])
 
 
-def committed_parts(root: str | Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """Manifest rows and reject rows of every committed chunk (part file present)."""
-    rows: list[dict[str, str]] = []
-    rejects: list[dict[str, str]] = []
-    for _, part_rows, part_rejects in iter_parts(root):
-        rows.extend(part_rows)
-        rejects.extend(part_rejects)
-    return rows, rejects
-
-
 def manifest_hash(root: str | Path) -> str:
     """sha256 of the consolidated manifest: ties a checkpoint to the exact data it saw."""
     return file_sha256(Path(root) / "manifest.csv")
