@@ -208,7 +208,6 @@ def evaluate_predictions(fit: Predictions, test: Predictions, ecfg: EvaluateConf
                          ) -> tuple[dict[str, Any], Calibrator, dict[str, Any], list[dict[str, Any]]]:
     """Pure core: returns (metrics, fitted calibrator, threshold record, per-case rows)."""
     log = WarningLog()
-    M.check_binary(test.labels, test.logits, score_name=f"{test.split} logits")
     return measure(fit_operating_points(fit, ecfg, log), test, ecfg, log)
 
 
@@ -327,16 +326,19 @@ def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
     Either way, the evaluated split (and the fit split) is checked against the train/val
     patient keys and image hashes the checkpoint recorded: any overlap is an error.
     """
-    from .cache import manifest_hash
-    from .checkpoint import load_checkpoint, update_checkpoint
+    import torch
+
+    from .cache import CacheReader, manifest_hash
+    from .checkpoint import load_model, update_checkpoint
     from .evaluate_checks import (check_evaluated_split, check_split_isolation, manifest_warning,
                                   resolve_config)
-    from .predict import predict_split, split_rows
+    from .predict import predict_rows, split_rows
     from .summary import data_summary, run_summary
 
     run, cache = Path(run), Path(cache)
     ckpt_path = run / "best.pt"
-    ckpt = load_checkpoint(ckpt_path)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, ckpt = load_model(ckpt_path, dev)  # one load serves the checks, predictions and Grad-CAM
     cfg = resolve_config(ckpt.get("config") or {}, cfg, overrides)
     ecfg = cfg.evaluate
     all_rows, idx = split_rows(cache, split)
@@ -357,16 +359,25 @@ def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
             logger.warning("%s: %s", ckpt_path, text)
             loud.append(text)
 
+    reader = CacheReader(cache, all_rows)
+
+    def predictions(ix: list[int], name: str) -> Predictions:
+        return Predictions.from_rows([all_rows[i] for i in ix], predict_rows(model, reader, ix, 64, dev), name)
+
+    test = predictions(idx, split)
     if frozen:
         logger.info("evaluating %s on %r of %s with the stored (frozen) calibration and thresholds",
                     run, split, cache)
-        test = Predictions.from_rows(*predict_split(ckpt_path, cache, split, device=device), split)
         result, cal, threshold, cases = measure(stored, test, ecfg, WarningLog())
     else:
         logger.info("evaluating %s: fit calibration + thresholds on %r, report on %r", run, fit_split, split)
-        fit = Predictions.from_rows(*predict_split(ckpt_path, cache, fit_split, device=device), fit_split)
-        test = Predictions.from_rows(*predict_split(ckpt_path, cache, split, device=device), split)
-        result, cal, threshold, cases = evaluate_predictions(fit, test, ecfg)
+        fit_idx = [i for i, r in enumerate(all_rows) if r.get("split") == fit_split]
+        if not fit_idx:
+            raise ValueError(f"{cache}/manifest.csv: no rows with split={fit_split!r}")
+        result, cal, threshold, cases = evaluate_predictions(predictions(fit_idx, fit_split), test, ecfg)
+        # Store calibration + thresholds now, so the checkpoint hash in the report is the
+        # hash of the file `fibrosis score` will read (it was taken before the rewrite).
+        update_checkpoint(ckpt_path, calibration=cal.to_dict(), threshold=threshold)
     result["warnings"][:0] = loud  # first: they qualify every number below
     result["run"] = run_summary(run, ckpt)
     result["data"].update(data_summary(cache, all_rows, cfg))
@@ -379,16 +390,13 @@ def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
         from .gradcam import gradcam_panels
 
         try:
-            result["gradcam"] = gradcam_panels(ckpt_path, cache, test, np.array([c["prob"] for c in cases]),
-                                               threshold["value"], out, per_kind=ecfg.gradcam_per_kind,
-                                               device=device)
+            result["gradcam"] = gradcam_panels(model, cache, test, cal.predict(test.logits),
+                                               threshold["value"], out, per_kind=ecfg.gradcam_per_kind)
         except Exception as exc:  # a figure must not sink the numbers; say so in the report
             logger.exception("Grad-CAM failed")
             result["warnings"].append(f"Grad-CAM panels not produced: {type(exc).__name__}: {exc}")
     write_json(out / "metrics.json", result)
     write_csv(out / "predictions.csv", cases, tuple(cases[0]))
-    if not frozen:
-        update_checkpoint(ckpt_path, calibration=cal.to_dict(), threshold=threshold)
     d = result["discrimination"]
     logger.info("%s AUC %.3f (DeLong %.3f-%.3f; bootstrap %.3f-%.3f); %s", split, d["auc"],
                 *(d["delong"]["ci"] or [float("nan")] * 2), *(d["bootstrap"]["ci"] or [float("nan")] * 2),

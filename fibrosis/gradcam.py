@@ -18,8 +18,6 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 KINDS = ("TP", "FP", "FN")
-KIND_TEXT = {"TP": "true positive (most confident)", "FP": "false positive (most confident)",
-             "FN": "false negative (most confidently missed)"}
 
 
 def select_cases(labels: np.ndarray, prob: np.ndarray, threshold: float, per_kind: int) -> dict[str, list[int]]:
@@ -61,9 +59,8 @@ def compute_cams(model: nn.Module, x: torch.Tensor, layer: str) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0)
 
 
-def gradcam_panels(checkpoint_path: str | Path, cache: str | Path, test: Any, prob: np.ndarray,
-                   threshold: float, out_dir: str | Path, *, per_kind: int = 2,
-                   device: str | None = None) -> dict[str, Any]:
+def gradcam_panels(model: Any, cache: str | Path, test: Any, prob: np.ndarray,
+                   threshold: float, out_dir: str | Path, *, per_kind: int = 2) -> dict[str, Any]:
     """Render ``out_dir/gradcam.png`` for ``test`` (evaluate.Predictions); returns its description.
 
     The description carries kind, probability and label only: no identifiers.
@@ -71,14 +68,12 @@ def gradcam_panels(checkpoint_path: str | Path, cache: str | Path, test: Any, pr
     import cv2
 
     from .cache import CacheReader
-    from .checkpoint import load_model
     from .dataset import normalise, resize
     from .plots import gradcam_figure, save_png
 
     out_dir = Path(out_dir)
     picks = select_cases(test.labels, prob, threshold, per_kind)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, _ = load_model(checkpoint_path, dev)
+    dev = next(model.parameters()).device
     reader = CacheReader(cache, test.rows)
     size = int(model.preprocessing["input_size"])
     panels: list[dict[str, Any]] = []

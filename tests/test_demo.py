@@ -1,8 +1,10 @@
 """`fibrosis demo` (quick-start command 1) end to end, in its quick size."""
 import csv
+import json
 
 import pytest
 
+from fibrosis.cache import file_sha256
 from fibrosis.checkpoint import load_checkpoint
 from fibrosis.demo import run_demo
 
@@ -17,6 +19,10 @@ def test_quick_demo_runs_every_stage(tmp_path):
     ckpt = load_checkpoint(work / "resnet18-demo" / "best.pt")
     # Offline (no torchvision weights in the torch cache) the report says so first.
     assert ("NOT ImageNet-pretrained" in html[:5000]) == (not ckpt["pretrained"])
+    # The report's checkpoint hash is that of the file scoring reads (after evaluate stored
+    # calibration and thresholds in it).
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["run"]["checkpoint_sha256"] == file_sha256(work / "resnet18-demo" / "best.pt")
     rows = list(csv.DictReader(open(work / "scores.csv")))
     statuses = sorted(r["status"].split(":")[0] for r in rows)
     # data/demo/score: 13 good files and the two broken on purpose.
