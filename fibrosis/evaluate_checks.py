@@ -12,19 +12,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .config import Config, ConfigError, config_from_dict, config_to_dict, parse_override
+from .config import Config, ConfigError, _merge, config_from_dict, config_to_dict, parse_override
 
 logger = logging.getLogger(__name__)
 
 ALL = "all"  # every manifest row, split column or not: external validation with frozen=True
 OVERRIDABLE = ("evaluate",)  # evaluation reads only this section from the config
-
-
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
-    return out
 
 
 def resolve_config(ckpt_config: Mapping[str, Any] | None, cfg: Config | None,

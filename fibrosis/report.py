@@ -174,7 +174,7 @@ def threshold_digits(values: list[float]) -> int:
 
 
 def _operating_blocks(m: dict[str, Any]) -> list[Block]:
-    rows, muted = [], []
+    rows = []
     digits = threshold_digits([o["threshold"] for o in m["operating_points"]])
     dep_prev = m.get("deployment_prevalence")
     for o in m["operating_points"]:
@@ -187,7 +187,6 @@ def _operating_blocks(m: dict[str, Any]) -> list[Block]:
             dep = o.get("deployment") or {}
             row.append(f"{pct(dep.get('ppv'))} / {pct(dep.get('npv'), 2)}")
         rows.append(row)
-        muted.append(False)
     header = ["operating point", "threshold", f"{m['fit_split']} sens / spec", "TP / FP / TN / FN",
               "sensitivity", "specificity", f"PPV at {pct(m['data']['prevalence'])}",
               f"NPV at {pct(m['data']['prevalence'])}"]
@@ -204,7 +203,7 @@ def _operating_blocks(m: dict[str, Any]) -> list[Block]:
         note += " No deployment prevalence was given (evaluate.deployment_prevalence)."
     return [{"type": "h2", "text": "5. Operating points"}, {"type": "p", "text": note},
             {"type": "table", "caption": f"Operating points on the {m['split']} split", "header": header,
-             "rows": rows, "muted": muted}]
+             "rows": rows}]
 
 
 def _subgroup_blocks(m: dict[str, Any]) -> list[Block]:
