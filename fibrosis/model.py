@@ -168,8 +168,9 @@ def imagenet_file(arch: str) -> tuple[Any, Path]:
     return enum, Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
 
 
-def fetch_imagenet(arch: str) -> Path:
-    """Path of torchvision's ImageNet file for ``arch``, downloading it if absent; hash-checked."""
+def fetch_imagenet(arch: str) -> tuple[Path, str]:
+    """(path, sha256) of torchvision's ImageNet file for ``arch``, downloading it if absent;
+    hash-checked against the prefix in torchvision's file name."""
     enum, path = imagenet_file(arch)
     prefix = _hash_prefix(path.name)
     if not path.exists():
@@ -186,7 +187,7 @@ def fetch_imagenet(arch: str) -> Path:
     if prefix and not digest.startswith(prefix):
         raise WeightsError(f"{path}: sha256 {digest[:16]}... does not start with {prefix!r} as "
                            f"torchvision's file name promises; the file is corrupt or not {enum.url}")
-    return path
+    return path, digest
 
 
 def _preprocessing(input_size: int) -> dict[str, Any]:
@@ -212,9 +213,10 @@ def build_model(arch: str, weights: str = "none", *, weights_sha256: str | None 
     net = torchvision.models.get_model(arch, weights=None)
     info: dict[str, Any] = {"source": "none", "sha256": None, "pretrained": False}
     path: Path | None = None
+    digest: str | None = None  # known already when fetch_imagenet hashed the file
     if weights == "imagenet":
         try:
-            path = fetch_imagenet(arch)
+            path, digest = fetch_imagenet(arch)
             info["source"] = f"imagenet:{imagenet_file(arch)[0]}"
         except WeightsError as exc:
             if not allow_random_init:
@@ -232,7 +234,7 @@ def build_model(arch: str, weights: str = "none", *, weights_sha256: str | None 
                                f"'none' or the path of a torchvision {arch} state dict (.pth)")
         info["source"] = str(path)
     if path is not None:
-        digest = file_sha256(path)
+        digest = digest or file_sha256(path)
         if weights_sha256 and digest != weights_sha256.lower():
             raise WeightsError(f"{path}: sha256 {digest}; expected model.weights_sha256={weights_sha256}")
         try:

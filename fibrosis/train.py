@@ -32,7 +32,8 @@ from fibrosis import distributed, runlog
 from fibrosis.cache import CacheReader, manifest_hash
 from fibrosis.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fibrosis.config import Config, StageConfig, config_from_dict, config_to_dict
-from fibrosis.dataset import CacheDataset, EpochSampler, build_augment, pos_weight, row_label
+from fibrosis.dataset import (CacheDataset, EpochSampler, build_augment, pos_weight, row_label,
+                              steps_per_epoch)
 from fibrosis.finetune import backbone_frozen, freeze, make_optimizer, resolve_stages
 from fibrosis.model import FibrosisNet, build_model_from_config
 from fibrosis.summary import package_versions
@@ -319,7 +320,7 @@ def _train(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs
             step_model: nn.Module = HeadForward(model.head)
         else:
             ds, step_model = train_ds, model
-        n_steps = math.ceil(math.ceil(len(train_idx) / d.world) / tcfg.batch_size)
+        n_steps = steps_per_epoch(len(train_idx), tcfg.batch_size, d.world)
         opt, sched = make_optimizer(model, stage, n_steps)
         if ckpt is not None and s == ckpt["run"]["stage"] and state.epoch_in_stage > 0:
             opt.load_state_dict(ckpt["optimizer"])
