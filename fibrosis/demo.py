@@ -55,7 +55,7 @@ def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
     logger.info("demo 1/6: ingest %s", DEMO_DATA / "images")
     summary = ingest([DEMO_DATA / "images"], cache, cfg.ingest, progress=False)
     logger.info("%s", summary)
-    if not summary.ok(strict=False):
+    if not summary.ok():
         return False
 
     logger.info("demo 2/6: patient-level split")

@@ -73,12 +73,11 @@ class IngestSummary:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.status == "ok" else 1
+        return 0 if self.ok() else 1
 
-    def ok(self, strict: bool | None = None) -> bool:
+    def ok(self) -> bool:
         """Something was ingested (or already was), and with ``strict`` nothing was rejected."""
-        strict = self.strict if strict is None else strict
-        return self.ingested + self.skipped > 0 and not (strict and sum(self.rejected.values()))
+        return self.status == "ok"
 
 
 # ---------------------------------------------------------------- inputs, identity
@@ -286,10 +285,12 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
     if labels is not None:
         entries = [e for e in entries if e[0] != str(Path(cfg.labels_csv).resolve())]
     # A cache placed inside an input folder holds our own outputs, not inputs.
-    inside = [e for e in entries if Path(e[0]).resolve().is_relative_to(root.resolve())]
-    if inside:
-        logger.info("%d file(s) under the cache folder %s are not inputs", len(inside), root)
-        entries = [e for e in entries if e not in inside]
+    # (discover_entries returns resolved paths: only the cache folder needs resolving.)
+    resolved_root = root.resolve()
+    kept = [e for e in entries if not Path(e[0]).is_relative_to(resolved_root)]
+    if len(kept) < len(entries):
+        logger.info("%d file(s) under the cache folder %s are not inputs", len(entries) - len(kept), root)
+        entries = kept
     paths = [Path(p) for p, error in entries if not error]
     folder_errors = [(p, error) for p, error in entries if error]
     if labels is not None:
