@@ -1,4 +1,4 @@
-"""Benchmark the patient-clustered bootstrap of fibrosis.metrics against a naive loop.
+"""Benchmark the patient-clustered bootstrap of fibrosis.evaluate.metrics against a naive loop.
 
     .venv/bin/python benchmarks/bootstrap.py                 # 2,000 images of 1,000 patients
     .venv/bin/python benchmarks/bootstrap.py --n 20000 --resamples 2000
@@ -18,7 +18,7 @@ import time
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from fibrosis.metrics import bootstrap_roc
+from fibrosis.evaluate.metrics import bootstrap_roc
 
 
 def naive(y: np.ndarray, s: np.ndarray, groups: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:

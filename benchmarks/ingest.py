@@ -6,14 +6,14 @@
 Both run in this process on the same files (page-cache warm for both):
 - naive: one file at a time: pydicom dcmread -> pixel_array -> apply_voi_lut ->
   (invert MONOCHROME1) -> min-max to [0, 1] -> PIL resize of the long side to 512;
-- ingest: ``fibrosis.ingest.ingest`` exactly as the CLI runs it (worker processes,
+- ingest: ``fibrosis.data.ingest.ingest`` exactly as the CLI runs it (worker processes,
   hashing, checks, shard commits, manifest), timed including pool start-up, and
   once more with one worker to separate per-core gain from parallelism.
 Files: 2500 x 2048, 12 bits in 16, anatomy-like structure plus detector noise;
 uncompressed (DX MONOCHROME2, window) and JPEG 2000 lossless (DX MONOCHROME1 +
 PresentationLUTShape INVERSE, window), the two shapes of a real DX export.
 Last, the cache read rate at 224 px with the training augmentation
-(fibrosis.dataset.CacheDataset + build_augment(AugmentConfig())), one thread.
+(fibrosis.data.dataset.CacheDataset + build_augment(AugmentConfig())), one thread.
 """
 from __future__ import annotations
 
@@ -101,13 +101,13 @@ def naive(path: Path, size: int) -> np.ndarray:
 
 def read_rates(cache: Path, seconds: float = 5.0) -> tuple[float, float]:
     """Augmented 224 px samples per second from the cache, one process, one thread:
-    (fibrosis.dataset.CacheDataset as the trainer uses it, the same with the 512 ->
+    (fibrosis.data.dataset.CacheDataset as the trainer uses it, the same with the 512 ->
     224 area resize done on the stored uint8 before the float conversion)."""
     import torch
 
-    from fibrosis.cache import CacheReader
+    from fibrosis.data.cache import CacheReader
     from fibrosis.config import AugmentConfig
-    from fibrosis.dataset import CacheDataset, build_augment, normalise
+    from fibrosis.data.dataset import CacheDataset, build_augment, normalise
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from fibrosis.config import IngestConfig
-    from fibrosis.ingest import ingest
+    from fibrosis.data.ingest import ingest
 
     workers = args.workers or len(os.sched_getaffinity(0))
     root = args.keep or Path(tempfile.mkdtemp(prefix="fibrosis-bench-"))
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             if workers > 1 and last_cache is None:
                 # One-time cost per process (the fork server imports the pixel stack), like
                 # the naive loop's imports: measured and printed, kept out of the rates.
-                from fibrosis.workers import ordered_map, process_file
+                from fibrosis.data.workers import ordered_map, process_file
 
                 t = time.perf_counter()
                 list(ordered_map(process_file, [(str(files[0]), "skip", {})], cfg, workers))
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 rates[w] = summary.ingested / (time.perf_counter() - t)
                 assert summary.ingested == len(files), summary
                 last_cache = cache
-            from fibrosis.cache import CacheReader
+            from fibrosis.data.cache import CacheReader
 
             reader = CacheReader(last_cache)
             by_name = {Path(r["path"]).name: i for i, r in enumerate(reader.rows)}
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  agreement with naive output: mean |diff| {np.mean(diffs):.4f} (different resampler)")
         if last_cache is not None:
             rate, rate_u8 = read_rates(last_cache)
-            print(f"\ncache read + augment at 224 px (fibrosis.dataset.CacheDataset): {rate:.0f} images/s "
+            print(f"\ncache read + augment at 224 px (fibrosis.data.dataset.CacheDataset): {rate:.0f} images/s "
                   f"per core -> {5000 / rate:.1f} cores for 5,000 images/s; 16 cores give {16 * rate:.0f}/s")
             print(f"  same with the resize on uint8 before float: {rate_u8:.0f} images/s per core "
                   f"-> 16 cores give {16 * rate_u8:.0f}/s")

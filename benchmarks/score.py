@@ -3,11 +3,11 @@
     .venv/bin/python benchmarks/score.py                      # resnet18 @ 224, 24 files per format
     .venv/bin/python benchmarks/score.py --arch resnet50 --n 12
 
-1. model alone: every engine (fibrosis.engine) on synthetic (B, 1, 224, 224) batches,
+1. model alone: every engine (fibrosis.model.engine) on synthetic (B, 1, 224, 224) batches,
    images/s and speed-up over plain PyTorch fp32 eager, and its agreement with eager;
-2. decode alone: the scoring decode path (fibrosis.score.results: worker processes,
+2. decode alone: the scoring decode path (fibrosis.score.run.results: worker processes,
    ingestion's load + checks, the training transform) over the same files, no model;
-3. end to end: fibrosis.score.score with engine=auto on those files;
+3. end to end: fibrosis.score.run.score with engine=auto on those files;
    ratios against min(decode, model) and against the shared-core bound
    1 / (1/decode + 1/model): on a CPU-only machine decode and inference compete for
    the same cores, so the sum of their times, not the larger one, is the floor;
@@ -59,10 +59,10 @@ def _write_dicom(job: tuple[int, str, str]) -> str:
 def make_checkpoint(path: Path, arch: str, input_size: int) -> Path:
     import torch
 
-    from fibrosis.calibration import TemperatureScaling
-    from fibrosis.checkpoint import save_checkpoint
+    from fibrosis.model.calibration import TemperatureScaling
+    from fibrosis.model.checkpoint import save_checkpoint
     from fibrosis.config import Config, ModelConfig, config_to_dict
-    from fibrosis.model import build_model
+    from fibrosis.model.net import build_model
 
     torch.manual_seed(0)
     net = build_model(arch, "none", input_size=input_size)
@@ -78,9 +78,9 @@ def make_checkpoint(path: Path, arch: str, input_size: int) -> Path:
 def model_rates(ckpt: Path, engines: list[str], batch: int, rounds: int, seconds: float) -> dict[str, float]:
     import torch
 
-    from fibrosis.cache import file_sha256
-    from fibrosis.checkpoint import load_model
-    from fibrosis.engine import TorchEngine, agreement, make_engine, onnx_cache_path, verification_batch
+    from fibrosis.io import file_sha256
+    from fibrosis.model.checkpoint import load_model
+    from fibrosis.model.engine import TorchEngine, agreement, make_engine, onnx_cache_path, verification_batch
 
     net, _ = load_model(ckpt)
     size = int(net.preprocessing["input_size"])
@@ -108,10 +108,10 @@ def model_rates(ckpt: Path, engines: list[str], batch: int, rounds: int, seconds
 
 
 def decode_rate(ckpt: Path, src: Path, workers: int) -> float:
-    from fibrosis.checkpoint import load_checkpoint
+    from fibrosis.model.checkpoint import load_checkpoint
     from fibrosis.config import config_from_dict
-    from fibrosis.ingest import discover
-    from fibrosis.score import results
+    from fibrosis.data.ingest import discover
+    from fibrosis.score.run import results
 
     ck = load_checkpoint(ckpt)
     cfg = config_from_dict(ck["config"]).ingest
@@ -149,7 +149,7 @@ def _descendants_rss_mb(root: int) -> float:
 def rss_child(ckpt: str, src: str, out: str, workers: int) -> None:
     import threading
 
-    from fibrosis.score import score
+    from fibrosis.score.run import score
 
     peak, done = [0.0], threading.Event()
 
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from fibrosis.score import score
+    from fibrosis.score.run import score
 
     workers = args.workers or len(os.sched_getaffinity(0))
     root = Path(tempfile.mkdtemp(prefix="fibrosis-score-bench-"))
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         dec = decode_rate(ckpt, src, workers)
         print(f"  {dec:8.1f} images/s")
 
-        print("\nend to end (fibrosis.score.score, engine auto):")
+        print("\nend to end (fibrosis.score.run.score, engine auto):")
         s = score(ckpt, src, root / "scores.csv", progress=False, workers=workers, device="cpu",
                   batch_size=args.batch_size)
         assert s.ok() and s.counts["ok"] == len(files), s

@@ -15,7 +15,7 @@ CacheDataset with augmentation, finetune.make_optimizer):
 4. the head-stage speedup from cached features: E head epochs through the frozen
    backbone vs. extracting features once + E epochs on the features.
 
-Without --cache it writes a synthetic cache (fibrosis.synthetic) so it needs no ../shared.
+Without --cache it writes a synthetic cache (fibrosis.data.synthetic) so it needs no ../shared.
 """
 from __future__ import annotations
 
@@ -33,15 +33,15 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fibrosis import distributed  # noqa: E402
-from fibrosis.cache import CacheReader  # noqa: E402
+from fibrosis.model import distributed  # noqa: E402
+from fibrosis.data.cache import CacheReader  # noqa: E402
 from fibrosis.config import Config, ModelConfig, StageConfig, TrainConfig  # noqa: E402
-from fibrosis.dataset import CacheDataset, build_augment, row_label  # noqa: E402
-from fibrosis.finetune import freeze, make_optimizer  # noqa: E402
-from fibrosis.model import build_model  # noqa: E402
-from fibrosis.predict import extract_features  # noqa: E402
-from fibrosis.synthetic import make_synthetic_cache  # noqa: E402
-from fibrosis.train import HeadForward, make_loader, train_epoch  # noqa: E402
+from fibrosis.data.dataset import CacheDataset, build_augment, row_label  # noqa: E402
+from fibrosis.train.schedule import freeze, make_optimizer  # noqa: E402
+from fibrosis.model.net import build_model  # noqa: E402
+from fibrosis.model.inference import extract_features  # noqa: E402
+from fibrosis.data.synthetic import make_synthetic_cache  # noqa: E402
+from fibrosis.train.loop import HeadForward, make_loader, train_epoch  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -3,7 +3,7 @@
     nice python benchmarks/transfer.py            # ../shared NIH sample + shared MobileNetV2 weights
 
 Data: ../shared/data/nih-cxr14-sample (421 NIH ChestX-ray14 PNGs, 36 Fibrosis), read through
-fibrosis.ingest (the same pixel path as real runs) into a cache at --size px.
+fibrosis.data.ingest (the same pixel path as real runs) into a cache at --size px.
 Folds: StratifiedGroupKFold by patient (labels stratified); inside each training part a
 patient-level validation split (1/4) drives early stopping and best-checkpoint selection;
 the held-out fold is scored once with predict_split and its AUC recorded.
@@ -13,7 +13,7 @@ Arms (same architecture, data, augmentation, epoch budget, early stopping, pos_w
              (a head-only stage on random features would be a strawman);
 - head-only: shared ImageNet MobileNetV2, backbone frozen (features cached), head only;
 - partial:   shared ImageNet MobileNetV2, head stage, then features.14-18 unfrozen at 10x lower lr.
-Every arm runs through fibrosis.train.train, i.e. the tool itself.
+Every arm runs through fibrosis.train.loop.train, i.e. the tool itself.
 
 Reported: test AUC mean ± sd over folds per arm, and (secondary) the AUC of the pooled
 out-of-fold logits with a DeLong CI and a paired DeLong test against random init. Pooling
@@ -39,11 +39,13 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fibrosis.cache import MANIFEST_COLUMNS, read_csv, write_csv  # noqa: E402
+from fibrosis.data.cache import MANIFEST_COLUMNS, write_csv  # noqa: E402
+
+from fibrosis.io import read_csv
 from fibrosis.config import load_config  # noqa: E402
-from fibrosis.metrics import auc_delong, delong_paired_test  # noqa: E402
-from fibrosis.predict import predict_split  # noqa: E402
-from fibrosis.train import train  # noqa: E402
+from fibrosis.evaluate.metrics import auc_delong, delong_paired_test  # noqa: E402
+from fibrosis.model.inference import predict_split  # noqa: E402
+from fibrosis.train.loop import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -52,7 +54,7 @@ ARMS = ("random", "head-only", "partial")
 
 def ingest_sample(data: Path, cache: Path, size: int) -> Path:
     from fibrosis.config import IngestConfig
-    from fibrosis.ingest import ingest
+    from fibrosis.data.ingest import ingest
 
     if not (cache / "manifest.csv").exists():
         cfg = IngestConfig(image_size=size, labels_csv=str(data / "labels.csv"), label_column="fibrosis")

@@ -147,8 +147,8 @@ class ScoreConfig:
     workers: int = 0  # 0 = one per CPU core
     study_aggregate: str = "max"  # max | mean
     gradcam: bool = False
-    # auto | eager | channels_last | bf16 | onnx (see fibrosis.engine; auto = first of a
-    # fixed per-device order that agrees with eager fp32 within fibrosis.engine.TOLERANCES)
+    # auto | eager | channels_last | bf16 | onnx (see fibrosis.model.engine; auto = first of a
+    # fixed per-device order that agrees with eager fp32 within fibrosis.model.engine.TOLERANCES)
     engine: str = "auto"
 
 
@@ -225,10 +225,10 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge_dicts(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -303,7 +303,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
         data = loaded
     for text in overrides:
-        data = _merge(data, parse_override(text))
+        data = merge_dicts(data, parse_override(text))
     try:
         return config_from_dict(data)
     except ConfigError as exc:

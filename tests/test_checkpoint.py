@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from fibrosis.checkpoint import (CheckpointError, load_checkpoint, load_model, rng_state,
+from fibrosis.model.checkpoint import (CheckpointError, load_checkpoint, load_model, rng_state,
                                  save_checkpoint, set_rng_state, update_checkpoint)
 from fibrosis.config import Config, ModelConfig, config_to_dict
-from fibrosis.model import build_model
+from fibrosis.model.net import build_model
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from fibrosis.cli import build_parser, main
+from fibrosis.cli.main import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ["ingest", "split", "train", "evaluate", "report", "compare", "score", "demo"]

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from fibrosis.cache import CacheReader
+from fibrosis.data.cache import CacheReader
 from fibrosis.config import AugmentConfig
-from fibrosis.dataset import (CacheDataset, EpochSampler, build_augment, pos_weight, resize,
+from fibrosis.data.dataset import (CacheDataset, EpochSampler, build_augment, pos_weight, resize,
                               row_label)
-from fibrosis.synthetic import make_synthetic_cache
+from fibrosis.data.synthetic import make_synthetic_cache
 
 PRE = {"input_size": 16, "mean": 0.5, "std": 0.25}
 

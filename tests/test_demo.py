@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from fibrosis.cache import file_sha256
-from fibrosis.checkpoint import load_checkpoint
-from fibrosis.demo import run_demo
+from fibrosis.io import file_sha256
+from fibrosis.model.checkpoint import load_checkpoint
+from fibrosis.cli.demo import run_demo
 
 
 @pytest.mark.slow

@@ -223,9 +223,9 @@ def test_checksums_cover_and_match_every_file():
 
 
 def test_demo_files_go_through_the_pipeline_reader(train, expected):
-    """fibrosis.pixels.load_image (what ingest and scoring use) must display every demo file
+    """fibrosis.data.pixels.load_image (what ingest and scoring use) must display every demo file
     as the pydicom reference does, and turn both bad score files into per-file errors."""
-    pixels = pytest.importorskip("fibrosis.pixels")
+    pixels = pytest.importorskip("fibrosis.data.pixels")
     from fibrosis.config import IngestConfig
 
     cfg = IngestConfig(image_size=256)  # the demo's native size: no resampling in the comparison

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fibrosis.discover import FOLDER_ERROR, discover_entries
+from fibrosis.data.discover import FOLDER_ERROR, discover_entries
 
 
 @pytest.fixture

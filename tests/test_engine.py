@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from fibrosis import engine as E
-from fibrosis.model import build_model
+from fibrosis.model import engine as E
+from fibrosis.model.net import build_model
 
 
 @pytest.fixture(scope="module")

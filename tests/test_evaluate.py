@@ -1,4 +1,4 @@
-"""fibrosis.evaluate (pure core on synthetic predictions; one end-to-end run) and fibrosis.compare."""
+"""fibrosis.evaluate.run (pure core on synthetic predictions; one end-to-end run) and fibrosis.evaluate.compare."""
 from __future__ import annotations
 
 import json
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from asah_data import MARKERS, Y  # pROC aSAH reference data (tests/asah_data.py)
-from fibrosis.calibration import calibrator_from_dict
-from fibrosis.compare import compare_predictions, compare_runs
+from fibrosis.model.calibration import calibrator_from_dict
+from fibrosis.evaluate.compare import compare_predictions, compare_runs
 from fibrosis.config import EvaluateConfig
-from fibrosis.evaluate import (Predictions, age_band, evaluate_predictions, evaluate_run, resolve_fit_split,
-                                write_json)
+from fibrosis.evaluate.run import Predictions, age_band, evaluate_predictions, evaluate_run, resolve_fit_split
+from fibrosis.io import write_json
 
 
 def _preds(n: int, seed: int, split: str, prev: float = 0.15, images_per_patient: int = 2) -> Predictions:
@@ -136,7 +136,7 @@ def test_compare_reproduces_proc_paired_test():
 
 
 def test_compare_runs_reads_prediction_files(tmp_path):
-    from fibrosis.cache import write_csv
+    from fibrosis.io import write_csv
 
     for name, marker in (("run_a", "wfns"), ("run_b", "ndka")):
         rows = [{"content_hash": f"c{i}", "label": int(Y[i]), "logit": float(MARKERS[marker][i])}
@@ -156,12 +156,13 @@ def test_compare_runs_reads_prediction_files(tmp_path):
 @pytest.mark.slow
 def test_evaluate_run_end_to_end(tmp_path):
     """Synthetic cache -> real training (tiny) -> evaluate_run -> report; checkpoint updated."""
-    from fibrosis.checkpoint import load_checkpoint, load_model
+    from fibrosis.model.cam import load_panels
+    from fibrosis.model.checkpoint import load_checkpoint, load_model
     from fibrosis.config import config_from_dict
-    from fibrosis.report import build_blocks
-    from fibrosis.report_render import render_html
-    from fibrosis.synthetic import make_synthetic_cache
-    from fibrosis.train import train
+    from fibrosis.report.build import build_blocks, make_figures
+    from fibrosis.report.render import render_html
+    from fibrosis.data.synthetic import make_synthetic_cache
+    from fibrosis.train.loop import train
 
     cache = make_synthetic_cache(tmp_path / "cache", n=120, size=64, pos_frac=0.3, seed=0)
     cfg = config_from_dict({
@@ -182,7 +183,9 @@ def test_evaluate_run_end_to_end(tmp_path):
     assert m["evaluate_config"]["bootstrap_resamples"] == 300
     preds = (run / "eval" / "test" / "predictions.csv").read_text()
     assert preds.splitlines()[0].startswith("case,content_hash,patient_key,split,label,logit,")
-    assert (run / "eval" / "test" / "gradcam.png").is_file() and m["gradcam"]["cases"]
+    panels, per_kind = load_panels(run / "eval" / "test" / "gradcam.npz")
+    assert [(p["kind"], p["prob"], p["label"]) for p in panels] == \
+        [(c["kind"], c["prob"], c["label"]) for c in m["gradcam"]["cases"]] and m["gradcam"]["cases"]
     ckpt = load_checkpoint(run / "best.pt")  # weights_only load
     assert ckpt["calibration"]["method"] == m["evaluate_config"]["calibration"]
     assert ckpt["calibration"]["fitted_on"]["split"] == "val"
@@ -194,8 +197,8 @@ def test_evaluate_run_end_to_end(tmp_path):
     logits, probs = np.array([float(r[5]) for r in rows]), np.array([float(r[7]) for r in rows])
     assert cal.predict(logits) == pytest.approx(probs, abs=1e-12)
     # report content from this real evaluation (figure rendering itself is covered in test_report)
-    html = render_html(build_blocks(m, {"gradcam"}), {"gradcam": (run / "eval" / "test" / "gradcam.png").read_bytes()},
-                       "t")
+    figs = make_figures(m, run / "eval" / "test")  # the report draws Grad-CAM from the panels
+    html = render_html(build_blocks(m, set(figs)), {"gradcam": figs["gradcam"]}, "t")
     assert html.count("data:image/png;base64,") == 1 and "7. Grad-CAM examples" in html
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)  # keys could occur in base64 by chance
     assert "p000" not in text and "synthetic/0" not in text  # patient keys and paths of the cache
@@ -203,7 +206,7 @@ def test_evaluate_run_end_to_end(tmp_path):
 
 def test_degenerate_bootstrap_is_reported_not_fatal(tmp_path):
     """2 positives among 30 single-image patients: ~13% of resamples lack a positive."""
-    from fibrosis.report import build_blocks, make_figures
+    from fibrosis.report.build import build_blocks, make_figures
 
     test = _preds(30, 11, "test", prev=0.0, images_per_patient=1)
     test.labels[:2] = 1
@@ -219,7 +222,7 @@ def test_degenerate_bootstrap_is_reported_not_fatal(tmp_path):
 
 
 def test_compare_zero_variance_is_recorded_not_p_one(tmp_path):
-    from fibrosis.cache import write_csv
+    from fibrosis.io import write_csv
 
     y = [1] * 15 + [0] * 15
     perfect = list(np.r_[np.linspace(2, 3, 15), np.linspace(-3, -2, 15)])
@@ -246,11 +249,13 @@ def _tiny_run(tmp_path, *, evaluate=None, with_split_keys=True, splits=None):
     """A real (randomly initialised) resnet18 checkpoint over a 32px synthetic cache: no training."""
     import torch
 
-    from fibrosis.cache import manifest_hash, read_csv
-    from fibrosis.checkpoint import save_checkpoint, update_checkpoint
+    from fibrosis.data.cache import manifest_hash
+
+    from fibrosis.io import read_csv
+    from fibrosis.model.checkpoint import save_checkpoint, update_checkpoint
     from fibrosis.config import config_from_dict, config_to_dict
-    from fibrosis.model import build_model
-    from fibrosis.synthetic import make_synthetic_cache
+    from fibrosis.model.net import build_model
+    from fibrosis.data.synthetic import make_synthetic_cache
 
     cache = make_synthetic_cache(tmp_path / "cache", n=80, size=32, pos_frac=0.3, seed=0,
                                  splits=splits or {"train": 0.5, "val": 0.25, "test": 0.25})
@@ -269,7 +274,8 @@ def _tiny_run(tmp_path, *, evaluate=None, with_split_keys=True, splits=None):
 
 
 def _rewrite_manifest(cache, change):
-    from fibrosis.cache import MANIFEST_COLUMNS, read_csv, write_csv
+    from fibrosis.data.cache import MANIFEST_COLUMNS
+    from fibrosis.io import read_csv, write_csv
 
     rows = read_csv(cache / "manifest.csv")
     change(rows)
@@ -277,7 +283,7 @@ def _rewrite_manifest(cache, change):
 
 
 def test_split_isolation_pure_check():
-    from fibrosis.evaluate_checks import check_split_isolation
+    from fibrosis.evaluate.checks import check_split_isolation
 
     keys = {"train": {"patients": ["a", "b"], "images": ["ha", "hb"]}, "val": {"patients": ["v"], "images": ["hv"]}}
     clean = [{"patient_key": "t", "content_hash": "ht"}]
@@ -300,11 +306,11 @@ def test_resplit_after_training_is_refused(tmp_path):
     _rewrite_manifest(cache, move_train_to_test)
     with pytest.raises(ValueError, match=r"split 'test': 5 of 25 patient\(s\) and 5 of 25 image\(s\)"):
         evaluate_run(run, cache, "test", gradcam=False, device="cpu")
-    assert "calibration" not in __import__("fibrosis.checkpoint").checkpoint.load_checkpoint(run / "best.pt")
+    assert "calibration" not in __import__("fibrosis.model.checkpoint").model.checkpoint.load_checkpoint(run / "best.pt")
 
 
 def test_old_checkpoint_manifest_change_is_a_recorded_warning(tmp_path):
-    from fibrosis.report import build_blocks
+    from fibrosis.report.build import build_blocks
 
     run, cache = _tiny_run(tmp_path, with_split_keys=False)
     _rewrite_manifest(cache, lambda rows: rows.reverse())  # same split assignment, different file
@@ -337,8 +343,8 @@ def test_overrides_go_on_top_of_the_checkpoint_config(tmp_path):
 def test_frozen_external_validation_leaves_the_checkpoint_untouched(tmp_path):
     import hashlib
 
-    from fibrosis.checkpoint import load_checkpoint
-    from fibrosis.synthetic import make_synthetic_cache
+    from fibrosis.model.checkpoint import load_checkpoint
+    from fibrosis.data.synthetic import make_synthetic_cache
 
     run, cache = _tiny_run(tmp_path)
     with pytest.raises(ValueError, match="no calibration/threshold stored"):

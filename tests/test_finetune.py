@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from fibrosis.config import StageConfig, TrainConfig
-from fibrosis.finetune import (PARTIAL, WarmupCosine, block_groups, freeze, make_optimizer,
+from fibrosis.train.schedule import (PARTIAL, WarmupCosine, block_groups, freeze, make_optimizer,
                                optimizer_param_names, param_owner, preset_stages, resolve_stages)
-from fibrosis.model import ARCHS, build_model
+from fibrosis.model.net import ARCHS, build_model
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,14 @@ import numpy as np
 import pytest
 from dicom_factory import chest_phantom, make_dicom, make_png, to_stored, truncate
 
-from fibrosis.cache import MANIFEST_COLUMNS, CacheReader, read_csv, write_csv
+from fibrosis.data.cache import MANIFEST_COLUMNS, CacheReader
+
+from fibrosis.io import read_csv, write_csv
 from fibrosis.config import IngestConfig
-from fibrosis.ingest import SaltMismatchError, discover, ingest, patient_key, resolve_salt
-from fibrosis.labels import LabelsError
-from fibrosis.workers import ordered_map
+from fibrosis.data.identity import SaltMismatchError, patient_key, resolve_salt
+from fibrosis.data.ingest import discover, ingest
+from fibrosis.data.labels import LabelsError
+from fibrosis.data.workers import ordered_map
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET_ID, SECRET_NAME = "MRN-SECRET-7731", "Secretname^Patricia"
@@ -109,7 +112,7 @@ def test_rerun_skips_retries_rejects_and_reingests_changed_files(tmp_path, mixed
 
 def test_split_column_survives_reconsolidation(tmp_path, mixed, cfg):
     from fibrosis.config import SplitConfig
-    from fibrosis.split import split_cache
+    from fibrosis.data.split import split_cache
 
     cache = tmp_path / "cache"
     ingest([tmp_path / "in"], cache, cfg, workers=1, progress=False)
@@ -125,9 +128,9 @@ def test_split_column_survives_reconsolidation(tmp_path, mixed, cfg):
 KILLER = textwrap.dedent("""
     import os, sys
     import numpy as np
-    from fibrosis import cache
+    from fibrosis.data import cache
     from fibrosis.config import IngestConfig
-    from fibrosis.ingest import ingest
+    from fibrosis.data.ingest import ingest
     original, calls = cache.CacheWriter.write_shard, []
     def dying(self, shard_id, images, rows, rejects):
         calls.append(shard_id)
@@ -313,7 +316,7 @@ def test_workers_that_cannot_start_stop_the_run_instead_of_rejecting_files(tmp_p
     """A __main__ that children cannot re-import kills every worker: that is not the files' fault."""
     script = textwrap.dedent(f"""
         from fibrosis.config import IngestConfig
-        from fibrosis.workers import ordered_map, process_file
+        from fibrosis.data.workers import ordered_map, process_file
         tasks = [(f"/x/{{i}}", "", {{}}) for i in range(3)]
         try:
             list(ordered_map(process_file, tasks, IngestConfig(), workers=2))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fibrosis.labels import LabelsError, load_labels
+from fibrosis.data.labels import LabelsError, load_labels
 
 
 def _labels(tmp_path: Path, text: str):

@@ -1,4 +1,4 @@
-"""Statistics in fibrosis.metrics checked against published reference values.
+"""Statistics in fibrosis.evaluate.metrics checked against published reference values.
 
 References
 - pROC's own test suite on its ``aSAH`` data (xrobin/pROC, tests/testthat/test-var.R and
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from fibrosis import metrics as M
-from fibrosis.metrics import MetricWarning
+from fibrosis.evaluate import metrics as M
+from fibrosis.numeric import MetricWarning
 
 from asah_data import MARKERS, Y  # pROC aSAH reference data (tests/asah_data.py)
 

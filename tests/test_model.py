@@ -6,8 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
-from fibrosis.cache import file_sha256
-from fibrosis.model import ARCHS, WeightsError, build_model, fold_first_conv, imagenet_file
+from fibrosis.io import file_sha256
+from fibrosis.model.net import ARCHS, WeightsError, build_model, fold_first_conv, imagenet_file
 
 SHARED_MOBILENET = (Path(__file__).resolve().parents[1] / ".." / "shared" / "weights"
                     / "mobilenet_v2-imagenet-features.pth")
@@ -140,7 +140,7 @@ def test_imagenet_unavailable_names_the_file_and_place(offline):
 
 
 def test_imagenet_unavailable_demo_proceeds_loudly(offline, caplog):
-    with caplog.at_level(logging.WARNING, logger="fibrosis.model"):
+    with caplog.at_level(logging.WARNING, logger="fibrosis.model.net"):
         model = build_model("resnet18", "imagenet", allow_random_init=True)
     assert not model.pretrained
     assert "NOT pretrained" in caplog.text

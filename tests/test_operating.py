@@ -6,8 +6,9 @@ import warnings
 import numpy as np
 import pytest
 
-from fibrosis import operating as O
-from fibrosis.metrics import MetricWarning
+from fibrosis.evaluate import operating as O
+from fibrosis.evaluate.metrics import wilson_ci
+from fibrosis.numeric import MetricWarning
 from asah_data import MARKERS, Y  # pROC aSAH reference data (tests/asah_data.py)
 
 
@@ -19,15 +20,15 @@ from asah_data import MARKERS, Y  # pROC aSAH reference data (tests/asah_data.py
     (1, 29, 0.0061, 0.1718),
 ])
 def test_wilson_matches_newcombe(k, n, lo, hi):
-    got = O.wilson_ci(k, n)
+    got = wilson_ci(k, n)
     assert (round(got[0], 4), round(got[1], 4)) == (lo, hi)
 
 
 def test_wilson_rejects_bad_counts():
     with pytest.raises(ValueError, match="k=5; allowed: 0 <= k <= n=3"):
-        O.wilson_ci(5, 3)
+        wilson_ci(5, 3)
     with pytest.raises(ValueError, match="n=0; allowed: n >= 1"):
-        O.wilson_ci(0, 0)
+        wilson_ci(0, 0)
 
 
 def test_youden_matches_proc():
@@ -120,4 +121,4 @@ def test_small_positive_count_for_target_sensitivity_warns():
 
 @pytest.mark.parametrize("n", [1, 3, 7, 77, 1000])
 def test_wilson_contains_observed_proportion_at_the_ends(n):
-    assert O.wilson_ci(0, n)[0] == 0.0 and O.wilson_ci(n, n)[1] == 1.0
+    assert wilson_ci(0, n)[0] == 0.0 and wilson_ci(n, n)[1] == 1.0

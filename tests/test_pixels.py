@@ -11,9 +11,9 @@ from dicom_factory import (chest_phantom, lut_item, make_dataset, make_dicom, ma
                            truncate)
 from pydicom.encaps import generate_frames
 
-from fibrosis.dicom import parse_age
-from fibrosis.j2k import codestream_info, decode_reduced
-from fibrosis.pixels import InputError, fit_square, load_image, polarity_score
+from fibrosis.data.dicom import parse_age
+from fibrosis.data.j2k import codestream_info, decode_reduced
+from fibrosis.data.pixels import InputError, fit_square, load_image, polarity_score
 
 RAMP = np.array([[0, 100, 200, 300]] * 4, np.uint16)  # 4x4: each value 4 times
 

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fibrosis.cache import write_csv
+from fibrosis.io import write_csv
 from fibrosis.config import Config, EvaluateConfig, config_to_dict
-from fibrosis.evaluate import Predictions, evaluate_predictions, write_json
-from fibrosis.report import NOT_PRETRAINED, build_blocks, write_report
-from fibrosis.report_render import render_html
-from fibrosis.summary import data_summary, run_summary, scrub_reason
-from fibrosis.synthetic import make_synthetic_cache
+from fibrosis.evaluate.run import Predictions, evaluate_predictions
+from fibrosis.io import write_json
+from fibrosis.report.build import NOT_PRETRAINED, build_blocks, write_report
+from fibrosis.report.render import render_html
+from fibrosis.evaluate.summary import data_summary, run_summary, scrub_reason
+from fibrosis.data.synthetic import make_synthetic_cache
 
 SECRETS = ("SECRET-PATIENT", "Doe^John", "/data/incoming", "hash7-")
 
@@ -56,7 +57,7 @@ def _make_run(tmp_path, pretrained: bool):
 
 
 def _rows(cache):
-    from fibrosis.cache import read_csv
+    from fibrosis.io import read_csv
 
     return read_csv(cache / "manifest.csv")
 
@@ -153,7 +154,7 @@ def test_intervals_are_labelled_with_the_configured_level(tmp_path):
 
 
 def test_frozen_external_evaluation_is_described_as_such(tmp_path):
-    from fibrosis.evaluate import evaluate_frozen
+    from fibrosis.evaluate.run import evaluate_frozen
 
     ecfg = EvaluateConfig(bootstrap_resamples=200)
     _, cal, threshold, _ = evaluate_predictions(_preds(300, 6, "val"), _preds(300, 7, "test"), ecfg)

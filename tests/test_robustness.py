@@ -20,10 +20,10 @@ import re
 import numpy as np
 import pytest
 
-from fibrosis.cache import read_csv
+from fibrosis.io import read_csv
 from fibrosis.config import IngestConfig
-from fibrosis.ingest import ingest
-from fibrosis.pixels import InputError, load_image, polarity_score
+from fibrosis.data.ingest import ingest
+from fibrosis.data.pixels import InputError, load_image, polarity_score
 
 pytestmark = pytest.mark.shared
 

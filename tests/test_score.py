@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from dicom_factory import chest_phantom, make_dicom, make_png, to_stored, truncate
-from fibrosis import score as S
-from fibrosis.cache import CacheReader, CacheWriter, to_cache_dtype
-from fibrosis.calibration import TemperatureScaling
-from fibrosis.checkpoint import CheckpointError, save_checkpoint
+from fibrosis.score import run as S
+from fibrosis.data.cache import CacheReader, CacheWriter, to_cache_dtype
+from fibrosis.model.calibration import TemperatureScaling
+from fibrosis.model.checkpoint import CheckpointError, save_checkpoint
 from fibrosis.config import Config, IngestConfig, ModelConfig, ScoreConfig, config_to_dict
-from fibrosis.dataset import CacheDataset
-from fibrosis.model import build_model
+from fibrosis.data.dataset import CacheDataset
+from fibrosis.model.net import build_model
 
 INGEST = IngestConfig(image_size=64, min_side=1)
 THRESHOLD = 0.47
@@ -275,9 +275,9 @@ class _Shifted:
 
 @pytest.mark.parametrize("auto", [True, False])
 def test_first_real_batch_rechecks_the_engine(tmp_path, ckpt, auto):
-    from fibrosis.checkpoint import load_model
-    from fibrosis.engine import EngineError
-    from fibrosis.score_io import RowWriter
+    from fibrosis.model.checkpoint import load_model
+    from fibrosis.model.engine import EngineError
+    from fibrosis.score.output import RowWriter
 
     net, ck = load_model(ckpt)
     fz = S.frozen_settings(ck, ckpt, "f" * 64)

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fibrosis import score_io as IO
-
-
+from fibrosis.score import output as IO
 def row(path: str, **kw) -> dict[str, str]:
     base = {"path": path, "status": "ok", "study_uid": "S1", "patient_key": "k1", "view_position": "PA",
             "logit": "0.0", "probability": "0.5", "decision": "1", "threshold_name": "youden",

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from dicom_factory import make_dicom
 
-from fibrosis.cache import read_csv
+from fibrosis.io import read_csv
 from fibrosis.config import IngestConfig, SplitConfig
-from fibrosis.ingest import ingest
-from fibrosis.split import assign, dhash, near_duplicate_pairs, split_cache
+from fibrosis.data.ingest import ingest
+from fibrosis.data.split import assign, dhash, near_duplicate_pairs, split_cache
 
 
 def _rows(n_patients: int, n_pos: int, images_per_patient: int = 2, prefix: str = "p") -> list[dict]:

@@ -10,11 +10,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from fibrosis.checkpoint import load_checkpoint
+from fibrosis.model.checkpoint import load_checkpoint
 from fibrosis.config import config_from_dict, config_to_dict, load_config
-from fibrosis.predict import predict_split
-from fibrosis.synthetic import make_synthetic_cache
-from fibrosis.train import train
+from fibrosis.model.inference import predict_split
+from fibrosis.data.synthetic import make_synthetic_cache
+from fibrosis.train.loop import train
 
 pytestmark = pytest.mark.slow
 BASE = ["model.arch=resnet18", "model.weights=none", "model.input_size=32", "train.num_workers=0",
@@ -124,7 +124,7 @@ def test_manifest_without_both_classes_in_val_is_refused(tmp_path):
 _DDP_SCRIPT = """
 import json, sys
 from fibrosis.config import config_from_dict
-from fibrosis.train import train
+from fibrosis.train.loop import train
 train(config_from_dict(json.loads(sys.argv[1])), sys.argv[2], sys.argv[3], device="cpu")
 """
 
@@ -177,7 +177,7 @@ def test_checkpoint_ingest_section_is_the_one_that_built_the_cache(tmp_path):
     import json
 
     from fibrosis.config import Config, IngestConfig, config_to_dict
-    from fibrosis.train import cache_ingest_config
+    from fibrosis.train.loop import cache_ingest_config
 
     (tmp_path / "cache.json").write_text(json.dumps(
         {"format": 1, "ingest_config": config_to_dict(IngestConfig(image_size=256, min_side=128))}))

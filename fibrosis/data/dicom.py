@@ -1,0 +1,286 @@
+"""DICOM header side of the pixel path: sniffing, parsing, manifest metadata, input policy.
+
+Everything here runs on the header alone, *before* any pixel decoding, so that a
+file that is malformed (error) or out of scope (excluded by policy) never costs
+a decode -- and an absurd Rows x Columns is refused before a decoder can try to
+allocate it. The pixel side lives in :mod:`fibrosis.data.pixels`.
+"""
+from __future__ import annotations
+
+import io
+import re
+import struct
+import warnings
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from fibrosis.config import IngestConfig
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+# DX / mammography / intra-oral "For Processing" classes hold raw detector data
+# that no reader looks at; the model is trained on "For Presentation" images.
+FOR_PROCESSING_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.2.1", "1.2.840.10008.5.1.4.1.1.1.3.1",
+}
+SOP_CLASS_MODALITY = {  # Modality is Type 1 in CR/DX, but ACR-NEMA-era files may lack it
+    "1.2.840.10008.5.1.4.1.1.1": "CR", "1.2.840.10008.5.1.4.1.1.1.1": "DX",
+}
+HUMAN_SPECIES = {"", "HOMO SAPIENS", "HUMAN"}
+# Series/image-level free text searched for policy terms. Study-level text is
+# deliberately not searched: "CHEST PA AND LAT" describes the whole study, and
+# its PA image is exactly what we want.
+DESCRIPTION_TAGS = (
+    ("SeriesDescription", "(0008,103E)"),
+    ("ProtocolName", "(0018,1030)"),
+    ("AcquisitionDeviceProcessingDescription", "(0018,1400)"),
+    ("ImageComments", "(0020,4000)"),
+)
+CODE_SEQUENCES = (
+    ("PerformedProtocolCodeSequence", "(0040,0260)"),
+    ("AnatomicRegionSequence", "(0008,2218)"),
+    ("ViewCodeSequence", "(0054,0220)"),
+)
+
+
+class InputError(Exception):
+    """One input file cannot be used.
+
+    ``kind`` is ``"error"`` (bad input: corrupt, truncated, unsupported) or
+    ``"excluded"`` (a valid file that policy keeps out, e.g. a lateral view).
+    """
+
+    def __init__(self, path: str | Path, reason: str, transfer_syntax: str = "", kind: str = "error"):
+        if kind not in ("error", "excluded"):
+            raise ValueError(f"InputError kind {kind!r} not in ['error', 'excluded']")
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason, self.transfer_syntax, self.kind = str(path), reason, transfer_syntax, kind
+
+    def __reduce__(self):  # keep all fields across worker processes
+        return (InputError, (self.path, self.reason, self.transfer_syntax, self.kind))
+
+
+def sniff(head: bytes) -> str:
+    """'dicom', 'png', 'jpeg', 'acr-nema' (no preamble, maybe DICOM) or 'unknown'."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(PNG_MAGIC):
+        return "png"
+    if head.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if len(head) >= 8:
+        group = struct.unpack("<H", head[:2])[0]
+        # A preamble-less file starts directly with its first element: group 0008
+        # (ACR-NEMA / bare dataset) or 0002 (file meta written without preamble).
+        if group in (0x0002, 0x0008):
+            return "acr-nema"
+    return "unknown"
+
+
+def read_dataset(data: bytes, path: str | Path, fmt: str) -> tuple[Dataset, str]:
+    """Parse a DICOM byte string; returns the dataset and its transfer syntax UID."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:  # pydicom raises many types on corrupt headers
+        raise InputError(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}") from None
+    ts = str(ds.file_meta.get("TransferSyntaxUID", "") or "") if hasattr(ds, "file_meta") else ""
+    if not ts:
+        if fmt == "acr-nema" and "PixelData" not in ds and "Rows" not in ds:
+            raise InputError(path, "not a DICOM, PNG or JPEG file (no 'DICM' marker at byte 128, "
+                                   "no image elements when parsed as ACR-NEMA)")
+        # No File Meta: the encoding pydicom detected while reading is the only
+        # evidence; ACR-NEMA files are Implicit VR Little Endian in practice.
+        implicit, little = getattr(ds, "original_encoding", (True, True))
+        if little is False:
+            raise InputError(path, "no File Meta and big-endian encoding; expected little endian")
+        ts = ImplicitVRLittleEndian if implicit in (True, None) else ExplicitVRLittleEndian
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ts
+    return ds, ts
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    if value is None:
+        return ""
+    if isinstance(value, pydicom.multival.MultiValue):
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def parse_age(age: str, birth: str = "", study: str = "") -> str:
+    """PatientAge '047Y' / '006M' / '010W' / '003D' -> years ('47', '0.5'); else from dates."""
+    m = re.fullmatch(r"(\d{1,3})\s*([DWMY])", age.strip().upper())
+    if m:
+        n, unit = int(m.group(1)), m.group(2)
+        years = n / {"D": 365.25, "W": 52.1775, "M": 12.0, "Y": 1.0}[unit]
+        return f"{years:g}" if unit == "Y" else f"{years:.2f}"
+    if re.fullmatch(r"\d{8}", birth) and re.fullmatch(r"\d{8}", study):
+        try:
+            b = date(int(birth[:4]), int(birth[4:6]), int(birth[6:]))
+            s = date(int(study[:4]), int(study[4:6]), int(study[6:]))
+        except ValueError:
+            return ""
+        years = s.year - b.year - ((s.month, s.day) < (b.month, b.day))
+        return str(years) if 0 <= years < 130 else ""
+    return ""
+
+
+def _spacing(ds: Dataset) -> str:
+    """PixelSpacing, else ImagerPixelSpacing, as 'row\\col' mm; '' if absent or zero."""
+    for kw in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(kw)
+        try:
+            vals = [float(v) for v in value] if value is not None else []
+        except (TypeError, ValueError):
+            vals = []
+        if len(vals) == 2 and all(v > 0 for v in vals):
+            return "\\".join(f"{v:g}" for v in vals)
+    return ""
+
+
+def dicom_meta(ds: Dataset, ts: str, fmt: str) -> dict[str, Any]:
+    """Manifest fields from the header (names as in cache.MANIFEST_COLUMNS).
+
+    ``_patient_id`` is the raw PatientID: ingest hashes it and never writes it.
+    """
+    sex = _text(ds, "PatientSex").upper()
+    modality = _text(ds, "Modality").upper() or SOP_CLASS_MODALITY.get(_text(ds, "SOPClassUID"), "")
+    return {
+        "study_uid": _text(ds, "StudyInstanceUID"),
+        "series_uid": _text(ds, "SeriesInstanceUID"),
+        "sop_uid": _text(ds, "SOPInstanceUID"),
+        "view_position": _text(ds, "ViewPosition").upper(),
+        "body_part": _text(ds, "BodyPartExamined").upper(),
+        "modality": modality,
+        "manufacturer": _text(ds, "Manufacturer"),
+        "model_name": _text(ds, "ManufacturerModelName"),
+        "sex": sex if sex in ("M", "F", "O") else "",
+        "age": parse_age(_text(ds, "PatientAge"), _text(ds, "PatientBirthDate"),
+                         _text(ds, "StudyDate") or _text(ds, "AcquisitionDate")),
+        "pixel_spacing": _spacing(ds),
+        "rows": int(ds.get("Rows", 0) or 0),
+        "cols": int(ds.get("Columns", 0) or 0),
+        "transfer_syntax": ts,
+        "photometric": _text(ds, "PhotometricInterpretation").upper(),
+        "source_format": "dicom" if fmt == "dicom" else "acr-nema",
+        "_patient_id": _text(ds, "PatientID"),
+    }
+
+
+def check_header(ds: Dataset, meta: dict[str, Any], path: str | Path, cfg: IngestConfig,
+                 data_len: int) -> None:
+    """Refuse malformed or unsupported pixel data before decoding (kind 'error')."""
+    ts = meta["transfer_syntax"]
+
+    def bad(reason: str) -> InputError:
+        return InputError(path, reason, ts, "error")
+
+    if _text(ds, "SOPClassUID") == DICOMDIR_SOP_CLASS:
+        raise bad("DICOMDIR (Media Storage Directory Storage) is an index, not an image")
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise bad("(7FE0,0008/0009) float pixel data; expected integer (7FE0,0010) PixelData")
+        raise bad("missing (7FE0,0010) PixelData")
+    photometric = meta["photometric"]
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise bad(f"(0028,0004) PhotometricInterpretation={photometric!r}; "
+                  "expected MONOCHROME1/MONOCHROME2")
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if spp != 1:
+        raise bad(f"(0028,0002) SamplesPerPixel={spp}; expected 1")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise bad(f"multi-frame: (0028,0008) NumberOfFrames={frames}; expected 1")
+    rows, cols = meta["rows"], meta["cols"]
+    if rows <= 0 or cols <= 0:
+        raise bad(f"(0028,0010) Rows={rows} x (0028,0011) Columns={cols}; expected positive sizes")
+    if rows > cfg.max_rows or cols > cfg.max_cols:
+        raise bad(f"absurd dimensions (0028,0010) Rows={rows} x (0028,0011) Columns={cols}; "
+                  f"limit {cfg.max_rows} x {cfg.max_cols} (ingest.max_rows/max_cols)")
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    stored = int(ds.get("BitsStored", bits) or bits)
+    if bits not in (8, 16):
+        raise bad(f"(0028,0100) BitsAllocated={bits}; expected 8 or 16")
+    if not 1 <= stored <= bits:
+        raise bad(f"(0028,0101) BitsStored={stored}; expected 1..BitsAllocated={bits}")
+    if not UID(ts).is_compressed:
+        expected = rows * cols * bits // 8
+        have = len(ds.PixelData) if ds.PixelData is not None else 0
+        if have < expected:
+            raise bad(f"truncated: (7FE0,0010) PixelData has {have} bytes; expected "
+                      f"Rows*Columns*BitsAllocated/8 = {expected} (file is {data_len} bytes)")
+
+
+def _terms(text: str, terms: set[str]) -> list[str]:
+    return sorted(set(re.split(r"[^A-Z0-9]+", text.upper())) & terms)
+
+
+def check_policy(ds: Dataset | None, meta: dict[str, Any], path: str | Path, cfg: IngestConfig) -> None:
+    """Keep out valid files that are not frontal human chest radiographs (kind 'excluded').
+
+    All failing rules are named in one reason so a reviewer sees the full picture.
+    ``ds`` is None for PNG/JPEG exports: only view and size can be checked then.
+    """
+    reasons: list[str] = []
+    if ds is not None:
+        sop = _text(ds, "SOPClassUID")
+        if sop in FOR_PROCESSING_SOP_CLASSES or _text(ds, "PresentationIntentType").upper() == "FOR PROCESSING":
+            reasons.append("'For Processing' raw detector image (0008,0016)/(0008,0068); "
+                           "expected a 'For Presentation' image")
+        if meta["modality"] not in cfg.allowed_modalities:
+            reasons.append(f"(0008,0060) Modality={meta['modality']!r}; allowed {list(cfg.allowed_modalities)}")
+        if meta["body_part"] not in cfg.allowed_body_parts:
+            reasons.append(f"(0018,0015) BodyPartExamined={meta['body_part']!r}; "
+                           f"allowed {list(cfg.allowed_body_parts)}")
+        species = _text(ds, "PatientSpeciesDescription").upper()
+        if species not in HUMAN_SPECIES:
+            reasons.append(f"(0010,2201) PatientSpeciesDescription={species!r}: not a human patient")
+        terms = {t.upper() for t in cfg.excluded_description_terms}
+        # View words in free text count only when ViewPosition is absent: a series
+        # described "CHEST PA/LAT" may hold the PA image, and ViewPosition is per image.
+        view_terms = set() if meta["view_position"] else {v.upper() for v in cfg.excluded_views}
+        texts = [(tag, kw, _text(ds, kw)) for kw, tag in DESCRIPTION_TAGS]
+        for kw, tag in CODE_SEQUENCES:
+            for item in ds.get(kw) or []:
+                texts.append((f"{tag}>(0008,0104)", f"{kw} CodeMeaning", _text(item, "CodeMeaning")))
+        for tag, kw, text in texts:
+            hit = _terms(text, terms)
+            if hit:
+                reasons.append(f"{tag} {kw}={text!r} contains excluded term(s) {hit} "
+                               "(ingest.excluded_description_terms)")
+            hit = _terms(text, view_terms)
+            if hit:
+                reasons.append(f"{tag} {kw}={text!r} names an excluded view {hit} "
+                               "and (0018,5101) ViewPosition is absent")
+    if meta["view_position"] in cfg.excluded_views:
+        reasons.append(f"(0018,5101) ViewPosition={meta['view_position']!r} is an excluded view "
+                       f"{list(cfg.excluded_views)}")
+    side = min(meta["rows"], meta["cols"])
+    if 0 < side < cfg.min_side:
+        reasons.append(f"image {meta['rows']}x{meta['cols']} is smaller than ingest.min_side="
+                       f"{cfg.min_side}: not a diagnostic radiograph")
+    if reasons:
+        raise InputError(path, "; ".join(reasons), meta["transfer_syntax"], "excluded")
+
+
+def voi_window(ds: Dataset) -> tuple[float, float, str] | None:
+    """First (0028,1050) WindowCenter / (0028,1051) WindowWidth and VOILUTFunction, if usable."""
+    wc, ww = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if wc is None or ww is None or wc == "" or ww == "":
+        return None
+    first = lambda v: v[0] if isinstance(v, pydicom.multival.MultiValue) else v  # noqa: E731
+    try:
+        center, width = float(first(wc)), float(first(ww))
+    except (TypeError, ValueError):
+        return None
+    func = _text(ds, "VOILUTFunction").upper() or "LINEAR"
+    return (center, width, func) if width > 0 else None

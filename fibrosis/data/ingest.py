@@ -1,0 +1,290 @@
+"""`fibrosis ingest`: input files -> preprocessing cache + manifest.csv + rejects.csv.
+
+Accounting invariant: every discovered input path ends up exactly once in
+manifest.csv or rejects.csv (kind error | excluded | duplicate). Commits are
+per shard (:mod:`fibrosis.data.cache`): a killed run keeps its committed shards, and
+the next run skips those files (same path, same content hash), re-tries earlier
+rejects and redoes the rest -- nothing lost, nothing duplicated, because
+consolidation keeps only the latest committed entry of each path.
+
+Labels are re-joined on every run that has a labels CSV, skipped files included:
+a corrected label is committed as a rows-only part (the rows keep their shard and
+index, no re-decode); a changed PNG/JPEG hint (patient_id, age, sex, view: the
+only source of those fields for a raster export) re-ingests that file. A run
+without a labels CSV keeps the labels the cache has.
+
+Patient identity: PatientID is replaced by a salted, pseudonymous ``patient_key``
+(:mod:`fibrosis.data.identity`, which says why the salt must stay private).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from tqdm import tqdm
+
+from fibrosis.data.cache import MANIFEST_COLUMNS, REJECT_COLUMNS, CacheLock, CacheWriter, iter_parts
+
+from fibrosis.io import read_csv, write_csv
+from fibrosis.config import IngestConfig, config_to_dict
+from fibrosis.data.discover import FOLDER_ERROR, discover_entries
+from fibrosis.data.identity import identity, patient_key, resolve_salt
+from fibrosis.data.labels import Labels, load_labels
+from fibrosis.data.pixels import preprocessing_signature
+from fibrosis.data.workers import ordered_map, process_file
+
+logger = logging.getLogger(__name__)
+
+REJECT_KINDS = ("error", "excluded", "duplicate")
+
+
+@dataclass
+class IngestSummary:
+    cache_dir: str
+    inputs: int = 0
+    ingested: int = 0  # newly written to the cache in this run
+    skipped: int = 0  # already in the cache with the same content hash
+    relabelled: int = 0  # skipped rows whose label this run's labels CSV changed
+    rejected: dict[str, int] = field(default_factory=lambda: {k: 0 for k in REJECT_KINDS})
+    unlabeled: int = 0
+    strict: bool = False
+
+    @property
+    def status(self) -> str:
+        if self.ingested + self.skipped == 0:
+            return "nothing-ingested"
+        if self.strict and sum(self.rejected.values()):
+            return "rejects-in-strict-mode"
+        return "ok"
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok() else 1
+
+    def ok(self) -> bool:
+        """Something was ingested (or already was), and with ``strict`` nothing was rejected."""
+        return self.status == "ok"
+
+
+# ---------------------------------------------------------------- inputs, identity
+
+
+def discover(inputs: Iterable[str | Path]) -> list[Path]:
+    """Input files (:func:`fibrosis.data.discover.discover_entries`), for callers that need files
+    only; an unreadable folder raises rather than being dropped silently."""
+    files = []
+    for path, error in discover_entries(inputs):
+        if error:
+            raise OSError(f"{path}: {error}")
+        files.append(Path(path))
+    return files
+
+
+def _listable_again(reject: dict[str, str]) -> bool:
+    """A folder rejected as unlistable that can be listed now: its files are inputs again,
+    so its reject no longer stands (it is never re-discovered to be superseded)."""
+    if reject["kind"] != "error" or not reject["reason"].startswith(FOLDER_ERROR):
+        return False
+    try:
+        with os.scandir(reject["path"]):
+            return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- cache state
+
+
+def _latest_entries(cache_dir: Path) -> dict[str, tuple[str, dict[str, str]]]:
+    """path -> ('row' | 'reject', entry) from the newest committed part naming it."""
+    latest: dict[str, tuple[str, dict[str, str]]] = {}
+    for _, rows, rejects in iter_parts(cache_dir):
+        for r in rows:
+            latest[r["path"]] = ("row", r)
+        for r in rejects:
+            latest[r["path"]] = ("reject", r)
+    return latest
+
+
+def consolidate(cache_dir: str | Path) -> tuple[int, int]:
+    """Rewrite manifest.csv / rejects.csv from the committed parts; keeps ``split``
+    of rows whose path and content are unchanged. Returns (rows, rejects)."""
+    root = Path(cache_dir)
+    latest = _latest_entries(root)
+    old_split: dict[tuple[str, str], str] = {}
+    if (root / "manifest.csv").exists():
+        old_split = {(r["path"], r["content_hash"]): r.get("split", "")
+                     for r in read_csv(root / "manifest.csv")}
+    rows = [dict(e) for kind, e in latest.values() if kind == "row"]
+    for r in rows:
+        r["split"] = old_split.get((r["path"], r["content_hash"]), "")
+    rows.sort(key=lambda r: (int(r["shard"]), int(r["index"])))
+    rejects = sorted((e for kind, e in latest.values() if kind == "reject" and not _listable_again(e)),
+                     key=lambda r: r["path"])
+    write_csv(root / "manifest.csv", rows, MANIFEST_COLUMNS)
+    write_csv(root / "rejects.csv", rejects, REJECT_COLUMNS)
+    return len(rows), len(rejects)
+
+
+def _remove_uncommitted(root: Path) -> None:
+    """Drop what a killed run left without its commit marker (part CSV)."""
+    if not (root / "parts").is_dir():
+        return
+    committed = {p.stem for p in (root / "parts").glob("shard-*.csv")}
+    for p in (root / "shards").glob("*.npy"):
+        if p.name.startswith(".") or p.stem not in committed:
+            p.unlink()
+    for p in (root / "parts").iterdir():
+        stem = p.stem.replace("rejects-", "shard-")
+        if p.name.startswith(".") or (p.name.startswith("rejects-") and stem not in committed):
+            p.unlink()
+
+
+# ---------------------------------------------------------------- ingest
+
+
+def _identity_keys(content_hash: str, sop_uid: str) -> list[str]:
+    return [content_hash] + ([f"sop:{sop_uid}"] if sop_uid and not sop_uid.startswith("file:") else [])
+
+
+def _manifest_row(res: dict[str, Any], key: str, labels: Labels | None, counts: Counter) -> dict[str, Any]:
+    meta = res["meta"]
+    row = {k: v for k, v in meta.items() if not k.startswith("_") and k in MANIFEST_COLUMNS}
+    label = ""
+    if labels is not None:
+        label, how = labels.label(res["path"], meta.get("sop_uid", ""), meta.get("study_uid", ""))
+        counts[f"label-by-{how}" if how else "unlabeled"] += 1
+    row.update(path=res["path"], content_hash=res["hash"], patient_key=key,
+               steps="|".join(res["steps"]), label=label, split="")
+    return row
+
+
+def _hints_change(row: dict[str, str], hints: dict[str, Any], salt: str) -> bool:
+    """Would this run's hints change a committed PNG/JPEG row? For a raster export the
+    hints are the only source of these fields, so the comparison is exact; a DICOM's own
+    header wins over hints (``pixels._apply_hints``), so DICOM rows are not compared."""
+    if row["source_format"] not in ("png", "jpeg"):
+        return False
+    want = {col: str(hints.get(h, "") or "").strip() for col, h in
+            (("age", "age"), ("sex", "sex"), ("view_position", "view"), ("patient_key", "patient_id"))}
+    want["sex"], want["view_position"] = want["sex"].upper(), want["view_position"].upper()
+    want["patient_key"] = patient_key(want["patient_key"] or "file:" + row["content_hash"], salt)
+    return any(row.get(k, "") != v for k, v in want.items())
+
+
+def _commit_relabels(root: Path, writer: CacheWriter, rows: list[dict[str, str]]) -> None:
+    """A rows-only part: the rows keep their own shard/index (no array is written), and
+    being the newest part it wins at consolidation, in this and every later run."""
+    if rows:
+        write_csv(root / "parts" / f"shard-{writer.next_shard_id():06d}.csv", rows, MANIFEST_COLUMNS)
+
+
+def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *, strict: bool = False,
+           workers: int | None = None, progress: bool = True) -> IngestSummary:
+    """Ingest every input into ``cache_dir``; see the module docstring for the guarantees."""
+    root = Path(cache_dir)
+    labels = load_labels(cfg.labels_csv, cfg.label_column) if cfg.labels_csv else None
+    entries = discover_entries(inputs)
+    if labels is not None:
+        entries = [e for e in entries if e[0] != str(Path(cfg.labels_csv).resolve())]
+    # A cache placed inside an input folder holds our own outputs, not inputs.
+    # (discover_entries returns resolved paths: only the cache folder needs resolving.)
+    resolved_root = root.resolve()
+    kept = [e for e in entries if not Path(e[0]).is_relative_to(resolved_root)]
+    if len(kept) < len(entries):
+        logger.info("%d file(s) under the cache folder %s are not inputs", len(entries) - len(kept), root)
+        entries = kept
+    paths = [Path(p) for p, error in entries if not error]
+    folder_errors = [(p, error) for p, error in entries if error]
+    if labels is not None:
+        labels.check_unique(paths)  # before any work: a label must never reach two images
+    root.mkdir(parents=True, exist_ok=True)
+    summary = IngestSummary(cache_dir=str(root), inputs=len(entries), strict=strict)
+    counts: Counter = Counter()
+    with CacheLock(root):
+        _remove_uncommitted(root)
+        writer = CacheWriter(root, cfg.image_size, cfg.cache_dtype, preprocessing_signature(cfg),
+                             ingest_config=config_to_dict(cfg))
+        salt = resolve_salt(root, record=True)
+        latest = _latest_entries(root)
+        # Duplicates: the same bytes, or the same DICOM instance re-exported (same
+        # SOPInstanceUID, other transfer syntax or header) -- either would let one
+        # image sit in two splits. The first path (commit order, then sorted) wins.
+        owner: dict[str, str] = {}  # content hash or "sop:" + SOPInstanceUID -> path
+        for kind, e in latest.values():
+            if kind == "row":
+                for k in _identity_keys(e["content_hash"], e["sop_uid"]):
+                    owner.setdefault(k, e["path"])
+        tasks, new_label = [], {}
+        for p in paths:
+            kind, entry = latest.get(str(p), ("", {}))
+            known = entry["content_hash"] if kind == "row" else ""
+            hints = labels.hints(p) if labels else {}
+            if known and labels is not None:
+                if _hints_change(entry, hints, salt):
+                    known = ""  # patient key / view policy come from decoding with the hints
+                else:
+                    label, _ = labels.label(str(p), entry["sop_uid"], entry["study_uid"])
+                    if label != entry["label"]:
+                        new_label[str(p)] = label
+            tasks.append((str(p), known, hints))
+        n_workers = workers if workers is not None else (cfg.workers or len(os.sched_getaffinity(0)))
+        images, rows, rejects, relabelled = [], [], [], []
+        for path, error in folder_errors:  # an unlistable folder is accounted for as an input
+            rejects.append({"path": path, "kind": "error", "reason": error, "transfer_syntax": ""})
+            summary.rejected["error"] += 1
+
+        def commit() -> None:
+            if rows or rejects:
+                writer.write_shard(writer.next_shard_id(), images, rows, rejects)
+                images.clear(), rows.clear(), rejects.clear()
+
+        bar = tqdm(total=len(tasks), unit="img", desc="ingest", disable=not progress)
+        for res in ordered_map(process_file, tasks, cfg, max(1, min(n_workers, len(tasks)))):
+            bar.update()
+            path = res["path"]
+            if res["status"] == "skip":
+                summary.skipped += 1
+                if path in new_label:
+                    relabelled.append({**latest[path][1], "label": new_label[path]})
+                continue
+            if res["status"] == "ok":
+                keys = _identity_keys(res["hash"], res["meta"]["sop_uid"])
+                clash = next(((k, owner[k]) for k in keys if owner.get(k, path) != path), None)
+                if clash is not None:
+                    what = (f"same (0008,0018) SOPInstanceUID {clash[0][4:]}" if clash[0].startswith("sop:")
+                            else f"identical content (sha256 {res['hash'][:16]}...)")
+                    res.update(status="reject", kind="duplicate", ts=res["meta"]["transfer_syntax"],
+                               reason=f"{what} as {clash[1]}")
+                else:
+                    owner.update((k, path) for k in keys)
+                    rows.append(_manifest_row(res, identity(res["meta"], res["hash"], salt, counts), labels, counts))
+                    images.append(res["image"])
+                    summary.ingested += 1
+            if res["status"] == "reject":
+                rejects.append({"path": path, "kind": res["kind"], "reason": res["reason"],
+                                "transfer_syntax": res["ts"]})
+                summary.rejected[res["kind"]] += 1
+                logger.debug("%s: %s: %s", path, res["kind"], res["reason"])
+            if len(rows) >= cfg.shard_size or len(rejects) >= cfg.shard_size:
+                commit()
+        commit()
+        _commit_relabels(root, writer, relabelled)
+        summary.relabelled = len(relabelled)
+        bar.close()
+        n_rows, n_rejects = consolidate(root)
+    summary.unlabeled = counts["unlabeled"] if labels is not None else summary.ingested
+    for what, n in sorted(counts.items()):
+        if what.startswith("patient-from"):
+            logger.warning("%d image(s) without PatientID: patient key derived from the %s, so images "
+                           "of one patient may land in different splits", n, what.split("-")[-1])
+    if labels is not None and counts["unlabeled"]:
+        logger.warning("%d ingested image(s) have no row in %s", counts["unlabeled"], cfg.labels_csv)
+    logger.info("ingest: %d inputs, %d ingested, %d skipped (%d relabelled), rejected %s; cache now "
+                "%d images, %d rejects", summary.inputs, summary.ingested, summary.skipped,
+                summary.relabelled, summary.rejected, n_rows, n_rejects)
+    return summary

@@ -1,0 +1,154 @@
+"""Per-file work and the process pool that runs it (shared by ingest and scoring).
+
+:func:`process_file` never raises for a bad input: it returns a result dict
+with ``status`` ``ok`` | ``skip`` | ``reject``, so one file can never stop a run.
+:func:`ordered_map` yields results in input order (deterministic shard contents
+and "first path wins" for duplicates) and survives a worker that dies inside a
+native decoder: the tasks in flight are re-run one at a time on a fresh
+process and only the one that kills it again is rejected.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing as mp
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from fibrosis.data.cache import to_cache_dtype
+from fibrosis.config import IngestConfig
+from fibrosis.data.pixels import InputError, load_bytes
+
+logger = logging.getLogger(__name__)
+
+Task = tuple[str, str, dict[str, Any]]  # (path, content hash already committed or "", hints)
+
+
+def process_file(task: Task, cfg: IngestConfig) -> dict[str, Any]:
+    """Hash, skip-check, load and quantise one file."""
+    path, known_hash, hints = task
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return _reject(path, "", "error", f"cannot read file: {exc.strerror or exc}", "")
+    digest = hashlib.sha256(data).hexdigest()
+    if known_hash and digest == known_hash:
+        return {"path": path, "status": "skip", "hash": digest}
+    try:
+        res = load_bytes(data, path, cfg, hints)
+    except InputError as exc:
+        return _reject(path, digest, exc.kind, exc.reason, exc.transfer_syntax)
+    except MemoryError:
+        return _reject(path, digest, "error", "out of memory while decoding", "")
+    except Exception as exc:  # a decoder bug must not stop the run; it is still accounted for
+        logger.exception("%s: unexpected failure", path)
+        return _reject(path, digest, "error", f"unexpected {type(exc).__name__}: {exc}", "")
+    meta = res.meta
+    if meta["source_format"] in ("png", "jpeg") or not meta["sop_uid"]:
+        # File-derived keys: readable stem + content hash, unique even for equal stems.
+        derived = f"file:{Path(path).stem}-{digest[:8]}"
+        for key in ("study_uid", "series_uid", "sop_uid"):
+            meta[key] = meta[key] or derived
+    return {"path": path, "status": "ok", "hash": digest, "meta": meta, "steps": res.steps,
+            "image": to_cache_dtype(res.image, cfg.cache_dtype)}
+
+
+def _reject(path: str, digest: str, kind: str, reason: str, ts: str) -> dict[str, Any]:
+    return {"path": path, "status": "reject", "hash": digest, "kind": kind, "reason": reason, "ts": ts}
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
+
+
+def _crashed(task: Task) -> dict[str, Any]:
+    return _reject(task[0], "", "error", "the decoder crashed its worker process (native fault); "
+                                         "file is probably corrupt", "")
+
+
+def _context() -> Any:
+    """forkserver, not fork: the parent may hold torch/OpenMP/OpenCV threads, and a
+    forked child of a threaded process can deadlock. The fork server is a fresh
+    single-threaded interpreter that imports the pixel stack once; workers forked
+    from it start in milliseconds instead of re-importing it (as spawn would)."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["fibrosis.data.workers"])
+    return ctx
+
+
+def _canary() -> bool:
+    return True
+
+
+def _check_workers_start(ctx: Any) -> None:
+    """A worker died: tell a file that kills its decoder from workers that cannot run
+    at all (e.g. a __main__ that child processes cannot re-import, such as stdin).
+    The latter must stop the run, not turn every input into a reject."""
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker) as ex:
+        try:
+            ex.submit(_canary).result()
+        except BrokenProcessPool:
+            raise RuntimeError("ingest worker processes die before doing any work (is the calling "
+                               "program's __main__ importable? run from a file, or use workers=1)") from None
+
+
+def _one_by_one(fn: Callable, tasks: list[Task], cfg: IngestConfig, ctx: Any) -> Iterator[dict[str, Any]]:
+    """Run tasks sequentially on one worker process; a task that kills it is the culprit."""
+    ex = None
+    try:
+        for task in tasks:
+            ex = ex or ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker)
+            try:
+                result = ex.submit(fn, task, cfg).result()
+            except BrokenProcessPool:
+                ex.shutdown(wait=True)
+                ex, result = None, _crashed(task)
+            yield result
+    finally:
+        if ex is not None:
+            ex.shutdown(wait=True)
+
+
+def ordered_map(fn: Callable[[Task, IngestConfig], dict[str, Any]], tasks: Iterable[Task],
+                cfg: IngestConfig, workers: int) -> Iterator[dict[str, Any]]:
+    """``fn(task, cfg)`` for every task, in order, on ``workers`` processes (1 = inline)."""
+    if workers <= 1:
+        for task in tasks:
+            yield fn(task, cfg)
+        return
+    ctx = _context()
+    it = iter(tasks)
+    pending: deque = deque()
+    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
+    try:
+        while True:
+            while len(pending) < 4 * workers:  # bounded window: memory stays flat
+                task = next(it, None)
+                if task is None:
+                    break
+                pending.append((task, ex.submit(fn, task, cfg)))
+            if not pending:
+                return
+            task, fut = pending.popleft()
+            try:
+                result = fut.result()
+            except BrokenProcessPool:
+                logger.warning("a worker process died; re-running the %d tasks in flight one by one",
+                               len(pending) + 1)
+                ex.shutdown(wait=True, cancel_futures=True)
+                _check_workers_start(ctx)
+                redo = [task] + [t for t, _ in pending]
+                pending.clear()
+                yield from _one_by_one(fn, redo, cfg, ctx)
+                ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
+                continue
+            yield result
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,393 @@
+"""`fibrosis evaluate`: calibration and operating points fitted on one split, measured on another.
+
+Flow for a trained run:
+
+1. logits of the fit split (``calib`` when the manifest has one, else ``val``) and of
+   the reported split (``test``) with the run's best checkpoint;
+2. calibrator and thresholds are fitted on the fit split only, then frozen;
+3. on the reported split: discrimination (DeLong and patient-clustered bootstrap CIs,
+   PR/AP), calibration before/after, operating points, subgroups, Grad-CAM panels;
+4. ``RUN/eval/<split>/metrics.json`` + ``predictions.csv`` are written and the
+   calibrator and thresholds are stored in the checkpoint for `fibrosis score`.
+
+``evaluate_predictions`` is the pure core (arrays in, JSON-able dict out); the rest is I/O.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fibrosis.evaluate import metrics as M
+from fibrosis.evaluate import operating as O
+from fibrosis.data.cache import MANIFEST_COLUMNS
+from fibrosis.io import write_csv, write_json
+from fibrosis.model.calibration import Calibrator, calibrator_from_dict, make_calibrator
+from fibrosis.numeric import MetricWarning, check_binary, sigmoid
+from fibrosis.config import Config, EvaluateConfig, config_to_dict
+from fibrosis.evaluate.checks import ALL
+
+logger = logging.getLogger(__name__)
+
+METRICS_FORMAT = 1
+THRESHOLD_FORMAT = 1
+AGE_BANDS = ((0, 40, "<40"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 200, ">=80"))
+DERIVED_ATTRIBUTES = ("age_band",)
+
+
+@dataclasses.dataclass
+class Predictions:
+    """Model outputs of one split with what evaluation needs from the manifest."""
+
+    split: str
+    logits: np.ndarray
+    labels: np.ndarray
+    patient_keys: list[str]
+    rows: list[dict[str, str]]
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict[str, str]], logits: Any, split: str) -> "Predictions":
+        z = np.asarray(logits, dtype=float).ravel()
+        if len(z) != len(rows):
+            raise ValueError(f"split {split!r}: {len(rows)} manifest rows but {len(z)} logits")
+        labels = []
+        for i, r in enumerate(rows):
+            value = str(r.get("label", "")).strip()
+            if value not in ("0", "1", "0.0", "1.0"):
+                raise ValueError(f"split {split!r}, row {i} (patient_key={r.get('patient_key')!r}): "
+                                 f"label={value!r}; expected 0 or 1 (evaluation needs labelled data)")
+            labels.append(int(float(value)))
+        keys = [str(r.get("patient_key") or "") for r in rows]
+        if any(not k for k in keys):
+            raise ValueError(f"split {split!r}: {sum(not k for k in keys)} row(s) without patient_key; "
+                             "the bootstrap resamples patients and needs one key per image")
+        return cls(split, z, np.asarray(labels, dtype=int), keys, [dict(r) for r in rows])
+
+
+def age_band(value: Any) -> str:
+    """'61', '61.0' or DICOM AS '061Y' -> '60-79'; months/weeks/days -> '<40'; bad -> 'unknown'."""
+    text = str(value or "").strip().upper()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([DWMY]?)", text)
+    if not m:
+        return "unknown"
+    years = float(m.group(1)) / {"": 1, "Y": 1, "M": 12, "W": 52.18, "D": 365.25}[m.group(2)]
+    if years > 130:
+        return "unknown"
+    return next(name for lo, hi, name in AGE_BANDS if lo <= years < hi)
+
+
+def attribute_values(rows: Sequence[dict[str, str]], name: str) -> list[str]:
+    if name == "age_band":
+        return [age_band(r.get("age")) for r in rows]
+    if name not in MANIFEST_COLUMNS:
+        raise ValueError(f"evaluate.subgroups: unknown attribute {name!r}; allowed: "
+                         f"{sorted(set(MANIFEST_COLUMNS) | set(DERIVED_ATTRIBUTES))}")
+    return [str(r.get(name) or "").strip().upper() or "unknown" for r in rows]
+
+
+class WarningLog:
+    """Collects MetricWarnings per step so they end up next to the numbers (and in the log)."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always", MetricWarning)
+            yield
+        for w in rec:
+            msg = f"{name}: {w.message}"
+            if issubclass(w.category, MetricWarning) and msg not in self.items:
+                self.items.append(msg)
+                logger.warning("%s", msg)
+
+
+def _calibration_block(y: np.ndarray, prob: np.ndarray, ecfg: EvaluateConfig,
+                       log: WarningLog, label: str) -> dict[str, Any]:
+    with log.step(f"calibration ({label})"):
+        return {"reliability": M.reliability_curve(y, prob, ecfg.ece_bins, ecfg.ece_strategy, ecfg.ci_level),
+                "brier": M.brier_score(y, prob),
+                "intercept_slope": M.calibration_intercept_slope(y, prob, ecfg.ci_level),
+                "histogram": M.score_histogram(y, prob)}
+
+
+def _bootstrap(y: np.ndarray, z: np.ndarray, keys: list[str], ecfg: EvaluateConfig, log: WarningLog,
+               split: str) -> dict[str, Any]:
+    """Clustered bootstrap, or an explicit "not reported" record when too few positives make
+    it degenerate (tiny test sets): the DeLong interval and every other number still stand."""
+    try:
+        return M.bootstrap_roc(y, z, keys, n_resamples=ecfg.bootstrap_resamples, level=ecfg.ci_level,
+                               seed=ecfg.seed)
+    except ValueError as exc:
+        log.items.append(f"discrimination ({split}): bootstrap CI not reported: {exc}")
+        return {"auc": None, "ci": None, "band": None, "level": ecfg.ci_level,
+                "method": "patient-clustered percentile bootstrap", "n_resamples": ecfg.bootstrap_resamples,
+                "n_used": None, "n_patients": len(set(keys)), "seed": ecfg.seed, "error": str(exc)}
+
+
+def choose_thresholds(y: np.ndarray, prob: np.ndarray, ecfg: EvaluateConfig) -> list[dict[str, Any]]:
+    """Youden and target-sensitivity cut-offs on the fit split's calibrated probabilities."""
+    points = [{"name": "youden", **O.threshold_youden(y, prob)}]
+    for target in ecfg.target_sensitivities:
+        points.append({"name": f"sensitivity_{target:.2f}", **O.threshold_for_sensitivity(y, prob, target)})
+    for p in points:
+        # On the probability scale "everyone positive" is 0.0 and "no one" is just above 1.0;
+        # finite values keep the threshold JSON-able for the checkpoint and scoring.
+        if p["threshold"] == -np.inf:
+            p["threshold"] = 0.0
+        elif p["threshold"] == np.inf:
+            p["threshold"] = float(np.nextafter(1.0, 2.0))
+    return points
+
+
+@dataclasses.dataclass
+class OperatingPoints:
+    """Calibrator and thresholds: fitted on a split now, or frozen from the checkpoint."""
+
+    calibrator: Calibrator
+    points: list[dict[str, Any]]  # name, rule, threshold, sensitivity, specificity (on the fit split)
+    fit_data: dict[str, Any]  # split, n, n_pos, n_patients (None where an old record lacks them)
+    frozen: bool = False
+
+    @property
+    def split(self) -> str:
+        return str(self.fit_data.get("split"))
+
+    def threshold_record(self) -> dict[str, Any]:
+        """What the checkpoint stores for `fibrosis score` and for later frozen evaluations."""
+        return {"format": THRESHOLD_FORMAT, "scale": "calibrated probability",
+                "calibration": self.calibrator.method, "chosen_on": self.split, "default": "youden",
+                "value": self.points[0]["threshold"],
+                "points": {p["name"]: p["threshold"] for p in self.points},
+                "details": {p["name"]: {k: p[k] for k in ("rule", "sensitivity", "specificity")}
+                            for p in self.points},
+                "fit_data": dict(self.fit_data),
+                "rule": "positive if calibrated probability >= threshold"}
+
+
+def fit_operating_points(fit: Predictions, ecfg: EvaluateConfig, log: WarningLog) -> OperatingPoints:
+    check_binary(fit.labels, fit.logits, score_name=f"{fit.split} logits")
+    with log.step(f"calibration fit ({fit.split})"):
+        cal = make_calibrator(ecfg.calibration).fit(fit.logits, fit.labels, split=fit.split)
+    with log.step(f"thresholds ({fit.split})"):
+        points = choose_thresholds(fit.labels, cal.predict(fit.logits), ecfg)
+    return OperatingPoints(cal, points, {"split": fit.split, "n": int(len(fit.labels)),
+                                         "n_pos": int(fit.labels.sum()), "n_patients": len(set(fit.patient_keys))})
+
+
+def stored_operating_points(calibration: dict[str, Any] | None, threshold: dict[str, Any] | None,
+                            source: str) -> OperatingPoints:
+    """The calibrator and thresholds a previous (fitting) evaluation stored, unchanged."""
+    if not calibration or not threshold:
+        raise ValueError(f"{source}: no calibration/threshold stored; run `fibrosis evaluate` without "
+                         "--frozen on the training cache first (it fits them on val/calib and stores them)")
+    if threshold.get("format") != THRESHOLD_FORMAT:
+        raise ValueError(f"{source}: threshold format={threshold.get('format')!r}; this version reads "
+                         f"{THRESHOLD_FORMAT}")
+    cal = calibrator_from_dict(calibration)
+    details = threshold.get("details") or {}
+    points = [{"name": name, "threshold": float(value),
+               "rule": (details.get(name) or {}).get("rule", f"stored threshold {name!r}"),
+               "sensitivity": (details.get(name) or {}).get("sensitivity"),
+               "specificity": (details.get(name) or {}).get("specificity")}
+              for name, value in threshold["points"].items()]
+    fit_data = {"split": threshold.get("chosen_on"), "n": None, "n_pos": None, "n_patients": None,
+                **(threshold.get("fit_data") or {})}
+    return OperatingPoints(cal, points, fit_data, frozen=True)
+
+
+def evaluate_predictions(fit: Predictions, test: Predictions, ecfg: EvaluateConfig,
+                         ) -> tuple[dict[str, Any], Calibrator, dict[str, Any], list[dict[str, Any]]]:
+    """Pure core: returns (metrics, fitted calibrator, threshold record, per-case rows)."""
+    log = WarningLog()
+    return measure(fit_operating_points(fit, ecfg, log), test, ecfg, log)
+
+
+def evaluate_frozen(test: Predictions, calibration: dict[str, Any] | None, threshold: dict[str, Any] | None,
+                    ecfg: EvaluateConfig, source: str = "checkpoint",
+                    ) -> tuple[dict[str, Any], Calibrator, dict[str, Any], list[dict[str, Any]]]:
+    """Pure core of external validation: the stored calibrator and thresholds, nothing refitted.
+    ``ecfg.calibration``/``target_sensitivities``/``fit_split`` do not apply (they were fixed then)."""
+    return measure(stored_operating_points(calibration, threshold, source), test, ecfg, WarningLog())
+
+
+def measure(op: OperatingPoints, test: Predictions, ecfg: EvaluateConfig, log: WarningLog,
+            ) -> tuple[dict[str, Any], Calibrator, dict[str, Any], list[dict[str, Any]]]:
+    """Everything reported on ``test`` with calibrator and thresholds already fixed."""
+    y, z = test.labels, test.logits
+    check_binary(y, z, score_name=f"{test.split} logits")
+    cal, points, method = op.calibrator, op.points, op.calibrator.method
+    raw, prob = sigmoid(z), cal.predict(z)
+    ops = []
+    for p in points:
+        with log.step(f"operating point {p['name']} ({test.split})"):
+            cm = O.confusion(y, prob, p["threshold"])
+            perf = O.binary_metrics(cm, ecfg.ci_level)
+            deploy = (O.predictive_values_at_prevalence(perf["sensitivity"], perf["specificity"],
+                                                        ecfg.deployment_prevalence)
+                      if ecfg.deployment_prevalence is not None else None)
+        ops.append({"name": p["name"], "rule": p["rule"], "threshold": p["threshold"],
+                    "chosen_on": {"split": op.split, "sensitivity": p["sensitivity"],
+                                  "specificity": p["specificity"]},
+                    "confusion": cm, **{k: perf[k] for k in ("sensitivity", "specificity", "ppv", "npv")},
+                    "deployment": deploy})
+
+    with log.step(f"discrimination ({test.split})"):
+        delong = M.auc_delong(y, z, ecfg.ci_level)
+        boot = _bootstrap(y, z, test.patient_keys, ecfg, log, test.split)
+        auc_cal = M.auc_delong(y, prob, ecfg.ci_level)["auc"] if method == "isotonic" else None
+        roc, pr = M.roc_points(y, z), M.pr_curve(y, z)
+    if ecfg.bootstrap_resamples < 2000:
+        log.items.append(f"bootstrap: {ecfg.bootstrap_resamples} resamples (< 2000): CI is coarse")
+    with log.step(f"subgroups ({test.split})"):
+        attrs = {name: attribute_values(test.rows, name) for name in ecfg.subgroups}
+        subgroups = O.subgroup_table(y, z, attrs, min_n=ecfg.min_subgroup_n,
+                                     min_positives=ecfg.min_subgroup_positives, level=ecfg.ci_level,
+                                     value_order={"age_band": [name for _, _, name in AGE_BANDS]})
+
+    n_pos = int(y.sum())
+    result = {
+        "format": METRICS_FORMAT, "split": test.split, "fit_split": op.split, "frozen": op.frozen,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "evaluate_config": config_to_dict(ecfg),
+        "data": {"n": int(len(y)), "n_pos": n_pos, "n_neg": int(len(y) - n_pos),
+                 "prevalence": n_pos / len(y), "n_patients": len(set(test.patient_keys)),
+                 "fit": dict(op.fit_data)},
+        "discrimination": {"score": "model logit (AUC is unchanged by temperature/Platt calibration)",
+                           "auc": delong["auc"], "delong": delong,
+                           "bootstrap": boot, "auc_after_calibration": auc_cal, "roc": roc, "pr": pr},
+        "calibration": {"method": method, "calibrator": cal.to_dict(),
+                        "before": _calibration_block(y, raw, ecfg, log, "before"),
+                        "after": _calibration_block(y, prob, ecfg, log, f"after {method}")},
+        "operating_points": ops,
+        "deployment_prevalence": ecfg.deployment_prevalence,
+        "subgroups": subgroups,
+        "warnings": log.items,
+    }
+    cases = [{"case": i + 1, "content_hash": r.get("content_hash", ""),
+              "patient_key": test.patient_keys[i], "split": test.split, "label": int(y[i]),
+              "logit": float(z[i]), "prob_uncalibrated": float(raw[i]), "prob": float(prob[i]),
+              **{f"pred_{p['name']}": int(prob[i] >= p["threshold"]) for p in points},
+              **{name: attrs[name][i] for name in attrs}}
+             for i, r in enumerate(test.rows)]
+    return result, cal, op.threshold_record(), cases
+
+
+# ------------------------------------------------------------------ I/O adapter
+
+
+def resolve_fit_split(rows: Sequence[dict[str, str]], requested: str) -> str:
+    present = {r.get("split", "") for r in rows}
+    if requested == "auto":
+        return "calib" if "calib" in present else "val"
+    if requested not in ("val", "calib"):
+        raise ValueError(f"evaluate.fit_split={requested!r}; allowed: ['auto', 'val', 'calib']")
+    return requested
+
+
+def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
+                 cfg: Config | None = None, *, overrides: Sequence[str] = (), frozen: bool = False,
+                 gradcam: bool = True, device: str | None = None) -> Path:
+    """Evaluate ``run/best.pt`` on ``split`` of ``cache``; returns the metrics.json path.
+
+    Settings: ``cfg`` if given (a full config, used as is), else the run's own resolved
+    config from the checkpoint; ``overrides`` (``evaluate.KEY=VALUE``) go on top of either.
+
+    Default mode fits calibration and thresholds on the fit split (val/calib), reports on
+    ``split`` (never train, val or the fit split) in ``RUN/eval/<split>/`` and stores them
+    in the checkpoint for `fibrosis score`.
+
+    ``frozen=True`` (external validation) applies the calibrator and thresholds already
+    stored in the checkpoint, refits nothing and leaves the checkpoint untouched; results
+    go to ``RUN/eval/frozen-<cache name>-<split>/``. ``split="all"`` (every manifest row,
+    with or without a split column, as in another site's cache) is allowed only then.
+
+    Either way, the evaluated split (and the fit split) is checked against the train/val
+    patient keys and image hashes the checkpoint recorded: any overlap is an error.
+    """
+    import torch
+
+    from fibrosis.data.cache import CacheReader, manifest_hash
+    from fibrosis.model.checkpoint import load_model, update_checkpoint
+    from fibrosis.evaluate.checks import (check_evaluated_split, check_split_isolation, manifest_warning,
+                                  resolve_config)
+    from fibrosis.model.inference import predict_rows, split_rows
+    from fibrosis.evaluate.summary import data_summary, run_summary
+
+    run, cache = Path(run), Path(cache)
+    ckpt_path = run / "best.pt"
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, ckpt = load_model(ckpt_path, dev)  # one load serves the checks, predictions and Grad-CAM
+    cfg = resolve_config(ckpt.get("config") or {}, cfg, overrides)
+    ecfg = cfg.evaluate
+    all_rows, idx = split_rows(cache, split)
+    stored = (stored_operating_points(ckpt.get("calibration"), ckpt.get("threshold"), str(ckpt_path))
+              if frozen else None)
+    fit_split = None if frozen else resolve_fit_split(all_rows, ecfg.fit_split)
+    check_evaluated_split(split, fit_split, frozen, stored.split if stored else None)
+    if not idx:
+        raise ValueError(f"{cache}/manifest.csv: no rows with split={split!r}")
+    fit_rows = [r for r in all_rows if r.get("split") == fit_split] if fit_split else None
+    loud: list[str] = []
+    if ckpt.get("split_keys"):
+        check_split_isolation(ckpt["split_keys"], split, [all_rows[i] for i in idx], fit_split, fit_rows,
+                              (ckpt.get("config") or {}).get("split", {}).get("seed"))
+    else:  # checkpoint from before train recorded its patients: the manifest hash is all there is
+        text = manifest_warning(ckpt.get("manifest_hash"), manifest_hash(cache), split, fit_split)
+        if text:
+            logger.warning("%s: %s", ckpt_path, text)
+            loud.append(text)
+
+    reader = CacheReader(cache, all_rows)
+
+    def predictions(ix: list[int], name: str) -> Predictions:
+        return Predictions.from_rows([all_rows[i] for i in ix], predict_rows(model, reader, ix, 64, dev), name)
+
+    test = predictions(idx, split)
+    if frozen:
+        logger.info("evaluating %s on %r of %s with the stored (frozen) calibration and thresholds",
+                    run, split, cache)
+        result, cal, threshold, cases = measure(stored, test, ecfg, WarningLog())
+    else:
+        logger.info("evaluating %s: fit calibration + thresholds on %r, report on %r", run, fit_split, split)
+        fit_idx = [i for i, r in enumerate(all_rows) if r.get("split") == fit_split]
+        if not fit_idx:
+            raise ValueError(f"{cache}/manifest.csv: no rows with split={fit_split!r}")
+        result, cal, threshold, cases = evaluate_predictions(predictions(fit_idx, fit_split), test, ecfg)
+        # Store calibration + thresholds now, so the checkpoint hash in the report is the
+        # hash of the file `fibrosis score` will read (it was taken before the rewrite).
+        update_checkpoint(ckpt_path, calibration=cal.to_dict(), threshold=threshold)
+    result["warnings"][:0] = loud  # first: they qualify every number below
+    result["run"] = run_summary(run, ckpt)
+    result["data"].update(data_summary(cache, all_rows, cfg))
+    if split == ALL:
+        result["data"]["split_method"] = "none: every row of the cache evaluated (external validation)"
+
+    out = run / "eval" / (f"frozen-{cache.resolve().name}-{split}" if frozen else split)
+    out.mkdir(parents=True, exist_ok=True)
+    if gradcam and ecfg.gradcam_per_kind > 0:
+        from fibrosis.model.cam import gradcam_panels
+
+        try:
+            result["gradcam"] = gradcam_panels(model, cache, test, cal.predict(test.logits),
+                                               threshold["value"], out, per_kind=ecfg.gradcam_per_kind)
+        except Exception as exc:  # a figure must not sink the numbers; say so in the report
+            logger.exception("Grad-CAM failed")
+            result["warnings"].append(f"Grad-CAM panels not produced: {type(exc).__name__}: {exc}")
+    write_json(out / "metrics.json", result)
+    write_csv(out / "predictions.csv", cases, tuple(cases[0]))
+    d = result["discrimination"]
+    logger.info("%s AUC %.3f (DeLong %.3f-%.3f; bootstrap %.3f-%.3f); %s", split, d["auc"],
+                *(d["delong"]["ci"] or [float("nan")] * 2), *(d["bootstrap"]["ci"] or [float("nan")] * 2),
+                f"checkpoint left unchanged (frozen) -> {out}" if frozen
+                else f"calibration + thresholds stored in {ckpt_path}")
+    return out / "metrics.json"

@@ -1,0 +1,98 @@
+"""Batched inference over cache rows: logits (for evaluation) and pooled features."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from fibrosis.data.cache import CacheReader
+
+from fibrosis.io import read_csv
+from fibrosis.model.checkpoint import load_model
+from fibrosis.data.dataset import CacheDataset
+
+logger = logging.getLogger(__name__)
+
+ALL_ROWS = "all"  # = fibrosis.evaluate.checks.ALL
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (no loss scaling needed); a no-op elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _run(fn: Callable[[torch.Tensor], torch.Tensor], model: torch.nn.Module, reader: CacheReader,
+         indices: Sequence[int], batch_size: int, device: str | torch.device,
+         num_workers: int, amp: bool, channels_last: bool) -> torch.Tensor:
+    device = torch.device(device)
+    ds = CacheDataset(reader, indices, model.preprocessing, augment=None, labels=False)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    out = []
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    try:
+        with torch.inference_mode(), autocast(device, amp):
+            for x, _ in loader:
+                x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+                out.append(fn(x).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def predict_rows(model: torch.nn.Module, reader: CacheReader, indices: Sequence[int],
+                 batch_size: int, device: str | torch.device, *, num_workers: int = 0,
+                 amp: bool = True, channels_last: bool = False) -> np.ndarray:
+    """Logits (float32, shape (len(indices),)) of ``reader.rows[i]`` for i in ``indices``."""
+    return _run(model, model, reader, indices, batch_size, device, num_workers, amp,
+                channels_last).numpy()
+
+
+def extract_features(model: torch.nn.Module, reader: CacheReader, indices: Sequence[int],
+                     batch_size: int, device: str | torch.device, *, num_workers: int = 0,
+                     amp: bool = True, channels_last: bool = False) -> torch.Tensor:
+    """Pooled backbone features (len(indices), num_features), float32 on the CPU."""
+    return _run(model.forward_features, model, reader, indices, batch_size, device, num_workers,
+                amp, channels_last)
+
+
+def split_rows(cache_dir: str | Path, split: str) -> tuple[list[dict[str, str]], list[int]]:
+    """All manifest rows and the indices of those in ``split`` ("all": every row, split
+    column or not -- another site's cache evaluated as a whole)."""
+    path = Path(cache_dir) / "manifest.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest (run `fibrosis ingest` and `fibrosis split`)")
+    rows = read_csv(path)
+    if split == ALL_ROWS:
+        return rows, list(range(len(rows)))
+    if rows and "split" not in rows[0]:
+        raise ValueError(f"{path}: no 'split' column; run `fibrosis split` first")
+    idx = [i for i, r in enumerate(rows) if r.get("split") == split]
+    return rows, idx
+
+
+def predict_split(checkpoint_path: str | Path, cache_dir: str | Path, split: str, *,
+                  batch_size: int = 64, device: str | torch.device | None = None,
+                  num_workers: int = 0) -> tuple[list[dict[str, str]], np.ndarray]:
+    """(manifest rows of ``split``, their logits) for a checkpoint.
+
+    Whether those rows are held out from the checkpoint's training is the caller's check
+    (``fibrosis.evaluate.checks``), where it can refuse or be recorded, not just logged.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, _ = load_model(checkpoint_path, device)
+    rows, idx = split_rows(cache_dir, split)
+    if not idx:
+        raise ValueError(f"{cache_dir}/manifest.csv: no rows with split={split!r}")
+    reader = CacheReader(cache_dir, rows)
+    logits = predict_rows(model, reader, idx, batch_size, device, num_workers=num_workers)
+    return [rows[i] for i in idx], logits

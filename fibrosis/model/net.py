@@ -1,0 +1,260 @@
+"""The classifier: an ImageNet CNN backbone with its classifier removed and a one-logit head.
+
+Grayscale input: the first convolution is folded over the RGB channels (its weights
+summed over the input-channel axis). The network is *defined* as "one gray channel,
+normalised with a single mean/std, replicated to RGB", and for such an input
+``conv(W, [x, x, x]) == conv(W.sum(1), x)`` holds exactly, zero-padded borders
+included, so the fold costs nothing in accuracy and saves 3x input bandwidth. The
+single mean/std is the average of the ImageNet RGB statistics (0.449 / 0.226).
+
+Weights:
+- ``imagenet``: torchvision's weights for the arch, from the torch hub cache, downloaded
+  there if missing, and refused unless their sha256 matches the prefix torchvision
+  embeds in the file name. Offline, the error says which file to put where.
+- a path: a torchvision-layout state dict loaded with ``weights_only=True``; keys are
+  checked strictly (only the ImageNet classifier may be missing or extra).
+- ``none``: random init (tests).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from fibrosis.io import file_sha256
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights are unavailable, corrupt or do not fit the architecture."""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    first_conv: str  # module path of the RGB stem convolution (folded to one channel)
+    classifier: str  # module replaced by Identity; its keys may be absent from a weights file
+    cam_layer: str  # last convolutional block: the Grad-CAM target
+    densenet_keys: bool = False  # old-style "norm.1" keys in torchvision's DenseNet files
+
+
+_RESNET = ArchSpec("conv1", "fc", "layer4")
+ARCHS: dict[str, ArchSpec] = {
+    **{f"resnet{d}": _RESNET for d in (18, 34, 50, 101, 152)},
+    "densenet121": ArchSpec("features.conv0", "classifier", "features.norm5", densenet_keys=True),
+    "efficientnet_b0": ArchSpec("features.0.0", "classifier", "features.8"),
+    "mobilenet_v2": ArchSpec("features.0.0", "classifier", "features.18"),
+}
+
+
+def _check_arch(arch: str) -> ArchSpec:
+    if arch not in ARCHS:
+        raise ValueError(f"model.arch={arch!r}; allowed: {sorted(ARCHS)}")
+    return ARCHS[arch]
+
+
+class FibrosisNet(nn.Module):
+    """Backbone (torchvision layout under ``backbone.``) + dropout + Linear(features, 1)."""
+
+    def __init__(self, arch: str, backbone: nn.Module, num_features: int, dropout: float,
+                 preprocessing: dict[str, Any], weights_info: dict[str, Any]):
+        super().__init__()
+        self.arch = arch
+        self.backbone = backbone
+        self.num_features = num_features
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, 1))
+        self.preprocessing = preprocessing
+        self.weights_info = weights_info
+        self.pretrained = bool(weights_info.get("pretrained", False))
+        self.cam_layer_name = f"backbone.{ARCHS[arch].cam_layer}"
+        # Module names kept in eval mode by train(): set by fibrosis.train.schedule.freeze.
+        self.frozen_eval: tuple[str, ...] = ()
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        return self.get_submodule(self.cam_layer_name)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) normalised gray -> (B, num_features) pooled features."""
+        return self.backbone(x)
+
+    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
+        return self.head(f).squeeze(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def train(self, mode: bool = True) -> "FibrosisNet":
+        # Frozen blocks stay in eval mode whatever the caller does: BatchNorm running
+        # statistics must not move and stochastic depth must not fire in a block that
+        # does not learn (this also makes a frozen backbone a fixed function, which is
+        # what lets the head stage train on cached features).
+        super().train(mode)
+        if mode:
+            for name in self.frozen_eval:
+                self.get_submodule(name).eval()
+        return self
+
+
+def fold_first_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """3-channel conv -> 1-channel conv with weights summed over RGB (exact for gray x3)."""
+    if conv.in_channels != 3:
+        raise ValueError(f"first conv has {conv.in_channels} input channels; expected 3")
+    folded = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                       conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+    with torch.no_grad():
+        folded.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+        if conv.bias is not None:
+            folded.bias.copy_(conv.bias)
+    return folded
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def _classifier_in_features(net: nn.Module, spec: ArchSpec) -> int:
+    clf = net.get_submodule(spec.classifier)
+    linear = clf if isinstance(clf, nn.Linear) else [m for m in clf.modules() if isinstance(m, nn.Linear)][-1]
+    return linear.in_features
+
+
+_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def load_state_strict(net: nn.Module, state: dict[str, torch.Tensor], spec: ArchSpec, source: str) -> None:
+    """Load a torchvision-layout state dict; only the ImageNet classifier may be missing or extra."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{source}: expected a state dict of tensors (torchvision layout)")
+    if spec.densenet_keys:  # torchvision's own DenseNet files use "norm.1" style names
+        state = {(_DENSENET_KEY.sub(r"\1\2", k)): v for k, v in state.items()}
+    own = net.state_dict()
+    is_clf = lambda k: k.startswith(spec.classifier + ".")  # noqa: E731
+    missing = sorted(k for k in own if k not in state and not is_clf(k))
+    unexpected = sorted(k for k in state if k not in own and not is_clf(k))
+    if missing or unexpected:
+        raise WeightsError(
+            f"{source}: keys do not match torchvision {type(net).__name__}: "
+            f"missing {missing[:10]}{' ...' if len(missing) > 10 else ''} ({len(missing)}), "
+            f"unexpected {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} ({len(unexpected)})")
+    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+           for k, v in state.items() if k in own and not is_clf(k) and v.shape != own[k].shape]
+    if bad:
+        raise WeightsError(f"{source}: tensor shapes do not match: {bad[:5]}")
+    body = {k: v for k, v in state.items() if not is_clf(k)}
+    net.load_state_dict(body, strict=False)
+
+
+def _hash_prefix(filename: str) -> str | None:
+    m = re.search(r"-([0-9a-f]{8,})\.pth$", filename)
+    return m.group(1) if m else None
+
+
+def imagenet_file(arch: str) -> tuple[Any, Path]:
+    """torchvision's default ImageNet weights enum for ``arch`` and where the hub cache keeps it."""
+    enum = torchvision.models.get_model_weights(arch).DEFAULT
+    return enum, Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
+
+
+def fetch_imagenet(arch: str) -> tuple[Path, str]:
+    """(path, sha256) of torchvision's ImageNet file for ``arch``, downloading it if absent;
+    hash-checked against the prefix in torchvision's file name."""
+    enum, path = imagenet_file(arch)
+    prefix = _hash_prefix(path.name)
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(enum.url, str(path), hash_prefix=prefix, progress=False)
+        except Exception as exc:  # URLError, timeouts, hash mismatch, read-only dir...
+            raise WeightsError(
+                f"ImageNet weights for {arch} ({enum}) are not available: download of {enum.url} "
+                f"failed ({type(exc).__name__}: {exc}). Either place the file {path.name!r} "
+                f"(from {enum.url}) in {path.parent}/, or set `model.weights: /path/to/{path.name}` "
+                f"in the config. Random init is never used silently for real runs.") from exc
+    digest = file_sha256(path)
+    if prefix and not digest.startswith(prefix):
+        raise WeightsError(f"{path}: sha256 {digest[:16]}... does not start with {prefix!r} as "
+                           f"torchvision's file name promises; the file is corrupt or not {enum.url}")
+    return path, digest
+
+
+def _preprocessing(input_size: int) -> dict[str, Any]:
+    return {
+        "input_size": int(input_size),
+        "in_chans": 1,
+        "mean": sum(IMAGENET_MEAN) / 3,
+        "std": sum(IMAGENET_STD) / 3,
+        "rgb_mean": list(IMAGENET_MEAN),
+        "rgb_std": list(IMAGENET_STD),
+        "gray_fold": "first conv weights summed over RGB; gray replicated x3 == folded",
+        "resize": "cv2.INTER_AREA from the cache image to input_size x input_size",
+    }
+
+
+def build_model(arch: str, weights: str = "none", *, weights_sha256: str | None = None,
+                allow_random_init: bool = False, input_size: int = 224,
+                dropout: float = 0.0) -> FibrosisNet:
+    """Build a one-logit gray-input classifier; see the module docstring for ``weights``."""
+    spec = _check_arch(arch)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"model.dropout={dropout!r}; expected 0 <= dropout < 1")
+    net = torchvision.models.get_model(arch, weights=None)
+    info: dict[str, Any] = {"source": "none", "sha256": None, "pretrained": False}
+    path: Path | None = None
+    digest: str | None = None  # known already when fetch_imagenet hashed the file
+    if weights == "imagenet":
+        try:
+            path, digest = fetch_imagenet(arch)
+            info["source"] = f"imagenet:{imagenet_file(arch)[0]}"
+        except WeightsError as exc:
+            if not allow_random_init:
+                raise
+            logger.warning("!" * 72)
+            logger.warning("WARNING: %s", exc)
+            logger.warning("WARNING: allow_random_init=True (demo only): the backbone is NOT "
+                           "pretrained; results do not reflect transfer learning.")
+            logger.warning("!" * 72)
+            info["source"] = "random-init (imagenet weights unavailable)"
+    elif weights != "none":
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"model.weights={weights!r}: file not found; expected 'imagenet', "
+                               f"'none' or the path of a torchvision {arch} state dict (.pth)")
+        info["source"] = str(path)
+    if path is not None:
+        digest = digest or file_sha256(path)
+        if weights_sha256 and digest != weights_sha256.lower():
+            raise WeightsError(f"{path}: sha256 {digest}; expected model.weights_sha256={weights_sha256}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickled code, truncated or foreign file
+            raise WeightsError(f"{path}: not loadable as a plain state dict with weights_only=True "
+                               f"({type(exc).__name__}: {str(exc)[:300]})") from exc
+        load_state_strict(net, state, spec, str(path))
+        info.update(sha256=digest, pretrained=True, file=path.name)
+        logger.info("loaded %s weights from %s (sha256 %s)", arch, path, digest)
+    elif weights == "none":
+        logger.info("%s: random init (model.weights=none)", arch)
+    num_features = _classifier_in_features(net, spec)
+    _set_module(net, spec.first_conv, fold_first_conv(net.get_submodule(spec.first_conv)))
+    _set_module(net, spec.classifier, nn.Identity())
+    return FibrosisNet(arch, net, num_features, dropout, _preprocessing(input_size), info)
+
+
+def build_model_from_config(mcfg: Any) -> FibrosisNet:
+    """Adapter from ``fibrosis.config.ModelConfig``."""
+    return build_model(mcfg.arch, mcfg.weights, weights_sha256=mcfg.weights_sha256,
+                       allow_random_init=mcfg.allow_random_init, input_size=mcfg.input_size,
+                       dropout=mcfg.dropout)

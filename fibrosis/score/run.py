@@ -1,0 +1,395 @@
+"""`fibrosis score`: batch-score DICOM/PNG/JPEG studies with a trained, evaluated checkpoint.
+
+Everything that shapes a score comes from the checkpoint: the ingestion settings
+(``ckpt["config"]["ingest"]``, so the same :func:`fibrosis.data.pixels.load_image` and
+policy checks as training), the model input transform (the cache quantisation,
+then :mod:`fibrosis.data.dataset`'s resize + normalise), the calibrator and the frozen
+default operating point. Nothing on the command line can change them.
+
+Pipeline: worker processes read, check and decode files with ingestion's own
+per-file function (:func:`fibrosis.data.workers.ordered_map`: bounded, crash-isolated,
+in sorted path order); a reader thread applies the model transform and keeps a
+bounded queue of inputs full while the main thread runs batched inference, so
+decoding overlaps inference; rows are appended to the output in sorted path order
+as each batch completes (see :mod:`fibrosis.score.output` for resume and merging).
+Under ``torchrun`` each rank scores ``paths[rank::world]`` into ``<out>.rank<k>``
+and rank 0 merges after a barrier.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fibrosis.score import output as score_io
+from fibrosis.data.cache import DTYPES
+from fibrosis.io import file_sha256
+from fibrosis.config import IngestConfig, ScoreConfig, config_from_dict
+from fibrosis.data.dataset import normalise, resize
+from fibrosis.data.identity import identity, resolve_salt
+
+logger = logging.getLogger(__name__)
+
+_END = object()
+
+
+@dataclasses.dataclass
+class ScoreSummary:
+    out: str
+    studies_out: str
+    model_id: str
+    engine: str
+    counts: Counter = dataclasses.field(default_factory=Counter)  # ok / excluded / error
+    resumed: int = 0  # rows already in the output: not re-scored
+    seconds: float = 0.0  # wall time of the whole call
+    setup_seconds: float = 0.0  # of which before the first file: checkpoint, engine, inputs
+
+    def ok(self) -> bool:
+        """False when any file failed (``error``); exclusions by policy are not failures."""
+        return self.counts["error"] == 0
+
+    def __str__(self) -> str:
+        n = sum(self.counts.values())
+        rate = n / self.seconds if self.seconds > 0 else 0.0
+        return (f"score: {n} file(s) scored now + {self.resumed} resumed -> {self.out}: "
+                f"ok {self.counts['ok']}, excluded {self.counts['excluded']}, "
+                f"error {self.counts['error']}; {self.seconds:.1f} s ({rate:.1f} files/s), "
+                f"engine {self.engine}, model {self.model_id}; per study: {self.studies_out}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Frozen:
+    """What the checkpoint fixes for scoring."""
+
+    ingest: IngestConfig
+    score: ScoreConfig
+    preprocessing: dict[str, Any]
+    calibrator: Any
+    threshold_name: str
+    threshold: float
+    model_id: str
+
+
+# ------------------------------------------------------------------ checkpoint
+
+
+def resolve_checkpoint(model: str | Path) -> Path:
+    """A run directory means its ``best.pt`` (the checkpoint evaluation annotates)."""
+    p = Path(model)
+    if p.is_dir():
+        p = p / "best.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: checkpoint not found (expected a run directory with best.pt "
+                                f"or a .pt file written by `fibrosis train`)")
+    return p
+
+
+def frozen_settings(ckpt: dict[str, Any], path: Path, sha256: str) -> Frozen:
+    """Scoring settings from a checkpoint; refuses one that was never evaluated."""
+    from fibrosis.model.calibration import calibrator_from_dict
+
+    thr, cal = ckpt.get("threshold"), ckpt.get("calibration")
+    if not isinstance(thr, dict) or not isinstance(cal, dict):
+        raise ValueError(f"{path}: no calibration/threshold stored; run `fibrosis evaluate` on this "
+                         f"run first (scoring applies the operating point chosen on validation)")
+    if thr.get("scale") != "calibrated probability" or "value" not in thr:
+        raise ValueError(f"{path}: threshold record {thr!r}; expected scale 'calibrated probability' "
+                         f"and a 'value' (written by fibrosis.evaluate.run)")
+    cfg = config_from_dict(ckpt["config"])
+    return Frozen(cfg.ingest, cfg.score, dict(ckpt["preprocessing"]), calibrator_from_dict(cal),
+                  str(thr.get("default", "default")), float(thr["value"]), sha256[:16])
+
+
+# ------------------------------------------------------------------ per file
+
+
+def model_input(stored: np.ndarray, cache_dtype: str, preprocessing: dict[str, Any]) -> np.ndarray:
+    """Quantised cache image -> (1, S, S) float32 model input, exactly as training saw it
+    (``CacheReader.image`` then ``CacheDataset`` without augmentation)."""
+    img = stored.astype(np.float32) / float(np.iinfo(DTYPES[cache_dtype]).max)
+    size = int(preprocessing["input_size"])
+    return np.ascontiguousarray(normalise(resize(img, size), preprocessing), np.float32)[None]
+
+
+# ------------------------------------------------------------------ streaming
+
+
+def _prefetch(gen: Iterator[Any], maxsize: int) -> Iterator[Any]:
+    """Run ``gen`` in a thread behind a bounded queue, so the worker pool keeps decoding
+    while the caller runs inference; memory is bounded by ``maxsize`` items."""
+    q: queue.Queue = queue.Queue(maxsize)
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for item in gen:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+            else:
+                q.put(_END)
+        except BaseException as exc:  # forwarded to the consumer
+            q.put(exc)
+        finally:
+            gen.close()  # shuts the worker pool down
+
+    t = threading.Thread(target=pump, name="score-prefetch", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock a pending put, then wait for the pool to close
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.1)
+
+
+def results(entries: list[tuple[str, str]], cfg: IngestConfig, preprocessing: dict[str, Any],
+            workers: int) -> Iterator[dict[str, Any]]:
+    """One result dict per entry, in entry order (folder errors interleaved in place)."""
+    from fibrosis.data.workers import ordered_map, process_file
+
+    # Workers run ingestion's own per-file function (read, hash, checks, load_image,
+    # cache quantisation); fibrosis.data.workers is what their fork server preloads, so they
+    # start in milliseconds without torch. The model transform (a 512 -> 224 area
+    # resize and normalise, well under a millisecond) runs here, in the prefetch thread.
+    files = [(p, "", {}) for p, err in entries if not err]
+    decoded = ordered_map(process_file, files, cfg, max(1, min(workers, len(files))))
+    try:
+        for path, err in entries:
+            if err:
+                yield {"path": path, "status": "reject", "kind": "error", "reason": err, "hash": ""}
+            else:
+                res = next(decoded)
+                if res["path"] != path:  # ordered_map keeps order; a mismatch is a bug, not data
+                    raise RuntimeError(f"decode order broken: got {res['path']}, expected {path}")
+                if res["status"] == "ok":
+                    res["x"] = model_input(res.pop("image"), cfg.cache_dtype, preprocessing)
+                yield res
+    finally:
+        decoded.close()
+
+
+# ------------------------------------------------------------------ batches -> rows
+
+
+def overlay(x: np.ndarray, cam: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
+    """BGR uint8: the model input (de-normalised gray) under a JET heat map of ``cam``."""
+    import cv2
+
+    gray = np.clip(x * preprocessing["std"] + preprocessing["mean"], 0, 1)
+    base = cv2.cvtColor((gray * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    heat = cv2.applyColorMap((np.clip(cam, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.addWeighted(base, 0.6, heat, 0.4, 0)
+
+
+class Scorer:
+    """Turns ordered decode results into ordered rows, one inference batch at a time."""
+
+    def __init__(self, model: Any, engine: Any, fz: Frozen, writer: score_io.RowWriter, *,
+                 batch_size: int, salt: str, auto: bool, gradcam_dir: Path | None):
+        self.model, self.engine, self.fz, self.writer = model, engine, fz, writer
+        self.batch_size, self.salt, self.auto, self.gradcam_dir = batch_size, salt, auto, gradcam_dir
+        self.rows: list[dict[str, Any]] = []  # pending, in path order
+        self.xs: list[np.ndarray] = []  # inputs of the pending ok rows, in order
+        self.counts: Counter = Counter()
+        self.verified = engine.name == "eager"
+
+    def add(self, res: dict[str, Any]) -> None:
+        fz = self.fz
+        row: dict[str, Any] = {"path": res["path"], "content_hash": res.get("hash", ""),
+                               "model_id": fz.model_id,
+                               "threshold_name": fz.threshold_name, "threshold": format(fz.threshold, ".10g")}
+        if res["status"] == "ok":
+            meta = res["meta"]
+            row.update(status="ok", patient_key=identity(meta, res["hash"], self.salt),
+                       **{k: meta.get(k, "") for k in ("sop_uid", "series_uid", "study_uid", "view_position")})
+            meta.pop("_patient_id", None)
+            self.xs.append(res["x"])
+        else:  # kind is "error" or "excluded"; one line per file, whatever the reason text holds
+            row["status"] = f"{res['kind']}: " + " ".join(str(res["reason"]).split())
+        self.counts[row["status"].split(":")[0]] += 1
+        self.rows.append(row)
+        if len(self.xs) >= self.batch_size or len(self.rows) >= 4 * self.batch_size:
+            self.flush()
+
+    def _verify(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Check the engine once more on real images; ``auto`` falls back to eager
+        (and the batch is recomputed with it)."""
+        from fibrosis.model.engine import EngineError, TorchEngine, agreement
+
+        # Up to 8 real images: plain eager is the slowest engine, and this is on the clock.
+        eager = TorchEngine(self.model, "eager", next(self.model.parameters()).device)
+        ref = eager(x[:8])
+        agree = agreement(self.engine.name, ref, z[:8], self.fz.calibrator.predict, self.fz.threshold)
+        self.verified = True
+        if agree.ok:
+            logger.info("first batch: %s", agree)
+            return z
+        if not self.auto:
+            raise EngineError(f"on the first {len(x)} real images: {agree}")
+        logger.warning("first batch: %s; falling back to eager fp32 for this run", agree)
+        self.engine = eager
+        return eager(x)
+
+    def flush(self) -> None:
+        if self.xs:
+            x = np.stack(self.xs)
+            z = self.engine(x)
+            if not self.verified:
+                z = self._verify(x, z)
+            p = self.fz.calibrator.predict(z)
+            ok_rows = [r for r in self.rows if r["status"] == "ok"]
+            for row, zi, pi in zip(ok_rows, z, p):
+                row.update(logit=f"{zi:.6f}", probability=f"{pi:.6f}",
+                           decision=int(pi >= self.fz.threshold), engine=self.engine.name)
+            if self.gradcam_dir is not None:
+                self._gradcam(x, ok_rows)
+        for row in self.rows:
+            self.writer.write(row)
+        self.writer.flush()
+        self.rows.clear()
+        self.xs.clear()
+
+    def _gradcam(self, x: np.ndarray, ok_rows: list[dict[str, Any]]) -> None:
+        import cv2
+        import torch
+
+        from fibrosis.model.cam import compute_cams
+
+        pos = [i for i, r in enumerate(ok_rows) if r["decision"] == 1]
+        if not pos:
+            return
+        dev = next(self.model.parameters()).device
+        cams = compute_cams(self.model, torch.from_numpy(x[pos]).to(dev), self.model.cam_layer_name)
+        self.gradcam_dir.mkdir(parents=True, exist_ok=True)
+        for i, cam in zip(pos, cams):
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", ok_rows[i]["sop_uid"] or ok_rows[i]["content_hash"][:16])
+            cv2.imwrite(str(self.gradcam_dir / f"{name}.png"), overlay(x[i, 0], cam, self.fz.preprocessing))
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int | None = None,
+          batch_size: int | None = None, gradcam_dir: str | Path | None = None,
+          study_aggregate: str | None = None, engine: str | None = None, progress: bool = True,
+          salt_dir: str | Path | None = None, device: str | None = None) -> ScoreSummary:
+    """Score every file under ``input`` (folder, file or CSV of paths) into ``out``.
+
+    ``None`` arguments come from the checkpoint's ``score`` config. Per-study
+    aggregates go to ``out`` with suffix ``.studies.csv``. The patient key salt is
+    ``$FIBROSIS_SALT``, else ``<salt_dir>/salt.key`` (default: ``out``'s folder);
+    use the training cache folder (or the same variable) to get the keys ingest wrote.
+    """
+    from tqdm import tqdm
+
+    from fibrosis.model import distributed
+    from fibrosis.model.checkpoint import load_model
+    from fibrosis.model.engine import onnx_cache_path, select_engine
+
+    t0 = time.perf_counter()
+    out = Path(out).resolve()
+    d = distributed.setup(device)
+    try:
+        ckpt_path = resolve_checkpoint(model)
+        sha = file_sha256(ckpt_path)
+        net, ckpt = load_model(ckpt_path, d.device)
+        fz = frozen_settings(ckpt, ckpt_path, sha)
+        for key in ("model", "optimizer", "scheduler"):  # loaded already / not needed: free them
+            ckpt.pop(key, None)
+        aggregate = study_aggregate or fz.score.study_aggregate
+        if aggregate not in score_io.AGGREGATES:
+            raise ValueError(f"study aggregate {aggregate!r}; allowed: {list(score_io.AGGREGATES)}")
+        bs = batch_size or fz.score.batch_size
+        if bs < 1:
+            raise ValueError(f"batch_size={bs}; expected >= 1")
+        n_workers = workers if workers is not None else (
+            fz.score.workers or max(1, len(os.sched_getaffinity(0)) // d.world))
+        gc_dir = Path(gradcam_dir) if gradcam_dir else (out.with_suffix(".gradcam") if fz.score.gradcam else None)
+        engine_name = engine or fz.score.engine
+        # Rank 0 resolves (maybe creates) the salt and lists the inputs; the others get
+        # the same values, so every rank shards one list and hashes with one salt.
+        if d.is_main:
+            salt_home = Path(salt_dir) if salt_dir else out.parent
+            if not os.environ.get("FIBROSIS_SALT") and not (salt_home / "salt.key").exists():
+                logger.warning("patient keys: creating %s (keep it private, never share it with the "
+                               "scores); use the training cache's salt (salt_dir / FIBROSIS_SALT) for keys "
+                               "that match the training manifest", salt_home / "salt.key")
+            shared = (resolve_salt(salt_home), score_io.discover_inputs(input, out, gc_dir, salt_home / "salt.key"))
+        salt, entries = distributed.broadcast_object(d, shared if d.is_main else None)
+        if not entries:
+            logger.warning("%s: no input files found", input)
+        part = out if d.world == 1 else out.with_name(f"{out.name}.rank{d.rank}")
+        done = score_io.open_for_resume(part, fz.model_id)
+        if d.world > 1 and out.exists():
+            done |= score_io.open_for_resume(out, fz.model_id)
+        mine = entries[d.rank::d.world]
+        todo = [e for e in mine if e[0] not in done]
+        resumed = len(mine) - len(todo)
+        if resumed:
+            logger.info("resuming: %d of %d file(s) already in %s", resumed, len(mine), part)
+        # Rank 0 builds its engine first (it writes the cached ONNX export); then the rest.
+        if not d.is_main:
+            distributed.barrier(d)
+        eng, _ = select_engine(net, engine_name, device=d.device, onnx_path=onnx_cache_path(ckpt_path, sha),
+                               calibrate=fz.calibrator.predict, threshold=fz.threshold)
+        if d.is_main:
+            distributed.barrier(d)
+        writer = score_io.RowWriter(part)
+        scorer = Scorer(net, eng, fz, writer, batch_size=bs, salt=salt, auto=engine_name == "auto",
+                        gradcam_dir=gc_dir)
+        bar = tqdm(total=len(todo), unit="img", desc="score", disable=not progress or not d.is_main)
+        setup_seconds = time.perf_counter() - t0
+        try:
+            # Queue: two batches ahead of inference, on top of the pool's own window.
+            for res in _prefetch(results(todo, fz.ingest, fz.preprocessing, n_workers), 2 * bs):
+                scorer.add(res)
+                bar.update()
+            scorer.flush()
+        finally:
+            writer.close()
+            bar.close()
+        summary = ScoreSummary(str(out), str(out.with_suffix(".studies.csv")), fz.model_id,
+                               scorer.engine.describe(), scorer.counts, resumed, setup_seconds=setup_seconds)
+        if d.world > 1:
+            distributed.barrier(d)
+            parts = distributed.gather_object(d, (dict(scorer.counts), resumed))
+            summary.counts = sum((Counter(c) for c, _ in parts), Counter())
+            summary.resumed = sum(r for _, r in parts)
+            if d.is_main:
+                score_io.merge_parts(out, [out.with_name(f"{out.name}.rank{k}") for k in range(d.world)])
+        elif not score_io.is_sorted(out):
+            score_io.sort_in_place(out)
+        if d.is_main:
+            n_studies = score_io.write_studies(out, Path(summary.studies_out), aggregate)
+            logger.info("%d studie(s), aggregate %s over frontal ok images -> %s", n_studies,
+                        aggregate, summary.studies_out)
+        distributed.barrier(d)
+        summary.seconds = time.perf_counter() - t0
+        return summary
+    finally:
+        distributed.teardown(d)

@@ -1,0 +1,399 @@
+"""Training: stages (freeze-then-unfreeze), early stopping on val AUC, exact resume, DDP.
+
+Run directory: best.pt, last.pt, metrics.csv + metrics.jsonl, config.yaml, train.log.
+
+Exact resume: the checkpoint written after every epoch holds the weights, the optimizer
+and scheduler of the current stage, the position (stage, epoch in stage, stage done),
+every rank's RNG states and the history. Shuffling and augmentation are seeded by
+(seed, epoch) rather than by a running stream, so ``train k epochs + --resume`` gives
+the same weights as an uninterrupted run, across the unfreeze too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm import tqdm
+
+from fibrosis.model import distributed
+from fibrosis.train import runlog
+from fibrosis.data.cache import CacheReader, manifest_hash
+from fibrosis.model.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fibrosis.config import Config, StageConfig, config_from_dict, config_to_dict
+from fibrosis.data.dataset import (CacheDataset, EpochSampler, build_augment, pos_weight, row_label,
+                              steps_per_epoch)
+from fibrosis.train.schedule import backbone_frozen, freeze, make_optimizer, resolve_stages
+from fibrosis.model.net import FibrosisNet, build_model_from_config
+from fibrosis.io import package_versions
+from fibrosis.model.inference import autocast, extract_features, predict_rows, split_rows
+
+logger = logging.getLogger(__name__)
+
+IMBALANCE = ("pos_weight", "sampler", "none")
+# Settings that may change between a run and its resume without changing the result.
+RUNTIME_KEYS = {"num_workers", "compile", "mlflow_uri", "val_batch_size"}
+
+
+@dataclass
+class RunState:
+    """Where a run stands; stored in the checkpoint as a plain dict."""
+
+    stage: int = 0
+    epoch_in_stage: int = 0  # epochs completed in `stage`
+    stage_done: bool = False  # `stage` finished (all epochs or early stop)
+    epochs_done: int = 0  # over all stages: the epoch counter that seeds shuffling
+    best_val_auc: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0  # epochs without val-AUC gain in the current stage
+    mlflow_run_id: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class HeadForward(nn.Module):
+    """The head alone as a module, so DDP can wrap it for training on cached features."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.head(f).squeeze(1)
+
+
+def make_loader(ds: Dataset, labels: list[float], cfg: Config, d: distributed.Dist,
+                epoch: int, num_workers: int | None = None) -> DataLoader:
+    """Training loader for one epoch: sampler and worker seeds derive from (seed, epoch)."""
+    tcfg = cfg.train
+    sampler = EpochSampler(labels, balanced=tcfg.imbalance == "sampler", seed=tcfg.seed,
+                           num_replicas=d.world, rank=d.rank)
+    sampler.set_epoch(epoch)
+    if hasattr(ds, "set_epoch"):
+        ds.set_epoch(epoch)
+    workers = tcfg.num_workers if num_workers is None else num_workers
+    gen = torch.Generator().manual_seed(tcfg.seed * 100_003 + epoch)  # not the global stream
+    return DataLoader(ds, batch_size=tcfg.batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=d.device.type == "cuda", generator=gen,
+                      persistent_workers=False)
+
+
+def train_epoch(step_model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
+                sched: Any, loss_fn: nn.Module, device: torch.device, *, amp: bool,
+                channels_last: bool, desc: str = "", show: bool = False) -> tuple[float, int]:
+    """One pass; returns (mean loss, images seen). ``step_model`` maps a batch to logits."""
+    total, n = torch.zeros((), dtype=torch.float64, device=device), 0
+    for x, y in tqdm(loader, desc=desc, disable=True if not show else None, leave=False):
+        x = x.to(device, non_blocking=True)
+        if channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = step_model(x)
+        loss = loss_fn(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.detach() * len(y)  # stays on the device: no host sync per step
+        n += len(y)
+    return float(total) / max(n, 1), n
+
+
+def _read_splits(cache_dir: Path) -> tuple[CacheReader, list[int], list[int]]:
+    rows, train_idx = split_rows(cache_dir, "train")
+    _, val_idx = split_rows(cache_dir, "val")
+    where = cache_dir / "manifest.csv"
+    for name, idx in (("train", train_idx), ("val", val_idx)):
+        pos = sum(row_label(rows[i]) for i in idx)
+        if pos == 0 or pos == len(idx):
+            raise ValueError(f"{where}: split {name!r} has {int(pos)} positives of {len(idx)} rows;"
+                             f" both classes are needed (train to learn, val for the AUC)")
+    return CacheReader(cache_dir, rows), train_idx, val_idx
+
+
+def cache_ingest_config(cfg: Config, cache_dir: Path) -> Config:
+    """The config with the ingest section that actually built the cache.
+
+    The checkpoint's ingest section is what `fibrosis score` applies to new files, so it
+    must be the cache's (recorded by `fibrosis ingest` in cache.json), not whatever
+    config was handed to `train`.
+    """
+    meta_path = cache_dir / "cache.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    recorded = meta.get("ingest_config")
+    if recorded is None:  # not written by `fibrosis ingest` (older or synthetic cache)
+        logger.warning("%s records no ingest config: the checkpoint stores the ingest section "
+                       "given to train, and scoring will apply it; make sure it is the one "
+                       "that built the cache", meta_path)
+        return cfg
+    merged = config_from_dict({**config_to_dict(cfg), "ingest": recorded})
+    if merged.ingest != cfg.ingest:
+        diff = [k for k, v in config_to_dict(merged.ingest).items()
+                if v != config_to_dict(cfg.ingest)[k]]
+        logger.info("ingest settings taken from %s (they built the cache; scoring will apply "
+                    "them): differs from the given config in %s", meta_path, diff)
+    return merged
+
+
+def split_keys(reader: CacheReader, idx: list[int]) -> dict[str, list[str]]:
+    """Pseudonymous patient keys and content hashes of a split, sorted: stored in the
+    checkpoint so `evaluate` can refuse a test set that overlaps what training saw."""
+    rows = [reader.rows[i] for i in idx]
+    return {"patients": sorted({r["patient_key"] for r in rows}),
+            "images": sorted({r["content_hash"] for r in rows})}
+
+
+def _check_resume(ckpt: dict[str, Any], cfg: Config, mhash: str, path: Path, world: int) -> None:
+    old, new = ckpt["config"], config_to_dict(cfg)
+    diff = [f"{sec}.{k}: {old[sec].get(k)!r} -> {v!r}" for sec in ("model", "train")
+            for k, v in new[sec].items() if k not in RUNTIME_KEYS and old[sec].get(k) != v]
+    if diff:
+        raise ValueError(f"{path}: config differs from the run being resumed ({'; '.join(diff)});"
+                         f" resume with the run's own config.yaml or start a new out_dir")
+    if ckpt["manifest_hash"] != mhash:
+        raise ValueError(f"{path}: trained on manifest sha256 {ckpt['manifest_hash'][:12]}..., the "
+                         f"cache now has {mhash[:12]}...; resume needs the same data")
+    if len(ckpt.get("rng_per_rank", [])) != world:
+        logger.warning("resuming a %d-process run on %d processes: continues, but not bit-exact",
+                       len(ckpt.get("rng_per_rank", [])), world)
+
+
+def _features(model: FibrosisNet, reader: CacheReader, idx: list[int], cfg: Config,
+              d: distributed.Dist) -> torch.Tensor:
+    mine = [idx[p] for p in distributed.shard(d, len(idx))]
+    f = extract_features(model, reader, mine, _val_bs(cfg), d.device, amp=cfg.train.amp,
+                         num_workers=cfg.train.num_workers, channels_last=cfg.train.channels_last)
+    return distributed.gather_sharded(d, f, len(idx))
+
+
+def _val_bs(cfg: Config) -> int:
+    return cfg.train.val_batch_size or 2 * cfg.train.batch_size
+
+
+def _validate(model: FibrosisNet, reader: CacheReader, val_idx: list[int], val_y: torch.Tensor,
+              val_feats: torch.Tensor | None, loss_fn: nn.Module, cfg: Config,
+              d: distributed.Dist) -> tuple[float, float]:
+    if val_feats is not None:
+        model.eval()
+        with torch.inference_mode():
+            logits = model.forward_head(val_feats.to(d.device)).float().cpu()
+    else:
+        mine = [val_idx[p] for p in distributed.shard(d, len(val_idx))]
+        local = torch.from_numpy(predict_rows(model, reader, mine, _val_bs(cfg), d.device,
+                                              amp=cfg.train.amp, channels_last=cfg.train.channels_last))
+        logits = distributed.gather_sharded(d, local, len(val_idx))
+    pw = loss_fn.pos_weight.cpu() if loss_fn.pos_weight is not None else None
+    loss = float(F.binary_cross_entropy_with_logits(logits, val_y, pos_weight=pw))
+    return float(roc_auc_score(val_y.numpy(), logits.numpy())), loss
+
+
+def _check_in_sync(model: nn.Module, d: distributed.Dist) -> None:
+    """DDP guard: every rank must hold the same weights (cheap checksum per stage)."""
+    if d.world == 1:
+        return
+    with torch.no_grad():
+        total = float(sum(p.double().sum() for p in model.parameters()))
+    sums = distributed.gather_object(d, total)
+    if max(sums) - min(sums) > 1e-6 * max(1.0, abs(total)):
+        raise RuntimeError(f"DDP ranks hold different weights (checksums {sums})")
+
+
+def train(cfg: Config, cache_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
+          max_epochs: int | None = None, device: str | None = None) -> Path:
+    """Train per ``cfg``; returns the best checkpoint's path (``out_dir/best.pt``).
+
+    ``max_epochs``: stop after that many epochs in this invocation (time-boxed jobs);
+    ``--resume`` continues. ``device="cpu"`` forces the CPU.
+    """
+    if cfg.train.imbalance not in IMBALANCE:
+        raise ValueError(f"train.imbalance={cfg.train.imbalance!r}; allowed: {list(IMBALANCE)}")
+    d = distributed.setup(device)
+    out_dir = Path(out_dir)
+    handler = None
+    if d.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handler = runlog.attach_file_log(out_dir / "train.log")
+    try:
+        return _train(cfg, Path(cache_dir), out_dir, resume, max_epochs, d)
+    finally:
+        if handler is not None:
+            runlog.detach_file_log(handler)
+        distributed.teardown(d)
+
+
+def _train(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs: int | None,
+           d: distributed.Dist) -> Path:
+    from monai.utils import set_determinism
+
+    tcfg = cfg.train
+    # Seeds torch/numpy/random and makes cuDNN deterministic; `deterministic: false` keeps
+    # the seeds but lets cuDNN pick the fastest (non-deterministic) kernels.
+    set_determinism(seed=tcfg.seed)
+    if not tcfg.deterministic:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
+    reader, train_idx, val_idx = _read_splits(cache_dir)
+    mhash = manifest_hash(cache_dir)
+    cfg = cache_ingest_config(cfg, cache_dir)
+    model = build_model_from_config(cfg.model)
+    stages, why = resolve_stages(tcfg, cfg.model.arch, len(train_idx))
+    logger.info("%s", why)
+    logger.info("stages: %s", "; ".join(f"{s.name}: {s.epochs} ep, lr {s.lr:g}, unfreeze "
+                                        f"{list(s.unfreeze) or 'none (head only)'}" for s in stages))
+    if not model.pretrained:
+        logger.warning("the backbone is NOT pretrained (weights source: %s)", model.weights_info["source"])
+    last, best = out_dir / "last.pt", out_dir / "best.pt"
+    state, ckpt = RunState(), None
+    if resume:
+        ckpt = load_checkpoint(last)  # FileNotFoundError names the missing file
+        _check_resume(ckpt, cfg, mhash, last, d.world)
+        model.load_state_dict(ckpt["model"])
+        state = RunState(**ckpt["run"])
+        logger.info("resuming %s at stage %d, %d epoch(s) done in it (%d overall)", last,
+                    state.stage, state.epoch_in_stage, state.epochs_done)
+    elif last.exists():
+        raise FileExistsError(f"{last}: a run already exists in {out_dir}; pass --resume to "
+                              f"continue it or choose a new output directory")
+    if d.is_main:
+        runlog.write_config(out_dir, config_to_dict(cfg), {"preset": why, "manifest_sha256": mhash})
+    tracker = None
+    if tcfg.mlflow_uri and d.is_main:
+        tracker = runlog.MlflowTracker(tcfg.mlflow_uri, out_dir.name, config_to_dict(cfg),
+                                       state.mlflow_run_id)
+        state.mlflow_run_id = tracker.run_id
+    fmt = torch.channels_last if tcfg.channels_last else torch.contiguous_format
+    model.to(d.device, memory_format=fmt)
+    train_y = [row_label(reader.rows[i]) for i in train_idx]
+    val_y = torch.tensor([row_label(reader.rows[i]) for i in val_idx])
+    pw = torch.tensor(pos_weight(train_y) if tcfg.imbalance == "pos_weight" else 1.0)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pw).to(d.device)
+    logger.info("train %d rows (%d positive), val %d rows (%d positive); imbalance=%s%s",
+                len(train_idx), int(sum(train_y)), len(val_idx), int(val_y.sum()), tcfg.imbalance,
+                f" (pos_weight {float(pw):.2f})" if tcfg.imbalance == "pos_weight" else "")
+    train_ds = CacheDataset(reader, train_idx, model.preprocessing,
+                            build_augment(tcfg.augment), seed=tcfg.seed)
+    base = {"config": config_to_dict(cfg), "stages": [config_to_dict(s) for s in stages],
+            "preset": why, "arch": cfg.model.arch, "preprocessing": model.preprocessing,
+            "weights_info": model.weights_info, "pretrained": model.pretrained,
+            "manifest_hash": mhash, "world_size": d.world,
+            "split_keys": {"train": split_keys(reader, train_idx), "val": split_keys(reader, val_idx)},
+            "versions": package_versions()}
+    ran = 0
+    if state.stage_done:  # stopped right after a stage ended: the next one starts fresh
+        state.stage, state.epoch_in_stage, state.stage_done, state.bad_epochs = state.stage + 1, 0, False, 0
+    pending_rng = None
+    if ckpt is not None:
+        per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
+        pending_rng = per_rank[d.rank] if d.rank < len(per_rank) else ckpt["rng"]
+        if state.epoch_in_stage == 0:  # at a stage boundary: the saved state precedes its setup
+            set_rng_state(pending_rng)
+            pending_rng = None
+    for s in range(state.stage, len(stages)):
+        if max_epochs is not None and ran >= max_epochs:
+            break
+        stage: StageConfig = stages[s]
+        trainable = freeze(model, stage.unfreeze)
+        cached = tcfg.cache_features and backbone_frozen(model)
+        n_train_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info("stage %d/%d %r: %d trainable tensors (%d parameters)%s", s + 1, len(stages),
+                    stage.name, len(trainable), n_train_params,
+                    "; backbone frozen: features computed once, no augmentation in this stage"
+                    if cached else "")
+        train_feats = val_feats = None
+        if cached:
+            t0 = time.perf_counter()
+            train_feats = _features(model, reader, train_idx, cfg, d)
+            val_feats = _features(model, reader, val_idx, cfg, d)
+            logger.info("features of %d+%d images in %.1f s", len(train_idx), len(val_idx),
+                        time.perf_counter() - t0)
+            ds: Dataset = TensorDataset(train_feats, torch.tensor(train_y))
+            step_model: nn.Module = HeadForward(model.head)
+        else:
+            ds, step_model = train_ds, model
+        n_steps = steps_per_epoch(len(train_idx), tcfg.batch_size, d.world)
+        opt, sched = make_optimizer(model, stage, n_steps)
+        if ckpt is not None and s == ckpt["run"]["stage"] and state.epoch_in_stage > 0:
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+        if d.world > 1:
+            step_model = DDP(step_model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        if tcfg.compile:
+            step_model = torch.compile(step_model)
+        if pending_rng is not None:
+            set_rng_state(pending_rng)
+            pending_rng = None
+        for e in range(state.epoch_in_stage, stage.epochs):
+            if max_epochs is not None and ran >= max_epochs:
+                break
+            t0 = time.perf_counter()
+            model.train()
+            loader = make_loader(ds, train_y, cfg, d, state.epochs_done,
+                                 num_workers=0 if cached else None)
+            loss, n_seen = train_epoch(step_model, loader, opt, sched, loss_fn, d.device,
+                                       amp=tcfg.amp, channels_last=tcfg.channels_last,
+                                       desc=f"{stage.name} {e + 1}/{stage.epochs}", show=d.is_main)
+            train_s = time.perf_counter() - t0
+            auc, val_loss = _validate(model, reader, val_idx, val_y, val_feats, loss_fn, cfg, d)
+            loss = float(np.mean(distributed.gather_object(d, loss)))
+            improved = auc > state.best_val_auc
+            if improved:
+                state.best_val_auc, state.best_epoch, state.bad_epochs = auc, state.epochs_done, 0
+            else:
+                state.bad_epochs += 1
+            row = {"epoch": state.epochs_done, "stage": s, "stage_name": stage.name,
+                   "epoch_in_stage": e, "lr": opt.param_groups[0]["lr"], "train_loss": loss,
+                   "val_loss": val_loss, "val_auc": auc, "best_val_auc": state.best_val_auc,
+                   "improved": improved, "n_trainable": n_train_params, "cached_features": cached,
+                   "seconds": round(time.perf_counter() - t0, 3),
+                   "train_images_per_s": round(n_seen * d.world / max(train_s, 1e-9), 1)}
+            state.history.append(row)
+            state.epochs_done += 1
+            ran += 1
+            state.epoch_in_stage = e + 1
+            patience = tcfg.early_stopping_patience
+            stop = patience > 0 and state.bad_epochs >= patience
+            state.stage_done = stop or e + 1 == stage.epochs
+            logger.info("epoch %d [%s %d/%d] loss %.4f val_loss %.4f val_auc %.4f (best %.4f @%d) "
+                        "%.1f s, %.0f img/s%s", row["epoch"], stage.name, e + 1, stage.epochs, loss,
+                        val_loss, auc, state.best_val_auc, state.best_epoch, row["seconds"],
+                        row["train_images_per_s"], " *" if improved else "")
+            rngs = distributed.gather_object(d, rng_state())
+            if d.is_main:
+                payload = {**base, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "scheduler": sched.state_dict(), "stage": s, "stage_name": stage.name,
+                           "epoch": state.epochs_done, "run": dataclasses.asdict(state),
+                           "rng": rngs[0], "rng_per_rank": rngs,
+                           "best_val_auc": state.best_val_auc, "best_epoch": state.best_epoch}
+                save_checkpoint(last, payload)
+                if improved:
+                    save_checkpoint(best, payload)
+                runlog.write_metrics(out_dir, state.history)
+                if tracker is not None:
+                    tracker.log_epoch(row)
+            distributed.barrier(d)
+            if stop:
+                logger.info("early stop of stage %r: no val-AUC gain for %d epoch(s)", stage.name, patience)
+                break
+        _check_in_sync(model, d)
+        if not state.stage_done and state.epoch_in_stage < stage.epochs:  # max_epochs reached
+            break
+        state.stage, state.epoch_in_stage, state.stage_done, state.bad_epochs = s + 1, 0, False, 0
+    if max_epochs is not None and state.stage < len(stages):
+        logger.info("stopping after %d epoch(s) as asked; continue with --resume", ran)
+        return best
+    logger.info("done: best val AUC %.4f at epoch %d -> %s", state.best_val_auc, state.best_epoch, best)
+    if tracker is not None:
+        tracker.log_artifact(best)
+        tracker.close()
+    return best

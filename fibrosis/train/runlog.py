@@ -1,0 +1,100 @@
+"""Run-directory records of a training run: train.log, metrics.csv/jsonl, config.yaml, MLflow.
+
+The metric files are rewritten whole from the history stored in the checkpoint after
+every epoch, so after a crash and ``--resume`` they hold exactly the epochs the
+checkpoint knows about: no duplicated or orphaned rows.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fibrosis.io import atomic_write_bytes, write_csv
+
+logger = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ("epoch", "stage", "stage_name", "epoch_in_stage", "lr", "train_loss",
+                  "val_loss", "val_auc", "best_val_auc", "improved", "n_trainable",
+                  "cached_features", "seconds", "train_images_per_s")
+
+
+def attach_file_log(path: Path) -> logging.Handler:
+    """Send the package's log records to ``path`` too (appending: a resume continues it)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    pkg = logging.getLogger("fibrosis")
+    pkg.addHandler(handler)
+    # train.log wants INFO records even when the package logger is quieter: lower its
+    # level for the duration of the run (restored by detach_file_log).
+    handler.previous_level = pkg.level  # type: ignore[attr-defined]
+    if pkg.getEffectiveLevel() > logging.INFO:
+        pkg.setLevel(logging.INFO)
+    return handler
+
+
+def detach_file_log(handler: logging.Handler) -> None:
+    pkg = logging.getLogger("fibrosis")
+    pkg.removeHandler(handler)
+    pkg.setLevel(getattr(handler, "previous_level", pkg.level))
+    handler.close()
+
+
+def write_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
+    write_csv(out_dir / "metrics.csv", history, METRIC_COLUMNS)
+    text = "".join(json.dumps(row) + "\n" for row in history)
+    atomic_write_bytes(out_dir / "metrics.jsonl", text.encode("utf-8"))
+
+
+def write_config(out_dir: Path, cfg_dict: dict[str, Any], extra: dict[str, Any]) -> None:
+    """The resolved config as YAML (loadable by fibrosis.config.load_config), extras as comments."""
+    head = "".join(f"# {k}: {v}\n" for k, v in extra.items())
+    body = yaml.safe_dump(cfg_dict, sort_keys=False)
+    atomic_write_bytes(out_dir / "config.yaml", (head + body).encode("utf-8"))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class MlflowTracker:
+    """Optional MLflow tracking (imported only when a tracking URI is configured)."""
+
+    def __init__(self, uri: str, run_name: str, params: dict[str, Any], run_id: str | None):
+        try:
+            import mlflow  # noqa: PLC0415 - optional dependency
+        except ImportError as exc:
+            raise RuntimeError(f"train.mlflow_uri={uri!r} but mlflow is not installed; "
+                               f"`pip install mlflow` or set train.mlflow_uri: null") from exc
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(uri)
+        self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
+        if run_id is None:
+            flat = {k: str(v)[:500] for k, v in _flatten(params).items()}
+            mlflow.log_params(flat)
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        metrics = {k: float(v) for k, v in row.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.mlflow.log_metrics(metrics, step=int(row["epoch"]))
+
+    def log_artifact(self, path: Path) -> None:
+        self.mlflow.log_artifact(str(path))
+
+    def close(self) -> None:
+        self.mlflow.end_run()
