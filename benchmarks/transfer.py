@@ -39,9 +39,9 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fibrosis.data.cache import MANIFEST_COLUMNS, write_csv  # noqa: E402
+from fibrosis.data.cache import MANIFEST_COLUMNS  # noqa: E402
 
-from fibrosis.io import read_csv
+from fibrosis.io import read_csv, write_csv  # noqa: E402
 from fibrosis.config import load_config  # noqa: E402
 from fibrosis.evaluate.metrics import auc_delong, delong_paired_test  # noqa: E402
 from fibrosis.model.inference import predict_split  # noqa: E402
