@@ -2,6 +2,9 @@
 # Create .venv and install fibrosis with its pinned dependencies (works offline
 # where the wheels lie on local disk; otherwise from the package index).
 # Idempotent: re-running on a ready environment takes seconds.
+# Prerequisites from the system (Debian/Ubuntu names): python3-venv, and for the report PDF
+# the Pango text stack WeasyPrint uses: apt-get install libpango-1.0-0 libpangoft2-1.0-0
+# fonts-dejavu-core (plus poppler-utils to run the PDF tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,3 +27,5 @@ fi
 
 "${PIP[@]}" -c constraints.txt -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither" || true
 .venv/bin/python -c "import fibrosis, pydicom, monai, albumentations, sklearn" # fail loudly
+.venv/bin/python -c "import weasyprint" 2>/dev/null \
+  || echo "warning: WeasyPrint cannot load Pango: install libpango-1.0-0 libpangoft2-1.0-0 for the report PDF" >&2

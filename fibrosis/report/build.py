@@ -339,9 +339,10 @@ def write_report(run: str | Path, out: str | Path | None = None, split: str = "t
     figs = make_figures(m, eval_dir)
     blocks = build_blocks(m, set(figs))
     title = f"Fibrosis classifier validation: {m.get('run', {}).get('name', run.name)}"
-    (out / "report.html").write_text(render_html(blocks, figs, title), encoding="utf-8")
-    render_pdf(blocks, figs, out / "report.pdf", title=title,
-               page_banner=None if m.get("run", {}).get("pretrained", False) else "NOT ImageNet-pretrained")
+    page = render_html(blocks, figs, title)
+    (out / "report.html").write_text(page, encoding="utf-8")
     shutil.copyfile(mpath, out / "metrics.json")
+    render_pdf(page, out / "report.pdf",  # last: HTML and metrics stand even if the PDF engine fails
+               page_banner=None if m.get("run", {}).get("pretrained", False) else "NOT ImageNet-pretrained")
     logger.info("report: %s, %s, %s", out / "report.html", out / "report.pdf", out / "metrics.json")
     return out
