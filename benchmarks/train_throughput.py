@@ -41,7 +41,7 @@ from fibrosis.train.schedule import freeze, make_optimizer  # noqa: E402
 from fibrosis.model.net import build_model  # noqa: E402
 from fibrosis.model.inference import extract_features  # noqa: E402
 from fibrosis.data.synthetic import make_synthetic_cache  # noqa: E402
-from fibrosis.train.loop import HeadForward, make_loader, train_epoch  # noqa: E402
+from fibrosis.train.loop import make_loader, train_epoch  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     opt_h, sched_h = make_optimizer(model, head_stage, math.ceil(len(head_idx) / b))
     t0 = time.perf_counter()
     for e in range(args.head_epochs):
-        train_epoch(HeadForward(model.head), make_loader(fds, head_y, cfg, d, e, num_workers=0),
+        train_epoch(model.head, make_loader(fds, head_y, cfg, d, e, num_workers=0),
                     opt_h, sched_h, loss_fn, device, amp=args.amp, channels_last=False)
     _sync(device)
     cached_epochs_s = time.perf_counter() - t0

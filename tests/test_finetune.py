@@ -7,7 +7,8 @@ from torch import nn
 from fibrosis.config import StageConfig, TrainConfig
 from fibrosis.train.schedule import (PARTIAL, WarmupCosine, block_groups, freeze, make_optimizer,
                                optimizer_param_names, param_owner, preset_stages, resolve_stages)
-from fibrosis.model.net import ARCHS, build_model
+from fibrosis.model.arch import ARCHS
+from fibrosis.model.net import build_model
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def _bn_stats(model, prefix):
 def _step(model, opt):
     model.train()
     out = model(torch.randn(4, 1, 32, 32))
-    loss = nn.functional.binary_cross_entropy_with_logits(out, torch.tensor([0.0, 1, 0, 1]))
+    loss = nn.functional.binary_cross_entropy_with_logits(out[:, 0], torch.tensor([0.0, 1, 0, 1]))
     opt.zero_grad()
     loss.backward()
     opt.step()

@@ -7,7 +7,8 @@ import torchvision
 from torch import nn
 
 from fibrosis.io import file_sha256
-from fibrosis.model.net import ARCHS, WeightsError, build_model, fold_first_conv, imagenet_file
+from fibrosis.model.arch import ARCHS
+from fibrosis.model.net import WeightsError, build_model, fold_first_conv, imagenet_file
 
 SHARED_MOBILENET = (Path(__file__).resolve().parents[1] / ".." / "shared" / "weights"
                     / "mobilenet_v2-imagenet-features.pth")
@@ -41,7 +42,7 @@ def test_every_arch_gives_one_logit_from_gray_input(arch):
     model = build_model(arch, "none", input_size=32).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 1, 32, 32))
-    assert out.shape == (2,)
+    assert out.shape == (2, 1)
     assert model.preprocessing["in_chans"] == 1 and model.preprocessing["input_size"] == 32
     assert not model.pretrained and model.weights_info["source"] == "none"
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))

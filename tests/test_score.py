@@ -267,7 +267,7 @@ class _Shifted:
 
     def __call__(self, x):
         with torch.no_grad():
-            return self.net(torch.from_numpy(x)).numpy() + np.float32(0.5)
+            return self.net(torch.from_numpy(x))[:, 0].numpy() + np.float32(0.5)
 
     def describe(self):
         return "shifted"
@@ -298,7 +298,7 @@ def test_first_real_batch_rechecks_the_engine(tmp_path, ckpt, auto):
     writer.close()
     rows = read(tmp_path / "o.csv")
     with torch.no_grad():
-        ref = net(torch.from_numpy(x)).numpy()
+        ref = net(torch.from_numpy(x))[:, 0].numpy()
     assert [r["engine"] for r in rows] == ["eager", "eager"]
     np.testing.assert_allclose([float(r["logit"]) for r in rows], ref, atol=1e-6)
     assert PATIENT_ID not in (tmp_path / "o.csv").read_text()

@@ -34,17 +34,6 @@ def select_cases(labels: np.ndarray, prob: np.ndarray, threshold: float, per_kin
     return {k: v[:per_kind] for k, v in pick.items()}
 
 
-class _OneLogit2D(nn.Module):
-    """FibrosisNet returns (B,); monai's CAM code indexes class scores as (B, C)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).reshape(len(x), 1)
-
-
 def compute_cams(model: nn.Module, x: torch.Tensor, layer: str) -> np.ndarray:
     """Grad-CAM maps (B, H, W) in [0, 1] for the fibrosis logit, at the input resolution.
 
@@ -52,8 +41,7 @@ def compute_cams(model: nn.Module, x: torch.Tensor, layer: str) -> np.ndarray:
     """
     from monai.visualize import GradCAM
 
-    wrapped = _OneLogit2D(model).eval()
-    cam = GradCAM(nn_module=wrapped, target_layers=f"model.{layer}")
+    cam = GradCAM(nn_module=model.eval(), target_layers=layer)
     with torch.enable_grad():
         maps = cam(x=x.requires_grad_(False), class_idx=0)
     out = maps.detach().float().cpu().numpy()[:, 0]

@@ -53,7 +53,7 @@ def predict_rows(model: torch.nn.Module, reader: CacheReader, indices: Sequence[
                  batch_size: int, device: str | torch.device, *, num_workers: int = 0,
                  amp: bool = True, channels_last: bool = False) -> np.ndarray:
     """Logits (float32, shape (len(indices),)) of ``reader.rows[i]`` for i in ``indices``."""
-    return _run(model, model, reader, indices, batch_size, device, num_workers, amp,
+    return _run(lambda x: model(x)[:, 0], model, reader, indices, batch_size, device, num_workers, amp,
                 channels_last).numpy()
 
 

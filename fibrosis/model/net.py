@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import torch
 import torchvision
 from torch import nn
 
+from fibrosis.model.arch import ArchSpec, arch_spec
 from fibrosis.io import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -38,29 +38,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class WeightsError(RuntimeError):
     """Pretrained weights are unavailable, corrupt or do not fit the architecture."""
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    first_conv: str  # module path of the RGB stem convolution (folded to one channel)
-    classifier: str  # module replaced by Identity; its keys may be absent from a weights file
-    cam_layer: str  # last convolutional block: the Grad-CAM target
-    densenet_keys: bool = False  # old-style "norm.1" keys in torchvision's DenseNet files
-
-
-_RESNET = ArchSpec("conv1", "fc", "layer4")
-ARCHS: dict[str, ArchSpec] = {
-    **{f"resnet{d}": _RESNET for d in (18, 34, 50, 101, 152)},
-    "densenet121": ArchSpec("features.conv0", "classifier", "features.norm5", densenet_keys=True),
-    "efficientnet_b0": ArchSpec("features.0.0", "classifier", "features.8"),
-    "mobilenet_v2": ArchSpec("features.0.0", "classifier", "features.18"),
-}
-
-
-def _check_arch(arch: str) -> ArchSpec:
-    if arch not in ARCHS:
-        raise ValueError(f"model.arch={arch!r}; allowed: {sorted(ARCHS)}")
-    return ARCHS[arch]
 
 
 class FibrosisNet(nn.Module):
@@ -76,7 +53,7 @@ class FibrosisNet(nn.Module):
         self.preprocessing = preprocessing
         self.weights_info = weights_info
         self.pretrained = bool(weights_info.get("pretrained", False))
-        self.cam_layer_name = f"backbone.{ARCHS[arch].cam_layer}"
+        self.cam_layer_name = f"backbone.{arch_spec(arch).cam_layer}"
         # Module names kept in eval mode by train(): set by fibrosis.train.schedule.freeze.
         self.frozen_eval: tuple[str, ...] = ()
 
@@ -89,7 +66,9 @@ class FibrosisNet(nn.Module):
         return self.backbone(x)
 
     def forward_head(self, f: torch.Tensor) -> torch.Tensor:
-        return self.head(f).squeeze(1)
+        """(B, num_features) -> (B, 1) logits: a class axis like any classifier, so CAM code,
+        DDP and ONNX see a standard model; losses and predictors take column 0."""
+        return self.head(f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -207,7 +186,7 @@ def build_model(arch: str, weights: str = "none", *, weights_sha256: str | None 
                 allow_random_init: bool = False, input_size: int = 224,
                 dropout: float = 0.0) -> FibrosisNet:
     """Build a one-logit gray-input classifier; see the module docstring for ``weights``."""
-    spec = _check_arch(arch)
+    spec = arch_spec(arch)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"model.dropout={dropout!r}; expected 0 <= dropout < 1")
     net = torchvision.models.get_model(arch, weights=None)

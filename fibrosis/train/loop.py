@@ -62,17 +62,6 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-class HeadForward(nn.Module):
-    """The head alone as a module, so DDP can wrap it for training on cached features."""
-
-    def __init__(self, head: nn.Module):
-        super().__init__()
-        self.head = head
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.head(f).squeeze(1)
-
-
 def make_loader(ds: Dataset, labels: list[float], cfg: Config, d: distributed.Dist,
                 epoch: int, num_workers: int | None = None) -> DataLoader:
     """Training loader for one epoch: sampler and worker seeds derive from (seed, epoch)."""
@@ -92,7 +81,7 @@ def make_loader(ds: Dataset, labels: list[float], cfg: Config, d: distributed.Di
 def train_epoch(step_model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
                 sched: Any, loss_fn: nn.Module, device: torch.device, *, amp: bool,
                 channels_last: bool, desc: str = "", show: bool = False) -> tuple[float, int]:
-    """One pass; returns (mean loss, images seen). ``step_model`` maps a batch to logits."""
+    """One pass; returns (mean loss, images seen). ``step_model`` maps a batch to (B, 1) logits."""
     total, n = torch.zeros((), dtype=torch.float64, device=device), 0
     for x, y in tqdm(loader, desc=desc, disable=True if not show else None, leave=False):
         x = x.to(device, non_blocking=True)
@@ -101,7 +90,7 @@ def train_epoch(step_model: nn.Module, loader: DataLoader, opt: torch.optim.Opti
         y = y.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = step_model(x)
-        loss = loss_fn(logits.float(), y)
+        loss = loss_fn(logits.float()[:, 0], y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -188,7 +177,7 @@ def _validate(model: FibrosisNet, reader: CacheReader, val_idx: list[int], val_y
     if val_feats is not None:
         model.eval()
         with torch.inference_mode():
-            logits = model.forward_head(val_feats.to(d.device)).float().cpu()
+            logits = model.forward_head(val_feats.to(d.device))[:, 0].float().cpu()
     else:
         mine = [val_idx[p] for p in distributed.shard(d, len(val_idx))]
         local = torch.from_numpy(predict_rows(model, reader, mine, _val_bs(cfg), d.device,
@@ -318,7 +307,7 @@ def _train(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs
             logger.info("features of %d+%d images in %.1f s", len(train_idx), len(val_idx),
                         time.perf_counter() - t0)
             ds: Dataset = TensorDataset(train_feats, torch.tensor(train_y))
-            step_model: nn.Module = HeadForward(model.head)
+            step_model: nn.Module = model.head  # the head alone: DDP wraps it on cached features
         else:
             ds, step_model = train_ds, model
         n_steps = steps_per_epoch(len(train_idx), tcfg.batch_size, d.world)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fibrosis.config import StageConfig, TrainConfig
+from fibrosis.model.arch import ARCHS, arch_spec
 from fibrosis.model.net import FibrosisNet
 
 logger = logging.getLogger(__name__)
@@ -25,38 +26,13 @@ logger = logging.getLogger(__name__)
 PRESETS = ("head-only", "partial", "full", "auto")
 
 
-def _groups(arch: str) -> dict[str, tuple[str, ...]]:
-    """Ordered group name -> backbone module names (stem first, last block last)."""
-    if arch.startswith("resnet"):
-        return {"stem": ("conv1", "bn1"), **{f"layer{i}": (f"layer{i}",) for i in range(1, 5)}}
-    if arch == "densenet121":
-        g: dict[str, tuple[str, ...]] = {"stem": ("features.conv0", "features.norm0")}
-        for i in range(1, 4):
-            g[f"denseblock{i}"] = (f"features.denseblock{i}", f"features.transition{i}")
-        g["denseblock4"] = ("features.denseblock4", "features.norm5")
-        return g
-    n = {"efficientnet_b0": 9, "mobilenet_v2": 19}.get(arch)
-    if n is None:
-        raise ValueError(f"arch {arch!r} has no block groups; known: resnet*, densenet121, "
-                         f"efficientnet_b0, mobilenet_v2")
-    return {f"features.{i}": (f"features.{i}",) for i in range(n)}
-
-
-# "The last blocks" per architecture for the `partial` preset: the stride-32 stage(s),
-# whose features are the most ImageNet-specific and the first to re-learn for X-rays.
-# One rule for every arch; deeper unfreezing (e.g. layer3+layer4) is an explicit stage:
-# `stages: [{name: head, ...}, {name: finetune, unfreeze: [layer3, layer4], ...}]`.
-PARTIAL: dict[str, tuple[str, ...]] = {
-    **{f"resnet{d}": ("layer4",) for d in (18, 34, 50, 101, 152)},
-    "densenet121": ("denseblock4",),
-    "efficientnet_b0": ("features.6", "features.7", "features.8"),
-    "mobilenet_v2": tuple(f"features.{i}" for i in range(14, 19)),
-}
+# `partial`'s "last blocks" per architecture: a view of the registry (fibrosis.model.arch).
+PARTIAL: dict[str, tuple[str, ...]] = {name: spec.partial for name, spec in ARCHS.items()}
 
 
 def block_groups(model: FibrosisNet) -> dict[str, tuple[str, ...]]:
     """Group name -> full module names in ``model`` (``backbone.`` prefixed), ordered."""
-    return {k: tuple(f"backbone.{m}" for m in v) for k, v in _groups(model.arch).items()}
+    return {k: tuple(f"backbone.{m}" for m in v) for k, v in arch_spec(model.arch).groups}
 
 
 def resolve_unfreeze(model: FibrosisNet, unfreeze: Sequence[str]) -> tuple[str, ...]:
