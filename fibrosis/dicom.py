@@ -213,11 +213,19 @@ def check_header(ds: Dataset, meta: dict[str, Any], path: str | Path, cfg: Inges
     if not 1 <= stored <= bits:
         raise bad(f"(0028,0101) BitsStored={stored}; expected 1..BitsAllocated={bits}")
     if not UID(ts).is_compressed:
-        expected = rows * cols * bits // 8
+        expected = rows * cols * spp * bits // 8
         have = len(ds.PixelData) if ds.PixelData is not None else 0
         if have < expected:
             raise bad(f"truncated: (7FE0,0010) PixelData has {have} bytes; expected "
                       f"Rows*Columns*BitsAllocated/8 = {expected} (file is {data_len} bytes)")
+        # Longer is as wrong as shorter: the decoder would read the first Rows*Columns
+        # samples with the wrong row length (diagonal stripes) or a fraction of the image.
+        # The only extra byte DICOM allows pads an odd length to even.
+        if have not in (expected, expected + expected % 2):
+            raise bad(f"(7FE0,0010) PixelData has {have} bytes; expected exactly (0028,0010) Rows={rows} x "
+                      f"(0028,0011) Columns={cols} x (0028,0100) BitsAllocated={bits}/8 = {expected}"
+                      f"{' (+1 padding byte)' if expected % 2 else ''}: the header's dimensions do not "
+                      "describe the pixel data")
 
 
 def _terms(text: str, terms: set[str]) -> list[str]:
