@@ -111,7 +111,7 @@ def load_bytes(data: bytes, path: str | Path, cfg: IngestConfig,
         check_header(ds, meta, path, cfg, len(data))
         check_policy(ds, meta, path, cfg)
         stored, steps = _decode_dicom(ds, ts, path, cfg)
-    modality = _modality(ds)
+    modality = _modality(ds, path, ts)
     invert, why = _inversion(ds, meta["photometric"])
     img, lut_steps = _display(stored, modality, _voi_spec(ds), invert, cfg, path, ts)
     steps += lut_steps + ([f"invert:{why}"] if invert else [])
@@ -153,18 +153,26 @@ def _ts_name(ts: str) -> str:
 # ---------------------------------------------------------------- LUT stage
 
 
-def _modality(ds: Dataset):
-    """(function on an integer domain array -> modality values, step label)."""
+def _modality(ds: Dataset, path: str | Path, ts: str):
+    """(function on an integer domain array -> modality values, step label, the tags
+    that define it, for error messages)."""
     if "ModalityLUTSequence" in ds and ds.ModalityLUTSequence:
         # pydicom's LUT lookup needs integer input: the domain array is integer.
-        return (lambda dom: apply_modality_lut(dom, ds).astype(np.float64)), "modality:lut-sequence"
+        desc = list(ds.ModalityLUTSequence[0].get("LUTDescriptor") or [])
+        return ((lambda dom: apply_modality_lut(dom, ds).astype(np.float64)), "modality:lut-sequence",
+                f"(0028,3000) ModalityLUTSequence with (0028,3002) LUTDescriptor={desc}")
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
     if slope is not None or intercept is not None:
-        s = float(slope) if slope not in (None, "") else 1.0
-        b = float(intercept) if intercept not in (None, "") else 0.0
+        try:
+            s = float(slope) if slope not in (None, "") else 1.0
+            b = float(intercept) if intercept not in (None, "") else 0.0
+        except (TypeError, ValueError):
+            raise InputError(path, f"(0028,1053) RescaleSlope={slope!r}, (0028,1052) RescaleIntercept="
+                                   f"{intercept!r}; expected decimal numbers", ts, "error") from None
         if (s, b) != (1.0, 0.0):
-            return (lambda dom: dom * s + b), f"modality:rescale(slope={s:g},intercept={b:g})"
-    return (lambda dom: dom.astype(np.float64)), ""
+            return ((lambda dom: dom * s + b), f"modality:rescale(slope={s:g},intercept={b:g})",
+                    f"(0028,1053) RescaleSlope={s:g}, (0028,1052) RescaleIntercept={b:g}")
+    return (lambda dom: dom.astype(np.float64)), "", "stored values"
 
 
 def _voi_spec(ds: Dataset) -> tuple[Any, ...] | None:
@@ -224,11 +232,13 @@ def _display(stored: np.ndarray, modality, voi: tuple[Any, ...] | None, invert: 
     step = max(1, int((stored.size / HISTOGRAM_PIXELS) ** 0.5))
     counts = np.bincount(offset[::step, ::step].ravel(), minlength=hi - lo + 1)
     domain = np.arange(lo, hi + 1, dtype=np.int64)
-    mod_fn, mod_step = modality
+    mod_fn, mod_step, mod_tags = modality
     dom_typed = domain.astype(stored.dtype) if stored.dtype.itemsize <= 2 else domain
-    values = mod_fn(dom_typed)
+    with np.errstate(over="ignore", invalid="ignore"):  # judged just below, with the tag named
+        values = mod_fn(dom_typed)
     steps = [mod_step] if mod_step else []
     present = counts > 0
+    _check_modality_values(values, counts, lo, mod_tags, path, ts)
     p_lo, p_hi = _weighted_percentiles(values[present], counts[present], cfg.voi_percentiles)
     if p_hi <= p_lo:  # mostly one value (e.g. a large flat background): use the full range
         p_lo, p_hi = float(values[present].min()), float(values[present].max())
@@ -243,7 +253,11 @@ def _display(stored: np.ndarray, modality, voi: tuple[Any, ...] | None, invert: 
         # bit depth of LUT Data (e.g. 16 declared, 12 used).
         span = full.max() - full.min()
         lut = (out - full.min()) / span if span > 0 else None
-        if lut is not None:
+        if lut is not None and np.ptp(lut[present]) <= 0:
+            # Like a window outside the data: the LUT maps every stored value to one grey.
+            steps.append(f"voi:lut-sequence({n} entries) maps all data to one value")
+            lut = None
+        elif lut is not None:
             steps.append(f"voi:lut-sequence({n} entries)")
     elif voi is not None:
         _, center, width, func = voi
@@ -263,7 +277,34 @@ def _display(stored: np.ndarray, modality, voi: tuple[Any, ...] | None, invert: 
                      f"=[{p_lo:g},{p_hi:g}]")
     if invert:
         lut = 1.0 - lut
+    shown = lut[present]
+    # The Modality values passed _check_modality_values; a VOI stage can still map them all
+    # to one grey (e.g. a VOI LUT whose entries all lie below the data). A NaN would be
+    # cast to 0 in the cache and a constant image trains as a blank one: refuse both.
+    finite = bool(np.isfinite(shown).all())
+    if not finite or shown.max() <= shown.min():
+        raise InputError(path, f"display image is {'constant' if finite else 'not finite'} after "
+                               f"{' -> '.join(steps)}; expected a finite, non-constant image",
+                         ts, "error")
     return np.take(lut.astype(np.float32), offset), steps
+
+
+def _check_modality_values(values: np.ndarray, counts: np.ndarray, lo: int, tags: str,
+                           path: str | Path, ts: str) -> None:
+    """Refuse a Modality LUT that yields NaN/inf or one value for every stored value:
+    either would become an all-zero or blank cache image that trains and scores silently."""
+    present = np.flatnonzero(counts)
+    got = values[present]
+    bad = ~np.isfinite(got)
+    if bad.any():
+        first = int(present[np.argmax(bad)])
+        raise InputError(path, f"{tags} gives {values[first]:g} for stored value {lo + first} "
+                               f"({int(bad.sum())} of {len(got)} distinct stored values non-finite); "
+                               "expected finite modality values", ts, "error")
+    if got.max() == got.min():
+        raise InputError(path, f"{tags} maps every stored value ({lo + int(present[0])}.."
+                               f"{lo + int(present[-1])}) to {got[0]:g}: a constant image; expected "
+                               "distinct modality values", ts, "error")
 
 
 # ---------------------------------------------------------------- raster exports, resize
@@ -301,8 +342,8 @@ def _load_raster(data: bytes, path: str | Path, fmt: str, cfg: IngestConfig,
         arr = colour[..., 0]
     if arr.dtype.kind not in "ui":
         raise InputError(path, f"{fmt.upper()} sample type {arr.dtype}; expected integers", ts)
-    img, steps = _display(np.ascontiguousarray(arr), (lambda d: d.astype(np.float64), ""), None,
-                          False, cfg, path, ts)
+    img, steps = _display(np.ascontiguousarray(arr), (lambda d: d.astype(np.float64), "", "stored values"),
+                          None, False, cfg, path, ts)
     return _finish(img, meta, [f"decode:{fmt} mode {im.mode}"] + steps, cfg)
 
 
