@@ -46,6 +46,10 @@ class IngestConfig:
         "CANINE", "FELINE", "EQUINE", "BOVINE", "VETERINARY", "DOG", "CAT", "HORSE")
     labels_csv: str | None = None
     label_column: str = "fibrosis"
+    # An image whose mediastinum is darker than its lungs (pixels.POLARITY_SUSPECT_BELOW)
+    # is probably shown inverted: exclude it (training and scoring), keep it as shown
+    # with a QA note, or invert it (noted too).
+    polarity_qa: str = "exclude"  # exclude | keep | invert
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,7 @@ def parse_override(text: str) -> dict[str, Any]:
 # typo fails in the first second rather than after hours of training.
 CHOICES: dict[str, tuple[Any, ...]] = {
     "ingest.cache_dtype": ("uint8", "uint16"),
+    "ingest.polarity_qa": ("exclude", "keep", "invert"),
     "train.preset": ("head-only", "partial", "full", "auto", None),
     "train.imbalance": ("pos_weight", "sampler", "none"),
     "evaluate.calibration": ("temperature", "platt", "isotonic", "none"),

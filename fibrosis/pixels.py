@@ -50,6 +50,15 @@ HISTOGRAM_PIXELS = 1 << 20  # distinct-value range above which a LUT would not p
 # it; below that it lies outside the stored values or is far too wide, and
 # applying it would give a blank or flat grey image.
 WINDOW_MIN_COVERAGE = 0.10
+# polarity_score below this marks a display image as suspected inverted (lungs bright).
+# Not 0: on 421 NIH ChestX-ray14 images + the 163 demo DICOMs (all displayed correctly
+# but one), 5 scored below 0 -- 4 correct films with heavy soft tissue (-0.113 .. -0.024)
+# and 1 truly inverted (-0.066); a MONOCHROME2 chest with its header rewritten to
+# MONOCHROME1 scores -0.297. The margin keeps the demo's lowest correct film (-0.029).
+POLARITY_SUSPECT_BELOW = -0.05
+# The reason of a file excluded by ingest.polarity_qa=exclude starts with this
+# (scores.csv: "excluded: polarity suspect (...)"); reports and scores count on it.
+POLARITY_EXCLUDED = "polarity suspect"
 
 
 @dataclass
@@ -61,10 +70,15 @@ class PixelResult:
 
 def preprocessing_signature(cfg: IngestConfig) -> dict[str, Any]:
     """Settings that change cached pixels; a cache refuses to mix two signatures."""
-    return {"pipeline_version": PIPELINE_VERSION, "image_size": cfg.image_size,
-            "voi_percentiles": list(cfg.voi_percentiles), "j2k_reduce": cfg.j2k_reduce,
-            "j2k_oversample": J2K_OVERSAMPLE,
-            "window_min_coverage": WINDOW_MIN_COVERAGE, "resize": "INTER_AREA down / INTER_LINEAR up"}
+    sig = {"pipeline_version": PIPELINE_VERSION, "image_size": cfg.image_size,
+           "voi_percentiles": list(cfg.voi_percentiles), "j2k_reduce": cfg.j2k_reduce,
+           "j2k_oversample": J2K_OVERSAMPLE,
+           "window_min_coverage": WINDOW_MIN_COVERAGE, "resize": "INTER_AREA down / INTER_LINEAR up"}
+    # exclude / invert change which images are cached, or their pixels; `keep` is what
+    # caches built before the setting existed did, so it leaves their signature as it was.
+    if cfg.polarity_qa != "keep":
+        sig.update(polarity_qa=cfg.polarity_qa, polarity_suspect_below=POLARITY_SUSPECT_BELOW)
+    return sig
 
 
 def load_image(path: str | Path, cfg: IngestConfig, hints: dict[str, Any] | None = None) -> PixelResult:
@@ -115,7 +129,7 @@ def load_bytes(data: bytes, path: str | Path, cfg: IngestConfig,
     invert, why = _inversion(ds, meta["photometric"])
     img, lut_steps = _display(stored, modality, _voi_spec(ds), invert, cfg, path, ts)
     steps += lut_steps + ([f"invert:{why}"] if invert else [])
-    return _finish(img, meta, steps, cfg)
+    return _finish(img, meta, steps, cfg, path, ts)
 
 
 # ---------------------------------------------------------------- decode
@@ -344,7 +358,7 @@ def _load_raster(data: bytes, path: str | Path, fmt: str, cfg: IngestConfig,
         raise InputError(path, f"{fmt.upper()} sample type {arr.dtype}; expected integers", ts)
     img, steps = _display(np.ascontiguousarray(arr), (lambda d: d.astype(np.float64), "", "stored values"),
                           None, False, cfg, path, ts)
-    return _finish(img, meta, [f"decode:{fmt} mode {im.mode}"] + steps, cfg)
+    return _finish(img, meta, [f"decode:{fmt} mode {im.mode}"] + steps, cfg, path, ts)
 
 
 def _apply_hints(meta: dict[str, Any], hints: dict[str, Any]) -> None:
@@ -393,10 +407,11 @@ def fit_square(img: np.ndarray, size: int) -> tuple[np.ndarray, str]:
 def polarity_score(img: np.ndarray) -> float:
     """Mean of the central (mediastinum/spine) column minus the mean of two lung-field boxes.
 
-    Positive for a frontal chest shown lungs-dark / bone-bright. A negative value
-    is a *suspicion*, not proof (rotated or off-centre films score low too), so it
-    is recorded as a ``qa:`` note and never changes or excludes the image. It
-    catches headers that lie about MONOCHROME1/2 and exports stored inverted.
+    Positive for a frontal chest shown lungs-dark / bone-bright. A clearly negative
+    value (below POLARITY_SUSPECT_BELOW) is a *suspicion*, not proof (rotated,
+    off-centre or heavy soft-tissue films score low too); what happens to such an
+    image is ``ingest.polarity_qa``. It catches headers that lie about MONOCHROME1/2
+    and exports stored inverted.
     """
     h, w = img.shape
     rows = slice(int(0.30 * h), int(0.65 * h))
@@ -404,9 +419,35 @@ def polarity_score(img: np.ndarray) -> float:
     return float(img[rows, int(0.45 * w):int(0.55 * w)].mean() - lungs)
 
 
-def _finish(img: np.ndarray, meta: dict[str, Any], steps: list[str], cfg: IngestConfig) -> PixelResult:
+def _finish(img: np.ndarray, meta: dict[str, Any], steps: list[str], cfg: IngestConfig,
+            path: str | Path, ts: str) -> PixelResult:
     out, step = fit_square(img, cfg.image_size)
     nh, nw, top, left = _geometry(*img.shape, cfg.image_size)
-    score = polarity_score(out[top:top + nh, left:left + nw])
-    qa = [f"qa:polarity-suspect(mediastinum-lungs={score:.3f})"] if score < 0 else []
+    content = out[top:top + nh, left:left + nw]  # a view: the padding stays 0 whatever happens
+    score = polarity_score(content)
+    qa: list[str] = []
+    if score < POLARITY_SUSPECT_BELOW:
+        evidence = f"mediastinum-lungs={score:.3f}"
+        inverted = [s.split(":", 1)[1] for s in steps if s.startswith("invert:")]
+        shown = f"inverted for {inverted[0]}" if inverted else "shown as stored"
+        if cfg.polarity_qa == "exclude":
+            # An image shown inverted would train and score as a different picture.
+            raise InputError(path, f"{POLARITY_EXCLUDED} ({evidence} < {POLARITY_SUSPECT_BELOW:g}: the "
+                                   "mediastinum is darker than the lung fields, as in an image shown "
+                                   f"inverted; header (0028,0004) PhotometricInterpretation="
+                                   f"{meta['photometric']!r}, {shown}; ingest.polarity_qa=exclude, "
+                                   "keep or invert to use it)", ts, "excluded")
+        if cfg.polarity_qa == "invert":
+            # Resizing is linear, so inverting after it equals inverting before it.
+            content[...] = 1.0 - content
+            qa = [f"qa:polarity-inverted({evidence})"]
+        else:
+            qa = [f"qa:polarity-suspect({evidence})"]
     return PixelResult(image=out, meta=meta, steps=steps + qa + [step])
+
+
+def qa_flags(steps: list[str] | str) -> str:
+    """'polarity-suspect' / 'polarity-inverted' (';'-joined) from a result's ``qa:`` steps
+    (a list, or the manifest's '|'-joined string); '' when there are none."""
+    items = steps.split("|") if isinstance(steps, str) else steps
+    return ";".join(s[3:].split("(", 1)[0] for s in items if s.startswith("qa:"))
