@@ -170,6 +170,46 @@ class Config:
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+# A config is a few kB; a bound keeps a hostile file from costing memory before any check.
+MAX_CONFIG_BYTES = 1 << 20
+SHOW_CHARS = 120  # of a value quoted in an error message
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut: an error message must stay one readable line whatever the input."""
+    text = repr(value)
+    return text if len(text) <= SHOW_CHARS else f"{text[:SHOW_CHARS]}... ({len(text)} characters)"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader without aliases. ``*alias`` re-uses a node, and a few hundred bytes of
+    nested aliases expand to gigabytes once the values are walked or printed (a "billion
+    laughs" file); a config never needs them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"found alias *{_short(event.anchor)[1:-1]}: YAML aliases are not allowed "
+                            "in fibrosis configs (write the value out)", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _load_yaml(text: str, where: str) -> Any:
+    """Parse YAML text; any YAML problem becomes one ConfigError line naming ``where``."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 -- a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        raise ConfigError(f"{where}: invalid YAML: {at}{problem[:2 * SHOW_CHARS]}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: invalid YAML: {str(exc)[:2 * SHOW_CHARS]}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: invalid YAML: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{where}: invalid YAML value: {str(exc)[:2 * SHOW_CHARS]}") from None
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -185,34 +225,34 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {_short(value)}")
         return _build(tp, value, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_short(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+            raise ConfigError(f"{where}: expected {len(args)} values, got {_short(value)}")
         return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is float:
         # PyYAML (YAML 1.1) reads `1e-3` as a string; accept such plain numerals.
         if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
             value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {_short(value)}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {_short(value)}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+            raise ConfigError(f"{where}: expected true/false, got {_short(value)}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {_short(value)}")
         return value
     return value
 
@@ -223,7 +263,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(
-            f"{where or 'config'}: unknown key(s) {unknown}; allowed: {sorted(names)}"
+            f"{where or 'config'}: unknown key(s) {_short(unknown)}; allowed: {sorted(names)}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
@@ -239,7 +279,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def parse_override(text: str) -> dict[str, Any]:
     """``train.batch_size=16`` -> {"train": {"batch_size": 16}} (value parsed as YAML)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY.PATH=VALUE")
+        raise ConfigError(f"override {_short(text)}: expected KEY.PATH=VALUE")
     key, raw = text.split("=", 1)
     node: dict[str, Any] = {}
     cur = node
@@ -247,7 +287,7 @@ def parse_override(text: str) -> dict[str, Any]:
     for p in parts[:-1]:
         cur[p] = {}
         cur = cur[p]
-    cur[parts[-1]] = yaml.safe_load(raw)
+    cur[parts[-1]] = _load_yaml(raw, f"override {_short(text)}")
     return node
 
 
@@ -303,7 +343,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size} bytes; expected a config of at most {MAX_CONFIG_BYTES} bytes")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); expected a YAML config") from None
+        loaded = _load_yaml(text, str(path)) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
         data = loaded
