@@ -8,9 +8,11 @@ of ``lr:`` must fail loudly rather than silently train with the default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,29 +308,88 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 }
 
 
+# Range of every numeric key (list/stage entries share their key's range): checked when
+# the config is loaded, after finiteness, so a NaN fraction or a negative learning rate
+# fails at once instead of silently moving patients or training nothing.
+# tests/test_config_ranges.py checks that every numeric key has an entry.
+SEED = "[0, 4294967295]"  # what NumPy and torch accept
+RANGES: dict[str, str] = {
+    "ingest.image_size": "[16, 4096]", "ingest.workers": "[0, inf)", "ingest.shard_size": "[1, inf)",
+    "ingest.max_rows": "[1, 65535]", "ingest.max_cols": "[1, 65535]",  # (0028,0010/0011) are US
+    "ingest.min_side": "[0, inf)", "ingest.voi_percentiles": "[0, 100]",
+    "split.train": "[0, 1]", "split.val": "[0, 1]", "split.test": "[0, 1]", "split.calib": "[0, 1]",
+    "split.seed": SEED, "split.near_duplicate_hamming": "[0, 256]",  # bits of a 256-bit dHash
+    "model.input_size": "[16, 4096]", "model.dropout": "[0, 1)",
+    "train.stages.epochs": "[0, inf)", "train.stages.lr": "(0, inf)", "train.stages.warmup_epochs": "[0, inf)",
+    "train.stages.weight_decay": "[0, inf)", "train.stages.layer_decay": "(0, 1]",
+    "train.batch_size": "[1, inf)", "train.num_workers": "[0, inf)", "train.seed": SEED,
+    "train.augment.affine_degrees": "[0, 180]", "train.augment.affine_scale": "(0, inf)",
+    "train.augment.affine_translate": "[0, 1]", "train.augment.brightness_contrast": "[0, 1]",
+    "train.augment.gamma": "(0, inf)", "train.augment.noise_std": "[0, 1]", "train.augment.p": "[0, 1]",
+    "train.early_stopping_patience": "[0, inf)", "train.head_epochs": "[0, inf)", "train.head_lr": "(0, inf)",
+    "train.finetune_epochs": "[0, inf)", "train.finetune_lr": "(0, inf)",
+    "train.finetune_warmup_epochs": "[0, inf)", "train.layer_decay": "(0, 1]",
+    "train.auto_full_min_train": "[0, inf)", "train.val_batch_size": "[1, inf)",
+    "evaluate.bootstrap_resamples": "[0, inf)", "evaluate.ci_level": "(0, 1)", "evaluate.ece_bins": "[1, inf)",
+    "evaluate.target_sensitivities": "(0, 1]", "evaluate.deployment_prevalence": "(0, 1)",
+    "evaluate.min_subgroup_n": "[0, inf)", "evaluate.min_subgroup_positives": "[0, inf)",
+    "evaluate.seed": SEED, "evaluate.gradcam_per_kind": "[0, inf)",
+    "score.batch_size": "[1, inf)", "score.workers": "[0, inf)",
+}
+# (key of a pair, strict): the pair's first value must be < (strict) or <= its second.
+ORDERED: tuple[tuple[str, bool], ...] = (
+    ("ingest.voi_percentiles", True), ("train.augment.affine_scale", False), ("train.augment.gamma", False))
+
+
+def numeric_values(cfg: Any, prefix: str = "") -> Iterator[tuple[str, str, float]]:
+    """(key as written, RANGES key, value) for every int/float in a config tree: list items
+    get ``[i]`` in the written key; the RANGES key drops indices (``train.stages.lr``)."""
+    for f in dataclasses.fields(cfg):
+        yield from _numbers(getattr(cfg, f.name), f"{prefix}{f.name}", f"{prefix}{f.name}")
+
+
+def _numbers(value: Any, key: str, pattern: str) -> Iterator[tuple[str, str, float]]:
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            yield from _numbers(getattr(value, f.name), f"{key}.{f.name}", f"{pattern}.{f.name}")
+    elif isinstance(value, tuple):
+        for i, item in enumerate(value):
+            yield from _numbers(item, f"{key}[{i}]", pattern)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield key, pattern, value
+
+
+def _in_range(value: float, spec: str) -> bool:
+    lo, hi = (float(x) for x in spec[1:-1].split(","))
+    return ((lo < value) if spec[0] == "(" else (lo <= value)) and ((value < hi) if spec[-1] == ")" else (value <= hi))
+
+
 def validate(cfg: Config) -> Config:
     """Check enumerations and ranges; raise ConfigError naming the key, value and allowed set."""
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
+            raise ConfigError(f"{key}: {_short(value)} is not one of {list(allowed)}")
+    for key, pattern, value in numeric_values(cfg):
+        spec = RANGES.get(pattern, "(-inf, inf)")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: {value} is not a finite number; expected a number in {spec}")
+        if not _in_range(value, spec):
+            raise ConfigError(f"{key}: {value!r} must " + (
+                f"be {'>=' if spec[0] == '[' else '>'} {spec[1:].split(',')[0]}" if spec.endswith("inf)")
+                else f"lie in {spec}"))
+    for key, strict in ORDERED:
+        section, *rest = key.split(".")
+        node = getattr(cfg, section)
+        for name in rest:
+            node = getattr(node, name)
+        first, second = node
+        if first > second or (strict and first == second):
+            raise ConfigError(f"{key}: {list(node)}; expected first {'<' if strict else '<='} second")
     fractions = {k: getattr(cfg.split, k) for k in ("train", "val", "test", "calib")}
-    if any(v < 0 for v in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-6:
+    if abs(sum(fractions.values()) - 1.0) > 1e-6:
         raise ConfigError(f"split: fractions {fractions} must be >= 0 and sum to 1")
-    if not 0.0 < cfg.evaluate.ci_level < 1.0:
-        raise ConfigError(f"evaluate.ci_level: {cfg.evaluate.ci_level} must lie in (0, 1)")
-    for s in cfg.evaluate.target_sensitivities:
-        if not 0.0 < s <= 1.0:
-            raise ConfigError(f"evaluate.target_sensitivities: {s} must lie in (0, 1]")
-    prev = cfg.evaluate.deployment_prevalence
-    if prev is not None and not 0.0 < prev < 1.0:
-        raise ConfigError(f"evaluate.deployment_prevalence: {prev} must lie in (0, 1)")
-    for key in ("ingest.image_size", "model.input_size", "train.batch_size", "score.batch_size",
-                "ingest.shard_size", "evaluate.ece_bins"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) < 1:
-            raise ConfigError(f"{key}: {getattr(getattr(cfg, section), name)} must be >= 1")
     return cfg
 
 
