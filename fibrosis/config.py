@@ -8,9 +8,11 @@ of ``lr:`` must fail loudly rather than silently train with the default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,10 @@ class IngestConfig:
         "CANINE", "FELINE", "EQUINE", "BOVINE", "VETERINARY", "DOG", "CAT", "HORSE")
     labels_csv: str | None = None
     label_column: str = "fibrosis"
+    # An image whose mediastinum is darker than its lungs (pixels.POLARITY_SUSPECT_BELOW)
+    # is probably shown inverted: exclude it (training and scoring), keep it as shown
+    # with a QA note, or invert it (noted too).
+    polarity_qa: str = "exclude"  # exclude | keep | invert
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,46 @@ class Config:
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+# A config is a few kB; a bound keeps a hostile file from costing memory before any check.
+MAX_CONFIG_BYTES = 1 << 20
+SHOW_CHARS = 120  # of a value quoted in an error message
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut: an error message must stay one readable line whatever the input."""
+    text = repr(value)
+    return text if len(text) <= SHOW_CHARS else f"{text[:SHOW_CHARS]}... ({len(text)} characters)"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader without aliases. ``*alias`` re-uses a node, and a few hundred bytes of
+    nested aliases expand to gigabytes once the values are walked or printed (a "billion
+    laughs" file); a config never needs them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"found alias *{_short(event.anchor)[1:-1]}: YAML aliases are not allowed "
+                            "in fibrosis configs (write the value out)", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _load_yaml(text: str, where: str) -> Any:
+    """Parse YAML text; any YAML problem becomes one ConfigError line naming ``where``."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 -- a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        raise ConfigError(f"{where}: invalid YAML: {at}{problem[:2 * SHOW_CHARS]}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: invalid YAML: {str(exc)[:2 * SHOW_CHARS]}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: invalid YAML: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{where}: invalid YAML value: {str(exc)[:2 * SHOW_CHARS]}") from None
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -181,34 +227,34 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {_short(value)}")
         return _build(tp, value, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_short(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+            raise ConfigError(f"{where}: expected {len(args)} values, got {_short(value)}")
         return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is float:
         # PyYAML (YAML 1.1) reads `1e-3` as a string; accept such plain numerals.
         if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
             value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {_short(value)}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {_short(value)}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+            raise ConfigError(f"{where}: expected true/false, got {_short(value)}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {_short(value)}")
         return value
     return value
 
@@ -219,7 +265,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(
-            f"{where or 'config'}: unknown key(s) {unknown}; allowed: {sorted(names)}"
+            f"{where or 'config'}: unknown key(s) {_short(unknown)}; allowed: {sorted(names)}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
@@ -235,7 +281,7 @@ def merge_dicts(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def parse_override(text: str) -> dict[str, Any]:
     """``train.batch_size=16`` -> {"train": {"batch_size": 16}} (value parsed as YAML)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY.PATH=VALUE")
+        raise ConfigError(f"override {_short(text)}: expected KEY.PATH=VALUE")
     key, raw = text.split("=", 1)
     node: dict[str, Any] = {}
     cur = node
@@ -243,7 +289,7 @@ def parse_override(text: str) -> dict[str, Any]:
     for p in parts[:-1]:
         cur[p] = {}
         cur = cur[p]
-    cur[parts[-1]] = yaml.safe_load(raw)
+    cur[parts[-1]] = _load_yaml(raw, f"override {_short(text)}")
     return node
 
 
@@ -251,6 +297,7 @@ def parse_override(text: str) -> dict[str, Any]:
 # typo fails in the first second rather than after hours of training.
 CHOICES: dict[str, tuple[Any, ...]] = {
     "ingest.cache_dtype": ("uint8", "uint16"),
+    "ingest.polarity_qa": ("exclude", "keep", "invert"),
     "train.preset": ("head-only", "partial", "full", "auto", None),
     "train.imbalance": ("pos_weight", "sampler", "none"),
     "evaluate.calibration": ("temperature", "platt", "isotonic", "none"),
@@ -261,29 +308,88 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 }
 
 
+# Range of every numeric key (list/stage entries share their key's range): checked when
+# the config is loaded, after finiteness, so a NaN fraction or a negative learning rate
+# fails at once instead of silently moving patients or training nothing.
+# tests/test_config_ranges.py checks that every numeric key has an entry.
+SEED = "[0, 4294967295]"  # what NumPy and torch accept
+RANGES: dict[str, str] = {
+    "ingest.image_size": "[16, 4096]", "ingest.workers": "[0, inf)", "ingest.shard_size": "[1, inf)",
+    "ingest.max_rows": "[1, 65535]", "ingest.max_cols": "[1, 65535]",  # (0028,0010/0011) are US
+    "ingest.min_side": "[0, inf)", "ingest.voi_percentiles": "[0, 100]",
+    "split.train": "[0, 1]", "split.val": "[0, 1]", "split.test": "[0, 1]", "split.calib": "[0, 1]",
+    "split.seed": SEED, "split.near_duplicate_hamming": "[0, 256]",  # bits of a 256-bit dHash
+    "model.input_size": "[16, 4096]", "model.dropout": "[0, 1)",
+    "train.stages.epochs": "[0, inf)", "train.stages.lr": "(0, inf)", "train.stages.warmup_epochs": "[0, inf)",
+    "train.stages.weight_decay": "[0, inf)", "train.stages.layer_decay": "(0, 1]",
+    "train.batch_size": "[1, inf)", "train.num_workers": "[0, inf)", "train.seed": SEED,
+    "train.augment.affine_degrees": "[0, 180]", "train.augment.affine_scale": "(0, inf)",
+    "train.augment.affine_translate": "[0, 1]", "train.augment.brightness_contrast": "[0, 1]",
+    "train.augment.gamma": "(0, inf)", "train.augment.noise_std": "[0, 1]", "train.augment.p": "[0, 1]",
+    "train.early_stopping_patience": "[0, inf)", "train.head_epochs": "[0, inf)", "train.head_lr": "(0, inf)",
+    "train.finetune_epochs": "[0, inf)", "train.finetune_lr": "(0, inf)",
+    "train.finetune_warmup_epochs": "[0, inf)", "train.layer_decay": "(0, 1]",
+    "train.auto_full_min_train": "[0, inf)", "train.val_batch_size": "[1, inf)",
+    "evaluate.bootstrap_resamples": "[0, inf)", "evaluate.ci_level": "(0, 1)", "evaluate.ece_bins": "[1, inf)",
+    "evaluate.target_sensitivities": "(0, 1]", "evaluate.deployment_prevalence": "(0, 1)",
+    "evaluate.min_subgroup_n": "[0, inf)", "evaluate.min_subgroup_positives": "[0, inf)",
+    "evaluate.seed": SEED, "evaluate.gradcam_per_kind": "[0, inf)",
+    "score.batch_size": "[1, inf)", "score.workers": "[0, inf)",
+}
+# (key of a pair, strict): the pair's first value must be < (strict) or <= its second.
+ORDERED: tuple[tuple[str, bool], ...] = (
+    ("ingest.voi_percentiles", True), ("train.augment.affine_scale", False), ("train.augment.gamma", False))
+
+
+def numeric_values(cfg: Any, prefix: str = "") -> Iterator[tuple[str, str, float]]:
+    """(key as written, RANGES key, value) for every int/float in a config tree: list items
+    get ``[i]`` in the written key; the RANGES key drops indices (``train.stages.lr``)."""
+    for f in dataclasses.fields(cfg):
+        yield from _numbers(getattr(cfg, f.name), f"{prefix}{f.name}", f"{prefix}{f.name}")
+
+
+def _numbers(value: Any, key: str, pattern: str) -> Iterator[tuple[str, str, float]]:
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            yield from _numbers(getattr(value, f.name), f"{key}.{f.name}", f"{pattern}.{f.name}")
+    elif isinstance(value, tuple):
+        for i, item in enumerate(value):
+            yield from _numbers(item, f"{key}[{i}]", pattern)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield key, pattern, value
+
+
+def _in_range(value: float, spec: str) -> bool:
+    lo, hi = (float(x) for x in spec[1:-1].split(","))
+    return ((lo < value) if spec[0] == "(" else (lo <= value)) and ((value < hi) if spec[-1] == ")" else (value <= hi))
+
+
 def validate(cfg: Config) -> Config:
     """Check enumerations and ranges; raise ConfigError naming the key, value and allowed set."""
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
+            raise ConfigError(f"{key}: {_short(value)} is not one of {list(allowed)}")
+    for key, pattern, value in numeric_values(cfg):
+        spec = RANGES.get(pattern, "(-inf, inf)")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: {value} is not a finite number; expected a number in {spec}")
+        if not _in_range(value, spec):
+            raise ConfigError(f"{key}: {value!r} must " + (
+                f"be {'>=' if spec[0] == '[' else '>'} {spec[1:].split(',')[0]}" if spec.endswith("inf)")
+                else f"lie in {spec}"))
+    for key, strict in ORDERED:
+        section, *rest = key.split(".")
+        node = getattr(cfg, section)
+        for name in rest:
+            node = getattr(node, name)
+        first, second = node
+        if first > second or (strict and first == second):
+            raise ConfigError(f"{key}: {list(node)}; expected first {'<' if strict else '<='} second")
     fractions = {k: getattr(cfg.split, k) for k in ("train", "val", "test", "calib")}
-    if any(v < 0 for v in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-6:
+    if abs(sum(fractions.values()) - 1.0) > 1e-6:
         raise ConfigError(f"split: fractions {fractions} must be >= 0 and sum to 1")
-    if not 0.0 < cfg.evaluate.ci_level < 1.0:
-        raise ConfigError(f"evaluate.ci_level: {cfg.evaluate.ci_level} must lie in (0, 1)")
-    for s in cfg.evaluate.target_sensitivities:
-        if not 0.0 < s <= 1.0:
-            raise ConfigError(f"evaluate.target_sensitivities: {s} must lie in (0, 1]")
-    prev = cfg.evaluate.deployment_prevalence
-    if prev is not None and not 0.0 < prev < 1.0:
-        raise ConfigError(f"evaluate.deployment_prevalence: {prev} must lie in (0, 1)")
-    for key in ("ingest.image_size", "model.input_size", "train.batch_size", "score.batch_size",
-                "ingest.shard_size", "evaluate.ece_bins"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) < 1:
-            raise ConfigError(f"{key}: {getattr(getattr(cfg, section), name)} must be >= 1")
     return cfg
 
 
@@ -298,7 +404,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size} bytes; expected a config of at most {MAX_CONFIG_BYTES} bytes")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); expected a YAML config") from None
+        loaded = _load_yaml(text, str(path)) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
         data = loaded

@@ -17,8 +17,10 @@ SHARED = REPO.parent / "shared"
 
 @pytest.fixture
 def small_cfg() -> IngestConfig:
-    """Tiny cache images and no size floor, so hand-sized arrays pass policy."""
-    return IngestConfig(image_size=64, min_side=1, shard_size=4)
+    """Tiny cache images and no size floor, so hand-sized arrays pass policy; ramps and
+    random arrays are not chests, so the polarity QA only notes them (tests of the QA
+    policy itself set it)."""
+    return IngestConfig(image_size=64, min_side=1, shard_size=4, polarity_qa="keep")
 
 
 @pytest.fixture

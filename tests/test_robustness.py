@@ -4,9 +4,11 @@ Expected outcome of every file, with the reason it is right:
 - human chest files decode lungs-dark / bone-bright;
 - the FAKE file is the SIIM image with its header rewritten to MONOCHROME1 (pixels
   unchanged). Obeying the header -- what a DICOM reader must do -- inverts it, so it
-  comes out lungs-bright; the reader flags it (qa:polarity-suspect) but never
-  second-guesses the header. Through ingest it is also a duplicate of the MONO2
-  original (same SOPInstanceUID);
+  comes out lungs-bright. The polarity QA (ingest.polarity_qa) then excludes it by
+  default, with the measured evidence; `keep` keeps it as the header says, noted
+  (qa:polarity-suspect), and `invert` turns it back (qa:polarity-inverted). Through
+  ingest the MONO2 original is then ingested, and with `keep` it is a duplicate of
+  the FAKE file instead (same SOPInstanceUID, and the FAKE file sorts first);
 - broken codestreams are errors naming the transfer syntax (the broken hip file is
   first excluded by policy: non-chest files are refused from the header, before any
   decode; with the policy relaxed it is an error like the other one);
@@ -37,8 +39,8 @@ EXCLUDED = {
     "CR_hip_MONO2_JPEGextended_12bit_lossy_fixed_nonchest.dcm": "BodyPartExamined='HIP'",
     "CR_extremity_MONO1_J2K_lossless_nonchest.dcm": "BodyPartExamined='EXTREMITY'",
     "CR_hand_MONO2_J2K_lossless_SOTinconsistent_nonchest.dcm": "BodyPartExamined='HAND'",
-    "CR_dentalpano_MONO1_JPEGlossless_ModalityLUTSeq_nonchest.dcm": "TEETH",
-    "DX_veterinary_thorax_lateral_MONO1_PLUTinverse.dcm": "CANINE",
+    "CR_dentalpano_MONO1_JPEGlossless_ModalityLUTSeq_nonchest.dcm": "excluded term 'TEETH'",
+    "DX_veterinary_thorax_lateral_MONO1_PLUTinverse.dcm": "contains excluded term 'CANINE'",
     "CR_cspine_MONO1_16x16_pydicom_wheel.dcm": "BodyPartExamined='CSPINE'",
     "OT_testpattern_VOILUTSeq.dcm": "Modality='OT'",
     "OT_testpattern_ModalityLUTSeq.dcm": "Modality='OT'",
@@ -68,12 +70,23 @@ def test_chest_files_lungs_dark_bone_bright(files, name):
     assert res.image.min() >= 0 and res.image.max() <= 1 and res.image.std() > 0.1
 
 
-def test_header_rewritten_to_monochrome1_is_inverted_and_flagged(files):
+def test_header_rewritten_to_monochrome1_is_excluded_by_the_polarity_qa(files):
+    with pytest.raises(InputError, match=r": polarity suspect \(mediastinum-lungs=-0\.\d+ < -0\.05.*"
+                                         r"PhotometricInterpretation='MONOCHROME1', inverted for MONOCHROME1") as exc:
+        load_image(files / FAKE, CFG)
+    assert exc.value.kind == "excluded"
+    assert CFG.polarity_qa == "exclude"  # the default
+
+
+def test_header_rewritten_to_monochrome1_kept_or_inverted_on_request(files):
     real = load_image(files / "CR_chest_MONO2_JPEGbaseline_8bit_SIIM.dcm", CFG)
-    fake = load_image(files / FAKE, CFG)
+    fake = load_image(files / FAKE, dataclasses.replace(CFG, polarity_qa="keep"))
     np.testing.assert_allclose(fake.image, 1 - real.image, atol=1e-6)
     assert "invert:MONOCHROME1" in fake.steps
-    assert any(s.startswith("qa:polarity-suspect") for s in fake.steps)
+    assert any(s.startswith("qa:polarity-suspect(mediastinum-lungs=-0.") for s in fake.steps)
+    back = load_image(files / FAKE, dataclasses.replace(CFG, polarity_qa="invert"))
+    np.testing.assert_allclose(back.image, real.image, atol=1e-5)
+    assert any(s.startswith("qa:polarity-inverted(mediastinum-lungs=-0.") for s in back.steps)
 
 
 def test_broken_codestreams_are_errors_naming_the_transfer_syntax(files):
@@ -111,15 +124,22 @@ def test_j2k_reduced_decode_on_a_real_chest(files, size):
     assert diff.mean() <= 0.005 and np.percentile(diff, 99) <= 0.04  # test_pixels.J2K_TOLERANCE
 
 
-def test_ingest_accounts_for_all_16_files(files, tmp_path):
-    summary = ingest([files], tmp_path / "c", CFG, workers=1, progress=False)
+@pytest.mark.parametrize("policy", ["exclude", "keep"])
+def test_ingest_accounts_for_all_16_files(files, tmp_path, policy):
+    cfg = dataclasses.replace(CFG, polarity_qa=policy)
+    summary = ingest([files], tmp_path / "c", cfg, workers=1, progress=False)
     rows = read_csv(tmp_path / "c" / "manifest.csv")
     rejects = {r["path"].rsplit("/", 1)[1]: r for r in read_csv(tmp_path / "c" / "rejects.csv")}
     names = sorted([r["path"].rsplit("/", 1)[1] for r in rows] + list(rejects))
     assert names == sorted(p.name for p in files.iterdir())
-    assert sorted(r["path"].rsplit("/", 1)[1] for r in rows) == sorted([FAKE] + CHEST_OK[:2] + CHEST_OK[3:])
-    assert rejects["CR_chest_MONO2_JPEGbaseline_8bit_SIIM.dcm"]["kind"] == "duplicate"
-    assert {n for n, r in rejects.items() if r["kind"] == "excluded"} == set(EXCLUDED)
+    # Exactly one of the SIIM pair is cached: the FAKE one only when its polarity is kept.
+    siim = "CR_chest_MONO2_JPEGbaseline_8bit_SIIM.dcm"
+    cached, dropped = (FAKE, siim) if policy == "keep" else (siim, FAKE)
+    assert sorted(r["path"].rsplit("/", 1)[1] for r in rows) == sorted([cached] + CHEST_OK[:2] + CHEST_OK[3:])
+    assert rejects[dropped]["kind"] == ("duplicate" if policy == "keep" else "excluded")
+    qa_excluded = {FAKE} if policy == "exclude" else set()
+    assert {n for n, r in rejects.items() if r["kind"] == "excluded"} == set(EXCLUDED) | qa_excluded
     assert {n for n, r in rejects.items() if r["kind"] == "error"} == set(ERRORS)
     assert all(r["reason"] for r in rejects.values())
     assert summary.exit_code == 0
+    assert (summary.qa_excluded, summary.qa_flagged) == ((1, 0) if policy == "exclude" else (0, 1))

@@ -112,7 +112,7 @@ def test_split_cache_end_to_end(tmp_path):
     make_dicom(d / "twin.dcm", twin.clip(0, 4095).astype(np.uint16), bits_stored=12, patient_id="OTHER-ID")
     labels = tmp_path / "labels.csv"
     labels.write_text("image,fibrosis\n" + "".join(f"p{i // 2}_{i % 2}.dcm,{int(i // 2 < 4)}\n" for i in range(24)))
-    cfg = IngestConfig(image_size=64, min_side=1, labels_csv=str(labels))
+    cfg = IngestConfig(image_size=64, min_side=1, labels_csv=str(labels), polarity_qa="keep")  # textures, not chests
     ingest([d], tmp_path / "c", cfg, workers=1, progress=False)
     summary = split_cache(tmp_path / "c", SplitConfig(train=0.5, val=0.25, test=0.25))
     rows = read_csv(tmp_path / "c" / "manifest.csv")
@@ -144,6 +144,7 @@ def test_placeholder_patient_id_is_flagged(tmp_path):
     for i in range(12):
         make_dicom(d / f"{i}.dcm", _texture(100 + i), bits_stored=12,
                    patient_id="ANONYMOUS" if i < 11 else "REAL")
-    ingest([d], tmp_path / "c", IngestConfig(image_size=32, min_side=1), workers=1, progress=False)
+    ingest([d], tmp_path / "c", IngestConfig(image_size=32, min_side=1, polarity_qa="keep"), workers=1,
+           progress=False)  # textures, not chests: the polarity QA does not apply
     summary = split_cache(tmp_path / "c", SplitConfig())
     assert any("placeholder" in w for w in summary.warnings)

@@ -6,6 +6,7 @@ and maps its outcome to an exit status. No pipeline logic lives here.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -17,6 +18,35 @@ from fibrosis.config import Config, ConfigError, load_config
 logger = logging.getLogger("fibrosis")
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+# OSErrors that mean "this path cannot be used as given" (a file where a folder is
+# expected, no permission, read-only): usage errors, one line. Others (disk full, I/O
+# errors) keep their traceback.
+PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.EEXIST,
+               errno.ENOENT, errno.ENAMETOOLONG, errno.ELOOP}
+MAX_MESSAGE_CHARS = 2000  # an error is read on a terminal; the log file gets the same line
+
+
+class UsageError(ValueError):
+    """A command-line path or option that cannot work, found before any work starts."""
+
+
+def _folder(path: Path, option: str, *, create: bool = False) -> Path:
+    """``path`` is (or, with ``create``, can become) a folder; else a UsageError naming ``option``."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path}: is a file; expected a folder")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{option} {path}: cannot create the folder ({exc.strerror or exc})") from None
+    return path
+
+
+def _file_out(path: Path, option: str) -> Path:
+    """``path`` can be written as a file: not an existing folder."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a folder; expected a file path (e.g. {path / 'scores.csv'})")
+    return path
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -39,6 +69,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.labels:
         args.set = [*(args.set or ()), f"ingest.labels_csv={args.labels}"]
     cfg = _config(args)
+    _folder(args.cache, "--cache", create=True)
     summary = ingest(args.inputs, args.cache, cfg.ingest, strict=args.strict,
                      workers=args.workers, progress=not args.no_progress)
     logger.info("%s", summary)
@@ -48,6 +79,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_split(args: argparse.Namespace) -> int:
     from fibrosis.data.split import split_cache
 
+    _folder(args.cache, "--cache")
     summary = split_cache(args.cache, _config(args).split, reassign=args.reassign)
     for name, counts in summary.counts.items():
         logger.info("%-6s %s", name, counts)
@@ -58,10 +90,20 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from fibrosis.model.net import WeightsError
     from fibrosis.train.loop import train
 
-    best = train(_config(args), args.cache, args.out, resume=args.resume,
-                 max_epochs=args.max_epochs, device=args.device)
+    cfg = _config(args)
+    _folder(args.cache, "--cache")
+    _folder(args.out, "--out", create=True)
+    try:
+        best = train(cfg, args.cache, args.out, resume=args.resume,
+                     max_epochs=args.max_epochs, device=args.device)
+    except WeightsError as exc:  # offline without the ImageNet file, or a bad model.weights
+        logger.error("%s", _one_line(exc))
+        if args.verbose:
+            logger.exception("details")
+        return EXIT_USAGE
     logger.info("best checkpoint: %s", best)
     return EXIT_OK
 
@@ -71,6 +113,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     # Without --config, the run's own resolved config is used and --set goes on top of it.
     cfg = _config(args) if args.config else None
+    _folder(args.run, "--run")
+    _folder(args.cache, "--cache")
     out = evaluate_run(args.run, args.cache, split=args.split, cfg=cfg,
                        overrides=() if args.config else (args.set or ()), frozen=args.frozen,
                        gradcam=not args.no_gradcam, device=args.device)
@@ -81,6 +125,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from fibrosis.report.build import write_report
 
+    if args.out is not None:
+        _folder(args.out, "--out")
     out = write_report(args.run, args.out, split=args.split)
     logger.info("report written to %s", out)
     return EXIT_OK
@@ -98,6 +144,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     from fibrosis.model.engine import EngineError
     from fibrosis.score.run import score
 
+    _file_out(args.out, "--out")
+    if args.salt_dir is not None:
+        _folder(args.salt_dir, "--salt-dir")
     try:
         summary = score(args.model, args.input, args.out, workers=args.workers,
                         batch_size=args.batch_size, gradcam_dir=args.gradcam,
@@ -113,6 +162,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from fibrosis.cli.demo import run_demo
 
+    _folder(args.work, "--work")
     return EXIT_OK if run_demo(args.work, quick=args.quick, data=args.data) else EXIT_FAIL
 
 
@@ -222,23 +272,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: bool, log_file: Path | None) -> None:
+def _setup_logging(verbose: bool, log_file: Path | None) -> str:
+    """Log to stderr (and ``log_file``); returns why the log file cannot be used, or ''."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    problem = ""
     if log_file:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(log_file))
+        except OSError as exc:
+            problem = (f"--log-file {log_file}: cannot write ({exc.strerror or exc}); "
+                       "expected a writable file path")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
+    return problem
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message, cut to MAX_MESSAGE_CHARS: a hostile input must not print megabytes."""
+    text = str(exc)
+    return text if len(text) <= MAX_MESSAGE_CHARS else (
+        f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS} more characters)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose, args.log_file)
+    problem = _setup_logging(args.verbose, args.log_file)
+    if problem:
+        logger.error("%s", problem)
+        return EXIT_USAGE
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         # Expected user errors: one clear line, no traceback (use -v for one).
-        logger.error("%s", exc)
+        logger.error("%s", _one_line(exc))
+        if args.verbose:
+            logger.exception("details")
+        return EXIT_USAGE
+    except OSError as exc:
+        if exc.errno not in PATH_ERRNOS:
+            raise
+        logger.error("%s", _one_line(exc))
         if args.verbose:
             logger.exception("details")
         return EXIT_USAGE

@@ -213,15 +213,28 @@ def check_header(ds: Dataset, meta: dict[str, Any], path: str | Path, cfg: Inges
     if not 1 <= stored <= bits:
         raise bad(f"(0028,0101) BitsStored={stored}; expected 1..BitsAllocated={bits}")
     if not UID(ts).is_compressed:
-        expected = rows * cols * bits // 8
+        expected = rows * cols * spp * bits // 8
         have = len(ds.PixelData) if ds.PixelData is not None else 0
         if have < expected:
             raise bad(f"truncated: (7FE0,0010) PixelData has {have} bytes; expected "
                       f"Rows*Columns*BitsAllocated/8 = {expected} (file is {data_len} bytes)")
+        # Longer is as wrong as shorter: the decoder would read the first Rows*Columns
+        # samples with the wrong row length (diagonal stripes) or a fraction of the image.
+        # The only extra byte DICOM allows pads an odd length to even.
+        if have not in (expected, expected + expected % 2):
+            raise bad(f"(7FE0,0010) PixelData has {have} bytes; expected exactly (0028,0010) Rows={rows} x "
+                      f"(0028,0011) Columns={cols} x (0028,0100) BitsAllocated={bits}/8 = {expected}"
+                      f"{' (+1 padding byte)' if expected % 2 else ''}: the header's dimensions do not "
+                      "describe the pixel data")
 
 
 def _terms(text: str, terms: set[str]) -> list[str]:
     return sorted(set(re.split(r"[^A-Z0-9]+", text.upper())) & terms)
+
+
+def _quote_terms(hit: list[str]) -> str:
+    """"'HAND'" / "'HAND', 'WRIST'": the configured terms found, nothing else of the value."""
+    return ", ".join(repr(t) for t in hit)
 
 
 def check_policy(ds: Dataset | None, meta: dict[str, Any], path: str | Path, cfg: IngestConfig) -> None:
@@ -243,7 +256,9 @@ def check_policy(ds: Dataset | None, meta: dict[str, Any], path: str | Path, cfg
                            f"allowed {list(cfg.allowed_body_parts)}")
         species = _text(ds, "PatientSpeciesDescription").upper()
         if species not in HUMAN_SPECIES:
-            reasons.append(f"(0010,2201) PatientSpeciesDescription={species!r}: not a human patient")
+            # Free text (LO), like the description tags below: never quoted.
+            reasons.append("(0010,2201) PatientSpeciesDescription is not a human patient; "
+                           f"allowed {sorted(HUMAN_SPECIES - {''})} or absent")
         terms = {t.upper() for t in cfg.excluded_description_terms}
         # View words in free text count only when ViewPosition is absent: a series
         # described "CHEST PA/LAT" may hold the PA image, and ViewPosition is per image.
@@ -252,14 +267,16 @@ def check_policy(ds: Dataset | None, meta: dict[str, Any], path: str | Path, cfg
         for kw, tag in CODE_SEQUENCES:
             for item in ds.get(kw) or []:
                 texts.append((f"{tag}>(0008,0104)", f"{kw} CodeMeaning", _text(item, "CodeMeaning")))
+        # These tags are free text that sites fill with names, MRNs and dates: a reason
+        # (rejects.csv, scores, logs) names the tag and the matched term, never the value.
         for tag, kw, text in texts:
             hit = _terms(text, terms)
             if hit:
-                reasons.append(f"{tag} {kw}={text!r} contains excluded term(s) {hit} "
-                               "(ingest.excluded_description_terms)")
+                reasons.append(f"{tag} {kw} contains excluded term{'s' * (len(hit) > 1)} "
+                               f"{_quote_terms(hit)} (ingest.excluded_description_terms)")
             hit = _terms(text, view_terms)
             if hit:
-                reasons.append(f"{tag} {kw}={text!r} names an excluded view {hit} "
+                reasons.append(f"{tag} {kw} names an excluded view {_quote_terms(hit)} "
                                "and (0018,5101) ViewPosition is absent")
     if meta["view_position"] in cfg.excluded_views:
         reasons.append(f"(0018,5101) ViewPosition={meta['view_position']!r} is an excluded view "

@@ -34,7 +34,7 @@ from fibrosis.config import IngestConfig, config_to_dict
 from fibrosis.data.discover import FOLDER_ERROR, discover_entries
 from fibrosis.data.identity import identity, patient_key, resolve_salt
 from fibrosis.data.labels import Labels, load_labels
-from fibrosis.data.pixels import preprocessing_signature
+from fibrosis.data.pixels import POLARITY_EXCLUDED, preprocessing_signature, qa_flags
 from fibrosis.data.workers import ordered_map, process_file
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ class IngestSummary:
     rejected: dict[str, int] = field(default_factory=lambda: {k: 0 for k in REJECT_KINDS})
     unlabeled: int = 0
     strict: bool = False
+    qa_excluded: int = 0  # of rejected["excluded"]: by the polarity QA (ingest.polarity_qa=exclude)
+    qa_flagged: int = 0  # ingested with a QA note (polarity_qa keep or invert)
 
     @property
     def status(self) -> str:
@@ -265,10 +267,12 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
                     rows.append(_manifest_row(res, identity(res["meta"], res["hash"], salt, counts), labels, counts))
                     images.append(res["image"])
                     summary.ingested += 1
+                    summary.qa_flagged += bool(qa_flags(res["steps"]))
             if res["status"] == "reject":
                 rejects.append({"path": path, "kind": res["kind"], "reason": res["reason"],
                                 "transfer_syntax": res["ts"]})
                 summary.rejected[res["kind"]] += 1
+                summary.qa_excluded += res["kind"] == "excluded" and res["reason"].startswith(POLARITY_EXCLUDED)
                 logger.debug("%s: %s: %s", path, res["kind"], res["reason"])
             if len(rows) >= cfg.shard_size or len(rejects) >= cfg.shard_size:
                 commit()
@@ -287,4 +291,9 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
     logger.info("ingest: %d inputs, %d ingested, %d skipped (%d relabelled), rejected %s; cache now "
                 "%d images, %d rejects", summary.inputs, summary.ingested, summary.skipped,
                 summary.relabelled, summary.rejected, n_rows, n_rejects)
+    if summary.qa_excluded or summary.qa_flagged:
+        # Not a debug-level detail: these images are left out of (or enter) training on a guess.
+        logger.warning("polarity QA (ingest.polarity_qa=%s): %d image(s) excluded as suspected inverted, "
+                       "%d ingested with a qa: note (manifest steps)", cfg.polarity_qa,
+                       summary.qa_excluded, summary.qa_flagged)
     return summary

@@ -121,7 +121,21 @@ def load_labels(path: str | Path, label_column: str) -> Labels:
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+        # DictReader keeps the last of two equal column names: one of two label columns
+        # would be dropped silently, so a repeated name is refused.
+        repeated = sorted({c for c in columns if c and columns.count(c) > 1})
+        if repeated:
+            raise LabelsError(f"{path}: column(s) {repeated} appear more than once in the header "
+                              f"{columns}; expected each column once")
+        rows = []
+        for r in reader:
+            # Fields beyond the header land under the key None: empty ones are a trailing
+            # comma (spreadsheet exports), anything else is a row that does not fit the header.
+            extra = r.pop(None, None) or []
+            if any(v.strip() for v in extra):
+                raise LabelsError(f"{path}:{reader.line_num}: {len(columns) + len(extra)} fields; the header "
+                                  f"has {len(columns)} ({columns}); expected at most one value per column")
+            rows.append({(k or "").strip(): (v or "").strip() for k, v in r.items()})
     keys = [c for c in ("sop_instance_uid", "image", "file", "study_instance_uid") if c in columns]
     if not keys:
         raise LabelsError(f"{path}: no key column; expected one of sop_instance_uid, image, file, "

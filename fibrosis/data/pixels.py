@@ -50,6 +50,15 @@ HISTOGRAM_PIXELS = 1 << 20  # distinct-value range above which a LUT would not p
 # it; below that it lies outside the stored values or is far too wide, and
 # applying it would give a blank or flat grey image.
 WINDOW_MIN_COVERAGE = 0.10
+# polarity_score below this marks a display image as suspected inverted (lungs bright).
+# Not 0: on 421 NIH ChestX-ray14 images + the 163 demo DICOMs (all displayed correctly
+# but one), 5 scored below 0 -- 4 correct films with heavy soft tissue (-0.113 .. -0.024)
+# and 1 truly inverted (-0.066); a MONOCHROME2 chest with its header rewritten to
+# MONOCHROME1 scores -0.297. The margin keeps the demo's lowest correct film (-0.029).
+POLARITY_SUSPECT_BELOW = -0.05
+# The reason of a file excluded by ingest.polarity_qa=exclude starts with this
+# (scores.csv: "excluded: polarity suspect (...)"); reports and scores count on it.
+POLARITY_EXCLUDED = "polarity suspect"
 
 
 @dataclass
@@ -61,10 +70,15 @@ class PixelResult:
 
 def preprocessing_signature(cfg: IngestConfig) -> dict[str, Any]:
     """Settings that change cached pixels; a cache refuses to mix two signatures."""
-    return {"pipeline_version": PIPELINE_VERSION, "image_size": cfg.image_size,
-            "voi_percentiles": list(cfg.voi_percentiles), "j2k_reduce": cfg.j2k_reduce,
-            "j2k_oversample": J2K_OVERSAMPLE,
-            "window_min_coverage": WINDOW_MIN_COVERAGE, "resize": "INTER_AREA down / INTER_LINEAR up"}
+    sig = {"pipeline_version": PIPELINE_VERSION, "image_size": cfg.image_size,
+           "voi_percentiles": list(cfg.voi_percentiles), "j2k_reduce": cfg.j2k_reduce,
+           "j2k_oversample": J2K_OVERSAMPLE,
+           "window_min_coverage": WINDOW_MIN_COVERAGE, "resize": "INTER_AREA down / INTER_LINEAR up"}
+    # exclude / invert change which images are cached, or their pixels; `keep` is what
+    # caches built before the setting existed did, so it leaves their signature as it was.
+    if cfg.polarity_qa != "keep":
+        sig.update(polarity_qa=cfg.polarity_qa, polarity_suspect_below=POLARITY_SUSPECT_BELOW)
+    return sig
 
 
 def load_image(path: str | Path, cfg: IngestConfig, hints: dict[str, Any] | None = None) -> PixelResult:
@@ -111,11 +125,11 @@ def load_bytes(data: bytes, path: str | Path, cfg: IngestConfig,
         check_header(ds, meta, path, cfg, len(data))
         check_policy(ds, meta, path, cfg)
         stored, steps = _decode_dicom(ds, ts, path, cfg)
-    modality = _modality(ds)
+    modality = _modality(ds, path, ts)
     invert, why = _inversion(ds, meta["photometric"])
     img, lut_steps = _display(stored, modality, _voi_spec(ds), invert, cfg, path, ts)
     steps += lut_steps + ([f"invert:{why}"] if invert else [])
-    return _finish(img, meta, steps, cfg)
+    return _finish(img, meta, steps, cfg, path, ts)
 
 
 # ---------------------------------------------------------------- decode
@@ -153,18 +167,26 @@ def _ts_name(ts: str) -> str:
 # ---------------------------------------------------------------- LUT stage
 
 
-def _modality(ds: Dataset):
-    """(function on an integer domain array -> modality values, step label)."""
+def _modality(ds: Dataset, path: str | Path, ts: str):
+    """(function on an integer domain array -> modality values, step label, the tags
+    that define it, for error messages)."""
     if "ModalityLUTSequence" in ds and ds.ModalityLUTSequence:
         # pydicom's LUT lookup needs integer input: the domain array is integer.
-        return (lambda dom: apply_modality_lut(dom, ds).astype(np.float64)), "modality:lut-sequence"
+        desc = list(ds.ModalityLUTSequence[0].get("LUTDescriptor") or [])
+        return ((lambda dom: apply_modality_lut(dom, ds).astype(np.float64)), "modality:lut-sequence",
+                f"(0028,3000) ModalityLUTSequence with (0028,3002) LUTDescriptor={desc}")
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
     if slope is not None or intercept is not None:
-        s = float(slope) if slope not in (None, "") else 1.0
-        b = float(intercept) if intercept not in (None, "") else 0.0
+        try:
+            s = float(slope) if slope not in (None, "") else 1.0
+            b = float(intercept) if intercept not in (None, "") else 0.0
+        except (TypeError, ValueError):
+            raise InputError(path, f"(0028,1053) RescaleSlope={slope!r}, (0028,1052) RescaleIntercept="
+                                   f"{intercept!r}; expected decimal numbers", ts, "error") from None
         if (s, b) != (1.0, 0.0):
-            return (lambda dom: dom * s + b), f"modality:rescale(slope={s:g},intercept={b:g})"
-    return (lambda dom: dom.astype(np.float64)), ""
+            return ((lambda dom: dom * s + b), f"modality:rescale(slope={s:g},intercept={b:g})",
+                    f"(0028,1053) RescaleSlope={s:g}, (0028,1052) RescaleIntercept={b:g}")
+    return (lambda dom: dom.astype(np.float64)), "", "stored values"
 
 
 def _voi_spec(ds: Dataset) -> tuple[Any, ...] | None:
@@ -224,11 +246,13 @@ def _display(stored: np.ndarray, modality, voi: tuple[Any, ...] | None, invert: 
     step = max(1, int((stored.size / HISTOGRAM_PIXELS) ** 0.5))
     counts = np.bincount(offset[::step, ::step].ravel(), minlength=hi - lo + 1)
     domain = np.arange(lo, hi + 1, dtype=np.int64)
-    mod_fn, mod_step = modality
+    mod_fn, mod_step, mod_tags = modality
     dom_typed = domain.astype(stored.dtype) if stored.dtype.itemsize <= 2 else domain
-    values = mod_fn(dom_typed)
+    with np.errstate(over="ignore", invalid="ignore"):  # judged just below, with the tag named
+        values = mod_fn(dom_typed)
     steps = [mod_step] if mod_step else []
     present = counts > 0
+    _check_modality_values(values, counts, lo, mod_tags, path, ts)
     p_lo, p_hi = _weighted_percentiles(values[present], counts[present], cfg.voi_percentiles)
     if p_hi <= p_lo:  # mostly one value (e.g. a large flat background): use the full range
         p_lo, p_hi = float(values[present].min()), float(values[present].max())
@@ -243,7 +267,11 @@ def _display(stored: np.ndarray, modality, voi: tuple[Any, ...] | None, invert: 
         # bit depth of LUT Data (e.g. 16 declared, 12 used).
         span = full.max() - full.min()
         lut = (out - full.min()) / span if span > 0 else None
-        if lut is not None:
+        if lut is not None and np.ptp(lut[present]) <= 0:
+            # Like a window outside the data: the LUT maps every stored value to one grey.
+            steps.append(f"voi:lut-sequence({n} entries) maps all data to one value")
+            lut = None
+        elif lut is not None:
             steps.append(f"voi:lut-sequence({n} entries)")
     elif voi is not None:
         _, center, width, func = voi
@@ -263,7 +291,34 @@ def _display(stored: np.ndarray, modality, voi: tuple[Any, ...] | None, invert: 
                      f"=[{p_lo:g},{p_hi:g}]")
     if invert:
         lut = 1.0 - lut
+    shown = lut[present]
+    # The Modality values passed _check_modality_values; a VOI stage can still map them all
+    # to one grey (e.g. a VOI LUT whose entries all lie below the data). A NaN would be
+    # cast to 0 in the cache and a constant image trains as a blank one: refuse both.
+    finite = bool(np.isfinite(shown).all())
+    if not finite or shown.max() <= shown.min():
+        raise InputError(path, f"display image is {'constant' if finite else 'not finite'} after "
+                               f"{' -> '.join(steps)}; expected a finite, non-constant image",
+                         ts, "error")
     return np.take(lut.astype(np.float32), offset), steps
+
+
+def _check_modality_values(values: np.ndarray, counts: np.ndarray, lo: int, tags: str,
+                           path: str | Path, ts: str) -> None:
+    """Refuse a Modality LUT that yields NaN/inf or one value for every stored value:
+    either would become an all-zero or blank cache image that trains and scores silently."""
+    present = np.flatnonzero(counts)
+    got = values[present]
+    bad = ~np.isfinite(got)
+    if bad.any():
+        first = int(present[np.argmax(bad)])
+        raise InputError(path, f"{tags} gives {values[first]:g} for stored value {lo + first} "
+                               f"({int(bad.sum())} of {len(got)} distinct stored values non-finite); "
+                               "expected finite modality values", ts, "error")
+    if got.max() == got.min():
+        raise InputError(path, f"{tags} maps every stored value ({lo + int(present[0])}.."
+                               f"{lo + int(present[-1])}) to {got[0]:g}: a constant image; expected "
+                               "distinct modality values", ts, "error")
 
 
 # ---------------------------------------------------------------- raster exports, resize
@@ -301,9 +356,9 @@ def _load_raster(data: bytes, path: str | Path, fmt: str, cfg: IngestConfig,
         arr = colour[..., 0]
     if arr.dtype.kind not in "ui":
         raise InputError(path, f"{fmt.upper()} sample type {arr.dtype}; expected integers", ts)
-    img, steps = _display(np.ascontiguousarray(arr), (lambda d: d.astype(np.float64), ""), None,
-                          False, cfg, path, ts)
-    return _finish(img, meta, [f"decode:{fmt} mode {im.mode}"] + steps, cfg)
+    img, steps = _display(np.ascontiguousarray(arr), (lambda d: d.astype(np.float64), "", "stored values"),
+                          None, False, cfg, path, ts)
+    return _finish(img, meta, [f"decode:{fmt} mode {im.mode}"] + steps, cfg, path, ts)
 
 
 def _apply_hints(meta: dict[str, Any], hints: dict[str, Any]) -> None:
@@ -352,10 +407,11 @@ def fit_square(img: np.ndarray, size: int) -> tuple[np.ndarray, str]:
 def polarity_score(img: np.ndarray) -> float:
     """Mean of the central (mediastinum/spine) column minus the mean of two lung-field boxes.
 
-    Positive for a frontal chest shown lungs-dark / bone-bright. A negative value
-    is a *suspicion*, not proof (rotated or off-centre films score low too), so it
-    is recorded as a ``qa:`` note and never changes or excludes the image. It
-    catches headers that lie about MONOCHROME1/2 and exports stored inverted.
+    Positive for a frontal chest shown lungs-dark / bone-bright. A clearly negative
+    value (below POLARITY_SUSPECT_BELOW) is a *suspicion*, not proof (rotated,
+    off-centre or heavy soft-tissue films score low too); what happens to such an
+    image is ``ingest.polarity_qa``. It catches headers that lie about MONOCHROME1/2
+    and exports stored inverted.
     """
     h, w = img.shape
     rows = slice(int(0.30 * h), int(0.65 * h))
@@ -363,9 +419,35 @@ def polarity_score(img: np.ndarray) -> float:
     return float(img[rows, int(0.45 * w):int(0.55 * w)].mean() - lungs)
 
 
-def _finish(img: np.ndarray, meta: dict[str, Any], steps: list[str], cfg: IngestConfig) -> PixelResult:
+def _finish(img: np.ndarray, meta: dict[str, Any], steps: list[str], cfg: IngestConfig,
+            path: str | Path, ts: str) -> PixelResult:
     out, step = fit_square(img, cfg.image_size)
     nh, nw, top, left = _geometry(*img.shape, cfg.image_size)
-    score = polarity_score(out[top:top + nh, left:left + nw])
-    qa = [f"qa:polarity-suspect(mediastinum-lungs={score:.3f})"] if score < 0 else []
+    content = out[top:top + nh, left:left + nw]  # a view: the padding stays 0 whatever happens
+    score = polarity_score(content)
+    qa: list[str] = []
+    if score < POLARITY_SUSPECT_BELOW:
+        evidence = f"mediastinum-lungs={score:.3f}"
+        inverted = [s.split(":", 1)[1] for s in steps if s.startswith("invert:")]
+        shown = f"inverted for {inverted[0]}" if inverted else "shown as stored"
+        if cfg.polarity_qa == "exclude":
+            # An image shown inverted would train and score as a different picture.
+            raise InputError(path, f"{POLARITY_EXCLUDED} ({evidence} < {POLARITY_SUSPECT_BELOW:g}: the "
+                                   "mediastinum is darker than the lung fields, as in an image shown "
+                                   f"inverted; header (0028,0004) PhotometricInterpretation="
+                                   f"{meta['photometric']!r}, {shown}; ingest.polarity_qa=exclude, "
+                                   "keep or invert to use it)", ts, "excluded")
+        if cfg.polarity_qa == "invert":
+            # Resizing is linear, so inverting after it equals inverting before it.
+            content[...] = 1.0 - content
+            qa = [f"qa:polarity-inverted({evidence})"]
+        else:
+            qa = [f"qa:polarity-suspect({evidence})"]
     return PixelResult(image=out, meta=meta, steps=steps + qa + [step])
+
+
+def qa_flags(steps: list[str] | str) -> str:
+    """'polarity-suspect' / 'polarity-inverted' (';'-joined) from a result's ``qa:`` steps
+    (a list, or the manifest's '|'-joined string); '' when there are none."""
+    items = steps.split("|") if isinstance(steps, str) else steps
+    return ";".join(s[3:].split("(", 1)[0] for s in items if s.startswith("qa:"))

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fibrosis.data.cache import manifest_hash
-
-from fibrosis.io import file_sha256, package_versions, read_csv
 from fibrosis.config import Config
+from fibrosis.data.cache import manifest_hash
+from fibrosis.data.pixels import POLARITY_EXCLUDED, qa_flags
+from fibrosis.io import file_sha256, package_versions, read_csv
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +56,13 @@ def data_summary(cache: str | Path, rows: Sequence[dict[str, str]], cfg: Config)
     if (cache / "cache.json").is_file():
         meta = json.loads((cache / "cache.json").read_text())
     rejects = read_csv(cache / "rejects.csv") if (cache / "rejects.csv").is_file() else []
-    reasons = Counter((r.get("kind") or "rejected", scrub_reason(r.get("reason", ""), r.get("path", "")))
-                      for r in rejects)
+    # Polarity exclusions carry each image's measured score: one group, not one row each.
+    is_qa = [r.get("kind") == "excluded" and r.get("reason", "").startswith(POLARITY_EXCLUDED) for r in rejects]
+    reasons = Counter((r.get("kind") or "rejected",
+                       f"{POLARITY_EXCLUDED}: looks inverted (ingest.polarity_qa=exclude)" if qa
+                       else scrub_reason(r.get("reason", ""), r.get("path", "")))
+                      for r, qa in zip(rejects, is_qa))
+    flagged = Counter(f for r in rows for f in qa_flags(r.get("steps", "")).split(";") if f)
     s = cfg.split
     n_pos = sum(str(r.get("label", "")).strip() in ("1", "1.0") for r in rows)
     source = cfg.evaluate.data_source or meta.get("source") or meta.get("description")
@@ -73,6 +78,10 @@ def data_summary(cache: str | Path, rows: Sequence[dict[str, str]], cfg: Config)
                          + f"; near-duplicates (dHash distance <= {s.near_duplicate_hamming}) kept together"),
         "exclusions": [{"kind": k, "reason": r, "count": c} for (k, r), c in reasons.most_common()],
         "n_excluded": len(rejects),
+        # Images left out, or let in with a note, on the pixel QA's suspicion of inverted display.
+        "qa": {"polarity_qa": (meta.get("ingest_config") or {}).get("polarity_qa")
+               or "keep (cache built before ingest.polarity_qa existed)",
+               "n_excluded": sum(is_qa), "n_flagged": dict(sorted(flagged.items()))},
         "manifest_sha256": manifest_hash(cache) if (cache / "manifest.csv").is_file() else None,
         "cache": {k: meta.get(k) for k in ("image_size", "dtype") if k in meta},
     }

@@ -3,6 +3,7 @@ from fibrosis._exports import lazy
 
 _EXPORTS = {
     "build_model": "fibrosis.model.net",
+    "WeightsError": "fibrosis.model.net",
     "build_model_from_config": "fibrosis.model.net",
     "FibrosisNet": "fibrosis.model.net",
     "load_model": "fibrosis.model.checkpoint",

@@ -87,6 +87,15 @@ def headline(m: dict[str, Any]) -> str:
     return text
 
 
+def _qa_line(qa: dict[str, Any] | None) -> str:
+    """The polarity QA of the cache in one line: policy, exclusions, images kept with a note."""
+    if not qa:
+        return "not recorded"
+    noted = ", ".join(f"{n} {flag}" for flag, n in qa.get("n_flagged", {}).items()) or "none"
+    return (f"ingest.polarity_qa={qa['polarity_qa']}: {qa['n_excluded']} input(s) excluded as suspected "
+            f"inverted display; images in the cache with a QA note: {noted}")
+
+
 def _data_blocks(m: dict[str, Any]) -> list[Block]:
     d = m["data"]
     rows = [[name, s["n"], s["n_patients"], s["n_pos"], pct(s["prevalence"])]
@@ -97,6 +106,7 @@ def _data_blocks(m: dict[str, Any]) -> list[Block]:
                                  ("Split method", d.get("split_method", "not recorded")),
                                  ("Reported split", f"{m['split']} (calibration and thresholds fitted on "
                                                     f"{m['fit_split']} only)"),
+                                 ("Polarity QA", _qa_line(d.get("qa"))),
                                  ("Manifest sha256", d.get("manifest_sha256") or "n/a")]},
         {"type": "table", "caption": "Images per split", "header": ["split", "images", "patients", "fibrosis",
                                                                    "prevalence"], "rows": rows},

@@ -124,12 +124,19 @@ def render_pdf(html_text: str, path: str | Path, *, page_banner: str | None = No
     ``page_banner`` is repeated in red at the top of every page (e.g. "NOT ImageNet-pretrained").
     Written to a temporary name and renamed, so a failed render leaves no partial file.
     """
+    from PIL import ImageFile
+
+    truncated_ok = ImageFile.LOAD_TRUNCATED_IMAGES
     try:
         import weasyprint
     except OSError as exc:  # the Python package is installed, the system library is not
         raise RuntimeError(f"{path}: cannot render the PDF: WeasyPrint needs the system's Pango "
                            f"(Debian: apt-get install libpango-1.0-0 libpangoft2-1.0-0): {exc}") from None
-
+    finally:
+        # Importing WeasyPrint sets Pillow's process-wide LOAD_TRUNCATED_IMAGES; left on, a
+        # truncated PNG or JPEG 2000 scored later in this process would decode as a partial
+        # image instead of an error (the demo scores right after its report).
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated_ok
     css = ""
     if page_banner:
         css += ("@page{@top-center{content:\"%s\";color:#b00020;font-weight:700;font-size:10px}}"

@@ -23,8 +23,10 @@ from fibrosis.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
+# qa: ';'-joined QA findings of the pixel function (fibrosis.data.pixels.qa_flags), e.g.
+# polarity-suspect (kept as shown, or excluded: see status) or polarity-inverted.
 COLUMNS: tuple[str, ...] = (
-    "path", "status", "sop_uid", "series_uid", "study_uid", "patient_key", "view_position",
+    "path", "status", "qa", "sop_uid", "series_uid", "study_uid", "patient_key", "view_position",
     "logit", "probability", "decision", "threshold_name", "threshold", "model_id", "engine",
     "content_hash",
 )

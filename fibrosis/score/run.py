@@ -37,6 +37,7 @@ from fibrosis.io import file_sha256
 from fibrosis.config import IngestConfig, ScoreConfig, config_from_dict
 from fibrosis.data.dataset import normalise, resize
 from fibrosis.data.identity import identity, resolve_salt
+from fibrosis.data.pixels import POLARITY_EXCLUDED, qa_flags
 
 logger = logging.getLogger(__name__)
 
@@ -228,9 +229,12 @@ class Scorer:
             row.update(status="ok", patient_key=identity(meta, res["hash"], self.salt),
                        **{k: meta.get(k, "") for k in ("sop_uid", "series_uid", "study_uid", "view_position")})
             meta.pop("_patient_id", None)
+            row["qa"] = qa_flags(res.get("steps", []))
             self.xs.append(res["x"])
         else:  # kind is "error" or "excluded"; one line per file, whatever the reason text holds
             row["status"] = f"{res['kind']}: " + " ".join(str(res["reason"]).split())
+            if res["kind"] == "excluded" and str(res["reason"]).startswith(POLARITY_EXCLUDED):
+                row["qa"] = "polarity-suspect"
         self.counts[row["status"].split(":")[0]] += 1
         self.rows.append(row)
         if len(self.xs) >= self.batch_size or len(self.rows) >= 4 * self.batch_size:

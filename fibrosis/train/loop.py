@@ -127,6 +127,9 @@ def cache_ingest_config(cfg: Config, cache_dir: Path) -> Config:
                        "given to train, and scoring will apply it; make sure it is the one "
                        "that built the cache", meta_path)
         return cfg
+    # A cache built before ingest.polarity_qa existed kept suspected inversions: say so,
+    # or scoring would apply today's default (exclude) to what training saw kept.
+    recorded = {"polarity_qa": "keep", **recorded}
     merged = config_from_dict({**config_to_dict(cfg), "ingest": recorded})
     if merged.ingest != cfg.ingest:
         diff = [k for k, v in config_to_dict(merged.ingest).items()

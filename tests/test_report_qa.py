@@ -1,0 +1,35 @@
+"""The report's data section counts images the polarity QA excluded or noted."""
+from __future__ import annotations
+
+import json
+
+from fibrosis.io import read_csv, write_csv
+from fibrosis.config import Config
+from fibrosis.report.build import _data_blocks
+from fibrosis.evaluate.summary import data_summary
+from fibrosis.data.synthetic import make_synthetic_cache
+
+
+def test_data_section_counts_polarity_exclusions_and_notes(tmp_path):
+    cache = make_synthetic_cache(tmp_path / "cache", n=12, size=32)
+    meta = json.loads((cache / "cache.json").read_text())
+    (cache / "cache.json").write_text(json.dumps({**meta, "ingest_config": {"polarity_qa": "exclude"}}))
+    reason = "polarity suspect (mediastinum-lungs={:.3f} < -0.05: the mediastinum is darker ...)"
+    write_csv(cache / "rejects.csv", [
+        {"path": f"/in/p{i}.dcm", "kind": "excluded", "reason": reason.format(-0.1 - i / 100)} for i in range(3)]
+        + [{"path": "/in/lat.dcm", "kind": "excluded", "reason": "(0018,5101) ViewPosition='LL' is an excluded view"}],
+        ("path", "kind", "reason", "transfer_syntax"))
+    rows = read_csv(cache / "manifest.csv")
+    rows[0]["steps"] = "decode:x|qa:polarity-suspect(mediastinum-lungs=-0.200)|resize:none"
+    rows[1]["steps"] = "decode:x|qa:polarity-inverted(mediastinum-lungs=-0.300)|resize:none"
+    d = data_summary(cache, rows, Config())
+    assert d["qa"] == {"polarity_qa": "exclude", "n_excluded": 3,
+                       "n_flagged": {"polarity-inverted": 1, "polarity-suspect": 1}}
+    # one exclusion group for the three polarity rejects, not one row per measured score
+    assert [(e["reason"], e["count"]) for e in d["exclusions"]] == [
+        ("polarity suspect: looks inverted (ingest.polarity_qa=exclude)", 3),
+        ("(0018,5101) ViewPosition='LL' is an excluded view", 1)]
+    blocks = _data_blocks({"data": d, "split": "test", "fit_split": "val"})
+    items = dict(blocks[1]["items"])
+    assert items["Polarity QA"] == ("ingest.polarity_qa=exclude: 3 input(s) excluded as suspected inverted display; "
+                                    "images in the cache with a QA note: 1 polarity-inverted, 1 polarity-suspect")
