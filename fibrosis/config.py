@@ -15,7 +15,7 @@ import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -24,10 +24,24 @@ class ConfigError(ValueError):
     """A config file or override is invalid (unknown key, wrong type, bad value)."""
 
 
+# Every enumerated setting's allowed values, declared once. The modules that act on them
+# (calibration, schedule, engine, score output, cache) and the CLI's `choices` derive their
+# sets from these with typing.get_args; validate() checks every Literal field in one place.
+CacheDtype = Literal["uint8", "uint16"]
+PolarityQA = Literal["exclude", "keep", "invert"]
+Preset = Literal["head-only", "partial", "full", "auto"]
+Imbalance = Literal["pos_weight", "sampler", "none"]
+CalibrationMethod = Literal["temperature", "platt", "isotonic", "none"]
+EceStrategy = Literal["uniform", "quantile"]
+FitSplit = Literal["auto", "val", "calib"]
+StudyAggregate = Literal["max", "mean"]
+EngineName = Literal["auto", "eager", "channels_last", "bf16", "onnx"]
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     image_size: int = 512  # side of the square cache image (aspect kept, padded)
-    cache_dtype: str = "uint8"  # uint8 | uint16
+    cache_dtype: CacheDtype = "uint8"  # uint8 | uint16
     workers: int = 0  # 0 = one per CPU core
     shard_size: int = 64  # images per cache shard (also the commit unit for resume)
     max_rows: int = 16384  # refuse before decoding: absurd dimensions
@@ -51,7 +65,7 @@ class IngestConfig:
     # An image whose mediastinum is darker than its lungs (pixels.POLARITY_SUSPECT_BELOW)
     # is probably shown inverted: exclude it (training and scoring), keep it as shown
     # with a QA note, or invert it (noted too).
-    polarity_qa: str = "exclude"  # exclude | keep | invert
+    polarity_qa: PolarityQA = "exclude"  # exclude | keep | invert
 
 
 @dataclass(frozen=True)
@@ -101,12 +115,12 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    preset: str | None = "partial"  # head-only | partial | full | auto | None (use `stages`)
+    preset: Preset | None = "partial"  # head-only | partial | full | auto | None (use `stages`)
     stages: tuple[StageConfig, ...] = ()
     batch_size: int = 32
     num_workers: int = 2
     seed: int = 0
-    imbalance: str = "pos_weight"  # pos_weight | sampler | none
+    imbalance: Imbalance = "pos_weight"  # pos_weight | sampler | none
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     early_stopping_patience: int = 5  # epochs without val-AUC gain (0 = off)
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
@@ -134,15 +148,15 @@ class EvaluateConfig:
     ece_bins: int = 10
     # platt (default): a*logit + b. Class weighting (pos_weight, sampler) shifts the
     # logit by about log(pos_weight); temperature scaling (logit / T) cannot undo a shift.
-    calibration: str = "platt"  # platt | temperature | isotonic | none
+    calibration: CalibrationMethod = "platt"  # platt | temperature | isotonic | none
     target_sensitivities: tuple[float, ...] = (0.90, 0.95)
     deployment_prevalence: float | None = None
     subgroups: tuple[str, ...] = ("sex", "age_band", "view_position", "manufacturer")
     min_subgroup_n: int = 30
     min_subgroup_positives: int = 5
     seed: int = 0
-    ece_strategy: str = "uniform"  # uniform (equal-width bins) | quantile (equal-count bins)
-    fit_split: str = "auto"  # split that fits calibration + thresholds: auto (calib if any, else val) | val | calib
+    ece_strategy: EceStrategy = "uniform"  # uniform (equal-width bins) | quantile (equal-count bins)
+    fit_split: FitSplit = "auto"  # split that fits calibration + thresholds: auto (calib if any, else val) | val | calib
     gradcam_per_kind: int = 2  # Grad-CAM panels per kind (most confident TP, FP, FN); 0 = none
     data_source: str | None = None  # one line for the report header, e.g. "NIH ChestX-ray14 sample"
 
@@ -151,11 +165,11 @@ class EvaluateConfig:
 class ScoreConfig:
     batch_size: int = 32
     workers: int = 0  # 0 = one per CPU core
-    study_aggregate: str = "max"  # max | mean
+    study_aggregate: StudyAggregate = "max"  # max | mean
     gradcam: bool = False
     # auto | eager | channels_last | bf16 | onnx (see fibrosis.model.engine; auto = first of a
     # fixed per-device order that agrees with eager fp32 within fibrosis.model.engine.TOLERANCES)
-    engine: str = "auto"
+    engine: EngineName = "auto"
 
 
 @dataclass(frozen=True)
@@ -252,7 +266,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {_short(value)}")
         return value
-    if tp is str:
+    if tp is str or origin is Literal:  # membership of a Literal: validate(), for every config
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {_short(value)}")
         return value
@@ -293,21 +307,6 @@ def parse_override(text: str) -> dict[str, Any]:
     return node
 
 
-# Allowed values of the enumerated keys: checked when the config is loaded, so a
-# typo fails in the first second rather than after hours of training.
-CHOICES: dict[str, tuple[Any, ...]] = {
-    "ingest.cache_dtype": ("uint8", "uint16"),
-    "ingest.polarity_qa": ("exclude", "keep", "invert"),
-    "train.preset": ("head-only", "partial", "full", "auto", None),
-    "train.imbalance": ("pos_weight", "sampler", "none"),
-    "evaluate.calibration": ("temperature", "platt", "isotonic", "none"),
-    "evaluate.ece_strategy": ("uniform", "quantile"),
-    "evaluate.fit_split": ("auto", "val", "calib"),
-    "score.study_aggregate": ("max", "mean"),
-    "score.engine": ("auto", "eager", "channels_last", "bf16", "onnx"),
-}
-
-
 # Range of every numeric key (list/stage entries share their key's range): checked when
 # the config is loaded, after finiteness, so a NaN fraction or a negative learning rate
 # fails at once instead of silently moving patients or training nothing.
@@ -341,6 +340,33 @@ ORDERED: tuple[tuple[str, bool], ...] = (
     ("ingest.voi_percentiles", True), ("train.augment.affine_scale", False), ("train.augment.gamma", False))
 
 
+def literal_values(cfg: Any, prefix: str = "") -> Iterator[tuple[str, Any, tuple[Any, ...]]]:
+    """(key, value, allowed values) for every Literal-typed field of a config tree."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, tp, key = getattr(cfg, f.name), hints[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from literal_values(value, key + ".")
+        elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+            for i, item in enumerate(value):
+                yield from literal_values(item, f"{key}[{i}].")
+        else:
+            allowed = _literal_args(tp)
+            if allowed:
+                yield key, value, allowed
+
+
+def _literal_args(tp: Any) -> tuple[Any, ...]:
+    """Allowed values of ``Literal[...]`` or ``Literal[...] | None`` (None included); else ()."""
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [_literal_args(a) for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) == 1 and inner[0]:
+            return inner[0] + ((None,) if type(None) in typing.get_args(tp) else ())
+    return ()
+
+
 def numeric_values(cfg: Any, prefix: str = "") -> Iterator[tuple[str, str, float]]:
     """(key as written, RANGES key, value) for every int/float in a config tree: list items
     get ``[i]`` in the written key; the RANGES key drops indices (``train.stages.lr``)."""
@@ -366,9 +392,7 @@ def _in_range(value: float, spec: str) -> bool:
 
 def validate(cfg: Config) -> Config:
     """Check enumerations and ranges; raise ConfigError naming the key, value and allowed set."""
-    for key, allowed in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+    for key, value, allowed in literal_values(cfg):
         if value not in allowed:
             raise ConfigError(f"{key}: {_short(value)} is not one of {list(allowed)}")
     for key, pattern, value in numeric_values(cfg):

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from fibrosis.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
+from fibrosis.config import Config, ConfigError, config_from_dict, config_to_dict, literal_values, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -15,7 +15,8 @@ def test_default_yaml_documents_exactly_the_defaults():
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
-    assert isinstance(load_config(path), Config)
+    cfg = load_config(path)  # validates every key, type, range and enumerated value
+    assert config_from_dict(config_to_dict(cfg)) == cfg
 
 
 def test_unknown_key_names_key_and_allowed_set(tmp_path):
@@ -76,3 +77,16 @@ def test_scientific_notation_floats_are_numbers(tmp_path):
     assert cfg.train.head_lr == 0.001 and cfg.train.stages[0].lr == 0.0005
     with pytest.raises(ConfigError, match="expected a number, got 'fast'"):
         load_config(None, ["train.head_lr=fast"])
+
+
+@pytest.mark.parametrize("key,allowed", [(k, a) for k, _, a in literal_values(Config())])
+def test_every_enumerated_key_refuses_a_value_outside_its_set(key, allowed):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"{key}=not-a-choice"])
+    assert str(err.value) == f"{key}: 'not-a-choice' is not one of {list(allowed)}"
+
+
+def test_enumerated_keys_are_the_literal_fields():
+    assert {k for k, _, _ in literal_values(Config())} == {
+        "ingest.cache_dtype", "ingest.polarity_qa", "train.preset", "train.imbalance", "evaluate.calibration",
+        "evaluate.ece_strategy", "evaluate.fit_split", "score.study_aggregate", "score.engine"}

@@ -10,10 +10,10 @@ import errno
 import logging
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, get_args
 
 from fibrosis import __version__
-from fibrosis.config import Config, ConfigError, load_config
+from fibrosis.config import Config, ConfigError, EngineName, StudyAggregate, load_config
 
 logger = logging.getLogger("fibrosis")
 
@@ -249,9 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-image scores CSV; per-study aggregate goes to <out>.studies.csv")
     p.add_argument("--workers", type=int, default=None, help="decode worker processes")
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--aggregate", choices=["max", "mean"], default=None,
+    p.add_argument("--aggregate", choices=get_args(StudyAggregate), default=None,
                    help="per-study aggregate over frontal images (default from checkpoint config)")
-    p.add_argument("--engine", choices=["auto", "eager", "channels_last", "bf16", "onnx"],
+    p.add_argument("--engine", choices=get_args(EngineName),
                    default=None, help="inference engine (default from the checkpoint config: auto, "
                                       "the first that agrees with eager fp32)")
     p.add_argument("--salt-dir", type=Path, default=None,

@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import logging
 import math
+import typing
 import warnings
 from typing import Any
 
 import numpy as np
 from scipy import sparse, stats
 
+from fibrosis.config import EceStrategy
 from fibrosis.numeric import MetricWarning, check_binary, fit_logistic
 
 logger = logging.getLogger(__name__)
 
-ECE_STRATEGIES = ("uniform", "quantile")
+ECE_STRATEGIES = typing.get_args(EceStrategy)
 _EPS = 1e-12
 
 

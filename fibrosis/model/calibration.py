@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import logging
 import math
+import typing
 import warnings
 from typing import Any, ClassVar
 
 import numpy as np
 from scipy import optimize
 
+from fibrosis.config import CalibrationMethod
 from fibrosis.numeric import MetricWarning, check_binary, fit_logistic, sigmoid
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("temperature", "platt", "isotonic", "none")
+METHODS = typing.get_args(CalibrationMethod)
 FORMAT = 1
 
 

@@ -25,6 +25,7 @@ import copy
 import io
 import logging
 import os
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -33,9 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from fibrosis.config import EngineName
+
 logger = logging.getLogger(__name__)
 
-ENGINES = ("eager", "channels_last", "bf16", "onnx")
+ENGINES = tuple(e for e in typing.get_args(EngineName) if e != "auto")  # concrete engines
 
 
 class EngineError(RuntimeError):

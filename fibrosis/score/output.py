@@ -15,10 +15,12 @@ import io
 import logging
 import os
 import re
+import typing
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from fibrosis.config import StudyAggregate
 from fibrosis.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ STUDY_COLUMNS: tuple[str, ...] = (
     "study_uid", "patient_key", "n_images", "n_ok", "aggregate", "probability", "decision",
     "threshold_name", "threshold", "model_id",
 )
-AGGREGATES = ("max", "mean")
+AGGREGATES = typing.get_args(StudyAggregate)
 # Frontal = PA or AP; "" when the file does not say (PNG/JPEG exports, ViewPosition
 # absent): lateral views never reach "ok" because ingestion policy excludes them.
 FRONTAL_VIEWS = frozenset({"PA", "AP", ""})

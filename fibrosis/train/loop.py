@@ -42,7 +42,6 @@ from fibrosis.model.inference import autocast, extract_features, predict_rows, s
 
 logger = logging.getLogger(__name__)
 
-IMBALANCE = ("pos_weight", "sampler", "none")
 # Settings that may change between a run and its resume without changing the result.
 RUNTIME_KEYS = {"num_workers", "compile", "mlflow_uri", "val_batch_size"}
 
@@ -209,8 +208,6 @@ def train(cfg: Config, cache_dir: str | Path, out_dir: str | Path, *, resume: bo
     ``max_epochs``: stop after that many epochs in this invocation (time-boxed jobs);
     ``--resume`` continues. ``device="cpu"`` forces the CPU.
     """
-    if cfg.train.imbalance not in IMBALANCE:
-        raise ValueError(f"train.imbalance={cfg.train.imbalance!r}; allowed: {list(IMBALANCE)}")
     d = distributed.setup(device)
     out_dir = Path(out_dir)
     handler = None

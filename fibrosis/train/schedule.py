@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import typing
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -17,13 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from fibrosis.config import StageConfig, TrainConfig
+from fibrosis.config import Preset, StageConfig, TrainConfig
 from fibrosis.model.arch import ARCHS, arch_spec
 from fibrosis.model.net import FibrosisNet
 
 logger = logging.getLogger(__name__)
 
-PRESETS = ("head-only", "partial", "full", "auto")
+PRESETS = typing.get_args(Preset)
 
 
 # `partial`'s "last blocks" per architecture: a view of the registry (fibrosis.model.arch).
