@@ -222,6 +222,7 @@ def test_checksums_cover_and_match_every_file():
     assert sum((DEMO / rel).stat().st_size for rel in present) < 8_000_000
 
 
+@pytest.mark.slow
 def test_demo_files_go_through_the_pipeline_reader(train, expected):
     """fibrosis.data.pixels.load_image (what ingest and scoring use) must display every demo file
     as the pydicom reference does, and turn both bad score files into per-file errors."""
@@ -281,6 +282,7 @@ def test_pixels_and_metadata_match_the_nih_source(train, score_ok, labels):
             assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.9999, name
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 @needs_shared
 def test_regeneration_is_byte_identical(tmp_path):

@@ -70,6 +70,7 @@ def test_torch_engines_within_tolerance(net, batch, name):
         assert agree.max_abs_logit > 0
 
 
+@pytest.mark.slow
 def test_onnx_export_cached_and_agrees(net, batch, tmp_path):
     pytest.importorskip("onnxruntime")
     path = tmp_path / "m.abc.onnx"
@@ -101,6 +102,7 @@ class _Off(E.Engine):
         return self.inner(x) + np.float32(0.1)
 
 
+@pytest.mark.slow
 def test_disagreeing_engine_refused_explicitly_and_skipped_by_auto(net, batch, monkeypatch):
     real = E.make_engine
     monkeypatch.setattr(E, "make_engine", lambda model, name, **kw: _Off(model) if name == "channels_last"

@@ -10,7 +10,7 @@ import pytest
 from asah_data import MARKERS, Y  # pROC aSAH reference data (tests/asah_data.py)
 from fibrosis.model.calibration import calibrator_from_dict
 from fibrosis.evaluate.compare import compare_predictions, compare_runs
-from fibrosis.config import EvaluateConfig
+from fibrosis.config import ConfigError, EvaluateConfig, load_config
 from fibrosis.evaluate.run import Predictions, age_band, evaluate_predictions, evaluate_run, resolve_fit_split
 from fibrosis.io import write_json
 
@@ -117,8 +117,9 @@ def test_fit_split_resolution():
     rows = [{"split": "train"}, {"split": "val"}, {"split": "test"}]
     assert resolve_fit_split(rows, "auto") == "val"
     assert resolve_fit_split(rows + [{"split": "calib"}], "auto") == "calib"
-    with pytest.raises(ValueError, match="fit_split='test'; allowed"):
-        resolve_fit_split(rows, "test")
+    assert resolve_fit_split(rows, "val") == "val"
+    with pytest.raises(ConfigError, match=r"evaluate.fit_split: 'test' is not one of \['auto', 'val', 'calib'\]"):
+        load_config(None, ["evaluate.fit_split=test"])  # refused at load, before any evaluation
 
 
 # ------------------------------------------------------------------ compare
@@ -309,6 +310,7 @@ def test_resplit_after_training_is_refused(tmp_path):
     assert "calibration" not in __import__("fibrosis.model.checkpoint").model.checkpoint.load_checkpoint(run / "best.pt")
 
 
+@pytest.mark.slow
 def test_old_checkpoint_manifest_change_is_a_recorded_warning(tmp_path):
     from fibrosis.report.build import build_blocks
 
@@ -329,6 +331,7 @@ def test_evaluated_split_must_be_held_out(tmp_path, split, match):
         evaluate_run(run, cache, split, gradcam=False, device="cpu")
 
 
+@pytest.mark.slow
 def test_overrides_go_on_top_of_the_checkpoint_config(tmp_path):
     run, cache = _tiny_run(tmp_path, evaluate={"calibration": "platt", "target_sensitivities": [0.8]})
     m = json.loads(evaluate_run(run, cache, "test", overrides=["evaluate.deployment_prevalence=0.015"],
@@ -340,6 +343,7 @@ def test_overrides_go_on_top_of_the_checkpoint_config(tmp_path):
         evaluate_run(run, cache, "test", overrides=["train.batch_size=8"], gradcam=False, device="cpu")
 
 
+@pytest.mark.slow
 def test_frozen_external_validation_leaves_the_checkpoint_untouched(tmp_path):
     import hashlib
 

@@ -138,6 +138,7 @@ def test_missing_evaluation_is_a_clear_error(tmp_path):
         write_report(tmp_path / "nothing", tmp_path / "out")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium not installed")
 def test_html_renders_in_headless_chromium(report, tmp_path):
     shot = tmp_path / "shot.png"

@@ -138,6 +138,7 @@ def test_mean_aggregate_and_ok_run(ckpt, inputs, tmp_path, locked):
     assert study["aggregate"] == "mean" and float(study["probability"]) == pytest.approx(np.mean(probs), abs=2e-6)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_is_byte_identical(ckpt, inputs, tmp_path, locked):
     full = tmp_path / "full.csv"
     run(ckpt, inputs, full)
@@ -321,6 +322,7 @@ def test_demo_score_folder_matches_its_expected_statuses(tmp_path, monkeypatch):
     assert len(studies) == 10 and sum(int(s["n_images"]) for s in studies) == 13
 
 
+@pytest.mark.slow
 def test_outputs_inside_the_input_folder_are_not_scored(ckpt, inputs, tmp_path, monkeypatch):
     monkeypatch.delenv("FIBROSIS_SALT", raising=False)
     folder = tmp_path / "in"

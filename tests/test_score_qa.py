@@ -48,6 +48,7 @@ def test_inverted_export_is_excluded_with_evidence_and_qa_column(tmp_path, input
     assert rows["ok.dcm"]["status"] == "ok" and rows["ok.dcm"]["qa"] == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy, flag", [("keep", "polarity-suspect"), ("invert", "polarity-inverted")])
 def test_keep_and_invert_score_the_image_and_say_so(tmp_path, inputs, policy, flag):
     rows = _score(tmp_path, inputs, policy)
@@ -56,6 +57,7 @@ def test_keep_and_invert_score_the_image_and_say_so(tmp_path, inputs, policy, fl
     assert rows["ok.dcm"]["qa"] == ""
 
 
+@pytest.mark.slow
 def test_free_text_tags_never_reach_scores(tmp_path, inputs, caplog):
     caplog.set_level(logging.DEBUG)
     rows = _score(tmp_path, inputs, "exclude")
