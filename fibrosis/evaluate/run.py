@@ -292,6 +292,30 @@ def resolve_fit_split(rows: Sequence[dict[str, str]], requested: str) -> str:
     return requested  # "val" or "calib": the config's Literal was checked when it was loaded
 
 
+@dataclasses.dataclass
+class _Job:
+    """What one evaluation works on, after every check has passed."""
+    run: Path
+    cache: Path
+    split: str
+    frozen: bool
+    ckpt_path: Path
+    ckpt: dict[str, Any]
+    model: Any
+    device: Any
+    cfg: Config
+    all_rows: list[dict[str, str]]
+    idx: list[int]
+    fit_split: str | None
+    stored: Any  # frozen mode: the calibration and thresholds stored in the checkpoint
+    loud: list[str]  # warnings that qualify every number (first in the report)
+
+    @property
+    def out(self) -> Path:
+        return self.run / "eval" / (f"frozen-{self.cache.resolve().name}-{self.split}" if self.frozen
+                                    else self.split)
+
+
 def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
                  cfg: Config | None = None, *, overrides: Sequence[str] = (), frozen: bool = False,
                  gradcam: bool = True, device: str | None = None) -> Path:
@@ -312,25 +336,44 @@ def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
     Either way, the evaluated split (and the fit split) is checked against the train/val
     patient keys and image hashes the checkpoint recorded: any overlap is an error.
     """
+    job = _prepare(Path(run), Path(cache), split, cfg, overrides, frozen, device)
+    result, cal, threshold, cases, test = _measure(job)
+    _describe(job, result)
+    job.out.mkdir(parents=True, exist_ok=True)
+    panels = _gradcam(job, test, cal, threshold, result["warnings"]) \
+        if gradcam and job.cfg.evaluate.gradcam_per_kind > 0 else None
+    if panels is not None:
+        result["gradcam"] = panels
+    write_json(job.out / "metrics.json", result)
+    write_csv(job.out / "predictions.csv", cases, tuple(cases[0]))
+    d = result["discrimination"]
+    logger.info("%s AUC %.3f (DeLong %.3f-%.3f; bootstrap %.3f-%.3f); %s", split, d["auc"],
+                *(d["delong"]["ci"] or [float("nan")] * 2), *(d["bootstrap"]["ci"] or [float("nan")] * 2),
+                f"checkpoint left unchanged (frozen) -> {job.out}" if frozen
+                else f"calibration + thresholds stored in {job.ckpt_path}")
+    return job.out / "metrics.json"
+
+
+def _prepare(run: Path, cache: Path, split: str, cfg: Config | None, overrides: Sequence[str],
+             frozen: bool, device: str | None) -> _Job:
+    """Load the checkpoint once (it serves checks, predictions and Grad-CAM), resolve the
+    config and the fit split, and refuse any split that overlaps training."""
     import torch
 
-    from fibrosis.data.cache import CacheReader, manifest_hash
-    from fibrosis.model.checkpoint import load_model, update_checkpoint
+    from fibrosis.data.cache import manifest_hash
     from fibrosis.evaluate.checks import (check_evaluated_split, check_split_isolation, manifest_warning,
-                                  resolve_config)
-    from fibrosis.model.inference import predict_rows, split_rows
-    from fibrosis.evaluate.summary import data_summary, run_summary
+                                          resolve_config)
+    from fibrosis.model.checkpoint import load_model
+    from fibrosis.model.inference import split_rows
 
-    run, cache = Path(run), Path(cache)
     ckpt_path = run / "best.pt"
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, ckpt = load_model(ckpt_path, dev)  # one load serves the checks, predictions and Grad-CAM
+    model, ckpt = load_model(ckpt_path, dev)
     cfg = resolve_config(ckpt.get("config") or {}, cfg, overrides)
-    ecfg = cfg.evaluate
     all_rows, idx = split_rows(cache, split)
     stored = (stored_operating_points(ckpt.get("calibration"), ckpt.get("threshold"), str(ckpt_path))
               if frozen else None)
-    fit_split = None if frozen else resolve_fit_split(all_rows, ecfg.fit_split)
+    fit_split = None if frozen else resolve_fit_split(all_rows, cfg.evaluate.fit_split)
     check_evaluated_split(split, fit_split, frozen, stored.split if stored else None)
     if not idx:
         raise ValueError(f"{cache}/manifest.csv: no rows with split={split!r}")
@@ -344,48 +387,58 @@ def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
         if text:
             logger.warning("%s: %s", ckpt_path, text)
             loud.append(text)
+    return _Job(run, cache, split, frozen, ckpt_path, ckpt, model, dev, cfg, all_rows, idx, fit_split,
+                stored, loud)
 
-    reader = CacheReader(cache, all_rows)
+
+def _measure(job: _Job) -> tuple[dict[str, Any], Calibrator, dict[str, Any], list[dict[str, Any]], Predictions]:
+    """Predict, then measure: with the stored calibration (frozen), or fitting it and the
+    thresholds on the fit split and storing them in the checkpoint."""
+    from fibrosis.data.cache import CacheReader
+    from fibrosis.model.checkpoint import update_checkpoint
+    from fibrosis.model.inference import predict_rows
+
+    reader = CacheReader(job.cache, job.all_rows)
 
     def predictions(ix: list[int], name: str) -> Predictions:
-        return Predictions.from_rows([all_rows[i] for i in ix], predict_rows(model, reader, ix, 64, dev), name)
+        rows = [job.all_rows[i] for i in ix]
+        return Predictions.from_rows(rows, predict_rows(job.model, reader, ix, 64, job.device), name)
 
-    test = predictions(idx, split)
-    if frozen:
+    test = predictions(job.idx, job.split)
+    if job.frozen:
         logger.info("evaluating %s on %r of %s with the stored (frozen) calibration and thresholds",
-                    run, split, cache)
-        result, cal, threshold, cases = measure(stored, test, ecfg, WarningLog())
-    else:
-        logger.info("evaluating %s: fit calibration + thresholds on %r, report on %r", run, fit_split, split)
-        fit_idx = [i for i, r in enumerate(all_rows) if r.get("split") == fit_split]
-        if not fit_idx:
-            raise ValueError(f"{cache}/manifest.csv: no rows with split={fit_split!r}")
-        result, cal, threshold, cases = evaluate_predictions(predictions(fit_idx, fit_split), test, ecfg)
-        # Store calibration + thresholds now, so the checkpoint hash in the report is the
-        # hash of the file `fibrosis score` will read (it was taken before the rewrite).
-        update_checkpoint(ckpt_path, calibration=cal.to_dict(), threshold=threshold)
-    result["warnings"][:0] = loud  # first: they qualify every number below
-    result["run"] = run_summary(run, ckpt)
-    result["data"].update(data_summary(cache, all_rows, cfg))
-    if split == ALL:
+                    job.run, job.split, job.cache)
+        return (*measure(job.stored, test, job.cfg.evaluate, WarningLog()), test)
+    logger.info("evaluating %s: fit calibration + thresholds on %r, report on %r", job.run, job.fit_split, job.split)
+    fit_idx = [i for i, r in enumerate(job.all_rows) if r.get("split") == job.fit_split]
+    if not fit_idx:
+        raise ValueError(f"{job.cache}/manifest.csv: no rows with split={job.fit_split!r}")
+    result, cal, threshold, cases = evaluate_predictions(predictions(fit_idx, job.fit_split), test, job.cfg.evaluate)
+    # Store calibration + thresholds now, so the checkpoint hash in the report is the
+    # hash of the file `fibrosis score` will read (it was taken before the rewrite).
+    update_checkpoint(job.ckpt_path, calibration=cal.to_dict(), threshold=threshold)
+    return result, cal, threshold, cases, test
+
+
+def _describe(job: _Job, result: dict[str, Any]) -> None:
+    """The run and data sections of metrics.json; the loud warnings go first."""
+    from fibrosis.evaluate.summary import data_summary, run_summary
+
+    result["warnings"][:0] = job.loud  # first: they qualify every number below
+    result["run"] = run_summary(job.run, job.ckpt)
+    result["data"].update(data_summary(job.cache, job.all_rows, job.cfg))
+    if job.split == ALL:
         result["data"]["split_method"] = "none: every row of the cache evaluated (external validation)"
 
-    out = run / "eval" / (f"frozen-{cache.resolve().name}-{split}" if frozen else split)
-    out.mkdir(parents=True, exist_ok=True)
-    if gradcam and ecfg.gradcam_per_kind > 0:
-        from fibrosis.model.cam import gradcam_panels
 
-        try:
-            result["gradcam"] = gradcam_panels(model, cache, test, cal.predict(test.logits),
-                                               threshold["value"], out, per_kind=ecfg.gradcam_per_kind)
-        except Exception as exc:  # a figure must not sink the numbers; say so in the report
-            logger.exception("Grad-CAM failed")
-            result["warnings"].append(f"Grad-CAM panels not produced: {type(exc).__name__}: {exc}")
-    write_json(out / "metrics.json", result)
-    write_csv(out / "predictions.csv", cases, tuple(cases[0]))
-    d = result["discrimination"]
-    logger.info("%s AUC %.3f (DeLong %.3f-%.3f; bootstrap %.3f-%.3f); %s", split, d["auc"],
-                *(d["delong"]["ci"] or [float("nan")] * 2), *(d["bootstrap"]["ci"] or [float("nan")] * 2),
-                f"checkpoint left unchanged (frozen) -> {out}" if frozen
-                else f"calibration + thresholds stored in {ckpt_path}")
-    return out / "metrics.json"
+def _gradcam(job: _Job, test: Predictions, cal: Calibrator, threshold: dict[str, Any],
+             warnings_out: list[str]) -> dict[str, Any] | None:
+    from fibrosis.model.cam import gradcam_panels
+
+    try:
+        return gradcam_panels(job.model, job.cache, test, cal.predict(test.logits), threshold["value"],
+                              job.out, per_kind=job.cfg.evaluate.gradcam_per_kind)
+    except Exception as exc:  # a figure must not sink the numbers; say so in the report
+        logger.exception("Grad-CAM failed")
+        warnings_out.append(f"Grad-CAM panels not produced: {type(exc).__name__}: {exc}")
+        return None
