@@ -222,8 +222,86 @@ def train(cfg: Config, cache_dir: str | Path, out_dir: str | Path, *, resume: bo
         distributed.teardown(d)
 
 
+@dataclass
+class _Run:
+    """Everything one training invocation works with, set up once by :func:`_open`."""
+    cfg: Config
+    d: distributed.Dist
+    out_dir: Path
+    reader: CacheReader
+    train_idx: list[int]
+    val_idx: list[int]
+    train_y: list[float]
+    val_y: torch.Tensor
+    model: FibrosisNet
+    stages: list[StageConfig]
+    loss_fn: nn.Module
+    train_ds: Dataset
+    base: dict[str, Any]  # checkpoint fields fixed for the run
+    state: RunState
+    ckpt: dict[str, Any] | None  # the checkpoint resumed from, if any
+    tracker: Any
+    max_epochs: int | None
+    ran: int = 0  # epochs run in this invocation
+    pending_rng: Any = None  # RNG state to restore right before the next epoch (resume)
+
+    @property
+    def last(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    def out_of_epochs(self) -> bool:
+        return self.max_epochs is not None and self.ran >= self.max_epochs
+
+
+@dataclass
+class _Stage:
+    """One stage, set up: what trains, on what, with which optimizer."""
+    index: int
+    config: StageConfig
+    step_model: nn.Module  # maps a batch to (B, 1) logits: the model, or the head on cached features
+    ds: Dataset
+    opt: torch.optim.Optimizer
+    sched: Any
+    cached: bool
+    val_feats: torch.Tensor | None
+    n_params: int
+
+
 def _train(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs: int | None,
            d: distributed.Dist) -> Path:
+    run = _open(cfg, cache_dir, out_dir, resume, max_epochs, d)
+    state = run.state
+    for s in range(state.stage, len(run.stages)):
+        if run.out_of_epochs():
+            break
+        stage = _setup_stage(run, s)
+        for e in range(state.epoch_in_stage, stage.config.epochs):
+            if run.out_of_epochs():
+                break
+            if _run_epoch(run, stage, e):  # early stop
+                break
+        _check_in_sync(run.model, d)
+        if not state.stage_done and state.epoch_in_stage < stage.config.epochs:  # max_epochs reached
+            break
+        state.stage, state.epoch_in_stage, state.stage_done, state.bad_epochs = s + 1, 0, False, 0
+    if max_epochs is not None and state.stage < len(run.stages):
+        logger.info("stopping after %d epoch(s) as asked; continue with --resume", run.ran)
+        return run.best
+    logger.info("done: best val AUC %.4f at epoch %d -> %s", state.best_val_auc, state.best_epoch, run.best)
+    if run.tracker is not None:
+        run.tracker.log_artifact(run.best)
+        run.tracker.close()
+    return run.best
+
+
+def _open(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs: int | None,
+          d: distributed.Dist) -> _Run:
+    """Seed, read the splits, build the model and its stages, restore a resumed run, and
+    fix what every checkpoint of this run records."""
     from monai.utils import set_determinism
 
     tcfg = cfg.train
@@ -242,18 +320,7 @@ def _train(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs
                                         f"{list(s.unfreeze) or 'none (head only)'}" for s in stages))
     if not model.pretrained:
         logger.warning("the backbone is NOT pretrained (weights source: %s)", model.weights_info["source"])
-    last, best = out_dir / "last.pt", out_dir / "best.pt"
-    state, ckpt = RunState(), None
-    if resume:
-        ckpt = load_checkpoint(last)  # FileNotFoundError names the missing file
-        _check_resume(ckpt, cfg, mhash, last, d.world)
-        model.load_state_dict(ckpt["model"])
-        state = RunState(**ckpt["run"])
-        logger.info("resuming %s at stage %d, %d epoch(s) done in it (%d overall)", last,
-                    state.stage, state.epoch_in_stage, state.epochs_done)
-    elif last.exists():
-        raise FileExistsError(f"{last}: a run already exists in {out_dir}; pass --resume to "
-                              f"continue it or choose a new output directory")
+    state, ckpt = _restore(model, cfg, mhash, out_dir, resume, d)
     if d.is_main:
         runlog.write_config(out_dir, config_to_dict(cfg), {"preset": why, "manifest_sha256": mhash})
     tracker = None
@@ -278,111 +345,132 @@ def _train(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs
             "manifest_hash": mhash, "world_size": d.world,
             "split_keys": {"train": split_keys(reader, train_idx), "val": split_keys(reader, val_idx)},
             "versions": package_versions()}
-    ran = 0
+    run = _Run(cfg, d, out_dir, reader, train_idx, val_idx, train_y, val_y, model, stages, loss_fn,
+               train_ds, base, state, ckpt, tracker, max_epochs)
     if state.stage_done:  # stopped right after a stage ended: the next one starts fresh
         state.stage, state.epoch_in_stage, state.stage_done, state.bad_epochs = state.stage + 1, 0, False, 0
-    pending_rng = None
     if ckpt is not None:
         per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
-        pending_rng = per_rank[d.rank] if d.rank < len(per_rank) else ckpt["rng"]
+        run.pending_rng = per_rank[d.rank] if d.rank < len(per_rank) else ckpt["rng"]
         if state.epoch_in_stage == 0:  # at a stage boundary: the saved state precedes its setup
-            set_rng_state(pending_rng)
-            pending_rng = None
-    for s in range(state.stage, len(stages)):
-        if max_epochs is not None and ran >= max_epochs:
-            break
-        stage: StageConfig = stages[s]
-        trainable = freeze(model, stage.unfreeze)
-        cached = tcfg.cache_features and backbone_frozen(model)
-        n_train_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        logger.info("stage %d/%d %r: %d trainable tensors (%d parameters)%s", s + 1, len(stages),
-                    stage.name, len(trainable), n_train_params,
-                    "; backbone frozen: features computed once, no augmentation in this stage"
-                    if cached else "")
-        train_feats = val_feats = None
-        if cached:
-            t0 = time.perf_counter()
-            train_feats = _features(model, reader, train_idx, cfg, d)
-            val_feats = _features(model, reader, val_idx, cfg, d)
-            logger.info("features of %d+%d images in %.1f s", len(train_idx), len(val_idx),
-                        time.perf_counter() - t0)
-            ds: Dataset = TensorDataset(train_feats, torch.tensor(train_y))
-            step_model: nn.Module = model.head  # the head alone: DDP wraps it on cached features
-        else:
-            ds, step_model = train_ds, model
-        n_steps = steps_per_epoch(len(train_idx), tcfg.batch_size, d.world)
-        opt, sched = make_optimizer(model, stage, n_steps)
-        if ckpt is not None and s == ckpt["run"]["stage"] and state.epoch_in_stage > 0:
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-        if d.world > 1:
-            step_model = DDP(step_model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-        if tcfg.compile:
-            step_model = torch.compile(step_model)
-        if pending_rng is not None:
-            set_rng_state(pending_rng)
-            pending_rng = None
-        for e in range(state.epoch_in_stage, stage.epochs):
-            if max_epochs is not None and ran >= max_epochs:
-                break
-            t0 = time.perf_counter()
-            model.train()
-            loader = make_loader(ds, train_y, cfg, d, state.epochs_done,
-                                 num_workers=0 if cached else None)
-            loss, n_seen = train_epoch(step_model, loader, opt, sched, loss_fn, d.device,
-                                       amp=tcfg.amp, channels_last=tcfg.channels_last,
-                                       desc=f"{stage.name} {e + 1}/{stage.epochs}", show=d.is_main)
-            train_s = time.perf_counter() - t0
-            auc, val_loss = _validate(model, reader, val_idx, val_y, val_feats, loss_fn, cfg, d)
-            loss = float(np.mean(distributed.gather_object(d, loss)))
-            improved = auc > state.best_val_auc
-            if improved:
-                state.best_val_auc, state.best_epoch, state.bad_epochs = auc, state.epochs_done, 0
-            else:
-                state.bad_epochs += 1
-            row = {"epoch": state.epochs_done, "stage": s, "stage_name": stage.name,
-                   "epoch_in_stage": e, "lr": opt.param_groups[0]["lr"], "train_loss": loss,
-                   "val_loss": val_loss, "val_auc": auc, "best_val_auc": state.best_val_auc,
-                   "improved": improved, "n_trainable": n_train_params, "cached_features": cached,
-                   "seconds": round(time.perf_counter() - t0, 3),
-                   "train_images_per_s": round(n_seen * d.world / max(train_s, 1e-9), 1)}
-            state.history.append(row)
-            state.epochs_done += 1
-            ran += 1
-            state.epoch_in_stage = e + 1
-            patience = tcfg.early_stopping_patience
-            stop = patience > 0 and state.bad_epochs >= patience
-            state.stage_done = stop or e + 1 == stage.epochs
-            logger.info("epoch %d [%s %d/%d] loss %.4f val_loss %.4f val_auc %.4f (best %.4f @%d) "
-                        "%.1f s, %.0f img/s%s", row["epoch"], stage.name, e + 1, stage.epochs, loss,
-                        val_loss, auc, state.best_val_auc, state.best_epoch, row["seconds"],
-                        row["train_images_per_s"], " *" if improved else "")
-            rngs = distributed.gather_object(d, rng_state())
-            if d.is_main:
-                payload = {**base, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                           "scheduler": sched.state_dict(), "stage": s, "stage_name": stage.name,
-                           "epoch": state.epochs_done, "run": dataclasses.asdict(state),
-                           "rng": rngs[0], "rng_per_rank": rngs,
-                           "best_val_auc": state.best_val_auc, "best_epoch": state.best_epoch}
-                save_checkpoint(last, payload)
-                if improved:
-                    save_checkpoint(best, payload)
-                runlog.write_metrics(out_dir, state.history)
-                if tracker is not None:
-                    tracker.log_epoch(row)
-            distributed.barrier(d)
-            if stop:
-                logger.info("early stop of stage %r: no val-AUC gain for %d epoch(s)", stage.name, patience)
-                break
-        _check_in_sync(model, d)
-        if not state.stage_done and state.epoch_in_stage < stage.epochs:  # max_epochs reached
-            break
-        state.stage, state.epoch_in_stage, state.stage_done, state.bad_epochs = s + 1, 0, False, 0
-    if max_epochs is not None and state.stage < len(stages):
-        logger.info("stopping after %d epoch(s) as asked; continue with --resume", ran)
-        return best
-    logger.info("done: best val AUC %.4f at epoch %d -> %s", state.best_val_auc, state.best_epoch, best)
-    if tracker is not None:
-        tracker.log_artifact(best)
-        tracker.close()
-    return best
+            set_rng_state(run.pending_rng)
+            run.pending_rng = None
+    return run
+
+
+def _restore(model: FibrosisNet, cfg: Config, mhash: str, out_dir: Path, resume: bool,
+             d: distributed.Dist) -> tuple[RunState, dict[str, Any] | None]:
+    """The weights and position of the run being resumed; a fresh state otherwise (and a
+    refusal to overwrite an existing run without --resume)."""
+    last = out_dir / "last.pt"
+    if not resume:
+        if last.exists():
+            raise FileExistsError(f"{last}: a run already exists in {out_dir}; pass --resume to "
+                                  f"continue it or choose a new output directory")
+        return RunState(), None
+    ckpt = load_checkpoint(last)  # FileNotFoundError names the missing file
+    _check_resume(ckpt, cfg, mhash, last, d.world)
+    model.load_state_dict(ckpt["model"])
+    state = RunState(**ckpt["run"])
+    logger.info("resuming %s at stage %d, %d epoch(s) done in it (%d overall)", last,
+                state.stage, state.epoch_in_stage, state.epochs_done)
+    return state, ckpt
+
+
+def _setup_stage(run: _Run, s: int) -> _Stage:
+    """Freeze all but the stage's groups; on a frozen backbone, compute the features once
+    and train the head on them; build (or restore) the stage's optimizer and schedule."""
+    cfg, d, model, state = run.cfg, run.d, run.model, run.state
+    stage: StageConfig = run.stages[s]
+    trainable = freeze(model, stage.unfreeze)
+    cached = cfg.train.cache_features and backbone_frozen(model)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("stage %d/%d %r: %d trainable tensors (%d parameters)%s", s + 1, len(run.stages),
+                stage.name, len(trainable), n_params,
+                "; backbone frozen: features computed once, no augmentation in this stage"
+                if cached else "")
+    val_feats = None
+    if cached:
+        t0 = time.perf_counter()
+        train_feats = _features(model, run.reader, run.train_idx, cfg, d)
+        val_feats = _features(model, run.reader, run.val_idx, cfg, d)
+        logger.info("features of %d+%d images in %.1f s", len(run.train_idx), len(run.val_idx),
+                    time.perf_counter() - t0)
+        ds: Dataset = TensorDataset(train_feats, torch.tensor(run.train_y))
+        step_model: nn.Module = model.head  # the head alone: DDP wraps it on cached features
+    else:
+        ds, step_model = run.train_ds, model
+    n_steps = steps_per_epoch(len(run.train_idx), cfg.train.batch_size, d.world)
+    opt, sched = make_optimizer(model, stage, n_steps)
+    if run.ckpt is not None and s == run.ckpt["run"]["stage"] and state.epoch_in_stage > 0:
+        opt.load_state_dict(run.ckpt["optimizer"])
+        sched.load_state_dict(run.ckpt["scheduler"])
+    if d.world > 1:
+        step_model = DDP(step_model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    if cfg.train.compile:
+        step_model = torch.compile(step_model)
+    if run.pending_rng is not None:
+        set_rng_state(run.pending_rng)
+        run.pending_rng = None
+    return _Stage(s, stage, step_model, ds, opt, sched, cached, val_feats, n_params)
+
+
+def _run_epoch(run: _Run, stage: _Stage, e: int) -> bool:
+    """Train one epoch, validate, record it and save; True when the stage stops early."""
+    cfg, d, state, tcfg = run.cfg, run.d, run.state, run.cfg.train
+    t0 = time.perf_counter()
+    run.model.train()
+    loader = make_loader(stage.ds, run.train_y, cfg, d, state.epochs_done,
+                         num_workers=0 if stage.cached else None)
+    loss, n_seen = train_epoch(stage.step_model, loader, stage.opt, stage.sched, run.loss_fn, d.device,
+                               amp=tcfg.amp, channels_last=tcfg.channels_last,
+                               desc=f"{stage.config.name} {e + 1}/{stage.config.epochs}", show=d.is_main)
+    train_s = time.perf_counter() - t0
+    auc, val_loss = _validate(run.model, run.reader, run.val_idx, run.val_y, stage.val_feats, run.loss_fn, cfg, d)
+    loss = float(np.mean(distributed.gather_object(d, loss)))
+    improved = auc > state.best_val_auc
+    if improved:
+        state.best_val_auc, state.best_epoch, state.bad_epochs = auc, state.epochs_done, 0
+    else:
+        state.bad_epochs += 1
+    row = {"epoch": state.epochs_done, "stage": stage.index, "stage_name": stage.config.name,
+           "epoch_in_stage": e, "lr": stage.opt.param_groups[0]["lr"], "train_loss": loss,
+           "val_loss": val_loss, "val_auc": auc, "best_val_auc": state.best_val_auc,
+           "improved": improved, "n_trainable": stage.n_params, "cached_features": stage.cached,
+           "seconds": round(time.perf_counter() - t0, 3),
+           "train_images_per_s": round(n_seen * d.world / max(train_s, 1e-9), 1)}
+    state.history.append(row)
+    state.epochs_done += 1
+    run.ran += 1
+    state.epoch_in_stage = e + 1
+    patience = tcfg.early_stopping_patience
+    stop = patience > 0 and state.bad_epochs >= patience
+    state.stage_done = stop or e + 1 == stage.config.epochs
+    logger.info("epoch %d [%s %d/%d] loss %.4f val_loss %.4f val_auc %.4f (best %.4f @%d) "
+                "%.1f s, %.0f img/s%s", row["epoch"], stage.config.name, e + 1, stage.config.epochs, loss,
+                val_loss, auc, state.best_val_auc, state.best_epoch, row["seconds"],
+                row["train_images_per_s"], " *" if improved else "")
+    _save(run, stage, row, improved)
+    if stop:
+        logger.info("early stop of stage %r: no val-AUC gain for %d epoch(s)", stage.config.name, patience)
+    return stop
+
+
+def _save(run: _Run, stage: _Stage, row: dict[str, Any], improved: bool) -> None:
+    """last.pt after every epoch (and best.pt when it improved), with every rank's RNG
+    state, so that a resume continues bit-exactly; then the metrics logs."""
+    d, state = run.d, run.state
+    rngs = distributed.gather_object(d, rng_state())
+    if d.is_main:
+        payload = {**run.base, "model": run.model.state_dict(), "optimizer": stage.opt.state_dict(),
+                   "scheduler": stage.sched.state_dict(), "stage": stage.index, "stage_name": stage.config.name,
+                   "epoch": state.epochs_done, "run": dataclasses.asdict(state),
+                   "rng": rngs[0], "rng_per_rank": rngs,
+                   "best_val_auc": state.best_val_auc, "best_epoch": state.best_epoch}
+        save_checkpoint(run.last, payload)
+        if improved:
+            save_checkpoint(run.best, payload)
+        runlog.write_metrics(run.out_dir, state.history)
+        if run.tracker is not None:
+            run.tracker.log_epoch(row)
+    distributed.barrier(d)
