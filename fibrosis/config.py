@@ -31,6 +31,13 @@ class IngestConfig:
     max_rows: int = 16384  # refuse before decoding: absurd dimensions
     max_cols: int = 16384
     min_side: int = 256  # smaller than this is not a diagnostic radiograph
+    # Bytes a worker may hold for one input, so its memory is bounded by the largest
+    # legitimate image, not by a hostile file: 600 MiB covers max_rows x max_cols at
+    # 16 bits (512 MiB) plus headers. A larger file is refused before it is read.
+    max_file_mb: int = 600
+    # Deflated Explicit VR Little Endian: a few MB can inflate to many GB, so the
+    # inflated dataset is measured (streaming) before pydicom inflates it in memory.
+    max_inflated_mb: int = 600
     voi_percentiles: tuple[float, float] = (0.5, 99.5)  # fallback window
     j2k_reduce: bool = True  # decode JPEG 2000 at a reduced resolution level
     allowed_modalities: tuple[str, ...] = ("CR", "DX")
@@ -284,6 +291,9 @@ def validate(cfg: Config) -> Config:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise ConfigError(f"{key}: {getattr(getattr(cfg, section), name)} must be >= 1")
+    for name in ("max_file_mb", "max_inflated_mb"):  # 0 or less would refuse every file
+        if getattr(cfg.ingest, name) < 1:
+            raise ConfigError(f"ingest.{name}: {getattr(cfg.ingest, name)} must be >= 1 (MiB)")
     return cfg
 
 

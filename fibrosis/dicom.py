@@ -11,13 +11,14 @@ import io
 import re
 import struct
 import warnings
+import zlib
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from fibrosis.config import IngestConfig
 
@@ -83,8 +84,53 @@ def sniff(head: bytes) -> str:
     return "unknown"
 
 
-def read_dataset(data: bytes, path: str | Path, fmt: str) -> tuple[Dataset, str]:
-    """Parse a DICOM byte string; returns the dataset and its transfer syntax UID."""
+INFLATE_CHUNK = 1 << 20  # output bytes per inflate step: the size check holds only this much
+
+
+def check_inflated_size(data: bytes, path: str | Path, max_bytes: int) -> None:
+    """Refuse a Deflated Explicit VR Little Endian file whose dataset inflates past
+    ``max_bytes``, measured in bounded steps: pydicom inflates the whole dataset into
+    memory in one call, and a few MB of zeros can inflate to many GB (a zip bomb)."""
+    fp = io.BytesIO(data)
+    try:
+        # Where pydicom's own reader starts inflating: after preamble, File Meta and any
+        # command set (pydicom.filereader.read_partial does the same three steps).
+        pydicom.filereader.read_preamble(fp, True)
+        meta = pydicom.filereader._read_file_meta_info(fp)
+        if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            return
+        pydicom.filereader._read_command_set_elements(fp)
+    except Exception:  # a malformed header: dcmread reports it with its reason
+        return
+    inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    stream = memoryview(data)[fp.tell():]
+    try:
+        # Input in small pieces too: unconsumed_tail is a copy of the input left over.
+        for start in range(0, len(stream), INFLATE_CHUNK):
+            pending: Any = stream[start:start + INFLATE_CHUNK]
+            while True:  # until this piece is consumed and zlib holds no more output
+                out = inflater.decompress(pending, INFLATE_CHUNK)
+                total += len(out)
+                if total > max_bytes:
+                    raise InputError(
+                        path, f"deflated dataset (transfer syntax {DeflatedExplicitVRLittleEndian}) inflates "
+                              f"to more than {max_bytes >> 20} MiB from {len(data)} bytes; limit "
+                              f"ingest.max_inflated_mb={max_bytes >> 20} (a zip bomb, or raise the limit)",
+                        DeflatedExplicitVRLittleEndian)
+                if inflater.eof:
+                    return
+                pending = inflater.unconsumed_tail
+                if not pending and len(out) < INFLATE_CHUNK:
+                    break
+    except zlib.error:  # a corrupt stream: dcmread reports it
+        return
+
+
+def read_dataset(data: bytes, path: str | Path, fmt: str, max_inflated: int | None = None) -> tuple[Dataset, str]:
+    """Parse a DICOM byte string; returns the dataset and its transfer syntax UID.
+    ``max_inflated``: bytes a deflated dataset may inflate to (:func:`check_inflated_size`)."""
+    if max_inflated is not None:
+        check_inflated_size(data, path, max_inflated)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -9,7 +9,6 @@ process and only the one that kills it again is rejected.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing as mp
 from collections import deque
@@ -20,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from fibrosis.cache import to_cache_dtype
 from fibrosis.config import IngestConfig
-from fibrosis.pixels import InputError, load_bytes
+from fibrosis.pixels import NOT_AN_IMAGE, InputError, load_bytes, read_input
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +30,15 @@ def process_file(task: Task, cfg: IngestConfig) -> dict[str, Any]:
     """Hash, skip-check, load and quantise one file."""
     path, known_hash, hints = task
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        return _reject(path, "", "error", f"cannot read file: {exc.strerror or exc}", "")
-    digest = hashlib.sha256(data).hexdigest()
+        data, digest = read_input(path, cfg)  # bounded by ingest.max_file_mb, regular files only
+    except InputError as exc:
+        return _reject(path, "", exc.kind, exc.reason, exc.transfer_syntax)
+    except MemoryError:
+        return _reject(path, "", "error", "out of memory while reading", "")
     if known_hash and digest == known_hash:
         return {"path": path, "status": "skip", "hash": digest}
+    if data is None:
+        return _reject(path, digest, "error", NOT_AN_IMAGE, "")
     try:
         res = load_bytes(data, path, cfg, hints)
     except InputError as exc:
