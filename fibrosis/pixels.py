@@ -36,7 +36,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_voi
 
 from fibrosis.config import IngestConfig
-from fibrosis.dicom import (InputError, check_header, check_policy, dicom_meta, read_dataset,
+from fibrosis.dicom import (InputError, check_header, check_luts, check_policy, dicom_meta, read_dataset,
                             sniff, voi_window)
 from fibrosis.discover import not_regular
 from fibrosis.j2k import J2K_OVERSAMPLE, decode_reduced
@@ -167,6 +167,7 @@ def load_bytes(data: bytes, path: str | Path, cfg: IngestConfig,
         meta = dicom_meta(ds, ts, fmt)
         _apply_hints(meta, hints or {})
         check_header(ds, meta, path, cfg, len(data))
+        check_luts(ds, path, ts)
         check_policy(ds, meta, path, cfg)
         stored, steps = _decode_dicom(ds, ts, path, cfg)
     modality = _modality(ds)
@@ -192,7 +193,9 @@ def _decode_dicom(ds: Dataset, ts: str, path: str | Path, cfg: IngestConfig) -> 
             steps.append("decode:jpeg2000 reduced decode failed, full decode")
     try:
         arr = ds.pixel_array
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # also a Rust decoder's PanicException, which is no Exception
         msg = str(exc).strip().splitlines()
         detail = " | ".join(line.strip() for line in msg[:3]) if msg else type(exc).__name__
         raise InputError(path, f"cannot decode pixel data ({_ts_name(ts)}): {detail}", ts, "error") from None

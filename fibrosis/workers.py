@@ -63,6 +63,11 @@ def process_file(task: Task, cfg: IngestConfig) -> dict[str, Any]:
     except Exception as exc:  # a decoder bug must not stop the run; it is still accounted for
         logger.exception("%s: unexpected failure", path)
         return _reject(path, digest, "error", f"unexpected {type(exc).__name__}: {exc}", "")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # a native extension's panic (pyo3 PanicException) is no Exception
+        logger.exception("%s: unexpected failure", path)
+        return _reject(path, digest, "error", f"unexpected {type(exc).__name__}: {exc}", "")
     meta = res.meta
     if meta["source_format"] in ("png", "jpeg") or not meta["sop_uid"]:
         # File-derived keys: readable stem + content hash, unique even for equal stems.
