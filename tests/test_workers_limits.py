@@ -21,16 +21,18 @@ from fibrosis.workers import process_file
 from test_discover_hostile import run_child
 
 MIB = 1 << 20
-# One file through process_file with the default config (or --set style overrides); prints
-# the result and this process's peak RSS in MiB.
+# One file through process_file with the default config (or IngestConfig overrides); prints
+# the result and this process's peak RSS in MiB. VmHWM, not ru_maxrss: the latter survives
+# execve, so it would report the (large) pytest process this child was forked from.
 CHILD = """
-import json, resource, sys
+import json, re, sys
 from fibrosis.config import IngestConfig
 from fibrosis.workers import process_file
 cfg = IngestConfig(**json.loads(sys.argv[2]))
 r = process_file((sys.argv[1], "", {}), cfg)
+hwm_kib = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
 print(json.dumps({"status": r["status"], "reason": r.get("reason", ""), "hash": r["hash"],
-                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "rss_mib": hwm_kib / 1024}))
 """
 BASELINE_MIB = 400  # the child imports numpy, OpenCV, pydicom (~70 MiB); a full read would be GBs
 
