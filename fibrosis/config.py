@@ -47,6 +47,13 @@ class IngestConfig:
     max_rows: int = 16384  # refuse before decoding: absurd dimensions
     max_cols: int = 16384
     min_side: int = 256  # smaller than this is not a diagnostic radiograph
+    # Bytes a worker may hold for one input, so its memory is bounded by the largest
+    # legitimate image, not by a hostile file: 600 MiB covers max_rows x max_cols at
+    # 16 bits (512 MiB) plus headers. A larger file is refused before it is read.
+    max_file_mb: int = 600
+    # Deflated Explicit VR Little Endian: a few MB can inflate to many GB, so the
+    # inflated dataset is measured (streaming) before pydicom inflates it in memory.
+    max_inflated_mb: int = 600
     voi_percentiles: tuple[float, float] = (0.5, 99.5)  # fallback window
     j2k_reduce: bool = True  # decode JPEG 2000 at a reduced resolution level
     allowed_modalities: tuple[str, ...] = ("CR", "DX")
@@ -315,7 +322,7 @@ SEED = "[0, 4294967295]"  # what NumPy and torch accept
 RANGES: dict[str, str] = {
     "ingest.image_size": "[16, 4096]", "ingest.workers": "[0, inf)", "ingest.shard_size": "[1, inf)",
     "ingest.max_rows": "[1, 65535]", "ingest.max_cols": "[1, 65535]",  # (0028,0010/0011) are US
-    "ingest.min_side": "[0, inf)", "ingest.voi_percentiles": "[0, 100]",
+    "ingest.min_side": "[0, inf)", "ingest.max_file_mb": "[1, inf)", "ingest.max_inflated_mb": "[1, inf)", "ingest.voi_percentiles": "[0, 100]",
     "split.train": "[0, 1]", "split.val": "[0, 1]", "split.test": "[0, 1]", "split.calib": "[0, 1]",
     "split.seed": SEED, "split.near_duplicate_hamming": "[0, 256]",  # bits of a 256-bit dHash
     "model.input_size": "[16, 4096]", "model.dropout": "[0, 1)",

@@ -8,6 +8,8 @@ check orientation the same way as on real radiographs. ``make_dicom`` writes it
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (JPEG2000, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian,
                          ImplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless,
                          generate_uid)
@@ -147,3 +151,29 @@ def truncate(path: str | Path, keep: float) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
     return path
+
+
+def make_deflate_bomb(path: str | Path, pixels: np.ndarray, padding: int, **kwargs: Any) -> Path:
+    """A valid Deflated Explicit VR Little Endian DICOM whose dataset ends with ``padding`` zero
+    bytes in a private element after the pixel data: about 1 KB on disk per MB inflated, written
+    in 1 MiB steps (the test process never holds the inflated dataset)."""
+    if padding % 2:
+        raise ValueError(f"padding={padding}; expected an even number of bytes (OB)")
+    ds = make_dataset(pixels, **kwargs)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    creator = b"ZIPBOMB "  # (7FE1,0010) private creator, then (7FE1,1000) OB of zeros
+    body.write(struct.pack("<HH2sH", 0x7FE1, 0x0010, b"LO", len(creator)) + creator)
+    body.write(struct.pack("<HH2sHI", 0x7FE1, 0x1000, b"OB", 0, padding))
+    meta = DicomBytesIO()
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    chunk = bytes(1 << 20)
+    with open(path, "wb") as fh:
+        fh.write(b"\0" * 128 + b"DICM" + meta.getvalue() + deflate.compress(body.getvalue()))
+        for _ in range(padding // len(chunk)):
+            fh.write(deflate.compress(chunk))
+        fh.write(deflate.compress(bytes(padding % len(chunk))) + deflate.flush())
+    return Path(path)

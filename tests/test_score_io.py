@@ -27,12 +27,12 @@ def paths(path: Path) -> list[str]:
 
 
 def test_resume_cuts_torn_line_and_lists_done(tmp_path):
-    f = write(tmp_path / "s.csv", [row("/a"), row("/b, with comma")])
+    f = write(tmp_path / "s.csv", [row("/a", content_hash="h1"), row("/b, with comma")])
     with open(f, "a") as fh:
         fh.write("/c,ok,1.2.3")  # killed mid-row
-    assert IO.open_for_resume(f, "m1") == {"/a", "/b, with comma"}
+    assert IO.open_for_resume(f, "m1") == {"/a": "h1", "/b, with comma": ""}  # path -> content hash
     assert f.read_text().endswith("\n") and paths(f) == ["/a", "/b, with comma"]
-    assert IO.open_for_resume(tmp_path / "absent.csv", "m1") == set()
+    assert IO.open_for_resume(tmp_path / "absent.csv", "m1") == {}
 
 
 def test_resume_refuses_other_model_and_foreign_file(tmp_path):

@@ -11,13 +11,15 @@ import io
 import re
 import struct
 import warnings
+import zlib
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from fibrosis.config import IngestConfig
 
@@ -83,14 +85,59 @@ def sniff(head: bytes) -> str:
     return "unknown"
 
 
-def read_dataset(data: bytes, path: str | Path, fmt: str) -> tuple[Dataset, str]:
-    """Parse a DICOM byte string; returns the dataset and its transfer syntax UID."""
+INFLATE_CHUNK = 1 << 20  # output bytes per inflate step: the size check holds only this much
+
+
+def check_inflated_size(data: bytes, path: str | Path, max_bytes: int) -> None:
+    """Refuse a Deflated Explicit VR Little Endian file whose dataset inflates past
+    ``max_bytes``, measured in bounded steps: pydicom inflates the whole dataset into
+    memory in one call, and a few MB of zeros can inflate to many GB (a zip bomb)."""
+    fp = io.BytesIO(data)
+    try:
+        # Where pydicom's own reader starts inflating: after preamble, File Meta and any
+        # command set (pydicom.filereader.read_partial does the same three steps).
+        pydicom.filereader.read_preamble(fp, True)
+        meta = pydicom.filereader._read_file_meta_info(fp)
+        if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            return
+        pydicom.filereader._read_command_set_elements(fp)
+    except Exception:  # a malformed header: dcmread reports it with its reason
+        return
+    inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    stream = memoryview(data)[fp.tell():]
+    try:
+        # Input in small pieces too: unconsumed_tail is a copy of the input left over.
+        for start in range(0, len(stream), INFLATE_CHUNK):
+            pending: Any = stream[start:start + INFLATE_CHUNK]
+            while True:  # until this piece is consumed and zlib holds no more output
+                out = inflater.decompress(pending, INFLATE_CHUNK)
+                total += len(out)
+                if total > max_bytes:
+                    raise InputError(
+                        path, f"deflated dataset (transfer syntax {DeflatedExplicitVRLittleEndian}) inflates "
+                              f"to more than {max_bytes >> 20} MiB from {len(data)} bytes; limit "
+                              f"ingest.max_inflated_mb={max_bytes >> 20} (a zip bomb, or raise the limit)",
+                        DeflatedExplicitVRLittleEndian)
+                if inflater.eof:
+                    return
+                pending = inflater.unconsumed_tail
+                if not pending and len(out) < INFLATE_CHUNK:
+                    break
+    except zlib.error:  # a corrupt stream: dcmread reports it
+        return
+
+
+def read_dataset(data: bytes, path: str | Path, fmt: str, max_inflated: int | None = None) -> tuple[Dataset, str]:
+    """Parse a DICOM byte string; returns the dataset and its transfer syntax UID.
+    ``max_inflated``: bytes a deflated dataset may inflate to (:func:`check_inflated_size`)."""
+    if max_inflated is not None:
+        check_inflated_size(data, path, max_inflated)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:  # pydicom raises many types on corrupt headers
-        raise InputError(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}") from None
+        raise InputError(path, f"unreadable DICOM header: {type(exc).__name__}: {_scrubbed(exc)}") from None
     ts = str(ds.file_meta.get("TransferSyntaxUID", "") or "") if hasattr(ds, "file_meta") else ""
     if not ts:
         if fmt == "acr-nema" and "PixelData" not in ds and "Rows" not in ds:
@@ -104,7 +151,121 @@ def read_dataset(data: bytes, path: str | Path, fmt: str) -> tuple[Dataset, str]
         ts = ImplicitVRLittleEndian if implicit in (True, None) else ExplicitVRLittleEndian
         ds.file_meta = pydicom.dataset.FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ts
+    if not UID(ts).is_transfer_syntax:
+        raise InputError(path, f"(0002,0010) TransferSyntaxUID={shown(ts)} is not a transfer syntax; "
+                               "expected a DICOM transfer syntax UID")
+    _decode_elements(ds, path, ts)
+    _check_single_integers(ds, path, ts)
     return ds, ts
+
+
+KNOWN_VRS = frozenset(vr.value for vr in pydicom.valuerep.VR)
+_PLAIN_VALUE = re.compile(r"[-+0-9.eE\\ ,\[\]]{0,64}")  # numbers, UIDs, lists of them: no words
+
+
+def shown(value: Any) -> str:
+    """``repr`` of a header value for a reason, if it is made of numbers (a count, a UID, a
+    list of integers); else only its length. A corrupt length can make an element swallow the bytes after it, such
+    as a patient's name, and reasons must not carry such text into the outputs."""
+    text = str(value)
+    return repr(text) if _PLAIN_VALUE.fullmatch(text) else f"<{len(text)} characters, not shown>"
+
+
+_QUOTED = re.compile(r"b?'[^']*'" + r'|b?"[^"]*"')
+
+
+def _scrubbed(exc: Exception) -> str:
+    """First line of a parser's message with quoted values replaced by '…': pydicom quotes
+    the raw bytes it choked on, which may be part of a name or a description."""
+    lines = str(exc).strip().splitlines() or [""]
+    return _QUOTED.sub("'…'", lines[0])[:200]
+
+
+def _decode_elements(ds: Dataset, path: str | Path, ts: str) -> None:
+    """Decode every element now, inside the header stage. pydicom decodes values lazily,
+    on first access, so a corrupt length or value would otherwise raise wherever the
+    value is first used (metadata, checks, decoder) instead of naming the element.
+    The reason names tag, VR and length, not the value: it may be free text."""
+    todo = [ds]
+    while todo:
+        current = todo.pop()
+        for tag in list(current.keys()):
+            try:
+                elem = current[tag]
+            except Exception as exc:  # pydicom raises many types for undecodable values
+                raw = getattr(current, "_dict", {}).get(tag)  # as read: not decoded again
+                vr = str(getattr(raw, "VR", None) or "")
+                vr = vr if vr in KNOWN_VRS else "unknown"  # raw VR bytes may be text of a value
+                length = getattr(raw, "length", "?")
+                raise InputError(path, f"unreadable DICOM header: element {tag} "
+                                       f"{pydicom.datadict.keyword_for_tag(tag) or 'private'} (VR {vr}, "
+                                       f"{length} bytes) cannot be decoded ({type(exc).__name__}); "
+                                       f"expected a valid {vr} value", ts) from None
+            if elem.VR == "SQ" and elem.value:
+                todo.extend(elem.value)
+
+
+# Header values read as one integer each (Rows * Columns, bit depths, frames); a
+# corrupt length or VM turns them into lists or text that int() cannot take.
+SINGLE_INTEGERS = (
+    ("Rows", "(0028,0010)"), ("Columns", "(0028,0011)"), ("BitsAllocated", "(0028,0100)"),
+    ("BitsStored", "(0028,0101)"), ("HighBit", "(0028,0102)"), ("PixelRepresentation", "(0028,0103)"),
+    ("SamplesPerPixel", "(0028,0002)"), ("PlanarConfiguration", "(0028,0006)"), ("NumberOfFrames", "(0028,0008)"),
+)
+
+
+def _check_single_integers(ds: Dataset, path: str | Path, ts: str) -> None:
+    for kw, tag in SINGLE_INTEGERS:
+        value = ds.get(kw)
+        if value is None or value == "":
+            continue
+        if isinstance(value, (pydicom.multival.MultiValue, list)):
+            raise InputError(path, f"{tag} {kw} has {len(value)} values; expected one integer", ts)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(path, f"{tag} {kw}={shown(value)}; expected an integer", ts)
+
+
+# (keyword, tag, bits per entry pydicom's lookup supports) of the LUTs the pixel path applies
+LUT_SEQUENCES = (("ModalityLUTSequence", "(0028,3000)", (8, 16)),
+                 ("VOILUTSequence", "(0028,3010)", (8, *range(10, 17))))
+
+
+def check_luts(ds: Dataset, path: str | Path, ts: str) -> None:
+    """Refuse a malformed Modality or VOI LUT (its first item, the one applied) before it
+    is used: a descriptor that is not 3 integers, an unsupported entry size, missing or
+    short LUT Data, or entries that do not fit the declared bits. pydicom's lookup code
+    would fail on each with an unrelated error (struct, overflow, key)."""
+    for kw, tag, depths in LUT_SEQUENCES:
+        items = ds.get(kw)
+        if not items:
+            continue
+        item, where = items[0], f"{tag} {kw} item 1"
+        desc = item.get("LUTDescriptor")
+        values = list(desc) if isinstance(desc, (pydicom.multival.MultiValue, list)) else [desc]
+        if len(values) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise InputError(path, f"{where} (0028,3002) LUTDescriptor has {len(values)} value(s) "
+                                   f"{shown(values[:3])}; expected 3 integers (entries, first mapped value, "
+                                   "bits per entry)", ts)
+        entries, bits = values[0] or 65536, values[2]
+        if bits not in depths:
+            raise InputError(path, f"{where} (0028,3002) LUTDescriptor bits per entry={bits}; expected one "
+                                   f"of {list(depths)}", ts)
+        data = item.get("LUTData")
+        if data is None or (hasattr(data, "__len__") and len(data) == 0):
+            raise InputError(path, f"{where}: missing (0028,3006) LUTData; expected {entries} entries", ts)
+        if isinstance(data, bytes):  # OW: 16-bit words
+            table = np.frombuffer(data[:len(data) // 2 * 2], "<u2" if UID(ts).is_little_endian else ">u2")
+        else:
+            table = np.asarray(list(data) if isinstance(data, (pydicom.multival.MultiValue, list)) else [data])
+        # pydicom unpacks a Modality LUT's OW data to exactly `entries` words, a VOI LUT's to at least.
+        exact = kw == "ModalityLUTSequence" and isinstance(data, bytes)
+        if table.size < entries or (exact and table.size != entries):
+            raise InputError(path, f"{where} (0028,3006) LUTData has {table.size} entries; expected "
+                                   f"{entries} from (0028,3002) LUTDescriptor", ts)
+        top = int(table[:entries].max())
+        if top >= 1 << bits or int(table[:entries].min()) < 0:
+            raise InputError(path, f"{where} (0028,3006) LUTData holds {top}; expected values that fit "
+                                   f"the declared {bits} bits per entry", ts)
 
 
 def _text(ds: Dataset, keyword: str) -> str:

@@ -6,11 +6,20 @@ included (``.IM0001`` from a PACS export or ``.snap/`` is an input like any othe
 and gets a reject / status row if it is not an image) -- single files as given,
 and ``*.csv`` files as lists of paths. A folder that cannot be listed is not
 walked past: it becomes an entry of its own with the reason, so it is reported.
+
+Entries that must never be opened are reported the same way, with the reason
+instead of "": a FIFO would block the reader forever, a device such as
+``/dev/zero`` never ends, and a symlink loop cannot be resolved. A file name
+that is not valid UTF-8 (Linux names are bytes) cannot be written to the UTF-8
+CSVs: its entry carries the name with the bad bytes backslash-escaped
+(``os.fsencode`` + ``backslashreplace``) and is reported, not opened.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Iterable
 
@@ -19,18 +28,62 @@ from fibrosis.io import read_csv
 logger = logging.getLogger(__name__)
 
 FOLDER_ERROR = "cannot list folder"
+LOOP_ERROR = "symbolic link loop (too many levels of symbolic links); not followed"
+NAME_ERROR = ("file name is not valid UTF-8 (bytes shown as \\xNN); not read: rename the file, "
+              "since its path could not be written to the manifest or scores")
+FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
 
-Entry = tuple[str, str]  # (absolute path, "" for a file | why the folder could not be listed)
+Entry = tuple[str, str]  # (absolute path, "" for a file | why it is reported instead of read)
+
+
+def text_path(path: str) -> str:
+    """``path`` if it is valid UTF-8 text; else its bytes with the invalid ones escaped
+    (``\\xe9``), so the name can be written to a UTF-8 CSV and read by a person."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:  # surrogate escapes from undecodable bytes of a file name
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def not_regular(mode: int) -> str:
+    """'' for a regular file, else why it is not read ('not a regular file: a FIFO ...')."""
+    if stat.S_ISREG(mode):
+        return ""
+    kind = next((name for test, name in FILE_KINDS if test(mode)), f"file type {stat.S_IFMT(mode):o}")
+    return f"not a regular file: {kind}; not opened"
+
+
+def file_entry(path: str | Path) -> Entry:
+    """(resolved path, reason it is not to be read or "") of one file, checked with stat()
+    only: nothing is opened here, so a FIFO or a device cannot block or flood the caller.
+    A path that does not exist is "" too: the reader rejects it by name."""
+    absolute = os.path.abspath(path)
+    try:
+        st = os.stat(absolute)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return text_path(absolute), LOOP_ERROR
+        st = None
+    try:
+        resolved = str(Path(absolute).resolve())
+    except (RuntimeError, OSError):  # Python < 3.13 raises RuntimeError on a symlink loop
+        return text_path(absolute), LOOP_ERROR
+    if text_path(resolved) != resolved:
+        return text_path(resolved), NAME_ERROR
+    return resolved, not_regular(st.st_mode) if st is not None else ""
 
 
 def _walk(folder: Path, found: dict[str, str]) -> None:
     def onerror(exc: OSError) -> None:
-        found[str(Path(exc.filename).resolve())] = f"{FOLDER_ERROR}: {exc.strerror or exc}"
+        found[text_path(str(Path(exc.filename).resolve()))] = f"{FOLDER_ERROR}: {exc.strerror or exc}"
 
     for root, dirs, files in os.walk(folder, onerror=onerror):
         dirs.sort()
         for f in files:
-            found.setdefault(str(Path(root, f).resolve()), "")
+            path, error = file_entry(os.path.join(root, f))
+            found.setdefault(path, error)
 
 
 def _csv_list(path: Path, found: dict[str, str]) -> None:
@@ -44,12 +97,13 @@ def _csv_list(path: Path, found: dict[str, str]) -> None:
         value = (row.get(col) or "").strip()
         if value:
             q = Path(value)
-            found.setdefault(str((q if q.is_absolute() else path.parent / q).resolve()), "")
+            found.setdefault(*file_entry(q if q.is_absolute() else path.parent / q))
 
 
 def discover_entries(inputs: Iterable[str | Path]) -> list[Entry]:
     """Sorted, de-duplicated (path, error) entries: files with error "", unreadable
-    folders with ``"cannot list folder: <reason>"``. Sorted by the string, not by
+    folders with ``"cannot list folder: <reason>"``, and FIFOs, devices, sockets,
+    symlink loops and non-UTF-8 names with why they are not read. Sorted by the string, not by
     Path: Path orders by components ("b" < "b-c"), the CSV checks and merges of
     score compare strings ("b-c/x" < "b/x")."""
     found: dict[str, str] = {}
@@ -59,11 +113,16 @@ def discover_entries(inputs: Iterable[str | Path]) -> list[Entry]:
             _walk(p, found)
         elif p.is_file() and p.suffix.lower() == ".csv":
             _csv_list(p, found)
-        elif p.is_file():
-            found.setdefault(str(p.resolve()), "")
+        elif p.is_file() or os.path.lexists(p):  # a FIFO or a loop given by name is reported too
+            found.setdefault(*file_entry(p))
         else:
-            raise FileNotFoundError(f"{p}: input not found (expected a folder, a file or a CSV of paths)")
-    errors = sum(bool(e) for e in found.values())
+            raise FileNotFoundError(f"{text_path(str(p))}: input not found (expected a folder, a file "
+                                    "or a CSV of paths)")
+    errors = sum(e.startswith(FOLDER_ERROR) for e in found.values())
     if errors:
         logger.warning("%d folder(s) could not be listed; each is reported as an input with its reason", errors)
+    others = sum(bool(e) for e in found.values()) - errors
+    if others:
+        logger.warning("%d input(s) are not read (not a regular file, symlink loop or non-UTF-8 name); "
+                       "each is reported with its reason", others)
     return sorted(found.items())

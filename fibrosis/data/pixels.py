@@ -19,8 +19,10 @@ and costs one pass over the pixels instead of several float passes.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,11 +36,12 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_voi
 
 from fibrosis.config import IngestConfig
-from fibrosis.data.dicom import (InputError, check_header, check_policy, dicom_meta, read_dataset,
-                            sniff, voi_window)
+from fibrosis.data.dicom import (InputError, check_header, check_luts, check_policy, dicom_meta, read_dataset,
+                                 sniff, voi_window)
+from fibrosis.data.discover import not_regular
 from fibrosis.data.j2k import J2K_OVERSAMPLE, decode_reduced
 
-__all__ = ["InputError", "PixelResult", "load_image", "load_bytes", "preprocessing_signature"]
+__all__ = ["InputError", "PixelResult", "load_image", "load_bytes", "read_input", "preprocessing_signature"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,12 @@ POLARITY_SUSPECT_BELOW = -0.05
 # The reason of a file excluded by ingest.polarity_qa=exclude starts with this
 # (scores.csv: "excluded: polarity suspect (...)"); reports and scores count on it.
 POLARITY_EXCLUDED = "polarity suspect"
+
+MIB = 1 << 20
+SNIFF_BYTES = 132  # preamble + 'DICM': enough to tell DICOM, PNG, JPEG and the rest apart
+HASH_CHUNK = 1 << 20
+NOT_AN_IMAGE = ("not a DICOM, PNG or JPEG file (no 'DICM' marker at byte 128, "
+                "no PNG/JPEG signature, no DICOM group 0002/0008 at byte 0)")
 
 
 @dataclass
@@ -87,11 +96,62 @@ def load_image(path: str | Path, cfg: IngestConfig, hints: dict[str, Any] | None
     ``hints`` fill metadata a PNG/JPEG export cannot carry (``patient_id``,
     ``age``, ``sex``, ``view`` from a labels CSV); DICOM header values win.
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(path, f"cannot read file: {exc.strerror or exc}") from None
+    data, _ = read_input(path, cfg)
+    if data is None:
+        raise InputError(path, NOT_AN_IMAGE)
     return load_bytes(data, path, cfg, hints)
+
+
+def read_input(path: str | Path, cfg: IngestConfig) -> tuple[bytes | None, str]:
+    """(bytes, sha256 hex) of one input file, read under limits that bound a worker's memory.
+
+    Raises :class:`InputError` without reading a byte for a path that is not a regular
+    file (a FIFO would block forever, ``/dev/zero`` never ends) or is larger than
+    ``ingest.max_file_mb``. The first bytes are sniffed before the rest is read: a file
+    that is no image is only streamed through the hash (its content hash still tells a
+    resumed run whether it changed) and ``None`` comes back instead of its bytes.
+    """
+    limit = cfg.max_file_mb * MIB
+
+    def refuse(reason: str) -> InputError:
+        return InputError(path, reason)
+
+    try:
+        why = not_regular(os.stat(path).st_mode)  # stat first: a FIFO is never even opened
+        if why:
+            raise refuse(why)
+        # O_NONBLOCK: if the path became a FIFO after stat(), open() must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | os.O_CLOEXEC)
+    except OSError as exc:
+        raise refuse(f"cannot read file: {exc.strerror or exc}") from None
+    with open(fd, "rb", buffering=0) as fh:
+        try:
+            st = os.fstat(fd)
+            why = not_regular(st.st_mode)
+            if why:
+                raise refuse(why)
+            if st.st_size > limit:
+                raise refuse(f"file is {st.st_size} bytes ({st.st_size / MIB:.0f} MiB); limit "
+                             f"ingest.max_file_mb={cfg.max_file_mb} MiB: refused unread")
+            head = fh.read(SNIFF_BYTES)
+            if sniff(head) == "unknown":
+                digest, total = hashlib.sha256(head), len(head)
+                while total <= limit and (block := fh.read(HASH_CHUNK)):
+                    digest.update(block)
+                    total += len(block)
+                data = None
+            else:
+                fh.seek(0)
+                data = fh.read(min(st.st_size, limit) + 1)  # one allocation; +1 sees a file that grew
+                while len(data) <= limit and (more := fh.read(limit + 1 - len(data))):
+                    data += more  # a short read (network file systems)
+                total = len(data)
+                digest = hashlib.sha256(data)
+        except OSError as exc:
+            raise refuse(f"cannot read file: {exc.strerror or exc}") from None
+    if total > limit:
+        raise refuse(f"file grew past ingest.max_file_mb={cfg.max_file_mb} MiB while being read")
+    return data, digest.hexdigest()
 
 
 @contextmanager
@@ -112,17 +172,17 @@ def _quiet_pydicom():
 def load_bytes(data: bytes, path: str | Path, cfg: IngestConfig,
                hints: dict[str, Any] | None = None) -> PixelResult:
     """:func:`load_image` on bytes already read (ingest hashes the same bytes)."""
-    fmt = sniff(data[:132])
+    fmt = sniff(data[:SNIFF_BYTES])
     if fmt in ("png", "jpeg"):
         return _load_raster(data, path, fmt, cfg, hints or {})
     if fmt == "unknown":
-        raise InputError(path, "not a DICOM, PNG or JPEG file (no 'DICM' marker at byte 128, "
-                               "no PNG/JPEG signature, no DICOM group 0002/0008 at byte 0)")
+        raise InputError(path, NOT_AN_IMAGE)
     with _quiet_pydicom():
-        ds, ts = read_dataset(data, path, fmt)
+        ds, ts = read_dataset(data, path, fmt, cfg.max_inflated_mb * MIB)
         meta = dicom_meta(ds, ts, fmt)
         _apply_hints(meta, hints or {})
         check_header(ds, meta, path, cfg, len(data))
+        check_luts(ds, path, ts)
         check_policy(ds, meta, path, cfg)
         stored, steps = _decode_dicom(ds, ts, path, cfg)
     modality = _modality(ds, path, ts)
@@ -148,7 +208,9 @@ def _decode_dicom(ds: Dataset, ts: str, path: str | Path, cfg: IngestConfig) -> 
             steps.append("decode:jpeg2000 reduced decode failed, full decode")
     try:
         arr = ds.pixel_array
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # also a Rust decoder's PanicException, which is no Exception
         msg = str(exc).strip().splitlines()
         detail = " | ".join(line.strip() for line in msg[:3]) if msg else type(exc).__name__
         raise InputError(path, f"cannot decode pixel data ({_ts_name(ts)}): {detail}", ts, "error") from None

@@ -6,12 +6,26 @@ with ``status`` ``ok`` | ``skip`` | ``reject``, so one file can never stop a run
 and "first path wins" for duplicates) and survives a worker that dies inside a
 native decoder: the tasks in flight are re-run one at a time on a fresh
 process and only the one that kills it again is rejected.
+
+Helper processes never outlive the run (``kill -9`` included). Workers are forked
+by the fork server, not by the run, and each holds the fork server's "alive" pipe
+and the resource tracker's pipe open, so neither would see the run's death: the
+fork server asks the kernel for SIGKILL when the run dies (PR_SET_PDEATHSIG) and
+each worker for SIGKILL when the fork server dies; a watchdog thread in each
+worker also exits when the run's sentinel pipe closes (other platforms, and a
+spawn fallback). Once they are gone the resource tracker sees EOF and exits.
 """
 from __future__ import annotations
 
-import hashlib
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing as mp
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -20,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from fibrosis.data.cache import to_cache_dtype
 from fibrosis.config import IngestConfig
-from fibrosis.data.pixels import InputError, load_bytes
+from fibrosis.data.pixels import NOT_AN_IMAGE, InputError, load_bytes, read_input
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +45,15 @@ def process_file(task: Task, cfg: IngestConfig) -> dict[str, Any]:
     """Hash, skip-check, load and quantise one file."""
     path, known_hash, hints = task
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        return _reject(path, "", "error", f"cannot read file: {exc.strerror or exc}", "")
-    digest = hashlib.sha256(data).hexdigest()
+        data, digest = read_input(path, cfg)  # bounded by ingest.max_file_mb, regular files only
+    except InputError as exc:
+        return _reject(path, "", exc.kind, exc.reason, exc.transfer_syntax)
+    except MemoryError:
+        return _reject(path, "", "error", "out of memory while reading", "")
     if known_hash and digest == known_hash:
         return {"path": path, "status": "skip", "hash": digest}
+    if data is None:
+        return _reject(path, digest, "error", NOT_AN_IMAGE, "")
     try:
         res = load_bytes(data, path, cfg, hints)
     except InputError as exc:
@@ -44,6 +61,11 @@ def process_file(task: Task, cfg: IngestConfig) -> dict[str, Any]:
     except MemoryError:
         return _reject(path, digest, "error", "out of memory while decoding", "")
     except Exception as exc:  # a decoder bug must not stop the run; it is still accounted for
+        logger.exception("%s: unexpected failure", path)
+        return _reject(path, digest, "error", f"unexpected {type(exc).__name__}: {exc}", "")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # a native extension's panic (pyo3 PanicException) is no Exception
         logger.exception("%s: unexpected failure", path)
         return _reject(path, digest, "error", f"unexpected {type(exc).__name__}: {exc}", "")
     meta = res.meta
@@ -60,10 +82,61 @@ def _reject(path: str, digest: str, kind: str, reason: str, ts: str) -> dict[str
     return {"path": path, "status": "reject", "hash": digest, "kind": kind, "reason": reason, "ts": ts}
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> bool:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux only).
+
+    A SIGKILL needs no cooperation from the process, so it also ends a worker stuck in a
+    native decoder that never releases the GIL. Returns False where unsupported.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def _watch_parent() -> None:
+    """Exit when the run that started this worker dies: its end of the sentinel pipe
+    closes, which is immediate and has no pid-reuse race (the fallback to PDEATHSIG)."""
+    parent = mp.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)  # no clean-up to do: results go to the run only, and it is gone
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _in_fork_server() -> bool:
+    """True in multiprocessing's fork server, which imports this module as its preload."""
+    return any(a.startswith("from multiprocessing.forkserver import main") for a in getattr(sys, "orig_argv", ()))
+
+
+if _in_fork_server():
+    # The fork server would otherwise only exit once every worker has closed its copy
+    # of the "alive" pipe; this ends it (and through die_with_parent, its workers) with
+    # the run. Done at import: preloading is the only code the fork server runs for us.
+    # The kernel ties this to the *thread* that started the fork server: when that thread
+    # ends (score's prefetch thread, after its pool has shut down) the fork server goes
+    # too, and multiprocessing starts a fresh one for the next pool.
+    die_with_parent()
+
+
 def _init_worker() -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
+    die_with_parent()  # the parent of a worker is the fork server (or the run, under spawn)
+    _watch_parent()
 
 
 def _crashed(task: Task) -> dict[str, Any]:

@@ -3,7 +3,11 @@
 The per-image CSV is append-only and its rows are written in sorted path order, so a
 killed run leaves a sorted prefix (plus possibly one torn last line, which
 :func:`open_for_resume` cuts off); the next run appends the rest and the result is
-byte-identical to an uninterrupted run. Ranks of a ``torchrun`` job write sorted
+byte-identical to an uninterrupted run. An existing file is touched only after its
+first line proved it is a score file: ``--out`` naming any other file is refused
+with the file unchanged. A resumed row is trusted only while its file's content
+hash is the same: a file changed under the same path is scored again and its new
+row replaces the old one (the last row of a path wins). Ranks of a ``torchrun`` job write sorted
 part files that rank 0 merges with a streaming k-way merge. No function here ever
 holds more than one row per input file (or one summary per study) in memory.
 """
@@ -67,30 +71,63 @@ def _line(row: dict[str, Any], columns: tuple[str, ...]) -> str:
     return buf.getvalue()
 
 
-def open_for_resume(path: Path, expect_model: str) -> set[str]:
-    """Paths already scored in ``path`` (after cutting a torn last line); refuses a
-    file with other columns or rows from another model."""
-    if not path.exists() or path.stat().st_size == 0:
-        return set()
-    with open(path, "rb+") as fh:  # cut back to the last complete line (a kill mid-write)
-        data_len = fh.seek(0, os.SEEK_END)
-        fh.seek(max(0, data_len - 1))
-        if fh.read(1) != b"\n":
-            fh.seek(0)
-            keep = fh.read().rfind(b"\n") + 1
-            fh.truncate(keep)
-            logger.warning("%s: cut a torn last line (%d bytes) left by an interrupted run",
-                           path, data_len - keep)
-    done: set[str] = set()
+def check_ours(path: Path, columns: tuple[str, ...] = COLUMNS) -> bool:
+    """False when ``path`` is absent or empty; True when it is a regular file whose first
+    line is exactly our header for ``columns``. Anything else raises ValueError *before*
+    a byte of it is changed: ``--out`` may name a DICOM, a labels CSV or a device by
+    mistake, and such a file must come out of the run as it went in."""
+    if not path.exists():
+        return False
+    from fibrosis.data.discover import not_regular
+
+    why = not_regular(path.stat().st_mode)
+    if why:
+        raise ValueError(f"{path}: {why}; expected a fibrosis score file or a new path: choose a new --out")
+    header = _line(dict(zip(columns, columns)), columns).encode("utf-8")
+    with open(path, "rb") as fh:
+        first = fh.read(len(header))
+    if not first:
+        return False
+    if first != header:
+        raise ValueError(f"{path}: existing file does not start with the fibrosis score header (columns "
+                         f"{list(columns)}): not a score file of this version; it was left unchanged: "
+                         "choose a new --out")
+    return True
+
+
+def _cut_torn_line(path: Path) -> None:
+    """Cut back to the last complete line (a kill mid-write), reading backwards from the
+    end in blocks rather than the whole file."""
+    with open(path, "rb+") as fh:
+        size = end = fh.seek(0, os.SEEK_END)
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        keep = 0
+        while end > 0:
+            start = max(0, end - (1 << 16))
+            fh.seek(start)
+            nl = fh.read(end - start).rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                break
+            end = start
+        fh.truncate(keep)
+    logger.warning("%s: cut a torn last line (%d bytes) left by an interrupted run", path, size - keep)
+
+
+def open_for_resume(path: Path, expect_model: str) -> dict[str, str]:
+    """Path -> content hash of the rows already in ``path`` (the last row of a path wins),
+    after cutting a torn last line; refuses, leaving it unchanged, a file that is not a
+    score file (:func:`check_ours`), and rows of another model."""
+    if not check_ours(path):
+        return {}
+    _cut_torn_line(path)
+    done: dict[str, str] = {}
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            return done
-        if tuple(header) != COLUMNS:
-            raise ValueError(f"{path}: existing file has columns {header}; expected {list(COLUMNS)} "
-                             f"(not a fibrosis score file, or another version): choose a new --out")
-        mi = COLUMNS.index("model_id")
+        next(reader)  # the header, checked above
+        mi, hi = COLUMNS.index("model_id"), COLUMNS.index("content_hash")
         for i, rec in enumerate(reader, start=2):
             if len(rec) != len(COLUMNS):
                 raise ValueError(f"{path}: line {i} has {len(rec)} fields; expected {len(COLUMNS)}")
@@ -98,7 +135,7 @@ def open_for_resume(path: Path, expect_model: str) -> set[str]:
                 raise ValueError(f"{path}: line {i} was scored by model_id={rec[mi]!r}; this run "
                                  f"uses {expect_model!r}; scores of two models must not be mixed: "
                                  f"choose a new --out")
-            done.add(rec[0])
+            done[rec[0]] = rec[hi]
     return done
 
 
@@ -158,26 +195,30 @@ def _write_rows_atomic(path: Path, rows: Iterable[dict[str, str]]) -> int:
 
 
 def _dedupe(rows: Iterable[dict[str, str]]) -> Iterator[dict[str, str]]:
-    prev = None
+    """One row per path of path-sorted rows: the last, since a file scored again (its
+    content changed) has its new row after the old one (stable sorts and merges)."""
+    prev: dict[str, str] | None = None
     for row in rows:
-        if row["path"] != prev:
-            yield row
-        prev = row["path"]
+        if prev is not None and row["path"] != prev["path"]:
+            yield prev
+        prev = row
+    if prev is not None:
+        yield prev
 
 
 def sort_in_place(path: Path) -> None:
-    """Rewrite ``path`` sorted by path (needed only when the inputs changed between a
-    killed run and its resume; holds the rows, not images, in memory)."""
+    """Rewrite ``path`` sorted by path, one row per path (needed only when the inputs
+    changed since the rows were written; holds the rows, not images, in memory)."""
     rows = sorted(iter_rows(path), key=lambda r: r["path"])
     _write_rows_atomic(path, _dedupe(rows))
-    logger.info("%s: rows re-sorted by path (inputs changed since the interrupted run)", path)
+    logger.info("%s: rows re-sorted by path (inputs added or changed since they were scored)", path)
 
 
 def merge_parts(out: Path, parts: list[Path]) -> int:
     """k-way merge of sorted part files (and an existing ``out``) into ``out``; removes the parts.
 
-    A path present in two sources (a kill between the rename and the clean-up)
-    is written once.
+    A path present in two sources (a kill between the rename and the clean-up, or a
+    file scored again because it changed) is written once, from the last source.
     """
     sources = [p for p in ([out] if out.exists() else []) + parts if p.exists()]
     for p in sources:

@@ -169,15 +169,18 @@ def _prefetch(gen: Iterator[Any], maxsize: int) -> Iterator[Any]:
 
 
 def results(entries: list[tuple[str, str]], cfg: IngestConfig, preprocessing: dict[str, Any],
-            workers: int) -> Iterator[dict[str, Any]]:
-    """One result dict per entry, in entry order (folder errors interleaved in place)."""
+            workers: int, known: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """One result dict per entry, in entry order (folder errors interleaved in place).
+    ``known``: path -> content hash of rows already written; such a file whose content is
+    unchanged comes back as status ``skip`` (hashed by a worker, not decoded)."""
     from fibrosis.data.workers import ordered_map, process_file
 
     # Workers run ingestion's own per-file function (read, hash, checks, load_image,
     # cache quantisation); fibrosis.data.workers is what their fork server preloads, so they
     # start in milliseconds without torch. The model transform (a 512 -> 224 area
     # resize and normalise, well under a millisecond) runs here, in the prefetch thread.
-    files = [(p, "", {}) for p, err in entries if not err]
+    known = known or {}
+    files = [(p, known.get(p, ""), {}) for p, err in entries if not err]
     decoded = ordered_map(process_file, files, cfg, max(1, min(workers, len(files))))
     try:
         for path, err in entries:
@@ -348,14 +351,21 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
         if not entries:
             logger.warning("%s: no input files found", input)
         part = out if d.world == 1 else out.with_name(f"{out.name}.rank{d.rank}")
+        if d.is_main:  # never overwrite a foreign file that happens to have the studies name
+            score_io.check_ours(out.with_suffix(".studies.csv"), score_io.STUDY_COLUMNS)
         done = score_io.open_for_resume(part, fz.model_id)
         if d.world > 1 and out.exists():
-            done |= score_io.open_for_resume(out, fz.model_id)
+            done = {**score_io.open_for_resume(out, fz.model_id), **done}  # this rank's part is newer
         mine = entries[d.rank::d.world]
-        todo = [e for e in mine if e[0] not in done]
+        # A row is kept only while its file is unchanged: workers re-hash every file that
+        # has one (no decode) and a changed file is scored again. Entries reported without
+        # being read (unlistable folder, FIFO, ...) have no content to compare: kept.
+        todo = [e for e in mine if not (e[1] and e[0] in done)]
+        known = {p: done[p] for p, err in todo if not err and done.get(p)}
         resumed = len(mine) - len(todo)
-        if resumed:
-            logger.info("resuming: %d of %d file(s) already in %s", resumed, len(mine), part)
+        if done:
+            logger.info("resuming: %d of %d file(s) have a row in %s; files whose content hash "
+                        "changed are scored again", len(known) + resumed, len(mine), part)
         # Rank 0 builds its engine first (it writes the cached ONNX export); then the rest.
         if not d.is_main:
             distributed.barrier(d)
@@ -370,9 +380,12 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
         setup_seconds = time.perf_counter() - t0
         try:
             # Queue: two batches ahead of inference, on top of the pool's own window.
-            for res in _prefetch(results(todo, fz.ingest, fz.preprocessing, n_workers), 2 * bs):
-                scorer.add(res)
+            for res in _prefetch(results(todo, fz.ingest, fz.preprocessing, n_workers, known), 2 * bs):
                 bar.update()
+                if res["status"] == "skip":  # its row is in the file and its content unchanged
+                    resumed += 1
+                    continue
+                scorer.add(res)
             scorer.flush()
         finally:
             writer.close()
