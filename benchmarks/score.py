@@ -111,13 +111,14 @@ def decode_rate(ckpt: Path, src: Path, workers: int) -> float:
     from fibrosis.model.checkpoint import load_checkpoint
     from fibrosis.config import config_from_dict
     from fibrosis.data.ingest import discover
+    from fibrosis.data.records import Decoded
     from fibrosis.score.run import results
 
     ck = load_checkpoint(ckpt)
     cfg = config_from_dict(ck["config"]).ingest
     entries = sorted((str(p), "") for p in discover([src]))
     t0 = time.perf_counter()
-    n = sum(1 for r in results(entries, cfg, ck["preprocessing"], workers) if r["status"] == "ok")
+    n = sum(1 for r in results(entries, cfg, ck["preprocessing"], workers) if isinstance(r[0], Decoded))
     assert n == len(entries), f"{len(entries) - n} file(s) failed to decode"
     return n / (time.perf_counter() - t0)
 

@@ -20,6 +20,7 @@ from fibrosis.io import read_csv, write_csv
 from fibrosis.config import IngestConfig
 from fibrosis.data.identity import SaltMismatchError, patient_key, resolve_salt
 from fibrosis.data.ingest import discover, ingest
+from fibrosis.data.records import Skipped
 from fibrosis.data.labels import LabelsError
 from fibrosis.data.workers import ordered_map
 
@@ -301,15 +302,15 @@ def test_worker_processes_give_the_same_cache(tmp_path, mixed, cfg):
 def _dies_on_crash(task, cfg):
     if "crash" in task[0]:
         os._exit(11)  # what a segfault in a native decoder looks like to the pool
-    return {"path": task[0], "status": "ok"}
+    return Skipped(task[0], "")
 
 
 def test_a_crashing_decoder_rejects_only_its_file(cfg):
     tasks = [(f"/x/{n}", "", {}) for n in ("a", "b", "crash", "c", "d", "e")]
     results = list(ordered_map(_dies_on_crash, tasks, cfg, workers=2))
-    assert [r["path"] for r in results] == [t[0] for t in tasks]
-    assert [r["status"] for r in results] == ["ok", "ok", "reject", "ok", "ok", "ok"]
-    assert "crashed its worker process" in results[2]["reason"]
+    assert [r.path for r in results] == [t[0] for t in tasks]
+    assert [type(r).__name__ for r in results] == ["Skipped", "Skipped", "Rejected", "Skipped", "Skipped", "Skipped"]
+    assert "crashed its worker process" in results[2].reason
 
 
 def test_workers_that_cannot_start_stop_the_run_instead_of_rejecting_files(tmp_path):

@@ -14,6 +14,7 @@ from pydicom.encaps import generate_frames
 from fibrosis.data.dicom import parse_age
 from fibrosis.data.j2k import codestream_info, decode_reduced
 from fibrosis.data.pixels import InputError, fit_square, load_image, polarity_score
+from fibrosis.data.records import PatientId
 
 RAMP = np.array([[0, 100, 200, 300]] * 4, np.uint16)  # 4x4: each value 4 times
 
@@ -168,8 +169,8 @@ def test_acr_nema_without_preamble_or_file_meta(tmp_path, small_cfg, phantom):
                    bits_stored=10, photometric="MONOCHROME1")
     assert p.read_bytes()[128:132] != b"DICM"
     res = load_image(p, small_cfg)
-    assert res.meta["source_format"] == "acr-nema"
-    assert res.meta["transfer_syntax"] == pydicom.uid.ImplicitVRLittleEndian
+    assert res.meta.source_format == "acr-nema"
+    assert res.meta.transfer_syntax == pydicom.uid.ImplicitVRLittleEndian
     assert polarity_score(res.image) > 0.3
 
 
@@ -278,7 +279,7 @@ def test_policy_min_side_and_configurable_lists(tmp_path, small_cfg):
 def test_view_words_in_series_text_do_not_override_view_position(tmp_path, small_cfg):
     p = make_dicom(tmp_path / "x.dcm", to_stored(chest_phantom(64, 64), 12), view="PA",
                    SeriesDescription="CHEST PA/LAT")
-    assert load_image(p, small_cfg).meta["view_position"] == "PA"
+    assert load_image(p, small_cfg).meta.view_position == "PA"
 
 
 # ---------------------------------------------------------------- metadata
@@ -288,10 +289,10 @@ def test_manifest_metadata_from_header(tmp_path, small_cfg):
     p = make_dicom(tmp_path / "x.dcm", to_stored(chest_phantom(64, 64), 12), bits_stored=12,
                    patient_id="MRN-42", ImagerPixelSpacing=[0.139, 0.139], ManufacturerModelName="M1")
     meta = load_image(p, small_cfg).meta
-    assert meta["_patient_id"] == "MRN-42" and meta["sex"] == "F" and meta["age"] == "61"
-    assert meta["pixel_spacing"] == "0.139\\0.139"  # ImagerPixelSpacing when PixelSpacing is absent
-    assert (meta["rows"], meta["cols"], meta["model_name"], meta["modality"]) == (64, 64, "M1", "DX")
-    assert meta["transfer_syntax"] == pydicom.uid.ExplicitVRLittleEndian
+    assert meta.patient_id == PatientId("MRN-42") and meta.sex == "F" and meta.age == "61"
+    assert meta.pixel_spacing == "0.139\\0.139"  # ImagerPixelSpacing when PixelSpacing is absent
+    assert (meta.rows, meta.cols, meta.model_name, meta.modality) == (64, 64, "M1", "DX")
+    assert meta.transfer_syntax == pydicom.uid.ExplicitVRLittleEndian
 
 
 @pytest.mark.parametrize("age, birth, study, years", [
@@ -308,7 +309,7 @@ def test_parse_age(age, birth, study, years):
 def test_png_exports(tmp_path, small_cfg, phantom):
     grey8 = to_stored(phantom, 8)
     ref = load_image(make_png(tmp_path / "a.png", grey8), small_cfg)
-    assert ref.meta["source_format"] == "png" and ref.meta["photometric"] == "MONOCHROME2"
+    assert ref.meta.source_format == "png" and ref.meta.photometric == "MONOCHROME2"
     assert polarity_score(ref.image) > 0.3
     rgb = np.repeat(grey8[..., None], 3, axis=2)
     np.testing.assert_array_equal(load_image(make_png(tmp_path / "b.png", rgb), small_cfg).image, ref.image)
@@ -322,7 +323,7 @@ def test_png_exports(tmp_path, small_cfg, phantom):
 def test_png_hints_fill_metadata_and_policy(tmp_path, small_cfg, phantom):
     p = make_png(tmp_path / "a.png", to_stored(phantom, 8))
     meta = load_image(p, small_cfg, hints={"patient_id": "17", "sex": "m", "age": "63", "view": "AP"}).meta
-    assert (meta["_patient_id"], meta["sex"], meta["age"], meta["view_position"]) == ("17", "M", "63", "AP")
+    assert (meta.patient_id, meta.sex, meta.age, meta.view_position) == (PatientId("17"), "M", "63", "AP")
     with pytest.raises(InputError, match="ViewPosition='LL'"):
         load_image(p, small_cfg, hints={"view": "LL"})
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dicom_factory import chest_phantom, make_dicom, make_png, to_stored, truncate
+from fibrosis.data.records import Decoded, ImageMeta, PatientId
 from fibrosis.score import run as S
 from fibrosis.data.cache import CacheReader, CacheWriter, to_cache_dtype
 from fibrosis.model.calibration import TemperatureScaling
@@ -286,16 +287,16 @@ def test_first_real_batch_rechecks_the_engine(tmp_path, ckpt, auto):
     scorer = S.Scorer(net, _Shifted(net), fz, writer, batch_size=2, salt="s", auto=auto, gradcam_dir=None)
     x = np.stack([S.model_input(to_cache_dtype(chest_phantom(64, 64, seed=i), "uint8"), "uint8",
                                 net.preprocessing) for i in range(2)])
-    results = [{"path": f"/p{i}", "status": "ok", "hash": "h", "x": x[i],
-                "meta": {"sop_uid": f"1.{i}", "study_uid": "1", "series_uid": "1", "view_position": "PA",
-                         "source_format": "dicom", "_patient_id": PATIENT_ID}} for i in range(2)]
+    meta = [ImageMeta(sop_uid=f"1.{i}", study_uid="1", series_uid="1", view_position="PA",
+                      source_format="dicom", patient_id=PatientId(PATIENT_ID)) for i in range(2)]
+    results = [Decoded(f"/p{i}", "h", meta[i], (), np.zeros(1)) for i in range(2)]
     if not auto:
         with pytest.raises(EngineError, match="real images"):
-            for r in results:
-                scorer.add(r)
+            for r, xi in zip(results, x):
+                scorer.add(r, xi)
         return
-    for r in results:
-        scorer.add(r)
+    for r, xi in zip(results, x):
+        scorer.add(r, xi)
     writer.close()
     rows = read(tmp_path / "o.csv")
     with torch.no_grad():

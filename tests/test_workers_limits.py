@@ -17,6 +17,7 @@ import pytest
 from dicom_factory import chest_phantom, make_deflate_bomb, make_dicom, to_stored
 from fibrosis.config import ConfigError, IngestConfig, load_config
 from fibrosis.data.pixels import NOT_AN_IMAGE, InputError, load_image
+from fibrosis.data.records import Decoded, Rejected
 from fibrosis.data.workers import process_file
 from test_discover_hostile import run_child
 
@@ -31,7 +32,7 @@ from fibrosis.data.workers import process_file
 cfg = IngestConfig(**json.loads(sys.argv[2]))
 r = process_file((sys.argv[1], "", {}), cfg)
 hwm_kib = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
-print(json.dumps({"status": r["status"], "reason": r.get("reason", ""), "hash": r["hash"],
+print(json.dumps({"status": type(r).__name__, "reason": getattr(r, "reason", ""), "hash": r.content_hash,
                   "rss_mib": hwm_kib / 1024}))
 """
 BASELINE_MIB = 400  # the child imports numpy, OpenCV, pydicom (~70 MiB); a full read would be GBs
@@ -53,12 +54,12 @@ def test_reader_never_blocks_on_a_fifo_or_floods_from_a_device(tmp_path):
             "from fibrosis.data.workers import process_file\n"
             "for p in sys.argv[1:]:\n"
             "    r = process_file((p, '', {}), IngestConfig())\n"
-            "    print(json.dumps([r['status'], r.get('reason', '')]))\n")
+            "    print(json.dumps([type(r).__name__, getattr(r, 'reason', '')]))\n")
     res = run_child(["-c", code, str(tmp_path / "pipe.dcm"), str(tmp_path / "zero.dcm")], timeout=60, mem_gb=3)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.splitlines() == [
-        '["reject", "not a regular file: a FIFO (named pipe); not opened"]',
-        '["reject", "not a regular file: a character device; not opened"]']
+        '["Rejected", "not a regular file: a FIFO (named pipe); not opened"]',
+        '["Rejected", "not a regular file: a character device; not opened"]']
 
 
 def test_a_2gb_sparse_dicom_is_refused_unread(tmp_path):
@@ -71,7 +72,7 @@ def test_a_2gb_sparse_dicom_is_refused_unread(tmp_path):
         got = child_process_file(path)
     finally:
         path.unlink(missing_ok=True)
-    assert got["status"] == "reject" and got["hash"] == ""
+    assert got["status"] == "Rejected" and got["hash"] == ""
     assert got["reason"] == (f"file is {2 << 30} bytes (2048 MiB); limit ingest.max_file_mb=600 MiB: "
                              "refused unread")
     assert got["rss_mib"] < BASELINE_MIB, got
@@ -87,7 +88,7 @@ def test_a_non_image_is_hashed_as_a_stream_not_held(tmp_path):
         got = child_process_file(path)
     finally:
         path.unlink(missing_ok=True)
-    assert got["status"] == "reject" and got["reason"] == NOT_AN_IMAGE
+    assert got["status"] == "Rejected" and got["reason"] == NOT_AN_IMAGE
     import hashlib
 
     h = hashlib.sha256()
@@ -104,7 +105,7 @@ def test_a_deflate_bomb_is_refused_before_it_is_inflated(tmp_path):
                              bits_stored=12)
     assert path.stat().st_size < 2 * MIB
     got = child_process_file(path, min_side=1, image_size=32)
-    assert got["status"] == "reject"
+    assert got["status"] == "Rejected"
     assert got["reason"] == (f"deflated dataset (transfer syntax 1.2.840.10008.1.2.1.99) inflates to more "
                              f"than 600 MiB from {path.stat().st_size} bytes; limit ingest.max_inflated_mb=600 "
                              "(a zip bomb, or raise the limit)")
@@ -116,14 +117,14 @@ def test_inflated_cap_is_configurable_and_spares_legitimate_files(tmp_path):
     px = to_stored(chest_phantom(1024, 1024), 12)  # 2 MiB of pixels, deflated
     path = make_dicom(tmp_path / "deflated.dcm", px, "deflate", bits_stored=12)
     assert path.stat().st_size < 2 * MIB
-    assert load_image(path, dataclasses.replace(cfg, max_inflated_mb=3)).meta["rows"] == 1024
+    assert load_image(path, dataclasses.replace(cfg, max_inflated_mb=3)).meta.rows == 1024
     with pytest.raises(InputError, match=r"inflates to more than 1 MiB .*ingest.max_inflated_mb=1"):
         load_image(path, dataclasses.replace(cfg, max_inflated_mb=1))
     # padding after the pixels counts as well: the element pydicom would inflate in memory
     padded = make_deflate_bomb(tmp_path / "padded.dcm", to_stored(chest_phantom(80, 72), 12), 4 * MIB,
                                bits_stored=12)
-    assert process_file((str(padded), "", {}), dataclasses.replace(cfg, max_inflated_mb=5))["status"] == "ok"
-    assert "max_inflated_mb=3" in process_file((str(padded), "", {}), dataclasses.replace(cfg, max_inflated_mb=3))["reason"]
+    assert isinstance(process_file((str(padded), "", {}), dataclasses.replace(cfg, max_inflated_mb=5)), Decoded)
+    assert "max_inflated_mb=3" in process_file((str(padded), "", {}), dataclasses.replace(cfg, max_inflated_mb=3)).reason
 
 
 def test_file_cap_is_configurable(tmp_path):
@@ -132,10 +133,10 @@ def test_file_cap_is_configurable(tmp_path):
     size = path.stat().st_size
     assert 2 * MIB < size < 4 * MIB
     ok = process_file((str(path), "", {}), dataclasses.replace(cfg, max_file_mb=4))
-    assert ok["status"] == "ok" and ok["hash"]
+    assert isinstance(ok, Decoded) and ok.content_hash
     got = process_file((str(path), "", {}), dataclasses.replace(cfg, max_file_mb=2))
-    assert got["status"] == "reject" and got["kind"] == "error"
-    assert got["reason"] == f"file is {size} bytes (3 MiB); limit ingest.max_file_mb=2 MiB: refused unread"
+    assert isinstance(got, Rejected) and got.kind == "error"
+    assert got.reason == f"file is {size} bytes (3 MiB); limit ingest.max_file_mb=2 MiB: refused unread"
 
 
 def test_caps_are_config_keys_that_must_be_positive(tmp_path):

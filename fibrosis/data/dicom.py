@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from fibrosis.config import IngestConfig
+from fibrosis.data.records import ImageMeta, PatientId
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -308,39 +309,37 @@ def _spacing(ds: Dataset) -> str:
     return ""
 
 
-def dicom_meta(ds: Dataset, ts: str, fmt: str) -> dict[str, Any]:
-    """Manifest fields from the header (names as in cache.MANIFEST_COLUMNS).
-
-    ``_patient_id`` is the raw PatientID: ingest hashes it and never writes it.
-    """
+def dicom_meta(ds: Dataset, ts: str, fmt: str) -> ImageMeta:
+    """Manifest fields from the header (names as in cache.MANIFEST_COLUMNS), and the raw
+    PatientID as a :class:`PatientId` (hashed into the patient key, never written)."""
     sex = _text(ds, "PatientSex").upper()
     modality = _text(ds, "Modality").upper() or SOP_CLASS_MODALITY.get(_text(ds, "SOPClassUID"), "")
-    return {
-        "study_uid": _text(ds, "StudyInstanceUID"),
-        "series_uid": _text(ds, "SeriesInstanceUID"),
-        "sop_uid": _text(ds, "SOPInstanceUID"),
-        "view_position": _text(ds, "ViewPosition").upper(),
-        "body_part": _text(ds, "BodyPartExamined").upper(),
-        "modality": modality,
-        "manufacturer": _text(ds, "Manufacturer"),
-        "model_name": _text(ds, "ManufacturerModelName"),
-        "sex": sex if sex in ("M", "F", "O") else "",
-        "age": parse_age(_text(ds, "PatientAge"), _text(ds, "PatientBirthDate"),
-                         _text(ds, "StudyDate") or _text(ds, "AcquisitionDate")),
-        "pixel_spacing": _spacing(ds),
-        "rows": int(ds.get("Rows", 0) or 0),
-        "cols": int(ds.get("Columns", 0) or 0),
-        "transfer_syntax": ts,
-        "photometric": _text(ds, "PhotometricInterpretation").upper(),
-        "source_format": "dicom" if fmt == "dicom" else "acr-nema",
-        "_patient_id": _text(ds, "PatientID"),
-    }
+    return ImageMeta(
+        study_uid=_text(ds, "StudyInstanceUID"),
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        sop_uid=_text(ds, "SOPInstanceUID"),
+        view_position=_text(ds, "ViewPosition").upper(),
+        body_part=_text(ds, "BodyPartExamined").upper(),
+        modality=modality,
+        manufacturer=_text(ds, "Manufacturer"),
+        model_name=_text(ds, "ManufacturerModelName"),
+        sex=sex if sex in ("M", "F", "O") else "",
+        age=parse_age(_text(ds, "PatientAge"), _text(ds, "PatientBirthDate"),
+                      _text(ds, "StudyDate") or _text(ds, "AcquisitionDate")),
+        pixel_spacing=_spacing(ds),
+        rows=int(ds.get("Rows", 0) or 0),
+        cols=int(ds.get("Columns", 0) or 0),
+        transfer_syntax=ts,
+        photometric=_text(ds, "PhotometricInterpretation").upper(),
+        source_format="dicom" if fmt == "dicom" else "acr-nema",
+        patient_id=PatientId(_text(ds, "PatientID")),
+    )
 
 
-def check_header(ds: Dataset, meta: dict[str, Any], path: str | Path, cfg: IngestConfig,
+def check_header(ds: Dataset, meta: ImageMeta, path: str | Path, cfg: IngestConfig,
                  data_len: int) -> None:
     """Refuse malformed or unsupported pixel data before decoding (kind 'error')."""
-    ts = meta["transfer_syntax"]
+    ts = meta.transfer_syntax
 
     def bad(reason: str) -> InputError:
         return InputError(path, reason, ts, "error")
@@ -351,7 +350,7 @@ def check_header(ds: Dataset, meta: dict[str, Any], path: str | Path, cfg: Inges
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise bad("(7FE0,0008/0009) float pixel data; expected integer (7FE0,0010) PixelData")
         raise bad("missing (7FE0,0010) PixelData")
-    photometric = meta["photometric"]
+    photometric = meta.photometric
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise bad(f"(0028,0004) PhotometricInterpretation={photometric!r}; "
                   "expected MONOCHROME1/MONOCHROME2")
@@ -361,7 +360,7 @@ def check_header(ds: Dataset, meta: dict[str, Any], path: str | Path, cfg: Inges
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
         raise bad(f"multi-frame: (0028,0008) NumberOfFrames={frames}; expected 1")
-    rows, cols = meta["rows"], meta["cols"]
+    rows, cols = meta.rows, meta.cols
     if rows <= 0 or cols <= 0:
         raise bad(f"(0028,0010) Rows={rows} x (0028,0011) Columns={cols}; expected positive sizes")
     if rows > cfg.max_rows or cols > cfg.max_cols:
@@ -398,7 +397,7 @@ def _quote_terms(hit: list[str]) -> str:
     return ", ".join(repr(t) for t in hit)
 
 
-def check_policy(ds: Dataset | None, meta: dict[str, Any], path: str | Path, cfg: IngestConfig) -> None:
+def check_policy(ds: Dataset | None, meta: ImageMeta, path: str | Path, cfg: IngestConfig) -> None:
     """Keep out valid files that are not frontal human chest radiographs (kind 'excluded').
 
     All failing rules are named in one reason so a reviewer sees the full picture.
@@ -410,10 +409,10 @@ def check_policy(ds: Dataset | None, meta: dict[str, Any], path: str | Path, cfg
         if sop in FOR_PROCESSING_SOP_CLASSES or _text(ds, "PresentationIntentType").upper() == "FOR PROCESSING":
             reasons.append("'For Processing' raw detector image (0008,0016)/(0008,0068); "
                            "expected a 'For Presentation' image")
-        if meta["modality"] not in cfg.allowed_modalities:
-            reasons.append(f"(0008,0060) Modality={meta['modality']!r}; allowed {list(cfg.allowed_modalities)}")
-        if meta["body_part"] not in cfg.allowed_body_parts:
-            reasons.append(f"(0018,0015) BodyPartExamined={meta['body_part']!r}; "
+        if meta.modality not in cfg.allowed_modalities:
+            reasons.append(f"(0008,0060) Modality={meta.modality!r}; allowed {list(cfg.allowed_modalities)}")
+        if meta.body_part not in cfg.allowed_body_parts:
+            reasons.append(f"(0018,0015) BodyPartExamined={meta.body_part!r}; "
                            f"allowed {list(cfg.allowed_body_parts)}")
         species = _text(ds, "PatientSpeciesDescription").upper()
         if species not in HUMAN_SPECIES:
@@ -423,7 +422,7 @@ def check_policy(ds: Dataset | None, meta: dict[str, Any], path: str | Path, cfg
         terms = {t.upper() for t in cfg.excluded_description_terms}
         # View words in free text count only when ViewPosition is absent: a series
         # described "CHEST PA/LAT" may hold the PA image, and ViewPosition is per image.
-        view_terms = set() if meta["view_position"] else {v.upper() for v in cfg.excluded_views}
+        view_terms = set() if meta.view_position else {v.upper() for v in cfg.excluded_views}
         texts = [(tag, kw, _text(ds, kw)) for kw, tag in DESCRIPTION_TAGS]
         for kw, tag in CODE_SEQUENCES:
             for item in ds.get(kw) or []:
@@ -439,15 +438,15 @@ def check_policy(ds: Dataset | None, meta: dict[str, Any], path: str | Path, cfg
             if hit:
                 reasons.append(f"{tag} {kw} names an excluded view {_quote_terms(hit)} "
                                "and (0018,5101) ViewPosition is absent")
-    if meta["view_position"] in cfg.excluded_views:
-        reasons.append(f"(0018,5101) ViewPosition={meta['view_position']!r} is an excluded view "
+    if meta.view_position in cfg.excluded_views:
+        reasons.append(f"(0018,5101) ViewPosition={meta.view_position!r} is an excluded view "
                        f"{list(cfg.excluded_views)}")
-    side = min(meta["rows"], meta["cols"])
+    side = min(meta.rows, meta.cols)
     if 0 < side < cfg.min_side:
-        reasons.append(f"image {meta['rows']}x{meta['cols']} is smaller than ingest.min_side="
+        reasons.append(f"image {meta.rows}x{meta.cols} is smaller than ingest.min_side="
                        f"{cfg.min_side}: not a diagnostic radiograph")
     if reasons:
-        raise InputError(path, "; ".join(reasons), meta["transfer_syntax"], "excluded")
+        raise InputError(path, "; ".join(reasons), meta.transfer_syntax, "excluded")
 
 
 def voi_window(ds: Dataset) -> tuple[float, float, str] | None:

@@ -18,8 +18,8 @@ import os
 import secrets
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
+from fibrosis.data.records import ImageMeta, PatientId
 from fibrosis.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -78,18 +78,17 @@ def resolve_salt(cache_dir: str | Path, *, record: bool = False) -> str:
 
 def patient_key(raw_id: str, salt: str) -> str:
     """Pseudonymous patient key: first 16 hex of sha256(salt + id)."""
-    return hashlib.sha256((salt + raw_id).encode("utf-8")).hexdigest()[:16]
+    return PatientId(raw_id).key(salt)
 
 
-def identity(meta: dict[str, Any], content_hash: str, salt: str, counts: Counter | None = None) -> str:
+def identity(meta: ImageMeta, content_hash: str, salt: str, counts: Counter | None = None) -> str:
     """patient_key from PatientID; else the study (one patient per study) or the file.
     ``counts`` (optional) tallies how many keys came from the study or the file."""
     counts = Counter() if counts is None else counts
-    raw = str(meta.get("_patient_id", "") or "").strip()
-    if raw:
-        return patient_key(raw, salt)
-    if meta.get("study_uid") and meta["source_format"] != "png" and meta["source_format"] != "jpeg":
+    if meta.patient_id:
+        return meta.patient_id.key(salt)
+    if meta.study_uid and meta.source_format not in ("png", "jpeg"):
         counts["patient-from-study"] += 1
-        return patient_key("study:" + meta["study_uid"], salt)
+        return patient_key("study:" + meta.study_uid, salt)
     counts["patient-from-file"] += 1
     return patient_key("file:" + content_hash, salt)

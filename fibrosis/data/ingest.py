@@ -19,6 +19,7 @@ Patient identity: PatientID is replaced by a salted, pseudonymous ``patient_key`
 from __future__ import annotations
 
 import logging
+import typing
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,13 +34,14 @@ from fibrosis.io import read_csv, write_csv
 from fibrosis.config import IngestConfig, config_to_dict
 from fibrosis.data.discover import FOLDER_ERROR, discover_entries
 from fibrosis.data.identity import identity, patient_key, resolve_salt
+from fibrosis.data.records import Decoded, Rejected, RejectKind, Skipped
 from fibrosis.data.labels import Labels, load_labels
 from fibrosis.data.pixels import POLARITY_EXCLUDED, preprocessing_signature, qa_flags
 from fibrosis.data.workers import ordered_map, process_file
 
 logger = logging.getLogger(__name__)
 
-REJECT_KINDS = ("error", "excluded", "duplicate")
+REJECT_KINDS = typing.get_args(RejectKind)
 
 
 @dataclass
@@ -153,15 +155,14 @@ def _identity_keys(content_hash: str, sop_uid: str) -> list[str]:
     return [content_hash] + ([f"sop:{sop_uid}"] if sop_uid and not sop_uid.startswith("file:") else [])
 
 
-def _manifest_row(res: dict[str, Any], key: str, labels: Labels | None, counts: Counter) -> dict[str, Any]:
-    meta = res["meta"]
-    row = {k: v for k, v in meta.items() if not k.startswith("_") and k in MANIFEST_COLUMNS}
+def _manifest_row(res: Decoded, key: str, labels: Labels | None, counts: Counter) -> dict[str, Any]:
+    row = res.meta.manifest_fields()
     label = ""
     if labels is not None:
-        label, how = labels.label(res["path"], meta.get("sop_uid", ""), meta.get("study_uid", ""))
+        label, how = labels.label(res.path, res.meta.sop_uid, res.meta.study_uid)
         counts[f"label-by-{how}" if how else "unlabeled"] += 1
-    row.update(path=res["path"], content_hash=res["hash"], patient_key=key,
-               steps="|".join(res["steps"]), label=label, split="")
+    row.update(path=res.path, content_hash=res.content_hash, patient_key=key,
+               steps="|".join(res.steps), label=label, split="")
     return row
 
 
@@ -248,32 +249,32 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
         bar = tqdm(total=len(tasks), unit="img", desc="ingest", disable=not progress)
         for res in ordered_map(process_file, tasks, cfg, max(1, min(n_workers, len(tasks)))):
             bar.update()
-            path = res["path"]
-            if res["status"] == "skip":
+            path = res.path
+            if isinstance(res, Skipped):
                 summary.skipped += 1
                 if path in new_label:
                     relabelled.append({**latest[path][1], "label": new_label[path]})
                 continue
-            if res["status"] == "ok":
-                keys = _identity_keys(res["hash"], res["meta"]["sop_uid"])
+            if isinstance(res, Decoded):
+                keys = _identity_keys(res.content_hash, res.meta.sop_uid)
                 clash = next(((k, owner[k]) for k in keys if owner.get(k, path) != path), None)
                 if clash is not None:
                     what = (f"same (0008,0018) SOPInstanceUID {clash[0][4:]}" if clash[0].startswith("sop:")
-                            else f"identical content (sha256 {res['hash'][:16]}...)")
-                    res.update(status="reject", kind="duplicate", ts=res["meta"]["transfer_syntax"],
-                               reason=f"{what} as {clash[1]}")
+                            else f"identical content (sha256 {res.content_hash[:16]}...)")
+                    res = Rejected(path, res.content_hash, "duplicate", f"{what} as {clash[1]}",
+                                   res.meta.transfer_syntax)
                 else:
                     owner.update((k, path) for k in keys)
-                    rows.append(_manifest_row(res, identity(res["meta"], res["hash"], salt, counts), labels, counts))
-                    images.append(res["image"])
+                    rows.append(_manifest_row(res, identity(res.meta, res.content_hash, salt, counts), labels, counts))
+                    images.append(res.image)
                     summary.ingested += 1
-                    summary.qa_flagged += bool(qa_flags(res["steps"]))
-            if res["status"] == "reject":
-                rejects.append({"path": path, "kind": res["kind"], "reason": res["reason"],
-                                "transfer_syntax": res["ts"]})
-                summary.rejected[res["kind"]] += 1
-                summary.qa_excluded += res["kind"] == "excluded" and res["reason"].startswith(POLARITY_EXCLUDED)
-                logger.debug("%s: %s: %s", path, res["kind"], res["reason"])
+                    summary.qa_flagged += bool(qa_flags(res.steps))
+            if isinstance(res, Rejected):
+                rejects.append({"path": path, "kind": res.kind, "reason": res.reason,
+                                "transfer_syntax": res.transfer_syntax})
+                summary.rejected[res.kind] += 1
+                summary.qa_excluded += res.kind == "excluded" and res.reason.startswith(POLARITY_EXCLUDED)
+                logger.debug("%s: %s: %s", path, res.kind, res.reason)
             if len(rows) >= cfg.shard_size or len(rejects) >= cfg.shard_size:
                 commit()
         commit()

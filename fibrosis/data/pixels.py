@@ -40,6 +40,7 @@ from fibrosis.data.dicom import (InputError, check_header, check_luts, check_pol
                                  sniff, voi_window)
 from fibrosis.data.discover import not_regular
 from fibrosis.data.j2k import J2K_OVERSAMPLE, decode_reduced
+from fibrosis.data.records import ImageMeta, PatientId
 
 __all__ = ["InputError", "PixelResult", "load_image", "load_bytes", "read_input", "preprocessing_signature"]
 
@@ -73,7 +74,7 @@ NOT_AN_IMAGE = ("not a DICOM, PNG or JPEG file (no 'DICM' marker at byte 128, "
 @dataclass
 class PixelResult:
     image: np.ndarray  # float32 (S, S) in [0, 1], lungs dark / bone bright
-    meta: dict[str, Any]  # manifest fields; keys starting with "_" are never written
+    meta: ImageMeta  # manifest fields, and the raw PatientID that is never written
     steps: list[str] = field(default_factory=list)
 
 
@@ -179,14 +180,13 @@ def load_bytes(data: bytes, path: str | Path, cfg: IngestConfig,
         raise InputError(path, NOT_AN_IMAGE)
     with _quiet_pydicom():
         ds, ts = read_dataset(data, path, fmt, cfg.max_inflated_mb * MIB)
-        meta = dicom_meta(ds, ts, fmt)
-        _apply_hints(meta, hints or {})
+        meta = _apply_hints(dicom_meta(ds, ts, fmt), hints or {})
         check_header(ds, meta, path, cfg, len(data))
         check_luts(ds, path, ts)
         check_policy(ds, meta, path, cfg)
         stored, steps = _decode_dicom(ds, ts, path, cfg)
     modality = _modality(ds, path, ts)
-    invert, why = _inversion(ds, meta["photometric"])
+    invert, why = _inversion(ds, meta.photometric)
     img, lut_steps = _display(stored, modality, _voi_spec(ds), invert, cfg, path, ts)
     steps += lut_steps + ([f"invert:{why}"] if invert else [])
     return _finish(img, meta, steps, cfg, path, ts)
@@ -396,11 +396,8 @@ def _load_raster(data: bytes, path: str | Path, fmt: str, cfg: IngestConfig,
         raise InputError(path, f"unreadable {fmt.upper()}: {exc}", ts) from None
     if rows > cfg.max_rows or cols > cfg.max_cols:
         raise InputError(path, f"absurd dimensions {rows}x{cols}; limit {cfg.max_rows}x{cfg.max_cols}", ts)
-    meta = {"study_uid": "", "series_uid": "", "sop_uid": "", "view_position": "", "body_part": "",
-            "modality": "", "manufacturer": "", "model_name": "", "sex": "", "age": "",
-            "pixel_spacing": "", "rows": rows, "cols": cols, "transfer_syntax": ts,
-            "photometric": "MONOCHROME2", "source_format": fmt, "_patient_id": ""}
-    _apply_hints(meta, hints)
+    meta = _apply_hints(ImageMeta(rows=rows, cols=cols, transfer_syntax=ts, photometric="MONOCHROME2",
+                                  source_format=fmt), hints)
     check_policy(None, meta, path, cfg)
     try:
         with warnings.catch_warnings():
@@ -423,13 +420,15 @@ def _load_raster(data: bytes, path: str | Path, fmt: str, cfg: IngestConfig,
     return _finish(img, meta, [f"decode:{fmt} mode {im.mode}"] + steps, cfg, path, ts)
 
 
-def _apply_hints(meta: dict[str, Any], hints: dict[str, Any]) -> None:
+def _apply_hints(meta: ImageMeta, hints: dict[str, Any]) -> ImageMeta:
     """Fill gaps from a labels CSV row; values the file itself carries win."""
-    for key, hint in (("_patient_id", "patient_id"), ("age", "age"), ("sex", "sex"),
-                      ("view_position", "view")):
+    if not meta.patient_id and str(hints.get("patient_id", "") or "").strip():
+        meta = meta.replace(patient_id=PatientId(hints["patient_id"]))
+    for key, hint in (("age", "age"), ("sex", "sex"), ("view_position", "view")):
         value = str(hints.get(hint, "") or "").strip()
-        if value and not meta.get(key):
-            meta[key] = value.upper() if key in ("sex", "view_position") else value
+        if value and not getattr(meta, key):
+            meta = meta.replace(**{key: value.upper() if key in ("sex", "view_position") else value})
+    return meta
 
 
 def _geometry(h: int, w: int, size: int) -> tuple[int, int, int, int]:
@@ -481,7 +480,7 @@ def polarity_score(img: np.ndarray) -> float:
     return float(img[rows, int(0.45 * w):int(0.55 * w)].mean() - lungs)
 
 
-def _finish(img: np.ndarray, meta: dict[str, Any], steps: list[str], cfg: IngestConfig,
+def _finish(img: np.ndarray, meta: ImageMeta, steps: list[str], cfg: IngestConfig,
             path: str | Path, ts: str) -> PixelResult:
     out, step = fit_square(img, cfg.image_size)
     nh, nw, top, left = _geometry(*img.shape, cfg.image_size)
@@ -497,7 +496,7 @@ def _finish(img: np.ndarray, meta: dict[str, Any], steps: list[str], cfg: Ingest
             raise InputError(path, f"{POLARITY_EXCLUDED} ({evidence} < {POLARITY_SUSPECT_BELOW:g}: the "
                                    "mediastinum is darker than the lung fields, as in an image shown "
                                    f"inverted; header (0028,0004) PhotometricInterpretation="
-                                   f"{meta['photometric']!r}, {shown}; ingest.polarity_qa=exclude, "
+                                   f"{meta.photometric!r}, {shown}; ingest.polarity_qa=exclude, "
                                    "keep or invert to use it)", ts, "excluded")
         if cfg.polarity_qa == "invert":
             # Resizing is linear, so inverting after it equals inverting before it.

@@ -1,7 +1,8 @@
 """Per-file work and the process pool that runs it (shared by ingest and scoring).
 
-:func:`process_file` never raises for a bad input: it returns a result dict
-with ``status`` ``ok`` | ``skip`` | ``reject``, so one file can never stop a run.
+:func:`process_file` never raises for a bad input: it returns a
+:data:`~fibrosis.data.records.DecodeResult` (``Decoded``, ``Skipped`` or ``Rejected``),
+so one file can never stop a run.
 :func:`ordered_map` yields results in input order (deterministic shard contents
 and "first path wins" for duplicates) and survives a worker that dies inside a
 native decoder: the tasks in flight are re-run one at a time on a fresh
@@ -34,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from fibrosis.data.cache import to_cache_dtype
 from fibrosis.config import IngestConfig
+from fibrosis.data.records import Decoded, DecodeResult, Rejected, RejectKind, Skipped
 from fibrosis.data.pixels import NOT_AN_IMAGE, InputError, load_bytes, read_input
 
 logger = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ logger = logging.getLogger(__name__)
 Task = tuple[str, str, dict[str, Any]]  # (path, content hash already committed or "", hints)
 
 
-def process_file(task: Task, cfg: IngestConfig) -> dict[str, Any]:
+def process_file(task: Task, cfg: IngestConfig) -> DecodeResult:
     """Hash, skip-check, load and quantise one file."""
     path, known_hash, hints = task
     try:
@@ -51,7 +53,7 @@ def process_file(task: Task, cfg: IngestConfig) -> dict[str, Any]:
     except MemoryError:
         return _reject(path, "", "error", "out of memory while reading", "")
     if known_hash and digest == known_hash:
-        return {"path": path, "status": "skip", "hash": digest}
+        return Skipped(path, digest)
     if data is None:
         return _reject(path, digest, "error", NOT_AN_IMAGE, "")
     try:
@@ -69,17 +71,15 @@ def process_file(task: Task, cfg: IngestConfig) -> dict[str, Any]:
         logger.exception("%s: unexpected failure", path)
         return _reject(path, digest, "error", f"unexpected {type(exc).__name__}: {exc}", "")
     meta = res.meta
-    if meta["source_format"] in ("png", "jpeg") or not meta["sop_uid"]:
+    if meta.source_format in ("png", "jpeg") or not meta.sop_uid:
         # File-derived keys: readable stem + content hash, unique even for equal stems.
         derived = f"file:{Path(path).stem}-{digest[:8]}"
-        for key in ("study_uid", "series_uid", "sop_uid"):
-            meta[key] = meta[key] or derived
-    return {"path": path, "status": "ok", "hash": digest, "meta": meta, "steps": res.steps,
-            "image": to_cache_dtype(res.image, cfg.cache_dtype)}
+        meta = meta.replace(**{key: getattr(meta, key) or derived for key in ("study_uid", "series_uid", "sop_uid")})
+    return Decoded(path, digest, meta, tuple(res.steps), to_cache_dtype(res.image, cfg.cache_dtype))
 
 
-def _reject(path: str, digest: str, kind: str, reason: str, ts: str) -> dict[str, Any]:
-    return {"path": path, "status": "reject", "hash": digest, "kind": kind, "reason": reason, "ts": ts}
+def _reject(path: str, digest: str, kind: RejectKind, reason: str, ts: str) -> Rejected:
+    return Rejected(path, digest, kind, reason, ts)
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -139,7 +139,7 @@ def _init_worker() -> None:
     _watch_parent()
 
 
-def _crashed(task: Task) -> dict[str, Any]:
+def _crashed(task: Task) -> Rejected:
     return _reject(task[0], "", "error", "the decoder crashed its worker process (native fault); "
                                          "file is probably corrupt", "")
 

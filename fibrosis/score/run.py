@@ -38,6 +38,7 @@ from fibrosis.config import IngestConfig, ScoreConfig, config_from_dict
 from fibrosis.data.dataset import normalise, resize
 from fibrosis.data.identity import identity, resolve_salt
 from fibrosis.data.pixels import POLARITY_EXCLUDED, qa_flags
+from fibrosis.data.records import Decoded, DecodeResult, Rejected, Skipped
 
 logger = logging.getLogger(__name__)
 
@@ -169,10 +170,10 @@ def _prefetch(gen: Iterator[Any], maxsize: int) -> Iterator[Any]:
 
 
 def results(entries: list[tuple[str, str]], cfg: IngestConfig, preprocessing: dict[str, Any],
-            workers: int, known: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
-    """One result dict per entry, in entry order (folder errors interleaved in place).
-    ``known``: path -> content hash of rows already written; such a file whose content is
-    unchanged comes back as status ``skip`` (hashed by a worker, not decoded)."""
+            workers: int, known: dict[str, str] | None = None) -> Iterator[tuple[DecodeResult, np.ndarray | None]]:
+    """(decode result, model input or None) per entry, in entry order (folder errors
+    interleaved in place). ``known``: path -> content hash of rows already written; such a
+    file whose content is unchanged comes back :class:`Skipped` (hashed by a worker, not decoded)."""
     from fibrosis.data.workers import ordered_map, process_file
 
     # Workers run ingestion's own per-file function (read, hash, checks, load_image,
@@ -185,14 +186,13 @@ def results(entries: list[tuple[str, str]], cfg: IngestConfig, preprocessing: di
     try:
         for path, err in entries:
             if err:
-                yield {"path": path, "status": "reject", "kind": "error", "reason": err, "hash": ""}
+                yield Rejected(path, "", "error", err), None
             else:
                 res = next(decoded)
-                if res["path"] != path:  # ordered_map keeps order; a mismatch is a bug, not data
-                    raise RuntimeError(f"decode order broken: got {res['path']}, expected {path}")
-                if res["status"] == "ok":
-                    res["x"] = model_input(res.pop("image"), cfg.cache_dtype, preprocessing)
-                yield res
+                if res.path != path:  # ordered_map keeps order; a mismatch is a bug, not data
+                    raise RuntimeError(f"decode order broken: got {res.path}, expected {path}")
+                x = model_input(res.image, cfg.cache_dtype, preprocessing) if isinstance(res, Decoded) else None
+                yield res, x
     finally:
         decoded.close()
 
@@ -222,21 +222,21 @@ class Scorer:
         self.counts: Counter = Counter()
         self.verified = engine.name == "eager"
 
-    def add(self, res: dict[str, Any]) -> None:
+    def add(self, res: Decoded | Rejected, x: np.ndarray | None = None) -> None:
+        """One file's row: ``res`` decoded (with its model input ``x``) or rejected."""
         fz = self.fz
-        row: dict[str, Any] = {"path": res["path"], "content_hash": res.get("hash", ""),
+        row: dict[str, Any] = {"path": res.path, "content_hash": res.content_hash,
                                "model_id": fz.model_id,
                                "threshold_name": fz.threshold_name, "threshold": format(fz.threshold, ".10g")}
-        if res["status"] == "ok":
-            meta = res["meta"]
-            row.update(status="ok", patient_key=identity(meta, res["hash"], self.salt),
-                       **{k: meta.get(k, "") for k in ("sop_uid", "series_uid", "study_uid", "view_position")})
-            meta.pop("_patient_id", None)
-            row["qa"] = qa_flags(res.get("steps", []))
-            self.xs.append(res["x"])
+        if isinstance(res, Decoded):
+            meta = res.meta
+            row.update(status="ok", patient_key=identity(meta, res.content_hash, self.salt), sop_uid=meta.sop_uid,
+                       series_uid=meta.series_uid, study_uid=meta.study_uid, view_position=meta.view_position)
+            row["qa"] = qa_flags(res.steps)
+            self.xs.append(x)
         else:  # kind is "error" or "excluded"; one line per file, whatever the reason text holds
-            row["status"] = f"{res['kind']}: " + " ".join(str(res["reason"]).split())
-            if res["kind"] == "excluded" and str(res["reason"]).startswith(POLARITY_EXCLUDED):
+            row["status"] = f"{res.kind}: " + " ".join(str(res.reason).split())
+            if res.kind == "excluded" and str(res.reason).startswith(POLARITY_EXCLUDED):
                 row["qa"] = "polarity-suspect"
         self.counts[row["status"].split(":")[0]] += 1
         self.rows.append(row)
@@ -380,12 +380,12 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
         setup_seconds = time.perf_counter() - t0
         try:
             # Queue: two batches ahead of inference, on top of the pool's own window.
-            for res in _prefetch(results(todo, fz.ingest, fz.preprocessing, n_workers, known), 2 * bs):
+            for res, x in _prefetch(results(todo, fz.ingest, fz.preprocessing, n_workers, known), 2 * bs):
                 bar.update()
-                if res["status"] == "skip":  # its row is in the file and its content unchanged
+                if isinstance(res, Skipped):  # its row is in the file and its content unchanged
                     resumed += 1
                     continue
-                scorer.add(res)
+                scorer.add(res, x)
             scorer.flush()
         finally:
             writer.close()

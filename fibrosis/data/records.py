@@ -1,0 +1,124 @@
+"""Typed records at the data stage's boundaries: what a decode worker returns to ingest
+and score, an image's metadata, and the one parser of a manifest label.
+
+Why types: the worker result used to be a dict whose ``status`` string and optional keys
+were branched on in two places, and PatientID travelled as a ``_patient_id`` key that every
+writer had to remember to drop. Here a result is one of three classes, and the raw
+PatientID is a :class:`PatientId`, which has no text form at all: a CSV writer, ``json``,
+an f-string or ``str()`` that meets one raises ``TypeError`` instead of writing it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+import numpy as np
+
+RejectKind = Literal["error", "excluded", "duplicate"]  # rejects.csv `kind`
+
+
+class PatientId:
+    """A raw PatientID. It is hashed into a patient key and never written anywhere; it
+    pickles (it crosses from a decode worker to the run) but has no ``str``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str = ""):
+        self._value = str(value or "").strip()
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __str__(self) -> str:
+        raise TypeError("a raw PatientID is never written; write its salted patient key")
+
+    __format__ = None  # type: ignore[assignment]  # f"{pid}" raises too
+
+    def __repr__(self) -> str:
+        return "PatientId(<withheld>)" if self._value else "PatientId()"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PatientId) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash((PatientId, self._value))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return PatientId, (self._value,)
+
+    def key(self, salt: str) -> str:
+        """Pseudonymous patient key: first 16 hex digits of sha256(salt + id)."""
+        return hashlib.sha256((salt + self._value).encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """An image's header facts, in manifest column names; ``patient_id`` is not one of them."""
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_uid: str = ""
+    view_position: str = ""
+    body_part: str = ""
+    modality: str = ""
+    manufacturer: str = ""
+    model_name: str = ""
+    sex: str = ""
+    age: str = ""
+    pixel_spacing: str = ""
+    rows: int = 0
+    cols: int = 0
+    transfer_syntax: str = ""
+    photometric: str = ""
+    source_format: str = ""  # dicom | acr-nema | png | jpeg
+    patient_id: PatientId = field(default_factory=PatientId, repr=False)
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """Every field but the raw PatientID, for the manifest and scores."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "patient_id"}
+
+    def replace(self, **changes: Any) -> "ImageMeta":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A file that decoded: its cache image (quantised) and what the pixel path did."""
+    path: str
+    content_hash: str
+    meta: ImageMeta
+    steps: tuple[str, ...]
+    image: np.ndarray
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file already committed with this content hash: not decoded again."""
+    path: str
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A file that is not ingested or scored, and why (the tag, value and what was expected)."""
+    path: str
+    content_hash: str
+    kind: RejectKind
+    reason: str
+    transfer_syntax: str = ""
+
+
+DecodeResult = Union[Decoded, Skipped, Rejected]
+
+
+def parse_label(text: Any) -> int | None:
+    """A manifest/predictions label cell: 1, 0, or None when missing (never read as 0)."""
+    value = str("" if text is None else text).strip()
+    if value in ("1", "1.0"):
+        return 1
+    if value in ("0", "0.0"):
+        return 0
+    if value == "":
+        return None
+    raise ValueError(f"label {value!r}; allowed: 0, 1 or empty (unlabelled)")
