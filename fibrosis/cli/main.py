@@ -147,11 +147,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     _file_out(args.out, "--out")
     if args.salt_dir is not None:
         _folder(args.salt_dir, "--salt-dir")
+    for option in ("sr_out", "sc_out"):
+        if getattr(args, option) is not None:
+            _folder(getattr(args, option), "--" + option.replace("_", "-"), create=True)
     try:
         summary = score(args.model, args.input, args.out, workers=args.workers,
                         batch_size=args.batch_size, gradcam_dir=args.gradcam,
                         study_aggregate=args.aggregate, engine=args.engine,
-                        progress=not args.no_progress, salt_dir=args.salt_dir, device=args.device)
+                        progress=not args.no_progress, salt_dir=args.salt_dir, device=args.device,
+                        sr_out=args.sr_out, sc_out=args.sc_out)
     except EngineError as exc:  # a named engine is unavailable or disagrees with eager fp32
         logger.error("%s", exc)
         return EXIT_USAGE
@@ -259,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "the training manifest; default: $FIBROSIS_SALT, else the output's folder")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--gradcam", type=Path, default=None, help="write Grad-CAM PNGs of positives here")
+    p.add_argument("--sr-out", type=Path, default=None,
+                   help="write one DICOM Comprehensive SR per scored study here (<StudyInstanceUID>.sr.dcm; "
+                        "patient/study modules copied from the source images)")
+    p.add_argument("--sc-out", type=Path, default=None,
+                   help="write a Grad-CAM overlay per frontal image scored here, as DICOM Secondary Capture "
+                        "in the source's study")
     p.add_argument("--no-progress", action="store_true")
 
     p = add("demo", cmd_demo,
@@ -285,6 +295,9 @@ def _setup_logging(verbose: bool, log_file: Path | None) -> str:
                        "expected a writable file path")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
+    # highdicom and pynetdicom narrate every copied module and PDU at INFO; keep their warnings.
+    for name in ("highdicom", "pynetdicom"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     return problem
 
 
