@@ -214,3 +214,25 @@ def test_listen_cli_answers_echo_and_stops_cleanly_on_sigterm(ckpt, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_listen_help_describes_every_option():
+    import argparse
+
+    from fibrosis.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    listen = sub.choices["listen"]
+    options = [a for a in listen._actions if a.option_strings and a.dest != "help"]
+    assert {a.dest for a in options} >= {"model", "workdir", "port", "ae_title", "idle", "allow_caller",
+                                         "send_to", "sc", "host", "timeout"}
+    assert all(a.help and len(a.help) > 15 for a in options), [a.dest for a in options if not a.help]
+
+
+def test_destination_and_ae_titles_are_checked():
+    assert Destination.parse("PACS@10.0.0.5:104") == Destination("PACS", "10.0.0.5", 104)
+    for bad in ("PACS@host", "@host:104", "A\\B@host:104", "TOO_LONG_AE_TITLE_X@h:104", "P@h:70000"):
+        with pytest.raises(ValueError, match="AE@host:port"):
+            Destination.parse(bad)
+    with pytest.raises(ValueError, match="AE title"):
+        NodeConfig(Path("m"), Path("w"), 104, ae_title="")
