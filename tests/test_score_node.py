@@ -4,6 +4,7 @@ input mid-association is refused and the node keeps serving; restart and SIGTERM
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import socket
@@ -176,16 +177,51 @@ def test_restart_scores_what_was_left_unscored(ckpt, tmp_path, monkeypatch):
     (work / "incoming" / "1.2.3.77" / "1.2.3.77.1.dcm").write_bytes(src.read_bytes())
     (work / "tmp").mkdir()
     (work / "tmp" / "1.2.3.77.2.123.part").write_bytes(b"half an instance")  # never acknowledged
-    node = Node(NodeConfig(ckpt, work, 0, idle_seconds=60, engine="eager", device="cpu", workers=1))
+    node = Node(NodeConfig(ckpt, work, 0, idle_seconds=60, engine="eager", device="cpu", workers=1, sc=True))
     node.start()
     try:
         assert wait_for(lambda: (work / "state" / "1.2.3.77.json").is_file(), 60)
     finally:
         node.stop()
     assert (work / "sr" / "1.2.3.77.sr.dcm").is_file() and not list((work / "tmp").iterdir())
+    sc = pydicom.dcmread(work / "sc" / "1.2.3.77.1.sc.dcm")
+    assert sc.StudyInstanceUID == "1.2.3.77" and sc.SOPClassUID == SECONDARY_CAPTURE
+    state = json.loads((work / "state" / "1.2.3.77.json").read_text())
+    assert state["files"] == ["1.2.3.77.1.dcm"] and state["objects"] == ["1.2.3.77.sr.dcm", "1.2.3.77.1.sc.dcm"]
     assert [(r["sop_uid"], r["status"]) for r in rows(work / "scores.csv")] == [("1.2.3.77.1", "ok")]
     # Done studies are not scored again on the next start.
     assert Node(NodeConfig(ckpt, work, 0)).pending_on_startup() == []
+
+
+def test_results_not_sent_are_sent_after_a_restart(ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("FIBROSIS_SALT", "node-salt")
+    work = tmp_path / "node"
+    src = make_dicom(tmp_path / "x.dcm", to_stored(chest_phantom(300, 260, seed=4), 12), bits_stored=12,
+                     study_uid="1.2.3.78", sop_uid="1.2.3.78.1")
+    (work / "incoming" / "1.2.3.78").mkdir(parents=True)
+    (work / "incoming" / "1.2.3.78" / "1.2.3.78.1.dcm").write_bytes(src.read_bytes())
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind((LOOPBACK, 0))
+        closed = s.getsockname()[1]
+    kw = dict(idle_seconds=60, engine="eager", device="cpu", workers=1, timeout=5)
+    node = Node(NodeConfig(ckpt, work, 0, destination=Destination("PACS", LOOPBACK, closed), **kw))
+    node.start()
+    try:
+        assert wait_for(lambda: (work / "state" / "1.2.3.78.json").is_file(), 60)
+    finally:
+        node.stop()
+    assert json.loads((work / "state" / "1.2.3.78.json").read_text())["sent"] is False
+    assert node.counts["send_failed"] == 1
+    pacs = Collector("PACS", (COMPREHENSIVE_SR,))
+    node = Node(NodeConfig(ckpt, work, 0, destination=Destination("PACS", LOOPBACK, pacs.port), **kw))
+    node.start()
+    try:
+        assert wait_for(lambda: pacs.count() == 1 and node.idle(), 60)
+    finally:
+        node.stop()
+        pacs.close()
+    assert pacs.datasets[0].StudyInstanceUID == "1.2.3.78"
+    assert json.loads((work / "state" / "1.2.3.78.json").read_text())["sent"] is True
 
 
 def test_listen_cli_answers_echo_and_stops_cleanly_on_sigterm(ckpt, tmp_path):
