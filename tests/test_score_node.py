@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import signal
 import socket
@@ -22,7 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from dicom_factory import chest_phantom, make_dataset, make_dicom, to_stored
 from dicom_net import LOOPBACK, Collector, associate, contexts_of
 from sr_reader import read_sr
-from test_score import make_checkpoint
+from test_score import PATIENT_ID, PATIENT_NAME, make_checkpoint
 from fibrosis.config import IngestConfig
 from fibrosis.score import run as S
 from fibrosis.score.node import (COMPREHENSIVE_SR, DX_PRESENTATION, SECONDARY_CAPTURE, VERIFICATION,
@@ -167,12 +168,14 @@ def test_loopback_node_returns_the_same_scores_as_fibrosis_score(ckpt, tmp_path,
     assert node_rows == {k: r["probability"] for k, r in ref_rows.items()}
 
 
-def test_restart_scores_what_was_left_unscored(ckpt, tmp_path, monkeypatch):
-    """Instances acknowledged before a crash are in incoming/; the next start scores them."""
+def test_restart_scores_what_was_left_unscored(ckpt, tmp_path, monkeypatch, caplog):
+    """Instances acknowledged before a crash are in incoming/; the next start scores them.
+    The patient's identifiers reach the SR, never the CSV or the log."""
     monkeypatch.setenv("FIBROSIS_SALT", "node-salt")
+    caplog.set_level(logging.DEBUG)
     work = tmp_path / "node"
     src = make_dicom(tmp_path / "x.dcm", to_stored(chest_phantom(300, 260, seed=3), 12), bits_stored=12,
-                     study_uid="1.2.3.77", sop_uid="1.2.3.77.1")
+                     study_uid="1.2.3.77", sop_uid="1.2.3.77.1", patient_id=PATIENT_ID, patient_name=PATIENT_NAME)
     (work / "incoming" / "1.2.3.77").mkdir(parents=True)
     (work / "incoming" / "1.2.3.77" / "1.2.3.77.1.dcm").write_bytes(src.read_bytes())
     (work / "tmp").mkdir()
@@ -188,6 +191,9 @@ def test_restart_scores_what_was_left_unscored(ckpt, tmp_path, monkeypatch):
     assert sc.StudyInstanceUID == "1.2.3.77" and sc.SOPClassUID == SECONDARY_CAPTURE
     state = json.loads((work / "state" / "1.2.3.77.json").read_text())
     assert state["files"] == ["1.2.3.77.1.dcm"] and state["objects"] == ["1.2.3.77.sr.dcm", "1.2.3.77.1.sc.dcm"]
+    assert pydicom.dcmread(work / "sr" / "1.2.3.77.sr.dcm").PatientID == PATIENT_ID == sc.PatientID
+    for secret in (PATIENT_ID, "Doe"):
+        assert secret not in caplog.text and secret not in (work / "scores.csv").read_text()
     assert [(r["sop_uid"], r["status"]) for r in rows(work / "scores.csv")] == [("1.2.3.77.1", "ok")]
     # Done studies are not scored again on the next start.
     assert Node(NodeConfig(ckpt, work, 0)).pending_on_startup() == []
