@@ -147,16 +147,43 @@ def cmd_score(args: argparse.Namespace) -> int:
     _file_out(args.out, "--out")
     if args.salt_dir is not None:
         _folder(args.salt_dir, "--salt-dir")
+    for option in ("sr_out", "sc_out"):
+        if getattr(args, option) is not None:
+            _folder(getattr(args, option), "--" + option.replace("_", "-"), create=True)
     try:
         summary = score(args.model, args.input, args.out, workers=args.workers,
                         batch_size=args.batch_size, gradcam_dir=args.gradcam,
                         study_aggregate=args.aggregate, engine=args.engine,
-                        progress=not args.no_progress, salt_dir=args.salt_dir, device=args.device)
+                        progress=not args.no_progress, salt_dir=args.salt_dir, device=args.device,
+                        sr_out=args.sr_out, sc_out=args.sc_out)
     except EngineError as exc:  # a named engine is unavailable or disagrees with eager fp32
         logger.error("%s", exc)
         return EXIT_USAGE
     logger.info("%s", summary)
     return EXIT_OK if summary.ok() else EXIT_FAIL
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from fibrosis.score.node import Destination, NodeConfig, listen
+
+    _folder(args.workdir, "--workdir", create=True)
+    if args.salt_dir is not None:
+        _folder(args.salt_dir, "--salt-dir")
+    cfg = NodeConfig(model=args.model, workdir=args.workdir, port=args.port, ae_title=args.ae_title,
+                     host=args.host, idle_seconds=args.idle, allowed_callers=tuple(args.allow_caller or ()),
+                     destination=Destination.parse(args.send_to) if args.send_to else None, sc=args.sc,
+                     timeout=args.timeout, engine=args.engine, device=args.device, workers=args.workers,
+                     batch_size=args.batch_size, salt_dir=args.salt_dir)
+    stop = threading.Event()
+    # SIGTERM (service manager) and SIGINT (Ctrl-C): stop accepting, finish the batch being
+    # scored, exit 0; what is left in incoming/ is scored on the next start.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    counts = listen(cfg, stop)
+    return EXIT_OK if not counts.get("send_failed") else EXIT_FAIL
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -259,7 +286,47 @@ def build_parser() -> argparse.ArgumentParser:
                         "the training manifest; default: $FIBROSIS_SALT, else the output's folder")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--gradcam", type=Path, default=None, help="write Grad-CAM PNGs of positives here")
+    p.add_argument("--sr-out", type=Path, default=None,
+                   help="write one DICOM Comprehensive SR per scored study here (<StudyInstanceUID>.sr.dcm; "
+                        "patient/study modules copied from the source images)")
+    p.add_argument("--sc-out", type=Path, default=None,
+                   help="write a Grad-CAM overlay per frontal image scored here, as DICOM Secondary Capture "
+                        "in the source's study")
     p.add_argument("--no-progress", action="store_true")
+
+    p = add("listen", cmd_listen,
+            "Run a DICOM node (C-STORE SCP with C-ECHO): receive CR/DX images from a PACS or modality, "
+            "score each study once it has been idle, write CSV rows and an SR (and SC), optionally send "
+            "them back with C-STORE.")
+    p.add_argument("--model", type=Path, required=True,
+                   help="run directory or checkpoint (.pt); preprocessing, policy, calibrator and threshold "
+                        "come from it, as for `score`")
+    p.add_argument("--workdir", type=Path, required=True,
+                   help="node folder: incoming/<StudyInstanceUID>/ (received instances), scores.csv, "
+                        "scores.studies.csv, sr/, sc/, state/ (created; reused on restart)")
+    p.add_argument("--port", type=int, required=True, help="TCP port to listen on (0: any free port, logged)")
+    p.add_argument("--ae-title", default="FIBROSIS",
+                   help="this node's AE title; associations must call it (default: FIBROSIS)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)")
+    p.add_argument("--idle", type=float, default=30.0,
+                   help="score a study once no instance of it arrived for this many seconds (default 30)")
+    p.add_argument("--allow-caller", action="append", metavar="AE",
+                   help="accept associations only from this calling AE title (repeatable; default: any)")
+    p.add_argument("--send-to", metavar="AE@HOST:PORT", default=None,
+                   help="send each study's SR (and SC) with C-STORE to this AE; retried after --idle on failure")
+    p.add_argument("--sc", action="store_true",
+                   help="also write (and send) Grad-CAM overlays as Secondary Capture in the study")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="association, DIMSE and network timeouts in seconds (default 30)")
+    p.add_argument("--engine", choices=["auto", "eager", "channels_last", "bf16", "onnx"], default=None,
+                   help="inference engine (default: the checkpoint's score.engine)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--workers", type=int, default=None, help="decode worker processes")
+    p.add_argument("--batch-size", type=int, default=None, help="inference batch size (default: checkpoint's)")
+    p.add_argument("--salt-dir", type=Path, default=None,
+                   help="folder with salt.key for the pseudonymous patient keys (default: --workdir; "
+                        "$FIBROSIS_SALT wins)")
 
     p = add("demo", cmd_demo,
             "Run the whole pipeline on the bundled demo data (data/demo): ingest, split, train, "
@@ -285,6 +352,9 @@ def _setup_logging(verbose: bool, log_file: Path | None) -> str:
                        "expected a writable file path")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
+    # highdicom and pynetdicom narrate every copied module and PDU at INFO; keep their warnings.
+    for name in ("highdicom", "pynetdicom"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     return problem
 
 

@@ -211,7 +211,7 @@ def sort_in_place(path: Path) -> None:
     changed since the rows were written; holds the rows, not images, in memory)."""
     rows = sorted(iter_rows(path), key=lambda r: r["path"])
     _write_rows_atomic(path, _dedupe(rows))
-    logger.info("%s: rows re-sorted by path (inputs added or changed since they were scored)", path)
+    logger.info("%s: rows re-sorted by path (inputs added or changed since the last run)", path)
 
 
 def merge_parts(out: Path, parts: list[Path]) -> int:

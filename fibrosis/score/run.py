@@ -55,6 +55,7 @@ class ScoreSummary:
     resumed: int = 0  # rows already in the output: not re-scored
     seconds: float = 0.0  # wall time of the whole call
     setup_seconds: float = 0.0  # of which before the first file: checkpoint, engine, inputs
+    dicom_files: list[str] = dataclasses.field(default_factory=list)  # SR / SC objects written (--sr-out, --sc-out)
 
     def ok(self) -> bool:
         """False when any file failed (``error``); exclusions by policy are not failures."""
@@ -304,13 +305,16 @@ class Scorer:
 def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int | None = None,
           batch_size: int | None = None, gradcam_dir: str | Path | None = None,
           study_aggregate: str | None = None, engine: str | None = None, progress: bool = True,
-          salt_dir: str | Path | None = None, device: str | None = None) -> ScoreSummary:
+          salt_dir: str | Path | None = None, device: str | None = None,
+          sr_out: str | Path | None = None, sc_out: str | Path | None = None) -> ScoreSummary:
     """Score every file under ``input`` (folder, file or CSV of paths) into ``out``.
 
     ``None`` arguments come from the checkpoint's ``score`` config. Per-study
     aggregates go to ``out`` with suffix ``.studies.csv``. The patient key salt is
     ``$FIBROSIS_SALT``, else ``<salt_dir>/salt.key`` (default: ``out``'s folder);
     use the training cache folder (or the same variable) to get the keys ingest wrote.
+    ``sr_out`` / ``sc_out``: folders for one DICOM SR per study of the inputs
+    (:mod:`fibrosis.score.sr`) and Grad-CAM Secondary Captures (:mod:`fibrosis.score.sc`).
     """
     from tqdm import tqdm
 
@@ -405,6 +409,12 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
             n_studies = score_io.write_studies(out, Path(summary.studies_out), aggregate)
             logger.info("%d studie(s), aggregate %s over frontal ok images -> %s", n_studies,
                         aggregate, summary.studies_out)
+            if sr_out or sc_out:  # the inputs' studies only (resumed rows included): the node shares one CSV
+                from fibrosis.score.sr import write_dicom_outputs
+
+                summary.dicom_files = write_dicom_outputs(
+                    out, {p for p, _ in entries}, fz, sha, aggregate, net,
+                    Path(sr_out) if sr_out else None, Path(sc_out) if sc_out else None)
         distributed.barrier(d)
         summary.seconds = time.perf_counter() - t0
         return summary

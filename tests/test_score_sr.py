@@ -1,0 +1,156 @@
+"""DICOM SR / SC outputs of `fibrosis score`: round trip against the scores CSV, validation, privacy."""
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_factory import chest_phantom, make_dicom, make_png, to_stored, truncate
+from sr_reader import read_sr
+from test_score import PATIENT_ID, PATIENT_NAME, THRESHOLD, make_checkpoint
+from fibrosis.io import file_sha256
+from fibrosis.score import run as S
+
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("run") / "best.pt")
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, ckpt):
+    """Study 1.2.3.1: PA + AP scored, a lateral excluded, a truncated file failed;
+    study 1.2.3.2: one RLE image; a PNG that belongs to no DICOM study."""
+    root = tmp_path_factory.mktemp("in")
+    px = lambda seed: to_stored(chest_phantom(96, 80, seed=seed), 12)  # noqa: E731
+    kw = dict(patient_id=PATIENT_ID, patient_name=PATIENT_NAME, bits_stored=12, AccessionNumber="ACC-77")
+    make_dicom(root / "s1_pa.dcm", px(1), study_uid="1.2.3.1", sop_uid="1.2.3.1.1", **kw)
+    make_dicom(root / "s1_ap.dcm", px(2), study_uid="1.2.3.1", sop_uid="1.2.3.1.2", view="AP", **kw)
+    make_dicom(root / "s1_lat.dcm", px(3), study_uid="1.2.3.1", sop_uid="1.2.3.1.3", view="LL", **kw)
+    truncate(make_dicom(root / "s1_trunc.dcm", px(6), study_uid="1.2.3.1", sop_uid="1.2.3.1.4", **kw), 0.5)
+    make_dicom(root / "s2.dcm", px(4), "rle", study_uid="1.2.3.2", sop_uid="1.2.3.2.1", **kw)
+    make_png(root / "export.png", (chest_phantom(90, 90, seed=5) * 255).astype(np.uint8))
+    out = tmp_path_factory.mktemp("out")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FIBROSIS_SALT", "sr-salt")
+    try:
+        summary = S.score(ckpt, root, out / "scores.csv", progress=False, device="cpu",
+                          sr_out=out / "sr", sc_out=out / "sc")
+    finally:
+        mp.undo()
+    return root, out, summary
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_sr_round_trip_matches_the_scores_csv(scored, ckpt):
+    root, out, summary = scored
+    csv_rows = {Path(r["path"]).name: r for r in rows(out / "scores.csv")}
+    studies = {r["study_uid"]: r for r in rows(out / "scores.studies.csv")}
+    srs = sorted((out / "sr").glob("*.dcm"))
+    assert [p.name for p in srs] == ["1.2.3.1.sr.dcm", "1.2.3.2.sr.dcm"]
+    assert {str(p) for p in srs} <= set(summary.dicom_files)
+    sha = file_sha256(ckpt)
+    for path in srs:
+        ds = pydicom.dcmread(path)
+        src = pydicom.dcmread(root / ("s1_pa.dcm" if ds.StudyInstanceUID == "1.2.3.1" else "s2.dcm"))
+        assert ds.SOPClassUID == COMPREHENSIVE_SR and ds.Modality == "SR"
+        # Patient and study modules copied from the source; a new series of our own.
+        assert (ds.PatientID, str(ds.PatientName), ds.AccessionNumber) == (PATIENT_ID, PATIENT_NAME, "ACC-77")
+        assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.SeriesInstanceUID != src.SeriesInstanceUID
+        doc = read_sr(ds)
+        assert "not a diagnosis" in doc["texts"]["121106"].lower()
+        assert doc["texts"]["CKPTSHA256"] == sha and doc["texts"]["MODELID"] == summary.model_id
+        assert doc["observer"]["121005"] == ("DCM", "121007")  # observer type: device
+        assert doc["observer"]["121012"].startswith("2.25.")  # device observer UID
+        assert doc["observer"]["121016"] == sha  # device serial number
+        assert doc["observer"]["121015"] == summary.model_id  # device model name
+        study = studies[ds.StudyInstanceUID]
+        assert doc["study"]["probability"] == pytest.approx(float(study["probability"]), abs=1e-6)
+        assert doc["study"]["decision"] == bool(int(study["decision"]))
+        assert (doc["study"]["threshold_name"], doc["study"]["threshold"]) == ("youden", THRESHOLD)
+        assert doc["study"]["finding"] == ("SCT", "51615001")
+        ok = {r["sop_uid"]: r for r in csv_rows.values()
+              if r["study_uid"] == ds.StudyInstanceUID and r["status"] == "ok"}
+        assert sorted(doc["study"]["refs"]) == sorted(ok)
+        assert sorted(ref for img in doc["images"] for ref in img["refs"]) == sorted(ok)
+        for img in doc["images"]:
+            row = ok[img["refs"][0]]
+            assert img["probability"] == pytest.approx(float(row["probability"]), abs=1e-6)
+            assert img["decision"] == bool(int(row["decision"]))
+            assert (img["threshold_name"], img["threshold"]) == (row["threshold_name"], float(row["threshold"]))
+            assert img["finding"] == ("SCT", "51615001")
+        # Every SOP instance referenced in the tree is listed as evidence of the same study.
+        evidence = {s.ReferencedSOPInstanceUID for e in ds.CurrentRequestedProcedureEvidenceSequence
+                    for r in e.ReferencedSeriesSequence for s in r.ReferencedSOPSequence}
+        refs = {u for c in [doc["study"], *doc["images"], *doc["not_scored"]] for u in c["refs"]}
+        assert refs <= evidence
+    s1 = read_sr(pydicom.dcmread(out / "sr" / "1.2.3.1.sr.dcm"))
+    not_scored = {c["refs"][0]: c["reason"] for c in s1["not_scored"]}
+    assert not_scored == {"1.2.3.1.3": csv_rows["s1_lat.dcm"]["status"],
+                          "1.2.3.1.4": csv_rows["s1_trunc.dcm"]["status"]}
+    assert not_scored["1.2.3.1.3"].startswith("excluded:") and not_scored["1.2.3.1.4"].startswith("error:")
+
+
+def test_sr_passes_highdicom_checks_and_is_deterministic(scored, ckpt, tmp_path, monkeypatch):
+    import highdicom as hd
+
+    root, out, _ = scored
+    for path in sorted((out / "sr").glob("*.dcm")):
+        sr = hd.sr.srread(path)  # highdicom's own parsing and content-tree validation
+        assert isinstance(sr, hd.sr.ComprehensiveSR)
+        assert sr.get_evidence()  # evidence sequences parse
+    # Re-scoring the same files with the same model writes the same objects (same UIDs).
+    monkeypatch.setenv("FIBROSIS_SALT", "sr-salt")
+    S.score(ckpt, root, tmp_path / "again.csv", progress=False, device="cpu", sr_out=tmp_path / "sr")
+    for path in sorted((out / "sr").glob("*.dcm")):
+        a, b = pydicom.dcmread(path), pydicom.dcmread(tmp_path / "sr" / path.name)
+        assert (a.SOPInstanceUID, a.SeriesInstanceUID) == (b.SOPInstanceUID, b.SeriesInstanceUID)
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian package dicom3tools) not installed")
+def test_dciodvfy_finds_no_errors(scored):
+    _, out, _ = scored
+    for path in sorted((out / "sr").glob("*.dcm")) + sorted((out / "sc").glob("*.dcm")):
+        res = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        errors = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error")]
+        assert not errors, f"{path.name}: {errors}"
+
+
+def test_identifiers_stay_in_the_dicom_world(scored, ckpt, tmp_path, monkeypatch, caplog):
+    root, out, _ = scored
+    monkeypatch.setenv("FIBROSIS_SALT", "sr-salt")
+    with caplog.at_level(logging.DEBUG):
+        S.score(ckpt, root, tmp_path / "s.csv", progress=False, device="cpu",
+                sr_out=tmp_path / "sr", sc_out=tmp_path / "sc")
+    for secret in (PATIENT_ID, "Doe", "ACC-77"):
+        assert secret not in caplog.text
+        for f in ("scores.csv", "scores.studies.csv"):
+            assert secret not in (out / f).read_text()
+
+
+def test_gradcam_secondary_capture_in_the_source_study(scored):
+    root, out, _ = scored
+    scs = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p) for p in (out / "sc").glob("*.dcm")}
+    assert len(scs) == 3  # one per frontal image scored
+    by_source = {}
+    for ds in scs.values():
+        assert ds.SOPClassUID == SECONDARY_CAPTURE and ds.PhotometricInterpretation == "RGB"
+        assert ds.PatientID == PATIENT_ID and ds.StudyInstanceUID in ("1.2.3.1", "1.2.3.2")
+        img = ds.pixel_array
+        assert img.shape == (32, 32, 3) and img.std() > 0
+        by_source.setdefault(ds.StudyInstanceUID, []).append(ds.SeriesInstanceUID)
+    assert sorted(len(v) for v in by_source.values()) == [1, 2]
+    assert len(set(by_source["1.2.3.1"])) == 1  # one overlay series per study
