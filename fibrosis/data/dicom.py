@@ -173,7 +173,16 @@ def dicom_meta(ds: Dataset, ts: str, fmt: str) -> dict[str, Any]:
         "photometric": _text(ds, "PhotometricInterpretation").upper(),
         "source_format": "dicom" if fmt == "dicom" else "acr-nema",
         "_patient_id": _text(ds, "PatientID"),
+        # YYYY-MM of StudyDate (else AcquisitionDate): monitoring groups scores by month; not
+        # a manifest column (ingest writes MANIFEST_COLUMNS only), never a full date.
+        "_study_month": _month(_text(ds, "StudyDate") or _text(ds, "AcquisitionDate")),
     }
+
+
+def _month(date_text: str) -> str:
+    """DICOM DA 'YYYYMMDD' -> 'YYYY-MM'; anything else -> ''."""
+    m = re.fullmatch(r"((?:19|20)\d\d)(0[1-9]|1[0-2])\d\d", date_text.strip())
+    return f"{m.group(1)}-{m.group(2)}" if m else ""
 
 
 def check_header(ds: Dataset, meta: dict[str, Any], path: str | Path, cfg: IngestConfig,
