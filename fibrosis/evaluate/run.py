@@ -385,6 +385,10 @@ def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
             result["warnings"].append(f"Grad-CAM panels not produced: {type(exc).__name__}: {exc}")
     write_json(out / "metrics.json", result)
     write_csv(out / "predictions.csv", cases, tuple(cases[0]))
+    from fibrosis.evaluate.reference import write_reference  # imports this module: import here
+
+    write_reference(out, ckpt_path, test.rows, test.labels, cal.predict(test.logits), result, threshold,
+                    reader, idx)
     d = result["discrimination"]
     logger.info("%s AUC %.3f (DeLong %.3f-%.3f; bootstrap %.3f-%.3f); %s", split, d["auc"],
                 *(d["delong"]["ci"] or [float("nan")] * 2), *(d["bootstrap"]["ci"] or [float("nan")] * 2),
