@@ -122,3 +122,17 @@ def test_study_month_from_dicom_dates():
     from fibrosis.data.dicom import _month
 
     assert _month("20260314") == "2026-03" and _month("2026") == "" and _month("20261314") == ""
+
+
+def test_labels_join_as_ingest_and_fill_what_png_exports_lack(tmp_path):
+    from fibrosis.monitor.load import attach_labels
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,fibrosis,age,sex,view\na.png,1,61,f,PA\nb.dcm,0,40,M,PA\n")
+    rows = [{"path": "/in/a.png", "status": "ok", "view_position": "", "sex": "", "age": "", "_has_meta": True},
+            {"path": "/in/b.dcm", "status": "ok", "view_position": "AP", "sex": "F", "age": "70", "_has_meta": True},
+            {"path": "/in/c.dcm", "status": "error: truncated", "_has_meta": True}]
+    assert attach_labels(rows, labels, "fibrosis") == 2
+    assert [r["_label"] for r in rows] == [1, 0, None]
+    assert (rows[0]["view_position"], rows[0]["sex"], rows[0]["age"]) == ("PA", "F", "61")
+    assert (rows[1]["view_position"], rows[1]["sex"], rows[1]["age"]) == ("AP", "F", "70")  # the file wins

@@ -20,6 +20,8 @@ from fibrosis.score.output import COLUMNS, meta_path
 
 logger = logging.getLogger(__name__)
 
+HINTS = (("age", "age"), ("sex", "sex"), ("view_position", "view"))  # side-file column, labels column
+
 
 def find_reference(run: Path, reference: Path | None) -> Path:
     path = reference if reference is not None else run / "eval" / "test" / REFERENCE_FILE
@@ -69,6 +71,14 @@ def attach_labels(rows: Sequence[dict[str, Any]], labels_csv: Path, label_column
         value, _ = labels.label(r["path"], r.get("sop_uid", ""), r.get("study_uid", ""))
         r["_label"] = int(value) if value in ("0", "1") else None
         n += r["_label"] is not None and r["status"] == "ok"
+        if r.get("_has_meta"):
+            # As ingest does for PNG/JPEG exports (no header): age/sex/view from the labels row,
+            # so the reference (built from hinted manifest rows) and the batch read alike.
+            # Values the file itself carries win.
+            for key, hint in HINTS:
+                value = labels.hints(r["path"]).get(hint, "")
+                if value and not r.get(key):
+                    r[key] = value.upper() if key in ("sex", "view_position") else value
     if n == 0:
         logger.warning("%s: no label joined to any scored image (by sop_instance_uid, image/file or "
                        "study_instance_uid); performance is not measured", labels_csv)
