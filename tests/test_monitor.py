@@ -111,6 +111,7 @@ def test_reference_is_written_beside_the_evaluation(site):
     metrics = json.loads((site["run"] / "eval" / "test" / "metrics.json").read_text())
     assert ref["n"] == metrics["data"]["n"] == len(ref["probabilities"]) == 33
     assert ref["categories"]["view_position"] == {"PA": 33} and ref["categories"]["manufacturer"] == {"TESTVENDOR": 33}
+    assert ref["outcomes"] == {"n": N_SITE, "ok": N_SITE, "excluded": 0, "error": 0, "reasons": {}}  # whole cache
     assert len(ref["continuous"]["img_mean"]) == 33 and ref["continuous"]["pixel_spacing"] == [0.2] * 33
     assert ref["performance"]["auc"] == metrics["discrimination"]["auc"] > 0.8  # the head learned the opacity
     text = json.dumps(ref)

@@ -113,9 +113,10 @@ def performance_summary(metrics: dict[str, Any], threshold_name: str) -> dict[st
 
 def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stats: Sequence[dict[str, float]],
                     metrics: dict[str, Any], threshold: dict[str, Any], rejects: Sequence[dict[str, str]],
-                    model_id: str) -> dict[str, Any]:
+                    model_id: str, n_cached: int) -> dict[str, Any]:
     """Pure: the reference record of one evaluated split (rows, calibrated probabilities and
-    image statistics aligned)."""
+    image statistics aligned). Rejects belong to no split, so the excluded/failed shares are
+    those of the whole cache (``n_cached`` images ingested)."""
     p = np.asarray(prob, float)
     if not len(rows) == len(p) == len(stats):
         raise ValueError(f"reference: {len(rows)} rows, {len(p)} probabilities, {len(stats)} image statistics; "
@@ -136,7 +137,7 @@ def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stat
         "categories": {c: dict(Counter(category_value(r, c) for r in rows)) for c in CATEGORIES},
         "continuous": {c: [v for v in (continuous_value(r, c) for r in merged) if v is not None]
                        for c in CONTINUOUS},
-        "outcomes": outcome_counts(len(rows), rejects),
+        "outcomes": outcome_counts(n_cached, rejects),
         "performance": perf,
         "minimums": {"min_n": ecfg["min_subgroup_n"], "min_positives": ecfg["min_subgroup_positives"],
                      "level": ecfg["ci_level"]},
@@ -151,7 +152,8 @@ def write_reference(out: Path, ckpt_path: Path, rows: Sequence[dict[str, str]], 
     stats = [image_statistics(reader.raw(i)) for i in index]
     rejects_csv = Path(reader.root) / "rejects.csv"
     rejects = read_csv(rejects_csv) if rejects_csv.exists() else []
-    ref = build_reference(rows, labels, prob, stats, metrics, threshold, rejects, file_sha256(ckpt_path)[:16])
+    ref = build_reference(rows, labels, prob, stats, metrics, threshold, rejects, file_sha256(ckpt_path)[:16],
+                          len(reader.rows))
     path = Path(out) / REFERENCE_FILE
     write_json(path, ref)
     logger.info("monitoring reference (%d images of %r) -> %s", ref["n"], ref["split"], path)

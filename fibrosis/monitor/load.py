@@ -58,7 +58,7 @@ def read_scores(path: Path, model_id: str) -> list[dict[str, Any]]:
         m = meta.get(r["path"])
         r.update({k: v for k, v in (m or {}).items() if k != "path"})
         r["_has_meta"] = m is not None
-        r["_batch"] = f"{path.name} {m['scored_at']}" if m and m.get("scored_at") else path.name
+        r["_batch"] = f"{path.stem} {m['scored_at']}" if m and m.get("scored_at") else path.stem
     return rows
 
 
