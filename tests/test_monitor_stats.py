@@ -136,3 +136,15 @@ def test_labels_join_as_ingest_and_fill_what_png_exports_lack(tmp_path):
     assert [r["_label"] for r in rows] == [1, 0, None]
     assert (rows[0]["view_position"], rows[0]["sex"], rows[0]["age"]) == ("PA", "F", "61")
     assert (rows[1]["view_position"], rows[1]["sex"], rows[1]["age"]) == ("AP", "F", "70")  # the file wins
+
+
+def test_reference_and_batch_read_values_alike():
+    from fibrosis.evaluate.reference import category_value, continuous_value, reason_class
+
+    # a float 0.0 (reference side) and the text "0.0" (side file) are the same value
+    assert continuous_value({"img_p05": 0.0}, "img_p05") == continuous_value({"img_p05": "0.0"}, "img_p05") == 0.0
+    assert continuous_value({"pixel_spacing": "0.143\\0.143"}, "pixel_spacing") == 0.143
+    assert continuous_value({"rows": ""}, "rows") is None and continuous_value({"rows": "0"}, "rows") is None
+    assert category_value({"age": "061Y"}, "age_band") == "60-79" and category_value({}, "sex") == "unknown"
+    assert reason_class(" (0018,5101) ViewPosition='LL' is an excluded view") == "(0018,5101) ViewPosition"
+    assert reason_class("polarity suspect (mediastinum-lungs=-0.2)") == "polarity suspect"

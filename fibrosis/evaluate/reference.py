@@ -49,7 +49,8 @@ def category_value(row: dict[str, Any], name: str) -> str:
 
 def continuous_value(row: dict[str, Any], name: str) -> float | None:
     """A number, or None when absent (PNG exports have no pixel spacing)."""
-    text = str(row.get(name) or "").strip()
+    value = row.get(name)
+    text = "" if value is None else str(value).strip()  # not `or ""`: 0.0 is a value (dark 5th percentiles)
     if name == "pixel_spacing":
         text = text.split("\\")[0]
     try:

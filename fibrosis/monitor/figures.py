@@ -110,7 +110,7 @@ def _series(ax: Any, names: list[str], values: list[Any], cis: list[Any], ref: f
 def over_time_figure(windows: Sequence[dict[str, Any]]) -> Figure:
     """Positive rate (and AUC where labels arrived) per window, with intervals, against validation."""
     series = [w for w in windows if w["name"] != "all"] or list(windows)
-    names = [w["name"][-22:] for w in series]
+    names = [w["name"][-28:] for w in series]
     labelled = [w for w in series if w["performance"] and "auc" in w["performance"]["metrics"]]
     fig = _figure(9.0, 3.4)
     ax = fig.add_subplot(1, 2 if labelled else 1, 1)
