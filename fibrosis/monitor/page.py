@@ -1,15 +1,12 @@
 """The monitoring page: monitor.json as report blocks, rendered by the report's own renderer."""
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fibrosis.monitor import figures as F
 from fibrosis.monitor.compute import METRIC_NAMES
 from fibrosis.report.plots import png_bytes
 from fibrosis.report.render import Block, render_html
-
-logger = logging.getLogger(__name__)
 
 
 def _p(v: Any) -> str:
@@ -54,7 +51,8 @@ def _performance_table(w: dict[str, Any]) -> Block:
             "header": ["metric", "now", level, "validation", f"validation {level}", "method", "flag"], "rows": rows}
 
 
-def build_blocks(result: dict[str, Any], figures: set[str]) -> list[Block]:
+def build_blocks(result: dict[str, Any]) -> list[Block]:
+    """Blocks for :func:`fibrosis.report.render.render_html`; figures that were not drawn are skipped there."""
     ref = result["reference"]
     n_alerts = len(result["alerts"])
     blocks: list[Block] = [
@@ -101,6 +99,6 @@ def make_figures(result: dict[str, Any]) -> dict[str, bytes]:
     return {k: png_bytes(f, dpi=110) for k, f in figs.items() if f is not None}
 
 
-def render_page(result: dict[str, Any], ref: dict[str, Any], *, figures: bool = True) -> str:
+def render_page(result: dict[str, Any], *, figures: bool = True) -> str:
     figs = make_figures(result) if figures else {}
-    return render_html(build_blocks(result, set(figs)), figs, f"fibrosis monitor — {result['model']['model_id']}")
+    return render_html(build_blocks(result), figs, f"fibrosis monitor — {result['model']['model_id']}")

@@ -82,7 +82,7 @@ def monitor(model: str | Path, scores: Sequence[str | Path], out: str | Path, *,
     write_json(json_path, result)
     from fibrosis.monitor.page import render_page
 
-    atomic_write_bytes(html_path, render_page(result, ref, figures=figures).encode("utf-8"))
+    atomic_write_bytes(html_path, render_page(result, figures=figures).encode("utf-8"))
     for a in result["alerts"]:
         logger.warning("ALERT %s", a)
     for n in result["notes"]:
