@@ -9,6 +9,7 @@ that names the cause.
 from __future__ import annotations
 
 import csv
+import html
 import json
 from pathlib import Path
 
@@ -141,7 +142,8 @@ def test_the_test_split_itself_gives_no_alert(site, tmp_path):
 
 
 @pytest.mark.parametrize("name,dicom,flip,cause", [
-    ("voi", {"WindowCenter": 0.25 * 4095, "WindowWidth": 0.2 * 4095}, False, "input shift: img_"),
+    ("voi", {"WindowCenter": 0.25 * 4095, "WindowWidth": 0.2 * 4095, "StudyDate": "20270105"}, False,
+     "input shift: img_"),
     ("ap_only", {"view": "AP"}, False, "input shift: view_position"),
     ("new_vendor", {"Manufacturer": "NeverSeen Medical"}, False, "input shift: manufacturer"),
     ("flipped", {}, True, "performance: AUC"),
@@ -150,13 +152,20 @@ def test_each_constructed_shift_raises_the_alert_that_names_it(site, tmp_path, n
     batch = write_batch(tmp_path / name, N_BATCH, {"voi": 11, "ap_only": 12, "new_vendor": 13, "flipped": 14}[name],
                         flip=flip, **dicom)
     scores = score_batch(site, batch, name)
-    summary = monitor(site["run"], [scores], tmp_path / "mon", labels=labels_csv(batch), figures=False)
+    summary = monitor(site["run"], [scores], tmp_path / "mon", labels=labels_csv(batch), figures=name == "ap_only")
     hits = [a for a in summary.alerts if cause in a]
     assert hits, summary.alerts
     if name == "new_vendor":
         assert "'NEVERSEEN MEDICAL'" in hits[0] and "never seen in the reference" in hits[0]
     if name == "ap_only":
         assert "AP 40" in hits[0] and "n=40 vs reference 33" in hits[0]
+        page = summary.html_path.read_text()
+        assert html.escape(hits[0]) in page and page.count("data:image/png") == 3  # histogram, over time, mix
+    if name == "voi":  # dated studies: the side file has the month, and windows go by month
+        from fibrosis.io import read_csv
+
+        assert {m["study_month"] for m in read_csv(scores.with_name("voi.meta.csv"))} == {"2027-01"}
+        assert json.loads(summary.json_path.read_text())["window_mode"] == "month"
     # the other causes stay quiet: each batch differs from the reference in one way only
     others = [a for a in summary.alerts if "input shift" in a and cause not in a and name != "voi"]
     assert not others, others
