@@ -186,6 +186,17 @@ def cmd_listen(args: argparse.Namespace) -> int:
     return EXIT_OK if not counts.get("send_failed") else EXIT_FAIL
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from fibrosis.monitor.run import monitor
+
+    _folder(args.out, "--out", create=True)
+    summary = monitor(args.model, args.scores, args.out, labels=args.labels, reference=args.reference,
+                      alpha=args.alpha, window=args.window, label_column=args.label_column)
+    logger.info("monitor: %s -> %s", f"{len(summary.alerts)} alert(s)" if summary.alert else "no alert",
+                summary.html_path)
+    return EXIT_FAIL if summary.alert else EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fibrosis.cli.demo import run_demo
 
@@ -201,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fibrosis",
         description="Train, validate and batch-score a pulmonary-fibrosis classifier on chest "
                     "X-rays by transfer learning. Pipeline: ingest -> split -> train -> evaluate "
-                    "-> report -> score.")
+                    "-> report -> score -> monitor.")
     parser.add_argument("--version", action="version", version=f"fibrosis {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--log-file", type=Path, default=None, help="also log to this file")
@@ -327,6 +338,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--salt-dir", type=Path, default=None,
                    help="folder with salt.key for the pseudonymous patient keys (default: --workdir; "
                         "$FIBROSIS_SALT wins)")
+
+    p = add("monitor", cmd_monitor,
+            "Compare scored batches with the evaluation the model was validated on: input shift "
+            "(metadata mix, image statistics, exclusions), output shift (probabilities, positive rate) "
+            "and, with labels, performance. Exit 0: no alert; 1: alerts (one line each); 2: usage error.")
+    p.add_argument("--model", type=Path, required=True,
+                   help="run directory or checkpoint (.pt) that scored the files; its reference is "
+                        "RUN/eval/test/reference.json, written by `fibrosis evaluate`")
+    p.add_argument("--scores", type=Path, required=True, action="append",
+                   help="scores CSV written by `fibrosis score` (its side file <name>.meta.csv is read "
+                        "beside it); repeatable: each file is a scoring batch")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="labels CSV, joined as `ingest --labels` joins it (sop_instance_uid, image/file, "
+                        "study_instance_uid); enables the performance checks")
+    p.add_argument("--out", type=Path, required=True, help="folder for monitor.json and monitor.html")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="reference.json of another evaluation (default: RUN/eval/test/reference.json)")
+    p.add_argument("--window", choices=["auto", "month", "batch"], default="auto",
+                   help="time windows: StudyDate/AcquisitionDate month, scoring batch, or auto (month "
+                        "when most images are dated)")
+    p.add_argument("--alpha", type=float, default=0.01,
+                   help="significance level of the shift tests, Bonferroni-corrected within each window "
+                        "(default 0.01)")
+    p.add_argument("--label-column", default=None,
+                   help="label column of --labels (default: the checkpoint's ingest.label_column)")
 
     p = add("demo", cmd_demo,
             "Run the whole pipeline on the bundled demo data (data/demo): ingest, split, train, "

@@ -50,6 +50,20 @@ def to_cache_dtype(img01: np.ndarray, dtype: str) -> np.ndarray:
     return np.clip(np.rint(img01 * top), 0, top).astype(DTYPES[dtype])
 
 
+# Per-image statistics of the cached (displayed, windowed, resized) image on the [0, 1] scale:
+# `evaluate` stores them for the reference split and `score` for every scored image, so
+# `fibrosis monitor` compares like with like (same pixel function, same quantisation).
+IMAGE_STATS: tuple[str, ...] = ("img_mean", "img_std", "img_p05", "img_p50", "img_p95")
+
+
+def image_statistics(stored: np.ndarray) -> dict[str, float]:
+    """Mean, spread and 5/50/95th percentiles of one stored cache image (zero padding included,
+    as the model sees it), rounded to 5 digits."""
+    img = np.asarray(stored, np.float32) / float(np.iinfo(stored.dtype).max)
+    p05, p50, p95 = np.percentile(img, (5, 50, 95))
+    return {k: round(float(v), 5) for k, v in zip(IMAGE_STATS, (img.mean(), img.std(), p05, p50, p95))}
+
+
 class CacheWriter:
     """Writes shards and their manifest parts; safe to kill at any point."""
 

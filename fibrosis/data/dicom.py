@@ -333,7 +333,14 @@ def dicom_meta(ds: Dataset, ts: str, fmt: str) -> ImageMeta:
         photometric=_text(ds, "PhotometricInterpretation").upper(),
         source_format="dicom" if fmt == "dicom" else "acr-nema",
         patient_id=PatientId(_text(ds, "PatientID")),
+        study_month=_month(_text(ds, "StudyDate") or _text(ds, "AcquisitionDate")),
     )
+
+
+def _month(date_text: str) -> str:
+    """DICOM DA 'YYYYMMDD' -> 'YYYY-MM'; anything else -> ''."""
+    m = re.fullmatch(r"((?:19|20)\d\d)(0[1-9]|1[0-2])\d\d", date_text.strip())
+    return f"{m.group(1)}-{m.group(2)}" if m else ""
 
 
 def check_header(ds: Dataset, meta: ImageMeta, path: str | Path, cfg: IngestConfig,

@@ -156,7 +156,7 @@ def _identity_keys(content_hash: str, sop_uid: str) -> list[str]:
 
 
 def _manifest_row(res: Decoded, key: str, labels: Labels | None, counts: Counter) -> dict[str, Any]:
-    row = res.meta.manifest_fields()
+    row = {k: v for k, v in res.meta.manifest_fields().items() if k in MANIFEST_COLUMNS}
     label = ""
     if labels is not None:
         label, how = labels.label(res.path, res.meta.sop_uid, res.meta.study_uid)

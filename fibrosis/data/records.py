@@ -73,9 +73,12 @@ class ImageMeta:
     photometric: str = ""
     source_format: str = ""  # dicom | acr-nema | png | jpeg
     patient_id: PatientId = field(default_factory=PatientId, repr=False)
+    # YYYY-MM of StudyDate (else AcquisitionDate): `fibrosis monitor` groups scores by month.
+    # Not a manifest column, and never a full date.
+    study_month: str = ""
 
     def manifest_fields(self) -> dict[str, Any]:
-        """Every field but the raw PatientID, for the manifest and scores."""
+        """Every field but the raw PatientID (the manifest keeps the MANIFEST_COLUMNS of them)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "patient_id"}
 
     def replace(self, **changes: Any) -> "ImageMeta":

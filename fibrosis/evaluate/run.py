@@ -346,6 +346,7 @@ def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
         result["gradcam"] = panels
     write_json(job.out / "metrics.json", result)
     write_csv(job.out / "predictions.csv", cases, tuple(cases[0]))
+    _reference(job, test, cal, result, threshold)
     d = result["discrimination"]
     logger.info("%s AUC %.3f (DeLong %.3f-%.3f; bootstrap %.3f-%.3f); %s", split, d["auc"],
                 *(d["delong"]["ci"] or [float("nan")] * 2), *(d["bootstrap"]["ci"] or [float("nan")] * 2),
@@ -429,6 +430,16 @@ def _describe(job: _Job, result: dict[str, Any]) -> None:
     result["data"].update(data_summary(job.cache, job.all_rows, job.cfg))
     if job.split == ALL:
         result["data"]["split_method"] = "none: every row of the cache evaluated (external validation)"
+
+
+def _reference(job: _Job, test: Predictions, cal: Calibrator, result: dict[str, Any],
+               threshold: dict[str, Any]) -> None:
+    """reference.json beside metrics.json: what `fibrosis monitor` compares new batches with."""
+    from fibrosis.data.cache import CacheReader
+    from fibrosis.evaluate.reference import write_reference  # it imports this module
+
+    write_reference(job.out, job.ckpt_path, test.rows, test.labels, cal.predict(test.logits), result, threshold,
+                    CacheReader(job.cache, job.all_rows), job.idx)
 
 
 def _gradcam(job: _Job, test: Predictions, cal: Calibrator, threshold: dict[str, Any],

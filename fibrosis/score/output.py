@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fibrosis.config import StudyAggregate
+from fibrosis.data.cache import IMAGE_STATS
 from fibrosis.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -40,10 +41,24 @@ STUDY_COLUMNS: tuple[str, ...] = (
     "study_uid", "patient_key", "n_images", "n_ok", "aggregate", "probability", "decision",
     "threshold_name", "threshold", "model_id",
 )
+# The side file <out stem>.meta.csv, one row per row of the scores file (joined by path):
+# the per-image header fields and cached-image statistics `fibrosis monitor` compares with
+# the evaluation's reference. scores.csv keeps its columns (resume checks its header).
+# No identifiers: no patient ID, no dates finer than the month, no free-text tags.
+META_COLUMNS: tuple[str, ...] = (
+    "path", "scored_at", "study_month", "modality", "manufacturer", "model_name", "view_position",
+    "pixel_spacing", "rows", "cols", "transfer_syntax", "sex", "age", *IMAGE_STATS,
+)
 AGGREGATES = typing.get_args(StudyAggregate)
 # Frontal = PA or AP; "" when the file does not say (PNG/JPEG exports, ViewPosition
 # absent): lateral views never reach "ok" because ingestion policy excludes them.
 FRONTAL_VIEWS = frozenset({"PA", "AP", ""})
+
+
+def meta_path(scores: Path) -> Path:
+    """``scores.csv`` -> ``scores.meta.csv`` (``x.csv.rank1`` -> ``x.csv.rank1.meta.csv``)."""
+    name = scores.name[:-4] if scores.name.endswith(".csv") else scores.name
+    return scores.with_name(f"{name}.meta.csv")
 
 
 def discover_inputs(input_: str | Path, out: Path, gradcam_dir: Path | None,
@@ -54,11 +69,11 @@ def discover_inputs(input_: str | Path, out: Path, gradcam_dir: Path | None,
     input folder: a re-run must not score its own CSV."""
     from fibrosis.data.discover import discover_entries
 
-    skip = {str(p.resolve()) for p in (out, out.with_suffix(".studies.csv"), salt_file) if p}
+    skip = {str(p.resolve()) for p in (out, out.with_suffix(".studies.csv"), meta_path(out), salt_file) if p}
     # Also rank parts and the temporary files a killed atomic rewrite leaves (all next to
     # ``out``): hidden files are inputs now, so ``.scores.csv.tmp123`` must be named here.
-    names = "|".join(re.escape(n) for n in (out.name, out.with_suffix(".studies.csv").name))
-    own = re.compile(rf"(?:{names})\.rank\d+|\.(?:{names})\.tmp\d+")
+    names = "|".join(re.escape(n) for n in (out.name, out.with_suffix(".studies.csv").name, meta_path(out).name))
+    own = re.compile(rf"(?:{names})\.rank\d+(?:\.meta\.csv)?|\.(?:{names}|{re.escape(out.name)}\.rank\d+\.meta\.csv)\.tmp\d+")
     gc = str(gradcam_dir.resolve()) + os.sep if gradcam_dir else None
     return [(p, err) for p, err in discover_entries([input_])
             if p not in skip and not (Path(p).parent == out.parent.resolve() and own.fullmatch(Path(p).name))
@@ -139,19 +154,35 @@ def open_for_resume(path: Path, expect_model: str) -> dict[str, str]:
     return done
 
 
+def prune_meta(path: Path, done: set[str]) -> None:
+    """Before a resume: keep only the side-file rows of paths already in the scores file.
+    Meta rows are written before their score rows, so a killed run may leave a few extra
+    (and a torn last line); those files are scored again and their rows re-written."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    text = path.read_bytes()
+    text = text[:text.rfind(b"\n") + 1]  # a torn last line
+    rows = list(csv.DictReader(io.StringIO(text.decode("utf-8"))))
+    header = text.split(b"\n", 1)[0].decode("utf-8")
+    if tuple(next(csv.reader([header]), [])) != META_COLUMNS:
+        raise ValueError(f"{path}: existing file has columns {header!r}; expected {list(META_COLUMNS)} "
+                         "(not a fibrosis score side file, or another version): choose a new --out")
+    _write_rows_atomic(path, (r for r in rows if r["path"] in done), META_COLUMNS)
+
+
 class RowWriter:
     """Appends rows to a score CSV (header first when new); ``flush`` after each batch."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, columns: tuple[str, ...] = COLUMNS):
+        self.path, self.columns = path, columns
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.exists() or path.stat().st_size == 0
         self.fh = open(path, "a", newline="", encoding="utf-8")
         if new:
-            self.fh.write(_line(dict(zip(COLUMNS, COLUMNS)), COLUMNS))
+            self.fh.write(_line(dict(zip(columns, columns)), columns))
 
     def write(self, row: dict[str, Any]) -> None:
-        self.fh.write(_line(row, COLUMNS))
+        self.fh.write(_line(row, self.columns))
 
     def flush(self) -> None:
         # The OS buffer survives a killed process; fsync would only add power-loss
@@ -176,15 +207,15 @@ def is_sorted(path: Path) -> bool:
     return True
 
 
-def _write_rows_atomic(path: Path, rows: Iterable[dict[str, str]]) -> int:
+def _write_rows_atomic(path: Path, rows: Iterable[dict[str, str]], columns: tuple[str, ...] = COLUMNS) -> int:
     """Stream rows to a temporary file, then rename over ``path``; returns the row count."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     n = 0
     try:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            fh.write(_line(dict(zip(COLUMNS, COLUMNS)), COLUMNS))
+            fh.write(_line(dict(zip(columns, columns)), columns))
             for row in rows:
-                fh.write(_line(row, COLUMNS))
+                fh.write(_line(row, columns))
                 n += 1
             fh.flush()
             os.fsync(fh.fileno())
@@ -206,15 +237,15 @@ def _dedupe(rows: Iterable[dict[str, str]]) -> Iterator[dict[str, str]]:
         yield prev
 
 
-def sort_in_place(path: Path) -> None:
-    """Rewrite ``path`` sorted by path, one row per path (needed only when the inputs
-    changed since the rows were written; holds the rows, not images, in memory)."""
+def sort_in_place(path: Path, columns: tuple[str, ...] = COLUMNS) -> None:
+    """Rewrite ``path`` sorted by path (needed only when the inputs changed between a
+    killed run and its resume; holds the rows, not images, in memory)."""
     rows = sorted(iter_rows(path), key=lambda r: r["path"])
-    _write_rows_atomic(path, _dedupe(rows))
+    _write_rows_atomic(path, _dedupe(rows), columns)
     logger.info("%s: rows re-sorted by path (inputs added or changed since the last run)", path)
 
 
-def merge_parts(out: Path, parts: list[Path]) -> int:
+def merge_parts(out: Path, parts: list[Path], columns: tuple[str, ...] = COLUMNS) -> int:
     """k-way merge of sorted part files (and an existing ``out``) into ``out``; removes the parts.
 
     A path present in two sources (a kill between the rename and the clean-up, or a
@@ -223,9 +254,9 @@ def merge_parts(out: Path, parts: list[Path]) -> int:
     sources = [p for p in ([out] if out.exists() else []) + parts if p.exists()]
     for p in sources:
         if not is_sorted(p):
-            sort_in_place(p)
+            sort_in_place(p, columns)
     n = _write_rows_atomic(out, _dedupe(heapq.merge(*(iter_rows(p) for p in sources),
-                                                    key=lambda r: r["path"])))
+                                                    key=lambda r: r["path"])), columns)
     for p in parts:
         p.unlink(missing_ok=True)
     return n

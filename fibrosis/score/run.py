@@ -18,6 +18,7 @@ and rank 0 merges after a barrier.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import os
 import queue
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from fibrosis.score import output as score_io
-from fibrosis.data.cache import DTYPES
+from fibrosis.data.cache import DTYPES, image_statistics
 from fibrosis.io import file_sha256
 from fibrosis.config import IngestConfig, ScoreConfig, config_from_dict
 from fibrosis.data.dataset import normalise, resize
@@ -171,8 +172,9 @@ def _prefetch(gen: Iterator[Any], maxsize: int) -> Iterator[Any]:
 
 
 def results(entries: list[tuple[str, str]], cfg: IngestConfig, preprocessing: dict[str, Any],
-            workers: int, known: dict[str, str] | None = None) -> Iterator[tuple[DecodeResult, np.ndarray | None]]:
-    """(decode result, model input or None) per entry, in entry order (folder errors
+            workers: int, known: dict[str, str] | None = None,
+            ) -> Iterator[tuple[DecodeResult, np.ndarray | None, dict[str, float] | None]]:
+    """(decode result, model input, image statistics; None, None unless decoded) per entry, in entry order (folder errors
     interleaved in place). ``known``: path -> content hash of rows already written; such a
     file whose content is unchanged comes back :class:`Skipped` (hashed by a worker, not decoded)."""
     from fibrosis.data.workers import ordered_map, process_file
@@ -187,13 +189,15 @@ def results(entries: list[tuple[str, str]], cfg: IngestConfig, preprocessing: di
     try:
         for path, err in entries:
             if err:
-                yield Rejected(path, "", "error", err), None
+                yield Rejected(path, "", "error", err), None, None
             else:
                 res = next(decoded)
                 if res.path != path:  # ordered_map keeps order; a mismatch is a bug, not data
                     raise RuntimeError(f"decode order broken: got {res.path}, expected {path}")
-                x = model_input(res.image, cfg.cache_dtype, preprocessing) if isinstance(res, Decoded) else None
-                yield res, x
+                if isinstance(res, Decoded):  # + the statistics the monitor's side file records
+                    yield res, model_input(res.image, cfg.cache_dtype, preprocessing), image_statistics(res.image)
+                else:
+                    yield res, None, None
     finally:
         decoded.close()
 
@@ -215,20 +219,26 @@ class Scorer:
     """Turns ordered decode results into ordered rows, one inference batch at a time."""
 
     def __init__(self, model: Any, engine: Any, fz: Frozen, writer: score_io.RowWriter, *,
-                 batch_size: int, salt: str, auto: bool, gradcam_dir: Path | None):
+                 batch_size: int, salt: str, auto: bool, gradcam_dir: Path | None,
+                 meta_writer: score_io.RowWriter | None = None, scored_at: str = ""):
         self.model, self.engine, self.fz, self.writer = model, engine, fz, writer
+        self.meta_writer, self.scored_at = meta_writer, scored_at
+        self.meta_rows: list[dict[str, Any]] = []  # side-file rows of the pending rows
         self.batch_size, self.salt, self.auto, self.gradcam_dir = batch_size, salt, auto, gradcam_dir
         self.rows: list[dict[str, Any]] = []  # pending, in path order
         self.xs: list[np.ndarray] = []  # inputs of the pending ok rows, in order
         self.counts: Counter = Counter()
         self.verified = engine.name == "eager"
 
-    def add(self, res: Decoded | Rejected, x: np.ndarray | None = None) -> None:
-        """One file's row: ``res`` decoded (with its model input ``x``) or rejected."""
+    def add(self, res: Decoded | Rejected, x: np.ndarray | None = None,
+            stats: dict[str, float] | None = None) -> None:
+        """One file's row: ``res`` decoded (with its model input ``x`` and the image
+        statistics for the side file) or rejected."""
         fz = self.fz
         row: dict[str, Any] = {"path": res.path, "content_hash": res.content_hash,
                                "model_id": fz.model_id,
                                "threshold_name": fz.threshold_name, "threshold": format(fz.threshold, ".10g")}
+        self.meta_rows.append(self._meta_row(res, stats))
         if isinstance(res, Decoded):
             meta = res.meta
             row.update(status="ok", patient_key=identity(meta, res.content_hash, self.salt), sop_uid=meta.sop_uid,
@@ -243,6 +253,14 @@ class Scorer:
         self.rows.append(row)
         if len(self.xs) >= self.batch_size or len(self.rows) >= 4 * self.batch_size:
             self.flush()
+
+    def _meta_row(self, res: Decoded | Rejected, stats: dict[str, float] | None) -> dict[str, Any]:
+        """Header fields and image statistics for the side file; rejects carry path and batch only."""
+        out: dict[str, Any] = {"path": res.path, "scored_at": self.scored_at}
+        if isinstance(res, Decoded):
+            fields = res.meta.manifest_fields()
+            out.update({k: fields[k] for k in score_io.META_COLUMNS if k in fields}, **(stats or {}))
+        return {k: out.get(k, "") for k in score_io.META_COLUMNS}
 
     def _verify(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Check the engine once more on real images; ``auto`` falls back to eager
@@ -276,6 +294,11 @@ class Scorer:
                            decision=int(pi >= self.fz.threshold), engine=self.engine.name)
             if self.gradcam_dir is not None:
                 self._gradcam(x, ok_rows)
+        if self.meta_writer is not None:  # first: on resume, extra meta rows are pruned
+            for meta_row in self.meta_rows:
+                self.meta_writer.write(meta_row)
+            self.meta_writer.flush()
+        self.meta_rows.clear()
         for row in self.rows:
             self.writer.write(row)
         self.writer.flush()
@@ -350,8 +373,9 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
                 logger.warning("patient keys: creating %s (keep it private, never share it with the "
                                "scores); use the training cache's salt (salt_dir / FIBROSIS_SALT) for keys "
                                "that match the training manifest", salt_home / "salt.key")
-            shared = (resolve_salt(salt_home), score_io.discover_inputs(input, out, gc_dir, salt_home / "salt.key"))
-        salt, entries = distributed.broadcast_object(d, shared if d.is_main else None)
+            shared = (resolve_salt(salt_home), score_io.discover_inputs(input, out, gc_dir, salt_home / "salt.key"),
+                      dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"))
+        salt, entries, scored_at = distributed.broadcast_object(d, shared if d.is_main else None)
         if not entries:
             logger.warning("%s: no input files found", input)
         part = out if d.world == 1 else out.with_name(f"{out.name}.rank{d.rank}")
@@ -360,6 +384,7 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
         done = score_io.open_for_resume(part, fz.model_id)
         if d.world > 1 and out.exists():
             done = {**score_io.open_for_resume(out, fz.model_id), **done}  # this rank's part is newer
+        score_io.prune_meta(score_io.meta_path(part), done)
         mine = entries[d.rank::d.world]
         # A row is kept only while its file is unchanged: workers re-hash every file that
         # has one (no decode) and a changed file is scored again. Entries reported without
@@ -378,21 +403,23 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
         if d.is_main:
             distributed.barrier(d)
         writer = score_io.RowWriter(part)
+        meta_writer = score_io.RowWriter(score_io.meta_path(part), score_io.META_COLUMNS)
         scorer = Scorer(net, eng, fz, writer, batch_size=bs, salt=salt, auto=engine_name == "auto",
-                        gradcam_dir=gc_dir)
+                        gradcam_dir=gc_dir, meta_writer=meta_writer, scored_at=scored_at)
         bar = tqdm(total=len(todo), unit="img", desc="score", disable=not progress or not d.is_main)
         setup_seconds = time.perf_counter() - t0
         try:
             # Queue: two batches ahead of inference, on top of the pool's own window.
-            for res, x in _prefetch(results(todo, fz.ingest, fz.preprocessing, n_workers, known), 2 * bs):
+            for res, x, stats in _prefetch(results(todo, fz.ingest, fz.preprocessing, n_workers, known), 2 * bs):
                 bar.update()
                 if isinstance(res, Skipped):  # its row is in the file and its content unchanged
                     resumed += 1
                     continue
-                scorer.add(res, x)
+                scorer.add(res, x, stats)
             scorer.flush()
         finally:
             writer.close()
+            meta_writer.close()
             bar.close()
         summary = ScoreSummary(str(out), str(out.with_suffix(".studies.csv")), fz.model_id,
                                scorer.engine.describe(), scorer.counts, resumed, setup_seconds=setup_seconds)
@@ -402,9 +429,15 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
             summary.counts = sum((Counter(c) for c, _ in parts), Counter())
             summary.resumed = sum(r for _, r in parts)
             if d.is_main:
-                score_io.merge_parts(out, [out.with_name(f"{out.name}.rank{k}") for k in range(d.world)])
-        elif not score_io.is_sorted(out):
-            score_io.sort_in_place(out)
+                ranks = [out.with_name(f"{out.name}.rank{k}") for k in range(d.world)]
+                score_io.merge_parts(out, ranks)
+                score_io.merge_parts(score_io.meta_path(out), [score_io.meta_path(p) for p in ranks],
+                                     score_io.META_COLUMNS)
+        else:
+            if not score_io.is_sorted(out):
+                score_io.sort_in_place(out)
+            if not score_io.is_sorted(score_io.meta_path(out)):
+                score_io.sort_in_place(score_io.meta_path(out), score_io.META_COLUMNS)
         if d.is_main:
             n_studies = score_io.write_studies(out, Path(summary.studies_out), aggregate)
             logger.info("%d studie(s), aggregate %s over frontal ok images -> %s", n_studies,

@@ -1,0 +1,161 @@
+"""The reference `fibrosis monitor` compares new scores with: what the evaluated split looked like.
+
+`fibrosis evaluate` writes ``RUN/eval/<split>/reference.json`` beside ``metrics.json``:
+the calibrated probabilities and the positive rate at the frozen operating point, the
+metadata mix (manufacturer, model, view, modality, transfer syntax, sex, age band),
+continuous values (pixel spacing, image size, cached-image statistics), the share of
+inputs the cache excluded or failed (by reason), and the headline numbers of the
+validation report. Aggregates and per-image numbers only: no paths, keys or UIDs.
+
+The value functions here (:func:`category_value`, :func:`continuous_value`,
+:func:`reason_class`) are what the monitor applies to scored rows, so both sides are
+read the same way.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fibrosis.data.cache import IMAGE_STATS, image_statistics
+from fibrosis.evaluate.run import age_band
+from fibrosis.io import file_sha256, read_csv, write_json
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_FORMAT = 1
+REFERENCE_FILE = "reference.json"
+ECE_RESAMPLES = 1000
+CATEGORIES: tuple[str, ...] = ("manufacturer", "model_name", "view_position", "modality",
+                               "transfer_syntax", "sex", "age_band")
+CONTINUOUS: tuple[str, ...] = ("pixel_spacing", "rows", "cols", *IMAGE_STATS)
+UNITS = {"pixel_spacing": "mm (row spacing)", "rows": "pixels", "cols": "pixels",
+         **{k: "[0, 1] display scale" for k in IMAGE_STATS}}
+_TAG_REASON = re.compile(r"^(\(\w{4},\w{4}\) \w+)")
+
+
+def category_value(row: dict[str, Any], name: str) -> str:
+    """One metadata category of a manifest or side-file row; '' becomes 'unknown'."""
+    if name == "age_band":
+        return age_band(row.get("age"))
+    return str(row.get(name) or "").strip().upper() or "unknown"
+
+
+def continuous_value(row: dict[str, Any], name: str) -> float | None:
+    """A number, or None when absent (PNG exports have no pixel spacing)."""
+    value = row.get(name)
+    text = "" if value is None else str(value).strip()  # not `or ""`: 0.0 is a value (dark 5th percentiles)
+    if name == "pixel_spacing":
+        text = text.split("\\")[0]
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if np.isfinite(value) and (name not in ("rows", "cols", "pixel_spacing") or value > 0) else None
+
+
+def reason_class(reason: str) -> str:
+    """A short, value-free class of an exclusion/error reason, for counting: the DICOM tag
+    and keyword when the reason starts with one, else its first words (values cut at '=', ':',
+    digits or quotes)."""
+    text = " ".join(str(reason).split())
+    m = _TAG_REASON.match(text)
+    if m:
+        return m.group(1)
+    head = re.split(r"[=:'\"(\d]", text, maxsplit=1)[0].strip(" ,;")
+    return " ".join(head.split()[:6]) or "other"
+
+
+def outcome_counts(n_ok: int, rejects: Sequence[dict[str, str]]) -> dict[str, Any]:
+    """ok / excluded / error counts and reasons; duplicates are not outcomes of an image."""
+    kinds = [r for r in rejects if r.get("kind") in ("excluded", "error")]
+    return {"n": n_ok + len(kinds), "ok": n_ok,
+            "excluded": sum(r["kind"] == "excluded" for r in kinds),
+            "error": sum(r["kind"] == "error" for r in kinds),
+            "reasons": dict(Counter(f"{r['kind']}: {reason_class(r.get('reason', ''))}" for r in kinds))}
+
+
+def ece_interval(y: Any, p: Any, n_bins: int, strategy: str, level: float,
+                 seed: int = 0, n_resamples: int = ECE_RESAMPLES) -> list[float]:
+    """Percentile bootstrap interval of the ECE (images resampled, seeded): the report gives
+    the ECE without one, and the monitor compares ECEs of two samples."""
+    from fibrosis.evaluate.metrics import expected_calibration_error
+
+    y, p = np.asarray(y, int), np.asarray(p, float)
+    rng = np.random.default_rng(seed)
+    values = [expected_calibration_error(y[i], p[i], n_bins, strategy)
+              for i in (rng.integers(0, len(y), len(y)) for _ in range(n_resamples))]
+    a = (1 - level) / 2
+    return np.quantile(values, [a, 1 - a]).tolist()
+
+
+def performance_summary(metrics: dict[str, Any], threshold_name: str) -> dict[str, Any]:
+    """The validation report's headline numbers, each with its interval."""
+    disc, after = metrics["discrimination"], metrics["calibration"]["after"]
+    cs = after["intercept_slope"]
+    op = next((o for o in metrics["operating_points"] if o["name"] == threshold_name),
+              metrics["operating_points"][0])
+    ecfg = metrics["evaluate_config"]
+    return {"auc": disc["auc"], "auc_ci": disc["delong"]["ci"],
+            "intercept": cs.get("intercept"), "intercept_ci": cs.get("intercept_ci"),
+            "slope": cs.get("slope"), "slope_ci": cs.get("slope_ci"),
+            "ece": after["reliability"]["ece"], "ece_bins": ecfg["ece_bins"], "ece_strategy": ecfg["ece_strategy"],
+            "sensitivity": {k: op["sensitivity"][k] for k in ("value", "ci")},
+            "specificity": {k: op["specificity"][k] for k in ("value", "ci")},
+            "operating_point": op["name"], "level": ecfg["ci_level"],
+            "n": metrics["data"]["n"], "n_pos": metrics["data"]["n_pos"]}
+
+
+def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stats: Sequence[dict[str, float]],
+                    metrics: dict[str, Any], threshold: dict[str, Any], rejects: Sequence[dict[str, str]],
+                    model_id: str, n_cached: int) -> dict[str, Any]:
+    """Pure: the reference record of one evaluated split (rows, calibrated probabilities and
+    image statistics aligned). Rejects belong to no split, so the excluded/failed shares are
+    those of the whole cache (``n_cached`` images ingested)."""
+    p = np.asarray(prob, float)
+    if not len(rows) == len(p) == len(stats):
+        raise ValueError(f"reference: {len(rows)} rows, {len(p)} probabilities, {len(stats)} image statistics; "
+                         "expected one of each per image")
+    merged = [{**r, **s} for r, s in zip(rows, stats)]
+    name = str(threshold.get("default", "youden"))
+    value = float(threshold["value"])
+    ecfg = metrics["evaluate_config"]
+    perf = performance_summary(metrics, name)
+    perf["ece_ci"] = ece_interval(labels, p, perf["ece_bins"], perf["ece_strategy"], perf["level"])
+    return {
+        "format": REFERENCE_FORMAT, "split": metrics["split"], "frozen": bool(metrics.get("frozen")),
+        "model_id": model_id, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "n": len(rows),
+        "threshold": {"name": name, "value": value, "rule": threshold.get("rule", "")},
+        "probabilities": [round(float(v), 6) for v in p],
+        "positive": {"k": int((p >= value).sum()), "n": int(len(p))},
+        "categories": {c: dict(Counter(category_value(r, c) for r in rows)) for c in CATEGORIES},
+        "continuous": {c: [v for v in (continuous_value(r, c) for r in merged) if v is not None]
+                       for c in CONTINUOUS},
+        "outcomes": outcome_counts(n_cached, rejects),
+        "performance": perf,
+        "minimums": {"min_n": ecfg["min_subgroup_n"], "min_positives": ecfg["min_subgroup_positives"],
+                     "level": ecfg["ci_level"]},
+    }
+
+
+def write_reference(out: Path, ckpt_path: Path, rows: Sequence[dict[str, str]], labels: Any, prob: Any,
+                    metrics: dict[str, Any], threshold: dict[str, Any], reader: Any,
+                    index: Sequence[int]) -> Path:
+    """I/O adapter: image statistics from the cache, rejects.csv, the checkpoint's model id
+    (as `fibrosis score` writes it), then ``out/reference.json``."""
+    stats = [image_statistics(reader.raw(i)) for i in index]
+    rejects_csv = Path(reader.root) / "rejects.csv"
+    rejects = read_csv(rejects_csv) if rejects_csv.exists() else []
+    ref = build_reference(rows, labels, prob, stats, metrics, threshold, rejects, file_sha256(ckpt_path)[:16],
+                          len(reader.rows))
+    path = Path(out) / REFERENCE_FILE
+    write_json(path, ref)
+    logger.info("monitoring reference (%d images of %r) -> %s", ref["n"], ref["split"], path)
+    return path
