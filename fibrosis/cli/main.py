@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write (and send) Grad-CAM overlays as Secondary Capture in the study")
     p.add_argument("--timeout", type=float, default=30.0,
                    help="association, DIMSE and network timeouts in seconds (default 30)")
-    p.add_argument("--engine", choices=["auto", "eager", "channels_last", "bf16", "onnx"], default=None,
+    p.add_argument("--engine", choices=get_args(EngineName), default=None,
                    help="inference engine (default: the checkpoint's score.engine)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--workers", type=int, default=None, help="decode worker processes")

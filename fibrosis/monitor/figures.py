@@ -5,41 +5,22 @@ Same conventions as the validation report's figures (:mod:`fibrosis.report.plots
 """
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from fibrosis.report.plots import BLUE, GREY, OP_COLOURS, ORANGE, VERMILLION
+from fibrosis.report.plots import BLUE, GREY, OP_COLOURS, ORANGE, VERMILLION, figure, styled
 
-_RC = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8.5}  # as the report
-
-
-def _styled(func: Callable[..., Figure | None]) -> Callable[..., Figure | None]:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Figure | None:
-        import matplotlib as mpl
-
-        with mpl.rc_context(_RC):
-            return func(*args, **kwargs)
-
-    return wrapper
-
-
-def _figure(w: float, h: float) -> Figure:
-    return Figure(figsize=(w, h), dpi=100, layout="constrained")
-
-
-@_styled
+@styled
 def probability_figure(windows: Sequence[dict[str, Any]], threshold: dict[str, Any]) -> Figure | None:
     """Calibrated probabilities of the reference and of each window, overlaid (share per bin)."""
     hists = [(w["name"], c["histogram"]) for w in windows for c in w["checks"]
              if c["check"] == "calibrated probability"]
     if not hists:
         return None
-    fig = _figure(9.0, 3.6)
+    fig = figure(9.0, 3.6)
     ax = fig.add_subplot()
     edges = np.asarray(hists[0][1]["edges"])
     ref = np.asarray(hists[0][1]["reference"], float)
@@ -60,7 +41,7 @@ def probability_figure(windows: Sequence[dict[str, Any]], threshold: dict[str, A
     return fig
 
 
-@_styled
+@styled
 def category_figure(window: dict[str, Any]) -> Figure | None:
     """Reference vs batch share of each category, one panel per metadata field with >1 value."""
     cats = [c for c in window["checks"] if c["kind"] == "category" and len(set(c["reference"]) | set(c["batch"])) > 1]
@@ -68,7 +49,7 @@ def category_figure(window: dict[str, Any]) -> Figure | None:
         return None
     cols = min(3, len(cats))
     rows = int(np.ceil(len(cats) / cols))
-    fig = _figure(3.2 * cols, 2.4 * rows + 0.4)
+    fig = figure(3.2 * cols, 2.4 * rows + 0.4)
     for k, c in enumerate(cats):
         ax = fig.add_subplot(rows, cols, k + 1)
         names = sorted(set(c["reference"]) | set(c["batch"]), key=lambda v: -c["reference"].get(v, 0))[:8]
@@ -106,13 +87,13 @@ def _series(ax: Any, names: list[str], values: list[Any], cis: list[Any], ref: f
     ax.grid(alpha=0.3, lw=0.5)
 
 
-@_styled
+@styled
 def over_time_figure(windows: Sequence[dict[str, Any]]) -> Figure:
     """Positive rate (and AUC where labels arrived) per window, with intervals, against validation."""
     series = [w for w in windows if w["name"] != "all"] or list(windows)
     names = [w["name"][-28:] for w in series]
     labelled = [w for w in series if w["performance"] and "auc" in w["performance"]["metrics"]]
-    fig = _figure(9.0, 3.4)
+    fig = figure(9.0, 3.4)
     ax = fig.add_subplot(1, 2 if labelled else 1, 1)
     rates = [next((c for c in w["checks"] if c["check"].startswith("positive rate")), None) for w in series]
     ref = next((r["reference"] for r in rates if r), None)

@@ -18,11 +18,12 @@ OP_COLOURS = (VERMILLION, GREEN, PURPLE, BLUE)
 _RC = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8.5}
 
 
-def _styled(func: Callable[..., Figure]) -> Callable[..., Figure]:
-    """Apply the report's font sizes while the figure's artists are created."""
+def styled(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Apply the report's font sizes while the figure's artists are created (the monitor's
+    page uses it too, so both read alike)."""
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Figure:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         import matplotlib as mpl
 
         with mpl.rc_context(_RC):
@@ -31,7 +32,7 @@ def _styled(func: Callable[..., Figure]) -> Callable[..., Figure]:
     return wrapper
 
 
-def _figure(w: float, h: float) -> Figure:
+def figure(w: float, h: float) -> Figure:
     return Figure(figsize=(w, h), dpi=100, layout="constrained")
 
 
@@ -63,10 +64,10 @@ def _unit_axes(ax: Any, xlabel: str, ylabel: str) -> None:
     ax.grid(alpha=0.3, lw=0.5)
 
 
-@_styled
+@styled
 def roc_figure(disc: dict[str, Any], operating_points: Sequence[dict[str, Any]] = ()) -> Figure:
     """ROC curve, 95% bootstrap band (patient-clustered), AUC with both CIs, operating points."""
-    fig = _figure(5.2, 5.0)
+    fig = figure(5.2, 5.0)
     ax = fig.add_subplot()
     band, boot, delong = disc["bootstrap"]["band"], disc["bootstrap"], disc["delong"]
     level = int(round(100 * boot["level"]))
@@ -93,9 +94,9 @@ def roc_figure(disc: dict[str, Any], operating_points: Sequence[dict[str, Any]] 
     return fig
 
 
-@_styled
+@styled
 def pr_figure(pr: dict[str, Any]) -> Figure:
-    fig = _figure(5.2, 5.0)
+    fig = figure(5.2, 5.0)
     ax = fig.add_subplot()
     ax.step(pr["recall"], pr["precision"], where="post", color=BLUE, lw=2,
             label=f"average precision {pr['average_precision']:.3f}")
@@ -136,10 +137,10 @@ def _reliability_panel(ax: Any, axh: Any, block: dict[str, Any], title: str, col
     axh.set_yscale("log")
 
 
-@_styled
+@styled
 def reliability_figure(before: dict[str, Any], after: dict[str, Any], method: str) -> Figure:
     """Reliability diagrams before and after calibration, with per-bin case counts below."""
-    fig = _figure(9.0, 5.4)
+    fig = figure(9.0, 5.4)
     grid = fig.add_gridspec(2, 2, height_ratios=(3, 1))
     for col, (block, title, colour) in enumerate(
             ((before, "before calibration (sigmoid of the logit)", ORANGE),
@@ -151,11 +152,11 @@ def reliability_figure(before: dict[str, Any], after: dict[str, Any], method: st
     return fig
 
 
-@_styled
+@styled
 def histogram_figure(before: dict[str, Any], after: dict[str, Any],
                      operating_points: Sequence[dict[str, Any]] = ()) -> Figure:
     """Per-class distribution of the predicted probability (share of each class per bin)."""
-    fig = _figure(9.0, 3.6)
+    fig = figure(9.0, 3.6)
     for k, (hist, title) in enumerate(((before, "uncalibrated probability"),
                                        (after, "calibrated probability (used by the thresholds)"))):
         ax = fig.add_subplot(1, 2, k + 1)
@@ -179,13 +180,13 @@ def histogram_figure(before: dict[str, Any], after: dict[str, Any],
     return fig
 
 
-@_styled
+@styled
 def gradcam_figure(panels: Sequence[dict[str, Any]], threshold: float, per_kind: int) -> Figure:
     """Rows TP / FP / FN, ``per_kind`` columns: radiograph with the Grad-CAM map overlaid."""
     kinds = ("TP", "FP", "FN")
     names = {"TP": "true positive", "FP": "false positive", "FN": "false negative"}
     cols = max(1, per_kind) * 2
-    fig = _figure(2.0 * cols, 2.35 * len(kinds))
+    fig = figure(2.0 * cols, 2.35 * len(kinds))
     for r, kind in enumerate(kinds):
         items = [p for p in panels if p["kind"] == kind and not p.get("empty")]
         for c in range(max(1, per_kind)):
