@@ -229,6 +229,7 @@ class Scorer:
         self.xs: list[np.ndarray] = []  # inputs of the pending ok rows, in order
         self.counts: Counter = Counter()
         self.verified = engine.name == "eager"
+        self.setup_seconds = 0.0
 
     def add(self, res: Decoded | Rejected, x: np.ndarray | None = None,
             stats: dict[str, float] | None = None) -> None:
@@ -325,6 +326,24 @@ class Scorer:
 # ------------------------------------------------------------------ entry point
 
 
+@dataclasses.dataclass
+class _Plan:
+    """What this rank scores, and how: settled before the first file is read."""
+    out: Path
+    part: Path  # this rank's rows: ``out`` itself, or ``out.rankN`` under torchrun
+    entries: list[tuple[str, str]]  # every input (path, discovery error), all ranks
+    todo: list[tuple[str, str]]  # this rank's inputs without a still-valid row
+    known: dict[str, str]  # path -> content hash of rows to keep if the file is unchanged
+    resumed: int
+    salt: str
+    scored_at: str
+    batch_size: int
+    workers: int
+    aggregate: str
+    engine: str
+    gradcam_dir: Path | None
+
+
 def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int | None = None,
           batch_size: int | None = None, gradcam_dir: str | Path | None = None,
           study_aggregate: str | None = None, engine: str | None = None, progress: bool = True,
@@ -339,14 +358,10 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
     ``sr_out`` / ``sc_out``: folders for one DICOM SR per study of the inputs
     (:mod:`fibrosis.score.sr`) and Grad-CAM Secondary Captures (:mod:`fibrosis.score.sc`).
     """
-    from tqdm import tqdm
-
     from fibrosis.model import distributed
     from fibrosis.model.checkpoint import load_model
-    from fibrosis.model.engine import onnx_cache_path, select_engine
 
     t0 = time.perf_counter()
-    out = Path(out).resolve()
     d = distributed.setup(device)
     try:
         ckpt_path = resolve_checkpoint(model)
@@ -355,101 +370,139 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
         fz = frozen_settings(ckpt, ckpt_path, sha)
         for key in ("model", "optimizer", "scheduler"):  # loaded already / not needed: free them
             ckpt.pop(key, None)
-        aggregate = study_aggregate or fz.score.study_aggregate
-        if aggregate not in score_io.AGGREGATES:
-            raise ValueError(f"study aggregate {aggregate!r}; allowed: {list(score_io.AGGREGATES)}")
-        bs = batch_size or fz.score.batch_size
-        if bs < 1:
-            raise ValueError(f"batch_size={bs}; expected >= 1")
-        n_workers = workers if workers is not None else (
-            fz.score.workers or max(1, len(os.sched_getaffinity(0)) // d.world))
-        gc_dir = Path(gradcam_dir) if gradcam_dir else (out.with_suffix(".gradcam") if fz.score.gradcam else None)
-        engine_name = engine or fz.score.engine
-        # Rank 0 resolves (maybe creates) the salt and lists the inputs; the others get
-        # the same values, so every rank shards one list and hashes with one salt.
-        if d.is_main:
-            salt_home = Path(salt_dir) if salt_dir else out.parent
-            if not os.environ.get("FIBROSIS_SALT") and not (salt_home / "salt.key").exists():
-                logger.warning("patient keys: creating %s (keep it private, never share it with the "
-                               "scores); use the training cache's salt (salt_dir / FIBROSIS_SALT) for keys "
-                               "that match the training manifest", salt_home / "salt.key")
-            shared = (resolve_salt(salt_home), score_io.discover_inputs(input, out, gc_dir, salt_home / "salt.key"),
-                      dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"))
-        salt, entries, scored_at = distributed.broadcast_object(d, shared if d.is_main else None)
-        if not entries:
-            logger.warning("%s: no input files found", input)
-        part = out if d.world == 1 else out.with_name(f"{out.name}.rank{d.rank}")
-        if d.is_main:  # never overwrite a foreign file that happens to have the studies name
-            score_io.check_ours(out.with_suffix(".studies.csv"), score_io.STUDY_COLUMNS)
-        done = score_io.open_for_resume(part, fz.model_id)
-        if d.world > 1 and out.exists():
-            done = {**score_io.open_for_resume(out, fz.model_id), **done}  # this rank's part is newer
-        score_io.prune_meta(score_io.meta_path(part), done)
-        mine = entries[d.rank::d.world]
-        # A row is kept only while its file is unchanged: workers re-hash every file that
-        # has one (no decode) and a changed file is scored again. Entries reported without
-        # being read (unlistable folder, FIFO, ...) have no content to compare: kept.
-        todo = [e for e in mine if not (e[1] and e[0] in done)]
-        known = {p: done[p] for p, err in todo if not err and done.get(p)}
-        resumed = len(mine) - len(todo)
-        if done:
-            logger.info("resuming: %d of %d file(s) have a row in %s; files whose content hash "
-                        "changed are scored again", len(known) + resumed, len(mine), part)
-        # Rank 0 builds its engine first (it writes the cached ONNX export); then the rest.
-        if not d.is_main:
-            distributed.barrier(d)
-        eng, _ = select_engine(net, engine_name, device=d.device, onnx_path=onnx_cache_path(ckpt_path, sha),
-                               calibrate=fz.calibrator.predict, threshold=fz.threshold)
-        if d.is_main:
-            distributed.barrier(d)
-        writer = score_io.RowWriter(part)
-        meta_writer = score_io.RowWriter(score_io.meta_path(part), score_io.META_COLUMNS)
-        scorer = Scorer(net, eng, fz, writer, batch_size=bs, salt=salt, auto=engine_name == "auto",
-                        gradcam_dir=gc_dir, meta_writer=meta_writer, scored_at=scored_at)
-        bar = tqdm(total=len(todo), unit="img", desc="score", disable=not progress or not d.is_main)
-        setup_seconds = time.perf_counter() - t0
-        try:
-            # Queue: two batches ahead of inference, on top of the pool's own window.
-            for res, x, stats in _prefetch(results(todo, fz.ingest, fz.preprocessing, n_workers, known), 2 * bs):
-                bar.update()
-                if isinstance(res, Skipped):  # its row is in the file and its content unchanged
-                    resumed += 1
-                    continue
-                scorer.add(res, x, stats)
-            scorer.flush()
-        finally:
-            writer.close()
-            meta_writer.close()
-            bar.close()
-        summary = ScoreSummary(str(out), str(out.with_suffix(".studies.csv")), fz.model_id,
-                               scorer.engine.describe(), scorer.counts, resumed, setup_seconds=setup_seconds)
-        if d.world > 1:
-            distributed.barrier(d)
-            parts = distributed.gather_object(d, (dict(scorer.counts), resumed))
-            summary.counts = sum((Counter(c) for c, _ in parts), Counter())
-            summary.resumed = sum(r for _, r in parts)
-            if d.is_main:
-                ranks = [out.with_name(f"{out.name}.rank{k}") for k in range(d.world)]
-                score_io.merge_parts(out, ranks)
-                score_io.merge_parts(score_io.meta_path(out), [score_io.meta_path(p) for p in ranks],
-                                     score_io.META_COLUMNS)
-        else:
-            if not score_io.is_sorted(out):
-                score_io.sort_in_place(out)
-            if not score_io.is_sorted(score_io.meta_path(out)):
-                score_io.sort_in_place(score_io.meta_path(out), score_io.META_COLUMNS)
-        if d.is_main:
-            n_studies = score_io.write_studies(out, Path(summary.studies_out), aggregate)
-            logger.info("%d studie(s), aggregate %s over frontal ok images -> %s", n_studies,
-                        aggregate, summary.studies_out)
-            if sr_out or sc_out:  # the inputs' studies only (resumed rows included): the node shares one CSV
-                from fibrosis.score.sr import write_dicom_outputs
+        plan = _plan(fz, d, input, Path(out).resolve(), workers=workers, batch_size=batch_size,
+                     gradcam_dir=gradcam_dir, study_aggregate=study_aggregate, engine=engine, salt_dir=salt_dir)
+        scorer = _score_files(plan, fz, net, ckpt_path, sha, d, progress, t0)
+        summary = ScoreSummary(str(plan.out), str(plan.out.with_suffix(".studies.csv")), fz.model_id,
+                               scorer.engine.describe(), scorer.counts, plan.resumed,
+                               setup_seconds=scorer.setup_seconds)
+        _finish(plan, summary, scorer, d)
+        if d.is_main and (sr_out or sc_out):  # the inputs' studies only (resumed rows included)
+            from fibrosis.score.sr import write_dicom_outputs
 
-                summary.dicom_files = write_dicom_outputs(
-                    out, {p for p, _ in entries}, fz, sha, aggregate, net,
-                    Path(sr_out) if sr_out else None, Path(sc_out) if sc_out else None)
+            summary.dicom_files = write_dicom_outputs(
+                plan.out, {p for p, _ in plan.entries}, fz, sha, plan.aggregate, net,
+                Path(sr_out) if sr_out else None, Path(sc_out) if sc_out else None)
         distributed.barrier(d)
         summary.seconds = time.perf_counter() - t0
         return summary
     finally:
         distributed.teardown(d)
+
+
+def _plan(fz: Frozen, d: Any, input: str | Path, out: Path, *, workers: int | None, batch_size: int | None,
+          gradcam_dir: str | Path | None, study_aggregate: str | None, engine: str | None,
+          salt_dir: str | Path | None) -> _Plan:
+    """Settings (arguments over the checkpoint's), the salt, the inputs, and what a
+    previous run already scored."""
+    from fibrosis.model import distributed
+
+    aggregate = study_aggregate or fz.score.study_aggregate
+    if aggregate not in score_io.AGGREGATES:
+        raise ValueError(f"study aggregate {aggregate!r}; allowed: {list(score_io.AGGREGATES)}")
+    bs = batch_size or fz.score.batch_size
+    if bs < 1:
+        raise ValueError(f"batch_size={bs}; expected >= 1")
+    n_workers = workers if workers is not None else (
+        fz.score.workers or max(1, len(os.sched_getaffinity(0)) // d.world))
+    gc_dir = Path(gradcam_dir) if gradcam_dir else (out.with_suffix(".gradcam") if fz.score.gradcam else None)
+    # Rank 0 resolves (maybe creates) the salt and lists the inputs; the others get
+    # the same values, so every rank shards one list and hashes with one salt.
+    if d.is_main:
+        salt_home = Path(salt_dir) if salt_dir else out.parent
+        if not os.environ.get("FIBROSIS_SALT") and not (salt_home / "salt.key").exists():
+            logger.warning("patient keys: creating %s (keep it private, never share it with the "
+                           "scores); use the training cache's salt (salt_dir / FIBROSIS_SALT) for keys "
+                           "that match the training manifest", salt_home / "salt.key")
+        shared = (resolve_salt(salt_home), score_io.discover_inputs(input, out, gc_dir, salt_home / "salt.key"),
+                  dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"))
+    salt, entries, scored_at = distributed.broadcast_object(d, shared if d.is_main else None)
+    if not entries:
+        logger.warning("%s: no input files found", input)
+    part = out if d.world == 1 else out.with_name(f"{out.name}.rank{d.rank}")
+    if d.is_main:  # never overwrite a foreign file that happens to have the studies name
+        score_io.check_ours(out.with_suffix(".studies.csv"), score_io.STUDY_COLUMNS)
+    done = score_io.open_for_resume(part, fz.model_id)
+    if d.world > 1 and out.exists():
+        done = {**score_io.open_for_resume(out, fz.model_id), **done}  # this rank's part is newer
+    score_io.prune_meta(score_io.meta_path(part), done)
+    mine = entries[d.rank::d.world]
+    # A row is kept only while its file is unchanged: workers re-hash every file that
+    # has one (no decode) and a changed file is scored again. Entries reported without
+    # being read (unlistable folder, FIFO, ...) have no content to compare: kept.
+    todo = [e for e in mine if not (e[1] and e[0] in done)]
+    known = {p: done[p] for p, err in todo if not err and done.get(p)}
+    resumed = len(mine) - len(todo)
+    if done:
+        logger.info("resuming: %d of %d file(s) have a row in %s; files whose content hash "
+                    "changed are scored again", len(known) + resumed, len(mine), part)
+    return _Plan(out, part, entries, todo, known, resumed, salt, scored_at, bs, n_workers, aggregate,
+                 engine or fz.score.engine, gc_dir)
+
+
+def _score_files(plan: _Plan, fz: Frozen, net: Any, ckpt_path: Path, sha: str, d: Any,
+                 progress: bool, t0: float) -> "Scorer":
+    """Choose the engine, then decode (worker pool, prefetched) and score this rank's files
+    in path order; rows are written batch by batch. Counts the resumed rows into ``plan``."""
+    from tqdm import tqdm
+
+    from fibrosis.model import distributed
+    from fibrosis.model.engine import onnx_cache_path, select_engine
+
+    # Rank 0 builds its engine first (it writes the cached ONNX export); then the rest.
+    if not d.is_main:
+        distributed.barrier(d)
+    eng, _ = select_engine(net, plan.engine, device=d.device, onnx_path=onnx_cache_path(ckpt_path, sha),
+                           calibrate=fz.calibrator.predict, threshold=fz.threshold)
+    if d.is_main:
+        distributed.barrier(d)
+    writer = score_io.RowWriter(plan.part)
+    meta_writer = score_io.RowWriter(score_io.meta_path(plan.part), score_io.META_COLUMNS)
+    scorer = Scorer(net, eng, fz, writer, batch_size=plan.batch_size, salt=plan.salt,
+                    auto=plan.engine == "auto", gradcam_dir=plan.gradcam_dir, meta_writer=meta_writer,
+                    scored_at=plan.scored_at)
+    bar = tqdm(total=len(plan.todo), unit="img", desc="score", disable=not progress or not d.is_main)
+    scorer.setup_seconds = time.perf_counter() - t0  # since score() started: checkpoint, engine, inputs
+    try:
+        # Queue: two batches ahead of inference, on top of the pool's own window.
+        decoded = results(plan.todo, fz.ingest, fz.preprocessing, plan.workers, plan.known)
+        for res, x, stats in _prefetch(decoded, 2 * plan.batch_size):
+            bar.update()
+            if isinstance(res, Skipped):  # its row is in the file and its content unchanged
+                plan.resumed += 1
+                continue
+            scorer.add(res, x, stats)
+        scorer.flush()
+    finally:
+        writer.close()
+        meta_writer.close()
+        bar.close()
+    return scorer
+
+
+def _finish(plan: _Plan, summary: ScoreSummary, scorer: "Scorer", d: Any) -> None:
+    """One sorted scores file (torchrun: rank 0 merges the parts) and its side file, the
+    counts over all ranks, and the per-study aggregates."""
+    from fibrosis.model import distributed
+
+    out = plan.out
+    summary.resumed = plan.resumed
+    if d.world > 1:
+        distributed.barrier(d)
+        parts = distributed.gather_object(d, (dict(scorer.counts), plan.resumed))
+        summary.counts = sum((Counter(c) for c, _ in parts), Counter())
+        summary.resumed = sum(r for _, r in parts)
+        if d.is_main:
+            ranks = [out.with_name(f"{out.name}.rank{k}") for k in range(d.world)]
+            score_io.merge_parts(out, ranks)
+            score_io.merge_parts(score_io.meta_path(out), [score_io.meta_path(p) for p in ranks],
+                                 score_io.META_COLUMNS)
+    else:
+        if not score_io.is_sorted(out):
+            score_io.sort_in_place(out)
+        if not score_io.is_sorted(score_io.meta_path(out)):
+            score_io.sort_in_place(score_io.meta_path(out), score_io.META_COLUMNS)
+    if d.is_main:
+        n_studies = score_io.write_studies(out, Path(summary.studies_out), plan.aggregate)
+        logger.info("%d studie(s), aggregate %s over frontal ok images -> %s", n_studies,
+                    plan.aggregate, summary.studies_out)
