@@ -6,7 +6,7 @@ from torch import nn
 
 from fibrosis.config import StageConfig, TrainConfig
 from fibrosis.train.schedule import (PARTIAL, WarmupCosine, block_groups, freeze, make_optimizer,
-                               optimizer_param_names, param_owner, preset_stages, resolve_stages)
+                               param_owner, preset_stages, resolve_stages)
 from fibrosis.model.arch import ARCHS
 from fibrosis.model.net import build_model
 
@@ -15,6 +15,12 @@ from fibrosis.model.net import build_model
 def resnet():
     torch.manual_seed(0)
     return build_model("resnet18", "none", input_size=32)
+
+
+def optimizer_param_names(model, opt) -> dict[str, float]:
+    """Name -> lr of every parameter the optimizer updates (matched by identity, never by value)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
 
 
 def _names(model, prefix):

@@ -170,11 +170,12 @@ def test_intervals_are_labelled_with_the_configured_level(tmp_path):
 
 
 def test_frozen_external_evaluation_is_described_as_such(tmp_path):
-    from fibrosis.evaluate.run import evaluate_frozen
+    from fibrosis.evaluate.run import WarningLog, measure, stored_operating_points
 
     ecfg = EvaluateConfig(bootstrap_resamples=200)
     _, cal, threshold, _ = evaluate_predictions(_preds(300, 6, "val"), _preds(300, 7, "test"), ecfg)
-    res, cal2, thr2, _ = evaluate_frozen(_preds(200, 8, "all"), cal.to_dict(), threshold, ecfg)
+    stored = stored_operating_points(cal.to_dict(), threshold, "checkpoint")  # what evaluate --frozen applies
+    res, cal2, thr2, _ = measure(stored, _preds(200, 8, "all"), ecfg, WarningLog())
     assert cal2.to_dict() == cal.to_dict() and thr2 == threshold and res["frozen"] is True
     assert res["operating_points"][0]["chosen_on"]["sensitivity"] == threshold["details"]["youden"]["sensitivity"]
     write_json(tmp_path / "m.json", res)

@@ -212,14 +212,6 @@ def evaluate_predictions(fit: Predictions, test: Predictions, ecfg: EvaluateConf
     return measure(fit_operating_points(fit, ecfg, log), test, ecfg, log)
 
 
-def evaluate_frozen(test: Predictions, calibration: dict[str, Any] | None, threshold: dict[str, Any] | None,
-                    ecfg: EvaluateConfig, source: str = "checkpoint",
-                    ) -> tuple[dict[str, Any], Calibrator, dict[str, Any], list[dict[str, Any]]]:
-    """Pure core of external validation: the stored calibrator and thresholds, nothing refitted.
-    ``ecfg.calibration``/``target_sensitivities``/``fit_split`` do not apply (they were fixed then)."""
-    return measure(stored_operating_points(calibration, threshold, source), test, ecfg, WarningLog())
-
-
 def measure(op: OperatingPoints, test: Predictions, ecfg: EvaluateConfig, log: WarningLog,
             ) -> tuple[dict[str, Any], Calibrator, dict[str, Any], list[dict[str, Any]]]:
     """Everything reported on ``test`` with calibrator and thresholds already fixed."""

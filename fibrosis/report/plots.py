@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import io
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -44,15 +43,6 @@ def png_bytes(fig: Figure, dpi: int = 150) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
     return buf.getvalue()
-
-
-def save_png(fig: Figure, path: str | Path, dpi: int = 150) -> Path:
-    from fibrosis.io import atomic_write_bytes
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, png_bytes(fig, dpi))
-    return path
 
 
 def _unit_axes(ax: Any, xlabel: str, ylabel: str) -> None:

@@ -16,7 +16,6 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from torch import nn
 
 from fibrosis.config import Preset, StageConfig, TrainConfig
 from fibrosis.model.arch import ARCHS, arch_spec
@@ -140,12 +139,6 @@ def make_optimizer(model: FibrosisNet, stage: StageConfig, steps_per_epoch: int
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, WarmupCosine(round(stage.warmup_epochs * steps_per_epoch), total))
     return opt, sched
-
-
-def optimizer_param_names(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, float]:
-    """Name -> lr of every parameter the optimizer updates (identity match)."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    return {names[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
 
 
 def preset_stages(preset: str, arch: str, tcfg: TrainConfig) -> tuple[StageConfig, ...]:
