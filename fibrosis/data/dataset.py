@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from fibrosis.data.cache import CacheReader
+from fibrosis.data.records import parse_label
 from fibrosis.config import AugmentConfig
 
 
@@ -56,10 +57,14 @@ def normalise(img01: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
 
 def row_label(row: dict[str, str]) -> float:
     value = row.get("label", "")
-    if value not in ("0", "1", "0.0", "1.0"):
+    try:
+        label = parse_label(value)
+    except ValueError:
+        label = None
+    if label is None:
         raise ValueError(f"{row.get('path', '?')}: label={value!r}; expected 0 or 1 "
                          f"(ingest with labels to train)")
-    return float(value)
+    return float(label)
 
 
 class CacheDataset(Dataset):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from fibrosis.io import read_csv
+from fibrosis.data.records import parse_label
 from fibrosis.io import write_json
 from fibrosis.evaluate.metrics import delong_paired_test
 from fibrosis.numeric import MetricWarning
@@ -33,7 +34,10 @@ def _load(run: Path, split: str) -> dict[str, tuple[int, float]]:
             raise ValueError(f"{path}: row {i + 1} has no content_hash; cases cannot be matched between runs")
         if key in out:
             raise ValueError(f"{path}: content_hash {key[:12]}... appears twice; expected one row per image")
-        out[key] = (int(row["label"]), float(row["logit"]))
+        label = parse_label(row.get("label"))
+        if label is None:
+            raise ValueError(f"{path}: row {i + 1} has no label; expected 0 or 1")
+        out[key] = (label, float(row["logit"]))
     return out
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from fibrosis.config import Config
 from fibrosis.data.cache import manifest_hash
 from fibrosis.data.pixels import POLARITY_EXCLUDED, qa_flags
+from fibrosis.data.records import parse_label
 from fibrosis.io import file_sha256, package_versions, read_csv
 
 logger = logging.getLogger(__name__)
@@ -36,12 +37,16 @@ def scrub_reason(reason: str, path: str = "") -> str:
     return re.sub(r"^(<file>|<path>)\s*:\s*", "", text).strip()
 
 
+def _positive(row: dict[str, str]) -> bool:
+    return parse_label(row.get("label")) == 1
+
+
 def _split_counts(rows: Sequence[dict[str, str]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         s = out.setdefault(r.get("split") or "unassigned", {"n": 0, "n_pos": 0, "patients": set()})
         s["n"] += 1
-        s["n_pos"] += int(str(r.get("label", "")).strip() in ("1", "1.0"))
+        s["n_pos"] += _positive(r)
         s["patients"].add(r.get("patient_key"))
     order = {name: i for i, name in enumerate(("train", "val", "calib", "test"))}
     return {k: {"n": v["n"], "n_pos": v["n_pos"], "prevalence": v["n_pos"] / v["n"],
@@ -64,7 +69,7 @@ def data_summary(cache: str | Path, rows: Sequence[dict[str, str]], cfg: Config)
                       for r, qa in zip(rejects, is_qa))
     flagged = Counter(f for r in rows for f in qa_flags(r.get("steps", "")).split(";") if f)
     s = cfg.split
-    n_pos = sum(str(r.get("label", "")).strip() in ("1", "1.0") for r in rows)
+    n_pos = sum(_positive(r) for r in rows)
     source = cfg.evaluate.data_source or meta.get("source") or meta.get("description")
     return {
         "source": source or "not recorded (set evaluate.data_source)",

@@ -1,0 +1,46 @@
+"""fibrosis.data.records: the raw PatientID cannot be written by construction; labels parse once."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pickle
+
+import pytest
+
+from fibrosis.data.identity import patient_key
+from fibrosis.data.records import ImageMeta, PatientId, parse_label
+
+
+def test_a_raw_patient_id_has_no_text_form():
+    pid = PatientId(" MRN-123 ")
+    for write in (str, lambda v: f"{v}", lambda v: "%s" % v, lambda v: format(v, ""), json.dumps,
+                  lambda v: csv.writer(io.StringIO()).writerow([v])):
+        with pytest.raises(TypeError):
+            write(pid)
+    assert "MRN-123" not in repr(pid) and "MRN-123" not in repr(ImageMeta(patient_id=pid))
+
+
+def test_patient_id_crosses_processes_and_keys_like_before():
+    pid = PatientId(" MRN-123 ")
+    assert pickle.loads(pickle.dumps(pid)) == pid and bool(pid) and not PatientId("  ")
+    assert pid.key("salt") == patient_key("MRN-123", "salt") and len(pid.key("salt")) == 16
+    assert PatientId("a").key("s") != PatientId("b").key("s")
+
+
+def test_manifest_fields_never_include_the_patient_id():
+    meta = ImageMeta(sop_uid="1.2", rows=3, patient_id=PatientId("MRN-9"))
+    fields = meta.manifest_fields()
+    assert "patient_id" not in fields and fields["sop_uid"] == "1.2" and fields["rows"] == 3
+    json.dumps(fields)  # serialisable, unlike the meta itself
+
+
+@pytest.mark.parametrize("text,label", [("1", 1), ("1.0", 1), (" 0 ", 0), ("0.0", 0), ("", None), (None, None)])
+def test_parse_label(text, label):
+    assert parse_label(text) == label
+
+
+@pytest.mark.parametrize("text", ["2", "yes", "nan", "-1"])
+def test_parse_label_refuses_other_values(text):
+    with pytest.raises(ValueError, match=r"allowed: 0, 1 or empty"):
+        parse_label(text)
