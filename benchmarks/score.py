@@ -83,7 +83,7 @@ def model_rates(ckpt: Path, engines: list[str], batch: int, rounds: int, seconds
     from fibrosis.model.engine import TorchEngine, agreement, make_engine, onnx_cache_path, verification_batch
 
     net, _ = load_model(ckpt)
-    size = int(net.preprocessing["input_size"])
+    size = net.preprocessing.input_size
     x = verification_batch(size, net.preprocessing, n=batch)
     ref = TorchEngine(net, "eager", torch.device("cpu"))(x)
     built = {}
@@ -111,14 +111,14 @@ def decode_rate(ckpt: Path, src: Path, workers: int) -> float:
     from fibrosis.model.checkpoint import load_checkpoint
     from fibrosis.config import config_from_dict
     from fibrosis.data.ingest import discover
-    from fibrosis.data.records import Decoded
+    from fibrosis.data.records import Decoded, Preprocessing
     from fibrosis.score.run import results
 
     ck = load_checkpoint(ckpt)
     cfg = config_from_dict(ck["config"]).ingest
     entries = sorted((str(p), "") for p in discover([src]))
     t0 = time.perf_counter()
-    n = sum(1 for r in results(entries, cfg, ck["preprocessing"], workers) if isinstance(r[0], Decoded))
+    n = sum(1 for r in results(entries, cfg, Preprocessing.from_dict(ck["preprocessing"]), workers) if isinstance(r[0], Decoded))
     assert n == len(entries), f"{len(entries) - n} file(s) failed to decode"
     return n / (time.perf_counter() - t0)
 

@@ -7,9 +7,11 @@ from fibrosis.data.cache import CacheReader
 from fibrosis.config import AugmentConfig
 from fibrosis.data.dataset import (CacheDataset, EpochSampler, build_augment, pos_weight, resize,
                               row_label)
+from fibrosis.data.records import Preprocessing
 from fibrosis.data.synthetic import make_synthetic_cache
 
-PRE = {"input_size": 16, "mean": 0.5, "std": 0.25}
+PRE = Preprocessing(input_size=16, in_chans=1, mean=0.5, std=0.25, rgb_mean=(0.5,) * 3, rgb_std=(0.25,) * 3,
+                    gray_fold="-", resize="-")
 
 
 @pytest.fixture(scope="module")

@@ -47,8 +47,8 @@ def test_verification_batch_deterministic_and_normalised(net):
     a = E.verification_batch(32, net.preprocessing, n=2, seed=3)
     b = E.verification_batch(32, net.preprocessing, n=2, seed=3)
     assert a.shape == (2, 1, 32, 32) and a.dtype == np.float32 and np.array_equal(a, b)
-    lo = (0 - net.preprocessing["mean"]) / net.preprocessing["std"]
-    hi = (1 - net.preprocessing["mean"]) / net.preprocessing["std"]
+    lo = (0 - net.preprocessing.mean) / net.preprocessing.std
+    hi = (1 - net.preprocessing.mean) / net.preprocessing.std
     assert a.min() >= lo - 1e-6 and a.max() <= hi + 1e-6 and a.std() > 0.1
 
 

@@ -43,7 +43,7 @@ def test_every_arch_gives_one_logit_from_gray_input(arch):
     with torch.no_grad():
         out = model(torch.randn(2, 1, 32, 32))
     assert out.shape == (2, 1)
-    assert model.preprocessing["in_chans"] == 1 and model.preprocessing["input_size"] == 32
+    assert model.preprocessing.in_chans == 1 and model.preprocessing.input_size == 32
     assert not model.pretrained and model.weights_info["source"] == "none"
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     assert first.in_channels == 1

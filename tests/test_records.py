@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 from fibrosis.data.identity import patient_key
-from fibrosis.data.records import ImageMeta, PatientId, parse_label
+from fibrosis.data.records import ImageMeta, PatientId, Preprocessing, parse_label
 
 
 def test_a_raw_patient_id_has_no_text_form():
@@ -44,3 +44,13 @@ def test_parse_label(text, label):
 def test_parse_label_refuses_other_values(text):
     with pytest.raises(ValueError, match=r"allowed: 0, 1 or empty"):
         parse_label(text)
+
+
+def test_preprocessing_round_trips_as_plain_data_and_refuses_unknown_keys():
+    from fibrosis.model.net import build_model
+
+    pre = build_model("resnet18", "none", input_size=48).preprocessing
+    d = pre.to_dict()
+    assert json.loads(json.dumps(d)) == d and Preprocessing.from_dict(d) == pre and d["input_size"] == 48
+    with pytest.raises(ValueError, match=r"ckpt.pt: preprocessing keys .*expected"):
+        Preprocessing.from_dict({**d, "mean2": 0.5}, "ckpt.pt")

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from fibrosis.data.cache import CacheReader
-from fibrosis.data.records import parse_label
+from fibrosis.data.records import Preprocessing, parse_label
 from fibrosis.config import AugmentConfig
 
 
@@ -51,8 +51,8 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=interp)
 
 
-def normalise(img01: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
-    return (img01 - np.float32(preprocessing["mean"])) / np.float32(preprocessing["std"])
+def normalise(img01: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    return (img01 - np.float32(preprocessing.mean)) / np.float32(preprocessing.std)
 
 
 def row_label(row: dict[str, str]) -> float:
@@ -70,10 +70,10 @@ def row_label(row: dict[str, str]) -> float:
 class CacheDataset(Dataset):
     """Item ``k`` -> (float tensor (1, S, S) normalised, label) for row ``indices[k]``."""
 
-    def __init__(self, reader: CacheReader, indices: Sequence[int], preprocessing: dict[str, Any],
+    def __init__(self, reader: CacheReader, indices: Sequence[int], preprocessing: Preprocessing,
                  augment: A.Compose | None = None, seed: int = 0, labels: bool = True):
         self.reader, self.indices = reader, list(indices)
-        self.size = int(preprocessing["input_size"])
+        self.size = preprocessing.input_size
         self.preprocessing = preprocessing
         self.augment, self.seed, self.epoch = augment, seed, 0
         self.labels = [row_label(reader.rows[i]) for i in self.indices] if labels else None

@@ -115,6 +115,33 @@ class Rejected:
 DecodeResult = Union[Decoded, Skipped, Rejected]
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a model wants as input. It travels with the weights into every checkpoint
+    (as a plain dict), so evaluation and scoring feed exactly what training fed."""
+    input_size: int  # the cache image is area-resized to input_size x input_size
+    in_chans: int
+    mean: float  # gray normalisation: (x - mean) / std, x in [0, 1]
+    std: float
+    rgb_mean: tuple[float, ...]  # the weights' own RGB statistics, of which mean/std are the average
+    rgb_std: tuple[float, ...]
+    gray_fold: str  # how the RGB stem became one gray channel
+    resize: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {**d, "rgb_mean": list(self.rgb_mean), "rgb_std": list(self.rgb_std)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "checkpoint") -> "Preprocessing":
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(data) != names:
+            raise ValueError(f"{where}: preprocessing keys {sorted(data)}; expected {sorted(names)}")
+        return cls(**{**data, "input_size": int(data["input_size"]), "in_chans": int(data["in_chans"]),
+                      "mean": float(data["mean"]), "std": float(data["std"]),
+                      "rgb_mean": tuple(data["rgb_mean"]), "rgb_std": tuple(data["rgb_std"])})
+
+
 def parse_label(text: Any) -> int | None:
     """A manifest/predictions label cell: 1, 0, or None when missing (never read as 0)."""
     value = str("" if text is None else text).strip()

@@ -65,7 +65,7 @@ def gradcam_panels(model: Any, cache: str | Path, test: Any, prob: np.ndarray,
     picks = select_cases(test.labels, prob, threshold, per_kind)
     dev = next(model.parameters()).device
     reader = CacheReader(cache, test.rows)
-    size = int(model.preprocessing["input_size"])
+    size = model.preprocessing.input_size
     panels: list[dict[str, Any]] = []
     for kind in KINDS:
         idx = picks[kind]

@@ -42,6 +42,9 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
+    payload = dict(payload)
+    if hasattr(payload.get("preprocessing"), "to_dict"):  # stored as plain data: weights_only loads
+        payload["preprocessing"] = payload["preprocessing"].to_dict()
     torch.save({**payload, "format": FORMAT, "format_version": FORMAT_VERSION}, buf)
     atomic_write_bytes(path, buf.getvalue())
     return path
@@ -68,6 +71,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
     """Rebuild the model a checkpoint describes, load its weights, eval mode."""
+    from fibrosis.data.records import Preprocessing
     from fibrosis.model.net import build_model  # local: keeps checkpoint importable on its own
 
     ckpt = load_checkpoint(path)
@@ -75,7 +79,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[An
     model = build_model(mcfg["arch"], "none", input_size=ckpt["preprocessing"]["input_size"],
                         dropout=mcfg.get("dropout", 0.0))
     model.load_state_dict(ckpt["model"])
-    model.preprocessing = dict(ckpt["preprocessing"])
+    model.preprocessing = Preprocessing.from_dict(ckpt["preprocessing"], str(path))
     model.weights_info = dict(ckpt["weights_info"])
     model.pretrained = bool(ckpt["pretrained"])
     return model.to(device).eval(), ckpt

@@ -28,13 +28,14 @@ import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from fibrosis.config import EngineName
+from fibrosis.data.records import Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -285,7 +286,7 @@ def auto_order(device: torch.device) -> list[str]:
     return order + ["channels_last", "eager"]
 
 
-def verification_batch(input_size: int, preprocessing: dict[str, Any], n: int = 8,
+def verification_batch(input_size: int, preprocessing: Preprocessing, n: int = 8,
                        seed: int = 0) -> np.ndarray:
     """Deterministic smooth images in [0, 1], normalised like real inputs.
 
@@ -302,7 +303,7 @@ def verification_batch(input_size: int, preprocessing: dict[str, Any], n: int = 
             noise = rng.standard_normal((input_size, input_size)).astype(np.float32)
             layer = cv2.GaussianBlur(noise, (0, 0), sigma)
             img += weight * (layer - layer.min()) / (np.ptp(layer) + 1e-6)
-        out[i, 0] = (np.clip(img, 0, 1) - preprocessing["mean"]) / preprocessing["std"]
+        out[i, 0] = (np.clip(img, 0, 1) - preprocessing.mean) / preprocessing.std
     return out
 
 
@@ -319,7 +320,7 @@ def make_engine(model: nn.Module, name: str, *, device: torch.device | str = "cp
             raise EngineError("engine 'onnx' needs the onnxruntime package (pip install onnxruntime)")
         if onnx_path is None:
             raise EngineError("engine 'onnx' needs onnx_path (where the export is cached)")
-        export_onnx(model, onnx_path, int(model.preprocessing["input_size"]))
+        export_onnx(model, onnx_path, model.preprocessing.input_size)
         return OnnxEngine(Path(onnx_path), threads)
     return TorchEngine(model, name, device)
 
@@ -338,7 +339,7 @@ def select_engine(model: nn.Module, name: str = "auto", *, device: torch.device 
     if name != "auto" and name not in ENGINES:
         raise ValueError(f"engine {name!r}; allowed: {['auto', *ENGINES]}")
     if sample is None:
-        sample = verification_batch(int(model.preprocessing["input_size"]), model.preprocessing)
+        sample = verification_batch(model.preprocessing.input_size, model.preprocessing)
     eager = TorchEngine(model, "eager", device)
     ref = eager(sample)
     candidates = auto_order(device) if name == "auto" else [name]

@@ -27,6 +27,7 @@ import torch
 import torchvision
 from torch import nn
 
+from fibrosis.data.records import Preprocessing
 from fibrosis.model.arch import ArchSpec, arch_spec
 from fibrosis.io import file_sha256
 
@@ -44,7 +45,7 @@ class FibrosisNet(nn.Module):
     """Backbone (torchvision layout under ``backbone.``) + dropout + Linear(features, 1)."""
 
     def __init__(self, arch: str, backbone: nn.Module, num_features: int, dropout: float,
-                 preprocessing: dict[str, Any], weights_info: dict[str, Any]):
+                 preprocessing: Preprocessing, weights_info: dict[str, Any]):
         super().__init__()
         self.arch = arch
         self.backbone = backbone
@@ -169,17 +170,13 @@ def fetch_imagenet(arch: str) -> tuple[Path, str]:
     return path, digest
 
 
-def _preprocessing(input_size: int) -> dict[str, Any]:
-    return {
-        "input_size": int(input_size),
-        "in_chans": 1,
-        "mean": sum(IMAGENET_MEAN) / 3,
-        "std": sum(IMAGENET_STD) / 3,
-        "rgb_mean": list(IMAGENET_MEAN),
-        "rgb_std": list(IMAGENET_STD),
-        "gray_fold": "first conv weights summed over RGB; gray replicated x3 == folded",
-        "resize": "cv2.INTER_AREA from the cache image to input_size x input_size",
-    }
+def _preprocessing(input_size: int) -> Preprocessing:
+    return Preprocessing(
+        input_size=int(input_size), in_chans=1,
+        mean=sum(IMAGENET_MEAN) / 3, std=sum(IMAGENET_STD) / 3,
+        rgb_mean=tuple(IMAGENET_MEAN), rgb_std=tuple(IMAGENET_STD),
+        gray_fold="first conv weights summed over RGB; gray replicated x3 == folded",
+        resize="cv2.INTER_AREA from the cache image to input_size x input_size")
 
 
 def build_model(arch: str, weights: str = "none", *, weights_sha256: str | None = None,

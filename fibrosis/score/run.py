@@ -39,7 +39,7 @@ from fibrosis.config import IngestConfig, ScoreConfig, config_from_dict
 from fibrosis.data.dataset import normalise, resize
 from fibrosis.data.identity import identity, resolve_salt
 from fibrosis.data.pixels import POLARITY_EXCLUDED, qa_flags
-from fibrosis.data.records import Decoded, DecodeResult, Rejected, Skipped
+from fibrosis.data.records import Decoded, DecodeResult, Preprocessing, Rejected, Skipped
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class Frozen:
 
     ingest: IngestConfig
     score: ScoreConfig
-    preprocessing: dict[str, Any]
+    preprocessing: Preprocessing
     calibrator: Any
     threshold_name: str
     threshold: float
@@ -110,18 +110,18 @@ def frozen_settings(ckpt: dict[str, Any], path: Path, sha256: str) -> Frozen:
         raise ValueError(f"{path}: threshold record {thr!r}; expected scale 'calibrated probability' "
                          f"and a 'value' (written by fibrosis.evaluate.run)")
     cfg = config_from_dict(ckpt["config"])
-    return Frozen(cfg.ingest, cfg.score, dict(ckpt["preprocessing"]), calibrator_from_dict(cal),
+    return Frozen(cfg.ingest, cfg.score, Preprocessing.from_dict(ckpt["preprocessing"], str(path)), calibrator_from_dict(cal),
                   str(thr.get("default", "default")), float(thr["value"]), sha256[:16])
 
 
 # ------------------------------------------------------------------ per file
 
 
-def model_input(stored: np.ndarray, cache_dtype: str, preprocessing: dict[str, Any]) -> np.ndarray:
+def model_input(stored: np.ndarray, cache_dtype: str, preprocessing: Preprocessing) -> np.ndarray:
     """Quantised cache image -> (1, S, S) float32 model input, exactly as training saw it
     (``CacheReader.image`` then ``CacheDataset`` without augmentation)."""
     img = stored.astype(np.float32) / float(np.iinfo(DTYPES[cache_dtype]).max)
-    size = int(preprocessing["input_size"])
+    size = preprocessing.input_size
     return np.ascontiguousarray(normalise(resize(img, size), preprocessing), np.float32)[None]
 
 
@@ -171,7 +171,7 @@ def _prefetch(gen: Iterator[Any], maxsize: int) -> Iterator[Any]:
                 t.join(0.1)
 
 
-def results(entries: list[tuple[str, str]], cfg: IngestConfig, preprocessing: dict[str, Any],
+def results(entries: list[tuple[str, str]], cfg: IngestConfig, preprocessing: Preprocessing,
             workers: int, known: dict[str, str] | None = None,
             ) -> Iterator[tuple[DecodeResult, np.ndarray | None, dict[str, float] | None]]:
     """(decode result, model input, image statistics; None, None unless decoded) per entry, in entry order (folder errors
@@ -205,11 +205,11 @@ def results(entries: list[tuple[str, str]], cfg: IngestConfig, preprocessing: di
 # ------------------------------------------------------------------ batches -> rows
 
 
-def overlay(x: np.ndarray, cam: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
+def overlay(x: np.ndarray, cam: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     """BGR uint8: the model input (de-normalised gray) under a JET heat map of ``cam``."""
     import cv2
 
-    gray = np.clip(x * preprocessing["std"] + preprocessing["mean"], 0, 1)
+    gray = np.clip(x * preprocessing.std + preprocessing.mean, 0, 1)
     base = cv2.cvtColor((gray * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
     heat = cv2.applyColorMap((np.clip(cam, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
     return cv2.addWeighted(base, 0.6, heat, 0.4, 0)

@@ -340,7 +340,7 @@ def _open(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs:
     train_ds = CacheDataset(reader, train_idx, model.preprocessing,
                             build_augment(tcfg.augment), seed=tcfg.seed)
     base = {"config": config_to_dict(cfg), "stages": [config_to_dict(s) for s in stages],
-            "preset": why, "arch": cfg.model.arch, "preprocessing": model.preprocessing,
+            "preset": why, "arch": cfg.model.arch, "preprocessing": model.preprocessing.to_dict(),
             "weights_info": model.weights_info, "pretrained": model.pretrained,
             "manifest_hash": mhash, "world_size": d.world,
             "split_keys": {"train": split_keys(reader, train_idx), "val": split_keys(reader, val_idx)},
