@@ -153,6 +153,51 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class ArmConfig:
+    """One arm of `fibrosis tune`: how the backbone starts and how much of it fine-tunes."""
+
+    name: str = "head-only"
+    init: str = "pretrained"  # pretrained (model.weights) | random
+    # none (linear probe only) | last1, last2, ... (the last N resolution stages) | all
+    unfreeze: str = "none"
+    lr_ratio: float = 1.0  # backbone lr = tune.lr / lr_ratio (10: 10x below the head's)
+    arch: str | None = None  # optional axis: overrides model.arch for this arm
+    input_size: int | None = None  # optional axis: overrides model.input_size for this arm
+
+
+DEFAULT_ARMS: tuple[ArmConfig, ...] = (
+    ArmConfig("random-init", init="random", unfreeze="all", lr_ratio=1.0),
+    ArmConfig("head-only"),
+    ArmConfig("last1-x0.1", unfreeze="last1", lr_ratio=10.0),
+    ArmConfig("last1-x0.01", unfreeze="last1", lr_ratio=100.0),
+    ArmConfig("last2-x0.1", unfreeze="last2", lr_ratio=10.0),
+    ArmConfig("last2-x0.01", unfreeze="last2", lr_ratio=100.0),
+    ArmConfig("all-x0.1", unfreeze="all", lr_ratio=10.0),
+    ArmConfig("all-x0.01", unfreeze="all", lr_ratio=100.0),
+)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    folds: int = 5  # patient-level, label-stratified k-fold over train + val (never test/calib)
+    repeats: int = 1  # repeated k-fold: each repeat re-deals the folds
+    seed: int = 0
+    arms: tuple[ArmConfig, ...] = DEFAULT_ARMS
+    # Linear probe: L2 logistic regression by L-BFGS on standardised frozen features; the
+    # inverse regularisation C is chosen by inner grouped CV (log-loss) inside each training fold.
+    probe_c: tuple[float, ...] = (0.0001, 0.001, 0.01, 0.1, 1.0)
+    probe_inner_folds: int = 3
+    lr: float = 0.001  # head lr while fine-tuning; the backbone gets lr / arm.lr_ratio
+    weight_decay: float = 0.0001
+    max_epochs: int = 10  # fine-tuning epochs per fold; the budget is chosen from the OOF curves
+    min_epochs: int = 1  # a fine-tuning arm runs at least this many epochs (0 = may stay the probe)
+    batch_size: int = 32
+    selection: str = "one-se"  # one-se (least-unfrozen arm within 1 SE of the best) | best
+    final: str = "ensemble"  # ensemble (the k fold models, mean logit) | refit (one model on all dev data)
+    cache_mb: int = 4096  # frozen-prefix activations kept in memory up to this size, else recomputed per batch
+
+
+@dataclass(frozen=True)
 class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -160,6 +205,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 # ---------------------------------------------------------------- loading
@@ -258,7 +304,11 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "evaluate.fit_split": ("auto", "val", "calib"),
     "score.study_aggregate": ("max", "mean"),
     "score.engine": ("auto", "eager", "channels_last", "bf16", "onnx"),
+    "tune.selection": ("one-se", "best"),
+    "tune.final": ("ensemble", "refit"),
 }
+ARM_INITS = ("pretrained", "random")
+_ARM_UNFREEZE = re.compile(r"none|all|last[1-9]\d*")
 
 
 def validate(cfg: Config) -> Config:
@@ -284,7 +334,28 @@ def validate(cfg: Config) -> Config:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise ConfigError(f"{key}: {getattr(getattr(cfg, section), name)} must be >= 1")
+    _validate_tune(cfg.tune)
     return cfg
+
+
+def _validate_tune(t: TuneConfig) -> None:
+    if t.folds < 2 or t.repeats < 1 or t.max_epochs < 0 or not 0 <= t.min_epochs <= max(t.max_epochs, 0):
+        raise ConfigError(f"tune: folds={t.folds} (>= 2), repeats={t.repeats} (>= 1), "
+                          f"0 <= min_epochs={t.min_epochs} <= max_epochs={t.max_epochs} expected")
+    if not t.arms or not t.probe_c or any(c <= 0 for c in t.probe_c) or t.probe_inner_folds < 2:
+        raise ConfigError(f"tune: needs arms, probe_c > 0 and probe_inner_folds >= 2; got "
+                          f"{len(t.arms)} arm(s), probe_c={list(t.probe_c)}, probe_inner_folds={t.probe_inner_folds}")
+    names = [a.name for a in t.arms]
+    for i, a in enumerate(t.arms):
+        where = f"tune.arms[{i}] ({a.name!r})"
+        if names.count(a.name) > 1 or not re.fullmatch(r"[A-Za-z0-9._+-]+", a.name):
+            raise ConfigError(f"{where}: names must be unique and use letters, digits and ._+- (they name folders)")
+        if a.init not in ARM_INITS:
+            raise ConfigError(f"{where}.init: {a.init!r} is not one of {list(ARM_INITS)}")
+        if not _ARM_UNFREEZE.fullmatch(a.unfreeze):
+            raise ConfigError(f"{where}.unfreeze: {a.unfreeze!r}; allowed: none, last1, last2, ..., all")
+        if a.lr_ratio <= 0 or (a.input_size is not None and a.input_size < 1):
+            raise ConfigError(f"{where}: lr_ratio={a.lr_ratio} must be > 0, input_size >= 1")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

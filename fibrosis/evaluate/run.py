@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 METRICS_FORMAT = 1
 THRESHOLD_FORMAT = 1
+OOF_FIT = "out-of-fold"  # = fibrosis.evaluate.selection.OOF_SPLIT: fitted by `fibrosis tune`
 AGE_BANDS = ((0, 40, "<40"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 200, ">=80"))
 DERIVED_ATTRIBUTES = ("age_band",)
 
@@ -330,9 +331,14 @@ def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
     cfg = resolve_config(ckpt.get("config") or {}, cfg, overrides)
     ecfg = cfg.evaluate
     all_rows, idx = split_rows(cache, split)
+    # `fibrosis tune` fitted calibration + thresholds on the pooled out-of-fold logits of all
+    # development patients: they are kept (not refitted on val, which the folds trained on).
+    oof = not frozen and (ckpt.get("threshold") or {}).get("chosen_on") == OOF_FIT
     stored = (stored_operating_points(ckpt.get("calibration"), ckpt.get("threshold"), str(ckpt_path))
-              if frozen else None)
-    fit_split = None if frozen else resolve_fit_split(all_rows, ecfg.fit_split)
+              if frozen or oof else None)
+    if oof:
+        stored = dataclasses.replace(stored, frozen=False)
+    fit_split = None if frozen or oof else resolve_fit_split(all_rows, ecfg.fit_split)
     check_evaluated_split(split, fit_split, frozen, stored.split if stored else None)
     if not idx:
         raise ValueError(f"{cache}/manifest.csv: no rows with split={split!r}")
@@ -353,9 +359,9 @@ def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
         return Predictions.from_rows([all_rows[i] for i in ix], predict_rows(model, reader, ix, 64, dev), name)
 
     test = predictions(idx, split)
-    if frozen:
-        logger.info("evaluating %s on %r of %s with the stored (frozen) calibration and thresholds",
-                    run, split, cache)
+    if frozen or oof:
+        logger.info("evaluating %s on %r of %s with the stored calibration and thresholds (%s)",
+                    run, split, cache, "frozen" if frozen else "fitted out of fold by tune")
         result, cal, threshold, cases = measure(stored, test, ecfg, WarningLog())
     else:
         logger.info("evaluating %s: fit calibration + thresholds on %r, report on %r", run, fit_split, split)
