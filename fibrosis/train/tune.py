@@ -210,6 +210,7 @@ class Context:
     device: torch.device
     bases: dict[tuple[str, int, str], tuple[FibrosisNet, dict[str, torch.Tensor]]] = field(default_factory=dict)
     acts: dict[tuple[str, int, str], Activations] = field(default_factory=dict)
+    probes: dict[tuple[Any, str], Probe] = field(default_factory=dict)
 
 
 def _suffix_logits(model: FibrosisNet, acts: Activations, start: int, positions: Sequence[int],
@@ -222,11 +223,13 @@ def _suffix_logits(model: FibrosisNet, acts: Activations, start: int, positions:
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
-def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path) -> dict[str, Any]:
+def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, *,
+             epoch_limit: int | None = None) -> dict[str, Any] | None:
     """Train one (fold, arm) unit (resuming from ``unit_dir``); returns its done record.
 
     ``fold.heldout`` may be empty (the refit on all development data): then nothing is
-    predicted out of fold.
+    predicted out of fold. ``epoch_limit``: stop after that many epochs in this call
+    (returns None; the next call resumes from the saved epoch).
     """
     done = unit_dir / "done.json"
     if done.is_file():
@@ -240,12 +243,15 @@ def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path) -> dict[str, An
     ho = [acts.pos[i] for i in fold.heldout]
     y_tr = ctx.y[tr]
     probe_path = unit_dir / "probe.pt"
+    memo = (arm.base_key, fold.name)  # arms sharing a backbone share the fold's probe
     if probe_path.is_file():
         probe = _probe_from(_load(probe_path))
     else:
-        probe = fit_probe(acts.features[tr], y_tr, [ctx.groups[p] for p in tr], tcfg.probe_c,
-                          tcfg.probe_inner_folds, seed=tcfg.seed + 7919 * fold.repeat + fold.fold)
+        probe = ctx.probes.get(memo) or fit_probe(
+            acts.features[tr], y_tr, [ctx.groups[p] for p in tr], tcfg.probe_c,
+            tcfg.probe_inner_folds, seed=tcfg.seed + 7919 * fold.repeat + fold.fold)
         _save(probe_path, _probe_record(probe))
+    ctx.probes[memo] = probe
     t_probe = time.perf_counter() - t0
     pw = (len(y_tr) - y_tr.sum()) / y_tr.sum()
     oof = [probe.logits(acts.features[ho]).tolist()] if ho else [[]]
@@ -274,6 +280,8 @@ def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path) -> dict[str, An
             logger.info("%s %s: resuming after epoch %d", arm.name, fold.name, first)
         y_t = torch.tensor(y_tr, dtype=torch.float32)
         for e in range(first, epochs):
+            if epoch_limit is not None and e - first >= epoch_limit:
+                return None
             te = time.perf_counter()
             model.train()
             gen = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + fold.repeat * 10_007 + fold.fold * 101 + e)
@@ -413,8 +421,10 @@ def setup(cfg: Config, cache_dir: Path, out_dir: Path, device: str | torch.devic
 
 def _base(ctx: Context, arm: Arm) -> FibrosisNet:
     mcfg = ctx.cfg.model
+    # Seeded: the same random backbone (or random head before the probe replaces it) in every
+    # fold and in a resumed run, whatever consumed the global RNG before.
+    torch.manual_seed(ctx.cfg.tune.seed)
     if arm.cfg.init == "random":
-        torch.manual_seed(ctx.cfg.tune.seed)  # the same random backbone in every fold
         return build_model(arm.arch, "none", input_size=arm.input_size, dropout=mcfg.dropout)
     return build_model(arm.arch, mcfg.weights, weights_sha256=mcfg.weights_sha256,
                        allow_random_init=mcfg.allow_random_init, input_size=arm.input_size, dropout=mcfg.dropout)
