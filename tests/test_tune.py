@@ -293,3 +293,22 @@ def test_ensemble_round_trips_through_evaluate_and_score(tuned, cache, tmp_path,
     # The scored logit is the ensemble's mean logit of the same input (eager reference).
     for engine in engines[1:]:
         np.testing.assert_allclose(got[engine], got["eager"], atol=1e-3)
+
+
+def test_refit_option_leaves_one_model_trained_on_all_development_data(tuned, cache, tmp_path):
+    from fibrosis.cli.tune import run_tune
+    from fibrosis.evaluate.run import evaluate_run
+
+    out = tmp_path / "t"
+    shutil.copytree(tuned[0], out)  # every unit done: only the refit trains
+    (out / "best.pt").unlink()
+    result = run_tune(load_config(None, BASE + ["tune.final=refit"]), cache, out, progress=False)
+    assert result["chosen"] == tuned[1]["chosen"] and result["final"] == "refit"
+    ckpt = load_checkpoint(out / "best.pt")
+    assert "ensemble" not in ckpt and "refit on all development data" in ckpt["preset"]
+    probe = torch.load(out / "refit" / "probe.pt", weights_only=True)
+    assert probe["weight"].shape[0] == 512  # resnet18 features: the head solved on all dev rows
+    model, _ = load_model(out / "best.pt")
+    assert not isinstance(model, EnsembleNet)
+    metrics = json.loads(evaluate_run(out, cache, gradcam=False, device="cpu").read_text())
+    assert metrics["fit_split"] == "out-of-fold"

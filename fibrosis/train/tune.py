@@ -249,7 +249,7 @@ def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, *,
     else:
         probe = ctx.probes.get(memo) or fit_probe(
             acts.features[tr], y_tr, [ctx.groups[p] for p in tr], tcfg.probe_c,
-            tcfg.probe_inner_folds, seed=tcfg.seed + 7919 * fold.repeat + fold.fold)
+            tcfg.probe_inner_folds, seed=tcfg.seed + 7919 * fold.repeat + fold.fold + 1)  # refit: fold -1
         _save(probe_path, _probe_record(probe))
     ctx.probes[memo] = probe
     t_probe = time.perf_counter() - t0
@@ -284,7 +284,7 @@ def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, *,
                 return None
             te = time.perf_counter()
             model.train()
-            gen = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + fold.repeat * 10_007 + fold.fold * 101 + e)
+            gen = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + fold.repeat * 10_007 + (fold.fold + 1) * 101 + e)
             perm = torch.randperm(len(tr), generator=gen).tolist()
             total, n = 0.0, 0
             for k in range(0, len(perm), tcfg.batch_size):
