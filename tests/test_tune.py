@@ -275,6 +275,11 @@ def test_ensemble_round_trips_through_evaluate_and_score(tuned, cache, tmp_path,
     assert metrics["gradcam"]["layer"].startswith("members.0.")
     ckpt = load_checkpoint(run / "best.pt")
     assert ckpt["calibration"] == load_checkpoint(out / "best.pt")["calibration"]  # not refitted
+    from fibrosis.report.build import write_report
+
+    html = (write_report(run, tmp_path / "report") / "report.html").read_text()
+    assert "How much to unfreeze?" in html and result["reason"].split(":")[0] in html
+    assert all(a["name"] in html for a in result["arms"])
     frozen = json.loads(evaluate_run(run, cache, frozen=True, gradcam=False, device="cpu").read_text())
     assert frozen["discrimination"]["auc"] == pytest.approx(metrics["discrimination"]["auc"])
 

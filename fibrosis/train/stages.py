@@ -14,6 +14,7 @@ the stride-32 stage first (``fibrosis.train.schedule.PARTIAL``), then the stride
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -33,7 +34,14 @@ _STAGE_STARTS: dict[str, tuple[int, ...]] = {
 }
 
 
-def last_stages(model: FibrosisNet, n: int) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class ArchOnly:
+    """Stands in for a model where only block-group *names* are needed (no weights built)."""
+
+    arch: str
+
+
+def last_stages(model: FibrosisNet | ArchOnly, n: int) -> tuple[str, ...]:
     """Group names of the last ``n`` resolution stages (``n=1``: the groups of PARTIAL)."""
     groups = list(block_groups(model))
     starts = _STAGE_STARTS[model.arch]
@@ -45,7 +53,7 @@ def last_stages(model: FibrosisNet, n: int) -> tuple[str, ...]:
     return chosen
 
 
-def resolve_arm_unfreeze(model: FibrosisNet, unfreeze: str) -> tuple[str, ...]:
+def resolve_arm_unfreeze(model: FibrosisNet | ArchOnly, unfreeze: str) -> tuple[str, ...]:
     """``none`` / ``lastN`` / ``all`` -> the block-group names that train."""
     if unfreeze == "none":
         return ()
@@ -97,7 +105,7 @@ def forward_from(model: FibrosisNet, h: torch.Tensor, start: int) -> torch.Tenso
     return _tail(model, forward_range(model, h, start, n_groups(model)))
 
 
-def first_trainable(model: FibrosisNet, groups: tuple[str, ...]) -> int:
+def first_trainable(model: FibrosisNet | ArchOnly, groups: tuple[str, ...]) -> int:
     """Index of the first group that trains (``n_groups`` when only the head trains)."""
     names = list(block_groups(model))
     return min((names.index(g) for g in groups), default=len(names))

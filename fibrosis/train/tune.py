@@ -53,7 +53,7 @@ from fibrosis.train.folds import Fold, make_folds, near_duplicate_links, patient
 from fibrosis.train.loop import cache_ingest_config
 from fibrosis.train.probe import Probe, fit_probe, weighted_log_loss
 from fibrosis.train.schedule import block_groups, freeze
-from fibrosis.train.stages import (Suffix, first_trainable, forward_from, forward_range, n_groups,
+from fibrosis.train.stages import (ArchOnly, Suffix, first_trainable, forward_from, forward_range, n_groups,
                                    resolve_arm_unfreeze)
 
 logger = logging.getLogger(__name__)
@@ -95,12 +95,12 @@ def resolve_arms(cfg: Config) -> list[Arm]:
     out = []
     for a in cfg.tune.arms:
         arch, size = a.arch or cfg.model.arch, a.input_size or cfg.model.input_size
-        probe_model = build_model(arch, "none", input_size=size)  # names only, no weights needed
-        groups = resolve_arm_unfreeze(probe_model, a.unfreeze)
+        named = ArchOnly(arch)  # block-group names need the architecture only, no network
+        groups = resolve_arm_unfreeze(named, a.unfreeze)
         depth = {"none": 0, "all": 100}.get(a.unfreeze) if a.unfreeze in ("none", "all") else int(a.unfreeze[4:])
         if a.init == "random":
             depth = RANDOM_DEPTH
-        out.append(Arm(a, arch, size, groups, first_trainable(probe_model, groups), int(depth)))
+        out.append(Arm(a, arch, size, groups, first_trainable(named, groups), int(depth)))
     return out
 
 
@@ -446,7 +446,7 @@ def prepare_base(ctx: Context, arm: Arm, arms: Sequence[Arm], reader: CacheReade
     if arm.base_key in ctx.acts:
         return 0.0
     model = base_model(ctx, arm)
-    starts = [a.start for a in arms if a.base_key == arm.base_key]
+    starts = [a.start for a in arms if a.base_key == arm.base_key and a.groups]  # head-only: features
     t0 = time.perf_counter()
     ctx.acts[arm.base_key] = Activations(model, reader, ctx.dev, starts, ctx.cfg.tune.cache_mb)
     dt = time.perf_counter() - t0
