@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -277,7 +278,7 @@ def test_ensemble_round_trips_through_evaluate_and_score(tuned, cache, tmp_path,
     assert ckpt["calibration"] == load_checkpoint(out / "best.pt")["calibration"]  # not refitted
     from fibrosis.report.build import write_report
 
-    html = (write_report(run, tmp_path / "report") / "report.html").read_text()
+    html = unescape((write_report(run, tmp_path / "report") / "report.html").read_text())
     assert "How much to unfreeze?" in html and result["reason"].split(":")[0] in html
     assert all(a["name"] in html for a in result["arms"])
     frozen = json.loads(evaluate_run(run, cache, frozen=True, gradcam=False, device="cpu").read_text())
