@@ -261,6 +261,19 @@ def test_resume_mid_unit_continues_from_the_saved_epoch(cache, tmp_path):
     np.testing.assert_allclose(resumed["train_loss"], full["train_loss"], atol=1e-6)
 
 
+def test_prefix_recomputed_per_batch_when_over_the_memory_cap_gives_the_same_unit(cache, tmp_path):
+    from fibrosis.train import tune as T
+
+    records = []
+    for cap in (4096, 0):  # 0 MB: nothing kept, the frozen prefix runs again for every batch
+        ctx, folds, arms, reader = T.setup(load_config(None, BASE + [f"tune.cache_mb={cap}"]), cache, tmp_path / str(cap))
+        arm = next(a for a in arms if a.name == "last1-x0.1")
+        T.prepare_base(ctx, arm, arms, reader)
+        assert ctx.acts[arm.base_key].keep == (cap > 0)
+        records.append(T.run_unit(ctx, arm, folds[1], tmp_path / str(cap) / "unit"))
+    np.testing.assert_allclose(records[0]["oof"], records[1]["oof"], atol=1e-5)
+
+
 def test_ensemble_round_trips_through_evaluate_and_score(tuned, cache, tmp_path, monkeypatch):
     from dicom_factory import chest_phantom, make_png
     from fibrosis.evaluate.run import evaluate_run

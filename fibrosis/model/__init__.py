@@ -5,6 +5,7 @@ _EXPORTS = {
     "build_model": "fibrosis.model.net",
     "build_model_from_config": "fibrosis.model.net",
     "FibrosisNet": "fibrosis.model.net",
+    "EnsembleNet": "fibrosis.model.ensemble",
     "load_model": "fibrosis.model.checkpoint",
     "load_checkpoint": "fibrosis.model.checkpoint",
     "save_checkpoint": "fibrosis.model.checkpoint",

@@ -134,7 +134,7 @@ class Activations:
                         mb, cache_mb)
         feats, kept = [], {s: [] for s in self.starts}
         for x in self._images(self.dev):
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: kept activations feed autograd later
                 h, at = x, 0
                 for s in self.starts:
                     h, at = forward_range(model, h, at, s), s
@@ -158,8 +158,8 @@ class Activations:
             return self.at[start][list(positions)]
         rows = [self.dev[p] for p in positions]
         x = torch.cat(list(self._images(rows)))
-        with torch.inference_mode():
-            return forward_range(self.model, x, 0, start).clone()
+        with torch.no_grad():  # not inference_mode: the suffix trains on these in autograd
+            return forward_range(self.model, x, 0, start)
 
 
 # ------------------------------------------------------------------ one (fold, arm) unit
