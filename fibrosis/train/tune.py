@@ -171,6 +171,11 @@ def _save(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _write_json(path: Path, obj: Any) -> None:
+    """Atomic: a kill mid-write must not leave a half file that a resume would trust."""
+    atomic_write_bytes(path, json.dumps(obj).encode())
+
+
 def _load(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -281,6 +286,7 @@ def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, *,
         y_t = torch.tensor(y_tr, dtype=torch.float32)
         for e in range(first, epochs):
             if epoch_limit is not None and e - first >= epoch_limit:
+                freeze(model, ())
                 return None
             te = time.perf_counter()
             model.train()
@@ -310,7 +316,7 @@ def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, *,
     record = {"arm": arm.name, "fold": fold.name, "c": probe.c, "inner_loss": _probe_record(probe)["inner_loss"],
               "heldout": list(fold.heldout), "oof": oof, "train_loss": train_loss,
               "seconds": round(seconds + t_probe, 2)}
-    done.write_text(json.dumps(record))
+    _write_json(done, record)
     return record
 
 
@@ -382,7 +388,7 @@ def finish_arm(ctx: Context, arm: Arm, records: Sequence[dict[str, Any]], arm_di
         (unit / "state.pt").unlink(missing_ok=True)
     result = ArmResult(arm, epoch, _pooled(records, pos, len(ctx.dev), epoch), curve,
                        float(sum(r["seconds"] for r in records)), [r["fold"] for r in records])
-    summary_path.write_text(json.dumps({**result.to_dict(), "oof": result.oof.tolist()}))
+    _write_json(summary_path, {**result.to_dict(), "oof": result.oof.tolist()})
     return result
 
 
