@@ -196,6 +196,7 @@ def tuned(cache, tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_tune_writes_table_choice_and_an_ensemble_checkpoint(tuned, cache):
     out, result = tuned
     names = [a["name"] for a in result["arms"]]
@@ -217,6 +218,7 @@ def test_tune_writes_table_choice_and_an_ensemble_checkpoint(tuned, cache):
     assert not test_keys & {r["patient_key"] for r in folds}
 
 
+@pytest.mark.slow
 def test_ensemble_is_the_mean_logit_of_its_fold_models(tuned):
     out, _ = tuned
     model, _ = load_model(out / "best.pt")
@@ -228,6 +230,7 @@ def test_ensemble_is_the_mean_logit_of_its_fold_models(tuned):
     assert not torch.allclose(members[0], members[1])  # three different fold models
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_gives_the_same_result(cache, tuned, tmp_path):
     from fibrosis.cli.tune import run_tune
 
@@ -246,6 +249,7 @@ def test_resume_after_interruption_gives_the_same_result(cache, tuned, tmp_path)
     assert result["chosen"] == ref["chosen"]
 
 
+@pytest.mark.slow
 def test_resume_mid_unit_continues_from_the_saved_epoch(cache, tmp_path):
     from fibrosis.train import tune as T
 
@@ -261,6 +265,7 @@ def test_resume_mid_unit_continues_from_the_saved_epoch(cache, tmp_path):
     np.testing.assert_allclose(resumed["train_loss"], full["train_loss"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_prefix_recomputed_per_batch_when_over_the_memory_cap_gives_the_same_unit(cache, tmp_path):
     from fibrosis.train import tune as T
 
@@ -274,6 +279,7 @@ def test_prefix_recomputed_per_batch_when_over_the_memory_cap_gives_the_same_uni
     np.testing.assert_allclose(records[0]["oof"], records[1]["oof"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ensemble_round_trips_through_evaluate_and_score(tuned, cache, tmp_path, monkeypatch):
     from dicom_factory import chest_phantom, make_png
     from fibrosis.evaluate.run import evaluate_run
@@ -314,6 +320,7 @@ def test_ensemble_round_trips_through_evaluate_and_score(tuned, cache, tmp_path,
         np.testing.assert_allclose(got[engine], got["eager"], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_refit_option_leaves_one_model_trained_on_all_development_data(tuned, cache, tmp_path):
     from fibrosis.cli.tune import run_tune
     from fibrosis.evaluate.run import evaluate_run
