@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
                  f"model.input_size={args.size}", *args.set]
     if args.arms:
         names = args.arms.split(",")
-        arms = [dataclasses.replace(a, unfreeze=args.random_unfreeze)
-                if a.init == "random" and args.random_unfreeze else a for a in DEFAULT_ARMS if a.name in names]
+        grid = {a.name: a for a in DEFAULT_ARMS}
+        arms = [dataclasses.replace(grid[n], unfreeze=args.random_unfreeze)
+                if grid[n].init == "random" and args.random_unfreeze else grid[n] for n in names if n in grid]
         extra = [n for n in names if n not in {a.name for a in arms}]
         if extra:
             raise SystemExit(f"--arms: unknown {extra}; default grid: {[a.name for a in DEFAULT_ARMS]}")

@@ -185,7 +185,9 @@ class TuneConfig:
     arms: tuple[ArmConfig, ...] = DEFAULT_ARMS
     # Linear probe: L2 logistic regression by L-BFGS on standardised frozen features; the
     # inverse regularisation C is chosen by inner grouped CV (log-loss) inside each training fold.
-    probe_c: tuple[float, ...] = (0.0001, 0.001, 0.01, 0.1, 1.0)
+    # With a few hundred images and 512-2048 features the useful range reaches far down; a C
+    # chosen at either end of the grid is logged as a warning (extend the grid).
+    probe_c: tuple[float, ...] = (1e-6, 1e-5, 0.0001, 0.001, 0.01, 0.1, 1.0)
     probe_inner_folds: int = 3
     lr: float = 0.001  # head lr while fine-tuning; the backbone gets lr / arm.lr_ratio
     weight_decay: float = 0.0001

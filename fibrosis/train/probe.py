@@ -77,6 +77,10 @@ def fit_probe(feats: np.ndarray, y: Sequence[int], groups: Sequence[str], c_grid
             losses[float(c)] = weighted_log_loss(y, z, pw)
         # Smallest loss; on a tie the stronger regularisation (smaller C) wins.
         best = min(sorted(losses), key=lambda c: (round(losses[c], 10), c))
+        if best in (min(losses), max(losses)):
+            logger.warning("linear probe: C=%g chosen at the %s end of tune.probe_c %s: the optimum may "
+                           "lie beyond it; extend the grid", best, "lower" if best == min(losses) else "upper",
+                           sorted(losses))
     else:
         best = float(c_grid[0])
     clf = _fit(xs, y, best, pw)
