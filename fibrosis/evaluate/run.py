@@ -394,6 +394,6 @@ def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
     d = result["discrimination"]
     logger.info("%s AUC %.3f (DeLong %.3f-%.3f; bootstrap %.3f-%.3f); %s", split, d["auc"],
                 *(d["delong"]["ci"] or [float("nan")] * 2), *(d["bootstrap"]["ci"] or [float("nan")] * 2),
-                f"checkpoint left unchanged (frozen) -> {out}" if frozen
+                f"checkpoint left unchanged ({'frozen' if frozen else 'tune fitted them out of fold'}) -> {out}" if frozen or oof
                 else f"calibration + thresholds stored in {ckpt_path}")
     return out / "metrics.json"
