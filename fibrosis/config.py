@@ -36,6 +36,9 @@ EceStrategy = Literal["uniform", "quantile"]
 FitSplit = Literal["auto", "val", "calib"]
 StudyAggregate = Literal["max", "mean"]
 EngineName = Literal["auto", "eager", "channels_last", "bf16", "onnx"]
+ArmInit = Literal["pretrained", "random"]
+Selection = Literal["one-se", "best"]
+FinalModel = Literal["ensemble", "refit"]
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,53 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class ArmConfig:
+    """One arm of `fibrosis tune`: how the backbone starts and how much of it fine-tunes."""
+
+    name: str = "head-only"
+    init: ArmInit = "pretrained"  # pretrained (model.weights) | random
+    # none (linear probe only) | last1, last2, ... (the last N resolution stages) | all
+    unfreeze: str = "none"
+    lr_ratio: float = 1.0  # backbone lr = tune.lr / lr_ratio (10: 10x below the head's)
+    arch: str | None = None  # optional axis: overrides model.arch for this arm
+    input_size: int | None = None  # optional axis: overrides model.input_size for this arm
+
+
+DEFAULT_ARMS: tuple[ArmConfig, ...] = (
+    ArmConfig("random-init", init="random", unfreeze="all", lr_ratio=1.0),
+    ArmConfig("head-only"),
+    ArmConfig("last1-x0.1", unfreeze="last1", lr_ratio=10.0),
+    ArmConfig("last1-x0.01", unfreeze="last1", lr_ratio=100.0),
+    ArmConfig("last2-x0.1", unfreeze="last2", lr_ratio=10.0),
+    ArmConfig("last2-x0.01", unfreeze="last2", lr_ratio=100.0),
+    ArmConfig("all-x0.1", unfreeze="all", lr_ratio=10.0),
+    ArmConfig("all-x0.01", unfreeze="all", lr_ratio=100.0),
+)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    folds: int = 5  # patient-level, label-stratified k-fold over train + val (never test/calib)
+    repeats: int = 1  # repeated k-fold: each repeat re-deals the folds
+    seed: int = 0
+    arms: tuple[ArmConfig, ...] = DEFAULT_ARMS
+    # Linear probe: L2 logistic regression by L-BFGS on standardised frozen features; the
+    # inverse regularisation C is chosen by inner grouped CV (log-loss) inside each training fold.
+    # With a few hundred images and 512-2048 features the useful range reaches far down; a C
+    # chosen at either end of the grid is logged as a warning (extend the grid).
+    probe_c: tuple[float, ...] = (1e-6, 1e-5, 0.0001, 0.001, 0.01, 0.1, 1.0)
+    probe_inner_folds: int = 3
+    lr: float = 0.001  # head lr while fine-tuning; the backbone gets lr / arm.lr_ratio
+    weight_decay: float = 0.0001
+    max_epochs: int = 10  # fine-tuning epochs per fold; the budget is chosen from the OOF curves
+    min_epochs: int = 1  # a fine-tuning arm runs at least this many epochs (0 = may stay the probe)
+    batch_size: int = 32
+    selection: Selection = "one-se"  # one-se (least-unfrozen arm within 1 SE of the best) | best
+    final: FinalModel = "ensemble"  # ensemble (the k fold models, mean logit) | refit (one model on all dev data)
+    cache_mb: int = 4096  # frozen-prefix activations kept in memory up to this size, else recomputed per batch
+
+
+@dataclass(frozen=True)
 class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -187,6 +237,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 # ---------------------------------------------------------------- loading
@@ -341,7 +392,13 @@ RANGES: dict[str, str] = {
     "evaluate.min_subgroup_n": "[0, inf)", "evaluate.min_subgroup_positives": "[0, inf)",
     "evaluate.seed": SEED, "evaluate.gradcam_per_kind": "[0, inf)",
     "score.batch_size": "[1, inf)", "score.workers": "[0, inf)",
+    "tune.folds": "[2, inf)", "tune.repeats": "[1, inf)", "tune.seed": SEED, "tune.arms.lr_ratio": "(0, inf)",
+    "tune.arms.input_size": "[16, 4096]", "tune.probe_c": "(0, inf)", "tune.probe_inner_folds": "[2, inf)",
+    "tune.lr": "(0, inf)", "tune.weight_decay": "[0, inf)", "tune.max_epochs": "[0, inf)",
+    "tune.min_epochs": "[0, inf)", "tune.batch_size": "[1, inf)", "tune.cache_mb": "[0, inf)",
 }
+# An arm's `unfreeze`: none (linear probe), last1, last2, ... (the last N block groups) or all.
+_ARM_UNFREEZE = re.compile(r"none|all|last[1-9]\d*")
 # (key of a pair, strict): the pair's first value must be < (strict) or <= its second.
 ORDERED: tuple[tuple[str, bool], ...] = (
     ("ingest.voi_percentiles", True), ("train.augment.affine_scale", False), ("train.augment.gamma", False))
@@ -421,7 +478,25 @@ def validate(cfg: Config) -> Config:
     fractions = {k: getattr(cfg.split, k) for k in ("train", "val", "test", "calib")}
     if abs(sum(fractions.values()) - 1.0) > 1e-6:
         raise ConfigError(f"split: fractions {fractions} must be >= 0 and sum to 1")
+    _validate_tune(cfg.tune)
     return cfg
+
+
+def _validate_tune(t: TuneConfig) -> None:
+    """What ranges and Literals cannot say: arms present and uniquely named, their
+    `unfreeze` spelled right, and min_epochs <= max_epochs."""
+    if t.min_epochs > t.max_epochs:
+        raise ConfigError(f"tune.min_epochs: {t.min_epochs} must be <= tune.max_epochs ({t.max_epochs})")
+    if not t.arms or not t.probe_c:
+        raise ConfigError(f"tune: needs at least one arm and one probe_c; got {len(t.arms)} arm(s), "
+                          f"probe_c={list(t.probe_c)}")
+    names = [a.name for a in t.arms]
+    for i, a in enumerate(t.arms):
+        where = f"tune.arms[{i}] ({_short(a.name)})"
+        if names.count(a.name) > 1 or not re.fullmatch(r"[A-Za-z0-9._+-]+", a.name):
+            raise ConfigError(f"{where}: names must be unique and use letters, digits and ._+- (they name folders)")
+        if not _ARM_UNFREEZE.fullmatch(a.unfreeze):
+            raise ConfigError(f"{where}.unfreeze: {_short(a.unfreeze)}; allowed: none, last1, last2, ..., all")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -7,7 +7,7 @@ import pytest
 from fibrosis.cli.main import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["ingest", "split", "train", "evaluate", "report", "compare", "score", "listen", "monitor", "demo"]
+COMMANDS = ["ingest", "split", "train", "tune", "evaluate", "report", "compare", "score", "listen", "monitor", "demo"]
 
 
 def test_every_command_has_help(capsys):

@@ -1,6 +1,8 @@
 """Config loading: strict keys, types, overrides, and the shipped YAML files."""
 from pathlib import Path
 
+import re
+
 import pytest
 
 from fibrosis.config import Config, ConfigError, config_from_dict, config_to_dict, literal_values, load_config
@@ -81,12 +83,19 @@ def test_scientific_notation_floats_are_numbers(tmp_path):
 
 @pytest.mark.parametrize("key,allowed", [(k, a) for k, _, a in literal_values(Config())])
 def test_every_enumerated_key_refuses_a_value_outside_its_set(key, allowed):
+    data = config_to_dict(Config())
+    *path, last = re.findall(r"\w+|\[\d+\]", key)
+    node = data
+    for part in path:  # "tune.arms[0].init" -> data["tune"]["arms"][0]
+        node = node[int(part[1:-1])] if part.startswith("[") else node[part]
+    node[last] = "not-a-choice"
     with pytest.raises(ConfigError) as err:
-        load_config(None, [f"{key}=not-a-choice"])
+        config_from_dict(data)
     assert str(err.value) == f"{key}: 'not-a-choice' is not one of {list(allowed)}"
 
 
 def test_enumerated_keys_are_the_literal_fields():
     assert {k for k, _, _ in literal_values(Config())} == {
         "ingest.cache_dtype", "ingest.polarity_qa", "train.preset", "train.imbalance", "evaluate.calibration",
-        "evaluate.ece_strategy", "evaluate.fit_split", "score.study_aggregate", "score.engine"}
+        "evaluate.ece_strategy", "evaluate.fit_split", "score.study_aggregate", "score.engine", "tune.selection",
+        "tune.final"} | {f"tune.arms[{i}].init" for i in range(len(Config().tune.arms))}

@@ -9,7 +9,7 @@ from fibrosis.config import RANGES, Config, ConfigError, load_config, numeric_va
 def test_every_numeric_key_has_a_range():
     # A new numeric key must say what it accepts, or a NaN / negative value slips through.
     cfg = load_config(None, ["train.stages=[{name: head}]", "train.val_batch_size=8",
-                             "evaluate.deployment_prevalence=0.1"])
+                             "evaluate.deployment_prevalence=0.1", "tune.arms=[{name: a, input_size: 64}]"])
     patterns = {pattern for _, pattern, _ in numeric_values(cfg)}
     assert patterns - set(RANGES) == set()
     assert set(RANGES) - patterns == set()  # and no stale entries

@@ -1,9 +1,13 @@
 """`fibrosis demo`: the whole pipeline on the bundled demo data, start to finish.
 
-ingest (DICOM path) -> split -> train -> evaluate -> report -> score. Each step
-is the same function the individual commands call; the demo only chooses the
-inputs (data/demo) and the config (configs/demo.yaml) and wipes its previous
-outputs so that a re-run starts clean and gives the same numbers.
+ingest (DICOM path) -> split -> tune (cross-validated: random init vs linear probe vs
+fine-tuning the last blocks; leaves the chosen arm's fold ensemble) -> evaluate -> report
+-> score. Each step is the same function the individual commands call; the demo only
+chooses the inputs (data/demo), the config (configs/demo.yaml) and the backbone, and wipes
+its previous outputs so that a re-run starts clean and gives the same numbers.
+
+The backbone is ImageNet-pretrained either way: torchvision's ResNet-18 when its weights
+are in the torch cache, else the MobileNetV2 bundled in ``data/weights`` (hash-checked).
 """
 from __future__ import annotations
 
@@ -18,6 +22,24 @@ from fibrosis.config import load_config
 logger = logging.getLogger(__name__)
 
 DEMO_SALT = "fibrosis-demo-public-nih-ids"
+BUNDLED_WEIGHTS = "mobilenet_v2-imagenet-features.pth"  # data/weights/, see its SOURCE.md
+BUNDLED_SHA256 = "221f65aa066671af07650dac6d86a51916c5a61f97e50f238fd3aa7a56bef257"
+
+
+def demo_backbone(data: Path) -> list[str]:
+    """Config overrides for a pretrained demo backbone: torchvision's ResNet-18 when its weights
+    are already in the torch cache (no download attempted), else the bundled MobileNetV2;
+    neither: configs/demo.yaml as is (ResNet-18, loud random-init fallback)."""
+    from fibrosis.model.net import imagenet_file
+
+    if imagenet_file("resnet18")[1].is_file():
+        return ["model.arch=resnet18", "model.weights=imagenet"]
+    bundled = data.parent / "weights" / BUNDLED_WEIGHTS  # <repo>/data/demo -> <repo>/data/weights
+    if bundled.is_file():
+        return ["model.arch=mobilenet_v2", f"model.weights={bundled}", f"model.weights_sha256={BUNDLED_SHA256}"]
+    logger.warning("%s not found and no torchvision ResNet-18 weights in the torch cache: the demo "
+                   "backbone will NOT be pretrained", bundled)
+    return []
 
 
 def find_demo_data(data: str | Path | None = None) -> tuple[Path, Path]:
@@ -41,24 +63,24 @@ def find_demo_data(data: str | Path | None = None) -> tuple[Path, Path]:
 def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
              report_dir: str | Path | None = None, data: str | Path | None = None) -> bool:
     """Run every stage on data/demo; True when every stage met its contract."""
+    from fibrosis.cli.tune import run_tune
     from fibrosis.evaluate.run import evaluate_run
     from fibrosis.data.ingest import ingest
     from fibrosis.report.build import write_report
     from fibrosis.score.run import score
     from fibrosis.data.split import split_cache
-    from fibrosis.train.loop import train
 
     DEMO_DATA, DEMO_CONFIG = find_demo_data(data)
     work = Path(work)
-    overrides = [f"ingest.labels_csv={DEMO_DATA / 'labels.csv'}"]
-    if quick:  # smoke-test size: one epoch per stage, few bootstrap resamples
-        overrides += ["train.stages=[{name: head, epochs: 1, lr: 0.001}, "
-                      "{name: finetune, epochs: 1, lr: 0.0001, unfreeze: [layer4]}]",
-                      "evaluate.bootstrap_resamples=200"]
+    overrides = [f"ingest.labels_csv={DEMO_DATA / 'labels.csv'}", *demo_backbone(DEMO_DATA)]
+    if quick:  # smoke-test size: 2 folds, one fine-tuning epoch, one probe strength, few bootstrap
+        # resamples, eager scoring (the ONNX export of an ensemble costs ~20 s; tests/test_tune.py checks it)
+        overrides += ["tune.folds=2", "tune.max_epochs=1", "tune.probe_c=[0.01]",
+                      "evaluate.bootstrap_resamples=200", "score.engine=eager"]
     cfg = load_config(DEMO_CONFIG, overrides)
     if work.exists():
         shutil.rmtree(work)
-    cache, run = work / "cache", work / "resnet18-demo"
+    cache, run = work / "cache", work / f"{cfg.model.arch}-demo"
     report_dir = Path(report_dir) if report_dir else DEMO_DATA.parent.parent / "reports" / "demo"
 
     # The demo patients are public NIH pseudonyms, so a fixed salt hides nothing here; it
@@ -76,8 +98,9 @@ def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
     logger.info("demo 2/6: patient-level split")
     logger.info("%s", split_cache(cache, cfg.split))
 
-    logger.info("demo 3/6: train (%s, %s px)", cfg.model.arch, cfg.model.input_size)
-    train(cfg, cache, run)
+    logger.info("demo 3/6: tune (%s, %s px): how much to unfreeze, by %d-fold patient-level CV",
+                cfg.model.arch, cfg.model.input_size, cfg.tune.folds)
+    run_tune(cfg, cache, run, progress=False)
 
     logger.info("demo 4/6: evaluate on the test split")
     evaluate_run(run, cache, split="test", cfg=cfg)

@@ -108,6 +108,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from fibrosis.cli.tune import run_tune
+
+    result = run_tune(_config(args), args.cache, args.out, device=args.device,
+                      max_units=args.max_units, progress=not args.no_progress)
+    if result is None:
+        logger.info("tune stopped after --max-units %s; run the same command again to continue", args.max_units)
+    else:
+        logger.info("model: %s (evaluate it with `fibrosis evaluate --run %s --cache %s`)",
+                    Path(args.out) / "best.pt", args.out, args.cache)
+    return EXIT_OK
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from fibrosis.evaluate.run import evaluate_run
 
@@ -250,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=int, default=None,
                    help="stop after N epochs in this invocation (time-boxed jobs; then --resume)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    _add_config_args(p)
+
+    p = add("tune", cmd_tune,
+            "How much to unfreeze? Patient-level k-fold CV over train+val of linear probe, "
+            "fine-tuning arms and a random-init control; picks an arm by the one-SE rule and leaves "
+            "its fold models as one ensemble checkpoint in OUT/best.pt (resumable).")
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="tune directory (re-run to resume)")
+    p.add_argument("--max-units", type=int, default=None,
+                   help="stop after N (fold, arm) units in this invocation; re-run to continue")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_args(p)
 
     p = add("evaluate", cmd_evaluate,

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 METRICS_FORMAT = 1
 THRESHOLD_FORMAT = 1
+OOF_FIT = "out-of-fold"  # = fibrosis.evaluate.selection.OOF_SPLIT: fitted by `fibrosis tune`
 AGE_BANDS = ((0, 40, "<40"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 200, ">=80"))
 DERIVED_ATTRIBUTES = ("age_band",)
 
@@ -296,6 +297,7 @@ class _Job:
     cache: Path
     split: str
     frozen: bool
+    oof: bool  # a tune checkpoint: calibration and thresholds were fitted out of fold, kept as they are
     ckpt_path: Path
     ckpt: dict[str, Any]
     model: Any
@@ -347,8 +349,8 @@ def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
     d = result["discrimination"]
     logger.info("%s AUC %.3f (DeLong %.3f-%.3f; bootstrap %.3f-%.3f); %s", split, d["auc"],
                 *(d["delong"]["ci"] or [float("nan")] * 2), *(d["bootstrap"]["ci"] or [float("nan")] * 2),
-                f"checkpoint left unchanged (frozen) -> {job.out}" if frozen
-                else f"calibration + thresholds stored in {job.ckpt_path}")
+                f"checkpoint left unchanged ({'frozen' if frozen else 'tune fitted them out of fold'}) -> {job.out}"
+                if frozen or job.oof else f"calibration + thresholds stored in {job.ckpt_path}")
     return job.out / "metrics.json"
 
 
@@ -369,9 +371,17 @@ def _prepare(run: Path, cache: Path, split: str, cfg: Config | None, overrides: 
     model, ckpt = load_model(ckpt_path, dev)
     cfg = resolve_config(ckpt.get("config") or {}, cfg, overrides)
     all_rows, idx = split_rows(cache, split)
+    # `fibrosis tune` fitted calibration + thresholds on the pooled out-of-fold logits of all
+    # development patients: they are kept (not refitted on val, which the folds trained on).
+    oof = not frozen and (ckpt.get("threshold") or {}).get("chosen_on") == OOF_FIT
+    # `fibrosis tune` fitted calibration + thresholds on the pooled out-of-fold logits of all
+    # development patients: they are kept (not refitted on val, which the folds trained on).
+    oof = not frozen and (ckpt.get("threshold") or {}).get("chosen_on") == OOF_FIT
     stored = (stored_operating_points(ckpt.get("calibration"), ckpt.get("threshold"), str(ckpt_path))
-              if frozen else None)
-    fit_split = None if frozen else resolve_fit_split(all_rows, cfg.evaluate.fit_split)
+              if frozen or oof else None)
+    if oof:
+        stored = dataclasses.replace(stored, frozen=False)
+    fit_split = None if frozen or oof else resolve_fit_split(all_rows, cfg.evaluate.fit_split)
     check_evaluated_split(split, fit_split, frozen, stored.split if stored else None)
     if not idx:
         raise ValueError(f"{cache}/manifest.csv: no rows with split={split!r}")
@@ -385,7 +395,7 @@ def _prepare(run: Path, cache: Path, split: str, cfg: Config | None, overrides: 
         if text:
             logger.warning("%s: %s", ckpt_path, text)
             loud.append(text)
-    return _Job(run, cache, split, frozen, ckpt_path, ckpt, model, dev, cfg, all_rows, idx, fit_split,
+    return _Job(run, cache, split, frozen, oof, ckpt_path, ckpt, model, dev, cfg, all_rows, idx, fit_split,
                 stored, loud)
 
 
@@ -403,9 +413,9 @@ def _measure(job: _Job) -> tuple[dict[str, Any], Calibrator, dict[str, Any], lis
         return Predictions.from_rows(rows, predict_rows(job.model, reader, ix, 64, job.device), name)
 
     test = predictions(job.idx, job.split)
-    if job.frozen:
-        logger.info("evaluating %s on %r of %s with the stored (frozen) calibration and thresholds",
-                    job.run, job.split, job.cache)
+    if job.frozen or job.oof:
+        logger.info("evaluating %s on %r of %s with the stored calibration and thresholds (%s)",
+                    job.run, job.split, job.cache, "frozen" if job.frozen else "fitted out of fold by tune")
         return (*measure(job.stored, test, job.cfg.evaluate, WarningLog()), test)
     logger.info("evaluating %s: fit calibration + thresholds on %r, report on %r", job.run, job.fit_split, job.split)
     fit_idx = [i for i, r in enumerate(job.all_rows) if r.get("split") == job.fit_split]

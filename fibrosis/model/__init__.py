@@ -6,6 +6,7 @@ _EXPORTS = {
     "WeightsError": "fibrosis.model.net",
     "build_model_from_config": "fibrosis.model.net",
     "FibrosisNet": "fibrosis.model.net",
+    "EnsembleNet": "fibrosis.model.ensemble",
     "load_model": "fibrosis.model.checkpoint",
     "load_checkpoint": "fibrosis.model.checkpoint",
     "save_checkpoint": "fibrosis.model.checkpoint",

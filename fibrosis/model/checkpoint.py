@@ -76,8 +76,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[An
 
     ckpt = load_checkpoint(path)
     mcfg = ckpt["config"]["model"]
-    model = build_model(mcfg["arch"], "none", input_size=ckpt["preprocessing"]["input_size"],
-                        dropout=mcfg.get("dropout", 0.0))
+    if ckpt.get("ensemble"):  # `fibrosis tune`: the fold models as one mean-logit ensemble
+        from fibrosis.model.ensemble import build_ensemble
+
+        model = build_ensemble(mcfg["arch"], int(ckpt["ensemble"]["members"]),
+                               input_size=ckpt["preprocessing"]["input_size"], dropout=mcfg.get("dropout", 0.0))
+    else:
+        model = build_model(mcfg["arch"], "none", input_size=ckpt["preprocessing"]["input_size"],
+                            dropout=mcfg.get("dropout", 0.0))
     model.load_state_dict(ckpt["model"])
     model.preprocessing = Preprocessing.from_dict(ckpt["preprocessing"], str(path))
     model.weights_info = dict(ckpt["weights_info"])

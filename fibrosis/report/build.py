@@ -274,8 +274,41 @@ def _repro_blocks(m: dict[str, Any]) -> list[Block]:
     ]
 
 
-def build_blocks(m: dict[str, Any], have: set[str]) -> list[Block]:
-    """The report as neutral blocks (same content for HTML and PDF)."""
+def _tune_blocks(t: dict[str, Any]) -> list[Block]:
+    """"How much to unfreeze?": the `fibrosis tune` arms table, OOF ROC curves and the choice."""
+    lvl = f"{100 * float(t['level']):.4g}% CI"
+
+    def vs(d: dict[str, Any] | None) -> str:
+        return "-" if not d else f"{d['difference']:+.3f} (p={d['p']:.3g})"
+
+    rows = [[a["name"], a.get("describe", ""), f"{a['auc']:.3f}", ci3(a["ci"]), vs(a.get("vs_random")),
+             vs(a.get("vs_best")), str(a.get("epoch", "")), f"{a.get('minutes', 0):.1f}"] for a in t["arms"]]
+    reps = f" x {t['repeats']} repeats" if t.get("repeats", 1) > 1 else ""
+    return [
+        {"type": "h2", "text": "How much to unfreeze?"},
+        {"type": "p", "text": f"Patient-level, label-stratified {t['folds']}-fold cross-validation{reps} over the "
+                              f"{t['n_dev']} development images ({t['n_dev_patients']} patients, {t['n_dev_pos']} with "
+                              "fibrosis; the test split was not used). Every arm starts from a linear probe solved on "
+                              "frozen features; fine-tuning arms continue from it with the backbone at a 10x or 100x "
+                              "lower learning rate, for the epoch budget with the lowest pooled out-of-fold loss. "
+                              "AUCs are of the pooled out-of-fold logits (DeLong CI); differences are paired DeLong "
+                              "tests on the same patients."},
+        {"type": "table", "caption": "Arms (pooled out-of-fold)",
+         "header": ["arm", "what trains", "OOF AUC", lvl, "vs random init (p)", "vs best (p)", "epochs", "minutes"],
+         "rows": rows},
+        {"type": "figure", "key": "tune_roc", "half": True,
+         "caption": "Out-of-fold ROC curves of every arm; dotted grey: random initialisation."},
+        {"type": "p", "style": "summary", "text": t["reason"] + (
+            f" The model evaluated here is its {t['folds'] * t.get('repeats', 1)} fold models as one ensemble "
+            "(mean logit); calibration and thresholds were fitted on the pooled out-of-fold logits."
+            if t.get("final", "ensemble") == "ensemble" else
+            " The model evaluated here was refitted on all development data with that budget; calibration and "
+            "thresholds were fitted on the pooled out-of-fold logits.")},
+    ]
+
+
+def build_blocks(m: dict[str, Any], have: set[str], tune: dict[str, Any] | None = None) -> list[Block]:
+    """The report as neutral blocks (same content for HTML and PDF); ``tune``: RUN/tune.json."""
     r = m.get("run", {})
     blocks: list[Block] = []
     if not r.get("pretrained", False):
@@ -295,7 +328,7 @@ def build_blocks(m: dict[str, Any], have: set[str]) -> list[Block]:
     ]
     if m.get("warnings"):
         blocks += [{"type": "h3", "text": "Read with care"}, {"type": "list", "items": m["warnings"]}]
-    blocks += _data_blocks(m) + _model_blocks(m)
+    blocks += _data_blocks(m) + _model_blocks(m) + (_tune_blocks(tune) if tune else [])
     disc = m["discrimination"]
     boot = disc["bootstrap"]
     blocks += [
@@ -347,7 +380,10 @@ def write_report(run: str | Path, out: str | Path | None = None, split: str = "t
     out = Path(out) if out is not None else Path("reports") / run.name
     out.mkdir(parents=True, exist_ok=True)
     figs = make_figures(m, eval_dir)
-    blocks = build_blocks(m, set(figs))
+    tune = json.loads((run / "tune.json").read_text()) if (run / "tune.json").is_file() else None  # `fibrosis tune`
+    if tune:
+        figs["tune_roc"] = plots.png_bytes(plots.tune_roc_figure(tune["arms"], tune["chosen"]))
+    blocks = build_blocks(m, set(figs), tune)
     title = f"Fibrosis classifier validation: {m.get('run', {}).get('name', run.name)}"
     page = render_html(blocks, figs, title)
     (out / "report.html").write_text(page, encoding="utf-8")

@@ -85,6 +85,24 @@ def roc_figure(disc: dict[str, Any], operating_points: Sequence[dict[str, Any]] 
 
 
 @styled
+def tune_roc_figure(arms: Sequence[dict[str, Any]], chosen: str) -> Figure:
+    """Pooled out-of-fold ROC curves of the `fibrosis tune` arms, overlaid; the chosen arm bold."""
+    fig = figure(5.6, 5.0)
+    ax = fig.add_subplot()
+    colours = (BLUE, ORANGE, GREEN, VERMILLION, PURPLE, "#56B4E9", "#F0E442", "#000000")
+    for a, colour in zip(arms, colours * (1 + len(arms) // len(colours))):
+        mine = a["name"] == chosen
+        ax.plot(a["roc"]["fpr"], a["roc"]["tpr"], color=GREY if a.get("init") == "random" else colour,
+                lw=2.6 if mine else 1.2, ls=":" if a.get("init") == "random" else "-",
+                label=f"{a['name']}  {a['auc']:.3f}" + ("  (chosen)" if mine else ""))
+    ax.plot([0, 1], [0, 1], ls="--", color=GREY, lw=0.8)
+    _unit_axes(ax, "1 - specificity (false-positive rate)", "sensitivity (true-positive rate)")
+    ax.set_title("Out-of-fold ROC per arm (development patients)")
+    ax.legend(loc="lower right", frameon=True, title="arm, OOF AUC")
+    return fig
+
+
+@styled
 def pr_figure(pr: dict[str, Any]) -> Figure:
     fig = figure(5.2, 5.0)
     ax = fig.add_subplot()

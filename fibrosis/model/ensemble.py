@@ -1,0 +1,60 @@
+"""A fold ensemble as one model: the k cross-validation models of `fibrosis tune`, mean logit.
+
+Averaging logits (not probabilities) keeps the output a logit, so the calibrator and
+thresholds fitted on the pooled out-of-fold logits apply to it the way they apply to a
+single model's, and `evaluate`, `score` (every engine: the ensemble exports to ONNX as one
+graph) and Grad-CAM take it unchanged. It carries the attributes of a
+:class:`~fibrosis.model.net.FibrosisNet` that those stages read.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from fibrosis.model.net import FibrosisNet, build_model
+
+ENSEMBLE_FORMAT = 1
+
+
+class EnsembleNet(nn.Module):
+    """``members`` share arch and preprocessing; forward = mean of their logits."""
+
+    def __init__(self, members: Sequence[FibrosisNet]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        first = members[0]
+        for m in members[1:]:
+            if m.arch != first.arch or m.preprocessing != first.preprocessing:
+                raise ValueError(f"ensemble members differ: {m.arch}@{m.preprocessing.input_size} vs "
+                                 f"{first.arch}@{first.preprocessing.input_size}")
+        self.members = nn.ModuleList(members)
+        self.arch = first.arch
+        self.num_features = first.num_features
+        self.preprocessing = first.preprocessing
+        self.weights_info = dict(first.weights_info)
+        self.pretrained = first.pretrained
+        # Grad-CAM needs one layer; with averaged logits the gradient reaching member 0's last
+        # block is its own CAM (scaled by 1/k), i.e. the panels show member 0's evidence.
+        self.cam_layer_name = f"members.0.{first.cam_layer_name}"
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        return self.get_submodule(self.cam_layer_name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
+def build_ensemble(arch: str, n_members: int, *, input_size: int, dropout: float = 0.0) -> EnsembleNet:
+    """An untrained ensemble of ``n_members`` randomly initialised members (load a state dict next)."""
+    return EnsembleNet([build_model(arch, "none", input_size=input_size, dropout=dropout)
+                        for _ in range(n_members)])
+
+
+def ensemble_record(n_members: int, **extra: Any) -> dict[str, Any]:
+    """The checkpoint's ``ensemble`` entry: how load_model rebuilds it, and what it is."""
+    return {"format": ENSEMBLE_FORMAT, "members": int(n_members), "combine": "mean logit", **extra}

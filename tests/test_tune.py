@@ -1,0 +1,340 @@
+"""`fibrosis tune`: fold integrity, the one-SE rule, the linear probe, the frozen-prefix split,
+resume, and the ensemble checkpoint through `evaluate` and `score` (resnet18 at 32 px, CPU)."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from html import unescape
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fibrosis.config import ConfigError, load_config
+from fibrosis.data.synthetic import make_synthetic_cache
+from fibrosis.evaluate.selection import one_se_choice, select_arm
+from fibrosis.model.checkpoint import load_checkpoint, load_model
+from fibrosis.model.ensemble import EnsembleNet
+from fibrosis.model.net import build_model
+from fibrosis.train.folds import check_folds, make_folds
+from fibrosis.train.probe import fit_probe
+from fibrosis.train.stages import forward_from, forward_range, last_stages, n_groups
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: a second thread only waits (see test_train)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ folds
+
+
+def _rows(n_patients: int = 40, seed: int = 0) -> list[dict[str, str]]:
+    """1-3 images per patient; ~25% positive patients; 20% of patients in test, some in calib."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        split = "test" if p % 5 == 0 else ("calib" if p % 11 == 3 else ("val" if p % 4 == 1 else "train"))
+        label = int(p % 4 == 2 or p % 7 == 0)
+        for k in range(int(rng.integers(1, 4))):
+            rows.append({"patient_key": f"p{p:03d}", "label": str(label), "split": split,
+                         "content_hash": f"h{p}-{k}"})
+    return rows
+
+
+def test_folds_keep_patients_and_near_duplicates_together_and_never_touch_test():
+    rows = _rows()
+    dev_patients = sorted({r["patient_key"] for r in rows if r["split"] in ("train", "val")})
+    links = [(dev_patients[0], dev_patients[1]), (dev_patients[5], dev_patients[9])]  # near-duplicates
+    folds = make_folds(rows, folds=3, repeats=2, seed=0, links=links)
+    assert len(folds) == 6
+    for r in (0, 1):
+        held = [i for f in folds if f.repeat == r for i in f.heldout]
+        dev = [i for i, row in enumerate(rows) if row["split"] in ("train", "val")]
+        assert sorted(held) == dev  # every development row held out exactly once per repeat
+    for f in folds:
+        assert not {rows[i]["split"] for i in f.train + f.heldout} & {"test", "calib"}
+        tr = {rows[i]["patient_key"] for i in f.train}
+        ho = {rows[i]["patient_key"] for i in f.heldout}
+        assert not tr & ho
+        for a, b in links:  # a near-duplicate pair sits on one side of every fold
+            assert (a in ho) == (b in ho)
+        assert any(rows[i]["label"] == "1" for i in f.heldout)
+    # The two repeats deal differently.
+    assert [f.heldout for f in folds[:3]] != [f.heldout for f in folds[3:]]
+
+
+def test_fold_check_refuses_a_patient_on_both_sides():
+    rows = _rows()
+    folds = make_folds(rows, folds=3)
+    f = folds[0]
+    moved = f.train[0]  # put one image of a training patient into the held-out part
+    other = [i for i in f.train if rows[i]["patient_key"] == rows[moved]["patient_key"]]
+    bad = type(f)(f.repeat, f.fold, tuple(i for i in f.train if i != moved), tuple(sorted(f.heldout + (moved,))))
+    if len(other) == 1:  # a one-image patient moved whole is no leak; use a patient with two images
+        pytest.skip("first training patient has one image")
+    with pytest.raises(RuntimeError, match="on both sides"):
+        check_folds(rows, [bad] + folds[1:])
+
+
+def test_too_few_positive_patients_for_the_folds_is_an_error():
+    rows = [{"patient_key": f"p{i}", "label": str(int(i < 2)), "split": "train", "content_hash": str(i)}
+            for i in range(20)]
+    with pytest.raises(ValueError, match=r"2 positive .* tune.folds=3 needs at least 3"):
+        make_folds(rows, folds=3)
+
+
+# ------------------------------------------------------------------ selection
+
+
+ARMS = [  # name, pooled OOF AUC, DeLong SE, depth (0 = head only), lr_ratio
+    {"name": "random-init", "auc": 0.60, "se": 0.06, "depth": 1000, "lr_ratio": 1.0},
+    {"name": "head-only", "auc": 0.78, "se": 0.05, "depth": 0, "lr_ratio": 1.0},
+    {"name": "last1-x0.1", "auc": 0.84, "se": 0.04, "depth": 1, "lr_ratio": 10.0},
+    {"name": "last1-x0.01", "auc": 0.835, "se": 0.04, "depth": 1, "lr_ratio": 100.0},
+    {"name": "all-x0.1", "auc": 0.86, "se": 0.03, "depth": 100, "lr_ratio": 10.0},
+]
+
+
+def test_one_standard_error_rule_on_hand_checkable_numbers():
+    # Best: all-x0.1 at 0.86, SE 0.03 -> arms >= 0.83 qualify: last1-x0.1, last1-x0.01, all-x0.1.
+    # Least unfrozen among them: depth 1; of the two, the slower backbone (lr / 100) wins.
+    name, reason = one_se_choice(ARMS)
+    assert name == "last1-x0.01"
+    assert "within one standard error (0.030)" in reason and "'all-x0.1' (0.860)" in reason
+    # head-only (0.78) is outside 0.86 - 0.03; with a wider SE it is chosen.
+    wide = [dict(a, se=0.09) if a["name"] == "all-x0.1" else a for a in ARMS]
+    assert one_se_choice(wide)[0] == "head-only"
+    assert one_se_choice(ARMS, "best")[0] == "all-x0.1"
+    # Alone at the top with nothing less unfrozen within one SE: the best arm itself.
+    assert one_se_choice([ARMS[1], dict(ARMS[4], se=0.01)])[0] == "all-x0.1"
+
+
+def test_select_arm_table_has_delong_ci_and_paired_tests():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(30), np.zeros(90)].astype(int)
+    good = y * 1.5 + rng.normal(size=len(y))
+    noise = rng.normal(size=len(y))
+    meta = {"head-only": {"depth": 0, "lr_ratio": 1.0, "init": "pretrained"},
+            "random-init": {"depth": 1000, "lr_ratio": 1.0, "init": "random"}}
+    sel = select_arm(y, {"head-only": good, "random-init": noise}, meta)
+    arms = {a["name"]: a for a in sel["arms"]}
+    assert sel["chosen"] == "head-only" and sel["random_control"] == "random-init"
+    h = arms["head-only"]
+    assert h["ci"][0] < h["auc"] < h["ci"][1] and h["vs_random"]["p"] < 0.01
+    assert h["vs_random"]["difference"] == pytest.approx(h["auc"] - arms["random-init"]["auc"])
+    assert arms["random-init"]["vs_best"]["difference"] < 0
+
+
+# ------------------------------------------------------------------ probe and stages
+
+
+def test_linear_probe_solves_the_weighted_l2_problem_and_unstandardises_exactly():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 6)) * [1, 10, 0.1, 1, 1, 0] + [0, 5, 0, 0, 0, 3]  # a dead feature too
+    y = (x[:, 0] + 0.1 * x[:, 1] + rng.normal(size=120) > 1.0).astype(int)
+    groups = [f"g{i // 2}" for i in range(120)]
+    p = fit_probe(x, y, groups, (0.01, 0.1, 1.0), inner_folds=3)
+    assert p.c in (0.01, 0.1, 1.0) and set(p.inner_loss) == {0.01, 0.1, 1.0}
+    assert p.c == min(p.inner_loss, key=p.inner_loss.get)
+    mu, sd = x.mean(0), np.where(x.std(0) > 1e-6, x.std(0), 1.0)
+    pw = (y == 0).sum() / y.sum()
+    ref = LogisticRegression(C=p.c, class_weight={0: 1, 1: pw}, max_iter=5000, tol=1e-10).fit((x - mu) / sd, y)
+    np.testing.assert_allclose(p.logits(x), ref.decision_function((x - mu) / sd), atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "efficientnet_b0", "densenet121"])
+def test_prefix_then_suffix_equals_the_backbone(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, "none", input_size=64).eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        ref = model.forward_features(x)
+        for k in range(n_groups(model) + 1):
+            got = forward_from(model, forward_range(model, x, 0, k), k)
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert last_stages(model, 1)  # = PARTIAL[arch], checked inside
+
+
+def test_arm_config_is_strict():
+    with pytest.raises(ConfigError, match=r"unfreeze: 'layer9'"):
+        load_config(None, ["tune.arms=[{name: a, unfreeze: layer9}]"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(None, ["tune.arms=[{name: a, lr: 0.1}]"])
+    with pytest.raises(ConfigError, match="unique"):
+        load_config(None, ["tune.arms=[{name: a}, {name: a}]"])
+
+
+# ------------------------------------------------------------------ end to end
+
+
+BASE = ["model.arch=resnet18", "model.weights=none", "model.input_size=32", "tune.folds=3",
+        "tune.max_epochs=2", "tune.probe_c=[0.01, 1.0]", "tune.batch_size=8",
+        "tune.arms=[{name: random-init, init: random, unfreeze: last1}, {name: head-only},"
+        " {name: last1-x0.1, unfreeze: last1, lr_ratio: 10}]"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return make_synthetic_cache(tmp_path_factory.mktemp("cache") / "c", 48, 32, pos_frac=0.4,
+                                splits={"train": 0.5, "val": 0.25, "test": 0.25}, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tuned(cache, tmp_path_factory):
+    from fibrosis.cli.tune import run_tune
+
+    out = tmp_path_factory.mktemp("tune") / "t"
+    result = run_tune(load_config(None, BASE), cache, out, progress=False)
+    return out, result
+
+
+@pytest.mark.slow
+def test_tune_writes_table_choice_and_an_ensemble_checkpoint(tuned, cache):
+    out, result = tuned
+    names = [a["name"] for a in result["arms"]]
+    assert names == ["random-init", "head-only", "last1-x0.1"]
+    assert result["chosen"] in names and result["reason"].startswith(f"Chose {result['chosen']!r}")
+    for a in result["arms"]:
+        assert a["ci"] and len(a["roc"]["fpr"]) > 2 and a["minutes"] >= 0
+        assert (a["vs_random"] is None) == (a["name"] == "random-init")
+    # The fine-tuning arm's budget came from the OOF curve; its other epochs' weights are gone.
+    ft = next(a for a in result["arms"] if a["name"] == "last1-x0.1")
+    assert 1 <= ft["epoch"] <= 2 and len(ft["curve"]) == 3
+    assert sorted(p.name for p in (out / "cv" / "last1-x0.1" / "r0-f0").glob("epoch-*.pt")) == [f"epoch-{ft['epoch']}.pt"]
+    json.loads((out / "tune.json").read_text())
+    ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt["ensemble"]["members"] == 3 and ckpt["threshold"]["chosen_on"] == "out-of-fold"
+    test_keys = {r["patient_key"] for r in csv.DictReader(open(cache / "manifest.csv")) if r["split"] == "test"}
+    assert not test_keys & set(ckpt["split_keys"]["train"]["patients"])
+    folds = list(csv.DictReader(open(out / "folds.csv")))
+    assert not test_keys & {r["patient_key"] for r in folds}
+
+
+@pytest.mark.slow
+def test_ensemble_is_the_mean_logit_of_its_fold_models(tuned):
+    out, _ = tuned
+    model, _ = load_model(out / "best.pt")
+    assert isinstance(model, EnsembleNet) and len(model.members) == 3
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        members = torch.stack([m(x).reshape(-1) for m in model.members])
+        torch.testing.assert_close(model(x).reshape(-1), members.mean(0))
+    assert not torch.allclose(members[0], members[1])  # three different fold models
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_gives_the_same_result(cache, tuned, tmp_path):
+    from fibrosis.cli.tune import run_tune
+
+    out = tmp_path / "t"
+    cfg = load_config(None, BASE)
+    assert run_tune(cfg, cache, out, max_units=2, progress=False) is None  # "killed" after 2 units
+    assert len(list((out / "cv").glob("*/*/done.json"))) == 2
+    assert not (out / "best.pt").exists()
+    assert run_tune(cfg, cache, out, max_units=1, progress=False) is None
+    assert len(list((out / "cv").glob("*/*/done.json"))) == 3
+    result = run_tune(cfg, cache, out, progress=False)
+    ref = tuned[1]
+    for a, b in zip(result["arms"], ref["arms"]):
+        assert a["name"] == b["name"] and a["epoch"] == b["epoch"]
+        assert a["auc"] == pytest.approx(b["auc"], abs=1e-9)
+    assert result["chosen"] == ref["chosen"]
+
+
+@pytest.mark.slow
+def test_resume_mid_unit_continues_from_the_saved_epoch(cache, tmp_path):
+    from fibrosis.train import tune as T
+
+    ctx, folds, arms, reader = T.setup(load_config(None, BASE), cache, tmp_path / "t")
+    arm = next(a for a in arms if a.name == "last1-x0.1")
+    T.prepare_base(ctx, arm, arms, reader)
+    full = T.run_unit(ctx, arm, folds[0], tmp_path / "full")
+    assert T.run_unit(ctx, arm, folds[0], tmp_path / "cut", epoch_limit=1) is None  # "killed" after epoch 1
+    assert torch.load(tmp_path / "cut" / "state.pt", weights_only=True)["epoch"] == 1
+    resumed = T.run_unit(ctx, arm, folds[0], tmp_path / "cut")
+    assert len(resumed["oof"]) == len(full["oof"]) == 3  # probe + 2 epochs
+    np.testing.assert_allclose(resumed["oof"], full["oof"], atol=1e-6)
+    np.testing.assert_allclose(resumed["train_loss"], full["train_loss"], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_prefix_recomputed_per_batch_when_over_the_memory_cap_gives_the_same_unit(cache, tmp_path):
+    from fibrosis.train import tune as T
+
+    records = []
+    for cap in (4096, 0):  # 0 MB: nothing kept, the frozen prefix runs again for every batch
+        ctx, folds, arms, reader = T.setup(load_config(None, BASE + [f"tune.cache_mb={cap}"]), cache, tmp_path / str(cap))
+        arm = next(a for a in arms if a.name == "last1-x0.1")
+        T.prepare_base(ctx, arm, arms, reader)
+        assert ctx.acts[arm.base_key].keep == (cap > 0)
+        records.append(T.run_unit(ctx, arm, folds[1], tmp_path / str(cap) / "unit"))
+    np.testing.assert_allclose(records[0]["oof"], records[1]["oof"], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ensemble_round_trips_through_evaluate_and_score(tuned, cache, tmp_path, monkeypatch):
+    from dicom_factory import chest_phantom, make_png
+    from fibrosis.evaluate.run import evaluate_run
+    from fibrosis.model.engine import onnxruntime_available
+    from fibrosis.score.run import score
+
+    out, result = tuned
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    metrics = json.loads(evaluate_run(run, cache, device="cpu").read_text())
+    assert metrics["fit_split"] == "out-of-fold" and metrics["data"]["n"] == 12
+    assert metrics["run"]["preset"].startswith(f"tune: arm {result['chosen']!r}")
+    assert metrics["gradcam"]["layer"].startswith("members.0.")
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["calibration"] == load_checkpoint(out / "best.pt")["calibration"]  # not refitted
+    from fibrosis.report.build import write_report
+
+    html = unescape((write_report(run, tmp_path / "report") / "report.html").read_text())
+    assert "How much to unfreeze?" in html and result["reason"].split(":")[0] in html
+    assert all(a["name"] in html for a in result["arms"])
+    frozen = json.loads(evaluate_run(run, cache, frozen=True, gradcam=False, device="cpu").read_text())
+    assert frozen["discrimination"]["auc"] == pytest.approx(metrics["discrimination"]["auc"])
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for k in range(3):
+        make_png(inputs / f"x{k}.png", (chest_phantom(300, 300, seed=k) * 255).astype(np.uint8))
+    monkeypatch.setenv("FIBROSIS_SALT", "test-salt")
+    engines = ["eager"] + (["onnx"] if onnxruntime_available() else [])
+    got = {}
+    for engine in engines:
+        summary = score(run, inputs, tmp_path / f"{engine}.csv", engine=engine, progress=False, device="cpu",
+                        gradcam_dir=tmp_path / "cam", workers=1)
+        assert summary.ok() and summary.counts["ok"] == 3
+        got[engine] = [float(r["logit"]) for r in csv.DictReader(open(tmp_path / f"{engine}.csv"))]
+    # The scored logit is the ensemble's mean logit of the same input (eager reference).
+    for engine in engines[1:]:
+        np.testing.assert_allclose(got[engine], got["eager"], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_refit_option_leaves_one_model_trained_on_all_development_data(tuned, cache, tmp_path):
+    from fibrosis.cli.tune import run_tune
+    from fibrosis.evaluate.run import evaluate_run
+
+    out = tmp_path / "t"
+    shutil.copytree(tuned[0], out)  # every unit done: only the refit trains
+    (out / "best.pt").unlink()
+    result = run_tune(load_config(None, BASE + ["tune.final=refit"]), cache, out, progress=False)
+    assert result["chosen"] == tuned[1]["chosen"] and result["final"] == "refit"
+    ckpt = load_checkpoint(out / "best.pt")
+    assert "ensemble" not in ckpt and "refit on all development data" in ckpt["preset"]
+    probe = torch.load(out / "refit" / "probe.pt", weights_only=True)
+    assert probe["weight"].shape[0] == 512  # resnet18 features: the head solved on all dev rows
+    model, _ = load_model(out / "best.pt")
+    assert not isinstance(model, EnsembleNet)
+    metrics = json.loads(evaluate_run(out, cache, gradcam=False, device="cpu").read_text())
+    assert metrics["fit_split"] == "out-of-fold"
