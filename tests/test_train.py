@@ -10,9 +10,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from fibrosis.model.checkpoint import load_checkpoint
+from fibrosis.model.checkpoint import load_checkpoint, load_model
 from fibrosis.config import config_from_dict, config_to_dict, load_config
-from fibrosis.model.inference import predict_split
+from fibrosis.data.cache import CacheReader
+from fibrosis.model.inference import predict_rows, split_rows
 from fibrosis.data.synthetic import make_synthetic_cache
 from fibrosis.train.loop import train
 
@@ -67,8 +68,9 @@ def test_head_learns_and_run_dir_is_complete(bigger_cache, tmp_path):
     # Early stopping: the stage ends after 12 epochs or after 4 epochs without a gain.
     tail = [r["improved"] for r in history[-4:]]
     assert len(history) == 12 or (len(history) < 12 and not any(tail))
-    rows, logits = predict_split(best, cache, "test")
-    assert roc_auc_score([int(r["label"]) for r in rows], logits) >= 0.75
+    rows, idx = split_rows(cache, "test")
+    logits = predict_rows(load_model(best)[0], CacheReader(cache, rows), idx, 64, "cpu")
+    assert roc_auc_score([int(rows[i]["label"]) for i in idx], logits) >= 0.75
     ckpt = load_checkpoint(best)
     for key in ("model", "optimizer", "scheduler", "stage", "epoch", "rng", "config", "preprocessing",
                 "weights_info", "pretrained", "manifest_hash", "best_val_auc"):

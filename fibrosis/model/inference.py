@@ -13,7 +13,6 @@ from torch.utils.data import DataLoader
 from fibrosis.data.cache import CacheReader
 
 from fibrosis.io import read_csv
-from fibrosis.model.checkpoint import load_model
 from fibrosis.data.dataset import CacheDataset
 
 logger = logging.getLogger(__name__)
@@ -80,19 +79,3 @@ def split_rows(cache_dir: str | Path, split: str) -> tuple[list[dict[str, str]],
     return rows, idx
 
 
-def predict_split(checkpoint_path: str | Path, cache_dir: str | Path, split: str, *,
-                  batch_size: int = 64, device: str | torch.device | None = None,
-                  num_workers: int = 0) -> tuple[list[dict[str, str]], np.ndarray]:
-    """(manifest rows of ``split``, their logits) for a checkpoint.
-
-    Whether those rows are held out from the checkpoint's training is the caller's check
-    (``fibrosis.evaluate.checks``), where it can refuse or be recorded, not just logged.
-    """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, _ = load_model(checkpoint_path, device)
-    rows, idx = split_rows(cache_dir, split)
-    if not idx:
-        raise ValueError(f"{cache_dir}/manifest.csv: no rows with split={split!r}")
-    reader = CacheReader(cache_dir, rows)
-    logits = predict_rows(model, reader, idx, batch_size, device, num_workers=num_workers)
-    return [rows[i] for i in idx], logits
