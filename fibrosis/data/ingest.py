@@ -119,13 +119,15 @@ def consolidate(cache_dir: str | Path) -> tuple[int, int]:
     of rows whose path and content are unchanged. Returns (rows, rejects)."""
     root = Path(cache_dir)
     latest = _latest_entries(root)
-    old_split: dict[tuple[str, str], str] = {}
+    old_split: dict[tuple[str, str], tuple[str, str]] = {}  # -> (split, dhash)
     if (root / "manifest.csv").exists():
-        old_split = {(r["path"], r["content_hash"]): r.get("split", "")
+        old_split = {(r["path"], r["content_hash"]): (r.get("split", ""), r.get("dhash") or "")
                      for r in read_csv(root / "manifest.csv")}
     rows = [dict(e) for kind, e in latest.values() if kind == "row"]
     for r in rows:
-        r["split"] = old_split.get((r["path"], r["content_hash"]), "")
+        r["split"], dhash = old_split.get((r["path"], r["content_hash"]), ("", ""))
+        # parts of an older version have no dHash; split computed it into the manifest
+        r["dhash"] = r.get("dhash") or dhash
     rows.sort(key=lambda r: (int(r["shard"]), int(r["index"])))
     rejects = sorted((e for kind, e in latest.values() if kind == "reject" and not _listable_again(e)),
                      key=lambda r: r["path"])
@@ -162,7 +164,7 @@ def _manifest_row(res: Decoded, key: str, labels: Labels | None, counts: Counter
         label, how = labels.label(res.path, res.meta.sop_uid, res.meta.study_uid)
         counts[f"label-by-{how}" if how else "unlabeled"] += 1
     row.update(path=res.path, content_hash=res.content_hash, patient_key=key,
-               steps="|".join(res.steps), label=label, split="")
+               steps="|".join(res.steps), label=label, split="", dhash=res.dhash)
     return row
 
 

@@ -93,6 +93,7 @@ class Decoded:
     meta: ImageMeta
     steps: tuple[str, ...]
     image: np.ndarray
+    dhash: str = ""  # hex dHash of ``image`` (split.stored_dhash): split never re-reads pixels
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from fibrosis.data.cache import to_cache_dtype
 from fibrosis.config import IngestConfig
 from fibrosis.data.records import Decoded, DecodeResult, Rejected, RejectKind, Skipped
 from fibrosis.data.pixels import NOT_AN_IMAGE, InputError, load_bytes, read_input
+from fibrosis.data.split import stored_dhash
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ def process_file(task: Task, cfg: IngestConfig) -> DecodeResult:
         # File-derived keys: readable stem + content hash, unique even for equal stems.
         derived = f"file:{Path(path).stem}-{digest[:8]}"
         meta = meta.replace(**{key: getattr(meta, key) or derived for key in ("study_uid", "series_uid", "sop_uid")})
-    return Decoded(path, digest, meta, tuple(res.steps), to_cache_dtype(res.image, cfg.cache_dtype))
+    stored = to_cache_dtype(res.image, cfg.cache_dtype)
+    return Decoded(path, digest, meta, tuple(res.steps), stored, stored_dhash(stored))
 
 
 def _reject(path: str, digest: str, kind: RejectKind, reason: str, ts: str) -> Rejected:

@@ -1,0 +1,162 @@
+"""Split at archive scale (issue 13): the near-duplicate index finds exactly the pairs of the old
+search, from dHashes recorded at ingest, and a group merging many patient keys is named."""
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dicom_factory import make_dicom
+from fibrosis.config import IngestConfig, SplitConfig
+from fibrosis.data.cache import MANIFEST_COLUMNS, CacheReader, to_cache_dtype
+from fibrosis.data.ingest import ingest
+from fibrosis.data.pixels import load_image
+from fibrosis.data.split import near_duplicate_arrays, near_duplicate_pairs, split_cache, stored_dhash
+from fibrosis.io import read_csv, write_csv
+
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo" / "images"
+
+
+def old_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
+    """The search as it was before issue 13 (verbatim): the reference for equivalence."""
+    n, nbytes = hashes.shape
+    bands = np.array_split(np.arange(nbytes), min(max_distance + 1, nbytes))
+    candidates: set[tuple[int, int]] = set()
+    for cols in bands:
+        buckets: dict[bytes, list[int]] = defaultdict(list)
+        for i, key in enumerate(hashes[:, cols]):
+            buckets[key.tobytes()].append(i)
+        for members in buckets.values():
+            candidates.update((a, b) for k, a in enumerate(members) for b in members[k + 1:])
+    out = []
+    for a, b in sorted(candidates):
+        d = int(np.unpackbits(hashes[a] ^ hashes[b]).sum())
+        if d <= max_distance:
+            out.append((a, b, d))
+    return out
+
+
+def clustered_hashes(n: int, seed: int, noise: float = 0.04) -> np.ndarray:
+    """Hashes like an archive's: a few hundred anatomical 'templates' with per-image bit noise,
+    exact copies and near copies (flipped bits) -- correlated, not uniform random."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (max(2, n // 20), 32), dtype=np.uint8)
+    bits = np.unpackbits(base[rng.integers(0, len(base), n)], axis=1)
+    bits ^= (rng.random(bits.shape) < noise).astype(np.uint8)
+    for _ in range(n // 10):  # near copies at 0..6 bits
+        src, dst = rng.integers(0, n, 2)
+        bits[dst] = bits[src]
+        bits[dst, rng.choice(256, int(rng.integers(0, 7)), replace=False)] ^= 1
+    bits[n // 2:n // 2 + 30] = bits[0]  # a cluster of 30 identical copies
+    return np.packbits(bits, axis=1)
+
+
+@pytest.mark.parametrize("max_distance", [0, 1, 4, 8, 17, 31])
+def test_index_finds_exactly_the_old_pairs_on_generated_hashes(max_distance):
+    hashes = clustered_hashes(1500, seed=max_distance)
+    expected = old_pairs(hashes, max_distance)
+    assert len(expected) > 30  # the comparison is not between two empty lists
+    assert near_duplicate_pairs(hashes, max_distance) == expected
+
+
+def test_index_finds_exactly_the_old_pairs_on_the_demo_radiographs():
+    files = sorted(DEMO.glob("*.dcm"))
+    if not files:
+        pytest.skip(f"{DEMO}: demo images absent")
+    cfg = IngestConfig(image_size=128)
+    hashes = np.stack([np.frombuffer(bytes.fromhex(stored_dhash(to_cache_dtype(load_image(f, cfg).image, "uint8"))),
+                                     np.uint8) for f in files])
+    for max_distance in (4, 16, 28, 31):
+        assert near_duplicate_pairs(hashes, max_distance) == old_pairs(hashes, max_distance)
+    assert len(old_pairs(hashes, 31)) > 0  # real radiographs at 31 bits: some pairs to compare
+
+
+def test_index_edge_cases_all_pairs_and_group_filter():
+    hashes = clustered_hashes(60, seed=3)
+    brute = [(a, b, int(np.unpackbits(hashes[a] ^ hashes[b]).sum())) for a in range(60) for b in range(a + 1, 60)]
+    assert near_duplicate_pairs(hashes, 256) == brute  # every pair is within 256 bits
+    assert near_duplicate_pairs(hashes[:1], 4) == []
+    groups = np.arange(60) // 2  # rows 2k and 2k+1 share a group: their pair is dropped
+    a, b, d = near_duplicate_arrays(hashes, 40, groups=groups)
+    assert list(zip(a.tolist(), b.tolist(), d.tolist())) == [p for p in brute if p[2] <= 40 and p[0] // 2 != p[1] // 2]
+
+
+def test_candidates_grow_linearly_not_quadratically():
+    """Timing-free check of the cost: 4x the images on correlated hashes must not cost ~16x.
+    The old search compared every pair that agreed on one 51-bit contiguous band."""
+    import time
+
+    def run(n: int) -> float:
+        h = clustered_hashes(n, seed=11, noise=0.15)
+        t = time.perf_counter()
+        near_duplicate_arrays(h, 4)
+        return time.perf_counter() - t
+
+    run(2000)  # warm-up
+    small, large = min(run(10_000) for _ in range(2)), min(run(40_000) for _ in range(2))
+    assert large < 8 * small + 0.05, (small, large)
+
+
+def _texture(seed: int, shape=(96, 80)) -> np.ndarray:
+    import cv2
+    noise = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    field = cv2.GaussianBlur(noise, (0, 0), 6)
+    field = (field - field.min()) / (field.max() - field.min())
+    return np.rint(field * 4000).astype(np.uint16)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(16):
+        make_dicom(d / f"p{i // 2}_{i % 2}.dcm", _texture(i), bits_stored=12, patient_id=f"P{i // 2}")
+    twin = _texture(0).astype(np.int32) + np.random.default_rng(9).integers(-3, 4, (96, 80))
+    make_dicom(d / "twin.dcm", twin.clip(0, 4095).astype(np.uint16), bits_stored=12, patient_id="OTHER-ID")
+    cfg = IngestConfig(image_size=64, min_side=1, polarity_qa="keep")
+    ingest([d], tmp_path / "c", cfg, workers=1, progress=False)
+    return tmp_path / "c"
+
+
+def test_ingest_records_the_dhash_split_would_compute_and_split_reads_no_pixels(cache, tmp_path):
+    rows = read_csv(cache / "manifest.csv")
+    reader = CacheReader(cache, rows)
+    assert [r["dhash"] for r in rows] == [stored_dhash(reader.raw(i)) for i in range(len(rows))]
+    split_cache(cache, SplitConfig(train=0.5, val=0.25, test=0.25))
+    expected = read_csv(cache / "manifest.csv"), (cache / "near_duplicates.csv").read_bytes()
+    # without the shards, split can only succeed from the stored hashes
+    (cache / "shards").rename(tmp_path / "shards-away")
+    split_cache(cache, SplitConfig(train=0.5, val=0.25, test=0.25), reassign=True)
+    assert (read_csv(cache / "manifest.csv"), (cache / "near_duplicates.csv").read_bytes()) == expected
+
+
+def test_manifest_without_dhash_column_is_split_identically_and_filled(cache):
+    split_cache(cache, SplitConfig(train=0.5, val=0.25, test=0.25))
+    expected = read_csv(cache / "manifest.csv"), (cache / "near_duplicates.csv").read_bytes()
+    old_columns = tuple(c for c in MANIFEST_COLUMNS if c != "dhash")  # a format-1 manifest of before
+    rows = read_csv(cache / "manifest.csv")
+    write_csv(cache / "manifest.csv", rows, old_columns)
+    with open(cache / "manifest.csv", newline="") as fh:
+        assert "dhash" not in next(csv.reader(fh))
+    split_cache(cache, SplitConfig(train=0.5, val=0.25, test=0.25), reassign=True)
+    assert (read_csv(cache / "manifest.csv"), (cache / "near_duplicates.csv").read_bytes()) == expected
+
+
+def test_a_group_merging_many_patient_keys_is_named(tmp_path, caplog):
+    d = tmp_path / "in"
+    d.mkdir()
+    img = _texture(5)
+    for i in range(5):  # one image exported under five patient IDs
+        make_dicom(d / f"copy{i}.dcm", img, bits_stored=12, patient_id=f"ID{i}")
+    for i in range(6):
+        make_dicom(d / f"other{i}.dcm", _texture(100 + i), bits_stored=12, patient_id=f"X{i}")
+    ingest([d], tmp_path / "c", IngestConfig(image_size=64, min_side=1, polarity_qa="keep"), workers=1, progress=False)
+    keys = sorted({r["patient_key"] for r in read_csv(tmp_path / "c" / "manifest.csv") if "copy" in r["path"]})
+    summary = split_cache(tmp_path / "c", SplitConfig(max_group_patients=4))
+    named = [w for w in summary.warnings if "merges 5 patient keys" in w]
+    assert len(named) == 1 and all(k in named[0] for k in keys)
+    assert "merges" in caplog.text
+    assert not [w for w in split_cache(tmp_path / "c", SplitConfig(max_group_patients=5)).warnings if "merges" in w]
