@@ -34,7 +34,7 @@ from fibrosis.io import read_csv, write_csv
 from fibrosis.config import IngestConfig, config_to_dict
 from fibrosis.data.discover import FOLDER_ERROR, discover_entries
 from fibrosis.data.identity import identity, patient_key, resolve_salt
-from fibrosis.data.records import Decoded, Rejected, RejectKind, Skipped
+from fibrosis.data.records import STAMP_COLUMNS, Decoded, Rejected, RejectKind, Skipped, file_stamp
 from fibrosis.data.labels import Labels, load_labels
 from fibrosis.data.pixels import POLARITY_EXCLUDED, preprocessing_signature, qa_flags
 from fibrosis.data.workers import ordered_map, process_file
@@ -164,7 +164,7 @@ def _manifest_row(res: Decoded, key: str, labels: Labels | None, counts: Counter
         label, how = labels.label(res.path, res.meta.sop_uid, res.meta.study_uid)
         counts[f"label-by-{how}" if how else "unlabeled"] += 1
     row.update(path=res.path, content_hash=res.content_hash, patient_key=key,
-               steps="|".join(res.steps), label=label, split="", dhash=res.dhash)
+               steps="|".join(res.steps), label=label, split="", dhash=res.dhash, **res.stamp)
     return row
 
 
@@ -181,6 +181,18 @@ def _hints_change(row: dict[str, str], hints: dict[str, Any], salt: str) -> bool
     return any(row.get(k, "") != v for k, v in want.items())
 
 
+def _unchanged(path: str, entry: dict[str, str]) -> bool:
+    """The file's stamp equals the one recorded with its committed row: skipped unread.
+    A row of an older version has no stamp and is hashed once (its stamp is then recorded)."""
+    if not all(entry.get(c) for c in STAMP_COLUMNS):
+        return False
+    try:
+        now = file_stamp(os.stat(path))
+    except OSError:
+        return False  # gone or unreadable: the worker reports it
+    return all(now[c] == entry[c] for c in STAMP_COLUMNS)
+
+
 def _commit_relabels(root: Path, writer: CacheWriter, rows: list[dict[str, str]]) -> None:
     """A rows-only part: the rows keep their own shard/index (no array is written), and
     being the newest part it wins at consolidation, in this and every later run."""
@@ -189,8 +201,12 @@ def _commit_relabels(root: Path, writer: CacheWriter, rows: list[dict[str, str]]
 
 
 def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *, strict: bool = False,
-           workers: int | None = None, progress: bool = True) -> IngestSummary:
-    """Ingest every input into ``cache_dir``; see the module docstring for the guarantees."""
+           workers: int | None = None, progress: bool = True, verify: bool = False) -> IngestSummary:
+    """Ingest every input into ``cache_dir``; see the module docstring for the guarantees.
+
+    A committed file whose (size, mtime_ns, device:inode) is unchanged is skipped without being
+    read -- a re-run or a resume costs a stat per file, not a hash of every byte; ``verify``
+    hashes every file anyway (a file rewritten with its old mtime restored is caught only so)."""
     root = Path(cache_dir)
     labels = load_labels(cfg.labels_csv, cfg.label_column) if cfg.labels_csv else None
     entries = discover_entries(inputs)
@@ -224,7 +240,7 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
             if kind == "row":
                 for k in _identity_keys(e["content_hash"], e["sop_uid"]):
                     owner.setdefault(k, e["path"])
-        tasks, new_label = [], {}
+        tasks, new_label, unread = [], {}, []
         for p in paths:
             kind, entry = latest.get(str(p), ("", {}))
             known = entry["content_hash"] if kind == "row" else ""
@@ -236,7 +252,10 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
                     label, _ = labels.label(str(p), entry["sop_uid"], entry["study_uid"])
                     if label != entry["label"]:
                         new_label[str(p)] = label
-            tasks.append((str(p), known, hints))
+            if known and not verify and _unchanged(str(p), entry):
+                unread.append(str(p))
+            else:
+                tasks.append((str(p), known, hints))
         n_workers = workers if workers is not None else (cfg.workers or len(os.sched_getaffinity(0)))
         images, rows, rejects, relabelled = [], [], [], []
         for path, error in folder_errors:  # an unlistable folder is accounted for as an input
@@ -248,14 +267,25 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
                 writer.write_shard(writer.next_shard_id(), images, rows, rejects)
                 images.clear(), rows.clear(), rejects.clear()
 
+        for path in unread:
+            summary.skipped += 1
+            if path in new_label:
+                relabelled.append({**latest[path][1], "label": new_label[path]})
+        if unread:
+            logger.info("%d file(s) unchanged since committed (size, mtime, inode): skipped unread", len(unread))
+        n_labels = sum(p in new_label for p in unread)
         bar = tqdm(total=len(tasks), unit="img", desc="ingest", disable=not progress)
         for res in ordered_map(process_file, tasks, cfg, max(1, min(n_workers, len(tasks)))):
             bar.update()
             path = res.path
             if isinstance(res, Skipped):
                 summary.skipped += 1
-                if path in new_label:
-                    relabelled.append({**latest[path][1], "label": new_label[path]})
+                entry = latest[path][1]
+                # Same content, new or missing stamp (touched, copied back, a cache of an older
+                # version): record the stamp, so the next run skips the file unread.
+                n_labels += path in new_label
+                if path in new_label or any(entry.get(c, "") != res.stamp.get(c, "") for c in STAMP_COLUMNS):
+                    relabelled.append({**entry, **res.stamp, "label": new_label.get(path, entry["label"])})
                 continue
             if isinstance(res, Decoded):
                 keys = _identity_keys(res.content_hash, res.meta.sop_uid)
@@ -281,7 +311,7 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
                 commit()
         commit()
         _commit_relabels(root, writer, relabelled)
-        summary.relabelled = len(relabelled)
+        summary.relabelled = n_labels
         bar.close()
         n_rows, n_rejects = consolidate(root)
     summary.unlabeled = counts["unlabeled"] if labels is not None else summary.ingested
