@@ -160,3 +160,23 @@ def test_a_group_merging_many_patient_keys_is_named(tmp_path, caplog):
     assert len(named) == 1 and all(k in named[0] for k in keys)
     assert "merges" in caplog.text
     assert not [w for w in split_cache(tmp_path / "c", SplitConfig(max_group_patients=5)).warnings if "merges" in w]
+
+
+def test_a_no_op_resplit_does_nothing_and_reports_the_same(cache):
+    cfg = SplitConfig(train=0.5, val=0.25, test=0.25)
+    first = split_cache(cache, cfg)
+    st = (cache / "manifest.csv").stat()
+    again = split_cache(cache, cfg)
+    assert ((cache / "manifest.csv").stat().st_ino, (cache / "manifest.csv").stat().st_mtime_ns) == \
+        (st.st_ino, st.st_mtime_ns)  # not rewritten
+    assert (again.counts, again.near_duplicates, again.warnings) == (first.counts, first.near_duplicates, first.warnings)
+    assert (again.kept, again.assigned) == (first.kept + first.assigned, 0)  # as a full run would say
+    # another seed with reassign, or a manifest changed by anyone, is split in full
+    split_cache(cache, SplitConfig(train=0.5, val=0.25, test=0.25, seed=3), reassign=True)
+    assert (cache / "manifest.csv").stat().st_ino != st.st_ino
+    rows = read_csv(cache / "manifest.csv")
+    for r in rows:
+        r["split"] = ""
+    write_csv(cache / "manifest.csv", rows, MANIFEST_COLUMNS)
+    split_cache(cache, SplitConfig(train=0.5, val=0.25, test=0.25, seed=3))
+    assert all(r["split"] for r in read_csv(cache / "manifest.csv"))

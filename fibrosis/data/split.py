@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import math
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from fibrosis.data.cache import MANIFEST_COLUMNS, CacheLock, CacheReader
 
-from fibrosis.io import read_csv, write_csv
+from fibrosis.io import file_sha256, read_csv, write_csv, write_json
 from fibrosis.config import SplitConfig
 
 logger = logging.getLogger(__name__)
@@ -243,6 +244,28 @@ def assign(rows: list[dict[str, str]], cfg: SplitConfig, links: list[tuple[str, 
     return result, kept, len(patients) - kept
 
 
+SPLIT_STATE = "split.json"  # what the last split saw (manifest sha256, config) and reported
+
+
+def _previous_split(root: Path, cfg: SplitConfig, reassign: bool) -> SplitSummary | None:
+    """The recorded summary, if the manifest is byte-identical to the one the last split wrote
+    and the config is the same: the split would come out identical (it is deterministic, and
+    without ``reassign`` it keeps every assignment the manifest has), so it is not recomputed.
+    A manifest rewritten by ingest, another config or a first ``reassign`` runs in full."""
+    try:
+        state = json.loads((root / SPLIT_STATE).read_text())
+        if (state["config"] != asdict(cfg) or (reassign and not state["reassign"])
+                or not (root / "near_duplicates.csv").exists()
+                or state["manifest_sha256"] != file_sha256(root / "manifest.csv")):
+            return None
+        done = SplitSummary(**state["summary"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no record (first split, older version) or an unreadable one: split in full
+    if not reassign:  # what a full run without reassign reports: every patient kept
+        done.kept, done.assigned = done.kept + done.assigned, 0
+    return done
+
+
 def _is_hex_hash(value: str | None, nbytes: int) -> bool:
     if not value or len(value) != 2 * nbytes:
         return False
@@ -296,6 +319,12 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
         raise FileNotFoundError(f"{manifest}: no manifest (run `fibrosis ingest` first)")
     summary = SplitSummary()
     with CacheLock(root):  # the same lock as ingest: no concurrent manifest writers
+        done = _previous_split(root, cfg, reassign)
+        if done is not None:
+            for w in done.warnings:
+                logger.warning("%s", w)
+            logger.info("split: manifest unchanged since the split recorded in %s: nothing to do", root / SPLIT_STATE)
+            return done
         rows = read_csv(manifest)
         if not rows:
             raise ValueError(f"{manifest}: no images to split")
@@ -318,6 +347,8 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
         write_csv(manifest, rows, MANIFEST_COLUMNS)
         write_csv(root / "near_duplicates.csv", _pair_rows(rows, a, b, d),
                   ("path_a", "path_b", "patient_a", "patient_b", "split_a", "split_b", "distance"))
+        (root / SPLIT_STATE).unlink(missing_ok=True)  # written again below, with the new summary
+        written = file_sha256(manifest)  # under the lock: an ingest after us changes it, and the record no longer holds
     groups = _Groups(patients)
     for x, y in links:
         groups.union(x, y)
@@ -349,6 +380,8 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
                                 "or re-split with reassign")
     for w in summary.warnings:
         logger.warning("%s", w)
+    write_json(root / SPLIT_STATE, {"manifest_sha256": written, "config": asdict(cfg),
+                                    "reassign": reassign, "summary": asdict(summary)})
     logger.info("split: %s; %d near-duplicate pair(s) across patients", summary.counts,
                 summary.near_duplicates)
     return summary
