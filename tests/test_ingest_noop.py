@@ -111,3 +111,22 @@ def test_a_cache_without_stamps_is_filled_and_keeps_every_other_value(tmp_path, 
     assert read_csv(cache / "manifest.csv") == before  # stamps filled, every other value identical
     _rewrite_keeping_stamp(folder / "ok03.dcm", seed=79)
     assert ingest([folder], cache, cfg, workers=1, progress=False).ingested == 0  # now skipped unread
+
+
+def test_the_runs_own_view_consolidates_exactly_as_the_parts_do(tmp_path, folder, cfg):
+    """Ingest consolidates from the entries it committed (one copy in memory), not by reading
+    every part back: both must give the same manifest and rejects, byte for byte."""
+    from fibrosis.data.ingest import consolidate
+
+    cache = tmp_path / "cache"
+    (folder / "junk.txt").write_text("not an image")
+    ingest([folder], cache, cfg, workers=1, progress=False)
+    _chest(folder / "ok05.dcm", 5)
+    os.utime(folder / "ok01.dcm")  # touched: a rows-only part with its new stamp
+    with open(folder / "ok02.dcm", "r+b") as fh:  # changed content: a new row
+        fh.seek(-64, os.SEEK_END)
+        fh.write(bytes(64))
+    ingest([folder], cache, cfg, workers=1, progress=False)
+    written = (cache / "manifest.csv").read_bytes(), (cache / "rejects.csv").read_bytes()
+    assert consolidate(cache) == (6, 1)
+    assert ((cache / "manifest.csv").read_bytes(), (cache / "rejects.csv").read_bytes()) == written

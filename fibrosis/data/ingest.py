@@ -18,13 +18,14 @@ Patient identity: PatientID is replaced by a salted, pseudonymous ``patient_key`
 """
 from __future__ import annotations
 
+import csv
 import logging
 import typing
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from tqdm import tqdm
 
@@ -114,20 +115,39 @@ def _latest_entries(cache_dir: Path) -> dict[str, tuple[str, dict[str, str]]]:
     return latest
 
 
-def consolidate(cache_dir: str | Path) -> tuple[int, int]:
+def _iter_csv(path: Path) -> Iterator[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        yield from csv.DictReader(fh)
+
+
+def _as_read(entry: dict[str, Any], columns: tuple[str, ...]) -> dict[str, str]:
+    """A committed row or reject as reading its part back would give it (all text)."""
+    return {k: "" if entry.get(k) is None else str(entry[k]) for k in columns}
+
+
+def consolidate(cache_dir: str | Path, latest: dict[str, tuple[str, dict[str, str]]] | None = None) -> tuple[int, int]:
     """Rewrite manifest.csv / rejects.csv from the committed parts; keeps ``split``
-    of rows whose path and content are unchanged. Returns (rows, rejects)."""
+    of rows whose path and content are unchanged. Returns (rows, rejects).
+
+    ``latest`` is the run's own view of the committed parts (what :func:`_latest_entries` would
+    read back), updated as it committed: passing it keeps one copy of the manifest in memory
+    instead of three (entries are completed in place, the old manifest is streamed for its
+    ``split`` and ``dhash`` only, and the CSV is streamed to disk)."""
     root = Path(cache_dir)
-    latest = _latest_entries(root)
+    if latest is None:
+        latest = _latest_entries(root)
     old_split: dict[tuple[str, str], tuple[str, str]] = {}  # -> (split, dhash)
     if (root / "manifest.csv").exists():
-        old_split = {(r["path"], r["content_hash"]): (r.get("split", ""), r.get("dhash") or "")
-                     for r in read_csv(root / "manifest.csv")}
-    rows = [dict(e) for kind, e in latest.values() if kind == "row"]
+        for r in _iter_csv(root / "manifest.csv"):
+            key = (r["path"], r["content_hash"])
+            if latest.get(r["path"], ("", {}))[0] == "row":  # only what the new manifest keeps
+                old_split[key] = (r.get("split", ""), r.get("dhash") or "")
+    rows = [e for kind, e in latest.values() if kind == "row"]
     for r in rows:
         r["split"], dhash = old_split.get((r["path"], r["content_hash"]), ("", ""))
         # parts of an older version have no dHash; split computed it into the manifest
         r["dhash"] = r.get("dhash") or dhash
+    del old_split
     rows.sort(key=lambda r: (int(r["shard"]), int(r["index"])))
     rejects = sorted((e for kind, e in latest.values() if kind == "reject" and not _listable_again(e)),
                      key=lambda r: r["path"])
@@ -265,6 +285,9 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
         def commit() -> None:
             if rows or rejects:
                 writer.write_shard(writer.next_shard_id(), images, rows, rejects)
+                # what consolidation would read back from the parts, without reading them
+                latest.update((r["path"], ("row", _as_read(r, MANIFEST_COLUMNS))) for r in rows)
+                latest.update((r["path"], ("reject", _as_read(r, REJECT_COLUMNS))) for r in rejects)
                 images.clear(), rows.clear(), rejects.clear()
 
         for path in unread:
@@ -311,9 +334,11 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
                 commit()
         commit()
         _commit_relabels(root, writer, relabelled)
+        latest.update((r["path"], ("row", _as_read(r, MANIFEST_COLUMNS))) for r in relabelled)
         summary.relabelled = n_labels
         bar.close()
-        n_rows, n_rejects = consolidate(root)
+        del tasks, relabelled, owner, new_label, unread
+        n_rows, n_rejects = consolidate(root, latest)
     summary.unlabeled = counts["unlabeled"] if labels is not None else summary.ingested
     for what, n in sorted(counts.items()):
         if what.startswith("patient-from"):
