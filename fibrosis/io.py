@@ -12,7 +12,7 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -48,6 +48,12 @@ def write_csv(path: Path, rows: Iterable[dict[str, Any]], columns: tuple[str, ..
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+def iter_csv(path: Path) -> Iterator[dict[str, str]]:
+    """The rows of a CSV one at a time (a manifest of a million rows is never a list)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        yield from csv.DictReader(fh)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

@@ -180,3 +180,66 @@ def test_a_no_op_resplit_does_nothing_and_reports_the_same(cache):
     write_csv(cache / "manifest.csv", rows, MANIFEST_COLUMNS)
     split_cache(cache, SplitConfig(train=0.5, val=0.25, test=0.25, seed=3))
     assert all(r["split"] for r in read_csv(cache / "manifest.csv"))
+
+
+def reference_split(cache: Path, cfg: SplitConfig, reassign: bool = False):
+    """Split as the code before issue 13 did it, row-wise: hashes from the pixels, the old pair
+    search, assign() over the full manifest rows. Returns (split per path, near_duplicates rows)."""
+    from fibrosis.data.split import assign, dhash
+
+    rows = read_csv(cache / "manifest.csv")
+    reader = CacheReader(cache, rows)
+    hashes = np.stack([dhash(reader.image(i)) for i in range(len(rows))])
+    pairs = old_pairs(hashes, cfg.near_duplicate_hamming)
+    links = [(rows[a]["patient_key"], rows[b]["patient_key"]) for a, b, _ in pairs
+             if rows[a]["patient_key"] != rows[b]["patient_key"]]
+    mapping, _, _ = assign(rows, cfg, links, reassign)
+    for r in rows:
+        r["split"] = mapping[r["patient_key"]]
+    near = [{"path_a": rows[a]["path"], "path_b": rows[b]["path"], "patient_a": rows[a]["patient_key"],
+             "patient_b": rows[b]["patient_key"], "split_a": rows[a]["split"], "split_b": rows[b]["split"],
+             "distance": str(d)} for a, b, d in pairs
+            if rows[a]["patient_key"] != rows[b]["patient_key"] or rows[a]["split"] != rows[b]["split"]]
+    return {r["path"]: r["split"] for r in rows}, near
+
+
+def _check_against_reference(cache: Path, cfg: SplitConfig, reassign: bool = False) -> None:
+    expected = reference_split(cache, cfg, reassign)
+    before = {r["path"]: r for r in read_csv(cache / "manifest.csv")}
+    split_cache(cache, cfg, reassign=reassign)
+    after = read_csv(cache / "manifest.csv")
+    assert ({r["path"]: r["split"] for r in after}, read_csv(cache / "near_duplicates.csv")) == expected
+    assert [{k: v for k, v in r.items() if k != "split"} for r in after] == \
+        [{k: v for k, v in before[r["path"]].items() if k != "split"} for r in after]  # nothing else moves
+
+
+def test_the_streaming_split_equals_the_old_row_wise_split(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    rng = np.random.default_rng(4)
+    labels = ["image,fibrosis"]
+    for i in range(60):  # 30 patients; every 7th image is a noisy copy of another under a third ID
+        src = _texture(i if i % 7 else i // 7)
+        img = np.clip(src.astype(np.int32) + rng.integers(-3, 4, src.shape), 0, 4095).astype(np.uint16)
+        pid = f"P{i // 2}" if i % 7 else f"COPY{i}"
+        make_dicom(d / f"f{i:02d}.dcm", img, bits_stored=12, patient_id=pid)
+        labels.append(f"f{i:02d}.dcm,{'' if i % 11 == 0 else int(i % 5 == 0)}")
+    (tmp_path / "labels.csv").write_text("\n".join(labels) + "\n")
+    cfg_i = IngestConfig(image_size=64, min_side=1, polarity_qa="keep", labels_csv=str(tmp_path / "labels.csv"))
+    ingest([d], tmp_path / "c", cfg_i, workers=1, progress=False)
+    cfg = SplitConfig(train=0.5, val=0.2, test=0.2, calib=0.1, seed=7, near_duplicate_hamming=6)
+    _check_against_reference(tmp_path / "c", cfg)
+    for i in range(60, 70):  # new patients: earlier assignments kept, new ones dealt
+        make_dicom(d / f"f{i:02d}.dcm", _texture(i), bits_stored=12, patient_id=f"P{i // 2}")
+    ingest([d], tmp_path / "c", cfg_i, workers=1, progress=False)
+    _check_against_reference(tmp_path / "c", cfg)
+    _check_against_reference(tmp_path / "c", SplitConfig(seed=3, near_duplicate_hamming=20), reassign=True)
+
+
+def test_the_demo_split_equals_the_old_row_wise_split(tmp_path):
+    if not any(DEMO.glob("*.dcm")):
+        pytest.skip(f"{DEMO}: demo images absent")
+    ingest([DEMO], tmp_path / "c", IngestConfig(image_size=128), workers=2, progress=False)
+    _check_against_reference(tmp_path / "c", SplitConfig())
+    _check_against_reference(tmp_path / "c", SplitConfig(seed=5, near_duplicate_hamming=31), reassign=True)
+    assert read_csv(tmp_path / "c" / "near_duplicates.csv")  # at 31 bits some real pairs exist

@@ -18,20 +18,19 @@ Patient identity: PatientID is replaced by a salted, pseudonymous ``patient_key`
 """
 from __future__ import annotations
 
-import csv
 import logging
 import typing
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from tqdm import tqdm
 
 from fibrosis.data.cache import MANIFEST_COLUMNS, REJECT_COLUMNS, CacheLock, CacheWriter, iter_parts
 
-from fibrosis.io import read_csv, write_csv
+from fibrosis.io import iter_csv, read_csv, write_csv
 from fibrosis.config import IngestConfig, config_to_dict
 from fibrosis.data.discover import FOLDER_ERROR, discover_entries
 from fibrosis.data.identity import identity, patient_key, resolve_salt
@@ -115,11 +114,6 @@ def _latest_entries(cache_dir: Path) -> dict[str, tuple[str, dict[str, str]]]:
     return latest
 
 
-def _iter_csv(path: Path) -> Iterator[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        yield from csv.DictReader(fh)
-
-
 def _as_read(entry: dict[str, Any], columns: tuple[str, ...]) -> dict[str, str]:
     """A committed row or reject as reading its part back would give it (all text)."""
     return {k: "" if entry.get(k) is None else str(entry[k]) for k in columns}
@@ -138,7 +132,7 @@ def consolidate(cache_dir: str | Path, latest: dict[str, tuple[str, dict[str, st
         latest = _latest_entries(root)
     old_split: dict[tuple[str, str], tuple[str, str]] = {}  # -> (split, dhash)
     if (root / "manifest.csv").exists():
-        for r in _iter_csv(root / "manifest.csv"):
+        for r in iter_csv(root / "manifest.csv"):
             key = (r["path"], r["content_hash"])
             if latest.get(r["path"], ("", {}))[0] == "row":  # only what the new manifest keeps
                 old_split[key] = (r.get("split", ""), r.get("dhash") or "")

@@ -23,14 +23,14 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import cv2
 import numpy as np
 
 from fibrosis.data.cache import MANIFEST_COLUMNS, CacheLock, CacheReader
 
-from fibrosis.io import file_sha256, read_csv, write_csv, write_json
+from fibrosis.io import file_sha256, iter_csv, write_csv, write_json
 from fibrosis.config import SplitConfig
 
 logger = logging.getLogger(__name__)
@@ -197,9 +197,10 @@ class _Groups:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def assign(rows: list[dict[str, str]], cfg: SplitConfig, links: list[tuple[str, str]] = (),
+def assign(rows: Iterable[dict[str, str]], cfg: SplitConfig, links: list[tuple[str, str]] = (),
            reassign: bool = False) -> tuple[dict[str, str], int, int]:
-    """patient_key -> split. ``links`` are patient pairs that must share a split."""
+    """patient_key -> split. ``links`` are patient pairs that must share a split. ``rows`` is
+    read twice (a list, or a re-iterable view such as ``_Compact.rows``)."""
     targets = fractions(cfg)
     patients = sorted({r["patient_key"] for r in rows})
     groups = _Groups(patients)
@@ -276,37 +277,73 @@ def _is_hex_hash(value: str | None, nbytes: int) -> bool:
     return True
 
 
-def manifest_hashes(root: Path, rows: list[dict[str, str]]) -> np.ndarray:
-    """(n, 32) dHashes: the manifest's ``dhash`` column (recorded at ingest), else -- a cache
-    written before the column existed -- from the pixels, one shard at a time with its memory
-    map closed after, so memory stays that of one shard. The caller writes them back."""
-    nbytes = DHASH_SIDE * DHASH_SIDE // 8
-    out = np.zeros((len(rows), nbytes), np.uint8)
-    missing: dict[int, list[int]] = defaultdict(list)  # shard -> row numbers
-    for i, r in enumerate(rows):
-        if _is_hex_hash(r.get("dhash"), nbytes):
-            out[i] = np.frombuffer(bytes.fromhex(r["dhash"]), np.uint8)
-        else:
-            missing[int(r["shard"])].append(i)
-    if missing:
+LABEL_TEXT = ("0", "1", "", "?")  # label codes of _Compact; "?" = any other text (counts as none)
+
+
+class _Compact:
+    """The four manifest columns split decides on, one small array entry per row (about 40
+    bytes, not a dict of every column): memory stays a small fraction of the manifest's size,
+    which is read twice as a stream instead (here, and to write the split column)."""
+
+    def __init__(self, manifest: Path):
+        nbytes = DHASH_SIDE * DHASH_SIDE // 8
+        code: dict[str, int] = {}
+        labels, splits = bytearray(), bytearray()
+        codes_list: list[int] = []
+        hashes = bytearray()
+        self.missing: dict[int, list[tuple[int, int]]] = defaultdict(list)  # shard -> (row, index)
+        label_code = {t: k for k, t in enumerate(LABEL_TEXT)}
+        split_code = {s: k for k, s in enumerate(SPLITS)}
+        for i, r in enumerate(iter_csv(manifest)):
+            codes_list.append(code.setdefault(r["patient_key"], len(code)))
+            labels.append(label_code.get(r.get("label") or "", 3))
+            splits.append(split_code.get(r.get("split") or "", 255))
+            h = r.get("dhash")
+            if _is_hex_hash(h, nbytes):
+                hashes += bytes.fromhex(h)
+            else:
+                hashes += bytes(nbytes)
+                self.missing[int(r["shard"])].append((i, int(r["index"])))
+        self.n = len(codes_list)
+        # patient codes in sorted-key order, as assign() and the old row-wise code sort them
+        self.patients = sorted(code)
+        rank = {p: k for k, p in enumerate(self.patients)}
+        remap = np.zeros(len(code), np.int64)
+        for p, c in code.items():
+            remap[c] = rank[p]
+        self.codes = remap[np.asarray(codes_list, np.int64)] if codes_list else np.zeros(0, np.int64)
+        self.labels = np.frombuffer(bytes(labels), np.uint8)
+        self.splits = np.frombuffer(bytes(splits), np.uint8)
+        self.hashes = np.frombuffer(bytes(hashes), np.uint8).reshape(self.n, nbytes).copy()
+        self.filled: dict[int, str] = {}  # row -> dHash computed from the pixels
+
+    def rows(self) -> Iterable[dict[str, str]]:
+        """What :func:`assign` reads of each row (it iterates twice: a re-iterable view)."""
+        compact = self
+
+        class _View:
+            def __iter__(self) -> Iterator[dict[str, str]]:
+                for c, lab, sp in zip(compact.codes.tolist(), compact.labels.tolist(), compact.splits.tolist()):
+                    yield {"patient_key": compact.patients[c], "label": LABEL_TEXT[lab],
+                           "split": SPLITS[sp] if sp < len(SPLITS) else ""}
+
+        return _View()
+
+    def fill_missing_hashes(self, root: Path) -> None:
+        """A cache written before the ``dhash`` column: hashes from the pixels, one shard at a
+        time with its memory map closed after, so memory stays that of one shard."""
+        if not self.missing:
+            return
         logger.info("split: %d image(s) without a stored dHash (cache from an older version): "
-                    "reading their pixels once", sum(map(len, missing.values())))
-        CacheReader(root, rows)  # checks cache.json (format, dtype) before any shard is read
-        for shard, idx in sorted(missing.items()):
+                    "reading their pixels once", sum(map(len, self.missing.values())))
+        CacheReader(root, [])  # checks cache.json (format, dtype) before any shard is read
+        for shard, idx in sorted(self.missing.items()):
             arr = np.load(root / "shards" / f"shard-{shard:06d}.npy", mmap_mode="r")
-            for i in idx:
-                h = stored_dhash(np.asarray(arr[int(rows[i]["index"])]))
-                out[i] = np.frombuffer(bytes.fromhex(h), np.uint8)
-                rows[i]["dhash"] = h
+            for i, index in idx:
+                h = stored_dhash(np.asarray(arr[index]))
+                self.hashes[i] = np.frombuffer(bytes.fromhex(h), np.uint8)
+                self.filled[i] = h
             del arr  # unmapped now: resident pages do not pile up shard after shard
-    return out
-
-
-def _pair_rows(rows: list[dict[str, str]], a: np.ndarray, b: np.ndarray, d: np.ndarray) -> Iterator[dict[str, Any]]:
-    for i, j, dist in zip(a.tolist(), b.tolist(), d.tolist()):
-        ra, rb = rows[i], rows[j]
-        yield {"path_a": ra["path"], "path_b": rb["path"], "patient_a": ra["patient_key"],
-               "patient_b": rb["patient_key"], "split_a": ra["split"], "split_b": rb["split"], "distance": dist}
 
 
 def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = False) -> SplitSummary:
@@ -325,27 +362,40 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
                 logger.warning("%s", w)
             logger.info("split: manifest unchanged since the split recorded in %s: nothing to do", root / SPLIT_STATE)
             return done
-        rows = read_csv(manifest)
-        if not rows:
+        m = _Compact(manifest)
+        if not m.n:
             raise ValueError(f"{manifest}: no images to split")
-        hashes = manifest_hashes(root, rows)
-        patients = sorted({r["patient_key"] for r in rows})
-        code = {p: k for k, p in enumerate(patients)}
-        codes = np.fromiter((code[r["patient_key"]] for r in rows), np.int64, len(rows))
+        m.fill_missing_hashes(root)
+        patients, codes = m.patients, m.codes
         # Only pairs across patient keys matter: one key always gets one split, so a pair
         # within a patient is neither a link nor a row of near_duplicates.csv.
-        a, b, d = near_duplicate_arrays(hashes, cfg.near_duplicate_hamming, groups=codes)
+        a, b, d = near_duplicate_arrays(m.hashes, cfg.near_duplicate_hamming, groups=codes)
         link_codes = np.unique(np.stack([np.minimum(codes[a], codes[b]), np.maximum(codes[a], codes[b])], 1), axis=0)
         links = [(patients[x], patients[y]) for x, y in link_codes.tolist()]
-        mapping, summary.kept, summary.assigned = assign(rows, cfg, links, reassign)
-        for r in rows:
-            r["split"] = mapping[r["patient_key"]]
+        mapping, summary.kept, summary.assigned = assign(m.rows(), cfg, links, reassign)
         split_code = {s: k for k, s in enumerate(SPLITS)}
         by_code = np.array([split_code[mapping[p]] for p in patients], np.int64)
+        row_split = by_code[codes]
         summary.near_duplicates = int(a.size)
-        summary.near_duplicates_across_splits = int((by_code[codes[a]] != by_code[codes[b]]).sum())
-        write_csv(manifest, rows, MANIFEST_COLUMNS)
-        write_csv(root / "near_duplicates.csv", _pair_rows(rows, a, b, d),
+        summary.near_duplicates_across_splits = int((row_split[a] != row_split[b]).sum())
+        in_pairs = set(a.tolist()) | set(b.tolist())
+        paths: dict[int, str] = {}
+
+        def rewritten() -> Iterator[dict[str, str]]:
+            for i, r in enumerate(iter_csv(manifest)):
+                r["split"] = mapping[r["patient_key"]]
+                if i in m.filled:
+                    r["dhash"] = m.filled[i]
+                if i in in_pairs:
+                    paths[i] = r["path"]
+                yield r
+
+        write_csv(manifest, rewritten(), MANIFEST_COLUMNS)
+        write_csv(root / "near_duplicates.csv",
+                  ({"path_a": paths[i], "path_b": paths[j], "patient_a": patients[codes[i]],
+                    "patient_b": patients[codes[j]], "split_a": SPLITS[row_split[i]],
+                    "split_b": SPLITS[row_split[j]], "distance": dist}
+                   for i, j, dist in zip(a.tolist(), b.tolist(), d.tolist())),
                   ("path_a", "path_b", "patient_a", "patient_b", "split_a", "split_b", "distance"))
         (root / SPLIT_STATE).unlink(missing_ok=True)  # written again below, with the new summary
         written = file_sha256(manifest)  # under the lock: an ingest after us changes it, and the record no longer holds
@@ -363,16 +413,19 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
             f"{cfg.max_group_patients}): {', '.join(ms[:8])}{', ...' if len(ms) > 8 else ''}; all share the "
             f"split {mapping[ms[0]]}. Many patients sharing near-identical images is more likely a template, "
             "phantom or re-used test image than one person; see near_duplicates.csv")
-    per_patient = Counter(r["patient_key"] for r in rows)
     for split in fractions(cfg):
-        sel = [r for r in rows if r["split"] == split]
+        sel = row_split == split_code[split]
+        lab = m.labels[sel]
         summary.counts[split] = {
-            "images": len(sel), "patients": len({r["patient_key"] for r in sel}),
-            "positive": sum(r["label"] == "1" for r in sel), "negative": sum(r["label"] == "0" for r in sel),
-            "unlabeled": sum(r["label"] == "" for r in sel)}
-    top, n_top = per_patient.most_common(1)[0]
-    if len(per_patient) > 1 and n_top >= max(10, 0.05 * len(rows)):
-        summary.warnings.append(f"patient key {top} holds {n_top} of {len(rows)} images: is PatientID a "
+            "images": int(sel.sum()), "patients": int(np.unique(codes[sel]).size),
+            "positive": int((lab == 1).sum()), "negative": int((lab == 0).sum()), "unlabeled": int((lab == 2).sum())}
+    per_patient = np.bincount(codes, minlength=len(patients))
+    n_top = int(per_patient.max())
+    first_row = np.full(len(patients), m.n, np.int64)
+    np.minimum.at(first_row, codes, np.arange(m.n))
+    top = patients[int(np.argmin(np.where(per_patient == n_top, first_row, m.n + 1)))]  # Counter's tie order
+    if len(patients) > 1 and n_top >= max(10, 0.05 * m.n):
+        summary.warnings.append(f"patient key {top} holds {n_top} of {m.n} images: is PatientID a "
                                 "placeholder (e.g. an anonymised export)? All of them share one split.")
     if summary.near_duplicates_across_splits:
         summary.warnings.append(f"{summary.near_duplicates_across_splits} near-duplicate pair(s) sit in "
