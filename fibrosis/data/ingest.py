@@ -19,8 +19,9 @@ Patient identity: PatientID is replaced by a salted, pseudonymous ``patient_key`
 from __future__ import annotations
 
 import logging
-import typing
 import os
+import sys
+import typing
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,11 +104,21 @@ def _listable_again(reject: dict[str, str]) -> bool:
 # ---------------------------------------------------------------- cache state
 
 
+# Columns unique to (almost) every row; every other value repeats across the archive
+# (modality, transfer syntax, steps, shard, label, ...) and is interned: one string object per
+# distinct value instead of one per row, a quarter of the index's memory at 100k rows.
+_UNIQUE_COLUMNS = frozenset(("path", "content_hash", "study_uid", "series_uid", "sop_uid", "patient_key",
+                             "dhash", "file_mtime_ns", "file_id"))
+
+
 def _latest_entries(cache_dir: Path) -> dict[str, tuple[str, dict[str, str]]]:
     """path -> ('row' | 'reject', entry) from the newest committed part naming it."""
     latest: dict[str, tuple[str, dict[str, str]]] = {}
     for _, rows, rejects in iter_parts(cache_dir):
         for r in rows:
+            for k, v in r.items():
+                if k not in _UNIQUE_COLUMNS and isinstance(v, str):
+                    r[k] = sys.intern(v)
             latest[r["path"]] = ("row", r)
         for r in rejects:
             latest[r["path"]] = ("reject", r)
