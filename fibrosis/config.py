@@ -86,6 +86,9 @@ class SplitConfig:
     calib: float = 0.0  # optional separate calibration split
     seed: int = 0
     near_duplicate_hamming: int = 4  # bits of a 256-bit dHash at or below which images are near-duplicates
+    # A near-duplicate group merging more patient keys than this is named in a warning: it is
+    # more likely a template, a phantom or a placeholder export than one person under many IDs.
+    max_group_patients: int = 10
 
 
 @dataclass(frozen=True)
@@ -376,6 +379,7 @@ RANGES: dict[str, str] = {
     "ingest.min_side": "[0, inf)", "ingest.max_file_mb": "[1, inf)", "ingest.max_inflated_mb": "[1, inf)", "ingest.voi_percentiles": "[0, 100]",
     "split.train": "[0, 1]", "split.val": "[0, 1]", "split.test": "[0, 1]", "split.calib": "[0, 1]",
     "split.seed": SEED, "split.near_duplicate_hamming": "[0, 256]",  # bits of a 256-bit dHash
+    "split.max_group_patients": "[1, inf)",
     "model.input_size": "[16, 4096]", "model.dropout": "[0, 1)",
     "train.stages.epochs": "[0, inf)", "train.stages.lr": "(0, inf)", "train.stages.warmup_epochs": "[0, inf)",
     "train.stages.weight_decay": "[0, inf)", "train.stages.layer_decay": "(0, 1]",

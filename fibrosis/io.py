@@ -8,12 +8,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.metadata
-import io
 import json
 import os
 import platform
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -28,18 +27,33 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_csv(path: Path, rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> None:
-    """Write rows atomically; missing keys become empty cells, extra keys are an error."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="raise", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+    """Write rows atomically; missing keys become empty cells, extra keys are an error.
+    Rows are streamed to the temporary file (``rows`` may be a generator): a manifest of a
+    million rows is never also held as one string."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="raise", lineterminator="\n")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+def iter_csv(path: Path) -> Iterator[dict[str, str]]:
+    """The rows of a CSV one at a time (a manifest of a million rows is never a list)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        yield from csv.DictReader(fh)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

@@ -71,7 +71,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     cfg = _config(args)
     _folder(args.cache, "--cache", create=True)
     summary = ingest(args.inputs, args.cache, cfg.ingest, strict=args.strict,
-                     workers=args.workers, progress=not args.no_progress)
+                     workers=args.workers, progress=not args.no_progress, verify=args.verify)
     logger.info("%s", summary)
     return summary.exit_code
 
@@ -245,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "study_instance_uid; label column = ingest.label_column")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
     p.add_argument("--strict", action="store_true", help="exit non-zero on any rejected file")
+    p.add_argument("--verify", action="store_true",
+                   help="hash every file, even those unchanged (size, mtime, inode) since committed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_args(p)
 

@@ -37,6 +37,11 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "view_position", "body_part", "modality", "manufacturer", "model_name",
     "sex", "age", "pixel_spacing", "rows", "cols",
     "transfer_syntax", "photometric", "steps", "label", "split",
+    # Added in 2026-11 (issue 13), after every earlier column so those keep their values and
+    # places; a manifest without them is read as before and filled on the next ingest/split.
+    "dhash",  # hex 256-bit dHash of the cached image: split finds near-duplicates without pixels
+    # records.file_stamp of the file when it was read: a re-run skips it unread if unchanged
+    "file_size", "file_mtime_ns", "file_id",
 )
 REJECT_COLUMNS: tuple[str, ...] = ("path", "kind", "reason", "transfer_syntax")
 DTYPES = {"uint8": np.uint8, "uint16": np.uint16}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -93,6 +94,8 @@ class Decoded:
     meta: ImageMeta
     steps: tuple[str, ...]
     image: np.ndarray
+    dhash: str = ""  # hex dHash of ``image`` (split.stored_dhash): split never re-reads pixels
+    stamp: dict[str, str] = field(default_factory=dict)  # file_stamp() taken before reading
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,18 @@ class Skipped:
     """A file already committed with this content hash: not decoded again."""
     path: str
     content_hash: str
+    stamp: dict[str, str] = field(default_factory=dict)  # file_stamp() taken before reading
+
+
+STAMP_COLUMNS: tuple[str, ...] = ("file_size", "file_mtime_ns", "file_id")
+
+
+def file_stamp(st: os.stat_result) -> dict[str, str]:
+    """What tells an unchanged file without reading it (as rsync and make do): size,
+    modification time in ns and the file's identity (device:inode). A rewrite changes the
+    mtime, a replacement by rename changes the inode; ``--verify`` still hashes everything."""
+    return {"file_size": str(st.st_size), "file_mtime_ns": str(st.st_mtime_ns),
+            "file_id": f"{st.st_dev}:{st.st_ino}"}
 
 
 @dataclass(frozen=True)

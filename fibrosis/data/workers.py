@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,17 +36,29 @@ from typing import Any, Callable, Iterable, Iterator
 
 from fibrosis.data.cache import to_cache_dtype
 from fibrosis.config import IngestConfig
-from fibrosis.data.records import Decoded, DecodeResult, Rejected, RejectKind, Skipped
+from fibrosis.data.records import Decoded, DecodeResult, Rejected, RejectKind, Skipped, file_stamp
 from fibrosis.data.pixels import NOT_AN_IMAGE, InputError, load_bytes, read_input
+from fibrosis.data.split import stored_dhash
 
 logger = logging.getLogger(__name__)
 
 Task = tuple[str, str, dict[str, Any]]  # (path, content hash already committed or "", hints)
+RACY_NS = 2_000_000_000  # coarser than any file system's mtime granularity (FAT: 2 s)
 
 
 def process_file(task: Task, cfg: IngestConfig) -> DecodeResult:
     """Hash, skip-check, load and quantise one file."""
     path, known_hash, hints = task
+    try:
+        # Taken before the read: if the file changes while being read, the next run sees a
+        # newer stamp than the recorded one and hashes it again (never the other way round).
+        st = os.stat(path)
+        # "Racily clean" (as git calls it): a file modified within the timestamp granularity
+        # of its read could change again with the same mtime, so its stamp is not trusted;
+        # it is hashed on the next run, which records the stamp once the file is older.
+        stamp = file_stamp(st) if time.time_ns() - st.st_mtime_ns > RACY_NS else {}
+    except OSError:
+        stamp = {}  # read_input reports why the file cannot be read
     try:
         data, digest = read_input(path, cfg)  # bounded by ingest.max_file_mb, regular files only
     except InputError as exc:
@@ -53,7 +66,7 @@ def process_file(task: Task, cfg: IngestConfig) -> DecodeResult:
     except MemoryError:
         return _reject(path, "", "error", "out of memory while reading", "")
     if known_hash and digest == known_hash:
-        return Skipped(path, digest)
+        return Skipped(path, digest, stamp)
     if data is None:
         return _reject(path, digest, "error", NOT_AN_IMAGE, "")
     try:
@@ -75,7 +88,8 @@ def process_file(task: Task, cfg: IngestConfig) -> DecodeResult:
         # File-derived keys: readable stem + content hash, unique even for equal stems.
         derived = f"file:{Path(path).stem}-{digest[:8]}"
         meta = meta.replace(**{key: getattr(meta, key) or derived for key in ("study_uid", "series_uid", "sop_uid")})
-    return Decoded(path, digest, meta, tuple(res.steps), to_cache_dtype(res.image, cfg.cache_dtype))
+    stored = to_cache_dtype(res.image, cfg.cache_dtype)
+    return Decoded(path, digest, meta, tuple(res.steps), stored, stored_dhash(stored), stamp)
 
 
 def _reject(path: str, digest: str, kind: RejectKind, reason: str, ts: str) -> Rejected:
