@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from fibrosis.data.cache import MANIFEST_COLUMNS, REJECT_COLUMNS, CacheLock, CacheWriter, iter_parts
 
-from fibrosis.io import iter_csv, read_csv, write_csv
+from fibrosis.io import iter_csv, write_csv
 from fibrosis.config import IngestConfig, config_to_dict
 from fibrosis.data.discover import FOLDER_ERROR, discover_entries
 from fibrosis.data.identity import identity, patient_key, resolve_salt
@@ -234,18 +234,8 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
     hashes every file anyway (a file rewritten with its old mtime restored is caught only so)."""
     root = Path(cache_dir)
     labels = load_labels(cfg.labels_csv, cfg.label_column) if cfg.labels_csv else None
-    entries = discover_entries(inputs)
-    if labels is not None:
-        entries = [e for e in entries if e[0] != str(Path(cfg.labels_csv).resolve())]
-    # A cache placed inside an input folder holds our own outputs, not inputs.
-    # (discover_entries returns resolved paths: only the cache folder needs resolving.)
-    resolved_root = root.resolve()
-    kept = [e for e in entries if not Path(e[0]).is_relative_to(resolved_root)]
-    if len(kept) < len(entries):
-        logger.info("%d file(s) under the cache folder %s are not inputs", len(entries) - len(kept), root)
-        entries = kept
+    entries = _input_entries(inputs, root, cfg, labels)
     paths = [Path(p) for p, error in entries if not error]
-    folder_errors = [(p, error) for p, error in entries if error]
     if labels is not None:
         labels.check_unique(paths)  # before any work: a label must never reach two images
     root.mkdir(parents=True, exist_ok=True)
@@ -257,99 +247,163 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
                              ingest_config=config_to_dict(cfg))
         salt = resolve_salt(root, record=True)
         latest = _latest_entries(root)
-        # Duplicates: the same bytes, or the same DICOM instance re-exported (same
-        # SOPInstanceUID, other transfer syntax or header) -- either would let one
-        # image sit in two splits. The first path (commit order, then sorted) wins.
-        owner: dict[str, str] = {}  # content hash or "sop:" + SOPInstanceUID -> path
-        for kind, e in latest.values():
-            if kind == "row":
-                for k in _identity_keys(e["content_hash"], e["sop_uid"]):
-                    owner.setdefault(k, e["path"])
-        tasks, new_label, unread = [], {}, []
-        for p in paths:
-            kind, entry = latest.get(str(p), ("", {}))
-            known = entry["content_hash"] if kind == "row" else ""
-            hints = labels.hints(p) if labels else {}
-            if known and labels is not None:
-                if _hints_change(entry, hints, salt):
-                    known = ""  # patient key / view policy come from decoding with the hints
-                else:
-                    label, _ = labels.label(str(p), entry["sop_uid"], entry["study_uid"])
-                    if label != entry["label"]:
-                        new_label[str(p)] = label
-            if known and not verify and _unchanged(str(p), entry):
-                unread.append(str(p))
-            else:
-                tasks.append((str(p), known, hints))
-        n_workers = workers if workers is not None else (cfg.workers or len(os.sched_getaffinity(0)))
-        images, rows, rejects, relabelled = [], [], [], []
-        for path, error in folder_errors:  # an unlistable folder is accounted for as an input
-            rejects.append({"path": path, "kind": "error", "reason": error, "transfer_syntax": ""})
-            summary.rejected["error"] += 1
-
-        def commit() -> None:
-            if rows or rejects:
-                writer.write_shard(writer.next_shard_id(), images, rows, rejects)
-                # what consolidation would read back from the parts, without reading them
-                latest.update((r["path"], ("row", _as_read(r, MANIFEST_COLUMNS))) for r in rows)
-                latest.update((r["path"], ("reject", _as_read(r, REJECT_COLUMNS))) for r in rejects)
-                images.clear(), rows.clear(), rejects.clear()
-
-        for path in unread:
+        plan = _plan(paths, latest, labels, salt, verify)
+        shards = _Shards(writer, latest, cfg.shard_size, _owners(latest))
+        for path, error in entries:  # an unlistable folder is accounted for as an input
+            if error:
+                shards.reject(Rejected(path, "", "error", error), summary)
+        for path in plan.unread:
             summary.skipped += 1
-            if path in new_label:
-                relabelled.append({**latest[path][1], "label": new_label[path]})
-        if unread:
-            logger.info("%d file(s) unchanged since committed (size, mtime, inode): skipped unread", len(unread))
-        n_labels = sum(p in new_label for p in unread)
-        bar = tqdm(total=len(tasks), unit="img", desc="ingest", disable=not progress)
-        for res in ordered_map(process_file, tasks, cfg, max(1, min(n_workers, len(tasks)))):
+            if path in plan.new_label:
+                shards.relabelled.append({**latest[path][1], "label": plan.new_label[path]})
+        if plan.unread:
+            logger.info("%d file(s) unchanged since committed (size, mtime, inode): skipped unread", len(plan.unread))
+        n_labels = sum(p in plan.new_label for p in plan.unread)
+        n_workers = workers if workers is not None else (cfg.workers or len(os.sched_getaffinity(0)))
+        bar = tqdm(total=len(plan.tasks), unit="img", desc="ingest", disable=not progress)
+        for res in ordered_map(process_file, plan.tasks, cfg, max(1, min(n_workers, len(plan.tasks)))):
             bar.update()
-            path = res.path
             if isinstance(res, Skipped):
                 summary.skipped += 1
-                entry = latest[path][1]
-                # Same content, new or missing stamp (touched, copied back, a cache of an older
-                # version): record the stamp, so the next run skips the file unread.
-                n_labels += path in new_label
-                if path in new_label or any(entry.get(c, "") != res.stamp.get(c, "") for c in STAMP_COLUMNS):
-                    relabelled.append({**entry, **res.stamp, "label": new_label.get(path, entry["label"])})
-                continue
-            if isinstance(res, Decoded):
-                keys = _identity_keys(res.content_hash, res.meta.sop_uid)
-                clash = next(((k, owner[k]) for k in keys if owner.get(k, path) != path), None)
-                if clash is not None:
-                    what = (f"same (0008,0018) SOPInstanceUID {clash[0][4:]}" if clash[0].startswith("sop:")
-                            else f"identical content (sha256 {res.content_hash[:16]}...)")
-                    res = Rejected(path, res.content_hash, "duplicate", f"{what} as {clash[1]}",
-                                   res.meta.transfer_syntax)
-                else:
-                    owner.update((k, path) for k in keys)
-                    rows.append(_manifest_row(res, identity(res.meta, res.content_hash, salt, counts), labels, counts))
-                    images.append(res.image)
-                    summary.ingested += 1
-                    summary.qa_flagged += bool(qa_flags(res.steps))
-            if isinstance(res, Rejected):
-                rejects.append({"path": path, "kind": res.kind, "reason": res.reason,
-                                "transfer_syntax": res.transfer_syntax})
-                summary.rejected[res.kind] += 1
-                summary.qa_excluded += res.kind == "excluded" and res.reason.startswith(POLARITY_EXCLUDED)
-                logger.debug("%s: %s: %s", path, res.kind, res.reason)
-            if len(rows) >= cfg.shard_size or len(rejects) >= cfg.shard_size:
-                commit()
-        commit()
-        _commit_relabels(root, writer, relabelled)
-        latest.update((r["path"], ("row", _as_read(r, MANIFEST_COLUMNS))) for r in relabelled)
+                n_labels += res.path in plan.new_label
+                shards.skipped(res, plan.new_label)
+            elif isinstance(res, Decoded):
+                shards.decoded(res, lambda r: _manifest_row(r, identity(r.meta, r.content_hash, salt, counts),
+                                                             labels, counts), summary)
+            else:
+                shards.reject(res, summary)
+        shards.commit()
+        _commit_relabels(root, writer, shards.relabelled)
+        latest.update((r["path"], ("row", _as_read(r, MANIFEST_COLUMNS))) for r in shards.relabelled)
         summary.relabelled = n_labels
         bar.close()
-        del tasks, relabelled, owner, new_label, unread
+        del plan, shards
         n_rows, n_rejects = consolidate(root, latest)
-    summary.unlabeled = counts["unlabeled"] if labels is not None else summary.ingested
+    _log_summary(summary, counts, labels is not None, cfg, n_rows, n_rejects)
+    return summary
+
+
+def _input_entries(inputs: list[str | Path], root: Path, cfg: IngestConfig,
+                   labels: Labels | None) -> list[tuple[str, str]]:
+    """(path, discovery error) of every input; the labels CSV and the cache's own files
+    (a cache placed inside an input folder holds our outputs) are not inputs."""
+    entries = discover_entries(inputs)
+    if labels is not None:
+        entries = [e for e in entries if e[0] != str(Path(cfg.labels_csv).resolve())]
+    # discover_entries returns resolved paths: only the cache folder needs resolving.
+    resolved_root = root.resolve()
+    kept = [e for e in entries if not Path(e[0]).is_relative_to(resolved_root)]
+    if len(kept) < len(entries):
+        logger.info("%d file(s) under the cache folder %s are not inputs", len(entries) - len(kept), root)
+    return kept
+
+
+@dataclass
+class _Plan:
+    tasks: list[tuple[str, str, dict[str, Any]]]  # for the decode workers: (path, known hash, hints)
+    new_label: dict[str, str]  # path -> corrected label of a committed file
+    unread: list[str]  # committed and unchanged by stat: not even hashed
+
+
+def _plan(paths: list[Path], latest: dict[str, tuple[str, dict[str, str]]], labels: Labels | None,
+          salt: str, verify: bool) -> _Plan:
+    """Which files to decode, which to hash only, which to skip unread, and which labels changed."""
+    plan = _Plan([], {}, [])
+    for p in paths:
+        kind, entry = latest.get(str(p), ("", {}))
+        known = entry["content_hash"] if kind == "row" else ""
+        hints = labels.hints(p) if labels else {}
+        if known and labels is not None:
+            if _hints_change(entry, hints, salt):
+                known = ""  # patient key / view policy come from decoding with the hints
+            else:
+                label, _ = labels.label(str(p), entry["sop_uid"], entry["study_uid"])
+                if label != entry["label"]:
+                    plan.new_label[str(p)] = label
+        if known and not verify and _unchanged(str(p), entry):
+            plan.unread.append(str(p))
+        else:
+            plan.tasks.append((str(p), known, hints))
+    return plan
+
+
+def _owners(latest: dict[str, tuple[str, dict[str, str]]]) -> dict[str, str]:
+    """Content hash or "sop:" + SOPInstanceUID -> the committed path that owns it."""
+    owner: dict[str, str] = {}
+    for kind, e in latest.values():
+        if kind == "row":
+            for k in _identity_keys(e["content_hash"], e["sop_uid"]):
+                owner.setdefault(k, e["path"])
+    return owner
+
+
+class _Shards:
+    """Buffers results into shards and commits each when full.
+
+    Duplicates are found here: the same bytes, or the same DICOM instance re-exported (same
+    SOPInstanceUID, other transfer syntax or header) -- either would let one image sit in
+    two splits. The first path (commit order, then sorted) wins."""
+
+    def __init__(self, writer: CacheWriter, latest: dict[str, tuple[str, dict[str, str]]], size: int,
+                 owner: dict[str, str]):
+        self.writer, self.latest, self.size, self.owner = writer, latest, size, owner
+        self.images: list[Any] = []
+        self.rows: list[dict[str, Any]] = []
+        self.rejects: list[dict[str, Any]] = []
+        self.relabelled: list[dict[str, Any]] = []  # rows-only updates: labels and stamps
+
+    def skipped(self, res: Skipped, new_label: dict[str, str]) -> None:
+        entry = self.latest[res.path][1]
+        # Same content, new or missing stamp (touched, copied back, a cache of an older
+        # version): record the stamp, so the next run skips the file unread.
+        if res.path in new_label or any(entry.get(c, "") != res.stamp.get(c, "") for c in STAMP_COLUMNS):
+            self.relabelled.append({**entry, **res.stamp, "label": new_label.get(res.path, entry["label"])})
+
+    def decoded(self, res: Decoded, manifest_row: Any, summary: IngestSummary) -> None:
+        keys = _identity_keys(res.content_hash, res.meta.sop_uid)
+        clash = next(((k, self.owner[k]) for k in keys if self.owner.get(k, res.path) != res.path), None)
+        if clash is not None:
+            what = (f"same (0008,0018) SOPInstanceUID {clash[0][4:]}" if clash[0].startswith("sop:")
+                    else f"identical content (sha256 {res.content_hash[:16]}...)")
+            self.reject(Rejected(res.path, res.content_hash, "duplicate", f"{what} as {clash[1]}",
+                                 res.meta.transfer_syntax), summary)
+            return
+        self.owner.update((k, res.path) for k in keys)
+        self.rows.append(manifest_row(res))
+        self.images.append(res.image)
+        summary.ingested += 1
+        summary.qa_flagged += bool(qa_flags(res.steps))
+        self._maybe_commit()
+
+    def reject(self, res: Rejected, summary: IngestSummary) -> None:
+        self.rejects.append({"path": res.path, "kind": res.kind, "reason": res.reason,
+                             "transfer_syntax": res.transfer_syntax})
+        summary.rejected[res.kind] += 1
+        summary.qa_excluded += res.kind == "excluded" and res.reason.startswith(POLARITY_EXCLUDED)
+        logger.debug("%s: %s: %s", res.path, res.kind, res.reason)
+        self._maybe_commit()
+
+    def _maybe_commit(self) -> None:
+        if len(self.rows) >= self.size or len(self.rejects) >= self.size:
+            self.commit()
+
+    def commit(self) -> None:
+        if self.rows or self.rejects:
+            self.writer.write_shard(self.writer.next_shard_id(), self.images, self.rows, self.rejects)
+            # what consolidation would read back from the parts, without reading them
+            self.latest.update((r["path"], ("row", _as_read(r, MANIFEST_COLUMNS))) for r in self.rows)
+            self.latest.update((r["path"], ("reject", _as_read(r, REJECT_COLUMNS))) for r in self.rejects)
+            self.images.clear(), self.rows.clear(), self.rejects.clear()
+
+
+def _log_summary(summary: IngestSummary, counts: Counter, labelled: bool, cfg: IngestConfig,
+                 n_rows: int, n_rejects: int) -> None:
+    summary.unlabeled = counts["unlabeled"] if labelled else summary.ingested
     for what, n in sorted(counts.items()):
         if what.startswith("patient-from"):
             logger.warning("%d image(s) without PatientID: patient key derived from the %s, so images "
                            "of one patient may land in different splits", n, what.split("-")[-1])
-    if labels is not None and counts["unlabeled"]:
+    if labelled and counts["unlabeled"]:
         logger.warning("%d ingested image(s) have no row in %s", counts["unlabeled"], cfg.labels_csv)
     logger.info("ingest: %d inputs, %d ingested, %d skipped (%d relabelled), rejected %s; cache now "
                 "%d images, %d rejects", summary.inputs, summary.ingested, summary.skipped,
@@ -359,4 +413,3 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
         logger.warning("polarity QA (ingest.polarity_qa=%s): %d image(s) excluded as suspected inverted, "
                        "%d ingested with a qa: note (manifest steps)", cfg.polarity_qa,
                        summary.qa_excluded, summary.qa_flagged)
-    return summary
