@@ -6,7 +6,6 @@ import csv
 import json
 import shutil
 from html import unescape
-from pathlib import Path
 
 import numpy as np
 import pytest
