@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from fibrosis.data.cache import CacheReader
-from fibrosis.data.records import Preprocessing, parse_label
+from fibrosis.data.records import Preprocessing, require_label
 from fibrosis.config import AugmentConfig
 
 
@@ -56,15 +56,7 @@ def normalise(img01: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
 
 
 def row_label(row: dict[str, str]) -> float:
-    value = row.get("label", "")
-    try:
-        label = parse_label(value)
-    except ValueError:
-        label = None
-    if label is None:
-        raise ValueError(f"{row.get('path', '?')}: label={value!r}; expected 0 or 1 "
-                         f"(ingest with labels to train)")
-    return float(label)
+    return float(require_label(row.get("label", ""), row.get("path", "?"), "ingest with labels to train"))
 
 
 class CacheDataset(Dataset):

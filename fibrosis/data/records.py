@@ -167,3 +167,14 @@ def parse_label(text: Any) -> int | None:
     if value == "":
         return None
     raise ValueError(f"label {value!r}; allowed: 0, 1 or empty (unlabelled)")
+
+
+def require_label(text: Any, where: str, why: str) -> int:
+    """:func:`parse_label` where a label must be there: ValueError naming ``where`` otherwise."""
+    try:
+        label = parse_label(text)
+    except ValueError:
+        label = None
+    if label is None:
+        raise ValueError(f"{where}: label={'' if text is None else text!r}; expected 0 or 1 ({why})")
+    return label

@@ -197,18 +197,25 @@ class _Groups:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def assign(rows: Iterable[dict[str, str]], cfg: SplitConfig, links: list[tuple[str, str]] = (),
-           reassign: bool = False) -> tuple[dict[str, str], int, int]:
-    """patient_key -> split. ``links`` are patient pairs that must share a split. ``rows`` is
-    read twice (a list, or a re-iterable view such as ``_Compact.rows``)."""
-    targets = fractions(cfg)
-    patients = sorted({r["patient_key"] for r in rows})
+def _linked(patients: Iterable[str], links: Iterable[tuple[str, str]]) -> tuple["_Groups", dict[str, list[str]]]:
+    """Union-find over near-duplicate links: (the groups, root -> its patients in input order)."""
+    patients = list(patients)
     groups = _Groups(patients)
     for a, b in links:
         groups.union(a, b)
     members: dict[str, list[str]] = defaultdict(list)
     for p in patients:
         members[groups.find(p)].append(p)
+    return groups, members
+
+
+def assign(rows: Iterable[dict[str, str]], cfg: SplitConfig, links: list[tuple[str, str]] = (),
+           reassign: bool = False) -> tuple[dict[str, str], int, int]:
+    """patient_key -> split. ``links`` are patient pairs that must share a split. ``rows`` is
+    read twice (a list, or a re-iterable view such as ``_Compact.rows``)."""
+    targets = fractions(cfg)
+    patients = sorted({r["patient_key"] for r in rows})
+    groups, members = _linked(patients, links)
     labels: dict[str, set[str]] = defaultdict(set)
     existing: dict[str, Counter] = defaultdict(Counter)  # patient -> split -> images
     for r in rows:
@@ -399,12 +406,7 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
                   ("path_a", "path_b", "patient_a", "patient_b", "split_a", "split_b", "distance"))
         (root / SPLIT_STATE).unlink(missing_ok=True)  # written again below, with the new summary
         written = file_sha256(manifest)  # under the lock: an ingest after us changes it, and the record no longer holds
-    groups = _Groups(patients)
-    for x, y in links:
-        groups.union(x, y)
-    members: dict[str, list[str]] = defaultdict(list)
-    for p in patients:
-        members[groups.find(p)].append(p)
+    _, members = _linked(patients, links)
     for ms in sorted(members.values(), key=lambda ms: (-len(ms), ms[0])):
         if len(ms) <= cfg.max_group_patients:
             break

@@ -29,7 +29,7 @@ import numpy as np
 from fibrosis.evaluate import metrics as M
 from fibrosis.evaluate import operating as O
 from fibrosis.data.cache import MANIFEST_COLUMNS
-from fibrosis.data.records import parse_label
+from fibrosis.data.records import require_label
 from fibrosis.io import write_csv, write_json
 from fibrosis.model.calibration import Calibrator, calibrator_from_dict, make_calibrator
 from fibrosis.numeric import MetricWarning, check_binary, sigmoid
@@ -62,15 +62,9 @@ class Predictions:
             raise ValueError(f"split {split!r}: {len(rows)} manifest rows but {len(z)} logits")
         labels = []
         for i, r in enumerate(rows):
-            value = str(r.get("label", "")).strip()
-            try:
-                label = parse_label(value)
-            except ValueError:
-                label = None
-            if label is None:
-                raise ValueError(f"split {split!r}, row {i} (patient_key={r.get('patient_key')!r}): "
-                                 f"label={value!r}; expected 0 or 1 (evaluation needs labelled data)")
-            labels.append(label)
+            labels.append(require_label(str(r.get("label", "")).strip(),
+                                        f"split {split!r}, row {i} (patient_key={r.get('patient_key')!r})",
+                                        "evaluation needs labelled data"))
         keys = [str(r.get("patient_key") or "") for r in rows]
         if any(not k for k in keys):
             raise ValueError(f"split {split!r}: {sum(not k for k in keys)} row(s) without patient_key; "
