@@ -222,7 +222,9 @@ def build_model(arch: str, weights: str = "none", *, weights_sha256: str | None 
         info.update(sha256=digest, pretrained=True, file=path.name)
         logger.info("loaded %s weights from %s (sha256 %s)", arch, path, digest)
     elif weights == "none":
-        logger.info("%s: random init (model.weights=none)", arch)
+        # Debug, not info: load_model and ensembles build this skeleton and load trained weights
+        # next; a run that really trains from random init says so loudly in fibrosis.train.
+        logger.debug("%s: built without pretrained weights (model.weights=none)", arch)
     num_features = _classifier_in_features(net, spec)
     _set_module(net, spec.first_conv, fold_first_conv(net.get_submodule(spec.first_conv)))
     _set_module(net, spec.classifier, nn.Identity())
