@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -203,6 +203,18 @@ def _one_by_one(fn: Callable, tasks: list[Task], cfg: IngestConfig, ctx: Any) ->
             ex.shutdown(wait=True)
 
 
+def _submit(ex: ProcessPoolExecutor, fn: Callable, task: Task, cfg: IngestConfig) -> Future:
+    """``ex.submit``, except that a pool which broke while the window was being filled (a worker
+    died at once) yields a failed future instead of raising here: every break then takes the
+    one path below, which tells a crashing file from workers that cannot start at all."""
+    try:
+        return ex.submit(fn, task, cfg)
+    except BrokenProcessPool as exc:
+        fut: Future = Future()
+        fut.set_exception(exc)
+        return fut
+
+
 def ordered_map(fn: Callable[[Task, IngestConfig], dict[str, Any]], tasks: Iterable[Task],
                 cfg: IngestConfig, workers: int) -> Iterator[dict[str, Any]]:
     """``fn(task, cfg)`` for every task, in order, on ``workers`` processes (1 = inline)."""
@@ -220,7 +232,7 @@ def ordered_map(fn: Callable[[Task, IngestConfig], dict[str, Any]], tasks: Itera
                 task = next(it, None)
                 if task is None:
                     break
-                pending.append((task, ex.submit(fn, task, cfg)))
+                pending.append((task, _submit(ex, fn, task, cfg)))
             if not pending:
                 return
             task, fut = pending.popleft()
