@@ -312,17 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, required=True, help="folder (recursive) or CSV of paths")
     p.add_argument("--out", type=Path, required=True,
                    help="per-image scores CSV; per-study aggregate goes to <out>.studies.csv")
-    p.add_argument("--workers", type=int, default=None, help="decode worker processes")
-    p.add_argument("--batch-size", type=int, default=None)
+    _inference_options(p)
     p.add_argument("--aggregate", choices=get_args(StudyAggregate), default=None,
                    help="per-study aggregate over frontal images (default from checkpoint config)")
-    p.add_argument("--engine", choices=get_args(EngineName),
-                   default=None, help="inference engine (default from the checkpoint config: auto, "
-                                      "the first that agrees with eager fp32)")
     p.add_argument("--salt-dir", type=Path, default=None,
                    help="training cache folder (or folder holding salt.key), so patient keys match "
                         "the training manifest; default: $FIBROSIS_SALT, else the output's folder")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--gradcam", type=Path, default=None, help="write Grad-CAM PNGs of positives here")
     p.add_argument("--sr-out", type=Path, default=None,
                    help="write one DICOM Comprehensive SR per scored study here (<StudyInstanceUID>.sr.dcm; "
@@ -357,11 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write (and send) Grad-CAM overlays as Secondary Capture in the study")
     p.add_argument("--timeout", type=float, default=30.0,
                    help="association, DIMSE and network timeouts in seconds (default 30)")
-    p.add_argument("--engine", choices=get_args(EngineName), default=None,
-                   help="inference engine (default: the checkpoint's score.engine)")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
-    p.add_argument("--workers", type=int, default=None, help="decode worker processes")
-    p.add_argument("--batch-size", type=int, default=None, help="inference batch size (default: checkpoint's)")
+    _inference_options(p)
     p.add_argument("--salt-dir", type=Path, default=None,
                    help="folder with salt.key for the pseudonymous patient keys (default: --workdir; "
                         "$FIBROSIS_SALT wins)")
@@ -400,6 +391,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the demo data folder (<repository>/data/demo; default: $FIBROSIS_DEMO_DATA, "
                         "else the checkout this package runs from)")
     return parser
+
+
+def _inference_options(p: argparse.ArgumentParser) -> None:
+    """What `score` and `listen` share: how to run the checkpoint, never what it computes."""
+    p.add_argument("--workers", type=int, default=None, help="decode worker processes")
+    p.add_argument("--batch-size", type=int, default=None, help="inference batch size (default: checkpoint's)")
+    p.add_argument("--engine", choices=get_args(EngineName), default=None,
+                   help="inference engine (default from the checkpoint config: auto, the first that "
+                        "agrees with eager fp32)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
 
 
 def _setup_logging(verbose: bool, log_file: Path | None) -> str:
