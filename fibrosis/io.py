@@ -46,8 +46,7 @@ def write_csv(path: Path, rows: Iterable[dict[str, Any]], columns: tuple[str, ..
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+    return list(iter_csv(path))
 
 
 def iter_csv(path: Path) -> Iterator[dict[str, str]]:

@@ -7,6 +7,7 @@ NLP-mined, and a heat map over the lung bases does not prove the model "sees" fi
 """
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from fibrosis.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +96,14 @@ def save_panels(path: Path, panels: list[dict[str, Any]], per_kind: int) -> None
     """Panels as arrays (kind, image, cam, prob, label per case) for the report to draw."""
     n = len(panels)
     side = panels[0]["image"].shape if n else (0, 0)
-    with open(path.with_name(f".{path.name}.tmp"), "wb") as fh:
-        np.savez_compressed(
-            fh, per_kind=np.int64(per_kind),
-            kind=np.array([p["kind"] for p in panels], dtype="U2"),
-            image=np.stack([p["image"] for p in panels]).astype(np.float32) if n else np.zeros((0, *side), np.float32),
-            cam=np.stack([p["cam"] for p in panels]).astype(np.float32) if n else np.zeros((0, *side), np.float32),
-            prob=np.array([p["prob"] for p in panels], float), label=np.array([p["label"] for p in panels], int))
-    path.with_name(f".{path.name}.tmp").replace(path)
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf, per_kind=np.int64(per_kind),
+        kind=np.array([p["kind"] for p in panels], dtype="U2"),
+        image=np.stack([p["image"] for p in panels]).astype(np.float32) if n else np.zeros((0, *side), np.float32),
+        cam=np.stack([p["cam"] for p in panels]).astype(np.float32) if n else np.zeros((0, *side), np.float32),
+        prob=np.array([p["prob"] for p in panels], float), label=np.array([p["label"] for p in panels], int))
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_panels(path: Path) -> tuple[list[dict[str, Any]], int]:
