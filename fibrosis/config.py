@@ -152,6 +152,11 @@ class TrainConfig:
     auto_full_min_train: int = 10000  # preset `auto`: full at or above this many train images
     val_batch_size: int | None = None  # default: 2 x batch_size
     deterministic: bool = True  # monai set_determinism; False lets cuDNN pick fastest kernels
+    # Auxiliary heads (issue 14): one logit per other finding in the manifest's aux_labels,
+    # trained jointly; loss = fibrosis BCE + aux_weight * masked BCE of the findings.
+    # 0 = no auxiliary heads. `fibrosis tune` chooses it by cross-validation (tune.arms).
+    aux_weight: float = 0.0
+    aux_min_positives: int = 5  # a finding with fewer positive training labels gets no head
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,7 @@ class ArmConfig:
     lr_ratio: float = 1.0  # backbone lr = tune.lr / lr_ratio (10: 10x below the head's)
     arch: str | None = None  # optional axis: overrides model.arch for this arm
     input_size: int | None = None  # optional axis: overrides model.input_size for this arm
+    aux_weight: float = 0.0  # > 0: auxiliary heads on the other findings, at this loss weight
 
 
 DEFAULT_ARMS: tuple[ArmConfig, ...] = (
@@ -391,6 +397,7 @@ RANGES: dict[str, str] = {
     "train.finetune_epochs": "[0, inf)", "train.finetune_lr": "(0, inf)",
     "train.finetune_warmup_epochs": "[0, inf)", "train.layer_decay": "(0, 1]",
     "train.auto_full_min_train": "[0, inf)", "train.val_batch_size": "[1, inf)",
+    "train.aux_weight": "[0, inf)", "train.aux_min_positives": "[1, inf)", "tune.arms.aux_weight": "[0, inf)",
     "evaluate.bootstrap_resamples": "[0, inf)", "evaluate.ci_level": "(0, 1)", "evaluate.ece_bins": "[1, inf)",
     "evaluate.target_sensitivities": "(0, 1]", "evaluate.deployment_prevalence": "(0, 1)",
     "evaluate.min_subgroup_n": "[0, inf)", "evaluate.min_subgroup_positives": "[0, inf)",
@@ -501,6 +508,11 @@ def _validate_tune(t: TuneConfig) -> None:
             raise ConfigError(f"{where}: names must be unique and use letters, digits and ._+- (they name folders)")
         if not _ARM_UNFREEZE.fullmatch(a.unfreeze):
             raise ConfigError(f"{where}.unfreeze: {_short(a.unfreeze)}; allowed: none, last1, last2, ..., all")
+        if a.aux_weight > 0 and a.unfreeze == "none":
+            # Separate linear heads on frozen features cannot change the fibrosis head: the arm
+            # would be the head-only arm under another name.
+            raise ConfigError(f"{where}.aux_weight: {a.aux_weight!r} with unfreeze 'none' has no effect on "
+                              f"fibrosis; expected aux_weight 0 or an arm that unfreezes blocks")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

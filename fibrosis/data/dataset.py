@@ -60,15 +60,20 @@ def row_label(row: dict[str, str]) -> float:
 
 
 class CacheDataset(Dataset):
-    """Item ``k`` -> (float tensor (1, S, S) normalised, label) for row ``indices[k]``."""
+    """Item ``k`` -> (float tensor (1, S, S) normalised, label) for row ``indices[k]``, and
+    its auxiliary targets (K,) (NaN = missing) as a third element when ``aux`` is given."""
 
     def __init__(self, reader: CacheReader, indices: Sequence[int], preprocessing: Preprocessing,
-                 augment: A.Compose | None = None, seed: int = 0, labels: bool = True):
+                 augment: A.Compose | None = None, seed: int = 0, labels: bool = True,
+                 aux: np.ndarray | None = None):
         self.reader, self.indices = reader, list(indices)
         self.size = preprocessing.input_size
         self.preprocessing = preprocessing
         self.augment, self.seed, self.epoch = augment, seed, 0
         self.labels = [row_label(reader.rows[i]) for i in self.indices] if labels else None
+        if aux is not None and len(aux) != len(self.indices):
+            raise ValueError(f"aux targets for {len(aux)} rows; the dataset has {len(self.indices)}")
+        self.aux = None if aux is None else torch.as_tensor(np.asarray(aux, np.float32))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -76,7 +81,7 @@ class CacheDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, ...]:
         row = self.indices[k]
         img = resize(self.reader.image(row), self.size)
         if self.augment is not None:
@@ -85,7 +90,7 @@ class CacheDataset(Dataset):
             img = np.clip(self.augment(image=img)["image"], 0.0, 1.0)
         x = torch.from_numpy(np.ascontiguousarray(normalise(img, self.preprocessing)))[None]
         y = torch.tensor(self.labels[k] if self.labels is not None else float("nan"))
-        return x, y
+        return (x, y) if self.aux is None else (x, y, self.aux[k])
 
 
 class EpochSampler(DistributedSampler):

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from fibrosis.data.cache import MANIFEST_COLUMNS, CacheWriter, to_cache_dtype
+from fibrosis.data.records import format_aux
 
 from fibrosis.io import write_csv
 
@@ -30,13 +31,20 @@ def synthetic_image(rng: np.random.Generator, size: int, positive: bool) -> np.n
     return np.clip(img, 0.0, 1.0)
 
 
+def _aux_cell(rng: np.random.Generator, label: int) -> str:
+    values = {"Stripes": label if rng.random() < 0.8 else 1 - label, "Noise": int(rng.random() < 0.4)}
+    return format_aux({k: v for k, v in values.items() if rng.random() >= 0.2})
+
+
 def make_synthetic_cache(root: str | Path, n: int, size: int = 64, *, pos_frac: float = 0.3,
                          splits: dict[str, float] | None = None, seed: int = 0,
-                         shard_size: int = 64, dtype: str = "uint8") -> Path:
+                         shard_size: int = 64, dtype: str = "uint8", aux: bool = False) -> Path:
     """Write a cache with a ``manifest.csv`` holding label and split columns.
 
     Splits are assigned per patient (here one image per patient) in the given
     proportions, stratified by label so every split has both classes when n allows.
+    ``aux``: also two auxiliary findings in ``aux_labels``: ``Stripes`` (agrees with the
+    label 80% of the time) and ``Noise`` (random), each missing for about a fifth of rows.
     """
     splits = splits or {"train": 0.6, "val": 0.2, "test": 0.2}
     rng = np.random.default_rng(seed)
@@ -52,13 +60,15 @@ def make_synthetic_cache(root: str | Path, n: int, size: int = 64, *, pos_frac: 
         for name, part in zip(names, np.split(members, cuts[:-1])):
             split_of[part] = name
     rows_all = []
+    aux_rng = np.random.default_rng([seed, 1])  # its own stream: the images do not depend on ``aux``
     for sid, start in enumerate(range(0, n, shard_size)):
         ids = range(start, min(n, start + shard_size))
         images = [to_cache_dtype(synthetic_image(rng, size, bool(labels[i])), dtype) for i in ids]
         rows = [{"path": f"synthetic/{i:06d}.png", "content_hash": f"{seed}-{i}",
                  "patient_key": f"p{i:06d}", "source_format": "synthetic", "label": int(labels[i]),
                  "sex": "FM"[i % 2], "age": 30 + i % 50, "view_position": "PA",
-                 "split": split_of[i]} for i in ids]
+                 "split": split_of[i], "aux_labels": _aux_cell(aux_rng, int(labels[i])) if aux else ""}
+                for i in ids]
         writer.write_shard(sid, images, rows, [])
         rows_all.extend(rows)
     write_csv(root / "manifest.csv", rows_all, MANIFEST_COLUMNS)

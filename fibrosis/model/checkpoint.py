@@ -8,7 +8,8 @@ never executes code from the file.
 Keys: format, format_version, model (state dict), optimizer, scheduler, stage,
 epoch_in_stage, stage_done, epochs_done, rng, config (resolved, plain dict),
 preprocessing, weights_info, pretrained, manifest_hash, best_val_auc, best_epoch,
-history, ... and, added later by evaluation, ``calibration`` and ``threshold``.
+history, ``aux`` (auxiliary heads: names, loss weight, per-head pos_weight; absent = none),
+... and, added later by evaluation, ``calibration`` and ``threshold``.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
     """Rebuild the model a checkpoint describes, load its weights, eval mode."""
     from fibrosis.data.records import Preprocessing
-    from fibrosis.model.net import build_model  # local: keeps checkpoint importable on its own
+    from fibrosis.model.net import build_model, set_aux_heads  # local: keeps checkpoint importable on its own
 
     ckpt = load_checkpoint(path)
     mcfg = ckpt["config"]["model"]
@@ -84,11 +85,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[An
     else:
         model = build_model(mcfg["arch"], "none", input_size=ckpt["preprocessing"]["input_size"],
                             dropout=mcfg.get("dropout", 0.0))
+    aux = aux_names(ckpt)
+    if aux:  # the heads must exist before their weights load (strict state dict)
+        for m in getattr(model, "members", [model]):
+            set_aux_heads(m, aux)
+        model.aux_names = aux
     model.load_state_dict(ckpt["model"])
     model.preprocessing = Preprocessing.from_dict(ckpt["preprocessing"], str(path))
     model.weights_info = dict(ckpt["weights_info"])
     model.pretrained = bool(ckpt["pretrained"])
     return model.to(device).eval(), ckpt
+
+
+def aux_names(ckpt: dict[str, Any]) -> tuple[str, ...]:
+    """The auxiliary findings a checkpoint's model has heads for (issue 14); () for none."""
+    return tuple((ckpt.get("aux") or {}).get("names") or ())
 
 
 def update_checkpoint(path: str | Path, **fields: Any) -> dict[str, Any]:

@@ -28,7 +28,7 @@ class EnsembleNet(nn.Module):
             raise ValueError("an ensemble needs at least one member")
         first = members[0]
         for m in members[1:]:
-            if m.arch != first.arch or m.preprocessing != first.preprocessing:
+            if m.arch != first.arch or m.preprocessing != first.preprocessing or m.aux_names != first.aux_names:
                 raise ValueError(f"ensemble members differ: {m.arch}@{m.preprocessing.input_size} vs "
                                  f"{first.arch}@{first.preprocessing.input_size}")
         self.members = nn.ModuleList(members)
@@ -40,6 +40,11 @@ class EnsembleNet(nn.Module):
         # Grad-CAM needs one layer; with averaged logits the gradient reaching member 0's last
         # block is its own CAM (scaled by 1/k), i.e. the panels show member 0's evidence.
         self.cam_layer_name = f"members.0.{first.cam_layer_name}"
+        self.aux_names = first.aux_names
+
+    def forward_all(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean over members of (B, 1 + len(aux_names)) logits (see FibrosisNet.forward_all)."""
+        return torch.stack([m.forward_all(x) for m in self.members]).mean(0)
 
     @property
     def cam_layer(self) -> nn.Module:

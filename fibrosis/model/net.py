@@ -57,6 +57,11 @@ class FibrosisNet(nn.Module):
         self.cam_layer_name = f"backbone.{arch_spec(arch).cam_layer}"
         # Module names kept in eval mode by train(): set by fibrosis.train.schedule.freeze.
         self.frozen_eval: tuple[str, ...] = ()
+        # Auxiliary findings (issue 14): extra logits on the same pooled features, trained
+        # jointly so the backbone learns from every labelled finding. They are never part of
+        # forward(): calibration, thresholds, engines, Grad-CAM and scoring see fibrosis only.
+        self.aux_names: tuple[str, ...] = ()
+        self.aux_head: nn.Module | None = None
 
     @property
     def cam_layer(self) -> nn.Module:
@@ -74,6 +79,19 @@ class FibrosisNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def forward_aux(self, f: torch.Tensor) -> torch.Tensor:
+        """(B, num_features) -> (B, len(aux_names)) auxiliary logits."""
+        if self.aux_head is None:
+            raise RuntimeError("this model has no auxiliary heads (see set_aux_heads)")
+        return self.aux_head(f)
+
+    def forward_all(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + len(aux_names)) logits: fibrosis first, then the auxiliary findings."""
+        f = self.forward_features(x)
+        if self.aux_head is None:
+            return self.forward_head(f)
+        return torch.cat([self.forward_head(f), self.forward_aux(f)], 1)
+
     def train(self, mode: bool = True) -> "FibrosisNet":
         # Frozen blocks stay in eval mode whatever the caller does: BatchNorm running
         # statistics must not move and stochastic depth must not fire in a block that
@@ -84,6 +102,25 @@ class FibrosisNet(nn.Module):
             for name in self.frozen_eval:
                 self.get_submodule(name).eval()
         return self
+
+
+def set_aux_heads(model: FibrosisNet, names: tuple[str, ...] | list[str]) -> FibrosisNet:
+    """Attach one logit per auxiliary finding (``names``; empty removes them), zero-initialised:
+    a fresh head contributes no gradient to the backbone until it has learned something, so
+    adding heads never kicks pretrained features at the first step."""
+    names = tuple(names)
+    if len(set(names)) != len(names) or any(not n for n in names):
+        raise ValueError(f"auxiliary finding names {list(names)}; expected distinct non-empty names")
+    model.aux_names = names
+    if not names:
+        model.aux_head = None
+        return model
+    linear = nn.Linear(model.num_features, len(names))
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    dropout = model.head[0].p if isinstance(model.head[0], nn.Dropout) else 0.0
+    model.aux_head = nn.Sequential(nn.Dropout(dropout), linear)
+    return model
 
 
 def fold_first_conv(conv: nn.Conv2d) -> nn.Conv2d:

@@ -30,13 +30,14 @@ from tqdm import tqdm
 
 from fibrosis.model import distributed
 from fibrosis.train import runlog
+from fibrosis.train.aux import AllHeads, AuxLoss, HeadsOnFeatures, aux_pos_weight, aux_targets, choose_aux, describe
 from fibrosis.data.cache import CacheReader, manifest_hash
 from fibrosis.model.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fibrosis.config import Config, StageConfig, config_from_dict, config_to_dict
 from fibrosis.data.dataset import (CacheDataset, EpochSampler, build_augment, pos_weight, row_label,
                               steps_per_epoch)
 from fibrosis.train.schedule import backbone_frozen, freeze, make_optimizer, resolve_stages
-from fibrosis.model.net import FibrosisNet, build_model_from_config
+from fibrosis.model.net import FibrosisNet, build_model_from_config, set_aux_heads
 from fibrosis.io import package_versions
 from fibrosis.model.inference import autocast, extract_features, predict_rows, split_rows
 
@@ -79,17 +80,20 @@ def make_loader(ds: Dataset, labels: list[float], cfg: Config, d: distributed.Di
 
 def train_epoch(step_model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
                 sched: Any, loss_fn: nn.Module, device: torch.device, *, amp: bool,
-                channels_last: bool, desc: str = "", show: bool = False) -> tuple[float, int]:
-    """One pass; returns (mean loss, images seen). ``step_model`` maps a batch to (B, 1) logits."""
+                channels_last: bool, desc: str = "", show: bool = False,
+                aux_loss: AuxLoss | None = None) -> tuple[float, int]:
+    """One pass; returns (mean loss, images seen). ``step_model`` maps a batch to (B, 1) logits,
+    or (B, 1 + K) with auxiliary heads (batches then carry (x, y, aux targets))."""
     total, n = torch.zeros((), dtype=torch.float64, device=device), 0
-    for x, y in tqdm(loader, desc=desc, disable=True if not show else None, leave=False):
-        x = x.to(device, non_blocking=True)
+    for batch in tqdm(loader, desc=desc, disable=True if not show else None, leave=False):
+        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         if channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = y.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = step_model(x)
         loss = loss_fn(logits.float()[:, 0], y)
+        if aux_loss is not None:
+            loss = loss + aux_loss(logits.float()[:, 1:], batch[2].to(device, non_blocking=True))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -242,6 +246,8 @@ class _Run:
     ckpt: dict[str, Any] | None  # the checkpoint resumed from, if any
     tracker: Any
     max_epochs: int | None
+    aux_loss: AuxLoss | None = None  # auxiliary heads (train.aux_weight > 0)
+    aux_train: np.ndarray | None = None  # their targets for train_idx (NaN = missing)
     ran: int = 0  # epochs run in this invocation
     pending_rng: Any = None  # RNG state to restore right before the next epoch (resume)
 
@@ -320,6 +326,7 @@ def _open(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs:
                                         f"{list(s.unfreeze) or 'none (head only)'}" for s in stages))
     if not model.pretrained:
         logger.warning("the backbone is NOT pretrained (weights source: %s)", model.weights_info["source"])
+    aux = _aux_heads(model, cfg, reader, train_idx)  # before _restore: the heads' weights load too
     state, ckpt = _restore(model, cfg, mhash, out_dir, resume, d)
     if d.is_main:
         runlog.write_config(out_dir, config_to_dict(cfg), {"preset": why, "manifest_sha256": mhash})
@@ -337,16 +344,19 @@ def _open(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs:
     logger.info("train %d rows (%d positive), val %d rows (%d positive); imbalance=%s%s",
                 len(train_idx), int(sum(train_y)), len(val_idx), int(val_y.sum()), tcfg.imbalance,
                 f" (pos_weight {float(pw):.2f})" if tcfg.imbalance == "pos_weight" else "")
+    aux_loss, aux_train, aux_record = aux if aux is not None else (None, None, None)
     train_ds = CacheDataset(reader, train_idx, model.preprocessing,
-                            build_augment(tcfg.augment), seed=tcfg.seed)
+                            build_augment(tcfg.augment), seed=tcfg.seed, aux=aux_train)
     base = {"config": config_to_dict(cfg), "stages": [config_to_dict(s) for s in stages],
             "preset": why, "arch": cfg.model.arch, "preprocessing": model.preprocessing.to_dict(),
             "weights_info": model.weights_info, "pretrained": model.pretrained,
             "manifest_hash": mhash, "world_size": d.world,
             "split_keys": {"train": split_keys(reader, train_idx), "val": split_keys(reader, val_idx)},
             "versions": package_versions()}
+    if aux_record is not None:
+        base["aux"] = aux_record
     run = _Run(cfg, d, out_dir, reader, train_idx, val_idx, train_y, val_y, model, stages, loss_fn,
-               train_ds, base, state, ckpt, tracker, max_epochs)
+               train_ds, base, state, ckpt, tracker, max_epochs, aux_loss, aux_train)
     if state.stage_done:  # stopped right after a stage ended: the next one starts fresh
         state.stage, state.epoch_in_stage, state.stage_done, state.bad_epochs = state.stage + 1, 0, False, 0
     if ckpt is not None:
@@ -356,6 +366,30 @@ def _open(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs:
             set_rng_state(run.pending_rng)
             run.pending_rng = None
     return run
+
+
+def _aux_heads(model: FibrosisNet, cfg: Config, reader: CacheReader, train_idx: list[int]
+               ) -> tuple[AuxLoss, np.ndarray, dict[str, Any]] | None:
+    """With ``train.aux_weight > 0``: attach a head per auxiliary finding with enough training
+    labels; returns its loss, the training targets and the checkpoint's ``aux`` record."""
+    tcfg = cfg.train
+    if tcfg.aux_weight <= 0:
+        return None
+    names, dropped = choose_aux(reader.rows, train_idx, tcfg.aux_min_positives)
+    for name, why in dropped.items():
+        logger.info("auxiliary finding %r gets no head: %s in train", name, why)
+    if not names:
+        logger.warning("train.aux_weight=%g but no auxiliary finding has >= %d positive training labels "
+                       "(ingest with ingest.findings_column or ingest.aux_label_columns): fibrosis head only",
+                       tcfg.aux_weight, tcfg.aux_min_positives)
+        return None
+    set_aux_heads(model, names)
+    targets = aux_targets(reader.rows, train_idx, names)
+    pw = aux_pos_weight(targets)
+    logger.info("%d auxiliary head(s), loss weight %g: %s", len(names), tcfg.aux_weight, describe(names, targets))
+    record = {"names": list(names), "weight": float(tcfg.aux_weight), "pos_weight": pw.tolist(),
+              "dropped": dropped, "min_positives": tcfg.aux_min_positives}
+    return AuxLoss(float(tcfg.aux_weight), torch.from_numpy(pw)), targets, record
 
 
 def _restore(model: FibrosisNet, cfg: Config, mhash: str, out_dir: Path, resume: bool,
@@ -396,10 +430,14 @@ def _setup_stage(run: _Run, s: int) -> _Stage:
         val_feats = _features(model, run.reader, run.val_idx, cfg, d)
         logger.info("features of %d+%d images in %.1f s", len(run.train_idx), len(run.val_idx),
                     time.perf_counter() - t0)
-        ds: Dataset = TensorDataset(train_feats, torch.tensor(run.train_y))
-        step_model: nn.Module = model.head  # the head alone: DDP wraps it on cached features
+        tensors = [train_feats, torch.tensor(run.train_y)]
+        if run.aux_loss is not None:
+            tensors.append(torch.from_numpy(run.aux_train))
+        ds: Dataset = TensorDataset(*tensors)
+        # The heads alone: DDP wraps them on cached features.
+        step_model: nn.Module = model.head if run.aux_loss is None else HeadsOnFeatures(model)
     else:
-        ds, step_model = run.train_ds, model
+        ds, step_model = run.train_ds, (model if run.aux_loss is None else AllHeads(model))
     n_steps = steps_per_epoch(len(run.train_idx), cfg.train.batch_size, d.world)
     opt, sched = make_optimizer(model, stage, n_steps)
     if run.ckpt is not None and s == run.ckpt["run"]["stage"] and state.epoch_in_stage > 0:
@@ -424,7 +462,8 @@ def _run_epoch(run: _Run, stage: _Stage, e: int) -> bool:
                          num_workers=0 if stage.cached else None)
     loss, n_seen = train_epoch(stage.step_model, loader, stage.opt, stage.sched, run.loss_fn, d.device,
                                amp=tcfg.amp, channels_last=tcfg.channels_last,
-                               desc=f"{stage.config.name} {e + 1}/{stage.config.epochs}", show=d.is_main)
+                               desc=f"{stage.config.name} {e + 1}/{stage.config.epochs}", show=d.is_main,
+                               aux_loss=run.aux_loss)
     train_s = time.perf_counter() - t0
     auc, val_loss = _validate(run.model, run.reader, run.val_idx, run.val_y, stage.val_feats, run.loss_fn, cfg, d)
     loss = float(np.mean(distributed.gather_object(d, loss)))

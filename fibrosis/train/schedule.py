@@ -54,11 +54,12 @@ def _owner(name: str, modules: dict[str, str]) -> str | None:
 
 
 def param_owner(model: FibrosisNet) -> dict[str, str]:
-    """Parameter name -> group name ("head" for the head); every parameter has one."""
+    """Parameter name -> group name ("head" for the head and the auxiliary heads, which
+    always train together); every parameter has one."""
     modules = {m: g for g, ms in block_groups(model).items() for m in ms}
     out: dict[str, str] = {}
     for name, _ in model.named_parameters():
-        group = "head" if name.startswith("head.") else _owner(name, modules)
+        group = "head" if name.startswith(("head.", "aux_head.")) else _owner(name, modules)
         if group is None:
             raise RuntimeError(f"{model.arch}: parameter {name} belongs to no block group")
         out[name] = group

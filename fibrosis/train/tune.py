@@ -47,7 +47,9 @@ from fibrosis.data.dataset import CacheDataset
 from fibrosis.io import atomic_write_bytes, package_versions, read_csv, write_csv
 from fibrosis.model.checkpoint import save_checkpoint
 from fibrosis.model.ensemble import EnsembleNet, ensemble_record
-from fibrosis.model.net import FibrosisNet, build_model
+from fibrosis.model.net import FibrosisNet, build_model, set_aux_heads
+from fibrosis.train.aux import AuxLoss, aux_pos_weight, aux_targets, choose_aux
+from fibrosis.train.aux import describe as describe_aux
 from fibrosis.train.folds import Fold, make_folds, near_duplicate_links, patient_groups
 from fibrosis.train.loop import cache_ingest_config
 from fibrosis.train.probe import Probe, fit_probe, weighted_log_loss
@@ -82,12 +84,18 @@ class Arm:
     def base_key(self) -> tuple[str, int, str]:
         return self.arch, self.input_size, self.cfg.init
 
+    @property
+    def aux(self) -> bool:
+        """Auxiliary heads train with this arm (only fine-tuning moves shared features)."""
+        return self.cfg.aux_weight > 0 and bool(self.groups)
+
     def describe(self) -> str:
         init = "random init" if self.cfg.init == "random" else "pretrained"
         what = "head only (linear probe)" if not self.groups else (
             f"unfreeze {self.cfg.unfreeze} ({len(self.groups)} block group(s) from {self.groups[0]}), "
             f"backbone lr = head lr / {self.cfg.lr_ratio:g}")
-        return f"{init}, {self.arch} @ {self.input_size} px, {what}"
+        aux = f", + auxiliary-finding heads (loss weight {self.cfg.aux_weight:g})" if self.aux else ""
+        return f"{init}, {self.arch} @ {self.input_size} px, {what}{aux}"
 
 
 def resolve_arms(cfg: Config) -> list[Arm]:
@@ -181,7 +189,7 @@ def _load(path: Path) -> Any:
 
 def trainable_keys(model: FibrosisNet, groups: Sequence[str]) -> list[str]:
     """State-dict keys (parameters and buffers) of the head and the ``groups`` that train."""
-    prefixes = ["head."] + [m + "." for g in groups for m in block_groups(model)[g]]
+    prefixes = ["head.", "aux_head."] + [m + "." for g in groups for m in block_groups(model)[g]]
     return [k for k in model.state_dict() if any(k.startswith(p) for p in prefixes)]
 
 
@@ -190,6 +198,15 @@ def set_head(model: FibrosisNet, probe: Probe) -> None:
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(probe.weight, dtype=linear.weight.dtype).reshape(1, -1))
         linear.bias.fill_(float(probe.bias))
+
+
+def set_aux_probes(model: FibrosisNet, probes: Sequence[Probe]) -> None:
+    """Auxiliary heads start from their linear probes too (LP-FT for every head)."""
+    linear = model.aux_head[-1]
+    with torch.no_grad():
+        for k, p in enumerate(probes):
+            linear.weight[k].copy_(torch.as_tensor(p.weight, dtype=linear.weight.dtype))
+            linear.bias[k] = float(p.bias)
 
 
 def _probe_record(p: Probe) -> dict[str, Any]:
@@ -215,16 +232,54 @@ class Context:
     bases: dict[tuple[str, int, str], tuple[FibrosisNet, dict[str, torch.Tensor]]] = field(default_factory=dict)
     acts: dict[tuple[str, int, str], Activations] = field(default_factory=dict)
     probes: dict[tuple[Any, str], Probe] = field(default_factory=dict)
+    # Auxiliary findings with enough development labels: one name list for every fold, so the
+    # fold models of an ensemble have the same heads. aux_y: (len(dev), K), NaN = missing.
+    aux_names: tuple[str, ...] = ()
+    aux_y: np.ndarray | None = None
+    aux_dropped: dict[str, str] = field(default_factory=dict)
+
+
+class SuffixAll(nn.Module):
+    """Like stages.Suffix, with the auxiliary heads: (prefix activations) -> (B, 1 + K) logits."""
+
+    def __init__(self, model: FibrosisNet, start: int):
+        super().__init__()
+        self.model, self.start = model, start
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        f = forward_from(self.model, h, self.start)
+        return torch.cat([self.model.forward_head(f), self.model.forward_aux(f)], 1)
 
 
 def _suffix_logits(model: FibrosisNet, acts: Activations, start: int, positions: Sequence[int],
                    bs: int) -> np.ndarray:
+    """(n,) fibrosis logits, or (n, 1 + K) with the auxiliary heads attached."""
     model.eval()
     out = []
+    step = SuffixAll(model, start) if model.aux_head is not None else Suffix(model, start)
     with torch.inference_mode():
         for k in range(0, len(positions), bs):
-            out.append(Suffix(model, start)(acts.batch(start, positions[k:k + bs])).float())
+            out.append(step(acts.batch(start, positions[k:k + bs])).float())
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
+def aux_probes(ctx: Context, acts: Activations, tr: Sequence[int], c: float, memo: Any,
+               seed: int) -> list[Probe]:
+    """One linear probe per auxiliary finding on the fold's training rows that carry its label,
+    at the fibrosis probe's C (an inner search per finding would multiply the probe's cost by K)."""
+    key = (memo, "aux")
+    if key not in ctx.probes:
+        out = []
+        for k in range(len(ctx.aux_names)):
+            t = ctx.aux_y[tr, k]
+            have = [p for p, v in zip(tr, t) if not np.isnan(v)]
+            yk = ctx.aux_y[have, k].astype(int)
+            if yk.min(initial=1) == yk.max(initial=0):  # one class in this fold: start at zero
+                out.append(Probe(np.zeros(acts.features.shape[1]), 0.0, c, {}))
+                continue
+            out.append(fit_probe(acts.features[have], yk, [ctx.groups[p] for p in have], [c], 2, seed=seed))
+        ctx.probes[key] = out  # type: ignore[assignment]
+    return ctx.probes[key]  # type: ignore[return-value]
 
 
 def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, *,
@@ -260,63 +315,106 @@ def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, *,
     pw = (len(y_tr) - y_tr.sum()) / y_tr.sum()
     oof = [probe.logits(acts.features[ho]).tolist()] if ho else [[]]
     train_loss = [weighted_log_loss(y_tr, probe.logits(acts.features[tr]), pw)]
-    seconds = 0.0
-    epochs = tcfg.max_epochs if arm.groups else 0
-    if epochs:
-        model.load_state_dict(base_state)
-        set_head(model, probe)
-        freeze(model, arm.groups)
-        keys = trainable_keys(model, arm.groups)
-        head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("head.")]
-        body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
-        opt = torch.optim.AdamW([{"params": head, "lr": tcfg.lr},
-                                 {"params": body, "lr": tcfg.lr / arm.cfg.lr_ratio}],
-                                weight_decay=tcfg.weight_decay)
-        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(pw)))
-        step = Suffix(model, arm.start)
-        first = 0
-        state_path = unit_dir / "state.pt"
-        if state_path.is_file():
-            st = _load(state_path)
-            model.load_state_dict({**base_state, **st["trainable"]})
-            opt.load_state_dict(st["optimizer"])
-            first, oof, train_loss, seconds = st["epoch"], st["oof"], st["train_loss"], st["seconds"]
-            logger.info("%s %s: resuming after epoch %d", arm.name, fold.name, first)
-        y_t = torch.tensor(y_tr, dtype=torch.float32)
-        for e in range(first, epochs):
-            if epoch_limit is not None and e - first >= epoch_limit:
-                freeze(model, ())
-                return None
-            te = time.perf_counter()
-            model.train()
-            gen = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + fold.repeat * 10_007 + (fold.fold + 1) * 101 + e)
-            perm = torch.randperm(len(tr), generator=gen).tolist()
-            total, n = 0.0, 0
-            for k in range(0, len(perm), tcfg.batch_size):
-                b = perm[k:k + tcfg.batch_size]
-                if len(b) < 2:  # BatchNorm in train mode needs two values per channel
-                    continue
-                x = acts.batch(arm.start, [tr[j] for j in b])
-                loss = loss_fn(step(x).float(), y_t[b])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total, n = total + float(loss.detach()) * len(b), n + len(b)
-            train_loss.append(total / max(n, 1))
-            oof.append(_suffix_logits(model, acts, arm.start, ho, 2 * tcfg.batch_size).tolist() if ho else [])
-            seconds += time.perf_counter() - te
-            sd = model.state_dict()
-            trainable = {k: sd[k].clone() for k in keys}
-            _save(unit_dir / f"epoch-{e + 1}.pt", trainable)
-            _save(state_path, {"trainable": trainable, "optimizer": opt.state_dict(), "epoch": e + 1,
-                               "oof": oof, "train_loss": train_loss, "seconds": seconds})
-        freeze(model, ())  # leave the shared base model as found: nothing trainable in flight
+    if tcfg.max_epochs and arm.groups:
+        try:
+            return _fine_tune(ctx, arm, fold, unit_dir, probe, tr, ho, y_tr, pw, oof, train_loss, t0, t_probe,
+                              epoch_limit)
+        finally:
+            freeze(model, ())  # leave the shared base model as found: nothing trainable in flight
+            set_aux_heads(model, ())
+    return _done(unit_dir, arm, fold, probe, oof, train_loss, 0.0, t_probe, [])
+
+
+def _done(unit_dir: Path, arm: Arm, fold: Fold, probe: Probe, oof: list, train_loss: list, seconds: float,
+          t_probe: float, aux_oof: list) -> dict[str, Any]:
     # seconds: fine-tuning epochs (summed over resumes) + this invocation's probe/setup time
     record = {"arm": arm.name, "fold": fold.name, "c": probe.c, "inner_loss": _probe_record(probe)["inner_loss"],
               "heldout": list(fold.heldout), "oof": oof, "train_loss": train_loss,
               "seconds": round(seconds + t_probe, 2)}
-    _write_json(done, record)
+    if aux_oof:
+        record["aux_oof"] = aux_oof  # per epoch: (heldout, K) auxiliary logits
+    _write_json(unit_dir / "done.json", record)
     return record
+
+
+def _fine_tune(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, probe: Probe, tr: list[int], ho: list[int],
+               y_tr: np.ndarray, pw: float, oof: list, train_loss: list, t0: float, t_probe: float,
+               epoch_limit: int | None) -> dict[str, Any] | None:
+    """The fine-tuning epochs of one unit (LP-FT from ``probe``), resumable from ``state.pt``."""
+    tcfg = ctx.cfg.tune
+    model, base_state = ctx.bases[arm.base_key]
+    acts = ctx.acts[arm.base_key]
+    epochs = tcfg.max_epochs
+    seconds = 0.0
+    aux_loss, aux_oof = None, []
+    init = dict(base_state)
+    if arm.aux:
+        set_aux_heads(model, ctx.aux_names)
+        init.update({k: v for k, v in model.state_dict().items() if k.startswith("aux_head.")})
+    model.load_state_dict(init)
+    set_head(model, probe)
+    if arm.aux:
+        probes = aux_probes(ctx, acts, tr, probe.c, (arm.base_key, fold.name),
+                            tcfg.seed + 7919 * fold.repeat + fold.fold + 1)
+        set_aux_probes(model, probes)
+        aux_tr = ctx.aux_y[tr]
+        aux_loss = AuxLoss(arm.cfg.aux_weight, torch.from_numpy(aux_pos_weight(aux_tr)))
+        aux_t = torch.from_numpy(aux_tr)
+        aux_oof = [np.stack([p.logits(acts.features[ho]) for p in probes], 1).tolist() if ho else []]
+    freeze(model, arm.groups)
+    keys = trainable_keys(model, arm.groups)
+    head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("head.")]
+    body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    opt = torch.optim.AdamW([{"params": head, "lr": tcfg.lr},
+                             {"params": body, "lr": tcfg.lr / arm.cfg.lr_ratio}],
+                            weight_decay=tcfg.weight_decay)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(pw)))
+    step = SuffixAll(model, arm.start) if arm.aux else Suffix(model, arm.start)
+    first = 0
+    state_path = unit_dir / "state.pt"
+    if state_path.is_file():
+        st = _load(state_path)
+        model.load_state_dict({**base_state, **st["trainable"]})
+        opt.load_state_dict(st["optimizer"])
+        first, oof, train_loss, seconds = st["epoch"], st["oof"], st["train_loss"], st["seconds"]
+        aux_oof = st.get("aux_oof", aux_oof)
+        logger.info("%s %s: resuming after epoch %d", arm.name, fold.name, first)
+    y_t = torch.tensor(y_tr, dtype=torch.float32)
+    for e in range(first, epochs):
+        if epoch_limit is not None and e - first >= epoch_limit:
+            return None
+        te = time.perf_counter()
+        model.train()
+        gen = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + fold.repeat * 10_007 + (fold.fold + 1) * 101 + e)
+        perm = torch.randperm(len(tr), generator=gen).tolist()
+        total, n = 0.0, 0
+        for k in range(0, len(perm), tcfg.batch_size):
+            b = perm[k:k + tcfg.batch_size]
+            if len(b) < 2:  # BatchNorm in train mode needs two values per channel
+                continue
+            x = acts.batch(arm.start, [tr[j] for j in b])
+            z = step(x).float()
+            if aux_loss is None:
+                loss = loss_fn(z, y_t[b])
+            else:
+                loss = loss_fn(z[:, 0], y_t[b]) + aux_loss(z[:, 1:], aux_t[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, n = total + float(loss.detach()) * len(b), n + len(b)
+        train_loss.append(total / max(n, 1))
+        z_ho = _suffix_logits(model, acts, arm.start, ho, 2 * tcfg.batch_size) if ho else np.zeros((0, 1))
+        if arm.aux:
+            aux_oof.append(z_ho[:, 1:].tolist())
+            z_ho = z_ho[:, 0] if ho else np.zeros(0)
+        oof.append(z_ho.tolist() if ho else [])
+        seconds += time.perf_counter() - te
+        sd = model.state_dict()
+        trainable = {k: sd[k].clone() for k in keys}
+        _save(unit_dir / f"epoch-{e + 1}.pt", trainable)
+        _save(state_path, {"trainable": trainable, "optimizer": opt.state_dict(), "epoch": e + 1,
+                           "oof": oof, "train_loss": train_loss, "seconds": seconds, "aux_oof": aux_oof})
+    return _done(unit_dir, arm, fold, probe, oof, train_loss, seconds, t_probe, aux_oof)
 
 
 # ------------------------------------------------------------------ the cross-validation
@@ -330,11 +428,16 @@ class ArmResult:
     curve: list[dict[str, float]]  # per epoch: pooled OOF loss and AUC
     seconds: float
     units: list[str]
+    # Auxiliary heads only: OOF AUC of each finding's own head at ``epoch`` (context for the
+    # report: is the backbone learning those findings at all?)
+    aux_auc: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.arm.name, "describe": self.arm.describe(), "init": self.arm.cfg.init,
                 "unfreeze": self.arm.cfg.unfreeze, "lr_ratio": self.arm.cfg.lr_ratio, "arch": self.arm.arch,
                 "input_size": self.arm.input_size, "groups": list(self.arm.groups), "depth": self.arm.depth,
+                "aux_weight": self.arm.cfg.aux_weight if self.arm.aux else 0.0, "aux_auc": self.aux_auc,
+                "extras": int(self.arm.aux),
                 "epoch": self.epoch, "curve": self.curve, "seconds": round(self.seconds, 1),
                 "minutes": round(self.seconds / 60, 2), "units": self.units}
 
@@ -363,6 +466,27 @@ def _pooled(records: Sequence[dict[str, Any]], pos: dict[int, int], n: int, epoc
     return total / count
 
 
+def _aux_auc(ctx: Context, records: Sequence[dict[str, Any]], epoch: int) -> dict[str, float]:
+    """OOF AUC per auxiliary finding at ``epoch``, over the development rows labelled for it."""
+    from sklearn.metrics import roc_auc_score
+
+    pos = {r: k for k, r in enumerate(ctx.dev)}
+    total, count = np.zeros((len(ctx.dev), len(ctx.aux_names))), np.zeros(len(ctx.dev))
+    for rec in records:
+        e = min(epoch, len(rec["aux_oof"]) - 1)
+        for r, z in zip(rec["heldout"], rec["aux_oof"][e]):
+            total[pos[r]] += z
+            count[pos[r]] += 1
+    z = total / np.maximum(count, 1)[:, None]
+    out = {}
+    for k, name in enumerate(ctx.aux_names):
+        t = ctx.aux_y[:, k]
+        have = ~np.isnan(t) & (count > 0)
+        if len(set(t[have].tolist())) == 2:
+            out[name] = round(float(roc_auc_score(t[have], z[have, k])), 4)
+    return out
+
+
 def finish_arm(ctx: Context, arm: Arm, records: Sequence[dict[str, Any]], arm_dir: Path) -> ArmResult:
     """Choose the arm's epoch budget from its pooled OOF loss curve; prune other epochs' weights."""
     from sklearn.metrics import roc_auc_score
@@ -386,14 +510,16 @@ def finish_arm(ctx: Context, arm: Arm, records: Sequence[dict[str, Any]], arm_di
                 f.unlink()
         (unit / "state.pt").unlink(missing_ok=True)
     result = ArmResult(arm, epoch, _pooled(records, pos, len(ctx.dev), epoch), curve,
-                       float(sum(r["seconds"] for r in records)), [r["fold"] for r in records])
+                       float(sum(r["seconds"] for r in records)), [r["fold"] for r in records],
+                       _aux_auc(ctx, records, epoch) if arm.aux else {})
     _write_json(summary_path, {**result.to_dict(), "oof": result.oof.tolist()})
     return result
 
 
 def _arm_from_summary(arm: Arm, path: Path) -> ArmResult:
     d = json.loads(path.read_text())
-    return ArmResult(arm, int(d["epoch"]), np.asarray(d["oof"], float), d["curve"], float(d["seconds"]), d["units"])
+    return ArmResult(arm, int(d["epoch"]), np.asarray(d["oof"], float), d["curve"], float(d["seconds"]), d["units"],
+                     d.get("aux_auc", {}))
 
 
 def setup(cfg: Config, cache_dir: Path, out_dir: Path, device: str | torch.device = "cpu"
@@ -421,7 +547,22 @@ def setup(cfg: Config, cache_dir: Path, out_dir: Path, device: str | torch.devic
     y = np.array([int(float(rows[i]["label"])) for i in dev])
     groups = patient_groups([rows[i]["patient_key"] for i in dev], near_duplicate_links(cache_dir))
     ctx = Context(cfg, rows, dev, y, groups, torch.device(device))
-    return ctx, folds, resolve_arms(cfg), CacheReader(cache_dir, rows)
+    arms = resolve_arms(cfg)
+    if any(a.aux for a in arms):
+        _aux_setup(ctx)
+    return ctx, folds, arms, CacheReader(cache_dir, rows)
+
+
+def _aux_setup(ctx: Context) -> None:
+    names, dropped = choose_aux(ctx.rows, ctx.dev, ctx.cfg.train.aux_min_positives)
+    if not names:
+        raise ValueError(f"tune.arms with aux_weight > 0, but no auxiliary finding has >= "
+                         f"{ctx.cfg.train.aux_min_positives} positive development labels (train.aux_min_positives);"
+                         f" ingest with ingest.findings_column or ingest.aux_label_columns, or drop those arms")
+    ctx.aux_names, ctx.aux_dropped = names, dropped
+    ctx.aux_y = aux_targets(ctx.rows, ctx.dev, names)
+    logger.info("auxiliary findings (%d): %s%s", len(names), describe_aux(names, ctx.aux_y),
+                f"; no head (too few labels): {', '.join(dropped)}" if dropped else "")
 
 
 def _base(ctx: Context, arm: Arm) -> FibrosisNet:
@@ -515,6 +656,8 @@ def _member(ctx: Context, arm: Arm, unit_dir: Path, epoch: int) -> FibrosisNet:
     member.load_state_dict(base_state)
     member.preprocessing, member.weights_info = model.preprocessing, dict(model.weights_info)
     member.pretrained = model.pretrained
+    if arm.aux:
+        set_aux_heads(member, ctx.aux_names)
     set_head(member, _probe_from(_load(unit_dir / "probe.pt")))
     if epoch > 0:
         trained = _load(unit_dir / f"epoch-{epoch}.pt")
@@ -581,6 +724,10 @@ def package(cfg: Config, cache_dir: str | Path, out_dir: str | Path, cv: CVResul
                "tune": {"arm": arm.name, "epoch": res.epoch, "final": cfg.tune.final}}
     if record:
         payload["ensemble"] = record
+    if arm.aux:
+        payload["aux"] = {"names": list(ctx.aux_names), "weight": arm.cfg.aux_weight,
+                          "pos_weight": aux_pos_weight(ctx.aux_y).tolist(), "dropped": ctx.aux_dropped,
+                          "min_positives": cfg.train.aux_min_positives, "oof_auc": res.aux_auc}
     path = save_checkpoint(out_dir / "best.pt", payload)
     logger.info("%s -> %s", payload["preset"], path)
     return path
