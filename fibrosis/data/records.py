@@ -1,5 +1,5 @@
 """Typed records at the data stage's boundaries: what a decode worker returns to ingest
-and score, an image's metadata, and the one parser of a manifest label.
+and score, an image's metadata, and the one parser of a manifest label (and of its auxiliary findings).
 
 Why types: the worker result used to be a dict whose ``status`` string and optional keys
 were branched on in two places, and PatientID travelled as a ``_patient_id`` key that every
@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Iterable, Literal, Mapping, Union
 
 import numpy as np
 
@@ -178,3 +178,73 @@ def require_label(text: Any, where: str, why: str) -> int:
     if label is None:
         raise ValueError(f"{where}: label={'' if text is None else text!r}; expected 0 or 1 ({why})")
     return label
+
+
+# ---------------------------------------------------------------- auxiliary finding labels
+
+# A manifest's ``aux_labels`` cell: the other findings a labels CSV carries for the image,
+# as ``name=v`` entries joined by ``|`` with names sorted, e.g. ``Atelectasis=1|Effusion=0``.
+# A finding whose value is missing is left out (never written as 0); "" = none known.
+AUX_SEPARATOR = "|"
+AUX_ASSIGN = "="
+AUX_VALUES = {"0": 0, "1": 1}  # the only values a cell may hold
+
+
+def aux_name_problem(name: str) -> str:
+    """Why ``name`` cannot name an auxiliary finding ("" when it can): it must be non-empty,
+    without surrounding spaces and without the two characters the cell is built from."""
+    if not name or name != name.strip():
+        return "expected a non-empty name without leading or trailing spaces"
+    if AUX_SEPARATOR in name or AUX_ASSIGN in name:
+        return f"expected a name without {AUX_SEPARATOR!r} or {AUX_ASSIGN!r} (they delimit the manifest's aux_labels)"
+    return ""
+
+
+def format_aux(values: Mapping[str, int]) -> str:
+    """The ``aux_labels`` cell of ``{finding: 0 | 1}`` (missing findings are simply absent)."""
+    parts = []
+    for name in sorted(values):
+        problem, value = aux_name_problem(name), str(values[name])
+        if problem or value not in AUX_VALUES:
+            raise ValueError(f"auxiliary label {name!r}={values[name]!r}; "
+                             f"{problem or f'expected a value in {sorted(AUX_VALUES)}'}")
+        parts.append(f"{name}{AUX_ASSIGN}{value}")
+    return AUX_SEPARATOR.join(parts)
+
+
+def parse_aux(text: str | None, where: str = "") -> dict[str, int]:
+    """``{finding: 0 | 1}`` of an ``aux_labels`` cell; ``""``/None (no column: a manifest of an
+    older version) is ``{}``. Strict: a malformed cell is a ValueError naming ``where``."""
+    cell = (text or "").strip()
+    if not cell:
+        return {}
+    values: dict[str, int] = {}
+    for entry in cell.split(AUX_SEPARATOR):
+        name, sep, value = entry.partition(AUX_ASSIGN)
+        problem = _aux_entry_problem(name, sep, value, values)
+        if problem:
+            raise ValueError(f"{where or 'aux_labels'}: aux_labels {cell!r}: entry {entry!r} ({problem}); expected "
+                             f"name=0 or name=1 entries joined by {AUX_SEPARATOR!r}, names without "
+                             f"{AUX_SEPARATOR!r} or {AUX_ASSIGN!r}")
+        values[name] = AUX_VALUES[value]
+    return values
+
+
+def _aux_entry_problem(name: str, sep: str, value: str, seen: Mapping[str, int]) -> str:
+    if not sep:
+        return f"no {AUX_ASSIGN!r}"
+    if aux_name_problem(name):
+        return f"name {name!r}"
+    if value not in AUX_VALUES:
+        return f"value {value!r}"
+    if name in seen:
+        return f"{name!r} given twice"
+    return ""
+
+
+def aux_names(rows: Iterable[Mapping[str, str]]) -> list[str]:
+    """Sorted names of every auxiliary finding labelled in any of a manifest's rows."""
+    names: set[str] = set()
+    for i, row in enumerate(rows):
+        names.update(parse_aux(row.get("aux_labels"), f"{row.get('path') or f'manifest row {i + 1}'}"))
+    return sorted(names)
