@@ -119,16 +119,20 @@ class Labels:
                 return row, how
         return None, ""
 
+    def join(self, path: str | Path, sop_uid: str, study_uid: str) -> tuple[str, str, str]:
+        """(label, ``aux_labels`` cell, how it was joined); ('', '', '') when no row matches."""
+        row, how = self.row(path, sop_uid, study_uid)
+        return (row["_label"], row["_aux"], how) if row is not None else ("", "", "")
+
     def label(self, path: str | Path, sop_uid: str, study_uid: str) -> tuple[str, str]:
         """(label, how it was joined); ('', '') when no row matches."""
-        row, how = self.row(path, sop_uid, study_uid)
-        return (row["_label"], how) if row is not None else ("", "")
+        label, _, how = self.join(path, sop_uid, study_uid)
+        return label, how
 
     def aux(self, path: str | Path, sop_uid: str, study_uid: str) -> str:
-        """The image's manifest ``aux_labels`` cell (same join as :meth:`label`); "" when no row
+        """The image's manifest ``aux_labels`` cell (joined as :meth:`label` is); "" when no row
         matches or the row labels no auxiliary finding."""
-        row, _ = self.row(path, sop_uid, study_uid)
-        return row["_aux"] if row is not None else ""
+        return self.join(path, sop_uid, study_uid)[1]
 
 
 def _put(table: dict[Any, dict[str, str]], key: Any, row: dict[str, str], where: str, what: str) -> None:
