@@ -249,7 +249,8 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
     read -- a re-run or a resume costs a stat per file, not a hash of every byte; ``verify``
     hashes every file anyway (a file rewritten with its old mtime restored is caught only so)."""
     root = Path(cache_dir)
-    labels = load_labels(cfg.labels_csv, cfg.label_column) if cfg.labels_csv else None
+    labels = load_labels(cfg.labels_csv, cfg.label_column, cfg.aux_label_columns, cfg.findings_column,
+                         cfg.findings_none) if cfg.labels_csv else None
     entries = _input_entries(inputs, root, cfg, labels)
     paths = [Path(p) for p, error in entries if not error]
     if labels is not None:
