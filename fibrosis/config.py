@@ -72,6 +72,14 @@ class IngestConfig:
         "CANINE", "FELINE", "EQUINE", "BOVINE", "VETERINARY", "DOG", "CAT", "HORSE")
     labels_csv: str | None = None
     label_column: str = "fibrosis"
+    # Auxiliary findings (issue 14), stored per image in the manifest's aux_labels for
+    # auxiliary heads: extra binary columns of the labels CSV (1 / 0 / empty = missing) ...
+    aux_label_columns: tuple[str, ...] = ()
+    # ... and/or one pipe-separated findings column (NIH: finding_labels = "Atelectasis|Effusion"):
+    # a non-empty cell is 1 for each finding listed, 0 for every other finding of the column;
+    # an empty cell leaves all missing. A finding named like label_column is the target, not an aux.
+    findings_column: str | None = None
+    findings_none: str = "No Finding"  # the findings-column entry that means "labelled, no finding"
     # An image whose mediastinum is darker than its lungs (pixels.POLARITY_SUSPECT_BELOW)
     # is probably shown inverted: exclude it (training and scoring), keep it as shown
     # with a QA note, or invert it (noted too).

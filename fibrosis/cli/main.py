@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import sys
 from pathlib import Path
@@ -68,6 +69,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     if args.labels:
         args.set = [*(args.set or ()), f"ingest.labels_csv={args.labels}"]
+    # As JSON, which YAML reads verbatim: a column named `no` or `null` stays a string.
+    if args.aux_columns is not None:
+        columns = [c.strip() for c in args.aux_columns.split(",") if c.strip()]
+        args.set = [*(args.set or ()), f"ingest.aux_label_columns={json.dumps(columns)}"]
+    if args.findings_column is not None:
+        args.set = [*(args.set or ()), f"ingest.findings_column={json.dumps(args.findings_column)}"]
     cfg = _config(args)
     _folder(args.cache, "--cache", create=True)
     summary = ingest(args.inputs, args.cache, cfg.ingest, strict=args.strict,
@@ -243,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None,
                    help="labels CSV joined by file name (image/file), sop_instance_uid or "
                         "study_instance_uid; label column = ingest.label_column")
+    p.add_argument("--aux-columns", default=None, metavar="A,B",
+                   help="auxiliary finding columns of --labels (1 / 0 / empty = missing), comma-separated; "
+                        "stored per image in the manifest's aux_labels (= ingest.aux_label_columns)")
+    p.add_argument("--findings-column", default=None, metavar="NAME",
+                   help="pipe-separated findings column of --labels, e.g. finding_labels: listed = 1, the "
+                        "column's other findings = 0, empty = missing (= ingest.findings_column)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
     p.add_argument("--strict", action="store_true", help="exit non-zero on any rejected file")
     p.add_argument("--verify", action="store_true",

@@ -42,6 +42,9 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "dhash",  # hex 256-bit dHash of the cached image: split finds near-duplicates without pixels
     # records.file_stamp of the file when it was read: a re-run skips it unread if unchanged
     "file_size", "file_mtime_ns", "file_id",
+    # Added in 2026-11 (issue 14), last for the same reason; a manifest without it reads as ""
+    # (no auxiliary finding known) and is filled on the next ingest with a labels CSV.
+    "aux_labels",  # other findings of the labels CSV: records.format_aux, e.g. "Effusion=1|Mass=0"
 )
 REJECT_COLUMNS: tuple[str, ...] = ("path", "kind", "reason", "transfer_syntax")
 DTYPES = {"uint8": np.uint8, "uint16": np.uint16}

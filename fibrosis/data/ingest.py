@@ -8,8 +8,8 @@ rejects and redoes the rest -- nothing lost, nothing duplicated, because
 consolidation keeps only the latest committed entry of each path.
 
 Labels are re-joined on every run that has a labels CSV, skipped files included:
-a corrected label is committed as a rows-only part (the rows keep their shard and
-index, no re-decode); a changed PNG/JPEG hint (patient_id, age, sex, view: the
+a corrected label or auxiliary finding (LABEL_COLUMNS) is committed as a rows-only
+part (the rows keep their shard and index, no re-decode); a changed PNG/JPEG hint (patient_id, age, sex, view: the
 only source of those fields for a raster export) re-ingests that file. A run
 without a labels CSV keeps the labels the cache has.
 
@@ -35,7 +35,7 @@ from fibrosis.io import iter_csv, write_csv
 from fibrosis.config import IngestConfig, config_to_dict
 from fibrosis.data.discover import FOLDER_ERROR, discover_entries
 from fibrosis.data.identity import identity, patient_key, resolve_salt
-from fibrosis.data.records import STAMP_COLUMNS, Decoded, Rejected, RejectKind, Skipped, file_stamp
+from fibrosis.data.records import AUX_ASSIGN, STAMP_COLUMNS, Decoded, Rejected, RejectKind, Skipped, file_stamp
 from fibrosis.data.labels import Labels, load_labels
 from fibrosis.data.pixels import POLARITY_EXCLUDED, preprocessing_signature, qa_flags
 from fibrosis.data.workers import ordered_map, process_file
@@ -43,6 +43,8 @@ from fibrosis.data.workers import ordered_map, process_file
 logger = logging.getLogger(__name__)
 
 REJECT_KINDS = typing.get_args(RejectKind)
+# The manifest columns a labels CSV sets: re-joined on every run that has one.
+LABEL_COLUMNS = ("label", "aux_labels")
 
 
 @dataclass
@@ -51,7 +53,7 @@ class IngestSummary:
     inputs: int = 0
     ingested: int = 0  # newly written to the cache in this run
     skipped: int = 0  # already in the cache with the same content hash
-    relabelled: int = 0  # skipped rows whose label this run's labels CSV changed
+    relabelled: int = 0  # skipped rows whose label or aux_labels this run's labels CSV changed
     rejected: dict[str, int] = field(default_factory=lambda: {k: 0 for k in REJECT_KINDS})
     unlabeled: int = 0
     strict: bool = False
@@ -182,14 +184,28 @@ def _identity_keys(content_hash: str, sop_uid: str) -> list[str]:
     return [content_hash] + ([f"sop:{sop_uid}"] if sop_uid and not sop_uid.startswith("file:") else [])
 
 
+def _joined(labels: Labels, path: str, sop_uid: str, study_uid: str) -> tuple[dict[str, str], str]:
+    """(the LABEL_COLUMNS of an image from the labels CSV, how its row was joined)."""
+    label, aux, how = labels.join(path, sop_uid, study_uid)
+    return dict(zip(LABEL_COLUMNS, (label, aux))), how
+
+
+def _count_aux(counts: Counter, row: dict[str, str]) -> None:
+    """Count the auxiliary values an image of this run's manifest holds (for the summary log)."""
+    aux = row.get("aux_labels", "")  # a row of an older version has none
+    counts["aux-images"] += bool(aux)
+    counts["aux-values"] += aux.count(AUX_ASSIGN)
+
+
 def _manifest_row(res: Decoded, key: str, labels: Labels | None, counts: Counter) -> dict[str, Any]:
     row = {k: v for k, v in res.meta.manifest_fields().items() if k in MANIFEST_COLUMNS}
-    label = ""
+    joined = {"label": "", "aux_labels": ""}
     if labels is not None:
-        label, how = labels.label(res.path, res.meta.sop_uid, res.meta.study_uid)
+        joined, how = _joined(labels, res.path, res.meta.sop_uid, res.meta.study_uid)
         counts[f"label-by-{how}" if how else "unlabeled"] += 1
+        _count_aux(counts, joined)
     row.update(path=res.path, content_hash=res.content_hash, patient_key=key,
-               steps="|".join(res.steps), label=label, split="", dhash=res.dhash, **res.stamp)
+               steps="|".join(res.steps), split="", dhash=res.dhash, **joined, **res.stamp)
     return row
 
 
@@ -233,7 +249,8 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
     read -- a re-run or a resume costs a stat per file, not a hash of every byte; ``verify``
     hashes every file anyway (a file rewritten with its old mtime restored is caught only so)."""
     root = Path(cache_dir)
-    labels = load_labels(cfg.labels_csv, cfg.label_column) if cfg.labels_csv else None
+    labels = load_labels(cfg.labels_csv, cfg.label_column, cfg.aux_label_columns, cfg.findings_column,
+                         cfg.findings_none) if cfg.labels_csv else None
     entries = _input_entries(inputs, root, cfg, labels)
     paths = [Path(p) for p, error in entries if not error]
     if labels is not None:
@@ -255,7 +272,9 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
         for path in plan.unread:
             summary.skipped += 1
             if path in plan.new_label:
-                shards.relabelled.append({**latest[path][1], "label": plan.new_label[path]})
+                shards.relabelled.append({**latest[path][1], **plan.new_label[path]})
+            if labels is not None:
+                _count_aux(counts, plan.new_label.get(path, latest[path][1]))
         if plan.unread:
             logger.info("%d file(s) unchanged since committed (size, mtime, inode): skipped unread", len(plan.unread))
         n_labels = sum(p in plan.new_label for p in plan.unread)
@@ -266,6 +285,8 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
             if isinstance(res, Skipped):
                 summary.skipped += 1
                 n_labels += res.path in plan.new_label
+                if labels is not None:
+                    _count_aux(counts, plan.new_label.get(res.path, latest[res.path][1]))
                 shards.skipped(res, plan.new_label)
             elif isinstance(res, Decoded):
                 shards.decoded(res, lambda r: _manifest_row(r, identity(r.meta, r.content_hash, salt, counts),
@@ -279,7 +300,7 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
         bar.close()
         del plan, shards
         n_rows, n_rejects = consolidate(root, latest)
-    _log_summary(summary, counts, labels is not None, cfg, n_rows, n_rejects)
+    _log_summary(summary, counts, labels, cfg, n_rows, n_rejects)
     return summary
 
 
@@ -301,7 +322,7 @@ def _input_entries(inputs: list[str | Path], root: Path, cfg: IngestConfig,
 @dataclass
 class _Plan:
     tasks: list[tuple[str, str, dict[str, Any]]]  # for the decode workers: (path, known hash, hints)
-    new_label: dict[str, str]  # path -> corrected label of a committed file
+    new_label: dict[str, dict[str, str]]  # path -> corrected LABEL_COLUMNS of a committed file
     unread: list[str]  # committed and unchanged by stat: not even hashed
 
 
@@ -317,9 +338,10 @@ def _plan(paths: list[Path], latest: dict[str, tuple[str, dict[str, str]]], labe
             if _hints_change(entry, hints, salt):
                 known = ""  # patient key / view policy come from decoding with the hints
             else:
-                label, _ = labels.label(str(p), entry["sop_uid"], entry["study_uid"])
-                if label != entry["label"]:
-                    plan.new_label[str(p)] = label
+                joined, _ = _joined(labels, str(p), entry["sop_uid"], entry["study_uid"])
+                # .get: a row of an older version has no aux_labels (= none known)
+                if any(joined[c] != entry.get(c, "") for c in LABEL_COLUMNS):
+                    plan.new_label[str(p)] = joined
         if known and not verify and _unchanged(str(p), entry):
             plan.unread.append(str(p))
         else:
@@ -352,12 +374,12 @@ class _Shards:
         self.rejects: list[dict[str, Any]] = []
         self.relabelled: list[dict[str, Any]] = []  # rows-only updates: labels and stamps
 
-    def skipped(self, res: Skipped, new_label: dict[str, str]) -> None:
+    def skipped(self, res: Skipped, new_label: dict[str, dict[str, str]]) -> None:
         entry = self.latest[res.path][1]
         # Same content, new or missing stamp (touched, copied back, a cache of an older
         # version): record the stamp, so the next run skips the file unread.
         if res.path in new_label or any(entry.get(c, "") != res.stamp.get(c, "") for c in STAMP_COLUMNS):
-            self.relabelled.append({**entry, **res.stamp, "label": new_label.get(res.path, entry["label"])})
+            self.relabelled.append({**entry, **res.stamp, **new_label.get(res.path, {})})
 
     def decoded(self, res: Decoded, manifest_row: Any, summary: IngestSummary) -> None:
         keys = _identity_keys(res.content_hash, res.meta.sop_uid)
@@ -396,8 +418,9 @@ class _Shards:
             self.images.clear(), self.rows.clear(), self.rejects.clear()
 
 
-def _log_summary(summary: IngestSummary, counts: Counter, labelled: bool, cfg: IngestConfig,
+def _log_summary(summary: IngestSummary, counts: Counter, labels: Labels | None, cfg: IngestConfig,
                  n_rows: int, n_rejects: int) -> None:
+    labelled = labels is not None
     summary.unlabeled = counts["unlabeled"] if labelled else summary.ingested
     for what, n in sorted(counts.items()):
         if what.startswith("patient-from"):
@@ -408,6 +431,10 @@ def _log_summary(summary: IngestSummary, counts: Counter, labelled: bool, cfg: I
     logger.info("ingest: %d inputs, %d ingested, %d skipped (%d relabelled), rejected %s; cache now "
                 "%d images, %d rejects", summary.inputs, summary.ingested, summary.skipped,
                 summary.relabelled, summary.rejected, n_rows, n_rejects)
+    if labels is not None and labels.aux_names:
+        logger.info("auxiliary findings: %d (%s); %d labelled value(s) joined to %d image(s) (new and "
+                    "committed)", len(labels.aux_names), ", ".join(labels.aux_names), counts["aux-values"],
+                    counts["aux-images"])
     if summary.qa_excluded or summary.qa_flagged:
         # Not a debug-level detail: these images are left out of (or enter) training on a guess.
         logger.warning("polarity QA (ingest.polarity_qa=%s): %d image(s) excluded as suspected inverted, "

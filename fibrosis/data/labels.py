@@ -12,6 +12,16 @@ study folder, so :meth:`Labels.check_unique` refuses a row that matches more tha
 one input: a label (and its patient_id hint) must never reach another patient.
 The label column is ``ingest.label_column``. Optional ``patient_id``, ``age``,
 ``sex`` and ``view`` columns supply what PNG/JPEG exports cannot carry.
+
+Auxiliary findings (issue 14): research exports label many findings per report, and the
+other findings give the backbone more signal than the scarce target alone. They come from
+extra binary columns (``ingest.aux_label_columns``, read like the target: 1 / 0 / empty =
+missing) and/or one pipe-separated findings column (``ingest.findings_column``, NIH's
+``Atelectasis|Effusion``). A findings cell lists the row's positives, so a non-empty cell
+makes every other finding of the column's vocabulary a 0 (``ingest.findings_none``, e.g.
+``No Finding``, is a labelled row with every finding 0); an empty cell is all missing, never
+negative. The target is not an auxiliary: a finding named like the label column is left out.
+Each row's findings travel as a manifest ``aux_labels`` cell (:func:`records.format_aux`).
 """
 from __future__ import annotations
 
@@ -19,7 +29,9 @@ import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
+
+from fibrosis.data.records import AUX_SEPARATOR, aux_name_problem, format_aux
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +76,7 @@ class Labels:
     by_stem: dict[Key, dict[str, str] | None] = field(default_factory=dict)  # None = ambiguous
     by_study: dict[str, dict[str, str]] = field(default_factory=dict)
     depth: int = 1  # most components of any file entry
+    aux_names: tuple[str, ...] = ()  # auxiliary findings (columns and findings vocabulary), sorted
 
     def row_for_file(self, path: str | Path) -> dict[str, str] | None:
         """Row of the longest entry that ``path`` ends with (full name first, then stem)."""
@@ -97,24 +110,106 @@ class Labels:
         row = self.row_for_file(path)
         return {k: row[k] for k in HINT_COLUMNS if row.get(k)} if row else {}
 
-    def label(self, path: str | Path, sop_uid: str, study_uid: str) -> tuple[str, str]:
-        """(label, how it was joined); ('', '') when no row matches."""
+    def row(self, path: str | Path, sop_uid: str, study_uid: str) -> tuple[dict[str, str] | None, str]:
+        """(the row an image joins, how): by SOP Instance UID, then file path, then Study UID."""
         for how, row in (("sop_instance_uid", self.by_sop.get(sop_uid) if sop_uid else None),
                          ("file", self.row_for_file(path)),
                          ("study_instance_uid", self.by_study.get(study_uid) if study_uid else None)):
             if row is not None:
-                return row["_label"], how
-        return "", ""
+                return row, how
+        return None, ""
+
+    def join(self, path: str | Path, sop_uid: str, study_uid: str) -> tuple[str, str, str]:
+        """(label, ``aux_labels`` cell, how it was joined); ('', '', '') when no row matches."""
+        row, how = self.row(path, sop_uid, study_uid)
+        return (row["_label"], row["_aux"], how) if row is not None else ("", "", "")
+
+    def label(self, path: str | Path, sop_uid: str, study_uid: str) -> tuple[str, str]:
+        """(label, how it was joined); ('', '') when no row matches."""
+        label, _, how = self.join(path, sop_uid, study_uid)
+        return label, how
+
+    def aux(self, path: str | Path, sop_uid: str, study_uid: str) -> str:
+        """The image's manifest ``aux_labels`` cell (joined as :meth:`label` is); "" when no row
+        matches or the row labels no auxiliary finding."""
+        return self.join(path, sop_uid, study_uid)[1]
 
 
 def _put(table: dict[Any, dict[str, str]], key: Any, row: dict[str, str], where: str, what: str) -> None:
     old = table.get(key)
     if old is not None and old["_label"] != row["_label"]:
         raise LabelsError(f"{where}: {what} appears twice with labels {old['_label']!r} and {row['_label']!r}")
+    if old is not None and old["_aux"] != row["_aux"]:
+        raise LabelsError(f"{where}: {what} appears twice with auxiliary findings {old['_aux']!r} "
+                          f"(line {old['_line']}) and {row['_aux']!r}; expected one set of findings per image")
     table[key] = row
 
 
-def load_labels(path: str | Path, label_column: str) -> Labels:
+def _findings(cell: str, none: str, where: str) -> list[str]:
+    """The names a findings cell lists (stripped; empty entries of ``A||B`` dropped); [] for
+    the none token, which must stand alone."""
+    names = [n.strip() for n in cell.split(AUX_SEPARATOR) if n.strip()]
+    if none in names and len(names) > 1:
+        raise LabelsError(f"{where}: {cell!r} lists {none!r} (ingest.findings_none) with other findings; "
+                          f"expected {none!r} alone or findings without it")
+    return [] if names == [none] else names
+
+
+def _aux_vocabulary(rows: list[dict[str, str]], path: Path, columns: Sequence[str], label_column: str,
+                    aux_columns: Sequence[str], findings_column: str | None, findings_none: str) -> list[str]:
+    """Check the auxiliary settings against the header and return the findings vocabulary:
+    every name of the findings column but the none token and the target."""
+    for what, col in [*(("auxiliary label column (ingest.aux_label_columns)", c) for c in aux_columns),
+                      *([("findings column (ingest.findings_column)", findings_column)] if findings_column else [])]:
+        if col not in columns:
+            raise LabelsError(f"{path}: {what} {col!r} not in the header {columns}")
+        if col == label_column:
+            raise LabelsError(f"{path}: {what} {col!r} is the label column (ingest.label_column); "
+                              "expected columns of other findings")
+    for col in aux_columns:
+        problem = aux_name_problem(col)
+        if problem or aux_columns.count(col) > 1:
+            raise LabelsError(f"{path}:1: auxiliary label column {col!r}: "
+                              f"{problem or 'listed twice in ingest.aux_label_columns; expected each once'}")
+    if not findings_column:
+        return []
+    vocabulary: dict[str, int] = {}  # name -> first line
+    for i, row in enumerate(rows, start=2):
+        for name in _findings(row[findings_column], findings_none, f"{path}:{i} column {findings_column!r}"):
+            problem = aux_name_problem(name)
+            if problem:
+                raise LabelsError(f"{path}:{i} column {findings_column!r}: finding {name!r}; {problem}")
+            vocabulary.setdefault(name, i)
+    target = label_column.casefold()
+    vocabulary = {n: i for n, i in vocabulary.items() if n.casefold() != target}
+    for col in aux_columns:
+        clash = next((n for n in vocabulary if n.casefold() == col.casefold()), None)
+        if clash is not None:
+            raise LabelsError(f"{path}:{vocabulary[clash]}: finding {clash!r} of column {findings_column!r} is "
+                              f"also the auxiliary label column {col!r}; expected each finding from one source "
+                              "(drop it from ingest.aux_label_columns or rename the column)")
+    return sorted(vocabulary)
+
+
+def _row_aux(row: dict[str, str], where: str, aux_columns: Sequence[str], findings_column: str | None,
+             findings_none: str, vocabulary: Sequence[str]) -> str:
+    """The row's ``aux_labels`` cell: its aux columns (tri-state) and, when its findings
+    cell is not empty, 1 for each finding listed and 0 for the rest of the vocabulary."""
+    values = {}
+    for col in aux_columns:
+        value = parse_label(row[col], f"{where} column {col!r}")
+        if value:
+            values[col] = int(value)
+    if findings_column and row[findings_column].strip():
+        listed = set(_findings(row[findings_column], findings_none, f"{where} column {findings_column!r}"))
+        values.update((name, int(name in listed)) for name in vocabulary)
+    return format_aux(values)
+
+
+def load_labels(path: str | Path, label_column: str, aux_columns: Sequence[str] = (),
+                findings_column: str | None = None, findings_none: str = "No Finding") -> Labels:
+    """Read a labels CSV (module docstring); ``aux_columns``, ``findings_column`` and
+    ``findings_none`` are ``ingest.aux_label_columns``, ``.findings_column`` and ``.findings_none``."""
     path = Path(path)
     if not path.is_file():
         raise LabelsError(f"{path}: labels CSV not found")
@@ -142,12 +237,15 @@ def load_labels(path: str | Path, label_column: str) -> Labels:
                           f"study_instance_uid (columns: {columns})")
     if label_column not in columns:
         raise LabelsError(f"{path}: label column {label_column!r} (ingest.label_column) not in {columns}")
-    labels = Labels(source=str(path))
+    aux_columns = list(aux_columns)
+    vocabulary = _aux_vocabulary(rows, path, columns, label_column, aux_columns, findings_column, findings_none)
+    labels = Labels(source=str(path), aux_names=tuple(sorted({*aux_columns, *vocabulary})))
     stems: dict[Key, dict[str, str] | None] = {}
     for i, row in enumerate(rows, start=2):
         where = f"{path}:{i}"
         row["_label"] = parse_label(row[label_column], f"{where} column {label_column!r}")
         row["_line"] = str(i)
+        row["_aux"] = _row_aux(row, where, aux_columns, findings_column, findings_none, vocabulary)
         if row.get("sop_instance_uid"):
             _put(labels.by_sop, row["sop_instance_uid"], row, where,
                  f"sop_instance_uid {row['sop_instance_uid']!r}")
@@ -170,4 +268,7 @@ def load_labels(path: str | Path, label_column: str) -> Labels:
                     path, ambiguous)
     labels.by_stem = {k: v for k, v in stems.items() if v is not None}
     logger.info("%s: %d label rows (%d positive)", path, len(rows), sum(r["_label"] == "1" for r in rows))
+    if labels.aux_names:
+        logger.info("%s: %d auxiliary finding(s) %s; %d row(s) label at least one", path, len(labels.aux_names),
+                    list(labels.aux_names), sum(bool(r["_aux"]) for r in rows))
     return labels
