@@ -83,3 +83,67 @@ def test_checkpoint_with_aux_heads_round_trips(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.forward_all(x), model.eval().forward_all(x))
     assert aux_names({}) == ()
+
+
+@pytest.fixture(scope="module")
+def aux_cache(tmp_path_factory):
+    from fibrosis.data.synthetic import make_synthetic_cache
+
+    return make_synthetic_cache(tmp_path_factory.mktemp("cache") / "c", 48, 32, pos_frac=0.4,
+                                splits={"train": 0.5, "val": 0.25, "test": 0.25}, seed=3, aux=True)
+
+
+@pytest.mark.slow
+def test_training_with_aux_heads_records_them_and_scores_fibrosis_only(aux_cache, tmp_path):
+    from fibrosis.config import load_config
+    from fibrosis.model.checkpoint import load_checkpoint, load_model
+    from fibrosis.train.loop import train
+
+    cfg = load_config(None, ["model.arch=resnet18", "model.weights=none", "model.input_size=32",
+                             "train.num_workers=0", "train.batch_size=8", "train.head_epochs=1",
+                             "train.finetune_epochs=1", "train.aux_weight=0.5", "train.aux_min_positives=2",
+                             "train.channels_last=false"])
+    best = train(cfg, aux_cache, tmp_path / "run", device="cpu")
+    ckpt = load_checkpoint(best)
+    assert ckpt["aux"]["names"] == ["Noise", "Stripes"] and ckpt["aux"]["weight"] == 0.5
+    assert len(ckpt["aux"]["pos_weight"]) == 2
+    model, _ = load_model(best)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert model(x).shape == (2, 1) and model.forward_all(x).shape == (2, 3)
+        assert model.aux_head[-1].weight.abs().sum() > 0  # the heads trained (they start at zero)
+    # Resume refuses a changed auxiliary weight like any other training key.
+    from fibrosis.config import config_to_dict, config_from_dict
+    d = config_to_dict(cfg)
+    d["train"]["aux_weight"] = 1.0
+    with pytest.raises(ValueError, match="aux_weight"):
+        train(config_from_dict(d), aux_cache, tmp_path / "run", resume=True, device="cpu")
+
+
+@pytest.mark.slow
+def test_tune_aux_arm_reports_aux_oof_aucs_and_packages_the_heads(aux_cache, tmp_path):
+    from fibrosis.cli.tune import run_tune
+    from fibrosis.config import load_config
+    from fibrosis.model.checkpoint import load_checkpoint, load_model
+
+    cfg = load_config(None, ["model.arch=resnet18", "model.weights=none", "model.input_size=32", "tune.folds=3",
+                             "tune.max_epochs=2", "tune.probe_c=[0.01, 1.0]", "tune.batch_size=8",
+                             "train.aux_min_positives=2", "tune.selection=best",
+                             "tune.arms=[{name: last1, unfreeze: last1, lr_ratio: 10},"
+                             " {name: last1-aux, unfreeze: last1, lr_ratio: 10, aux_weight: 1.0}]"])
+    result = run_tune(cfg, aux_cache, tmp_path / "t", progress=False)
+    arms = {a["name"]: a for a in result["arms"]}
+    assert arms["last1"]["aux_auc"] == {} and set(arms["last1-aux"]["aux_auc"]) == {"Noise", "Stripes"}
+    assert arms["last1-aux"]["vs_base"] is not None and arms["last1"]["vs_base"] is None
+    assert arms["last1-aux"]["base"] == "last1" and arms["last1-aux"]["extras"] == 1
+    # The two arms differ only by the auxiliary loss: their fibrosis OOF logits differ.
+    assert arms["last1"]["auc"] != arms["last1-aux"]["auc"] or arms["last1"]["epoch"] != arms["last1-aux"]["epoch"]
+    # Package the aux arm whatever was chosen: its heads and their OOF AUCs travel in best.pt.
+    from fibrosis.train.tune import cross_validate, package
+
+    cv = cross_validate(cfg, aux_cache, tmp_path / "t", progress=False)  # all units done: reads arm.json
+    path = package(cfg, aux_cache, tmp_path / "t", cv, "last1-aux")
+    ckpt = load_checkpoint(path)
+    assert ckpt["aux"]["names"] == ["Noise", "Stripes"] and ckpt["aux"]["oof_auc"] == arms["last1-aux"]["aux_auc"]
+    model, _ = load_model(path)
+    assert model.aux_names == ("Noise", "Stripes") and len(model.members) == 3

@@ -39,6 +39,8 @@ def run_tune(cfg: Config, cache: str | Path, out: str | Path, *, device: str | N
         return None
     oof = {r.arm.name: r.oof for r in cv.arms}
     meta = {r.arm.name: r.to_dict() for r in cv.arms}
+    for m in meta.values():
+        m["base"] = base_arm(m, meta)
     sel = select_arm(cv.y, oof, meta, cfg.evaluate.ci_level, cfg.tune.selection)
     logger.info("%s", sel["reason"])
     path = package(cfg, cache, out, cv, sel["chosen"], device=dev)
@@ -57,6 +59,18 @@ def run_tune(cfg: Config, cache: str | Path, out: str | Path, *, device: str | N
     write_json(out / TUNE_FILE, result)
     log_table(result)
     return result
+
+
+RECIPE = ("init", "unfreeze", "lr_ratio", "arch", "input_size")
+
+
+def base_arm(arm: dict[str, Any], arms: dict[str, dict[str, Any]]) -> str | None:
+    """The arm with the same recipe and no add-ons (auxiliary heads...): what an arm with
+    add-ons is compared with, paired, to say whether they helped."""
+    if not arm.get("extras"):
+        return None
+    return next((n for n, o in arms.items() if not o.get("extras")
+                 and all(o[k] == arm[k] for k in RECIPE)), None)
 
 
 def log_table(result: dict[str, Any]) -> None:

@@ -10,8 +10,9 @@ So train stays free of selection statistics and the `tune` command composes the 
 Selection: pooled OOF AUC per arm with a DeLong CI; a paired DeLong test of each arm
 against the best and against random initialisation; the **one-standard-error rule**: among
 the arms whose AUC is within one DeLong SE of the best arm's, take the least-unfrozen (then
-the slower backbone learning rate) -- the simplest model the data cannot tell apart from
-the best.
+the slower backbone learning rate, then the fewest add-ons such as auxiliary heads) -- the
+simplest model the data cannot tell apart from the best. An arm with add-ons is also tested
+(paired DeLong) against its ``base``: the same recipe without them.
 """
 from __future__ import annotations
 
@@ -30,10 +31,11 @@ OOF_SPLIT = OOF_FIT  # what the calibration/threshold record names as its fit da
 
 
 def one_se_choice(arms: Sequence[dict[str, Any]], rule: str = "one-se") -> tuple[str, str]:
-    """(chosen arm name, one-sentence reason) from records with name, auc, se, depth, lr_ratio.
+    """(chosen arm name, one-sentence reason) from records with name, auc, se, depth, lr_ratio
+    (and optionally ``extras``, the number of add-ons, 0 when absent).
 
     ``depth`` orders arms from least to most unfrozen (0 = head only); among equal depth a
-    larger ``lr_ratio`` (slower backbone) counts as less change.
+    larger ``lr_ratio`` (slower backbone) counts as less change, then fewer add-ons.
     """
     if not arms:
         raise ValueError("no arms to choose from")
@@ -43,7 +45,7 @@ def one_se_choice(arms: Sequence[dict[str, Any]], rule: str = "one-se") -> tuple
                               f"({best['auc']:.3f}).")
     se = best.get("se") or 0.0
     within = [a for a in arms if a["auc"] >= best["auc"] - se]
-    chosen = min(within, key=lambda a: (a["depth"], -a["lr_ratio"], -a["auc"]))
+    chosen = min(within, key=lambda a: (a["depth"], -a["lr_ratio"], a.get("extras", 0), -a["auc"]))
     if chosen["name"] == best["name"]:
         reason = (f"Chose {chosen['name']!r}: it has the highest pooled out-of-fold AUC ({best['auc']:.3f}) and "
                   f"no less-unfrozen arm comes within one standard error ({se:.3f}) of it.")
@@ -84,6 +86,8 @@ def select_arm(y: Sequence[int], oof: dict[str, np.ndarray], meta: dict[str, dic
         a["vs_best"] = None if a["name"] == best["name"] else _paired(y, oof[a["name"]], oof[best["name"]], level)
         a["vs_random"] = (None if control is None or a["name"] == control["name"]
                           else _paired(y, oof[a["name"]], oof[control["name"]], level))
+        base = a.get("base")
+        a["vs_base"] = _paired(y, oof[a["name"]], oof[base], level) if base in oof else None
     return {"level": level, "rule": rule, "n": int(len(y)), "n_pos": int(y.sum()), "arms": table,
             "best": best["name"], "random_control": control["name"] if control else None,
             "chosen": chosen, "reason": reason, "warnings": log.items}
