@@ -142,6 +142,7 @@ def test_aux_columns_and_findings_column_combine(tmp_path):
     ({"findings_column": "finding_labels"}, "findings column (ingest.findings_column) 'finding_labels' not in"),
     ({"aux_columns": ["fibrosis"]}, "'fibrosis' is the label column"),
     ({"aux_columns": ["mass", "mass"]}, "'mass': listed twice"),
+    ({"aux_columns": ["findings"], "findings_column": "findings"}, "'findings' is both ingest.findings_column"),
 ])
 def test_missing_or_misused_columns_are_refused_naming_the_column_and_header(tmp_path, kw, pattern):
     with pytest.raises(LabelsError) as err:
