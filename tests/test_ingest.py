@@ -430,3 +430,92 @@ def test_a_cache_inside_the_input_folder_is_not_ingested_as_input(tmp_path, cfg)
     assert (first.inputs, first.ingested) == (1, 1)
     # The second run sees only a.dcm: no shards, manifests or lock files as rejects.
     assert (again.inputs, again.skipped, sum(again.rejected.values())) == (1, 1, 0)
+
+
+# ---------------------------------------------------------------- auxiliary findings (issue 14)
+
+
+def _aux_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    d = tmp_path / "in"
+    d.mkdir()
+    for i, name in enumerate(("a", "b", "c", "d")):
+        _chest(d / f"{name}.dcm", i)
+    return d, tmp_path / "labels.csv"
+
+
+def test_aux_findings_reach_the_manifest_and_missing_stays_missing(tmp_path, cfg, caplog):
+    d, labels = _aux_inputs(tmp_path)
+    labels.write_text("image,fibrosis,edema,finding_labels\n"
+                      "a.dcm,1,1,Fibrosis|Mass\nb.dcm,0,,No Finding\nc.dcm,0,0,\n")  # d.dcm: no row
+    aux_cfg = dataclasses.replace(cfg, labels_csv=str(labels), aux_label_columns=("edema",),
+                                  findings_column="finding_labels")
+    with caplog.at_level("INFO", logger="fibrosis.data.ingest"):
+        ingest([d], tmp_path / "c", aux_cfg, workers=1, progress=False)
+    rows = {Path(r["path"]).name: r for r in read_csv(tmp_path / "c" / "manifest.csv")}
+    assert {n: (r["label"], r["aux_labels"]) for n, r in rows.items()} == {
+        "a.dcm": ("1", "Mass=1|edema=1"), "b.dcm": ("0", "Mass=0"), "c.dcm": ("0", "edema=0"), "d.dcm": ("", "")}
+    assert "auxiliary findings: 2 (Mass, edema); 4 labelled value(s) joined to 3 image(s)" in caplog.text
+    assert list(MANIFEST_COLUMNS)[-1] == "aux_labels"
+
+
+@pytest.mark.parametrize("verify", [False, True])  # skipped unread (stat) / hashed and skipped
+def test_corrected_findings_update_aux_labels_of_skipped_rows(tmp_path, cfg, monkeypatch, verify):
+    monkeypatch.setenv("FIBROSIS_SALT", "s")
+    d, labels = _aux_inputs(tmp_path)
+    cache = tmp_path / "cache"
+    aux_cfg = dataclasses.replace(cfg, labels_csv=str(labels), findings_column="findings")
+    head = "image,fibrosis,findings\n"
+    labels.write_text(head + "a.dcm,1,Mass\nb.dcm,0,Edema\nc.dcm,0,\n")
+    ingest([d], cache, aux_cfg, workers=1, progress=False)
+    before = {Path(r["path"]).name: r for r in read_csv(cache / "manifest.csv")}
+    assert before["a.dcm"]["aux_labels"] == "Edema=0|Mass=1" and before["c.dcm"]["aux_labels"] == ""
+
+    labels.write_text(head + "a.dcm,1,Mass\nb.dcm,0,\nc.dcm,0,Edema|Mass\n")  # only the findings change
+    again = ingest([d], cache, aux_cfg, workers=1, progress=False, verify=verify)
+    assert (again.ingested, again.skipped, again.relabelled) == (0, 4, 2)
+    after = {Path(r["path"]).name: r for r in read_csv(cache / "manifest.csv")}
+    assert {n: r["aux_labels"] for n, r in after.items()} == {
+        "a.dcm": "Edema=0|Mass=1", "b.dcm": "", "c.dcm": "Edema=1|Mass=1", "d.dcm": ""}
+    strip = {"aux_labels": "", "file_size": "", "file_mtime_ns": "", "file_id": ""}
+    assert all({**after[n], **strip} == {**before[n], **strip} for n in before)  # label, shard, index kept
+
+    ingest([d], cache, cfg, workers=1, progress=False)  # no labels CSV: the cache's findings stay
+    assert {Path(r["path"]).name: r["aux_labels"] for r in read_csv(cache / "manifest.csv")} == \
+        {n: r["aux_labels"] for n, r in after.items()}
+    same = ingest([d], cache, aux_cfg, workers=1, progress=False, verify=verify)
+    assert (same.skipped, same.relabelled) == (4, 0)
+
+
+def test_a_cache_without_the_aux_labels_column_reads_and_is_filled(tmp_path, cfg):
+    """A cache of an older version (parts and manifest without aux_labels) is re-ingested as is,
+    and a labels CSV with findings fills the column without decoding anything again."""
+    d, labels = _aux_inputs(tmp_path)
+    cache = tmp_path / "cache"
+    labels.write_text("image,fibrosis,findings\na.dcm,1,Mass\nb.dcm,0,No Finding\n")
+    ingest([d], cache, dataclasses.replace(cfg, labels_csv=str(labels)), workers=1, progress=False)
+    old_columns = tuple(c for c in MANIFEST_COLUMNS if c != "aux_labels")
+    for part in [cache / "manifest.csv", *(cache / "parts").glob("shard-*.csv")]:
+        write_csv(part, read_csv(part), old_columns)
+    assert "aux_labels" not in (cache / "manifest.csv").read_text()
+
+    ingest([d], cache, dataclasses.replace(cfg, labels_csv=str(labels)), workers=1, progress=False)
+    rows = read_csv(cache / "manifest.csv")
+    assert [r["aux_labels"] for r in rows] == [""] * 4  # nothing known, nothing relabelled
+
+    filled = ingest([d], cache, dataclasses.replace(cfg, labels_csv=str(labels), findings_column="findings"),
+                    workers=1, progress=False)
+    assert (filled.ingested, filled.relabelled) == (0, 2)
+    assert {Path(r["path"]).name: r["aux_labels"] for r in read_csv(cache / "manifest.csv")} == {
+        "a.dcm": "Mass=1", "b.dcm": "Mass=0", "c.dcm": "", "d.dcm": ""}
+
+
+def test_cli_aux_flags_set_the_ingest_config(tmp_path):
+    from fibrosis.cli.main import main
+
+    d, labels = _aux_inputs(tmp_path)
+    labels.write_text("image,fibrosis,no,findings\na.dcm,1,1,Mass\nb.dcm,0,0,\n")  # `no`: a YAML boolean
+    assert main(["ingest", str(d), "--cache", str(tmp_path / "c"), "--labels", str(labels), "--no-progress",
+                 "--workers", "1", "--set", "ingest.min_side=1", "--aux-columns", "no",
+                 "--findings-column", "findings"]) == 0
+    rows = {Path(r["path"]).name: r["aux_labels"] for r in read_csv(tmp_path / "c" / "manifest.csv")}
+    assert rows == {"a.dcm": "Mass=1|no=1", "b.dcm": "no=0", "c.dcm": "", "d.dcm": ""}

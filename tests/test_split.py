@@ -148,3 +148,29 @@ def test_placeholder_patient_id_is_flagged(tmp_path):
            progress=False)  # textures, not chests: the polarity QA does not apply
     summary = split_cache(tmp_path / "c", SplitConfig())
     assert any("placeholder" in w for w in summary.warnings)
+
+
+def test_split_carries_aux_labels_unchanged_and_reads_a_manifest_without_them(tmp_path):
+    from fibrosis.data.cache import MANIFEST_COLUMNS
+    from fibrosis.io import write_csv
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(8):
+        make_dicom(d / f"p{i}.dcm", _texture(i), bits_stored=12, patient_id=f"P{i}")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,fibrosis,findings\n" + "".join(
+        f"p{i}.dcm,{int(i < 3)},{['Mass', 'No Finding', '', 'Edema|Mass'][i % 4]}\n" for i in range(8)))
+    cfg = IngestConfig(image_size=64, min_side=1, labels_csv=str(labels), findings_column="findings",
+                       polarity_qa="keep")
+    ingest([d], tmp_path / "c", cfg, workers=1, progress=False)
+    manifest = tmp_path / "c" / "manifest.csv"
+    aux = {r["path"]: r["aux_labels"] for r in read_csv(manifest)}
+    assert sorted(set(aux.values())) == ["", "Edema=0|Mass=0", "Edema=0|Mass=1", "Edema=1|Mass=1"]
+    split_cache(tmp_path / "c", SplitConfig(train=0.5, val=0.25, test=0.25))
+    rows = read_csv(manifest)
+    assert all(r["split"] for r in rows) and {r["path"]: r["aux_labels"] for r in rows} == aux
+
+    write_csv(manifest, rows, tuple(c for c in MANIFEST_COLUMNS if c != "aux_labels"))  # an older manifest
+    split_cache(tmp_path / "c", SplitConfig(train=0.5, val=0.25, test=0.25, seed=1), reassign=True)
+    assert [r["aux_labels"] for r in read_csv(manifest)] == [""] * 8

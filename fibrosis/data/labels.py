@@ -166,6 +166,9 @@ def _aux_vocabulary(rows: list[dict[str, str]], path: Path, columns: Sequence[st
         if col == label_column:
             raise LabelsError(f"{path}: {what} {col!r} is the label column (ingest.label_column); "
                               "expected columns of other findings")
+    if findings_column in aux_columns:
+        raise LabelsError(f"{path}: column {findings_column!r} is both ingest.findings_column and in "
+                          "ingest.aux_label_columns; expected one reading of a column")
     for col in aux_columns:
         problem = aux_name_problem(col)
         if problem or aux_columns.count(col) > 1:
