@@ -5,7 +5,8 @@
 Data: ../shared/data/nih-cxr14-sample (421 NIH ChestX-ray14 PNGs, 36 Fibrosis), ingested
 through fibrosis.data.ingest into a cache at --size px and split by `fibrosis split`
 (default 60/20/20, seed 0). `fibrosis tune` then runs patient-level 5-fold CV over train+val
-(the test split untouched) for the arms of configs/default.yaml (or --arms NAME,...),
+(the test split untouched) for the arms of configs/default.yaml (or --arms NAME,..., or any
+grid with --set 'tune.arms=[...]'; the labels' finding_labels column feeds auxiliary heads),
 selects one by the one-SE rule and leaves the fold ensemble in WORK/tune/best.pt.
 Afterwards, once: the ensemble is evaluated on the internal test split
 (`fibrosis evaluate`) and compared with the mean test AUC of its single fold models.
@@ -44,10 +45,12 @@ def prepare_cache(data: Path, cache: Path, size: int) -> Path:
     from fibrosis.data.ingest import ingest
     from fibrosis.data.split import split_cache
 
-    if not (cache / "manifest.csv").exists():
-        cfg = IngestConfig(image_size=size, labels_csv=str(data / "labels.csv"), label_column="fibrosis")
-        logging.getLogger("transfer").warning("ingest: %s", ingest([data / "images"], cache, cfg, progress=False))
-        split_cache(cache, SplitConfig())
+    # Every run re-ingests (a no-op on unchanged files) so that a labels or config change since
+    # the cache was built (e.g. the auxiliary findings) reaches the manifest; split is a no-op too.
+    cfg = IngestConfig(image_size=size, labels_csv=str(data / "labels.csv"), label_column="fibrosis",
+                       findings_column="finding_labels")
+    logging.getLogger("transfer").warning("ingest: %s", ingest([data / "images"], cache, cfg, progress=False))
+    split_cache(cache, SplitConfig())
     return cache
 
 
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--weights", type=Path, default=SHARED / "weights" / "mobilenet_v2-imagenet-features.pth")
     ap.add_argument("--work", type=Path, default=REPO / "work" / "transfer")
     ap.add_argument("--out", type=Path, default=REPO / "reports" / "transfer.json")
+    ap.add_argument("--tune-dir", default="tune", help="folder under --work for this tune run (its units resume)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--arms", default=None, help="comma-separated arm names of the default grid (default: all)")
     ap.add_argument("--random-unfreeze", default=None,
@@ -100,13 +104,13 @@ def main(argv: list[str] | None = None) -> dict:
                          for a in arms)
         overrides.append(f"tune.arms=[{spec}]")
     cfg = load_config(None, overrides)
-    result = run_tune(cfg, cache, args.work / "tune", device="cpu")
+    result = run_tune(cfg, cache, args.work / args.tune_dir, device="cpu")
     if result is None:
         raise SystemExit("tune stopped early")
     from fibrosis.evaluate.run import evaluate_run
 
-    metrics = json.loads(evaluate_run(args.work / "tune", cache, gradcam=False, device="cpu").read_text())
-    test = single_vs_ensemble(args.work / "tune", cache)
+    metrics = json.loads(evaluate_run(args.work / args.tune_dir, cache, gradcam=False, device="cpu").read_text())
+    test = single_vs_ensemble(args.work / args.tune_dir, cache)
     out = {"tune": {k: v for k, v in result.items() if k != "arms"},
            "arms": [{k: v for k, v in a.items() if k not in ("roc", "curve")} for a in result["arms"]],
            "test": test, "test_auc_delong": metrics["discrimination"]["delong"],

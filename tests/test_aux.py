@@ -93,31 +93,100 @@ def aux_cache(tmp_path_factory):
                                 splits={"train": 0.5, "val": 0.25, "test": 0.25}, seed=3, aux=True)
 
 
-@pytest.mark.slow
-def test_training_with_aux_heads_records_them_and_scores_fibrosis_only(aux_cache, tmp_path):
+AUX_TRAIN = ["model.arch=resnet18", "model.weights=none", "model.input_size=32", "train.num_workers=0",
+             "train.batch_size=8", "train.head_epochs=1", "train.finetune_epochs=1", "train.aux_weight=0.5",
+             "train.aux_min_positives=2", "train.channels_last=false"]
+
+
+@pytest.fixture(scope="module")
+def aux_run(aux_cache, tmp_path_factory):
     from fibrosis.config import load_config
+    from fibrosis.train.loop import train
+
+    run = tmp_path_factory.mktemp("run") / "run"
+    train(load_config(None, AUX_TRAIN), aux_cache, run, device="cpu")
+    return run
+
+
+@pytest.mark.slow
+def test_training_with_aux_heads_records_them_and_keeps_one_fibrosis_output(aux_run, aux_cache):
+    from fibrosis.config import config_from_dict, config_to_dict, load_config
     from fibrosis.model.checkpoint import load_checkpoint, load_model
     from fibrosis.train.loop import train
 
-    cfg = load_config(None, ["model.arch=resnet18", "model.weights=none", "model.input_size=32",
-                             "train.num_workers=0", "train.batch_size=8", "train.head_epochs=1",
-                             "train.finetune_epochs=1", "train.aux_weight=0.5", "train.aux_min_positives=2",
-                             "train.channels_last=false"])
-    best = train(cfg, aux_cache, tmp_path / "run", device="cpu")
-    ckpt = load_checkpoint(best)
+    ckpt = load_checkpoint(aux_run / "best.pt")
     assert ckpt["aux"]["names"] == ["Noise", "Stripes"] and ckpt["aux"]["weight"] == 0.5
     assert len(ckpt["aux"]["pos_weight"]) == 2
-    model, _ = load_model(best)
+    model, _ = load_model(aux_run / "best.pt")
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         assert model(x).shape == (2, 1) and model.forward_all(x).shape == (2, 3)
         assert model.aux_head[-1].weight.abs().sum() > 0  # the heads trained (they start at zero)
     # Resume refuses a changed auxiliary weight like any other training key.
-    from fibrosis.config import config_to_dict, config_from_dict
-    d = config_to_dict(cfg)
+    d = config_to_dict(load_config(None, AUX_TRAIN))
     d["train"]["aux_weight"] = 1.0
     with pytest.raises(ValueError, match="aux_weight"):
-        train(config_from_dict(d), aux_cache, tmp_path / "run", resume=True, device="cpu")
+        train(config_from_dict(d), aux_cache, aux_run, resume=True, device="cpu")
+
+
+@pytest.mark.slow
+def test_aux_checkpoint_round_trips_through_evaluate_gradcam_and_every_engine(aux_run, aux_cache, tmp_path,
+                                                                              monkeypatch):
+    import csv
+    import json
+    import shutil
+
+    from dicom_factory import chest_phantom, make_png
+    from fibrosis.evaluate.run import evaluate_run
+    from fibrosis.model.engine import onnxruntime_available
+    from fibrosis.report.build import write_report
+    from fibrosis.score.run import score
+
+    run = tmp_path / "run"
+    shutil.copytree(aux_run, run)
+    metrics = json.loads(evaluate_run(run, aux_cache, device="cpu").read_text())
+    assert metrics["run"]["aux"]["names"] == ["Noise", "Stripes"]
+    assert metrics["gradcam"]["layer"]  # Grad-CAM of the fibrosis output, aux heads present
+    html = (write_report(run, tmp_path / "report") / "report.html").read_text()
+    assert "Auxiliary heads" in html and "Noise, Stripes" in html
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for k in range(3):
+        make_png(inputs / f"x{k}.png", (chest_phantom(300, 300, seed=k) * 255).astype(np.uint8))
+    monkeypatch.setenv("FIBROSIS_SALT", "test-salt")
+    engines = ["eager", "channels_last"] + (["onnx"] if onnxruntime_available() else [])
+    got = {}
+    for engine in engines:
+        out = tmp_path / f"{engine}.csv"
+        summary = score(run, inputs, out, engine=engine, progress=False, device="cpu", workers=1,
+                        gradcam_dir=tmp_path / "cam", aux=engine == "eager")
+        assert summary.ok() and summary.counts["ok"] == 3
+        rows = list(csv.DictReader(open(out)))
+        assert not any(k.startswith("p_") for k in rows[0])  # scores.csv: fibrosis only
+        got[engine] = [float(r["logit"]) for r in rows]
+    for engine in engines[1:]:
+        np.testing.assert_allclose(got[engine], got["eager"], atol=1e-3)
+    aux_rows = list(csv.DictReader(open(tmp_path / "eager.aux.csv")))
+    assert [r["path"] for r in aux_rows] == sorted(r["path"] for r in aux_rows) and len(aux_rows) == 3
+    assert all(0 < float(r["p_Noise"]) < 1 and 0 < float(r["p_Stripes"]) < 1 for r in aux_rows)
+    assert not (tmp_path / "channels_last.aux.csv").exists()  # not asked: ignored
+
+
+def test_score_aux_on_a_model_without_aux_heads_is_refused(tmp_path):
+    from fibrosis.config import config_to_dict, load_config
+    from fibrosis.model.checkpoint import save_checkpoint
+    from fibrosis.score.run import score
+
+    model = build_model("resnet18", "none", input_size=32)
+    cfg = load_config(None, ["model.arch=resnet18", "model.weights=none", "model.input_size=32"])
+    save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "config": config_to_dict(cfg),
+                                        "arch": "resnet18", "preprocessing": model.preprocessing,
+                                        "weights_info": model.weights_info, "pretrained": False,
+                                        "manifest_hash": "x"})
+    (tmp_path / "in").mkdir()
+    with pytest.raises(ValueError, match="no auxiliary heads"):
+        score(tmp_path / "m.pt", tmp_path / "in", tmp_path / "s.csv", aux=True, progress=False, device="cpu")
 
 
 @pytest.mark.slow

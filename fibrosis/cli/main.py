@@ -175,7 +175,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, gradcam_dir=args.gradcam,
                         study_aggregate=args.aggregate, engine=args.engine,
                         progress=not args.no_progress, salt_dir=args.salt_dir, device=args.device,
-                        sr_out=args.sr_out, sc_out=args.sc_out)
+                        sr_out=args.sr_out, sc_out=args.sc_out, aux=args.aux)
     except EngineError as exc:  # a named engine is unavailable or disagrees with eager fp32
         logger.error("%s", exc)
         return EXIT_USAGE
@@ -338,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sc-out", type=Path, default=None,
                    help="write a Grad-CAM overlay per frontal image scored here, as DICOM Secondary Capture "
                         "in the source's study")
+    p.add_argument("--aux", action="store_true",
+                   help="also write the auxiliary findings' outputs (models trained with auxiliary heads) to "
+                        "<out>.aux.csv: uncalibrated probabilities, never validated; scores.csv is fibrosis only")
     p.add_argument("--no-progress", action="store_true")
 
     p = add("listen", cmd_listen,

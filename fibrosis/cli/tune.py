@@ -74,13 +74,18 @@ def base_arm(arm: dict[str, Any], arms: dict[str, dict[str, Any]]) -> str | None
 
 
 def log_table(result: dict[str, Any]) -> None:
-    """The arms table in the log: OOF AUC with CI, difference to random init with p, minutes."""
+    """The arms table in the log: OOF AUC with CI, differences to random init and to the same
+    recipe without add-ons (paired p), epochs, minutes."""
     lvl = f"{100 * result['level']:.4g}%"
-    logger.info("%-14s %-7s %-15s %-20s %5s %6s", "arm", "OOF AUC", f"{lvl} CI", "vs random (p)", "epoch", "min")
+    paired = lambda t: f"{t['difference']:+.3f} (p={t['p']:.3f})" if t else "-"  # noqa: E731
+    logger.info("%-18s %-7s %-12s %-20s %-20s %5s %6s", "arm", "OOF AUC", f"{lvl} CI", "vs random (p)",
+                "vs base (p)", "epoch", "min")
     for a in result["arms"]:
         ci = f"{a['ci'][0]:.3f}-{a['ci'][1]:.3f}" if a["ci"] else "n/a"
-        vr = a.get("vs_random")
-        vs = f"{vr['difference']:+.3f} (p={vr['p']:.3f})" if vr else "-"
-        logger.info("%-14s %-7.3f %-15s %-20s %5d %6.1f%s", a["name"], a["auc"], ci, vs, a["epoch"],
-                    a["minutes"], "  <- chosen" if a["name"] == result["chosen"] else "")
+        logger.info("%-18s %-7.3f %-12s %-20s %-20s %5d %6.1f%s", a["name"], a["auc"], ci, paired(a.get("vs_random")),
+                    paired(a.get("vs_base")), a["epoch"], a["minutes"],
+                    "  <- chosen" if a["name"] == result["chosen"] else "")
+        if a.get("aux_auc"):
+            logger.info("%18s auxiliary heads' own OOF AUC: %s", "",
+                        ", ".join(f"{k} {v:.2f}" for k, v in a["aux_auc"].items()))
     logger.info("%s", result["reason"])

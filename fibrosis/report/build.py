@@ -141,11 +141,30 @@ def _model_blocks(m: dict[str, Any]) -> list[Block]:
             ("Preset", r.get("preset") or "n/a"),
             ("Epochs trained", f"{r.get('epochs_done')} (best checkpoint: epoch {r.get('best_epoch')}, "
                                f"validation AUC {num(r.get('best_val_auc'))})"),
+            ("Auxiliary heads", _aux_text(r.get("aux"))),
             ("Checkpoint sha256", r.get("checkpoint_sha256") or "n/a")]},
         {"type": "table", "caption": "Training stages (freeze, then unfreeze)",
          "header": ["stage", "epochs run / planned", "learning rate", "trainable blocks", "best val AUC"],
          "rows": rows},
-    ]
+    ] + _aux_blocks(r.get("aux"))
+
+
+def _aux_text(aux: dict[str, Any] | None) -> str:
+    if not aux or not aux.get("names"):
+        return "none (fibrosis label only)"
+    return (f"{len(aux['names'])} other findings trained jointly as extra outputs (loss weight "
+            f"{aux.get('weight', 0):g}): {', '.join(aux['names'])}. They shape the shared features only; "
+            "every number in this report is of the fibrosis output.")
+
+
+def _aux_blocks(aux: dict[str, Any] | None) -> list[Block]:
+    """The auxiliary heads' own out-of-fold AUCs (tune): context, not claims about those findings."""
+    oof = (aux or {}).get("oof_auc") or {}
+    if not oof:
+        return []
+    return [{"type": "table", "caption": "Auxiliary findings: each head's own pooled out-of-fold AUC "
+                                         "(context: whether the backbone learned them; not validated here)",
+             "header": ["finding", "OOF AUC"], "rows": [[k, f"{v:.3f}"] for k, v in sorted(oof.items())]}]
 
 
 def _calibration_blocks(m: dict[str, Any]) -> list[Block]:
@@ -282,7 +301,8 @@ def _tune_blocks(t: dict[str, Any]) -> list[Block]:
         return "-" if not d else f"{d['difference']:+.3f} (p={d['p']:.3g})"
 
     rows = [[a["name"], a.get("describe", ""), f"{a['auc']:.3f}", ci3(a["ci"]), vs(a.get("vs_random")),
-             vs(a.get("vs_best")), str(a.get("epoch", "")), f"{a.get('minutes', 0):.1f}"] for a in t["arms"]]
+             vs(a.get("vs_best")), vs(a.get("vs_base")), str(a.get("epoch", "")), f"{a.get('minutes', 0):.1f}"]
+            for a in t["arms"]]
     reps = f" x {t['repeats']} repeats" if t.get("repeats", 1) > 1 else ""
     return [
         {"type": "h2", "text": "How much to unfreeze?"},
@@ -294,7 +314,8 @@ def _tune_blocks(t: dict[str, Any]) -> list[Block]:
                               "AUCs are of the pooled out-of-fold logits (DeLong CI); differences are paired DeLong "
                               "tests on the same patients."},
         {"type": "table", "caption": "Arms (pooled out-of-fold)",
-         "header": ["arm", "what trains", "OOF AUC", lvl, "vs random init (p)", "vs best (p)", "epochs", "minutes"],
+         "header": ["arm", "what trains", "OOF AUC", lvl, "vs random init (p)", "vs best (p)",
+                    "vs same arm without add-ons (p)", "epochs", "minutes"],
          "rows": rows},
         {"type": "figure", "key": "tune_roc", "half": True,
          "caption": "Out-of-fold ROC curves of every arm; dotted grey: random initialisation."},

@@ -55,6 +55,18 @@ AGGREGATES = typing.get_args(StudyAggregate)
 FRONTAL_VIEWS = frozenset({"PA", "AP", ""})
 
 
+def aux_path(scores: Path) -> Path:
+    """``scores.csv`` -> ``scores.aux.csv``: the auxiliary findings' outputs (``--aux``)."""
+    name = scores.name[:-4] if scores.name.endswith(".csv") else scores.name
+    return scores.with_name(f"{name}.aux.csv")
+
+
+def aux_columns(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Side file of the auxiliary heads: one uncalibrated probability per finding (``p_<name>``).
+    Never in scores.csv: those findings were not validated, and resume checks its header."""
+    return ("path", "model_id", *(f"p_{n}" for n in names))
+
+
 def meta_path(scores: Path) -> Path:
     """``scores.csv`` -> ``scores.meta.csv`` (``x.csv.rank1`` -> ``x.csv.rank1.meta.csv``)."""
     name = scores.name[:-4] if scores.name.endswith(".csv") else scores.name
@@ -154,9 +166,9 @@ def open_for_resume(path: Path, expect_model: str) -> dict[str, str]:
     return done
 
 
-def prune_meta(path: Path, done: set[str]) -> None:
+def prune_meta(path: Path, done: set[str], columns: tuple[str, ...] = META_COLUMNS) -> None:
     """Before a resume: keep only the side-file rows of paths already in the scores file.
-    Meta rows are written before their score rows, so a killed run may leave a few extra
+    Side rows are written before their score rows, so a killed run may leave a few extra
     (and a torn last line); those files are scored again and their rows re-written."""
     if not path.exists() or path.stat().st_size == 0:
         return
@@ -164,10 +176,10 @@ def prune_meta(path: Path, done: set[str]) -> None:
     text = text[:text.rfind(b"\n") + 1]  # a torn last line
     rows = list(csv.DictReader(io.StringIO(text.decode("utf-8"))))
     header = text.split(b"\n", 1)[0].decode("utf-8")
-    if tuple(next(csv.reader([header]), [])) != META_COLUMNS:
-        raise ValueError(f"{path}: existing file has columns {header!r}; expected {list(META_COLUMNS)} "
-                         "(not a fibrosis score side file, or another version): choose a new --out")
-    _write_rows_atomic(path, (r for r in rows if r["path"] in done), META_COLUMNS)
+    if tuple(next(csv.reader([header]), [])) != columns:
+        raise ValueError(f"{path}: existing file has columns {header!r}; expected {list(columns)} "
+                         "(not a fibrosis score side file, another version or another model): choose a new --out")
+    _write_rows_atomic(path, (r for r in rows if r["path"] in done), columns)
 
 
 class RowWriter:

@@ -220,8 +220,10 @@ class Scorer:
 
     def __init__(self, model: Any, engine: Any, fz: Frozen, writer: score_io.RowWriter, *,
                  batch_size: int, salt: str, auto: bool, gradcam_dir: Path | None,
-                 meta_writer: score_io.RowWriter | None = None, scored_at: str = ""):
+                 meta_writer: score_io.RowWriter | None = None, scored_at: str = "",
+                 aux_writer: score_io.RowWriter | None = None):
         self.model, self.engine, self.fz, self.writer = model, engine, fz, writer
+        self.aux_writer = aux_writer  # auxiliary heads' outputs, only when asked (--aux)
         self.meta_writer, self.scored_at = meta_writer, scored_at
         self.meta_rows: list[dict[str, Any]] = []  # side-file rows of the pending rows
         self.batch_size, self.salt, self.auto, self.gradcam_dir = batch_size, salt, auto, gradcam_dir
@@ -295,6 +297,8 @@ class Scorer:
                            decision=int(pi >= self.fz.threshold), engine=self.engine.name)
             if self.gradcam_dir is not None:
                 self._gradcam(x, ok_rows)
+            if self.aux_writer is not None:
+                self._aux(x, ok_rows)
         if self.meta_writer is not None:  # first: on resume, extra meta rows are pruned
             for meta_row in self.meta_rows:
                 self.meta_writer.write(meta_row)
@@ -305,6 +309,22 @@ class Scorer:
         self.writer.flush()
         self.rows.clear()
         self.xs.clear()
+
+    def _aux(self, x: np.ndarray, ok_rows: list[dict[str, Any]]) -> None:
+        """The auxiliary heads' probabilities (sigmoid, uncalibrated) by a plain eager pass: a
+        second forward of the batch, paid only by runs that ask for them."""
+        import torch
+
+        from fibrosis.numeric import sigmoid
+
+        dev = next(self.model.parameters()).device
+        with torch.no_grad():
+            z = self.model.forward_all(torch.from_numpy(x).to(dev))[:, 1:].float().cpu().numpy()
+        names = self.model.aux_names
+        for row, zi in zip(ok_rows, sigmoid(z.astype(np.float64))):
+            self.aux_writer.write({"path": row["path"], "model_id": row["model_id"],
+                                   **{f"p_{n}": f"{v:.6f}" for n, v in zip(names, zi)}})
+        self.aux_writer.flush()
 
     def _gradcam(self, x: np.ndarray, ok_rows: list[dict[str, Any]]) -> None:
         import cv2
@@ -342,13 +362,14 @@ class _Plan:
     aggregate: str
     engine: str
     gradcam_dir: Path | None
+    aux_columns: tuple[str, ...] | None = None  # --aux: the side file's columns
 
 
 def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int | None = None,
           batch_size: int | None = None, gradcam_dir: str | Path | None = None,
           study_aggregate: str | None = None, engine: str | None = None, progress: bool = True,
           salt_dir: str | Path | None = None, device: str | None = None,
-          sr_out: str | Path | None = None, sc_out: str | Path | None = None) -> ScoreSummary:
+          sr_out: str | Path | None = None, sc_out: str | Path | None = None, aux: bool = False) -> ScoreSummary:
     """Score every file under ``input`` (folder, file or CSV of paths) into ``out``.
 
     ``None`` arguments come from the checkpoint's ``score`` config. Per-study
@@ -357,6 +378,8 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
     use the training cache folder (or the same variable) to get the keys ingest wrote.
     ``sr_out`` / ``sc_out``: folders for one DICOM SR per study of the inputs
     (:mod:`fibrosis.score.sr`) and Grad-CAM Secondary Captures (:mod:`fibrosis.score.sc`).
+    ``aux``: also write the auxiliary findings' uncalibrated probabilities to ``<out>.aux.csv``
+    (checkpoints trained with auxiliary heads only; they are ignored otherwise).
     """
     from fibrosis.model import distributed
     from fibrosis.model.checkpoint import load_model
@@ -367,11 +390,15 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
         ckpt_path = resolve_checkpoint(model)
         sha = file_sha256(ckpt_path)
         net, ckpt = load_model(ckpt_path, d.device)
+        if aux and not getattr(net, "aux_names", ()):
+            raise ValueError(f"{ckpt_path}: aux outputs asked for, but this model has no auxiliary heads "
+                             f"(train with train.aux_weight > 0, or a tune arm with aux_weight)")
         fz = frozen_settings(ckpt, ckpt_path, sha)
         for key in ("model", "optimizer", "scheduler"):  # loaded already / not needed: free them
             ckpt.pop(key, None)
         plan = _plan(fz, d, input, Path(out).resolve(), workers=workers, batch_size=batch_size,
-                     gradcam_dir=gradcam_dir, study_aggregate=study_aggregate, engine=engine, salt_dir=salt_dir)
+                     gradcam_dir=gradcam_dir, study_aggregate=study_aggregate, engine=engine, salt_dir=salt_dir,
+                     aux_columns=score_io.aux_columns(net.aux_names) if aux else None)
         scorer = _score_files(plan, fz, net, ckpt_path, sha, d, progress, t0)
         summary = ScoreSummary(str(plan.out), str(plan.out.with_suffix(".studies.csv")), fz.model_id,
                                scorer.engine.describe(), scorer.counts, plan.resumed,
@@ -392,7 +419,7 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
 
 def _plan(fz: Frozen, d: Any, input: str | Path, out: Path, *, workers: int | None, batch_size: int | None,
           gradcam_dir: str | Path | None, study_aggregate: str | None, engine: str | None,
-          salt_dir: str | Path | None) -> _Plan:
+          salt_dir: str | Path | None, aux_columns: tuple[str, ...] | None = None) -> _Plan:
     """Settings (arguments over the checkpoint's), the salt, the inputs, and what a
     previous run already scored."""
     from fibrosis.model import distributed
@@ -426,6 +453,8 @@ def _plan(fz: Frozen, d: Any, input: str | Path, out: Path, *, workers: int | No
     if d.world > 1 and out.exists():
         done = {**score_io.open_for_resume(out, fz.model_id), **done}  # this rank's part is newer
     score_io.prune_meta(score_io.meta_path(part), done)
+    if aux_columns:
+        score_io.prune_meta(score_io.aux_path(part), done, aux_columns)
     mine = entries[d.rank::d.world]
     # A row is kept only while its file is unchanged: workers re-hash every file that
     # has one (no decode) and a changed file is scored again. Entries reported without
@@ -437,7 +466,7 @@ def _plan(fz: Frozen, d: Any, input: str | Path, out: Path, *, workers: int | No
         logger.info("resuming: %d of %d file(s) have a row in %s; files whose content hash "
                     "changed are scored again", len(known) + resumed, len(mine), part)
     return _Plan(out, part, entries, todo, known, resumed, salt, scored_at, bs, n_workers, aggregate,
-                 engine or fz.score.engine, gc_dir)
+                 engine or fz.score.engine, gc_dir, aux_columns)
 
 
 def _score_files(plan: _Plan, fz: Frozen, net: Any, ckpt_path: Path, sha: str, d: Any,
@@ -458,9 +487,10 @@ def _score_files(plan: _Plan, fz: Frozen, net: Any, ckpt_path: Path, sha: str, d
         distributed.barrier(d)
     writer = score_io.RowWriter(plan.part)
     meta_writer = score_io.RowWriter(score_io.meta_path(plan.part), score_io.META_COLUMNS)
+    aux_writer = score_io.RowWriter(score_io.aux_path(plan.part), plan.aux_columns) if plan.aux_columns else None
     scorer = Scorer(net, eng, fz, writer, batch_size=plan.batch_size, salt=plan.salt,
                     auto=plan.engine == "auto", gradcam_dir=plan.gradcam_dir, meta_writer=meta_writer,
-                    scored_at=plan.scored_at)
+                    scored_at=plan.scored_at, aux_writer=aux_writer)
     bar = tqdm(total=len(plan.todo), unit="img", desc="score", disable=not progress or not d.is_main)
     scorer.setup_seconds = time.perf_counter() - t0  # since score() started: checkpoint, engine, inputs
     try:
@@ -476,6 +506,8 @@ def _score_files(plan: _Plan, fz: Frozen, net: Any, ckpt_path: Path, sha: str, d
     finally:
         writer.close()
         meta_writer.close()
+        if aux_writer is not None:
+            aux_writer.close()
         bar.close()
     return scorer
 
@@ -497,11 +529,15 @@ def _finish(plan: _Plan, summary: ScoreSummary, scorer: "Scorer", d: Any) -> Non
             score_io.merge_parts(out, ranks)
             score_io.merge_parts(score_io.meta_path(out), [score_io.meta_path(p) for p in ranks],
                                  score_io.META_COLUMNS)
+            if plan.aux_columns:
+                score_io.merge_parts(score_io.aux_path(out), [score_io.aux_path(p) for p in ranks], plan.aux_columns)
     else:
         if not score_io.is_sorted(out):
             score_io.sort_in_place(out)
         if not score_io.is_sorted(score_io.meta_path(out)):
             score_io.sort_in_place(score_io.meta_path(out), score_io.META_COLUMNS)
+        if plan.aux_columns and not score_io.is_sorted(score_io.aux_path(out)):
+            score_io.sort_in_place(score_io.aux_path(out), plan.aux_columns)
     if d.is_main:
         n_studies = score_io.write_studies(out, Path(summary.studies_out), plan.aggregate)
         logger.info("%d studie(s), aggregate %s over frontal ok images -> %s", n_studies,
