@@ -202,6 +202,7 @@ def test_tune_aux_arm_reports_aux_oof_aucs_and_packages_the_heads(aux_cache, tmp
                              " {name: last1-aux, unfreeze: last1, lr_ratio: 10, aux_weight: 1.0}]"])
     result = run_tune(cfg, aux_cache, tmp_path / "t", progress=False)
     arms = {a["name"]: a for a in result["arms"]}
+    assert result["aux"]["names"] == ["Noise", "Stripes"] and result["skipped_arms"] == {}
     assert arms["last1"]["aux_auc"] == {} and set(arms["last1-aux"]["aux_auc"]) == {"Noise", "Stripes"}
     assert arms["last1-aux"]["vs_base"] is not None and arms["last1"]["vs_base"] is None
     assert arms["last1-aux"]["base"] == "last1" and arms["last1-aux"]["extras"] == 1
@@ -216,3 +217,31 @@ def test_tune_aux_arm_reports_aux_oof_aucs_and_packages_the_heads(aux_cache, tmp
     assert ckpt["aux"]["names"] == ["Noise", "Stripes"] and ckpt["aux"]["oof_auc"] == arms["last1-aux"]["aux_auc"]
     model, _ = load_model(path)
     assert model.aux_names == ("Noise", "Stripes") and len(model.members) == 3
+
+
+def test_tune_skips_aux_arms_with_a_reason_when_the_cache_has_no_auxiliary_labels(tmp_path):
+    from fibrosis.config import load_config
+    from fibrosis.data.synthetic import make_synthetic_cache
+    from fibrosis.train import tune as T
+
+    cache = make_synthetic_cache(tmp_path / "c", 24, 32, pos_frac=0.5, seed=1)  # no aux_labels
+    cfg = load_config(None, ["model.arch=resnet18", "model.weights=none", "model.input_size=32", "tune.folds=2",
+                             "tune.arms=[{name: last1, unfreeze: last1}, {name: last1-aux, unfreeze: last1,"
+                             " aux_weight: 1.0}]"])
+    ctx, _, arms, _ = T.setup(cfg, cache, tmp_path / "t")
+    assert [a.name for a in arms] == ["last1"]
+    assert "no auxiliary finding" in ctx.skipped["last1-aux"] and ctx.aux_summary() == {}
+
+
+def test_report_lists_the_auxiliary_findings_and_skipped_arms():
+    from fibrosis.report.build import _tune_aux_blocks
+
+    t = {"arms": [{"name": "a"}, {"name": "a-aux", "aux_auc": {"Mass": 0.71}}],
+         "aux": {"names": ["Mass"], "counts": {"Mass": [12, 300]}, "dropped": {"Hernia": "2 positive"}},
+         "skipped_arms": {"b-aux": "no labels"}}
+    blocks = _tune_aux_blocks(t)
+    table = next(b for b in blocks if b["type"] == "table")
+    assert table["rows"] == [["Mass", "12 / 300", "0.710"]] and table["header"][-1] == "OOF AUC, a-aux"
+    text = " ".join(b.get("text", "") for b in blocks)
+    assert "'b-aux' was not run: no labels" in text and "Hernia: 2 positive" in text
+    assert _tune_aux_blocks({"arms": [{"name": "a"}]}) == []

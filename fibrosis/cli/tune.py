@@ -53,6 +53,7 @@ def run_tune(cfg: Config, cache: str | Path, out: str | Path, *, device: str | N
               "n_dev_patients": len({cv.rows[i]["patient_key"] for i in cv.dev}),
               "feature_seconds": round(cv.feature_seconds, 1), "final": cfg.tune.final,
               "checkpoint": path.name, **sel,
+              "skipped_arms": cv.ctx.skipped if cv.ctx else {}, "aux": cv.ctx.aux_summary() if cv.ctx else {},
               "minutes_total": round((time.perf_counter() - t0) / 60, 2)}
     update_checkpoint(path, calibration=calibration, threshold=threshold,
                       tune_selection={"chosen": sel["chosen"], "reason": sel["reason"]})

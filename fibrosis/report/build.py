@@ -319,6 +319,7 @@ def _tune_blocks(t: dict[str, Any]) -> list[Block]:
          "rows": rows},
         {"type": "figure", "key": "tune_roc", "half": True,
          "caption": "Out-of-fold ROC curves of every arm; dotted grey: random initialisation."},
+    ] + _tune_aux_blocks(t) + [
         {"type": "p", "style": "summary", "text": t["reason"] + (
             f" The model evaluated here is its {t['folds'] * t.get('repeats', 1)} fold models as one ensemble "
             "(mean logit); calibration and thresholds were fitted on the pooled out-of-fold logits."
@@ -326,6 +327,26 @@ def _tune_blocks(t: dict[str, Any]) -> list[Block]:
             " The model evaluated here was refitted on all development data with that budget; calibration and "
             "thresholds were fitted on the pooled out-of-fold logits.")},
     ]
+
+
+def _tune_aux_blocks(t: dict[str, Any]) -> list[Block]:
+    """Arms that could not run, and the auxiliary findings: labels and each aux arm's own OOF AUCs."""
+    out: list[Block] = []
+    for name, why in (t.get("skipped_arms") or {}).items():
+        out.append({"type": "p", "text": f"Arm {name!r} was not run: {why}."})
+    aux = t.get("aux") or {}
+    arms = [a for a in t["arms"] if a.get("aux_auc")]
+    if aux.get("names") and arms:
+        rows = [[n, f"{aux['counts'][n][0]} / {aux['counts'][n][1]}"]
+                + [num(a["aux_auc"].get(n)) for a in arms] for n in aux["names"]]
+        out.append({"type": "table", "caption": "Auxiliary findings used as extra training targets "
+                    "(context: each head's own pooled out-of-fold AUC; not validated here)",
+                    "header": ["finding", "labelled + / -"] + [f"OOF AUC, {a['name']}" for a in arms],
+                    "rows": rows})
+        if aux.get("dropped"):
+            out.append({"type": "p", "text": "No head (too few labels): " + "; ".join(
+                f"{k}: {v}" for k, v in aux["dropped"].items()) + "."})
+    return out
 
 
 def build_blocks(m: dict[str, Any], have: set[str], tune: dict[str, Any] | None = None) -> list[Block]:

@@ -237,6 +237,16 @@ class Context:
     aux_names: tuple[str, ...] = ()
     aux_y: np.ndarray | None = None
     aux_dropped: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # arm -> why it could not run here
+
+    def aux_summary(self) -> dict[str, Any]:
+        """For tune.json and the report: which findings had heads, their label counts, which not."""
+        if self.aux_y is None:
+            return {}
+        t = self.aux_y
+        return {"names": list(self.aux_names), "dropped": self.aux_dropped,
+                "counts": {n: [int(np.nansum(t[:, k] == 1)), int(np.nansum(t[:, k] == 0))]
+                           for k, n in enumerate(self.aux_names)}}
 
 
 class SuffixAll(nn.Module):
@@ -548,21 +558,27 @@ def setup(cfg: Config, cache_dir: Path, out_dir: Path, device: str | torch.devic
     groups = patient_groups([rows[i]["patient_key"] for i in dev], near_duplicate_links(cache_dir))
     ctx = Context(cfg, rows, dev, y, groups, torch.device(device))
     arms = resolve_arms(cfg)
-    if any(a.aux for a in arms):
-        _aux_setup(ctx)
+    if any(a.aux for a in arms) and not _aux_setup(ctx):
+        why = (f"no auxiliary finding has >= {cfg.train.aux_min_positives} positive development labels "
+               f"(train.aux_min_positives; ingest with ingest.findings_column or ingest.aux_label_columns)")
+        for a in arms:
+            if a.aux:
+                logger.warning("arm %s skipped: %s", a.name, why)
+                ctx.skipped[a.name] = why
+        arms = [a for a in arms if not a.aux]
     return ctx, folds, arms, CacheReader(cache_dir, rows)
 
 
-def _aux_setup(ctx: Context) -> None:
+def _aux_setup(ctx: Context) -> bool:
+    """The auxiliary findings every fold's heads share; False when there are none to learn."""
     names, dropped = choose_aux(ctx.rows, ctx.dev, ctx.cfg.train.aux_min_positives)
     if not names:
-        raise ValueError(f"tune.arms with aux_weight > 0, but no auxiliary finding has >= "
-                         f"{ctx.cfg.train.aux_min_positives} positive development labels (train.aux_min_positives);"
-                         f" ingest with ingest.findings_column or ingest.aux_label_columns, or drop those arms")
+        return False
     ctx.aux_names, ctx.aux_dropped = names, dropped
     ctx.aux_y = aux_targets(ctx.rows, ctx.dev, names)
     logger.info("auxiliary findings (%d): %s%s", len(names), describe_aux(names, ctx.aux_y),
                 f"; no head (too few labels): {', '.join(dropped)}" if dropped else "")
+    return True
 
 
 def _base(ctx: Context, arm: Arm) -> FibrosisNet:
