@@ -312,7 +312,9 @@ def _tune_blocks(t: dict[str, Any]) -> list[Block]:
                               "frozen features; fine-tuning arms continue from it with the backbone at a 10x or 100x "
                               "lower learning rate, for the epoch budget with the lowest pooled out-of-fold loss. "
                               "AUCs are of the pooled out-of-fold logits (DeLong CI); differences are paired DeLong "
-                              "tests on the same patients."},
+                              "tests on the same patients. The epoch budget and the arm were chosen on these same "
+                              "out-of-fold predictions, so the chosen arm's AUC here is somewhat optimistic; the "
+                              "test-split results in this report are the unbiased estimate."},
         {"type": "table", "caption": "Arms (pooled out-of-fold)",
          "header": ["arm", "what trains", "OOF AUC", lvl, "vs random init (p)", "vs best (p)",
                     "vs same arm without add-ons (p)", "epochs", "minutes"],
