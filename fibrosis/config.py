@@ -39,6 +39,7 @@ EngineName = Literal["auto", "eager", "channels_last", "bf16", "onnx"]
 ArmInit = Literal["pretrained", "random"]
 Selection = Literal["one-se", "best"]
 FinalModel = Literal["ensemble", "refit"]
+EpochCriterion = Literal["calibrated-loss", "loss"]
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,10 @@ class TuneConfig:
     batch_size: int = 32
     selection: Selection = "one-se"  # one-se (least-unfrozen arm within 1 SE of the best) | best
     final: FinalModel = "ensemble"  # ensemble (the k fold models, mean logit) | refit (one model on all dev data)
+    # The epoch budget minimises, over the pooled OOF logits: calibrated-loss = the log-loss after the
+    # Platt recalibration the deployed model gets (ranking that recalibration can use, not logit
+    # scale); loss = the raw class-weighted training loss (penalises growing logits as well).
+    epoch_criterion: EpochCriterion = "calibrated-loss"
     cache_mb: int = 4096  # frozen-prefix activations kept in memory up to this size, else recomputed per batch
 
 

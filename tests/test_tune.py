@@ -337,3 +337,20 @@ def test_refit_option_leaves_one_model_trained_on_all_development_data(tuned, ca
     assert not isinstance(model, EnsembleNet)
     metrics = json.loads(evaluate_run(out, cache, gradcam=False, device="cpu").read_text())
     assert metrics["fit_split"] == "out-of-fold"
+
+
+def test_calibrated_loss_ignores_logit_scale_and_judges_ranking():
+    from fibrosis.train.tune import calibrated_log_loss
+    from fibrosis.train.probe import weighted_log_loss
+
+    y = np.array([0, 0, 1, 1, 0, 1, 0, 0])
+    z = np.array([-1.0, 0.2, 0.5, 2.0, -0.3, 0.1, -2.0, 0.4])
+    # Growing logits (an overconfident later epoch) raise the raw loss but not the calibrated one...
+    assert weighted_log_loss(y, 8 * z, 1.0) > weighted_log_loss(y, z, 1.0)
+    assert calibrated_log_loss(y, 8 * z) == pytest.approx(calibrated_log_loss(y, z), rel=1e-9)
+    # ...while a better ranking lowers it: swap one misranked pair into order.
+    better = z.copy()
+    better[[5, 7]] = better[[7, 5]]
+    assert calibrated_log_loss(y, better) < calibrated_log_loss(y, z)
+    # By hand for a 2-point case: Platt fits the base rate when the logits carry no information.
+    assert calibrated_log_loss(np.array([0, 1]), np.array([0.0, 0.0])) == pytest.approx(np.log(2))

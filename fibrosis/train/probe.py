@@ -54,8 +54,9 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, pos_weight: float) -> LogisticR
 
 
 def fit_probe(feats: np.ndarray, y: Sequence[int], groups: Sequence[str], c_grid: Sequence[float],
-              inner_folds: int, seed: int = 0) -> Probe:
-    """Fit the head on ``feats`` (n, d); C chosen by inner grouped CV over ``groups``."""
+              inner_folds: int, seed: int = 0, quiet: bool = False) -> Probe:
+    """Fit the head on ``feats`` (n, d); C chosen by inner grouped CV over ``groups``.
+    ``quiet``: a C at the end of the grid is logged at debug level (auxiliary heads: context)."""
     x = np.asarray(feats, np.float64)
     y = np.asarray(y, int)
     n_pos = int(y.sum())
@@ -78,7 +79,7 @@ def fit_probe(feats: np.ndarray, y: Sequence[int], groups: Sequence[str], c_grid
         # Smallest loss; on a tie the stronger regularisation (smaller C) wins.
         best = min(sorted(losses), key=lambda c: (round(losses[c], 10), c))
         if best in (min(losses), max(losses)):
-            logger.warning("linear probe: C=%g chosen at the %s end of tune.probe_c %s: the optimum may "
+            (logger.debug if quiet else logger.warning)("linear probe: C=%g chosen at the %s end of tune.probe_c %s: the optimum may "
                            "lie beyond it; extend the grid", best, "lower" if best == min(losses) else "upper",
                            sorted(losses))
     else:
