@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from fibrosis.data.records import Preprocessing
 from fibrosis.model.arch import ArchSpec, arch_spec
+from fibrosis.model.tta import DEFAULT_VARIANTS, TTA, Variant, make_tta
 from fibrosis.io import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,12 @@ class FibrosisNet(nn.Module):
         self.cam_layer_name = f"backbone.{arch_spec(arch).cam_layer}"
         # Module names kept in eval mode by train(): set by fibrosis.train.schedule.freeze.
         self.frozen_eval: tuple[str, ...] = ()
+        self.tta: TTA | None = None  # test-time augmentation in eval mode: set_tta
+
+    def set_tta(self, variants: Sequence[Variant] | None) -> "FibrosisNet":
+        """Average eval-mode logits over ``variants`` (fibrosis.model.tta); None: off."""
+        self.tta = make_tta(variants, self)
+        return self
 
     @property
     def cam_layer(self) -> nn.Module:
@@ -71,8 +79,15 @@ class FibrosisNet(nn.Module):
         DDP and ONNX see a standard model; losses and predictors take column 0."""
         return self.head(f)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``x`` as given, never augmented (Grad-CAM explains this one)."""
         return self.forward_head(self.forward_features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # TTA only in eval mode: training sees its own random augmentation, once per image.
+        if self.tta is not None and not self.training:
+            return self.tta(x, self.forward_plain)
+        return self.forward_plain(x)
 
     def train(self, mode: bool = True) -> "FibrosisNet":
         # Frozen blocks stay in eval mode whatever the caller does: BatchNorm running
@@ -232,7 +247,9 @@ def build_model(arch: str, weights: str = "none", *, weights_sha256: str | None 
 
 
 def build_model_from_config(mcfg: Any) -> FibrosisNet:
-    """Adapter from ``fibrosis.config.ModelConfig``."""
-    return build_model(mcfg.arch, mcfg.weights, weights_sha256=mcfg.weights_sha256,
-                       allow_random_init=mcfg.allow_random_init, input_size=mcfg.input_size,
-                       dropout=mcfg.dropout)
+    """Adapter from ``fibrosis.config.ModelConfig``; ``model.tta`` attaches DEFAULT_VARIANTS
+    (the checkpoint records them, so a later change of the defaults leaves this model alone)."""
+    model = build_model(mcfg.arch, mcfg.weights, weights_sha256=mcfg.weights_sha256,
+                        allow_random_init=mcfg.allow_random_init, input_size=mcfg.input_size,
+                        dropout=mcfg.dropout)
+    return model.set_tta(DEFAULT_VARIANTS if mcfg.tta else None)

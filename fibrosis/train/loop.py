@@ -37,6 +37,7 @@ from fibrosis.data.dataset import (CacheDataset, EpochSampler, build_augment, po
                               steps_per_epoch)
 from fibrosis.train.schedule import backbone_frozen, freeze, make_optimizer, resolve_stages
 from fibrosis.model.net import FibrosisNet, build_model_from_config
+from fibrosis.model.tta import to_record as tta_record, variants_of
 from fibrosis.io import package_versions
 from fibrosis.model.inference import autocast, extract_features, predict_rows, split_rows
 
@@ -342,7 +343,7 @@ def _open(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs:
     base = {"config": config_to_dict(cfg), "stages": [config_to_dict(s) for s in stages],
             "preset": why, "arch": cfg.model.arch, "preprocessing": model.preprocessing.to_dict(),
             "weights_info": model.weights_info, "pretrained": model.pretrained,
-            "manifest_hash": mhash, "world_size": d.world,
+            "manifest_hash": mhash, "world_size": d.world, "tta": tta_record(variants_of(model)),
             "split_keys": {"train": split_keys(reader, train_idx), "val": split_keys(reader, val_idx)},
             "versions": package_versions()}
     run = _Run(cfg, d, out_dir, reader, train_idx, val_idx, train_y, val_y, model, stages, loss_fn,
