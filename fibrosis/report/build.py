@@ -121,6 +121,19 @@ def _data_blocks(m: dict[str, Any]) -> list[Block]:
     return blocks
 
 
+def tta_text(record: dict[str, Any] | None) -> str:
+    """The checkpoint's ``tta`` record (fibrosis.model.tta) in words."""
+    if not record:
+        return "none (one forward pass of the image as given)"
+    views = []
+    for v in record.get("variants") or []:
+        what = [f"rotate {v['rotate_deg']:+g} deg" if v.get("rotate_deg") else "",
+                f"scale {v['scale']:g}" if v.get("scale", 1.0) != 1.0 else ""]
+        views.append(f"{v['name']} ({', '.join(w for w in what if w) or 'as given'})")
+    return (f"{record.get('combine', 'mean logit')} over {len(views)} views: " + "; ".join(views)
+            + f"; outside the image: {record.get('padding', 'black')}; no flips")
+
+
 def _model_blocks(m: dict[str, Any]) -> list[Block]:
     r = m.get("run", {})
     w = r.get("weights", {})
@@ -138,6 +151,7 @@ def _model_blocks(m: dict[str, Any]) -> list[Block]:
             ("Architecture", f"{r.get('arch')} (one-logit head, gray input {r.get('input_size')} px)"),
             ("Backbone weights", f"{w.get('source')}" + ("" if r.get("pretrained") else "  -- NOT PRETRAINED")),
             ("Weights sha256", w.get("sha256") or "n/a (no weights file)"),
+            ("Test-time augmentation", tta_text(r.get("tta"))),
             ("Preset", r.get("preset") or "n/a"),
             ("Epochs trained", f"{r.get('epochs_done')} (best checkpoint: epoch {r.get('best_epoch')}, "
                                f"validation AUC {num(r.get('best_val_auc'))})"),
