@@ -62,11 +62,15 @@ def run_tune(cfg: Config, cache: str | Path, out: str | Path, *, device: str | N
 def log_table(result: dict[str, Any]) -> None:
     """The arms table in the log: OOF AUC with CI, difference to random init with p, minutes."""
     lvl = f"{100 * result['level']:.4g}%"
-    logger.info("%-14s %-7s %-15s %-20s %5s %6s", "arm", "OOF AUC", f"{lvl} CI", "vs random (p)", "epoch", "min")
+    logger.info("%-18s %-7s %-15s %-20s %-20s %5s %6s", "arm", "OOF AUC", f"{lvl} CI", "vs random (p)",
+                "vs no TTA (p)", "epoch", "min")
+
+    def vs(d: dict[str, Any] | None) -> str:
+        return f"{d['difference']:+.3f} (p={d['p']:.3f})" if d else "-"
+
     for a in result["arms"]:
         ci = f"{a['ci'][0]:.3f}-{a['ci'][1]:.3f}" if a["ci"] else "n/a"
-        vr = a.get("vs_random")
-        vs = f"{vr['difference']:+.3f} (p={vr['p']:.3f})" if vr else "-"
-        logger.info("%-14s %-7.3f %-15s %-20s %5d %6.1f%s", a["name"], a["auc"], ci, vs, a["epoch"],
-                    a["minutes"], "  <- chosen" if a["name"] == result["chosen"] else "")
+        logger.info("%-18s %-7.3f %-15s %-20s %-20s %5d %6.1f%s", a["name"], a["auc"], ci, vs(a.get("vs_random")),
+                    vs(a.get("vs_base")), a["epoch"], a["minutes"],
+                    "  <- chosen" if a["name"] == result["chosen"] else "")
     logger.info("%s", result["reason"])

@@ -295,8 +295,11 @@ def _tune_blocks(t: dict[str, Any]) -> list[Block]:
     def vs(d: dict[str, Any] | None) -> str:
         return "-" if not d else f"{d['difference']:+.3f} (p={d['p']:.3g})"
 
+    twins = any(a.get("tta") for a in t["arms"])  # tune.tta: "<arm>+tta" rows, the same models with TTA
     rows = [[a["name"], a.get("describe", ""), f"{a['auc']:.3f}", ci3(a["ci"]), vs(a.get("vs_random")),
-             vs(a.get("vs_best")), str(a.get("epoch", "")), f"{a.get('minutes', 0):.1f}"] for a in t["arms"]]
+             vs(a.get("vs_best"))] + ([vs(a.get("vs_base"))] if twins else [])
+            + [str(a.get("epoch", "")), f"{a.get('minutes', 0):.1f}"
+               + (f" (TTA {a['tta_seconds']:.0f} s)" if a.get("tta") else "")] for a in t["arms"]]
     reps = f" x {t['repeats']} repeats" if t.get("repeats", 1) > 1 else ""
     return [
         {"type": "h2", "text": "How much to unfreeze?"},
@@ -306,9 +309,15 @@ def _tune_blocks(t: dict[str, Any]) -> list[Block]:
                               "frozen features; fine-tuning arms continue from it with the backbone at a 10x or 100x "
                               "lower learning rate, for the epoch budget with the lowest pooled out-of-fold loss. "
                               "AUCs are of the pooled out-of-fold logits (DeLong CI); differences are paired DeLong "
-                              "tests on the same patients."},
+                              "tests on the same patients."
+                              + (" Rows named '<arm>+tta' are the same fold models scored with test-time "
+                                 "augmentation (mean logit over small rotations and scalings, never mirrored); "
+                                 "they rank just after their arm in the one-standard-error rule, and 'vs no TTA' "
+                                 "tests them against it. Their minutes include the arm's training."
+                                 if twins else "")},
         {"type": "table", "caption": "Arms (pooled out-of-fold)",
-         "header": ["arm", "what trains", "OOF AUC", lvl, "vs random init (p)", "vs best (p)", "epochs", "minutes"],
+         "header": ["arm", "what trains", "OOF AUC", lvl, "vs random init (p)", "vs best (p)"]
+                   + (["vs no TTA (p)"] if twins else []) + ["epochs", "minutes"],
          "rows": rows},
         {"type": "figure", "key": "tune_roc", "half": True,
          "caption": "Out-of-fold ROC curves of every arm; dotted grey: random initialisation."},
