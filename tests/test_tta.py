@@ -283,3 +283,38 @@ def test_evaluate_and_score_apply_the_recorded_tta(tta_run, tmp_path, monkeypatc
     score(plain, inputs, tmp_path / "plain.csv", engine="eager", progress=False, device="cpu", workers=1)
     off = [float(r["logit"]) for r in csv.DictReader(open(tmp_path / "plain.csv"))]
     assert np.abs(np.array(off) - np.array(scored["eager"])).max() > 1e-3
+
+
+def test_head_of_mean_tta_features_is_the_tta_logit(tta_run):
+    """Training's cached-feature validation (extract_features(tta=True)) = what predict_rows scores."""
+    from fibrosis.data.cache import CacheReader
+    from fibrosis.model.inference import extract_features, predict_rows, split_rows
+
+    _, cache, net = tta_run
+    rows, idx = split_rows(cache, "val")
+    reader = CacheReader(cache, rows)
+    feats = extract_features(net, reader, idx, 16, "cpu", tta=True)
+    with torch.no_grad():
+        from_feats = net.forward_head(feats)[:, 0].numpy()
+    np.testing.assert_allclose(from_feats, predict_rows(net, reader, idx, 16, "cpu"), atol=1e-5)
+    plain = extract_features(net, reader, idx, 16, "cpu")  # default: the image as given
+    assert not torch.allclose(plain, feats)
+
+
+@pytest.mark.slow
+def test_training_with_model_tta_records_the_variants(tmp_path):
+    """`fibrosis train` with model.tta: validation runs with TTA, best.pt records the variants."""
+    from fibrosis.config import config_from_dict
+    from fibrosis.data.synthetic import make_synthetic_cache
+    from fibrosis.train.loop import train
+
+    cache = make_synthetic_cache(tmp_path / "cache", n=40, size=32, pos_frac=0.3, seed=0)
+    cfg = config_from_dict({
+        "model": {"arch": "resnet18", "weights": "none", "input_size": 32, "tta": True},
+        "train": {"preset": None, "stages": [{"name": "head", "epochs": 1, "lr": 0.01}], "batch_size": 8,
+                  "num_workers": 0, "amp": False, "channels_last": False}})
+    train(cfg, cache, tmp_path / "run", device="cpu")
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert ckpt["config"]["model"]["tta"] is True and T.from_record(ckpt["tta"]) == T.DEFAULT_VARIANTS
+    model, _ = load_model(tmp_path / "run" / "best.pt")
+    assert T.variants_of(model) == T.DEFAULT_VARIANTS

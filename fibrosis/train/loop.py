@@ -163,10 +163,10 @@ def _check_resume(ckpt: dict[str, Any], cfg: Config, mhash: str, path: Path, wor
 
 
 def _features(model: FibrosisNet, reader: CacheReader, idx: list[int], cfg: Config,
-              d: distributed.Dist) -> torch.Tensor:
+              d: distributed.Dist, tta: bool = False) -> torch.Tensor:
     mine = [idx[p] for p in distributed.shard(d, len(idx))]
     f = extract_features(model, reader, mine, _val_bs(cfg), d.device, amp=cfg.train.amp,
-                         num_workers=cfg.train.num_workers, channels_last=cfg.train.channels_last)
+                         num_workers=cfg.train.num_workers, channels_last=cfg.train.channels_last, tta=tta)
     return distributed.gather_sharded(d, f, len(idx))
 
 
@@ -394,7 +394,7 @@ def _setup_stage(run: _Run, s: int) -> _Stage:
     if cached:
         t0 = time.perf_counter()
         train_feats = _features(model, run.reader, run.train_idx, cfg, d)
-        val_feats = _features(model, run.reader, run.val_idx, cfg, d)
+        val_feats = _features(model, run.reader, run.val_idx, cfg, d, tta=True)  # model.tta: as scored
         logger.info("features of %d+%d images in %.1f s", len(run.train_idx), len(run.val_idx),
                     time.perf_counter() - t0)
         ds: Dataset = TensorDataset(train_feats, torch.tensor(run.train_y))
