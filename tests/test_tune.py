@@ -408,6 +408,12 @@ def test_choosing_a_tta_twin_packages_a_checkpoint_with_tta_on(tuned, cache, tmp
     model, _ = load_model(path)
     assert isinstance(model, EnsembleNet) and variants_of(model) == DEFAULT_VARIANTS
     assert all(m.tta is None for m in model.members)  # applied once, by the ensemble
+    from fibrosis.model import engine as E
+
+    if E.onnxruntime_available():  # the ensemble with its views exports as one graph and agrees
+        sample = E.verification_batch(32, model.preprocessing, n=3)
+        _, agree = E.select_engine(model, "onnx", onnx_path=tmp_path / "ens.onnx", sample=sample, threshold=0.5)
+        assert agree.ok, str(agree)
     plain = package(cfg, cache, out, cv, "last1-x0.1")  # the same arm without TTA: same weights
     ckpt_plain = load_checkpoint(plain)
     assert ckpt_plain["tta"] is None and ckpt_plain["config"]["model"]["tta"] is False
