@@ -17,12 +17,15 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from fibrosis.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from fibrosis.model.tta import Variant
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[An
     return model.to(device).eval(), ckpt
 
 
-def checkpoint_tta(ckpt: dict[str, Any], source: str) -> Any:
+def checkpoint_tta(ckpt: dict[str, Any], source: str) -> tuple[Variant, ...] | None:
     """The TTA variants a checkpoint recorded (``tta``; absent in older files: no TTA)."""
     from fibrosis.model.tta import from_record
 
