@@ -384,11 +384,33 @@ def test_tta_twins_table_cache_and_identity_check(tuned, cache, tmp_path):
     arm = next(a for a in arms_ if a.name == "last1-x0.1")
     res = T._arm_from_summary(arm, work / "cv" / arm.name / "arm.json")
     shutil.rmtree(work / "cv" / "last1-x0.1+tta")
-    ident = tta_twin(ctx, res, folds, reader, work, variants=(Variant("identity"),))
+    ident = tta_twin(ctx, res, folds, reader, work, arms_, variants=(Variant("identity"),))
     np.testing.assert_allclose(ident.oof, res.oof, atol=1e-4)
     # Cached: a second call reads arm.json back instead of predicting again.
-    again = tta_twin(ctx, res, folds, reader, work, variants=DEFAULT_VARIANTS)
+    again = tta_twin(ctx, res, folds, reader, work, arms_, variants=DEFAULT_VARIANTS)
     assert again.variants == (Variant("identity"),) and np.array_equal(again.oof, ident.oof)
+    # The shared frozen prefix over the views is a shortcut, not an approximation: each fold model with
+    # TTA in its own forward (what best.pt will do) gives the twin's logits.
+    from fibrosis.model.inference import predict_rows
+
+    for name in ("head-only", "last1-x0.1"):
+        arm = next(a for a in arms_ if a.name == name)
+        epoch = arms[name]["epoch"]
+        rec = json.loads((out / "cv" / f"{name}+tta" / "r0-f1.json").read_text())
+        T.base_model(ctx, arm)
+        member = T._member(ctx, arm, work / "cv" / name / "r0-f1", epoch).set_tta(DEFAULT_VARIANTS)
+        full = predict_rows(member, reader, rec["heldout"], 16, "cpu", amp=False)
+        np.testing.assert_allclose(rec["oof"][0], full, atol=1e-4)
+    # Over the memory cap the views' prefix is recomputed per batch: same logits.
+    cap0 = tmp_path / "cap0"
+    shutil.copytree(out, cap0)
+    shutil.rmtree(cap0 / "cv" / "last1-x0.1+tta")
+    ctx0, folds0, arms0, reader0 = T.setup(load_config(None, BASE + ["tune.cache_mb=0"]), cache, cap0)
+    arm0 = next(a for a in arms0 if a.name == "last1-x0.1")
+    twin0 = tta_twin(ctx0, T._arm_from_summary(arm0, cap0 / "cv" / arm0.name / "arm.json"), folds0, reader0, cap0, arms0)
+    assert not ctx0.views[(arm0.base_key, DEFAULT_VARIANTS)].keep
+    np.testing.assert_allclose(twin0.oof, json.loads((out / "cv" / "last1-x0.1+tta" / "arm.json").read_text())["oof"],
+                               atol=1e-4)
 
 
 @pytest.mark.slow

@@ -8,8 +8,12 @@ competes in model selection like any arm: same depth, ranked just after the arm 
 by the one-SE rule (fibrosis.evaluate.selection), so TTA is chosen only when the data show
 a gain the plain arm cannot match within one standard error.
 
-Why the full network and not the tune loop's cached frozen prefix: the prefix activations
-are of the un-augmented images; every view needs its own pass from the pixels.
+Cost: the views differ from the image only before the network, so the frozen prefix of the
+arms that share a backbone runs once over every view of every development image
+(``ViewActivations``, like the tune loop's own cache: kept in memory up to ``tune.cache_mb``,
+else recomputed per batch), and each twin runs only its arm's trained suffix on them. The
+head-only twin is then free: the probe is linear, so the mean of its logits over the views
+is its logit of the mean view features.
 
 Resumable: each fold's TTA logits go to ``OUT/cv/<arm>+tta/<fold>.json`` (files, not unit
 folders: nothing here trains), the pooled result to ``OUT/cv/<arm>+tta/arm.json``.
@@ -27,16 +31,20 @@ from typing import Any
 
 import numpy as np
 
+import torch
+
 from fibrosis.config import TTA_ARM_SUFFIX
 from fibrosis.data.cache import CacheReader
-from fibrosis.model.inference import predict_rows
-from fibrosis.model.tta import DEFAULT_VARIANTS, Variant, describe, from_record, to_record
+from fibrosis.model.net import FibrosisNet
+from fibrosis.model.tta import TTA, DEFAULT_VARIANTS, Variant, black, describe, from_record, to_record
 from fibrosis.train.folds import Fold
-from fibrosis.train.tune import ArmResult, Context, _member, _pooled, _write_json, base_model
+from fibrosis.train.stages import Suffix, forward_range
+from fibrosis.train.tune import (Activations, Arm, ArmResult, Context, _load, _member, _pooled, _probe_from,
+                                 _write_json, base_model)
 
 logger = logging.getLogger(__name__)
 
-BATCH = 64  # images per forward; each holds len(variants) views
+BATCH = 32  # development images per suffix forward; each brings len(variants) views
 
 
 @dataclass
@@ -58,9 +66,67 @@ def twin_name(arm_name: str) -> str:
     return arm_name + TTA_ARM_SUFFIX
 
 
+class ViewActivations(Activations):
+    """:class:`~fibrosis.train.tune.Activations` of every TTA view of the development rows:
+    row ``p``'s views sit at ``p * V .. p * V + V - 1``."""
+
+    def __init__(self, model: FibrosisNet, reader: CacheReader, dev: Sequence[int], starts: Sequence[int],
+                 cache_mb: int, variants: Sequence[Variant]):
+        self.tta = TTA(variants, black(model.preprocessing))
+        self.n_views = len(self.tta.variants)
+        # V views per row: the same memory rule as the plain activations, on V times the data.
+        super().__init__(model, reader, dev, starts, cache_mb // self.n_views)
+        self.mean_features = self.features.reshape(len(self.dev), self.n_views, -1).mean(1)
+
+    def _images(self, rows: Sequence[int]):
+        v = self.n_views
+        for x in super()._images(rows):
+            views = self.tta.warp(x)  # variant-major (V * B); regrouped row-major
+            yield views.reshape(v, len(x), *x.shape[1:]).transpose(0, 1).reshape(v * len(x), *x.shape[1:])
+
+    def views(self, start: int, positions: Sequence[int]) -> torch.Tensor:
+        """Inputs of group ``start`` for every view of development positions ``positions``."""
+        if self.keep:
+            return self.at[start][[p * self.n_views + k for p in positions for k in range(self.n_views)]]
+        x = torch.cat(list(self._images([self.dev[p] for p in positions])))
+        with torch.no_grad():
+            return forward_range(self.model, x, 0, start)
+
+
+def view_activations(ctx: Context, arm: Arm, arms: Sequence[Arm], reader: CacheReader,
+                     variants: tuple[Variant, ...]) -> ViewActivations:
+    """The views' frozen-prefix activations for the arm's backbone, built once per backbone."""
+    key = (arm.base_key, variants)
+    if key not in ctx.views:
+        model, base_state = ctx.bases[arm.base_key]
+        model.load_state_dict(base_state)  # units fine-tune the shared model in place: the prefix as built
+        starts = [a.start for a in arms if a.base_key == arm.base_key and a.groups]
+        t0 = time.perf_counter()
+        ctx.views[key] = ViewActivations(model, reader, ctx.dev, starts, ctx.cfg.tune.cache_mb, variants)
+        logger.info("%s @ %d px: frozen prefix of %d TTA views of %d development images in %.1f s", arm.arch,
+                    arm.input_size, len(variants), len(ctx.dev), time.perf_counter() - t0)
+    return ctx.views[key]
+
+
+def _fold_logits(ctx: Context, arm: Arm, acts: ViewActivations, unit_dir: Path, epoch: int,
+                 positions: Sequence[int]) -> np.ndarray:
+    """TTA logits of one fold's model for development ``positions``: mean over the views."""
+    if not arm.groups:  # linear probe: the mean logit is the logit of the mean features
+        return _probe_from(_load(unit_dir / "probe.pt")).logits(acts.mean_features[list(positions)])
+    member = _member(ctx, arm, unit_dir, epoch)
+    step, v = Suffix(member, arm.start), acts.n_views
+    out = []
+    with torch.inference_mode():
+        for k in range(0, len(positions), BATCH):
+            z = step(acts.views(arm.start, positions[k:k + BATCH])).float()
+            out.append(z.reshape(-1, v).mean(1))
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
 def tta_twin(ctx: Context, res: ArmResult, folds: Sequence[Fold], reader: CacheReader, out_dir: Path,
-             variants: Sequence[Variant] = DEFAULT_VARIANTS) -> TwinResult:
-    """The TTA twin of the finished arm ``res`` (computed, or read back from ``OUT/cv/<arm>+tta``)."""
+             arms: Sequence[Arm] = (), variants: Sequence[Variant] = DEFAULT_VARIANTS) -> TwinResult:
+    """The TTA twin of the finished arm ``res`` (computed, or read back from ``OUT/cv/<arm>+tta``).
+    ``arms``: all arms of the run (their frozen prefixes share the views' activations)."""
     arm = res.arm
     twin_arm = dataclasses.replace(arm, cfg=dataclasses.replace(arm.cfg, name=twin_name(arm.name)))
     twin_dir = out_dir / "cv" / twin_arm.name
@@ -79,21 +145,20 @@ def tta_twin(ctx: Context, res: ArmResult, folds: Sequence[Fold], reader: CacheR
     twin_dir.mkdir(parents=True, exist_ok=True)
     records, tta_s = [], 0.0
     arm_dir = out_dir / "cv" / arm.name
+    pos = {r: k for k, r in enumerate(ctx.dev)}
     for fold in folds:
         path = twin_dir / f"{fold.name}.json"
         if path.is_file():
             rec = json.loads(path.read_text())
         else:
             t0 = time.perf_counter()
-            member = _member(ctx, arm, arm_dir / fold.name, res.epoch).set_tta(variants)
-            # fp32 like the arm's own OOF logits, so the paired test compares TTA and nothing else
-            z = predict_rows(member, reader, list(fold.heldout), BATCH, ctx.device, amp=False)
-            rec = {"fold": fold.name, "heldout": list(fold.heldout), "oof": [z.astype(float).tolist()],
+            acts = view_activations(ctx, arm, list(arms) or [arm], reader, variants)
+            z = _fold_logits(ctx, arm, acts, arm_dir / fold.name, res.epoch, [pos[r] for r in fold.heldout])
+            rec = {"fold": fold.name, "heldout": list(fold.heldout), "oof": [z.tolist()],
                    "seconds": round(time.perf_counter() - t0, 2)}
             _write_json(path, rec)
         records.append(rec)
         tta_s += float(rec["seconds"])
-    pos = {r: k for k, r in enumerate(ctx.dev)}
     out = result(_pooled(records, pos, len(ctx.dev), 0), tta_s, variants)
     _write_json(summary, {**out.to_dict(), "oof": out.oof.tolist()})
     return out

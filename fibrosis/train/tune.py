@@ -218,6 +218,7 @@ class Context:
     bases: dict[tuple[str, int, str], tuple[FibrosisNet, dict[str, torch.Tensor]]] = field(default_factory=dict)
     acts: dict[tuple[str, int, str], Activations] = field(default_factory=dict)
     probes: dict[tuple[Any, str], Probe] = field(default_factory=dict)
+    views: dict[Any, Any] = field(default_factory=dict)  # tune.tta: fibrosis.train.tta_arms.ViewActivations
 
 
 def _suffix_logits(model: FibrosisNet, acts: Activations, start: int, positions: Sequence[int],
@@ -481,7 +482,7 @@ def cross_validate(cfg: Config, cache_dir: str | Path, out_dir: str | Path, *, d
             arm_dir = out_dir / "cv" / arm.name
             if (arm_dir / "arm.json").is_file():
                 results.append(_arm_from_summary(arm, arm_dir / "arm.json"))
-                _add_twin(ctx, results, folds, reader, out_dir)
+                _add_twin(ctx, results, folds, reader, out_dir, arms)
                 continue
             records = []
             for fold in folds:
@@ -503,7 +504,7 @@ def cross_validate(cfg: Config, cache_dir: str | Path, out_dir: str | Path, *, d
             results.append(res)
             logger.info("arm %-14s OOF AUC %.3f at epoch %d (%s); %.1f min", arm.name,
                         res.curve[res.epoch]["oof_auc"], res.epoch, arm.describe(), res.seconds / 60)
-            _add_twin(ctx, results, folds, reader, out_dir)
+            _add_twin(ctx, results, folds, reader, out_dir, arms)
     finally:
         bar.close()
     if not complete:
@@ -512,13 +513,13 @@ def cross_validate(cfg: Config, cache_dir: str | Path, out_dir: str | Path, *, d
 
 
 def _add_twin(ctx: Context, results: list[ArmResult], folds: Sequence[Fold], reader: CacheReader,
-              out_dir: Path) -> None:
+              out_dir: Path, arms: Sequence[Arm]) -> None:
     """tune.tta: the last arm's test-time-augmentation twin goes right after it (fibrosis.train.tta_arms)."""
     if not ctx.cfg.tune.tta:
         return
     from fibrosis.train.tta_arms import tta_twin  # it imports this module
 
-    twin = tta_twin(ctx, results[-1], folds, reader, out_dir)
+    twin = tta_twin(ctx, results[-1], folds, reader, out_dir, arms)
     results.append(twin)
     logger.info("arm %-14s with TTA: %.1f s more", twin.arm.name, twin.tta_seconds)
 
