@@ -1,8 +1,8 @@
 """`fibrosis tune` with ``tune.tta``: every arm gets a test-time-augmentation twin, ``<arm>+tta``.
 
-TTA needs no training, so the twin costs one pass over the development images: once an arm's
-folds are done and its epoch budget chosen (fibrosis.train.tune.finish_arm), each fold's
-model at that budget predicts its own held-out images with TTA (fibrosis.model.tta,
+TTA needs no training: once an arm's folds are done and its epoch budget chosen
+(fibrosis.train.tune.finish_arm), each fold's model at that budget predicts its own
+held-out images with TTA (fibrosis.model.tta,
 ``DEFAULT_VARIANTS``), and those logits are pooled exactly as the arm's own. The twin then
 competes in model selection like any arm: same depth, ranked just after the arm without TTA
 by the one-SE rule (fibrosis.evaluate.selection), so TTA is chosen only when the data show
@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 import torch
 
 from fibrosis.config import TTA_ARM_SUFFIX
@@ -53,7 +52,9 @@ class TwinResult(ArmResult):
 
     base: str = ""  # name of the arm without TTA
     variants: tuple[Variant, ...] = ()
-    tta_seconds: float = 0.0  # the TTA pass alone (``seconds`` adds the arm's own training)
+    # The twin's own passes (the first twin of a backbone also pays for the views' frozen
+    # prefix); ``seconds`` adds the arm's own training.
+    tta_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "describe": f"{self.arm.describe()}, + test-time augmentation "
