@@ -360,6 +360,7 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
     """
     from fibrosis.model import distributed
     from fibrosis.model.checkpoint import load_model
+    from fibrosis.model.tta import describe as tta_describe, variants_of
 
     t0 = time.perf_counter()
     d = distributed.setup(device)
@@ -367,6 +368,7 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
         ckpt_path = resolve_checkpoint(model)
         sha = file_sha256(ckpt_path)
         net, ckpt = load_model(ckpt_path, d.device)
+        logger.info("test-time augmentation: %s (recorded in the checkpoint)", tta_describe(variants_of(net)))
         fz = frozen_settings(ckpt, ckpt_path, sha)
         for key in ("model", "optimizer", "scheduler"):  # loaded already / not needed: free them
             ckpt.pop(key, None)
