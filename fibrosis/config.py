@@ -40,6 +40,8 @@ ArmInit = Literal["pretrained", "random"]
 Selection = Literal["one-se", "best"]
 FinalModel = Literal["ensemble", "refit"]
 EpochCriterion = Literal["calibrated-loss", "loss"]
+# `fibrosis tune` names the test-time-augmentation twin of arm A "A+tta" (tune.tta).
+TTA_ARM_SUFFIX = "+tta"
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,9 @@ class ModelConfig:
     allow_random_init: bool = False  # demo only: proceed when ImageNet weights are unavailable
     input_size: int = 224
     dropout: float = 0.0
+    # Test-time augmentation: mean logit over small rotations/scalings, no flips
+    # (fibrosis.model.tta); the checkpoint records the variants used.
+    tta: bool = False
 
 
 @dataclass(frozen=True)
@@ -249,6 +254,9 @@ class TuneConfig:
     # scale); loss = the raw class-weighted training loss (penalises growing logits as well).
     epoch_criterion: EpochCriterion = "calibrated-loss"
     cache_mb: int = 4096  # frozen-prefix activations kept in memory up to this size, else recomputed per batch
+    # Each arm also gets a "<arm>+tta" twin: its chosen fold models scored with test-time
+    # augmentation (one extra pass over the development images per arm, no training).
+    tta: bool = True
 
 
 @dataclass(frozen=True)
@@ -519,6 +527,9 @@ def _validate_tune(t: TuneConfig) -> None:
         where = f"tune.arms[{i}] ({_short(a.name)})"
         if names.count(a.name) > 1 or not re.fullmatch(r"[A-Za-z0-9._+-]+", a.name):
             raise ConfigError(f"{where}: names must be unique and use letters, digits and ._+- (they name folders)")
+        if t.tta and a.name.endswith(TTA_ARM_SUFFIX):
+            raise ConfigError(f"{where}: names ending in {TTA_ARM_SUFFIX!r} are reserved for the test-time "
+                              f"augmentation twins of tune.tta=true; rename the arm")
         if not _ARM_UNFREEZE.fullmatch(a.unfreeze):
             raise ConfigError(f"{where}.unfreeze: {_short(a.unfreeze)}; allowed: none, last1, last2, ..., all")
         if a.aux_weight > 0 and a.unfreeze == "none":

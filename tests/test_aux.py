@@ -215,6 +215,7 @@ def test_tune_aux_arm_reports_aux_oof_aucs_and_packages_the_heads(aux_cache, tmp
     path = package(cfg, aux_cache, tmp_path / "t", cv, "last1-aux")
     ckpt = load_checkpoint(path)
     assert ckpt["aux"]["names"] == ["Noise", "Stripes"] and ckpt["aux"]["oof_auc"] == arms["last1-aux"]["aux_auc"]
+    assert ckpt["config"]["train"]["aux_weight"] == 1.0
     model, _ = load_model(path)
     assert model.aux_names == ("Noise", "Stripes") and len(model.members) == 3
 

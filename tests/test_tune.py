@@ -198,9 +198,10 @@ def tuned(cache, tmp_path_factory):
 @pytest.mark.slow
 def test_tune_writes_table_choice_and_an_ensemble_checkpoint(tuned, cache):
     out, result = tuned
-    names = [a["name"] for a in result["arms"]]
-    assert names == ["random-init", "head-only", "last1-x0.1"]
+    names = [a["name"] for a in result["arms"]]  # tune.tta (default): each arm's TTA twin right after it
+    assert names == ["random-init", "random-init+tta", "head-only", "head-only+tta", "last1-x0.1", "last1-x0.1+tta"]
     assert result["chosen"] in names and result["reason"].startswith(f"Chose {result['chosen']!r}")
+    assert result["random_control"] == "random-init"  # the control as trained, not its twin
     for a in result["arms"]:
         assert a["ci"] and len(a["roc"]["fpr"]) > 2 and a["minutes"] >= 0
         assert (a["vs_random"] is None) == (a["name"] == "random-init")
@@ -354,3 +355,103 @@ def test_calibrated_loss_ignores_logit_scale_and_judges_ranking():
     assert calibrated_log_loss(y, better) < calibrated_log_loss(y, z)
     # By hand for a 2-point case: Platt fits the base rate when the logits carry no information.
     assert calibrated_log_loss(np.array([0, 1]), np.array([0.0, 0.0])) == pytest.approx(np.log(2))
+# ------------------------------------------------------------------ test-time augmentation twins
+
+
+def test_one_se_rule_ranks_a_tta_twin_just_after_its_arm():
+    twin = {"name": "last1-x0.01+tta", "auc": 0.845, "se": 0.04, "depth": 1, "lr_ratio": 100.0, "tta": True}
+    # Within one SE of the best (0.86 - 0.03) and higher than its arm, but TTA counts as more: the arm wins.
+    assert one_se_choice(ARMS + [twin])[0] == "last1-x0.01"
+    # A twin that beats everything by more than the plain arms' reach is chosen (depth 0 < 1).
+    best = {"name": "head-only+tta", "auc": 0.90, "se": 0.03, "depth": 0, "lr_ratio": 1.0, "tta": True}
+    assert one_se_choice(ARMS + [best])[0] == "head-only+tta"
+
+
+def test_arm_names_ending_in_plus_tta_are_reserved():
+    with pytest.raises(ConfigError, match=r"tune.arms\[0\] \('a\+tta'\): names ending in '\+tta' are reserved"):
+        load_config(None, ["tune.arms=[{name: a+tta}]"])
+    assert load_config(None, ["tune.tta=false", "tune.arms=[{name: a+tta}]"]).tune.arms[0].name == "a+tta"
+
+
+@pytest.mark.slow
+def test_tta_twins_table_cache_and_identity_check(tuned, cache, tmp_path):
+    from fibrosis.model.tta import DEFAULT_VARIANTS, Variant
+    from fibrosis.train import tune as T
+    from fibrosis.train.tta_arms import tta_twin
+
+    out, result = tuned
+    arms = {a["name"]: a for a in result["arms"]}
+    for name in ("random-init", "head-only", "last1-x0.1"):
+        twin = arms[f"{name}+tta"]
+        assert twin["tta"] and twin["base_arm"] == name and twin["epoch"] == arms[name]["epoch"]
+        assert twin["depth"] == arms[name]["depth"] and twin["ci"] and twin["tta_seconds"] >= 0
+        assert twin["vs_base"]["difference"] == pytest.approx(twin["auc"] - arms[name]["auc"])
+        assert 0 <= twin["vs_base"]["p"] <= 1 and arms[name]["vs_base"] is None
+        assert [v["name"] for v in twin["tta_variants"]["variants"]] == [v.name for v in DEFAULT_VARIANTS]
+        assert (out / "cv" / f"{name}+tta" / "arm.json").is_file()
+        assert sorted(p.name for p in (out / "cv" / f"{name}+tta").glob("r0-f*.json")) == \
+            ["r0-f0.json", "r0-f1.json", "r0-f2.json"]
+    # The twin's models are its arm's: with the identity as the only view it reproduces the arm's OOF logits.
+    work = tmp_path / "t"
+    shutil.copytree(out, work)
+    cfg = load_config(None, BASE)
+    ctx, folds, arms_, reader = T.setup(cfg, cache, work)
+    arm = next(a for a in arms_ if a.name == "last1-x0.1")
+    res = T._arm_from_summary(arm, work / "cv" / arm.name / "arm.json")
+    shutil.rmtree(work / "cv" / "last1-x0.1+tta")
+    ident = tta_twin(ctx, res, folds, reader, work, arms_, variants=(Variant("identity"),))
+    np.testing.assert_allclose(ident.oof, res.oof, atol=1e-4)
+    # Cached: a second call reads arm.json back instead of predicting again.
+    again = tta_twin(ctx, res, folds, reader, work, arms_, variants=DEFAULT_VARIANTS)
+    assert again.variants == (Variant("identity"),) and np.array_equal(again.oof, ident.oof)
+    # The shared frozen prefix over the views is a shortcut, not an approximation: each fold model with
+    # TTA in its own forward (what best.pt will do) gives the twin's logits.
+    from fibrosis.model.inference import predict_rows
+
+    for name in ("head-only", "last1-x0.1"):
+        arm = next(a for a in arms_ if a.name == name)
+        epoch = arms[name]["epoch"]
+        rec = json.loads((out / "cv" / f"{name}+tta" / "r0-f1.json").read_text())
+        T.base_model(ctx, arm)
+        member = T._member(ctx, arm, work / "cv" / name / "r0-f1", epoch).set_tta(DEFAULT_VARIANTS)
+        full = predict_rows(member, reader, rec["heldout"], 16, "cpu", amp=False)
+        np.testing.assert_allclose(rec["oof"][0], full, atol=1e-4)
+    # Over the memory cap the views' prefix is recomputed per batch: same logits.
+    cap0 = tmp_path / "cap0"
+    shutil.copytree(out, cap0)
+    shutil.rmtree(cap0 / "cv" / "last1-x0.1+tta")
+    ctx0, folds0, arms0, reader0 = T.setup(load_config(None, BASE + ["tune.cache_mb=0"]), cache, cap0)
+    arm0 = next(a for a in arms0 if a.name == "last1-x0.1")
+    twin0 = tta_twin(ctx0, T._arm_from_summary(arm0, cap0 / "cv" / arm0.name / "arm.json"), folds0, reader0, cap0, arms0)
+    assert not ctx0.views[(arm0.base_key, DEFAULT_VARIANTS)].keep
+    np.testing.assert_allclose(twin0.oof, json.loads((out / "cv" / "last1-x0.1+tta" / "arm.json").read_text())["oof"],
+                               atol=1e-4)
+
+
+@pytest.mark.slow
+def test_choosing_a_tta_twin_packages_a_checkpoint_with_tta_on(tuned, cache, tmp_path):
+    from fibrosis.model.tta import DEFAULT_VARIANTS, variants_of
+    from fibrosis.train.tune import cross_validate, package
+
+    out = tmp_path / "t"
+    shutil.copytree(tuned[0], out)
+    cfg = load_config(None, BASE)
+    cv = cross_validate(cfg, cache, out, progress=False)  # everything cached: nothing trains or predicts
+    assert [r.arm.name for r in cv.arms] == [a["name"] for a in tuned[1]["arms"]]
+    path = package(cfg, cache, out, cv, "last1-x0.1+tta")
+    ckpt = load_checkpoint(path)
+    assert ckpt["config"]["model"]["tta"] is True and ckpt["tune"]["arm"] == "last1-x0.1+tta"
+    assert "test-time augmentation" in ckpt["preset"] and ckpt["ensemble"]["members"] == 3
+    model, _ = load_model(path)
+    assert isinstance(model, EnsembleNet) and variants_of(model) == DEFAULT_VARIANTS
+    assert all(m.tta is None for m in model.members)  # applied once, by the ensemble
+    from fibrosis.model import engine as E
+
+    if E.onnxruntime_available():  # the ensemble with its views exports as one graph and agrees
+        sample = E.verification_batch(32, model.preprocessing, n=3)
+        _, agree = E.select_engine(model, "onnx", onnx_path=tmp_path / "ens.onnx", sample=sample, threshold=0.5)
+        assert agree.ok, str(agree)
+    plain = package(cfg, cache, out, cv, "last1-x0.1")  # the same arm without TTA: same weights
+    ckpt_plain = load_checkpoint(plain)
+    assert ckpt_plain["tta"] is None and ckpt_plain["config"]["model"]["tta"] is False
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in ckpt_plain["model"].items())

@@ -66,11 +66,13 @@ RECIPE = ("init", "unfreeze", "lr_ratio", "arch", "input_size")
 
 
 def base_arm(arm: dict[str, Any], arms: dict[str, dict[str, Any]]) -> str | None:
-    """The arm with the same recipe and no add-ons (auxiliary heads...): what an arm with
-    add-ons is compared with, paired, to say whether they helped."""
+    """What an arm is compared with, paired, to say whether its add-on helped: a TTA twin's own
+    arm; for an arm with auxiliary heads, the arm with the same recipe and none."""
+    if arm.get("tta"):
+        return arm.get("base_arm")
     if not arm.get("extras"):
         return None
-    return next((n for n, o in arms.items() if not o.get("extras")
+    return next((n for n, o in arms.items() if not o.get("extras") and not o.get("tta")
                  and all(o[k] == arm[k] for k in RECIPE)), None)
 
 

@@ -137,6 +137,7 @@ def run_summary(run: str | Path, ckpt: dict[str, Any]) -> dict[str, Any]:
         "weights": {"source": info.get("source"), "file": info.get("file"), "sha256": info.get("sha256")},
         "pretrained": pretrained,
         "input_size": (ckpt.get("preprocessing") or {}).get("input_size"),
+        "tta": ckpt.get("tta"),  # test-time augmentation variants (None: off); see fibrosis.model.tta
         "preset": ckpt.get("preset") or train_cfg.get("preset"),
         "stages_configured": configured,
         "stages_run": stages_run(history),

@@ -4,6 +4,10 @@ Grad-CAM shows where the last convolutional block's evidence for the fibrosis lo
 lies. It is a sanity check (is the model looking at lung, or at a marker, a tube or
 the image border?), not a localisation of disease: the labels are image-level and
 NLP-mined, and a heat map over the lung bases does not prove the model "sees" fibrosis.
+
+With test-time augmentation (fibrosis.model.tta) the map is of the *un-augmented* forward
+(``forward_plain``, the identity view): a map of the averaged views would mix heat maps
+of rotated and scaled images that no longer line up with the image shown under them.
 """
 from __future__ import annotations
 
@@ -44,11 +48,24 @@ def compute_cams(model: nn.Module, x: torch.Tensor, layer: str) -> np.ndarray:
     """
     from monai.visualize import GradCAM
 
-    cam = GradCAM(nn_module=model.eval(), target_layers=layer)
+    plain = _Plain(model) if hasattr(model, "forward_plain") else model
+    prefix = "model." if plain is not model else ""
+    cam = GradCAM(nn_module=plain.eval(), target_layers=prefix + layer)
     with torch.enable_grad():
         maps = cam(x=x.requires_grad_(False), class_idx=0)
     out = maps.detach().float().cpu().numpy()[:, 0]
     return np.nan_to_num(out, nan=0.0)
+
+
+class _Plain(nn.Module):
+    """``model`` with its un-augmented forward: the layer names gain a ``model.`` prefix."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_plain(x)
 
 
 def gradcam_panels(model: Any, cache: str | Path, test: Any, prob: np.ndarray,

@@ -18,12 +18,15 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from fibrosis.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from fibrosis.model.tta import Variant
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ FORMAT = "fibrosis-checkpoint"
 FORMAT_VERSION = 1
 # Fields that define what the model *is*: update_checkpoint refuses to rewrite them.
 PROTECTED = frozenset({"format", "format_version", "model", "config", "preprocessing",
-                       "weights_info", "pretrained", "manifest_hash"})
+                       "weights_info", "pretrained", "manifest_hash", "tta"})
 
 
 class CheckpointError(ValueError):
@@ -94,12 +97,24 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[An
     model.preprocessing = Preprocessing.from_dict(ckpt["preprocessing"], str(path))
     model.weights_info = dict(ckpt["weights_info"])
     model.pretrained = bool(ckpt["pretrained"])
+    model.set_tta(checkpoint_tta(ckpt, str(path)))
     return model.to(device).eval(), ckpt
 
 
 def aux_names(ckpt: dict[str, Any]) -> tuple[str, ...]:
     """The auxiliary findings a checkpoint's model has heads for (issue 14); () for none."""
     return tuple((ckpt.get("aux") or {}).get("names") or ())
+def checkpoint_tta(ckpt: dict[str, Any], source: str) -> tuple[Variant, ...] | None:
+    """The TTA variants a checkpoint recorded (``tta``; absent in older files: no TTA)."""
+    from fibrosis.model.tta import from_record
+
+    variants = from_record(ckpt.get("tta"), source)
+    if variants is None and ckpt["config"]["model"].get("tta"):
+        # Written with model.tta on but without its variants: guessing today's defaults
+        # could score differently from the model that was evaluated.
+        raise CheckpointError(f"{source}: config model.tta=true but no 'tta' variants recorded; "
+                              f"retrain or re-package the model")
+    return variants
 
 
 def update_checkpoint(path: str | Path, **fields: Any) -> dict[str, Any]:

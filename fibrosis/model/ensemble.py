@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fibrosis.model.net import FibrosisNet, build_model
+from fibrosis.model.tta import TTA, Variant, make_tta
 
 ENSEMBLE_FORMAT = 1
 
@@ -31,6 +32,9 @@ class EnsembleNet(nn.Module):
             if m.arch != first.arch or m.preprocessing != first.preprocessing or m.aux_names != first.aux_names:
                 raise ValueError(f"ensemble members differ: {m.arch}@{m.preprocessing.input_size} vs "
                                  f"{first.arch}@{first.preprocessing.input_size}")
+        if any(m.tta is not None for m in members):
+            # TTA belongs to the ensemble: every member sees the same views once, not V x V.
+            raise ValueError("ensemble members carry TTA; set it on the ensemble (set_tta) instead")
         self.members = nn.ModuleList(members)
         self.arch = first.arch
         self.num_features = first.num_features
@@ -45,13 +49,25 @@ class EnsembleNet(nn.Module):
     def forward_all(self, x: torch.Tensor) -> torch.Tensor:
         """Mean over members of (B, 1 + len(aux_names)) logits (see FibrosisNet.forward_all)."""
         return torch.stack([m.forward_all(x) for m in self.members]).mean(0)
+        self.tta: TTA | None = None
+
+    def set_tta(self, variants: Sequence[Variant] | None) -> "EnsembleNet":
+        """Average eval-mode logits over ``variants`` (fibrosis.model.tta); None: off."""
+        self.tta = make_tta(variants, self)
+        return self
 
     @property
     def cam_layer(self) -> nn.Module:
         return self.get_submodule(self.cam_layer_name)
 
+    def forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean member logit of ``x`` as given, never augmented (Grad-CAM explains this one)."""
+        return torch.stack([m.forward_plain(x) for m in self.members]).mean(0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(x) for m in self.members]).mean(0)
+        if self.tta is not None and not self.training:
+            return self.tta(x, self.forward_plain)
+        return self.forward_plain(x)
 
 
 def build_ensemble(arch: str, n_members: int, *, input_size: int, dropout: float = 0.0) -> EnsembleNet:

@@ -58,10 +58,17 @@ def predict_rows(model: torch.nn.Module, reader: CacheReader, indices: Sequence[
 
 def extract_features(model: torch.nn.Module, reader: CacheReader, indices: Sequence[int],
                      batch_size: int, device: str | torch.device, *, num_workers: int = 0,
-                     amp: bool = True, channels_last: bool = False) -> torch.Tensor:
-    """Pooled backbone features (len(indices), num_features), float32 on the CPU."""
-    return _run(model.forward_features, model, reader, indices, batch_size, device, num_workers,
-                amp, channels_last)
+                     amp: bool = True, channels_last: bool = False, tta: bool = False) -> torch.Tensor:
+    """Pooled backbone features (len(indices), num_features), float32 on the CPU.
+
+    ``tta``: the mean features over the model's test-time views (fibrosis.model.tta), if it has
+    any. The head is linear (dropout is off in eval), so the head of the mean features is
+    exactly the mean TTA logit: validation on cached features sees what deployment sees.
+    """
+    fn = model.forward_features
+    if tta and getattr(model, "tta", None) is not None:
+        fn = lambda x: model.tta(x, model.forward_features)  # noqa: E731
+    return _run(fn, model, reader, indices, batch_size, device, num_workers, amp, channels_last)
 
 
 def split_rows(cache_dir: str | Path, split: str) -> tuple[list[dict[str, str]], list[int]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from fibrosis.data.records import Preprocessing
 from fibrosis.model.arch import ArchSpec, arch_spec
+from fibrosis.model.tta import DEFAULT_VARIANTS, TTA, Variant, make_tta
 from fibrosis.io import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,12 @@ class FibrosisNet(nn.Module):
         # forward(): calibration, thresholds, engines, Grad-CAM and scoring see fibrosis only.
         self.aux_names: tuple[str, ...] = ()
         self.aux_head: nn.Module | None = None
+        self.tta: TTA | None = None  # test-time augmentation in eval mode: set_tta
+
+    def set_tta(self, variants: Sequence[Variant] | None) -> "FibrosisNet":
+        """Average eval-mode logits over ``variants`` (fibrosis.model.tta); None: off."""
+        self.tta = make_tta(variants, self)
+        return self
 
     @property
     def cam_layer(self) -> nn.Module:
@@ -76,7 +84,8 @@ class FibrosisNet(nn.Module):
         DDP and ONNX see a standard model; losses and predictors take column 0."""
         return self.head(f)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``x`` as given, never augmented (Grad-CAM explains this one)."""
         return self.forward_head(self.forward_features(x))
 
     def forward_aux(self, f: torch.Tensor) -> torch.Tensor:
@@ -91,6 +100,11 @@ class FibrosisNet(nn.Module):
         if self.aux_head is None:
             return self.forward_head(f)
         return torch.cat([self.forward_head(f), self.forward_aux(f)], 1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # TTA only in eval mode: training sees its own random augmentation, once per image.
+        if self.tta is not None and not self.training:
+            return self.tta(x, self.forward_plain)
+        return self.forward_plain(x)
 
     def train(self, mode: bool = True) -> "FibrosisNet":
         # Frozen blocks stay in eval mode whatever the caller does: BatchNorm running
@@ -269,7 +283,9 @@ def build_model(arch: str, weights: str = "none", *, weights_sha256: str | None 
 
 
 def build_model_from_config(mcfg: Any) -> FibrosisNet:
-    """Adapter from ``fibrosis.config.ModelConfig``."""
-    return build_model(mcfg.arch, mcfg.weights, weights_sha256=mcfg.weights_sha256,
-                       allow_random_init=mcfg.allow_random_init, input_size=mcfg.input_size,
-                       dropout=mcfg.dropout)
+    """Adapter from ``fibrosis.config.ModelConfig``; ``model.tta`` attaches DEFAULT_VARIANTS
+    (the checkpoint records them, so a later change of the defaults leaves this model alone)."""
+    model = build_model(mcfg.arch, mcfg.weights, weights_sha256=mcfg.weights_sha256,
+                        allow_random_init=mcfg.allow_random_init, input_size=mcfg.input_size,
+                        dropout=mcfg.dropout)
+    return model.set_tta(DEFAULT_VARIANTS if mcfg.tta else None)

@@ -121,6 +121,19 @@ def _data_blocks(m: dict[str, Any]) -> list[Block]:
     return blocks
 
 
+def tta_text(record: dict[str, Any] | None) -> str:
+    """The checkpoint's ``tta`` record (fibrosis.model.tta) in words."""
+    if not record:
+        return "none (one forward pass of the image as given)"
+    views = []
+    for v in record.get("variants") or []:
+        what = [f"rotate {v['rotate_deg']:+g} deg" if v.get("rotate_deg") else "",
+                f"scale {v['scale']:g}" if v.get("scale", 1.0) != 1.0 else ""]
+        views.append(f"{v['name']} ({', '.join(w for w in what if w) or 'as given'})")
+    return (f"{record.get('combine', 'mean logit')} over {len(views)} views: " + "; ".join(views)
+            + f"; outside the image: {record.get('padding', 'black')}; no flips")
+
+
 def _model_blocks(m: dict[str, Any]) -> list[Block]:
     r = m.get("run", {})
     w = r.get("weights", {})
@@ -138,6 +151,7 @@ def _model_blocks(m: dict[str, Any]) -> list[Block]:
             ("Architecture", f"{r.get('arch')} (one-logit head, gray input {r.get('input_size')} px)"),
             ("Backbone weights", f"{w.get('source')}" + ("" if r.get("pretrained") else "  -- NOT PRETRAINED")),
             ("Weights sha256", w.get("sha256") or "n/a (no weights file)"),
+            ("Test-time augmentation", tta_text(r.get("tta"))),
             ("Preset", r.get("preset") or "n/a"),
             ("Epochs trained", f"{r.get('epochs_done')} (best checkpoint: epoch {r.get('best_epoch')}, "
                                f"validation AUC {num(r.get('best_val_auc'))})"),
@@ -300,9 +314,11 @@ def _tune_blocks(t: dict[str, Any]) -> list[Block]:
     def vs(d: dict[str, Any] | None) -> str:
         return "-" if not d else f"{d['difference']:+.3f} (p={d['p']:.3g})"
 
+    twins = any(a.get("tta") for a in t["arms"])  # tune.tta: "<arm>+tta" rows, the same models with TTA
     rows = [[a["name"], a.get("describe", ""), f"{a['auc']:.3f}", ci3(a["ci"]), vs(a.get("vs_random")),
-             vs(a.get("vs_best")), vs(a.get("vs_base")), str(a.get("epoch", "")), f"{a.get('minutes', 0):.1f}"]
-            for a in t["arms"]]
+             vs(a.get("vs_best")), vs(a.get("vs_base"))]
+            + [str(a.get("epoch", "")), f"{a.get('minutes', 0):.1f}"
+               + (f" (TTA {a['tta_seconds']:.0f} s)" if a.get("tta") else "")] for a in t["arms"]]
     reps = f" x {t['repeats']} repeats" if t.get("repeats", 1) > 1 else ""
     return [
         {"type": "h2", "text": "How much to unfreeze?"},
@@ -315,10 +331,15 @@ def _tune_blocks(t: dict[str, Any]) -> list[Block]:
                               "AUCs are of the pooled out-of-fold logits (DeLong CI); differences are paired DeLong "
                               "tests on the same patients. The epoch budget and the arm were chosen on these same "
                               "out-of-fold predictions, so the chosen arm's AUC here is somewhat optimistic; the "
-                              "test-split results in this report are the unbiased estimate."},
+                              "test-split results in this report are the unbiased estimate."
+                              + (" Rows named '<arm>+tta' are the same fold models scored with test-time "
+                                 "augmentation (mean logit over small rotations and scalings, never mirrored); "
+                                 "they rank just after their arm in the one-standard-error rule, and the last "
+                                 "comparison tests them against it. Their minutes include the arm's training."
+                                 if twins else "")},
         {"type": "table", "caption": "Arms (pooled out-of-fold)",
          "header": ["arm", "what trains", "OOF AUC", lvl, "vs random init (p)", "vs best (p)",
-                    "vs same arm without add-ons (p)", "epochs", "minutes"],
+                    "vs same arm without add-ons or TTA (p)", "epochs", "minutes"],
          "rows": rows},
         {"type": "figure", "key": "tune_roc", "half": True,
          "caption": "Out-of-fold ROC curves of every arm; dotted grey: random initialisation."},

@@ -25,6 +25,12 @@ def model_card(m: dict[str, Any]) -> list[dict[str, Any]]:
         "Output: a calibrated probability and a yes/no flag at a threshold frozen on the validation split. "
         "Every flag is meant to be reviewed by a radiologist (second reader / worklist triage in a study setting).",
     ]
+    tta = r.get("tta")
+    intended.append(
+        f"Test-time augmentation: the score is the mean logit over {len(tta['variants'])} slightly rotated or "
+        f"scaled views ({', '.join(v['name'] for v in tta['variants'])}; never mirrored). Grad-CAM maps show "
+        "the un-augmented view." if tta else
+        "Test-time augmentation: none; the score is one forward pass of the image as given.")
     out_of_scope = [
         "Diagnosing or ruling out interstitial lung disease or idiopathic pulmonary fibrosis in a patient; "
         "any use without review by a radiologist; treatment or staging decisions.",

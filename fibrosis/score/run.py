@@ -383,6 +383,7 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
     """
     from fibrosis.model import distributed
     from fibrosis.model.checkpoint import load_model
+    from fibrosis.model.tta import describe as tta_describe, variants_of
 
     t0 = time.perf_counter()
     d = distributed.setup(device)
@@ -393,6 +394,7 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
         if aux and not getattr(net, "aux_names", ()):
             raise ValueError(f"{ckpt_path}: aux outputs asked for, but this model has no auxiliary heads "
                              f"(train with train.aux_weight > 0, or a tune arm with aux_weight)")
+        logger.info("test-time augmentation: %s (recorded in the checkpoint)", tta_describe(variants_of(net)))
         fz = frozen_settings(ckpt, ckpt_path, sha)
         for key in ("model", "optimizer", "scheduler"):  # loaded already / not needed: free them
             ckpt.pop(key, None)

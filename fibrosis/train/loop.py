@@ -38,6 +38,7 @@ from fibrosis.data.dataset import (CacheDataset, EpochSampler, build_augment, po
                               steps_per_epoch)
 from fibrosis.train.schedule import backbone_frozen, freeze, make_optimizer, resolve_stages
 from fibrosis.model.net import FibrosisNet, build_model_from_config, set_aux_heads
+from fibrosis.model.tta import to_record as tta_record, variants_of
 from fibrosis.io import package_versions
 from fibrosis.model.inference import autocast, extract_features, predict_rows, split_rows
 
@@ -166,10 +167,10 @@ def _check_resume(ckpt: dict[str, Any], cfg: Config, mhash: str, path: Path, wor
 
 
 def _features(model: FibrosisNet, reader: CacheReader, idx: list[int], cfg: Config,
-              d: distributed.Dist) -> torch.Tensor:
+              d: distributed.Dist, tta: bool = False) -> torch.Tensor:
     mine = [idx[p] for p in distributed.shard(d, len(idx))]
     f = extract_features(model, reader, mine, _val_bs(cfg), d.device, amp=cfg.train.amp,
-                         num_workers=cfg.train.num_workers, channels_last=cfg.train.channels_last)
+                         num_workers=cfg.train.num_workers, channels_last=cfg.train.channels_last, tta=tta)
     return distributed.gather_sharded(d, f, len(idx))
 
 
@@ -350,7 +351,7 @@ def _open(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs:
     base = {"config": config_to_dict(cfg), "stages": [config_to_dict(s) for s in stages],
             "preset": why, "arch": cfg.model.arch, "preprocessing": model.preprocessing.to_dict(),
             "weights_info": model.weights_info, "pretrained": model.pretrained,
-            "manifest_hash": mhash, "world_size": d.world,
+            "manifest_hash": mhash, "world_size": d.world, "tta": tta_record(variants_of(model)),
             "split_keys": {"train": split_keys(reader, train_idx), "val": split_keys(reader, val_idx)},
             "versions": package_versions()}
     if aux_record is not None:
@@ -427,7 +428,7 @@ def _setup_stage(run: _Run, s: int) -> _Stage:
     if cached:
         t0 = time.perf_counter()
         train_feats = _features(model, run.reader, run.train_idx, cfg, d)
-        val_feats = _features(model, run.reader, run.val_idx, cfg, d)
+        val_feats = _features(model, run.reader, run.val_idx, cfg, d, tta=True)  # model.tta: as scored
         logger.info("features of %d+%d images in %.1f s", len(run.train_idx), len(run.val_idx),
                     time.perf_counter() - t0)
         tensors = [train_feats, torch.tensor(run.train_y)]

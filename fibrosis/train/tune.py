@@ -22,6 +22,8 @@ reproduce the chosen budget.
 
 Resumable: every (fold, arm) unit keeps ``state.pt`` after each epoch and ``done.json``
 when finished under ``OUT/cv/<arm>/<fold>/``; a killed run continues where it stopped.
+With ``tune.tta`` every finished arm also gets a test-time-augmentation twin ``<arm>+tta``
+(fibrosis.train.tta_arms): the same fold models, scored with TTA; no training.
 Statistics that judge the arms (DeLong, the one-SE rule) live in fibrosis.evaluate.selection.
 """
 from __future__ import annotations
@@ -52,6 +54,7 @@ from fibrosis.model.ensemble import EnsembleNet, ensemble_record
 from fibrosis.model.net import FibrosisNet, build_model, set_aux_heads
 from fibrosis.train.aux import AuxLoss, aux_pos_weight, aux_targets, choose_aux
 from fibrosis.train.aux import describe as describe_aux
+from fibrosis.model.tta import describe as tta_describe, to_record as tta_record
 from fibrosis.train.folds import Fold, make_folds, near_duplicate_links, patient_groups
 from fibrosis.train.loop import cache_ingest_config
 from fibrosis.train.probe import Probe, fit_probe, weighted_log_loss
@@ -234,6 +237,7 @@ class Context:
     bases: dict[tuple[str, int, str], tuple[FibrosisNet, dict[str, torch.Tensor]]] = field(default_factory=dict)
     acts: dict[tuple[str, int, str], Activations] = field(default_factory=dict)
     probes: dict[tuple[Any, str], Probe] = field(default_factory=dict)
+    views: dict[Any, Any] = field(default_factory=dict)  # tune.tta: fibrosis.train.tta_arms.ViewActivations
     # Auxiliary findings with enough development labels: one name list for every fold, so the
     # fold models of an ensemble have the same heads. aux_y: (len(dev), K), NaN = missing.
     aux_names: tuple[str, ...] = ()
@@ -656,6 +660,7 @@ def cross_validate(cfg: Config, cache_dir: str | Path, out_dir: str | Path, *, d
             arm_dir = out_dir / "cv" / arm.name
             if (arm_dir / "arm.json").is_file():
                 results.append(_arm_from_summary(arm, arm_dir / "arm.json"))
+                _add_twin(ctx, results, folds, reader, out_dir, arms)
                 continue
             records = []
             for fold in folds:
@@ -677,11 +682,24 @@ def cross_validate(cfg: Config, cache_dir: str | Path, out_dir: str | Path, *, d
             results.append(res)
             logger.info("arm %-14s OOF AUC %.3f at epoch %d (%s); %.1f min", arm.name,
                         res.curve[res.epoch]["oof_auc"], res.epoch, arm.describe(), res.seconds / 60)
+            _add_twin(ctx, results, folds, reader, out_dir, arms)
     finally:
         bar.close()
     if not complete:
         logger.info("stopping after %d new unit(s) as asked; run tune again to continue", ran)
     return CVResult(ctx.rows, ctx.dev, ctx.y, folds, results, complete, ctx, feat_s)
+
+
+def _add_twin(ctx: Context, results: list[ArmResult], folds: Sequence[Fold], reader: CacheReader,
+              out_dir: Path, arms: Sequence[Arm]) -> None:
+    """tune.tta: the last arm's test-time-augmentation twin goes right after it (fibrosis.train.tta_arms)."""
+    if not ctx.cfg.tune.tta:
+        return
+    from fibrosis.train.tta_arms import tta_twin  # it imports this module
+
+    twin = tta_twin(ctx, results[-1], folds, reader, out_dir, arms)
+    results.append(twin)
+    logger.info("arm %-14s with TTA: %.1f s more", twin.arm.name, twin.tta_seconds)
 
 
 # ------------------------------------------------------------------ the model left behind
@@ -702,10 +720,12 @@ def _member(ctx: Context, arm: Arm, unit_dir: Path, epoch: int) -> FibrosisNet:
     return member.eval()
 
 
-def arm_config(cfg: Config, arm: Arm) -> Config:
-    """The resolved config the chosen arm's model was trained with (arch/size/weights of the arm)."""
+def arm_config(cfg: Config, arm: Arm, *, tta: bool = False) -> Config:
+    """The resolved config the chosen arm's model was trained with (arch/size/weights of the arm;
+    ``model.tta`` on for a "+tta" twin; ``train.aux_weight`` of an arm with auxiliary heads)."""
     d = config_to_dict(cfg)
-    d["model"].update(arch=arm.arch, input_size=arm.input_size)
+    d["model"].update(arch=arm.arch, input_size=arm.input_size, tta=tta)
+    d["train"]["aux_weight"] = arm.cfg.aux_weight if arm.aux else 0.0
     if arm.cfg.init == "random":
         d["model"].update(weights="none", weights_sha256=None)
     return config_from_dict(d)
@@ -726,7 +746,10 @@ def package(cfg: Config, cache_dir: str | Path, out_dir: str | Path, cv: CVResul
         reader = CacheReader(cache_dir, ctx.rows)
     else:
         ctx, folds, arms, reader = setup(cfg, cache_dir, out_dir, device)
-    res = next(r for r in cv.arms if r.arm.name == chosen)
+    from fibrosis.train.tta_arms import untwin  # it imports this module
+
+    # A "+tta" twin is its arm's fold models (or refit) with test-time augmentation.
+    res, tta = untwin(cv.arms, chosen)
     arm = res.arm
     base_model(ctx, arm)
     arm_dir = out_dir / "cv" / arm.name
@@ -743,22 +766,24 @@ def package(cfg: Config, cache_dir: str | Path, out_dir: str | Path, cv: CVResul
         run_unit(ctx, arm, whole, out_dir / "refit")
         model = _member(ctx, arm, out_dir / "refit", res.epoch if arm.groups else 0)
         record = None
+    model.set_tta(tta)
     base = ctx.bases[arm.base_key][0]
-    acfg = cache_ingest_config(arm_config(cfg, arm), cache_dir)
+    acfg = cache_ingest_config(arm_config(cfg, arm, tta=bool(tta)), cache_dir)
     payload = {"model": model.state_dict(), "config": config_to_dict(acfg), "arch": arm.arch,
                "preprocessing": base.preprocessing.to_dict(), "weights_info": dict(base.weights_info),
                "pretrained": bool(base.pretrained) and arm.cfg.init == "pretrained",
-               "manifest_hash": manifest_hash(cache_dir), "world_size": 1,
+               "manifest_hash": manifest_hash(cache_dir), "world_size": 1, "tta": tta_record(tta),
                # Every development patient trained some member (or the refit), so all count as
                # "train" for evaluate's held-out checks; val is folded into the folds.
                "split_keys": {"train": _keys(ctx.rows, ctx.dev), "val": {"patients": [], "images": []}},
-               "preset": f"tune: arm {arm.name!r} ({arm.describe()}), {res.epoch} fine-tuning epoch(s), "
-                         + (f"{len(folds)} fold models, mean logit" if record else "refit on all development data"),
+               "preset": f"tune: arm {chosen!r} ({arm.describe()}), {res.epoch} fine-tuning epoch(s), "
+                         + (f"{len(folds)} fold models, mean logit" if record else "refit on all development data")
+                         + (f", test-time augmentation ({tta_describe(tta)})" if tta else ""),
                "stages": [{"name": "linear probe", "epochs": 0, "lr": None, "unfreeze": []}]
                + ([{"name": "finetune", "epochs": res.epoch, "lr": cfg.tune.lr, "unfreeze": list(arm.groups)}]
                   if arm.groups else []),
                "best_epoch": res.epoch, "versions": package_versions(),
-               "tune": {"arm": arm.name, "epoch": res.epoch, "final": cfg.tune.final}}
+               "tune": {"arm": chosen, "epoch": res.epoch, "final": cfg.tune.final}}
     if record:
         payload["ensemble"] = record
     if arm.aux:
