@@ -113,8 +113,8 @@ def consolidate(cache_dir: str | Path, index: CommittedIndex | None = None) -> t
     is never in memory: the old one is streamed into the on-disk index for its ``split`` and
     ``dhash``, and the new one is streamed from the index to disk."""
     root = Path(cache_dir)
-    if index is None:
-        with CommittedIndex(root) as own:
+    if index is None:  # a run of its own: the index lives in the cache, so it takes ingest's lock
+        with CacheLock(root), CommittedIndex(root) as own:
             own.load_parts(root)
             return consolidate(root, own)
     if (root / "manifest.csv").exists():

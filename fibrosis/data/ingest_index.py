@@ -55,7 +55,7 @@ class CommittedIndex:
         self.path = Path(root) / INDEX_NAME
         _remove(self.path)  # a killed run's: stale by definition
         self.db = sqlite3.connect(self.path, isolation_level=None)
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-8192", "temp_store=FILE"):
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4096", "temp_store=FILE"):
             self.db.execute(f"PRAGMA {pragma}")
         self.db.executescript(_SCHEMA)
 
@@ -122,7 +122,7 @@ class CommittedIndex:
 
     # ------------------------------------------------------------ this run's inputs and tasks
 
-    def add_inputs(self, entries: Iterable[Entry], batch: int = 10_000) -> None:
+    def add_inputs(self, entries: Iterable[Entry], batch: int = PAGE) -> None:
         """Discovered (path, error) entries, de-duplicated as discovery does: the first entry of
         a path wins, except that a folder that cannot be listed always reports that."""
         sql = ("INSERT INTO inputs VALUES (?, ?) ON CONFLICT(path) DO UPDATE SET error = excluded.error "
@@ -176,7 +176,7 @@ class CommittedIndex:
 
     # ------------------------------------------------------------ consolidation
 
-    def set_old_split(self, old: Iterable[tuple[str, str, str, str]], batch: int = 10_000) -> None:
+    def set_old_split(self, old: Iterable[tuple[str, str, str, str]], batch: int = PAGE) -> None:
         """(path, content_hash, split, dhash) of the previous manifest: kept for a row whose
         path and content are unchanged."""
         sql = ("UPDATE latest SET old_split = ?, old_dhash = ? WHERE path = ? AND content_hash = ? "
