@@ -16,11 +16,11 @@ tested on; only new patients are dealt.
 from __future__ import annotations
 
 import hashlib
-from array import array
 import itertools
 import json
 import logging
 import math
+from array import array
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
