@@ -329,3 +329,28 @@ def test_the_array_assign_equals_the_old_per_patient_assign(seed):
     links = [(x, y) for x, y in links if x in present and y in present]
     for reassign in (False, True):
         assert assign(rows, cfg, links, reassign) == old_assign(rows, cfg, links, reassign)
+
+
+def test_group_roots_are_the_smallest_member_of_each_linked_group():
+    """The array union-find on long chains (the worst case for pointer jumping), stars and
+    random links: each patient's root is the smallest code of its group, as the old union-find."""
+    from fibrosis.data.split import group_roots
+
+    rng = np.random.default_rng(0)
+    n = 500
+    chain = rng.permutation(n)
+    cases = [np.stack([chain[:-1], chain[1:]], 1),  # one chain through every patient, shuffled
+             np.stack([np.full(n - 1, 7), np.arange(n)[np.arange(n) != 7]], 1),  # a star
+             rng.integers(0, n, (300, 2)), np.zeros((0, 2), np.int64)]
+    for links in cases:
+        parent = list(range(n))
+
+        def find(x: int) -> int:
+            while parent[x] != x:
+                x = parent[x]
+            return x
+
+        for x, y in links.tolist():
+            rx, ry = find(x), find(y)
+            parent[max(rx, ry)] = min(rx, ry)
+        assert group_roots(n, links).tolist() == [find(x) for x in range(n)]

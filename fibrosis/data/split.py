@@ -114,7 +114,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def near_duplicate_arrays(hashes: np.ndarray, max_distance: int, groups: np.ndarray | None = None,
-                          batch: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                          batch: int = 1 << 14) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, distance) arrays, i < j, sorted by (i, j), of every pair within ``max_distance``
     bits (and, with ``groups``, only pairs whose groups differ, filtered before they are kept).
 
@@ -125,11 +125,25 @@ def near_duplicate_arrays(hashes: np.ndarray, max_distance: int, groups: np.ndar
     (n x blocks x 8 bytes), the pairs kept (24 bytes each) and one batch of candidates (about
     150 bytes each: ``batch`` bounds it, so it does not grow with n)."""
     hashes = np.ascontiguousarray(hashes, np.uint8)
-    n, nbytes = hashes.shape
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
-    if n < 2:
+    if len(hashes) < 2:
         return empty
-    words = np.pad(hashes, ((0, 0), (0, -nbytes % 8))).view(np.uint64)
+    # the index's arrays are gone when _pair_chunks returns, before the pairs are gathered
+    found = _pair_chunks(hashes, max_distance, groups, batch)
+    if not found:
+        return empty
+    a, b, d = (np.concatenate([f[k] for f in found]) for k in range(3))
+    found.clear()
+    idx = np.lexsort((b, a))
+    return a[idx], b[idx], d[idx]
+
+
+def _pair_chunks(hashes: np.ndarray, max_distance: int, groups: np.ndarray | None,
+                 batch: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The search of :func:`near_duplicate_arrays`: its pairs as unsorted (i, j, distance) chunks."""
+    n, nbytes = hashes.shape
+    # the hashes as 64-bit words, a view when they are whole words (256 bits): no copy
+    words = (hashes if nbytes % 8 == 0 else np.pad(hashes, ((0, 0), (0, -nbytes % 8)))).view(np.uint64)
     m, tables = _table_plan(max_distance, nbytes * 8)
     # a row chunk at a time: unpacking all the bits at once would hold 256 bytes a row
     blocks = np.concatenate([_block_values(hashes[s0:s0 + (1 << 14)], m) for s0 in range(0, n, 1 << 14)])
@@ -165,11 +179,7 @@ def near_duplicate_arrays(hashes: np.ndarray, max_distance: int, groups: np.ndar
             k += 1
             live = live[live + k < n]
             live = live[sk[live] == sk[live + k]]
-    if not found:
-        return empty
-    a, b, d = (np.concatenate(x) for x in zip(*found))
-    idx = np.lexsort((b, a))
-    return a[idx], b[idx], d[idx]
+    return found
 
 
 def near_duplicate_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
@@ -185,20 +195,28 @@ def _order(seed: int, key: str) -> str:
 def group_roots(n_patients: int, link_codes: np.ndarray) -> np.ndarray:
     """Per patient code, the smallest patient code of its group (patients joined by links, an
     (k, 2) array of patient codes). Codes are ranks of the sorted keys, so the root is also
-    the group's smallest key -- the representative the row-wise union-find chose."""
-    link_codes = np.asarray(link_codes, np.int64).reshape(-1, 2)
-    if not link_codes.size:
-        return np.arange(n_patients, dtype=np.int64)
-    # here, not at the top: decode workers import this module for stored_dhash only
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    the group's smallest key -- the representative the row-wise union-find chose.
 
-    graph = coo_matrix((np.ones(len(link_codes), np.int8), (link_codes[:, 0], link_codes[:, 1])),
-                       shape=(n_patients, n_patients))
-    _, comp = connected_components(graph, directed=False)
-    smallest = np.full(comp.max() + 1, n_patients, np.int64)
-    np.minimum.at(smallest, comp, np.arange(n_patients, dtype=np.int64))
-    return smallest[comp]
+    Union-find on arrays: every link hooks the larger of its two roots under the smaller, then
+    every patient is pointed at its root (pointer jumping), until both ends of every link share
+    a root. Labels only decrease and the smallest member of a group always points at itself,
+    so it is the root each group ends with. (Not scipy's connected_components: importing
+    scipy.sparse costs split 23 MB, a quarter of its memory.)"""
+    parent = np.arange(n_patients, dtype=np.int64)
+    link_codes = np.asarray(link_codes, np.int64).reshape(-1, 2)
+    a, b = link_codes[:, 0], link_codes[:, 1]
+    while True:
+        ra, rb = parent[a], parent[b]
+        if np.array_equal(ra, rb):
+            return parent
+        low = np.minimum(ra, rb)
+        np.minimum.at(parent, ra, low)
+        np.minimum.at(parent, rb, low)
+        while True:
+            up = parent[parent]
+            if np.array_equal(up, parent):
+                break
+            parent = up
 
 
 def assign_codes(codes: np.ndarray, labels: np.ndarray, splits: np.ndarray, patients: Sequence[str],
@@ -332,7 +350,7 @@ class _Compact:
     bytes, not a dict of every column): memory stays a small fraction of the manifest's size,
     which is read twice as a stream instead (here, and to write the split column)."""
 
-    def __init__(self, manifest: Path, chunk: int = 1 << 16):
+    def __init__(self, manifest: Path, chunk: int = 4096):
         nbytes = DHASH_SIDE * DHASH_SIDE // 8
         key_chunks: list[np.ndarray] = []
         keys: list[bytes] = []
@@ -356,12 +374,14 @@ class _Compact:
                 self.missing[int(r["shard"])].append((i, int(r["index"])))
         key_chunks.append(np.array(keys, dtype=bytes))
         all_keys = np.concatenate(key_chunks) if len(key_chunks) > 1 else key_chunks[0]
+        del key_chunks, keys
         self.n = len(all_keys)
         # Codes are ranks of the sorted keys (UTF-8 bytes sort as the str do), as assign() and
         # the old row-wise code order patients.
         uniq, codes = np.unique(all_keys, return_inverse=True)
         self.patients = _Keys(uniq)
-        self.codes = codes.astype(np.int64).ravel()
+        del all_keys
+        self.codes = codes.astype(np.int64, copy=False).ravel()
         self.labels = np.frombuffer(bytes(labels), np.uint8)
         self.splits = np.frombuffer(bytes(splits), np.uint8)
         # the bytearray's own buffer, no copy (writable: fill_missing_hashes writes into it)
@@ -384,6 +404,13 @@ class _Compact:
                 self.hashes[i] = np.frombuffer(bytes.fromhex(h), np.uint8)
                 self.filled[i] = h
             del arr  # unmapped now: resident pages do not pile up shard after shard
+
+
+def _chunked(values: np.ndarray, size: int = 4096) -> Iterator:
+    """The Python values of an array one chunk at a time: ``tolist()`` of the whole array would
+    hold a list (and an int object per entry) as long as the array."""
+    for s0 in range(0, len(values), size):
+        yield from values[s0:s0 + size].tolist()
 
 
 class _Texts:
@@ -439,7 +466,7 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
 
         def rewritten() -> Iterator[dict[str, str]]:
             # row i of the manifest is row i of m: the lock keeps anyone else from rewriting it
-            for i, (r, sp, pair) in enumerate(zip(iter_csv(manifest), row_split.tolist(), in_pairs.tolist())):
+            for i, (r, sp, pair) in enumerate(zip(iter_csv(manifest), _chunked(row_split), _chunked(in_pairs))):
                 r["split"] = SPLITS[sp]
                 if i in m.filled:
                     r["dhash"] = m.filled[i]
@@ -448,13 +475,18 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
                 yield r
 
         write_csv(manifest, rewritten(), MANIFEST_COLUMNS)
-        rank = np.cumsum(in_pairs) - 1  # row -> its place in paths
-        write_csv(root / "near_duplicates.csv",
-                  ({"path_a": paths[ra], "path_b": paths[rb], "patient_a": patients[ca],
-                    "patient_b": patients[cb], "split_a": SPLITS[sa], "split_b": SPLITS[sb], "distance": dist}
-                   for ra, rb, ca, cb, sa, sb, dist in zip(rank[a].tolist(), rank[b].tolist(), codes[a].tolist(),
-                                                           codes[b].tolist(), row_split[a].tolist(),
-                                                           row_split[b].tolist(), d.tolist())),
+        rank = np.cumsum(in_pairs, dtype=np.int64)
+        rank -= 1  # row -> its place in paths
+
+        def pair_rows(size: int = 4096) -> Iterator[dict[str, object]]:
+            for s0 in range(0, a.size, size):  # a chunk of pairs at a time: no column of them all
+                i, j = a[s0:s0 + size], b[s0:s0 + size]
+                for ra, rb, ca, cb, sa, sb, dist in zip(*(x.tolist() for x in (
+                        rank[i], rank[j], codes[i], codes[j], row_split[i], row_split[j], d[s0:s0 + size]))):
+                    yield {"path_a": paths[ra], "path_b": paths[rb], "patient_a": patients[ca],
+                           "patient_b": patients[cb], "split_a": SPLITS[sa], "split_b": SPLITS[sb], "distance": dist}
+
+        write_csv(root / "near_duplicates.csv", pair_rows(),
                   ("path_a", "path_b", "patient_a", "patient_b", "split_a", "split_b", "distance"))
         (root / SPLIT_STATE).unlink(missing_ok=True)  # written again below, with the new summary
         written = file_sha256(manifest)  # under the lock: an ingest after us changes it, and the record no longer holds
