@@ -3,8 +3,9 @@ search, from dHashes recorded at ingest, and a group merging many patient keys i
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from fibrosis.config import IngestConfig, SplitConfig
 from fibrosis.data.cache import MANIFEST_COLUMNS, CacheReader, to_cache_dtype
 from fibrosis.data.ingest import ingest
 from fibrosis.data.pixels import load_image
-from fibrosis.data.split import near_duplicate_arrays, near_duplicate_pairs, split_cache, stored_dhash
+from fibrosis.data.split import (SPLITS, _order, assign, fractions, near_duplicate_arrays, near_duplicate_pairs,
+                                  split_cache, stored_dhash)
 from fibrosis.io import read_csv, write_csv
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo" / "images"
@@ -166,10 +168,88 @@ def test_a_no_op_resplit_does_nothing_and_reports_the_same(cache):
     assert all(r["split"] for r in read_csv(cache / "manifest.csv"))
 
 
+class _Groups:  # the union-find of the old assign()
+    """Union-find over patient keys."""
+
+    def __init__(self, keys: list[str]):
+        self.parent = {k: k for k in keys}
+
+    def find(self, k: str) -> str:
+        while self.parent[k] != k:
+            self.parent[k] = self.parent[self.parent[k]]
+            k = self.parent[k]
+        return k
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _linked(patients: Iterable[str], links: Iterable[tuple[str, str]]) -> tuple["_Groups", dict[str, list[str]]]:
+    """Union-find over near-duplicate links: (the groups, root -> its patients in input order)."""
+    patients = list(patients)
+    groups = _Groups(patients)
+    for a, b in links:
+        groups.union(a, b)
+    members: dict[str, list[str]] = defaultdict(list)
+    for p in patients:
+        members[groups.find(p)].append(p)
+    return groups, members
+
+
+def old_assign(rows: Iterable[dict[str, str]], cfg: SplitConfig, links: list[tuple[str, str]] = (),
+           reassign: bool = False) -> tuple[dict[str, str], int, int]:
+    """assign() as it was before issue 13 (verbatim): per-patient dicts, the reference for the
+    array-based assign_codes."""
+    targets = fractions(cfg)
+    patients = sorted({r["patient_key"] for r in rows})
+    groups, members = _linked(patients, links)
+    labels: dict[str, set[str]] = defaultdict(set)
+    existing: dict[str, Counter] = defaultdict(Counter)  # patient -> split -> images
+    for r in rows:
+        labels[groups.find(r["patient_key"])].add(r.get("label", ""))
+        if not reassign and r.get("split") in targets:
+            existing[r["patient_key"]][r["split"]] += 1
+
+    def majority(c: Counter) -> str:
+        return max(c.items(), key=lambda kv: (kv[1], -SPLITS.index(kv[0])))[0]
+
+    stratum = {g: "1" if "1" in labels[g] else ("0" if "0" in labels[g] else "") for g in members}
+    result: dict[str, str] = {}
+    counts: dict[str, Counter] = defaultdict(Counter)  # stratum -> split -> patients
+    kept = 0
+    new_groups = []
+    for g, ms in members.items():
+        old = [p for p in ms if existing[p]]
+        if not old:
+            new_groups.append(g)
+            continue
+        # Assigned patients never move; new patients join their group's majority split.
+        group_split = majority(sum((Counter({majority(existing[p]): 1}) for p in old), Counter()))
+        for p in ms:
+            result[p] = majority(existing[p]) if existing[p] else group_split
+            counts[stratum[g]][result[p]] += 1
+        kept += len(old)
+    for g in sorted(new_groups, key=lambda g: _order(cfg.seed, g)):
+        c = counts[stratum[g]]
+        total = sum(c.values()) + len(members[g])
+        split = max(targets, key=lambda s: (targets[s] * total - c[s], -SPLITS.index(s)))
+        for p in members[g]:
+            result[p] = split
+        c[split] += len(members[g])
+    return result, kept, len(patients) - kept
+
+
+"split.json"  # what the last split saw (manifest sha256, config) and reported
+
+
+
+
 def reference_split(cache: Path, cfg: SplitConfig, reassign: bool = False):
     """Split as the code before issue 13 did it, row-wise: hashes from the pixels, the old pair
     search, assign() over the full manifest rows. Returns (split per path, near_duplicates rows)."""
-    from fibrosis.data.split import assign, dhash
+    from fibrosis.data.split import dhash
 
     rows = read_csv(cache / "manifest.csv")
     reader = CacheReader(cache, rows)
@@ -177,7 +257,7 @@ def reference_split(cache: Path, cfg: SplitConfig, reassign: bool = False):
     pairs = old_pairs(hashes, cfg.near_duplicate_hamming)
     links = [(rows[a]["patient_key"], rows[b]["patient_key"]) for a, b, _ in pairs
              if rows[a]["patient_key"] != rows[b]["patient_key"]]
-    mapping, _, _ = assign(rows, cfg, links, reassign)
+    mapping, _, _ = old_assign(rows, cfg, links, reassign)
     for r in rows:
         r["split"] = mapping[r["patient_key"]]
     near = [{"path_a": rows[a]["path"], "path_b": rows[b]["path"], "patient_a": rows[a]["patient_key"],
@@ -227,3 +307,50 @@ def test_the_demo_split_equals_the_old_row_wise_split(tmp_path):
     _check_against_reference(tmp_path / "c", SplitConfig())
     _check_against_reference(tmp_path / "c", SplitConfig(seed=5, near_duplicate_hamming=31), reassign=True)
     assert read_csv(tmp_path / "c" / "near_duplicates.csv")  # at 31 bits some real pairs exist
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_array_assign_equals_the_old_per_patient_assign(seed):
+    """assign_codes (through assign) deals exactly as the old dict-per-patient code: groups
+    linked in chains, mixed labels, earlier assignments (majority, ties), new patients."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 120))
+    keys = [f"k{int(x):04d}" for x in rng.permutation(1000)[:n]]
+    cfgs = [SplitConfig(seed=seed), SplitConfig(train=0.5, val=0.2, test=0.2, calib=0.1, seed=seed + 1),
+            SplitConfig(train=0.8, val=0.2, test=0.0, seed=seed + 2)]
+    cfg = cfgs[seed % 3]
+    rows = []
+    for _ in range(3 * n):
+        rows.append({"patient_key": keys[int(rng.integers(n))],
+                     "label": str(rng.choice(["0", "1", "", "x"], p=[0.5, 0.2, 0.2, 0.1])),
+                     "split": str(rng.choice(["", "train", "val", "test", "calib"], p=[0.4, 0.3, 0.1, 0.1, 0.1]))})
+    links = [(keys[int(rng.integers(n))], keys[int(rng.integers(n))]) for _ in range(int(rng.integers(0, n)))]
+    present = {r["patient_key"] for r in rows}
+    links = [(x, y) for x, y in links if x in present and y in present]
+    for reassign in (False, True):
+        assert assign(rows, cfg, links, reassign) == old_assign(rows, cfg, links, reassign)
+
+
+def test_group_roots_are_the_smallest_member_of_each_linked_group():
+    """The array union-find on long chains (the worst case for pointer jumping), stars and
+    random links: each patient's root is the smallest code of its group, as the old union-find."""
+    from fibrosis.data.split import group_roots
+
+    rng = np.random.default_rng(0)
+    n = 500
+    chain = rng.permutation(n)
+    cases = [np.stack([chain[:-1], chain[1:]], 1),  # one chain through every patient, shuffled
+             np.stack([np.full(n - 1, 7), np.arange(n)[np.arange(n) != 7]], 1),  # a star
+             rng.integers(0, n, (300, 2)), np.zeros((0, 2), np.int64)]
+    for links in cases:
+        parent = list(range(n))
+
+        def find(x: int) -> int:
+            while parent[x] != x:
+                x = parent[x]
+            return x
+
+        for x, y in links.tolist():
+            rx, ry = find(x), find(y)
+            parent[max(rx, ry)] = min(rx, ry)
+        assert group_roots(n, links).tolist() == [find(x) for x in range(n)]

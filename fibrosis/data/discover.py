@@ -21,9 +21,9 @@ import logging
 import os
 import stat
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
-from fibrosis.io import read_csv
+from fibrosis.io import iter_csv
 
 logger = logging.getLogger(__name__)
 
@@ -75,29 +75,65 @@ def file_entry(path: str | Path) -> Entry:
     return resolved, not_regular(st.st_mode) if st is not None else ""
 
 
-def _walk(folder: Path, found: dict[str, str]) -> None:
+def _walk(folder: Path) -> Iterator[Entry]:
+    errors: list[Entry] = []
+
     def onerror(exc: OSError) -> None:
-        found[text_path(str(Path(exc.filename).resolve()))] = f"{FOLDER_ERROR}: {exc.strerror or exc}"
+        errors.append((text_path(str(Path(exc.filename).resolve())), f"{FOLDER_ERROR}: {exc.strerror or exc}"))
 
     for root, dirs, files in os.walk(folder, onerror=onerror):
+        yield from errors
+        errors.clear()
         dirs.sort()
         for f in files:
-            path, error = file_entry(os.path.join(root, f))
-            found.setdefault(path, error)
+            yield file_entry(os.path.join(root, f))
+    yield from errors
 
 
-def _csv_list(path: Path, found: dict[str, str]) -> None:
+def _csv_list(path: Path) -> Iterator[Entry]:
     """Column ``path``, else the first column; relative paths resolve against the CSV's folder.
     A listed path that does not exist is kept: the caller rejects it by name."""
-    rows = read_csv(path)
-    if not rows:
-        return
-    col = "path" if "path" in rows[0] else next(iter(rows[0]))
-    for row in rows:
+    col = None
+    for row in iter_csv(path):
+        if col is None:
+            col = "path" if "path" in row else next(iter(row))
         value = (row.get(col) or "").strip()
         if value:
             q = Path(value)
-            found.setdefault(*file_entry(q if q.is_absolute() else path.parent / q))
+            yield file_entry(q if q.is_absolute() else path.parent / q)
+
+
+def check_inputs(inputs: Iterable[str | Path]) -> None:
+    """Raise for an input that does not exist, before anything is listed or written."""
+    for item in inputs:
+        p = Path(item)
+        if not (p.is_dir() or p.is_file() or os.path.lexists(p)):
+            raise FileNotFoundError(f"{text_path(str(p))}: input not found (expected a folder, a file "
+                                    "or a CSV of paths)")
+
+
+def iter_entries(inputs: Iterable[str | Path]) -> Iterator[Entry]:
+    """(path, error) entries as they are found: unsorted, and a path may come more than once.
+    The first entry of a path stands, except that a folder that cannot be listed always reports
+    that (``FOLDER_ERROR``). For a caller that keeps them out of memory (ingest, issue 13)."""
+    for item in inputs:
+        check_inputs([item])
+        p = Path(item)
+        if p.is_dir():
+            yield from _walk(p)
+        elif p.is_file() and p.suffix.lower() == ".csv":
+            yield from _csv_list(p)
+        else:  # a file, or a FIFO or a loop given by name: reported too
+            yield file_entry(p)
+
+
+def log_discovery(folder_errors: int, others: int) -> None:
+    if folder_errors:
+        logger.warning("%d folder(s) could not be listed; each is reported as an input with its reason",
+                       folder_errors)
+    if others:
+        logger.warning("%d input(s) are not read (not a regular file, symlink loop or non-UTF-8 name); "
+                       "each is reported with its reason", others)
 
 
 def discover_entries(inputs: Iterable[str | Path]) -> list[Entry]:
@@ -107,22 +143,11 @@ def discover_entries(inputs: Iterable[str | Path]) -> list[Entry]:
     Path: Path orders by components ("b" < "b-c"), the CSV checks and merges of
     score compare strings ("b-c/x" < "b/x")."""
     found: dict[str, str] = {}
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            _walk(p, found)
-        elif p.is_file() and p.suffix.lower() == ".csv":
-            _csv_list(p, found)
-        elif p.is_file() or os.path.lexists(p):  # a FIFO or a loop given by name is reported too
-            found.setdefault(*file_entry(p))
+    for path, error in iter_entries(inputs):
+        if error.startswith(FOLDER_ERROR):
+            found[path] = error
         else:
-            raise FileNotFoundError(f"{text_path(str(p))}: input not found (expected a folder, a file "
-                                    "or a CSV of paths)")
+            found.setdefault(path, error)
     errors = sum(e.startswith(FOLDER_ERROR) for e in found.values())
-    if errors:
-        logger.warning("%d folder(s) could not be listed; each is reported as an input with its reason", errors)
-    others = sum(bool(e) for e in found.values()) - errors
-    if others:
-        logger.warning("%d input(s) are not read (not a regular file, symlink loop or non-UTF-8 name); "
-                       "each is reported with its reason", others)
+    log_discovery(errors, sum(bool(e) for e in found.values()) - errors)
     return sorted(found.items())

@@ -20,20 +20,20 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import typing
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from tqdm import tqdm
 
-from fibrosis.data.cache import MANIFEST_COLUMNS, REJECT_COLUMNS, CacheLock, CacheWriter, iter_parts
+from fibrosis.data.cache import MANIFEST_COLUMNS, REJECT_COLUMNS, CacheLock, CacheWriter
 
 from fibrosis.io import iter_csv, write_csv
 from fibrosis.config import IngestConfig, config_to_dict
-from fibrosis.data.discover import FOLDER_ERROR, discover_entries
+from fibrosis.data.discover import FOLDER_ERROR, check_inputs, discover_entries, iter_entries, log_discovery
+from fibrosis.data.ingest_index import PAGE, CommittedIndex
 from fibrosis.data.identity import identity, patient_key, resolve_salt
 from fibrosis.data.records import AUX_ASSIGN, STAMP_COLUMNS, Decoded, Rejected, RejectKind, Skipped, file_stamp
 from fibrosis.data.labels import Labels, load_labels
@@ -106,61 +106,35 @@ def _listable_again(reject: dict[str, str]) -> bool:
 # ---------------------------------------------------------------- cache state
 
 
-# Columns unique to (almost) every row; every other value repeats across the archive
-# (modality, transfer syntax, steps, shard, label, ...) and is interned: one string object per
-# distinct value instead of one per row, a quarter of the index's memory at 100k rows.
-_UNIQUE_COLUMNS = frozenset(("path", "content_hash", "study_uid", "series_uid", "sop_uid", "patient_key",
-                             "dhash", "file_mtime_ns", "file_id"))
-
-
-def _latest_entries(cache_dir: Path) -> dict[str, tuple[str, dict[str, str]]]:
-    """path -> ('row' | 'reject', entry) from the newest committed part naming it."""
-    latest: dict[str, tuple[str, dict[str, str]]] = {}
-    for _, rows, rejects in iter_parts(cache_dir):
-        for r in rows:
-            for k, v in r.items():
-                if k not in _UNIQUE_COLUMNS and isinstance(v, str):
-                    r[k] = sys.intern(v)
-            latest[r["path"]] = ("row", r)
-        for r in rejects:
-            latest[r["path"]] = ("reject", r)
-    return latest
-
-
-def _as_read(entry: dict[str, Any], columns: tuple[str, ...]) -> dict[str, str]:
-    """A committed row or reject as reading its part back would give it (all text)."""
-    return {k: "" if entry.get(k) is None else str(entry[k]) for k in columns}
-
-
-def consolidate(cache_dir: str | Path, latest: dict[str, tuple[str, dict[str, str]]] | None = None) -> tuple[int, int]:
+def consolidate(cache_dir: str | Path, index: CommittedIndex | None = None) -> tuple[int, int]:
     """Rewrite manifest.csv / rejects.csv from the committed parts; keeps ``split``
     of rows whose path and content are unchanged. Returns (rows, rejects).
 
-    ``latest`` is the run's own view of the committed parts (what :func:`_latest_entries` would
-    read back), updated as it committed: passing it keeps one copy of the manifest in memory
-    instead of three (entries are completed in place, the old manifest is streamed for its
-    ``split`` and ``dhash`` only, and the CSV is streamed to disk)."""
+    ``index`` is the run's own view of the committed parts (what loading every part would give),
+    updated as it committed: passing it saves reading every part back. Either way the manifest
+    is never in memory: the old one is streamed into the on-disk index for its ``split`` and
+    ``dhash``, and the new one is streamed from the index to disk."""
     root = Path(cache_dir)
-    if latest is None:
-        latest = _latest_entries(root)
-    old_split: dict[tuple[str, str], tuple[str, str]] = {}  # -> (split, dhash)
+    if index is None:  # a run of its own: the index lives in the cache, so it takes ingest's lock
+        with CacheLock(root), CommittedIndex(root) as own:
+            own.load_parts(root)
+            return consolidate(root, own)
     if (root / "manifest.csv").exists():
-        for r in iter_csv(root / "manifest.csv"):
-            key = (r["path"], r["content_hash"])
-            if latest.get(r["path"], ("", {}))[0] == "row":  # only what the new manifest keeps
-                old_split[key] = (r.get("split", ""), r.get("dhash") or "")
-    rows = [e for kind, e in latest.values() if kind == "row"]
-    for r in rows:
-        r["split"], dhash = old_split.get((r["path"], r["content_hash"]), ("", ""))
-        # parts of an older version have no dHash; split computed it into the manifest
-        r["dhash"] = r.get("dhash") or dhash
-    del old_split
-    rows.sort(key=lambda r: (int(r["shard"]), int(r["index"])))
-    rejects = sorted((e for kind, e in latest.values() if kind == "reject" and not _listable_again(e)),
-                     key=lambda r: r["path"])
-    write_csv(root / "manifest.csv", rows, MANIFEST_COLUMNS)
-    write_csv(root / "rejects.csv", rejects, REJECT_COLUMNS)
-    return len(rows), len(rejects)
+        index.set_old_split((r["path"], r["content_hash"], r.get("split", ""), r.get("dhash") or "")
+                            for r in iter_csv(root / "manifest.csv"))
+    n_rows = n_rejects = 0
+
+    def counted(entries: Iterable[dict[str, str]], kind: str) -> Iterator[dict[str, str]]:
+        nonlocal n_rows, n_rejects
+        for e in entries:
+            n_rows += kind == "row"
+            n_rejects += kind == "reject"
+            yield e
+
+    write_csv(root / "manifest.csv", counted(index.rows_in_cache_order(), "row"), MANIFEST_COLUMNS)
+    write_csv(root / "rejects.csv", counted((e for e in index.rejects_in_path_order() if not _listable_again(e)),
+                                           "reject"), REJECT_COLUMNS)
+    return n_rows, n_rejects
 
 
 def _remove_uncommitted(root: Path) -> None:
@@ -234,11 +208,36 @@ def _unchanged(path: str, entry: dict[str, str]) -> bool:
     return all(now[c] == entry[c] for c in STAMP_COLUMNS)
 
 
-def _commit_relabels(root: Path, writer: CacheWriter, rows: list[dict[str, str]]) -> None:
-    """A rows-only part: the rows keep their own shard/index (no array is written), and
-    being the newest part it wins at consolidation, in this and every later run."""
-    if rows:
-        write_csv(root / "parts" / f"shard-{writer.next_shard_id():06d}.csv", rows, MANIFEST_COLUMNS)
+def _label_changes(entry: dict[str, str], labels: Labels, path: str) -> dict[str, str]:
+    """The label-like columns of a committed row that this run's labels CSV changes ({} if none).
+    Every such column is compared here, and the changed ones are rewritten into the row by a
+    rows-only part without re-reading the file (an added label column joins this dict)."""
+    joined, _ = _joined(labels, path, entry["sop_uid"], entry["study_uid"])
+    # .get: a row of an older version has no aux_labels (= none known)
+    return {c: joined[c] for c in LABEL_COLUMNS if joined[c] != entry.get(c, "")}
+
+
+class _RowsOnly:
+    """Rows-only parts: committed rows with changed labels or a new stamp. The rows keep their
+    own shard/index (no array is written), and being newer than the part that first committed
+    them they win at consolidation, in this and every later run. Committed every ``size`` rows,
+    so a run that relabels the whole archive holds one part's rows, not the archive's."""
+
+    def __init__(self, root: Path, writer: CacheWriter, index: CommittedIndex, size: int):
+        self.root, self.writer, self.index, self.size = root, writer, index, size
+        self.rows: list[dict[str, str]] = []
+
+    def add(self, row: dict[str, str]) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.size:
+            self.commit()
+
+    def commit(self) -> None:
+        if self.rows:
+            write_csv(self.root / "parts" / f"shard-{self.writer.next_shard_id():06d}.csv", self.rows,
+                      MANIFEST_COLUMNS)
+            self.index.put("row", self.rows)
+            self.rows.clear()
 
 
 def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *, strict: bool = False,
@@ -247,116 +246,124 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
 
     A committed file whose (size, mtime_ns, device:inode) is unchanged is skipped without being
     read -- a re-run or a resume costs a stat per file, not a hash of every byte; ``verify``
-    hashes every file anyway (a file rewritten with its old mtime restored is caught only so)."""
+    hashes every file anyway (a file rewritten with its old mtime restored is caught only so).
+
+    Memory does not grow with the number of files: the inputs, the committed entries, the
+    duplicate owners and the work list live in an on-disk index (:mod:`fibrosis.data.ingest_index`)
+    and every list in memory is at most one shard long."""
     root = Path(cache_dir)
     labels = load_labels(cfg.labels_csv, cfg.label_column, cfg.aux_label_columns, cfg.findings_column,
                          cfg.findings_none) if cfg.labels_csv else None
-    entries = _input_entries(inputs, root, cfg, labels)
-    paths = [Path(p) for p, error in entries if not error]
-    if labels is not None:
-        labels.check_unique(paths)  # before any work: a label must never reach two images
+    check_inputs(inputs)  # a mistyped input is refused before the cache folder is created
     root.mkdir(parents=True, exist_ok=True)
-    summary = IngestSummary(cache_dir=str(root), inputs=len(entries), strict=strict)
     counts: Counter = Counter()
-    with CacheLock(root):
+    with CacheLock(root), CommittedIndex(root) as index:  # the index is in the cache: lock first
+        n_inputs = _index_inputs(index, inputs, root, cfg, labels)
+        if labels is not None:  # before any work: a label must never reach two images
+            labels.check_unique(path for path, error in index.inputs() if not error)
+        summary = IngestSummary(cache_dir=str(root), inputs=n_inputs, strict=strict)
         _remove_uncommitted(root)
         writer = CacheWriter(root, cfg.image_size, cfg.cache_dtype, preprocessing_signature(cfg),
                              ingest_config=config_to_dict(cfg))
         salt = resolve_salt(root, record=True)
-        latest = _latest_entries(root)
-        plan = _plan(paths, latest, labels, salt, verify)
-        shards = _Shards(writer, latest, cfg.shard_size, _owners(latest))
-        for path, error in entries:  # an unlistable folder is accounted for as an input
+        index.load_parts(root)
+        index.build_owners()
+        rows_only = _RowsOnly(root, writer, index, cfg.shard_size)
+        shards = _Shards(writer, index, cfg.shard_size, rows_only)
+        for path, error in index.inputs():  # an unlistable folder is accounted for as an input
             if error:
                 shards.reject(Rejected(path, "", "error", error), summary)
-        for path in plan.unread:
-            summary.skipped += 1
-            if path in plan.new_label:
-                shards.relabelled.append({**latest[path][1], **plan.new_label[path]})
-            if labels is not None:
-                _count_aux(counts, plan.new_label.get(path, latest[path][1]))
-        if plan.unread:
-            logger.info("%d file(s) unchanged since committed (size, mtime, inode): skipped unread", len(plan.unread))
-        n_labels = sum(p in plan.new_label for p in plan.unread)
+        n_unread, n_labels = _plan(index, labels, salt, verify, rows_only, counts)
+        summary.skipped += n_unread
+        if n_unread:
+            logger.info("%d file(s) unchanged since committed (size, mtime, inode): skipped unread", n_unread)
+        n_tasks = index.task_count()
         n_workers = workers if workers is not None else (cfg.workers or len(os.sched_getaffinity(0)))
-        bar = tqdm(total=len(plan.tasks), unit="img", desc="ingest", disable=not progress)
-        for res in ordered_map(process_file, plan.tasks, cfg, max(1, min(n_workers, len(plan.tasks)))):
+        bar = tqdm(total=n_tasks, unit="img", desc="ingest", disable=not progress)
+        for res in ordered_map(process_file, index.tasks(), cfg, max(1, min(n_workers, n_tasks))):
             bar.update()
             if isinstance(res, Skipped):
                 summary.skipped += 1
-                n_labels += res.path in plan.new_label
+                changes = index.changes(res.path)
+                n_labels += bool(changes)
                 if labels is not None:
-                    _count_aux(counts, plan.new_label.get(res.path, latest[res.path][1]))
-                shards.skipped(res, plan.new_label)
+                    _count_aux(counts, {**index.get(res.path)[1], **changes})
+                shards.skipped(res, changes)
             elif isinstance(res, Decoded):
                 shards.decoded(res, lambda r: _manifest_row(r, identity(r.meta, r.content_hash, salt, counts),
                                                              labels, counts), summary)
             else:
                 shards.reject(res, summary)
         shards.commit()
-        _commit_relabels(root, writer, shards.relabelled)
-        latest.update((r["path"], ("row", _as_read(r, MANIFEST_COLUMNS))) for r in shards.relabelled)
+        rows_only.commit()
         summary.relabelled = n_labels
         bar.close()
-        del plan, shards
-        n_rows, n_rejects = consolidate(root, latest)
+        n_rows, n_rejects = consolidate(root, index)
     _log_summary(summary, counts, labels, cfg, n_rows, n_rejects)
     return summary
 
 
-def _input_entries(inputs: list[str | Path], root: Path, cfg: IngestConfig,
-                   labels: Labels | None) -> list[tuple[str, str]]:
-    """(path, discovery error) of every input; the labels CSV and the cache's own files
-    (a cache placed inside an input folder holds our outputs) are not inputs."""
-    entries = discover_entries(inputs)
-    if labels is not None:
-        entries = [e for e in entries if e[0] != str(Path(cfg.labels_csv).resolve())]
-    # discover_entries returns resolved paths: only the cache folder needs resolving.
-    resolved_root = root.resolve()
-    kept = [e for e in entries if not Path(e[0]).is_relative_to(resolved_root)]
-    if len(kept) < len(entries):
-        logger.info("%d file(s) under the cache folder %s are not inputs", len(entries) - len(kept), root)
-    return kept
+def _index_inputs(index: CommittedIndex, inputs: list[str | Path], root: Path, cfg: IngestConfig,
+                  labels: Labels | None) -> int:
+    """Record (path, discovery error) of every input in ``index``; returns their number. The
+    labels CSV and the cache's own files (a cache placed inside an input folder holds our
+    outputs) are not inputs."""
+    labels_csv = str(Path(cfg.labels_csv).resolve()) if labels is not None else None
+    # discovery gives resolved paths: only the cache folder needs resolving, and a string
+    # prefix test is exact on resolved paths (no Path object per file)
+    resolved_root = str(root.resolve())
+    under_root = 0
+
+    def wanted() -> Iterator[tuple[str, str]]:
+        nonlocal under_root
+        for path, error in iter_entries(inputs):
+            if path == labels_csv:
+                continue
+            if path == resolved_root or path.startswith(resolved_root + os.sep):
+                under_root += 1
+                continue
+            yield path, error
+
+    index.add_inputs(wanted())
+    n, folder_errors, others = index.input_counts()
+    log_discovery(folder_errors, others)
+    if under_root:
+        logger.info("%d file(s) under the cache folder %s are not inputs", under_root, root)
+    return n
 
 
-@dataclass
-class _Plan:
-    tasks: list[tuple[str, str, dict[str, Any]]]  # for the decode workers: (path, known hash, hints)
-    new_label: dict[str, dict[str, str]]  # path -> corrected LABEL_COLUMNS of a committed file
-    unread: list[str]  # committed and unchanged by stat: not even hashed
-
-
-def _plan(paths: list[Path], latest: dict[str, tuple[str, dict[str, str]]], labels: Labels | None,
-          salt: str, verify: bool) -> _Plan:
-    """Which files to decode, which to hash only, which to skip unread, and which labels changed."""
-    plan = _Plan([], {}, [])
-    for p in paths:
-        kind, entry = latest.get(str(p), ("", {}))
+def _plan(index: CommittedIndex, labels: Labels | None, salt: str, verify: bool, rows_only: _RowsOnly,
+          counts: Counter) -> tuple[int, int]:
+    """Which files to decode or hash (recorded as the index's tasks), which to skip unread, and
+    which labels changed. Returns (files skipped unread, of them relabelled)."""
+    unread = relabelled = 0
+    tasks: list[tuple[str, str, dict[str, Any], dict[str, str]]] = []
+    for path, error in index.inputs():
+        if error:
+            continue
+        kind, entry = index.get(path) or ("", {})
         known = entry["content_hash"] if kind == "row" else ""
-        hints = labels.hints(p) if labels else {}
+        hints = labels.hints(path) if labels else {}
+        changes: dict[str, str] = {}
         if known and labels is not None:
             if _hints_change(entry, hints, salt):
                 known = ""  # patient key / view policy come from decoding with the hints
             else:
-                joined, _ = _joined(labels, str(p), entry["sop_uid"], entry["study_uid"])
-                # .get: a row of an older version has no aux_labels (= none known)
-                if any(joined[c] != entry.get(c, "") for c in LABEL_COLUMNS):
-                    plan.new_label[str(p)] = joined
-        if known and not verify and _unchanged(str(p), entry):
-            plan.unread.append(str(p))
+                changes = _label_changes(entry, labels, path)
+        if known and not verify and _unchanged(path, entry):
+            unread += 1
+            if labels is not None:
+                _count_aux(counts, {**entry, **changes})
+            if changes:
+                relabelled += 1
+                rows_only.add({**entry, **changes})
         else:
-            plan.tasks.append((str(p), known, hints))
-    return plan
-
-
-def _owners(latest: dict[str, tuple[str, dict[str, str]]]) -> dict[str, str]:
-    """Content hash or "sop:" + SOPInstanceUID -> the committed path that owns it."""
-    owner: dict[str, str] = {}
-    for kind, e in latest.values():
-        if kind == "row":
-            for k in _identity_keys(e["content_hash"], e["sop_uid"]):
-                owner.setdefault(k, e["path"])
-    return owner
+            tasks.append((path, known, hints, changes))
+            if len(tasks) >= PAGE:
+                index.add_tasks(tasks)
+                tasks.clear()
+    index.add_tasks(tasks)
+    return unread, relabelled
 
 
 class _Shards:
@@ -366,31 +373,29 @@ class _Shards:
     SOPInstanceUID, other transfer syntax or header) -- either would let one image sit in
     two splits. The first path (commit order, then sorted) wins."""
 
-    def __init__(self, writer: CacheWriter, latest: dict[str, tuple[str, dict[str, str]]], size: int,
-                 owner: dict[str, str]):
-        self.writer, self.latest, self.size, self.owner = writer, latest, size, owner
+    def __init__(self, writer: CacheWriter, index: CommittedIndex, size: int, rows_only: _RowsOnly):
+        self.writer, self.index, self.size, self.rows_only = writer, index, size, rows_only
         self.images: list[Any] = []
         self.rows: list[dict[str, Any]] = []
         self.rejects: list[dict[str, Any]] = []
-        self.relabelled: list[dict[str, Any]] = []  # rows-only updates: labels and stamps
 
-    def skipped(self, res: Skipped, new_label: dict[str, dict[str, str]]) -> None:
-        entry = self.latest[res.path][1]
+    def skipped(self, res: Skipped, changes: dict[str, str]) -> None:
+        entry = self.index.get(res.path)[1]
         # Same content, new or missing stamp (touched, copied back, a cache of an older
         # version): record the stamp, so the next run skips the file unread.
-        if res.path in new_label or any(entry.get(c, "") != res.stamp.get(c, "") for c in STAMP_COLUMNS):
-            self.relabelled.append({**entry, **res.stamp, **new_label.get(res.path, {})})
+        if changes or any(entry.get(c, "") != res.stamp.get(c, "") for c in STAMP_COLUMNS):
+            self.rows_only.add({**entry, **res.stamp, **changes})
 
     def decoded(self, res: Decoded, manifest_row: Any, summary: IngestSummary) -> None:
         keys = _identity_keys(res.content_hash, res.meta.sop_uid)
-        clash = next(((k, self.owner[k]) for k in keys if self.owner.get(k, res.path) != res.path), None)
+        clash = next(((k, owner) for k in keys if (owner := self.index.owner(k)) not in (None, res.path)), None)
         if clash is not None:
             what = (f"same (0008,0018) SOPInstanceUID {clash[0][4:]}" if clash[0].startswith("sop:")
                     else f"identical content (sha256 {res.content_hash[:16]}...)")
             self.reject(Rejected(res.path, res.content_hash, "duplicate", f"{what} as {clash[1]}",
                                  res.meta.transfer_syntax), summary)
             return
-        self.owner.update((k, res.path) for k in keys)
+        self.index.set_owner(keys, res.path)
         self.rows.append(manifest_row(res))
         self.images.append(res.image)
         summary.ingested += 1
@@ -412,9 +417,9 @@ class _Shards:
     def commit(self) -> None:
         if self.rows or self.rejects:
             self.writer.write_shard(self.writer.next_shard_id(), self.images, self.rows, self.rejects)
-            # what consolidation would read back from the parts, without reading them
-            self.latest.update((r["path"], ("row", _as_read(r, MANIFEST_COLUMNS))) for r in self.rows)
-            self.latest.update((r["path"], ("reject", _as_read(r, REJECT_COLUMNS))) for r in self.rejects)
+            # what loading the parts would give, without reading them back
+            self.index.put("row", self.rows)
+            self.index.put("reject", self.rejects)
             self.images.clear(), self.rows.clear(), self.rejects.clear()
 
 

@@ -20,10 +20,11 @@ import itertools
 import json
 import logging
 import math
-from collections import Counter, defaultdict
+from array import array
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -113,7 +114,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def near_duplicate_arrays(hashes: np.ndarray, max_distance: int, groups: np.ndarray | None = None,
-                          batch: int = 1 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                          batch: int = 1 << 14) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, distance) arrays, i < j, sorted by (i, j), of every pair within ``max_distance``
     bits (and, with ``groups``, only pairs whose groups differ, filtered before they are kept).
 
@@ -121,15 +122,31 @@ def near_duplicate_arrays(hashes: np.ndarray, max_distance: int, groups: np.ndar
     run of equal keys gives its pairs, offset by offset, so the work is the number of candidates
     plus a sort, never a quadratic loop. A pair is kept only in the first table whose blocks it
     agrees on (no set of seen pairs), and distances are verified vectorised. Memory: the blocks
-    (n x blocks x 8 bytes) and the pairs kept (9 bytes each)."""
+    (n x blocks x 8 bytes), the pairs kept (24 bytes each) and one batch of candidates (about
+    150 bytes each: ``batch`` bounds it, so it does not grow with n)."""
     hashes = np.ascontiguousarray(hashes, np.uint8)
-    n, nbytes = hashes.shape
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
-    if n < 2:
+    if len(hashes) < 2:
         return empty
-    words = np.pad(hashes, ((0, 0), (0, -nbytes % 8))).view(np.uint64)
+    # the index's arrays are gone when _pair_chunks returns, before the pairs are gathered
+    found = _pair_chunks(hashes, max_distance, groups, batch)
+    if not found:
+        return empty
+    a, b, d = (np.concatenate([f[k] for f in found]) for k in range(3))
+    found.clear()
+    idx = np.lexsort((b, a))
+    return a[idx], b[idx], d[idx]
+
+
+def _pair_chunks(hashes: np.ndarray, max_distance: int, groups: np.ndarray | None,
+                 batch: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The search of :func:`near_duplicate_arrays`: its pairs as unsorted (i, j, distance) chunks."""
+    n, nbytes = hashes.shape
+    # the hashes as 64-bit words, a view when they are whole words (256 bits): no copy
+    words = (hashes if nbytes % 8 == 0 else np.pad(hashes, ((0, 0), (0, -nbytes % 8)))).view(np.uint64)
     m, tables = _table_plan(max_distance, nbytes * 8)
-    blocks = _block_values(hashes, m)
+    # a row chunk at a time: unpacking all the bits at once would hold 256 bytes a row
+    blocks = np.concatenate([_block_values(hashes[s0:s0 + (1 << 14)], m) for s0 in range(0, n, 1 << 14)])
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def verify(t: int, a: np.ndarray, b: np.ndarray) -> None:
@@ -162,11 +179,7 @@ def near_duplicate_arrays(hashes: np.ndarray, max_distance: int, groups: np.ndar
             k += 1
             live = live[live + k < n]
             live = live[sk[live] == sk[live + k]]
-    if not found:
-        return empty
-    a, b, d = (np.concatenate(x) for x in zip(*found))
-    idx = np.lexsort((b, a))
-    return a[idx], b[idx], d[idx]
+    return found
 
 
 def near_duplicate_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
@@ -179,77 +192,108 @@ def _order(seed: int, key: str) -> str:
     return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
 
 
-class _Groups:
-    """Union-find over patient keys."""
+def group_roots(n_patients: int, link_codes: np.ndarray) -> np.ndarray:
+    """Per patient code, the smallest patient code of its group (patients joined by links, an
+    (k, 2) array of patient codes). Codes are ranks of the sorted keys, so the root is also
+    the group's smallest key -- the representative the row-wise union-find chose.
 
-    def __init__(self, keys: list[str]):
-        self.parent = {k: k for k in keys}
-
-    def find(self, k: str) -> str:
-        while self.parent[k] != k:
-            self.parent[k] = self.parent[self.parent[k]]
-            k = self.parent[k]
-        return k
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
-def _linked(patients: Iterable[str], links: Iterable[tuple[str, str]]) -> tuple["_Groups", dict[str, list[str]]]:
-    """Union-find over near-duplicate links: (the groups, root -> its patients in input order)."""
-    patients = list(patients)
-    groups = _Groups(patients)
-    for a, b in links:
-        groups.union(a, b)
-    members: dict[str, list[str]] = defaultdict(list)
-    for p in patients:
-        members[groups.find(p)].append(p)
-    return groups, members
+    Union-find on arrays: every link hooks the larger of its two roots under the smaller, then
+    every patient is pointed at its root (pointer jumping), until both ends of every link share
+    a root. Labels only decrease and the smallest member of a group always points at itself,
+    so it is the root each group ends with. (Not scipy's connected_components: importing
+    scipy.sparse costs split 23 MB, a quarter of its memory.)"""
+    parent = np.arange(n_patients, dtype=np.int64)
+    link_codes = np.asarray(link_codes, np.int64).reshape(-1, 2)
+    a, b = link_codes[:, 0], link_codes[:, 1]
+    while True:
+        ra, rb = parent[a], parent[b]
+        if np.array_equal(ra, rb):
+            return parent
+        low = np.minimum(ra, rb)
+        np.minimum.at(parent, ra, low)
+        np.minimum.at(parent, rb, low)
+        while True:
+            up = parent[parent]
+            if np.array_equal(up, parent):
+                break
+            parent = up
 
 
-def assign(rows: Iterable[dict[str, str]], cfg: SplitConfig, links: list[tuple[str, str]] = (),
-           reassign: bool = False) -> tuple[dict[str, str], int, int]:
-    """patient_key -> split. ``links`` are patient pairs that must share a split. ``rows`` is
-    read twice (a list, or a re-iterable view such as ``_Compact.rows``)."""
+def assign_codes(codes: np.ndarray, labels: np.ndarray, splits: np.ndarray, patients: Sequence[str],
+                 cfg: SplitConfig, link_codes: np.ndarray | None = None,
+                 reassign: bool = False) -> tuple[np.ndarray, int, int]:
+    """Split code (index into SPLITS) per patient code, patients kept, patients dealt.
+
+    Rows are three arrays -- patient code (rank of the key in the sorted ``patients``), label
+    code (LABEL_TEXT) and split code (SPLITS, 255 = none) -- and patients and groups are array
+    entries: memory is a few bytes per row and per patient, not a dict and a set per patient,
+    so it stays a small fraction of the manifest whatever the archive's size (issue 13)."""
     targets = fractions(cfg)
-    patients = sorted({r["patient_key"] for r in rows})
-    groups, members = _linked(patients, links)
-    labels: dict[str, set[str]] = defaultdict(set)
-    existing: dict[str, Counter] = defaultdict(Counter)  # patient -> split -> images
+    n = len(patients)
+    k_splits = len(SPLITS)
+    root = group_roots(n, np.zeros((0, 2), np.int64) if link_codes is None else link_codes)
+    row_root = root[codes]
+    has = [np.zeros(n, bool) for _ in range(2)]  # per group root: any positive, any negative
+    for lab in (0, 1):
+        has[lab][row_root[labels == lab]] = True
+    stratum = np.where(has[1], 1, np.where(has[0], 0, 2))  # "1", "0", "" (unlabeled, other)
+    existing = np.zeros((n, k_splits), np.int64)  # patient -> images per split already assigned
+    if not reassign:
+        allowed = np.array([sp in targets for sp in SPLITS] + [False])
+        sel = allowed[np.minimum(splits, k_splits)]
+        existing = np.bincount(codes[sel] * k_splits + splits[sel], minlength=n * k_splits).reshape(n, k_splits)
+    has_old = existing.any(1)
+    # majority: most images, ties to the earlier split in SPLITS (argmax takes the first maximum)
+    own = existing.argmax(1)
+    votes = np.bincount(root[has_old] * k_splits + own[has_old], minlength=n * k_splits).reshape(n, k_splits)
+    kept_group = votes.any(1)  # per root
+    # Assigned patients never move; new patients join their group's majority split.
+    result = np.where(has_old, own, votes.argmax(1)[root])
+    in_kept = kept_group[root]
+    counts = np.zeros((3, k_splits), np.int64)  # stratum -> split -> patients
+    np.add.at(counts, (stratum[root[in_kept]], result[in_kept]), 1)
+    counts_list = counts.tolist()
+    sizes = np.bincount(root, minlength=n)
+    new_roots = np.flatnonzero((root == np.arange(n)) & ~kept_group)
+    digests = bytearray()  # the deal order: sha256 of seed and the group's smallest key
+    for r in new_roots.tolist():
+        digests += hashlib.sha256(f"{cfg.seed}:{patients[r]}".encode()).digest()
+    words = np.frombuffer(bytes(digests), ">u8").reshape(-1, 4)
+    order = new_roots[np.lexsort(words.T[::-1])] if new_roots.size else new_roots
+    split_of_root = np.zeros(n, np.int64)
+    fractions_by_code = [(SPLITS.index(sp), f) for sp, f in targets.items()]
+    for r in order.tolist():
+        c = counts_list[stratum[r]]
+        total = sum(c) + int(sizes[r])
+        best = max(fractions_by_code, key=lambda kf: (kf[1] * total - c[kf[0]], -kf[0]))[0]
+        split_of_root[r] = best
+        c[best] += int(sizes[r])
+    result = np.where(in_kept, result, split_of_root[root])
+    kept = int(has_old.sum())
+    return result, kept, n - kept
+
+
+def assign(rows: Iterable[dict[str, str]], cfg: SplitConfig, links: Iterable[tuple[str, str]] = (),
+           reassign: bool = False) -> tuple[dict[str, str], int, int]:
+    """patient_key -> split, for rows as dicts (``patient_key``, ``label``, ``split``); ``links``
+    are patient pairs that must share a split. :func:`assign_codes` on the rows' codes."""
+    fractions(cfg)  # refused before anything is read
+    keys: list[str] = []
+    label_code = {t: k for k, t in enumerate(LABEL_TEXT)}
+    split_code = {sp: k for k, sp in enumerate(SPLITS)}
+    labels, splits = bytearray(), bytearray()
     for r in rows:
-        labels[groups.find(r["patient_key"])].add(r.get("label", ""))
-        if not reassign and r.get("split") in targets:
-            existing[r["patient_key"]][r["split"]] += 1
-
-    def majority(c: Counter) -> str:
-        return max(c.items(), key=lambda kv: (kv[1], -SPLITS.index(kv[0])))[0]
-
-    stratum = {g: "1" if "1" in labels[g] else ("0" if "0" in labels[g] else "") for g in members}
-    result: dict[str, str] = {}
-    counts: dict[str, Counter] = defaultdict(Counter)  # stratum -> split -> patients
-    kept = 0
-    new_groups = []
-    for g, ms in members.items():
-        old = [p for p in ms if existing[p]]
-        if not old:
-            new_groups.append(g)
-            continue
-        # Assigned patients never move; new patients join their group's majority split.
-        group_split = majority(sum((Counter({majority(existing[p]): 1}) for p in old), Counter()))
-        for p in ms:
-            result[p] = majority(existing[p]) if existing[p] else group_split
-            counts[stratum[g]][result[p]] += 1
-        kept += len(old)
-    for g in sorted(new_groups, key=lambda g: _order(cfg.seed, g)):
-        c = counts[stratum[g]]
-        total = sum(c.values()) + len(members[g])
-        split = max(targets, key=lambda s: (targets[s] * total - c[s], -SPLITS.index(s)))
-        for p in members[g]:
-            result[p] = split
-        c[split] += len(members[g])
-    return result, kept, len(patients) - kept
+        keys.append(r["patient_key"])
+        labels.append(label_code.get(r.get("label") or "", 3))
+        splits.append(split_code.get(r.get("split") or "", 255))
+    patients = sorted(set(keys))
+    rank = {p: k for k, p in enumerate(patients)}
+    link_codes = np.array([(rank[x], rank[y]) for x, y in links], np.int64).reshape(-1, 2)
+    result, kept, assigned = assign_codes(np.array([rank[k] for k in keys], np.int64),
+                                          np.frombuffer(bytes(labels), np.uint8),
+                                          np.frombuffer(bytes(splits), np.uint8).astype(np.int64),
+                                          patients, cfg, link_codes, reassign)
+    return {p: SPLITS[sp] for p, sp in zip(patients, result.tolist())}, kept, assigned
 
 
 SPLIT_STATE = "split.json"  # what the last split saw (manifest sha256, config) and reported
@@ -287,22 +331,39 @@ def _is_hex_hash(value: str | None, nbytes: int) -> bool:
 LABEL_TEXT = ("0", "1", "", "?")  # label codes of _Compact; "?" = any other text (counts as none)
 
 
+class _Keys(Sequence[str]):
+    """Sorted patient keys as one bytes array (16 bytes a key, not a str object of ~65): a key
+    is decoded only when it is written or named."""
+
+    def __init__(self, keys: np.ndarray):
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.keys[i].decode("utf-8")
+
+
 class _Compact:
     """The four manifest columns split decides on, one small array entry per row (about 40
     bytes, not a dict of every column): memory stays a small fraction of the manifest's size,
     which is read twice as a stream instead (here, and to write the split column)."""
 
-    def __init__(self, manifest: Path):
+    def __init__(self, manifest: Path, chunk: int = 4096):
         nbytes = DHASH_SIDE * DHASH_SIDE // 8
-        code: dict[str, int] = {}
+        key_chunks: list[np.ndarray] = []
+        keys: list[bytes] = []
         labels, splits = bytearray(), bytearray()
-        codes_list: list[int] = []
         hashes = bytearray()
         self.missing: dict[int, list[tuple[int, int]]] = defaultdict(list)  # shard -> (row, index)
         label_code = {t: k for k, t in enumerate(LABEL_TEXT)}
         split_code = {s: k for k, s in enumerate(SPLITS)}
         for i, r in enumerate(iter_csv(manifest)):
-            codes_list.append(code.setdefault(r["patient_key"], len(code)))
+            keys.append(r["patient_key"].encode("utf-8"))
+            if len(keys) >= chunk:  # fixed-width bytes, chunk by chunk: no str per row is kept
+                key_chunks.append(np.array(keys, dtype=bytes))
+                keys.clear()
             labels.append(label_code.get(r.get("label") or "", 3))
             splits.append(split_code.get(r.get("split") or "", 255))
             h = r.get("dhash")
@@ -311,30 +372,22 @@ class _Compact:
             else:
                 hashes += bytes(nbytes)
                 self.missing[int(r["shard"])].append((i, int(r["index"])))
-        self.n = len(codes_list)
-        # patient codes in sorted-key order, as assign() and the old row-wise code sort them
-        self.patients = sorted(code)
-        rank = {p: k for k, p in enumerate(self.patients)}
-        remap = np.zeros(len(code), np.int64)
-        for p, c in code.items():
-            remap[c] = rank[p]
-        self.codes = remap[np.asarray(codes_list, np.int64)] if codes_list else np.zeros(0, np.int64)
+        key_chunks.append(np.array(keys, dtype=bytes))
+        all_keys = np.concatenate(key_chunks) if len(key_chunks) > 1 else key_chunks[0]
+        del key_chunks, keys
+        self.n = len(all_keys)
+        # Codes are ranks of the sorted keys (UTF-8 bytes sort as the str do), as assign() and
+        # the old row-wise code order patients.
+        uniq, codes = np.unique(all_keys, return_inverse=True)
+        self.patients = _Keys(uniq)
+        del all_keys
+        self.codes = codes.astype(np.int64, copy=False).ravel()
         self.labels = np.frombuffer(bytes(labels), np.uint8)
         self.splits = np.frombuffer(bytes(splits), np.uint8)
-        self.hashes = np.frombuffer(bytes(hashes), np.uint8).reshape(self.n, nbytes).copy()
+        # the bytearray's own buffer, no copy (writable: fill_missing_hashes writes into it)
+        self.hashes = (np.frombuffer(hashes, np.uint8).reshape(self.n, nbytes) if self.n
+                       else np.zeros((0, nbytes), np.uint8))
         self.filled: dict[int, str] = {}  # row -> dHash computed from the pixels
-
-    def rows(self) -> Iterable[dict[str, str]]:
-        """What :func:`assign` reads of each row (it iterates twice: a re-iterable view)."""
-        compact = self
-
-        class _View:
-            def __iter__(self) -> Iterator[dict[str, str]]:
-                for c, lab, sp in zip(compact.codes.tolist(), compact.labels.tolist(), compact.splits.tolist()):
-                    yield {"patient_key": compact.patients[c], "label": LABEL_TEXT[lab],
-                           "split": SPLITS[sp] if sp < len(SPLITS) else ""}
-
-        return _View()
 
     def fill_missing_hashes(self, root: Path) -> None:
         """A cache written before the ``dhash`` column: hashes from the pixels, one shard at a
@@ -351,6 +404,29 @@ class _Compact:
                 self.hashes[i] = np.frombuffer(bytes.fromhex(h), np.uint8)
                 self.filled[i] = h
             del arr  # unmapped now: resident pages do not pile up shard after shard
+
+
+def _chunked(values: np.ndarray, size: int = 4096) -> Iterator:
+    """The Python values of an array one chunk at a time: ``tolist()`` of the whole array would
+    hold a list (and an int object per entry) as long as the array."""
+    for s0 in range(0, len(values), size):
+        yield from values[s0:s0 + size].tolist()
+
+
+class _Texts:
+    """Strings appended in order and read by position, held as one UTF-8 buffer and its end
+    offsets (a few bytes per string over its text, not a str object and a dict entry)."""
+
+    def __init__(self) -> None:
+        self.blob = bytearray()
+        self.ends = array("q")
+
+    def append(self, text: str) -> None:
+        self.blob += text.encode("utf-8")
+        self.ends.append(len(self.blob))
+
+    def __getitem__(self, k: int) -> str:
+        return self.blob[self.ends[k - 1] if k else 0:self.ends[k]].decode("utf-8")
 
 
 def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = False) -> SplitSummary:
@@ -378,42 +454,51 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
         # within a patient is neither a link nor a row of near_duplicates.csv.
         a, b, d = near_duplicate_arrays(m.hashes, cfg.near_duplicate_hamming, groups=codes)
         link_codes = np.unique(np.stack([np.minimum(codes[a], codes[b]), np.maximum(codes[a], codes[b])], 1), axis=0)
-        links = [(patients[x], patients[y]) for x, y in link_codes.tolist()]
-        mapping, summary.kept, summary.assigned = assign(m.rows(), cfg, links, reassign)
+        by_code, summary.kept, summary.assigned = assign_codes(codes, m.labels, m.splits, patients, cfg,
+                                                               link_codes, reassign)
         split_code = {s: k for k, s in enumerate(SPLITS)}
-        by_code = np.array([split_code[mapping[p]] for p in patients], np.int64)
         row_split = by_code[codes]
         summary.near_duplicates = int(a.size)
         summary.near_duplicates_across_splits = int((row_split[a] != row_split[b]).sum())
-        in_pairs = set(a.tolist()) | set(b.tolist())
-        paths: dict[int, str] = {}
+        in_pairs = np.zeros(m.n, bool)
+        in_pairs[a] = in_pairs[b] = True
+        paths = _Texts()  # the paths of rows in a pair, in row order
 
         def rewritten() -> Iterator[dict[str, str]]:
-            for i, r in enumerate(iter_csv(manifest)):
-                r["split"] = mapping[r["patient_key"]]
+            # row i of the manifest is row i of m: the lock keeps anyone else from rewriting it
+            for i, (r, sp, pair) in enumerate(zip(iter_csv(manifest), _chunked(row_split), _chunked(in_pairs))):
+                r["split"] = SPLITS[sp]
                 if i in m.filled:
                     r["dhash"] = m.filled[i]
-                if i in in_pairs:
-                    paths[i] = r["path"]
+                if pair:
+                    paths.append(r["path"])
                 yield r
 
         write_csv(manifest, rewritten(), MANIFEST_COLUMNS)
-        write_csv(root / "near_duplicates.csv",
-                  ({"path_a": paths[i], "path_b": paths[j], "patient_a": patients[codes[i]],
-                    "patient_b": patients[codes[j]], "split_a": SPLITS[row_split[i]],
-                    "split_b": SPLITS[row_split[j]], "distance": dist}
-                   for i, j, dist in zip(a.tolist(), b.tolist(), d.tolist())),
+        rank = np.cumsum(in_pairs, dtype=np.int64)
+        rank -= 1  # row -> its place in paths
+
+        def pair_rows(size: int = 4096) -> Iterator[dict[str, object]]:
+            for s0 in range(0, a.size, size):  # a chunk of pairs at a time: no column of them all
+                i, j = a[s0:s0 + size], b[s0:s0 + size]
+                for ra, rb, ca, cb, sa, sb, dist in zip(*(x.tolist() for x in (
+                        rank[i], rank[j], codes[i], codes[j], row_split[i], row_split[j], d[s0:s0 + size]))):
+                    yield {"path_a": paths[ra], "path_b": paths[rb], "patient_a": patients[ca],
+                           "patient_b": patients[cb], "split_a": SPLITS[sa], "split_b": SPLITS[sb], "distance": dist}
+
+        write_csv(root / "near_duplicates.csv", pair_rows(),
                   ("path_a", "path_b", "patient_a", "patient_b", "split_a", "split_b", "distance"))
         (root / SPLIT_STATE).unlink(missing_ok=True)  # written again below, with the new summary
         written = file_sha256(manifest)  # under the lock: an ingest after us changes it, and the record no longer holds
-    _, members = _linked(patients, links)
-    for ms in sorted(members.values(), key=lambda ms: (-len(ms), ms[0])):
-        if len(ms) <= cfg.max_group_patients:
-            break
+    root_of = group_roots(len(patients), link_codes)
+    sizes = np.bincount(root_of, minlength=len(patients))
+    big = np.flatnonzero(sizes > cfg.max_group_patients)
+    for g in big[np.lexsort((big, -sizes[big]))].tolist():  # largest first, then by smallest key
+        ms = [patients[p] for p in np.flatnonzero(root_of == g)[:8].tolist()]
         summary.warnings.append(
-            f"a near-duplicate group merges {len(ms)} patient keys (more than split.max_group_patients="
-            f"{cfg.max_group_patients}): {', '.join(ms[:8])}{', ...' if len(ms) > 8 else ''}; all share the "
-            f"split {mapping[ms[0]]}. Many patients sharing near-identical images is more likely a template, "
+            f"a near-duplicate group merges {sizes[g]} patient keys (more than split.max_group_patients="
+            f"{cfg.max_group_patients}): {', '.join(ms)}{', ...' if sizes[g] > 8 else ''}; all share the "
+            f"split {SPLITS[by_code[g]]}. Many patients sharing near-identical images is more likely a template, "
             "phantom or re-used test image than one person; see near_duplicates.csv")
     for split in fractions(cfg):
         sel = row_split == split_code[split]
