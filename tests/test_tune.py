@@ -341,7 +341,7 @@ def test_refit_option_leaves_one_model_trained_on_all_development_data(tuned, ca
 
 
 def test_calibrated_loss_ignores_logit_scale_and_judges_ranking():
-    from fibrosis.train.tune import calibrated_log_loss
+    from fibrosis.train.probe import calibrated_log_loss
     from fibrosis.train.probe import weighted_log_loss
 
     y = np.array([0, 0, 1, 1, 0, 1, 0, 0])

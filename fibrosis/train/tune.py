@@ -48,7 +48,6 @@ from fibrosis.config import ArmConfig, Config, config_from_dict, config_to_dict
 from fibrosis.data.cache import CacheReader, manifest_hash
 from fibrosis.data.dataset import CacheDataset
 from fibrosis.io import atomic_write_bytes, package_versions, read_csv, write_csv
-from fibrosis.numeric import fit_logistic
 from fibrosis.model.checkpoint import save_checkpoint
 from fibrosis.model.ensemble import EnsembleNet, ensemble_record
 from fibrosis.model.net import FibrosisNet, build_model, set_aux_heads
@@ -57,7 +56,7 @@ from fibrosis.train.aux import describe as describe_aux
 from fibrosis.model.tta import describe as tta_describe, to_record as tta_record
 from fibrosis.train.folds import Fold, make_folds, near_duplicate_links, patient_groups
 from fibrosis.train.loop import cache_ingest_config
-from fibrosis.train.probe import Probe, fit_probe, weighted_log_loss
+from fibrosis.train.probe import Probe, calibrated_log_loss, fit_probe, weighted_log_loss
 from fibrosis.train.schedule import block_groups, freeze
 from fibrosis.train.stages import (ArchOnly, Suffix, first_trainable, forward_from, forward_range, n_groups,
                                    resolve_arm_unfreeze)
@@ -484,19 +483,6 @@ def _pooled(records: Sequence[dict[str, Any]], pos: dict[int, int], n: int, epoc
     if (count == 0).any():
         raise RuntimeError("a development row has no out-of-fold prediction")
     return total / count
-
-
-def calibrated_log_loss(y: np.ndarray, z: np.ndarray) -> float:
-    """Mean log-loss of the pooled OOF logits after Platt recalibration (a + b z, unweighted,
-    fitted on them): the loss of the probabilities the deployed model will output, since
-    `fibrosis tune` fits exactly that calibrator on these logits. A fine-tuned backbone's logits
-    keep growing after its ranking stops improving; the raw loss punishes that scale, which
-    Platt removes, so it stops too early (measured on the NIH sample: epoch 2 of 10 at OOF AUC
-    0.56 by raw loss; the calibrated loss kept falling with the AUC to 0.61 at epoch 10)."""
-    y, z = np.asarray(y, float), np.asarray(z, float)
-    (a, b), _, _ = fit_logistic(z, y)
-    zc = a + b * z
-    return float(np.mean(y * np.logaddexp(0.0, -zc) + (1 - y) * np.logaddexp(0.0, zc)))
 
 
 def _aux_auc(ctx: Context, records: Sequence[dict[str, Any]], epoch: int) -> dict[str, float]:
