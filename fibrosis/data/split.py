@@ -70,23 +70,17 @@ def stored_dhash(stored: np.ndarray) -> str:
     return dhash(stored.astype(np.float32) / float(np.iinfo(stored.dtype).max)).tobytes().hex()
 
 
-def _block_values(hashes: np.ndarray, n_blocks: int) -> np.ndarray:
-    """(n, n_blocks) uint64: bit k of the 256 goes to block k % n_blocks. Interleaved, not
-    contiguous: a contiguous band is a strip of the thumbnail, and strips (collimation,
-    background) agree between different chest radiographs far more often than chance
-    (5.5e-3 of pairs on the demo); bits spread over the whole image agree far less often.
-    A block of more than 64 bits is folded into 64 (xor): a fold can only add candidates,
-    which are verified, never lose a pair."""
-    bits = np.unpackbits(hashes, axis=1)
-    n, nbits = bits.shape
-    out = np.zeros((n, n_blocks), np.uint64)
-    for b in range(n_blocks):
-        cols = bits[:, b::n_blocks]
-        for start in range(0, cols.shape[1], 64):
-            chunk = cols[:, start:start + 64]
-            packed = np.packbits(np.pad(chunk, ((0, 0), (0, 64 - chunk.shape[1]))), axis=1)
-            out[:, b] ^= packed.view(">u8").ravel().astype(np.uint64)
-    return out
+def _table_masks(n_blocks: int, tables: list[tuple[int, ...]], nwords: int) -> np.ndarray:
+    """(tables, nwords) uint64: per table, the bits of its blocks, laid out as the hash words.
+    Bit k of the hash goes to block k % n_blocks. Interleaved, not contiguous: a contiguous
+    band is a strip of the thumbnail, and strips (collimation, background) agree between
+    different chest radiographs far more often than chance (5.5e-3 of pairs on the demo); bits
+    spread over the whole image agree far less often. Two rows agree on a table exactly when
+    their xor has no bit under its mask, so neither the index nor the check needs a copy of
+    the blocks (56 bytes a row at the default distance): only the hashes, as they are."""
+    block_of_bit = np.arange(nwords * 64) % n_blocks
+    bits = np.stack([np.isin(block_of_bit, subset) for subset in tables]).astype(np.uint8)
+    return np.packbits(bits, axis=1).view(np.uint64)  # packbits' bit order is the hashes'
 
 
 def _table_plan(max_distance: int, nbits: int, max_tables: int = 40) -> tuple[int, list[tuple[int, ...]]]:
@@ -104,28 +98,31 @@ def _table_plan(max_distance: int, nbits: int, max_tables: int = 40) -> tuple[in
     return m, list(itertools.combinations(range(m), max(0, m - max_distance)))
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: spreads a combined key over all 64 bits (uint64 wraps)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+def _mix_inplace(x: np.ndarray, tmp: np.ndarray) -> None:
+    """splitmix64 finaliser on ``x`` in place (``tmp``: scratch of its shape): spreads a
+    combined key over all 64 bits (uint64 wraps), with no temporary array per step."""
+    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, None)):
+        np.right_shift(x, np.uint64(shift), out=tmp)
+        x ^= tmp
+        if mult is not None:
+            x *= np.uint64(mult)
 
 
 def near_duplicate_arrays(hashes: np.ndarray, max_distance: int, groups: np.ndarray | None = None,
                           batch: int = 1 << 14) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, distance) arrays, i < j, sorted by (i, j), of every pair within ``max_distance``
-    bits (and, with ``groups``, only pairs whose groups differ, filtered before they are kept).
+    """(i, j, distance) arrays -- int32, int32, int16 -- i < j, sorted by (i, j), of every pair
+    within ``max_distance`` bits (and, with ``groups``, only pairs whose groups differ, filtered
+    before they are kept).
 
     Multi-index hashing (:func:`_table_plan`): per table, rows are sorted by their key and each
     run of equal keys gives its pairs, offset by offset, so the work is the number of candidates
-    plus a sort, never a quadratic loop. A pair is kept only in the first table whose blocks it
-    agrees on (no set of seen pairs), and distances are verified vectorised. Memory: the blocks
-    (n x blocks x 8 bytes), the pairs kept (24 bytes each) and one batch of candidates (about
-    150 bytes each: ``batch`` bounds it, so it does not grow with n)."""
+    plus a sort, never a quadratic loop. A pair is kept only in the first table it agrees on (no
+    set of seen pairs), and distances are verified vectorised. Memory: the hashes (read in
+    place), one table's key and order (24 bytes a row, reused table after table), the pairs
+    kept (10 bytes each) and one batch of candidates (``batch`` bounds it, so it does not grow
+    with n)."""
     hashes = np.ascontiguousarray(hashes, np.uint8)
-    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    empty = (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int16))
     if len(hashes) < 2:
         return empty
     # the index's arrays are gone when _pair_chunks returns, before the pairs are gathered
@@ -142,34 +139,39 @@ def _pair_chunks(hashes: np.ndarray, max_distance: int, groups: np.ndarray | Non
                  batch: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The search of :func:`near_duplicate_arrays`: its pairs as unsorted (i, j, distance) chunks."""
     n, nbytes = hashes.shape
+    if n >= 2**31:
+        raise ValueError(f"{n} hashes: row numbers are int32")
     # the hashes as 64-bit words, a view when they are whole words (256 bits): no copy
     words = (hashes if nbytes % 8 == 0 else np.pad(hashes, ((0, 0), (0, -nbytes % 8)))).view(np.uint64)
     m, tables = _table_plan(max_distance, nbytes * 8)
-    # a row chunk at a time: unpacking all the bits at once would hold 256 bytes a row
-    blocks = np.concatenate([_block_values(hashes[s0:s0 + (1 << 14)], m) for s0 in range(0, n, 1 << 14)])
+    masks = _table_masks(m, tables, words.shape[1])
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def verify(t: int, a: np.ndarray, b: np.ndarray) -> None:
-        eq = blocks[a] == blocks[b]
+        x = words[a] ^ words[b]
         first = np.full(a.size, len(tables), np.int64)
         for u in range(t, -1, -1):  # the first table this pair agrees on owns it
-            first[eq[:, tables[u]].all(1)] = u
+            first[~(x & masks[u]).any(1)] = u
         keep = first == t
         if groups is not None:
             keep &= groups[a] != groups[b]
+        d = np.bitwise_count(x[keep]).sum(1, dtype=np.int64)
         a, b = a[keep], b[keep]
-        d = np.bitwise_count(words[a] ^ words[b]).sum(1, dtype=np.int64)
         close = d <= max_distance
         if close.any():
             lo, hi = np.minimum(a, b)[close], np.maximum(a, b)[close]
-            found.append((lo.astype(np.int64), hi.astype(np.int64), d[close]))
+            found.append((lo.astype(np.int32), hi.astype(np.int32), d[close].astype(np.int16)))
 
-    for t, subset in enumerate(tables):
-        key = np.zeros(n, np.uint64)
-        for c in subset:
-            key = _mix(key ^ blocks[:, c])
+    key = np.empty(n, np.uint64)
+    tmp = np.empty(n, np.uint64)  # scratch, then the sorted keys: one buffer for both
+    for t in range(len(tables)):
+        key.fill(0)
+        for w in np.flatnonzero(masks[t]).tolist():  # the key: the table's bits, word by word
+            np.bitwise_and(words[:, w], masks[t, w], out=tmp)
+            key ^= tmp
+            _mix_inplace(key, tmp)
         order = np.argsort(key, kind="stable")
-        sk = key[order]
+        sk = np.take(key, order, out=tmp, mode="clip")  # "raise" would buffer a copy; order is in range
         live = np.flatnonzero(sk[:-1] == sk[1:])
         k = 1
         while live.size:  # pairs (p, p + k) inside one run of equal keys
@@ -179,6 +181,7 @@ def _pair_chunks(hashes: np.ndarray, max_distance: int, groups: np.ndarray | Non
             k += 1
             live = live[live + k < n]
             live = live[sk[live] == sk[live + k]]
+        del order, sk
     return found
 
 
