@@ -205,8 +205,10 @@ def group_roots(n_patients: int, link_codes: np.ndarray) -> np.ndarray:
     a root. Labels only decrease and the smallest member of a group always points at itself,
     so it is the root each group ends with. (Not scipy's connected_components: importing
     scipy.sparse costs split 23 MB, a quarter of its memory.)"""
-    parent = np.arange(n_patients, dtype=np.int64)
-    link_codes = np.asarray(link_codes, np.int64).reshape(-1, 2)
+    # int32 while codes fit: half the memory of int64 per patient and per link
+    dtype = np.int32 if n_patients < 2**31 else np.int64
+    parent = np.arange(n_patients, dtype=dtype)
+    link_codes = np.asarray(link_codes, dtype).reshape(-1, 2)
     a, b = link_codes[:, 0], link_codes[:, 1]
     while True:
         ra, rb = parent[a], parent[b]
@@ -230,49 +232,60 @@ def assign_codes(codes: np.ndarray, labels: np.ndarray, splits: np.ndarray, pati
     Rows are three arrays -- patient code (rank of the key in the sorted ``patients``), label
     code (LABEL_TEXT) and split code (SPLITS, 255 = none) -- and patients and groups are array
     entries: memory is a few bytes per row and per patient, not a dict and a set per patient,
-    so it stays a small fraction of the manifest whatever the archive's size (issue 13)."""
+    so it stays a small fraction of the manifest whatever the archive's size (issue 13). Each
+    per-patient table is dropped as soon as what it is for is taken from it."""
     targets = fractions(cfg)
     n = len(patients)
     k_splits = len(SPLITS)
     root = group_roots(n, np.zeros((0, 2), np.int64) if link_codes is None else link_codes)
-    row_root = root[codes]
-    has = [np.zeros(n, bool) for _ in range(2)]  # per group root: any positive, any negative
+    stratum = np.full(n, 2, np.uint8)  # per group root: 1 any positive, else 0 any negative, else 2
     for lab in (0, 1):
-        has[lab][row_root[labels == lab]] = True
-    stratum = np.where(has[1], 1, np.where(has[0], 0, 2))  # "1", "0", "" (unlabeled, other)
-    existing = np.zeros((n, k_splits), np.int64)  # patient -> images per split already assigned
-    if not reassign:
+        has = np.zeros(n, bool)
+        has[root[codes[labels == lab]]] = True
+        stratum[has] = lab  # positive (lab 1) written last: it wins
+        del has
+    if reassign:
+        has_old, own = np.zeros(n, bool), np.zeros(n, np.int64)
+    else:  # patient -> images per split already assigned: its majority, ties to the earlier split
         allowed = np.array([sp in targets for sp in SPLITS] + [False])
         sel = allowed[np.minimum(splits, k_splits)]
-        existing = np.bincount(codes[sel] * k_splits + splits[sel], minlength=n * k_splits).reshape(n, k_splits)
-    has_old = existing.any(1)
-    # majority: most images, ties to the earlier split in SPLITS (argmax takes the first maximum)
-    own = existing.argmax(1)
-    votes = np.bincount(root[has_old] * k_splits + own[has_old], minlength=n * k_splits).reshape(n, k_splits)
-    kept_group = votes.any(1)  # per root
+        existing = np.bincount(codes[sel].astype(np.int64) * k_splits + splits[sel],
+                               minlength=n * k_splits).reshape(n, k_splits)
+        del sel
+        has_old, own = existing.any(1), existing.argmax(1)  # argmax takes the first maximum
+        del existing
+    votes = np.bincount(root[has_old].astype(np.int64) * k_splits + own[has_old],
+                        minlength=n * k_splits).reshape(n, k_splits)
+    kept_group, majority = votes.any(1), votes.argmax(1)  # per root
+    del votes
     # Assigned patients never move; new patients join their group's majority split.
-    result = np.where(has_old, own, votes.argmax(1)[root])
+    result = np.where(has_old, own, majority[root]).astype(np.uint8)
+    kept = int(has_old.sum())
+    del own, majority, has_old
     in_kept = kept_group[root]
     counts = np.zeros((3, k_splits), np.int64)  # stratum -> split -> patients
     np.add.at(counts, (stratum[root[in_kept]], result[in_kept]), 1)
     counts_list = counts.tolist()
     sizes = np.bincount(root, minlength=n)
     new_roots = np.flatnonzero((root == np.arange(n)) & ~kept_group)
+    del kept_group
     digests = bytearray()  # the deal order: sha256 of seed and the group's smallest key
-    for r in new_roots.tolist():
+    for r in _chunked(new_roots):
         digests += hashlib.sha256(f"{cfg.seed}:{patients[r]}".encode()).digest()
-    words = np.frombuffer(bytes(digests), ">u8").reshape(-1, 4)
+    words = np.frombuffer(digests, ">u8").reshape(-1, 4)  # a view: no copy of the digests
     order = new_roots[np.lexsort(words.T[::-1])] if new_roots.size else new_roots
-    split_of_root = np.zeros(n, np.int64)
+    del words, digests, new_roots
+    split_of_root = np.zeros(n, np.uint8)
     fractions_by_code = [(SPLITS.index(sp), f) for sp, f in targets.items()]
-    for r in order.tolist():
+    for r in _chunked(order):
         c = counts_list[stratum[r]]
-        total = sum(c) + int(sizes[r])
+        size = int(sizes[r])
+        total = sum(c) + size
         best = max(fractions_by_code, key=lambda kf: (kf[1] * total - c[kf[0]], -kf[0]))[0]
         split_of_root[r] = best
-        c[best] += int(sizes[r])
+        c[best] += size
+    del order, sizes, stratum
     result = np.where(in_kept, result, split_of_root[root])
-    kept = int(has_old.sum())
     return result, kept, n - kept
 
 
