@@ -8,7 +8,11 @@ labels), runs split in a fresh child process and reads the child's peak RSS from
 ``getrusage(RUSAGE_CHILDREN)`` after it exits. Issue 13's target: RSS grows <= 20% from
 10k to 100k images.
 
-    nice python benchmarks/split_memory.py --n 10000,100000
+``--pairs quadratic`` makes near copies of ~0.96 N/100k of the rows instead of 1%, so the pairs
+grow ~N^2 as benchmarks/scale.py's generated radiographs give them (about 96k pairs at 100k):
+the worst case for the pairs split must hold until it has assigned every group.
+
+    nice python benchmarks/split_memory.py --n 10000,100000 [--pairs quadratic]
 """
 from __future__ import annotations
 
@@ -46,9 +50,9 @@ def synthetic_hashes(n: int, rng: np.random.Generator, dup_frac: float = 0.01,
     return np.packbits(bits, axis=1)
 
 
-def write_manifest(root: Path, n: int, seed: int = 0) -> None:
+def write_manifest(root: Path, n: int, pairs: str = "linear", seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
-    hashes = synthetic_hashes(n, rng)
+    hashes = synthetic_hashes(n, rng, 0.01 if pairs == "linear" else min(0.96 * n / 100_000, 1.0))
     labels = (rng.random(n) < 0.05).astype(int)
     shard_size = 256
 
@@ -82,18 +86,20 @@ def run_split(root: Path) -> tuple[float, float, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", default="10000,100000", help="comma-separated image counts")
+    ap.add_argument("--pairs", choices=("linear", "quadratic"), default="linear",
+                    help="near copies: 1%% of rows, or a share growing with N (pairs ~N^2)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one N
     args = ap.parse_args()
     if args.one:
         with tempfile.TemporaryDirectory() as tmp:
-            write_manifest(Path(tmp), args.one)
+            write_manifest(Path(tmp), args.one, args.pairs)
             rss, wall, line = run_split(Path(tmp))
         print(f"{args.one} {rss:.1f} {wall:.2f} {line}")
         return
     results = {}
     for n in [int(x) for x in args.n.split(",")]:
         # one process per N: ru_maxrss of RUSAGE_CHILDREN is the largest child ever waited for
-        out = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True,
+        out = subprocess.run([sys.executable, __file__, "--one", str(n), "--pairs", args.pairs], capture_output=True,
                              text=True, check=True).stdout.split()
         results[n] = (float(out[1]), float(out[2]))
         print(f"N={n:>8d}  split peak RSS {results[n][0]:7.1f} MB  wall {results[n][1]:6.2f} s  "
