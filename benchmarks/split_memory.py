@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+import fibrosis
 from fibrosis.data.cache import MANIFEST_COLUMNS
 from fibrosis.io import write_csv
 
@@ -74,7 +75,9 @@ def run_split(root: Path) -> tuple[float, float, str]:
     """(peak RSS MB, wall s, result line) of split in a fresh child process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", CHILD, str(root)], capture_output=True, text=True, check=True)
+    # from the checkout this process imported fibrosis from: ``-c`` puts the working directory first
+    out = subprocess.run([sys.executable, "-c", CHILD, str(root)], capture_output=True, text=True, check=True,
+                         cwd=Path(fibrosis.__file__).resolve().parents[1])
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB, the max over children so far
     if peak <= before:  # a smaller child than an earlier one: ru_maxrss cannot tell

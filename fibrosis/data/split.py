@@ -15,6 +15,7 @@ tested on; only new patients are dealt.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import itertools
 import json
@@ -429,20 +430,46 @@ def _chunked(values: np.ndarray, size: int = 4096) -> Iterator:
         yield from values[s0:s0 + size].tolist()
 
 
-class _Texts:
-    """Strings appended in order and read by position, held as one UTF-8 buffer and its end
-    offsets (a few bytes per string over its text, not a str object and a dict entry)."""
+class _OffsetRows:
+    """A CSV's rows, each with the byte offset it starts at, and any row read back by offset.
 
-    def __init__(self) -> None:
-        self.blob = bytearray()
-        self.ends = array("q")
+    split needs the paths of the rows in a near-duplicate pair again after it has rewritten the
+    manifest. Keeping an 8-byte offset per such row instead of its path (60 bytes and more,
+    and nearly every row is in a pair in an archive of near copies) keeps that memory flat;
+    the rows written are read back one at a time. The handle stays open across the manifest's
+    atomic replace: on POSIX an open handle still reads the file it opened."""
 
-    def append(self, text: str) -> None:
-        self.blob += text.encode("utf-8")
-        self.ends.append(len(self.blob))
+    def __init__(self, path: Path):
+        self.fh = open(path, "rb")
+        self.pos = 0
+        self.fieldnames: Sequence[str] | None = None
 
-    def __getitem__(self, k: int) -> str:
-        return self.blob[self.ends[k - 1] if k else 0:self.ends[k]].decode("utf-8")
+    def _lines(self) -> Iterator[str]:
+        for raw in self.fh:  # split on b"\n": never inside a UTF-8 character
+            self.pos += len(raw)
+            yield raw.decode("utf-8")
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, str]]]:
+        """(offset, row) as ``iter_csv`` gives the rows: csv pulls one line at a time, so the
+        bytes consumed before a row is read are where it starts."""
+        self.fh.seek(0)
+        self.pos = 0
+        reader = csv.DictReader(self._lines())
+        self.fieldnames = reader.fieldnames
+        while True:
+            start = self.pos
+            row = next(reader, None)
+            if row is None:
+                return
+            yield start, row
+
+    def read(self, offset: int) -> dict[str, str]:
+        self.fh.seek(offset)
+        self.pos = offset
+        return next(csv.DictReader(self._lines(), fieldnames=self.fieldnames))
+
+    def close(self) -> None:
+        self.fh.close()
 
 
 def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = False) -> SplitSummary:
@@ -478,32 +505,41 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
         summary.near_duplicates_across_splits = int((row_split[a] != row_split[b]).sum())
         in_pairs = np.zeros(m.n, bool)
         in_pairs[a] = in_pairs[b] = True
-        paths = _Texts()  # the paths of rows in a pair, in row order
+        offsets = array("q")  # where each row in a pair starts in the manifest as read, in row order
+        source = _OffsetRows(manifest)
 
         def rewritten() -> Iterator[dict[str, str]]:
             # row i of the manifest is row i of m: the lock keeps anyone else from rewriting it
-            for i, (r, sp, pair) in enumerate(zip(iter_csv(manifest), _chunked(row_split), _chunked(in_pairs))):
+            for i, ((start, r), sp, pair) in enumerate(zip(source, _chunked(row_split), _chunked(in_pairs))):
                 r["split"] = SPLITS[sp]
                 if i in m.filled:
                     r["dhash"] = m.filled[i]
                 if pair:
-                    paths.append(r["path"])
+                    offsets.append(start)
                 yield r
 
-        write_csv(manifest, rewritten(), MANIFEST_COLUMNS)
-        rank = np.cumsum(in_pairs, dtype=np.int64)
-        rank -= 1  # row -> its place in paths
+        try:
+            write_csv(manifest, rewritten(), MANIFEST_COLUMNS)
+            pair_row_ids = np.flatnonzero(in_pairs).astype(np.int32)  # offsets[k] is row pair_row_ids[k]
+            del in_pairs
 
-        def pair_rows(size: int = 4096) -> Iterator[dict[str, object]]:
-            for s0 in range(0, a.size, size):  # a chunk of pairs at a time: no column of them all
-                i, j = a[s0:s0 + size], b[s0:s0 + size]
-                for ra, rb, ca, cb, sa, sb, dist in zip(*(x.tolist() for x in (
-                        rank[i], rank[j], codes[i], codes[j], row_split[i], row_split[j], d[s0:s0 + size]))):
-                    yield {"path_a": paths[ra], "path_b": paths[rb], "patient_a": patients[ca],
-                           "patient_b": patients[cb], "split_a": SPLITS[sa], "split_b": SPLITS[sb], "distance": dist}
+            def pair_rows(size: int = 4096) -> Iterator[dict[str, object]]:
+                last_a, path_a = -1, ""  # pairs are sorted by row a: read each row a once
+                for s0 in range(0, a.size, size):  # a chunk of pairs at a time: no column of them all
+                    i, j = a[s0:s0 + size], b[s0:s0 + size]
+                    for ra, rb, ca, cb, sa, sb, dist in zip(*(x.tolist() for x in (
+                            np.searchsorted(pair_row_ids, i), np.searchsorted(pair_row_ids, j),
+                            codes[i], codes[j], row_split[i], row_split[j], d[s0:s0 + size]))):
+                        if ra != last_a:
+                            last_a, path_a = ra, source.read(offsets[ra])["path"]
+                        yield {"path_a": path_a, "path_b": source.read(offsets[rb])["path"],
+                               "patient_a": patients[ca], "patient_b": patients[cb],
+                               "split_a": SPLITS[sa], "split_b": SPLITS[sb], "distance": dist}
 
-        write_csv(root / "near_duplicates.csv", pair_rows(),
-                  ("path_a", "path_b", "patient_a", "patient_b", "split_a", "split_b", "distance"))
+            write_csv(root / "near_duplicates.csv", pair_rows(),
+                      ("path_a", "path_b", "patient_a", "patient_b", "split_a", "split_b", "distance"))
+        finally:
+            source.close()
         (root / SPLIT_STATE).unlink(missing_ok=True)  # written again below, with the new summary
         written = file_sha256(manifest)  # under the lock: an ingest after us changes it, and the record no longer holds
     root_of = group_roots(len(patients), link_codes)
