@@ -133,7 +133,8 @@ def near_duplicate_arrays(hashes: np.ndarray, max_distance: int, groups: np.ndar
     a, b, d = (np.concatenate([f[k] for f in found]) for k in range(3))
     found.clear()
     idx = np.lexsort((b, a))
-    return a[idx], b[idx], d[idx]
+    a, b, d = a[idx], b[idx], d[idx]  # one column at a time would save little: 10 bytes a pair
+    return a, b, d
 
 
 def _pair_chunks(hashes: np.ndarray, max_distance: int, groups: np.ndarray | None,
@@ -362,6 +363,28 @@ class _Keys(Sequence[str]):
         return self.keys[i].decode("utf-8")
 
 
+def _rank_codes(key_chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique keys, int32 code per row) of the rows' keys, in chunks (emptied here):
+    the codes are ranks of the sorted keys (UTF-8 bytes sort as the str do), as assign() and
+    the old row-wise code order patients. np.unique(return_inverse=True) gives the same, but
+    holds the keys twice and three int64 columns at once; here the keys in row order are
+    dropped once sorted, and the codes are int32."""
+    keys = np.concatenate(key_chunks) if len(key_chunks) > 1 else key_chunks[0]
+    key_chunks.clear()
+    n = len(keys)
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    del keys
+    first = np.ones(n, bool)  # first row of each key in sorted order
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    uniq = ordered[first]
+    del ordered
+    dtype = np.int32 if n < 2**31 else np.int64
+    codes = np.empty(n, dtype)
+    codes[order] = np.cumsum(first, dtype=dtype) - 1
+    return uniq, codes
+
+
 class _Compact:
     """The four manifest columns split decides on, one small array entry per row (about 40
     bytes, not a dict of every column): memory stays a small fraction of the manifest's size,
@@ -390,15 +413,10 @@ class _Compact:
                 hashes += bytes(nbytes)
                 self.missing[int(r["shard"])].append((i, int(r["index"])))
         key_chunks.append(np.array(keys, dtype=bytes))
-        all_keys = np.concatenate(key_chunks) if len(key_chunks) > 1 else key_chunks[0]
-        del key_chunks, keys
-        self.n = len(all_keys)
-        # Codes are ranks of the sorted keys (UTF-8 bytes sort as the str do), as assign() and
-        # the old row-wise code order patients.
-        uniq, codes = np.unique(all_keys, return_inverse=True)
+        del keys
+        uniq, self.codes = _rank_codes(key_chunks)
+        self.n = len(self.codes)
         self.patients = _Keys(uniq)
-        del all_keys
-        self.codes = codes.astype(np.int64, copy=False).ravel()
         self.labels = np.frombuffer(bytes(labels), np.uint8)
         self.splits = np.frombuffer(bytes(splits), np.uint8)
         # the bytearray's own buffer, no copy (writable: fill_missing_hashes writes into it)
@@ -472,6 +490,18 @@ class _OffsetRows:
         self.fh.close()
 
 
+def _link_codes(ca: np.ndarray, cb: np.ndarray, n_patients: int) -> np.ndarray:
+    """(k, 2) distinct patient-code pairs (low, high), sorted: np.unique(axis=0) of the pairs,
+    through one int64 per pair (low * n + high sorts the same) instead of its row-view sort."""
+    low, high = np.minimum(ca, cb).astype(np.int64), np.maximum(ca, cb)
+    low *= n_patients
+    low += high
+    del high
+    flat = np.unique(low)
+    del low
+    return np.stack([flat // n_patients, flat % n_patients], 1)
+
+
 def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = False) -> SplitSummary:
     """Write the ``split`` column of ``<cache>/manifest.csv`` (atomically) and
     ``<cache>/near_duplicates.csv``; returns per-split counts and the report."""
@@ -496,7 +526,7 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
         # Only pairs across patient keys matter: one key always gets one split, so a pair
         # within a patient is neither a link nor a row of near_duplicates.csv.
         a, b, d = near_duplicate_arrays(m.hashes, cfg.near_duplicate_hamming, groups=codes)
-        link_codes = np.unique(np.stack([np.minimum(codes[a], codes[b]), np.maximum(codes[a], codes[b])], 1), axis=0)
+        link_codes = _link_codes(codes[a], codes[b], len(patients))
         by_code, summary.kept, summary.assigned = assign_codes(codes, m.labels, m.splits, patients, cfg,
                                                                link_codes, reassign)
         split_code = {s: k for k, s in enumerate(SPLITS)}
