@@ -228,18 +228,20 @@ def group_roots(n_patients: int, link_codes: np.ndarray) -> np.ndarray:
 
 def assign_codes(codes: np.ndarray, labels: np.ndarray, splits: np.ndarray, patients: Sequence[str],
                  cfg: SplitConfig, link_codes: np.ndarray | None = None,
-                 reassign: bool = False) -> tuple[np.ndarray, int, int]:
+                 reassign: bool = False, root: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
     """Split code (index into SPLITS) per patient code, patients kept, patients dealt.
 
     Rows are three arrays -- patient code (rank of the key in the sorted ``patients``), label
     code (LABEL_TEXT) and split code (SPLITS, 255 = none) -- and patients and groups are array
     entries: memory is a few bytes per row and per patient, not a dict and a set per patient,
     so it stays a small fraction of the manifest whatever the archive's size (issue 13). Each
-    per-patient table is dropped as soon as what it is for is taken from it."""
+    per-patient table is dropped as soon as what it is for is taken from it. ``root``: the
+    caller's ``group_roots(len(patients), link_codes)``, if it has it (then links are unused)."""
     targets = fractions(cfg)
     n = len(patients)
     k_splits = len(SPLITS)
-    root = group_roots(n, np.zeros((0, 2), np.int64) if link_codes is None else link_codes)
+    if root is None:
+        root = group_roots(n, np.zeros((0, 2), np.int64) if link_codes is None else link_codes)
     stratum = np.full(n, 2, np.uint8)  # per group root: 1 any positive, else 0 any negative, else 2
     for lab in (0, 1):
         has = np.zeros(n, bool)
@@ -499,7 +501,7 @@ def _link_codes(ca: np.ndarray, cb: np.ndarray, n_patients: int) -> np.ndarray:
     del high
     flat = np.unique(low)
     del low
-    return np.stack([flat // n_patients, flat % n_patients], 1)
+    return np.stack([flat // n_patients, flat % n_patients], 1).astype(ca.dtype)
 
 
 def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = False) -> SplitSummary:
@@ -526,9 +528,11 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
         # Only pairs across patient keys matter: one key always gets one split, so a pair
         # within a patient is neither a link nor a row of near_duplicates.csv.
         a, b, d = near_duplicate_arrays(m.hashes, cfg.near_duplicate_hamming, groups=codes)
-        link_codes = _link_codes(codes[a], codes[b], len(patients))
+        del m.hashes  # 32 bytes a row, needed by the search only
+        # the groups, once: the links are dropped, and the warning below reuses them
+        root_of = group_roots(len(patients), _link_codes(codes[a], codes[b], len(patients)))
         by_code, summary.kept, summary.assigned = assign_codes(codes, m.labels, m.splits, patients, cfg,
-                                                               link_codes, reassign)
+                                                               reassign=reassign, root=root_of)
         split_code = {s: k for k, s in enumerate(SPLITS)}
         row_split = by_code[codes]
         summary.near_duplicates = int(a.size)
@@ -572,7 +576,6 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
             source.close()
         (root / SPLIT_STATE).unlink(missing_ok=True)  # written again below, with the new summary
         written = file_sha256(manifest)  # under the lock: an ingest after us changes it, and the record no longer holds
-    root_of = group_roots(len(patients), link_codes)
     sizes = np.bincount(root_of, minlength=len(patients))
     big = np.flatnonzero(sizes > cfg.max_group_patients)
     for g in big[np.lexsort((big, -sizes[big]))].tolist():  # largest first, then by smallest key
