@@ -354,3 +354,22 @@ def test_group_roots_are_the_smallest_member_of_each_linked_group():
             rx, ry = find(x), find(y)
             parent[max(rx, ry)] = min(rx, ry)
         assert group_roots(n, links).tolist() == [find(x) for x in range(n)]
+
+
+@pytest.mark.parametrize("odd", ['a,b "quoted" é.dcm', "line\nbreak.dcm"])
+def test_near_duplicate_paths_are_read_back_exactly(tmp_path, odd):
+    """near_duplicates.csv names rows by reading their paths back from the rewritten manifest
+    by offset: paths that need quoting, non-ASCII ones and (the slow csv fallback) a quoted
+    newline come back as written."""
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 256, (6, 32), dtype=np.uint8)
+    hashes[3] = hashes[0]
+    hashes[3, 0] ^= 1  # rows 0 and 3: near copies under two patients
+    rows = [{"path": f"{k}-{odd}", "shard": 0, "index": k, "patient_key": f"p{k // 2}", "label": k % 2,
+             "dhash": hashes[k].tobytes().hex()} for k in range(6)]
+    write_csv(tmp_path / "manifest.csv", rows, MANIFEST_COLUMNS)
+    s = split_cache(tmp_path, SplitConfig())
+    assert s.near_duplicates == 1
+    (pair,) = read_csv(tmp_path / "near_duplicates.csv")
+    assert (pair["path_a"], pair["path_b"], pair["distance"]) == (f"0-{odd}", f"3-{odd}", "1")
+    assert [r["path"] for r in read_csv(tmp_path / "manifest.csv")] == [r["path"] for r in rows]

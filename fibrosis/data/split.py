@@ -456,13 +456,12 @@ class _OffsetRows:
     split needs the paths of the rows in a near-duplicate pair again after it has rewritten the
     manifest. Keeping an 8-byte offset per such row instead of its path (60 bytes and more,
     and nearly every row is in a pair in an archive of near copies) keeps that memory flat;
-    the rows written are read back one at a time. The handle stays open across the manifest's
-    atomic replace: on POSIX an open handle still reads the file it opened."""
+    the rows written are read back one at a time."""
 
     def __init__(self, path: Path):
         self.fh = open(path, "rb")
         self.pos = 0
-        self.fieldnames: Sequence[str] | None = None
+        self.fieldnames: Sequence[str] = next(csv.reader(self._lines()), [])
 
     def _lines(self) -> Iterator[str]:
         for raw in self.fh:  # split on b"\n": never inside a UTF-8 character
@@ -475,7 +474,7 @@ class _OffsetRows:
         self.fh.seek(0)
         self.pos = 0
         reader = csv.DictReader(self._lines())
-        self.fieldnames = reader.fieldnames
+        reader.fieldnames  # reads the header
         while True:
             start = self.pos
             row = next(reader, None)
@@ -497,11 +496,28 @@ class _OffsetRows:
         if line.count(b'"') % 2:
             return self.read(offset)["path"]
         values = next(csv.reader([line.decode("utf-8")]), [])
-        col = self.fieldnames.index("path") if self.fieldnames else 0
+        col = self.fieldnames.index("path")
         return values[col] if col < len(values) else None
 
     def close(self) -> None:
         self.fh.close()
+
+
+def _row_offsets(path: Path, rows: np.ndarray, n: int, block: int = 1 << 20) -> np.ndarray | None:
+    """Byte offsets where ``rows`` (sorted row numbers) start in a CSV of ``n`` records that
+    write_csv wrote (each ended by one "\n"): row k starts after the k-th newline (the 0th
+    ends the header). A NumPy scan a block at a time, far faster than csv's; None if the file
+    has more newlines than records (a quoted newline inside a field), where only csv can tell."""
+    out = np.empty(len(rows), np.int64)
+    seen = pos = 0  # newlines before this block, bytes before this block
+    with open(path, "rb") as fh:
+        while data := fh.read(block):
+            nl = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n"))
+            lo, hi = np.searchsorted(rows, [seen, seen + nl.size])
+            out[lo:hi] = pos + nl[rows[lo:hi] - seen] + 1
+            seen += nl.size
+            pos += len(data)
+    return out if seen == n + 1 else None
 
 
 def _link_codes(ca: np.ndarray, cb: np.ndarray, n_patients: int) -> np.ndarray:
@@ -551,23 +567,24 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
         summary.near_duplicates_across_splits = int((row_split[a] != row_split[b]).sum())
         in_pairs = np.zeros(m.n, bool)
         in_pairs[a] = in_pairs[b] = True
-        offsets = array("q")  # where each row in a pair starts in the manifest as read, in row order
-        source = _OffsetRows(manifest)
 
         def rewritten() -> Iterator[dict[str, str]]:
             # row i of the manifest is row i of m: the lock keeps anyone else from rewriting it
-            for i, ((start, r), sp, pair) in enumerate(zip(source, _chunked(row_split), _chunked(in_pairs))):
+            for i, (r, sp) in enumerate(zip(iter_csv(manifest), _chunked(row_split))):
                 r["split"] = SPLITS[sp]
                 if i in m.filled:
                     r["dhash"] = m.filled[i]
-                if pair:
-                    offsets.append(start)
                 yield r
 
+        write_csv(manifest, rewritten(), MANIFEST_COLUMNS)
+        pair_row_ids = np.flatnonzero(in_pairs)
+        del in_pairs
+        source = _OffsetRows(manifest)  # the manifest as just written
+        offsets = _row_offsets(manifest, pair_row_ids, m.n)
+        if offsets is None:  # a quoted newline in some field: csv finds where the rows start
+            wanted = set(pair_row_ids.tolist())
+            offsets = np.array([start for k, (start, _) in enumerate(source) if k in wanted], np.int64)
         try:
-            write_csv(manifest, rewritten(), MANIFEST_COLUMNS)
-            pair_row_ids = np.flatnonzero(in_pairs).astype(np.int32)  # offsets[k] is row pair_row_ids[k]
-            del in_pairs
 
             def pair_rows(size: int = 4096) -> Iterator[dict[str, object]]:
                 last_a, path_a = -1, ""  # pairs are sorted by row a: read each row a once
