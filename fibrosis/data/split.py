@@ -151,14 +151,16 @@ def _pair_chunks(hashes: np.ndarray, max_distance: int, groups: np.ndarray | Non
 
     def verify(t: int, a: np.ndarray, b: np.ndarray) -> None:
         x = words[a] ^ words[b]
-        first = np.full(a.size, len(tables), np.int64)
-        for u in range(t, -1, -1):  # the first table this pair agrees on owns it
-            first[~(x & masks[u]).any(1)] = u
-        keep = first == t
+        keep = ~(x & masks[t]).any(1)  # agrees on table t (not a collision of 64-bit keys)
         if groups is not None:
             keep &= groups[a] != groups[b]
-        d = np.bitwise_count(x[keep]).sum(1, dtype=np.int64)
-        a, b = a[keep], b[keep]
+        idx = np.flatnonzero(keep)
+        for u in range(t):  # the first table this pair agrees on owns it: drop it if that is earlier
+            if not idx.size:
+                break
+            idx = idx[(x[idx] & masks[u]).any(1)]  # most near copies agree on table 0: gone at once
+        a, b = a[idx], b[idx]
+        d = np.bitwise_count(x[idx]).sum(1, dtype=np.int64)
         close = d <= max_distance
         if close.any():
             lo, hi = np.minimum(a, b)[close], np.maximum(a, b)[close]
@@ -493,10 +495,13 @@ class _OffsetRows:
         :meth:`read` would, at a third of its cost -- near_duplicates.csv reads one per pair."""
         self.fh.seek(offset)
         line = self.fh.readline()
+        col = self.fieldnames.index("path")
+        if b'"' not in line:  # csv quotes every field holding a comma, quote or line break
+            values = line.rstrip(b"\r\n").split(b",")
+            return values[col].decode("utf-8") if col < len(values) else None
         if line.count(b'"') % 2:
             return self.read(offset)["path"]
         values = next(csv.reader([line.decode("utf-8")]), [])
-        col = self.fieldnames.index("path")
         return values[col] if col < len(values) else None
 
     def close(self) -> None:
