@@ -21,7 +21,6 @@ import itertools
 import json
 import logging
 import math
-from array import array
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -390,9 +389,11 @@ def _rank_codes(key_chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Compact:
-    """The four manifest columns split decides on, one small array entry per row (about 40
-    bytes, not a dict of every column): memory stays a small fraction of the manifest's size,
-    which is read twice as a stream instead (here, and to write the split column)."""
+    """The four manifest columns split decides on, one small array entry per row (the 32-byte
+    hash, freed after the search, a 4-byte patient code and a byte each for label and split;
+    16 bytes of key per row while the codes are made), not a dict of every column: memory
+    stays a small fraction of the manifest's size, which is read as a stream instead (here,
+    to write the split column, and a line per near-duplicate row for near_duplicates.csv)."""
 
     def __init__(self, manifest: Path, chunk: int = 4096):
         nbytes = DHASH_SIDE * DHASH_SIDE // 8
