@@ -227,6 +227,13 @@ def group_roots(n_patients: int, link_codes: np.ndarray) -> np.ndarray:
             parent = up
 
 
+def _chunked(values: np.ndarray, size: int = 4096) -> Iterator:
+    """The Python values of an array one chunk at a time: ``tolist()`` of the whole array would
+    hold a list (and an int object per entry) as long as the array."""
+    for s0 in range(0, len(values), size):
+        yield from values[s0:s0 + size].tolist()
+
+
 def assign_codes(codes: np.ndarray, labels: np.ndarray, splits: np.ndarray, patients: Sequence[str],
                  cfg: SplitConfig, link_codes: np.ndarray | None = None,
                  reassign: bool = False, root: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
@@ -444,13 +451,6 @@ class _Compact:
                 self.hashes[i] = np.frombuffer(bytes.fromhex(h), np.uint8)
                 self.filled[i] = h
             del arr  # unmapped now: resident pages do not pile up shard after shard
-
-
-def _chunked(values: np.ndarray, size: int = 4096) -> Iterator:
-    """The Python values of an array one chunk at a time: ``tolist()`` of the whole array would
-    hold a list (and an int object per entry) as long as the array."""
-    for s0 in range(0, len(values), size):
-        yield from values[s0:s0 + size].tolist()
 
 
 class _OffsetRows:
