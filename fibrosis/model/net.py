@@ -94,12 +94,17 @@ class FibrosisNet(nn.Module):
             raise RuntimeError("this model has no auxiliary heads (see set_aux_heads)")
         return self.aux_head(f)
 
-    def forward_all(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1 + len(aux_names)) logits: fibrosis first, then the auxiliary findings."""
-        f = self.forward_features(x)
+    def forward_heads(self, f: torch.Tensor) -> torch.Tensor:
+        """(B, num_features) -> (B, 1 + len(aux_names)) logits: fibrosis first, then the
+        auxiliary findings (just fibrosis's (B, 1) without auxiliary heads)."""
         if self.aux_head is None:
             return self.forward_head(f)
         return torch.cat([self.forward_head(f), self.forward_aux(f)], 1)
+
+    def forward_all(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> :meth:`forward_heads` logits, un-augmented."""
+        return self.forward_heads(self.forward_features(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # TTA only in eval mode: training sees its own random augmentation, once per image.
         if self.tta is not None and not self.training:

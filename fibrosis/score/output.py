@@ -55,10 +55,14 @@ AGGREGATES = typing.get_args(StudyAggregate)
 FRONTAL_VIEWS = frozenset({"PA", "AP", ""})
 
 
+def _side_path(scores: Path, kind: str) -> Path:
+    name = scores.name[:-4] if scores.name.endswith(".csv") else scores.name
+    return scores.with_name(f"{name}.{kind}.csv")
+
+
 def aux_path(scores: Path) -> Path:
     """``scores.csv`` -> ``scores.aux.csv``: the auxiliary findings' outputs (``--aux``)."""
-    name = scores.name[:-4] if scores.name.endswith(".csv") else scores.name
-    return scores.with_name(f"{name}.aux.csv")
+    return _side_path(scores, "aux")
 
 
 def aux_columns(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -69,8 +73,7 @@ def aux_columns(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 def meta_path(scores: Path) -> Path:
     """``scores.csv`` -> ``scores.meta.csv`` (``x.csv.rank1`` -> ``x.csv.rank1.meta.csv``)."""
-    name = scores.name[:-4] if scores.name.endswith(".csv") else scores.name
-    return scores.with_name(f"{name}.meta.csv")
+    return _side_path(scores, "meta")
 
 
 def discover_inputs(input_: str | Path, out: Path, gradcam_dir: Path | None,

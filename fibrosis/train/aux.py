@@ -60,6 +60,14 @@ def aux_pos_weight(targets: np.ndarray) -> np.ndarray:
     return np.where(pos > 0, neg / np.maximum(pos, 1), 1.0).astype(np.float32)
 
 
+def aux_record(names: Sequence[str], weight: float, targets: np.ndarray, dropped: Mapping[str, str],
+               min_positives: int) -> dict[str, object]:
+    """The checkpoint's ``aux`` entry: the heads' names, loss weight, per-head pos_weight (from
+    ``targets``, the labels they trained on), the findings left without a head and why."""
+    return {"names": list(names), "weight": float(weight), "pos_weight": aux_pos_weight(targets).tolist(),
+            "dropped": dict(dropped), "min_positives": min_positives}
+
+
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
     """Mean BCE-with-logits over the labelled entries of (B, K) ``targets`` (NaN = missing).
 
@@ -110,4 +118,4 @@ class HeadsOnFeatures(nn.Module):
         self.head, self.aux_head = model.head, model.aux_head
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.head(f), self.aux_head(f)], 1)
+        return torch.cat([self.head(f), self.aux_head(f)], 1)  # FibrosisNet.forward_heads, on these modules only

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from fibrosis.model import distributed
 from fibrosis.train import runlog
-from fibrosis.train.aux import AllHeads, AuxLoss, HeadsOnFeatures, aux_pos_weight, aux_targets, choose_aux, describe
+from fibrosis.train.aux import AllHeads, AuxLoss, HeadsOnFeatures, aux_record, aux_targets, choose_aux, describe
 from fibrosis.data.cache import CacheReader, manifest_hash
 from fibrosis.model.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fibrosis.config import Config, StageConfig, config_from_dict, config_to_dict
@@ -386,11 +386,9 @@ def _aux_heads(model: FibrosisNet, cfg: Config, reader: CacheReader, train_idx: 
         return None
     set_aux_heads(model, names)
     targets = aux_targets(reader.rows, train_idx, names)
-    pw = aux_pos_weight(targets)
     logger.info("%d auxiliary head(s), loss weight %g: %s", len(names), tcfg.aux_weight, describe(names, targets))
-    record = {"names": list(names), "weight": float(tcfg.aux_weight), "pos_weight": pw.tolist(),
-              "dropped": dropped, "min_positives": tcfg.aux_min_positives}
-    return AuxLoss(float(tcfg.aux_weight), torch.from_numpy(pw)), targets, record
+    record = aux_record(names, tcfg.aux_weight, targets, dropped, tcfg.aux_min_positives)
+    return AuxLoss(float(tcfg.aux_weight), torch.tensor(record["pos_weight"])), targets, record
 
 
 def _restore(model: FibrosisNet, cfg: Config, mhash: str, out_dir: Path, resume: bool,

@@ -61,8 +61,7 @@ def calibrated_log_loss(y: np.ndarray, z: np.ndarray) -> float:
     # for the near-constant logits of a strongly regularised probe.
     z = (z - z.mean()) / sd if sd > 0 else np.zeros_like(z)
     (a, b), _, _ = fit_logistic(z, y)
-    zc = a + b * z
-    return float(np.mean(y * np.logaddexp(0.0, -zc) + (1 - y) * np.logaddexp(0.0, zc)))
+    return weighted_log_loss(y, a + b * z, 1.0)
 
 
 def _fit(x: np.ndarray, y: np.ndarray, c: float, pos_weight: float) -> LogisticRegression:

@@ -112,11 +112,15 @@ def first_trainable(model: FibrosisNet | ArchOnly, groups: tuple[str, ...]) -> i
 
 
 class Suffix(nn.Module):
-    """Groups ``start..`` + pooling + head as one module: (prefix activations) -> logits."""
+    """Groups ``start..`` + pooling + head as one module: (prefix activations) -> (B,) logits,
+    or with ``all_heads`` the (B, 1 + K) logits of the fibrosis and auxiliary heads."""
 
-    def __init__(self, model: FibrosisNet, start: int):
+    def __init__(self, model: FibrosisNet, start: int, all_heads: bool = False):
         super().__init__()
-        self.model, self.start = model, start
+        self.model, self.start, self.all_heads = model, start, all_heads
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(forward_from(self.model, h, self.start)).reshape(len(h))
+        f = forward_from(self.model, h, self.start)
+        if self.all_heads:
+            return self.model.forward_heads(f)
+        return self.model.forward_head(f).reshape(len(h))

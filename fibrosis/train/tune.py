@@ -51,7 +51,7 @@ from fibrosis.io import atomic_write_bytes, package_versions, read_csv, write_cs
 from fibrosis.model.checkpoint import save_checkpoint
 from fibrosis.model.ensemble import EnsembleNet, ensemble_record
 from fibrosis.model.net import FibrosisNet, build_model, set_aux_heads
-from fibrosis.train.aux import AuxLoss, aux_pos_weight, aux_targets, choose_aux
+from fibrosis.train.aux import AuxLoss, aux_pos_weight, aux_record, aux_targets, choose_aux
 from fibrosis.train.aux import describe as describe_aux
 from fibrosis.model.tta import describe as tta_describe, to_record as tta_record
 from fibrosis.train.folds import Fold, make_folds, near_duplicate_links, patient_groups
@@ -254,24 +254,12 @@ class Context:
                            for k, n in enumerate(self.aux_names)}}
 
 
-class SuffixAll(nn.Module):
-    """Like stages.Suffix, with the auxiliary heads: (prefix activations) -> (B, 1 + K) logits."""
-
-    def __init__(self, model: FibrosisNet, start: int):
-        super().__init__()
-        self.model, self.start = model, start
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        f = forward_from(self.model, h, self.start)
-        return torch.cat([self.model.forward_head(f), self.model.forward_aux(f)], 1)
-
-
 def _suffix_logits(model: FibrosisNet, acts: Activations, start: int, positions: Sequence[int],
                    bs: int) -> np.ndarray:
     """(n,) fibrosis logits, or (n, 1 + K) with the auxiliary heads attached."""
     model.eval()
     out = []
-    step = SuffixAll(model, start) if model.aux_head is not None else Suffix(model, start)
+    step = Suffix(model, start, all_heads=model.aux_head is not None)
     with torch.inference_mode():
         for k in range(0, len(positions), bs):
             out.append(step(acts.batch(start, positions[k:k + bs])).float())
@@ -286,6 +274,7 @@ def aux_probes(ctx: Context, acts: Activations, tr: Sequence[int], memo: Any, se
     fine-tuning to 3 decimals.)"""
     key = (memo, "aux")
     if key not in ctx.probes:
+        tcfg = ctx.cfg.tune
         out = []
         for k in range(len(ctx.aux_names)):
             t = ctx.aux_y[tr, k]
@@ -294,7 +283,6 @@ def aux_probes(ctx: Context, acts: Activations, tr: Sequence[int], memo: Any, se
             if len(set(yk.tolist())) < 2:  # one class (or none) in this fold: the head starts at zero
                 out.append(Probe(np.zeros(acts.features.shape[1]), 0.0, 0.0, {}))
                 continue
-            tcfg = ctx.cfg.tune
             out.append(fit_probe(acts.features[have], yk, [ctx.groups[p] for p in have], tcfg.probe_c,
                                  tcfg.probe_inner_folds, seed=seed, quiet=True))
         ctx.probes[key] = out  # type: ignore[assignment]
@@ -336,7 +324,7 @@ def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, *,
     train_loss = [weighted_log_loss(y_tr, probe.logits(acts.features[tr]), pw)]
     if tcfg.max_epochs and arm.groups:
         try:
-            return _fine_tune(ctx, arm, fold, unit_dir, probe, tr, ho, y_tr, pw, oof, train_loss, t0, t_probe,
+            return _fine_tune(ctx, arm, fold, unit_dir, probe, tr, ho, y_tr, pw, oof, train_loss, t_probe,
                               epoch_limit)
         finally:
             freeze(model, ())  # leave the shared base model as found: nothing trainable in flight
@@ -357,7 +345,7 @@ def _done(unit_dir: Path, arm: Arm, fold: Fold, probe: Probe, oof: list, train_l
 
 
 def _fine_tune(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, probe: Probe, tr: list[int], ho: list[int],
-               y_tr: np.ndarray, pw: float, oof: list, train_loss: list, t0: float, t_probe: float,
+               y_tr: np.ndarray, pw: float, oof: list, train_loss: list, t_probe: float,
                epoch_limit: int | None) -> dict[str, Any] | None:
     """The fine-tuning epochs of one unit (LP-FT from ``probe``), resumable from ``state.pt``."""
     tcfg = ctx.cfg.tune
@@ -388,7 +376,7 @@ def _fine_tune(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, probe: Probe,
                              {"params": body, "lr": tcfg.lr / arm.cfg.lr_ratio}],
                             weight_decay=tcfg.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(pw)))
-    step = SuffixAll(model, arm.start) if arm.aux else Suffix(model, arm.start)
+    step = Suffix(model, arm.start, all_heads=arm.aux)
     first = 0
     state_path = unit_dir / "state.pt"
     if state_path.is_file():
@@ -473,34 +461,32 @@ class CVResult:
     feature_seconds: float = 0.0  # frozen forward passes, shared by the arms of a backbone
 
 
-def _pooled(records: Sequence[dict[str, Any]], pos: dict[int, int], n: int, epoch: int) -> np.ndarray:
-    total, count = np.zeros(n), np.zeros(n)
+def _pooled(records: Sequence[dict[str, Any]], pos: dict[int, int], n: int, epoch: int,
+            key: str = "oof") -> np.ndarray:
+    """Per development row, the mean over repeats of its held-out logits at ``epoch``: (n,) for
+    ``oof``, (n, K) for ``aux_oof``."""
+    total, count = None, np.zeros(n)
     for rec in records:
-        e = min(epoch, len(rec["oof"]) - 1)
-        for r, z in zip(rec["heldout"], rec["oof"][e]):
+        e = min(epoch, len(rec[key]) - 1)
+        for r, z in zip(rec["heldout"], rec[key][e]):
+            if total is None:
+                total = np.zeros((n,) + np.shape(z))
             total[pos[r]] += z
             count[pos[r]] += 1
-    if (count == 0).any():
+    if total is None or (count == 0).any():
         raise RuntimeError("a development row has no out-of-fold prediction")
-    return total / count
+    return total / count.reshape((n,) + (1,) * (total.ndim - 1))
 
 
 def _aux_auc(ctx: Context, records: Sequence[dict[str, Any]], epoch: int) -> dict[str, float]:
     """OOF AUC per auxiliary finding at ``epoch``, over the development rows labelled for it."""
     from sklearn.metrics import roc_auc_score
 
-    pos = {r: k for k, r in enumerate(ctx.dev)}
-    total, count = np.zeros((len(ctx.dev), len(ctx.aux_names))), np.zeros(len(ctx.dev))
-    for rec in records:
-        e = min(epoch, len(rec["aux_oof"]) - 1)
-        for r, z in zip(rec["heldout"], rec["aux_oof"][e]):
-            total[pos[r]] += z
-            count[pos[r]] += 1
-    z = total / np.maximum(count, 1)[:, None]
+    z = _pooled(records, {r: k for k, r in enumerate(ctx.dev)}, len(ctx.dev), epoch, "aux_oof")
     out = {}
     for k, name in enumerate(ctx.aux_names):
         t = ctx.aux_y[:, k]
-        have = ~np.isnan(t) & (count > 0)
+        have = ~np.isnan(t)
         if len(set(t[have].tolist())) == 2:
             out[name] = round(float(roc_auc_score(t[have], z[have, k])), 4)
     return out
@@ -773,9 +759,8 @@ def package(cfg: Config, cache_dir: str | Path, out_dir: str | Path, cv: CVResul
     if record:
         payload["ensemble"] = record
     if arm.aux:
-        payload["aux"] = {"names": list(ctx.aux_names), "weight": arm.cfg.aux_weight,
-                          "pos_weight": aux_pos_weight(ctx.aux_y).tolist(), "dropped": ctx.aux_dropped,
-                          "min_positives": cfg.train.aux_min_positives, "oof_auc": res.aux_auc}
+        payload["aux"] = {**aux_record(ctx.aux_names, arm.cfg.aux_weight, ctx.aux_y, ctx.aux_dropped,
+                                      cfg.train.aux_min_positives), "oof_auc": res.aux_auc}
     path = save_checkpoint(out_dir / "best.pt", payload)
     logger.info("%s -> %s", payload["preset"], path)
     return path
