@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-import cv2
 import numpy as np
 
 from fibrosis.data.cache import MANIFEST_COLUMNS, CacheLock, CacheReader
@@ -59,6 +58,10 @@ def fractions(cfg: SplitConfig) -> dict[str, float]:
 
 def dhash(img: np.ndarray, side: int = DHASH_SIDE) -> np.ndarray:
     """Difference hash: signs of horizontal gradients on a (side x side+1) area-averaged thumbnail."""
+    # imported here, not at the top: cv2 takes ~0.27 s to import, and split reads the hashes
+    # ingest stored, so a split (and a no-op re-split above all) never needs it
+    import cv2
+
     small = cv2.resize(img.astype(np.float32), (side + 1, side), interpolation=cv2.INTER_AREA)
     return np.packbits(small[:, 1:] > small[:, :-1])
 
