@@ -8,7 +8,9 @@ benchmarks/ingest.py, two per patient; 1 in 100 is a noisy copy of another file 
 PatientID (a near-duplicate across patients), and one image is exported under 30 PatientIDs (a
 group that split must name). Each stage runs in a fresh process; the RSS of that process (main)
 and of it plus all its descendants (tree: decode workers, fork server) is sampled every 0.1 s.
-Re-ingest and re-split run on unchanged data (the no-op cost). Each stage's CPU time (user + sys)
+Re-ingest and re-split run on unchanged data (the no-op cost). Wall and CPU time exclude the
+interpreter's start and exit (a fixed ~0.1-0.5 s per command whatever N; a no-op re-split's own
+work is a few hundredths of a second). Each stage's CPU time (user + sys)
 of its whole process tree is recorded too: unlike wall time it does not grow when other processes
 share the cores, so its exponent in N is the one to trust on a busy machine. It is exact: this
 process makes itself the child subreaper, so every descendant (decode workers, the fork server
@@ -132,7 +134,12 @@ def run_stage(stage: str, root: Path, workers: int) -> None:
         info = {"counts": dict(s.counts)}
     info["seconds"] = time.perf_counter() - t
     info["startup_cpu"] = cpu0  # interpreter start and imports before the timer: not the stage's work
-    print("RESULT " + json.dumps(info))
+    print("RESULT " + json.dumps(info), flush=True)
+    sys.stderr.flush()
+    # Nor is the interpreter's exit: tearing down numpy alone takes ~0.08 s of CPU (torch ~0.4 s),
+    # as much as a whole no-op re-split. Descendants still running become the benchmark's
+    # orphans and are reaped, with their CPU time, by _reap_orphans.
+    os._exit(0)
 
 
 def _own_cpu() -> float:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -81,6 +80,10 @@ PACKAGES = ("fibrosis", "torch", "torchvision", "monai", "numpy", "scipy", "scik
 
 
 def package_versions() -> dict[str, str]:
+    # imported here: importlib.metadata (email, zipfile...) is ~20 ms of every command that
+    # touches the cache, half of a no-op re-split, and only checkpoints and reports need it
+    import importlib.metadata
+
     out = {"python": platform.python_version()}
     for name in PACKAGES:
         try:

@@ -185,3 +185,21 @@ def test_score_cli_with_every_hostile_entry(ckpt, hostile, tmp_path):
                       "pipe.dcm": "error: not a regular file: a FIFO (named pipe); not opened",
                       "zero": "error: not a regular file: a character device; not opened",
                       "sock.dcm": "error: not a regular file: a socket; not opened"}
+
+
+def test_a_walked_folder_gives_what_file_entry_gives_each_file(hostile, tmp_path):
+    """The walk resolves each folder once and lstats each file: for every kind of entry (and
+    through a symlinked input folder, a nested folder and a link to a file elsewhere) it must
+    give exactly the path and reason that resolving the file alone gives."""
+    from fibrosis.data.discover import file_entry, iter_entries
+
+    (hostile / "sub").mkdir()
+    _chest(hostile / "sub" / "deep.dcm", 4)
+    _chest(tmp_path / "elsewhere.dcm", 5)
+    os.symlink(tmp_path / "elsewhere.dcm", hostile / "sub" / "link.dcm")
+    os.symlink(hostile, tmp_path / "linked-input")
+    walked = list(iter_entries([tmp_path / "linked-input"]))
+    listed = [os.path.join(r, f) for r, _, fs in os.walk(tmp_path / "linked-input") for f in fs]
+    assert sorted(walked) == sorted(file_entry(p) for p in listed)
+    assert (str((tmp_path / "elsewhere.dcm").resolve()), "") in walked
+    assert (str(hostile.resolve() / "sub" / "deep.dcm"), "") in walked
