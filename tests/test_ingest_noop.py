@@ -180,3 +180,44 @@ def test_the_planner_holds_no_row_per_committed_file_in_memory(tmp_path, cfg, mo
     assert (again.ingested, again.skipped) == (0, 16) and len(seen) == 1
     assert max(seen) <= 2 * cfg.shard_size + 2, seen  # one pending rows-only part, not 16 rows
     assert not (cache / INDEX_NAME).exists()
+
+
+def _file_ids(cache: Path) -> dict[str, tuple[int, int]]:
+    return {n: (os.stat(cache / n).st_ino, os.stat(cache / n).st_mtime_ns) for n in ("manifest.csv", "rejects.csv")}
+
+
+def test_a_no_op_rewrites_neither_manifest_nor_rejects_even_after_a_split(tmp_path, folder, cfg):
+    """Consolidation is skipped when nothing was committed and neither file was touched since
+    (the stamp in consolidated.json); split moves the stamp along, because consolidating a
+    split manifest gives it back byte for byte -- checked here by forcing it."""
+    from fibrosis.config import SplitConfig
+    from fibrosis.data.cache import CONSOLIDATED
+    from fibrosis.data.ingest import consolidate
+    from fibrosis.data.split import split_cache
+
+    cache = tmp_path / "cache"
+    (folder / "junk.dcm").write_bytes(b"not a dicom")  # one reject, so rejects.csv has a row
+    ingest([folder], cache, cfg, workers=1, progress=False)
+    split_cache(cache, SplitConfig(train=0.6, val=0.2, test=0.2, calib=0.0))
+    split_bytes = (cache / "manifest.csv").read_bytes()
+    assert {r["split"] for r in read_csv(cache / "manifest.csv")} - {""}
+    before, parts = _file_ids(cache), sorted(os.listdir(cache / "parts"))
+    again = ingest([folder], cache, cfg, workers=1, progress=False)
+    assert (again.ingested, again.skipped, sum(again.rejected.values())) == (0, 5, 1)
+    assert _file_ids(cache) == before  # not rewritten
+    assert sorted(os.listdir(cache / "parts")) == parts  # the junk file's same verdict: not committed again
+    (cache / CONSOLIDATED).unlink()
+    assert consolidate(cache) == (5, 1)  # the full rewrite gives the same bytes
+    assert (cache / "manifest.csv").read_bytes() == split_bytes
+
+
+def test_a_hand_edited_manifest_or_a_new_file_is_consolidated_again(tmp_path, folder, cfg):
+    cache = tmp_path / "cache"
+    ingest([folder], cache, cfg, workers=1, progress=False)
+    good = (cache / "manifest.csv").read_bytes()
+    (cache / "manifest.csv").write_bytes(good.rsplit(b"\n", 2)[0] + b"\n")  # the last row lost
+    ingest([folder], cache, cfg, workers=1, progress=False)
+    assert (cache / "manifest.csv").read_bytes() == good  # not trusted: rewritten from the parts
+    _chest(folder / "ok99.dcm", 99)
+    ingest([folder], cache, cfg, workers=1, progress=False)
+    assert len(read_csv(cache / "manifest.csv")) == 6

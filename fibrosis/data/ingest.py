@@ -28,7 +28,8 @@ from typing import Any, Iterable, Iterator
 
 from tqdm import tqdm
 
-from fibrosis.data.cache import MANIFEST_COLUMNS, REJECT_COLUMNS, CacheLock, CacheWriter
+from fibrosis.data.cache import (MANIFEST_COLUMNS, REJECT_COLUMNS, CacheLock, CacheWriter, consolidation_stamp,
+                                 record_consolidation, recorded_consolidation)
 
 from fibrosis.io import iter_csv, write_csv
 from fibrosis.config import IngestConfig, config_to_dict
@@ -119,6 +120,11 @@ def consolidate(cache_dir: str | Path, index: CommittedIndex | None = None) -> t
         with CacheLock(root), CommittedIndex(root) as own:
             own.load_parts(root)
             return consolidate(root, own)
+    stamp = consolidation_stamp(root)
+    if stamp == recorded_consolidation(root) and not index.has_folder_rejects():
+        # nothing committed since the last consolidation and neither file touched: the rewrite
+        # would give the same bytes (a folder reject is re-checked below, so it always rewrites)
+        return index.count("row"), index.count("reject")
     if (root / "manifest.csv").exists():
         index.set_old_split((r["path"], r["content_hash"], r.get("split", ""), r.get("dhash") or "")
                             for r in iter_csv(root / "manifest.csv"))
@@ -134,6 +140,7 @@ def consolidate(cache_dir: str | Path, index: CommittedIndex | None = None) -> t
     write_csv(root / "manifest.csv", counted(index.rows_in_cache_order(), "row"), MANIFEST_COLUMNS)
     write_csv(root / "rejects.csv", counted((e for e in index.rejects_in_path_order() if not _listable_again(e)),
                                            "reject"), REJECT_COLUMNS)
+    record_consolidation(root, consolidation_stamp(root))
     return n_rows, n_rejects
 
 
@@ -403,11 +410,17 @@ class _Shards:
         self._maybe_commit()
 
     def reject(self, res: Rejected, summary: IngestSummary) -> None:
-        self.rejects.append({"path": res.path, "kind": res.kind, "reason": res.reason,
-                             "transfer_syntax": res.transfer_syntax})
+        record = {"path": res.path, "kind": res.kind, "reason": res.reason, "transfer_syntax": res.transfer_syntax}
         summary.rejected[res.kind] += 1
         summary.qa_excluded += res.kind == "excluded" and res.reason.startswith(POLARITY_EXCLUDED)
         logger.debug("%s: %s: %s", res.path, res.kind, res.reason)
+        # A rejected file is read again every run (a decoder installed or a setting changed since
+        # may take it), but the same verdict again is not committed again: it would change
+        # nothing but add a part per run, and a no-op run would never be one.
+        known = self.index.get(res.path)
+        if known is not None and known[0] == "reject" and known[1] == {k: "" if v is None else str(v) for k, v in record.items()}:
+            return
+        self.rejects.append(record)
         self._maybe_commit()
 
     def _maybe_commit(self) -> None:

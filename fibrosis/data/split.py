@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from fibrosis.data.cache import MANIFEST_COLUMNS, CacheLock, CacheReader
+from fibrosis.data.cache import MANIFEST_COLUMNS, CacheLock, CacheReader, manifest_rewritten
 
 from fibrosis.io import file_sha256, iter_csv, write_csv, write_json
 from fibrosis.config import SplitConfig
@@ -330,7 +330,7 @@ def assign(rows: Iterable[dict[str, str]], cfg: SplitConfig, links: Iterable[tup
 SPLIT_STATE = "split.json"  # what the last split saw (manifest sha256, config) and reported
 
 
-def _previous_split(root: Path, cfg: SplitConfig, reassign: bool) -> SplitSummary | None:
+def _previous_split(root: Path, cfg: SplitConfig, reassign: bool, manifest_sha256: str) -> SplitSummary | None:
     """The recorded summary, if the manifest is byte-identical to the one the last split wrote
     and the config is the same: the split would come out identical (it is deterministic, and
     without ``reassign`` it keeps every assignment the manifest has), so it is not recomputed.
@@ -339,7 +339,7 @@ def _previous_split(root: Path, cfg: SplitConfig, reassign: bool) -> SplitSummar
         state = json.loads((root / SPLIT_STATE).read_text())
         if (state["config"] != asdict(cfg) or (reassign and not state["reassign"])
                 or not (root / "near_duplicates.csv").exists()
-                or state["manifest_sha256"] != file_sha256(root / "manifest.csv")):
+                or state["manifest_sha256"] != manifest_sha256):
             return None
         done = SplitSummary(**state["summary"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -551,7 +551,8 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
         raise FileNotFoundError(f"{manifest}: no manifest (run `fibrosis ingest` first)")
     summary = SplitSummary()
     with CacheLock(root):  # the same lock as ingest: no concurrent manifest writers
-        done = _previous_split(root, cfg, reassign)
+        before = file_sha256(manifest)
+        done = _previous_split(root, cfg, reassign, before)
         if done is not None:
             for w in done.warnings:
                 logger.warning("%s", w)
@@ -614,6 +615,7 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
             source.close()
         (root / SPLIT_STATE).unlink(missing_ok=True)  # written again below, with the new summary
         written = file_sha256(manifest)  # under the lock: an ingest after us changes it, and the record no longer holds
+        manifest_rewritten(root, before, written)  # so a no-op ingest after a split still skips consolidating
     sizes = np.bincount(root_of, minlength=len(patients))
     big = np.flatnonzero(sizes > cfg.max_group_patients)
     for g in big[np.lexsort((big, -sizes[big]))].tolist():  # largest first, then by smallest key
