@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         results[n] = {}
         for stage in STAGES:
             results[n][stage] = r = measure(stage, root, args.workers)
-            print(f"  {stage:9s} {r['seconds']:8.1f} s {n / r['seconds']:9.0f} files/s  cpu {r['cpu_s']:8.1f} s   peak RSS main "
+            print(f"  {stage:9s} {r['seconds']:8.2f} s {n / r['seconds']:9.0f} files/s  cpu {r['cpu_s']:8.2f} s   peak RSS main "
                   f"{r['main_mb']:6.0f} MB, tree {r['tree_mb']:6.0f} MB   "
                   f"{ {k: v for k, v in r.items() if k not in ('seconds', 'main_mb', 'tree_mb', 'cpu_s')} }", flush=True)
         problems = check_invariants(root, n)
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage in STAGES:
         secs = [results[n][stage]["seconds"] for n in ns]
         cpus = [results[n][stage]["cpu_s"] for n in ns]
-        cells = " | ".join(f"{s:.1f} ({n / s:.0f}) | {c:.1f} | "
+        cells = " | ".join(f"{s:.2f} ({n / s:.0f}) | {c:.2f} | "
                            f"{results[n][stage]['main_mb']:.0f}/{results[n][stage]['tree_mb']:.0f}"
                            for n, s, c in zip(ns, secs, cpus))
         print(f"| {stage} | {cells} | {_exponent(ns, secs)} | {_exponent(ns, cpus)} |")
