@@ -221,3 +221,19 @@ def test_a_hand_edited_manifest_or_a_new_file_is_consolidated_again(tmp_path, fo
     _chest(folder / "ok99.dcm", 99)
     ingest([folder], cache, cfg, workers=1, progress=False)
     assert len(read_csv(cache / "manifest.csv")) == 6
+
+
+def test_a_version_with_other_manifest_columns_consolidates_again(tmp_path, folder, cfg, monkeypatch):
+    import fibrosis.data.cache as cache_mod
+    import fibrosis.data.ingest as ingest_mod
+
+    cache = tmp_path / "cache"
+    ingest([folder], cache, cfg, workers=1, progress=False)
+    before = _file_ids(cache)["manifest.csv"]
+    more = MANIFEST_COLUMNS + ("a_new_column",)
+    for mod in (cache_mod, ingest_mod):
+        monkeypatch.setattr(mod, "MANIFEST_COLUMNS", more)
+    ingest([folder], cache, cfg, workers=1, progress=False)
+    assert _file_ids(cache)["manifest.csv"] != before
+    with open(cache / "manifest.csv") as fh:
+        assert fh.readline().rstrip("\n").endswith(",a_new_column")

@@ -155,9 +155,9 @@ CONSOLIDATED = "consolidated.json"
 
 
 def consolidation_stamp(root: str | Path) -> dict[str, Any]:
-    """What ``manifest.csv`` and ``rejects.csv`` are now: the parts folder's listing (name, size,
-    mtime_ns of every file -- parts are written once, under new names, so any commit changes it)
-    and the two files' sha256. Equal to the stamp recorded when they were last consolidated,
+    """What ``manifest.csv`` and ``rejects.csv`` are now: their columns, the parts folder's listing
+    (name, size, mtime_ns of every file -- parts are written once, under new names, so any commit
+    changes it) and the two files' sha256. Equal to the stamp recorded when they were last consolidated,
     consolidating again would write them byte for byte (see ``ingest.consolidate``), so a no-op
     ingest skips it: at 10k files that rewrite was ~40% of the no-op."""
     root = Path(root)
@@ -168,7 +168,9 @@ def consolidation_stamp(root: str | Path) -> dict[str, Any]:
             listing.update(f"{e.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     files = {f"{name}_sha256": file_sha256(root / f"{name}.csv") if (root / f"{name}.csv").exists() else ""
              for name in ("manifest", "rejects")}
-    return {"format": 1, "parts": listing.hexdigest(), **files}
+    # the columns too: a version that adds one must write it, not keep a manifest without it
+    columns = {"manifest_columns": ",".join(MANIFEST_COLUMNS), "reject_columns": ",".join(REJECT_COLUMNS)}
+    return {"format": 1, **columns, "parts": listing.hexdigest(), **files}
 
 
 def recorded_consolidation(root: str | Path) -> dict[str, Any] | None:
