@@ -203,3 +203,20 @@ def test_a_walked_folder_gives_what_file_entry_gives_each_file(hostile, tmp_path
     assert sorted(walked) == sorted(file_entry(p) for p in listed)
     assert (str((tmp_path / "elsewhere.dcm").resolve()), "") in walked
     assert (str(hostile.resolve() / "sub" / "deep.dcm"), "") in walked
+
+
+def test_a_symlink_followed_by_dotdot_is_resolved_as_the_kernel_does(tmp_path):
+    """``x/up/../real`` with ``x/up -> ../real``: the kernel follows ``up`` before ``..``
+    (naming ``base/real``); folding ``up/..`` as text would name ``x/real``, which does not exist."""
+    from fibrosis.data.discover import file_entry, iter_entries
+
+    base = tmp_path / "base"
+    (base / "real").mkdir(parents=True)
+    (base / "x").mkdir()
+    _chest(base / "real" / "a.dcm", 6)
+    os.mkfifo(base / "real" / "p.dcm")
+    os.symlink("../real", base / "x" / "up")
+    given = os.path.join(base, "x", "up", "..", "real")
+    real = str((base / "real").resolve())
+    assert sorted(iter_entries([given])) == [(f"{real}/a.dcm", ""), (f"{real}/p.dcm", "not a regular file: a FIFO (named pipe); not opened")]
+    assert file_entry(os.path.join(given, "a.dcm")) == (f"{real}/a.dcm", "")

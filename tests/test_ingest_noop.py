@@ -237,3 +237,24 @@ def test_a_version_with_other_manifest_columns_consolidates_again(tmp_path, fold
     assert _file_ids(cache)["manifest.csv"] != before
     with open(cache / "manifest.csv") as fh:
         assert fh.readline().rstrip("\n").endswith(",a_new_column")
+
+
+def test_a_folder_listable_again_keeps_the_no_op_and_blocked_again_is_reported(tmp_path, folder, cfg, unlistable):
+    """Whether a folder rejected as unlistable can be listed now is part of the stamp: its
+    reject leaves rejects.csv once, later no-op runs rewrite nothing, and blocking it again
+    brings the reject back (though the same verdict adds no part)."""
+    cache, locked = tmp_path / "cache", folder / "locked"
+    locked.mkdir()
+    _chest(locked / "x.dcm", 7)
+    unlistable.add(str(locked))
+    ingest([folder], cache, cfg, workers=1, progress=False)
+    assert [r["path"] for r in read_csv(cache / "rejects.csv")] == [str(locked)]
+    unlistable.discard(str(locked))
+    ingest([folder], cache, cfg, workers=1, progress=False)
+    assert read_csv(cache / "rejects.csv") == [] and len(read_csv(cache / "manifest.csv")) == 6
+    before = _file_ids(cache)
+    ingest([folder], cache, cfg, workers=1, progress=False)
+    assert _file_ids(cache) == before
+    unlistable.add(str(locked))
+    summary = ingest([folder], cache, cfg, workers=1, progress=False)
+    assert [r["path"] for r in read_csv(cache / "rejects.csv")] == [str(locked)] and summary.rejected["error"] == 1

@@ -175,9 +175,10 @@ def consolidation_stamp(root: str | Path) -> dict[str, Any]:
 
 def recorded_consolidation(root: str | Path) -> dict[str, Any] | None:
     try:
-        return json.loads((Path(root) / CONSOLIDATED).read_text())
+        stamp = json.loads((Path(root) / CONSOLIDATED).read_text())
     except (OSError, ValueError):
         return None  # none yet (a cache of an older version) or unreadable: consolidate in full
+    return stamp if isinstance(stamp, dict) else None
 
 
 def record_consolidation(root: str | Path, stamp: dict[str, Any]) -> None:

@@ -59,7 +59,9 @@ def file_entry(path: str | Path) -> Entry:
     """(resolved path, reason it is not to be read or "") of one file, checked with stat()
     only: nothing is opened here, so a FIFO or a device cannot block or flood the caller.
     A path that does not exist is "" too: the reader rejects it by name."""
-    absolute = os.path.abspath(path)
+    # absolute(), not abspath(): abspath folds "link/.." as text, but the kernel (and resolve()
+    # below) follows the link first, so "x/up/../real" with up -> ../real names base/real
+    absolute = str(Path(path).absolute())
     try:
         st = os.stat(absolute)
     except OSError as exc:

@@ -120,11 +120,11 @@ def consolidate(cache_dir: str | Path, index: CommittedIndex | None = None) -> t
         with CacheLock(root), CommittedIndex(root) as own:
             own.load_parts(root)
             return consolidate(root, own)
-    stamp = consolidation_stamp(root)
-    if stamp == recorded_consolidation(root) and not index.has_folder_rejects():
-        # nothing committed since the last consolidation and neither file touched: the rewrite
-        # would give the same bytes (a folder reject is re-checked below, so it always rewrites)
-        return index.count("row"), index.count("reject")
+    stamp = {**consolidation_stamp(root), "listable_again": _listable_folders(index)}
+    if stamp == recorded_consolidation(root):
+        # nothing committed since the last consolidation, neither file touched, and the same
+        # unlistable folders listable again: the rewrite would give the same bytes
+        return index.count("row"), index.count("reject") - len(stamp["listable_again"])
     if (root / "manifest.csv").exists():
         index.set_old_split((r["path"], r["content_hash"], r.get("split", ""), r.get("dhash") or "")
                             for r in iter_csv(root / "manifest.csv"))
@@ -138,10 +138,16 @@ def consolidate(cache_dir: str | Path, index: CommittedIndex | None = None) -> t
             yield e
 
     write_csv(root / "manifest.csv", counted(index.rows_in_cache_order(), "row"), MANIFEST_COLUMNS)
-    write_csv(root / "rejects.csv", counted((e for e in index.rejects_in_path_order() if not _listable_again(e)),
+    listable = set(stamp["listable_again"])
+    write_csv(root / "rejects.csv", counted((e for e in index.rejects_in_path_order() if e["path"] not in listable),
                                            "reject"), REJECT_COLUMNS)
-    record_consolidation(root, consolidation_stamp(root))
+    record_consolidation(root, {**consolidation_stamp(root), "listable_again": stamp["listable_again"]})
     return n_rows, n_rejects
+
+
+def _listable_folders(index: CommittedIndex) -> list[str]:
+    """Paths of the committed folder rejects that can be listed now (dropped from rejects.csv)."""
+    return [r["path"] for r in index.folder_rejects() if _listable_again(r)]
 
 
 def _remove_uncommitted(root: Path) -> None:

@@ -97,11 +97,13 @@ class CommittedIndex:
         hit = self.db.execute("SELECT kind, data FROM latest WHERE path = ?", (path,)).fetchone()
         return None if hit is None else (hit[0], dict(zip(_COLUMNS[hit[0]], json.loads(hit[1]))))
 
-    def has_folder_rejects(self) -> bool:
-        """Is a committed reject a folder that could not be listed? (A false hit only costs a
-        rewrite: a path that merely contains the words.)"""
-        return self.db.execute("SELECT EXISTS (SELECT 1 FROM latest WHERE kind = 'reject' AND instr(data, ?) > 0)",
-                               (FOLDER_ERROR,)).fetchone()[0] == 1
+    def folder_rejects(self) -> Iterator[dict[str, str]]:
+        """Committed rejects that may be folders that could not be listed, by path (a reject
+        that merely names the words is a false hit: the caller checks kind and reason)."""
+        cur = self.db.execute("SELECT data FROM latest WHERE kind = 'reject' AND instr(data, ?) > 0 ORDER BY path",
+                              (FOLDER_ERROR,))
+        for (data,) in cur:
+            yield dict(zip(REJECT_COLUMNS, json.loads(data)))
 
     def count(self, kind: str) -> int:
         return self.db.execute("SELECT count(*) FROM latest WHERE kind = ?", (kind,)).fetchone()[0]
