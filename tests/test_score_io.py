@@ -98,3 +98,25 @@ def test_discover_inputs_counts_hidden_files_and_leaves_out_our_own_outputs(tmp_
     assert [(Path(p).relative_to(d).as_posix(), e) for p, e in got] == [
         (".IM0001", ""), (".snap/IM0002", ""), ("a.dcm", ""), ("locked", "cannot list folder: Permission denied"),
         ("other.csv.rank1", "")]
+
+
+def test_study_aggregate_groups_studies_spread_over_the_file_and_streams(tmp_path, caplog):
+    """Rows are sorted by path, not study: a study's images may be anywhere in the file. The
+    studies come out sorted by UID, each exactly once, with their patient keys, and the
+    written file holds one row per study."""
+    f = write(tmp_path / "s.csv", [
+        row("/a", study_uid="S9", probability="0.10", decision="0", patient_key="k2"),
+        row("/b", study_uid="S1", probability="0.80", decision="1"),
+        row("/c", study_uid="S9", probability="0.90", decision="1", patient_key="k1"),
+        row("/d", study_uid="S1", probability="0.20", decision="0"),
+    ])
+    out = list(IO.study_rows(f, "mean"))
+    assert [r["study_uid"] for r in out] == ["S1", "S9"]
+    assert out[0]["probability"] == "0.500000" and out[0]["n_images"] == 2
+    assert out[1]["patient_key"] == "k1|k2" and out[1]["probability"] == "0.500000" and out[1]["decision"] == 1
+    assert "study S9: images carry 2 different patient keys" in caplog.text
+    assert IO.write_studies(f, tmp_path / "st.csv", "max") == 2
+    with open(tmp_path / "st.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["study_uid"], r["probability"], r["decision"]) for r in rows] == [("S1", "0.800000", "1"),
+                                                                                ("S9", "0.900000", "1")]
