@@ -161,6 +161,16 @@ def test_ensemble_applies_tta_once_for_all_members():
         EnsembleNet(members)
 
 
+def test_an_ensemble_without_set_tta_is_the_plain_member_mean():
+    """Its ``tta`` starts as None (it was only ever set by set_tta): forward works at once."""
+    torch.manual_seed(0)
+    members = [build_model("resnet18", "none", input_size=32).eval() for _ in range(2)]
+    ens = EnsembleNet(members).eval()
+    x = _asymmetric()
+    with torch.no_grad():
+        torch.testing.assert_close(ens(x), torch.stack([m(x) for m in members]).mean(0))
+
+
 @pytest.mark.parametrize("name", ["channels_last", "bf16", "onnx"])
 def test_every_engine_agrees_with_eager_on_a_tta_model(name, tmp_path):
     if name == "onnx":

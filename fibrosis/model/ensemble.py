@@ -30,8 +30,9 @@ class EnsembleNet(nn.Module):
         first = members[0]
         for m in members[1:]:
             if m.arch != first.arch or m.preprocessing != first.preprocessing or m.aux_names != first.aux_names:
-                raise ValueError(f"ensemble members differ: {m.arch}@{m.preprocessing.input_size} vs "
-                                 f"{first.arch}@{first.preprocessing.input_size}")
+                raise ValueError(f"ensemble members differ: {m.arch}@{m.preprocessing.input_size} "
+                                 f"aux {list(m.aux_names)} vs {first.arch}@{first.preprocessing.input_size} "
+                                 f"aux {list(first.aux_names)}; expected one arch, preprocessing and set of heads")
         if any(m.tta is not None for m in members):
             # TTA belongs to the ensemble: every member sees the same views once, not V x V.
             raise ValueError("ensemble members carry TTA; set it on the ensemble (set_tta) instead")
@@ -45,11 +46,11 @@ class EnsembleNet(nn.Module):
         # block is its own CAM (scaled by 1/k), i.e. the panels show member 0's evidence.
         self.cam_layer_name = f"members.0.{first.cam_layer_name}"
         self.aux_names = first.aux_names
+        self.tta: TTA | None = None  # test-time augmentation in eval mode: set_tta
 
     def forward_all(self, x: torch.Tensor) -> torch.Tensor:
         """Mean over members of (B, 1 + len(aux_names)) logits (see FibrosisNet.forward_all)."""
         return torch.stack([m.forward_all(x) for m in self.members]).mean(0)
-        self.tta: TTA | None = None
 
     def set_tta(self, variants: Sequence[Variant] | None) -> "EnsembleNet":
         """Average eval-mode logits over ``variants`` (fibrosis.model.tta); None: off."""
