@@ -25,23 +25,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_csv(path: Path, rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> None:
+def write_csv(path: Path, rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> int:
     """Write rows atomically; missing keys become empty cells, extra keys are an error.
     Rows are streamed to the temporary file (``rows`` may be a generator): a manifest of a
-    million rows is never also held as one string."""
+    million rows is never also held as one string. Returns the number of rows written."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    n = 0
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="raise", lineterminator="\n")
             writer.writeheader()
             for row in rows:
                 writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+                n += 1
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+    return n
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -128,19 +128,10 @@ def consolidate(cache_dir: str | Path, index: CommittedIndex | None = None) -> t
     if (root / "manifest.csv").exists():
         index.set_old_split((r["path"], r["content_hash"], r.get("split", ""), r.get("dhash") or "")
                             for r in iter_csv(root / "manifest.csv"))
-    n_rows = n_rejects = 0
-
-    def counted(entries: Iterable[dict[str, str]], kind: str) -> Iterator[dict[str, str]]:
-        nonlocal n_rows, n_rejects
-        for e in entries:
-            n_rows += kind == "row"
-            n_rejects += kind == "reject"
-            yield e
-
-    write_csv(root / "manifest.csv", counted(index.rows_in_cache_order(), "row"), MANIFEST_COLUMNS)
+    n_rows = write_csv(root / "manifest.csv", index.rows_in_cache_order(), MANIFEST_COLUMNS)
     listable = set(stamp["listable_again"])
-    write_csv(root / "rejects.csv", counted((e for e in index.rejects_in_path_order() if e["path"] not in listable),
-                                           "reject"), REJECT_COLUMNS)
+    n_rejects = write_csv(root / "rejects.csv", (e for e in index.rejects_in_path_order() if e["path"] not in listable),
+                          REJECT_COLUMNS)
     record_consolidation(root, {**consolidation_stamp(root), "listable_again": stamp["listable_again"]})
     return n_rows, n_rejects
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from fibrosis.config import StudyAggregate
 from fibrosis.data.cache import IMAGE_STATS
-from fibrosis.io import atomic_write_bytes, write_csv
+from fibrosis.io import write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -223,21 +223,9 @@ def is_sorted(path: Path) -> bool:
 
 
 def _write_rows_atomic(path: Path, rows: Iterable[dict[str, str]], columns: tuple[str, ...] = COLUMNS) -> int:
-    """Stream rows to a temporary file, then rename over ``path``; returns the row count."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    n = 0
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            fh.write(_line(dict(zip(columns, columns)), columns))
-            for row in rows:
-                fh.write(_line(row, columns))
-                n += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return n
+    """:func:`fibrosis.io.write_csv` of ``rows`` cut to ``columns`` (a key a row has beyond them
+    is dropped, not an error: rows read back from a file of another version); the row count."""
+    return write_csv(path, ({c: r.get(c) for c in columns} for r in rows), columns)
 
 
 def _dedupe(rows: Iterable[dict[str, str]]) -> Iterator[dict[str, str]]:
@@ -358,13 +346,4 @@ def _study_row(uid: str, images: list[tuple[Any, ...]], aggregate: str) -> dict[
 
 def write_studies(scores: Path, out: Path, aggregate: str) -> int:
     """``out``: one row per study (:func:`study_rows`), streamed to disk; returns their number."""
-    n = 0
-
-    def counted() -> Iterator[dict[str, Any]]:
-        nonlocal n
-        for row in study_rows(scores, aggregate):
-            n += 1
-            yield row
-
-    write_csv(out, counted(), STUDY_COLUMNS)
-    return n
+    return write_csv(out, study_rows(scores, aggregate), STUDY_COLUMNS)
