@@ -414,8 +414,7 @@ class _Shards:
         # A rejected file is read again every run (a decoder installed or a setting changed since
         # may take it), but the same verdict again is not committed again: it would change
         # nothing but add a part per run, and a no-op run would never be one.
-        known = self.index.get(res.path)
-        if known is not None and known[0] == "reject" and known[1] == {k: "" if v is None else str(v) for k, v in record.items()}:
+        if self.index.is_latest("reject", record):
             return
         self.rejects.append(record)
         self._maybe_commit()

@@ -97,6 +97,12 @@ class CommittedIndex:
         hit = self.db.execute("SELECT kind, data FROM latest WHERE path = ?", (path,)).fetchone()
         return None if hit is None else (hit[0], dict(zip(_COLUMNS[hit[0]], json.loads(hit[1]))))
 
+    def is_latest(self, kind: str, entry: dict[str, Any]) -> bool:
+        """Is ``entry`` (as it would be committed) already the newest committed entry of its
+        path, value for value as the parts store it?"""
+        hit = self.get(entry["path"])
+        return hit is not None and hit[0] == kind and hit[1] == {c: _text(entry.get(c)) for c in _COLUMNS[kind]}
+
     def folder_rejects(self) -> Iterator[dict[str, str]]:
         """Committed rejects that may be folders that could not be listed, by path (a reject
         that merely names the words is a false hit: the caller checks kind and reason)."""
