@@ -40,6 +40,9 @@ ArmInit = Literal["pretrained", "random"]
 Selection = Literal["one-se", "best"]
 FinalModel = Literal["ensemble", "refit"]
 EpochCriterion = Literal["calibrated-loss", "loss"]
+# The cache image -> model input when shrinking: area averaging (cv2.INTER_AREA, no aliasing)
+# or bilinear (cv2.INTER_LINEAR: sharper, aliases fine texture above a 2x step).
+ResizeMethod = Literal["area", "linear"]
 # `fibrosis tune` names the test-time-augmentation twin of arm A "A+tta" (tune.tta).
 TTA_ARM_SUFFIX = "+tta"
 
@@ -109,6 +112,7 @@ class ModelConfig:
     weights_sha256: str | None = None  # expected hash of a local weights file
     allow_random_init: bool = False  # demo only: proceed when ImageNet weights are unavailable
     input_size: int = 224
+    resize: ResizeMethod = "area"  # cache image -> input_size when shrinking: area | linear
     dropout: float = 0.0
     # Test-time augmentation: mean logit over small rotations/scalings, no flips
     # (fibrosis.model.tta); the checkpoint records the variants used.

@@ -1,3 +1,5 @@
+import dataclasses
+
 import albumentations as A
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from fibrosis.data.records import Preprocessing
 from fibrosis.data.synthetic import make_synthetic_cache
 
 PRE = Preprocessing(input_size=16, in_chans=1, mean=0.5, std=0.25, rgb_mean=(0.5,) * 3, rgb_std=(0.25,) * 3,
-                    gray_fold="-", resize="-")
+                    gray_fold="summed", resize="area")
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +35,27 @@ def test_resize_averages_when_shrinking():
     img = np.zeros((4, 4), np.float32)
     img[:2, :2] = 1.0
     assert resize(img, 2).tolist() == [[1.0, 0.0], [0.0, 0.0]]
+
+
+def test_resize_method_travels_with_the_preprocessing(reader):
+    """model.resize: bilinear sampling aliases fine texture where area averaging does not (a 1-pixel
+    checkerboard shrunk by 3 averages to gray by area, and keeps contrast bilinearly)."""
+    board = (np.indices((12, 12)).sum(0) % 2).astype(np.float32)
+    assert np.ptp(resize(board, 4, "area")) < 0.2 < np.ptp(resize(board, 4, "linear"))
+    with pytest.raises(ValueError, match=r"resize method 'cubic'; allowed: \['area', 'linear'\]"):
+        resize(board, 4, "cubic")
+    linear = dataclasses.replace(PRE, resize="linear", input_size=10)
+    x = CacheDataset(reader, [5], linear)[0][0]
+    assert np.allclose(x[0].numpy(), (resize(reader.image(5), 10, "linear") - 0.5) / 0.25, atol=1e-6)
+
+
+def test_older_preprocessing_records_read_as_the_summed_fold_and_area_resize():
+    old = {**PRE.to_dict(), "gray_fold": "first conv weights summed over RGB; gray replicated x3 == folded",
+           "resize": "cv2.INTER_AREA from the cache image to input_size x input_size"}
+    rec = Preprocessing.from_dict(old, "old.pt")
+    assert (rec.gray_fold, rec.resize) == ("summed", "area")
+    with pytest.raises(ValueError, match=r"old.pt: preprocessing gray_fold='rgb'; expected one of \['rgb-stem', 'summed'\]"):
+        Preprocessing.from_dict({**old, "gray_fold": "rgb"}, "old.pt")
 
 
 def test_augmentation_is_seeded_by_seed_epoch_and_row(reader):

@@ -8,7 +8,8 @@ from torch import nn
 
 from fibrosis.io import file_sha256
 from fibrosis.model.arch import ARCHS
-from fibrosis.model.net import WeightsError, build_model, fold_first_conv, imagenet_file
+from fibrosis.model.net import (IMAGENET_MEAN, IMAGENET_STD, GrayRGBStem, WeightsError, build_model,
+                                fold_first_conv, imagenet_file)
 
 SHARED_MOBILENET = (Path(__file__).resolve().parents[1] / ".." / "shared" / "weights"
                     / "mobilenet_v2-imagenet-features.pth")
@@ -46,7 +47,7 @@ def test_every_arch_gives_one_logit_from_gray_input(arch):
     assert model.preprocessing.in_chans == 1 and model.preprocessing.input_size == 32
     assert not model.pretrained and model.weights_info["source"] == "none"
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert first.in_channels == 1
+    assert isinstance(first, GrayRGBStem) and first.in_channels == 3  # the pretrained RGB stem, fed gray
     feats = []
     model.cam_layer.register_forward_hook(lambda m, i, o: feats.append(o))
     with torch.no_grad():
@@ -54,16 +55,37 @@ def test_every_arch_gives_one_logit_from_gray_input(arch):
     assert feats[0].ndim == 4  # a spatial map for Grad-CAM
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
-def test_folded_gray_model_equals_rgb_model_on_replicated_image(tmp_path, arch):
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_gray_model_equals_pretrained_rgb_model_on_per_channel_normalised_gray(tmp_path, arch):
+    """The stem is exact: gray g in [0, 1] gives what torchvision's RGB network gives for the
+    photograph (g, g, g) normalised per channel, zero-padded borders included (so the image
+    is dark at the edge, where a wrong padding value would show)."""
     path, tv = _tv_file(tmp_path, arch)
     model = build_model(arch, str(path), input_size=48).eval()
     setattr(tv, "fc" if arch.startswith("resnet") else "classifier", nn.Identity())
-    x = torch.randn(2, 1, 48, 48)  # normalised gray; the RGB model gets it replicated
+    g = torch.rand(2, 1, 48, 48)
+    g[:, :, :6] = 0.0  # black border rows, as the cache pads
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
-        ours = model.forward_features(x)
-        ref = tv(x.repeat(1, 3, 1, 1))
-    assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-4)
+        ours = model.forward_features(g)
+        ref = tv((g.repeat(1, 3, 1, 1) - mean) / std)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert model.preprocessing.gray_fold == "rgb-stem"
+    assert (model.preprocessing.mean, model.preprocessing.std) == (0.0, 1.0)  # the stem normalises
+
+
+def test_summed_fold_of_older_checkpoints_is_what_it_was(tmp_path):
+    """The legacy stem: RGB weights summed onto one channel fed (g - 0.449) / 0.226; equal to the
+    RGB network on that one normalised image replicated (not per channel: that is the flaw)."""
+    path, tv = _tv_file(tmp_path, "resnet18")
+    model = build_model("resnet18", str(path), input_size=48, gray_fold="summed").eval()
+    tv.fc = nn.Identity()
+    x = torch.randn(2, 1, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x), tv(x.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-4)
+    assert model.backbone.conv1.in_channels == 1
+    assert model.preprocessing.mean == pytest.approx(sum(IMAGENET_MEAN) / 3)
 
 
 def test_fold_sums_channel_weights_hand_checked():
@@ -81,7 +103,7 @@ def test_local_weights_load_and_record_sha(tmp_path):
     model = build_model("resnet18", str(path), weights_sha256=file_sha256(path))
     assert model.pretrained and model.weights_info["sha256"] == file_sha256(path)
     assert torch.equal(model.backbone.layer4[1].bn2.running_var, tv.layer4[1].bn2.running_var)
-    assert torch.equal(model.backbone.conv1.weight, tv.conv1.weight.sum(1, keepdim=True))
+    assert torch.equal(model.backbone.conv1.weight, tv.conv1.weight)
 
 
 def test_local_weights_with_imagenet_classifier_are_accepted(tmp_path):
@@ -163,6 +185,5 @@ def test_shared_mobilenet_imagenet_weights_load():
     model = build_model("mobilenet_v2", str(SHARED_MOBILENET), weights_sha256=MOBILENET_SHA)
     assert model.pretrained and model.weights_info["sha256"] == MOBILENET_SHA
     state = torch.load(SHARED_MOBILENET, weights_only=True)
-    assert torch.equal(model.backbone.features[0][0].weight,
-                       state["features.0.0.weight"].sum(1, keepdim=True))
+    assert torch.equal(model.backbone.features[0][0].weight, state["features.0.0.weight"])
     assert torch.equal(model.backbone.features[18][1].running_mean, state["features.18.1.running_mean"])

@@ -43,16 +43,28 @@ def build_augment(acfg: AugmentConfig) -> A.Compose | None:
     return A.Compose(ops, seed=0)
 
 
-def resize(img: np.ndarray, size: int) -> np.ndarray:
-    """Square cache image -> size x size (area averaging when shrinking: no aliasing)."""
+_SHRINK = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
+
+
+def resize(img: np.ndarray, size: int, method: str = "area") -> np.ndarray:
+    """Square cache image -> size x size; ``method`` (config.ResizeMethod) when shrinking,
+    bilinear when enlarging."""
     if img.shape[0] == size and img.shape[1] == size:
         return img
-    interp = cv2.INTER_AREA if size < img.shape[0] else cv2.INTER_LINEAR
+    if method not in _SHRINK:
+        raise ValueError(f"resize method {method!r}; allowed: {sorted(_SHRINK)}")
+    interp = _SHRINK[method] if size < img.shape[0] else cv2.INTER_LINEAR
     return cv2.resize(img, (size, size), interpolation=interp)
 
 
 def normalise(img01: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     return (img01 - np.float32(preprocessing.mean)) / np.float32(preprocessing.std)
+
+
+def model_array(img01: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """A [0, 1] cache image -> the (S, S) model input, un-augmented: what evaluation, scoring
+    and Grad-CAM feed (CacheDataset augments between the same two steps)."""
+    return normalise(resize(img01, preprocessing.input_size, preprocessing.resize), preprocessing)
 
 
 def row_label(row: dict[str, str]) -> float:
@@ -83,7 +95,7 @@ class CacheDataset(Dataset):
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, ...]:
         row = self.indices[k]
-        img = resize(self.reader.image(row), self.size)
+        img = resize(self.reader.image(row), self.size, self.preprocessing.resize)
         if self.augment is not None:
             seq = np.random.SeedSequence([self.seed, self.epoch, row])
             self.augment.set_random_seed(int(seq.generate_state(1)[0]))

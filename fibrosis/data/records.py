@@ -13,9 +13,11 @@ import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Mapping, Union
+from typing import Any, Iterable, Literal, Mapping, Union, get_args
 
 import numpy as np
+
+from fibrosis.config import ResizeMethod
 
 RejectKind = Literal["error", "excluded", "duplicate"]  # rejects.csv `kind`
 
@@ -130,18 +132,37 @@ class Rejected:
 DecodeResult = Union[Decoded, Skipped, Rejected]
 
 
+# How the pretrained RGB stem meets a gray image (``Preprocessing.gray_fold``):
+# - "rgb-stem": the model takes gray in [0, 1] and its first convolution feeds the pretrained
+#   RGB weights three copies, each normalised by that channel's own mean/std: exactly the
+#   input the network was trained on for a gray photograph, zero-padded borders included.
+# - "summed": the first convolution's weights summed over RGB on one gray channel normalised
+#   by the average of the three statistics. Not exact (each channel's input is offset by up
+#   to 0.18 of its standard deviation, and the padding means another gray); kept so that
+#   checkpoints written with it load and score as they did.
+GrayFold = Literal["rgb-stem", "summed"]
+# Records written before ``gray_fold`` and ``resize`` held a code held these sentences.
+_LEGACY_TEXT = {"first conv weights summed over RGB; gray replicated x3 == folded": "summed",
+                "cv2.INTER_AREA from the cache image to input_size x input_size": "area"}
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """What a model wants as input. It travels with the weights into every checkpoint
     (as a plain dict), so evaluation and scoring feed exactly what training fed."""
-    input_size: int  # the cache image is area-resized to input_size x input_size
+    input_size: int  # the cache image is resized to input_size x input_size
     in_chans: int
-    mean: float  # gray normalisation: (x - mean) / std, x in [0, 1]
+    mean: float  # gray normalisation before the network: (x - mean) / std, x in [0, 1]
     std: float
-    rgb_mean: tuple[float, ...]  # the weights' own RGB statistics, of which mean/std are the average
+    rgb_mean: tuple[float, ...]  # the weights' own RGB statistics
     rgb_std: tuple[float, ...]
-    gray_fold: str  # how the RGB stem became one gray channel
-    resize: str
+    gray_fold: str  # GrayFold: how the RGB stem meets one gray channel
+    resize: str  # ResizeMethod (fibrosis.config): cache image -> input when shrinking
+
+    def __post_init__(self) -> None:
+        for key, allowed in (("gray_fold", get_args(GrayFold)), ("resize", get_args(ResizeMethod))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"preprocessing {key}={getattr(self, key)!r}; expected one of {list(allowed)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -152,9 +173,14 @@ class Preprocessing:
         names = {f.name for f in dataclasses.fields(cls)}
         if set(data) != names:
             raise ValueError(f"{where}: preprocessing keys {sorted(data)}; expected {sorted(names)}")
-        return cls(**{**data, "input_size": int(data["input_size"]), "in_chans": int(data["in_chans"]),
-                      "mean": float(data["mean"]), "std": float(data["std"]),
-                      "rgb_mean": tuple(data["rgb_mean"]), "rgb_std": tuple(data["rgb_std"])})
+        try:
+            return cls(**{**data, "input_size": int(data["input_size"]), "in_chans": int(data["in_chans"]),
+                          "mean": float(data["mean"]), "std": float(data["std"]),
+                          "rgb_mean": tuple(data["rgb_mean"]), "rgb_std": tuple(data["rgb_std"]),
+                          "gray_fold": _LEGACY_TEXT.get(data["gray_fold"], data["gray_fold"]),
+                          "resize": _LEGACY_TEXT.get(data["resize"], data["resize"])})
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
 
 def parse_label(text: Any) -> int | None:

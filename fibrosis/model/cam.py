@@ -79,13 +79,12 @@ def gradcam_panels(model: Any, cache: str | Path, test: Any, prob: np.ndarray,
     import cv2
 
     from fibrosis.data.cache import CacheReader
-    from fibrosis.data.dataset import normalise, resize
+    from fibrosis.data.dataset import model_array, resize
 
     out_dir = Path(out_dir)
     picks = select_cases(test.labels, prob, threshold, per_kind)
     dev = next(model.parameters()).device
     reader = CacheReader(cache, test.rows)
-    size = model.preprocessing.input_size
     panels: list[dict[str, Any]] = []
     for kind in KINDS:
         idx = picks[kind]
@@ -93,7 +92,7 @@ def gradcam_panels(model: Any, cache: str | Path, test: Any, prob: np.ndarray,
             panels.append({"kind": kind, "empty": True})
             continue
         images = [reader.image(i) for i in idx]
-        x = torch.from_numpy(np.stack([normalise(resize(im, size), model.preprocessing) for im in images]))
+        x = torch.from_numpy(np.stack([model_array(im, model.preprocessing) for im in images]))
         cams = compute_cams(model, x[:, None].to(dev), model.cam_layer_name)
         for i, im, cam in zip(idx, images, cams):
             shown = resize(im, min(512, im.shape[0]))

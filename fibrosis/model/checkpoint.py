@@ -80,21 +80,23 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[An
 
     ckpt = load_checkpoint(path)
     mcfg = ckpt["config"]["model"]
+    prep = Preprocessing.from_dict(ckpt["preprocessing"], str(path))
+    # The stem and resize the weights were trained with, not today's defaults.
+    shape = {"input_size": prep.input_size, "dropout": mcfg.get("dropout", 0.0), "resize": prep.resize,
+             "gray_fold": prep.gray_fold}
     if ckpt.get("ensemble"):  # `fibrosis tune`: the fold models as one mean-logit ensemble
         from fibrosis.model.ensemble import build_ensemble
 
-        model = build_ensemble(mcfg["arch"], int(ckpt["ensemble"]["members"]),
-                               input_size=ckpt["preprocessing"]["input_size"], dropout=mcfg.get("dropout", 0.0))
+        model = build_ensemble(mcfg["arch"], int(ckpt["ensemble"]["members"]), **shape)
     else:
-        model = build_model(mcfg["arch"], "none", input_size=ckpt["preprocessing"]["input_size"],
-                            dropout=mcfg.get("dropout", 0.0))
+        model = build_model(mcfg["arch"], "none", **shape)
     aux = aux_names(ckpt)
     if aux:  # the heads must exist before their weights load (strict state dict)
         for m in getattr(model, "members", [model]):
             set_aux_heads(m, aux)
         model.aux_names = aux
     model.load_state_dict(ckpt["model"])
-    model.preprocessing = Preprocessing.from_dict(ckpt["preprocessing"], str(path))
+    model.preprocessing = prep
     model.weights_info = dict(ckpt["weights_info"])
     model.pretrained = bool(ckpt["pretrained"])
     model.set_tta(checkpoint_tta(ckpt, str(path)))

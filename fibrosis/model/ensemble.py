@@ -71,10 +71,10 @@ class EnsembleNet(nn.Module):
         return self.forward_plain(x)
 
 
-def build_ensemble(arch: str, n_members: int, *, input_size: int, dropout: float = 0.0) -> EnsembleNet:
-    """An untrained ensemble of ``n_members`` randomly initialised members (load a state dict next)."""
-    return EnsembleNet([build_model(arch, "none", input_size=input_size, dropout=dropout)
-                        for _ in range(n_members)])
+def build_ensemble(arch: str, n_members: int, **shape: Any) -> EnsembleNet:
+    """An untrained ensemble of ``n_members`` randomly initialised members (load a state dict
+    next); ``shape``: build_model's keywords (input_size, dropout, resize, gray_fold)."""
+    return EnsembleNet([build_model(arch, "none", **shape) for _ in range(n_members)])
 
 
 def ensemble_record(n_members: int, **extra: Any) -> dict[str, Any]:

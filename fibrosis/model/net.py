@@ -1,11 +1,14 @@
 """The classifier: an ImageNet CNN backbone with its classifier removed and a one-logit head.
 
-Grayscale input: the first convolution is folded over the RGB channels (its weights
-summed over the input-channel axis). The network is *defined* as "one gray channel,
-normalised with a single mean/std, replicated to RGB", and for such an input
-``conv(W, [x, x, x]) == conv(W.sum(1), x)`` holds exactly, zero-padded borders
-included, so the fold costs nothing in accuracy and saves 3x input bandwidth. The
-single mean/std is the average of the ImageNet RGB statistics (0.449 / 0.226).
+Grayscale input: the model takes the gray image in [0, 1] (one channel, 3x less input
+bandwidth than RGB) and its first convolution is :class:`GrayRGBStem`: the pretrained RGB
+weights applied to three copies of the image, each normalised by that channel's own
+ImageNet mean/std. That is exactly what the pretrained network computes for a gray
+photograph, the zero padding at the border included; the only extra cost is the first
+convolution's three input channels. (Summing the RGB weights onto one channel normalised by
+the average statistics is not exact: each channel's input would be offset by up to 0.18 of
+its standard deviation, and the padding would mean another gray. Checkpoints written that
+way record ``gray_fold: summed`` and are rebuilt with that stem, so they score as before.)
 
 Weights:
 - ``imagenet``: torchvision's weights for the arch, from the torch hub cache, downloaded
@@ -22,13 +25,14 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torchvision
 from torch import nn
 
-from fibrosis.data.records import Preprocessing
+from fibrosis.config import ResizeMethod
+from fibrosis.data.records import GrayFold, Preprocessing
 from fibrosis.model.arch import ArchSpec, arch_spec
 from fibrosis.model.tta import DEFAULT_VARIANTS, TTA, Variant, make_tta
 from fibrosis.io import file_sha256
@@ -142,8 +146,32 @@ def set_aux_heads(model: FibrosisNet, names: tuple[str, ...] | list[str]) -> Fib
     return model
 
 
+class GrayRGBStem(nn.Conv2d):
+    """The pretrained 3-channel stem convolution on a (B, 1, H, W) gray image in [0, 1]:
+    channel c gets (gray - mean_c) / std_c, as the pretrained network expects. Its weights keep
+    their torchvision name and shape; the statistics are buffers, so they travel with them."""
+
+    def __init__(self, conv: nn.Conv2d, mean: Sequence[float], std: Sequence[float]):
+        if conv.in_channels != 3:
+            raise ValueError(f"first conv has {conv.in_channels} input channels; expected 3")
+        super().__init__(3, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                         conv.groups, conv.bias is not None, conv.padding_mode)
+        with torch.no_grad():
+            self.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                self.bias.copy_(conv.bias)
+        self.register_buffer("rgb_mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1))
+        self.register_buffer("rgb_std", torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != 1:
+            raise ValueError(f"input has {x.shape[1]} channels; expected one gray channel in [0, 1]")
+        return super().forward((x - self.rgb_mean) / self.rgb_std)
+
+
 def fold_first_conv(conv: nn.Conv2d) -> nn.Conv2d:
-    """3-channel conv -> 1-channel conv with weights summed over RGB (exact for gray x3)."""
+    """3-channel conv -> 1-channel conv with weights summed over RGB (the ``summed`` gray fold
+    of older checkpoints; see the module docstring for why it is not exact)."""
     if conv.in_channels != 3:
         raise ValueError(f"first conv has {conv.in_channels} input channels; expected 3")
     folded = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
@@ -226,20 +254,28 @@ def fetch_imagenet(arch: str) -> tuple[Path, str]:
     return path, digest
 
 
-def _preprocessing(input_size: int) -> Preprocessing:
-    return Preprocessing(
-        input_size=int(input_size), in_chans=1,
-        mean=sum(IMAGENET_MEAN) / 3, std=sum(IMAGENET_STD) / 3,
-        rgb_mean=tuple(IMAGENET_MEAN), rgb_std=tuple(IMAGENET_STD),
-        gray_fold="first conv weights summed over RGB; gray replicated x3 == folded",
-        resize="cv2.INTER_AREA from the cache image to input_size x input_size")
+def make_preprocessing(input_size: int, gray_fold: str = "rgb-stem", resize: str = "area") -> Preprocessing:
+    """The input a model built by :func:`build_model` wants (see ``Preprocessing`` for the codes)."""
+    if gray_fold == "rgb-stem":  # gray in [0, 1]: the stem normalises each channel itself
+        mean, std = 0.0, 1.0
+    elif gray_fold == "summed":
+        mean, std = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3
+    else:
+        raise ValueError(f"gray_fold={gray_fold!r}; allowed: {list(get_args(GrayFold))}")
+    if resize not in get_args(ResizeMethod):
+        raise ValueError(f"model.resize={resize!r}; allowed: {list(get_args(ResizeMethod))}")
+    return Preprocessing(input_size=int(input_size), in_chans=1, mean=mean, std=std,
+                         rgb_mean=tuple(IMAGENET_MEAN), rgb_std=tuple(IMAGENET_STD),
+                         gray_fold=gray_fold, resize=resize)
 
 
 def build_model(arch: str, weights: str = "none", *, weights_sha256: str | None = None,
-                allow_random_init: bool = False, input_size: int = 224,
-                dropout: float = 0.0) -> FibrosisNet:
-    """Build a one-logit gray-input classifier; see the module docstring for ``weights``."""
+                allow_random_init: bool = False, input_size: int = 224, dropout: float = 0.0,
+                resize: str = "area", gray_fold: str = "rgb-stem") -> FibrosisNet:
+    """Build a one-logit gray-input classifier; see the module docstring for ``weights``.
+    ``gray_fold``: "summed" only to rebuild a checkpoint written with that stem."""
     spec = arch_spec(arch)
+    preprocessing = make_preprocessing(input_size, gray_fold, resize)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"model.dropout={dropout!r}; expected 0 <= dropout < 1")
     net = torchvision.models.get_model(arch, weights=None)
@@ -282,9 +318,11 @@ def build_model(arch: str, weights: str = "none", *, weights_sha256: str | None 
         # next; a run that really trains from random init says so loudly in fibrosis.train.
         logger.debug("%s: built without pretrained weights (model.weights=none)", arch)
     num_features = _classifier_in_features(net, spec)
-    _set_module(net, spec.first_conv, fold_first_conv(net.get_submodule(spec.first_conv)))
+    stem = net.get_submodule(spec.first_conv)
+    _set_module(net, spec.first_conv, GrayRGBStem(stem, IMAGENET_MEAN, IMAGENET_STD)
+                if gray_fold == "rgb-stem" else fold_first_conv(stem))
     _set_module(net, spec.classifier, nn.Identity())
-    return FibrosisNet(arch, net, num_features, dropout, _preprocessing(input_size), info)
+    return FibrosisNet(arch, net, num_features, dropout, preprocessing, info)
 
 
 def build_model_from_config(mcfg: Any) -> FibrosisNet:
@@ -292,5 +330,5 @@ def build_model_from_config(mcfg: Any) -> FibrosisNet:
     (the checkpoint records them, so a later change of the defaults leaves this model alone)."""
     model = build_model(mcfg.arch, mcfg.weights, weights_sha256=mcfg.weights_sha256,
                         allow_random_init=mcfg.allow_random_init, input_size=mcfg.input_size,
-                        dropout=mcfg.dropout)
+                        dropout=mcfg.dropout, resize=mcfg.resize)
     return model.set_tta(DEFAULT_VARIANTS if mcfg.tta else None)

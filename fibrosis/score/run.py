@@ -36,7 +36,7 @@ from fibrosis.score import output as score_io
 from fibrosis.data.cache import DTYPES, image_statistics
 from fibrosis.io import file_sha256
 from fibrosis.config import IngestConfig, ScoreConfig, config_from_dict
-from fibrosis.data.dataset import normalise, resize
+from fibrosis.data.dataset import model_array
 from fibrosis.data.identity import identity, resolve_salt
 from fibrosis.data.pixels import POLARITY_EXCLUDED, qa_flags
 from fibrosis.data.records import Decoded, DecodeResult, Preprocessing, Rejected, Skipped
@@ -121,8 +121,7 @@ def model_input(stored: np.ndarray, cache_dtype: str, preprocessing: Preprocessi
     """Quantised cache image -> (1, S, S) float32 model input, exactly as training saw it
     (``CacheReader.image`` then ``CacheDataset`` without augmentation)."""
     img = stored.astype(np.float32) / float(np.iinfo(DTYPES[cache_dtype]).max)
-    size = preprocessing.input_size
-    return np.ascontiguousarray(normalise(resize(img, size), preprocessing), np.float32)[None]
+    return np.ascontiguousarray(model_array(img, preprocessing), np.float32)[None]
 
 
 # ------------------------------------------------------------------ streaming
