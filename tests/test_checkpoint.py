@@ -40,6 +40,26 @@ def test_load_model_reproduces_outputs(ckpt_path):
     assert loaded.pretrained is False
 
 
+def test_a_checkpoint_written_with_the_summed_fold_loads_and_scores_as_it_did(tmp_path):
+    """Before the exact stem, checkpoints held a 1-channel summed stem and a prose preprocessing
+    record: they are rebuilt with that stem (not today's) and give the same logits."""
+    torch.manual_seed(0)
+    old = build_model("resnet18", "none", input_size=32, gray_fold="summed").eval()
+    record = {**old.preprocessing.to_dict(),
+              "gray_fold": "first conv weights summed over RGB; gray replicated x3 == folded",
+              "resize": "cv2.INTER_AREA from the cache image to input_size x input_size"}
+    cfg = Config(model=ModelConfig(arch="resnet18", weights="none", input_size=32))
+    path = save_checkpoint(tmp_path / "old.pt", {"model": old.state_dict(), "config": config_to_dict(cfg),
+                                                 "preprocessing": record, "weights_info": old.weights_info,
+                                                 "pretrained": False, "manifest_hash": "ab" * 32})
+    assert old.state_dict()["backbone.conv1.weight"].shape[1] == 1
+    loaded, _ = load_model(path)
+    assert loaded.preprocessing.gray_fold == "summed" and loaded.preprocessing.mean == old.preprocessing.mean
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), old(x))
+
+
 def test_refuses_files_that_are_not_ours(tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save({"conv1.weight": torch.zeros(1)}, plain)

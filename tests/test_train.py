@@ -51,10 +51,11 @@ def _cfg(*overrides):
 
 
 def test_head_learns_and_run_dir_is_complete(bigger_cache, tmp_path):
-    # Balanced sampling here; the other tests train with pos_weight (the default).
+    # Balanced sampling here; the other tests train with pos_weight (the default). On this random
+    # backbone (the exact RGB stem's) a head lr of 0.01 oscillates (val AUC 0.64-0.76 between epochs).
     cache, imbalance = bigger_cache, "sampler"
     cfg = _cfg("train.preset=head-only", "train.head_epochs=12", "train.finetune_epochs=0",
-               "train.head_lr=0.01", "train.early_stopping_patience=4", f"train.imbalance={imbalance}",
+               "train.head_lr=0.003", "train.early_stopping_patience=4", f"train.imbalance={imbalance}",
                "model.input_size=64")
     best = train(cfg, cache, tmp_path / "run", device="cpu")
     run = tmp_path / "run"
