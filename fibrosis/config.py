@@ -43,6 +43,8 @@ EpochCriterion = Literal["calibrated-loss", "loss"]
 # The cache image -> model input when shrinking: area averaging (cv2.INTER_AREA, no aliasing)
 # or bilinear (cv2.INTER_LINEAR: sharper, aliases fine texture above a 2x step).
 ResizeMethod = Literal["area", "linear"]
+# The linear probe's C: by the inner-CV log-loss after Platt recalibration, or by inner-CV AUC.
+ProbeCriterion = Literal["calibrated-loss", "auc"]
 # `fibrosis tune` names the test-time-augmentation twin of arm A "A+tta" (tune.tta).
 TTA_ARM_SUFFIX = "+tta"
 

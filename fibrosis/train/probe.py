@@ -13,12 +13,16 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.preprocessing import StandardScaler
 
+from fibrosis.config import ProbeCriterion
 from fibrosis.numeric import fit_logistic
 
 logger = logging.getLogger(__name__)
@@ -31,7 +35,7 @@ class Probe:
     weight: np.ndarray  # (num_features,) on the raw (unstandardised) features
     bias: float
     c: float  # chosen inverse L2 strength (on standardised features)
-    inner_loss: dict[float, float]  # C -> pooled inner-CV weighted log-loss
+    inner_loss: dict[float, float]  # C -> inner-CV criterion (lower is better)
 
     def logits(self, feats: np.ndarray) -> np.ndarray:
         return np.asarray(feats, np.float64) @ self.weight + self.bias
@@ -75,10 +79,22 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, pos_weight: float) -> LogisticR
     return clf
 
 
+def _inner_score(criterion: str, y: np.ndarray, z: np.ndarray) -> float:
+    """Lower is better: the calibrated log-loss, or 1 - AUC."""
+    if criterion == "calibrated-loss":
+        return calibrated_log_loss(y, z)
+    if criterion == "auc":
+        return 1.0 - float(roc_auc_score(y, z))
+    raise ValueError(f"tune.probe_criterion={criterion!r}; allowed: {list(get_args(ProbeCriterion))}")
+
+
 def fit_probe(feats: np.ndarray, y: Sequence[int], groups: Sequence[str], c_grid: Sequence[float],
-              inner_folds: int, seed: int = 0, quiet: bool = False) -> Probe:
-    """Fit the head on ``feats`` (n, d); C chosen by inner grouped CV over ``groups``.
-    ``quiet``: a C at the end of the grid is logged at debug level (auxiliary heads: context)."""
+              inner_folds: int, seed: int = 0, quiet: bool = False, *,
+              criterion: str = "calibrated-loss", standardise: bool = True) -> Probe:
+    """Fit the head on ``feats`` (n, d); C chosen by inner grouped CV over ``groups`` by
+    ``criterion`` (tune.probe_criterion). ``standardise``: the L2 penalty acts on features
+    scaled to unit variance (else on the raw features). ``quiet``: a C at the end of the
+    grid is logged at debug level (auxiliary heads: context)."""
     x = np.asarray(feats, np.float64)
     y = np.asarray(y, int)
     n_pos = int(y.sum())
@@ -87,6 +103,8 @@ def fit_probe(feats: np.ndarray, y: Sequence[int], groups: Sequence[str], c_grid
     pw = (len(y) - n_pos) / n_pos
     mu, sd = x.mean(0), x.std(0)
     sd = np.where(sd > 1e-6, sd, 1.0)  # dead (always-zero) features stay zero, no division by 0
+    if not standardise:
+        mu, sd = np.zeros_like(mu), np.ones_like(sd)
     xs = (x - mu) / sd
     pos_groups = len({g for g, v in zip(groups, y) if v})
     k = min(inner_folds, pos_groups)
@@ -97,7 +115,7 @@ def fit_probe(feats: np.ndarray, y: Sequence[int], groups: Sequence[str], c_grid
             z = np.empty(len(y))
             for tr, ho in splits:
                 z[ho] = _fit(xs[tr], y[tr], c, pw).decision_function(xs[ho])
-            losses[float(c)] = calibrated_log_loss(y, z)
+            losses[float(c)] = _inner_score(criterion, y, z)
         # Smallest loss; on a tie the stronger regularisation (smaller C) wins.
         best = min(sorted(losses), key=lambda c: (round(losses[c], 10), c))
         if best in (min(losses), max(losses)):
@@ -110,3 +128,35 @@ def fit_probe(feats: np.ndarray, y: Sequence[int], groups: Sequence[str], c_grid
     w = clf.coef_[0] / sd
     b = float(clf.intercept_[0] - (w * mu).sum())
     return Probe(w, b, best, losses)
+
+
+REFERENCE_CS = 10  # LogisticRegressionCV's defaults: 10 values of C from 1e-4 to 1e4, ...
+REFERENCE_FOLDS = 5  # ... and 5 inner folds
+
+
+def fit_reference(feats: np.ndarray, y: Sequence[int], groups: Sequence[str], seed: int = 0,
+                  inner_folds: int = REFERENCE_FOLDS) -> Probe:
+    """The plain baseline a team would write without this tool: scikit-learn's
+    ``StandardScaler`` + ``LogisticRegressionCV`` (its default C grid, C by inner-CV AUC,
+    ``class_weight="balanced"``) on the pooled features. The inner folds are grouped by
+    patient (plain StratifiedKFold would put a patient's images on both sides); otherwise
+    scikit-learn's defaults, so the arm measures what the obvious recipe gives."""
+    x = np.asarray(feats, np.float64)
+    y = np.asarray(y, int)
+    k = min(inner_folds, len({g for g, v in zip(groups, y) if v}))
+    if k < 2:
+        raise ValueError(f"reference probe: {int(y.sum())} positives in fewer than 2 patient groups")
+    splits = list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(x, y, groups))
+    scaler = StandardScaler().fit(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # scikit-learn 1.9 announcing 1.10's attribute layout
+        clf = LogisticRegressionCV(Cs=REFERENCE_CS, cv=splits, scoring="roc_auc", class_weight="balanced",
+                                   max_iter=MAX_ITER).fit(scaler.transform(x), y)
+    sd = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    w = clf.coef_[0] / sd
+    b = float(clf.intercept_[0] - (w * scaler.mean_).sum())
+    # (folds, Cs) inner AUCs: a dict by class up to scikit-learn 1.9, an array after
+    scores = clf.scores_[1] if isinstance(clf.scores_, dict) else np.asarray(clf.scores_).reshape(len(splits), -1)
+    inner = {float(c): 1.0 - float(a) for c, a in zip(clf.Cs_, np.asarray(scores).mean(0))}
+    return Probe(w, b, float(np.ravel(clf.C_)[0]), inner)
