@@ -37,7 +37,18 @@ FitSplit = Literal["auto", "val", "calib"]
 StudyAggregate = Literal["max", "mean"]
 EngineName = Literal["auto", "eager", "channels_last", "bf16", "onnx"]
 ArmInit = Literal["pretrained", "random"]
-Selection = Literal["one-se", "best"]
+# What an arm of `fibrosis tune` trains, simplest first (the one-SE rule's order among equally
+# unfrozen arms): reference = the plain scikit-learn baseline on the pooled features; lp-ft = the
+# tool's linear probe, then (unfreeze != none) fine-tuning from it; train = `fibrosis train`'s own
+# loop with a preset (its own stages and early stopping), so tune compares with what a team gets.
+ArmRecipe = Literal["reference", "lp-ft", "train"]
+# BatchNorm of the blocks a tune arm fine-tunes: frozen = the pretrained statistics (eval mode,
+# affine weights train); batch = statistics of each training batch, as `fibrosis train` does.
+BatchNormMode = Literal["frozen", "batch"]
+# How `fibrosis tune` picks its arm (fibrosis.evaluate.selection): replicated = the highest pooled
+# out-of-fold AUC, kept over a simpler arm only if it wins in every repeat; one-se = the simplest
+# arm within one standard error of the best, with the same replication check; best = the highest.
+Selection = Literal["replicated", "one-se", "best"]
 FinalModel = Literal["ensemble", "refit"]
 EpochCriterion = Literal["calibrated-loss", "loss"]
 # The cache image -> model input when shrinking: area averaging (cv2.INTER_AREA, no aliasing)
@@ -215,27 +226,31 @@ class ArmConfig:
     """One arm of `fibrosis tune`: how the backbone starts and how much of it fine-tunes."""
 
     name: str = "head-only"
+    recipe: ArmRecipe = "lp-ft"  # lp-ft | reference | train (see ArmRecipe)
     init: ArmInit = "pretrained"  # pretrained (model.weights) | random
     # none (linear probe only) | last1, last2, ... (the last N resolution stages) | all
     unfreeze: str = "none"
-    lr_ratio: float = 1.0  # backbone lr = tune.lr / lr_ratio (10: 10x below the head's)
+    lr_ratio: float = 1.0  # fine-tuning lr (head and unfrozen blocks) = tune.lr / lr_ratio
     arch: str | None = None  # optional axis: overrides model.arch for this arm
     input_size: int | None = None  # optional axis: overrides model.input_size for this arm
     aux_weight: float = 0.0  # > 0: auxiliary heads on the other findings, at this loss weight
+    preset: Preset | None = None  # recipe train: the train.preset it runs (null: train.preset)
 
 
 DEFAULT_ARMS: tuple[ArmConfig, ...] = (
-    ArmConfig("random-init", init="random", unfreeze="all", lr_ratio=1.0),
+    ArmConfig("reference", recipe="reference"),
+    # The control: the last stage and the head from random init, with the pretrained arm's
+    # recipe and rate (BatchNorm statistics estimated on the development images). A whole
+    # network from scratch does not fit 2 CPU cores.
+    ArmConfig("random-init", init="random", unfreeze="last1", lr_ratio=100.0),
     ArmConfig("head-only"),
-    ArmConfig("last1-x0.1", unfreeze="last1", lr_ratio=10.0),
+    # lr / 100: at lr / 10 the probe's fit was undone in the first epochs (NIH sample: training
+    # loss 0.88 -> 2.27, OOF AUC 0.68 -> 0.54 at epoch 3 before it recovered); at lr / 100 the
+    # loss falls from the first epoch.
     ArmConfig("last1-x0.01", unfreeze="last1", lr_ratio=100.0),
-    ArmConfig("last2-x0.1", unfreeze="last2", lr_ratio=10.0),
-    ArmConfig("last2-x0.01", unfreeze="last2", lr_ratio=100.0),
-    ArmConfig("all-x0.1", unfreeze="all", lr_ratio=10.0),
-    ArmConfig("all-x0.01", unfreeze="all", lr_ratio=100.0),
-    # Auxiliary-finding heads (issue 14) on the most conservative fine-tuning recipe; skipped,
-    # with the reason in the report, when the labels carry no other findings. Weight 1.0: 0.3
-    # and 1.0 were indistinguishable on the NIH sample (OOF AUC 0.639 vs 0.636).
+    ArmConfig("partial", recipe="train", preset="partial"),
+    # Auxiliary-finding heads on the same recipe; skipped, with the reason in the report, when
+    # the labels carry no other findings.
     ArmConfig("last1-x0.01-aux", unfreeze="last1", lr_ratio=100.0, aux_weight=1.0),
 )
 
@@ -243,27 +258,37 @@ DEFAULT_ARMS: tuple[ArmConfig, ...] = (
 @dataclass(frozen=True)
 class TuneConfig:
     folds: int = 5  # patient-level, label-stratified k-fold over train + val (never test/calib)
-    repeats: int = 1  # repeated k-fold: each repeat re-deals the folds
+    repeats: int = 1  # repeated k-fold for every arm: each repeat re-deals the folds
+    # More repeats (new deals) for the finalists only: an arm more complex than the simplest
+    # finalist is kept only if it beats it in every repeat (fibrosis.evaluate.selection).
+    finalist_repeats: int = 1
     seed: int = 0
     arms: tuple[ArmConfig, ...] = DEFAULT_ARMS
-    # Linear probe: L2 logistic regression by L-BFGS on standardised frozen features; the
-    # inverse regularisation C is chosen by inner grouped CV (log-loss) inside each training fold.
-    # With a few hundred images and 512-2048 features the useful range reaches far down; a C
-    # chosen at either end of the grid is logged as a warning (extend the grid).
+    # Linear probe: L2 logistic regression by L-BFGS on frozen features; the inverse
+    # regularisation C is chosen by inner grouped CV inside each training fold. A C chosen at
+    # either end of the grid is logged as a warning (extend the grid).
     probe_c: tuple[float, ...] = (1e-6, 1e-5, 0.0001, 0.001, 0.01, 0.1, 1.0)
     probe_inner_folds: int = 3
-    lr: float = 0.001  # head lr while fine-tuning; the backbone gets lr / arm.lr_ratio
+    probe_criterion: ProbeCriterion = "calibrated-loss"  # calibrated-loss | auc (inner CV)
+    probe_standardise: bool = True  # the L2 penalty on unit-variance features (else raw)
+    # Fine-tuning arms: AdamW at lr / arm.lr_ratio for the head and the unfrozen blocks alike
+    # (the head starts at the probe's optimum), linear warm-up, then constant.
+    lr: float = 0.001
+    warmup_epochs: float = 1.0
     weight_decay: float = 0.0001
+    batchnorm: BatchNormMode = "frozen"  # frozen | batch: BatchNorm statistics of the unfrozen blocks
     max_epochs: int = 10  # fine-tuning epochs per fold; the budget is chosen from the OOF curves
     min_epochs: int = 1  # a fine-tuning arm runs at least this many epochs (0 = may stay the probe)
     batch_size: int = 32
-    selection: Selection = "one-se"  # one-se (least-unfrozen arm within 1 SE of the best) | best
+    selection: Selection = "replicated"  # replicated | one-se | best (see Selection)
     final: FinalModel = "ensemble"  # ensemble (the k fold models, mean logit) | refit (one model on all dev data)
     # The epoch budget minimises, over the pooled OOF logits: calibrated-loss = the log-loss after the
     # Platt recalibration the deployed model gets (ranking that recalibration can use, not logit
     # scale); loss = the raw class-weighted training loss (penalises growing logits as well).
     epoch_criterion: EpochCriterion = "calibrated-loss"
-    cache_mb: int = 4096  # frozen-prefix activations kept in memory up to this size, else recomputed per batch
+    # Frozen-prefix activations (plain, and each epoch's augmented view for fine-tuning) kept in
+    # memory up to this size, else recomputed per batch (the same inputs either way).
+    cache_mb: int = 4096
     # Each arm also gets a "<arm>+tta" twin: its chosen fold models scored with test-time
     # augmentation (one extra pass over the development images per arm, no training).
     tta: bool = True
@@ -438,6 +463,7 @@ RANGES: dict[str, str] = {
     "tune.arms.input_size": "[16, 4096]", "tune.probe_c": "(0, inf)", "tune.probe_inner_folds": "[2, inf)",
     "tune.lr": "(0, inf)", "tune.weight_decay": "[0, inf)", "tune.max_epochs": "[0, inf)",
     "tune.min_epochs": "[0, inf)", "tune.batch_size": "[1, inf)", "tune.cache_mb": "[0, inf)",
+    "tune.finalist_repeats": "[0, inf)", "tune.warmup_epochs": "[0, inf)",
 }
 # An arm's `unfreeze`: none (linear probe), last1, last2, ... (the last N block groups) or all.
 _ARM_UNFREEZE = re.compile(r"none|all|last[1-9]\d*")
@@ -542,6 +568,14 @@ def _validate_tune(t: TuneConfig) -> None:
                               f"augmentation twins of tune.tta=true; rename the arm")
         if not _ARM_UNFREEZE.fullmatch(a.unfreeze):
             raise ConfigError(f"{where}.unfreeze: {_short(a.unfreeze)}; allowed: none, last1, last2, ..., all")
+        if a.recipe != "lp-ft":
+            own = {"unfreeze": "none", "lr_ratio": 1.0, "aux_weight": 0.0, "init": "pretrained"}
+            set_ = {k: getattr(a, k) for k, v in own.items() if getattr(a, k) != v}
+            if set_:
+                raise ConfigError(f"{where}: recipe {a.recipe!r} sets what it trains itself; "
+                                  f"remove {sorted(set_)} (allowed only with recipe 'lp-ft')")
+        if a.preset is not None and a.recipe != "train":
+            raise ConfigError(f"{where}.preset: {a.preset!r} applies to recipe 'train' only")
         if a.aux_weight > 0 and a.unfreeze == "none":
             # Separate linear heads on frozen features cannot change the fibrosis head: the arm
             # would be the head-only arm under another name.

@@ -98,4 +98,5 @@ def test_enumerated_keys_are_the_literal_fields():
     assert {k for k, _, _ in literal_values(Config())} == {
         "ingest.cache_dtype", "ingest.polarity_qa", "train.preset", "train.imbalance", "evaluate.calibration",
         "evaluate.ece_strategy", "evaluate.fit_split", "score.study_aggregate", "score.engine", "tune.selection",
-        "tune.final", "tune.epoch_criterion", "model.resize"} | {f"tune.arms[{i}].init" for i in range(len(Config().tune.arms))}
+        "tune.final", "tune.epoch_criterion", "model.resize", "tune.probe_criterion", "tune.batchnorm"} | {
+        f"tune.arms[{i}].{k}" for i in range(len(Config().tune.arms)) for k in ("init", "recipe", "preset")}

@@ -26,6 +26,18 @@ def test_quick_demo_runs_every_stage(tmp_path):
     # evaluated is the chosen arm's fold ensemble.
     assert "How much to unfreeze?" in html and "random-init" in html and "head-only" in html
     assert ckpt["ensemble"]["members"] == 2 and ckpt["threshold"]["chosen_on"] == "out-of-fold"
+    assert "reference" in html and "partial" in html  # the plain baseline and `fibrosis train`'s preset
+    # Fine-tuning continues from the probe without wrecking it: on every fold, the first epoch's
+    # training loss stays within 1.5x of the probe's on the same (augmented) images. (Pretrained
+    # arms: the random-init control's last stage starts from random weights, not from a fit.)
+    tune = json.loads((run / "tune.json").read_text())
+    tuned = [a["name"] for a in tune["arms"]
+             if a["recipe"] == "lp-ft" and a["groups"] and a["init"] == "pretrained" and not a.get("tta")]
+    assert tuned and not [a for a in tune["arms"] if a["failed"]]
+    for name in tuned:
+        for done in (run / "cv" / name).glob("r0-f*/done.json"):
+            loss = json.loads(done.read_text())["train_loss"]
+            assert len(loss) == 2 and loss[1] <= 1.5 * loss[0], (name, done.parent.name, loss)
     # The report's checkpoint hash is that of the file scoring reads.
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["run"]["checkpoint_sha256"] == file_sha256(run / "best.pt")

@@ -210,3 +210,26 @@ def test_pdf_is_the_html_and_text_stays_text(report, tmp_path):
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # WeasyPrint's import must not loosen the pixel path
     assert " ".join(" ".join(pdf_pages(out)).split()).count(" ".join(tricky.split())) == 1
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_tune_section_shows_failed_arms_replication_and_the_adjusted_auc():
+    from fibrosis.report.build import _tune_blocks
+
+    arm = {"name": "reference", "describe": "sklearn", "auc": 0.70, "ci": [0.6, 0.8], "vs_reference": None,
+           "vs_best": None, "vs_base": None, "repeat_aucs": {"0": 0.70, "1": 0.68}, "oof_sd": 4.2, "epoch": 0,
+           "minutes": 0.2, "failed": None}
+    dead = {**arm, "name": "random-init", "auc": None, "ci": None, "failed": "r0-f2: constant held-out logits"}
+    t = {"level": 0.95, "folds": 5, "n_dev": 300, "n_dev_patients": 290, "n_dev_pos": 30, "arms": [arm, dead],
+         "reason": "Chose 'reference': because.", "final": "ensemble",
+         "replication": [{"chosen": "last1", "rival": "reference", "chosen_auc": [0.72, 0.66],
+                          "rival_auc": [0.70, 0.68], "holds": False}],
+         "selection_adjusted": {"auc": 0.64, "pooled_auc": 0.70, "bias": 0.06}}
+    blocks = _tune_blocks(t)
+    table = next(b for b in blocks if b["type"] == "table")
+    assert table["rows"][0][:4] == ["reference", "sklearn", "0.700", "0.600-0.800"]
+    assert table["rows"][0][7] == "0.700, 0.680"
+    assert table["rows"][1][2:4] == ["failed", "r0-f2: constant held-out logits"]  # no AUC from ties
+    text = " ".join(b.get("text", "") for b in blocks)
+    assert "hold the trained models fixed" in text and "not corrected for the number of arms" in text
+    assert "selection-adjusted estimate (Tibshirani & Tibshirani 2009) is 0.640" in text
+    assert "0.720 vs 0.700, 0.660 vs 0.680 (not kept: the gain did not replicate)" in text

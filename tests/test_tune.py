@@ -13,7 +13,7 @@ import torch
 
 from fibrosis.config import ConfigError, load_config
 from fibrosis.data.synthetic import make_synthetic_cache
-from fibrosis.evaluate.selection import one_se_choice, select_arm
+from fibrosis.evaluate.selection import first_choice, select_arm
 from fibrosis.model.checkpoint import load_checkpoint, load_model
 from fibrosis.model.ensemble import EnsembleNet
 from fibrosis.model.net import build_model
@@ -103,15 +103,17 @@ ARMS = [  # name, pooled OOF AUC, DeLong SE, depth (0 = head only), lr_ratio
 def test_one_standard_error_rule_on_hand_checkable_numbers():
     # Best: all-x0.1 at 0.86, SE 0.03 -> arms >= 0.83 qualify: last1-x0.1, last1-x0.01, all-x0.1.
     # Least unfrozen among them: depth 1; of the two, the slower backbone (lr / 100) wins.
-    name, reason = one_se_choice(ARMS)
+    name, reason = first_choice(ARMS, "one-se")
     assert name == "last1-x0.01"
     assert "within one standard error (0.030)" in reason and "'all-x0.1' (0.860)" in reason
     # head-only (0.78) is outside 0.86 - 0.03; with a wider SE it is chosen.
     wide = [dict(a, se=0.09) if a["name"] == "all-x0.1" else a for a in ARMS]
-    assert one_se_choice(wide)[0] == "head-only"
-    assert one_se_choice(ARMS, "best")[0] == "all-x0.1"
+    assert first_choice(wide, "one-se")[0] == "head-only"
+    assert first_choice(ARMS, "best")[0] == first_choice(ARMS, "replicated")[0] == "all-x0.1"
+    with pytest.raises(ValueError, match=r"tune.selection='worst'; allowed: \['replicated', 'one-se', 'best'\]"):
+        first_choice(ARMS, "worst")
     # Alone at the top with nothing less unfrozen within one SE: the best arm itself.
-    assert one_se_choice([ARMS[1], dict(ARMS[4], se=0.01)])[0] == "all-x0.1"
+    assert first_choice([ARMS[1], dict(ARMS[4], se=0.01)], "one-se")[0] == "all-x0.1"
 
 
 def test_select_arm_table_has_delong_ci_and_paired_tests():
@@ -128,6 +130,87 @@ def test_select_arm_table_has_delong_ci_and_paired_tests():
     assert h["ci"][0] < h["auc"] < h["ci"][1] and h["vs_random"]["p"] < 0.01
     assert h["vs_random"]["difference"] == pytest.approx(h["auc"] - arms["random-init"]["auc"])
     assert arms["random-init"]["vs_best"]["difference"] < 0
+
+
+def test_one_se_rule_never_chooses_a_failed_arm_and_ranks_the_reference_simplest():
+    ref = {"name": "reference", "auc": 0.80, "se": 0.05, "depth": 0, "lr_ratio": 1.0, "recipe": "reference"}
+    probe = {"name": "head-only", "auc": 0.81, "se": 0.05, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft"}
+    # Equally unfrozen and within one SE: the plain baseline is the simpler choice.
+    assert first_choice([probe, ref], "one-se")[0] == "reference"
+    broken = {"name": "last1", "auc": 0.99, "se": 0.01, "depth": 1, "lr_ratio": 10.0, "failed": "r0-f1: constant"}
+    assert first_choice([probe, ref, broken], "one-se")[0] == "reference"  # its 0.99 is ties, not a model
+    assert first_choice([probe, ref, broken], "replicated")[0] == "head-only"
+    with pytest.raises(ValueError, match="every arm failed"):
+        first_choice([broken], "replicated")
+
+
+def test_select_arm_gives_a_failed_arm_no_auc():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(20), np.zeros(60)].astype(int)
+    meta = {"head-only": {"depth": 0, "lr_ratio": 1.0, "init": "pretrained", "recipe": "lp-ft"},
+            "dead": {"depth": 1, "lr_ratio": 10.0, "init": "pretrained", "recipe": "lp-ft", "failed": "r0-f0: constant"}}
+    sel = select_arm(y, {"head-only": y + rng.normal(size=80), "dead": np.zeros(80)}, meta)
+    dead = next(a for a in sel["arms"] if a["name"] == "dead")
+    assert dead["auc"] is None and dead["ci"] is None and dead["vs_best"] is None and sel["chosen"] == "head-only"
+
+
+def test_constant_fold_logits_are_caught():
+    from fibrosis.train.tune.results import constant_output
+
+    assert constant_output([0.3, -1.2, 2.0]) is None
+    assert constant_output([-2.0] * 5) and "constant" in constant_output([-2.0] * 5)
+    # float32 noise around one value: a spread of 1e-6 on logits of size 2 is rounding, not ranking
+    assert constant_output(np.float32(-2.0) + np.float32([0, 1e-6, -1e-6, 2e-6])) is not None
+    assert constant_output([-2.0, -2.0 + 1e-3, -2.0 - 1e-3]) is None  # small but real
+
+
+def test_replication_and_rival_on_hand_checkable_numbers():
+    from fibrosis.evaluate.selection import replication, rival
+
+    table = [{"name": "reference", "auc": 0.70, "depth": 0, "lr_ratio": 1.0, "recipe": "reference"},
+             {"name": "head-only", "auc": 0.72, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft"},
+             {"name": "head-only+tta", "auc": 0.74, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft", "tta": True},
+             {"name": "last1", "auc": 0.80, "depth": 1, "lr_ratio": 10.0, "recipe": "lp-ft"},
+             {"name": "dead", "auc": None, "depth": 0, "lr_ratio": 100.0, "recipe": "lp-ft", "failed": "x"}]
+    assert rival(table, "last1") == "head-only+tta"  # the best simpler arm (failed ones never count)
+    assert rival(table, "head-only+tta") == "head-only" and rival(table, "head-only") == "reference"
+    assert rival(table, "reference") is None
+    y = np.array([0, 0, 0, 1, 1])
+    good, bad = np.array([0., 1, 2, 3, 4]), np.array([0., 3, 2, 1, 4])  # AUC 1 and 4/6
+    reps = {"a": {0: good, 1: good}, "b": {0: bad, 1: bad}, "c": {0: good, 1: bad}}
+    assert replication(y, "a", "b", reps)["holds"]
+    check = replication(y, "c", "b", reps)  # a win in repeat 0 and a tie in repeat 1: not replicated
+    assert not check["holds"] and check["difference"] == pytest.approx([1 / 3, 0.0]) and check["repeats"] == [0, 1]
+
+
+def test_selection_adjusted_auc_hand_checked():
+    from fibrosis.evaluate.selection import selection_adjusted
+
+    folds = {"a": {"f0": 0.8, "f1": 0.6, "f2": None}, "b": {"f0": 0.7, "f1": 0.9, "f2": 0.5}}
+    # chosen a: fold 0 it is the best (gap 0), fold 1 b is 0.3 better, fold 2 has one class for a: skipped
+    adj = selection_adjusted(folds, "a", 0.75)
+    assert adj["bias"] == pytest.approx(0.15) and adj["auc"] == pytest.approx(0.60) and adj["folds"] == 2
+    assert selection_adjusted({"a": {"f0": 0.9}, "b": {"f0": 0.7}}, "a", 0.9)["bias"] == 0.0
+
+
+def test_reference_probe_is_scikit_learns_logistic_regression_cv():
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.preprocessing import StandardScaler
+
+    from fibrosis.train.probe import REFERENCE_CS, fit_reference
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(150, 8)) * [1, 5, 0.2, 1, 1, 1, 1, 1] + 2
+    y = (x[:, 0] + rng.normal(size=150) > 2.5).astype(int)
+    groups = [f"p{i // 3}" for i in range(150)]
+    p = fit_reference(x, y, groups, seed=4)
+    splits = list(StratifiedGroupKFold(5, shuffle=True, random_state=4).split(x, y, groups))
+    scaler = StandardScaler().fit(x)
+    ref = LogisticRegressionCV(Cs=REFERENCE_CS, cv=splits, scoring="roc_auc", class_weight="balanced",
+                               max_iter=5000).fit(scaler.transform(x), y)
+    np.testing.assert_allclose(p.logits(x), ref.decision_function(scaler.transform(x)), atol=1e-8)
+    assert p.c == pytest.approx(float(np.ravel(ref.C_)[0]))
 
 
 # ------------------------------------------------------------------ probe and stages
@@ -176,8 +259,11 @@ def test_arm_config_is_strict():
 
 BASE = ["model.arch=resnet18", "model.weights=none", "model.input_size=32", "tune.folds=3",
         "tune.max_epochs=2", "tune.probe_c=[0.01, 1.0]", "tune.batch_size=8",
-        "tune.arms=[{name: random-init, init: random, unfreeze: last1}, {name: head-only},"
-        " {name: last1-x0.1, unfreeze: last1, lr_ratio: 10}]"]
+        "train.head_epochs=1", "train.finetune_epochs=2", "train.batch_size=8", "train.num_workers=0",
+        "tune.arms=[{name: reference, recipe: reference}, {name: random-init, init: random, unfreeze: last1},"
+        " {name: head-only}, {name: last1-x0.1, unfreeze: last1, lr_ratio: 10},"
+        " {name: partial, recipe: train, preset: partial}]"]
+NAMES = ["reference", "random-init", "head-only", "last1-x0.1", "partial"]
 
 
 @pytest.fixture(scope="module")
@@ -199,12 +285,21 @@ def tuned(cache, tmp_path_factory):
 def test_tune_writes_table_choice_and_an_ensemble_checkpoint(tuned, cache):
     out, result = tuned
     names = [a["name"] for a in result["arms"]]  # tune.tta (default): each arm's TTA twin right after it
-    assert names == ["random-init", "random-init+tta", "head-only", "head-only+tta", "last1-x0.1", "last1-x0.1+tta"]
+    assert names == [n + t for n in NAMES for t in ("", "+tta") if not (n == "random-init" and t)]
     assert result["chosen"] in names and result["reason"].startswith(f"Chose {result['chosen']!r}")
     assert result["random_control"] == "random-init"  # the control as trained, not its twin
+    assert result["reference"] == "reference" and names[0] == "reference"  # shown first
     for a in result["arms"]:
-        assert a["ci"] and len(a["roc"]["fpr"]) > 2 and a["minutes"] >= 0
+        assert not a["failed"], a  # the random control learns too: no constant fold model
+        assert a["ci"] and len(a["roc"]["fpr"]) > 2 and a["minutes"] >= 0 and a["oof_sd"] > 0
         assert (a["vs_random"] is None) == (a["name"] == "random-init")
+        assert (a["vs_reference"] is None) == (a["name"] == "reference")
+    # The finalists (the choice, its simpler rival, the reference) ran a second deal of the folds.
+    finalists = {result["chosen"], result["reference"]} | {c["rival"] for c in result["replication"]}
+    for a in result["arms"]:
+        assert len(a["repeat_aucs"]) == (2 if a["name"] in finalists else 1), a["name"]
+    adj = result["selection_adjusted"]
+    assert adj["auc"] <= adj["pooled_auc"] and adj["bias"] >= 0 and adj["folds"] == 3
     # The fine-tuning arm's budget came from the OOF curve; its other epochs' weights are gone.
     ft = next(a for a in result["arms"] if a["name"] == "last1-x0.1")
     assert 1 <= ft["epoch"] <= 2 and len(ft["curve"]) == 3
@@ -212,6 +307,7 @@ def test_tune_writes_table_choice_and_an_ensemble_checkpoint(tuned, cache):
     json.loads((out / "tune.json").read_text())
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["ensemble"]["members"] == 3 and ckpt["threshold"]["chosen_on"] == "out-of-fold"
+    assert ckpt["preprocessing"]["gray_fold"] == "rgb-stem"
     test_keys = {r["patient_key"] for r in csv.DictReader(open(cache / "manifest.csv")) if r["split"] == "test"}
     assert not test_keys & set(ckpt["split_keys"]["train"]["patients"])
     folds = list(csv.DictReader(open(out / "folds.csv")))
@@ -251,32 +347,41 @@ def test_resume_after_interruption_gives_the_same_result(cache, tuned, tmp_path)
 
 @pytest.mark.slow
 def test_resume_mid_unit_continues_from_the_saved_epoch(cache, tmp_path):
-    from fibrosis.train import tune as T
+    from fibrosis.train.tune import setup
+    from fibrosis.train.tune.models import prepare_base
+    from fibrosis.train.tune.unit import run_unit
 
-    ctx, folds, arms, reader = T.setup(load_config(None, BASE), cache, tmp_path / "t")
+    ctx, folds, arms, reader = setup(load_config(None, BASE), cache, tmp_path / "t")
     arm = next(a for a in arms if a.name == "last1-x0.1")
-    T.prepare_base(ctx, arm, arms, reader)
-    full = T.run_unit(ctx, arm, folds[0], tmp_path / "full")
-    assert T.run_unit(ctx, arm, folds[0], tmp_path / "cut", epoch_limit=1) is None  # "killed" after epoch 1
+    prepare_base(ctx, arm, arms, reader)
+    full = run_unit(ctx, arm, folds[0], tmp_path / "full")
+    assert run_unit(ctx, arm, folds[0], tmp_path / "cut", epoch_limit=1) is None  # "killed" after epoch 1
     assert torch.load(tmp_path / "cut" / "state.pt", weights_only=True)["epoch"] == 1
-    resumed = T.run_unit(ctx, arm, folds[0], tmp_path / "cut")
-    assert len(resumed["oof"]) == len(full["oof"]) == 3  # probe + 2 epochs
-    np.testing.assert_allclose(resumed["oof"], full["oof"], atol=1e-6)
-    np.testing.assert_allclose(resumed["train_loss"], full["train_loss"], atol=1e-6)
+    resumed = run_unit(ctx, arm, folds[0], tmp_path / "cut")
+    assert len(resumed.oof) == len(full.oof) == 3  # probe + 2 epochs
+    np.testing.assert_allclose(resumed.oof, full.oof, atol=1e-6)
+    np.testing.assert_allclose(resumed.train_loss, full.train_loss, atol=1e-6)
 
 
 @pytest.mark.slow
 def test_prefix_recomputed_per_batch_when_over_the_memory_cap_gives_the_same_unit(cache, tmp_path):
-    from fibrosis.train import tune as T
+    """The augmented views (and plain activations) kept in memory, or recomputed per batch from
+    the images with the same seeds: the same inputs, so the same training."""
+    from fibrosis.train.tune import setup
+    from fibrosis.train.tune.models import prepare_base
+    from fibrosis.train.tune.unit import run_unit
 
     records = []
     for cap in (4096, 0):  # 0 MB: nothing kept, the frozen prefix runs again for every batch
-        ctx, folds, arms, reader = T.setup(load_config(None, BASE + [f"tune.cache_mb={cap}"]), cache, tmp_path / str(cap))
+        ctx, folds, arms, reader = setup(load_config(None, BASE + [f"tune.cache_mb={cap}"]), cache, tmp_path / str(cap))
         arm = next(a for a in arms if a.name == "last1-x0.1")
-        T.prepare_base(ctx, arm, arms, reader)
-        assert ctx.acts[arm.base_key].keep == (cap > 0)
-        records.append(T.run_unit(ctx, arm, folds[1], tmp_path / str(cap) / "unit"))
-    np.testing.assert_allclose(records[0]["oof"], records[1]["oof"], atol=1e-5)
+        prepare_base(ctx, arm, arms, reader)
+        acts = ctx.acts[arm.base_key]
+        assert acts.keep == acts.keep_views == (cap > 0)
+        records.append(run_unit(ctx, arm, folds[1], tmp_path / str(cap) / "unit"))
+    assert ctx.acts[arm.base_key].augment is not None  # fine-tuning saw augmented views, not the plain images
+    np.testing.assert_allclose(records[0].oof, records[1].oof, atol=1e-5)
+    np.testing.assert_allclose(records[0].train_loss, records[1].train_loss, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -361,10 +466,10 @@ def test_calibrated_loss_ignores_logit_scale_and_judges_ranking():
 def test_one_se_rule_ranks_a_tta_twin_just_after_its_arm():
     twin = {"name": "last1-x0.01+tta", "auc": 0.845, "se": 0.04, "depth": 1, "lr_ratio": 100.0, "tta": True}
     # Within one SE of the best (0.86 - 0.03) and higher than its arm, but TTA counts as more: the arm wins.
-    assert one_se_choice(ARMS + [twin])[0] == "last1-x0.01"
+    assert first_choice(ARMS + [twin], "one-se")[0] == "last1-x0.01"
     # A twin that beats everything by more than the plain arms' reach is chosen (depth 0 < 1).
     best = {"name": "head-only+tta", "auc": 0.90, "se": 0.03, "depth": 0, "lr_ratio": 1.0, "tta": True}
-    assert one_se_choice(ARMS + [best])[0] == "head-only+tta"
+    assert first_choice(ARMS + [best], "one-se")[0] == "head-only+tta"
 
 
 def test_arm_names_ending_in_plus_tta_are_reserved():
@@ -376,12 +481,14 @@ def test_arm_names_ending_in_plus_tta_are_reserved():
 @pytest.mark.slow
 def test_tta_twins_table_cache_and_identity_check(tuned, cache, tmp_path):
     from fibrosis.model.tta import DEFAULT_VARIANTS, Variant
-    from fibrosis.train import tune as T
-    from fibrosis.train.tta_arms import tta_twin
+    from fibrosis.train.tune import ArmResult, setup
+    from fibrosis.train.tune.models import base_model, member
+    from fibrosis.train.tune.tta import tta_twin
 
     out, result = tuned
     arms = {a["name"]: a for a in result["arms"]}
-    for name in ("random-init", "head-only", "last1-x0.1"):
+    assert "random-init+tta" not in arms  # the control is judged as trained
+    for name in ("reference", "head-only", "last1-x0.1", "partial"):
         twin = arms[f"{name}+tta"]
         assert twin["tta"] and twin["base_arm"] == name and twin["epoch"] == arms[name]["epoch"]
         assert twin["depth"] == arms[name]["depth"] and twin["ci"] and twin["tta_seconds"] >= 0
@@ -395,10 +502,11 @@ def test_tta_twins_table_cache_and_identity_check(tuned, cache, tmp_path):
     work = tmp_path / "t"
     shutil.copytree(out, work)
     cfg = load_config(None, BASE)
-    ctx, folds, arms_, reader = T.setup(cfg, cache, work)
+    ctx, folds, arms_, reader = setup(cfg, cache, work)
     arm = next(a for a in arms_ if a.name == "last1-x0.1")
-    res = T._arm_from_summary(arm, work / "cv" / arm.name / "arm.json")
+    res = ArmResult.read(arm, work / "cv" / arm.name / "arm.json")
     shutil.rmtree(work / "cv" / "last1-x0.1+tta")
+    folds = [f for f in folds if f.repeat == 0]
     ident = tta_twin(ctx, res, folds, reader, work, arms_, variants=(Variant("identity"),))
     np.testing.assert_allclose(ident.oof, res.oof, atol=1e-4)
     # Cached: a second call reads arm.json back instead of predicting again.
@@ -412,17 +520,18 @@ def test_tta_twins_table_cache_and_identity_check(tuned, cache, tmp_path):
         arm = next(a for a in arms_ if a.name == name)
         epoch = arms[name]["epoch"]
         rec = json.loads((out / "cv" / f"{name}+tta" / "r0-f1.json").read_text())
-        T.base_model(ctx, arm)
-        member = T._member(ctx, arm, work / "cv" / name / "r0-f1", epoch).set_tta(DEFAULT_VARIANTS)
-        full = predict_rows(member, reader, rec["heldout"], 16, "cpu", amp=False)
+        base_model(ctx, arm)
+        model = member(ctx, arm, work / "cv" / name / "r0-f1", epoch).set_tta(DEFAULT_VARIANTS)
+        full = predict_rows(model, reader, rec["heldout"], 16, "cpu", amp=False)
         np.testing.assert_allclose(rec["oof"][0], full, atol=1e-4)
     # Over the memory cap the views' prefix is recomputed per batch: same logits.
     cap0 = tmp_path / "cap0"
     shutil.copytree(out, cap0)
     shutil.rmtree(cap0 / "cv" / "last1-x0.1+tta")
-    ctx0, folds0, arms0, reader0 = T.setup(load_config(None, BASE + ["tune.cache_mb=0"]), cache, cap0)
+    ctx0, folds0, arms0, reader0 = setup(load_config(None, BASE + ["tune.cache_mb=0"]), cache, cap0)
     arm0 = next(a for a in arms0 if a.name == "last1-x0.1")
-    twin0 = tta_twin(ctx0, T._arm_from_summary(arm0, cap0 / "cv" / arm0.name / "arm.json"), folds0, reader0, cap0, arms0)
+    folds0 = [f for f in folds0 if f.repeat == 0]
+    twin0 = tta_twin(ctx0, ArmResult.read(arm0, cap0 / "cv" / arm0.name / "arm.json"), folds0, reader0, cap0, arms0)
     assert not ctx0.views[(arm0.base_key, DEFAULT_VARIANTS)].keep
     np.testing.assert_allclose(twin0.oof, json.loads((out / "cv" / "last1-x0.1+tta" / "arm.json").read_text())["oof"],
                                atol=1e-4)
@@ -455,3 +564,51 @@ def test_choosing_a_tta_twin_packages_a_checkpoint_with_tta_on(tuned, cache, tmp
     ckpt_plain = load_checkpoint(plain)
     assert ckpt_plain["tta"] is None and ckpt_plain["config"]["model"]["tta"] is False
     assert all(torch.equal(ckpt["model"][k], v) for k, v in ckpt_plain["model"].items())
+
+
+@pytest.mark.slow
+def test_lp_ft_at_learning_rate_zero_reproduces_the_probe_exactly(cache, tmp_path):
+    import dataclasses
+
+    from fibrosis.train.tune import setup
+    from fibrosis.train.tune.models import prepare_base
+    from fibrosis.train.tune.unit import run_unit
+
+    cfg = load_config(None, BASE)
+    cfg = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, lr=0.0))  # below tune.lr's range, on purpose
+    ctx, folds, arms, reader = setup(cfg, cache, tmp_path / "t")
+    ft, probe = (next(a for a in arms if a.name == n) for n in ("last1-x0.1", "head-only"))
+    prepare_base(ctx, ft, arms, reader)
+    rec = run_unit(ctx, ft, folds[0], tmp_path / "ft")
+    assert len(rec.oof) == 3 and all(z == rec.oof[0] for z in rec.oof[1:])  # bit for bit, augmented epochs and all
+    head = run_unit(ctx, probe, folds[0], tmp_path / "probe")
+    np.testing.assert_allclose(rec.oof[0], head.oof[0], atol=1e-4)  # the network in float32, the probe in float64
+
+
+@pytest.mark.slow
+def test_train_recipe_arm_is_fibrosis_train_on_each_fold(tuned, cache):
+    from fibrosis.data.cache import CacheReader
+    from fibrosis.io import read_csv
+    from fibrosis.model.inference import predict_rows
+    from fibrosis.train.tune.context import UnitRecord
+
+    out, result = tuned
+    arm = next(a for a in result["arms"] if a["name"] == "partial")
+    assert arm["recipe"] == "train" and arm["depth"] == 1 and arm["lr_ratio"] == pytest.approx(10.0)
+    rows = read_csv(cache / "manifest.csv")
+    folds = [r for r in csv.DictReader(open(out / "folds.csv")) if r["repeat"] == "0" and r["fold"] == "0"]
+    heldout = {r["content_hash"] for r in folds}
+    unit = out / "cv" / "partial" / "r0-f0"
+    ckpt = load_checkpoint(unit / "run" / "best.pt")
+    assert [s["name"] for s in ckpt["stages"]] == ["head", "finetune"]  # the preset's own stages
+    assert ckpt["stages"][1]["unfreeze"] == ["layer4"]
+    trained, val = set(ckpt["split_keys"]["train"]["images"]), set(ckpt["split_keys"]["val"]["images"])
+    assert trained and val and not (trained | val) & heldout and not trained & val  # an inner validation part
+    assert not (unit / "run" / "last.pt").exists()
+    rec = UnitRecord.read(unit / "done.json")
+    model, _ = load_model(unit / "run" / "best.pt")
+    index = {r["content_hash"]: i for i, r in enumerate(rows)}
+    assert sorted(rec.heldout) == sorted(index[h] for h in heldout)
+    z = predict_rows(model, CacheReader(cache, rows), rec.heldout, 8, "cpu", amp=False)
+    np.testing.assert_allclose(rec.oof[0], z, atol=1e-5)
+

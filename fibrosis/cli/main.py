@@ -281,13 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     p = add("tune", cmd_tune,
-            "How much to unfreeze? Patient-level k-fold CV over train+val of linear probe, "
-            "fine-tuning arms and a random-init control; picks an arm by the one-SE rule and leaves "
-            "its fold models as one ensemble checkpoint in OUT/best.pt (resumable).")
+            "How much to unfreeze? Patient-level k-fold CV over train+val of a scikit-learn reference, "
+            "the linear probe, fine-tuning arms (with augmentation), `fibrosis train`'s partial preset and "
+            "a random-init control; picks an arm by the one-SE rule, kept only if it beats the best simpler "
+            "arm in every repeat of the CV, reports its selection-adjusted AUC, and leaves its fold models "
+            "as one ensemble checkpoint in OUT/best.pt (resumable).")
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="tune directory (re-run to resume)")
     p.add_argument("--max-units", type=int, default=None,
-                   help="stop after N (fold, arm) units in this invocation; re-run to continue")
+                   help="stop after N (fold, arm) units of the first repeats in this invocation; re-run to continue")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_args(p)

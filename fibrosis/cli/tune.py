@@ -2,10 +2,11 @@
 
 Composition of the stages (this is the layer allowed to see all of them):
 fibrosis.train.tune runs every (fold, arm) model and its out-of-fold curves;
-fibrosis.evaluate.selection judges the arms (DeLong, one-SE rule) and fits calibration
-and thresholds on the chosen arm's pooled OOF logits; fibrosis.train.tune.package leaves
-the deployable checkpoint in ``OUT/best.pt``, which `evaluate`, `report` and `score` take
-like any run. ``OUT/tune.json`` holds the arms table the report shows.
+fibrosis.evaluate.selection judges the arms (DeLong, the first choice, replication over repeats,
+selection-adjusted AUC) and fits calibration and thresholds on the chosen arm's pooled OOF
+logits; fibrosis.train.tune.package leaves the deployable checkpoint in ``OUT/best.pt``, which
+`evaluate`, `report` and `score` take like any run. ``OUT/tune.json`` holds the arms table the
+report shows.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import logging
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from fibrosis.config import Config, config_to_dict
 from fibrosis.io import write_json
@@ -25,9 +28,9 @@ TUNE_FILE = "tune.json"
 
 def run_tune(cfg: Config, cache: str | Path, out: str | Path, *, device: str | None = None,
              max_units: int | None = None, progress: bool = True) -> dict[str, Any] | None:
-    """Cross-validate, select, package; returns the tune.json content (None when stopped early
-    by ``max_units``; run again to continue)."""
-    from fibrosis.evaluate.selection import fit_oof_operating_points, select_arm
+    """Cross-validate, select (replicated over the finalists' repeats), package; returns the
+    tune.json content (None when stopped early by ``max_units``; run again to continue)."""
+    from fibrosis.evaluate.selection import fit_oof_operating_points, select_arm, selection_adjusted
     from fibrosis.model.checkpoint import update_checkpoint
     from fibrosis.train.tune import cross_validate, package
 
@@ -37,32 +40,100 @@ def run_tune(cfg: Config, cache: str | Path, out: str | Path, *, device: str | N
     cv = cross_validate(cfg, cache, out, device=dev, max_units=max_units, progress=progress)
     if not cv.complete:
         return None
-    oof = {r.arm.name: r.oof for r in cv.arms}
-    meta = {r.arm.name: r.to_dict() for r in cv.arms}
+    oof = {r.name: r.oof for r in cv.arms}
+    meta = {r.name: r.to_dict(cfg) for r in cv.arms}
     for m in meta.values():
         m["base"] = base_arm(m, meta)
     sel = select_arm(cv.y, oof, meta, cfg.evaluate.ci_level, cfg.tune.selection)
     logger.info("%s", sel["reason"])
-    path = package(cfg, cache, out, cv, sel["chosen"], device=dev)
+    chosen, reason, checks = _replicate(cfg, cv, sel, out, progress)
+    rows = {a["name"]: a for a in sel["arms"]}
+    by_name = {r.name: r for r in cv.arms}
+    for name, r in by_name.items():  # every repeat each arm ran, after the finalists' repeats
+        rows[name]["repeat_aucs"] = _repeat_aucs(cv.y, r.by_repeat)
+        rows[name].update(r.total_cost().to_dict())
+        rows[name]["failed"] = r.failed
+    live = {n: r.fold_auc_at_epoch() for n, r in by_name.items() if not r.failed}
+    adjusted = selection_adjusted(live, chosen, rows[chosen]["auc"])
+    logger.info("chosen %r: pooled OOF AUC %.3f, selection-adjusted %.3f (Tibshirani & Tibshirani bias %.3f over "
+                "%d folds and %d arms)", chosen, adjusted["pooled_auc"], adjusted["auc"], adjusted["bias"],
+                adjusted["folds"], adjusted["arms"])
+    path = package(cfg, cache, out, cv, chosen, device=dev)
     dev_rows = [cv.rows[i] for i in cv.dev]
-    calibration, threshold = fit_oof_operating_points(dev_rows, oof[sel["chosen"]], cfg.evaluate)
-    result = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    calibration, threshold = fit_oof_operating_points(dev_rows, oof[chosen], cfg.evaluate)
+    result = {**sel, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "tune_config": config_to_dict(cfg.tune), "arch": cfg.model.arch,
-              "folds": cfg.tune.folds, "repeats": cfg.tune.repeats,
+              "folds": cfg.tune.folds, "repeats": cfg.tune.repeats, "finalist_repeats": cfg.tune.finalist_repeats,
               "n_dev": len(cv.dev), "n_dev_pos": int(cv.y.sum()),
               "n_dev_patients": len({cv.rows[i]["patient_key"] for i in cv.dev}),
-              "feature_seconds": round(cv.feature_seconds, 1), "final": cfg.tune.final,
-              "checkpoint": path.name, **sel,
+              "features": cv.feature_cost.to_dict(), "final": cfg.tune.final,
+              "checkpoint": path.name, "first_choice": sel["chosen"], "chosen": chosen, "reason": reason,
+              "replication": checks, "selection_adjusted": adjusted,
               "skipped_arms": cv.ctx.skipped if cv.ctx else {}, "aux": cv.ctx.aux_summary() if cv.ctx else {},
               "minutes_total": round((time.perf_counter() - t0) / 60, 2)}
     update_checkpoint(path, calibration=calibration, threshold=threshold,
-                      tune_selection={"chosen": sel["chosen"], "reason": sel["reason"]})
+                      tune_selection={"chosen": chosen, "reason": reason,
+                                      "selection_adjusted_auc": adjusted["auc"]})
     write_json(out / TUNE_FILE, result)
     log_table(result)
     return result
 
 
-RECIPE = ("init", "unfreeze", "lr_ratio", "arch", "input_size")
+def _repeat_aucs(y: np.ndarray, by_repeat: dict[int, np.ndarray]) -> dict[str, float]:
+    from fibrosis.evaluate.selection import repeat_aucs
+
+    return {str(r): round(a, 4) for r, a in repeat_aucs(y, by_repeat).items()}
+
+
+def _replicate(cfg: Config, cv: Any, sel: dict[str, Any], out: Path, progress: bool
+               ) -> tuple[str, str, list[dict[str, Any]]]:
+    """The first choice, kept only where its gain over the best simpler arm holds in every repeat
+    (the finalists get ``tune.finalist_repeats`` more deals), and where it matches the reference
+    on the mean over repeats. Returns (chosen, reason, the checks made)."""
+    from fibrosis.evaluate.selection import repeat_aucs, replication, rival
+    from fibrosis.train.tune import extend_repeats
+
+    chosen, reason, checks = sel["chosen"], sel["reason"], []
+    if cfg.tune.selection == "best":
+        return chosen, reason, checks
+    by_repeat = lambda: {r.name: r.by_repeat for r in cv.arms}  # noqa: E731 -- grows as repeats run
+    reference = sel.get("reference")
+    while True:
+        other = rival(sel["arms"], chosen)
+        extend_repeats(cv, [n for n in (chosen, other, reference) if n], out, progress=progress)
+        if other is None:
+            break
+        check = replication(cv.y, chosen, other, by_repeat())
+        failed = next((r.failed for r in cv.arms if r.name == chosen and r.failed), None)
+        if failed:  # a fold model of a further repeat gave constant output: not a model to deploy
+            check["holds"] = False
+            logger.warning("replication: %r failed in a finalist repeat (%s)", chosen, failed)
+        checks.append(check)
+        aucs = ", ".join(f"{a:.3f} vs {b:.3f}" for a, b in zip(check["chosen_auc"], check["rival_auc"]))
+        if check["holds"]:
+            logger.info("replication: %r beats the simpler %r in every repeat (%s)", chosen, other, aucs)
+            if chosen == sel["chosen"]:
+                reason += f" It beat the best simpler arm {other!r} in every repeat of the cross-validation ({aucs})."
+            break
+        logger.info("replication: %r does not beat the simpler %r in every repeat (%s): %r is kept instead",
+                    chosen, other, aucs, other)
+        reason = (f"Chose {other!r}: {chosen!r} did not beat this simpler arm in every repeat of the "
+                  f"cross-validation (AUC per repeat {aucs}), so its gain did not replicate.")
+        chosen = other
+    if reference and chosen != reference:
+        mine = np.mean(list(repeat_aucs(cv.y, by_repeat()[chosen]).values()))
+        ref = np.mean([a for r, a in repeat_aucs(cv.y, by_repeat()[reference]).items()
+                       if r in by_repeat()[chosen]])
+        if mine < ref:
+            logger.warning("the chosen arm %r has a lower OOF AUC than the reference %r over the same repeats "
+                           "(%.3f vs %.3f): the reference is kept", chosen, reference, mine, ref)
+            reason = (f"Chose the reference {reference!r}: the tool's choice {chosen!r} did not match it on the "
+                      f"mean out-of-fold AUC over the same repeats ({mine:.3f} vs {ref:.3f}).")
+            chosen = reference
+    return chosen, reason, checks
+
+
+RECIPE = ("recipe", "init", "unfreeze", "lr_ratio", "arch", "input_size")
 
 
 def base_arm(arm: dict[str, Any], arms: dict[str, dict[str, Any]]) -> str | None:
@@ -77,18 +148,32 @@ def base_arm(arm: dict[str, Any], arms: dict[str, dict[str, Any]]) -> str | None
 
 
 def log_table(result: dict[str, Any]) -> None:
-    """The arms table in the log: OOF AUC with CI, differences to random init and to the same
-    recipe without add-ons (paired p), epochs, minutes."""
+    """The arms table in the log: OOF AUC with CI, differences to the reference and to the same
+    recipe without add-ons (paired p), AUC per repeat, OOF logit sd, epochs, minutes."""
     lvl = f"{100 * result['level']:.4g}%"
     paired = lambda t: f"{t['difference']:+.3f} (p={t['p']:.3f})" if t else "-"  # noqa: E731
-    logger.info("%-18s %-7s %-12s %-20s %-20s %5s %6s", "arm", "OOF AUC", f"{lvl} CI", "vs random (p)",
-                "vs base (p)", "epoch", "min")
+    logger.info("%-20s %-7s %-12s %-20s %-20s %-22s %6s %5s %6s %7s", "arm", "OOF AUC", f"{lvl} CI",
+                "vs reference (p)", "vs base (p)", "AUC per repeat", "sd", "epoch", "min", "CPU min")
     for a in result["arms"]:
+        mark = "  <- chosen" if a["name"] == result["chosen"] else ""
+        if a.get("failed"):
+            logger.info("%-20s FAILED: %s%s", a["name"], a["failed"], mark)
+            continue
         ci = f"{a['ci'][0]:.3f}-{a['ci'][1]:.3f}" if a["ci"] else "n/a"
-        logger.info("%-18s %-7.3f %-12s %-20s %-20s %5d %6.1f%s", a["name"], a["auc"], ci, paired(a.get("vs_random")),
-                    paired(a.get("vs_base")), a["epoch"], a["minutes"],
-                    "  <- chosen" if a["name"] == result["chosen"] else "")
+        reps = ", ".join(f"{v:.3f}" for v in (a.get("repeat_aucs") or {}).values())
+        logger.info("%-20s %-7.3f %-12s %-20s %-20s %-22s %6.2f %5d %6.1f %7.1f%s", a["name"], a["auc"], ci,
+                    paired(a.get("vs_reference")), paired(a.get("vs_base")), reps, a.get("oof_sd", float("nan")),
+                    a["epoch"], a["minutes"], a["cpu_minutes"], mark)
         if a.get("aux_auc"):
-            logger.info("%18s auxiliary heads' own OOF AUC: %s", "",
+            logger.info("%20s auxiliary heads' own OOF AUC: %s", "",
                         ", ".join(f"{k} {v:.2f}" for k, v in a["aux_auc"].items()))
+    feats = result.get("features") or {}
+    if feats:
+        logger.info("frozen features and augmented views, shared by the arms of each backbone: %.1f min (%.1f CPU min)",
+                    feats["minutes"], feats["cpu_minutes"])
+    adj = result.get("selection_adjusted")
+    if adj:
+        logger.info("chosen %r: pooled OOF AUC %.3f is optimistic (chosen on these predictions); selection-adjusted "
+                    "%.3f (Tibshirani & Tibshirani 2009). Paired p-values hold the trained models fixed and are "
+                    "not corrected for the number of arms.", result["chosen"], adj["pooled_auc"], adj["auc"])
     logger.info("%s", result["reason"])

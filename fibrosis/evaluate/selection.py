@@ -8,54 +8,70 @@ for one caller, and would give training code a way to start choosing on AUCs by 
 So train stays free of selection statistics and the `tune` command composes the two.
 
 Selection: pooled OOF AUC per arm with a DeLong CI; a paired DeLong test of each arm
-against the best and against random initialisation; the **one-standard-error rule**: among
-the arms whose AUC is within one DeLong SE of the best arm's, take the least-unfrozen (then
-the slower backbone learning rate, then the fewest add-ons such as auxiliary heads, then
-without test-time augmentation) -- the simplest model the data cannot tell apart from the
-best. A TTA twin (``<arm>+tta``, fibrosis.train.tta_arms) is the same models averaged over
-several views: more inference for no new weights, so it ranks just after its own arm. An arm
-with add-ons (auxiliary heads) or a twin is also tested (paired DeLong) against its ``base``:
-the same recipe without them.
+against the best, the reference and the random-init control. The first choice is the arm
+with the highest pooled OOF AUC (``tune.selection: replicated``, the default, and ``best``),
+or the **one-standard-error rule** (``one-se``): among the arms within one DeLong SE of the
+best, the simplest (:func:`complexity`: least unfrozen, then the slower learning rate, then
+fewer add-ons such as auxiliary heads, then without test-time augmentation, then the plainer
+recipe). An arm whose fold model failed (constant output) is never chosen.
+
+**Replication** (``replicated`` and ``one-se``; :func:`rival`, :func:`replication`): one
+cross-validation deal is one draw, and the highest of many arms is partly luck. The first
+choice is kept over the best simpler arm only if it beats it in *every* repeat of the k-fold
+(``tune.finalist_repeats`` more deals for the finalists); otherwise the simpler arm takes its
+place and must in turn beat its own simpler rival. The chosen arm must also match the
+reference on the mean over repeats. The paired p-values hold the trained models fixed: they
+say how surely these fold models differ on these patients, not how a retrained model would.
+
+The chosen arm's pooled OOF AUC is optimistic (it won on these predictions);
+:func:`selection_adjusted` gives Tibshirani & Tibshirani's (2009) bias-corrected estimate.
 """
 from __future__ import annotations
 
+import typing
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from fibrosis.config import EvaluateConfig
+from fibrosis.config import ArmRecipe, EvaluateConfig, Selection
 from fibrosis.evaluate import metrics as M
 from fibrosis.evaluate.run import OOF_FIT, Predictions, WarningLog, fit_operating_points
 from fibrosis.numeric import MetricWarning
 
 OOF_SPLIT = OOF_FIT  # what the calibration/threshold record names as its fit data
+RECIPES = typing.get_args(ArmRecipe)  # simplest first
 
 
-def one_se_choice(arms: Sequence[dict[str, Any]], rule: str = "one-se") -> tuple[str, str]:
+def complexity(a: Mapping[str, Any]) -> tuple:
+    """How much an arm changes, as a sort key (smaller = simpler): depth (0 = head only), then a
+    larger ``lr_ratio`` (slower fine-tuning) as less, then fewer add-ons (``extras``), then no
+    TTA, then the plainer recipe."""
+    return (a["depth"], -a["lr_ratio"], a.get("extras", 0), bool(a.get("tta")),
+            RECIPES.index(a.get("recipe", "lp-ft")))
+
+
+def first_choice(arms: Sequence[dict[str, Any]], rule: str) -> tuple[str, str]:
     """(chosen arm name, one-sentence reason) from records with name, auc, se, depth, lr_ratio
-    (and optionally ``extras``, the number of add-ons, 0 when absent).
-
-    ``depth`` orders arms from least to most unfrozen (0 = head only); among equal depth a
-    larger ``lr_ratio`` (slower backbone) counts as less change, then fewer add-ons, then no TTA
-    (``tta`` false or absent) as less than TTA.
-    """
+    (and optionally ``extras``, ``tta``, ``recipe``, ``failed``); failed arms are never chosen."""
+    arms = [a for a in arms if not a.get("failed")]
     if not arms:
-        raise ValueError("no arms to choose from")
-    best = max(arms, key=lambda a: (a["auc"], -a["depth"]))
-    if rule == "best":
+        raise ValueError("no arms to choose from (every arm failed or none ran)")
+    best = max(arms, key=lambda a: (a["auc"], [-v for v in complexity(a)]))
+    if rule in ("best", "replicated"):
         return best["name"], (f"Chose {best['name']!r}: the highest pooled out-of-fold AUC "
                               f"({best['auc']:.3f}).")
+    if rule != "one-se":
+        raise ValueError(f"tune.selection={rule!r}; allowed: {list(typing.get_args(Selection))}")
     se = best.get("se") or 0.0
     within = [a for a in arms if a["auc"] >= best["auc"] - se]
-    chosen = min(within, key=lambda a: (a["depth"], -a["lr_ratio"], a.get("extras", 0), bool(a.get("tta")),
-                                        -a["auc"]))
+    chosen = min(within, key=lambda a: (complexity(a), -a["auc"]))
     if chosen["name"] == best["name"]:
         reason = (f"Chose {chosen['name']!r}: it has the highest pooled out-of-fold AUC ({best['auc']:.3f}) and "
-                  f"no less-unfrozen arm comes within one standard error ({se:.3f}) of it.")
+                  f"no simpler arm comes within one standard error ({se:.3f}) of it.")
     else:
-        reason = (f"Chose {chosen['name']!r} (out-of-fold AUC {chosen['auc']:.3f}): the least-unfrozen arm within "
+        reason = (f"Chose {chosen['name']!r} (out-of-fold AUC {chosen['auc']:.3f}): the simplest arm within "
                   f"one standard error ({se:.3f}) of the best arm {best['name']!r} ({best['auc']:.3f}), "
                   f"since the data cannot tell them apart and fewer trained weights overfit less.")
     return chosen["name"], reason
@@ -72,32 +88,86 @@ def _paired(y: np.ndarray, a: np.ndarray, b: np.ndarray, level: float) -> dict[s
 
 
 def select_arm(y: Sequence[int], oof: dict[str, np.ndarray], meta: dict[str, dict[str, Any]],
-               level: float = 0.95, rule: str = "one-se") -> dict[str, Any]:
-    """The arms table and the choice. ``oof``: arm -> pooled OOF logits (same case order as ``y``);
-    ``meta``: arm -> {depth, lr_ratio, init, ...} (copied into the table); a TTA twin's meta has
-    ``tta: true`` and ``base_arm`` (its arm without TTA)."""
+               level: float = 0.95, rule: str = "replicated") -> dict[str, Any]:
+    """The arms table and the first choice (see the module docstring). ``oof``: arm -> pooled OOF logits (same case order
+    as ``y``); ``meta``: arm -> {depth, lr_ratio, init, recipe, failed, ...} (copied into the
+    table); a TTA twin's meta has ``tta: true`` and ``base_arm`` (its arm without TTA). A failed
+    arm's row keeps its reason and gets no AUC."""
     y = np.asarray(y, int)
     log = WarningLog()
     table = []
     for name, z in oof.items():
+        row = {**meta[name], "name": name}
+        if row.get("failed"):
+            table.append({**row, "auc": None, "se": None, "ci": None, "roc": None})
+            continue
         with log.step(f"OOF AUC ({name})"):
             d = M.auc_delong(y, z, level)
-        table.append({**meta[name], "name": name, "auc": d["auc"], "se": d["se"], "ci": d["ci"],
-                      "roc": M.roc_points(y, z)})
-    chosen, reason = one_se_choice(table, rule)
-    best = max(table, key=lambda a: (a["auc"], -a["depth"]))
-    randoms = [a for a in table if a.get("init") == "random" and not a.get("tta")]  # the control as trained
-    control = max(randoms, key=lambda a: a["auc"]) if randoms else None
+        table.append({**row, "auc": d["auc"], "se": d["se"], "ci": d["ci"], "roc": M.roc_points(y, z)})
+    live = [a for a in table if not a.get("failed")]
+    chosen, reason = first_choice(live, rule)
+    best = max(live, key=lambda a: (a["auc"], [-v for v in complexity(a)]))
+    control = _first(live, lambda a: a.get("init") == "random" and not a.get("tta"))  # the control as trained
+    reference = _first(live, lambda a: a.get("recipe") == "reference" and not a.get("tta"))
     for a in table:
-        a["vs_best"] = None if a["name"] == best["name"] else _paired(y, oof[a["name"]], oof[best["name"]], level)
-        a["vs_random"] = (None if control is None or a["name"] == control["name"]
-                          else _paired(y, oof[a["name"]], oof[control["name"]], level))
+        ok = not a.get("failed")
+        pair = lambda other: (None if not ok or other is None or a["name"] == other["name"]  # noqa: E731
+                              else _paired(y, oof[a["name"]], oof[other["name"]], level))
+        a["vs_best"], a["vs_random"], a["vs_reference"] = pair(best), pair(control), pair(reference)
         # against the same recipe without its add-ons, or a TTA twin against its own arm: same patients
         base = a.get("base") or a.get("base_arm")
-        a["vs_base"] = _paired(y, oof[a["name"]], oof[base], level) if base in oof else None
+        a["vs_base"] = _paired(y, oof[a["name"]], oof[base], level) if ok and base in oof and \
+            not meta[base].get("failed") else None
     return {"level": level, "rule": rule, "n": int(len(y)), "n_pos": int(y.sum()), "arms": table,
             "best": best["name"], "random_control": control["name"] if control else None,
+            "reference": reference["name"] if reference else None,
             "chosen": chosen, "reason": reason, "warnings": log.items}
+
+
+def _first(rows: Sequence[dict[str, Any]], test: Any) -> dict[str, Any] | None:
+    return next((a for a in rows if test(a)), None)
+
+
+def rival(table: Sequence[dict[str, Any]], chosen: str) -> str | None:
+    """The arm ``chosen`` must beat to be kept: the best (pooled OOF AUC) of the arms simpler
+    than it; None when none is simpler."""
+    me = next(a for a in table if a["name"] == chosen)
+    simpler = [a for a in table if not a.get("failed") and complexity(a) < complexity(me)]
+    return max(simpler, key=lambda a: (a["auc"], [-v for v in complexity(a)]))["name"] if simpler else None
+
+
+def repeat_aucs(y: Sequence[int], by_repeat: Mapping[int, np.ndarray]) -> dict[int, float]:
+    """Pooled OOF AUC of each repeat of the k-fold."""
+    y = np.asarray(y, int)
+    return {r: float(M.delong_placements(y, z)[0]) for r, z in sorted(by_repeat.items())}
+
+
+def replication(y: Sequence[int], chosen: str, other: str, by_repeat: Mapping[str, Mapping[int, np.ndarray]]
+                ) -> dict[str, Any]:
+    """Does ``chosen`` beat ``other`` in every repeat both ran? (AUC per repeat, and the verdict)."""
+    a, b = repeat_aucs(y, by_repeat[chosen]), repeat_aucs(y, by_repeat[other])
+    common = sorted(set(a) & set(b))
+    diffs = {r: a[r] - b[r] for r in common}
+    return {"chosen": chosen, "rival": other, "repeats": common, "chosen_auc": [a[r] for r in common],
+            "rival_auc": [b[r] for r in common], "difference": [diffs[r] for r in common],
+            "holds": bool(common) and all(d > 0 for d in diffs.values())}
+
+
+def selection_adjusted(fold_auc: Mapping[str, Mapping[str, float | None]], chosen: str, pooled_auc: float
+                       ) -> dict[str, Any]:
+    """Tibshirani & Tibshirani (2009): the chosen arm's pooled OOF AUC minus the estimated bias of
+    having chosen it, bias = mean over folds k of [best arm's AUC in fold k - chosen's AUC in fold k].
+    ``fold_auc``: arm -> fold -> held-out AUC (None: a fold without both classes). The bias is 0
+    when the chosen arm wins every fold, and grows with how often other arms win by chance."""
+    mine = fold_auc[chosen]
+    gaps = []
+    for fold, own in mine.items():
+        others = [v[fold] for v in fold_auc.values() if v.get(fold) is not None]
+        if own is not None and others:
+            gaps.append(max(others) - own)
+    bias = float(np.mean(gaps)) if gaps else float("nan")
+    return {"auc": pooled_auc - bias, "pooled_auc": pooled_auc, "bias": bias, "folds": len(gaps),
+            "arms": len(fold_auc), "method": "Tibshirani & Tibshirani 2009 (max over arms of each fold's AUC)"}
 
 
 def fit_oof_operating_points(rows: Sequence[dict[str, str]], oof: np.ndarray, ecfg: EvaluateConfig

@@ -315,36 +315,56 @@ def _tune_blocks(t: dict[str, Any]) -> list[Block]:
         return "-" if not d else f"{d['difference']:+.3f} (p={d['p']:.3g})"
 
     twins = any(a.get("tta") for a in t["arms"])  # tune.tta: "<arm>+tta" rows, the same models with TTA
-    rows = [[a["name"], a.get("describe", ""), f"{a['auc']:.3f}", ci3(a["ci"]), vs(a.get("vs_random")),
-             vs(a.get("vs_best")), vs(a.get("vs_base"))]
-            + [str(a.get("epoch", "")), f"{a.get('minutes', 0):.1f}"
-               + (f" (TTA {a['tta_seconds']:.0f} s)" if a.get("tta") else "")] for a in t["arms"]]
+    rows = []
+    for a in t["arms"]:
+        reps = ", ".join(f"{v:.3f}" for v in (a.get("repeat_aucs") or {}).values())
+        minutes = (f"{a.get('minutes', 0):.1f} ({a.get('cpu_minutes', 0):.1f} CPU)"
+                   + (f"; TTA {a['tta_seconds']:.0f} s" if a.get("tta") else ""))
+        if a.get("failed"):
+            rows.append([a["name"], a.get("describe", ""), "failed", a["failed"], "-", "-", "-", "-", "-", "-",
+                         minutes])
+            continue
+        rows.append([a["name"], a.get("describe", ""), f"{a['auc']:.3f}", ci3(a["ci"]), vs(a.get("vs_reference")),
+                     vs(a.get("vs_best")), vs(a.get("vs_base")), reps or "-", num(a.get("oof_sd"), 2),
+                     str(a.get("epoch", "")), minutes])
     reps = f" x {t['repeats']} repeats" if t.get("repeats", 1) > 1 else ""
+    adj = t.get("selection_adjusted")
+    checks = t.get("replication") or []
+    replicated = " ".join(
+        f"{c['chosen']!r} against the simpler {c['rival']!r}: AUC per repeat "
+        + ", ".join(f"{a:.3f} vs {b:.3f}" for a, b in zip(c["chosen_auc"], c["rival_auc"]))
+        + (" (kept)." if c["holds"] else " (not kept: the gain did not replicate).") for c in checks)
     return [
         {"type": "h2", "text": "How much to unfreeze?"},
         {"type": "p", "text": f"Patient-level, label-stratified {t['folds']}-fold cross-validation{reps} over the "
                               f"{t['n_dev']} development images ({t['n_dev_patients']} patients, {t['n_dev_pos']} with "
-                              "fibrosis; the test split was not used). Every arm starts from a linear probe solved on "
-                              "frozen features; fine-tuning arms continue from it with the backbone at a 10x or 100x "
-                              "lower learning rate, for the epoch budget with the lowest pooled out-of-fold loss "
-                              f"({'after Platt recalibration' if (t.get('tune_config') or {}).get('epoch_criterion', 'loss') == 'calibrated-loss' else 'class-weighted, uncalibrated'}). "
+                              "fibrosis; the test split was not used). The first row is the reference: scikit-learn's "
+                              "logistic regression on the backbone's pooled features, what a team would write without "
+                              "this tool. Fine-tuning arms start from the tool's linear probe and train with the same "
+                              "augmentation as `fibrosis train`, for the epoch budget with the lowest pooled "
+                              "out-of-fold loss; the 'partial' row is `fibrosis train` itself, run on each fold. "
                               "AUCs are of the pooled out-of-fold logits (DeLong CI); differences are paired DeLong "
-                              "tests on the same patients. The epoch budget and the arm were chosen on these same "
-                              "out-of-fold predictions, so the chosen arm's AUC here is somewhat optimistic; the "
-                              "test-split results in this report are the unbiased estimate."
+                              "tests on the same patients. Those p-values hold the trained models fixed (they do not "
+                              "include the variation of retraining) and are not corrected for the number of arms. "
+                              "An arm whose fold model gave constant output is marked failed and has no AUC."
                               + (" Rows named '<arm>+tta' are the same fold models scored with test-time "
                                  "augmentation (mean logit over small rotations and scalings, never mirrored); "
-                                 "they rank just after their arm in the one-standard-error rule, and the last "
-                                 "comparison tests them against it. Their minutes include the arm's training."
+                                 "they rank just after their arm in the one-standard-error rule, and the 'vs base' "
+                                 "column tests them against it. Their minutes include the arm's training."
                                  if twins else "")},
         {"type": "table", "caption": "Arms (pooled out-of-fold)",
-         "header": ["arm", "what trains", "OOF AUC", lvl, "vs random init (p)", "vs best (p)",
-                    "vs same arm without add-ons or TTA (p)", "epochs", "minutes"],
+         "header": ["arm", "what trains", "OOF AUC", lvl, "vs reference (p)", "vs best (p)",
+                    "vs same arm without add-ons or TTA (p)", "AUC per repeat", "OOF logit SD", "epochs",
+                    "minutes (CPU minutes)"],
          "rows": rows},
         {"type": "figure", "key": "tune_roc", "half": True,
          "caption": "Out-of-fold ROC curves of every arm; dotted grey: random initialisation."},
     ] + _tune_aux_blocks(t) + [
         {"type": "p", "style": "summary", "text": t["reason"] + (
+            f" Replication over the repeats of the cross-validation: {replicated}" if replicated else "") + (
+            f" Its pooled out-of-fold AUC ({adj['pooled_auc']:.3f}) is optimistic, since it was chosen on these "
+            f"predictions; the selection-adjusted estimate (Tibshirani & Tibshirani 2009) is {adj['auc']:.3f}. The "
+            "test-split results in this report are the unbiased estimate." if adj else "") + (
             f" The model evaluated here is its {t['folds'] * t.get('repeats', 1)} fold models as one ensemble "
             "(mean logit); calibration and thresholds were fitted on the pooled out-of-fold logits."
             if t.get("final", "ensemble") == "ensemble" else

@@ -90,6 +90,7 @@ def tune_roc_figure(arms: Sequence[dict[str, Any]], chosen: str) -> Figure:
     fig = figure(5.6, 5.0)
     ax = fig.add_subplot()
     colours = (BLUE, ORANGE, GREEN, VERMILLION, PURPLE, "#56B4E9", "#F0E442", "#000000")
+    arms = [a for a in arms if a.get("roc")]  # a failed arm has no curve
     for a, colour in zip(arms, colours * (1 + len(arms) // len(colours))):
         mine = a["name"] == chosen
         ax.plot(a["roc"]["fpr"], a["roc"]["tpr"], color=GREY if a.get("init") == "random" else colour,

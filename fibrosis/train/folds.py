@@ -9,6 +9,7 @@ group, as `split` does, so the same lungs cannot be trained on and held out.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,14 @@ class Fold:
     @property
     def name(self) -> str:
         return f"r{self.repeat}-f{self.fold}"
+
+
+def repeat_of(fold_name: str) -> int:
+    """The repeat of a :attr:`Fold.name` (``r1-f3`` -> 1)."""
+    m = re.fullmatch(r"r(\d+)-f-?\d+", fold_name)
+    if m is None:
+        raise ValueError(f"fold name {fold_name!r}; expected r<repeat>-f<fold>")
+    return int(m.group(1))
 
 
 def dev_indices(rows: Sequence[dict[str, str]], where: str = "manifest.csv") -> list[int]:
@@ -75,6 +84,16 @@ def patient_groups(keys: Sequence[str], links: Sequence[tuple[str, str]] = ()) -
     return [find(k) for k in keys]
 
 
+def _strata(rows: Sequence[dict[str, str]], idx: Sequence[int], links: Sequence[tuple[str, str]]
+            ) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(labels, patient group, group label) of rows ``idx``: a group is positive when any of its
+    images is, as `split` stratifies."""
+    y = np.array([int(float(rows[i]["label"])) for i in idx])
+    groups = patient_groups([rows[i]["patient_key"] for i in idx], links)
+    g_pos = {g for g, v in zip(groups, y) if v == 1}
+    return y, groups, np.array([1 if g in g_pos else 0 for g in groups])
+
+
 def make_folds(rows: Sequence[dict[str, str]], folds: int, repeats: int = 1, seed: int = 0,
                links: Sequence[tuple[str, str]] = (), where: str = "manifest.csv") -> list[Fold]:
     """``repeats`` x ``folds`` patient-level folds over the development rows of ``rows``.
@@ -83,16 +102,12 @@ def make_folds(rows: Sequence[dict[str, str]], folds: int, repeats: int = 1, see
     repeat re-deals with seed ``seed + repeat``.
     """
     idx = dev_indices(rows, where)
-    y = np.array([int(float(rows[i]["label"])) for i in idx])
-    groups = patient_groups([rows[i]["patient_key"] for i in idx], links)
+    y, groups, strat = _strata(rows, idx, links)
     n_groups = len(set(groups))
     pos_groups = len({g for g, v in zip(groups, y) if v == 1})
     if pos_groups < folds or n_groups - pos_groups < folds:
         raise ValueError(f"{where}: {pos_groups} positive and {n_groups - pos_groups} negative development "
                          f"patient group(s); tune.folds={folds} needs at least {folds} of each")
-    # A group's label for stratification: positive if any image is (as `split` does).
-    g_pos = {g for g, v in zip(groups, y) if v == 1}
-    strat = np.array([1 if g in g_pos else 0 for g in groups])
     out: list[Fold] = []
     for r in range(repeats):
         skf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + r)
@@ -128,3 +143,15 @@ def check_folds(rows: Sequence[dict[str, str]], folds: Sequence[Fold],
     for r, held in by_repeat.items():
         if sorted(held) != sorted(dev):
             raise RuntimeError(f"repeat {r}: development rows are not each held out exactly once")
+
+
+def inner_validation(rows: Sequence[dict[str, str]], train: Sequence[int], fraction: float, seed: int,
+                     links: Sequence[tuple[str, str]] = ()) -> tuple[list[int], list[int]]:
+    """A fold's training rows cut into (train, val) as `fibrosis split` cuts development data:
+    patient-level (near-duplicate groups kept together), label-stratified, ``fraction`` held for
+    validation (rounded to 1 / k folds of StratifiedGroupKFold, k >= 2)."""
+    idx = list(train)
+    _, groups, strat = _strata(rows, idx, links)
+    k = max(2, round(1 / fraction)) if fraction > 0 else 2
+    tr, va = next(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(idx)), strat, groups))
+    return sorted(idx[i] for i in tr), sorted(idx[i] for i in va)

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,9 +105,13 @@ def train_epoch(step_model: nn.Module, loader: DataLoader, opt: torch.optim.Opti
     return float(total) / max(n, 1), n
 
 
-def _read_splits(cache_dir: Path) -> tuple[CacheReader, list[int], list[int]]:
+def _read_splits(cache_dir: Path, given: tuple[Sequence[int], Sequence[int]] | None = None
+                 ) -> tuple[CacheReader, list[int], list[int]]:
+    """The manifest's train and val rows, or the ``given`` (train, val) row indices (tune's folds)."""
     rows, train_idx = split_rows(cache_dir, "train")
     _, val_idx = split_rows(cache_dir, "val")
+    if given is not None:
+        train_idx, val_idx = list(given[0]), list(given[1])
     where = cache_dir / "manifest.csv"
     for name, idx in (("train", train_idx), ("val", val_idx)):
         pos = sum(row_label(rows[i]) for i in idx)
@@ -207,11 +212,13 @@ def _check_in_sync(model: nn.Module, d: distributed.Dist) -> None:
 
 
 def train(cfg: Config, cache_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
-          max_epochs: int | None = None, device: str | None = None) -> Path:
+          max_epochs: int | None = None, device: str | None = None,
+          rows: tuple[Sequence[int], Sequence[int]] | None = None) -> Path:
     """Train per ``cfg``; returns the best checkpoint's path (``out_dir/best.pt``).
 
     ``max_epochs``: stop after that many epochs in this invocation (time-boxed jobs);
-    ``--resume`` continues. ``device="cpu"`` forces the CPU.
+    ``--resume`` continues. ``device="cpu"`` forces the CPU. ``rows``: (train, val) manifest
+    row indices instead of the manifest's split (`fibrosis tune` runs this recipe per fold).
     """
     d = distributed.setup(device)
     out_dir = Path(out_dir)
@@ -220,7 +227,7 @@ def train(cfg: Config, cache_dir: str | Path, out_dir: str | Path, *, resume: bo
         out_dir.mkdir(parents=True, exist_ok=True)
         handler = runlog.attach_file_log(out_dir / "train.log")
     try:
-        return _train(cfg, Path(cache_dir), out_dir, resume, max_epochs, d)
+        return _train(cfg, Path(cache_dir), out_dir, resume, max_epochs, d, rows)
     finally:
         if handler is not None:
             runlog.detach_file_log(handler)
@@ -279,8 +286,8 @@ class _Stage:
 
 
 def _train(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs: int | None,
-           d: distributed.Dist) -> Path:
-    run = _open(cfg, cache_dir, out_dir, resume, max_epochs, d)
+           d: distributed.Dist, rows: tuple[Sequence[int], Sequence[int]] | None = None) -> Path:
+    run = _open(cfg, cache_dir, out_dir, resume, max_epochs, d, rows)
     state = run.state
     for s in range(state.stage, len(run.stages)):
         if run.out_of_epochs():
@@ -306,7 +313,7 @@ def _train(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs
 
 
 def _open(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs: int | None,
-          d: distributed.Dist) -> _Run:
+          d: distributed.Dist, rows: tuple[Sequence[int], Sequence[int]] | None = None) -> _Run:
     """Seed, read the splits, build the model and its stages, restore a resumed run, and
     fix what every checkpoint of this run records."""
     from monai.utils import set_determinism
@@ -317,7 +324,7 @@ def _open(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs:
     set_determinism(seed=tcfg.seed)
     if not tcfg.deterministic:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
-    reader, train_idx, val_idx = _read_splits(cache_dir)
+    reader, train_idx, val_idx = _read_splits(cache_dir, rows)
     mhash = manifest_hash(cache_dir)
     cfg = cache_ingest_config(cfg, cache_dir)
     model = build_model_from_config(cfg.model)

@@ -13,11 +13,12 @@ import math
 import typing
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, get_args
 
 import torch
+from torch import nn
 
-from fibrosis.config import Preset, StageConfig, TrainConfig
+from fibrosis.config import BatchNormMode, Preset, StageConfig, TrainConfig
 from fibrosis.model.arch import ARCHS, arch_spec
 from fibrosis.model.net import FibrosisNet
 
@@ -81,6 +82,19 @@ def freeze(model: FibrosisNet, unfreeze: Sequence[str]) -> list[str]:
         model.frozen_eval = ("backbone",)
     model.train(model.training)  # re-applies eval mode to the frozen groups now
     return trainable
+
+
+def train_mode(model: FibrosisNet, batchnorm: str) -> None:
+    """``model.train()`` (frozen groups stay in eval mode, see ``FibrosisNet.train``); with
+    ``batchnorm == "frozen"`` every BatchNorm too: its running statistics are used and never
+    updated, while the affine weights of unfrozen groups still train."""
+    if batchnorm not in get_args(BatchNormMode):
+        raise ValueError(f"batchnorm={batchnorm!r}; allowed: {list(get_args(BatchNormMode))}")
+    model.train()
+    if batchnorm == "frozen":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 def backbone_frozen(model: FibrosisNet) -> bool:
