@@ -149,3 +149,33 @@ def test_resume_scores_a_changed_file_again(ckpt, folder, tmp_path, workers):
     _score(ckpt, folder, fresh, workers=workers)
     assert fresh.read_bytes() == out.read_bytes()
     assert fresh.with_suffix(".studies.csv").read_bytes() == out.with_suffix(".studies.csv").read_bytes()
+
+
+# ---------------------------------------------------------------- every side file, and what cells hold
+
+def _raw_cells(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [c for row in csv.reader(fh) for c in row]
+
+
+@pytest.mark.parametrize("side", ["scores.csv", "scores.meta.csv", "scores.studies.csv"])
+def test_a_fifo_at_any_side_file_is_refused_not_waited_on(ckpt, folder, tmp_path, side):
+    import os
+    import signal
+
+    os.mkfifo(tmp_path / side)
+
+    def hung(*_):
+        raise TimeoutError(f"score blocked on the FIFO at {side}")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        with pytest.raises(ValueError, match=rf"{side}: not a regular file: a FIFO \(named pipe\)"):
+            _score(ckpt, folder, tmp_path / "scores.csv")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "in") == [side]  # nothing written beside it
+
+

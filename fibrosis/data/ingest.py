@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import typing
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,10 +32,10 @@ from tqdm import tqdm
 from fibrosis.data.cache import (MANIFEST_COLUMNS, REJECT_COLUMNS, CacheLock, CacheWriter, consolidation_stamp,
                                  record_consolidation, recorded_consolidation)
 
-from fibrosis.io import iter_csv, write_csv
+from fibrosis.io import is_no_space, iter_csv, no_space, write_csv
 from fibrosis.config import IngestConfig, config_to_dict
 from fibrosis.data.discover import FOLDER_ERROR, check_inputs, discover_entries, iter_entries, log_discovery
-from fibrosis.data.ingest_index import PAGE, CommittedIndex
+from fibrosis.data.ingest_index import INDEX_NAME, PAGE, CommittedIndex
 from fibrosis.data.identity import identity, patient_key, resolve_salt
 from fibrosis.data.records import AUX_ASSIGN, STAMP_COLUMNS, Decoded, Rejected, RejectKind, Skipped, file_stamp
 from fibrosis.data.labels import Labels, load_labels
@@ -146,8 +147,9 @@ def _remove_uncommitted(root: Path) -> None:
     if not (root / "parts").is_dir():
         return
     committed = {p.stem for p in (root / "parts").glob("shard-*.csv")}
-    for p in (root / "shards").glob("*.npy"):
-        if p.name.startswith(".") or p.stem not in committed:
+    for p in (root / "shards").iterdir() if (root / "shards").is_dir() else ():
+        # a temporary file of an atomic write (hidden), or a shard whose part never committed
+        if p.name.startswith(".") or (p.suffix == ".npy" and p.stem not in committed):
             p.unlink()
     for p in (root / "parts").iterdir():
         stem = p.stem.replace("rejects-", "shard-")
@@ -260,6 +262,16 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
                          cfg.findings_none) if cfg.labels_csv else None
     check_inputs(inputs)  # a mistyped input is refused before the cache folder is created
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        return _ingest(inputs, root, cfg, labels, strict, workers, progress, verify)
+    except sqlite3.Error as exc:  # the scratch index (in the cache folder) filled the disk
+        if is_no_space(exc):
+            raise no_space(None, root / INDEX_NAME) from None
+        raise
+
+
+def _ingest(inputs: list[str | Path], root: Path, cfg: IngestConfig, labels: Labels | None, strict: bool,
+            workers: int | None, progress: bool, verify: bool) -> IngestSummary:
     counts: Counter = Counter()
     with CacheLock(root), CommittedIndex(root) as index:  # the index is in the cache: lock first
         n_inputs = _index_inputs(index, inputs, root, cfg, labels)
