@@ -36,11 +36,12 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_voi
 
 from fibrosis.config import IngestConfig
+from fibrosis.data.coded import quoted
 from fibrosis.data.dicom import (InputError, check_header, check_luts, check_policy, dicom_meta, read_dataset,
                                  sniff, voi_window)
-from fibrosis.data.discover import not_regular
 from fibrosis.data.j2k import J2K_OVERSAMPLE, decode_reduced
 from fibrosis.data.records import ImageMeta, PatientId
+from fibrosis.io import not_regular
 
 __all__ = ["InputError", "PixelResult", "load_image", "load_bytes", "read_input", "preprocessing_signature"]
 
@@ -180,7 +181,7 @@ def load_bytes(data: bytes, path: str | Path, cfg: IngestConfig,
         raise InputError(path, NOT_AN_IMAGE)
     with _quiet_pydicom():
         ds, ts = read_dataset(data, path, fmt, cfg.max_inflated_mb * MIB)
-        meta = _apply_hints(dicom_meta(ds, ts, fmt), hints or {})
+        meta = _apply_hints(dicom_meta(ds, ts, fmt, cfg), hints or {})
         check_header(ds, meta, path, cfg, len(data))
         check_luts(ds, path, ts)
         check_policy(ds, meta, path, cfg)
@@ -340,7 +341,7 @@ def _display(stored: np.ndarray, modality, voi: tuple[Any, ...] | None, invert: 
         overlap = min(center + width / 2, p_hi) - max(center - width / 2, p_lo)
         if overlap / width >= WINDOW_MIN_COVERAGE:
             if func not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
-                steps.append(f"voi:unknown VOILUTFunction {func!r} treated as LINEAR")
+                steps.append(f"voi:unknown VOILUTFunction {quoted(func)} treated as LINEAR")
                 func = "LINEAR"
             lut = _window(values, center, width, func)
             steps.append(f"voi:window(center={center:g},width={width:g},{func})")
