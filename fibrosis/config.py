@@ -90,6 +90,9 @@ class IngestConfig:
     # is probably shown inverted: exclude it (training and scoring), keep it as shown
     # with a QA note, or invert it (noted too).
     polarity_qa: PolarityQA = "exclude"  # exclude | keep | invert
+    # Distinct findings a findings column may name: each is a 0/1 of every labelled image, so a
+    # column of free text or IDs (a finding per row) would cost rows x findings; refused above this.
+    max_findings: int = 256
 
 
 @dataclass(frozen=True)
@@ -412,6 +415,7 @@ RANGES: dict[str, str] = {
     "ingest.image_size": "[16, 4096]", "ingest.workers": "[0, inf)", "ingest.shard_size": "[1, inf)",
     "ingest.max_rows": "[1, 65535]", "ingest.max_cols": "[1, 65535]",  # (0028,0010/0011) are US
     "ingest.min_side": "[0, inf)", "ingest.max_file_mb": "[1, inf)", "ingest.max_inflated_mb": "[1, inf)", "ingest.voi_percentiles": "[0, 100]",
+    "ingest.max_findings": "[1, inf)",
     "split.train": "[0, 1]", "split.val": "[0, 1]", "split.test": "[0, 1]", "split.calib": "[0, 1]",
     "split.seed": SEED, "split.near_duplicate_hamming": "[0, 256]",  # bits of a 256-bit dHash
     "split.max_group_patients": "[1, inf)",

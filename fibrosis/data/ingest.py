@@ -259,7 +259,8 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
     and every list in memory is at most one shard long."""
     root = Path(cache_dir)
     labels = load_labels(cfg.labels_csv, cfg.label_column, cfg.aux_label_columns, cfg.findings_column,
-                         cfg.findings_none) if cfg.labels_csv else None
+                         cfg.findings_none, max_findings=cfg.max_findings,
+                         views=cfg.excluded_views) if cfg.labels_csv else None
     check_inputs(inputs)  # a mistyped input is refused before the cache folder is created
     root.mkdir(parents=True, exist_ok=True)
     try:
