@@ -297,9 +297,11 @@ def _short(value: Any) -> str:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader without aliases. ``*alias`` re-uses a node, and a few hundred bytes of
-    nested aliases expand to gigabytes once the values are walked or printed (a "billion
-    laughs" file); a config never needs them."""
+    """SafeLoader without aliases and without duplicate keys. ``*alias`` re-uses a node, and a
+    few hundred bytes of nested aliases expand to gigabytes once the values are walked or
+    printed (a "billion laughs" file); a config never needs them. A key given twice in one
+    mapping is refused like an unknown key: PyYAML keeps the last silently, so the first
+    value a reader sees would not be the one that runs."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -308,6 +310,22 @@ class _StrictLoader(yaml.SafeLoader):
                 None, None, f"found alias *{_short(event.anchor)[1:-1]}: YAML aliases are not allowed "
                             "in fibrosis configs (write the value out)", event.start_mark)
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                try:
+                    key = self.construct_object(key_node, deep=True)
+                    hash(key)
+                except (TypeError, yaml.YAMLError):
+                    continue  # an unhashable key: SafeLoader's own error names it
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {_short(key)} (first given on line {first[key] + 1}); "
+                                    "expected each key once in a mapping", key_node.start_mark)
+                first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 def _load_yaml(text: str, where: str) -> Any:
