@@ -28,7 +28,9 @@ class ConfigError(ValueError):
 # (calibration, schedule, engine, score output, cache) and the CLI's `choices` derive their
 # sets from these with typing.get_args; validate() checks every Literal field in one place.
 CacheDtype = Literal["uint8", "uint16"]
-PolarityQA = Literal["exclude", "keep", "invert"]
+# What the polarity check (fibrosis.data.polarity) does with an image: auto = invert when it is
+# confidently inverted, exclude when unsure, keep otherwise (fibrosis.data.pixels.POLARITY_ACTIONS).
+PolarityQA = Literal["auto", "exclude", "keep", "invert"]
 Preset = Literal["head-only", "partial", "full", "auto"]
 Imbalance = Literal["pos_weight", "sampler", "none"]
 CalibrationMethod = Literal["temperature", "platt", "isotonic", "none"]
@@ -86,13 +88,13 @@ class IngestConfig:
     # an empty cell leaves all missing. A finding named like label_column is the target, not an aux.
     findings_column: str | None = None
     findings_none: str = "No Finding"  # the findings-column entry that means "labelled, no finding"
-    # An image whose mediastinum is darker than its lungs (pixels.POLARITY_SUSPECT_BELOW)
-    # is probably shown inverted: exclude it (training and scoring), keep it as shown
-    # with a QA note, or invert it (noted too).
-    polarity_qa: PolarityQA = "exclude"  # exclude | keep | invert
     # Distinct findings a findings column may name: each is a 0/1 of every labelled image, so a
     # column of free text or IDs (a finding per row) would cost rows x findings; refused above this.
     max_findings: int = 256
+    # An image the polarity check finds inverted (lungs bright, bone dark) or cannot call:
+    # auto (invert the confident ones, exclude the unsure), exclude both, invert (and note the
+    # unsure), or keep both as shown with a QA note. Images shown correctly are always kept.
+    polarity_qa: PolarityQA = "auto"  # auto | exclude | keep | invert
 
 
 @dataclass(frozen=True)

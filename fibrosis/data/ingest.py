@@ -59,8 +59,8 @@ class IngestSummary:
     rejected: dict[str, int] = field(default_factory=lambda: {k: 0 for k in REJECT_KINDS})
     unlabeled: int = 0
     strict: bool = False
-    qa_excluded: int = 0  # of rejected["excluded"]: by the polarity QA (ingest.polarity_qa=exclude)
-    qa_flagged: int = 0  # ingested with a QA note (polarity_qa keep or invert)
+    qa_excluded: int = 0  # of rejected["excluded"]: by the polarity check (ingest.polarity_qa)
+    qa_flagged: int = 0  # ingested inverted back, or as shown with a QA note
 
     @property
     def status(self) -> str:
@@ -464,6 +464,6 @@ def _log_summary(summary: IngestSummary, counts: Counter, labels: Labels | None,
                     counts["aux-images"])
     if summary.qa_excluded or summary.qa_flagged:
         # Not a debug-level detail: these images are left out of (or enter) training on a guess.
-        logger.warning("polarity QA (ingest.polarity_qa=%s): %d image(s) excluded as suspected inverted, "
-                       "%d ingested with a qa: note (manifest steps)", cfg.polarity_qa,
+        logger.warning("polarity QA (ingest.polarity_qa=%s): %d image(s) excluded (inverted or unsure), "
+                       "%d ingested inverted back or with a qa: note (manifest steps)", cfg.polarity_qa,
                        summary.qa_excluded, summary.qa_flagged)

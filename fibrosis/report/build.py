@@ -92,8 +92,8 @@ def _qa_line(qa: dict[str, Any] | None) -> str:
     if not qa:
         return "not recorded"
     noted = ", ".join(f"{n} {flag}" for flag, n in qa.get("n_flagged", {}).items()) or "none"
-    return (f"ingest.polarity_qa={qa['polarity_qa']}: {qa['n_excluded']} input(s) excluded as suspected "
-            f"inverted display; images in the cache with a QA note: {noted}")
+    return (f"ingest.polarity_qa={qa['polarity_qa']}: {qa['n_excluded']} input(s) excluded by the polarity "
+            f"check (inverted or unsure display); images in the cache with a QA note: {noted}")
 
 
 def _data_blocks(m: dict[str, Any]) -> list[Block]:

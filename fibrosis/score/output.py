@@ -30,8 +30,8 @@ from fibrosis.io import (CsvRows, csv_line, is_no_space, iter_csv, no_space, not
 
 logger = logging.getLogger(__name__)
 
-# qa: ';'-joined QA findings of the pixel function (fibrosis.data.pixels.qa_flags), e.g.
-# polarity-suspect (kept as shown, or excluded: see status) or polarity-inverted.
+# qa: ';'-joined QA findings of the pixel function (fibrosis.data.pixels.qa_flags): polarity-suspect
+# (looks inverted) or polarity-unsure (kept as shown, or excluded: see status), or polarity-inverted.
 COLUMNS: tuple[str, ...] = (
     "path", "status", "qa", "sop_uid", "series_uid", "study_uid", "patient_key", "view_position",
     "logit", "probability", "decision", "threshold_name", "threshold", "model_id", "engine",

@@ -38,7 +38,7 @@ from fibrosis.io import atomic_write_bytes, file_sha256
 from fibrosis.config import IngestConfig, ScoreConfig, config_from_dict
 from fibrosis.data.dataset import model_array
 from fibrosis.data.identity import identity, resolve_salt
-from fibrosis.data.pixels import POLARITY_EXCLUDED, qa_flags
+from fibrosis.data.pixels import excluded_flag, qa_flags
 from fibrosis.data.records import Decoded, DecodeResult, Preprocessing, Rejected, Skipped
 
 logger = logging.getLogger(__name__)
@@ -249,8 +249,8 @@ class Scorer:
             self.xs.append(x)
         else:  # kind is "error" or "excluded"; one line per file, whatever the reason text holds
             row["status"] = f"{res.kind}: " + " ".join(str(res.reason).split())
-            if res.kind == "excluded" and str(res.reason).startswith(POLARITY_EXCLUDED):
-                row["qa"] = "polarity-suspect"
+            if res.kind == "excluded":
+                row["qa"] = excluded_flag(str(res.reason))
         self.counts[row["status"].split(":")[0]] += 1
         self.rows.append(row)
         if len(self.xs) >= self.batch_size or len(self.rows) >= 4 * self.batch_size:
