@@ -235,7 +235,16 @@ class CsvRows:
 
     def __init__(self, fh: IO[str], path: str | Path, decode: bool):
         self.path, self.decode = path, decode
-        self.reader = csv.DictReader(fh)
+        self.escaped = False  # a line read since the last record holds CELL_ESCAPE
+        self.reader = csv.DictReader(self._lines(fh))
+
+    def _lines(self, fh: IO[str]) -> Iterator[str]:
+        # csv reads exactly the lines of one record before returning it: a record none of whose
+        # lines holds a ' has no cell to decode (almost every row), and is passed on as read.
+        for line in fh:
+            if CELL_ESCAPE in line:
+                self.escaped = True
+            yield line
 
     def _error(self, exc: Exception) -> CsvFormatError:
         if isinstance(exc, UnicodeDecodeError):
@@ -270,8 +279,9 @@ class CsvRows:
                 return
             except (csv.Error, UnicodeDecodeError) as exc:
                 raise self._error(exc) from None
-            if self.decode:
+            if self.decode and self.escaped:
                 row = {k: (csv_value(v) if isinstance(v, str) else v) for k, v in row.items()}
+            self.escaped = False
             yield row
 
 

@@ -467,11 +467,13 @@ class _OffsetRows:
     def __init__(self, path: Path):
         self.fh = open_regular(path, "rb")
         self.pos = 0
+        self.escaped = False
         self.fieldnames: Sequence[str] = [csv_value(n) for n in next(csv.reader(self._lines()), [])]
 
     def _lines(self) -> Iterator[str]:
         for raw in self.fh:  # split on b"\n": never inside a UTF-8 character
             self.pos += len(raw)
+            self.escaped = self.escaped or b"'" in raw  # a cell to decode (io.csv_value) in this record
             yield raw.decode("utf-8")
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, str]]]:
@@ -481,12 +483,14 @@ class _OffsetRows:
         self.pos = 0
         reader = csv.DictReader(self._lines())
         reader.fieldnames  # reads the header
+        self.escaped = False
         while True:
             start = self.pos
             row = next(reader, None)
             if row is None:
                 return
-            yield start, _decoded(row)
+            yield start, _decoded(row) if self.escaped else row
+            self.escaped = False
 
     def read(self, offset: int) -> dict[str, str]:
         self.fh.seek(offset)
