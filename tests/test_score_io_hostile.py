@@ -180,7 +180,7 @@ def test_a_fifo_at_any_side_file_is_refused_not_waited_on(ckpt, folder, tmp_path
 
 
 def test_header_values_a_spreadsheet_would_run_reach_no_score_file_as_formulas(ckpt, tmp_path, monkeypatch):
-    """ViewPosition and Manufacturer as the audit wrote them: the view is no view code (written as a
+    """Formulas in ViewPosition and Manufacturer: the view is no view code (written as a
     placeholder), the manufacturer a valid name, written with its formula neutralised."""
     from fibrosis.io import FORMULA_START, read_csv
 
