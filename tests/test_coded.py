@@ -26,7 +26,8 @@ PHI = f"{NAME} MRN {MRN}"  # 21 characters: longer than any CS value
     ("BodyPartExamined", "A" * 17, INVALID),
     ("PhotometricInterpretation", "MONOCHROME2", "MONOCHROME2"), ("PhotometricInterpretation", "DOE", OTHER),
     ("Manufacturer", "GE Healthcare", "GE Healthcare"), ("Manufacturer", "=cmd|' /C calc'!A0", "=cmd|' /C calc'!A0"),
-    ("Manufacturer", PHI, WITHHELD), ("Manufacturer", "Jane Doe 1234567", WITHHELD),
+    ("Manufacturer", PHI, WITHHELD), ("Manufacturer", "Jane Doe 12345", WITHHELD),
+    ("Manufacturer", "doe@example.org", WITHHELD), ("ManufacturerModelName", "FCR 5000", "FCR 5000"),
     ("Manufacturer", "x" * 65, INVALID), ("Manufacturer", "a\\b", INVALID),
     ("ManufacturerModelName", "Definium 8000", "Definium 8000"),
 ])

@@ -169,9 +169,11 @@ CODED_TAGS = ("Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterp
 
 
 def _coded_tag_hostile(ds: Dataset, rng: random.Random) -> str:
-    """A name and MRN, or a spreadsheet formula, typed into a coded tag."""
+    """A name and MRN, or a spreadsheet formula, typed into a coded tag. A bare name (PHI_SHORT)
+    only into the CS tags: in Manufacturer (LO) nothing tells it from a company's name."""
     kw = rng.choice(CODED_TAGS)
-    value = rng.choice([PHI_LONG, PHI_SHORT, *FORMULAS])
+    value = rng.choice([PHI_LONG, *FORMULAS] + ([PHI_SHORT] if kw not in ("Manufacturer", "ManufacturerModelName")
+                                                 else []))
     setattr(ds, kw, value)
     return f"{kw}={value!r}"
 

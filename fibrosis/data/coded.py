@@ -76,8 +76,10 @@ TAGS: dict[str, tuple[str, str, frozenset[str] | None]] = {
 VOCABULARIES = {kw: vocab for kw, (_, _, vocab) in TAGS.items() if vocab is not None}
 
 # A name-like value that carries what identifies a person rather than a device: the PN component
-# separator (Doe^Jane), an e-mail or a run of six or more digits (a record number, a date, a phone).
-_IDENTIFIER = re.compile(r"\^|@|\d{6,}")
+# separator (Doe^Jane), an e-mail or a run of five or more digits (a record number, a date, a
+# phone; model numbers have four at most: "Definium 8000", "FCR 5000"). A bare name ("Jane Doe")
+# cannot be told from a company's name: it is written as it is.
+_IDENTIFIER = re.compile(r"\^|@|\d{5,}")
 
 
 def vr_problem(value: str, vr: str) -> str:
