@@ -28,7 +28,9 @@ class ConfigError(ValueError):
 # (calibration, schedule, engine, score output, cache) and the CLI's `choices` derive their
 # sets from these with typing.get_args; validate() checks every Literal field in one place.
 CacheDtype = Literal["uint8", "uint16"]
-PolarityQA = Literal["exclude", "keep", "invert"]
+# What the polarity check (fibrosis.data.polarity) does with an image: auto = invert when it is
+# confidently inverted, exclude when unsure, keep otherwise (fibrosis.data.pixels.POLARITY_ACTIONS).
+PolarityQA = Literal["auto", "exclude", "keep", "invert"]
 Preset = Literal["head-only", "partial", "full", "auto"]
 Imbalance = Literal["pos_weight", "sampler", "none"]
 CalibrationMethod = Literal["temperature", "platt", "isotonic", "none"]
@@ -99,10 +101,13 @@ class IngestConfig:
     # an empty cell leaves all missing. A finding named like label_column is the target, not an aux.
     findings_column: str | None = None
     findings_none: str = "No Finding"  # the findings-column entry that means "labelled, no finding"
-    # An image whose mediastinum is darker than its lungs (pixels.POLARITY_SUSPECT_BELOW)
-    # is probably shown inverted: exclude it (training and scoring), keep it as shown
-    # with a QA note, or invert it (noted too).
-    polarity_qa: PolarityQA = "exclude"  # exclude | keep | invert
+    # Distinct findings a findings column may name: each is a 0/1 of every labelled image, so a
+    # column of free text or IDs (a finding per row) would cost rows x findings; refused above this.
+    max_findings: int = 256
+    # An image the polarity check finds inverted (lungs bright, bone dark) or cannot call:
+    # auto (invert the confident ones, exclude the unsure), exclude both, invert (and note the
+    # unsure), or keep both as shown with a QA note. Images shown correctly are always kept.
+    polarity_qa: PolarityQA = "auto"  # auto | exclude | keep | invert
 
 
 @dataclass(frozen=True)
@@ -321,9 +326,11 @@ def _short(value: Any) -> str:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader without aliases. ``*alias`` re-uses a node, and a few hundred bytes of
-    nested aliases expand to gigabytes once the values are walked or printed (a "billion
-    laughs" file); a config never needs them."""
+    """SafeLoader without aliases and without duplicate keys. ``*alias`` re-uses a node, and a
+    few hundred bytes of nested aliases expand to gigabytes once the values are walked or
+    printed (a "billion laughs" file); a config never needs them. A key given twice in one
+    mapping is refused like an unknown key: PyYAML keeps the last silently, so the first
+    value a reader sees would not be the one that runs."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -332,6 +339,22 @@ class _StrictLoader(yaml.SafeLoader):
                 None, None, f"found alias *{_short(event.anchor)[1:-1]}: YAML aliases are not allowed "
                             "in fibrosis configs (write the value out)", event.start_mark)
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                try:
+                    key = self.construct_object(key_node, deep=True)
+                    hash(key)
+                except (TypeError, yaml.YAMLError):
+                    continue  # an unhashable key: SafeLoader's own error names it
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {_short(key)} (first given on line {first[key] + 1}); "
+                                    "expected each key once in a mapping", key_node.start_mark)
+                first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 def _load_yaml(text: str, where: str) -> Any:
@@ -439,6 +462,7 @@ RANGES: dict[str, str] = {
     "ingest.image_size": "[16, 4096]", "ingest.workers": "[0, inf)", "ingest.shard_size": "[1, inf)",
     "ingest.max_rows": "[1, 65535]", "ingest.max_cols": "[1, 65535]",  # (0028,0010/0011) are US
     "ingest.min_side": "[0, inf)", "ingest.max_file_mb": "[1, inf)", "ingest.max_inflated_mb": "[1, inf)", "ingest.voi_percentiles": "[0, 100]",
+    "ingest.max_findings": "[1, inf)",
     "split.train": "[0, 1]", "split.val": "[0, 1]", "split.test": "[0, 1]", "split.calib": "[0, 1]",
     "split.seed": SEED, "split.near_duplicate_hamming": "[0, 256]",  # bits of a 256-bit dHash
     "split.max_group_patients": "[1, inf)",

@@ -89,3 +89,66 @@ def test_long_values_are_cut(tmp_path, capsys):
     line = _usage_error(capsys, ["split", "--cache", str(tmp_path), "--set", "split." + "k" * 100000 + "=1"],
                         "unknown key(s) ['kkk")
     assert len(line) < 1000
+
+
+SMALL = ("--set", "ingest.min_side=1", "--set", "ingest.image_size=32")  # the 64 px fixture image
+
+
+def test_a_duplicate_yaml_key_is_refused_like_an_unknown_one(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  batch_size: 4\n  head_lr: 0.01\n  batch_size: 64\n")
+    _usage_error(capsys, ["split", "--cache", str(tmp_path), "--config", str(cfg)],
+                 "c.yaml: invalid YAML: line 4, column 3: duplicate key 'batch_size' (first given on line 2)")
+
+
+@pytest.mark.parametrize("where", ["labels", "input list"])
+def test_a_csv_field_over_the_limit_is_one_line(tmp_path, capsys, images, where):
+    big = "x" * 140_000
+    f = tmp_path / ("labels.csv" if where == "labels" else "list.csv")
+    if where == "labels":
+        f.write_text(f"image,fibrosis\na.dcm,1\n{big}.dcm,0\n")
+        argv = [str(images), "--labels", str(f)]
+    else:
+        f.write_text(f"path\n{images / 'a.dcm'}\n{big}\n")
+        argv = [str(f)]
+    _usage_error(capsys, ["ingest", *argv, "--cache", str(tmp_path / "c"), "--no-progress"],
+                 f"{f.name}:3: a field longer than 131072 characters")
+
+
+def test_a_second_ingest_on_a_cache_in_use_names_the_holder(tmp_path, capsys, images):
+    from fibrosis.data.cache import CacheLock
+
+    cache = tmp_path / "c"
+    cache.mkdir()
+    argv = ["ingest", str(images), "--cache", str(cache), "--no-progress", *SMALL]
+    with CacheLock(cache):  # as a running ingest holds it
+        _usage_error(capsys, argv, f"c: cache is in use by PID {os.getpid()}")
+    assert main(argv) == 0  # free again
+
+
+@pytest.mark.parametrize("name", ["manifest.csv", "rejects.csv", "consolidated.json", "cache.json", "salt.key",
+                                  ".ingest.lock"])
+def test_a_fifo_among_the_cache_files_is_refused_not_waited_on(tmp_path, capsys, images, monkeypatch, name):
+    import signal
+
+    monkeypatch.delenv("FIBROSIS_SALT", raising=False)  # salt.key is read from the cache
+    cache = tmp_path / "c"
+    argv = ["ingest", str(images), "--cache", str(cache), "--no-progress", *SMALL]
+    assert main(argv) == 0
+    capsys.readouterr()
+    (cache / name).unlink()
+    os.mkfifo(cache / name)
+
+    def hung(*_):
+        raise TimeoutError(f"ingest blocked on the FIFO at {name}")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        if name == "consolidated.json":  # a record ingest can do without: rebuilt, the FIFO replaced unread
+            assert main(argv) == 0 and (cache / name).is_file()
+        else:
+            _usage_error(capsys, argv, f"{name}: not a regular file: a FIFO (named pipe)")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

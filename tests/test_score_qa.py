@@ -43,9 +43,15 @@ def _score(tmp_path, inputs, polarity_qa: str) -> dict[str, dict[str, str]]:
 def test_inverted_export_is_excluded_with_evidence_and_qa_column(tmp_path, inputs):
     rows = _score(tmp_path, inputs, "exclude")
     inv = rows["inverted.dcm"]
-    assert inv["status"].startswith("excluded: polarity suspect (mediastinum-lungs=-0.")
+    assert inv["status"].startswith("excluded: polarity suspect (inverted, score=-")
     assert inv["qa"] == "polarity-suspect" and inv["probability"] == ""
     assert rows["ok.dcm"]["status"] == "ok" and rows["ok.dcm"]["qa"] == ""
+
+
+def test_the_default_turns_a_confidently_inverted_export_back_and_says_so(tmp_path, inputs):
+    rows = _score(tmp_path, inputs, "auto")
+    assert rows["inverted.dcm"]["status"] == "ok" and rows["inverted.dcm"]["qa"] == "polarity-inverted"
+    assert rows["ok.dcm"]["qa"] == ""
 
 
 @pytest.mark.slow

@@ -174,3 +174,22 @@ def test_split_carries_aux_labels_unchanged_and_reads_a_manifest_without_them(tm
     write_csv(manifest, rows, tuple(c for c in MANIFEST_COLUMNS if c != "aux_labels"))  # an older manifest
     split_cache(tmp_path / "c", SplitConfig(train=0.5, val=0.25, test=0.25, seed=1), reassign=True)
     assert [r["aux_labels"] for r in read_csv(manifest)] == [""] * 8
+
+
+def test_split_rewrites_a_manifest_with_neutralised_cells_as_it_read_them(tmp_path):
+    """A manufacturer that reads as a formula is stored with a leading ' (fibrosis.io.csv_cell):
+    split reads the value back and writes it once more the same way, never quoting it twice."""
+    d = tmp_path / "in"
+    d.mkdir()
+    vendor = "=cmd|' /C calc'!A0"
+    for i in range(8):
+        make_dicom(d / f"p{i}.dcm", _texture(i), bits_stored=12, patient_id=f"P{i}",
+                   Manufacturer=vendor if i % 2 else "it's ACME")
+    ingest([d], tmp_path / "c", IngestConfig(image_size=32, min_side=1, polarity_qa="keep"), workers=1,
+           progress=False)
+    manifest = tmp_path / "c" / "manifest.csv"
+    for seed in (0, 1):
+        split_cache(tmp_path / "c", SplitConfig(train=0.5, val=0.25, test=0.25, seed=seed), reassign=True)
+        assert sorted({r["manufacturer"] for r in read_csv(manifest)}) == [vendor, "it's ACME"]
+        text = manifest.read_text()
+        assert text.count(",'" + vendor + ",") == 4 and text.count(",it's ACME,") == 4

@@ -11,8 +11,8 @@ def test_cache_without_polarity_setting_was_built_keeping_suspects(tmp_path):
     old = config_to_dict(IngestConfig(image_size=256))
     del old["polarity_qa"]  # what cache.json of an older ingest holds
     (tmp_path / "cache.json").write_text(json.dumps({"format": 1, "ingest_config": old}))
-    # Scoring must apply what built the cache (suspects kept), not today's default (exclude).
+    # Scoring must apply what built the cache (suspects kept), not today's default (auto).
     assert cache_ingest_config(Config(), tmp_path).ingest.polarity_qa == "keep"
     new = config_to_dict(IngestConfig(image_size=256))
     (tmp_path / "cache.json").write_text(json.dumps({"format": 1, "ingest_config": new}))
-    assert cache_ingest_config(Config(), tmp_path).ingest.polarity_qa == "exclude"
+    assert cache_ingest_config(Config(), tmp_path).ingest.polarity_qa == "auto"

@@ -15,15 +15,17 @@ from typing import Callable, get_args
 
 from fibrosis import __version__
 from fibrosis.config import Config, ConfigError, EngineName, StudyAggregate, load_config
+from fibrosis.io import NO_SPACE_ERRNOS
 
 logger = logging.getLogger("fibrosis")
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 # OSErrors that mean "this path cannot be used as given" (a file where a folder is
-# expected, no permission, read-only): usage errors, one line. Others (disk full, I/O
-# errors) keep their traceback.
+# expected, no permission, read-only) or "this file system is full" (fibrosis.io.NoSpaceError
+# names the file system and the file): usage errors, one line. Others (I/O errors) keep
+# their traceback.
 PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.EEXIST,
-               errno.ENOENT, errno.ENAMETOOLONG, errno.ELOOP}
+               errno.ENOENT, errno.ENAMETOOLONG, errno.ELOOP, *NO_SPACE_ERRNOS}
 MAX_MESSAGE_CHARS = 2000  # an error is read on a terminal; the log file gets the same line
 
 

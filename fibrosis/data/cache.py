@@ -29,7 +29,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from fibrosis.io import atomic_write_bytes, file_sha256, read_csv, write_csv, write_json
+from fibrosis.io import (atomic_write_bytes, file_sha256, open_regular, read_csv, read_text, save_npy, write_csv,
+                         write_json)
 
 CACHE_FORMAT = 1
 
@@ -102,7 +103,7 @@ class CacheWriter:
                 "preprocessing": preprocessing}
         meta_path = self.root / "cache.json"
         if meta_path.exists():
-            old = json.loads(meta_path.read_text())
+            old = json.loads(read_text(meta_path))
             for key in ("format", "image_size", "dtype", "preprocessing"):
                 if old.get(key) != meta[key]:
                     raise ValueError(
@@ -128,10 +129,7 @@ class CacheWriter:
         """Commit one chunk: array first, rejects, then the manifest part (the marker)."""
         name = f"shard-{shard_id:06d}"
         if images:
-            arr = np.stack(images).astype(DTYPES[self.dtype], copy=False)
-            tmp = self.root / "shards" / f".{name}.tmp{os.getpid()}.npy"
-            np.save(tmp, arr)
-            os.replace(tmp, self.root / "shards" / f"{name}.npy")
+            save_npy(self.root / "shards" / f"{name}.npy", np.stack(images).astype(DTYPES[self.dtype], copy=False))
         for i, row in enumerate(rows):
             row["shard"], row["index"] = shard_id, i
         write_csv(self.root / "parts" / f"rejects-{shard_id:06d}.csv", rejects, REJECT_COLUMNS)
@@ -175,7 +173,7 @@ def consolidation_stamp(root: str | Path) -> dict[str, Any]:
 
 def recorded_consolidation(root: str | Path) -> dict[str, Any] | None:
     try:
-        stamp = json.loads((Path(root) / CONSOLIDATED).read_text())
+        stamp = json.loads(read_text(Path(root) / CONSOLIDATED))
     except (OSError, ValueError):
         return None  # none yet (a cache of an older version) or unreadable: consolidate in full
     return stamp if isinstance(stamp, dict) else None
@@ -203,7 +201,7 @@ class CacheReader:
         meta_path = self.root / "cache.json"
         if not meta_path.exists():
             raise FileNotFoundError(f"{meta_path}: not a fibrosis cache (run `fibrosis ingest` first)")
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = json.loads(read_text(meta_path))
         if self.meta.get("format") != CACHE_FORMAT:
             raise ValueError(f"{meta_path}: cache format {self.meta.get('format')!r}, "
                              f"this version reads {CACHE_FORMAT}")
@@ -240,22 +238,45 @@ class CacheReader:
         return state
 
 
+class CacheBusyError(ValueError):
+    """Another process holds the cache's lock: a usage error (wait for it, or use another cache)."""
+
+
 class CacheLock:
     """Exclusive lock on the cache (ingest and split both write its manifest); released
-    by the OS if the process dies."""
+    by the OS if the process dies. The holder's PID is written into the lock file, so a
+    second run can say who holds it; the file is opened without truncating it (a waiting
+    run must not erase the holder's PID) and never as a FIFO."""
 
     def __init__(self, root: Path):
         self.path = root / ".ingest.lock"
 
     def __enter__(self) -> "CacheLock":
-        self.fh = open(self.path, "w")
+        self.fh = open_regular(self.path, "a")
         try:
             fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.fh.close()
-            raise RuntimeError(f"{self.path}: another `fibrosis ingest` is writing this cache") from None
+            raise CacheBusyError(f"{self.path.parent}: cache is in use by {self._holder()} (another `fibrosis "
+                                 f"ingest` or `split` is writing it; lock {self.path}); expected one writer at a "
+                                 "time: wait for it to finish, or use another cache folder") from None
+        self.fh.truncate(0)
+        self.fh.write(f"{os.getpid()}\n")
+        self.fh.flush()
         return self
 
+    def _holder(self) -> str:
+        try:
+            with open_regular(self.path, "r") as fh:
+                pid = fh.read(32).strip()
+        except (OSError, ValueError):
+            pid = ""
+        return f"PID {pid}" if pid.isdigit() else "another process (PID not recorded)"
+
     def __exit__(self, *exc: Any) -> None:
+        try:
+            self.fh.truncate(0)
+        except OSError:
+            pass
         fcntl.flock(self.fh, fcntl.LOCK_UN)
         self.fh.close()

@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from fibrosis.config import IngestConfig
+from fibrosis.data.coded import PLACEHOLDERS, SEXES, age_string_years, coded, quoted, uid
 from fibrosis.data.records import ImageMeta, PatientId
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -280,11 +281,9 @@ def _text(ds: Dataset, keyword: str) -> str:
 
 def parse_age(age: str, birth: str = "", study: str = "") -> str:
     """PatientAge '047Y' / '006M' / '010W' / '003D' -> years ('47', '0.5'); else from dates."""
-    m = re.fullmatch(r"(\d{1,3})\s*([DWMY])", age.strip().upper())
-    if m:
-        n, unit = int(m.group(1)), m.group(2)
-        years = n / {"D": 365.25, "W": 52.1775, "M": 12.0, "Y": 1.0}[unit]
-        return f"{years:g}" if unit == "Y" else f"{years:.2f}"
+    years = age_string_years(age)
+    if years:
+        return years
     if re.fullmatch(r"\d{8}", birth) and re.fullmatch(r"\d{8}", study):
         try:
             b = date(int(birth[:4]), int(birth[4:6]), int(birth[6:]))
@@ -309,28 +308,44 @@ def _spacing(ds: Dataset) -> str:
     return ""
 
 
-def dicom_meta(ds: Dataset, ts: str, fmt: str) -> ImageMeta:
+def vocabulary_extras(cfg: IngestConfig | None) -> dict[str, tuple[str, ...]]:
+    """The terms the ingest config adds to a tag's DICOM vocabulary (:mod:`fibrosis.data.coded`): a
+    site's own modality, body-part or view code must reach the policy check that names it."""
+    if cfg is None:
+        return {}
+    return {"Modality": cfg.allowed_modalities, "ViewPosition": cfg.excluded_views,
+            "BodyPartExamined": (*cfg.allowed_body_parts, *cfg.excluded_description_terms)}
+
+
+def dicom_meta(ds: Dataset, ts: str, fmt: str, cfg: IngestConfig | None = None) -> ImageMeta:
     """Manifest fields from the header (names as in cache.MANIFEST_COLUMNS), and the raw
-    PatientID as a :class:`PatientId` (hashed into the patient key, never written)."""
-    sex = _text(ds, "PatientSex").upper()
-    modality = _text(ds, "Modality").upper() or SOP_CLASS_MODALITY.get(_text(ds, "SOPClassUID"), "")
+    PatientID as a :class:`PatientId` (hashed into the patient key, never written). Coded
+    tags and names pass :func:`fibrosis.data.coded.coded` (a value that cannot be a code of its
+    tag becomes a placeholder), UIDs :func:`~fibrosis.data.coded.uid`."""
+    extra = vocabulary_extras(cfg)
+
+    def code(keyword: str) -> str:
+        return coded(_text(ds, keyword), keyword, extra.get(keyword, ()))
+
+    sex = code("PatientSex")
+    modality = code("Modality") or SOP_CLASS_MODALITY.get(_text(ds, "SOPClassUID"), "")
     return ImageMeta(
-        study_uid=_text(ds, "StudyInstanceUID"),
-        series_uid=_text(ds, "SeriesInstanceUID"),
-        sop_uid=_text(ds, "SOPInstanceUID"),
-        view_position=_text(ds, "ViewPosition").upper(),
-        body_part=_text(ds, "BodyPartExamined").upper(),
+        study_uid=uid(_text(ds, "StudyInstanceUID")),
+        series_uid=uid(_text(ds, "SeriesInstanceUID")),
+        sop_uid=uid(_text(ds, "SOPInstanceUID")),
+        view_position=code("ViewPosition"),
+        body_part=code("BodyPartExamined"),
         modality=modality,
-        manufacturer=_text(ds, "Manufacturer"),
-        model_name=_text(ds, "ManufacturerModelName"),
-        sex=sex if sex in ("M", "F", "O") else "",
+        manufacturer=code("Manufacturer"),
+        model_name=code("ManufacturerModelName"),
+        sex=sex if sex in SEXES else "",
         age=parse_age(_text(ds, "PatientAge"), _text(ds, "PatientBirthDate"),
                       _text(ds, "StudyDate") or _text(ds, "AcquisitionDate")),
         pixel_spacing=_spacing(ds),
         rows=int(ds.get("Rows", 0) or 0),
         cols=int(ds.get("Columns", 0) or 0),
         transfer_syntax=ts,
-        photometric=_text(ds, "PhotometricInterpretation").upper(),
+        photometric=code("PhotometricInterpretation"),
         source_format="dicom" if fmt == "dicom" else "acr-nema",
         patient_id=PatientId(_text(ds, "PatientID")),
         study_month=_month(_text(ds, "StudyDate") or _text(ds, "AcquisitionDate")),
@@ -359,7 +374,7 @@ def check_header(ds: Dataset, meta: ImageMeta, path: str | Path, cfg: IngestConf
         raise bad("missing (7FE0,0010) PixelData")
     photometric = meta.photometric
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise bad(f"(0028,0004) PhotometricInterpretation={photometric!r}; "
+        raise bad(f"(0028,0004) PhotometricInterpretation={quoted(photometric)}; "
                   "expected MONOCHROME1/MONOCHROME2")
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     if spp != 1:
@@ -416,10 +431,12 @@ def check_policy(ds: Dataset | None, meta: ImageMeta, path: str | Path, cfg: Ing
         if sop in FOR_PROCESSING_SOP_CLASSES or _text(ds, "PresentationIntentType").upper() == "FOR PROCESSING":
             reasons.append("'For Processing' raw detector image (0008,0016)/(0008,0068); "
                            "expected a 'For Presentation' image")
+        # Coded values are quoted only when they are codes (placeholders otherwise: a name typed
+        # into BodyPartExamined must not reach rejects.csv or the log).
         if meta.modality not in cfg.allowed_modalities:
-            reasons.append(f"(0008,0060) Modality={meta.modality!r}; allowed {list(cfg.allowed_modalities)}")
+            reasons.append(f"(0008,0060) Modality={quoted(meta.modality)}; allowed {list(cfg.allowed_modalities)}")
         if meta.body_part not in cfg.allowed_body_parts:
-            reasons.append(f"(0018,0015) BodyPartExamined={meta.body_part!r}; "
+            reasons.append(f"(0018,0015) BodyPartExamined={quoted(meta.body_part)}; "
                            f"allowed {list(cfg.allowed_body_parts)}")
         species = _text(ds, "PatientSpeciesDescription").upper()
         if species not in HUMAN_SPECIES:
@@ -429,7 +446,9 @@ def check_policy(ds: Dataset | None, meta: ImageMeta, path: str | Path, cfg: Ing
         terms = {t.upper() for t in cfg.excluded_description_terms}
         # View words in free text count only when ViewPosition is absent: a series
         # described "CHEST PA/LAT" may hold the PA image, and ViewPosition is per image.
-        view_terms = set() if meta.view_position else {v.upper() for v in cfg.excluded_views}
+        # A placeholder is no ViewPosition either: the value could not be read as a view.
+        known_view = meta.view_position and meta.view_position not in PLACEHOLDERS
+        view_terms = set() if known_view else {v.upper() for v in cfg.excluded_views}
         texts = [(tag, kw, _text(ds, kw)) for kw, tag in DESCRIPTION_TAGS]
         for kw, tag in CODE_SEQUENCES:
             for item in ds.get(kw) or []:
@@ -444,7 +463,7 @@ def check_policy(ds: Dataset | None, meta: ImageMeta, path: str | Path, cfg: Ing
             hit = _terms(text, view_terms)
             if hit:
                 reasons.append(f"{tag} {kw} names an excluded view {_quote_terms(hit)} "
-                               "and (0018,5101) ViewPosition is absent")
+                               f"and (0018,5101) ViewPosition is {'not a view code' if meta.view_position else 'absent'}")
     if meta.view_position in cfg.excluded_views:
         reasons.append(f"(0018,5101) ViewPosition={meta.view_position!r} is an excluded view "
                        f"{list(cfg.excluded_views)}")
@@ -466,5 +485,5 @@ def voi_window(ds: Dataset) -> tuple[float, float, str] | None:
         center, width = float(first(wc)), float(first(ww))
     except (TypeError, ValueError):
         return None
-    func = _text(ds, "VOILUTFunction").upper() or "LINEAR"
+    func = coded(_text(ds, "VOILUTFunction"), "VOILUTFunction") or "LINEAR"
     return (center, width, func) if width > 0 else None

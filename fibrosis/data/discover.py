@@ -23,7 +23,7 @@ import stat
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from fibrosis.io import iter_csv
+from fibrosis.io import iter_csv, not_regular
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +31,6 @@ FOLDER_ERROR = "cannot list folder"
 LOOP_ERROR = "symbolic link loop (too many levels of symbolic links); not followed"
 NAME_ERROR = ("file name is not valid UTF-8 (bytes shown as \\xNN); not read: rename the file, "
               "since its path could not be written to the manifest or scores")
-FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
 
 Entry = tuple[str, str]  # (absolute path, "" for a file | why it is reported instead of read)
 
@@ -45,14 +43,6 @@ def text_path(path: str) -> str:
         return path
     except UnicodeEncodeError:  # surrogate escapes from undecodable bytes of a file name
         return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def not_regular(mode: int) -> str:
-    """'' for a regular file, else why it is not read ('not a regular file: a FIFO ...')."""
-    if stat.S_ISREG(mode):
-        return ""
-    kind = next((name for test, name in FILE_KINDS if test(mode)), f"file type {stat.S_IFMT(mode):o}")
-    return f"not a regular file: {kind}; not opened"
 
 
 def file_entry(path: str | Path) -> Entry:
@@ -114,7 +104,7 @@ def _csv_list(path: Path) -> Iterator[Entry]:
     """Column ``path``, else the first column; relative paths resolve against the CSV's folder.
     A listed path that does not exist is kept: the caller rejects it by name."""
     col = None
-    for row in iter_csv(path):
+    for row in iter_csv(path, decode=False):  # a list a user wrote: read as it is
         if col is None:
             col = "path" if "path" in row else next(iter(row))
         value = (row.get(col) or "").strip()

@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from fibrosis.data.records import ImageMeta, PatientId
-from fibrosis.io import atomic_write_bytes
+from fibrosis.io import atomic_write_bytes, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def resolve_salt(cache_dir: str | Path, *, record: bool = False) -> str:
     root = Path(cache_dir)
     env = os.environ.get(SALT_ENV, "")
     path, check = root / "salt.key", root / SALT_CHECK
-    expected = check.read_text().strip() if check.exists() else ""
+    expected = read_text(check).strip() if check.exists() else ""
     if not env and not path.exists():
         if expected:
             raise SaltMismatchError(
@@ -62,7 +62,7 @@ def resolve_salt(cache_dir: str | Path, *, record: bool = False) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
-    salt, source = (env, f"${SALT_ENV}") if env else (path.read_text().strip(), str(path))
+    salt, source = (env, f"${SALT_ENV}") if env else (read_text(path).strip(), str(path))
     got = salt_fingerprint(salt)
     if expected and got != expected:
         raise SaltMismatchError(

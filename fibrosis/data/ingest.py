@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import typing
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,10 +32,10 @@ from tqdm import tqdm
 from fibrosis.data.cache import (MANIFEST_COLUMNS, REJECT_COLUMNS, CacheLock, CacheWriter, consolidation_stamp,
                                  record_consolidation, recorded_consolidation)
 
-from fibrosis.io import iter_csv, write_csv
+from fibrosis.io import is_no_space, iter_csv, no_space, write_csv
 from fibrosis.config import IngestConfig, config_to_dict
 from fibrosis.data.discover import FOLDER_ERROR, check_inputs, discover_entries, iter_entries, log_discovery
-from fibrosis.data.ingest_index import PAGE, CommittedIndex
+from fibrosis.data.ingest_index import INDEX_NAME, PAGE, CommittedIndex
 from fibrosis.data.identity import identity, patient_key, resolve_salt
 from fibrosis.data.records import AUX_ASSIGN, STAMP_COLUMNS, Decoded, Rejected, RejectKind, Skipped, file_stamp
 from fibrosis.data.labels import Labels, load_labels
@@ -58,8 +59,8 @@ class IngestSummary:
     rejected: dict[str, int] = field(default_factory=lambda: {k: 0 for k in REJECT_KINDS})
     unlabeled: int = 0
     strict: bool = False
-    qa_excluded: int = 0  # of rejected["excluded"]: by the polarity QA (ingest.polarity_qa=exclude)
-    qa_flagged: int = 0  # ingested with a QA note (polarity_qa keep or invert)
+    qa_excluded: int = 0  # of rejected["excluded"]: by the polarity check (ingest.polarity_qa)
+    qa_flagged: int = 0  # ingested inverted back, or as shown with a QA note
 
     @property
     def status(self) -> str:
@@ -146,8 +147,9 @@ def _remove_uncommitted(root: Path) -> None:
     if not (root / "parts").is_dir():
         return
     committed = {p.stem for p in (root / "parts").glob("shard-*.csv")}
-    for p in (root / "shards").glob("*.npy"):
-        if p.name.startswith(".") or p.stem not in committed:
+    for p in (root / "shards").iterdir() if (root / "shards").is_dir() else ():
+        # a temporary file of an atomic write (hidden), or a shard whose part never committed
+        if p.name.startswith(".") or (p.suffix == ".npy" and p.stem not in committed):
             p.unlink()
     for p in (root / "parts").iterdir():
         stem = p.stem.replace("rejects-", "shard-")
@@ -257,9 +259,20 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
     and every list in memory is at most one shard long."""
     root = Path(cache_dir)
     labels = load_labels(cfg.labels_csv, cfg.label_column, cfg.aux_label_columns, cfg.findings_column,
-                         cfg.findings_none) if cfg.labels_csv else None
+                         cfg.findings_none, max_findings=cfg.max_findings,
+                         views=cfg.excluded_views) if cfg.labels_csv else None
     check_inputs(inputs)  # a mistyped input is refused before the cache folder is created
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        return _ingest(inputs, root, cfg, labels, strict, workers, progress, verify)
+    except sqlite3.Error as exc:  # the scratch index (in the cache folder) filled the disk
+        if is_no_space(exc):
+            raise no_space(None, root / INDEX_NAME) from None
+        raise
+
+
+def _ingest(inputs: list[str | Path], root: Path, cfg: IngestConfig, labels: Labels | None, strict: bool,
+            workers: int | None, progress: bool, verify: bool) -> IngestSummary:
     counts: Counter = Counter()
     with CacheLock(root), CommittedIndex(root) as index:  # the index is in the cache: lock first
         n_inputs = _index_inputs(index, inputs, root, cfg, labels)
@@ -451,6 +464,6 @@ def _log_summary(summary: IngestSummary, counts: Counter, labels: Labels | None,
                     counts["aux-images"])
     if summary.qa_excluded or summary.qa_flagged:
         # Not a debug-level detail: these images are left out of (or enter) training on a guess.
-        logger.warning("polarity QA (ingest.polarity_qa=%s): %d image(s) excluded as suspected inverted, "
-                       "%d ingested with a qa: note (manifest steps)", cfg.polarity_qa,
+        logger.warning("polarity QA (ingest.polarity_qa=%s): %d image(s) excluded (inverted or unsure), "
+                       "%d ingested inverted back or with a qa: note (manifest steps)", cfg.polarity_qa,
                        summary.qa_excluded, summary.qa_flagged)

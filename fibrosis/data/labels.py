@@ -25,13 +25,15 @@ Each row's findings travel as a manifest ``aux_labels`` cell (:func:`records.for
 """
 from __future__ import annotations
 
-import csv
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Sequence
 
+from fibrosis.data.coded import PLACEHOLDERS, SEXES, age_years, coded
 from fibrosis.data.records import AUX_SEPARATOR, aux_name_problem, format_aux
+from fibrosis.io import csv_rows
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,10 @@ class Labels:
     by_study: dict[str, dict[str, str]] = field(default_factory=dict)
     depth: int = 1  # most components of any file entry
     aux_names: tuple[str, ...] = ()  # auxiliary findings (columns and findings vocabulary), sorted
+    # The findings column's vocabulary. A row keeps only what it lists (``_listed``) and its aux
+    # columns (``_auxcols``); its aux_labels cell, 0 for every finding it does not list, is built
+    # when an image joins it: rows x findings values never sit in memory at once.
+    vocabulary: tuple[str, ...] = ()
 
     def row_for_file(self, path: str | Path) -> dict[str, str] | None:
         """Row of the longest entry that ``path`` ends with (full name first, then stem)."""
@@ -122,7 +128,11 @@ class Labels:
     def join(self, path: str | Path, sop_uid: str, study_uid: str) -> tuple[str, str, str]:
         """(label, ``aux_labels`` cell, how it was joined); ('', '', '') when no row matches."""
         row, how = self.row(path, sop_uid, study_uid)
-        return (row["_label"], row["_aux"], how) if row is not None else ("", "", "")
+        return (row["_label"], self.aux_cell(row), how) if row is not None else ("", "", "")
+
+    def aux_cell(self, row: dict[str, Any]) -> str:
+        """The manifest ``aux_labels`` cell of one row (see :attr:`vocabulary`)."""
+        return _aux_cell(row, self.vocabulary)
 
     def label(self, path: str | Path, sop_uid: str, study_uid: str) -> tuple[str, str]:
         """(label, how it was joined); ('', '') when no row matches."""
@@ -135,14 +145,28 @@ class Labels:
         return self.join(path, sop_uid, study_uid)[1]
 
 
-def _put(table: dict[Any, dict[str, str]], key: Any, row: dict[str, str], where: str, what: str) -> None:
+def _put(table: dict[Any, dict[str, Any]], key: Any, row: dict[str, Any], where: str, what: str,
+         cell: Callable[[dict[str, Any]], str]) -> None:
     old = table.get(key)
     if old is not None and old["_label"] != row["_label"]:
         raise LabelsError(f"{where}: {what} appears twice with labels {old['_label']!r} and {row['_label']!r}")
-    if old is not None and old["_aux"] != row["_aux"]:
-        raise LabelsError(f"{where}: {what} appears twice with auxiliary findings {old['_aux']!r} "
-                          f"(line {old['_line']}) and {row['_aux']!r}; expected one set of findings per image")
+    if old is not None and _aux_key(old) != _aux_key(row):
+        raise LabelsError(f"{where}: {what} appears twice with auxiliary findings {cell(old)!r} "
+                          f"(line {old['_line']}) and {cell(row)!r}; expected one set of findings per image")
     table[key] = row
+
+
+def _aux_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What a row says of its auxiliary findings, comparable without building its cell."""
+    listed = row["_listed"]
+    return tuple(sorted(row["_auxcols"].items())), None if listed is None else tuple(sorted(listed))
+
+
+def _aux_cell(row: dict[str, Any], vocabulary: Sequence[str]) -> str:
+    values = dict(row["_auxcols"])
+    if row["_listed"] is not None:  # a non-empty findings cell: 1 listed, 0 the rest of the vocabulary
+        values.update((name, int(name in row["_listed"])) for name in vocabulary)
+    return format_aux(values)
 
 
 def _findings(cell: str, none: str, where: str) -> list[str]:
@@ -156,9 +180,11 @@ def _findings(cell: str, none: str, where: str) -> list[str]:
 
 
 def _aux_vocabulary(rows: list[dict[str, str]], path: Path, columns: Sequence[str], label_column: str,
-                    aux_columns: Sequence[str], findings_column: str | None, findings_none: str) -> list[str]:
+                    aux_columns: Sequence[str], findings_column: str | None, findings_none: str,
+                    max_findings: int) -> list[str]:
     """Check the auxiliary settings against the header and return the findings vocabulary:
-    every name of the findings column but the none token and the target."""
+    every name of the findings column but the none token and the target; more than
+    ``max_findings`` names is refused (a column of free text or IDs, not of findings)."""
     for what, col in [*(("auxiliary label column (ingest.aux_label_columns)", c) for c in aux_columns),
                       *([("findings column (ingest.findings_column)", findings_column)] if findings_column else [])]:
         if col not in columns:
@@ -182,6 +208,11 @@ def _aux_vocabulary(rows: list[dict[str, str]], path: Path, columns: Sequence[st
             problem = aux_name_problem(name)
             if problem:
                 raise LabelsError(f"{path}:{i} column {findings_column!r}: finding {name!r}; {problem}")
+            if name not in vocabulary and len(vocabulary) >= max_findings:
+                raise LabelsError(f"{path}:{i} column {findings_column!r}: more than {max_findings} distinct "
+                                  f"findings (limit ingest.max_findings={max_findings}); expected a findings "
+                                  "vocabulary such as NIH's 14: a column of free text or IDs names a new "
+                                  "finding on every row (raise the limit if these are findings)")
             vocabulary.setdefault(name, i)
     target = label_column.casefold()
     vocabulary = {n: i for n, i in vocabulary.items() if n.casefold() != target}
@@ -194,30 +225,64 @@ def _aux_vocabulary(rows: list[dict[str, str]], path: Path, columns: Sequence[st
     return sorted(vocabulary)
 
 
-def _row_aux(row: dict[str, str], where: str, aux_columns: Sequence[str], findings_column: str | None,
-             findings_none: str, vocabulary: Sequence[str]) -> str:
-    """The row's ``aux_labels`` cell: its aux columns (tri-state) and, when its findings
-    cell is not empty, 1 for each finding listed and 0 for the rest of the vocabulary."""
+def _row_aux(row: dict[str, Any], where: str, aux_columns: Sequence[str], findings_column: str | None,
+             findings_none: str) -> None:
+    """The row's auxiliary findings, kept sparse: ``_auxcols`` (its aux columns, tri-state) and
+    ``_listed`` (the findings its findings cell lists; None when the cell is empty)."""
     values = {}
     for col in aux_columns:
         value = parse_label(row[col], f"{where} column {col!r}")
         if value:
             values[col] = int(value)
-    if findings_column and row[findings_column].strip():
-        listed = set(_findings(row[findings_column], findings_none, f"{where} column {findings_column!r}"))
-        values.update((name, int(name in listed)) for name in vocabulary)
-    return format_aux(values)
+    row["_auxcols"] = values
+    row["_listed"] = (frozenset(_findings(row[findings_column], findings_none, f"{where} column {findings_column!r}"))
+                      if findings_column and row[findings_column].strip() else None)
+
+
+def _view(value: str, views: Iterable[str]) -> str:
+    view = coded(value, "ViewPosition", views)
+    return "" if view in PLACEHOLDERS else view
+
+
+def _sex(value: str) -> str:
+    sex = coded(value, "PatientSex")
+    return sex if sex in SEXES else ""
+
+
+def _clean_hints(rows: list[dict[str, str]], path: Path, views: Iterable[str]) -> None:
+    """age / sex / view of a labels CSV go into the manifest of PNG/JPEG exports: a value that
+    cannot be what its column holds (an age that is no number, a formula, a name) is emptied,
+    with one warning per column that names the first line but never the value."""
+    views = tuple(views)
+    checks = (("age", age_years, "an age in years (0-150, or a DICOM age string such as 061Y)"),
+              ("sex", _sex, f"a sex code {sorted(SEXES)}"),
+              ("view", lambda v: _view(v, views), "a view position code (PA, AP, LL, ...)"))
+    for col, clean, expected in checks:
+        bad = []
+        for i, row in enumerate(rows, start=2):
+            value = row.get(col, "")
+            if value:
+                row[col] = clean(value)
+                if not row[col]:
+                    bad.append(i)
+        if bad:
+            logger.warning("%s: column %r: %d value(s) are not %s (first on line %d; not shown): left empty",
+                           path, col, len(bad), expected, bad[0])
 
 
 def load_labels(path: str | Path, label_column: str, aux_columns: Sequence[str] = (),
-                findings_column: str | None = None, findings_none: str = "No Finding") -> Labels:
-    """Read a labels CSV (module docstring); ``aux_columns``, ``findings_column`` and
-    ``findings_none`` are ``ingest.aux_label_columns``, ``.findings_column`` and ``.findings_none``."""
+                findings_column: str | None = None, findings_none: str = "No Finding", *,
+                max_findings: int = 256, views: Iterable[str] = ()) -> Labels:
+    """Read a labels CSV (module docstring); ``aux_columns``, ``findings_column``,
+    ``findings_none`` and ``max_findings`` are ``ingest.aux_label_columns``, ``.findings_column``,
+    ``.findings_none`` and ``.max_findings``; ``views``: view codes the config adds
+    (``ingest.excluded_views``) to the DICOM defined terms a ``view`` hint may hold."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise LabelsError(f"{path}: labels CSV not found")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
+    # csv_rows: a FIFO is refused, a field over the csv limit or bytes that are not UTF-8 are one
+    # line naming the file and line, and cells are read as written (a user's CSV, not ours)
+    with csv_rows(path, decode=False, encoding="utf-8-sig") as reader:
         columns = [c.strip() for c in (reader.fieldnames or [])]
         # DictReader keeps the last of two equal column names: one of two label columns
         # would be dropped silently, so a repeated name is refused.
@@ -241,22 +306,26 @@ def load_labels(path: str | Path, label_column: str, aux_columns: Sequence[str] 
     if label_column not in columns:
         raise LabelsError(f"{path}: label column {label_column!r} (ingest.label_column) not in {columns}")
     aux_columns = list(aux_columns)
-    vocabulary = _aux_vocabulary(rows, path, columns, label_column, aux_columns, findings_column, findings_none)
-    labels = Labels(source=str(path), aux_names=tuple(sorted({*aux_columns, *vocabulary})))
+    vocabulary = _aux_vocabulary(rows, path, columns, label_column, aux_columns, findings_column, findings_none,
+                                 max_findings)
+    labels = Labels(source=str(path), aux_names=tuple(sorted({*aux_columns, *vocabulary})),
+                    vocabulary=tuple(vocabulary))
+    _clean_hints(rows, path, views)
     stems: dict[Key, dict[str, str] | None] = {}
+    cell = labels.aux_cell
     for i, row in enumerate(rows, start=2):
         where = f"{path}:{i}"
         row["_label"] = parse_label(row[label_column], f"{where} column {label_column!r}")
         row["_line"] = str(i)
-        row["_aux"] = _row_aux(row, where, aux_columns, findings_column, findings_none, vocabulary)
+        _row_aux(row, where, aux_columns, findings_column, findings_none)
         if row.get("sop_instance_uid"):
             _put(labels.by_sop, row["sop_instance_uid"], row, where,
-                 f"sop_instance_uid {row['sop_instance_uid']!r}")
+                 f"sop_instance_uid {row['sop_instance_uid']!r}", cell)
         name = row.get("image") or row.get("file")
         key = path_key(name) if name else ()
         if key:
             row["_file"] = "/".join(key)
-            _put(labels.by_path, key, row, where, f"file {row['_file']!r}")
+            _put(labels.by_path, key, row, where, f"file {row['_file']!r}", cell)
             labels.depth = max(labels.depth, len(key))
             stem = _stem_key(key)
             prev = stems.get(stem, row)  # the same entry twice is not ambiguous
@@ -264,7 +333,7 @@ def load_labels(path: str | Path, label_column: str, aux_columns: Sequence[str] 
         # A study key labels the whole study only in rows that name no single image.
         if row.get("study_instance_uid") and not (row.get("sop_instance_uid") or key):
             _put(labels.by_study, row["study_instance_uid"], row, where,
-                 f"study_instance_uid {row['study_instance_uid']!r}")
+                 f"study_instance_uid {row['study_instance_uid']!r}", cell)
     ambiguous = sum(v is None for v in stems.values())
     if ambiguous:
         logger.info("%s: %d file stems appear with several extensions; those join by full name only",
@@ -273,5 +342,6 @@ def load_labels(path: str | Path, label_column: str, aux_columns: Sequence[str] 
     logger.info("%s: %d label rows (%d positive)", path, len(rows), sum(r["_label"] == "1" for r in rows))
     if labels.aux_names:
         logger.info("%s: %d auxiliary finding(s) %s; %d row(s) label at least one", path, len(labels.aux_names),
-                    list(labels.aux_names), sum(bool(r["_aux"]) for r in rows))
+                    list(labels.aux_names), sum(bool(r["_auxcols"]) or (r["_listed"] is not None and bool(vocabulary))
+                                                for r in rows))
     return labels

@@ -27,7 +27,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -36,11 +36,14 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_voi
 
 from fibrosis.config import IngestConfig
+from fibrosis.data.coded import quoted
 from fibrosis.data.dicom import (InputError, check_header, check_luts, check_policy, dicom_meta, read_dataset,
                                  sniff, voi_window)
-from fibrosis.data.discover import not_regular
 from fibrosis.data.j2k import J2K_OVERSAMPLE, decode_reduced
+from fibrosis.data.polarity import (ANALYSIS_SIDE, AS_SHOWN_FROM, CUE_WEIGHTS, INVERTED_TO, MIN_KEPT, UNIFORM_SPREAD,
+                                    check_polarity, mediastinum_lungs)
 from fibrosis.data.records import ImageMeta, PatientId
+from fibrosis.io import not_regular
 
 __all__ = ["InputError", "PixelResult", "load_image", "load_bytes", "read_input", "preprocessing_signature"]
 
@@ -54,15 +57,27 @@ HISTOGRAM_PIXELS = 1 << 20  # distinct-value range above which a LUT would not p
 # it; below that it lies outside the stored values or is far too wide, and
 # applying it would give a blank or flat grey image.
 WINDOW_MIN_COVERAGE = 0.10
-# polarity_score below this marks a display image as suspected inverted (lungs bright).
-# Not 0: on 421 NIH ChestX-ray14 images + the 163 demo DICOMs (all displayed correctly
-# but one), 5 scored below 0 -- 4 correct films with heavy soft tissue (-0.113 .. -0.024)
-# and 1 truly inverted (-0.066); a MONOCHROME2 chest with its header rewritten to
-# MONOCHROME1 scores -0.297. The margin keeps the demo's lowest correct film (-0.029).
-POLARITY_SUSPECT_BELOW = -0.05
-# The reason of a file excluded by ingest.polarity_qa=exclude starts with this
-# (scores.csv: "excluded: polarity suspect (...)"); reports and scores count on it.
+# The reason of a file the polarity check excludes (fibrosis.data.polarity; ingest.polarity_qa)
+# starts with this (scores.csv: "excluded: polarity suspect (...)"); reports and scores count on it.
 POLARITY_EXCLUDED = "polarity suspect"
+# What ingest.polarity_qa does with each verdict of the check: keep, note (kept with a qa: step),
+# invert (with a qa: step) or exclude. An image shown as it should be is always kept.
+PolarityAction = Literal["keep", "note", "invert", "exclude"]
+POLARITY_ACTIONS: dict[str, dict[str, PolarityAction]] = {
+    "auto": {"as-shown": "keep", "unsure": "exclude", "inverted": "invert"},
+    "exclude": {"as-shown": "keep", "unsure": "exclude", "inverted": "exclude"},
+    "invert": {"as-shown": "keep", "unsure": "note", "inverted": "invert"},
+    "keep": {"as-shown": "keep", "unsure": "note", "inverted": "note"},
+}
+QA_NOTES = {"unsure": "polarity-unsure", "inverted": "polarity-suspect"}  # qa: flag of a noted verdict
+
+
+def excluded_flag(reason: str) -> str:
+    """The qa flag of a file the polarity check excluded (its reject reason), else ''."""
+    if not reason.startswith(POLARITY_EXCLUDED):
+        return ""
+    verdict = reason[len(POLARITY_EXCLUDED):].lstrip(" (").split(",", 1)[0]
+    return QA_NOTES.get(verdict, "polarity-suspect")
 
 MIB = 1 << 20
 SNIFF_BYTES = 132  # preamble + 'DICM': enough to tell DICOM, PNG, JPEG and the rest apart
@@ -84,10 +99,12 @@ def preprocessing_signature(cfg: IngestConfig) -> dict[str, Any]:
            "voi_percentiles": list(cfg.voi_percentiles), "j2k_reduce": cfg.j2k_reduce,
            "j2k_oversample": J2K_OVERSAMPLE,
            "window_min_coverage": WINDOW_MIN_COVERAGE, "resize": "INTER_AREA down / INTER_LINEAR up"}
-    # exclude / invert change which images are cached, or their pixels; `keep` is what
+    # auto / exclude / invert change which images are cached, or their pixels; `keep` is what
     # caches built before the setting existed did, so it leaves their signature as it was.
     if cfg.polarity_qa != "keep":
-        sig.update(polarity_qa=cfg.polarity_qa, polarity_suspect_below=POLARITY_SUSPECT_BELOW)
+        sig.update(polarity_qa=cfg.polarity_qa, polarity_check={
+            "weights": CUE_WEIGHTS, "as_shown_from": AS_SHOWN_FROM, "inverted_to": INVERTED_TO,
+            "analysis_side": ANALYSIS_SIDE, "uniform_spread": UNIFORM_SPREAD, "min_kept": MIN_KEPT})
     return sig
 
 
@@ -180,7 +197,7 @@ def load_bytes(data: bytes, path: str | Path, cfg: IngestConfig,
         raise InputError(path, NOT_AN_IMAGE)
     with _quiet_pydicom():
         ds, ts = read_dataset(data, path, fmt, cfg.max_inflated_mb * MIB)
-        meta = _apply_hints(dicom_meta(ds, ts, fmt), hints or {})
+        meta = _apply_hints(dicom_meta(ds, ts, fmt, cfg), hints or {})
         check_header(ds, meta, path, cfg, len(data))
         check_luts(ds, path, ts)
         check_policy(ds, meta, path, cfg)
@@ -340,7 +357,7 @@ def _display(stored: np.ndarray, modality, voi: tuple[Any, ...] | None, invert: 
         overlap = min(center + width / 2, p_hi) - max(center - width / 2, p_lo)
         if overlap / width >= WINDOW_MIN_COVERAGE:
             if func not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
-                steps.append(f"voi:unknown VOILUTFunction {func!r} treated as LINEAR")
+                steps.append(f"voi:unknown VOILUTFunction {quoted(func)} treated as LINEAR")
                 func = "LINEAR"
             lut = _window(values, center, width, func)
             steps.append(f"voi:window(center={center:g},width={width:g},{func})")
@@ -466,18 +483,10 @@ def fit_square(img: np.ndarray, size: int) -> tuple[np.ndarray, str]:
 
 
 def polarity_score(img: np.ndarray) -> float:
-    """Mean of the central (mediastinum/spine) column minus the mean of two lung-field boxes.
-
-    Positive for a frontal chest shown lungs-dark / bone-bright. A clearly negative
-    value (below POLARITY_SUSPECT_BELOW) is a *suspicion*, not proof (rotated,
-    off-centre or heavy soft-tissue films score low too); what happens to such an
-    image is ``ingest.polarity_qa``. It catches headers that lie about MONOCHROME1/2
-    and exports stored inverted.
-    """
-    h, w = img.shape
-    rows = slice(int(0.30 * h), int(0.65 * h))
-    lungs = (img[rows, int(0.15 * w):int(0.35 * w)].mean() + img[rows, int(0.65 * w):int(0.85 * w)].mean()) / 2
-    return float(img[rows, int(0.45 * w):int(0.55 * w)].mean() - lungs)
+    """The mediastinum-lungs cue of :mod:`fibrosis.data.polarity` on ``img`` as given: positive
+    for a frontal chest shown lungs-dark / bone-bright. One cue of three; the verdict is
+    :func:`fibrosis.data.polarity.check_polarity`'s."""
+    return mediastinum_lungs(img)
 
 
 def _finish(img: np.ndarray, meta: ImageMeta, steps: list[str], cfg: IngestConfig,
@@ -485,30 +494,30 @@ def _finish(img: np.ndarray, meta: ImageMeta, steps: list[str], cfg: IngestConfi
     out, step = fit_square(img, cfg.image_size)
     nh, nw, top, left = _geometry(*img.shape, cfg.image_size)
     content = out[top:top + nh, left:left + nw]  # a view: the padding stays 0 whatever happens
-    score = polarity_score(content)
-    qa: list[str] = []
-    if score < POLARITY_SUSPECT_BELOW:
-        evidence = f"mediastinum-lungs={score:.3f}"
+    check = check_polarity(content)
+    action = POLARITY_ACTIONS[cfg.polarity_qa][check.verdict]
+    qa = [f"polarity:{check.verdict}({check.evidence()})"]  # every image's verdict, in its manifest steps
+    if action == "exclude":
         inverted = [s.split(":", 1)[1] for s in steps if s.startswith("invert:")]
         shown = f"inverted for {inverted[0]}" if inverted else "shown as stored"
-        if cfg.polarity_qa == "exclude":
-            # An image shown inverted would train and score as a different picture.
-            raise InputError(path, f"{POLARITY_EXCLUDED} ({evidence} < {POLARITY_SUSPECT_BELOW:g}: the "
-                                   "mediastinum is darker than the lung fields, as in an image shown "
-                                   f"inverted; header (0028,0004) PhotometricInterpretation="
-                                   f"{meta.photometric!r}, {shown}; ingest.polarity_qa=exclude, "
-                                   "keep or invert to use it)", ts, "excluded")
-        if cfg.polarity_qa == "invert":
-            # Resizing is linear, so inverting after it equals inverting before it.
-            content[...] = 1.0 - content
-            qa = [f"qa:polarity-inverted({evidence})"]
-        else:
-            qa = [f"qa:polarity-suspect({evidence})"]
+        why = ("looks inverted: the lungs brighter than the mediastinum and the air above the shoulders, "
+               "the band under the lungs darker than them" if check.verdict == "inverted" else
+               f"cannot tell whether it is shown inverted (score between {INVERTED_TO:g} and {AS_SHOWN_FROM:g})")
+        # An image shown inverted would train and score as a different picture.
+        raise InputError(path, f"{POLARITY_EXCLUDED} ({check.verdict}, {check.evidence()}; {why}; header "
+                               f"(0028,0004) PhotometricInterpretation={quoted(meta.photometric)}, {shown}; "
+                               f"ingest.polarity_qa={cfg.polarity_qa}: keep or invert to use it)", ts, "excluded")
+    if action == "invert":
+        # Resizing is linear, so inverting after it equals inverting before it.
+        content[...] = 1.0 - content
+        qa.append(f"qa:polarity-inverted({check.evidence()})")
+    elif action == "note":
+        qa.append(f"qa:{QA_NOTES[check.verdict]}({check.evidence()})")
     return PixelResult(image=out, meta=meta, steps=steps + qa + [step])
 
 
 def qa_flags(steps: list[str] | str) -> str:
-    """'polarity-suspect' / 'polarity-inverted' (';'-joined) from a result's ``qa:`` steps
-    (a list, or the manifest's '|'-joined string); '' when there are none."""
+    """'polarity-suspect' / 'polarity-unsure' / 'polarity-inverted' (';'-joined) from a result's
+    ``qa:`` steps (a list, or the manifest's '|'-joined string); '' when there are none."""
     items = steps.split("|") if isinstance(steps, str) else steps
     return ";".join(s[3:].split("(", 1)[0] for s in items if s.startswith("qa:"))

@@ -218,9 +218,13 @@ AUX_VALUES = {"0": 0, "1": 1}  # the only values a cell may hold
 
 def aux_name_problem(name: str) -> str:
     """Why ``name`` cannot name an auxiliary finding ("" when it can): it must be non-empty,
-    without surrounding spaces and without the two characters the cell is built from."""
+    start with a letter or digit (a name is no formula: ``+A1-1`` or ``=1+2`` would run in a
+    spreadsheet opening the manifest), have no surrounding spaces and neither of the two
+    characters the cell is built from."""
     if not name or name != name.strip():
         return "expected a non-empty name without leading or trailing spaces"
+    if not name[0].isalnum():
+        return "expected a name that starts with a letter or digit"
     if AUX_SEPARATOR in name or AUX_ASSIGN in name:
         return f"expected a name without {AUX_SEPARATOR!r} or {AUX_ASSIGN!r} (they delimit the manifest's aux_labels)"
     return ""

@@ -30,7 +30,7 @@ import numpy as np
 
 from fibrosis.data.cache import MANIFEST_COLUMNS, CacheLock, CacheReader, manifest_rewritten
 
-from fibrosis.io import file_sha256, iter_csv, write_csv, write_json
+from fibrosis.io import csv_value, file_sha256, iter_csv, open_regular, read_text, write_csv, write_json
 from fibrosis.config import SplitConfig
 
 logger = logging.getLogger(__name__)
@@ -336,7 +336,7 @@ def _previous_split(root: Path, cfg: SplitConfig, reassign: bool, manifest_sha25
     without ``reassign`` it keeps every assignment the manifest has), so it is not recomputed.
     A manifest rewritten by ingest, another config or a first ``reassign`` runs in full."""
     try:
-        state = json.loads((root / SPLIT_STATE).read_text())
+        state = json.loads(read_text(root / SPLIT_STATE))
         if (state["config"] != asdict(cfg) or (reassign and not state["reassign"])
                 or not (root / "near_duplicates.csv").exists()
                 or state["manifest_sha256"] != manifest_sha256):
@@ -465,13 +465,15 @@ class _OffsetRows:
     the rows written are read back one at a time."""
 
     def __init__(self, path: Path):
-        self.fh = open(path, "rb")
+        self.fh = open_regular(path, "rb")
         self.pos = 0
-        self.fieldnames: Sequence[str] = next(csv.reader(self._lines()), [])
+        self.escaped = False
+        self.fieldnames: Sequence[str] = [csv_value(n) for n in next(csv.reader(self._lines()), [])]
 
     def _lines(self) -> Iterator[str]:
         for raw in self.fh:  # split on b"\n": never inside a UTF-8 character
             self.pos += len(raw)
+            self.escaped = self.escaped or b"'" in raw  # a cell to decode (io.csv_value) in this record
             yield raw.decode("utf-8")
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, str]]]:
@@ -481,17 +483,19 @@ class _OffsetRows:
         self.pos = 0
         reader = csv.DictReader(self._lines())
         reader.fieldnames  # reads the header
+        self.escaped = False
         while True:
             start = self.pos
             row = next(reader, None)
             if row is None:
                 return
-            yield start, row
+            yield start, _decoded(row) if self.escaped else row
+            self.escaped = False
 
     def read(self, offset: int) -> dict[str, str]:
         self.fh.seek(offset)
         self.pos = offset
-        return next(csv.DictReader(self._lines(), fieldnames=self.fieldnames))
+        return _decoded(next(csv.DictReader(self._lines(), fieldnames=self.fieldnames)))
 
     def path(self, offset: int) -> str | None:
         """The ``path`` of the row at ``offset``: parsed from its one line when the line holds
@@ -502,14 +506,19 @@ class _OffsetRows:
         col = self.fieldnames.index("path")
         if b'"' not in line:  # csv quotes every field holding a comma, quote or line break
             values = line.rstrip(b"\r\n").split(b",")
-            return values[col].decode("utf-8") if col < len(values) else None
+            return csv_value(values[col].decode("utf-8")) if col < len(values) else None
         if line.count(b'"') % 2:
             return self.read(offset)["path"]
         values = next(csv.reader([line.decode("utf-8")]), [])
-        return values[col] if col < len(values) else None
+        return csv_value(values[col]) if col < len(values) else None
 
     def close(self) -> None:
         self.fh.close()
+
+
+def _decoded(row: dict[str, str]) -> dict[str, str]:
+    """A manifest row as written (:func:`fibrosis.io.csv_value` of each cell)."""
+    return {k: csv_value(v) if isinstance(v, str) else v for k, v in row.items()}
 
 
 def _row_offsets(path: Path, rows: np.ndarray, n: int, block: int = 1 << 20) -> np.ndarray | None:

@@ -16,9 +16,9 @@ from typing import Any
 
 from fibrosis.config import Config
 from fibrosis.data.cache import manifest_hash
-from fibrosis.data.pixels import POLARITY_EXCLUDED, qa_flags
+from fibrosis.data.pixels import POLARITY_EXCLUDED, excluded_flag, qa_flags
 from fibrosis.data.records import parse_label
-from fibrosis.io import file_sha256, package_versions, read_csv
+from fibrosis.io import file_sha256, package_versions, read_csv, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -54,17 +54,22 @@ def _split_counts(rows: Sequence[dict[str, str]]) -> dict[str, dict[str, Any]]:
             for k, v in sorted(out.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))}
 
 
+_POLARITY_GROUP = {"polarity-suspect": "looks inverted", "polarity-unsure": "polarity unsure"}
+
+
 def data_summary(cache: str | Path, rows: Sequence[dict[str, str]], cfg: Config) -> dict[str, Any]:
     """Source, counts per split, prevalence, split method and exclusions of the evaluated cache."""
     cache = Path(cache)
     meta: dict[str, Any] = {}
     if (cache / "cache.json").is_file():
-        meta = json.loads((cache / "cache.json").read_text())
+        meta = json.loads(read_text(cache / "cache.json"))
     rejects = read_csv(cache / "rejects.csv") if (cache / "rejects.csv").is_file() else []
-    # Polarity exclusions carry each image's measured score: one group, not one row each.
+    policy = (meta.get("ingest_config") or {}).get("polarity_qa")
+    # Polarity exclusions carry each image's measured score: one group per verdict, not one row each.
     is_qa = [r.get("kind") == "excluded" and r.get("reason", "").startswith(POLARITY_EXCLUDED) for r in rejects]
     reasons = Counter((r.get("kind") or "rejected",
-                       f"{POLARITY_EXCLUDED}: looks inverted (ingest.polarity_qa=exclude)" if qa
+                       f"{POLARITY_EXCLUDED}: {_POLARITY_GROUP[excluded_flag(r.get('reason', ''))]} "
+                       f"(ingest.polarity_qa={policy or 'exclude'})" if qa
                        else scrub_reason(r.get("reason", ""), r.get("path", "")))
                       for r, qa in zip(rejects, is_qa))
     flagged = Counter(f for r in rows for f in qa_flags(r.get("steps", "")).split(";") if f)
@@ -84,8 +89,7 @@ def data_summary(cache: str | Path, rows: Sequence[dict[str, str]], cfg: Config)
         "exclusions": [{"kind": k, "reason": r, "count": c} for (k, r), c in reasons.most_common()],
         "n_excluded": len(rejects),
         # Images left out, or let in with a note, on the pixel QA's suspicion of inverted display.
-        "qa": {"polarity_qa": (meta.get("ingest_config") or {}).get("polarity_qa")
-               or "keep (cache built before ingest.polarity_qa existed)",
+        "qa": {"polarity_qa": policy or "keep (cache built before ingest.polarity_qa existed)",
                "n_excluded": sum(is_qa), "n_flagged": dict(sorted(flagged.items()))},
         "manifest_sha256": manifest_hash(cache) if (cache / "manifest.csv").is_file() else None,
         "cache": {k: meta.get(k) for k in ("image_size", "dtype") if k in meta},
@@ -100,7 +104,7 @@ def read_history(run: Path, ckpt: dict[str, Any]) -> list[dict[str, Any]]:
     """
     path = run / "metrics.jsonl"
     if path.is_file():
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in read_text(path).splitlines() if line.strip()]
     return list((ckpt.get("run") or {}).get("history") or ckpt.get("history") or [])
 
 

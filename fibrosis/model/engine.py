@@ -36,6 +36,7 @@ from torch import nn
 
 from fibrosis.config import EngineName
 from fibrosis.data.records import Preprocessing
+from fibrosis.io import atomic_target
 
 logger = logging.getLogger(__name__)
 
@@ -233,12 +234,12 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     cpu = copy.deepcopy(model).float().cpu().eval()
     x = torch.zeros(2, 1, input_size, input_size)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     log = io.StringIO()
     try:
         # The exporter prints progress and its passes log at INFO: keep that out of
         # the scoring log unless debugging.
-        with contextlib.redirect_stdout(log), _quiet_loggers("onnxscript", "onnx_ir"), torch.no_grad():
+        with atomic_target(path) as tmp, contextlib.redirect_stdout(log), _quiet_loggers("onnxscript", "onnx_ir"), \
+                torch.no_grad():
             try:
                 import onnxscript  # noqa: F401  (the dynamo exporter needs it)
 
@@ -248,9 +249,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int) -> Path:
             except ImportError:
                 torch.onnx.export(cpu, (x,), str(tmp), dynamo=False, input_names=["x"],
                                   output_names=["logit"], dynamic_axes={"x": {0: "batch"}, "logit": {0: "batch"}})
-        os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
         logger.debug("onnx export log:\n%s", log.getvalue())
     logger.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path

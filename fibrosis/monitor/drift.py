@@ -50,7 +50,7 @@ def input_checks(ref: dict[str, Any], rows: Sequence[Row]) -> list[dict[str, Any
     out = ref["outcomes"]
     kinds = Counter(status_kind(r) for r in rows)
     level = ref["minimums"]["level"]
-    reasons = Counter(f"{status_kind(r)}: {reason_class(str(r['status']).split(':', 1)[1])}"
+    reasons = Counter(f"{status_kind(r)}: {reason_class(str(r['status']).partition(':')[2])}"
                       for r in rows if status_kind(r) in ("excluded", "error"))
     for kind in ("excluded", "error"):
         res = T.rate_test(out[kind], out["n"], kinds[kind], len(rows), level)

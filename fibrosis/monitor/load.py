@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fibrosis.data.labels import load_labels
 from fibrosis.evaluate.reference import REFERENCE_FILE, REFERENCE_FORMAT
-from fibrosis.io import read_csv
+from fibrosis.io import read_csv, read_text
 from fibrosis.score.output import COLUMNS, meta_path
 
 logger = logging.getLogger(__name__)
@@ -32,25 +34,67 @@ def find_reference(run: Path, reference: Path | None) -> Path:
 
 
 def read_reference(path: Path) -> dict[str, Any]:
-    ref = json.loads(path.read_text())
+    ref = json.loads(read_text(path))
     if ref.get("format") != REFERENCE_FORMAT:
         raise ValueError(f"{path}: reference format={ref.get('format')!r}; this version reads {REFERENCE_FORMAT}")
     return ref
 
 
+STATUS_KINDS = ("ok", "excluded", "error")  # scores.csv `status`: "ok", or "<kind>: <reason>"
+_NUMBER_LIKE = re.compile(r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|inf(?:inity)?|nan)?", re.IGNORECASE)
+
+
+def _shown(value: str) -> str:
+    """A cell for a message: quoted when it is a number (nan, 1e999, -5), else only its length."""
+    return repr(value) if len(value) <= 32 and _NUMBER_LIKE.fullmatch(value) else f"<{len(value)} characters, not shown>"
+
+
+def _finite(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def row_problem(row: dict[str, Any]) -> str:
+    """Why a scores row cannot be what `fibrosis score` writes ("" when it can): an ``ok`` row
+    carries a finite logit, a calibrated probability in [0, 1] and a decision of 0 or 1."""
+    kind, _, _ = str(row.get("status") or "").partition(":")
+    if kind.strip() not in STATUS_KINDS:
+        return f"status={_shown(str(row.get('status') or ''))}; expected ok, 'excluded: reason' or 'error: reason'"
+    if kind.strip() != "ok":
+        return ""
+    p, z, d = (str(row.get(k) or "") for k in ("probability", "logit", "decision"))
+    prob = _finite(p)
+    if prob is None or not 0.0 <= prob <= 1.0:
+        return f"probability={_shown(p)}; expected a calibrated probability in [0, 1]"
+    if _finite(z) is None:
+        return f"logit={_shown(z)}; expected a finite number"
+    if d not in ("0", "1"):
+        return f"decision={_shown(d)}; expected 0 or 1 (the decision at the frozen threshold)"
+    return ""
+
+
 def read_scores(path: Path, model_id: str) -> list[dict[str, Any]]:
-    """Rows of one scores file with its side file merged in; refuses another model's scores."""
-    if not path.is_file():
+    """Rows of one scores file with its side file merged in; refuses another model's scores and
+    any row `fibrosis score` could not have written (naming the file and line)."""
+    if not path.exists():
         raise FileNotFoundError(f"{path}: scores file not found (written by `fibrosis score --out`)")
-    rows = read_csv(path)
+    rows = read_csv(path)  # a FIFO, an over-long field or non-UTF-8 bytes: one line naming the file
     if rows and tuple(rows[0]) != COLUMNS:
         raise ValueError(f"{path}: columns {list(rows[0])}; expected {list(COLUMNS)} (a fibrosis scores file)")
+    for line, r in enumerate(rows, start=2):
+        problem = row_problem(r)
+        if problem:
+            raise ValueError(f"{path}:{line}: {problem} (a scores file written by `fibrosis score`)")
+        r["_where"] = f"{path}:{line}"
     other = sorted({r["model_id"] for r in rows} - {model_id})
     if other:
         raise ValueError(f"{path}: scored by model_id {other}; the reference belongs to model_id {model_id!r} "
                          "(the checkpoint as evaluated): monitor scores against the evaluation of their own model")
     side = meta_path(path)
-    meta = {m["path"]: m for m in read_csv(side)} if side.is_file() else {}
+    meta = {m["path"]: m for m in read_csv(side)} if side.exists() else {}
     if not meta:
         logger.warning("%s: no side file %s; input shift is measured on the outcomes only "
                        "(re-score with this version for metadata and image statistics)", path, side.name)
@@ -62,9 +106,33 @@ def read_scores(path: Path, model_id: str) -> list[dict[str, Any]]:
     return rows
 
 
-def attach_labels(rows: Sequence[dict[str, Any]], labels_csv: Path, label_column: str) -> int:
-    """Set ``_label`` (0, 1 or None) on every row; returns how many ok rows got one."""
-    labels = load_labels(labels_csv, label_column)
+def read_all_scores(paths: Sequence[Path], model_id: str) -> list[dict[str, Any]]:
+    """:func:`read_scores` of every file, each image counted once: the same file given twice, or
+    one image (path and content) in two rows, would double its weight in every test."""
+    rows: list[dict[str, Any]] = []
+    files: dict[Path, Path] = {}
+    seen: dict[tuple[str, str], str] = {}
+    for path in paths:
+        real = Path(path).resolve()
+        if real in files:
+            raise ValueError(f"{path}: given twice as --scores (also as {files[real]}); expected each "
+                             "scores file once")
+        files[real] = Path(path)
+        for r in read_scores(Path(path), model_id):
+            key = (r["path"], r.get("content_hash") or "")
+            if key in seen:
+                raise ValueError(f"{r['_where']}: the image of {seen[key]} again (same path and content "
+                                 "hash); expected each scored image once over all --scores files")
+            seen[key] = r["_where"]
+            rows.append(r)
+    return rows
+
+
+def attach_labels(rows: Sequence[dict[str, Any]], labels_csv: Path, label_column: str,
+                  views: Sequence[str] = ()) -> int:
+    """Set ``_label`` (0, 1 or None) on every row; returns how many ok rows got one. ``views``:
+    the view codes the model's ingest config adds (``ingest.excluded_views``)."""
+    labels = load_labels(labels_csv, label_column, views=views)
     labels.check_unique(r["path"] for r in rows)
     n = 0
     for r in rows:

@@ -12,7 +12,6 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from fibrosis import __version__
 from fibrosis.io import atomic_write_bytes, file_sha256, write_json
@@ -58,15 +57,14 @@ def monitor(model: str | Path, scores: Sequence[str | Path], out: str | Path, *,
         warnings.append(f"{ckpt_path} has changed since the reference was written (model_id "
                         f"{ref['model_id']}): re-run `fibrosis evaluate` and re-score, or monitor with the "
                         "checkpoint that scored these files")
-    rows: list[dict[str, Any]] = []
-    for s in scores:
-        rows += load.read_scores(Path(s), ref["model_id"])
+    rows = load.read_all_scores([Path(s) for s in scores], ref["model_id"])
     if not rows:
         raise ValueError(f"{', '.join(map(str, scores))}: no scored rows; expected a scores file written by "
                          "`fibrosis score`")
     if labels:
-        column = label_column or load_checkpoint(ckpt_path)["config"]["ingest"]["label_column"]
-        load.attach_labels(rows, Path(labels), column)
+        ingest_cfg = load_checkpoint(ckpt_path)["config"]["ingest"]
+        load.attach_labels(rows, Path(labels), label_column or ingest_cfg["label_column"],
+                           ingest_cfg.get("excluded_views", ()))
     result = monitor_result(ref, rows, alpha=alpha, mode=window)
     result.update(created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                   version=__version__, model={"checkpoint": str(ckpt_path), "model_id": ref["model_id"]},
@@ -79,14 +77,16 @@ def monitor(model: str | Path, scores: Sequence[str | Path], out: str | Path, *,
         logger.warning("%s", w)
     out.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out / "monitor.json", out / "monitor.html"
-    write_json(json_path, result)
-    from fibrosis.monitor.page import render_page
-
-    atomic_write_bytes(html_path, render_page(result, figures=figures).encode("utf-8"))
+    # The alerts are logged as soon as they are known: a job watching the log or the exit
+    # status must see them even if writing a file fails afterwards.
     for a in result["alerts"]:
         logger.warning("ALERT %s", a)
     for n in result["notes"]:
         logger.info("note: %s", n)
+    write_json(json_path, result)
+    from fibrosis.monitor.page import render_page
+
+    atomic_write_bytes(html_path, render_page(result, figures=figures).encode("utf-8"))
     logger.info("monitor: %d alert(s) over %d window(s) -> %s", len(result["alerts"]),
                 len(result["windows"]), html_path)
     return MonitorSummary(json_path, html_path, result["alerts"], result["notes"])

@@ -11,13 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from fibrosis import __version__
+from fibrosis.io import atomic_write_bytes, read_text
 from fibrosis.model.cam import PANELS_FILE, load_panels
 from fibrosis.report import plots
 from fibrosis.report.card import model_card
@@ -92,8 +92,8 @@ def _qa_line(qa: dict[str, Any] | None) -> str:
     if not qa:
         return "not recorded"
     noted = ", ".join(f"{n} {flag}" for flag, n in qa.get("n_flagged", {}).items()) or "none"
-    return (f"ingest.polarity_qa={qa['polarity_qa']}: {qa['n_excluded']} input(s) excluded as suspected "
-            f"inverted display; images in the cache with a QA note: {noted}")
+    return (f"ingest.polarity_qa={qa['polarity_qa']}: {qa['n_excluded']} input(s) excluded by the polarity "
+            f"check (inverted or unsure display); images in the cache with a QA note: {noted}")
 
 
 def _data_blocks(m: dict[str, Any]) -> list[Block]:
@@ -462,18 +462,18 @@ def write_report(run: str | Path, out: str | Path | None = None, split: str = "t
     if not mpath.is_file():
         raise FileNotFoundError(f"{mpath}: no evaluation of split {split!r}; run `fibrosis evaluate "
                                 f"--run {run} --cache CACHE --split {split}` first")
-    m = json.loads(mpath.read_text())
+    m = json.loads(read_text(mpath))
     out = Path(out) if out is not None else Path("reports") / run.name
     out.mkdir(parents=True, exist_ok=True)
     figs = make_figures(m, eval_dir)
-    tune = json.loads((run / "tune.json").read_text()) if (run / "tune.json").is_file() else None  # `fibrosis tune`
+    tune = json.loads(read_text(run / "tune.json")) if (run / "tune.json").is_file() else None  # `fibrosis tune`
     if tune:
         figs["tune_roc"] = plots.png_bytes(plots.tune_roc_figure(tune["arms"], tune["chosen"]))
     blocks = build_blocks(m, set(figs), tune)
     title = f"Fibrosis classifier validation: {m.get('run', {}).get('name', run.name)}"
     page = render_html(blocks, figs, title)
-    (out / "report.html").write_text(page, encoding="utf-8")
-    shutil.copyfile(mpath, out / "metrics.json")
+    atomic_write_bytes(out / "report.html", page.encode("utf-8"))  # never left truncated
+    atomic_write_bytes(out / "metrics.json", read_text(mpath).encode("utf-8"))
     render_pdf(page, out / "report.pdf",  # last: HTML and metrics stand even if the PDF engine fails
                page_banner=None if m.get("run", {}).get("pretrained", False) else "NOT ImageNet-pretrained")
     logger.info("report: %s, %s, %s", out / "report.html", out / "report.pdf", out / "metrics.json")

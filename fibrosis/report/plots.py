@@ -14,7 +14,11 @@ from matplotlib.figure import Figure
 
 BLUE, ORANGE, VERMILLION, GREEN, GREY, PURPLE = "#0072B2", "#E69F00", "#D55E00", "#009E73", "#7f7f7f", "#CC79A7"
 OP_COLOURS = (VERMILLION, GREEN, PURPLE, BLUE)
-_RC = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8.5}
+# Every string a figure draws is plain text (text.parse_math off): matplotlib reads "$...$" as
+# mathtext, so a manufacturer, category or arm name holding "$" would be typeset as math or fail
+# to parse ("Unknown symbol") and take the whole page down with it.
+PLAIN_TEXT = {"text.parse_math": False}
+_RC = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8.5, **PLAIN_TEXT}
 
 
 def styled(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -40,8 +44,17 @@ def _pct(v: float | None) -> str:
 
 
 def png_bytes(fig: Figure, dpi: int = 150) -> bytes:
+    """The one way a figure of the report or the monitor becomes an image: every text in it is
+    drawn as plain text (:data:`PLAIN_TEXT`), those made already and the tick labels that are
+    only made while drawing."""
+    import matplotlib as mpl
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
+    with mpl.rc_context(PLAIN_TEXT):
+        fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
     return buf.getvalue()
 
 

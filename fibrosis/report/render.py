@@ -12,6 +12,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+from fibrosis.io import atomic_target
+
 Block = dict[str, Any]
 
 CSS = """
@@ -142,10 +144,6 @@ def render_pdf(html_text: str, path: str | Path, *, page_banner: str | None = No
         css += ("@page{@top-center{content:\"%s\";color:#b00020;font-weight:700;font-size:10px}}"
                 % page_banner.replace("\\", "").replace('"', "'"))
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_target(path) as tmp:  # a full disk: one line naming the PDF, no partial file
         weasyprint.HTML(string=html_text).write_pdf(tmp, stylesheets=[weasyprint.CSS(string=css)] if css else None)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

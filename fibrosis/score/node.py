@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fibrosis.io import atomic_write_bytes
+from fibrosis.data.dicom import shown
+from fibrosis.io import atomic_write_bytes, csv_line
 
 logger = logging.getLogger(__name__)
 
@@ -167,12 +168,13 @@ class Node:
         sop = str(ds.get("SOPInstanceUID", "") or "")
         study = str(ds.get("StudyInstanceUID", "") or "")
         context = str(event.context.abstract_syntax)
+        # Values are quoted only when they are numbers (shown): a peer may send a name in any tag.
         if cls != context:
-            return DATA_SET_MISMATCH, (f"(0008,0016) SOPClassUID={cls[:64]!r}; expected {context} "
+            return DATA_SET_MISMATCH, (f"(0008,0016) SOPClassUID={shown(cls)}; expected {context} "
                                        "(the presentation context's SOP class)"), None
         for tag, value in (("(0008,0018) SOPInstanceUID", sop), ("(0020,000D) StudyInstanceUID", study)):
             if not (_UID.fullmatch(value) and len(value) <= 64):
-                return CANNOT_UNDERSTAND, f"{tag}={value[:80]!r}; expected a DICOM UID", None
+                return CANNOT_UNDERSTAND, f"{tag}={shown(value)}; expected a DICOM UID", None
         if sop != str(event.request.AffectedSOPInstanceUID):
             return DATA_SET_MISMATCH, (f"(0008,0018) SOPInstanceUID={sop!r}; expected the request's "
                                        f"AffectedSOPInstanceUID {event.request.AffectedSOPInstanceUID}"), None
@@ -239,8 +241,8 @@ class Node:
 
         files = {s: self._files(s) for s in studies}
         batch = self.state / "batch.csv"  # a CSV of paths is one of score's input forms
-        atomic_write_bytes(batch, ("path\n" + "".join(f"{self.incoming / s / f}\n" for s in studies
-                                                      for f in files[s])).encode())
+        atomic_write_bytes(batch, (csv_line(["path"]) + "".join(csv_line([self.incoming / s / f]) for s in studies
+                                                                for f in files[s])).encode())
         t0 = time.perf_counter()
         summary = score(self.cfg.model, batch, self.scores, workers=self.cfg.workers,
                         batch_size=self.cfg.batch_size, engine=self.cfg.engine, progress=False,

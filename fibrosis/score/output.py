@@ -13,7 +13,6 @@ holds more than one row per input file (or one summary per study) in memory.
 """
 from __future__ import annotations
 
-import csv
 import heapq
 import io
 import logging
@@ -26,12 +25,13 @@ from typing import Any
 
 from fibrosis.config import StudyAggregate
 from fibrosis.data.cache import IMAGE_STATS
-from fibrosis.io import write_csv
+from fibrosis.io import (CsvRows, csv_line, is_no_space, iter_csv, no_space, not_regular, open_regular,
+                         write_csv)
 
 logger = logging.getLogger(__name__)
 
-# qa: ';'-joined QA findings of the pixel function (fibrosis.data.pixels.qa_flags), e.g.
-# polarity-suspect (kept as shown, or excluded: see status) or polarity-inverted.
+# qa: ';'-joined QA findings of the pixel function (fibrosis.data.pixels.qa_flags): polarity-suspect
+# (looks inverted) or polarity-unsure (kept as shown, or excluded: see status), or polarity-inverted.
 COLUMNS: tuple[str, ...] = (
     "path", "status", "qa", "sop_uid", "series_uid", "study_uid", "patient_key", "view_position",
     "logit", "probability", "decision", "threshold_name", "threshold", "model_id", "engine",
@@ -76,6 +76,18 @@ def meta_path(scores: Path) -> Path:
     return _side_path(scores, "meta")
 
 
+def studies_path(scores: Path) -> Path:
+    """``scores.csv`` -> ``scores.studies.csv``: the per-study aggregate."""
+    return scores.with_suffix(".studies.csv")
+
+
+def side_files(scores: Path, aux_columns: tuple[str, ...] | None = None) -> list[tuple[Path, tuple[str, ...]]]:
+    """(path, columns) of every file written beside ``scores``: each gets the checks ``--out``
+    gets (:func:`check_ours`), since a FIFO or a foreign file there would block or be lost the same way."""
+    files = [(studies_path(scores), STUDY_COLUMNS), (meta_path(scores), META_COLUMNS)]
+    return files + ([(aux_path(scores), aux_columns)] if aux_columns else [])
+
+
 def discover_inputs(input_: str | Path, out: Path, gradcam_dir: Path | None,
                     salt_file: Path | None = None) -> list[tuple[str, str]]:
     """Sorted (path, error) entries from :func:`fibrosis.data.discover.discover_entries` (the
@@ -84,11 +96,13 @@ def discover_inputs(input_: str | Path, out: Path, gradcam_dir: Path | None,
     input folder: a re-run must not score its own CSV."""
     from fibrosis.data.discover import discover_entries
 
-    skip = {str(p.resolve()) for p in (out, out.with_suffix(".studies.csv"), meta_path(out), salt_file) if p}
+    ours = (out, studies_path(out), meta_path(out), aux_path(out))
+    skip = {str(p.resolve()) for p in (*ours, salt_file) if p}
     # Also rank parts and the temporary files a killed atomic rewrite leaves (all next to
     # ``out``): hidden files are inputs now, so ``.scores.csv.tmp123`` must be named here.
-    names = "|".join(re.escape(n) for n in (out.name, out.with_suffix(".studies.csv").name, meta_path(out).name))
-    own = re.compile(rf"(?:{names})\.rank\d+(?:\.meta\.csv)?|\.(?:{names}|{re.escape(out.name)}\.rank\d+\.meta\.csv)\.tmp\d+")
+    names = "|".join(re.escape(p.name) for p in ours)
+    rank_side = rf"{re.escape(out.name)}\.rank\d+\.(?:meta|aux)\.csv"
+    own = re.compile(rf"(?:{names})\.rank\d+(?:\.(?:meta|aux)\.csv)?|\.(?:{names}|{rank_side})\.tmp\d+")
     gc = str(gradcam_dir.resolve()) + os.sep if gradcam_dir else None
     return [(p, err) for p, err in discover_entries([input_])
             if p not in skip and not (Path(p).parent == out.parent.resolve() and own.fullmatch(Path(p).name))
@@ -96,9 +110,7 @@ def discover_inputs(input_: str | Path, out: Path, gradcam_dir: Path | None,
 
 
 def _line(row: dict[str, Any], columns: tuple[str, ...]) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(["" if row.get(c) is None else row.get(c) for c in columns])
-    return buf.getvalue()
+    return csv_line(row.get(c) for c in columns)
 
 
 def check_ours(path: Path, columns: tuple[str, ...] = COLUMNS) -> bool:
@@ -108,13 +120,11 @@ def check_ours(path: Path, columns: tuple[str, ...] = COLUMNS) -> bool:
     mistake, and such a file must come out of the run as it went in."""
     if not path.exists():
         return False
-    from fibrosis.data.discover import not_regular
-
     why = not_regular(path.stat().st_mode)
     if why:
         raise ValueError(f"{path}: {why}; expected a fibrosis score file or a new path: choose a new --out")
     header = _line(dict(zip(columns, columns)), columns).encode("utf-8")
-    with open(path, "rb") as fh:
+    with open_regular(path, "rb") as fh:
         first = fh.read(len(header))
     if not first:
         return False
@@ -154,18 +164,15 @@ def open_for_resume(path: Path, expect_model: str) -> dict[str, str]:
         return {}
     _cut_torn_line(path)
     done: dict[str, str] = {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        next(reader)  # the header, checked above
-        mi, hi = COLUMNS.index("model_id"), COLUMNS.index("content_hash")
-        for i, rec in enumerate(reader, start=2):
-            if len(rec) != len(COLUMNS):
-                raise ValueError(f"{path}: line {i} has {len(rec)} fields; expected {len(COLUMNS)}")
-            if rec[mi] != expect_model:
-                raise ValueError(f"{path}: line {i} was scored by model_id={rec[mi]!r}; this run "
-                                 f"uses {expect_model!r}; scores of two models must not be mixed: "
-                                 f"choose a new --out")
-            done[rec[0]] = rec[hi]
+    for i, rec in enumerate(iter_csv(path), start=2):  # the header was checked above
+        if None in rec or None in rec.values():
+            n = len(COLUMNS) + len(rec.get(None) or ()) - sum(v is None for k, v in rec.items() if k is not None)
+            raise ValueError(f"{path}: line {i} has {n} fields; expected {len(COLUMNS)}")
+        if rec["model_id"] != expect_model:
+            raise ValueError(f"{path}: line {i} was scored by model_id={rec['model_id']!r}; this run "
+                             f"uses {expect_model!r}; scores of two models must not be mixed: "
+                             f"choose a new --out")
+        done[rec["path"]] = rec["content_hash"]
     return done
 
 
@@ -173,15 +180,15 @@ def prune_meta(path: Path, done: set[str], columns: tuple[str, ...] = META_COLUM
     """Before a resume: keep only the side-file rows of paths already in the scores file.
     Side rows are written before their score rows, so a killed run may leave a few extra
     (and a torn last line); those files are scored again and their rows re-written."""
-    if not path.exists() or path.stat().st_size == 0:
+    if not check_ours(path, columns):  # a FIFO or a foreign file: refused, left as it is
         return
-    text = path.read_bytes()
+    with open_regular(path, "rb") as fh:
+        text = fh.read()
     text = text[:text.rfind(b"\n") + 1]  # a torn last line
-    rows = list(csv.DictReader(io.StringIO(text.decode("utf-8"))))
-    header = text.split(b"\n", 1)[0].decode("utf-8")
-    if tuple(next(csv.reader([header]), [])) != columns:
-        raise ValueError(f"{path}: existing file has columns {header!r}; expected {list(columns)} "
-                         "(not a fibrosis score side file, another version or another model): choose a new --out")
+    try:
+        rows = list(CsvRows(io.StringIO(text.decode("utf-8")), path, decode=True))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); expected a fibrosis score side file") from None
     _write_rows_atomic(path, (r for r in rows if r["path"] in done), columns)
 
 
@@ -191,26 +198,37 @@ class RowWriter:
     def __init__(self, path: Path, columns: tuple[str, ...] = COLUMNS):
         self.path, self.columns = path, columns
         path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists() or path.stat().st_size == 0
-        self.fh = open(path, "a", newline="", encoding="utf-8")
-        if new:
-            self.fh.write(_line(dict(zip(columns, columns)), columns))
+        self.fh = open_regular(path, "a", newline="", encoding="utf-8")  # a FIFO is refused, not waited on
+        if self.fh.tell() == 0:
+            self._do(self.fh.write, _line(dict(zip(columns, columns)), columns))
+
+    def _do(self, op: Any, *args: Any) -> None:
+        """``op(*args)``; a full disk is one line naming the file (a torn last line is cut on resume)."""
+        try:
+            op(*args)
+        except OSError as exc:
+            if is_no_space(exc):
+                raise no_space(exc, self.path) from None
+            raise
 
     def write(self, row: dict[str, Any]) -> None:
-        self.fh.write(_line(row, self.columns))
+        self._do(self.fh.write, _line(row, self.columns))
 
     def flush(self) -> None:
         # The OS buffer survives a killed process; fsync would only add power-loss
         # safety at a large cost per batch.
-        self.fh.flush()
+        self._do(self.fh.flush)
 
     def close(self) -> None:
-        self.fh.close()
+        try:
+            self._do(self.fh.close)
+        except OSError:
+            if not self.fh.closed:
+                raise
 
 
 def iter_rows(path: Path) -> Iterator[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        yield from csv.DictReader(fh)
+    return iter_csv(path)
 
 
 def is_sorted(path: Path) -> bool:
@@ -223,9 +241,9 @@ def is_sorted(path: Path) -> bool:
 
 
 def _write_rows_atomic(path: Path, rows: Iterable[dict[str, str]], columns: tuple[str, ...] = COLUMNS) -> int:
-    """:func:`fibrosis.io.write_csv` of ``rows`` cut to ``columns`` (a key a row has beyond them
-    is dropped, not an error: rows read back from a file of another version); the row count."""
-    return write_csv(path, ({c: r.get(c) for c in columns} for r in rows), columns)
+    """:func:`fibrosis.io.write_csv` of ``rows`` cut to ``columns`` (rows read back from a file of
+    another version may hold more); the row count."""
+    return write_csv(path, rows, columns)
 
 
 def _dedupe(rows: Iterable[dict[str, str]]) -> Iterator[dict[str, str]]:
@@ -283,44 +301,55 @@ def study_rows(path: Path, aggregate: str) -> Iterator[dict[str, Any]]:
 
 
 def _study_rows(path: Path, aggregate: str) -> Iterator[dict[str, Any]]:
-    import itertools
     import sqlite3
     import tempfile
 
     fd, name = tempfile.mkstemp(prefix="fibrosis-studies-", suffix=".sqlite")
     os.close(fd)
     try:
-        db = sqlite3.connect(name, isolation_level=None)
-        try:
-            for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4096", "temp_store=FILE"):
-                db.execute(f"PRAGMA {pragma}")
-            db.execute("CREATE TABLE img (study TEXT, key TEXT, frontal INTEGER, prob REAL, decision INTEGER, "
-                       "threshold_name TEXT, threshold TEXT, model_id TEXT)")
-            db.execute("BEGIN")
-            batch: list[tuple[Any, ...]] = []
-            for row in iter_rows(path):
-                if row["status"] != "ok" or not row["study_uid"]:
-                    continue
-                frontal = row["view_position"] in FRONTAL_VIEWS
-                batch.append((row["study_uid"], row["patient_key"], frontal,
-                              float(row["probability"]) if frontal else None,
-                              int(row["decision"]) if frontal else None,
-                              row["threshold_name"], row["threshold"], row["model_id"]))
-                if len(batch) >= 4096:
-                    db.executemany("INSERT INTO img VALUES (?,?,?,?,?,?,?,?)", batch)
-                    batch.clear()
-            db.executemany("INSERT INTO img VALUES (?,?,?,?,?,?,?,?)", batch)
-            db.execute("CREATE INDEX by_study ON img (study)")  # entries end in rowid: file order within a study
-            db.execute("COMMIT")
-            # SQLite compares UTF-8 bytes: the order of Python's sorted() on str
-            cur = db.execute("SELECT study, key, frontal, prob, decision, threshold_name, threshold, model_id "
-                             "FROM img INDEXED BY by_study ORDER BY study, rowid")
-            for uid, images in itertools.groupby(cur, key=lambda r: r[0]):
-                yield _study_row(uid, list(images), aggregate)
-        finally:
-            db.close()
+        yield from _grouped(path, name, aggregate)
+    except (OSError, sqlite3.Error) as exc:
+        if is_no_space(exc):  # the scratch table of a large archive filled the temporary folder
+            raise no_space(exc if isinstance(exc, OSError) else None, name) from None
+        raise
     finally:
         os.unlink(name)
+
+
+def _grouped(path: Path, name: str, aggregate: str) -> Iterator[dict[str, Any]]:
+    """The study rows of ``path``, grouped in the SQLite file ``name``."""
+    import itertools
+    import sqlite3
+
+    db = sqlite3.connect(name, isolation_level=None)
+    try:
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4096", "temp_store=FILE"):
+            db.execute(f"PRAGMA {pragma}")
+        db.execute("CREATE TABLE img (study TEXT, key TEXT, frontal INTEGER, prob REAL, decision INTEGER, "
+                   "threshold_name TEXT, threshold TEXT, model_id TEXT)")
+        db.execute("BEGIN")
+        batch: list[tuple[Any, ...]] = []
+        for row in iter_rows(path):
+            if row["status"] != "ok" or not row["study_uid"]:
+                continue
+            frontal = row["view_position"] in FRONTAL_VIEWS
+            batch.append((row["study_uid"], row["patient_key"], frontal,
+                          float(row["probability"]) if frontal else None,
+                          int(row["decision"]) if frontal else None,
+                          row["threshold_name"], row["threshold"], row["model_id"]))
+            if len(batch) >= 4096:
+                db.executemany("INSERT INTO img VALUES (?,?,?,?,?,?,?,?)", batch)
+                batch.clear()
+        db.executemany("INSERT INTO img VALUES (?,?,?,?,?,?,?,?)", batch)
+        db.execute("CREATE INDEX by_study ON img (study)")  # entries end in rowid: file order within a study
+        db.execute("COMMIT")
+        # SQLite compares UTF-8 bytes: the order of Python's sorted() on str
+        cur = db.execute("SELECT study, key, frontal, prob, decision, threshold_name, threshold, model_id "
+                         "FROM img INDEXED BY by_study ORDER BY study, rowid")
+        for uid, images in itertools.groupby(cur, key=lambda r: r[0]):
+            yield _study_row(uid, list(images), aggregate)
+    finally:
+        db.close()
 
 
 def _study_row(uid: str, images: list[tuple[Any, ...]], aggregate: str) -> dict[str, Any]:

@@ -34,11 +34,11 @@ import numpy as np
 
 from fibrosis.score import output as score_io
 from fibrosis.data.cache import DTYPES, image_statistics
-from fibrosis.io import file_sha256
+from fibrosis.io import atomic_write_bytes, file_sha256
 from fibrosis.config import IngestConfig, ScoreConfig, config_from_dict
 from fibrosis.data.dataset import model_array
 from fibrosis.data.identity import identity, resolve_salt
-from fibrosis.data.pixels import POLARITY_EXCLUDED, qa_flags
+from fibrosis.data.pixels import excluded_flag, qa_flags
 from fibrosis.data.records import Decoded, DecodeResult, Preprocessing, Rejected, Skipped
 
 logger = logging.getLogger(__name__)
@@ -249,8 +249,8 @@ class Scorer:
             self.xs.append(x)
         else:  # kind is "error" or "excluded"; one line per file, whatever the reason text holds
             row["status"] = f"{res.kind}: " + " ".join(str(res.reason).split())
-            if res.kind == "excluded" and str(res.reason).startswith(POLARITY_EXCLUDED):
-                row["qa"] = "polarity-suspect"
+            if res.kind == "excluded":
+                row["qa"] = excluded_flag(str(res.reason))
         self.counts[row["status"].split(":")[0]] += 1
         self.rows.append(row)
         if len(self.xs) >= self.batch_size or len(self.rows) >= 4 * self.batch_size:
@@ -339,7 +339,10 @@ class Scorer:
         self.gradcam_dir.mkdir(parents=True, exist_ok=True)
         for i, cam in zip(pos, cams):
             name = re.sub(r"[^A-Za-z0-9._-]", "_", ok_rows[i]["sop_uid"] or ok_rows[i]["content_hash"][:16])
-            cv2.imwrite(str(self.gradcam_dir / f"{name}.png"), overlay(x[i, 0], cam, self.fz.preprocessing))
+            ok, png = cv2.imencode(".png", overlay(x[i, 0], cam, self.fz.preprocessing))
+            if not ok:  # cv2.imwrite would have returned False and written nothing, silently
+                raise RuntimeError(f"{self.gradcam_dir / name}.png: PNG encoding failed")
+            atomic_write_bytes(self.gradcam_dir / f"{name}.png", png.tobytes())
 
 
 # ------------------------------------------------------------------ entry point
@@ -401,7 +404,7 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
                      gradcam_dir=gradcam_dir, study_aggregate=study_aggregate, engine=engine, salt_dir=salt_dir,
                      aux_columns=score_io.aux_columns(net.aux_names) if aux else None)
         scorer = _score_files(plan, fz, net, ckpt_path, sha, d, progress, t0)
-        summary = ScoreSummary(str(plan.out), str(plan.out.with_suffix(".studies.csv")), fz.model_id,
+        summary = ScoreSummary(str(plan.out), str(score_io.studies_path(plan.out)), fz.model_id,
                                scorer.engine.describe(), scorer.counts, plan.resumed,
                                setup_seconds=scorer.setup_seconds)
         _finish(plan, summary, scorer, d)
@@ -448,8 +451,14 @@ def _plan(fz: Frozen, d: Any, input: str | Path, out: Path, *, workers: int | No
     if not entries:
         logger.warning("%s: no input files found", input)
     part = out if d.world == 1 else out.with_name(f"{out.name}.rank{d.rank}")
-    if d.is_main:  # never overwrite a foreign file that happens to have the studies name
-        score_io.check_ours(out.with_suffix(".studies.csv"), score_io.STUDY_COLUMNS)
+    # Every file written beside --out gets the checks --out gets: a FIFO there would block the
+    # run, a foreign file with a side file's name would be overwritten.
+    if d.is_main:
+        for side, columns in score_io.side_files(out, aux_columns):
+            score_io.check_ours(side, columns)
+    if part != out:
+        for side, columns in score_io.side_files(part, aux_columns)[1:]:  # a rank writes no studies file
+            score_io.check_ours(side, columns)
     done = score_io.open_for_resume(part, fz.model_id)
     if d.world > 1 and out.exists():
         done = {**score_io.open_for_resume(out, fz.model_id), **done}  # this rank's part is newer
