@@ -130,9 +130,13 @@ def test_a_study_scored_again_supersedes_its_sr_only_when_the_content_changed(sc
     monkeypatch.setenv("FIBROSIS_SALT", "sr-salt")
     sr_dir = tmp_path / "sr"
     shutil.copytree(out / "sr", sr_dir)
+    shutil.copytree(out / "sc", tmp_path / "sc")
     before = {p.name: p.read_bytes() for p in sr_dir.iterdir()}
-    S.score(ckpt, root, tmp_path / "again.csv", progress=False, device="cpu", sr_out=sr_dir)
+    sc_before = {p.name: p.read_bytes() for p in (tmp_path / "sc").iterdir()}
+    S.score(ckpt, root, tmp_path / "again.csv", progress=False, device="cpu", sr_out=sr_dir,
+            sc_out=tmp_path / "sc")
     assert {p.name: p.read_bytes() for p in sr_dir.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in (tmp_path / "sc").iterdir()} == sc_before  # not made again
     first = pydicom.dcmread(sr_dir / "1.2.3.2.sr.dcm")
     assert first.InstanceNumber == 1 and "PredecessorDocumentsSequence" not in first
 
@@ -176,14 +180,24 @@ def test_identifiers_stay_in_the_dicom_world(scored, ckpt, tmp_path, monkeypatch
 
 def test_gradcam_secondary_capture_in_the_source_study(scored):
     root, out, _ = scored
-    scs = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p) for p in (out / "sc").glob("*.dcm")}
-    assert len(scs) == 3  # one per frontal image scored
+    # <source SOP Instance UID>.sc.dcm
+    scs = {p.name[:-len(".sc.dcm")]: pydicom.dcmread(p) for p in (out / "sc").glob("*.dcm")}
+    assert sorted(scs) == ["1.2.3.1.1", "1.2.3.1.2", "1.2.3.2.1"]  # one per frontal image scored
     by_source = {}
-    for ds in scs.values():
+    for source_uid, ds in scs.items():
         assert ds.SOPClassUID == SECONDARY_CAPTURE and ds.PhotometricInterpretation == "RGB"
         assert ds.PatientID == PATIENT_ID and ds.StudyInstanceUID in ("1.2.3.1", "1.2.3.2")
         img = ds.pixel_array
-        assert img.shape == (32, 32, 3) and img.std() > 0
+        # Large enough to read (the model input is 32 px here), the warning burned in.
+        assert img.shape == (1024, 1024, 3) and img.std() > 0
+        assert ds.BurnedInAnnotation == "YES" and ds.ImageType[:2] == ["DERIVED", "SECONDARY"]
+        white = (img == 255).all(axis=2)
+        assert white[:60].sum() > 500 and white[-60:].sum() > 500  # text in the top and bottom bands
+        assert not white[200:800].any()  # none over the heat map itself
+        src = ds.SourceImageSequence[0]
+        assert src.ReferencedSOPInstanceUID == source_uid
+        assert src.ReferencedSOPClassUID == pydicom.dcmread(root / ("s2.dcm" if source_uid == "1.2.3.2.1" else
+                                                                    "s1_pa.dcm")).SOPClassUID
         by_source.setdefault(ds.StudyInstanceUID, []).append(ds.SeriesInstanceUID)
     assert sorted(len(v) for v in by_source.values()) == [1, 2]
     assert len(set(by_source["1.2.3.1"])) == 1  # one overlay series per study
