@@ -9,6 +9,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, get_args
@@ -196,14 +197,33 @@ def cmd_listen(args: argparse.Namespace) -> int:
                      host=args.host, idle_seconds=args.idle, allowed_callers=tuple(args.allow_caller or ()),
                      destination=Destination.parse(args.send_to) if args.send_to else None, sc=args.sc,
                      timeout=args.timeout, engine=args.engine, device=args.device, workers=args.workers,
-                     batch_size=args.batch_size, salt_dir=args.salt_dir)
+                     batch_size=args.batch_size, salt_dir=args.salt_dir, retry_seconds=args.retry_wait,
+                     retry_max_seconds=max(args.retry_wait, 3600.0), send_attempts=args.send_attempts)
     stop = threading.Event()
-    # SIGTERM (service manager) and SIGINT (Ctrl-C): stop accepting, finish the batch being
-    # scored, exit 0; what is left in incoming/ is scored on the next start.
+
+    # SIGTERM (service manager) and SIGINT (Ctrl-C): stop accepting, let the batch being scored
+    # finish, exit. A second signal exits at once (128 + signal number) without waiting; what
+    # was received stays in incoming/ and is scored on the next start. os._exit: the scoring
+    # thread may be inside native code, which an interpreter shutdown would abort.
+    def on_signal(signum: int, frame: object) -> None:
+        if not stop.is_set():
+            stop.set()
+            return
+        logger.warning("second %s: exiting now; the batch being scored is scored again on the next start",
+                       signal.Signals(signum).name)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(128 + signum)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: stop.set())
+        signal.signal(sig, on_signal)
     counts = listen(cfg, stop)
-    return EXIT_OK if not counts.get("send_failed") else EXIT_FAIL
+    if counts.get("unsent_studies") or counts.get("batches_failed"):
+        logger.warning("exit 1: %d studie(s) with results not sent (kept in %s, sent on the next start), %d "
+                       "batch(es) failed (scored again on the next start)", counts.get("unsent_studies", 0),
+                       args.workdir, counts.get("batches_failed", 0))
+        return EXIT_FAIL
+    return EXIT_OK
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
@@ -346,7 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("listen", cmd_listen,
             "Run a DICOM node (C-STORE SCP with C-ECHO): receive CR/DX images from a PACS or modality, "
             "score each study once it has been idle, write CSV rows and an SR (and SC), optionally send "
-            "them back with C-STORE.")
+            "them back with C-STORE. SIGTERM / Ctrl-C: stop accepting, let the batch being scored finish, "
+            "exit; a second one exits at once. Exit 0: stopped with every result sent; 1: results left "
+            "unsent (kept, sent on the next start) or a batch failed; 2: usage error; 128+N: a second "
+            "signal N.")
     p.add_argument("--model", type=Path, required=True,
                    help="run directory or checkpoint (.pt); preprocessing, policy, calibrator and threshold "
                         "come from it, as for `score`")
@@ -363,7 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-caller", action="append", metavar="AE",
                    help="accept associations only from this calling AE title (repeatable; default: any)")
     p.add_argument("--send-to", metavar="AE@HOST:PORT", default=None,
-                   help="send each study's SR (and SC) with C-STORE to this AE; retried after --idle on failure")
+                   help="send each study's SR (and SC) with C-STORE to this AE; a failed send is retried "
+                        "(the results are kept, never scored again) after --retry-wait seconds, doubled after "
+                        "each failure up to 1 h, --send-attempts times, then again on the next start")
+    p.add_argument("--retry-wait", type=float, default=30.0,
+                   help="seconds before the first retry of a failed send (default 30)")
+    p.add_argument("--send-attempts", type=int, default=10,
+                   help="attempts per study before the node gives up on it until its next start (default 10)")
     p.add_argument("--sc", action="store_true",
                    help="also write (and send) Grad-CAM overlays as Secondary Capture in the study")
     p.add_argument("--timeout", type=float, default=30.0,
