@@ -40,7 +40,6 @@ import os
 import re
 import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -266,22 +265,26 @@ class Node:
 
     def _pixels_decode(self, path: Path) -> str:
         """'' when the stored file's pixel data decode as scoring will decode them, else why
-        not. Policy exclusions (a lateral, for processing) are not refused: the SR lists them."""
+        not. Policy exclusions (a lateral, for processing) are not refused: the SR lists them.
+        A worker that dies is replaced and the file tried once more on its own, so a decoder
+        crash on another association's file does not refuse this one."""
         from concurrent.futures.process import BrokenProcessPool
 
         from fibrosis.data.records import Rejected
         from fibrosis.data.workers import process_file
 
-        pool = self._checker()
-        fut: Future = pool.submit(process_file, (str(path), "", {}), self._ingest)
-        try:
-            res = fut.result()
-        except BrokenProcessPool:
-            with self._pool_lock:  # the next instance gets a fresh pool
-                if self._pool is pool:
-                    self._pool = None
-            pool.shutdown(wait=False, cancel_futures=True)
-            return "the pixel decoder crashed (native fault); pixel data probably corrupt"
+        for attempt in (1, 2):
+            pool = self._checker()
+            try:
+                res = pool.submit(process_file, (str(path), "", {}), self._ingest).result()
+                break
+            except BrokenProcessPool:
+                with self._pool_lock:  # the next call gets a fresh pool
+                    if self._pool is pool:
+                        self._pool = None
+                pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            return "the pixel decoder crashed (native fault) twice; pixel data probably corrupt"
         if isinstance(res, Rejected) and res.kind == "error":
             return " ".join(str(res.reason).split())[:300]
         return ""
@@ -571,6 +574,9 @@ class Node:
         frozen_settings(ckpt, path, "")  # refuses an unevaluated checkpoint now, not at the first batch
         self._ingest = config_from_dict(ckpt["config"]).ingest
         del ckpt
+        # Started here, by the thread that runs the node: the fork server dies with the thread
+        # that started it (PR_SET_PDEATHSIG), and an association's thread ends with the association.
+        self._checker().submit(os.getpid).result()
         pending = self.pending_on_startup()
         unsent = self.unsent_on_startup()
         if pending or unsent:
