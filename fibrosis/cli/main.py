@@ -78,9 +78,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         args.set = [*(args.set or ()), f"ingest.findings_column={json.dumps(args.findings_column)}"]
     cfg = _config(args)
     _folder(args.cache, "--cache", create=True)
-    summary = ingest(args.inputs, args.cache, cfg.ingest, strict=args.strict,
+    inputs, retrieved = list(args.inputs), None
+    if args.dicomweb:
+        retrieved, folder = _retrieve(args)
+        inputs.append(str(folder))
+    elif not inputs:
+        raise UsageError("ingest: give INPUT folders or files, or --dicomweb URL with --fetch-dir")
+    summary = ingest(inputs, args.cache, cfg.ingest, strict=args.strict,
                      workers=args.workers, progress=not args.no_progress, verify=args.verify)
     logger.info("%s", summary)
+    if retrieved is not None and retrieved.failed and summary.exit_code == EXIT_OK:
+        return EXIT_FAIL  # the stage ran, but not every instance the query named got in
     return summary.exit_code
 
 
@@ -168,9 +176,17 @@ def cmd_score(args: argparse.Namespace) -> int:
     _file_out(args.out, "--out")
     if args.salt_dir is not None:
         _folder(args.salt_dir, "--salt-dir")
+    if (args.input is None) == (args.dicomweb is None):
+        raise UsageError("score: give exactly one of --input DIR_OR_CSV and --dicomweb URL")
+    if args.stow and not (args.dicomweb and (args.sr_out or args.sc_out)):
+        raise UsageError("--stow: sends the SR/SC back to the --dicomweb server; give --dicomweb and --sr-out "
+                         "(and/or --sc-out)")
     for option in ("sr_out", "sc_out"):
         if getattr(args, option) is not None:
             _folder(getattr(args, option), "--" + option.replace("_", "-"), create=True)
+    retrieved, stow_failed = None, 0
+    if args.dicomweb:
+        retrieved, args.input = _retrieve(args)
     try:
         summary = score(args.model, args.input, args.out, workers=args.workers,
                         batch_size=args.batch_size, gradcam_dir=args.gradcam,
@@ -181,7 +197,30 @@ def cmd_score(args: argparse.Namespace) -> int:
         logger.error("%s", exc)
         return EXIT_USAGE
     logger.info("%s", summary)
-    return EXIT_OK if summary.ok() else EXIT_FAIL
+    if args.stow:
+        from fibrosis.score.dicomweb import store
+
+        _, _, stow_failed = store(args.dicomweb, summary.dicom_files, _stow_record(args.fetch_dir),
+                                  args.dicomweb_auth_file)
+    ok = summary.ok() and not stow_failed and not (retrieved is not None and retrieved.failed)
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+def _stow_record(fetch_dir: Path) -> Path:
+    """Beside the fetch folder, not in it: the folder is scored as input, file by file."""
+    return fetch_dir.with_name(fetch_dir.name + ".stowed.txt")
+
+
+def _retrieve(args: argparse.Namespace):
+    """QIDO-RS + WADO-RS into --fetch-dir: (what was retrieved, the folder to read)."""
+    from fibrosis.score.dicomweb import Query, retrieve
+
+    if args.fetch_dir is None:
+        raise UsageError("--dicomweb: give --fetch-dir DIR, the folder the studies are retrieved into "
+                         "(kept: a re-run retrieves only what is not there yet)")
+    _folder(args.fetch_dir, "--fetch-dir", create=True)
+    q = Query(args.dicomweb, tuple(args.study or ()), tuple(args.modality or ("CR", "DX")), args.study_date or "")
+    return retrieve(q, args.fetch_dir, args.dicomweb_auth_file), args.fetch_dir
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
@@ -265,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("ingest", cmd_ingest,
             "Decode DICOM/PNG/JPEG inputs into the preprocessing cache (manifest.csv, rejects.csv).")
-    p.add_argument("inputs", nargs="+", help="folders (recursive), files, or a CSV with a 'path' column")
+    p.add_argument("inputs", nargs="*", help="folders (recursive), files, or a CSV with a 'path' column "
+                                             "(or none, with --dicomweb)")
     p.add_argument("--cache", type=Path, required=True, help="cache directory (created or resumed)")
     p.add_argument("--labels", default=None,
                    help="labels CSV joined by file name (image/file), sop_instance_uid or "
@@ -281,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="hash every file, even those unchanged (size, mtime, inode) since committed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _dicomweb_options(p, stow=False)
     _add_config_args(p)
 
     p = add("split", cmd_split,
@@ -340,9 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the CI")
 
     p = add("score", cmd_score,
-            "Batch-score DICOM/PNG studies with a trained model, its calibration and threshold.")
+            "Batch-score DICOM/PNG studies with a trained model, its calibration and threshold; from a folder, "
+            "a CSV of paths or a DICOMweb server. Exit 0: every file scored (exclusions by policy included); "
+            "1: a file failed, or an instance could not be retrieved or stored back; 2: usage or input error.")
     p.add_argument("--model", type=Path, required=True, help="run directory or checkpoint (.pt)")
-    p.add_argument("--input", type=Path, required=True, help="folder (recursive) or CSV of paths")
+    p.add_argument("--input", type=Path, default=None,
+                   help="folder (recursive) or CSV of paths (or --dicomweb instead)")
     p.add_argument("--out", type=Path, required=True,
                    help="per-image scores CSV; per-study aggregate goes to <out>.studies.csv")
     _inference_options(p)
@@ -361,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aux", action="store_true",
                    help="also write the auxiliary findings' outputs (models trained with auxiliary heads) to "
                         "<out>.aux.csv: uncalibrated probabilities, never validated; scores.csv is fibrosis only")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _dicomweb_options(p, stow=True)
 
     p = add("listen", cmd_listen,
             "Run a DICOM node (C-STORE SCP with C-ECHO): receive CR/DX images from a PACS or modality, "
@@ -436,6 +481,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the demo data folder (<repository>/data/demo; default: $FIBROSIS_DEMO_DATA, "
                         "else the checkout this package runs from)")
     return parser
+
+
+def _dicomweb_options(p: argparse.ArgumentParser, *, stow: bool) -> None:
+    """Studies from a DICOMweb server (QIDO-RS + WADO-RS), for `score` and `ingest`."""
+    g = p.add_argument_group("DICOMweb (the only network calls, and only when --dicomweb is given)")
+    g.add_argument("--dicomweb", metavar="URL", default=None,
+                   help="DICOMweb root of the server to query and retrieve from, e.g. "
+                        "https://pacs.example.org/dicom-web; credentials from $FIBROSIS_DICOMWEB_AUTH or "
+                        "--dicomweb-auth-file, never from the command line")
+    g.add_argument("--study", action="append", metavar="UID",
+                   help="StudyInstanceUID to retrieve (repeatable); default: the studies matching "
+                        "--modality and --study-date")
+    g.add_argument("--modality", action="append", choices=["CR", "DX"],
+                   help="modality in study to query for (repeatable; default CR and DX)")
+    g.add_argument("--study-date", metavar="RANGE", default=None,
+                   help="study date or range to query for: YYYYMMDD, YYYYMMDD-YYYYMMDD, YYYYMMDD- or -YYYYMMDD")
+    g.add_argument("--fetch-dir", type=Path, default=None, metavar="DIR",
+                   help="folder the CR/DX instances are retrieved into (<StudyInstanceUID>/<SOPInstanceUID>.dcm) "
+                        "and read from; kept, so a re-run retrieves only what is not there yet")
+    g.add_argument("--dicomweb-auth-file", type=Path, default=None, metavar="FILE",
+                   help="file with one line 'bearer TOKEN' or 'basic USER:PASSWORD' (default: "
+                        "$FIBROSIS_DICOMWEB_AUTH, same format; none: no authentication)")
+    if stow:
+        g.add_argument("--stow", action="store_true",
+                       help="STOW-RS the SR (--sr-out) and SC (--sc-out) back to the --dicomweb server; an object "
+                            "the server already accepted is not sent again (<fetch-dir>.stowed.txt)")
 
 
 def _inference_options(p: argparse.ArgumentParser) -> None:
