@@ -141,6 +141,7 @@ class StudyState:
 
     files: list[str]  # the incoming file names the study was scored with
     objects: list[str]  # its DICOM objects (file names in sr/ and sc/)
+    uids: list[str] = dataclasses.field(default_factory=list)  # their SOP Instance UIDs, same order
     sent: list[str] = dataclasses.field(default_factory=list)  # SOP Instance UIDs acknowledged by the destination
     failures: int = 0  # failed attempts since the study was scored
     gave_up: bool = False
@@ -149,8 +150,8 @@ class StudyState:
     def read(cls, path: Path) -> "StudyState | None":
         try:
             rec = json.loads(path.read_text())
-            return cls(list(rec["files"]), list(rec.get("objects", [])), list(rec.get("sent", [])),
-                       int(rec.get("failures", 0)), bool(rec.get("gave_up", False)))
+            return cls(list(rec["files"]), list(rec.get("objects", [])), list(rec.get("uids", [])),
+                       list(rec.get("sent", [])), int(rec.get("failures", 0)), bool(rec.get("gave_up", False)))
         except (OSError, ValueError, KeyError, TypeError):
             return None  # absent or from an older version: the study is scored again
 
@@ -377,10 +378,12 @@ class Node:
         import pydicom
 
         out = []
-        for name in st.objects:
+        known = st.uids if len(st.uids) == len(st.objects) else [""] * len(st.objects)
+        for name, uid in zip(st.objects, known):
             path = (self.sc_dir or self.cfg.workdir / "sc") / name if name.endswith(".sc.dcm") else self.sr_dir / name
-            try:
-                uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            try:  # the UIDs recorded at scoring save a read of every object at each start
+                uid = uid if uid and path.is_file() else str(
+                    pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
             except Exception:  # removed or damaged by hand: the study is scored again
                 logger.warning("%s: missing or unreadable; the study is scored again", path)
                 return [(path, "")]
@@ -438,6 +441,7 @@ class Node:
             objects = [Path(f).name for f in summary.dicom_files if Path(f).name in mine]
             old = self._state(study)
             st = StudyState(files[study], objects, sent=old.sent if old else [])
+            st.uids = [uid for _, uid in self._unsent(dataclasses.replace(st, sent=[]))]  # read once, here
             st.write(self.state / f"{study}.json")
             logger.info("study %s: %d instance(s) scored; %d DICOM object(s), %d not sent yet", study,
                         len(files[study]), len(objects), len(self._unsent(st)) if self.cfg.destination else 0)
