@@ -339,7 +339,7 @@ def _read_until(proc: subprocess.Popen, lines: list[str], text: str, seconds: fl
 
 
 def _send_study(port: int, folder: Path, n: int, study: str) -> None:
-    files = [make_dicom(folder / f"{i}.dcm", to_stored(chest_phantom(1200, 1000, seed=i), 12), bits_stored=12,
+    files = [make_dicom(folder / f"{i}.dcm", to_stored(chest_phantom(600, 500, seed=i), 12), bits_stored=12,
                         study_uid=study, sop_uid=f"{study}.{i}") for i in range(n)]
     assoc = associate(port, "FIB", "ANY", contexts_of(files))
     assert assoc.is_established
@@ -351,7 +351,7 @@ def test_sigterm_during_a_batch_lets_it_finish_and_exits_0(ckpt, tmp_path):
     work = tmp_path / "node"
     proc, port, lines = _start_cli(ckpt, work, "--idle", "0.2", "--workers", "1")
     try:
-        _send_study(port, tmp_path, 12, "1.2.3.90")
+        _send_study(port, tmp_path, 4, "1.2.3.90")
         assert _read_until(proc, lines, "batch: scoring", 60), "".join(lines)
         proc.send_signal(signal.SIGTERM)  # while the batch is being scored
         assert proc.wait(timeout=120) == 0, "".join(lines) + proc.stderr.read()
@@ -362,7 +362,7 @@ def test_sigterm_during_a_batch_lets_it_finish_and_exits_0(ckpt, tmp_path):
             proc.kill()
             proc.wait(10)
     state = json.loads((work / "state" / "1.2.3.90.json").read_text())  # the batch finished
-    assert len(state["files"]) == 12 and state["objects"] == ["1.2.3.90.sr.dcm"]
+    assert len(state["files"]) == 4 and state["objects"] == ["1.2.3.90.sr.dcm"]
     assert Node(NodeConfig(ckpt, work, 0)).pending_on_startup() == []
 
 
@@ -370,7 +370,7 @@ def test_a_second_sigterm_exits_at_once_and_the_study_is_scored_on_the_next_star
     work = tmp_path / "node"
     proc, port, lines = _start_cli(ckpt, work, "--idle", "0.2", "--workers", "1")
     try:
-        _send_study(port, tmp_path, 12, "1.2.3.91")
+        _send_study(port, tmp_path, 4, "1.2.3.91")
         assert _read_until(proc, lines, "batch: scoring", 60), "".join(lines)
         proc.send_signal(signal.SIGTERM)
         assert _read_until(proc, lines, "finishes first", 30), "".join(lines)
