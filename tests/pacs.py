@@ -80,6 +80,9 @@ class Orthanc:
         self.root = root
         self.url = f"http://127.0.0.1:{HTTP_PORT}"
         self.log = root / "orthanc.log"
+        # No proxy: urlopen's global opener keeps whatever proxy the environment had when it was
+        # first used (another test sets an unreachable one on purpose).
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         config = {
             "Name": "fibrosis-ci", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
             "DicomAet": AET, "DicomPort": DICOM_PORT, "HttpPort": HTTP_PORT, "RemoteAccessAllowed": False,
@@ -108,7 +111,7 @@ class Orthanc:
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
-        with urllib.request.urlopen(req, timeout=60) as rsp:
+        with self._opener.open(req, timeout=60) as rsp:
             raw = rsp.read()
         return json.loads(raw) if rsp.headers.get_content_type() == "application/json" else raw
 

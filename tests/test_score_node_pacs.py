@@ -155,7 +155,12 @@ def test_demo_studies_go_through_orthanc_and_their_results_come_back(orthanc, ck
         sr_insts = sorted((i for i in stored if i["modality"] == "SR"), key=lambda i: i["number"])
         sc_insts = [i for i in stored if i["modality"] == "OT" or i["series_uid"] != sr_insts[0]["series_uid"]
                     and i["sop_uid"] not in sops]
-        current = pydicom.dcmread(pydicom.filebase.DicomBytesIO(orthanc.file(sr_insts[-1]["id"])))
+        raw = orthanc.file(sr_insts[-1]["id"])
+        current = pydicom.dcmread(pydicom.filebase.DicomBytesIO(raw))
+        (tmp_path / "current.sr.dcm").write_bytes(raw)  # dcmtk reads what Orthanc holds
+        dump = subprocess.run(["dsrdump", str(tmp_path / "current.sr.dcm")], capture_output=True, text=True,
+                              timeout=60)
+        assert dump.returncode == 0 and '"Fibrosis of lung")=(' in dump.stdout, dump.stderr
         doc = read_sr(current)
         expected_n = 2 if study == late_study else 1
         assert [i["number"] for i in sr_insts] == list(range(1, expected_n + 1))
