@@ -258,6 +258,24 @@ def test_results_not_sent_are_sent_after_a_restart_without_scoring_again(ckpt, t
     assert (work / "sr" / "1.2.3.78.sr.dcm").read_bytes() == sr_bytes and (work / "scores.csv").read_bytes() == csv_bytes
 
 
+def test_a_state_written_by_the_previous_version_is_read_as_sent(ckpt, tmp_path, monkeypatch):
+    """An upgrade must not score again, nor send again, what the previous version finished."""
+    monkeypatch.setenv("FIBROSIS_SALT", "node-salt")
+    work = tmp_path / "node"
+    src = make_dicom(tmp_path / "x.dcm", to_stored(chest_phantom(300, 260, seed=6), 12), bits_stored=12,
+                     study_uid="1.2.3.80", sop_uid="1.2.3.80.1")
+    (work / "incoming" / "1.2.3.80").mkdir(parents=True)
+    (work / "incoming" / "1.2.3.80" / "1.2.3.80.1.dcm").write_bytes(src.read_bytes())
+    S.score(ckpt, work / "incoming", work / "scores.csv", progress=False, device="cpu", sr_out=work / "sr")
+    (work / "state").mkdir()
+    (work / "state" / "1.2.3.80.json").write_text(json.dumps(
+        {"files": ["1.2.3.80.1.dcm"], "sent": True, "objects": ["1.2.3.80.sr.dcm"]}))
+    node = Node(NodeConfig(ckpt, work, 0, destination=Destination("PACS", LOOPBACK, 1)))
+    assert node.pending_on_startup() == [] and node.unsent_on_startup() == []
+    state = json.loads((work / "state" / "1.2.3.80.json").read_text())
+    assert state["sent"] == [pydicom.dcmread(work / "sr" / "1.2.3.80.sr.dcm").SOPInstanceUID]
+
+
 class Refuser:
     """An SCP that refuses every association from the node, permanently, and notes when."""
 

@@ -145,18 +145,23 @@ class StudyState:
     sent: list[str] = dataclasses.field(default_factory=list)  # SOP Instance UIDs acknowledged by the destination
     failures: int = 0  # failed attempts since the study was scored
     gave_up: bool = False
+    all_sent: bool = False  # read from an earlier version's state ("sent": true): every object was sent
 
     @classmethod
     def read(cls, path: Path) -> "StudyState | None":
         try:
             rec = json.loads(path.read_text())
+            sent = rec.get("sent", [])
             return cls(list(rec["files"]), list(rec.get("objects", [])), list(rec.get("uids", [])),
-                       list(rec.get("sent", [])), int(rec.get("failures", 0)), bool(rec.get("gave_up", False)))
+                       [] if isinstance(sent, bool) else list(sent), int(rec.get("failures", 0)),
+                       bool(rec.get("gave_up", False)), all_sent=sent is True)
         except (OSError, ValueError, KeyError, TypeError):
-            return None  # absent or from an older version: the study is scored again
+            return None  # absent or unreadable: the study is scored again
 
     def write(self, path: Path) -> None:
-        atomic_write_bytes(path, json.dumps(dataclasses.asdict(self), indent=1).encode())
+        rec = dataclasses.asdict(self)
+        del rec["all_sent"]  # resolved into ``sent`` before anything is written
+        atomic_write_bytes(path, json.dumps(rec, indent=1).encode())
 
 
 def _init_checker() -> None:
@@ -371,7 +376,13 @@ class Node:
         return sorted(p.name for p in (self.incoming / study).iterdir() if p.is_file())
 
     def _state(self, study: str) -> StudyState | None:
-        return StudyState.read(self.state / f"{study}.json")
+        st = StudyState.read(self.state / f"{study}.json")
+        if st is not None and st.all_sent:  # an earlier version's record: name what was sent
+            st.all_sent = False
+            st.uids = [uid for _, uid in self._unsent(st)]
+            st.sent = [uid for uid in st.uids if uid]
+            st.write(self.state / f"{study}.json")
+        return st
 
     def _unsent(self, st: StudyState) -> list[tuple[Path, str]]:
         """(file, SOP Instance UID) of the study's objects the destination has not acknowledged."""
