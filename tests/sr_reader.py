@@ -1,7 +1,11 @@
-"""Read a fibrosis SR back with plain pydicom, independently of fibrosis.score.sr."""
+"""Read a fibrosis SR back with plain pydicom, independently of fibrosis.score.sr, the way
+a consumer of TID 1500 reads it: measurement groups, their finding and source images."""
 from __future__ import annotations
 
 from typing import Any
+
+FIBROSIS_OF_LUNG = ("SCT", "51615001")
+FINDING = {("SCT", "52101004"): True, ("SCT", "272519000"): False, ("SCT", "373121007"): None}
 
 
 def _name(item: Any) -> tuple[str, str]:
@@ -25,42 +29,63 @@ def _value(item: Any) -> Any:
     return None
 
 
-def result(container: Any) -> dict[str, Any]:
-    """One result container: probability, decision (True/False/None), threshold name and
-    value, finding code and the referenced SOP instance UIDs."""
-    out: dict[str, Any] = {"refs": [], "probability": None, "decision": None}
+def _walk(items: Any):
+    for item in items:
+        yield item
+        yield from _walk(getattr(item, "ContentSequence", []))
+
+
+def group(container: Any) -> dict[str, Any]:
+    """One measurement group: tracking id, probability, finding (True present / False
+    absent / None not evaluated), the coded value, algorithm parameters, reason, refs."""
+    out: dict[str, Any] = {"refs": [], "probability": None, "decision": None, "finding": None,
+                           "parameters": []}
     for item in container.ContentSequence:
         key, val = _name(item), _value(item)
-        if key == ("99FIBROSIS", "PROB"):
+        if key == ("DCM", "112039"):
+            out["tracking"] = val
+        elif key == ("99FIBROSIS", "PROB"):
             out["probability"] = val
-        elif key == ("99FIBROSIS", "DECISION"):
-            out["decision"] = {("SCT", "52101004"): True, ("SCT", "2667000"): False}[val]
-        elif key == ("99FIBROSIS", "OPNAME"):
-            out["threshold_name"] = val
-        elif key == ("99FIBROSIS", "OPVALUE"):
-            out["threshold"] = val
-        elif key == ("DCM", "121071"):
+        elif key == FIBROSIS_OF_LUNG:
             out["finding"] = val
+            out["decision"] = FINDING[val]
         elif key == ("99FIBROSIS", "REASON"):
             out["reason"] = val
+        elif key == ("DCM", "111002"):  # algorithm parameters (TID 4019)
+            out["parameters"].append(val)
         elif item.ValueType == "IMAGE":
             out["refs"].append(val)
+    params = dict(p.split(" ", 1) for p in out["parameters"] if p.startswith("threshold "))
+    if "threshold" in params:
+        out["threshold"] = float(params["threshold"])
+    name = [p for p in out["parameters"] if p.startswith("operating point ")]
+    if name:
+        out["threshold_name"] = name[0][len("operating point "):]
     return out
 
 
 def read_sr(ds: Any) -> dict[str, Any]:
-    """{'texts': {code: text}, 'observer': {...}, 'study': result, 'images': [result], 'not_scored': [result]}"""
-    doc: dict[str, Any] = {"texts": {}, "observer": {}, "images": [], "not_scored": [], "study": None}
+    """{'title', 'texts': {code: text}, 'observer': {...}, 'study': group, 'images': [group],
+    'not_scored': [group], 'library': [SOP UIDs]}"""
+    doc: dict[str, Any] = {"title": _name(ds), "texts": {}, "observer": {}, "images": [], "not_scored": [],
+                           "study": None, "library": []}
     for item in ds.ContentSequence:
         key = _name(item)
         if item.RelationshipType == "HAS OBS CONTEXT":
             doc["observer"][key[1]] = _value(item)
-        elif item.ValueType == "TEXT":
-            doc["texts"][key[1]] = _value(item)
-        elif key == ("99FIBROSIS", "STUDY"):
-            doc["study"] = result(item)
-        elif key == ("99FIBROSIS", "IMAGE"):
-            doc["images"].append(result(item))
-        elif key == ("99FIBROSIS", "NOTSCORED"):
-            doc["not_scored"].append(result(item))
+        elif key == ("DCM", "111028"):  # Image Library
+            doc["library"] = [_value(i) for i in _walk(item.ContentSequence) if i.ValueType == "IMAGE"]
+        elif key == ("DCM", "126010"):  # Imaging Measurements
+            for g in item.ContentSequence:
+                res = group(g)
+                tracking = res.get("tracking", "")
+                if tracking == "study":
+                    doc["study"] = res
+                elif tracking.startswith("image "):
+                    doc["images"].append(res)
+                elif tracking.startswith("not scored "):
+                    doc["not_scored"].append(res)
+        elif key == ("UMLS", "C0034375"):
+            for t in item.ContentSequence:
+                doc["texts"][_name(t)[1]] = _value(t)
     return doc

@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -96,16 +97,18 @@ def garbage_dataset(path: Path) -> Path:
 
 
 @pytest.mark.skipif(not DEMO.is_dir(), reason="data/demo not present")
-def test_loopback_node_returns_the_same_scores_as_fibrosis_score(ckpt, tmp_path, monkeypatch):
+def test_loopback_node_returns_the_same_scores_as_fibrosis_score(ckpt, tmp_path, monkeypatch, caplog):
     import pynetdicom
 
+    caplog.set_level(logging.DEBUG, logger="fibrosis")
     monkeypatch.setenv("FIBROSIS_SALT", "node-salt")
     # The SCU sends each file's bytes as they are (no decode / re-encode), as storescu does.
     monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
     ref = S.score(ckpt, DEMO, tmp_path / "ref.csv", progress=False, device="cpu", sr_out=tmp_path / "ref_sr")
     ref_rows = {r["sop_uid"]: r for r in rows(tmp_path / "ref.csv") if r["status"] == "ok"}
     ref_studies = {r["study_uid"]: r for r in rows(tmp_path / "ref.studies.csv")}
-    n_srs = len(list((tmp_path / "ref_sr").glob("*.dcm")))
+    truncated = DEMO / "00003138_000_truncated.dcm"  # alone in its study: the node refuses it, so no SR
+    n_srs = len(list((tmp_path / "ref_sr").glob("*.dcm"))) - 1
 
     pacs = Collector("PACS", (COMPREHENSIVE_SR, SECONDARY_CAPTURE))
     node = Node(NodeConfig(ckpt, tmp_path / "node", 0, ae_title="FIBROSIS", idle_seconds=0.5,
@@ -144,10 +147,12 @@ def test_loopback_node_returns_the_same_scores_as_fibrosis_score(ckpt, tmp_path,
         assert assoc.send_c_echo().Status == 0x0000  # still serving, same association
         assoc.release()
         assert bad == {"ct": 0xA900, "junk": 0xC210}, bad
-        assert set(statuses.values()) == {0x0000}, statuses  # the truncated file is scored as an error
+        # Pixel data that do not decode are refused before the acknowledgement, never scored.
+        assert statuses.pop(truncated.name) == 0xC210
+        assert set(statuses.values()) == {0x0000}, statuses
 
         assert wait_for(lambda: pacs.count() >= n_srs and node.idle(), 60), (pacs.count(), n_srs)
-        assert node.counts["refused"] == 2 and node.counts["received"] == len(files)
+        assert node.counts["refused"] == 3 and node.counts["received"] == len(files) - 1
     finally:
         node.stop()
         pacs.close()
@@ -163,9 +168,27 @@ def test_loopback_node_returns_the_same_scores_as_fibrosis_score(ckpt, tmp_path,
             assert img["probability"] == pytest.approx(float(ref_row["probability"]), abs=1e-6)
             assert img["decision"] == bool(int(ref_row["decision"]))
     assert sum(len(d["images"]) for d in got.values()) == ref.counts["ok"]
-    assert sum(len(d["not_scored"]) for d in got.values()) == 1  # the truncated file, with its reason
+    assert sum(len(d["not_scored"]) for d in got.values()) == 0  # the truncated file never got in
     node_rows = {r["sop_uid"]: r["probability"] for r in rows(tmp_path / "node" / "scores.csv") if r["sop_uid"]}
     assert node_rows == {k: r["probability"] for k, r in ref_rows.items()}
+    assert not (tmp_path / "node" / "incoming" / pydicom.dcmread(truncated, force=True,
+                                                                 stop_before_pixels=True).StudyInstanceUID).exists()
+    # Logs an IT person can use: one INFO line per association, with who, and why when refused.
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assoc_lines = [m for m in infos if m.startswith("association from")]
+    assert any(re.fullmatch(rf"association from MODALITY@127\.0\.0\.1:\d+ to FIBROSIS accepted: "
+                            rf"{len(files) - 1} instance\(s\) stored, 3 refused; released", m) for m in assoc_lines), \
+        assoc_lines
+    assert any("STRANGER" in m and "refused: calling AE title 'STRANGER' not allowed" in m for m in assoc_lines)
+    assert any("refused: called AE title 'OTHER'; this node is 'FIBROSIS'" in m for m in assoc_lines)
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG and "instance" in r.getMessage()
+             and r.getMessage().startswith("C-STORE from MODALITY@")]
+    assert len(debug) == len(files) - 1
+    refused = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+               and r.getMessage().startswith("C-STORE from")]
+    assert len(refused) == 3 and any("0xC210" in m and "PixelData" in m for m in refused), refused
+    batches = [m for m in infos if m.startswith("batch: ") and " scored in " in m]
+    assert sum(int(m.split()[1]) for m in batches) == len(got)  # studies of the batches, not of the CSV
 
 
 def test_restart_scores_what_was_left_unscored(ckpt, tmp_path, monkeypatch, caplog):
@@ -199,7 +222,7 @@ def test_restart_scores_what_was_left_unscored(ckpt, tmp_path, monkeypatch, capl
     assert Node(NodeConfig(ckpt, work, 0)).pending_on_startup() == []
 
 
-def test_results_not_sent_are_sent_after_a_restart(ckpt, tmp_path, monkeypatch):
+def test_results_not_sent_are_sent_after_a_restart_without_scoring_again(ckpt, tmp_path, monkeypatch):
     monkeypatch.setenv("FIBROSIS_SALT", "node-salt")
     work = tmp_path / "node"
     src = make_dicom(tmp_path / "x.dcm", to_stored(chest_phantom(300, 260, seed=4), 12), bits_stored=12,
@@ -213,13 +236,15 @@ def test_results_not_sent_are_sent_after_a_restart(ckpt, tmp_path, monkeypatch):
     node = Node(NodeConfig(ckpt, work, 0, destination=Destination("PACS", LOOPBACK, closed), **kw))
     node.start()
     try:
-        assert wait_for(lambda: (work / "state" / "1.2.3.78.json").is_file(), 60)
+        assert wait_for(lambda: node.counts["send_failed"] == 1, 60)
     finally:
         node.stop()
-    assert json.loads((work / "state" / "1.2.3.78.json").read_text())["sent"] is False
-    assert node.counts["send_failed"] == 1
+    state = json.loads((work / "state" / "1.2.3.78.json").read_text())
+    assert state["sent"] == [] and state["failures"] == 1 and node.counts["unsent_studies"] == 1
+    sr_bytes, csv_bytes = (work / "sr" / "1.2.3.78.sr.dcm").read_bytes(), (work / "scores.csv").read_bytes()
     pacs = Collector("PACS", (COMPREHENSIVE_SR,))
     node = Node(NodeConfig(ckpt, work, 0, destination=Destination("PACS", LOOPBACK, pacs.port), **kw))
+    assert node.pending_on_startup() == [] and node.unsent_on_startup() == ["1.2.3.78"]
     node.start()
     try:
         assert wait_for(lambda: pacs.count() == 1 and node.idle(), 60)
@@ -227,7 +252,155 @@ def test_results_not_sent_are_sent_after_a_restart(ckpt, tmp_path, monkeypatch):
         node.stop()
         pacs.close()
     assert pacs.datasets[0].StudyInstanceUID == "1.2.3.78"
-    assert json.loads((work / "state" / "1.2.3.78.json").read_text())["sent"] is True
+    assert json.loads((work / "state" / "1.2.3.78.json").read_text())["sent"] == [pacs.datasets[0].SOPInstanceUID]
+    # Sent as it was: not scored again, the SR not rewritten.
+    assert node.counts["studies_scored"] == 0 and node.counts["unsent_studies"] == 0
+    assert (work / "sr" / "1.2.3.78.sr.dcm").read_bytes() == sr_bytes and (work / "scores.csv").read_bytes() == csv_bytes
+
+
+def test_a_state_written_by_the_previous_version_is_read_as_sent(ckpt, tmp_path, monkeypatch):
+    """An upgrade must not score again, nor send again, what the previous version finished."""
+    monkeypatch.setenv("FIBROSIS_SALT", "node-salt")
+    work = tmp_path / "node"
+    src = make_dicom(tmp_path / "x.dcm", to_stored(chest_phantom(300, 260, seed=6), 12), bits_stored=12,
+                     study_uid="1.2.3.80", sop_uid="1.2.3.80.1")
+    (work / "incoming" / "1.2.3.80").mkdir(parents=True)
+    (work / "incoming" / "1.2.3.80" / "1.2.3.80.1.dcm").write_bytes(src.read_bytes())
+    S.score(ckpt, work / "incoming", work / "scores.csv", progress=False, device="cpu", sr_out=work / "sr")
+    (work / "state").mkdir()
+    (work / "state" / "1.2.3.80.json").write_text(json.dumps(
+        {"files": ["1.2.3.80.1.dcm"], "sent": True, "objects": ["1.2.3.80.sr.dcm"]}))
+    node = Node(NodeConfig(ckpt, work, 0, destination=Destination("PACS", LOOPBACK, 1)))
+    assert node.pending_on_startup() == [] and node.unsent_on_startup() == []
+    state = json.loads((work / "state" / "1.2.3.80.json").read_text())
+    assert state["sent"] == [pydicom.dcmread(work / "sr" / "1.2.3.80.sr.dcm").SOPInstanceUID]
+
+
+class Refuser:
+    """An SCP that refuses every association from the node, permanently, and notes when."""
+
+    def __init__(self):
+        from pynetdicom import AE, evt
+
+        self.times: list[float] = []
+        ae = AE(ae_title="PACS")
+        ae.require_calling_aet = ["SOMEONE_ELSE"]
+        ae.add_supported_context(COMPREHENSIVE_SR)
+        self.server = ae.start_server((LOOPBACK, 0), block=False,
+                                      evt_handlers=[(evt.EVT_REJECTED, lambda e: self.times.append(time.monotonic()))])
+        self.port = self.server.server_address[1]
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_a_refusing_destination_gets_backoff_and_a_cap_and_nothing_is_scored_twice(ckpt, tmp_path, monkeypatch,
+                                                                                    caplog):
+    monkeypatch.setenv("FIBROSIS_SALT", "node-salt")
+    caplog.set_level(logging.INFO, logger="fibrosis")
+    work = tmp_path / "node"
+    src = make_dicom(tmp_path / "x.dcm", to_stored(chest_phantom(300, 260, seed=5), 12), bits_stored=12,
+                     study_uid="1.2.3.79", sop_uid="1.2.3.79.1")
+    (work / "incoming" / "1.2.3.79").mkdir(parents=True)
+    (work / "incoming" / "1.2.3.79" / "1.2.3.79.1.dcm").write_bytes(src.read_bytes())
+    pacs = Refuser()
+    node = Node(NodeConfig(ckpt, work, 0, destination=Destination("PACS", LOOPBACK, pacs.port), idle_seconds=0,
+                           engine="eager", device="cpu", workers=1, timeout=5, sc=True, retry_seconds=0.4,
+                           retry_max_seconds=1.0, send_attempts=4))
+    node.start()
+    try:
+        assert wait_for(lambda: json.loads((work / "state" / "1.2.3.79.json").read_text()).get("gave_up")
+                        if (work / "state" / "1.2.3.79.json").is_file() else False, 30)
+        time.sleep(1.5)  # and nothing after giving up
+    finally:
+        node.stop()
+        pacs.close()
+    assert len(pacs.times) == 4, pacs.times
+    gaps = [b - a for a, b in zip(pacs.times, pacs.times[1:])]
+    assert gaps[0] >= 0.35 and gaps[1] >= 0.75 and 0.95 <= gaps[2] < 2.0, gaps  # 0.4, 0.8, then the 1.0 cap
+    batches = [r.getMessage() for r in caplog.records if r.getMessage().startswith("batch: scoring")]
+    assert len(batches) == 1 and node.counts["studies_scored"] == 1  # scored once, sent four times
+    assert any(r.levelno == logging.ERROR and "giving up until the next start" in r.getMessage()
+               and "rejected" in r.getMessage() for r in caplog.records)
+    assert node.counts["unsent_studies"] == 1
+    assert (work / "sr" / "1.2.3.79.sr.dcm").is_file() and (work / "sc" / "1.2.3.79.1.sc.dcm").is_file()
+
+
+def _start_cli(ckpt: Path, work: Path, *extra: str) -> tuple[subprocess.Popen, int, list[str]]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "FIBROSIS_SALT": "s"}
+    proc = subprocess.Popen([sys.executable, "-m", "fibrosis.cli", "listen", "--model", str(ckpt),
+                             "--workdir", str(work), "--port", "0", "--ae-title", "FIB", "--engine", "eager",
+                             "--device", "cpu", *extra], stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "listening on" in line:
+            return proc, int(line.split("listening on ")[1].split()[0].rstrip(";").rsplit(":", 1)[1]), lines
+    proc.kill()
+    raise AssertionError("node did not start: " + "".join(lines))
+
+
+def _read_until(proc: subprocess.Popen, lines: list[str], text: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            return False
+        lines.append(line)
+        if text in line:
+            return True
+    return False
+
+
+def _send_study(port: int, folder: Path, n: int, study: str) -> None:
+    files = [make_dicom(folder / f"{i}.dcm", to_stored(chest_phantom(600, 500, seed=i), 12), bits_stored=12,
+                        study_uid=study, sop_uid=f"{study}.{i}") for i in range(n)]
+    assoc = associate(port, "FIB", "ANY", contexts_of(files))
+    assert assoc.is_established
+    assert {assoc.send_c_store(f).Status for f in files} == {0x0000}
+    assoc.release()
+
+
+def test_sigterm_during_a_batch_lets_it_finish_and_exits_0(ckpt, tmp_path):
+    work = tmp_path / "node"
+    proc, port, lines = _start_cli(ckpt, work, "--idle", "0.2", "--workers", "1")
+    try:
+        _send_study(port, tmp_path, 4, "1.2.3.90")
+        assert _read_until(proc, lines, "batch: scoring", 60), "".join(lines)
+        proc.send_signal(signal.SIGTERM)  # while the batch is being scored
+        assert proc.wait(timeout=120) == 0, "".join(lines) + proc.stderr.read()
+        rest = proc.stderr.read()
+        assert "terminate called" not in rest and "the batch being scored finishes first" in "".join(lines) + rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    state = json.loads((work / "state" / "1.2.3.90.json").read_text())  # the batch finished
+    assert len(state["files"]) == 4 and state["objects"] == ["1.2.3.90.sr.dcm"]
+    assert Node(NodeConfig(ckpt, work, 0)).pending_on_startup() == []
+
+
+def test_a_second_sigterm_exits_at_once_and_the_study_is_scored_on_the_next_start(ckpt, tmp_path):
+    work = tmp_path / "node"
+    proc, port, lines = _start_cli(ckpt, work, "--idle", "0.2", "--workers", "1")
+    try:
+        _send_study(port, tmp_path, 4, "1.2.3.91")
+        assert _read_until(proc, lines, "batch: scoring", 60), "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        assert _read_until(proc, lines, "finishes first", 30), "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        assert "terminate called" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert not (work / "state" / "1.2.3.91.json").exists()
+    assert Node(NodeConfig(ckpt, work, 0)).pending_on_startup() == ["1.2.3.91"]
 
 
 def test_listen_cli_answers_echo_and_stops_cleanly_on_sigterm(ckpt, tmp_path):

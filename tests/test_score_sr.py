@@ -81,7 +81,7 @@ def test_sr_round_trip_matches_the_scores_csv(scored, ckpt):
         assert doc["study"]["probability"] == pytest.approx(float(study["probability"]), abs=1e-6)
         assert doc["study"]["decision"] == bool(int(study["decision"]))
         assert (doc["study"]["threshold_name"], doc["study"]["threshold"]) == ("youden", THRESHOLD)
-        assert doc["study"]["finding"] == ("SCT", "51615001")
+        assert doc["title"] == ("DCM", "126000")  # TID 1500 Imaging Measurement Report
         ok = {r["sop_uid"]: r for r in csv_rows.values()
               if r["study_uid"] == ds.StudyInstanceUID and r["status"] == "ok"}
         assert sorted(doc["study"]["refs"]) == sorted(ok)
@@ -91,20 +91,24 @@ def test_sr_round_trip_matches_the_scores_csv(scored, ckpt):
             assert img["probability"] == pytest.approx(float(row["probability"]), abs=1e-6)
             assert img["decision"] == bool(int(row["decision"]))
             assert (img["threshold_name"], img["threshold"]) == (row["threshold_name"], float(row["threshold"]))
-            assert img["finding"] == ("SCT", "51615001")
+            # The finding is the concept; its value says present or absent, as a consumer reads it.
+            assert img["finding"] == (("SCT", "52101004") if int(row["decision"]) else ("SCT", "272519000"))
         # Every SOP instance referenced in the tree is listed as evidence of the same study.
         evidence = {s.ReferencedSOPInstanceUID for e in ds.CurrentRequestedProcedureEvidenceSequence
                     for r in e.ReferencedSeriesSequence for s in r.ReferencedSOPSequence}
         refs = {u for c in [doc["study"], *doc["images"], *doc["not_scored"]] for u in c["refs"]}
-        assert refs <= evidence
+        assert refs <= evidence and refs <= set(doc["library"])
     s1 = read_sr(pydicom.dcmread(out / "sr" / "1.2.3.1.sr.dcm"))
     not_scored = {c["refs"][0]: c["reason"] for c in s1["not_scored"]}
     assert not_scored == {"1.2.3.1.3": csv_rows["s1_lat.dcm"]["status"],
                           "1.2.3.1.4": csv_rows["s1_trunc.dcm"]["status"]}
     assert not_scored["1.2.3.1.3"].startswith("excluded:") and not_scored["1.2.3.1.4"].startswith("error:")
+    # An image that was not scored is "not evaluated", never "fibrosis" nor "absent".
+    assert [c["finding"] for c in s1["not_scored"]] == [("SCT", "373121007")] * 2
+    assert all(c["probability"] is None for c in s1["not_scored"])
 
 
-def test_sr_passes_highdicom_checks_and_is_deterministic(scored, ckpt, tmp_path, monkeypatch):
+def test_sr_passes_highdicom_checks(scored):
     import highdicom as hd
 
     root, out, _ = scored
@@ -112,12 +116,45 @@ def test_sr_passes_highdicom_checks_and_is_deterministic(scored, ckpt, tmp_path,
         sr = hd.sr.srread(path)  # highdicom's own parsing and content-tree validation
         assert isinstance(sr, hd.sr.ComprehensiveSR)
         assert sr.get_evidence()  # evidence sequences parse
-    # Re-scoring the same files with the same model writes the same objects (same UIDs).
+        groups = sr.content.get_planar_roi_measurement_groups() + list(
+            sr.content.get_image_measurement_groups())
+        assert groups  # a TID 1500 reader finds the measurement groups
+
+
+def test_a_study_scored_again_supersedes_its_sr_only_when_the_content_changed(scored, ckpt, tmp_path,
+                                                                               monkeypatch):
+    """One policy: unchanged content leaves the SR file as it is (same UID, same bytes);
+    changed content (here an image that arrived later) gets a new UID, the next
+    InstanceNumber in the same series and the old SR in Predecessor Documents Sequence."""
+    root, out, _ = scored
     monkeypatch.setenv("FIBROSIS_SALT", "sr-salt")
-    S.score(ckpt, root, tmp_path / "again.csv", progress=False, device="cpu", sr_out=tmp_path / "sr")
-    for path in sorted((out / "sr").glob("*.dcm")):
-        a, b = pydicom.dcmread(path), pydicom.dcmread(tmp_path / "sr" / path.name)
-        assert (a.SOPInstanceUID, a.SeriesInstanceUID) == (b.SOPInstanceUID, b.SeriesInstanceUID)
+    sr_dir = tmp_path / "sr"
+    shutil.copytree(out / "sr", sr_dir)
+    shutil.copytree(out / "sc", tmp_path / "sc")
+    before = {p.name: p.read_bytes() for p in sr_dir.iterdir()}
+    sc_before = {p.name: p.read_bytes() for p in (tmp_path / "sc").iterdir()}
+    S.score(ckpt, root, tmp_path / "again.csv", progress=False, device="cpu", sr_out=sr_dir,
+            sc_out=tmp_path / "sc")
+    assert {p.name: p.read_bytes() for p in sr_dir.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in (tmp_path / "sc").iterdir()} == sc_before  # not made again
+    first = pydicom.dcmread(sr_dir / "1.2.3.2.sr.dcm")
+    assert first.InstanceNumber == 1 and "PredecessorDocumentsSequence" not in first
+
+    late = root.parent / "late"
+    shutil.copytree(root, late)
+    make_dicom(late / "s2_late.dcm", to_stored(chest_phantom(96, 80, seed=8), 12), study_uid="1.2.3.2",
+               sop_uid="1.2.3.2.2", patient_id=PATIENT_ID, patient_name=PATIENT_NAME, bits_stored=12)
+    S.score(ckpt, late, tmp_path / "late.csv", progress=False, device="cpu", sr_out=sr_dir)
+    assert (sr_dir / "1.2.3.1.sr.dcm").read_bytes() == before["1.2.3.1.sr.dcm"]  # that study did not change
+    second = pydicom.dcmread(sr_dir / "1.2.3.2.sr.dcm")
+    assert second.SOPInstanceUID != first.SOPInstanceUID
+    assert second.SeriesInstanceUID == first.SeriesInstanceUID and second.InstanceNumber == 2
+    pred = second.PredecessorDocumentsSequence[0]
+    assert pred.StudyInstanceUID == "1.2.3.2"
+    series = pred.ReferencedSeriesSequence[0]
+    assert series.SeriesInstanceUID == first.SeriesInstanceUID
+    assert [r.ReferencedSOPInstanceUID for r in series.ReferencedSOPSequence] == [first.SOPInstanceUID]
+    assert sorted(r for g in read_sr(second)["images"] for r in g["refs"]) == ["1.2.3.2.1", "1.2.3.2.2"]
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian package dicom3tools) not installed")
@@ -143,14 +180,24 @@ def test_identifiers_stay_in_the_dicom_world(scored, ckpt, tmp_path, monkeypatch
 
 def test_gradcam_secondary_capture_in_the_source_study(scored):
     root, out, _ = scored
-    scs = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p) for p in (out / "sc").glob("*.dcm")}
-    assert len(scs) == 3  # one per frontal image scored
+    # <source SOP Instance UID>.sc.dcm
+    scs = {p.name[:-len(".sc.dcm")]: pydicom.dcmread(p) for p in (out / "sc").glob("*.dcm")}
+    assert sorted(scs) == ["1.2.3.1.1", "1.2.3.1.2", "1.2.3.2.1"]  # one per frontal image scored
     by_source = {}
-    for ds in scs.values():
+    for source_uid, ds in scs.items():
         assert ds.SOPClassUID == SECONDARY_CAPTURE and ds.PhotometricInterpretation == "RGB"
         assert ds.PatientID == PATIENT_ID and ds.StudyInstanceUID in ("1.2.3.1", "1.2.3.2")
         img = ds.pixel_array
-        assert img.shape == (32, 32, 3) and img.std() > 0
+        # Large enough to read (the model input is 32 px here), the warning burned in.
+        assert img.shape == (1024, 1024, 3) and img.std() > 0
+        assert ds.BurnedInAnnotation == "YES" and ds.ImageType[:2] == ["DERIVED", "SECONDARY"]
+        white = (img == 255).all(axis=2)
+        assert white[:60].sum() > 500 and white[-60:].sum() > 500  # text in the top and bottom bands
+        assert not white[200:800].any()  # none over the heat map itself
+        src = ds.SourceImageSequence[0]
+        assert src.ReferencedSOPInstanceUID == source_uid
+        assert src.ReferencedSOPClassUID == pydicom.dcmread(root / ("s2.dcm" if source_uid == "1.2.3.2.1" else
+                                                                    "s1_pa.dcm")).SOPClassUID
         by_source.setdefault(ds.StudyInstanceUID, []).append(ds.SeriesInstanceUID)
     assert sorted(len(v) for v in by_source.values()) == [1, 2]
     assert len(set(by_source["1.2.3.1"])) == 1  # one overlay series per study

@@ -9,6 +9,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, get_args
@@ -79,9 +80,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         args.set = [*(args.set or ()), f"ingest.findings_column={json.dumps(args.findings_column)}"]
     cfg = _config(args)
     _folder(args.cache, "--cache", create=True)
-    summary = ingest(args.inputs, args.cache, cfg.ingest, strict=args.strict,
+    inputs, retrieved = list(args.inputs), None
+    if args.dicomweb:
+        retrieved, folder = _retrieve(args)
+        inputs.append(str(folder))
+    elif not inputs:
+        raise UsageError("ingest: give INPUT folders or files, or --dicomweb URL with --fetch-dir")
+    summary = ingest(inputs, args.cache, cfg.ingest, strict=args.strict,
                      workers=args.workers, progress=not args.no_progress, verify=args.verify)
     logger.info("%s", summary)
+    if retrieved is not None and retrieved.failed and summary.exit_code == EXIT_OK:
+        return EXIT_FAIL  # the stage ran, but not every instance the query named got in
     return summary.exit_code
 
 
@@ -169,9 +178,17 @@ def cmd_score(args: argparse.Namespace) -> int:
     _file_out(args.out, "--out")
     if args.salt_dir is not None:
         _folder(args.salt_dir, "--salt-dir")
+    if (args.input is None) == (args.dicomweb is None):
+        raise UsageError("score: give exactly one of --input DIR_OR_CSV and --dicomweb URL")
+    if args.stow and not (args.dicomweb and (args.sr_out or args.sc_out)):
+        raise UsageError("--stow: sends the SR/SC back to the --dicomweb server; give --dicomweb and --sr-out "
+                         "(and/or --sc-out)")
     for option in ("sr_out", "sc_out"):
         if getattr(args, option) is not None:
             _folder(getattr(args, option), "--" + option.replace("_", "-"), create=True)
+    retrieved, stow_failed = None, 0
+    if args.dicomweb:
+        retrieved, args.input = _retrieve(args)
     try:
         summary = score(args.model, args.input, args.out, workers=args.workers,
                         batch_size=args.batch_size, gradcam_dir=args.gradcam,
@@ -182,7 +199,30 @@ def cmd_score(args: argparse.Namespace) -> int:
         logger.error("%s", exc)
         return EXIT_USAGE
     logger.info("%s", summary)
-    return EXIT_OK if summary.ok() else EXIT_FAIL
+    if args.stow:
+        from fibrosis.score.dicomweb import store
+
+        _, _, stow_failed = store(args.dicomweb, summary.dicom_files, _stow_record(args.fetch_dir),
+                                  args.dicomweb_auth_file)
+    ok = summary.ok() and not stow_failed and not (retrieved is not None and retrieved.failed)
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+def _stow_record(fetch_dir: Path) -> Path:
+    """Beside the fetch folder, not in it: the folder is scored as input, file by file."""
+    return fetch_dir.with_name(fetch_dir.name + ".stowed.txt")
+
+
+def _retrieve(args: argparse.Namespace):
+    """QIDO-RS + WADO-RS into --fetch-dir: (what was retrieved, the folder to read)."""
+    from fibrosis.score.dicomweb import Query, retrieve
+
+    if args.fetch_dir is None:
+        raise UsageError("--dicomweb: give --fetch-dir DIR, the folder the studies are retrieved into "
+                         "(kept: a re-run retrieves only what is not there yet)")
+    _folder(args.fetch_dir, "--fetch-dir", create=True)
+    q = Query(args.dicomweb, tuple(args.study or ()), tuple(args.modality or ("CR", "DX")), args.study_date or "")
+    return retrieve(q, args.fetch_dir, args.dicomweb_auth_file), args.fetch_dir
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
@@ -198,14 +238,33 @@ def cmd_listen(args: argparse.Namespace) -> int:
                      host=args.host, idle_seconds=args.idle, allowed_callers=tuple(args.allow_caller or ()),
                      destination=Destination.parse(args.send_to) if args.send_to else None, sc=args.sc,
                      timeout=args.timeout, engine=args.engine, device=args.device, workers=args.workers,
-                     batch_size=args.batch_size, salt_dir=args.salt_dir)
+                     batch_size=args.batch_size, salt_dir=args.salt_dir, retry_seconds=args.retry_wait,
+                     retry_max_seconds=max(args.retry_wait, 3600.0), send_attempts=args.send_attempts)
     stop = threading.Event()
-    # SIGTERM (service manager) and SIGINT (Ctrl-C): stop accepting, finish the batch being
-    # scored, exit 0; what is left in incoming/ is scored on the next start.
+
+    # SIGTERM (service manager) and SIGINT (Ctrl-C): stop accepting, let the batch being scored
+    # finish, exit. A second signal exits at once (128 + signal number) without waiting; what
+    # was received stays in incoming/ and is scored on the next start. os._exit: the scoring
+    # thread may be inside native code, which an interpreter shutdown would abort.
+    def on_signal(signum: int, frame: object) -> None:
+        if not stop.is_set():
+            stop.set()
+            return
+        logger.warning("second %s: exiting now; the batch being scored is scored again on the next start",
+                       signal.Signals(signum).name)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(128 + signum)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: stop.set())
+        signal.signal(sig, on_signal)
     counts = listen(cfg, stop)
-    return EXIT_OK if not counts.get("send_failed") else EXIT_FAIL
+    if counts.get("unsent_studies") or counts.get("batches_failed"):
+        logger.warning("exit 1: %d studie(s) with results not sent (kept in %s, sent on the next start), %d "
+                       "batch(es) failed (scored again on the next start)", counts.get("unsent_studies", 0),
+                       args.workdir, counts.get("batches_failed", 0))
+        return EXIT_FAIL
+    return EXIT_OK
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
@@ -247,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("ingest", cmd_ingest,
             "Decode DICOM/PNG/JPEG inputs into the preprocessing cache (manifest.csv, rejects.csv).")
-    p.add_argument("inputs", nargs="+", help="folders (recursive), files, or a CSV with a 'path' column")
+    p.add_argument("inputs", nargs="*", help="folders (recursive), files, or a CSV with a 'path' column "
+                                             "(or none, with --dicomweb)")
     p.add_argument("--cache", type=Path, required=True, help="cache directory (created or resumed)")
     p.add_argument("--labels", default=None,
                    help="labels CSV joined by file name (image/file), sop_instance_uid or "
@@ -263,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="hash every file, even those unchanged (size, mtime, inode) since committed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _dicomweb_options(p, stow=False)
     _add_config_args(p)
 
     p = add("split", cmd_split,
@@ -324,9 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the CI")
 
     p = add("score", cmd_score,
-            "Batch-score DICOM/PNG studies with a trained model, its calibration and threshold.")
+            "Batch-score DICOM/PNG studies with a trained model, its calibration and threshold; from a folder, "
+            "a CSV of paths or a DICOMweb server. Exit 0: every file scored (exclusions by policy included); "
+            "1: a file failed, or an instance could not be retrieved or stored back; 2: usage or input error.")
     p.add_argument("--model", type=Path, required=True, help="run directory or checkpoint (.pt)")
-    p.add_argument("--input", type=Path, required=True, help="folder (recursive) or CSV of paths")
+    p.add_argument("--input", type=Path, default=None,
+                   help="folder (recursive) or CSV of paths (or --dicomweb instead)")
     p.add_argument("--out", type=Path, required=True,
                    help="per-image scores CSV; per-study aggregate goes to <out>.studies.csv")
     _inference_options(p)
@@ -345,12 +409,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aux", action="store_true",
                    help="also write the auxiliary findings' outputs (models trained with auxiliary heads) to "
                         "<out>.aux.csv: uncalibrated probabilities, never validated; scores.csv is fibrosis only")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _dicomweb_options(p, stow=True)
 
     p = add("listen", cmd_listen,
             "Run a DICOM node (C-STORE SCP with C-ECHO): receive CR/DX images from a PACS or modality, "
             "score each study once it has been idle, write CSV rows and an SR (and SC), optionally send "
-            "them back with C-STORE.")
+            "them back with C-STORE. SIGTERM / Ctrl-C: stop accepting, let the batch being scored finish, "
+            "exit; a second one exits at once. Exit 0: stopped with every result sent; 1: results left "
+            "unsent (kept, sent on the next start) or a batch failed; 2: usage error; 128+N: a second "
+            "signal N.")
     p.add_argument("--model", type=Path, required=True,
                    help="run directory or checkpoint (.pt); preprocessing, policy, calibrator and threshold "
                         "come from it, as for `score`")
@@ -367,7 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-caller", action="append", metavar="AE",
                    help="accept associations only from this calling AE title (repeatable; default: any)")
     p.add_argument("--send-to", metavar="AE@HOST:PORT", default=None,
-                   help="send each study's SR (and SC) with C-STORE to this AE; retried after --idle on failure")
+                   help="send each study's SR (and SC) with C-STORE to this AE; a failed send is retried "
+                        "(the results are kept, never scored again) after --retry-wait seconds, doubled after "
+                        "each failure up to 1 h, --send-attempts times, then again on the next start")
+    p.add_argument("--retry-wait", type=float, default=30.0,
+                   help="seconds before the first retry of a failed send (default 30)")
+    p.add_argument("--send-attempts", type=int, default=10,
+                   help="attempts per study before the node gives up on it until its next start (default 10)")
     p.add_argument("--sc", action="store_true",
                    help="also write (and send) Grad-CAM overlays as Secondary Capture in the study")
     p.add_argument("--timeout", type=float, default=30.0,
@@ -411,6 +485,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the demo data folder (<repository>/data/demo; default: $FIBROSIS_DEMO_DATA, "
                         "else the checkout this package runs from)")
     return parser
+
+
+def _dicomweb_options(p: argparse.ArgumentParser, *, stow: bool) -> None:
+    """Studies from a DICOMweb server (QIDO-RS + WADO-RS), for `score` and `ingest`."""
+    g = p.add_argument_group("DICOMweb (the only network calls, and only when --dicomweb is given)")
+    g.add_argument("--dicomweb", metavar="URL", default=None,
+                   help="DICOMweb root of the server to query and retrieve from, e.g. "
+                        "https://pacs.example.org/dicom-web; credentials from $FIBROSIS_DICOMWEB_AUTH or "
+                        "--dicomweb-auth-file, never from the command line")
+    g.add_argument("--study", action="append", metavar="UID",
+                   help="StudyInstanceUID to retrieve (repeatable); default: the studies matching "
+                        "--modality and --study-date")
+    g.add_argument("--modality", action="append", choices=["CR", "DX"],
+                   help="modality in study to query for (repeatable; default CR and DX)")
+    g.add_argument("--study-date", metavar="RANGE", default=None,
+                   help="study date or range to query for: YYYYMMDD, YYYYMMDD-YYYYMMDD, YYYYMMDD- or -YYYYMMDD")
+    g.add_argument("--fetch-dir", type=Path, default=None, metavar="DIR",
+                   help="folder the CR/DX instances are retrieved into (<StudyInstanceUID>/<SOPInstanceUID>.dcm) "
+                        "and read from; kept, so a re-run retrieves only what is not there yet")
+    g.add_argument("--dicomweb-auth-file", type=Path, default=None, metavar="FILE",
+                   help="file with one line 'bearer TOKEN' or 'basic USER:PASSWORD' (default: "
+                        "$FIBROSIS_DICOMWEB_AUTH, same format; none: no authentication)")
+    if stow:
+        g.add_argument("--stow", action="store_true",
+                       help="STOW-RS the SR (--sr-out) and SC (--sc-out) back to the --dicomweb server; an object "
+                            "the server already accepted is not sent again (<fetch-dir>.stowed.txt)")
 
 
 def _inference_options(p: argparse.ArgumentParser) -> None:

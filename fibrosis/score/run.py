@@ -550,5 +550,6 @@ def _finish(plan: _Plan, summary: ScoreSummary, scorer: "Scorer", d: Any) -> Non
             score_io.sort_in_place(score_io.aux_path(out), plan.aux_columns)
     if d.is_main:
         n_studies = score_io.write_studies(out, Path(summary.studies_out), plan.aggregate)
-        logger.info("%d studie(s), aggregate %s over frontal ok images -> %s", n_studies,
-                    plan.aggregate, summary.studies_out)
+        # The count is of the whole file, which may hold earlier runs' rows (resume, the node).
+        logger.info("%s: %d studie(s) in all, aggregate %s over frontal ok images", summary.studies_out,
+                    n_studies, plan.aggregate)
