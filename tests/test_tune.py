@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import warnings
 from html import unescape
 
 import numpy as np
@@ -207,8 +208,10 @@ def test_reference_probe_is_scikit_learns_logistic_regression_cv():
     p = fit_reference(x, y, groups, seed=4)
     splits = list(StratifiedGroupKFold(5, shuffle=True, random_state=4).split(x, y, groups))
     scaler = StandardScaler().fit(x)
-    ref = LogisticRegressionCV(Cs=REFERENCE_CS, cv=splits, scoring="roc_auc", class_weight="balanced",
-                               max_iter=5000).fit(scaler.transform(x), y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # scikit-learn 1.9 announcing 1.10's attributes
+        ref = LogisticRegressionCV(Cs=REFERENCE_CS, cv=splits, scoring="roc_auc", class_weight="balanced",
+                                   max_iter=5000).fit(scaler.transform(x), y)
     np.testing.assert_allclose(p.logits(x), ref.decision_function(scaler.transform(x)), atol=1e-8)
     assert p.c == pytest.approx(float(np.ravel(ref.C_)[0]))
 
