@@ -55,7 +55,8 @@ def test_every_arch_gives_one_logit_from_gray_input(arch):
     assert feats[0].ndim == 4  # a spatial map for Grad-CAM
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
+# One of each stem code path (resnet34/101/152 build their stem as resnet18/50 do).
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "densenet121", "efficientnet_b0", "mobilenet_v2"])
 def test_gray_model_equals_pretrained_rgb_model_on_per_channel_normalised_gray(tmp_path, arch):
     """The stem is exact: gray g in [0, 1] gives what torchvision's RGB network gives for the
     photograph (g, g, g) normalised per channel, zero-padded borders included (so the image
