@@ -1,4 +1,4 @@
-"""Benchmark a whole archive (issue 13): time and memory of ingest, re-ingest, split, re-split and
+"""Benchmark a whole archive: time and memory of ingest, re-ingest, split, re-split and
 score at N = 1k, 10k, 100k generated radiographs, and the exponent of time in N.
 
     nice .venv/bin/python benchmarks/scale.py --n 1000,10000,100000 --root /tmp/scale

@@ -8,7 +8,7 @@ labels), runs split in a fresh child process and reports the child's peak RSS (`
 its own address space). Not ``getrusage(RUSAGE_CHILDREN).ru_maxrss``: Linux carries the
 peak of the address space a process replaces at exec into its ru_maxrss, and subprocess
 forks (vfork) from this process, which has just held the generated hashes -- at 100k that
-parent peak, not split's, is what ru_maxrss reports. Issue 13's target: RSS grows <= 20%
+parent peak, not split's, is what ru_maxrss reports. The target: RSS grows <= 20%
 from 10k to 100k images.
 
 ``--pairs quadratic`` makes near copies of ~0.96 N/100k of the rows instead of 1%, so the pairs

@@ -1,7 +1,7 @@
 """Peak RSS and time of the per-study table of `fibrosis score` (``scores.studies.csv``) at
 archive scale: a generated ``scores.csv`` of N rows (two images per study, all frontal and
 ok, in path order) is aggregated in a fresh child process, which reports its own peak RSS
-(VmHWM). Issue 13: a dict per study peaked at 781 MB at 1M rows (107 MB at 100k); the scratch SQLite table keeps it at 44 MB at both.
+(VmHWM). A dict per study would peak at 781 MB at 1M rows (107 MB at 100k); the scratch SQLite table keeps it at 44 MB at both.
 
     nice python benchmarks/study_memory.py --n 100000,1000000
 """

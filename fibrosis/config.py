@@ -93,7 +93,7 @@ class IngestConfig:
         "CANINE", "FELINE", "EQUINE", "BOVINE", "VETERINARY", "DOG", "CAT", "HORSE")
     labels_csv: str | None = None
     label_column: str = "fibrosis"
-    # Auxiliary findings (issue 14), stored per image in the manifest's aux_labels for
+    # Auxiliary findings, stored per image in the manifest's aux_labels for
     # auxiliary heads: extra binary columns of the labels CSV (1 / 0 / empty = missing) ...
     aux_label_columns: tuple[str, ...] = ()
     # ... and/or one pipe-separated findings column (NIH: finding_labels = "Atelectasis|Effusion"):
@@ -188,7 +188,7 @@ class TrainConfig:
     auto_full_min_train: int = 10000  # preset `auto`: full at or above this many train images
     val_batch_size: int | None = None  # default: 2 x batch_size
     deterministic: bool = True  # monai set_determinism; False lets cuDNN pick fastest kernels
-    # Auxiliary heads (issue 14): one logit per other finding in the manifest's aux_labels,
+    # Auxiliary heads: one logit per other finding in the manifest's aux_labels,
     # trained jointly; loss = fibrosis BCE + aux_weight * masked BCE of the findings.
     # 0 = no auxiliary heads. `fibrosis tune` chooses it by cross-validation (tune.arms).
     aux_weight: float = 0.0

@@ -1,4 +1,4 @@
-"""Auxiliary-finding heads (issue 14): masked loss, targets, model heads, checkpoint round trip."""
+"""Auxiliary-finding heads: masked loss, targets, model heads, checkpoint round trip."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Hostile file-system entries (issue 10, items 1 and 10): a file name that is not UTF-8, a FIFO,
+"""Hostile file-system entries: a file name that is not UTF-8, a FIFO,
 a symlink loop, a link to /dev/zero and a socket. Each gets its own reject / status row with the
 reason; none is opened, and the rest of the folder is processed.
 

@@ -1,4 +1,4 @@
-"""Seeded fuzzing of `fibrosis ingest` with mutated fixture DICOMs (issue 10).
+"""Seeded fuzzing of `fibrosis ingest` with mutated fixture DICOMs.
 
 A seeded generator (no extra dependency) takes small valid DICOMs in several transfer syntaxes
 and mutates them at two levels: header values set to hostile ones (zero/huge sizes, NaN/inf

@@ -432,7 +432,7 @@ def test_a_cache_inside_the_input_folder_is_not_ingested_as_input(tmp_path, cfg)
     assert (again.inputs, again.skipped, sum(again.rejected.values())) == (1, 1, 0)
 
 
-# ---------------------------------------------------------------- auxiliary findings (issue 14)
+# ---------------------------------------------------------------- auxiliary findings
 
 
 def _aux_inputs(tmp_path: Path) -> tuple[Path, Path]:

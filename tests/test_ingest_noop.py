@@ -1,4 +1,4 @@
-"""A no-op re-ingest (issue 13): files unchanged since they were committed (size, mtime_ns,
+"""A no-op re-ingest: files unchanged since they were committed (size, mtime_ns,
 device:inode) are skipped without being read; ``verify`` hashes them anyway; a touched file is
 hashed once and its new stamp recorded; a cache of an older version gets its stamps filled."""
 from __future__ import annotations
@@ -154,7 +154,7 @@ def _manifest_rows_alive() -> int:
 
 
 def test_the_planner_holds_no_row_per_committed_file_in_memory(tmp_path, cfg, monkeypatch):
-    """Issue 13: ingest's view of the committed cache (the rows it plans skips and relabels
+    """Ingest's view of the committed cache (the rows it plans skips and relabels
     with, the duplicate owners) is an on-disk index, so while the files are decoded the run holds
     at most a shard's worth of manifest rows, not one per committed file; the scratch index is
     gone after the run. Counted, not timed: the cost in N is measured by benchmarks/scale.py."""

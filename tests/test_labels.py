@@ -78,7 +78,7 @@ def test_bad_values_and_conflicts_name_file_line_and_value(tmp_path):
         _labels(tmp_path, "name,fibrosis\na.png,1\n")
 
 
-# ---------------------------------------------------------------- auxiliary findings (issue 14)
+# ---------------------------------------------------------------- auxiliary findings
 
 
 def _aux_labels(tmp_path: Path, text: str, **kw):

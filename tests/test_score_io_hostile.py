@@ -1,4 +1,4 @@
-"""Score output and resume against hostile situations (issue 10, items 2 and 6).
+"""Score output and resume against hostile situations.
 
 Item 2: ``--out`` naming a file that is not a score file (a DICOM, a labels CSV without a final
 newline) must leave it byte-identical and be refused -- the torn-line repair of a resumed run

@@ -1,5 +1,5 @@
-"""Split at archive scale (issue 13): the near-duplicate index finds exactly the pairs of the old
-search, from dHashes recorded at ingest, and a group merging many patient keys is named."""
+"""Split at archive scale: the near-duplicate index finds exactly the pairs of a plain banded
+search (kept here as the reference), from dHashes recorded at ingest, and a group merging many patient keys is named."""
 from __future__ import annotations
 
 import csv
@@ -23,7 +23,7 @@ DEMO = Path(__file__).resolve().parents[1] / "data" / "demo" / "images"
 
 
 def old_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
-    """The search as it was before issue 13 (verbatim): the reference for equivalence."""
+    """A plain banded search over all hashes in memory: the reference for equivalence."""
     n, nbytes = hashes.shape
     bands = np.array_split(np.arange(nbytes), min(max_distance + 1, nbytes))
     candidates: set[tuple[int, int]] = set()
@@ -168,7 +168,7 @@ def test_a_no_op_resplit_does_nothing_and_reports_the_same(cache):
     assert all(r["split"] for r in read_csv(cache / "manifest.csv"))
 
 
-class _Groups:  # the union-find of the old assign()
+class _Groups:  # a plain dict-based union-find: the reference
     """Union-find over patient keys."""
 
     def __init__(self, keys: list[str]):
@@ -200,7 +200,7 @@ def _linked(patients: Iterable[str], links: Iterable[tuple[str, str]]) -> tuple[
 
 def old_assign(rows: Iterable[dict[str, str]], cfg: SplitConfig, links: list[tuple[str, str]] = (),
            reassign: bool = False) -> tuple[dict[str, str], int, int]:
-    """assign() as it was before issue 13 (verbatim): per-patient dicts, the reference for the
+    """assign() written plainly with per-patient dicts: the reference for the
     array-based assign_codes."""
     targets = fractions(cfg)
     patients = sorted({r["patient_key"] for r in rows})
@@ -247,7 +247,7 @@ def old_assign(rows: Iterable[dict[str, str]], cfg: SplitConfig, links: list[tup
 
 
 def reference_split(cache: Path, cfg: SplitConfig, reassign: bool = False):
-    """Split as the code before issue 13 did it, row-wise: hashes from the pixels, the old pair
+    """Split written plainly, row-wise: hashes from the pixels, the reference pair
     search, assign() over the full manifest rows. Returns (split per path, near_duplicates rows)."""
     from fibrosis.data.split import dhash
 
@@ -311,7 +311,7 @@ def test_the_demo_split_equals_the_old_row_wise_split(tmp_path):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_the_array_assign_equals_the_old_per_patient_assign(seed):
-    """assign_codes (through assign) deals exactly as the old dict-per-patient code: groups
+    """assign_codes (through assign) deals exactly as the plain dict-per-patient reference: groups
     linked in chains, mixed labels, earlier assignments (majority, ties), new patients."""
     rng = np.random.default_rng(seed)
     n = int(rng.integers(5, 120))
@@ -333,7 +333,7 @@ def test_the_array_assign_equals_the_old_per_patient_assign(seed):
 
 def test_group_roots_are_the_smallest_member_of_each_linked_group():
     """The array union-find on long chains (the worst case for pointer jumping), stars and
-    random links: each patient's root is the smallest code of its group, as the old union-find."""
+    random links: each patient's root is the smallest code of its group, as the reference union-find."""
     from fibrosis.data.split import group_roots
 
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""``kill -9`` of a run leaves no helper process behind (issue 10, item 14): the fork server,
+"""``kill -9`` of a run leaves no helper process behind: the fork server,
 the resource tracker and the decode workers all go away with it -- also a worker stuck in
 native code that never releases the GIL (only a kernel signal can end that one).
 

@@ -1,4 +1,4 @@
-"""Bounded reading (issue 10, item 11; item 10 for the reader): a worker's memory is bounded by
+"""Bounded reading: a worker's memory is bounded by
 the largest legitimate image, not by what a hostile file claims or inflates to.
 
 Peak memory is measured in a child process (its own ``ru_maxrss``) under an address-space cap,

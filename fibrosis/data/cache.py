@@ -40,12 +40,12 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "view_position", "body_part", "modality", "manufacturer", "model_name",
     "sex", "age", "pixel_spacing", "rows", "cols",
     "transfer_syntax", "photometric", "steps", "label", "split",
-    # Added in 2026-11 (issue 13), after every earlier column so those keep their values and
-    # places; a manifest without them is read as before and filled on the next ingest/split.
+    # Appended after the columns above so an older manifest keeps its columns' places; one
+    # without them reads as before and is filled on the next ingest/split.
     "dhash",  # hex 256-bit dHash of the cached image: split finds near-duplicates without pixels
     # records.file_stamp of the file when it was read: a re-run skips it unread if unchanged
     "file_size", "file_mtime_ns", "file_id",
-    # Added in 2026-11 (issue 14), last for the same reason; a manifest without it reads as ""
+    # Last for the same reason; a manifest without it reads as ""
     # (no auxiliary finding known) and is filled on the next ingest with a labels CSV.
     "aux_labels",  # other findings of the labels CSV: records.format_aux, e.g. "Effusion=1|Mass=0"
 )

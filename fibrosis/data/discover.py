@@ -125,7 +125,7 @@ def check_inputs(inputs: Iterable[str | Path]) -> None:
 def iter_entries(inputs: Iterable[str | Path]) -> Iterator[Entry]:
     """(path, error) entries as they are found: unsorted, and a path may come more than once.
     The first entry of a path stands, except that a folder that cannot be listed always reports
-    that (``FOLDER_ERROR``). For a caller that keeps them out of memory (ingest, issue 13)."""
+    that (``FOLDER_ERROR``). For a caller that keeps them out of memory (ingest)."""
     for item in inputs:
         check_inputs([item])
         p = Path(item)

@@ -3,7 +3,7 @@
 Why on disk: ingest must know, for every input, the newest committed entry of its path (to skip
 an unchanged file unread, relabel it, or re-decode it) and which path owns each content hash and
 SOPInstanceUID (to reject duplicates). Held as Python dicts that was about 3 KB per file: 417 MB
-at 100k files, ~4 GB at 1M (issue 13). Here it is an SQLite file in the cache folder, so the run's
+at 100k files, ~4 GB at 1M. Here it is an SQLite file in the cache folder, so the run's
 memory is SQLite's bounded page cache whatever the archive's size.
 
 The committed parts stay the only truth: the index is rebuilt from them at the start of every

@@ -13,7 +13,7 @@ one input: a label (and its patient_id hint) must never reach another patient.
 The label column is ``ingest.label_column``. Optional ``patient_id``, ``age``,
 ``sex`` and ``view`` columns supply what PNG/JPEG exports cannot carry.
 
-Auxiliary findings (issue 14): research exports label many findings per report, and the
+Auxiliary findings: research exports label many findings per report, and the
 other findings give the backbone more signal than the scarce target alone. They come from
 extra binary columns (``ingest.aux_label_columns``, read like the target: 1 / 0 / empty =
 missing) and/or one pipe-separated findings column (``ingest.findings_column``, NIH's

@@ -1,9 +1,9 @@
 """Typed records at the data stage's boundaries: what a decode worker returns to ingest
 and score, an image's metadata, and the one parser of a manifest label (and of its auxiliary findings).
 
-Why types: the worker result used to be a dict whose ``status`` string and optional keys
-were branched on in two places, and PatientID travelled as a ``_patient_id`` key that every
-writer had to remember to drop. Here a result is one of three classes, and the raw
+Why types: a dict result would have its ``status`` string and optional keys branched on
+wherever it is read, and a raw PatientID key that every writer must remember to drop. Here a
+result is one of three classes, and the raw
 PatientID is a :class:`PatientId`, which has no text form at all: a CSV writer, ``json``,
 an f-string or ``str()`` that meets one raises ``TypeError`` instead of writing it.
 """

@@ -245,7 +245,7 @@ def assign_codes(codes: np.ndarray, labels: np.ndarray, splits: np.ndarray, pati
     Rows are three arrays -- patient code (rank of the key in the sorted ``patients``), label
     code (LABEL_TEXT) and split code (SPLITS, 255 = none) -- and patients and groups are array
     entries: memory is a few bytes per row and per patient, not a dict and a set per patient,
-    so it stays a small fraction of the manifest whatever the archive's size (issue 13). Each
+    so it stays a small fraction of the manifest whatever the archive's size. Each
     per-patient table is dropped as soon as what it is for is taken from it. ``root``: the
     caller's ``group_roots(len(patients), link_codes)``, if it has it (then links are unused)."""
     targets = fractions(cfg)
@@ -378,8 +378,8 @@ class _Keys(Sequence[str]):
 
 def _rank_codes(key_chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(sorted unique keys, int32 code per row) of the rows' keys, in chunks (emptied here):
-    the codes are ranks of the sorted keys (UTF-8 bytes sort as the str do), as assign() and
-    the old row-wise code order patients. np.unique(return_inverse=True) gives the same, but
+    the codes are ranks of the sorted keys (UTF-8 bytes sort as the str do), as assign()
+    orders patients. np.unique(return_inverse=True) gives the same, but
     holds the keys twice and three int64 columns at once; here the keys in row order are
     dropped once sorted, and the codes are int32."""
     keys = np.concatenate(key_chunks) if len(key_chunks) > 1 else key_chunks[0]

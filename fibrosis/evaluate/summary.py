@@ -152,7 +152,7 @@ def run_summary(run: str | Path, ckpt: dict[str, Any]) -> dict[str, Any]:
         "split_seed": (cfg.get("split") or {}).get("seed"),
         "manifest_sha256": ckpt.get("manifest_hash"),
         "config": cfg,
-        "aux": ckpt.get("aux"),  # auxiliary-finding heads (issue 14), None when the model has none
+        "aux": ckpt.get("aux"),  # auxiliary-finding heads, None when the model has none
         "versions_training": ckpt.get("versions"),
         "versions_evaluation": package_versions(),
     }

@@ -104,7 +104,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[An
 
 
 def aux_names(ckpt: dict[str, Any]) -> tuple[str, ...]:
-    """The auxiliary findings a checkpoint's model has heads for (issue 14); () for none."""
+    """The auxiliary findings a checkpoint's model has heads for; () for none."""
     return tuple((ckpt.get("aux") or {}).get("names") or ())
 def checkpoint_tta(ckpt: dict[str, Any], source: str) -> tuple[Variant, ...] | None:
     """The TTA variants a checkpoint recorded (``tta``; absent in older files: no TTA)."""

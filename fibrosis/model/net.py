@@ -63,7 +63,7 @@ class FibrosisNet(nn.Module):
         self.cam_layer_name = f"backbone.{arch_spec(arch).cam_layer}"
         # Module names kept in eval mode by train(): set by fibrosis.train.schedule.freeze.
         self.frozen_eval: tuple[str, ...] = ()
-        # Auxiliary findings (issue 14): extra logits on the same pooled features, trained
+        # Auxiliary findings: extra logits on the same pooled features, trained
         # jointly so the backbone learns from every labelled finding. They are never part of
         # forward(): calibration, thresholds, engines, Grad-CAM and scoring see fibrosis only.
         self.aux_names: tuple[str, ...] = ()

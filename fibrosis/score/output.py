@@ -292,8 +292,7 @@ def study_rows(path: Path, aggregate: str) -> Iterator[dict[str, Any]]:
 
     The rows are sorted by path, not study, so they are grouped in a scratch SQLite file,
     read back one study at a time: a dict per study was ~1.5 KB each, 781 MB for the 500k
-    studies of a 1M-image archive (issue 13). Arithmetic is as before: each study's images in
-    file order.
+    studies of a 1M-image archive. Each study's images are taken in file order.
     """
     if aggregate not in AGGREGATES:  # refused now, not when the rows are first read
         raise ValueError(f"study aggregate {aggregate!r}; allowed: {list(AGGREGATES)}")

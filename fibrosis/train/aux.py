@@ -1,4 +1,4 @@
-"""Auxiliary findings (issue 14): which ones train, their targets, and the masked loss.
+"""Auxiliary findings: which ones train, their targets, and the masked loss.
 
 A labels export usually carries many findings per report; with a few dozen fibrosis
 positives, the other findings are most of the signal the unfrozen blocks can learn from.
