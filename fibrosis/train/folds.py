@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from fibrosis.data.split import group_roots
 from fibrosis.io import read_csv
 
 logger = logging.getLogger(__name__)
@@ -67,21 +68,13 @@ def near_duplicate_links(cache_dir: str | Path) -> list[tuple[str, str]]:
 
 
 def patient_groups(keys: Sequence[str], links: Sequence[tuple[str, str]] = ()) -> list[str]:
-    """Group id per row: the patient key, merged over near-duplicate links (union-find)."""
-    parent = {k: k for k in keys}
-
-    def find(k: str) -> str:
-        while parent[k] != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
-
-    for a, b in links:
-        if a in parent and b in parent:
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    return [find(k) for k in keys]
+    """Group id per row: the patient key, merged over near-duplicate links; a group is named by
+    its smallest key (split's union-find, on ranks of the sorted keys)."""
+    names = sorted(set(keys))
+    code = {k: i for i, k in enumerate(names)}
+    pairs = np.array([(code[a], code[b]) for a, b in links if a in code and b in code], dtype=np.int64)
+    root = group_roots(len(names), pairs.reshape(-1, 2))
+    return [names[root[code[k]]] for k in keys]
 
 
 def _strata(rows: Sequence[dict[str, str]], idx: Sequence[int], links: Sequence[tuple[str, str]]
