@@ -198,24 +198,6 @@ def test_gradcam_explains_the_unaugmented_view():
     np.testing.assert_allclose(with_tta, without, atol=1e-5)
 
 
-def test_tta_cost_is_about_one_pass_per_view(caplog):
-    """Not timed as an assertion (shared machines): the ratio is logged for the record."""
-    import logging
-    import time
-
-    x = _asymmetric(8)
-    times = {}
-    for name, tta in (("plain", None), ("tta", T.DEFAULT_VARIANTS)):
-        net = _net(tta)
-        with torch.no_grad():
-            net(x)
-            t0 = time.perf_counter()
-            for _ in range(3):
-                net(x)
-        times[name] = time.perf_counter() - t0
-    logging.getLogger(__name__).info("TTA cost ratio %.2f (5 views)", times["tta"] / times["plain"])
-
-
 # ------------------------------------------------------------------ evaluate and score end to end
 
 
