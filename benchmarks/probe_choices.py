@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -190,10 +189,10 @@ def main(argv: list[str] | None = None) -> dict:
         for name, fit in fitters.items():
             t1 = time.perf_counter()
             key = f"{name} | {stem} | {resize} from {size}"
-            z[key] = cached(args.work, key, lambda: cv_logits(fit, f, y, groups, folds))
+            z[key] = cached(args.work, key, lambda fit=fit, f=f: cv_logits(fit, f, y, groups, folds))
             log.info("%s: OOF AUC %s (%.0f s)", key, summary(y, z[key]), time.perf_counter() - t1)
-    base = f"probe (calibrated-loss, standardised) | rgb-stem | area from 512"
-    ref = f"reference (scikit-learn LogisticRegressionCV) | rgb-stem | area from 512"
+    base = "probe (calibrated-loss, standardised) | rgb-stem | area from 512"
+    ref = "reference (scikit-learn LogisticRegressionCV) | rgb-stem | area from 512"
     f512 = features(caches["512"], hashes, args.weights, "rgb-stem", "area", args.work)
     wide = (*tcfg.probe_c, 10.0, 100.0)
     extra = {"probe (auc, standardised)": lambda x, yy, g, s: probe(x, yy, g, s, criterion="auc"),
@@ -205,12 +204,12 @@ def main(argv: list[str] | None = None) -> dict:
     for name, fit in extra.items():
         key = f"{name} | rgb-stem | area from 512"
         reps = folds[:3] if "raw" in name else folds
-        z[key] = cached(args.work, key, lambda: cv_logits(fit, f512, y, groups, reps))
+        z[key] = cached(args.work, key, lambda fit=fit, reps=reps: cv_logits(fit, f512, y, groups, reps))
         log.info("%s: OOF AUC %s", key, summary(y, z[key]))
     finals = {}
     for name, fit in fitters.items():
         t1 = time.perf_counter()
-        both = cached(args.work, f"final {name}", lambda: np.stack(nested(fit, f512, y, groups, folds, args.folds)))
+        both = cached(args.work, f"final {name}", lambda fit=fit: np.stack(nested(fit, f512, y, groups, folds, args.folds)))
         ens, refit = both[0], both[1]
         finals[name] = {"ensemble": summary(y, ens), "refit": summary(y, refit), "refit - ensemble": paired(y, refit, ens)}
         log.info("tune.final, %s: %s (%.0f s)", name, finals[name], time.perf_counter() - t1)

@@ -20,6 +20,7 @@ Without --cache it writes a synthetic cache (fibrosis.data.synthetic) so it need
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -123,12 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     warm = [next(it) for _ in range(args.warmup)]  # also starts the workers
     _timed_epoch(step_model, warm, opt, sched, loss_fn, device, args)
 
-    class _Rest:
-        def __iter__(self):
-            for _ in range(args.steps):
-                yield next(it)
-
-    fed = _timed_epoch(step_model, _Rest(), opt, sched, loss_fn, device, args)
+    # The timed batches come from the same running loader (its workers already started).
+    fed = _timed_epoch(step_model, itertools.islice(it, args.steps), opt, sched, loss_fn, device, args)
     ceiling_b = _timed_epoch(step_model, [(x, y)] * args.steps, opt, sched, loss_fn, device, args)
     ceiling = max(ceiling_a, ceiling_b)
     del it, loader

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         evaluate_run(preset, cache, gradcam=False, device="cpu")
         y, zp, _ = test_logits(preset, cache)
         out["preset"] = {"test": auc_delong(y, zp)}
-        for seed, r in out["seeds"].items():
+        for r in out["seeds"].values():
             t = delong_paired_test(y, r["_test_logits"], zp, 0.95)
             r["test_vs_preset"] = {"difference": t["difference"], "ci": t["ci"], "p": t["p"]}
     for r in out["seeds"].values():

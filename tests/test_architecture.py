@@ -1,4 +1,5 @@
-"""The package's shape: stages import downwards only, and never each other's private names."""
+"""The package's shape: stages import downwards only, no module imports another's private names, and no
+modules import each other in a circle (within a stage too)."""
 from __future__ import annotations
 
 import ast
@@ -20,11 +21,6 @@ def test_import_contracts_hold():
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
 
 
-def _stage(module: str) -> str:
-    parts = module.split(".")
-    return ".".join(parts[:2])  # fibrosis.data, fibrosis.model, fibrosis.io, ...
-
-
 def _private_imports() -> list[str]:
     bad = []
     for path in PKG.rglob("*.py"):
@@ -32,10 +28,86 @@ def _private_imports() -> list[str]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fibrosis"):
                 for alias in node.names:
-                    if alias.name.startswith("_") and not alias.name.startswith("__") and _stage(node.module) != _stage(module):
+                    if alias.name.startswith("_") and not alias.name.startswith("__") and node.module != module:
                         bad.append(f"{module} imports {node.module}.{alias.name}")
     return bad
 
 
-def test_no_stage_imports_another_stages_private_names():
+def test_no_module_imports_another_modules_private_names():
     assert _private_imports() == []
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.relative_to(PKG.parent).with_suffix("").parts).removesuffix(".__init__")
+
+
+MODULES = {_module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def _imports(module: str) -> set[str]:
+    """The fibrosis modules ``module`` imports, at the top or inside a function (a function-local
+    import is still a dependency: it only hides the arrow)."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        out |= {n for n in names if n in MODULES and n != module}
+    return out
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_cycle_finder_on_hand_checkable_graphs():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+    assert import_cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"d"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_circle_between_modules_even_within_a_stage():
+    """Package faces (__init__.py) only hand names on, so they are left out: a module importing its
+    own package's face is not a circle of code."""
+    graph = {m: {i for i in _imports(m) if not MODULES[i].name == "__init__.py"}
+             for m in MODULES if MODULES[m].name != "__init__.py"}
+    assert import_cycles(graph) == []

@@ -1,4 +1,5 @@
 """Config loading: strict keys, types, overrides, and the shipped YAML files."""
+import dataclasses
 from pathlib import Path
 
 import re
@@ -46,7 +47,7 @@ def test_overrides_parse_yaml_values_and_nest():
 
 def test_config_is_frozen_and_round_trips():
     cfg = load_config(None, ["split.seed=3"])
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.split.seed = 4  # type: ignore[misc]
     assert config_from_dict(config_to_dict(cfg)) == cfg
 

@@ -175,9 +175,9 @@ def test_score_folder_lists_every_file_and_its_outcome(expected, score_ok, train
     ds = dcmread(DEMO / "score" / truncated)  # the header survives the truncation ...
     assert ds.StudyInstanceUID.startswith("2.25.")
     with pytest.raises(ValueError, match="less than expected"):  # ... the pixels do not
-        ds.pixel_array
+        _ = ds.pixel_array
     studies = defaultdict(list)
-    for name, ds in score_ok.items():
+    for ds in score_ok.values():
         studies[ds.StudyInstanceUID].append(ds)
     assert 8 <= len(studies) <= 12 and sum(len(v) == 2 for v in studies.values()) >= 2
     for members in studies.values():

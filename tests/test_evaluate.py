@@ -11,7 +11,8 @@ from asah_data import MARKERS, Y  # pROC aSAH reference data (tests/asah_data.py
 from fibrosis.model.calibration import calibrator_from_dict
 from fibrosis.evaluate.compare import compare_predictions, compare_runs
 from fibrosis.config import ConfigError, EvaluateConfig, load_config
-from fibrosis.evaluate.run import Predictions, age_band, evaluate_predictions, evaluate_run, resolve_fit_split
+from fibrosis.evaluate.run import Predictions, evaluate_predictions, evaluate_run, resolve_fit_split
+from fibrosis.evaluate.subgroups import age_band
 from fibrosis.io import write_json
 
 

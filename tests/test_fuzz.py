@@ -394,7 +394,7 @@ def test_fuzz_a_fifo_among_the_score_files_is_refused(fuzz, tmp_path, monkeypatc
         out.parent.mkdir()
         os.mkfifo(out.parent / side)
 
-        def hung(*_):
+        def hung(*_, side=side):
             raise TimeoutError(f"score blocked on the FIFO at {side}")
 
         old = signal.signal(signal.SIGALRM, hung)

@@ -315,10 +315,10 @@ def test_a_crashing_decoder_rejects_only_its_file(cfg):
 
 def test_workers_that_cannot_start_stop_the_run_instead_of_rejecting_files(tmp_path):
     """A __main__ that children cannot re-import kills every worker: that is not the files' fault."""
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         from fibrosis.config import IngestConfig
         from fibrosis.data.workers import ordered_map, process_file
-        tasks = [(f"/x/{{i}}", "", {{}}) for i in range(3)]
+        tasks = [(f"/x/{i}", "", {}) for i in range(3)]
         try:
             list(ordered_map(process_file, tasks, IngestConfig(), workers=2))
         except RuntimeError as exc:

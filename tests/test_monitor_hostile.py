@@ -11,7 +11,7 @@ import pytest
 
 from fibrosis.cli.main import main
 from fibrosis.io import file_sha256, write_json
-from fibrosis.score.output import COLUMNS, META_COLUMNS, RowWriter, meta_path
+from fibrosis.score.output import META_COLUMNS, RowWriter, meta_path
 from test_monitor_stats import _ref
 from test_score import make_checkpoint
 

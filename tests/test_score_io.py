@@ -83,7 +83,6 @@ def test_study_aggregate_frontal_ok_only(tmp_path):
 
 
 def test_discover_inputs_counts_hidden_files_and_leaves_out_our_own_outputs(tmp_path, unlistable):
-    import os
 
     d = tmp_path / "in"
     (d / ".snap").mkdir(parents=True)

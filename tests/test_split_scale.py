@@ -345,7 +345,7 @@ def test_group_roots_are_the_smallest_member_of_each_linked_group():
     for links in cases:
         parent = list(range(n))
 
-        def find(x: int) -> int:
+        def find(x: int, parent: list[int] = parent) -> int:
             while parent[x] != x:
                 x = parent[x]
             return x

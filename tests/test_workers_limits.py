@@ -11,7 +11,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from dicom_factory import chest_phantom, make_deflate_bomb, make_dicom, to_stored

@@ -482,7 +482,7 @@ class _OffsetRows:
         self.fh.seek(0)
         self.pos = 0
         reader = csv.DictReader(self._lines())
-        reader.fieldnames  # reads the header
+        _ = reader.fieldnames  # reads the header
         self.escaped = False
         while True:
             start = self.pos

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from fibrosis.data.cache import IMAGE_STATS, image_statistics
-from fibrosis.evaluate.run import age_band
+from fibrosis.evaluate.subgroups import age_band
 from fibrosis.io import file_sha256, read_csv, write_json
 
 logger = logging.getLogger(__name__)

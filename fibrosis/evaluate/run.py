@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,21 +27,20 @@ import numpy as np
 
 from fibrosis.evaluate import metrics as M
 from fibrosis.evaluate import operating as O
-from fibrosis.data.cache import MANIFEST_COLUMNS
 from fibrosis.data.records import require_label
 from fibrosis.io import write_csv, write_json
 from fibrosis.model.calibration import Calibrator, calibrator_from_dict, make_calibrator
 from fibrosis.numeric import MetricWarning, check_binary, sigmoid
 from fibrosis.config import Config, EvaluateConfig, config_to_dict
 from fibrosis.evaluate.checks import ALL
+from fibrosis.evaluate.reference import write_reference
+from fibrosis.evaluate.subgroups import AGE_BANDS, attribute_values
 
 logger = logging.getLogger(__name__)
 
 METRICS_FORMAT = 1
 THRESHOLD_FORMAT = 1
 OOF_FIT = "out-of-fold"  # = fibrosis.evaluate.selection.OOF_SPLIT: fitted by `fibrosis tune`
-AGE_BANDS = ((0, 40, "<40"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 200, ">=80"))
-DERIVED_ATTRIBUTES = ("age_band",)
 
 
 @dataclasses.dataclass
@@ -70,27 +68,6 @@ class Predictions:
             raise ValueError(f"split {split!r}: {sum(not k for k in keys)} row(s) without patient_key; "
                              "the bootstrap resamples patients and needs one key per image")
         return cls(split, z, np.asarray(labels, dtype=int), keys, [dict(r) for r in rows])
-
-
-def age_band(value: Any) -> str:
-    """'61', '61.0' or DICOM AS '061Y' -> '60-79'; months/weeks/days -> '<40'; bad -> 'unknown'."""
-    text = str(value or "").strip().upper()
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([DWMY]?)", text)
-    if not m:
-        return "unknown"
-    years = float(m.group(1)) / {"": 1, "Y": 1, "M": 12, "W": 52.18, "D": 365.25}[m.group(2)]
-    if years > 130:
-        return "unknown"
-    return next(name for lo, hi, name in AGE_BANDS if lo <= years < hi)
-
-
-def attribute_values(rows: Sequence[dict[str, str]], name: str) -> list[str]:
-    if name == "age_band":
-        return [age_band(r.get("age")) for r in rows]
-    if name not in MANIFEST_COLUMNS:
-        raise ValueError(f"evaluate.subgroups: unknown attribute {name!r}; allowed: "
-                         f"{sorted(set(MANIFEST_COLUMNS) | set(DERIVED_ATTRIBUTES))}")
-    return [str(r.get(name) or "").strip().upper() or "unknown" for r in rows]
 
 
 class WarningLog:
@@ -437,7 +414,6 @@ def _reference(job: _Job, test: Predictions, cal: Calibrator, result: dict[str, 
                threshold: dict[str, Any]) -> None:
     """reference.json beside metrics.json: what `fibrosis monitor` compares new batches with."""
     from fibrosis.data.cache import CacheReader
-    from fibrosis.evaluate.reference import write_reference  # it imports this module
 
     write_reference(job.out, job.ckpt_path, test.rows, test.labels, cal.predict(test.logits), result, threshold,
                     CacheReader(job.cache, job.all_rows), job.idx)

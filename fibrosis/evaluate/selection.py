@@ -109,11 +109,14 @@ def select_arm(y: Sequence[int], oof: dict[str, np.ndarray], meta: dict[str, dic
     best = max(live, key=lambda a: (a["auc"], [-v for v in complexity(a)]))
     control = _first(live, lambda a: a.get("init") == "random" and not a.get("tta"))  # the control as trained
     reference = _first(live, lambda a: a.get("recipe") == "reference" and not a.get("tta"))
+    def pair(a: dict[str, Any], other: dict[str, Any] | None) -> dict[str, Any] | None:
+        if a.get("failed") or other is None or a["name"] == other["name"]:
+            return None
+        return _paired(y, oof[a["name"]], oof[other["name"]], level)
+
     for a in table:
         ok = not a.get("failed")
-        pair = lambda other: (None if not ok or other is None or a["name"] == other["name"]  # noqa: E731
-                              else _paired(y, oof[a["name"]], oof[other["name"]], level))
-        a["vs_best"], a["vs_random"], a["vs_reference"] = pair(best), pair(control), pair(reference)
+        a["vs_best"], a["vs_random"], a["vs_reference"] = pair(a, best), pair(a, control), pair(a, reference)
         # against the same recipe without its add-ons, or a TTA twin against its own arm: same patients
         base = a.get("base") or a.get("base_arm")
         a["vs_base"] = _paired(y, oof[a["name"]], oof[base], level) if ok and base in oof and \

@@ -281,7 +281,7 @@ class Node:
         from fibrosis.data.records import Rejected
         from fibrosis.data.workers import process_file
 
-        for attempt in (1, 2):
+        for _attempt in (1, 2):
             pool = self._checker()
             try:
                 res = pool.submit(process_file, (str(path), "", {}), self._ingest).result()

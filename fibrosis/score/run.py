@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 
 from fibrosis.score import output as score_io
-from fibrosis.data.cache import DTYPES, image_statistics
+from fibrosis.score.pixels import model_input, overlay
+from fibrosis.score.sr import write_dicom_outputs
+from fibrosis.data.cache import image_statistics
 from fibrosis.io import atomic_write_bytes, file_sha256
 from fibrosis.config import IngestConfig, ScoreConfig, config_from_dict
-from fibrosis.data.dataset import model_array
 from fibrosis.data.identity import identity, resolve_salt
 from fibrosis.data.pixels import excluded_flag, qa_flags
 from fibrosis.data.records import Decoded, DecodeResult, Preprocessing, Rejected, Skipped
@@ -117,13 +118,6 @@ def frozen_settings(ckpt: dict[str, Any], path: Path, sha256: str) -> Frozen:
 # ------------------------------------------------------------------ per file
 
 
-def model_input(stored: np.ndarray, cache_dtype: str, preprocessing: Preprocessing) -> np.ndarray:
-    """Quantised cache image -> (1, S, S) float32 model input, exactly as training saw it
-    (``CacheReader.image`` then ``CacheDataset`` without augmentation)."""
-    img = stored.astype(np.float32) / float(np.iinfo(DTYPES[cache_dtype]).max)
-    return np.ascontiguousarray(model_array(img, preprocessing), np.float32)[None]
-
-
 # ------------------------------------------------------------------ streaming
 
 
@@ -202,16 +196,6 @@ def results(entries: list[tuple[str, str]], cfg: IngestConfig, preprocessing: Pr
 
 
 # ------------------------------------------------------------------ batches -> rows
-
-
-def overlay(x: np.ndarray, cam: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
-    """BGR uint8: the model input (de-normalised gray) under a JET heat map of ``cam``."""
-    import cv2
-
-    gray = np.clip(x * preprocessing.std + preprocessing.mean, 0, 1)
-    base = cv2.cvtColor((gray * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    heat = cv2.applyColorMap((np.clip(cam, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    return cv2.addWeighted(base, 0.6, heat, 0.4, 0)
 
 
 class Scorer:
@@ -409,7 +393,6 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
                                setup_seconds=scorer.setup_seconds)
         _finish(plan, summary, scorer, d)
         if d.is_main and (sr_out or sc_out):  # the inputs' studies only (resumed rows included)
-            from fibrosis.score.sr import write_dicom_outputs
 
             summary.dicom_files = write_dicom_outputs(
                 plan.out, {p for p, _ in plan.entries}, fz, sha, plan.aggregate, net,

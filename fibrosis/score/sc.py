@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from fibrosis.io import atomic_write_bytes
+from fibrosis.score.identity import MANUFACTURER, uid_for
+from fibrosis.score.pixels import model_input, overlay
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +83,6 @@ def write_scs(studies: list[Any], fz: Any, sha256: str, net: Any, sc_dir: Path) 
     from fibrosis.data.records import Decoded
     from fibrosis.data.workers import process_file
     from fibrosis.model.cam import compute_cams
-    from fibrosis.score.run import model_input, overlay
-    from fibrosis.score.sr import MANUFACTURER, uid_for
 
     sc_dir.mkdir(parents=True, exist_ok=True)
     dev = next(net.parameters()).device

@@ -47,11 +47,12 @@ from typing import Any
 from fibrosis import __version__
 from fibrosis.io import atomic_write_bytes
 from fibrosis.score import output as score_io
+from fibrosis.score.identity import MANUFACTURER, uid_for
+from fibrosis.score.sc import write_scs
 
 logger = logging.getLogger(__name__)
 
 SCHEME = "99FIBROSIS"  # private coding scheme: concepts no standard terminology names
-MANUFACTURER = "fibrosis (open-source research software)"
 DISCLAIMER = ("RESEARCH OUTPUT, NOT A DIAGNOSIS. Scores of a machine-learning model for pulmonary "
               "fibrosis on chest radiographs; not a medical device, not validated for clinical use. "
               "Do not use for patient care.")
@@ -99,14 +100,6 @@ class Observer:
     threshold: float
     aggregate: str
     software_version: str = __version__
-
-
-def uid_for(*parts: str) -> str:
-    """A UID derived from ``parts``: same inputs, same UID. A name-based (version 5)
-    UUID under the 2.25 root (PS3.5 B.2), so no organisation root is needed."""
-    import uuid
-
-    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, 'fibrosis:' + chr(0).join(parts)).int}"
 
 
 def read_header(path: str | Path) -> Any | None:
@@ -352,8 +345,6 @@ def write_dicom_outputs(scores: Path, paths: set[str], fz: Any, sha256: str, agg
     if sr_dir is not None:
         files += write_srs(scores, sr_dir, obs, paths)
     if sc_dir is not None:
-        from fibrosis.score.sc import write_scs
-
         studies, _ = collect(scores, paths, aggregate)
         files += write_scs(studies, fz, sha256, net, sc_dir)
     return [str(f) for f in files]

@@ -1,0 +1,32 @@
+"""Subgroup attributes of a manifest row: its own columns, and age bands derived from ``age``."""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from fibrosis.data.cache import MANIFEST_COLUMNS
+
+AGE_BANDS = ((0, 40, "<40"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 200, ">=80"))
+DERIVED_ATTRIBUTES = ("age_band",)
+
+
+def age_band(value: Any) -> str:
+    """'61', '61.0' or DICOM AS '061Y' -> '60-79'; months/weeks/days -> '<40'; bad -> 'unknown'."""
+    text = str(value or "").strip().upper()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([DWMY]?)", text)
+    if not m:
+        return "unknown"
+    years = float(m.group(1)) / {"": 1, "Y": 1, "M": 12, "W": 52.18, "D": 365.25}[m.group(2)]
+    if years > 130:
+        return "unknown"
+    return next(name for lo, hi, name in AGE_BANDS if lo <= years < hi)
+
+
+def attribute_values(rows: Sequence[dict[str, str]], name: str) -> list[str]:
+    if name == "age_band":
+        return [age_band(r.get("age")) for r in rows]
+    if name not in MANIFEST_COLUMNS:
+        raise ValueError(f"evaluate.subgroups: unknown attribute {name!r}; allowed: "
+                         f"{sorted(set(MANIFEST_COLUMNS) | set(DERIVED_ATTRIBUTES))}")
+    return [str(r.get(name) or "").strip().upper() or "unknown" for r in rows]
