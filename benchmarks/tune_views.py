@@ -3,7 +3,7 @@
     nice python benchmarks/tune_views.py      # ../shared NIH sample + shared MobileNetV2, 224 px
 
 Every epoch of a fine-tuning unit trains on that epoch's augmented view of its images. Two ways
-to feed them, which give the same inputs (tests/test_tune.py checks the units agree):
+to feed them, which give the same inputs (tests/train/test_tune.py checks the units agree):
 
 - cached: the frozen prefix runs once per backbone over ``max_epochs`` augmented views of every
   development image (shared by every fold and every fine-tuning arm of that backbone), kept in

@@ -10,7 +10,7 @@ What it writes (byte-stable: same inputs and package versions give the same byte
     score/*.dcm             10 further studies (some with 2 instances) + 2 deliberately bad files
     score_expected.csv      what the batch-scoring step should make of each score/ file
     SOURCE.md               attribution, licence, derivation, enrichment, encoding tables
-    SHA256SUMS              checksums of everything above (checked by tests/test_demo_data.py)
+    SHA256SUMS              checksums of everything above (checked by tests/data/test_demo_data.py)
 
 Why the encodings are mixed: a reader that ignores MONOCHROME1, RescaleSlope/Intercept or
 the VOI window still "works" on plain 8-bit files, so the demo must contain the hard cases.

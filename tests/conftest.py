@@ -1,5 +1,5 @@
-"""Shared fixtures. The DICOM writers live in ``tests/dicom_factory.py`` (plain functions,
-importable from any test module as ``from dicom_factory import make_dicom``)."""
+"""Shared fixtures. Shared code lives in the ``tests/helpers`` package (``from helpers.dicom_factory
+import make_dicom``); test modules never import each other."""
 from __future__ import annotations
 
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # make `dicom_factory` importable everywhere
+sys.path.insert(0, str(Path(__file__).parent))  # `helpers` importable from every test folder
 
 from fibrosis.config import IngestConfig  # noqa: E402
 

@@ -7,8 +7,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from helpers.paths import REPO
 
-PKG = Path(__file__).resolve().parents[1] / "fibrosis"
+PKG = REPO / "fibrosis"
 
 
 def test_import_contracts_hold():

@@ -1,14 +1,13 @@
 """Config loading: strict keys, types, overrides, and the shipped YAML files."""
 import dataclasses
-from pathlib import Path
 
 import re
 
 import pytest
 
 from fibrosis.config import Config, ConfigError, config_from_dict, config_to_dict, literal_values, load_config
+from helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_default_yaml_documents_exactly_the_defaults():

@@ -74,7 +74,7 @@ def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
     work = Path(work)
     overrides = [f"ingest.labels_csv={DEMO_DATA / 'labels.csv'}", *demo_backbone(DEMO_DATA)]
     if quick:  # smoke-test size: 2 folds, one fine-tuning epoch, one probe strength, few bootstrap
-        # resamples, eager scoring (the ONNX export of an ensemble costs ~20 s; tests/test_tune.py checks it)
+        # resamples, eager scoring (the ONNX export of an ensemble costs ~20 s; tests/train/test_tune.py checks it)
         overrides += ["tune.folds=2", "tune.max_epochs=1", "tune.probe_c=[0.01]",
                       "evaluate.bootstrap_resamples=200", "score.engine=eager"]
     cfg = load_config(DEMO_CONFIG, overrides)
