@@ -112,3 +112,15 @@ def test_no_import_circle_between_modules_even_within_a_stage():
     graph = {m: {i for i in _imports(m) if not MODULES[i].name == "__init__.py"}
              for m in MODULES if MODULES[m].name != "__init__.py"}
     assert import_cycles(graph) == []
+
+
+def test_test_modules_never_import_each_other():
+    """What tests share lives in tests/helpers; a test module importing another runs its fixtures'
+    module-level code twice and ties the two files' private names together."""
+    bad = []
+    for path in (PKG.parent / "tests").rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{path.name} imports {n}" for n in names if n.split(".")[-1].startswith("test_")]
+    assert bad == []
