@@ -15,9 +15,12 @@ import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 class ConfigError(ValueError):
@@ -334,7 +337,7 @@ class _StrictLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]  # unannotated in types-PyYAML
             raise yaml.composer.ComposerError(
                 None, None, f"found alias *{_short(event.anchor)[1:-1]}: YAML aliases are not allowed "
                             "in fibrosis configs (write the value out)", event.start_mark)
@@ -383,7 +386,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):  # a dataclass type, not an instance
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
@@ -637,7 +640,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
 
 
-def config_to_dict(cfg: Any) -> dict[str, Any]:
+def config_to_dict(cfg: DataclassInstance) -> dict[str, Any]:
     """Plain nested dict (tuples as lists) suitable for YAML/JSON and checkpoints."""
 
     def plain(v: Any) -> Any:
@@ -647,4 +650,4 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
             return [plain(x) for x in v]
         return v
 
-    return plain(cfg)
+    return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}

@@ -171,7 +171,7 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     array = np.ascontiguousarray(array)
     with atomic_open(path, "wb") as fh:
         np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(array))
-        fh.write(memoryview(array).cast("B"))
+        fh.write(array.data.cast("B"))
 
 
 # ---------------------------------------------------------------- CSV

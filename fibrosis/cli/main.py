@@ -12,11 +12,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, get_args
+from typing import TYPE_CHECKING, Callable, get_args
 
 from fibrosis import __version__
 from fibrosis.config import Config, ConfigError, EngineName, StudyAggregate, load_config
 from fibrosis.io import NO_SPACE_ERRNOS
+
+if TYPE_CHECKING:
+    from fibrosis.score.dicomweb import Retrieved
 
 logger = logging.getLogger("fibrosis")
 
@@ -213,7 +216,7 @@ def _stow_record(fetch_dir: Path) -> Path:
     return fetch_dir.with_name(fetch_dir.name + ".stowed.txt")
 
 
-def _retrieve(args: argparse.Namespace):
+def _retrieve(args: argparse.Namespace) -> tuple[Retrieved, Path]:
     """QIDO-RS + WADO-RS into --fetch-dir: (what was retrieved, the folder to read)."""
     from fibrosis.score.dicomweb import Query, retrieve
 

@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -93,10 +93,12 @@ def _replicate(cfg: Config, cv: Any, sel: dict[str, Any], out: Path, progress: b
     from fibrosis.evaluate.selection import repeat_aucs, replication, rival
     from fibrosis.train.tune import extend_repeats
 
-    chosen, reason, checks = sel["chosen"], sel["reason"], []
+    chosen, reason = sel["chosen"], sel["reason"]
+    checks: list[dict[str, Any]] = []
     if cfg.tune.selection == "best":
         return chosen, reason, checks
-    by_repeat = lambda: {r.name: r.by_repeat for r in cv.arms}  # noqa: E731 -- grows as repeats run
+    by_repeat: Callable[[], dict[str, dict[int, np.ndarray]]] = (  # noqa: E731 -- grows as repeats run
+        lambda: {r.name: r.by_repeat for r in cv.arms})
     reference = sel.get("reference")
     while True:
         other = rival(sel["arms"], chosen)
@@ -151,7 +153,8 @@ def log_table(result: dict[str, Any]) -> None:
     """The arms table in the log: OOF AUC with CI, differences to the reference and to the same
     recipe without add-ons (paired p), AUC per repeat, OOF logit sd, epochs, minutes."""
     lvl = f"{100 * result['level']:.4g}%"
-    paired = lambda t: f"{t['difference']:+.3f} (p={t['p']:.3f})" if t else "-"  # noqa: E731
+    paired: Callable[[dict[str, Any] | None], str] = (  # noqa: E731
+        lambda t: f"{t['difference']:+.3f} (p={t['p']:.3f})" if t else "-")
     logger.info("%-20s %-7s %-12s %-20s %-20s %-22s %6s %5s %6s %7s", "arm", "OOF AUC", f"{lvl} CI",
                 "vs reference (p)", "vs base (p)", "AUC per repeat", "sd", "epoch", "min", "CPU min")
     for a in result["arms"]:

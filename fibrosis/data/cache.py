@@ -50,7 +50,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "aux_labels",  # other findings of the labels CSV: records.format_aux, e.g. "Effusion=1|Mass=0"
 )
 REJECT_COLUMNS: tuple[str, ...] = ("path", "kind", "reason", "transfer_syntax")
-DTYPES = {"uint8": np.uint8, "uint16": np.uint16}
+DTYPES: dict[str, type[np.unsignedinteger[Any]]] = {"uint8": np.uint8, "uint16": np.uint16}
 
 
 def to_cache_dtype(img01: np.ndarray, dtype: str) -> np.ndarray:

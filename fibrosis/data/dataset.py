@@ -71,7 +71,10 @@ def row_label(row: dict[str, str]) -> float:
     return float(require_label(row.get("label", ""), row.get("path", "?"), "ingest with labels to train"))
 
 
-class CacheDataset(Dataset):
+Sample = tuple[torch.Tensor, ...]  # image, label (, auxiliary targets)
+
+
+class CacheDataset(Dataset[Sample]):
     """Item ``k`` -> (float tensor (1, S, S) normalised, label) for row ``indices[k]``, and
     its auxiliary targets (K,) (NaN = missing) as a third element when ``aux`` is given."""
 
@@ -93,7 +96,7 @@ class CacheDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, ...]:
+    def __getitem__(self, k: int) -> Sample:
         row = self.indices[k]
         img = resize(self.reader.image(row), self.size, self.preprocessing.resize)
         if self.augment is not None:
@@ -105,7 +108,7 @@ class CacheDataset(Dataset):
         return (x, y) if self.aux is None else (x, y, self.aux[k])
 
 
-class EpochSampler(DistributedSampler):
+class EpochSampler(DistributedSampler[int]):
     """DistributedSampler (also for one process) with an optional class-balanced mode.
 
     ``balanced``: draws len(dataset) items with replacement, positives and negatives
@@ -115,7 +118,8 @@ class EpochSampler(DistributedSampler):
 
     def __init__(self, labels: Sequence[float], *, balanced: bool, seed: int,
                  num_replicas: int = 1, rank: int = 0, shuffle: bool = True):
-        super().__init__(range(len(labels)), num_replicas=num_replicas, rank=rank,
+        # The sampler reads only len() of its dataset; torch's hint asks for a Dataset.
+        super().__init__(range(len(labels)), num_replicas=num_replicas, rank=rank,  # type: ignore[arg-type]
                          shuffle=shuffle, seed=seed)
         self.balanced = balanced
         y = torch.tensor(list(labels), dtype=torch.float64)

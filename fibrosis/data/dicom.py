@@ -14,7 +14,7 @@ import warnings
 import zlib
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal
 
 import numpy as np
 import pydicom
@@ -60,13 +60,15 @@ class InputError(Exception):
     ``"excluded"`` (a valid file that policy keeps out, e.g. a lateral view).
     """
 
-    def __init__(self, path: str | Path, reason: str, transfer_syntax: str = "", kind: str = "error"):
+    def __init__(self, path: str | Path, reason: str, transfer_syntax: str = "",
+                 kind: Literal["error", "excluded"] = "error"):
         if kind not in ("error", "excluded"):
             raise ValueError(f"InputError kind {kind!r} not in ['error', 'excluded']")
         super().__init__(f"{path}: {reason}")
         self.path, self.reason, self.transfer_syntax, self.kind = str(path), reason, transfer_syntax, kind
 
-    def __reduce__(self):  # keep all fields across worker processes
+    def __reduce__(self) -> tuple[type[InputError], tuple[str, str, str, str]]:
+        # keep all fields across worker processes
         return (InputError, (self.path, self.reason, self.transfer_syntax, self.kind))
 
 
@@ -290,8 +292,8 @@ def parse_age(age: str, birth: str = "", study: str = "") -> str:
             s = date(int(study[:4]), int(study[4:6]), int(study[6:]))
         except ValueError:
             return ""
-        years = s.year - b.year - ((s.month, s.day) < (b.month, b.day))
-        return str(years) if 0 <= years < 130 else ""
+        whole = s.year - b.year - ((s.month, s.day) < (b.month, b.day))
+        return str(whole) if 0 <= whole < 130 else ""
     return ""
 
 
@@ -480,7 +482,7 @@ def voi_window(ds: Dataset) -> tuple[float, float, str] | None:
     wc, ww = ds.get("WindowCenter"), ds.get("WindowWidth")
     if wc is None or ww is None or wc == "" or ww == "":
         return None
-    first = lambda v: v[0] if isinstance(v, pydicom.multival.MultiValue) else v  # noqa: E731
+    first: Callable[[Any], Any] = lambda v: v[0] if isinstance(v, pydicom.multival.MultiValue) else v  # noqa: E731
     try:
         center, width = float(first(wc)), float(first(ww))
     except (TypeError, ValueError):

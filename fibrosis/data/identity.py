@@ -81,7 +81,7 @@ def patient_key(raw_id: str, salt: str) -> str:
     return PatientId(raw_id).key(salt)
 
 
-def identity(meta: ImageMeta, content_hash: str, salt: str, counts: Counter | None = None) -> str:
+def identity(meta: ImageMeta, content_hash: str, salt: str, counts: Counter[str] | None = None) -> str:
     """patient_key from PatientID; else the study (one patient per study) or the file.
     ``counts`` (optional) tallies how many keys came from the study or the file."""
     counts = Counter() if counts is None else counts

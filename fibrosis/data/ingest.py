@@ -66,7 +66,7 @@ class IngestSummary:
     def status(self) -> str:
         if self.ingested + self.skipped == 0:
             return "nothing-ingested"
-        if self.strict and sum(self.rejected.values()):
+        if self.strict and sum(self.rejected.values()) > 0:
             return "rejects-in-strict-mode"
         return "ok"
 
@@ -170,14 +170,14 @@ def _joined(labels: Labels, path: str, sop_uid: str, study_uid: str) -> tuple[di
     return dict(zip(LABEL_COLUMNS, (label, aux))), how
 
 
-def _count_aux(counts: Counter, row: dict[str, str]) -> None:
+def _count_aux(counts: Counter[str], row: dict[str, str]) -> None:
     """Count the auxiliary values an image of this run's manifest holds (for the summary log)."""
     aux = row.get("aux_labels", "")  # a row of an older version has none
     counts["aux-images"] += bool(aux)
     counts["aux-values"] += aux.count(AUX_ASSIGN)
 
 
-def _manifest_row(res: Decoded, key: str, labels: Labels | None, counts: Counter) -> dict[str, Any]:
+def _manifest_row(res: Decoded, key: str, labels: Labels | None, counts: Counter[str]) -> dict[str, Any]:
     row = {k: v for k, v in res.meta.manifest_fields().items() if k in MANIFEST_COLUMNS}
     joined = {"label": "", "aux_labels": ""}
     if labels is not None:
@@ -273,7 +273,7 @@ def ingest(inputs: list[str | Path], cache_dir: str | Path, cfg: IngestConfig, *
 
 def _ingest(inputs: list[str | Path], root: Path, cfg: IngestConfig, labels: Labels | None, strict: bool,
             workers: int | None, progress: bool, verify: bool) -> IngestSummary:
-    counts: Counter = Counter()
+    counts: Counter[str] = Counter()
     with CacheLock(root), CommittedIndex(root) as index:  # the index is in the cache: lock first
         n_inputs = _index_inputs(index, inputs, root, cfg, labels)
         if labels is not None:  # before any work: a label must never reach two images
@@ -304,7 +304,7 @@ def _ingest(inputs: list[str | Path], root: Path, cfg: IngestConfig, labels: Lab
                 changes = index.changes(res.path)
                 n_labels += bool(changes)
                 if labels is not None:
-                    _count_aux(counts, {**index.get(res.path)[1], **changes})
+                    _count_aux(counts, {**_committed(index, res.path), **changes})
                 shards.skipped(res, changes)
             elif isinstance(res, Decoded):
                 shards.decoded(res, lambda r: _manifest_row(r, identity(r.meta, r.content_hash, salt, counts),
@@ -320,12 +320,19 @@ def _ingest(inputs: list[str | Path], root: Path, cfg: IngestConfig, labels: Lab
     return summary
 
 
+def _committed(index: CommittedIndex, path: str) -> dict[str, str]:
+    """The committed entry of ``path``, which a Skipped result matched."""
+    hit = index.get(path)
+    assert hit is not None  # a file is skipped only when its committed entry has the same content
+    return hit[1]
+
+
 def _index_inputs(index: CommittedIndex, inputs: list[str | Path], root: Path, cfg: IngestConfig,
                   labels: Labels | None) -> int:
     """Record (path, discovery error) of every input in ``index``; returns their number. The
     labels CSV and the cache's own files (a cache placed inside an input folder holds our
     outputs) are not inputs."""
-    labels_csv = str(Path(cfg.labels_csv).resolve()) if labels is not None else None
+    labels_csv = str(Path(cfg.labels_csv).resolve()) if labels is not None and cfg.labels_csv else None
     # discovery gives resolved paths: only the cache folder needs resolving, and a string
     # prefix test is exact on resolved paths (no Path object per file)
     resolved_root = str(root.resolve())
@@ -350,7 +357,7 @@ def _index_inputs(index: CommittedIndex, inputs: list[str | Path], root: Path, c
 
 
 def _plan(index: CommittedIndex, labels: Labels | None, salt: str, verify: bool, rows_only: _RowsOnly,
-          counts: Counter) -> tuple[int, int]:
+          counts: Counter[str]) -> tuple[int, int]:
     """Which files to decode or hash (recorded as the index's tasks), which to skip unread, and
     which labels changed. Returns (files skipped unread, of them relabelled)."""
     unread = relabelled = 0
@@ -397,7 +404,7 @@ class _Shards:
         self.rejects: list[dict[str, Any]] = []
 
     def skipped(self, res: Skipped, changes: dict[str, str]) -> None:
-        entry = self.index.get(res.path)[1]
+        entry = _committed(self.index, res.path)
         # Same content, new or missing stamp (touched, copied back, a cache of an older
         # version): record the stamp, so the next run skips the file unread.
         if changes or any(entry.get(c, "") != res.stamp.get(c, "") for c in STAMP_COLUMNS):
@@ -442,10 +449,12 @@ class _Shards:
             # what loading the parts would give, without reading them back
             self.index.put("row", self.rows)
             self.index.put("reject", self.rejects)
-            self.images.clear(), self.rows.clear(), self.rejects.clear()
+            self.images.clear()
+            self.rows.clear()
+            self.rejects.clear()
 
 
-def _log_summary(summary: IngestSummary, counts: Counter, labels: Labels | None, cfg: IngestConfig,
+def _log_summary(summary: IngestSummary, counts: Counter[str], labels: Labels | None, cfg: IngestConfig,
                  n_rows: int, n_rejects: int) -> None:
     labelled = labels is not None
     summary.unlabeled = counts["unlabeled"] if labelled else summary.ingested

@@ -67,7 +67,8 @@ def decode_reduced(ds: Dataset, long_side: int, size: int) -> tuple[np.ndarray |
     for level in range(r, 0, -1):
         try:
             im = Image.open(io.BytesIO(frame))
-            im.reduce = level
+            # reduce is a settable property of Pillow's JPEG 2000 images; open() is typed ImageFile
+            im.reduce = level  # type: ignore[method-assign, assignment]
             im.load()
         except OSError:
             continue

@@ -27,7 +27,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import cv2
 import numpy as np
@@ -84,6 +84,8 @@ SNIFF_BYTES = 132  # preamble + 'DICM': enough to tell DICOM, PNG, JPEG and the 
 HASH_CHUNK = 1 << 20
 NOT_AN_IMAGE = ("not a DICOM, PNG or JPEG file (no 'DICM' marker at byte 128, "
                 "no PNG/JPEG signature, no DICOM group 0002/0008 at byte 0)")
+# (function on an integer domain array -> modality values, step label, the tags that define it)
+Modality = tuple[Callable[[np.ndarray], np.ndarray], str, str]
 
 
 @dataclass
@@ -173,7 +175,7 @@ def read_input(path: str | Path, cfg: IngestConfig) -> tuple[bytes | None, str]:
 
 
 @contextmanager
-def _quiet_pydicom():
+def _quiet_pydicom() -> Iterator[None]:
     """pydicom logs its own tracebacks and warnings for bad files; each such file
     already becomes one reject row with the reason, so silence the duplicate noise."""
     log = logging.getLogger("pydicom")
@@ -246,7 +248,7 @@ def _ts_name(ts: str) -> str:
 # ---------------------------------------------------------------- LUT stage
 
 
-def _modality(ds: Dataset, path: str | Path, ts: str):
+def _modality(ds: Dataset, path: str | Path, ts: str) -> Modality:
     """(function on an integer domain array -> modality values, step label, the tags
     that define it, for error messages)."""
     if "ModalityLUTSequence" in ds and ds.ModalityLUTSequence:
@@ -303,7 +305,7 @@ def _weighted_percentiles(values: np.ndarray, counts: np.ndarray, qs: tuple[floa
             for q in qs]
 
 
-def _display(stored: np.ndarray, modality, voi: tuple[Any, ...] | None, invert: bool,
+def _display(stored: np.ndarray, modality: Modality, voi: tuple[Any, ...] | None, invert: bool,
              cfg: IngestConfig, path: str | Path, ts: str) -> tuple[np.ndarray, list[str]]:
     """Stored integers -> float32 display image in [0, 1] through one lookup table."""
     if not np.issubdtype(stored.dtype, np.integer):
@@ -492,7 +494,8 @@ def polarity_score(img: np.ndarray) -> float:
 def _finish(img: np.ndarray, meta: ImageMeta, steps: list[str], cfg: IngestConfig,
             path: str | Path, ts: str) -> PixelResult:
     out, step = fit_square(img, cfg.image_size)
-    nh, nw, top, left = _geometry(*img.shape, cfg.image_size)
+    h, w = img.shape
+    nh, nw, top, left = _geometry(h, w, cfg.image_size)
     content = out[top:top + nh, left:left + nw]  # a view: the padding stays 0 whatever happens
     check = check_polarity(content)
     action = POLARITY_ACTIONS[cfg.polarity_qa][check.verdict]
@@ -516,7 +519,7 @@ def _finish(img: np.ndarray, meta: ImageMeta, steps: list[str], cfg: IngestConfi
     return PixelResult(image=out, meta=meta, steps=steps + qa + [step])
 
 
-def qa_flags(steps: list[str] | str) -> str:
+def qa_flags(steps: Sequence[str] | str) -> str:
     """'polarity-suspect' / 'polarity-unsure' / 'polarity-inverted' (';'-joined) from a result's
     ``qa:`` steps (a list, or the manifest's '|'-joined string); '' when there are none."""
     items = steps.split("|") if isinstance(steps, str) else steps

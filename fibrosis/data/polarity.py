@@ -92,7 +92,7 @@ def mediastinum_lungs(img: np.ndarray) -> float:
 
 def cues(content: np.ndarray) -> dict[str, float]:
     """The three cues (module docstring) of a display image in [0, 1] (no padding)."""
-    img = np.asarray(content, np.float32)
+    img: np.ndarray = np.asarray(content, np.float32)
     h, w = img.shape
     scale = ANALYSIS_SIDE / max(h, w)
     if scale < 1:

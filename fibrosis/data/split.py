@@ -24,7 +24,7 @@ import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence, TypeGuard, cast
 
 import numpy as np
 
@@ -230,7 +230,7 @@ def group_roots(n_patients: int, link_codes: np.ndarray) -> np.ndarray:
             parent = up
 
 
-def _chunked(values: np.ndarray, size: int = 4096) -> Iterator:
+def _chunked(values: np.ndarray, size: int = 4096) -> Iterator[Any]:
     """The Python values of an array one chunk at a time: ``tolist()`` of the whole array would
     hold a list (and an int object per entry) as long as the array."""
     for s0 in range(0, len(values), size):
@@ -259,6 +259,7 @@ def assign_codes(codes: np.ndarray, labels: np.ndarray, splits: np.ndarray, pati
         has[root[codes[labels == lab]]] = True
         stratum[has] = lab  # positive (lab 1) written last: it wins
         del has
+    has_old: np.ndarray  # per group root: has images in a split already
     if reassign:
         has_old, own = np.zeros(n, bool), np.zeros(n, np.int64)
     else:  # patient -> images per split already assigned: its majority, ties to the earlier split
@@ -267,11 +268,12 @@ def assign_codes(codes: np.ndarray, labels: np.ndarray, splits: np.ndarray, pati
         existing = np.bincount(codes[sel].astype(np.int64) * k_splits + splits[sel],
                                minlength=n * k_splits).reshape(n, k_splits)
         del sel
-        has_old, own = existing.any(1), existing.argmax(1)  # argmax takes the first maximum
+        # numpy types any(axis) as a scalar or an array: of a 2-D array, it is an array.
+        has_old, own = cast(np.ndarray, existing.any(1)), existing.argmax(1)  # argmax takes the first maximum
         del existing
     votes = np.bincount(root[has_old].astype(np.int64) * k_splits + own[has_old],
                         minlength=n * k_splits).reshape(n, k_splits)
-    kept_group, majority = votes.any(1), votes.argmax(1)  # per root
+    kept_group, majority = cast(np.ndarray, votes.any(1)), votes.argmax(1)  # per root (any: as above)
     del votes
     # Assigned patients never move; new patients join their group's majority split.
     result = np.where(has_old, own, majority[root]).astype(np.uint8)
@@ -349,7 +351,7 @@ def _previous_split(root: Path, cfg: SplitConfig, reassign: bool, manifest_sha25
     return done
 
 
-def _is_hex_hash(value: str | None, nbytes: int) -> bool:
+def _is_hex_hash(value: str | None, nbytes: int) -> TypeGuard[str]:
     if not value or len(value) != 2 * nbytes:
         return False
     try:
@@ -372,7 +374,7 @@ class _Keys(Sequence[str]):
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]  # by index only, never a slice
         return self.keys[i].decode("utf-8")
 
 
@@ -606,6 +608,7 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
         try:
 
             def pair_rows(size: int = 4096) -> Iterator[dict[str, object]]:
+                path_a: str | None
                 last_a, path_a = -1, ""  # pairs are sorted by row a: read each row a once
                 for s0 in range(0, a.size, size):  # a chunk of pairs at a time: no column of them all
                     i, j = a[s0:s0 + size], b[s0:s0 + size]

@@ -32,7 +32,7 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator, TypeVar
 
 from fibrosis.data.cache import to_cache_dtype
 from fibrosis.config import IngestConfig
@@ -43,6 +43,7 @@ from fibrosis.data.split import stored_dhash
 logger = logging.getLogger(__name__)
 
 Task = tuple[str, str, dict[str, Any]]  # (path, content hash already committed or "", hints)
+R = TypeVar("R")  # what the function ordered_map runs returns
 RACY_NS = 2_000_000_000  # coarser than any file system's mtime granularity (FAT: 2 s)
 
 
@@ -186,12 +187,14 @@ def _check_workers_start(ctx: Any) -> None:
                                "program's __main__ importable? run from a file, or use workers=1)") from None
 
 
-def _one_by_one(fn: Callable, tasks: list[Task], cfg: IngestConfig, ctx: Any) -> Iterator[dict[str, Any]]:
+def _one_by_one(fn: Callable[[Task, IngestConfig], R], tasks: list[Task], cfg: IngestConfig,
+                ctx: Any) -> Iterator[R | Rejected]:
     """Run tasks sequentially on one worker process; a task that kills it is the culprit."""
     ex = None
     try:
         for task in tasks:
             ex = ex or ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker)
+            result: R | Rejected
             try:
                 result = ex.submit(fn, task, cfg).result()
             except BrokenProcessPool:
@@ -203,36 +206,38 @@ def _one_by_one(fn: Callable, tasks: list[Task], cfg: IngestConfig, ctx: Any) ->
             ex.shutdown(wait=True)
 
 
-def _submit(ex: ProcessPoolExecutor, fn: Callable, task: Task, cfg: IngestConfig) -> Future:
+def _submit(ex: ProcessPoolExecutor, fn: Callable[[Task, IngestConfig], R], task: Task,
+            cfg: IngestConfig) -> Future[R]:
     """``ex.submit``, except that a pool which broke while the window was being filled (a worker
     died at once) yields a failed future instead of raising here: every break then takes the
     one path below, which tells a crashing file from workers that cannot start at all."""
     try:
         return ex.submit(fn, task, cfg)
     except BrokenProcessPool as exc:
-        fut: Future = Future()
+        fut: Future[R] = Future()
         fut.set_exception(exc)
         return fut
 
 
-def ordered_map(fn: Callable[[Task, IngestConfig], dict[str, Any]], tasks: Iterable[Task],
-                cfg: IngestConfig, workers: int) -> Iterator[dict[str, Any]]:
-    """``fn(task, cfg)`` for every task, in order, on ``workers`` processes (1 = inline)."""
+def ordered_map(fn: Callable[[Task, IngestConfig], R], tasks: Iterable[Task],
+                cfg: IngestConfig, workers: int) -> Generator[R | Rejected, None, None]:
+    """``fn(task, cfg)`` for every task, in order, on ``workers`` processes (1 = inline); a task
+    whose worker process dies gives a Rejected."""
     if workers <= 1:
         for task in tasks:
             yield fn(task, cfg)
         return
     ctx = _context()
     it = iter(tasks)
-    pending: deque = deque()
+    pending: deque[tuple[Task, Future[R]]] = deque()
     ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
     try:
         while True:
             while len(pending) < 4 * workers:  # bounded window: memory stays flat
-                task = next(it, None)
-                if task is None:
+                nxt = next(it, None)
+                if nxt is None:
                     break
-                pending.append((task, _submit(ex, fn, task, cfg)))
+                pending.append((nxt, _submit(ex, fn, nxt, cfg)))
             if not pending:
                 return
             task, fut = pending.popleft()

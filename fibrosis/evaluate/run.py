@@ -351,6 +351,7 @@ def _prepare(run: Path, cache: Path, split: str, cfg: Config | None, overrides: 
     stored = (stored_operating_points(ckpt.get("calibration"), ckpt.get("threshold"), str(ckpt_path))
               if frozen or oof else None)
     if oof:
+        assert stored is not None  # read just above whenever oof
         stored = dataclasses.replace(stored, frozen=False)
     fit_split = None if frozen or oof else resolve_fit_split(all_rows, cfg.evaluate.fit_split)
     check_evaluated_split(split, fit_split, frozen, stored.split if stored else None)
@@ -389,6 +390,7 @@ def _measure(job: _Job) -> tuple[dict[str, Any], Calibrator, dict[str, Any], lis
                     job.run, job.split, job.cache, "frozen" if job.frozen else "fitted out of fold by tune")
         return (*measure(job.stored, test, job.cfg.evaluate, WarningLog()), test)
     logger.info("evaluating %s: fit calibration + thresholds on %r, report on %r", job.run, job.fit_split, job.split)
+    assert job.fit_split is not None  # resolved whenever calibration and thresholds are fitted
     fit_idx = [i for i, r in enumerate(job.all_rows) if r.get("split") == job.fit_split]
     if not fit_idx:
         raise ValueError(f"{job.cache}/manifest.csv: no rows with split={job.fit_split!r}")

@@ -44,7 +44,7 @@ OOF_SPLIT = OOF_FIT  # what the calibration/threshold record names as its fit da
 RECIPES = typing.get_args(ArmRecipe)  # simplest first
 
 
-def complexity(a: Mapping[str, Any]) -> tuple:
+def complexity(a: Mapping[str, Any]) -> tuple[float, ...]:
     """How much an arm changes, as a sort key (smaller = simpler): depth (0 = head only), then a
     larger ``lr_ratio`` (slower fine-tuning) as less, then fewer add-ons (``extras``), then no
     TTA, then the plainer recipe."""
@@ -87,7 +87,7 @@ def _paired(y: np.ndarray, a: np.ndarray, b: np.ndarray, level: float) -> dict[s
     return {"difference": t["difference"], "p": t["p"], "ci": t.get("ci")}
 
 
-def select_arm(y: Sequence[int], oof: dict[str, np.ndarray], meta: dict[str, dict[str, Any]],
+def select_arm(y: Sequence[int] | np.ndarray, oof: dict[str, np.ndarray], meta: dict[str, dict[str, Any]],
                level: float = 0.95, rule: str = "replicated") -> dict[str, Any]:
     """The arms table and the first choice (see the module docstring). ``oof``: arm -> pooled OOF logits (same case order
     as ``y``); ``meta``: arm -> {depth, lr_ratio, init, recipe, failed, ...} (copied into the
@@ -139,14 +139,14 @@ def rival(table: Sequence[dict[str, Any]], chosen: str) -> str | None:
     return max(simpler, key=lambda a: (a["auc"], [-v for v in complexity(a)]))["name"] if simpler else None
 
 
-def repeat_aucs(y: Sequence[int], by_repeat: Mapping[int, np.ndarray]) -> dict[int, float]:
+def repeat_aucs(y: Sequence[int] | np.ndarray, by_repeat: Mapping[int, np.ndarray]) -> dict[int, float]:
     """Pooled OOF AUC of each repeat of the k-fold."""
     y = np.asarray(y, int)
     return {r: float(M.delong_placements(y, z)[0]) for r, z in sorted(by_repeat.items())}
 
 
-def replication(y: Sequence[int], chosen: str, other: str, by_repeat: Mapping[str, Mapping[int, np.ndarray]]
-                ) -> dict[str, Any]:
+def replication(y: Sequence[int] | np.ndarray, chosen: str, other: str,
+                by_repeat: Mapping[str, Mapping[int, np.ndarray]]) -> dict[str, Any]:
     """Does ``chosen`` beat ``other`` in every repeat both ran? (AUC per repeat, and the verdict)."""
     a, b = repeat_aucs(y, by_repeat[chosen]), repeat_aucs(y, by_repeat[other])
     common = sorted(set(a) & set(b))
@@ -165,7 +165,7 @@ def selection_adjusted(fold_auc: Mapping[str, Mapping[str, float | None]], chose
     mine = fold_auc[chosen]
     gaps = []
     for fold, own in mine.items():
-        others = [v[fold] for v in fold_auc.values() if v.get(fold) is not None]
+        others = [auc for v in fold_auc.values() if (auc := v.get(fold)) is not None]
         if own is not None and others:
             gaps.append(max(others) - own)
     bias = float(np.mean(gaps)) if gaps else float("nan")

@@ -62,7 +62,7 @@ class _Plain(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a FibrosisNet or EnsembleNet: any module with forward_plain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_plain(x)

@@ -26,6 +26,8 @@ import torch
 from fibrosis.io import atomic_write_bytes
 
 if TYPE_CHECKING:
+    from fibrosis.model.ensemble import EnsembleNet
+    from fibrosis.model.net import FibrosisNet
     from fibrosis.model.tta import Variant
 
 logger = logging.getLogger(__name__)
@@ -84,6 +86,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[An
     # The stem and resize the weights were trained with, not today's defaults.
     shape = {"input_size": prep.input_size, "dropout": mcfg.get("dropout", 0.0), "resize": prep.resize,
              "gray_fold": prep.gray_fold}
+    model: FibrosisNet | EnsembleNet
     if ckpt.get("ensemble"):  # `fibrosis tune`: the fold models as one mean-logit ensemble
         from fibrosis.model.ensemble import build_ensemble
 
@@ -141,7 +144,9 @@ def update_checkpoint(path: str | Path, **fields: Any) -> dict[str, Any]:
 
 def rng_state() -> dict[str, Any]:
     """torch / CUDA / numpy / python RNG states as tensors and plain lists (weights_only-safe)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # the global RandomState is MT19937, whose legacy state is a tuple
+    kind, keys, pos, has_gauss, gauss = state
     py_version, py_state, py_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),

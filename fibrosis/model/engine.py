@@ -28,7 +28,7 @@ import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -37,6 +37,10 @@ from torch import nn
 from fibrosis.config import EngineName
 from fibrosis.data.records import Preprocessing
 from fibrosis.io import atomic_target
+
+if TYPE_CHECKING:
+    from fibrosis.model.ensemble import EnsembleNet
+    from fibrosis.model.net import FibrosisNet
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +152,7 @@ class TorchEngine(Engine):
         if name != "eager":
             self.model = self.model.to(memory_format=torch.channels_last)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.name == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -211,7 +215,7 @@ def onnx_cache_path(checkpoint: str | Path, checkpoint_sha256: str) -> Path:
 
 
 @contextlib.contextmanager
-def _quiet_loggers(*names: str):
+def _quiet_loggers(*names: str) -> Iterator[None]:
     saved = {n: logging.getLogger(n).level for n in names}
     for n in names:
         logging.getLogger(n).setLevel(logging.WARNING)
@@ -306,7 +310,7 @@ def verification_batch(input_size: int, preprocessing: Preprocessing, n: int = 8
     return out
 
 
-def make_engine(model: nn.Module, name: str, *, device: torch.device | str = "cpu",
+def make_engine(model: FibrosisNet | EnsembleNet, name: str, *, device: torch.device | str = "cpu",
                 onnx_path: str | Path | None = None, threads: int | None = None) -> Engine:
     """Build one named engine (no verification; see :func:`select_engine`)."""
     device = torch.device(device)
@@ -324,7 +328,7 @@ def make_engine(model: nn.Module, name: str, *, device: torch.device | str = "cp
     return TorchEngine(model, name, device)
 
 
-def select_engine(model: nn.Module, name: str = "auto", *, device: torch.device | str = "cpu",
+def select_engine(model: FibrosisNet | EnsembleNet, name: str = "auto", *, device: torch.device | str = "cpu",
                   onnx_path: str | Path | None = None, threads: int | None = None,
                   calibrate: Callable[[np.ndarray], np.ndarray] | None = None,
                   threshold: float | None = None, sample: np.ndarray | None = None,

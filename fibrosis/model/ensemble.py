@@ -8,8 +8,8 @@ graph) and Grad-CAM take it unchanged. It carries the attributes of a
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -48,9 +48,13 @@ class EnsembleNet(nn.Module):
         self.aux_names = first.aux_names
         self.tta: TTA | None = None  # test-time augmentation in eval mode: set_tta
 
+    def nets(self) -> Iterable[FibrosisNet]:
+        """The members: the FibrosisNets given to ``__init__`` (ModuleList types them Module)."""
+        return cast("Iterable[FibrosisNet]", self.members)
+
     def forward_all(self, x: torch.Tensor) -> torch.Tensor:
         """Mean over members of (B, 1 + len(aux_names)) logits (see FibrosisNet.forward_all)."""
-        return torch.stack([m.forward_all(x) for m in self.members]).mean(0)
+        return torch.stack([m.forward_all(x) for m in self.nets()]).mean(0)
 
     def set_tta(self, variants: Sequence[Variant] | None) -> "EnsembleNet":
         """Average eval-mode logits over ``variants`` (fibrosis.model.tta); None: off."""
@@ -63,7 +67,7 @@ class EnsembleNet(nn.Module):
 
     def forward_plain(self, x: torch.Tensor) -> torch.Tensor:
         """Mean member logit of ``x`` as given, never augmented (Grad-CAM explains this one)."""
-        return torch.stack([m.forward_plain(x) for m in self.members]).mean(0)
+        return torch.stack([m.forward_plain(x) for m in self.nets()]).mean(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tta is not None and not self.training:

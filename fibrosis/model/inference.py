@@ -5,6 +5,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,19 +16,23 @@ from fibrosis.data.cache import CacheReader
 from fibrosis.io import read_csv
 from fibrosis.data.dataset import CacheDataset
 
+if TYPE_CHECKING:
+    from fibrosis.model.ensemble import EnsembleNet
+    from fibrosis.model.net import FibrosisNet
+
 logger = logging.getLogger(__name__)
 
 ALL_ROWS = "all"  # = fibrosis.evaluate.checks.ALL
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     """bf16 autocast on CUDA (no loss scaling needed); a no-op elsewhere."""
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def _run(fn: Callable[[torch.Tensor], torch.Tensor], model: torch.nn.Module, reader: CacheReader,
+def _run(fn: Callable[[torch.Tensor], torch.Tensor], model: FibrosisNet | EnsembleNet, reader: CacheReader,
          indices: Sequence[int], batch_size: int, device: str | torch.device,
          num_workers: int, amp: bool, channels_last: bool) -> torch.Tensor:
     device = torch.device(device)
@@ -48,7 +53,7 @@ def _run(fn: Callable[[torch.Tensor], torch.Tensor], model: torch.nn.Module, rea
     return torch.cat(out) if out else torch.empty(0)
 
 
-def predict_rows(model: torch.nn.Module, reader: CacheReader, indices: Sequence[int],
+def predict_rows(model: FibrosisNet | EnsembleNet, reader: CacheReader, indices: Sequence[int],
                  batch_size: int, device: str | torch.device, *, num_workers: int = 0,
                  amp: bool = True, channels_last: bool = False) -> np.ndarray:
     """Logits (float32, shape (len(indices),)) of ``reader.rows[i]`` for i in ``indices``."""
@@ -56,7 +61,7 @@ def predict_rows(model: torch.nn.Module, reader: CacheReader, indices: Sequence[
                 channels_last).numpy()
 
 
-def extract_features(model: torch.nn.Module, reader: CacheReader, indices: Sequence[int],
+def extract_features(model: FibrosisNet, reader: CacheReader, indices: Sequence[int],
                      batch_size: int, device: str | torch.device, *, num_workers: int = 0,
                      amp: bool = True, channels_last: bool = False, tta: bool = False) -> torch.Tensor:
     """Pooled backbone features (len(indices), num_features), float32 on the CPU.
@@ -66,8 +71,9 @@ def extract_features(model: torch.nn.Module, reader: CacheReader, indices: Seque
     exactly the mean TTA logit: validation on cached features sees what deployment sees.
     """
     fn = model.forward_features
-    if tta and getattr(model, "tta", None) is not None:
-        fn = lambda x: model.tta(x, model.forward_features)  # noqa: E731
+    views = model.tta if tta else None
+    if views is not None:
+        fn = lambda x: views(x, model.forward_features)  # noqa: E731
     return _run(fn, model, reader, indices, batch_size, device, num_workers, amp, channels_last)
 
 

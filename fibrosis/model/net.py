@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
@@ -67,7 +67,7 @@ class FibrosisNet(nn.Module):
         # jointly so the backbone learns from every labelled finding. They are never part of
         # forward(): calibration, thresholds, engines, Grad-CAM and scoring see fibrosis only.
         self.aux_names: tuple[str, ...] = ()
-        self.aux_head: nn.Module | None = None
+        self.aux_head: nn.Sequential | None = None
         self.tta: TTA | None = None  # test-time augmentation in eval mode: set_tta
 
     def set_tta(self, variants: Sequence[Variant] | None) -> "FibrosisNet":
@@ -151,14 +151,20 @@ class GrayRGBStem(nn.Conv2d):
     channel c gets (gray - mean_c) / std_c, as the pretrained network expects. Its weights keep
     their torchvision name and shape; the statistics are buffers, so they travel with them."""
 
+    rgb_mean: torch.Tensor
+    rgb_std: torch.Tensor
+
     def __init__(self, conv: nn.Conv2d, mean: Sequence[float], std: Sequence[float]):
         if conv.in_channels != 3:
             raise ValueError(f"first conv has {conv.in_channels} input channels; expected 3")
-        super().__init__(3, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        # torch types a conv's geometry attributes tuple[int, ...], Conv2d's parameters tuple[int, int].
+        super().__init__(3, conv.out_channels,
+                         conv.kernel_size, conv.stride, conv.padding, conv.dilation,  # type: ignore[arg-type]
                          conv.groups, conv.bias is not None, conv.padding_mode)
         with torch.no_grad():
             self.weight.copy_(conv.weight)
             if conv.bias is not None:
+                assert self.bias is not None  # built with a bias just above
                 self.bias.copy_(conv.bias)
         self.register_buffer("rgb_mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.register_buffer("rgb_std", torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1))
@@ -174,11 +180,14 @@ def fold_first_conv(conv: nn.Conv2d) -> nn.Conv2d:
     of older checkpoints; see the module docstring for why it is not exact)."""
     if conv.in_channels != 3:
         raise ValueError(f"first conv has {conv.in_channels} input channels; expected 3")
-    folded = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                       conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+    # torch types a conv's geometry attributes tuple[int, ...], Conv2d's parameters tuple[int, int].
+    folded = nn.Conv2d(1, conv.out_channels,
+                       conv.kernel_size, conv.stride, conv.padding, conv.dilation,  # type: ignore[arg-type]
+                       conv.groups, conv.bias is not None, conv.padding_mode)
     with torch.no_grad():
         folded.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
         if conv.bias is not None:
+            assert folded.bias is not None  # built with a bias just above
             folded.bias.copy_(conv.bias)
     return folded
 
@@ -205,7 +214,7 @@ def load_state_strict(net: nn.Module, state: dict[str, torch.Tensor], spec: Arch
     if spec.densenet_keys:  # torchvision's own DenseNet files use "norm.1" style names
         state = {(_DENSENET_KEY.sub(r"\1\2", k)): v for k, v in state.items()}
     own = net.state_dict()
-    is_clf = lambda k: k.startswith(spec.classifier + ".")  # noqa: E731
+    is_clf: Callable[[str], bool] = lambda k: k.startswith(spec.classifier + ".")  # noqa: E731
     missing = sorted(k for k in own if k not in state and not is_clf(k))
     unexpected = sorted(k for k in state if k not in own and not is_clf(k))
     if missing or unexpected:

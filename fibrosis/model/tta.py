@@ -126,6 +126,8 @@ class TTA(nn.Module):
     without TTA; the matrices are a non-persistent buffer that follows ``.to(device)``.
     """
 
+    theta: torch.Tensor
+
     def __init__(self, variants: Sequence[Variant], pad_value: float):
         super().__init__()
         check_variants(variants)

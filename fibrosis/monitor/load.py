@@ -81,7 +81,8 @@ def read_scores(path: Path, model_id: str) -> list[dict[str, Any]]:
     any row `fibrosis score` could not have written (naming the file and line)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: scores file not found (written by `fibrosis score --out`)")
-    rows = read_csv(path)  # a FIFO, an over-long field or non-UTF-8 bytes: one line naming the file
+    # a FIFO, an over-long field or non-UTF-8 bytes: one line naming the file
+    rows: list[dict[str, Any]] = read_csv(path)
     if rows and tuple(rows[0]) != COLUMNS:
         raise ValueError(f"{path}: columns {list(rows[0])}; expected {list(COLUMNS)} (a fibrosis scores file)")
     for line, r in enumerate(rows, start=2):

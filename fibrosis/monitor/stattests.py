@@ -43,12 +43,14 @@ def categorical_test(reference: Mapping[str, int], batch: Mapping[str, int]) -> 
     if expected.min() >= COCHRAN_MIN_EXPECTED:
         chi2, p, dof, _ = stats.chi2_contingency(table, correction=False)
         return {**out, "test": f"chi-squared ({dof} df)", "statistic": float(chi2), "p": float(p)}
-    ps = [stats.fisher_exact([[r, n_ref - r], [b, n_new - b]])[1] for r, b in zip(ref, new)]
+    # scipy-stubs ask fisher_exact for an ndarray; it takes any array-like (as documented)
+    ps = [stats.fisher_exact([[r, n_ref - r], [b, n_new - b]])[1]  # type: ignore[arg-type]
+          for r, b in zip(ref, new)]
     return {**out, "test": f"Fisher exact per category, Bonferroni x{len(cats)} (expected counts < 5)",
             "statistic": None, "p": float(min(1.0, len(cats) * min(ps)))}
 
 
-def psi(reference: Sequence[float], batch: Sequence[float], n_bins: int = PSI_BINS) -> float:
+def psi(reference: Sequence[float] | np.ndarray, batch: Sequence[float] | np.ndarray, n_bins: int = PSI_BINS) -> float:
     """Population stability index over reference-quantile bins; a value equal to a cut
     point gets a bin of its own, so a constant reference still separates other values."""
     ref, new = np.asarray(reference, float), np.asarray(batch, float)
@@ -91,5 +93,6 @@ def rate_test(k_ref: int, n_ref: int, k_new: int, n_new: int, level: float) -> d
            "reference": proportion(k_ref, n_ref, level), "batch": proportion(k_new, n_new, level)}
     if n_ref == 0 or n_new == 0:
         return {**out, "statistic": None, "p": None}
-    odds, p = stats.fisher_exact([[k_ref, n_ref - k_ref], [k_new, n_new - k_new]])
+    # scipy-stubs ask fisher_exact for an ndarray; it takes any array-like (as documented)
+    odds, p = stats.fisher_exact([[k_ref, n_ref - k_ref], [k_new, n_new - k_new]])  # type: ignore[arg-type]
     return {**out, "statistic": None if not math.isfinite(odds) else float(odds), "p": float(p)}

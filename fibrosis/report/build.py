@@ -145,7 +145,7 @@ def _model_blocks(m: dict[str, Any]) -> list[Block]:
         rows.append([s["name"], f"{s['epochs']} / {c.get('epochs', '?')}",
                      "n/a" if c.get("lr") is None else f"{c['lr']:g}",
                      ", ".join(c.get("unfreeze") or []) or "head only", num(s.get("best_val_auc"))])
-    return [
+    blocks: list[Block] = [
         {"type": "h2", "text": "2. Model and training schedule"},
         {"type": "kv", "items": [
             ("Architecture", f"{r.get('arch')} (one-logit head, gray input {r.get('input_size')} px)"),
@@ -160,7 +160,8 @@ def _model_blocks(m: dict[str, Any]) -> list[Block]:
         {"type": "table", "caption": "Training stages (freeze, then unfreeze)",
          "header": ["stage", "epochs run / planned", "learning rate", "trainable blocks", "best val AUC"],
          "rows": rows},
-    ] + _aux_blocks(r.get("aux"))
+    ]
+    return blocks + _aux_blocks(r.get("aux"))
 
 
 def _aux_text(aux: dict[str, Any] | None) -> str:
@@ -334,7 +335,7 @@ def _tune_blocks(t: dict[str, Any]) -> list[Block]:
         f"{c['chosen']!r} against the simpler {c['rival']!r}: AUC per repeat "
         + ", ".join(f"{a:.3f} vs {b:.3f}" for a, b in zip(c["chosen_auc"], c["rival_auc"]))
         + (" (kept)." if c["holds"] else " (not kept: the gain did not replicate).") for c in checks)
-    return [
+    blocks: list[Block] = [
         {"type": "h2", "text": "How much to unfreeze?"},
         {"type": "p", "text": f"Patient-level, label-stratified {t['folds']}-fold cross-validation{reps} over the "
                               f"{t['n_dev']} development images ({t['n_dev_patients']} patients, {t['n_dev_pos']} with "
@@ -359,7 +360,8 @@ def _tune_blocks(t: dict[str, Any]) -> list[Block]:
          "rows": rows},
         {"type": "figure", "key": "tune_roc", "half": True,
          "caption": "Out-of-fold ROC curves of every arm; dotted grey: random initialisation."},
-    ] + _tune_aux_blocks(t) + [
+    ]
+    return blocks + _tune_aux_blocks(t) + [
         {"type": "p", "style": "summary", "text": t["reason"] + (
             f" Replication over the repeats of the cross-validation: {replicated}" if replicated else "") + (
             f" Its pooled out-of-fold AUC ({adj['pooled_auc']:.3f}) is optimistic, since it was chosen on these "

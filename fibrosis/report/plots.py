@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import functools
 import io
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 BLUE, ORANGE, VERMILLION, GREEN, GREY, PURPLE = "#0072B2", "#E69F00", "#D55E00", "#009E73", "#7f7f7f", "#CC79A7"
 OP_COLOURS = (VERMILLION, GREEN, PURPLE, BLUE)
 # Every string a figure draws is plain text (text.parse_math off): matplotlib reads "$...$" as
 # mathtext, so a manufacturer, category or arm name holding "$" would be typeset as math or fail
 # to parse ("Unknown symbol") and take the whole page down with it.
-PLAIN_TEXT = {"text.parse_math": False}
-_RC = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8.5, **PLAIN_TEXT}
+PLAIN_TEXT: dict[RcKeyType, Any] = {"text.parse_math": False}
+_RC: dict[RcKeyType, Any] = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8.5,
+                              **PLAIN_TEXT}
 
 
 def styled(func: Callable[..., Any]) -> Callable[..., Any]:

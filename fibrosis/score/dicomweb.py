@@ -61,8 +61,8 @@ class Query:
         for m in self.modalities:
             if m not in MODALITIES:
                 raise DicomWebError(f"--modality {m!r}: expected one of {list(MODALITIES)}")
-        m = _DATE.fullmatch(self.study_date)
-        if self.study_date and (not m or not (m.group(1) or m.group(2))):
+        dates = _DATE.fullmatch(self.study_date)
+        if self.study_date and (not dates or not (dates.group(1) or dates.group(2))):
             raise DicomWebError(f"--study-date {self.study_date!r}: expected YYYYMMDD or a range "
                                 "YYYYMMDD-YYYYMMDD (either end may be left open)")
 
@@ -109,7 +109,8 @@ def client(url: str, auth_file: Path | None = None, timeout: float = 60.0) -> An
     if auth is not None:
         scheme, cred = auth
         if scheme == "basic":
-            session.auth = tuple(cred.split(":", 1))
+            user, _, password = cred.partition(":")  # read_auth checked the ":"
+            session.auth = (user, password)
         else:
             session.headers["Authorization"] = f"Bearer {cred}"
     return DICOMwebClient(url.rstrip("/"), session=session, timeout=timeout)

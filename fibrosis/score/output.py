@@ -19,9 +19,9 @@ import logging
 import os
 import re
 import typing
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fibrosis.config import StudyAggregate
 from fibrosis.data.cache import IMAGE_STATS
@@ -166,7 +166,9 @@ def open_for_resume(path: Path, expect_model: str) -> dict[str, str]:
     done: dict[str, str] = {}
     for i, rec in enumerate(iter_csv(path), start=2):  # the header was checked above
         if None in rec or None in rec.values():
-            n = len(COLUMNS) + len(rec.get(None) or ()) - sum(v is None for k, v in rec.items() if k is not None)
+            # csv puts a row's surplus fields under the key None, a missing field's value is None
+            extra = cast("dict[str | None, Any]", rec).get(None)
+            n = len(COLUMNS) + len(extra or ()) - sum(v is None for k, v in rec.items() if k is not None)
             raise ValueError(f"{path}: line {i} has {n} fields; expected {len(COLUMNS)}")
         if rec["model_id"] != expect_model:
             raise ValueError(f"{path}: line {i} was scored by model_id={rec['model_id']!r}; this run "
@@ -176,7 +178,7 @@ def open_for_resume(path: Path, expect_model: str) -> dict[str, str]:
     return done
 
 
-def prune_meta(path: Path, done: set[str], columns: tuple[str, ...] = META_COLUMNS) -> None:
+def prune_meta(path: Path, done: Container[str], columns: tuple[str, ...] = META_COLUMNS) -> None:
     """Before a resume: keep only the side-file rows of paths already in the scores file.
     Side rows are written before their score rows, so a killed run may leave a few extra
     (and a torn last line); those files are scored again and their rows re-written."""

@@ -26,7 +26,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ class ScoreSummary:
     studies_out: str
     model_id: str
     engine: str
-    counts: Counter = dataclasses.field(default_factory=Counter)  # ok / excluded / error
+    counts: Counter[str] = dataclasses.field(default_factory=Counter)  # ok / excluded / error
     resumed: int = 0  # rows already in the output: not re-scored
     seconds: float = 0.0  # wall time of the whole call
     setup_seconds: float = 0.0  # of which before the first file: checkpoint, engine, inputs
@@ -121,10 +121,10 @@ def frozen_settings(ckpt: dict[str, Any], path: Path, sha256: str) -> Frozen:
 # ------------------------------------------------------------------ streaming
 
 
-def _prefetch(gen: Iterator[Any], maxsize: int) -> Iterator[Any]:
+def _prefetch(gen: Generator[Any, None, None], maxsize: int) -> Generator[Any, None, None]:
     """Run ``gen`` in a thread behind a bounded queue, so the worker pool keeps decoding
     while the caller runs inference; memory is bounded by ``maxsize`` items."""
-    q: queue.Queue = queue.Queue(maxsize)
+    q: queue.Queue[Any] = queue.Queue(maxsize)
     stop = threading.Event()
 
     def pump() -> None:
@@ -166,7 +166,7 @@ def _prefetch(gen: Iterator[Any], maxsize: int) -> Iterator[Any]:
 
 def results(entries: list[tuple[str, str]], cfg: IngestConfig, preprocessing: Preprocessing,
             workers: int, known: dict[str, str] | None = None,
-            ) -> Iterator[tuple[DecodeResult, np.ndarray | None, dict[str, float] | None]]:
+            ) -> Generator[tuple[DecodeResult, np.ndarray | None, dict[str, float] | None], None, None]:
     """(decode result, model input, image statistics; None, None unless decoded) per entry, in entry order (folder errors
     interleaved in place). ``known``: path -> content hash of rows already written; such a
     file whose content is unchanged comes back :class:`Skipped` (hashed by a worker, not decoded)."""
@@ -177,7 +177,7 @@ def results(entries: list[tuple[str, str]], cfg: IngestConfig, preprocessing: Pr
     # start in milliseconds without torch. The model transform (a 512 -> 224 area
     # resize and normalise, well under a millisecond) runs here, in the prefetch thread.
     known = known or {}
-    files = [(p, known.get(p, ""), {}) for p, err in entries if not err]
+    files: list[tuple[str, str, dict[str, Any]]] = [(p, known.get(p, ""), {}) for p, err in entries if not err]
     decoded = ordered_map(process_file, files, cfg, max(1, min(workers, len(files))))
     try:
         for path, err in entries:
@@ -212,7 +212,7 @@ class Scorer:
         self.batch_size, self.salt, self.auto, self.gradcam_dir = batch_size, salt, auto, gradcam_dir
         self.rows: list[dict[str, Any]] = []  # pending, in path order
         self.xs: list[np.ndarray] = []  # inputs of the pending ok rows, in order
-        self.counts: Counter = Counter()
+        self.counts: Counter[str] = Counter()
         self.verified = engine.name == "eager"
         self.setup_seconds = 0.0
 
@@ -230,6 +230,7 @@ class Scorer:
             row.update(status="ok", patient_key=identity(meta, res.content_hash, self.salt), sop_uid=meta.sop_uid,
                        series_uid=meta.series_uid, study_uid=meta.study_uid, view_position=meta.view_position)
             row["qa"] = qa_flags(res.steps)
+            assert x is not None  # a decoded file comes with its model input
             self.xs.append(x)
         else:  # kind is "error" or "excluded"; one line per file, whatever the reason text holds
             row["status"] = f"{res.kind}: " + " ".join(str(res.reason).split())
@@ -279,9 +280,9 @@ class Scorer:
                 row.update(logit=f"{zi:.6f}", probability=f"{pi:.6f}",
                            decision=int(pi >= self.fz.threshold), engine=self.engine.name)
             if self.gradcam_dir is not None:
-                self._gradcam(x, ok_rows)
+                self._gradcam(x, ok_rows, self.gradcam_dir)
             if self.aux_writer is not None:
-                self._aux(x, ok_rows)
+                self._aux(x, ok_rows, self.aux_writer)
         if self.meta_writer is not None:  # first: on resume, extra meta rows are pruned
             for meta_row in self.meta_rows:
                 self.meta_writer.write(meta_row)
@@ -293,7 +294,7 @@ class Scorer:
         self.rows.clear()
         self.xs.clear()
 
-    def _aux(self, x: np.ndarray, ok_rows: list[dict[str, Any]]) -> None:
+    def _aux(self, x: np.ndarray, ok_rows: list[dict[str, Any]], writer: score_io.RowWriter) -> None:
         """The auxiliary heads' probabilities (sigmoid, uncalibrated) by a plain eager pass: a
         second forward of the batch, paid only by runs that ask for them."""
         import torch
@@ -305,11 +306,11 @@ class Scorer:
             z = self.model.forward_all(torch.from_numpy(x).to(dev))[:, 1:].float().cpu().numpy()
         names = self.model.aux_names
         for row, zi in zip(ok_rows, sigmoid(z.astype(np.float64))):
-            self.aux_writer.write({"path": row["path"], "model_id": row["model_id"],
-                                   **{f"p_{n}": f"{v:.6f}" for n, v in zip(names, zi)}})
-        self.aux_writer.flush()
+            writer.write({"path": row["path"], "model_id": row["model_id"],
+                          **{f"p_{n}": f"{v:.6f}" for n, v in zip(names, zi)}})
+        writer.flush()
 
-    def _gradcam(self, x: np.ndarray, ok_rows: list[dict[str, Any]]) -> None:
+    def _gradcam(self, x: np.ndarray, ok_rows: list[dict[str, Any]], out_dir: Path) -> None:
         import cv2
         import torch
 
@@ -320,13 +321,13 @@ class Scorer:
             return
         dev = next(self.model.parameters()).device
         cams = compute_cams(self.model, torch.from_numpy(x[pos]).to(dev), self.model.cam_layer_name)
-        self.gradcam_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
         for i, cam in zip(pos, cams):
             name = re.sub(r"[^A-Za-z0-9._-]", "_", ok_rows[i]["sop_uid"] or ok_rows[i]["content_hash"][:16])
             ok, png = cv2.imencode(".png", overlay(x[i, 0], cam, self.fz.preprocessing))
             if not ok:  # cv2.imwrite would have returned False and written nothing, silently
-                raise RuntimeError(f"{self.gradcam_dir / name}.png: PNG encoding failed")
-            atomic_write_bytes(self.gradcam_dir / f"{name}.png", png.tobytes())
+                raise RuntimeError(f"{out_dir / name}.png: PNG encoding failed")
+            atomic_write_bytes(out_dir / f"{name}.png", png.tobytes())
 
 
 # ------------------------------------------------------------------ entry point

@@ -125,7 +125,8 @@ def write_scs(studies: list[Any], fz: Any, sha256: str, net: Any, sc_dir: Path) 
             sc.SourceImageSequence = [source]
             sc.ImageType = ["DERIVED", "SECONDARY"]
             if "Laterality" not in sc:  # Type 2C; dciodvfy wants it once BodyPartExamined is copied
-                sc.Laterality = None
+                # None: present and empty. mypy infers str from highdicom's own assignment of it.
+                sc.Laterality = None  # type: ignore[assignment]
             buf = io.BytesIO()
             sc.save_as(buf, enforce_file_format=True)
             atomic_write_bytes(target, buf.getvalue())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from torch.nn import functional as F
 
 from fibrosis.data.records import aux_names as manifest_aux_names
 from fibrosis.data.records import parse_aux
+
+if TYPE_CHECKING:
+    from fibrosis.model.net import FibrosisNet
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +106,7 @@ class AuxLoss:
 class AllHeads(nn.Module):
     """Images -> (B, 1 + K) logits, fibrosis first (the step model of a run with aux heads)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: FibrosisNet):
         super().__init__()
         self.model = model
 
@@ -113,8 +117,9 @@ class AllHeads(nn.Module):
 class HeadsOnFeatures(nn.Module):
     """Pooled features -> (B, 1 + K) logits: the head stage on cached features, aux heads included."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: FibrosisNet):
         super().__init__()
+        assert model.aux_head is not None  # built only for a run with auxiliary heads
         self.head, self.aux_head = model.head, model.aux_head
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:

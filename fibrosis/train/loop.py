@@ -35,7 +35,7 @@ from fibrosis.train.aux import AllHeads, AuxLoss, HeadsOnFeatures, aux_record, a
 from fibrosis.data.cache import CacheReader, manifest_hash
 from fibrosis.model.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fibrosis.config import Config, StageConfig, config_from_dict, config_to_dict
-from fibrosis.data.dataset import (CacheDataset, EpochSampler, build_augment, pos_weight, row_label,
+from fibrosis.data.dataset import (CacheDataset, EpochSampler, Sample, build_augment, pos_weight, row_label,
                               steps_per_epoch)
 from fibrosis.train.schedule import backbone_frozen, freeze, make_optimizer, resolve_stages
 from fibrosis.model.net import FibrosisNet, build_model_from_config, set_aux_heads
@@ -64,8 +64,8 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def make_loader(ds: Dataset, labels: list[float], cfg: Config, d: distributed.Dist,
-                epoch: int, num_workers: int | None = None) -> DataLoader:
+def make_loader(ds: Dataset[Sample], labels: list[float], cfg: Config, d: distributed.Dist,
+                epoch: int, num_workers: int | None = None) -> DataLoader[Sample]:
     """Training loader for one epoch: sampler and worker seeds derive from (seed, epoch)."""
     tcfg = cfg.train
     sampler = EpochSampler(labels, balanced=tcfg.imbalance == "sampler", seed=tcfg.seed,
@@ -80,7 +80,7 @@ def make_loader(ds: Dataset, labels: list[float], cfg: Config, d: distributed.Di
                       persistent_workers=False)
 
 
-def train_epoch(step_model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
+def train_epoch(step_model: nn.Module, loader: DataLoader[Sample], opt: torch.optim.Optimizer,
                 sched: Any, loss_fn: nn.Module, device: torch.device, *, amp: bool,
                 channels_last: bool, desc: str = "", show: bool = False,
                 aux_loss: AuxLoss | None = None) -> tuple[float, int]:
@@ -184,7 +184,7 @@ def _val_bs(cfg: Config) -> int:
 
 
 def _validate(model: FibrosisNet, reader: CacheReader, val_idx: list[int], val_y: torch.Tensor,
-              val_feats: torch.Tensor | None, loss_fn: nn.Module, cfg: Config,
+              val_feats: torch.Tensor | None, loss_fn: nn.BCEWithLogitsLoss, cfg: Config,
               d: distributed.Dist) -> tuple[float, float]:
     if val_feats is not None:
         model.eval()
@@ -246,9 +246,9 @@ class _Run:
     train_y: list[float]
     val_y: torch.Tensor
     model: FibrosisNet
-    stages: list[StageConfig]
-    loss_fn: nn.Module
-    train_ds: Dataset
+    stages: tuple[StageConfig, ...]
+    loss_fn: nn.BCEWithLogitsLoss
+    train_ds: Dataset[Sample]
     base: dict[str, Any]  # checkpoint fields fixed for the run
     state: RunState
     ckpt: dict[str, Any] | None  # the checkpoint resumed from, if any
@@ -277,7 +277,7 @@ class _Stage:
     index: int
     config: StageConfig
     step_model: nn.Module  # maps a batch to (B, 1) logits: the model, or the head on cached features
-    ds: Dataset
+    ds: Dataset[Sample]
     opt: torch.optim.Optimizer
     sched: Any
     cached: bool
@@ -344,7 +344,8 @@ def _open(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs:
                                        state.mlflow_run_id)
         state.mlflow_run_id = tracker.run_id
     fmt = torch.channels_last if tcfg.channels_last else torch.contiguous_format
-    model.to(d.device, memory_format=fmt)
+    # Module.to takes a device and a memory format at once; its typed overloads take one or the other
+    model.to(d.device, memory_format=fmt)  # type: ignore[call-overload]
     train_y = [row_label(reader.rows[i]) for i in train_idx]
     val_y = torch.tensor([row_label(reader.rows[i]) for i in val_idx])
     pw = torch.tensor(pos_weight(train_y) if tcfg.imbalance == "pos_weight" else 1.0)
@@ -439,7 +440,7 @@ def _setup_stage(run: _Run, s: int) -> _Stage:
         tensors = [train_feats, torch.tensor(run.train_y)]
         if run.aux_loss is not None:
             tensors.append(torch.from_numpy(run.aux_train))
-        ds: Dataset = TensorDataset(*tensors)
+        ds: Dataset[Sample] = TensorDataset(*tensors)
         # The heads alone: DDP wraps them on cached features.
         step_model: nn.Module = model.head if run.aux_loss is None else HeadsOnFeatures(model)
     else:
@@ -452,7 +453,8 @@ def _setup_stage(run: _Run, s: int) -> _Stage:
     if d.world > 1:
         step_model = DDP(step_model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     if cfg.train.compile:
-        step_model = torch.compile(step_model)
+        # torch.compile types its result as a callable; given a Module it returns a Module (OptimizedModule)
+        step_model = torch.compile(step_model)  # type: ignore[assignment]
     if run.pending_rng is not None:
         set_rng_state(run.pending_rng)
         run.pending_rng = None

@@ -88,7 +88,7 @@ def _inner_score(criterion: str, y: np.ndarray, z: np.ndarray) -> float:
     raise ValueError(f"tune.probe_criterion={criterion!r}; allowed: {list(get_args(ProbeCriterion))}")
 
 
-def fit_probe(feats: np.ndarray, y: Sequence[int], groups: Sequence[str], c_grid: Sequence[float],
+def fit_probe(feats: np.ndarray, y: Sequence[int] | np.ndarray, groups: Sequence[str], c_grid: Sequence[float],
               inner_folds: int, seed: int = 0, quiet: bool = False, *,
               criterion: str = "calibrated-loss", standardise: bool = True) -> Probe:
     """Fit the head on ``feats`` (n, d); C chosen by inner grouped CV over ``groups`` by
@@ -134,7 +134,7 @@ REFERENCE_CS = 10  # LogisticRegressionCV's defaults: 10 values of C from 1e-4 t
 REFERENCE_FOLDS = 5  # ... and 5 inner folds
 
 
-def fit_reference(feats: np.ndarray, y: Sequence[int], groups: Sequence[str], seed: int = 0,
+def fit_reference(feats: np.ndarray, y: Sequence[int] | np.ndarray, groups: Sequence[str], seed: int = 0,
                   inner_folds: int = REFERENCE_FOLDS) -> Probe:
     """The plain baseline a team would write without this tool: scikit-learn's
     ``StandardScaler`` + ``LogisticRegressionCV`` (its default C grid, C by inner-CV AUC,

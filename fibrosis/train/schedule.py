@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, get_args
+from typing import Any, Protocol, get_args
 
 import torch
 from torch import nn
@@ -31,7 +31,14 @@ PRESETS = typing.get_args(Preset)
 PARTIAL: dict[str, tuple[str, ...]] = {name: spec.partial for name, spec in ARCHS.items()}
 
 
-def block_groups(model: FibrosisNet) -> dict[str, tuple[str, ...]]:
+class _Arch(Protocol):
+    """A model, or a stand-in that names only its architecture (fibrosis.train.stages.ArchOnly)."""
+
+    @property
+    def arch(self) -> str: ...
+
+
+def block_groups(model: _Arch) -> dict[str, tuple[str, ...]]:
     """Group name -> full module names in ``model`` (``backbone.`` prefixed), ordered."""
     return {k: tuple(f"backbone.{m}" for m in v) for k, v in arch_spec(model.arch).groups}
 
@@ -120,8 +127,9 @@ def param_groups(model: FibrosisNet, lr: float, weight_decay: float,
     for g in ["head"] + trained_blocks[::-1]:
         g_lr = lr * layer_decay ** depth[g] if layer_decay < 1.0 else lr
         params = [(n, p) for n, p in model.named_parameters() if owner[n] == g and p.requires_grad]
-        for suffix, wd, sel in (("", weight_decay, lambda p: p.ndim > 1),
-                                ("/no_decay", 0.0, lambda p: p.ndim <= 1)):
+        rules: tuple[tuple[str, float, Callable[[torch.Tensor], bool]], ...] = (
+            ("", weight_decay, lambda p: p.ndim > 1), ("/no_decay", 0.0, lambda p: p.ndim <= 1))
+        for suffix, wd, sel in rules:
             chosen = [p for _, p in params if sel(p)]
             if chosen:
                 groups.append({"name": g + suffix, "params": chosen, "lr": g_lr, "weight_decay": wd})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,7 +66,7 @@ def resolve_arm_unfreeze(model: FibrosisNet | ArchOnly, unfreeze: str) -> tuple[
 def _group_calls(model: FibrosisNet) -> list[Callable[[torch.Tensor], torch.Tensor]]:
     """One callable per block group, in order, including the parameter-free glue
     (ReLU and max-pool of a ResNet stem) that torchvision's forward applies between them."""
-    b = model.backbone
+    b: Any = model.backbone  # a torchvision network (untyped): its submodules are reached by name
     if model.arch.startswith("resnet"):
         return [lambda x: b.maxpool(b.relu(b.bn1(b.conv1(x))))] + [
             getattr(b, f"layer{i}") for i in range(1, 5)]
@@ -79,7 +80,7 @@ def _group_calls(model: FibrosisNet) -> list[Callable[[torch.Tensor], torch.Tens
 
 def _tail(model: FibrosisNet, h: torch.Tensor) -> torch.Tensor:
     """Pooling after the last group, as torchvision's forward does it (classifier is Identity)."""
-    b = model.backbone
+    b: Any = model.backbone  # a torchvision network (untyped): its submodules are reached by name
     if model.arch.startswith("resnet"):
         return torch.flatten(b.avgpool(h), 1)
     if model.arch == "densenet121":

@@ -124,6 +124,7 @@ class Activations:
             raise ValueError(f"augmented view of epoch {epoch}; views exist for epochs 0..{self.epochs - 1}")
         if self.keep_views:
             self.build_views()
+            assert self._views is not None  # build_views keeps them when keep_views
             return self._views[epoch][start][list(positions)]
         return self._prefix([self.dev[p] for p in positions], epoch, start)
 

@@ -79,6 +79,12 @@ class Context:
     aux_dropped: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # arm -> why it could not run here
 
+    def aux_labels(self) -> np.ndarray:
+        """``aux_y``, for code that runs only with auxiliary findings (then it is set)."""
+        if self.aux_y is None:
+            raise RuntimeError("this tune run has no auxiliary findings")
+        return self.aux_y
+
     def aux_summary(self) -> dict[str, Any]:
         """For tune.json and the report: which findings had heads, their label counts, which not."""
         if self.aux_y is None:

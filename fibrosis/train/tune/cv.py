@@ -180,6 +180,8 @@ def extend_repeats(cv: CVResult, names: Sequence[str], out_dir: str | Path, *, p
     """Run the repeats beyond ``tune.repeats`` for the arms ``names`` (finalists; a TTA twin brings
     its arm) at their chosen budget, and add each repeat's pooled OOF logits to their results."""
     ctx = cv.ctx
+    if ctx is None:
+        raise ValueError("extend_repeats needs a CVResult from cross_validate (with its context)")
     out_dir = Path(out_dir)
     cfg = ctx.cfg
     extra = [f for f in cv.folds if f.repeat >= cfg.tune.repeats]
@@ -188,7 +190,7 @@ def extend_repeats(cv: CVResult, names: Sequence[str], out_dir: str | Path, *, p
     by_name = {r.name: r for r in cv.arms}
     reader = CacheReader(ctx.cache_dir, ctx.rows)
     wanted = {n for n in names if n in by_name}
-    plain = {by_name[n].base if isinstance(by_name[n], TwinResult) else n for n in wanted}
+    plain = {r.base if isinstance(r, TwinResult) else r.name for r in (by_name[n] for n in wanted)}
     for name in [r.name for r in cv.arms if r.name in plain]:  # in table order
         res = by_name[name]
         if all(f.repeat in res.by_repeat for f in extra):
@@ -217,6 +219,7 @@ def extend_repeats(cv: CVResult, names: Sequence[str], out_dir: str | Path, *, p
             f"{float(roc_auc_score(ctx.y, z)):.3f}" for _, z in sorted(res.by_repeat.items())))
     for name in wanted - plain:  # the twins: their arm's new fold models, scored with TTA
         twin = by_name[name]
+        assert isinstance(twin, TwinResult)  # the wanted names that are not arms' own
         if all(f.repeat in twin.by_repeat for f in extra):
             continue
         twin_logits(ctx, twin, by_name[twin.base], extra, reader, out_dir, [r.arm for r in cv.arms])

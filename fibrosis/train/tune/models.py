@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from fibrosis.config import Config, config_from_dict, config_to_dict
 from fibrosis.data.cache import CacheReader
@@ -46,7 +48,7 @@ def _build(ctx: Context, arm: Arm) -> FibrosisNet:
     # Seeded: the same random backbone (or random head before the probe replaces it) in every
     # fold and in a resumed run, whatever consumed the global RNG before.
     torch.manual_seed(ctx.cfg.tune.seed)
-    shape = {"input_size": arm.input_size, "dropout": mcfg.dropout, "resize": mcfg.resize}
+    shape: dict[str, Any] = {"input_size": arm.input_size, "dropout": mcfg.dropout, "resize": mcfg.resize}
     if arm.cfg.init == "random":
         return build_model(arm.arch, "none", **shape)
     return build_model(arm.arch, mcfg.weights, weights_sha256=mcfg.weights_sha256,
@@ -99,6 +101,7 @@ def trainable_keys(model: FibrosisNet, groups: Sequence[str]) -> list[str]:
 
 def set_head(model: FibrosisNet, probe: Probe) -> None:
     linear = model.head[-1]
+    assert isinstance(linear, nn.Linear)  # the head is Sequential(Dropout, Linear)
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(probe.weight, dtype=linear.weight.dtype).reshape(1, -1))
         linear.bias.fill_(float(probe.bias))
@@ -106,7 +109,9 @@ def set_head(model: FibrosisNet, probe: Probe) -> None:
 
 def set_aux_probes(model: FibrosisNet, probes: Sequence[Probe]) -> None:
     """Auxiliary heads start from their linear probes too (LP-FT for every head)."""
+    assert model.aux_head is not None  # set_aux_heads came first
     linear = model.aux_head[-1]
+    assert isinstance(linear, nn.Linear)  # the heads are Sequential(Dropout, Linear)
     with torch.no_grad():
         for k, p in enumerate(probes):
             linear.weight[k].copy_(torch.as_tensor(p.weight, dtype=linear.weight.dtype))

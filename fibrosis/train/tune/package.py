@@ -12,13 +12,12 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from torch import nn
-
 from fibrosis.config import Config, config_to_dict
 from fibrosis.data.cache import CacheReader, manifest_hash
 from fibrosis.io import package_versions
 from fibrosis.model.checkpoint import load_checkpoint, save_checkpoint
 from fibrosis.model.ensemble import EnsembleNet, ensemble_record
+from fibrosis.model.net import FibrosisNet
 from fibrosis.model.tta import describe as tta_describe
 from fibrosis.model.tta import to_record as tta_record
 from fibrosis.train.aux import aux_record
@@ -55,7 +54,7 @@ def package(cfg: Config, cache_dir: str | Path, out_dir: str | Path, cv: CVResul
     acfg = cache_ingest_config(arm_config(cfg, arm, tta=bool(tta)), cache_dir)
     if cfg.tune.final == "ensemble":
         members = [member(ctx, arm, arm_dir / f.name, res.epoch) for f in folds]
-        model: nn.Module = EnsembleNet(members)
+        model: FibrosisNet | EnsembleNet = EnsembleNet(members)
         record = ensemble_record(len(folds), arm=arm.name, epoch=res.epoch, folds=cfg.tune.folds,
                                  repeats=cfg.tune.repeats)
         unit0 = arm_dir / folds[0].name
@@ -83,7 +82,7 @@ def package(cfg: Config, cache_dir: str | Path, out_dir: str | Path, cv: CVResul
         stages = [{"name": "linear probe", "epochs": 0, "lr": None, "unfreeze": []}] + (
             [{"name": "finetune", "epochs": res.epoch, "lr": cfg.tune.lr / arm.cfg.lr_ratio,
               "unfreeze": list(arm.groups)}] if arm.fine_tunes else [])
-        aux = ({**aux_record(ctx.aux_names, arm.cfg.aux_weight, ctx.aux_y, ctx.aux_dropped,
+        aux = ({**aux_record(ctx.aux_names, arm.cfg.aux_weight, ctx.aux_labels(), ctx.aux_dropped,
                              cfg.train.aux_min_positives), "oof_auc": res.aux_auc} if arm.aux else None)
     what = (f"{len(folds)} fold models, mean logit" if record else "refit on all development data")
     if arm.recipe != "train":  # `fibrosis train` chose its own best epoch on its validation part

@@ -109,7 +109,7 @@ def pooled(records: Sequence[UnitRecord], pos: dict[int, int], n: int, epoch: in
     return total / count.reshape((n,) + (1,) * (total.ndim - 1))
 
 
-def constant_output(z: Sequence[float]) -> str | None:
+def constant_output(z: Sequence[float] | np.ndarray) -> str | None:
     """Why held-out logits ``z`` are (near-)constant, or None when they can rank."""
     z = np.asarray(z, float)
     if len(z) < 2:
@@ -133,7 +133,7 @@ def _aux_auc(ctx: Context, records: Sequence[UnitRecord], epoch: int) -> dict[st
     z = pooled(records, {r: k for k, r in enumerate(ctx.dev)}, len(ctx.dev), epoch, "aux_oof")
     out = {}
     for k, name in enumerate(ctx.aux_names):
-        t = ctx.aux_y[:, k]
+        t = ctx.aux_labels()[:, k]
         have = ~np.isnan(t)
         if len(set(t[have].tolist())) == 2:
             out[name] = round(float(roc_auc_score(t[have], z[have, k])), 4)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from fibrosis.train.folds import Fold
 from fibrosis.train.probe import Probe, fit_probe, fit_reference, weighted_log_loss
 from fibrosis.train.schedule import WarmupCosine, freeze, param_groups, train_mode
 from fibrosis.train.stages import Suffix
-from fibrosis.model.net import set_aux_heads
+from fibrosis.model.net import FibrosisNet, set_aux_heads
 from fibrosis.train.tune.activations import Activations
 from fibrosis.train.tune.arms import Arm
 from fibrosis.train.tune.context import (DONE, PROBE, Clock, Context, UnitRecord, load_tensors, probe_from, probe_record,
@@ -57,7 +58,7 @@ def probe_for(ctx: Context, arm: Arm, acts: Activations, fold: Fold, tr: Sequenc
     return ctx.probes[key]
 
 
-def aux_probes(ctx: Context, acts: Activations, tr: Sequence[int], memo: tuple, seed: int) -> list[Probe]:
+def aux_probes(ctx: Context, acts: Activations, tr: Sequence[int], memo: tuple[Any, ...], seed: int) -> list[Probe]:
     """One linear probe per auxiliary finding on the fold's training rows that carry its label,
     each with its own C by the same grouped inner CV as the fibrosis probe (borrowing the fibrosis
     probe's C left the aux heads near zero: almost no gradient reached the backbone)."""
@@ -66,8 +67,9 @@ def aux_probes(ctx: Context, acts: Activations, tr: Sequence[int], memo: tuple, 
         tcfg = ctx.cfg.tune
         out = []
         for k in range(len(ctx.aux_names)):
-            have = [p for p in tr if not np.isnan(ctx.aux_y[p, k])]
-            yk = ctx.aux_y[have, k].astype(int)
+            aux_y = ctx.aux_labels()
+            have = [p for p in tr if not np.isnan(aux_y[p, k])]
+            yk = aux_y[have, k].astype(int)
             if len(set(yk.tolist())) < 2:  # one class (or none) in this fold: the head starts at zero
                 out.append(Probe(np.zeros(acts.features.shape[1]), 0.0, 0.0, {}))
                 continue
@@ -76,6 +78,15 @@ def aux_probes(ctx: Context, acts: Activations, tr: Sequence[int], memo: tuple, 
                                  standardise=tcfg.probe_standardise))
         ctx.probes[key] = out
     return ctx.probes[key]
+
+
+# Without an epoch limit a unit runs to its end: a record, never None.
+@overload
+def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, *, epoch_limit: None = None) -> UnitRecord: ...
+
+
+@overload
+def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, *, epoch_limit: int) -> UnitRecord | None: ...
 
 
 def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, *,
@@ -119,7 +130,7 @@ def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, *,
     return record
 
 
-def _suffix_logits(model: nn.Module, acts: Activations, start: int, positions: Sequence[int], bs: int,
+def _suffix_logits(model: FibrosisNet, acts: Activations, start: int, positions: Sequence[int], bs: int,
                    all_heads: bool) -> np.ndarray:
     """Eval-mode logits from the plain activations: (n,), or (n, 1 + K) with auxiliary heads."""
     model.eval()
@@ -144,7 +155,7 @@ def _view_loss(model: nn.Module, step: nn.Module, acts: Activations, arm: Arm, t
             b = list(range(k, min(k + bs, len(tr))))
             z = step(acts.augmented(arm.start, 0, [tr[j] for j in b])).float()
             loss = loss_fn(z if aux_loss is None else z[:, 0], y_t[b])
-            if aux_loss is not None:
+            if aux_loss is not None and aux_t is not None:  # set together
                 loss = loss + aux_loss(z[:, 1:], aux_t[b])
             total += float(loss) * len(b)
     return total / max(len(tr), 1)
@@ -166,7 +177,7 @@ def _fine_tune(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, probe: Probe,
     if arm.aux:
         set_aux_probes(model, aux_probes(ctx, acts, tr, (arm.base_key, fold.name),
                                          unit_seed(ctx.cfg, fold.repeat, fold.fold)))
-        aux_tr = ctx.aux_y[tr]
+        aux_tr = ctx.aux_labels()[tr]
         aux_loss = AuxLoss(arm.cfg.aux_weight, torch.from_numpy(aux_pos_weight(aux_tr)))
         aux_t = torch.from_numpy(aux_tr)
     freeze(model, arm.groups)
@@ -180,7 +191,7 @@ def _fine_tune(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, probe: Probe,
     step = Suffix(model, arm.start, all_heads=arm.aux)
     bs = 2 * tcfg.batch_size
 
-    def held_out() -> tuple[list, list]:
+    def held_out() -> tuple[list[float], list[list[float]]]:
         z = _suffix_logits(model, acts, arm.start, ho, bs, arm.aux)
         return (z[:, 0].tolist(), z[:, 1:].tolist()) if arm.aux else (z.tolist(), [])
 
@@ -216,7 +227,7 @@ def _fine_tune(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, probe: Probe,
                 continue
             z = step(acts.augmented(arm.start, e, [tr[j] for j in b])).float()
             loss = loss_fn(z if aux_loss is None else z[:, 0], y_t[b])
-            if aux_loss is not None:
+            if aux_loss is not None and aux_t is not None:  # set together
                 loss = loss + aux_loss(z[:, 1:], aux_t[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
