@@ -320,8 +320,11 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=1, default=_json_default, allow_nan=False)
+def write_json(path: Path, data: dict[str, Any], *, allow_nan: bool = False) -> None:
+    """The one JSON writer: atomic (a kill mid-write leaves the old file or none, never half of
+    one), numpy values as plain numbers. NaN and infinities are refused, since a standard JSON
+    reader cannot parse them, unless ``allow_nan`` (state read back only by this package)."""
+    text = json.dumps(data, indent=1, default=_json_default, allow_nan=allow_nan)
     atomic_write_bytes(path, text.encode("utf-8"))
 
 

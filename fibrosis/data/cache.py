@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from fibrosis.io import (atomic_write_bytes, file_sha256, open_regular, read_csv, read_text, save_npy, write_csv,
+from fibrosis.io import (file_sha256, open_regular, read_csv, read_text, save_npy, write_csv,
                          write_json)
 
 CACHE_FORMAT = 1
@@ -116,7 +116,7 @@ class CacheWriter:
         if ingest_config is not None:
             meta["ingest_config"] = ingest_config
         if not meta_path.exists() or ingest_config is not None:
-            atomic_write_bytes(meta_path, json.dumps(meta, indent=2).encode())
+            write_json(meta_path, meta)
         self.image_size, self.dtype = image_size, dtype
 
     def next_shard_id(self) -> int:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from fibrosis.data.dicom import shown
-from fibrosis.io import atomic_write_bytes, csv_line
+from fibrosis.io import atomic_write_bytes, csv_line, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class StudyState:
     def write(self, path: Path) -> None:
         rec = dataclasses.asdict(self)
         del rec["all_sent"]  # resolved into ``sent`` before anything is written
-        atomic_write_bytes(path, json.dumps(rec, indent=1).encode())
+        write_json(path, rec)
 
 
 def _init_checker() -> None:

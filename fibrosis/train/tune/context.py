@@ -17,6 +17,7 @@ import torch
 
 from fibrosis.config import Config
 from fibrosis.io import atomic_write_bytes
+from fibrosis.io import write_json as write_json_file
 from fibrosis.model.net import FibrosisNet
 from fibrosis.train.probe import Probe
 
@@ -133,9 +134,10 @@ class Cost:
         return {"minutes": round(self.wall / 60, 2), "cpu_minutes": round(self.cpu / 60, 2)}
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic: a kill mid-write must not leave a half file that a resume would trust."""
-    atomic_write_bytes(path, json.dumps(obj).encode())
+def write_json(path: Path, obj: dict[str, Any]) -> None:
+    """A unit's or arm's resume state: a diverged fold model's logits may be NaN, and its record
+    must still be written (and read back) so that the arm is judged as failed, not run again."""
+    write_json_file(path, obj, allow_nan=True)
 
 
 def save_tensors(path: Path, obj: Any) -> None:
