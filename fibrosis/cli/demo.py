@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+from fibrosis import artefacts
 from fibrosis.io import read_csv
 from fibrosis.config import load_config
 
@@ -87,7 +88,7 @@ def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
     # makes the patient keys -- hence the seeded split and every number after it -- the
     # same on every machine. (Real caches get a random salt, or $FIBROSIS_SALT.)
     cache.mkdir(parents=True)
-    (cache / "salt.key").write_text(DEMO_SALT)
+    (cache / artefacts.SALT_KEY).write_text(DEMO_SALT)
 
     logger.info("demo 1/6: ingest %s", DEMO_DATA / "images")
     summary = ingest([DEMO_DATA / "images"], cache, cfg.ingest, progress=False)
@@ -110,7 +111,7 @@ def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
     logger.info("report: %s", out)
 
     logger.info("demo 6/6: batch-score %s", DEMO_DATA / "score")
-    scores = work / "scores.csv"
+    scores = work / artefacts.SCORES
     # salt_dir=cache: the same salt as ingest, so patient keys match the manifest
     result = score(run, DEMO_DATA / "score", scores, progress=False, salt_dir=cache)
     logger.info("%s", result)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, get_args
 
+from fibrosis import artefacts
 from fibrosis import __version__
 from fibrosis.config import Config, ConfigError, EngineName, StudyAggregate, load_config
 from fibrosis.io import NO_SPACE_ERRNOS
@@ -106,7 +107,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         logger.info("%-6s %s", name, counts)
     for warning in summary.warnings:
         logger.warning("%s", warning)
-    logger.info("near-duplicate pairs: %s", Path(args.cache) / "near_duplicates.csv")
+    logger.info("near-duplicate pairs: %s", Path(args.cache) / artefacts.NEAR_DUPLICATES)
     return EXIT_OK
 
 
@@ -138,7 +139,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         logger.info("tune stopped after --max-units %s; run the same command again to continue", args.max_units)
     else:
         logger.info("model: %s (evaluate it with `fibrosis evaluate --run %s --cache %s`)",
-                    Path(args.out) / "best.pt", args.out, args.cache)
+                    Path(args.out) / artefacts.BEST, args.out, args.cache)
     return EXIT_OK
 
 

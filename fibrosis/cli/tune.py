@@ -18,12 +18,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fibrosis import artefacts
 from fibrosis.config import Config, config_to_dict
 from fibrosis.io import write_json
 
 logger = logging.getLogger(__name__)
-
-TUNE_FILE = "tune.json"
 
 
 def run_tune(cfg: Config, cache: str | Path, out: str | Path, *, device: str | None = None,
@@ -74,7 +73,7 @@ def run_tune(cfg: Config, cache: str | Path, out: str | Path, *, device: str | N
     update_checkpoint(path, calibration=calibration, threshold=threshold,
                       tune_selection={"chosen": chosen, "reason": reason,
                                       "selection_adjusted_auc": adjusted["auc"]})
-    write_json(out / TUNE_FILE, result)
+    write_json(out / artefacts.TUNE, result)
     log_table(result)
     return result
 

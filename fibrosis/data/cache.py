@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from fibrosis import artefacts
 from fibrosis.io import (file_sha256, open_regular, read_csv, read_text, save_npy, write_csv,
                          write_json)
 
@@ -101,7 +102,7 @@ class CacheWriter:
         (self.root / "parts").mkdir(parents=True, exist_ok=True)
         meta = {"format": CACHE_FORMAT, "image_size": image_size, "dtype": dtype,
                 "preprocessing": preprocessing}
-        meta_path = self.root / "cache.json"
+        meta_path = self.root / artefacts.CACHE_META
         if meta_path.exists():
             old = json.loads(read_text(meta_path))
             for key in ("format", "image_size", "dtype", "preprocessing"):
@@ -146,10 +147,7 @@ def iter_parts(root: str | Path) -> Iterator[tuple[int, list[dict[str, str]], li
 
 def manifest_hash(root: str | Path) -> str:
     """sha256 of the consolidated manifest: ties a checkpoint to the exact data it saw."""
-    return file_sha256(Path(root) / "manifest.csv")
-
-
-CONSOLIDATED = "consolidated.json"
+    return file_sha256(Path(root) / artefacts.MANIFEST)
 
 
 def consolidation_stamp(root: str | Path) -> dict[str, Any]:
@@ -173,14 +171,14 @@ def consolidation_stamp(root: str | Path) -> dict[str, Any]:
 
 def recorded_consolidation(root: str | Path) -> dict[str, Any] | None:
     try:
-        stamp = json.loads(read_text(Path(root) / CONSOLIDATED))
+        stamp = json.loads(read_text(Path(root) / artefacts.CONSOLIDATED))
     except (OSError, ValueError):
         return None  # none yet (a cache of an older version) or unreadable: consolidate in full
     return stamp if isinstance(stamp, dict) else None
 
 
 def record_consolidation(root: str | Path, stamp: dict[str, Any]) -> None:
-    write_json(Path(root) / CONSOLIDATED, stamp)
+    write_json(Path(root) / artefacts.CONSOLIDATED, stamp)
 
 
 def manifest_rewritten(root: str | Path, before_sha256: str, after_sha256: str) -> None:
@@ -198,14 +196,14 @@ class CacheReader:
 
     def __init__(self, root: str | Path, rows: list[dict[str, str]] | None = None):
         self.root = Path(root)
-        meta_path = self.root / "cache.json"
+        meta_path = self.root / artefacts.CACHE_META
         if not meta_path.exists():
             raise FileNotFoundError(f"{meta_path}: not a fibrosis cache (run `fibrosis ingest` first)")
         self.meta = json.loads(read_text(meta_path))
         if self.meta.get("format") != CACHE_FORMAT:
             raise ValueError(f"{meta_path}: cache format {self.meta.get('format')!r}, "
                              f"this version reads {CACHE_FORMAT}")
-        self.rows = rows if rows is not None else read_csv(self.root / "manifest.csv")
+        self.rows = rows if rows is not None else read_csv(self.root / artefacts.MANIFEST)
         self.image_size = int(self.meta["image_size"])
         self.scale = float(np.iinfo(DTYPES[self.meta["dtype"]]).max)
         self._shards: dict[int, np.ndarray] = {}

@@ -19,6 +19,7 @@ import secrets
 from collections import Counter
 from pathlib import Path
 
+from fibrosis import artefacts
 from fibrosis.data.records import ImageMeta, PatientId
 from fibrosis.io import atomic_write_bytes, read_text
 
@@ -26,9 +27,6 @@ logger = logging.getLogger(__name__)
 
 
 SALT_ENV = "FIBROSIS_SALT"
-
-
-SALT_CHECK = "salt.check"
 
 
 class SaltMismatchError(ValueError):
@@ -49,7 +47,7 @@ def resolve_salt(cache_dir: str | Path, *, record: bool = False) -> str:
     """
     root = Path(cache_dir)
     env = os.environ.get(SALT_ENV, "")
-    path, check = root / "salt.key", root / SALT_CHECK
+    path, check = root / artefacts.SALT_KEY, root / artefacts.SALT_CHECK
     expected = read_text(check).strip() if check.exists() else ""
     if not env and not path.exists():
         if expected:

@@ -29,6 +29,7 @@ from typing import Any, Iterable, Iterator
 
 from tqdm import tqdm
 
+from fibrosis import artefacts
 from fibrosis.data.cache import (MANIFEST_COLUMNS, REJECT_COLUMNS, CacheLock, CacheWriter, consolidation_stamp,
                                  record_consolidation, recorded_consolidation)
 
@@ -126,12 +127,12 @@ def consolidate(cache_dir: str | Path, index: CommittedIndex | None = None) -> t
         # nothing committed since the last consolidation, neither file touched, and the same
         # unlistable folders listable again: the rewrite would give the same bytes
         return index.count("row"), index.count("reject") - len(stamp["listable_again"])
-    if (root / "manifest.csv").exists():
+    if (root / artefacts.MANIFEST).exists():
         index.set_old_split((r["path"], r["content_hash"], r.get("split", ""), r.get("dhash") or "")
-                            for r in iter_csv(root / "manifest.csv"))
-    n_rows = write_csv(root / "manifest.csv", index.rows_in_cache_order(), MANIFEST_COLUMNS)
+                            for r in iter_csv(root / artefacts.MANIFEST))
+    n_rows = write_csv(root / artefacts.MANIFEST, index.rows_in_cache_order(), MANIFEST_COLUMNS)
     listable = set(stamp["listable_again"])
-    n_rejects = write_csv(root / "rejects.csv", (e for e in index.rejects_in_path_order() if e["path"] not in listable),
+    n_rejects = write_csv(root / artefacts.REJECTS, (e for e in index.rejects_in_path_order() if e["path"] not in listable),
                           REJECT_COLUMNS)
     record_consolidation(root, {**consolidation_stamp(root), "listable_again": stamp["listable_again"]})
     return n_rows, n_rejects

@@ -28,8 +28,8 @@ from typing import Any, Iterable, Iterator, Sequence, TypeGuard, cast
 
 import numpy as np
 
+from fibrosis import artefacts
 from fibrosis.data.cache import MANIFEST_COLUMNS, CacheLock, CacheReader, manifest_rewritten
-
 from fibrosis.io import csv_value, file_sha256, iter_csv, open_regular, read_text, write_csv, write_json
 from fibrosis.config import SplitConfig
 
@@ -329,18 +329,15 @@ def assign(rows: Iterable[dict[str, str]], cfg: SplitConfig, links: Iterable[tup
     return {p: SPLITS[sp] for p, sp in zip(patients, result.tolist())}, kept, assigned
 
 
-SPLIT_STATE = "split.json"  # what the last split saw (manifest sha256, config) and reported
-
-
 def _previous_split(root: Path, cfg: SplitConfig, reassign: bool, manifest_sha256: str) -> SplitSummary | None:
     """The recorded summary, if the manifest is byte-identical to the one the last split wrote
     and the config is the same: the split would come out identical (it is deterministic, and
     without ``reassign`` it keeps every assignment the manifest has), so it is not recomputed.
     A manifest rewritten by ingest, another config or a first ``reassign`` runs in full."""
     try:
-        state = json.loads(read_text(root / SPLIT_STATE))
+        state = json.loads(read_text(root / artefacts.SPLIT_STATE))
         if (state["config"] != asdict(cfg) or (reassign and not state["reassign"])
-                or not (root / "near_duplicates.csv").exists()
+                or not (root / artefacts.NEAR_DUPLICATES).exists()
                 or state["manifest_sha256"] != manifest_sha256):
             return None
         done = SplitSummary(**state["summary"])
@@ -557,7 +554,7 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
     ``<cache>/near_duplicates.csv``; returns per-split counts and the report."""
 
     root = Path(cache_dir)
-    manifest = root / "manifest.csv"
+    manifest = root / artefacts.MANIFEST
     if not manifest.exists():
         raise FileNotFoundError(f"{manifest}: no manifest (run `fibrosis ingest` first)")
     summary = SplitSummary()
@@ -567,7 +564,7 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
         if done is not None:
             for w in done.warnings:
                 logger.warning("%s", w)
-            logger.info("split: manifest unchanged since the split recorded in %s: nothing to do", root / SPLIT_STATE)
+            logger.info("split: manifest unchanged since the split recorded in %s: nothing to do", root / artefacts.SPLIT_STATE)
             return done
         m = _Compact(manifest)
         if not m.n:
@@ -621,11 +618,11 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
                                "patient_a": patients[ca], "patient_b": patients[cb],
                                "split_a": SPLITS[sa], "split_b": SPLITS[sb], "distance": dist}
 
-            write_csv(root / "near_duplicates.csv", pair_rows(),
+            write_csv(root / artefacts.NEAR_DUPLICATES, pair_rows(),
                       ("path_a", "path_b", "patient_a", "patient_b", "split_a", "split_b", "distance"))
         finally:
             source.close()
-        (root / SPLIT_STATE).unlink(missing_ok=True)  # written again below, with the new summary
+        (root / artefacts.SPLIT_STATE).unlink(missing_ok=True)  # written again below, with the new summary
         written = file_sha256(manifest)  # under the lock: an ingest after us changes it, and the record no longer holds
         manifest_rewritten(root, before, written)  # so a no-op ingest after a split still skips consolidating
     sizes = np.bincount(root_of, minlength=len(patients))
@@ -657,7 +654,7 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
                                 "or re-split with reassign")
     for w in summary.warnings:
         logger.warning("%s", w)
-    write_json(root / SPLIT_STATE, {"manifest_sha256": written, "config": asdict(cfg),
+    write_json(root / artefacts.SPLIT_STATE, {"manifest_sha256": written, "config": asdict(cfg),
                                     "reassign": reassign, "summary": asdict(summary)})
     logger.info("split: %s; %d near-duplicate pair(s) across patients", summary.counts,
                 summary.near_duplicates)

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fibrosis import artefacts
 from fibrosis.data.cache import MANIFEST_COLUMNS, CacheWriter, to_cache_dtype
 from fibrosis.data.records import format_aux
 
@@ -71,5 +72,5 @@ def make_synthetic_cache(root: str | Path, n: int, size: int = 64, *, pos_frac: 
                 for i in ids]
         writer.write_shard(sid, images, rows, [])
         rows_all.extend(rows)
-    write_csv(root / "manifest.csv", rows_all, MANIFEST_COLUMNS)
+    write_csv(root / artefacts.MANIFEST, rows_all, MANIFEST_COLUMNS)
     return root

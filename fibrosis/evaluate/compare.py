@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fibrosis import artefacts
 from fibrosis.io import read_csv
 from fibrosis.data.records import parse_label
 from fibrosis.io import write_json
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def _load(run: Path, split: str) -> dict[str, tuple[int, float]]:
-    path = run / "eval" / split / "predictions.csv"
+    path = run / "eval" / split / artefacts.PREDICTIONS
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; run `fibrosis evaluate --run {run} --split {split}` first")
     out: dict[str, tuple[int, float]] = {}

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from fibrosis import artefacts
 from fibrosis.data.cache import IMAGE_STATS, image_statistics
 from fibrosis.evaluate.subgroups import age_band
 from fibrosis.io import file_sha256, read_csv, write_json
@@ -30,7 +31,6 @@ from fibrosis.io import file_sha256, read_csv, write_json
 logger = logging.getLogger(__name__)
 
 REFERENCE_FORMAT = 1
-REFERENCE_FILE = "reference.json"
 ECE_RESAMPLES = 1000
 CATEGORIES: tuple[str, ...] = ("manufacturer", "model_name", "view_position", "modality",
                                "transfer_syntax", "sex", "age_band")
@@ -151,11 +151,11 @@ def write_reference(out: Path, ckpt_path: Path, rows: Sequence[dict[str, str]], 
     """I/O adapter: image statistics from the cache, rejects.csv, the checkpoint's model id
     (as `fibrosis score` writes it), then ``out/reference.json``."""
     stats = [image_statistics(reader.raw(i)) for i in index]
-    rejects_csv = Path(reader.root) / "rejects.csv"
+    rejects_csv = Path(reader.root) / artefacts.REJECTS
     rejects = read_csv(rejects_csv) if rejects_csv.exists() else []
     ref = build_reference(rows, labels, prob, stats, metrics, threshold, rejects, file_sha256(ckpt_path)[:16],
                           len(reader.rows))
-    path = Path(out) / REFERENCE_FILE
+    path = Path(out) / artefacts.REFERENCE
     write_json(path, ref)
     logger.info("monitoring reference (%d images of %r) -> %s", ref["n"], ref["split"], path)
     return path

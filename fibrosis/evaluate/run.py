@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from fibrosis import artefacts
 from fibrosis.evaluate import metrics as M
 from fibrosis.evaluate import operating as O
 from fibrosis.data.records import require_label
@@ -314,15 +315,15 @@ def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
         if gradcam and job.cfg.evaluate.gradcam_per_kind > 0 else None
     if panels is not None:
         result["gradcam"] = panels
-    write_json(job.out / "metrics.json", result)
-    write_csv(job.out / "predictions.csv", cases, tuple(cases[0]))
+    write_json(job.out / artefacts.METRICS, result)
+    write_csv(job.out / artefacts.PREDICTIONS, cases, tuple(cases[0]))
     _reference(job, test, cal, result, threshold)
     d = result["discrimination"]
     logger.info("%s AUC %.3f (DeLong %.3f-%.3f; bootstrap %.3f-%.3f); %s", split, d["auc"],
                 *(d["delong"]["ci"] or [float("nan")] * 2), *(d["bootstrap"]["ci"] or [float("nan")] * 2),
                 f"checkpoint left unchanged ({'frozen' if frozen else 'tune fitted them out of fold'}) -> {job.out}"
                 if frozen or job.oof else f"calibration + thresholds stored in {job.ckpt_path}")
-    return job.out / "metrics.json"
+    return job.out / artefacts.METRICS
 
 
 def _prepare(run: Path, cache: Path, split: str, cfg: Config | None, overrides: Sequence[str],
@@ -337,7 +338,7 @@ def _prepare(run: Path, cache: Path, split: str, cfg: Config | None, overrides: 
     from fibrosis.model.checkpoint import load_model
     from fibrosis.model.inference import split_rows
 
-    ckpt_path = run / "best.pt"
+    ckpt_path = run / artefacts.BEST
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, ckpt = load_model(ckpt_path, dev)
     cfg = resolve_config(ckpt.get("config") or {}, cfg, overrides)

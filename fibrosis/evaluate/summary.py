@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fibrosis import artefacts
 from fibrosis.config import Config
 from fibrosis.data.cache import manifest_hash
 from fibrosis.data.pixels import POLARITY_EXCLUDED, excluded_flag, qa_flags
@@ -61,9 +62,9 @@ def data_summary(cache: str | Path, rows: Sequence[dict[str, str]], cfg: Config)
     """Source, counts per split, prevalence, split method and exclusions of the evaluated cache."""
     cache = Path(cache)
     meta: dict[str, Any] = {}
-    if (cache / "cache.json").is_file():
-        meta = json.loads(read_text(cache / "cache.json"))
-    rejects = read_csv(cache / "rejects.csv") if (cache / "rejects.csv").is_file() else []
+    if (cache / artefacts.CACHE_META).is_file():
+        meta = json.loads(read_text(cache / artefacts.CACHE_META))
+    rejects = read_csv(cache / artefacts.REJECTS) if (cache / artefacts.REJECTS).is_file() else []
     policy = (meta.get("ingest_config") or {}).get("polarity_qa")
     # Polarity exclusions carry each image's measured score: one group per verdict, not one row each.
     is_qa = [r.get("kind") == "excluded" and r.get("reason", "").startswith(POLARITY_EXCLUDED) for r in rejects]
@@ -91,7 +92,7 @@ def data_summary(cache: str | Path, rows: Sequence[dict[str, str]], cfg: Config)
         # Images left out, or let in with a note, on the pixel QA's suspicion of inverted display.
         "qa": {"polarity_qa": policy or "keep (cache built before ingest.polarity_qa existed)",
                "n_excluded": sum(is_qa), "n_flagged": dict(sorted(flagged.items()))},
-        "manifest_sha256": manifest_hash(cache) if (cache / "manifest.csv").is_file() else None,
+        "manifest_sha256": manifest_hash(cache) if (cache / artefacts.MANIFEST).is_file() else None,
         "cache": {k: meta.get(k) for k in ("image_size", "dtype") if k in meta},
     }
 
@@ -102,7 +103,7 @@ def read_history(run: Path, ckpt: dict[str, Any]) -> list[dict[str, Any]]:
     best.pt is written at the best epoch, so its history stops there; the run's
     metrics file holds every epoch that was trained.
     """
-    path = run / "metrics.jsonl"
+    path = run / artefacts.EPOCHS_JSONL
     if path.is_file():
         return [json.loads(line) for line in read_text(path).splitlines() if line.strip()]
     return list((ckpt.get("run") or {}).get("history") or ckpt.get("history") or [])
@@ -136,7 +137,7 @@ def run_summary(run: str | Path, ckpt: dict[str, Any]) -> dict[str, Any]:
     history = read_history(run, ckpt)
     return {
         "name": run.name,
-        "checkpoint_sha256": file_sha256(run / "best.pt") if (run / "best.pt").is_file() else None,
+        "checkpoint_sha256": file_sha256(run / artefacts.BEST) if (run / artefacts.BEST).is_file() else None,
         "arch": model_cfg.get("arch") or ckpt.get("arch"),
         "weights": {"source": info.get("source"), "file": info.get("file"), "sha256": info.get("sha256")},
         "pretrained": pretrained,

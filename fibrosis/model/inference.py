@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from fibrosis import artefacts
 from fibrosis.data.cache import CacheReader
 
 from fibrosis.io import read_csv
@@ -80,7 +81,7 @@ def extract_features(model: FibrosisNet, reader: CacheReader, indices: Sequence[
 def split_rows(cache_dir: str | Path, split: str) -> tuple[list[dict[str, str]], list[int]]:
     """All manifest rows and the indices of those in ``split`` ("all": every row, split
     column or not -- another site's cache evaluated as a whole)."""
-    path = Path(cache_dir) / "manifest.csv"
+    path = Path(cache_dir) / artefacts.MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest (run `fibrosis ingest` and `fibrosis split`)")
     rows = read_csv(path)

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fibrosis import artefacts
 from fibrosis.data.labels import load_labels
-from fibrosis.evaluate.reference import REFERENCE_FILE, REFERENCE_FORMAT
+from fibrosis.evaluate.reference import REFERENCE_FORMAT
 from fibrosis.io import read_csv, read_text
 from fibrosis.score.output import COLUMNS, meta_path
 
@@ -26,7 +27,7 @@ HINTS = (("age", "age"), ("sex", "sex"), ("view_position", "view"))  # side-file
 
 
 def find_reference(run: Path, reference: Path | None) -> Path:
-    path = reference if reference is not None else run / "eval" / "test" / REFERENCE_FILE
+    path = reference if reference is not None else run / "eval" / "test" / artefacts.REFERENCE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no monitoring reference; run `fibrosis evaluate --run {run}` "
                                 "(it writes reference.json beside metrics.json), or pass --reference")

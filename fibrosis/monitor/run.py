@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from fibrosis import artefacts
 from fibrosis import __version__
 from fibrosis.io import atomic_write_bytes, file_sha256, write_json
 from fibrosis.monitor import load
@@ -34,7 +35,7 @@ class MonitorSummary:
 
 
 def _checkpoint(model: Path) -> Path:
-    path = model / "best.pt" if model.is_dir() else model
+    path = model / artefacts.BEST if model.is_dir() else model
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found (expected a run directory with best.pt "
                                 "or a .pt file written by `fibrosis train`)")
@@ -76,7 +77,7 @@ def monitor(model: str | Path, scores: Sequence[str | Path], out: str | Path, *,
     for w in warnings:
         logger.warning("%s", w)
     out.mkdir(parents=True, exist_ok=True)
-    json_path, html_path = out / "monitor.json", out / "monitor.html"
+    json_path, html_path = out / artefacts.MONITOR_JSON, out / artefacts.MONITOR_HTML
     # The alerts are logged as soon as they are known: a job watching the log or the exit
     # status must see them even if writing a file fails afterwards.
     for a in result["alerts"]:

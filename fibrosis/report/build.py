@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from fibrosis import artefacts
 from fibrosis import __version__
 from fibrosis.io import atomic_write_bytes, read_text
 from fibrosis.model.cam import PANELS_FILE, load_panels
@@ -460,7 +461,7 @@ def write_report(run: str | Path, out: str | Path | None = None, split: str = "t
     """Write ``out`` (default ``reports/<run name>/``): report.html, report.pdf, metrics.json."""
     run = Path(run)
     eval_dir = run / "eval" / split
-    mpath = eval_dir / "metrics.json"
+    mpath = eval_dir / artefacts.METRICS
     if not mpath.is_file():
         raise FileNotFoundError(f"{mpath}: no evaluation of split {split!r}; run `fibrosis evaluate "
                                 f"--run {run} --cache CACHE --split {split}` first")
@@ -468,15 +469,15 @@ def write_report(run: str | Path, out: str | Path | None = None, split: str = "t
     out = Path(out) if out is not None else Path("reports") / run.name
     out.mkdir(parents=True, exist_ok=True)
     figs = make_figures(m, eval_dir)
-    tune = json.loads(read_text(run / "tune.json")) if (run / "tune.json").is_file() else None  # `fibrosis tune`
+    tune = json.loads(read_text(run / artefacts.TUNE)) if (run / artefacts.TUNE).is_file() else None  # `fibrosis tune`
     if tune:
         figs["tune_roc"] = plots.png_bytes(plots.tune_roc_figure(tune["arms"], tune["chosen"]))
     blocks = build_blocks(m, set(figs), tune)
     title = f"Fibrosis classifier validation: {m.get('run', {}).get('name', run.name)}"
     page = render_html(blocks, figs, title)
-    atomic_write_bytes(out / "report.html", page.encode("utf-8"))  # never left truncated
-    atomic_write_bytes(out / "metrics.json", read_text(mpath).encode("utf-8"))
-    render_pdf(page, out / "report.pdf",  # last: HTML and metrics stand even if the PDF engine fails
+    atomic_write_bytes(out / artefacts.REPORT_HTML, page.encode("utf-8"))  # never left truncated
+    atomic_write_bytes(out / artefacts.METRICS, read_text(mpath).encode("utf-8"))
+    render_pdf(page, out / artefacts.REPORT_PDF,  # last: HTML and metrics stand even if the PDF engine fails
                page_banner=None if m.get("run", {}).get("pretrained", False) else "NOT ImageNet-pretrained")
-    logger.info("report: %s, %s, %s", out / "report.html", out / "report.pdf", out / "metrics.json")
+    logger.info("report: %s, %s, %s", out / artefacts.REPORT_HTML, out / artefacts.REPORT_PDF, out / artefacts.METRICS)
     return out

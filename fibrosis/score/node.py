@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fibrosis import artefacts
 from fibrosis.data.dicom import shown
 from fibrosis.io import atomic_write_bytes, csv_line, write_json
 
@@ -192,7 +193,7 @@ class Node:
         self.incoming = cfg.workdir / "incoming"
         self.tmp = cfg.workdir / "tmp"  # outside incoming/: score must never see a partial file
         self.state = cfg.workdir / "state"
-        self.scores = cfg.workdir / "scores.csv"
+        self.scores = cfg.workdir / artefacts.SCORES
         self.sr_dir = cfg.workdir / "sr"
         self.sc_dir = cfg.workdir / "sc" if cfg.sc else None
         for d in (self.incoming, self.tmp, self.state):

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from fibrosis import artefacts
 from fibrosis.score import output as score_io
 from fibrosis.score.pixels import model_input, overlay
 from fibrosis.score.sr import write_dicom_outputs
@@ -92,7 +93,7 @@ def resolve_checkpoint(model: str | Path) -> Path:
     """A run directory means its ``best.pt`` (the checkpoint evaluation annotates)."""
     p = Path(model)
     if p.is_dir():
-        p = p / "best.pt"
+        p = p / artefacts.BEST
     if not p.is_file():
         raise FileNotFoundError(f"{p}: checkpoint not found (expected a run directory with best.pt "
                                 f"or a .pt file written by `fibrosis train`)")
@@ -425,11 +426,11 @@ def _plan(fz: Frozen, d: Any, input: str | Path, out: Path, *, workers: int | No
     # the same values, so every rank shards one list and hashes with one salt.
     if d.is_main:
         salt_home = Path(salt_dir) if salt_dir else out.parent
-        if not os.environ.get("FIBROSIS_SALT") and not (salt_home / "salt.key").exists():
+        if not os.environ.get("FIBROSIS_SALT") and not (salt_home / artefacts.SALT_KEY).exists():
             logger.warning("patient keys: creating %s (keep it private, never share it with the "
                            "scores); use the training cache's salt (salt_dir / FIBROSIS_SALT) for keys "
-                           "that match the training manifest", salt_home / "salt.key")
-        shared = (resolve_salt(salt_home), score_io.discover_inputs(input, out, gc_dir, salt_home / "salt.key"),
+                           "that match the training manifest", salt_home / artefacts.SALT_KEY)
+        shared = (resolve_salt(salt_home), score_io.discover_inputs(input, out, gc_dir, salt_home / artefacts.SALT_KEY),
                   dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"))
     salt, entries, scored_at = distributed.broadcast_object(d, shared if d.is_main else None)
     if not entries:

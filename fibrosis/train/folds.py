@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from fibrosis import artefacts
 from fibrosis.data.split import group_roots
 from fibrosis.io import read_csv
 
@@ -47,7 +48,7 @@ def repeat_of(fold_name: str) -> int:
     return int(m.group(1))
 
 
-def dev_indices(rows: Sequence[dict[str, str]], where: str = "manifest.csv") -> list[int]:
+def dev_indices(rows: Sequence[dict[str, str]], where: str = artefacts.MANIFEST) -> list[int]:
     """Rows of the development patients; refuses a manifest without a split column or labels."""
     if rows and "split" not in rows[0]:
         raise ValueError(f"{where}: no 'split' column; run `fibrosis split` first (tune keeps its test split apart)")
@@ -61,7 +62,7 @@ def dev_indices(rows: Sequence[dict[str, str]], where: str = "manifest.csv") -> 
 
 def near_duplicate_links(cache_dir: str | Path) -> list[tuple[str, str]]:
     """Patient-key pairs that `fibrosis split` found to share near-duplicate images."""
-    path = Path(cache_dir) / "near_duplicates.csv"
+    path = Path(cache_dir) / artefacts.NEAR_DUPLICATES
     if not path.is_file():
         return []
     return [(r["patient_a"], r["patient_b"]) for r in read_csv(path) if r["patient_a"] != r["patient_b"]]
@@ -88,7 +89,7 @@ def _strata(rows: Sequence[dict[str, str]], idx: Sequence[int], links: Sequence[
 
 
 def make_folds(rows: Sequence[dict[str, str]], folds: int, repeats: int = 1, seed: int = 0,
-               links: Sequence[tuple[str, str]] = (), where: str = "manifest.csv") -> list[Fold]:
+               links: Sequence[tuple[str, str]] = (), where: str = artefacts.MANIFEST) -> list[Fold]:
     """``repeats`` x ``folds`` patient-level folds over the development rows of ``rows``.
 
     Stratified by group label (a group is positive when any of its images is); each

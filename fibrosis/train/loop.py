@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm import tqdm
 
+from fibrosis import artefacts
 from fibrosis.model import distributed
 from fibrosis.train import runlog
 from fibrosis.train.aux import AllHeads, AuxLoss, HeadsOnFeatures, aux_record, aux_targets, choose_aux, describe
@@ -112,7 +113,7 @@ def _read_splits(cache_dir: Path, given: tuple[Sequence[int], Sequence[int]] | N
     _, val_idx = split_rows(cache_dir, "val")
     if given is not None:
         train_idx, val_idx = list(given[0]), list(given[1])
-    where = cache_dir / "manifest.csv"
+    where = cache_dir / artefacts.MANIFEST
     for name, idx in (("train", train_idx), ("val", val_idx)):
         pos = sum(row_label(rows[i]) for i in idx)
         if pos == 0 or pos == len(idx):
@@ -128,7 +129,7 @@ def cache_ingest_config(cfg: Config, cache_dir: Path) -> Config:
     must be the cache's (recorded by `fibrosis ingest` in cache.json), not whatever
     config was handed to `train`.
     """
-    meta_path = cache_dir / "cache.json"
+    meta_path = cache_dir / artefacts.CACHE_META
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     recorded = meta.get("ingest_config")
     if recorded is None:  # not written by `fibrosis ingest` (older or synthetic cache)
@@ -225,7 +226,7 @@ def train(cfg: Config, cache_dir: str | Path, out_dir: str | Path, *, resume: bo
     handler = None
     if d.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        handler = runlog.attach_file_log(out_dir / "train.log")
+        handler = runlog.attach_file_log(out_dir / artefacts.TRAIN_LOG)
     try:
         return _train(cfg, Path(cache_dir), out_dir, resume, max_epochs, d, rows)
     finally:
@@ -261,11 +262,11 @@ class _Run:
 
     @property
     def last(self) -> Path:
-        return self.out_dir / "last.pt"
+        return self.out_dir / artefacts.LAST
 
     @property
     def best(self) -> Path:
-        return self.out_dir / "best.pt"
+        return self.out_dir / artefacts.BEST
 
     def out_of_epochs(self) -> bool:
         return self.max_epochs is not None and self.ran >= self.max_epochs
@@ -403,7 +404,7 @@ def _restore(model: FibrosisNet, cfg: Config, mhash: str, out_dir: Path, resume:
              d: distributed.Dist) -> tuple[RunState, dict[str, Any] | None]:
     """The weights and position of the run being resumed; a fresh state otherwise (and a
     refusal to overwrite an existing run without --resume)."""
-    last = out_dir / "last.pt"
+    last = out_dir / artefacts.LAST
     if not resume:
         if last.exists():
             raise FileExistsError(f"{last}: a run already exists in {out_dir}; pass --resume to "

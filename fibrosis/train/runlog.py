@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from fibrosis import artefacts
 from fibrosis.io import atomic_write_bytes, write_csv
 
 logger = logging.getLogger(__name__)
@@ -45,9 +46,9 @@ def detach_file_log(handler: logging.Handler) -> None:
 
 
 def write_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
-    write_csv(out_dir / "metrics.csv", history, METRIC_COLUMNS)
+    write_csv(out_dir / artefacts.EPOCHS_CSV, history, METRIC_COLUMNS)
     text = "".join(json.dumps(row) + "\n" for row in history)
-    atomic_write_bytes(out_dir / "metrics.jsonl", text.encode("utf-8"))
+    atomic_write_bytes(out_dir / artefacts.EPOCHS_JSONL, text.encode("utf-8"))
 
 
 def write_config(out_dir: Path, cfg_dict: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -191,7 +191,7 @@ def test_a_no_op_rewrites_neither_manifest_nor_rejects_even_after_a_split(tmp_pa
     (the stamp in consolidated.json); split moves the stamp along, because consolidating a
     split manifest gives it back byte for byte -- checked here by forcing it."""
     from fibrosis.config import SplitConfig
-    from fibrosis.data.cache import CONSOLIDATED
+    from fibrosis.artefacts import CONSOLIDATED
     from fibrosis.data.ingest import consolidate
     from fibrosis.data.split import split_cache
 

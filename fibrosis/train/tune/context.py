@@ -26,9 +26,6 @@ logger = logging.getLogger(__name__)
 # The layout of OUT/cv/*: a run written with another schema is not resumed (its units were
 # trained another way), and says so.
 SCHEMA = 2
-STATE_FILE = "tune_state.json"
-DONE = "done.json"
-PROBE = "probe.pt"
 
 
 @dataclass

@@ -25,6 +25,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
+from fibrosis import artefacts
 from fibrosis.config import Config
 from fibrosis.data.cache import CacheReader
 from fibrosis.io import read_csv, write_csv
@@ -32,7 +33,7 @@ from fibrosis.train.aux import aux_targets, choose_aux
 from fibrosis.train.aux import describe as describe_aux
 from fibrosis.train.folds import Fold, make_folds, near_duplicate_links, patient_groups
 from fibrosis.train.tune.arms import Arm, resolve_arms
-from fibrosis.train.tune.context import DONE, SCHEMA, STATE_FILE, Context, Cost, UnitRecord, write_json
+from fibrosis.train.tune.context import SCHEMA, Context, Cost, UnitRecord, write_json
 from fibrosis.train.tune.models import prepare_base
 from fibrosis.train.tune.results import ArmResult, by_repeat, failure, finish_arm
 from fibrosis.train.tune.tta import TwinResult, tta_twin, twin_logits
@@ -61,10 +62,10 @@ class CVResult:
 def setup(cfg: Config, cache_dir: Path, out_dir: Path, device: str | torch.device = "cpu"
           ) -> tuple[Context, list[Fold], list[Arm], CacheReader]:
     """Rows, folds (written to / checked against OUT/folds.csv) and arms of a tune run."""
-    where = cache_dir / "manifest.csv"
+    where = cache_dir / artefacts.MANIFEST
     if not where.is_file():
         raise FileNotFoundError(f"{where}: no manifest (run `fibrosis ingest` and `fibrosis split`)")
-    state = out_dir / STATE_FILE
+    state = out_dir / artefacts.TUNE_STATE
     if out_dir.is_dir() and (out_dir / "cv").is_dir():
         found = json.loads(state.read_text()).get("schema") if state.is_file() else None
         if found != SCHEMA:
@@ -76,7 +77,7 @@ def setup(cfg: Config, cache_dir: Path, out_dir: Path, device: str | torch.devic
     folds = make_folds(rows, t.folds, t.repeats + t.finalist_repeats, t.seed, links, str(where))
     table = [{"content_hash": rows[i]["content_hash"], "patient_key": rows[i]["patient_key"],
               "repeat": f.repeat, "fold": f.fold} for f in folds for i in f.heldout]
-    fpath = out_dir / "folds.csv"
+    fpath = out_dir / artefacts.FOLDS
     if fpath.is_file():
         old = read_csv(fpath)
         if [(r["content_hash"], int(r["repeat"]), int(r["fold"])) for r in old] != \
@@ -126,21 +127,21 @@ def cross_validate(cfg: Config, cache_dir: str | Path, out_dir: str | Path, *, d
     logger.info("tune: %d development rows (%d positive) in %d x %d folds; test/calib untouched; arms: %s",
                 len(ctx.dev), int(ctx.y.sum()), cfg.tune.repeats, cfg.tune.folds, ", ".join(a.name for a in arms))
     total = len(arms) * len(base)
-    done_units = sum((out_dir / "cv" / a.name / f.name / DONE).is_file() for a in arms for f in base)
+    done_units = sum((out_dir / "cv" / a.name / f.name / artefacts.UNIT_DONE).is_file() for a in arms for f in base)
     bar = tqdm(total=total, initial=done_units, desc="tune fold x arm", unit="unit", disable=not progress)
     results: list[ArmResult] = []
     ran, complete, feat = 0, True, Cost()
     try:
         for arm in arms:
             arm_dir = out_dir / "cv" / arm.name
-            if (arm_dir / "arm.json").is_file():
-                results.append(ArmResult.read(arm, arm_dir / "arm.json"))
+            if (arm_dir / artefacts.ARM_RESULT).is_file():
+                results.append(ArmResult.read(arm, arm_dir / artefacts.ARM_RESULT))
                 _add_twin(ctx, results, base, reader, out_dir, arms)
                 continue
             records = []
             for fold in base:
                 unit = arm_dir / fold.name
-                if not (unit / DONE).is_file():
+                if not (unit / artefacts.UNIT_DONE).is_file():
                     if max_units is not None and ran >= max_units:
                         complete = False
                         break
@@ -150,7 +151,7 @@ def cross_validate(cfg: Config, cache_dir: str | Path, out_dir: str | Path, *, d
                     ran += 1
                     bar.update(1)
                 else:
-                    records.append(UnitRecord.read(unit / DONE))
+                    records.append(UnitRecord.read(unit / artefacts.UNIT_DONE))
             if not complete:
                 break
             res = finish_arm(ctx, arm, records, arm_dir)
@@ -208,13 +209,13 @@ def extend_repeats(cv: CVResult, names: Sequence[str], out_dir: str | Path, *, p
             for f in unit.glob("epoch-*.pt"):  # repeats judge; only the first repeats' models deploy
                 if f.name != f"epoch-{res.epoch}.pt":
                     f.unlink()
-            (unit / "state.pt").unlink(missing_ok=True)
+            (unit / artefacts.UNIT_STATE).unlink(missing_ok=True)
         res.repeat_cost = Cost.of(records)
         why = failure(records, res.epoch)
         if why and not res.failed:
             res.failed = f"in a finalist repeat: {why}"
         res.by_repeat.update(by_repeat(ctx, records, res.epoch))
-        res.write(out_dir / "cv" / name / "arm.json", cfg)
+        res.write(out_dir / "cv" / name / artefacts.ARM_RESULT, cfg)
         logger.info("arm %-16s OOF AUC per repeat: %s", name, ", ".join(
             f"{float(roc_auc_score(ctx.y, z)):.3f}" for _, z in sorted(res.by_repeat.items())))
     for name in wanted - plain:  # the twins: their arm's new fold models, scored with TTA

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fibrosis import artefacts
 from fibrosis.config import Config, config_from_dict, config_to_dict
 from fibrosis.data.cache import CacheReader
 from fibrosis.data.dataset import build_augment
@@ -20,7 +21,7 @@ from fibrosis.train.probe import Probe
 from fibrosis.train.schedule import block_groups
 from fibrosis.train.tune.activations import Activations, estimate_batchnorm
 from fibrosis.train.tune.arms import Arm
-from fibrosis.train.tune.context import PROBE, Clock, Context, Cost, load_tensors, probe_from
+from fibrosis.train.tune.context import Clock, Context, Cost, load_tensors, probe_from
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def set_aux_probes(model: FibrosisNet, probes: Sequence[Probe]) -> None:
 def member(ctx: Context, arm: Arm, unit_dir: Path, epoch: int) -> FibrosisNet:
     """The (fold, arm) model a unit left behind, at fine-tuning epoch ``epoch``, in eval mode."""
     if arm.recipe == "train":
-        model, _ = load_model(unit_dir / TRAIN_RUN / "best.pt")
+        model, _ = load_model(unit_dir / TRAIN_RUN / artefacts.BEST)
         return model.eval()
     base = base_model(ctx, arm)
     base_state = ctx.bases[arm.base_key][1]
@@ -132,7 +133,7 @@ def member(ctx: Context, arm: Arm, unit_dir: Path, epoch: int) -> FibrosisNet:
     model.pretrained = base.pretrained
     if arm.aux:
         set_aux_heads(model, ctx.aux_names)
-    set_head(model, probe_from(load_tensors(unit_dir / PROBE)))
+    set_head(model, probe_from(load_tensors(unit_dir / artefacts.PROBE)))
     if epoch > 0:
         trained = load_tensors(unit_dir / f"epoch-{epoch}.pt")
         model.load_state_dict({**model.state_dict(), **trained})

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from fibrosis import artefacts
 from fibrosis.config import Config, config_to_dict
 from fibrosis.data.cache import CacheReader, manifest_hash
 from fibrosis.io import package_versions
@@ -60,7 +61,7 @@ def package(cfg: Config, cache_dir: str | Path, out_dir: str | Path, cv: CVResul
         unit0 = arm_dir / folds[0].name
     elif arm.recipe == "train":  # refit: `fibrosis train` itself, on the manifest's train/val split
         unit0 = out_dir / "refit"
-        train(arm_config(cfg, arm), cache_dir, unit0 / TRAIN_RUN, resume=(unit0 / TRAIN_RUN / "last.pt").is_file(),
+        train(arm_config(cfg, arm), cache_dir, unit0 / TRAIN_RUN, resume=(unit0 / TRAIN_RUN / artefacts.LAST).is_file(),
               device=str(ctx.device))
         members = [member(ctx, arm, unit0, 0)]
         model, record = members[0], None
@@ -76,7 +77,7 @@ def package(cfg: Config, cache_dir: str | Path, out_dir: str | Path, cv: CVResul
     model.set_tta(tta)
     first = members[0]
     if arm.recipe == "train":
-        trained = load_checkpoint(unit0 / TRAIN_RUN / "best.pt")
+        trained = load_checkpoint(unit0 / TRAIN_RUN / artefacts.BEST)
         stages, aux = trained["stages"], trained.get("aux")
     else:
         stages = [{"name": "linear probe", "epochs": 0, "lr": None, "unfreeze": []}] + (
@@ -102,6 +103,6 @@ def package(cfg: Config, cache_dir: str | Path, out_dir: str | Path, cv: CVResul
         payload["ensemble"] = record
     if aux:
         payload["aux"] = aux
-    path = save_checkpoint(out_dir / "best.pt", payload)
+    path = save_checkpoint(out_dir / artefacts.BEST, payload)
     logger.info("%s -> %s", payload["preset"], path)
     return path

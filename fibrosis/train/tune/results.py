@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from fibrosis import artefacts
 from fibrosis.config import Config
 from fibrosis.train.folds import repeat_of
 from fibrosis.train.probe import calibrated_log_loss, weighted_log_loss
@@ -167,7 +168,7 @@ def finish_arm(ctx: Context, arm: Arm, records: Sequence[UnitRecord], arm_dir: P
         for f in unit.glob("epoch-*.pt"):
             if f.name != f"epoch-{epoch}.pt":
                 f.unlink()
-        (unit / "state.pt").unlink(missing_ok=True)
+        (unit / artefacts.UNIT_STATE).unlink(missing_ok=True)
     repeats = by_repeat(ctx, records, epoch)
     result = ArmResult(arm, epoch, pooled(records, pos, len(ctx.dev), epoch), curve,
                        Cost.of(records), [r.fold for r in records],
@@ -175,7 +176,7 @@ def finish_arm(ctx: Context, arm: Arm, records: Sequence[UnitRecord], arm_dir: P
                        {r.fold: fold_aucs(ctx, r, pos) for r in records}, repeats)
     if result.failed:
         logger.warning("arm %s FAILED: %s; it gets no AUC and cannot be chosen", arm.name, result.failed)
-    result.write(arm_dir / "arm.json", ctx.cfg)
+    result.write(arm_dir / artefacts.ARM_RESULT, ctx.cfg)
     return result
 
 

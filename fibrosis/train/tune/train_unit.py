@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fibrosis import artefacts
 from fibrosis.data.cache import CacheReader
 from fibrosis.model.checkpoint import load_checkpoint, load_model
 from fibrosis.model.inference import predict_rows
 from fibrosis.train.folds import Fold, inner_validation, near_duplicate_links
 from fibrosis.train.loop import train
 from fibrosis.train.tune.arms import Arm
-from fibrosis.train.tune.context import DONE, Clock, Context, UnitRecord
+from fibrosis.train.tune.context import Clock, Context, UnitRecord
 from fibrosis.train.tune.models import TRAIN_RUN, arm_config
 
 
@@ -30,16 +31,16 @@ def run_train_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path) -> UnitRe
     tr, val = inner_validation(ctx.rows, fold.train, fraction, cfg.tune.seed + 7919 * fold.repeat + fold.fold,
                                near_duplicate_links(ctx.cache_dir))
     run = unit_dir / TRAIN_RUN
-    best = train(cfg, ctx.cache_dir, run, resume=(run / "last.pt").is_file(), rows=(tr, val),
+    best = train(cfg, ctx.cache_dir, run, resume=(run / artefacts.LAST).is_file(), rows=(tr, val),
                  device=str(ctx.device))
     model, _ = load_model(best, ctx.device)
     oof = []
     if fold.heldout:
         oof = predict_rows(model, CacheReader(ctx.cache_dir, ctx.rows), list(fold.heldout), 2 * cfg.train.batch_size,
                            ctx.device, amp=cfg.train.amp).astype(float).tolist()
-    history = load_checkpoint(run / "last.pt")["run"]["history"]  # every epoch, not only up to the best
-    (run / "last.pt").unlink()  # only a resume needs it; best.pt is the fold model
+    history = load_checkpoint(run / artefacts.LAST)["run"]["history"]  # every epoch, not only up to the best
+    (run / artefacts.LAST).unlink()  # only a resume needs it; best.pt is the fold model
     record = UnitRecord(arm.name, fold.name, list(fold.heldout), [oof],
                         [float(h["train_loss"]) for h in history], round(clock.wall_s(), 2), round(clock.cpu_s(), 2))
-    record.write(unit_dir / DONE)
+    record.write(unit_dir / artefacts.UNIT_DONE)
     return record

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fibrosis import artefacts
 from fibrosis.config import TTA_ARM_SUFFIX, Config
 from fibrosis.data.cache import CacheReader
 from fibrosis.model.inference import predict_rows
@@ -40,8 +41,7 @@ from fibrosis.train.folds import Fold
 from fibrosis.train.stages import Suffix
 from fibrosis.train.tune.activations import Activations
 from fibrosis.train.tune.arms import Arm
-from fibrosis.train.tune.context import (PROBE, SCHEMA, Clock, Context, Cost, UnitRecord, load_tensors, probe_from,
-                                         write_json)
+from fibrosis.train.tune.context import SCHEMA, Clock, Context, Cost, UnitRecord, load_tensors, probe_from, write_json
 from fibrosis.train.tune.results import ArmResult, by_repeat, constant_output, fold_aucs, pooled
 from fibrosis.train.tune.models import base_model, member
 
@@ -127,7 +127,7 @@ def _fold_logits(ctx: Context, arm: Arm, reader: CacheReader, arms: Sequence[Arm
     acts = view_activations(ctx, arm, arms, reader, variants)
     positions = [acts.pos[r] for r in fold.heldout]
     if not arm.fine_tunes:  # linear probe: the mean logit is the logit of the mean features
-        return probe_from(load_tensors(unit_dir / PROBE)).logits(acts.mean_features[positions])
+        return probe_from(load_tensors(unit_dir / artefacts.PROBE)).logits(acts.mean_features[positions])
     step, v = Suffix(member(ctx, arm, unit_dir, epoch), arm.start), acts.n_views
     out = []
     with torch.inference_mode():
@@ -163,7 +163,7 @@ def tta_twin(ctx: Context, res: ArmResult, folds: Sequence[Fold], reader: CacheR
     ``arms``: all arms of the run (their frozen prefixes share the views' activations)."""
     arm = res.arm
     twin_arm = dataclasses.replace(arm, cfg=dataclasses.replace(arm.cfg, name=twin_name(arm.name)))
-    summary = out_dir / "cv" / twin_arm.name / "arm.json"
+    summary = out_dir / "cv" / twin_arm.name / artefacts.ARM_RESULT
     if summary.is_file():
         d = json.loads(summary.read_text())
         base = ArmResult.read(twin_arm, summary)
@@ -187,7 +187,7 @@ def twin_logits(ctx: Context, twin: TwinResult, res: ArmResult, folds: Sequence[
     records, tta = _twin_records(ctx, res.arm, res.epoch, folds, reader, out_dir, arms, twin.variants)
     twin.by_repeat.update(by_repeat(ctx, records, 0))
     twin.repeat_cost = res.repeat_cost + tta
-    twin.write(out_dir / "cv" / twin.name / "arm.json", ctx.cfg)
+    twin.write(out_dir / "cv" / twin.name / artefacts.ARM_RESULT, ctx.cfg)
 
 
 def untwin(results: Sequence[ArmResult], name: str) -> tuple[ArmResult, tuple[Variant, ...] | None]:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fibrosis import artefacts
 from fibrosis.train.aux import AuxLoss, aux_pos_weight
 from fibrosis.train.folds import Fold
 from fibrosis.train.probe import Probe, fit_probe, fit_reference, weighted_log_loss
@@ -34,8 +35,7 @@ from fibrosis.train.stages import Suffix
 from fibrosis.model.net import FibrosisNet, set_aux_heads
 from fibrosis.train.tune.activations import Activations
 from fibrosis.train.tune.arms import Arm
-from fibrosis.train.tune.context import (DONE, PROBE, Clock, Context, UnitRecord, load_tensors, probe_from, probe_record,
-                                         save_tensors, unit_seed)
+from fibrosis.train.tune.context import Clock, Context, UnitRecord, load_tensors, probe_from, probe_record, save_tensors, unit_seed
 from fibrosis.train.tune.models import set_aux_probes, set_head, trainable_keys
 from fibrosis.train.tune.train_unit import run_train_unit
 
@@ -97,8 +97,8 @@ def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, *,
     predicted out of fold. ``epoch_limit``: stop after that many epochs in this call
     (returns None; the next call resumes from the saved epoch).
     """
-    if (unit_dir / DONE).is_file():
-        return UnitRecord.read(unit_dir / DONE)
+    if (unit_dir / artefacts.UNIT_DONE).is_file():
+        return UnitRecord.read(unit_dir / artefacts.UNIT_DONE)
     unit_dir.mkdir(parents=True, exist_ok=True)
     if arm.recipe == "train":
         return run_train_unit(ctx, arm, fold, unit_dir)
@@ -107,7 +107,7 @@ def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, *,
     tr = [acts.pos[i] for i in fold.train]
     ho = [acts.pos[i] for i in fold.heldout]
     y_tr = ctx.y[tr]
-    path = unit_dir / PROBE
+    path = unit_dir / artefacts.PROBE
     if path.is_file():
         probe = probe_from(load_tensors(path))
     else:
@@ -126,7 +126,7 @@ def run_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, *,
     train_loss = [weighted_log_loss(y_tr, probe.logits(acts.features[tr]), pw)]
     record = UnitRecord(arm.name, fold.name, list(fold.heldout), oof, train_loss, round(clock.wall_s(), 2),
                         round(clock.cpu_s(), 2), probe.c, probe_record(probe)["inner_loss"])
-    record.write(unit_dir / DONE)
+    record.write(unit_dir / artefacts.UNIT_DONE)
     return record
 
 
@@ -196,7 +196,7 @@ def _fine_tune(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, probe: Probe,
         return (z[:, 0].tolist(), z[:, 1:].tolist()) if arm.aux else (z.tolist(), [])
 
     first, seconds, cpu = 0, 0.0, 0.0  # over the epochs of earlier invocations (resume)
-    state_path = unit_dir / "state.pt"
+    state_path = unit_dir / artefacts.UNIT_STATE
     if state_path.is_file():
         st = load_tensors(state_path)
         model.load_state_dict({**model.state_dict(), **st["trainable"]})
@@ -248,5 +248,5 @@ def _fine_tune(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path, probe: Probe,
                                   "cpu_seconds": cpu + clock.cpu_s(), "aux_oof": aux_oof})
     record = UnitRecord(arm.name, fold.name, list(fold.heldout), oof, train_loss, round(seconds + clock.wall_s(), 2),
                         round(cpu + clock.cpu_s(), 2), probe.c, probe_record(probe)["inner_loss"], aux_oof)
-    record.write(unit_dir / DONE)
+    record.write(unit_dir / artefacts.UNIT_DONE)
     return record
