@@ -39,3 +39,20 @@ REPORT_PDF = "report.pdf"
 SCORES = "scores.csv"
 MONITOR_JSON = "monitor.json"
 MONITOR_HTML = "monitor.html"
+
+
+class SchemaError(ValueError):
+    """An artefact written with a schema this version cannot read."""
+
+
+def check_schema(path: object, found: object, current: int, *, oldest: int | None = None) -> int:
+    """The schema number of an artefact read from ``path``: ``current``, or an older one from
+    ``oldest`` on that its reader migrates. Anything else (a newer schema, one too old to migrate,
+    no number at all) is one line naming the file, what it holds and what this version reads."""
+    oldest = current if oldest is None else oldest
+    if isinstance(found, int) and not isinstance(found, bool) and oldest <= found <= current:
+        return found
+    reads = f"{current}" if oldest == current else f"{oldest} to {current}"
+    newer = isinstance(found, int) and not isinstance(found, bool) and found > current
+    raise SchemaError(f"{path}: schema {found!r}; this version of fibrosis reads schema {reads}"
+                      + ("; it was written by a newer version" if newer else ""))

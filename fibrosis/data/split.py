@@ -29,6 +29,7 @@ from typing import Any, Iterable, Iterator, Sequence, TypeGuard, cast
 import numpy as np
 
 from fibrosis import artefacts
+from fibrosis.artefacts import check_schema
 from fibrosis.data.cache import MANIFEST_COLUMNS, CacheLock, CacheReader, manifest_rewritten
 from fibrosis.io import csv_value, file_sha256, iter_csv, open_regular, read_text, write_csv, write_json
 from fibrosis.config import SplitConfig
@@ -329,20 +330,53 @@ def assign(rows: Iterable[dict[str, str]], cfg: SplitConfig, links: Iterable[tup
     return {p: SPLITS[sp] for p, sp in zip(patients, result.tolist())}, kept, assigned
 
 
+SPLIT_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class SplitRecord:
+    """``split.json``: what the last split saw (the manifest's sha256, its config) and reported.
+    Written by :func:`split_cache` alone, read by :meth:`read` alone."""
+
+    manifest_sha256: str
+    config: dict[str, Any]
+    reassign: bool
+    summary: SplitSummary
+    schema: int = SPLIT_SCHEMA
+
+    def write(self, root: Path) -> None:
+        write_json(root / artefacts.SPLIT_STATE, asdict(self))
+
+    @classmethod
+    def read(cls, root: Path) -> SplitRecord | None:
+        """The record, or None where there is none or it cannot be trusted (unreadable, or written
+        before records had a schema): the split then runs in full and writes a new one. A newer
+        schema is refused (:class:`fibrosis.artefacts.SchemaError`)."""
+        path = root / artefacts.SPLIT_STATE
+        try:
+            raw = json.loads(read_text(path))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(raw, dict) or "schema" not in raw:
+            return None
+        check_schema(path, raw["schema"], SPLIT_SCHEMA)
+        try:
+            return cls(str(raw["manifest_sha256"]), dict(raw["config"]), bool(raw["reassign"]),
+                       SplitSummary(**raw["summary"]), SPLIT_SCHEMA)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
 def _previous_split(root: Path, cfg: SplitConfig, reassign: bool, manifest_sha256: str) -> SplitSummary | None:
     """The recorded summary, if the manifest is byte-identical to the one the last split wrote
     and the config is the same: the split would come out identical (it is deterministic, and
     without ``reassign`` it keeps every assignment the manifest has), so it is not recomputed.
     A manifest rewritten by ingest, another config or a first ``reassign`` runs in full."""
-    try:
-        state = json.loads(read_text(root / artefacts.SPLIT_STATE))
-        if (state["config"] != asdict(cfg) or (reassign and not state["reassign"])
-                or not (root / artefacts.NEAR_DUPLICATES).exists()
-                or state["manifest_sha256"] != manifest_sha256):
-            return None
-        done = SplitSummary(**state["summary"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # no record (first split, older version) or an unreadable one: split in full
+    record = SplitRecord.read(root)
+    if (record is None or record.config != asdict(cfg) or (reassign and not record.reassign)
+            or not (root / artefacts.NEAR_DUPLICATES).exists() or record.manifest_sha256 != manifest_sha256):
+        return None
+    done = record.summary
     if not reassign:  # what a full run without reassign reports: every patient kept
         done.kept, done.assigned = done.kept + done.assigned, 0
     return done
@@ -654,8 +688,7 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
                                 "or re-split with reassign")
     for w in summary.warnings:
         logger.warning("%s", w)
-    write_json(root / artefacts.SPLIT_STATE, {"manifest_sha256": written, "config": asdict(cfg),
-                                    "reassign": reassign, "summary": asdict(summary)})
+    SplitRecord(written, asdict(cfg), reassign, summary).write(root)
     logger.info("split: %s; %d near-duplicate pair(s) across patients", summary.counts,
                 summary.near_duplicates)
     return summary

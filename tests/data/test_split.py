@@ -193,3 +193,38 @@ def test_split_rewrites_a_manifest_with_neutralised_cells_as_it_read_them(tmp_pa
         assert sorted({r["manufacturer"] for r in read_csv(manifest)}) == [vendor, "it's ACME"]
         text = manifest.read_text()
         assert text.count(",'" + vendor + ",") == 4 and text.count(",it's ACME,") == 4
+
+
+def test_split_record_has_a_schema_and_a_newer_one_is_refused(tmp_path):
+    """split.json is a SplitRecord: written with its schema, read back by a no-op re-split; a
+    record without a schema (an older version's) makes the split run in full and rewrite it; a
+    newer schema is one line naming the file and what this version reads."""
+    import json
+
+    from fibrosis.artefacts import SchemaError
+    from fibrosis.data.split import SPLIT_SCHEMA, SplitRecord
+
+    from helpers.dicom_factory import chest_phantom, to_stored
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        make_dicom(src / f"{i}.dcm", to_stored(chest_phantom(64, 64, seed=i), 12), patient_id=f"P{i}",
+                   study_uid=f"1.2.3.{i}", sop_uid=f"1.2.3.{i}.1", bits_stored=12)
+    cache = tmp_path / "c"
+    ingest([src], cache, IngestConfig(image_size=32, min_side=1), workers=1, progress=False)
+    cfg = SplitConfig(train=0.5, val=0.25, test=0.25)
+    first = split_cache(cache, cfg)
+    record = SplitRecord.read(cache)
+    assert record is not None and record.schema == SPLIT_SCHEMA and record.summary.counts == first.counts
+    state = cache / "split.json"
+    raw = json.loads(state.read_text())
+    assert split_cache(cache, cfg).counts == first.counts  # the no-op path reads the record
+    state.write_text(json.dumps({k: v for k, v in raw.items() if k != "schema"}))
+    assert SplitRecord.read(cache) is None  # unversioned: not trusted, the split runs in full
+    split_cache(cache, cfg)
+    assert json.loads(state.read_text())["schema"] == SPLIT_SCHEMA  # and writes the record anew
+    state.write_text(json.dumps({**raw, "schema": SPLIT_SCHEMA + 1}))
+    with pytest.raises(SchemaError, match=rf"{state}: schema {SPLIT_SCHEMA + 1}; this version of fibrosis reads "
+                                          rf"schema {SPLIT_SCHEMA}; it was written by a newer version"):
+        split_cache(cache, cfg)
