@@ -86,41 +86,41 @@ def _repeat_aucs(y: np.ndarray, by_repeat: dict[int, np.ndarray]) -> dict[str, f
 
 def _replicate(cfg: Config, cv: Any, sel: dict[str, Any], out: Path, progress: bool
                ) -> tuple[str, str, list[dict[str, Any]]]:
-    """The first choice, kept only where its gain over the best simpler arm holds in every repeat
-    (the finalists get ``tune.finalist_repeats`` more deals), and where it matches the reference
-    on the mean over repeats. Returns (chosen, reason, the checks made)."""
-    from fibrosis.evaluate.selection import repeat_aucs, replication, rival
+    """The first choice, kept only where it beats, in every repeat, each simpler arm on its path of
+    rivals (its best simpler arm, that arm's, ... down to the simplest; these finalists get
+    ``tune.finalist_repeats`` more deals); an arm it fails to beat takes its place for the rest of
+    the path. The choice must also match the reference on the mean over repeats.
+    Returns (chosen, reason, the checks made)."""
+    from fibrosis.evaluate.selection import repeat_aucs, replicated_choice, rivals
     from fibrosis.train.tune import extend_repeats
 
-    chosen, reason = sel["chosen"], sel["reason"]
-    checks: list[dict[str, Any]] = []
+    first, reason = sel["chosen"], sel["reason"]
     if cfg.tune.selection == "best":
-        return chosen, reason, checks
-    by_repeat: Callable[[], dict[str, dict[int, np.ndarray]]] = (  # noqa: E731 -- grows as repeats run
-        lambda: {r.name: r.by_repeat for r in cv.arms})
+        return first, reason, []
     reference = sel.get("reference")
-    while True:
-        other = rival(sel["arms"], chosen)
-        extend_repeats(cv, [n for n in (chosen, other, reference) if n], out, progress=progress)
-        if other is None:
-            break
-        check = replication(cv.y, chosen, other, by_repeat())
-        failed = next((r.failed for r in cv.arms if r.name == chosen and r.failed), None)
-        if failed:  # a fold model of a further repeat gave constant output: not a model to deploy
-            check["holds"] = False
-            logger.warning("replication: %r failed in a finalist repeat (%s)", chosen, failed)
-        checks.append(check)
+    chain = rivals(sel["arms"], first)
+    extend_repeats(cv, list(dict.fromkeys(n for n in (first, *chain, reference) if n)), out, progress=progress)
+    by_repeat: Callable[[], dict[str, dict[int, np.ndarray]]] = (  # noqa: E731 -- grown by extend_repeats
+        lambda: {r.name: r.by_repeat for r in cv.arms})
+    failed = [r.name for r in cv.arms if r.failed]
+    for name in failed:
+        if name in (first, *chain):  # a fold model of a further repeat gave constant output: not a model to deploy
+            logger.warning("replication: %r failed in a finalist repeat", name)
+    chosen, checks = replicated_choice(cv.y, sel["arms"], first, by_repeat(), failed)
+    for check in checks:
         aucs = ", ".join(f"{a:.3f} vs {b:.3f}" for a, b in zip(check["chosen_auc"], check["rival_auc"]))
         if check["holds"]:
-            logger.info("replication: %r beats the simpler %r in every repeat (%s)", chosen, other, aucs)
-            if chosen == sel["chosen"]:
-                reason += f" It beat the best simpler arm {other!r} in every repeat of the cross-validation ({aucs})."
-            break
-        logger.info("replication: %r does not beat the simpler %r in every repeat (%s): %r is kept instead",
-                    chosen, other, aucs, other)
-        reason = (f"Chose {other!r}: {chosen!r} did not beat this simpler arm in every repeat of the "
-                  f"cross-validation (AUC per repeat {aucs}), so its gain did not replicate.")
-        chosen = other
+            logger.info("replication: %r beats the simpler %r in every repeat (%s)", check["chosen"], check["rival"], aucs)
+        else:
+            logger.info("replication: %r does not beat the simpler %r in every repeat (%s): %r is kept instead",
+                        check["chosen"], check["rival"], aucs, check["rival"])
+            reason = (f"Chose {check['rival']!r}: {check['chosen']!r} did not beat this simpler arm in every "
+                      f"repeat of the cross-validation (AUC per repeat {aucs}), so its gain did not replicate.")
+    if chain and chosen == first:
+        reason += (f" It beat each simpler arm on its path ({', '.join(repr(c) for c in chain)}) in every "
+                   f"repeat of the cross-validation.")
+    elif chain and chosen != chain[-1] and any(c["chosen"] == chosen for c in checks):
+        reason += " It beat each simpler arm after it on that path in every repeat."
     if reference and chosen != reference:
         mine = np.mean(list(repeat_aucs(cv.y, by_repeat()[chosen]).values()))
         ref = np.mean([a for r, a in repeat_aucs(cv.y, by_repeat()[reference]).items()

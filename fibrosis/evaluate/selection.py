@@ -139,6 +139,37 @@ def rival(table: Sequence[dict[str, Any]], chosen: str) -> str | None:
     return max(simpler, key=lambda a: (a["auc"], [-v for v in complexity(a)]))["name"] if simpler else None
 
 
+def rivals(table: Sequence[dict[str, Any]], chosen: str) -> list[str]:
+    """The simpler arms ``chosen`` must beat, one step of simplification at a time: its rival,
+    that arm's rival, and so on down to the simplest. Beating only the first is not enough: if
+    the first rival's own gain over the next did not replicate, ``chosen`` may owe its edge over
+    that next arm to the same chance."""
+    chain: list[str] = []
+    other = rival(table, chosen)
+    while other is not None:
+        chain.append(other)
+        other = rival(table, other)
+    return chain
+
+
+def replicated_choice(y: Sequence[int], table: Sequence[dict[str, Any]], first: str,
+                      by_repeat: Mapping[str, Mapping[int, np.ndarray]], failed: Sequence[str] = ()
+                      ) -> tuple[str, list[dict[str, Any]]]:
+    """Walk ``first``'s path of rivals from the most complex to the simplest: the current choice is
+    kept past an arm only if it beats that arm in every repeat, else that arm becomes the choice
+    (and the rest of the path is its own). An arm named in ``failed`` (a constant fold model in a
+    further repeat) beats nothing. Returns (choice, the checks made, in order)."""
+    chosen, checks = first, []
+    for other in rivals(table, first):
+        check = replication(y, chosen, other, by_repeat)
+        if chosen in failed:
+            check["holds"] = False
+        checks.append(check)
+        if not check["holds"]:
+            chosen = other
+    return chosen, checks
+
+
 def repeat_aucs(y: Sequence[int] | np.ndarray, by_repeat: Mapping[int, np.ndarray]) -> dict[int, float]:
     """Pooled OOF AUC of each repeat of the k-fold."""
     y = np.asarray(y, int)

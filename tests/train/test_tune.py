@@ -166,7 +166,7 @@ def test_constant_fold_logits_are_caught():
 
 
 def test_replication_and_rival_on_hand_checkable_numbers():
-    from fibrosis.evaluate.selection import replication, rival
+    from fibrosis.evaluate.selection import replication, rival, rivals
 
     table = [{"name": "reference", "auc": 0.70, "depth": 0, "lr_ratio": 1.0, "recipe": "reference"},
              {"name": "head-only", "auc": 0.72, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft"},
@@ -176,12 +176,37 @@ def test_replication_and_rival_on_hand_checkable_numbers():
     assert rival(table, "last1") == "head-only+tta"  # the best simpler arm (failed ones never count)
     assert rival(table, "head-only+tta") == "head-only" and rival(table, "head-only") == "reference"
     assert rival(table, "reference") is None
+    assert rivals(table, "last1") == ["head-only+tta", "head-only", "reference"] and rivals(table, "reference") == []
     y = np.array([0, 0, 0, 1, 1])
     good, bad = np.array([0., 1, 2, 3, 4]), np.array([0., 3, 2, 1, 4])  # AUC 1 and 4/6
     reps = {"a": {0: good, 1: good}, "b": {0: bad, 1: bad}, "c": {0: good, 1: bad}}
     assert replication(y, "a", "b", reps)["holds"]
     check = replication(y, "c", "b", reps)  # a win in repeat 0 and a tie in repeat 1: not replicated
     assert not check["holds"] and check["difference"] == pytest.approx([1 / 3, 0.0]) and check["repeats"] == [0, 1]
+
+
+def test_a_choice_must_beat_every_arm_on_its_path_of_simpler_rivals():
+    """Beating the first rival is not enough: last1 beats head-only+tta in both repeats but ties
+    head-only in one, so head-only takes its place and is checked against the rest of the path."""
+    from fibrosis.evaluate.selection import replicated_choice
+
+    table = [{"name": "reference", "auc": 0.70, "depth": 0, "lr_ratio": 1.0, "recipe": "reference"},
+             {"name": "head-only", "auc": 0.72, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft"},
+             {"name": "head-only+tta", "auc": 0.74, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft", "tta": True},
+             {"name": "last1", "auc": 0.80, "depth": 1, "lr_ratio": 10.0, "recipe": "lp-ft"}]
+    y = np.array([0, 0, 0, 1, 1])
+    auc1, auc5, auc3 = np.array([0., 1, 2, 3, 4]), np.array([0., 1, 3, 2, 4]), np.array([0., 3, 2, 1, 4])  # AUC 1, 5/6, 4/6
+    auc2 = np.array([0., 3, 4, 1, 2])  # AUC 2/6
+    # last1 > head-only+tta in both repeats, but last1 = head-only in repeat 1: head-only is kept, and
+    # it beats the reference in both.
+    reps = {"last1": {0: auc1, 1: auc5}, "head-only+tta": {0: auc5, 1: auc3}, "head-only": {0: auc3, 1: auc5},
+            "reference": {0: auc2, 1: auc2}}
+    chosen, checks = replicated_choice(y, table, "last1", reps)
+    assert chosen == "head-only"
+    assert [(c["chosen"], c["rival"], c["holds"]) for c in checks] == [
+        ("last1", "head-only+tta", True), ("last1", "head-only", False), ("head-only", "reference", True)]
+    assert replicated_choice(y, table, "last1", reps, failed=["last1"])[0] == "head-only"  # a failed arm beats nothing
+    assert replicated_choice(y, table, "reference", reps) == ("reference", [])
 
 
 def test_selection_adjusted_auc_hand_checked():
@@ -298,7 +323,8 @@ def test_tune_writes_table_choice_and_an_ensemble_checkpoint(tuned, cache):
         assert (a["vs_random"] is None) == (a["name"] == "random-init")
         assert (a["vs_reference"] is None) == (a["name"] == "reference")
     # The finalists (the choice, its simpler rival, the reference) ran a second deal of the folds.
-    finalists = {result["chosen"], result["reference"]} | {c["rival"] for c in result["replication"]}
+    finalists = ({result["chosen"], result["first_choice"], result["reference"]}
+                 | {c[k] for c in result["replication"] for k in ("chosen", "rival")})
     for a in result["arms"]:
         assert len(a["repeat_aucs"]) == (2 if a["name"] in finalists else 1), a["name"]
     adj = result["selection_adjusted"]
