@@ -51,7 +51,8 @@ ArmRecipe = Literal["reference", "lp-ft", "train"]
 # affine weights train); batch = statistics of each training batch, as `fibrosis train` does.
 BatchNormMode = Literal["frozen", "batch"]
 # How `fibrosis tune` picks its arm (fibrosis.evaluate.selection): replicated = the highest pooled
-# out-of-fold AUC, kept over a simpler arm only if it wins in every repeat; one-se = the simplest
+# out-of-fold AUC, kept only if it beats each simpler arm on its path of rivals in every repeat
+# (the first it does not beat takes its place); one-se = the simplest
 # arm within one standard error of the best, with the same replication check; best = the highest.
 Selection = Literal["replicated", "one-se", "best"]
 FinalModel = Literal["ensemble", "refit"]
@@ -267,8 +268,8 @@ DEFAULT_ARMS: tuple[ArmConfig, ...] = (
 class TuneConfig:
     folds: int = 5  # patient-level, label-stratified k-fold over train + val (never test/calib)
     repeats: int = 1  # repeated k-fold for every arm: each repeat re-deals the folds
-    # More repeats (new deals) for the finalists only: an arm more complex than the simplest
-    # finalist is kept only if it beats it in every repeat (fibrosis.evaluate.selection).
+    # More repeats (new deals) for the finalists only (the first choice and its path of simpler
+    # rivals), which it must beat in every repeat (fibrosis.evaluate.selection).
     finalist_repeats: int = 1
     seed: int = 0
     arms: tuple[ArmConfig, ...] = DEFAULT_ARMS

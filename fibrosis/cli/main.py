@@ -350,9 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("tune", cmd_tune,
             "How much to unfreeze? Patient-level k-fold CV over train+val of a scikit-learn reference, "
             "the linear probe, fine-tuning arms (with augmentation), `fibrosis train`'s partial preset and "
-            "a random-init control; picks an arm by the one-SE rule, kept only if it beats the best simpler "
-            "arm in every repeat of the CV, reports its selection-adjusted AUC, and leaves its fold models "
-            "as one ensemble checkpoint in OUT/best.pt (resumable).")
+            "a random-init control; picks the arm with the highest pooled out-of-fold AUC, kept only if it "
+            "beats each simpler arm on its path in every repeat of the CV (tune.selection), reports its "
+            "selection-adjusted AUC, and leaves its fold models as one ensemble checkpoint in OUT/best.pt "
+            "(resumable).")
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="tune directory (re-run to resume)")
     p.add_argument("--max-units", type=int, default=None,
