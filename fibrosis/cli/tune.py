@@ -87,7 +87,8 @@ def _repeat_aucs(y: np.ndarray, by_repeat: dict[int, np.ndarray]) -> dict[str, f
 def _replicate(cfg: Config, cv: Any, sel: dict[str, Any], out: Path, progress: bool
                ) -> tuple[str, str, list[dict[str, Any]]]:
     """The first choice, kept only where it beats, in every repeat, each simpler arm on its path of
-    rivals (its best simpler arm, that arm's, ... down to the simplest; these finalists get
+    rivals (its best simpler arm and its recipe without its add-on, then theirs, ... down to the
+    simplest; these finalists get
     ``tune.finalist_repeats`` more deals); an arm it fails to beat takes its place for the rest of
     the path. The choice must also match the reference on the mean over repeats.
     Returns (chosen, reason, the checks made)."""

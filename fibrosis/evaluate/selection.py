@@ -140,27 +140,35 @@ def rival(table: Sequence[dict[str, Any]], chosen: str) -> str | None:
 
 
 def rivals(table: Sequence[dict[str, Any]], chosen: str) -> list[str]:
-    """The simpler arms ``chosen`` must beat, one step of simplification at a time: its rival,
-    that arm's rival, and so on down to the simplest. Beating only the first is not enough: if
-    the first rival's own gain over the next did not replicate, ``chosen`` may owe its edge over
-    that next arm to the same chance."""
-    chain: list[str] = []
-    other = rival(table, chosen)
-    while other is not None:
-        chain.append(other)
-        other = rival(table, other)
-    return chain
+    """The simpler arms ``chosen`` must beat, from the most complex to the simplest: its best
+    simpler arm and its own recipe without its add-on (``base``: the arm without TTA or without
+    auxiliary heads), then theirs, down to the simplest. Beating only the nearest rival is not
+    enough: an add-on could ride on another's gain (say TTA's) that did not itself replicate."""
+    by_name = {a["name"]: a for a in table}
+    found: list[str] = []
+    todo = [chosen]
+    while todo:
+        current = by_name[todo.pop()]
+        for other in (rival(table, current["name"]), current.get("base") or current.get("base_arm")):
+            if (other and other != chosen and other not in found and other in by_name
+                    and not by_name[other].get("failed")):
+                found.append(other)
+                todo.append(other)
+    return sorted(found, key=lambda n: (complexity(by_name[n]), by_name[n]["auc"]), reverse=True)
 
 
 def replicated_choice(y: Sequence[int], table: Sequence[dict[str, Any]], first: str,
                       by_repeat: Mapping[str, Mapping[int, np.ndarray]], failed: Sequence[str] = ()
                       ) -> tuple[str, list[dict[str, Any]]]:
-    """Walk ``first``'s path of rivals from the most complex to the simplest: the current choice is
-    kept past an arm only if it beats that arm in every repeat, else that arm becomes the choice
-    (and the rest of the path is its own). An arm named in ``failed`` (a constant fold model in a
+    """Walk ``first``'s rivals (:func:`rivals`) from the most complex to the simplest: the current
+    choice is kept past an arm only if it beats that arm in every repeat, else that arm becomes the
+    choice, checked against the simpler arms after it. An arm named in ``failed`` (a constant fold model in a
     further repeat) beats nothing. Returns (choice, the checks made, in order)."""
+    by_name = {a["name"]: a for a in table}
     chosen, checks = first, []
     for other in rivals(table, first):
+        if not complexity(by_name[other]) < complexity(by_name[chosen]):
+            continue  # not simpler than the arm that took the first choice's place
         check = replication(y, chosen, other, by_repeat)
         if chosen in failed:
             check["holds"] = False

@@ -209,6 +209,26 @@ def test_a_choice_must_beat_every_arm_on_its_path_of_simpler_rivals():
     assert replicated_choice(y, table, "reference", reps) == ("reference", [])
 
 
+def test_an_add_on_must_beat_its_own_recipe_without_it():
+    """last1+aux's best simpler arm is head-only (0.72 > last1's 0.71), but the add-on's gain is
+    judged against last1, the same recipe without it: last1 is on the path, and here it wins."""
+    from fibrosis.evaluate.selection import replicated_choice, rivals
+
+    table = [{"name": "reference", "auc": 0.70, "depth": 0, "lr_ratio": 1.0, "recipe": "reference"},
+             {"name": "head-only", "auc": 0.72, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft"},
+             {"name": "last1", "auc": 0.71, "depth": 1, "lr_ratio": 100.0, "recipe": "lp-ft"},
+             {"name": "last1-aux", "auc": 0.75, "depth": 1, "lr_ratio": 100.0, "recipe": "lp-ft", "extras": 1,
+              "base": "last1"}]
+    assert rivals(table, "last1-aux") == ["last1", "head-only", "reference"]
+    y = np.array([0, 0, 0, 1, 1])
+    auc1, auc5, auc3, auc2 = (np.array([0., 1, 2, 3, 4]), np.array([0., 1, 3, 2, 4]), np.array([0., 3, 2, 1, 4]),
+                              np.array([0., 3, 4, 1, 2]))  # AUC 1, 5/6, 4/6, 2/6
+    reps = {"last1-aux": {0: auc1, 1: auc3}, "last1": {0: auc5, 1: auc5}, "head-only": {0: auc3, 1: auc2},
+            "reference": {0: auc2, 1: auc2}}
+    chosen, checks = replicated_choice(y, table, "last1-aux", reps)
+    assert chosen == "last1" and [c["rival"] for c in checks] == ["last1", "head-only", "reference"]
+
+
 def test_selection_adjusted_auc_hand_checked():
     from fibrosis.evaluate.selection import selection_adjusted
 
