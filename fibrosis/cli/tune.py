@@ -103,15 +103,21 @@ def _replicate(cfg: Config, cv: Any, sel: dict[str, Any], out: Path, progress: b
     extend_repeats(cv, list(dict.fromkeys(n for n in (first, *chain, reference) if n)), out, progress=progress)
     by_repeat: Callable[[], dict[str, dict[int, np.ndarray]]] = (  # noqa: E731 -- grown by extend_repeats
         lambda: {r.name: r.by_repeat for r in cv.arms})
-    failed = [r.name for r in cv.arms if r.failed]
-    for name in failed:
-        if name in (first, *chain):  # a fold model of a further repeat gave constant output: not a model to deploy
-            logger.warning("replication: %r failed in a finalist repeat", name)
-    chosen, checks = replicated_choice(cv.y, sel["arms"], first, by_repeat(), failed)
+    # A fold model of a further deal gave constant output: not a model to deploy, nor its TTA twin.
+    failed = {r.name for r in cv.arms if r.failed}
+    failed |= {a["name"] for a in sel["arms"] if a.get("tta") and a.get("base_arm") in failed}
+    for name in sorted(failed & {first, *chain}):
+        logger.warning("replication: %r failed in a further deal of the folds", name)
+    chosen, checks = replicated_choice(cv.y, sel["arms"], first, by_repeat(), sorted(failed))
     for check in checks:
         aucs = ", ".join(f"{a:.3f} vs {b:.3f}" for a, b in zip(check["chosen_auc"], check["rival_auc"]))
         if check["holds"]:
             logger.info("replication: %r beats the simpler %r in every repeat (%s)", check["chosen"], check["rival"], aucs)
+        elif check["failed"]:
+            logger.info("replication: %r failed in a further deal: the simpler %r is kept instead",
+                        check["chosen"], check["rival"])
+            reason = (f"Chose {check['rival']!r}: {check['chosen']!r} failed in a further deal of the folds "
+                      f"(a fold model with constant output).")
         else:
             logger.info("replication: %r does not beat the simpler %r in every repeat (%s): %r is kept instead",
                         check["chosen"], check["rival"], aucs, check["rival"])

@@ -15,12 +15,14 @@ best, the simplest (:func:`complexity`: least unfrozen, then the slower learning
 fewer add-ons such as auxiliary heads, then without test-time augmentation, then the plainer
 recipe). An arm whose fold model failed (constant output) is never chosen.
 
-**Replication** (``replicated`` and ``one-se``; :func:`rival`, :func:`replication`): one
+**Replication** (``replicated`` and ``one-se``; :func:`rivals`, :func:`replicated_choice`): one
 cross-validation deal is one draw, and the highest of many arms is partly luck. The first
-choice is kept over the best simpler arm only if it beats it in *every* repeat of the k-fold
-(``tune.finalist_repeats`` more deals for the finalists); otherwise the simpler arm takes its
-place and must in turn beat its own simpler rival. The chosen arm must also match the
-reference on the mean over repeats. The paired p-values hold the trained models fixed: they
+choice is kept only if it beats, in *every* repeat of the k-fold, each arm on its path of
+simpler rivals: its best simpler arm and its own recipe without its add-on (its ``base``), then
+theirs, down to the simplest (``tune.finalist_repeats`` more deals for these finalists). The
+first arm it does not beat takes its place and is checked against the simpler arms after it;
+an arm that failed in a further deal neither takes a place nor keeps one. The chosen arm must
+also match the reference on the mean over repeats. The paired p-values hold the trained models fixed: they
 say how surely these fold models differ on these patients, not how a retrained model would.
 
 The chosen arm's pooled OOF AUC is optimistic (it won on these predictions);
@@ -162,19 +164,24 @@ def replicated_choice(y: Sequence[int], table: Sequence[dict[str, Any]], first: 
                       ) -> tuple[str, list[dict[str, Any]]]:
     """Walk ``first``'s rivals (:func:`rivals`) from the most complex to the simplest: the current
     choice is kept past an arm only if it beats that arm in every repeat, else that arm becomes the
-    choice, checked against the simpler arms after it. An arm named in ``failed`` (a constant fold model in a
-    further repeat) beats nothing. Returns (choice, the checks made, in order)."""
+    choice, checked against the simpler arms after it. An arm named in ``failed`` (a constant fold
+    model in a further repeat) beats nothing and never takes a place (its check says ``failed``).
+    Returns (choice, the checks made, in order); ValueError when only failed arms are left."""
     by_name = {a["name"]: a for a in table}
     chosen, checks = first, []
     for other in rivals(table, first):
-        if not complexity(by_name[other]) < complexity(by_name[chosen]):
-            continue  # not simpler than the arm that took the first choice's place
+        if other in failed or not complexity(by_name[other]) < complexity(by_name[chosen]):
+            continue  # failed in a further deal, or not simpler than the arm now chosen
         check = replication(y, chosen, other, by_repeat)
-        if chosen in failed:
+        check["failed"] = chosen in failed
+        if check["failed"]:
             check["holds"] = False
         checks.append(check)
         if not check["holds"]:
             chosen = other
+    if chosen in failed:
+        raise ValueError(f"tune: {chosen!r} failed in a further deal of the folds (a fold model with constant "
+                         f"output) and no simpler arm on its path is left to choose")
     return chosen, checks
 
 

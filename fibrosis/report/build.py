@@ -335,7 +335,8 @@ def _tune_blocks(t: dict[str, Any]) -> list[Block]:
     replicated = " ".join(
         f"{c['chosen']!r} against the simpler {c['rival']!r}: AUC per repeat "
         + ", ".join(f"{a:.3f} vs {b:.3f}" for a, b in zip(c["chosen_auc"], c["rival_auc"]))
-        + (" (kept)." if c["holds"] else " (not kept: the gain did not replicate).") for c in checks)
+        + (" (kept)." if c["holds"] else " (not kept: it failed in a further deal of the folds)." if c.get("failed")
+           else " (not kept: the gain did not replicate).") for c in checks)
     blocks: list[Block] = [
         {"type": "h2", "text": "How much to unfreeze?"},
         {"type": "p", "text": f"Patient-level, label-stratified {t['folds']}-fold cross-validation{reps} over the "

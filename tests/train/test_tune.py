@@ -205,7 +205,13 @@ def test_a_choice_must_beat_every_arm_on_its_path_of_simpler_rivals():
     assert chosen == "head-only"
     assert [(c["chosen"], c["rival"], c["holds"]) for c in checks] == [
         ("last1", "head-only+tta", True), ("last1", "head-only", False), ("head-only", "reference", True)]
-    assert replicated_choice(y, table, "last1", reps, failed=["last1"])[0] == "head-only"  # a failed arm beats nothing
+    chosen, checks = replicated_choice(y, table, "last1", reps, failed=["last1"])  # a failed arm beats nothing
+    assert chosen == "head-only" and checks[0]["failed"] and not checks[0]["holds"] and not checks[1]["failed"]
+    # ... and takes no place: head-only failed, so last1 is checked against the reference only after it
+    chosen, checks = replicated_choice(y, table, "last1", reps, failed=["head-only"])
+    assert chosen == "last1" and [c["rival"] for c in checks] == ["head-only+tta", "reference"]
+    with pytest.raises(ValueError, match=r"'reference' failed in a further deal .* no simpler arm"):
+        replicated_choice(y, table, "reference", reps, failed=["reference"])
     assert replicated_choice(y, table, "reference", reps) == ("reference", [])
 
 
