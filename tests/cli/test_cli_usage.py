@@ -129,7 +129,7 @@ def test_a_second_ingest_on_a_cache_in_use_names_the_holder(tmp_path, capsys, im
 @pytest.mark.parametrize("name", ["manifest.csv", "rejects.csv", "consolidated.json", "cache.json", "salt.key",
                                   ".ingest.lock"])
 def test_a_fifo_among_the_cache_files_is_refused_not_waited_on(tmp_path, capsys, images, monkeypatch, name):
-    import signal
+    from helpers.processes import deadline
 
     monkeypatch.delenv("FIBROSIS_SALT", raising=False)  # salt.key is read from the cache
     cache = tmp_path / "c"
@@ -138,17 +138,8 @@ def test_a_fifo_among_the_cache_files_is_refused_not_waited_on(tmp_path, capsys,
     capsys.readouterr()
     (cache / name).unlink()
     os.mkfifo(cache / name)
-
-    def hung(*_):
-        raise TimeoutError(f"ingest blocked on the FIFO at {name}")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(30)
-    try:
+    with deadline(30, f"ingest blocked on the FIFO at {name}"):
         if name == "consolidated.json":  # a record ingest can do without: rebuilt, the FIFO replaced unread
             assert main(argv) == 0 and (cache / name).is_file()
         else:
             _usage_error(capsys, argv, f"{name}: not a regular file: a FIFO (named pipe)")
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)

@@ -93,14 +93,21 @@ def test_hostile_entries_listed_in_a_csv_or_given_by_name(hostile, tmp_path):
 # ---------------------------------------------------------------- ingest
 
 
-def test_ingest_accounts_for_a_non_utf8_name_and_ingests_the_rest(tmp_path, cfg, monkeypatch):
+@pytest.fixture
+def bad_named(tmp_path, monkeypatch) -> Path:
+    """A folder with one good chest and one file whose name is not UTF-8."""
     monkeypatch.setenv("FIBROSIS_SALT", "test-salt")
     d = tmp_path / "in"
     d.mkdir()
     _chest(d / "good1.dcm", 1)
     _bad_name(d, 3)
+    return d
+
+
+def test_ingest_accounts_for_a_non_utf8_name_and_ingests_the_rest(bad_named, tmp_path, cfg):
+    d = bad_named
     cache = tmp_path / "cache"
-    for run in range(2):  # the second run must work too (it used to fail the same way)
+    for run in range(2):  # a re-run meets the same name and must account for it the same way
         summary = ingest([d], cache, cfg, workers=1, progress=False)
         assert summary.exit_code == 0 and summary.rejected["error"] == 1
         assert (summary.ingested, summary.skipped) == ((1, 0) if run == 0 else (0, 1))
@@ -139,13 +146,10 @@ def ckpt(tmp_path_factory) -> Path:
                            ingest=IngestConfig(image_size=32, min_side=1))
 
 
-def test_score_writes_a_status_row_for_a_non_utf8_name(ckpt, tmp_path, monkeypatch):
+def test_score_writes_a_status_row_for_a_non_utf8_name(ckpt, bad_named, tmp_path):
     from fibrosis.score import run as S
-    monkeypatch.setenv("FIBROSIS_SALT", "test-salt")
-    d = tmp_path / "in"
-    d.mkdir()
-    _chest(d / "good1.dcm", 1)
-    _bad_name(d, 3)
+
+    d = bad_named
     out = tmp_path / "scores.csv"
     summary = S.score(ckpt.parent, d, out, device="cpu", progress=False)
     rows = {Path(r["path"]).name: r for r in _read(out)}

@@ -39,7 +39,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEGBaseline8Bit, RLELossless
 
 from helpers.dicom_factory import chest_phantom, lut_item, make_dataset, save, to_stored
-from helpers.processes import run_child
+from helpers.processes import deadline, run_child
 
 # (syntax, bits stored, photometric, extra header) of the seed files
 SEEDS: tuple[tuple[str, int, str, dict[str, Any]], ...] = (
@@ -382,7 +382,6 @@ def test_fuzz_a_fifo_among_the_cache_files_is_refused(fuzz, tmp_path):
 
 def test_fuzz_a_fifo_among_the_score_files_is_refused(fuzz, tmp_path, monkeypatch):
     import os
-    import signal
 
     from fibrosis.config import IngestConfig
     from fibrosis.score.run import score
@@ -396,18 +395,9 @@ def test_fuzz_a_fifo_among_the_score_files_is_refused(fuzz, tmp_path, monkeypatc
         out = tmp_path / side.replace(".", "_") / "scores.csv"
         out.parent.mkdir()
         os.mkfifo(out.parent / side)
-
-        def hung(*_, side=side):
-            raise TimeoutError(f"score blocked on the FIFO at {side}")
-
-        old = signal.signal(signal.SIGALRM, hung)
-        signal.alarm(60)
-        try:
+        with deadline(60, f"score blocked on the FIFO at {side}"):
             with pytest.raises(ValueError, match=rf"{side}: not a regular file: a FIFO"):
                 score(ckpt.parent, listing, out, device="cpu", progress=False, workers=1)
-        finally:
-            signal.alarm(0)
-            signal.signal(signal.SIGALRM, old)
 
 
 def test_generator_is_seeded_and_mutates_every_seed_syntax(tmp_path):

@@ -7,19 +7,7 @@ from pathlib import Path
 import pytest
 
 from fibrosis.score import output as IO
-def row(path: str, **kw) -> dict[str, str]:
-    base = {"path": path, "status": "ok", "study_uid": "S1", "patient_key": "k1", "view_position": "PA",
-            "logit": "0.0", "probability": "0.5", "decision": "1", "threshold_name": "youden",
-            "threshold": "0.4", "model_id": "m1", "engine": "eager"}
-    return {**base, **kw}
-
-
-def write(path: Path, rows: list[dict[str, str]]) -> Path:
-    w = IO.RowWriter(path)
-    for r in rows:
-        w.write(r)
-    w.close()
-    return path
+from helpers.scores import score_row, write_scores
 
 
 def paths(path: Path) -> list[str]:
@@ -27,7 +15,7 @@ def paths(path: Path) -> list[str]:
 
 
 def test_resume_cuts_torn_line_and_lists_done(tmp_path):
-    f = write(tmp_path / "s.csv", [row("/a", content_hash="h1"), row("/b, with comma")])
+    f = write_scores(tmp_path / "s.csv", [score_row("/a", content_hash="h1"), score_row("/b, with comma")])
     with open(f, "a") as fh:
         fh.write("/c,ok,1.2.3")  # killed mid-row
     assert IO.open_for_resume(f, "m1") == {"/a": "h1", "/b, with comma": ""}  # path -> content hash
@@ -36,7 +24,7 @@ def test_resume_cuts_torn_line_and_lists_done(tmp_path):
 
 
 def test_resume_refuses_other_model_and_foreign_file(tmp_path):
-    f = write(tmp_path / "s.csv", [row("/a")])
+    f = write_scores(tmp_path / "s.csv", [score_row("/a")])
     with pytest.raises(ValueError, match="model_id='m1'.*'m2'"):
         IO.open_for_resume(f, "m2")
     g = tmp_path / "g.csv"
@@ -46,9 +34,9 @@ def test_resume_refuses_other_model_and_foreign_file(tmp_path):
 
 
 def test_merge_parts_sorted_deduplicated_and_cleaned(tmp_path):
-    out = write(tmp_path / "out.csv", [row("/a"), row("/d")])  # from an earlier run
-    p0 = write(tmp_path / "out.csv.rank0", [row("/b"), row("/e")])
-    p1 = write(tmp_path / "out.csv.rank1", [row("/c"), row("/d")])  # /d: killed before clean-up
+    out = write_scores(tmp_path / "out.csv", [score_row("/a"), score_row("/d")])  # from an earlier run
+    p0 = write_scores(tmp_path / "out.csv.rank0", [score_row("/b"), score_row("/e")])
+    p1 = write_scores(tmp_path / "out.csv.rank1", [score_row("/c"), score_row("/d")])  # /d: killed before clean-up
     assert IO.merge_parts(out, [p0, p1]) == 5
     assert paths(out) == ["/a", "/b", "/c", "/d", "/e"] and not p0.exists() and not p1.exists()
     with open(out, newline="") as fh:
@@ -56,20 +44,20 @@ def test_merge_parts_sorted_deduplicated_and_cleaned(tmp_path):
 
 
 def test_sort_in_place(tmp_path):
-    f = write(tmp_path / "s.csv", [row("/b"), row("/a"), row("/c")])
+    f = write_scores(tmp_path / "s.csv", [score_row("/b"), score_row("/a"), score_row("/c")])
     assert not IO.is_sorted(f)
     IO.sort_in_place(f)
     assert IO.is_sorted(f) and paths(f) == ["/a", "/b", "/c"]
 
 
 def test_study_aggregate_frontal_ok_only(tmp_path):
-    f = write(tmp_path / "s.csv", [
-        row("/1", probability="0.30", decision="0"),
-        row("/2", probability="0.60", decision="1", view_position="AP"),
-        row("/3", probability="0.90", decision="1", view_position="RLO"),  # oblique: not frontal
-        row("/4", status="excluded: lateral", probability="", decision="", study_uid=""),
-        row("/5", study_uid="S2", probability="0.20", decision="0", view_position=""),  # view unknown
-        row("/6", study_uid="S3", view_position="LLO", probability="0.7"),
+    f = write_scores(tmp_path / "s.csv", [
+        score_row("/1", probability="0.30", decision="0"),
+        score_row("/2", probability="0.60", decision="1", view_position="AP"),
+        score_row("/3", probability="0.90", decision="1", view_position="RLO"),  # oblique: not frontal
+        score_row("/4", status="excluded: lateral", probability="", decision="", study_uid=""),
+        score_row("/5", study_uid="S2", probability="0.20", decision="0", view_position=""),  # view unknown
+        score_row("/6", study_uid="S3", view_position="LLO", probability="0.7"),
     ])
     s = {r["study_uid"]: r for r in IO.study_rows(f, "max")}
     assert set(s) == {"S1", "S2", "S3"}
@@ -103,11 +91,11 @@ def test_study_aggregate_groups_studies_spread_over_the_file_and_streams(tmp_pat
     """Rows are sorted by path, not study: a study's images may be anywhere in the file. The
     studies come out sorted by UID, each exactly once, with their patient keys, and the
     written file holds one row per study."""
-    f = write(tmp_path / "s.csv", [
-        row("/a", study_uid="S9", probability="0.10", decision="0", patient_key="k2"),
-        row("/b", study_uid="S1", probability="0.80", decision="1"),
-        row("/c", study_uid="S9", probability="0.90", decision="1", patient_key="k1"),
-        row("/d", study_uid="S1", probability="0.20", decision="0"),
+    f = write_scores(tmp_path / "s.csv", [
+        score_row("/a", study_uid="S9", probability="0.10", decision="0", patient_key="k2"),
+        score_row("/b", study_uid="S1", probability="0.80", decision="1"),
+        score_row("/c", study_uid="S9", probability="0.90", decision="1", patient_key="k1"),
+        score_row("/d", study_uid="S1", probability="0.20", decision="0"),
     ])
     out = list(IO.study_rows(f, "mean"))
     assert [r["study_uid"] for r in out] == ["S1", "S9"]

@@ -14,24 +14,11 @@ from pathlib import Path
 import pytest
 
 from helpers.dicom_factory import chest_phantom, make_dicom, to_stored
+from helpers.scores import score_row, write_scores
 from fibrosis.score import run as S
 from fibrosis.score import output as IO
 from fibrosis.config import IngestConfig
 from fibrosis.data.labels import load_labels
-
-
-def _row(path: str, **kw) -> dict[str, str]:
-    return {"path": path, "status": "ok", "study_uid": "S1", "patient_key": "k1", "view_position": "PA",
-            "logit": "0.0", "probability": "0.5", "decision": "1", "threshold_name": "youden",
-            "threshold": "0.4", "model_id": "m1", "engine": "eager", **kw}
-
-
-def _write(path: Path, rows: list[dict[str, str]]) -> Path:
-    w = IO.RowWriter(path)
-    for r in rows:
-        w.write(r)
-    w.close()
-    return path
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -73,12 +60,12 @@ def test_a_torn_header_or_device_is_refused_too(tmp_path):
 def test_merge_keeps_the_newest_row_of_a_path(tmp_path):
     """A file scored again after it changed: the rank part's new row wins over the merged output's
     old row, and a row appended after its old one in the same file wins at re-sorting."""
-    out = _write(tmp_path / "out.csv", [_row("/a"), _row("/d", content_hash="old", logit="1.0")])
-    part = _write(tmp_path / "out.csv.rank0", [_row("/d", content_hash="new", logit="2.0")])
+    out = write_scores(tmp_path / "out.csv", [score_row("/a"), score_row("/d", content_hash="old", logit="1.0")])
+    part = write_scores(tmp_path / "out.csv.rank0", [score_row("/d", content_hash="new", logit="2.0")])
     assert IO.merge_parts(out, [part]) == 2
     assert [(r["path"], r["content_hash"], r["logit"]) for r in _read(out)] == [
         ("/a", "", "0.0"), ("/d", "new", "2.0")]
-    one = _write(tmp_path / "one.csv", [_row("/a", content_hash="old"), _row("/b"), _row("/a", content_hash="new")])
+    one = write_scores(tmp_path / "one.csv", [score_row("/a", content_hash="old"), score_row("/b"), score_row("/a", content_hash="new")])
     IO.sort_in_place(one)
     assert [(r["path"], r["content_hash"]) for r in _read(one)] == [("/a", "new"), ("/b", "")]
 
@@ -161,21 +148,13 @@ def _raw_cells(path: Path) -> list[str]:
 @pytest.mark.parametrize("side", ["scores.csv", "scores.meta.csv", "scores.studies.csv"])
 def test_a_fifo_at_any_side_file_is_refused_not_waited_on(ckpt, folder, tmp_path, side):
     import os
-    import signal
+
+    from helpers.processes import deadline
 
     os.mkfifo(tmp_path / side)
-
-    def hung(*_):
-        raise TimeoutError(f"score blocked on the FIFO at {side}")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(20)
-    try:
+    with deadline(20, f"score blocked on the FIFO at {side}"):
         with pytest.raises(ValueError, match=rf"{side}: not a regular file: a FIFO \(named pipe\)"):
             _score(ckpt, folder, tmp_path / "scores.csv")
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "in") == [side]  # nothing written beside it
 
 

@@ -67,6 +67,15 @@ def wait_for(cond, seconds: float) -> bool:
     return cond()
 
 
+def acknowledged(work: Path, study: str, seed: int, **header: str) -> Path:
+    """One instance of ``study`` in the node's incoming/ folder, as if received and acknowledged
+    before the node stopped (SOPInstanceUID ``<study>.1``)."""
+    folder = work / "incoming" / study
+    folder.mkdir(parents=True)
+    return make_dicom(folder / f"{study}.1.dcm", to_stored(chest_phantom(300, 260, seed=seed), 12), bits_stored=12,
+                      study_uid=study, sop_uid=f"{study}.1", **header)
+
+
 def dx_file(path: Path, body: bytes, sop_uid: str) -> Path:
     """A file whose meta says DX For Presentation, explicit VR LE, followed by ``body``
     as it is: an SCU sends the bytes after the meta without decoding them."""
@@ -198,10 +207,7 @@ def test_restart_scores_what_was_left_unscored(ckpt, tmp_path, monkeypatch, capl
     monkeypatch.setenv("FIBROSIS_SALT", "node-salt")
     caplog.set_level(logging.DEBUG)
     work = tmp_path / "node"
-    src = make_dicom(tmp_path / "x.dcm", to_stored(chest_phantom(300, 260, seed=3), 12), bits_stored=12,
-                     study_uid="1.2.3.77", sop_uid="1.2.3.77.1", patient_id=PATIENT_ID, patient_name=PATIENT_NAME)
-    (work / "incoming" / "1.2.3.77").mkdir(parents=True)
-    (work / "incoming" / "1.2.3.77" / "1.2.3.77.1.dcm").write_bytes(src.read_bytes())
+    acknowledged(work, "1.2.3.77", 3, patient_id=PATIENT_ID, patient_name=PATIENT_NAME)
     (work / "tmp").mkdir()
     (work / "tmp" / "1.2.3.77.2.123.part").write_bytes(b"half an instance")  # never acknowledged
     node = Node(NodeConfig(ckpt, work, 0, idle_seconds=60, engine="eager", device="cpu", workers=1, sc=True))
@@ -226,10 +232,7 @@ def test_restart_scores_what_was_left_unscored(ckpt, tmp_path, monkeypatch, capl
 def test_results_not_sent_are_sent_after_a_restart_without_scoring_again(ckpt, tmp_path, monkeypatch):
     monkeypatch.setenv("FIBROSIS_SALT", "node-salt")
     work = tmp_path / "node"
-    src = make_dicom(tmp_path / "x.dcm", to_stored(chest_phantom(300, 260, seed=4), 12), bits_stored=12,
-                     study_uid="1.2.3.78", sop_uid="1.2.3.78.1")
-    (work / "incoming" / "1.2.3.78").mkdir(parents=True)
-    (work / "incoming" / "1.2.3.78" / "1.2.3.78.1.dcm").write_bytes(src.read_bytes())
+    acknowledged(work, "1.2.3.78", 4)
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind((LOOPBACK, 0))
         closed = s.getsockname()[1]
@@ -263,10 +266,7 @@ def test_a_state_written_by_the_previous_version_is_read_as_sent(ckpt, tmp_path,
     """An upgrade must not score again, nor send again, what the previous version finished."""
     monkeypatch.setenv("FIBROSIS_SALT", "node-salt")
     work = tmp_path / "node"
-    src = make_dicom(tmp_path / "x.dcm", to_stored(chest_phantom(300, 260, seed=6), 12), bits_stored=12,
-                     study_uid="1.2.3.80", sop_uid="1.2.3.80.1")
-    (work / "incoming" / "1.2.3.80").mkdir(parents=True)
-    (work / "incoming" / "1.2.3.80" / "1.2.3.80.1.dcm").write_bytes(src.read_bytes())
+    acknowledged(work, "1.2.3.80", 6)
     S.score(ckpt, work / "incoming", work / "scores.csv", progress=False, device="cpu", sr_out=work / "sr")
     (work / "state").mkdir()
     (work / "state" / "1.2.3.80.json").write_text(json.dumps(
@@ -300,10 +300,7 @@ def test_a_refusing_destination_gets_backoff_and_a_cap_and_nothing_is_scored_twi
     monkeypatch.setenv("FIBROSIS_SALT", "node-salt")
     caplog.set_level(logging.INFO, logger="fibrosis")
     work = tmp_path / "node"
-    src = make_dicom(tmp_path / "x.dcm", to_stored(chest_phantom(300, 260, seed=5), 12), bits_stored=12,
-                     study_uid="1.2.3.79", sop_uid="1.2.3.79.1")
-    (work / "incoming" / "1.2.3.79").mkdir(parents=True)
-    (work / "incoming" / "1.2.3.79" / "1.2.3.79.1.dcm").write_bytes(src.read_bytes())
+    acknowledged(work, "1.2.3.79", 5)
     pacs = Refuser()
     node = Node(NodeConfig(ckpt, work, 0, destination=Destination("PACS", LOOPBACK, pacs.port), idle_seconds=0,
                            engine="eager", device="cpu", workers=1, timeout=5, sc=True, retry_seconds=0.4,
