@@ -35,7 +35,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fibrosis.config import IngestConfig, SplitConfig, TuneConfig  # noqa: E402
+from fibrosis.config import TuneConfig  # noqa: E402
 from fibrosis.data.cache import CacheReader  # noqa: E402
 from fibrosis.evaluate.metrics import delong_paired_test  # noqa: E402
 from fibrosis.io import read_csv  # noqa: E402
@@ -43,31 +43,13 @@ from fibrosis.model.inference import extract_features  # noqa: E402
 from fibrosis.model.net import build_model  # noqa: E402
 from fibrosis.train.folds import make_folds, near_duplicate_links, patient_groups  # noqa: E402
 from fibrosis.train.probe import fit_probe, fit_reference  # noqa: E402
+from nih import DATA, REPO, SHA, WEIGHTS, prepare_cache  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SHA = "221f65aa066671af07650dac6d86a51916c5a61f97e50f238fd3aa7a56bef257"
-SALT = "fibrosis-benchmark-public-nih-ids"  # NIH patient ids are public pseudonyms
 INPUT = 224
 # name -> (ingest.image_size, ingest.cache_dtype)
 CACHES = {"224": (224, "uint8"), "256": (256, "uint8"), "448": (448, "uint8"), "512": (512, "uint8"),
           "224-uint16": (224, "uint16")}
 log = logging.getLogger("probe_choices")
-
-
-def prepare(data: Path, work: Path, name: str) -> Path:
-    from fibrosis.data.ingest import ingest
-    from fibrosis.data.split import split_cache
-
-    size, dtype = CACHES[name]
-    cache = work / f"cache{name}"
-    cache.mkdir(parents=True, exist_ok=True)
-    (cache / "salt.key").write_text(SALT)
-    cfg = IngestConfig(image_size=size, cache_dtype=dtype, labels_csv=str(data / "labels.csv"),
-                       label_column="fibrosis", findings_column="finding_labels")
-    log.info("cache %s: %s", name, ingest([data / "images"], cache, cfg, progress=False))
-    split_cache(cache, SplitConfig())
-    return cache
 
 
 def features(cache: Path, hashes: list[str], weights: Path, stem: str, resize: str, work: Path) -> np.ndarray:
@@ -146,8 +128,8 @@ def paired(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=SHARED / "data" / "nih-cxr14-sample")
-    ap.add_argument("--weights", type=Path, default=SHARED / "weights" / "mobilenet_v2-imagenet-features.pth")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--weights", type=Path, default=WEIGHTS)
     ap.add_argument("--work", type=Path, default=REPO / "work" / "probe_choices")
     ap.add_argument("--out", type=Path, default=REPO / "reports" / "probe_choices.json")
     ap.add_argument("--repeats", type=int, default=5)
@@ -159,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     t0 = time.perf_counter()
-    caches = {s: prepare(args.data, args.work, s) for s in CACHES}
+    caches = {s: prepare_cache(args.data, args.work / f"cache{s}", *CACHES[s]) for s in CACHES}
     # Development images: train + val of the 512 px cache that every cache also kept.
     rows = read_csv(caches["512"] / "manifest.csv")
     kept = set.intersection(*({r["content_hash"] for r in read_csv(c / "manifest.csv")} for c in caches.values()))

@@ -36,32 +36,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fibrosis.cli.tune import log_table, run_tune  # noqa: E402
-from fibrosis.config import DEFAULT_ARMS, IngestConfig, SplitConfig, load_config  # noqa: E402
+from fibrosis.config import DEFAULT_ARMS, load_config  # noqa: E402
 from fibrosis.data.cache import CacheReader  # noqa: E402
 from fibrosis.evaluate.metrics import auc_delong, delong_paired_test  # noqa: E402
 from fibrosis.model.checkpoint import load_model  # noqa: E402
 from fibrosis.model.inference import predict_rows, split_rows  # noqa: E402
+from nih import DATA, REPO, SHA, WEIGHTS, prepare_cache  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SHA = "221f65aa066671af07650dac6d86a51916c5a61f97e50f238fd3aa7a56bef257"
-SALT = "fibrosis-benchmark-public-nih-ids"  # NIH patient ids are public pseudonyms
 log = logging.getLogger("transfer")
-
-
-def prepare_cache(data: Path, cache: Path, size: int) -> Path:
-    from fibrosis.data.ingest import ingest
-    from fibrosis.data.split import split_cache
-
-    cache.mkdir(parents=True, exist_ok=True)
-    (cache / "salt.key").write_text(SALT)
-    # Every run re-ingests (a no-op on unchanged files) so that a labels or config change since
-    # the cache was built (e.g. the auxiliary findings) reaches the manifest; split is a no-op too.
-    cfg = IngestConfig(image_size=size, labels_csv=str(data / "labels.csv"), label_column="fibrosis",
-                       findings_column="finding_labels")
-    log.info("ingest: %s", ingest([data / "images"], cache, cfg, progress=False))
-    split_cache(cache, SplitConfig())
-    return cache
 
 
 def test_logits(run: Path, cache: Path) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -90,8 +72,8 @@ def arms_overrides(names: str | None, random_unfreeze: str | None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=SHARED / "data" / "nih-cxr14-sample")
-    ap.add_argument("--weights", type=Path, default=SHARED / "weights" / "mobilenet_v2-imagenet-features.pth")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--weights", type=Path, default=WEIGHTS)
     ap.add_argument("--work", type=Path, default=REPO / "work" / "transfer")
     ap.add_argument("--out", type=Path, default=REPO / "reports" / "transfer.json")
     ap.add_argument("--size", type=int, default=224, help="model input size (px)")

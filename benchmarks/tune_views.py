@@ -28,17 +28,15 @@ from fibrosis.config import load_config  # noqa: E402
 from fibrosis.train.tune import setup  # noqa: E402
 from fibrosis.train.tune.models import prepare_base  # noqa: E402
 from fibrosis.train.tune.unit import run_unit  # noqa: E402
+from nih import REPO, SHA, WEIGHTS  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SHA = "221f65aa066671af07650dac6d86a51916c5a61f97e50f238fd3aa7a56bef257"
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=REPO / "work" / "transfer" / "cache512",
                     help="an ingested, split cache (benchmarks/transfer.py builds this one)")
-    ap.add_argument("--weights", type=Path, default=SHARED / "weights" / "mobilenet_v2-imagenet-features.pth")
+    ap.add_argument("--weights", type=Path, default=WEIGHTS)
     ap.add_argument("--work", type=Path, default=REPO / "work" / "tune_views")
     ap.add_argument("--arms", type=int, default=3, help="pretrained fine-tuning arms in the grid to extrapolate to")
     args = ap.parse_args(argv)
