@@ -88,10 +88,9 @@ def _replicate(cfg: Config, cv: Any, sel: dict[str, Any], out: Path, progress: b
                ) -> tuple[str, str, list[dict[str, Any]]]:
     """The first choice, kept only where it beats, in every repeat, each simpler arm on its path of
     rivals (its best simpler arm and its recipe without its add-on, then theirs, ... down to the
-    simplest; these finalists get
-    ``tune.finalist_repeats`` more deals); an arm it fails to beat takes its place for the rest of
-    the path. The choice must also match the reference on the mean over repeats.
-    Returns (chosen, reason, the checks made)."""
+    simplest; these finalists get ``tune.finalist_repeats`` more deals); an arm it fails to beat
+    takes its place for the rest of the path. The choice must also match the reference on the mean
+    over repeats. Returns (chosen, reason, the checks made)."""
     from fibrosis.evaluate.selection import repeat_aucs, replicated_choice, rivals
     from fibrosis.train.tune import extend_repeats
 
@@ -101,14 +100,13 @@ def _replicate(cfg: Config, cv: Any, sel: dict[str, Any], out: Path, progress: b
     reference = sel.get("reference")
     chain = rivals(sel["arms"], first)
     extend_repeats(cv, list(dict.fromkeys(n for n in (first, *chain, reference) if n)), out, progress=progress)
-    by_repeat: Callable[[], dict[str, dict[int, np.ndarray]]] = (  # noqa: E731 -- grown by extend_repeats
-        lambda: {r.name: r.by_repeat for r in cv.arms})
+    by_repeat = {r.name: r.by_repeat for r in cv.arms}  # every finalist's deals, now all run
     # A fold model of a further deal gave constant output: not a model to deploy, nor its TTA twin.
     failed = {r.name for r in cv.arms if r.failed}
     failed |= {a["name"] for a in sel["arms"] if a.get("tta") and a.get("base_arm") in failed}
     for name in sorted(failed & {first, *chain}):
         logger.warning("replication: %r failed in a further deal of the folds", name)
-    chosen, checks = replicated_choice(cv.y, sel["arms"], first, by_repeat(), sorted(failed))
+    chosen, checks = replicated_choice(cv.y, sel["arms"], first, by_repeat, sorted(failed))
     for check in checks:
         aucs = ", ".join(f"{a:.3f} vs {b:.3f}" for a, b in zip(check["chosen_auc"], check["rival_auc"]))
         if check["holds"]:
@@ -129,9 +127,8 @@ def _replicate(cfg: Config, cv: Any, sel: dict[str, Any], out: Path, progress: b
     elif chain and chosen != chain[-1] and any(c["chosen"] == chosen for c in checks):
         reason += " It beat each simpler arm after it on that path in every repeat."
     if reference and chosen != reference:
-        mine = np.mean(list(repeat_aucs(cv.y, by_repeat()[chosen]).values()))
-        ref = np.mean([a for r, a in repeat_aucs(cv.y, by_repeat()[reference]).items()
-                       if r in by_repeat()[chosen]])
+        mine = np.mean(list(repeat_aucs(cv.y, by_repeat[chosen]).values()))
+        ref = np.mean([a for r, a in repeat_aucs(cv.y, by_repeat[reference]).items() if r in by_repeat[chosen]])
         if mine < ref:
             logger.warning("the chosen arm %r has a lower OOF AUC than the reference %r over the same repeats "
                            "(%.3f vs %.3f): the reference is kept", chosen, reference, mine, ref)
