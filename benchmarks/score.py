@@ -60,19 +60,18 @@ def make_checkpoint(path: Path, arch: str, input_size: int) -> Path:
     import torch
 
     from fibrosis.model.calibration import TemperatureScaling
-    from fibrosis.model.checkpoint import save_checkpoint
+    from fibrosis.model.checkpoint import Checkpoint, save_checkpoint
     from fibrosis.config import Config, ModelConfig, config_to_dict
     from fibrosis.model.net import build_model
 
     torch.manual_seed(0)
     net = build_model(arch, "none", input_size=input_size)
     cfg = Config(model=ModelConfig(arch=arch, weights="none", input_size=input_size))
-    return save_checkpoint(path, {
-        "model": net.state_dict(), "config": config_to_dict(cfg), "preprocessing": net.preprocessing,
-        "weights_info": net.weights_info, "pretrained": False,
-        "calibration": TemperatureScaling(1.5).to_dict(),
-        "threshold": {"format": 1, "scale": "calibrated probability", "default": "youden",
-                      "value": 0.5, "points": {"youden": 0.5}}})
+    return save_checkpoint(path, Checkpoint(
+        weights=net.state_dict(), config=config_to_dict(cfg), arch=cfg.model.arch, preprocessing=net.preprocessing,
+        weights_info=net.weights_info, calibration=TemperatureScaling(1.5).to_dict(),
+        threshold={"format": 1, "scale": "calibrated probability", "default": "youden",
+                   "value": 0.5, "points": {"youden": 0.5}}))
 
 
 def model_rates(ckpt: Path, engines: list[str], batch: int, rounds: int, seconds: float) -> dict[str, float]:
@@ -115,10 +114,10 @@ def decode_rate(ckpt: Path, src: Path, workers: int) -> float:
     from fibrosis.score.run import results
 
     ck = load_checkpoint(ckpt)
-    cfg = config_from_dict(ck["config"]).ingest
+    cfg = config_from_dict(ck.config).ingest
     entries = sorted((str(p), "") for p in discover([src]))
     t0 = time.perf_counter()
-    n = sum(1 for r in results(entries, cfg, Preprocessing.from_dict(ck["preprocessing"]), workers) if isinstance(r[0], Decoded))
+    n = sum(1 for r in results(entries, cfg, Preprocessing.from_dict(ck.preprocessing), workers) if isinstance(r[0], Decoded))
     assert n == len(entries), f"{len(entries) - n} file(s) failed to decode"
     return n / (time.perf_counter() - t0)
 

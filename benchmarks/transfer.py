@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fibrosis.cli.tune import log_table, run_tune  # noqa: E402
+from fibrosis.pipeline.tune import log_table, run_tune  # noqa: E402
 from fibrosis.config import DEFAULT_ARMS, load_config  # noqa: E402
 from fibrosis.data.cache import CacheReader  # noqa: E402
 from fibrosis.evaluate.metrics import auc_delong, delong_paired_test  # noqa: E402
@@ -107,14 +107,14 @@ def main(argv: list[str] | None = None) -> dict:
         metrics = json.loads(evaluate_run(run, cache, gradcam=False, device="cpu").read_text())
         y, z, members = test_logits(run, cache)
         single = [float(auc_delong(y, m)["auc"]) for m in members]
-        probe_sd = next((a["oof_sd"] for a in result["arms"] if a["name"] == "head-only"), None)
+        probe_sd = next((a["oof_sd"] for a in result.arms if a["name"] == "head-only"), None)
         out["seeds"][seed] = {
-            "chosen": result["chosen"], "first_choice": result["first_choice"], "reason": result["reason"],
-            "selection_adjusted": result["selection_adjusted"], "replication": result["replication"],
-            "minutes": result["minutes_total"],
+            "chosen": result.chosen, "first_choice": result.first_choice, "reason": result.reason,
+            "selection_adjusted": result.selection_adjusted, "replication": result.replication,
+            "minutes": result.minutes_total,
             "arms": [{k: a.get(k) for k in ("name", "auc", "ci", "repeat_aucs", "oof_sd", "epoch", "minutes", "failed")}
                      | {"sd_vs_probe": round(a["oof_sd"] / probe_sd, 2) if probe_sd and a.get("oof_sd") else None}
-                     for a in result["arms"]],
+                     for a in result.arms],
             "test": {"auc": metrics["discrimination"]["delong"], "single_members": single, "n": int(len(y)),
                      "n_pos": int(y.sum())}}
         out["seeds"][seed]["_test_logits"] = z

@@ -64,7 +64,7 @@ def find_demo_data(data: str | Path | None = None) -> tuple[Path, Path]:
 def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
              report_dir: str | Path | None = None, data: str | Path | None = None) -> bool:
     """Run every stage on data/demo; True when every stage met its contract."""
-    from fibrosis.cli.tune import run_tune
+    from fibrosis.pipeline.tune import run_tune
     from fibrosis.evaluate.run import evaluate_run
     from fibrosis.data.ingest import ingest
     from fibrosis.report.build import write_report

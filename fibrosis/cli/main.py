@@ -131,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from fibrosis.cli.tune import run_tune
+    from fibrosis.pipeline.tune import run_tune
 
     result = run_tune(_config(args), args.cache, args.out, device=args.device,
                       max_units=args.max_units, progress=not args.no_progress)

@@ -25,6 +25,7 @@ import numpy as np
 
 from fibrosis import artefacts
 from fibrosis.data.cache import IMAGE_STATS, image_statistics
+from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.evaluate.subgroups import age_band
 from fibrosis.io import file_sha256, read_csv, write_json
 
@@ -95,13 +96,13 @@ def ece_interval(y: Any, p: Any, n_bins: int, strategy: str, level: float,
     return np.quantile(values, [a, 1 - a]).tolist()
 
 
-def performance_summary(metrics: dict[str, Any], threshold_name: str) -> dict[str, Any]:
+def performance_summary(metrics: EvaluationResult, threshold_name: str) -> dict[str, Any]:
     """The validation report's headline numbers, each with its interval."""
-    disc, after = metrics["discrimination"], metrics["calibration"]["after"]
+    disc, after = metrics.discrimination, metrics.calibration["after"]
     cs = after["intercept_slope"]
-    op = next((o for o in metrics["operating_points"] if o["name"] == threshold_name),
-              metrics["operating_points"][0])
-    ecfg = metrics["evaluate_config"]
+    op = next((o for o in metrics.operating_points if o["name"] == threshold_name),
+              metrics.operating_points[0])
+    ecfg = metrics.evaluate_config
     return {"auc": disc["auc"], "auc_ci": disc["delong"]["ci"],
             "intercept": cs.get("intercept"), "intercept_ci": cs.get("intercept_ci"),
             "slope": cs.get("slope"), "slope_ci": cs.get("slope_ci"),
@@ -109,11 +110,11 @@ def performance_summary(metrics: dict[str, Any], threshold_name: str) -> dict[st
             "sensitivity": {k: op["sensitivity"][k] for k in ("value", "ci")},
             "specificity": {k: op["specificity"][k] for k in ("value", "ci")},
             "operating_point": op["name"], "level": ecfg["ci_level"],
-            "n": metrics["data"]["n"], "n_pos": metrics["data"]["n_pos"]}
+            "n": metrics.data["n"], "n_pos": metrics.data["n_pos"]}
 
 
 def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stats: Sequence[dict[str, float]],
-                    metrics: dict[str, Any], threshold: dict[str, Any], rejects: Sequence[dict[str, str]],
+                    metrics: EvaluationResult, threshold: dict[str, Any], rejects: Sequence[dict[str, str]],
                     model_id: str, n_cached: int) -> dict[str, Any]:
     """Pure: the reference record of one evaluated split (rows, calibrated probabilities and
     image statistics aligned). Rejects belong to no split, so the excluded/failed shares are
@@ -125,11 +126,11 @@ def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stat
     merged = [{**r, **s} for r, s in zip(rows, stats)]
     name = str(threshold.get("default", "youden"))
     value = float(threshold["value"])
-    ecfg = metrics["evaluate_config"]
+    ecfg = metrics.evaluate_config
     perf = performance_summary(metrics, name)
     perf["ece_ci"] = ece_interval(labels, p, perf["ece_bins"], perf["ece_strategy"], perf["level"])
     return {
-        "format": REFERENCE_FORMAT, "split": metrics["split"], "frozen": bool(metrics.get("frozen")),
+        "format": REFERENCE_FORMAT, "split": metrics.split, "frozen": metrics.frozen,
         "model_id": model_id, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "n": len(rows),
         "threshold": {"name": name, "value": value, "rule": threshold.get("rule", "")},
@@ -146,7 +147,7 @@ def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stat
 
 
 def write_reference(out: Path, ckpt_path: Path, rows: Sequence[dict[str, str]], labels: Any, prob: Any,
-                    metrics: dict[str, Any], threshold: dict[str, Any], reader: Any,
+                    metrics: EvaluationResult, threshold: dict[str, Any], reader: Any,
                     index: Sequence[int]) -> Path:
     """I/O adapter: image statistics from the cache, rejects.csv, the checkpoint's model id
     (as `fibrosis score` writes it), then ``out/reference.json``."""

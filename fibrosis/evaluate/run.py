@@ -21,7 +21,7 @@ import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,17 +29,20 @@ from fibrosis import artefacts
 from fibrosis.evaluate import metrics as M
 from fibrosis.evaluate import operating as O
 from fibrosis.data.records import require_label
-from fibrosis.io import write_csv, write_json
+from fibrosis.io import write_csv
 from fibrosis.model.calibration import Calibrator, calibrator_from_dict, make_calibrator
 from fibrosis.numeric import MetricWarning, check_binary, sigmoid
 from fibrosis.config import Config, EvaluateConfig, config_to_dict
 from fibrosis.evaluate.checks import ALL
 from fibrosis.evaluate.reference import write_reference
+from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.evaluate.subgroups import AGE_BANDS, attribute_values
+
+if TYPE_CHECKING:  # the record's module imports torch, which `import fibrosis` does not need
+    from fibrosis.model.checkpoint import Checkpoint
 
 logger = logging.getLogger(__name__)
 
-METRICS_FORMAT = 1
 THRESHOLD_FORMAT = 1
 OOF_FIT = "out-of-fold"  # = fibrosis.evaluate.selection.OOF_SPLIT: fitted by `fibrosis tune`
 
@@ -184,14 +187,14 @@ def stored_operating_points(calibration: dict[str, Any] | None, threshold: dict[
 
 
 def evaluate_predictions(fit: Predictions, test: Predictions, ecfg: EvaluateConfig,
-                         ) -> tuple[dict[str, Any], Calibrator, dict[str, Any], list[dict[str, Any]]]:
+                         ) -> tuple[EvaluationResult, Calibrator, dict[str, Any], list[dict[str, Any]]]:
     """Pure core: returns (metrics, fitted calibrator, threshold record, per-case rows)."""
     log = WarningLog()
     return measure(fit_operating_points(fit, ecfg, log), test, ecfg, log)
 
 
 def measure(op: OperatingPoints, test: Predictions, ecfg: EvaluateConfig, log: WarningLog,
-            ) -> tuple[dict[str, Any], Calibrator, dict[str, Any], list[dict[str, Any]]]:
+            ) -> tuple[EvaluationResult, Calibrator, dict[str, Any], list[dict[str, Any]]]:
     """Everything reported on ``test`` with calibrator and thresholds already fixed."""
     y, z = test.labels, test.logits
     check_binary(y, z, score_name=f"{test.split} logits")
@@ -225,24 +228,24 @@ def measure(op: OperatingPoints, test: Predictions, ecfg: EvaluateConfig, log: W
                                      value_order={"age_band": [name for _, _, name in AGE_BANDS]})
 
     n_pos = int(y.sum())
-    result = {
-        "format": METRICS_FORMAT, "split": test.split, "fit_split": op.split, "frozen": op.frozen,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "evaluate_config": config_to_dict(ecfg),
-        "data": {"n": int(len(y)), "n_pos": n_pos, "n_neg": int(len(y) - n_pos),
-                 "prevalence": n_pos / len(y), "n_patients": len(set(test.patient_keys)),
-                 "fit": dict(op.fit_data)},
-        "discrimination": {"score": "model logit (AUC is unchanged by temperature/Platt calibration)",
-                           "auc": delong["auc"], "delong": delong,
-                           "bootstrap": boot, "auc_after_calibration": auc_cal, "roc": roc, "pr": pr},
-        "calibration": {"method": method, "calibrator": cal.to_dict(),
-                        "before": _calibration_block(y, raw, ecfg, log, "before"),
-                        "after": _calibration_block(y, prob, ecfg, log, f"after {method}")},
-        "operating_points": ops,
-        "deployment_prevalence": ecfg.deployment_prevalence,
-        "subgroups": subgroups,
-        "warnings": log.items,
-    }
+    result = EvaluationResult(
+        split=test.split, fit_split=op.split, frozen=op.frozen,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        evaluate_config=config_to_dict(ecfg),
+        data={"n": int(len(y)), "n_pos": n_pos, "n_neg": int(len(y) - n_pos),
+              "prevalence": n_pos / len(y), "n_patients": len(set(test.patient_keys)),
+              "fit": dict(op.fit_data)},
+        discrimination={"score": "model logit (AUC is unchanged by temperature/Platt calibration)",
+                        "auc": delong["auc"], "delong": delong,
+                        "bootstrap": boot, "auc_after_calibration": auc_cal, "roc": roc, "pr": pr},
+        calibration={"method": method, "calibrator": cal.to_dict(),
+                     "before": _calibration_block(y, raw, ecfg, log, "before"),
+                     "after": _calibration_block(y, prob, ecfg, log, f"after {method}")},
+        operating_points=ops,
+        deployment_prevalence=ecfg.deployment_prevalence,
+        subgroups=subgroups,
+        warnings=log.items,
+    )
     cases = [{"case": i + 1, "content_hash": r.get("content_hash", ""),
               "patient_key": test.patient_keys[i], "split": test.split, "label": int(y[i]),
               "logit": float(z[i]), "prob_uncalibrated": float(raw[i]), "prob": float(prob[i]),
@@ -271,7 +274,7 @@ class _Job:
     frozen: bool
     oof: bool  # a tune checkpoint: calibration and thresholds were fitted out of fold, kept as they are
     ckpt_path: Path
-    ckpt: dict[str, Any]
+    ckpt: Checkpoint
     model: Any
     device: Any
     cfg: Config
@@ -309,16 +312,15 @@ def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
     """
     job = _prepare(Path(run), Path(cache), split, cfg, overrides, frozen, device)
     result, cal, threshold, cases, test = _measure(job)
-    _describe(job, result)
+    result = _describe(job, result)
     job.out.mkdir(parents=True, exist_ok=True)
-    panels = _gradcam(job, test, cal, threshold, result["warnings"]) \
+    panels = _gradcam(job, test, cal, threshold, result.warnings) \
         if gradcam and job.cfg.evaluate.gradcam_per_kind > 0 else None
-    if panels is not None:
-        result["gradcam"] = panels
-    write_json(job.out / artefacts.METRICS, result)
+    result = dataclasses.replace(result, gradcam=panels)
+    result.write(job.out / artefacts.METRICS)
     write_csv(job.out / artefacts.PREDICTIONS, cases, tuple(cases[0]))
     _reference(job, test, cal, result, threshold)
-    d = result["discrimination"]
+    d = result.discrimination
     logger.info("%s AUC %.3f (DeLong %.3f-%.3f; bootstrap %.3f-%.3f); %s", split, d["auc"],
                 *(d["delong"]["ci"] or [float("nan")] * 2), *(d["bootstrap"]["ci"] or [float("nan")] * 2),
                 f"checkpoint left unchanged ({'frozen' if frozen else 'tune fitted them out of fold'}) -> {job.out}"
@@ -341,15 +343,12 @@ def _prepare(run: Path, cache: Path, split: str, cfg: Config | None, overrides: 
     ckpt_path = run / artefacts.BEST
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, ckpt = load_model(ckpt_path, dev)
-    cfg = resolve_config(ckpt.get("config") or {}, cfg, overrides)
+    cfg = resolve_config(ckpt.config, cfg, overrides)
     all_rows, idx = split_rows(cache, split)
     # `fibrosis tune` fitted calibration + thresholds on the pooled out-of-fold logits of all
     # development patients: they are kept (not refitted on val, which the folds trained on).
-    oof = not frozen and (ckpt.get("threshold") or {}).get("chosen_on") == OOF_FIT
-    # `fibrosis tune` fitted calibration + thresholds on the pooled out-of-fold logits of all
-    # development patients: they are kept (not refitted on val, which the folds trained on).
-    oof = not frozen and (ckpt.get("threshold") or {}).get("chosen_on") == OOF_FIT
-    stored = (stored_operating_points(ckpt.get("calibration"), ckpt.get("threshold"), str(ckpt_path))
+    oof = not frozen and (ckpt.threshold or {}).get("chosen_on") == OOF_FIT
+    stored = (stored_operating_points(ckpt.calibration, ckpt.threshold, str(ckpt_path))
               if frozen or oof else None)
     if oof:
         assert stored is not None  # read just above whenever oof
@@ -360,11 +359,11 @@ def _prepare(run: Path, cache: Path, split: str, cfg: Config | None, overrides: 
         raise ValueError(f"{cache}/manifest.csv: no rows with split={split!r}")
     fit_rows = [r for r in all_rows if r.get("split") == fit_split] if fit_split else None
     loud: list[str] = []
-    if ckpt.get("split_keys"):
-        check_split_isolation(ckpt["split_keys"], split, [all_rows[i] for i in idx], fit_split, fit_rows,
-                              (ckpt.get("config") or {}).get("split", {}).get("seed"))
+    if ckpt.split_keys:
+        check_split_isolation(ckpt.split_keys, split, [all_rows[i] for i in idx], fit_split, fit_rows,
+                              ckpt.config.get("split", {}).get("seed"))
     else:  # checkpoint from before train recorded its patients: the manifest hash is all there is
-        text = manifest_warning(ckpt.get("manifest_hash"), manifest_hash(cache), split, fit_split)
+        text = manifest_warning(ckpt.manifest_hash, manifest_hash(cache), split, fit_split)
         if text:
             logger.warning("%s: %s", ckpt_path, text)
             loud.append(text)
@@ -372,7 +371,7 @@ def _prepare(run: Path, cache: Path, split: str, cfg: Config | None, overrides: 
                 stored, loud)
 
 
-def _measure(job: _Job) -> tuple[dict[str, Any], Calibrator, dict[str, Any], list[dict[str, Any]], Predictions]:
+def _measure(job: _Job) -> tuple[EvaluationResult, Calibrator, dict[str, Any], list[dict[str, Any]], Predictions]:
     """Predict, then measure: with the stored calibration (frozen), or fitting it and the
     thresholds on the fit split and storing them in the checkpoint."""
     from fibrosis.data.cache import CacheReader
@@ -402,18 +401,19 @@ def _measure(job: _Job) -> tuple[dict[str, Any], Calibrator, dict[str, Any], lis
     return result, cal, threshold, cases, test
 
 
-def _describe(job: _Job, result: dict[str, Any]) -> None:
+def _describe(job: _Job, result: EvaluationResult) -> EvaluationResult:
     """The run and data sections of metrics.json; the loud warnings go first."""
     from fibrosis.evaluate.summary import data_summary, run_summary
 
-    result["warnings"][:0] = job.loud  # first: they qualify every number below
-    result["run"] = run_summary(job.run, job.ckpt)
-    result["data"].update(data_summary(job.cache, job.all_rows, job.cfg))
+    data = {**result.data, **data_summary(job.cache, job.all_rows, job.cfg)}
     if job.split == ALL:
-        result["data"]["split_method"] = "none: every row of the cache evaluated (external validation)"
+        data["split_method"] = "none: every row of the cache evaluated (external validation)"
+    # the loud warnings first: they qualify every number below
+    return dataclasses.replace(result, warnings=[*job.loud, *result.warnings], run=run_summary(job.run, job.ckpt),
+                               data=data)
 
 
-def _reference(job: _Job, test: Predictions, cal: Calibrator, result: dict[str, Any],
+def _reference(job: _Job, test: Predictions, cal: Calibrator, result: EvaluationResult,
                threshold: dict[str, Any]) -> None:
     """reference.json beside metrics.json: what `fibrosis monitor` compares new batches with."""
     from fibrosis.data.cache import CacheReader

@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fibrosis import artefacts
 from fibrosis.config import Config
@@ -20,6 +20,9 @@ from fibrosis.data.cache import manifest_hash
 from fibrosis.data.pixels import POLARITY_EXCLUDED, excluded_flag, qa_flags
 from fibrosis.data.records import parse_label
 from fibrosis.io import file_sha256, package_versions, read_csv, read_text
+
+if TYPE_CHECKING:  # the record's module imports torch, which `import fibrosis` does not need
+    from fibrosis.model.checkpoint import Checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +100,7 @@ def data_summary(cache: str | Path, rows: Sequence[dict[str, str]], cfg: Config)
     }
 
 
-def read_history(run: Path, ckpt: dict[str, Any]) -> list[dict[str, Any]]:
+def read_history(run: Path, ckpt: Checkpoint) -> list[dict[str, Any]]:
     """Per-epoch training records: RUN/metrics.jsonl (complete) or the checkpoint's own copy.
 
     best.pt is written at the best epoch, so its history stops there; the run's
@@ -106,7 +109,7 @@ def read_history(run: Path, ckpt: dict[str, Any]) -> list[dict[str, Any]]:
     path = run / artefacts.EPOCHS_JSONL
     if path.is_file():
         return [json.loads(line) for line in read_text(path).splitlines() if line.strip()]
-    return list((ckpt.get("run") or {}).get("history") or ckpt.get("history") or [])
+    return ckpt.history
 
 
 def stages_run(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -124,36 +127,35 @@ def stages_run(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(stages.values())
 
 
-def run_summary(run: str | Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+def run_summary(run: str | Path, ckpt: Checkpoint) -> dict[str, Any]:
     """Model, weights, schedule and reproducibility facts of a run (from its checkpoint)."""
     run = Path(run)
-    cfg = ckpt.get("config") or {}
-    model_cfg, train_cfg = cfg.get("model", {}), cfg.get("train", {})
-    info = ckpt.get("weights_info") or {}
-    pretrained = bool(ckpt.get("pretrained", info.get("pretrained", False)))
+    cfg = ckpt.config
+    train_cfg = cfg.get("train", {})
+    info = ckpt.weights_info
     configured = [{"name": st.get("name"), "epochs": st.get("epochs"), "lr": st.get("lr"),
                    "unfreeze": list(st.get("unfreeze") or []), "warmup_epochs": st.get("warmup_epochs")}
-                  for st in (ckpt.get("stages") or train_cfg.get("stages") or [])]
+                  for st in (ckpt.stages or train_cfg.get("stages") or [])]
     history = read_history(run, ckpt)
     return {
         "name": run.name,
         "checkpoint_sha256": file_sha256(run / artefacts.BEST) if (run / artefacts.BEST).is_file() else None,
-        "arch": model_cfg.get("arch") or ckpt.get("arch"),
+        "arch": ckpt.arch,
         "weights": {"source": info.get("source"), "file": info.get("file"), "sha256": info.get("sha256")},
-        "pretrained": pretrained,
-        "input_size": (ckpt.get("preprocessing") or {}).get("input_size"),
-        "tta": ckpt.get("tta"),  # test-time augmentation variants (None: off); see fibrosis.model.tta
-        "preset": ckpt.get("preset") or train_cfg.get("preset"),
+        "pretrained": ckpt.pretrained,
+        "input_size": ckpt.preprocessing.input_size,
+        "tta": ckpt.tta,  # test-time augmentation variants (None: off); see fibrosis.model.tta
+        "preset": ckpt.preset or train_cfg.get("preset"),
         "stages_configured": configured,
         "stages_run": stages_run(history),
         "epochs_done": len(history) or None,
-        "best_epoch": ckpt.get("best_epoch"),
-        "best_val_auc": ckpt.get("best_val_auc"),
+        "best_epoch": ckpt.best_epoch,
+        "best_val_auc": ckpt.best_val_auc,
         "seed": train_cfg.get("seed"),
         "split_seed": (cfg.get("split") or {}).get("seed"),
-        "manifest_sha256": ckpt.get("manifest_hash"),
+        "manifest_sha256": ckpt.manifest_hash or None,
         "config": cfg,
-        "aux": ckpt.get("aux"),  # auxiliary-finding heads, None when the model has none
-        "versions_training": ckpt.get("versions"),
+        "aux": ckpt.aux,  # auxiliary-finding heads, None when the model has none
+        "versions_training": ckpt.versions or None,
         "versions_evaluation": package_versions(),
     }

@@ -7,6 +7,7 @@ _EXPORTS = {
     "build_model_from_config": "fibrosis.model.net",
     "FibrosisNet": "fibrosis.model.net",
     "EnsembleNet": "fibrosis.model.ensemble",
+    "Checkpoint": "fibrosis.model.checkpoint",
     "load_model": "fibrosis.model.checkpoint",
     "load_checkpoint": "fibrosis.model.checkpoint",
     "save_checkpoint": "fibrosis.model.checkpoint",

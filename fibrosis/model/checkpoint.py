@@ -1,28 +1,37 @@
-"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+"""Checkpoints: one typed record (:class:`Checkpoint`), written atomically, read with
+``torch.load(weights_only=True)``.
 
-A checkpoint is a dict with ``format == FORMAT``; anything else is refused (a bare
-state dict, someone else's pickle). Everything in it is weights_only-safe: tensors and
-plain Python containers/scalars (RNG states included, see ``rng_state``), so loading
-never executes code from the file.
+On disk a checkpoint is a plain dict with ``format == FORMAT`` and ``format_version`` (its
+schema); anything else is refused (a bare state dict, someone else's pickle). Everything in it is
+weights_only-safe: tensors and plain Python containers/scalars (RNG states included, see
+``rng_state``), so loading never executes code from the file. :func:`save_checkpoint` is its one
+writer and :func:`load_checkpoint` its one reader; the record's fields are the file's keys, with
+the model's state dict under ``model`` and, in `fibrosis train`'s per-epoch files, the resume
+state (:class:`Training`) flattened beside them.
 
-Keys: format, format_version, model (state dict), optimizer, scheduler, stage,
-epoch_in_stage, stage_done, epochs_done, rng, config (resolved, plain dict),
-preprocessing, weights_info, pretrained, manifest_hash, best_val_auc, best_epoch,
-history, ``aux`` (auxiliary heads: names, loss weight, per-head pos_weight; absent = none),
-... and, added later by evaluation, ``calibration`` and ``threshold``.
+Nested entries stay plain data because each has its own reader one layer down or up:
+``preprocessing`` (:class:`fibrosis.data.records.Preprocessing`), ``tta``
+(:func:`fibrosis.model.tta.from_record`), ``calibration``
+(:func:`fibrosis.model.calibration.calibrator_from_dict`), ``threshold``
+(:func:`fibrosis.evaluate.operating` via ``stored_operating_points``), ``config``
+(:func:`fibrosis.config.config_from_dict`), ``run`` (``fibrosis.train.loop.RunState``).
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from fibrosis.artefacts import SchemaError, check_schema
+from fibrosis.data.records import Preprocessing
 from fibrosis.io import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -34,87 +43,186 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "fibrosis-checkpoint"
 FORMAT_VERSION = 1
-# Fields that define what the model *is*: update_checkpoint refuses to rewrite them.
-PROTECTED = frozenset({"format", "format_version", "model", "config", "preprocessing",
-                       "weights_info", "pretrained", "manifest_hash", "tta"})
+# What evaluation adds to a trained model; everything else defines what the model *is*.
+UPDATABLE = ("calibration", "threshold", "tune_selection", "split_keys")
 
 
 class CheckpointError(ValueError):
     """A file is not a fibrosis checkpoint, or an update would corrupt one."""
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (+ format marker) to ``path`` via a temporary file and rename."""
+@dataclass(frozen=True)
+class Training:
+    """Where `fibrosis train` stood after an epoch: what ``--resume`` continues bit-exactly from.
+    Only train's own last.pt/best.pt carry it; a packaged tune model has none."""
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    stage: int  # index into the checkpoint's ``stages``
+    stage_name: str
+    epoch: int  # epochs done over all stages
+    run: dict[str, Any]  # fibrosis.train.loop.RunState as plain data (history included)
+    rng: dict[str, Any]  # rank 0's RNG states (rng_state())
+    rng_per_rank: list[dict[str, Any]]
+
+
+_TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(Training))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A trained model and everything that fixes how it is fed, judged and applied."""
+    weights: dict[str, torch.Tensor]  # the model's state dict (key ``model`` on disk)
+    config: dict[str, Any]  # the resolved Config as plain data
+    preprocessing: Preprocessing
+    arch: str
+    weights_info: dict[str, Any] = field(default_factory=dict)  # where the initial weights came from
+    pretrained: bool = False
+    manifest_hash: str = ""  # sha256 of the manifest it was trained on
+    world_size: int = 1
+    tta: dict[str, Any] | None = None  # test-time augmentation variants; None: off
+    stages: list[dict[str, Any]] = field(default_factory=list)  # the schedule as configured
+    preset: str = ""  # why this schedule, in words
+    versions: dict[str, str] = field(default_factory=dict)  # package versions at training
+    split_keys: dict[str, dict[str, list[str]]] | None = None  # salted train/val patients and images
+    best_epoch: int | None = None
+    best_val_auc: float | None = None  # train's own validation AUC at best_epoch
+    aux: dict[str, Any] | None = None  # auxiliary-finding heads (fibrosis.train.aux.aux_record)
+    ensemble: dict[str, Any] | None = None  # the fold models of `fibrosis tune` (ensemble_record)
+    tune: dict[str, Any] | None = None  # the tune arm this model is (arm, epoch, final)
+    training: Training | None = None
+    calibration: dict[str, Any] | None = None  # added by evaluate (or tune, out of fold)
+    threshold: dict[str, Any] | None = None  # operating points on the calibrated probability
+    tune_selection: dict[str, Any] | None = None  # tune's choice and its selection-adjusted AUC
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Per-epoch training records up to this file's epoch; [] for a packaged model."""
+        return list(self.training.run.get("history") or []) if self.training else []
+
+    @property
+    def aux_names(self) -> tuple[str, ...]:
+        """The auxiliary findings the model has heads for; () for none."""
+        return tuple((self.aux or {}).get("names") or ())
+
+    def to_payload(self) -> dict[str, Any]:
+        """The dict written to disk: every field under its own key (optional ones only when set)."""
+        out: dict[str, Any] = {"model": self.weights}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("weights", "training"):
+                continue
+            if f.name == "preprocessing":
+                value = value.to_dict()
+            if value is None and f.name in _OPTIONAL:
+                continue
+            out[f.name] = value
+        if self.training is not None:
+            out.update(dataclasses.asdict(self.training))
+        return out
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any], path: str | Path) -> "Checkpoint":
+        """The record of a loaded dict; names the file and the key when one is missing or unknown."""
+        where = str(path)
+        body = {k: v for k, v in data.items() if k not in ("format", "format_version")}
+        known = {f.name for f in dataclasses.fields(cls)} - {"weights", "training"} | {"model"} | set(_TRAINING_KEYS)
+        unknown = sorted(set(body) - known - set(_DROPPED))
+        if unknown:
+            raise CheckpointError(f"{where}: unknown checkpoint key(s) {unknown}; this version of fibrosis "
+                                  f"writes {sorted(known)}")
+        missing = sorted({"model", "config", "preprocessing"} - set(body))
+        if missing:
+            raise CheckpointError(f"{where}: checkpoint without {missing}")
+        config = body.pop("config")
+        training = None
+        if "run" in body:
+            missing = sorted(set(_TRAINING_KEYS) - set(body))
+            if missing:
+                raise CheckpointError(f"{where}: a training checkpoint without {missing}")
+            training = Training(**{k: body.pop(k) for k in _TRAINING_KEYS})
+        for k in _DROPPED:
+            body.pop(k, None)
+        # Files written before the architecture had its own key: it is the config's.
+        arch = body.pop("arch", None) or (config.get("model") or {}).get("arch", "")
+        return cls(weights=body.pop("model"), config=config, arch=str(arch), training=training,
+                   preprocessing=Preprocessing.from_dict(body.pop("preprocessing"), where), **body)
+
+
+# Optional fields are left out of the file when unset, as `train` and `tune` always wrote them.
+_OPTIONAL = frozenset({"best_epoch", "best_val_auc", "aux", "ensemble", "tune", "calibration",
+                       "threshold", "tune_selection"})
+# Keys of older files that the record no longer carries: the history sits in ``run``.
+_DROPPED = ("history",)
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` (+ format marker and schema) to ``path`` via a temporary file and rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    payload = dict(payload)
-    if hasattr(payload.get("preprocessing"), "to_dict"):  # stored as plain data: weights_only loads
-        payload["preprocessing"] = payload["preprocessing"].to_dict()
-    torch.save({**payload, "format": FORMAT, "format_version": FORMAT_VERSION}, buf)
+    torch.save({**ckpt.to_payload(), "format": FORMAT, "format_version": FORMAT_VERSION}, buf)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle that needs code, truncated file, not a torch file
         raise CheckpointError(f"{path}: not a loadable fibrosis checkpoint "
                               f"({type(exc).__name__}: {str(exc)[:200]})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{path}: format={found!r}; expected {FORMAT!r} "
                               f"(written by fibrosis.train.loop)")
-    if ckpt.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version={ckpt.get('format_version')!r}; this "
-                              f"version reads {FORMAT_VERSION}")
-    return ckpt
+    try:
+        check_schema(path, data.get("format_version"), FORMAT_VERSION)
+    except SchemaError as exc:
+        raise CheckpointError(str(exc)) from None
+    try:
+        return Checkpoint.from_payload(data, path)
+    except TypeError as exc:  # a field of the wrong kind for the record
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Checkpoint]:
     """Rebuild the model a checkpoint describes, load its weights, eval mode."""
-    from fibrosis.data.records import Preprocessing
     from fibrosis.model.net import build_model, set_aux_heads  # local: keeps checkpoint importable on its own
 
     ckpt = load_checkpoint(path)
-    mcfg = ckpt["config"]["model"]
-    prep = Preprocessing.from_dict(ckpt["preprocessing"], str(path))
+    prep = ckpt.preprocessing
     # The stem and resize the weights were trained with, not today's defaults.
-    shape = {"input_size": prep.input_size, "dropout": mcfg.get("dropout", 0.0), "resize": prep.resize,
-             "gray_fold": prep.gray_fold}
+    shape = {"input_size": prep.input_size, "dropout": ckpt.config["model"].get("dropout", 0.0),
+             "resize": prep.resize, "gray_fold": prep.gray_fold}
     model: FibrosisNet | EnsembleNet
-    if ckpt.get("ensemble"):  # `fibrosis tune`: the fold models as one mean-logit ensemble
+    if ckpt.ensemble:  # `fibrosis tune`: the fold models as one mean-logit ensemble
         from fibrosis.model.ensemble import build_ensemble
 
-        model = build_ensemble(mcfg["arch"], int(ckpt["ensemble"]["members"]), **shape)
+        model = build_ensemble(ckpt.arch, int(ckpt.ensemble["members"]), **shape)
     else:
-        model = build_model(mcfg["arch"], "none", **shape)
-    aux = aux_names(ckpt)
+        model = build_model(ckpt.arch, "none", **shape)
+    aux = ckpt.aux_names
     if aux:  # the heads must exist before their weights load (strict state dict)
         for m in getattr(model, "members", [model]):
             set_aux_heads(m, aux)
         model.aux_names = aux
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt.weights)
     model.preprocessing = prep
-    model.weights_info = dict(ckpt["weights_info"])
-    model.pretrained = bool(ckpt["pretrained"])
+    model.weights_info = dict(ckpt.weights_info)
+    model.pretrained = bool(ckpt.pretrained)
     model.set_tta(checkpoint_tta(ckpt, str(path)))
     return model.to(device).eval(), ckpt
 
 
-def aux_names(ckpt: dict[str, Any]) -> tuple[str, ...]:
-    """The auxiliary findings a checkpoint's model has heads for; () for none."""
-    return tuple((ckpt.get("aux") or {}).get("names") or ())
-def checkpoint_tta(ckpt: dict[str, Any], source: str) -> tuple[Variant, ...] | None:
+def checkpoint_tta(ckpt: Checkpoint, source: str) -> tuple[Variant, ...] | None:
     """The TTA variants a checkpoint recorded (``tta``; absent in older files: no TTA)."""
     from fibrosis.model.tta import from_record
 
-    variants = from_record(ckpt.get("tta"), source)
-    if variants is None and ckpt["config"]["model"].get("tta"):
+    variants = from_record(ckpt.tta, source)
+    if variants is None and ckpt.config["model"].get("tta"):
         # Written with model.tta on but without its variants: guessing today's defaults
         # could score differently from the model that was evaluated.
         raise CheckpointError(f"{source}: config model.tta=true but no 'tta' variants recorded; "
@@ -122,19 +230,19 @@ def checkpoint_tta(ckpt: dict[str, Any], source: str) -> tuple[Variant, ...] | N
     return variants
 
 
-def update_checkpoint(path: str | Path, **fields: Any) -> dict[str, Any]:
-    """Add/replace JSON-able fields (e.g. ``calibration``, ``threshold``) atomically."""
+def update_checkpoint(path: str | Path, **fields: Any) -> Checkpoint:
+    """Add/replace what evaluation adds (``UPDATABLE``: JSON-able records) atomically."""
     ckpt = load_checkpoint(path)
-    bad = sorted(set(fields) & PROTECTED)
+    bad = sorted(set(fields) - set(UPDATABLE))
     if bad:
-        raise CheckpointError(f"{path}: refusing to overwrite {bad}; protected: {sorted(PROTECTED)}")
+        raise CheckpointError(f"{path}: refusing to overwrite {bad}; an update may set only {list(UPDATABLE)}")
     for key, value in fields.items():
         try:
             json.dumps(value, allow_nan=True)
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: field {key!r} is not JSON-able ({exc}); store plain "
                                   f"dicts/lists/numbers/strings") from None
-    ckpt.update(fields)
+    ckpt = dataclasses.replace(ckpt, **fields)
     save_checkpoint(path, ckpt)
     return ckpt
 

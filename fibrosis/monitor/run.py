@@ -63,7 +63,7 @@ def monitor(model: str | Path, scores: Sequence[str | Path], out: str | Path, *,
         raise ValueError(f"{', '.join(map(str, scores))}: no scored rows; expected a scores file written by "
                          "`fibrosis score`")
     if labels:
-        ingest_cfg = load_checkpoint(ckpt_path)["config"]["ingest"]
+        ingest_cfg = load_checkpoint(ckpt_path).config["ingest"]
         load.attach_labels(rows, Path(labels), label_column or ingest_cfg["label_column"],
                            ingest_cfg.get("excluded_views", ()))
     result = monitor_result(ref, rows, alpha=alpha, mode=window)

@@ -9,7 +9,6 @@ identifiers from the manifest.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,12 @@ import yaml
 from fibrosis import artefacts
 from fibrosis import __version__
 from fibrosis.io import atomic_write_bytes, read_text
+from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.model.cam import PANELS_FILE, load_panels
 from fibrosis.report import plots
 from fibrosis.report.card import model_card
 from fibrosis.report.render import Block, render_html, render_pdf
+from fibrosis.train.tune.record import TuneResult
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +44,9 @@ def ci3(ci: list[float] | None) -> str:
     return "n/a" if not ci or ci[0] is None else f"{ci[0]:.3f}-{ci[1]:.3f}"
 
 
-def ci_label(m: dict[str, Any]) -> str:
+def ci_label(m: EvaluationResult) -> str:
     """'95% CI' (or the configured evaluate.ci_level, e.g. '90% CI') for every interval label."""
-    return f"{100 * float(m['evaluate_config']['ci_level']):.4g}% CI"
+    return f"{100 * float(m.evaluate_config['ci_level']):.4g}% CI"
 
 
 def num(v: Any, digits: int = 3) -> str:
@@ -63,16 +64,16 @@ def _frac(p: dict[str, Any]) -> str:
     return "n/a" if p["value"] is None else f"{pct(p['value'])} ({p['k']}/{p['n']}; {ci_pct(p['ci'])})"
 
 
-def headline(m: dict[str, Any]) -> str:
-    d, disc = m["data"], m["discrimination"]
-    where = ("all images of the evaluated cache" if m["split"] == "all" else f"the {m['split']} split")
-    how = (f"With the calibration and thresholds frozen from training (fitted on its {m['fit_split']} split; "
-           f"nothing refitted on these data), on {where}" if m.get("frozen") else f"On the held-out {m['split']} split")
+def headline(m: EvaluationResult) -> str:
+    d, disc = m.data, m.discrimination
+    where = ("all images of the evaluated cache" if m.split == "all" else f"the {m.split} split")
+    how = (f"With the calibration and thresholds frozen from training (fitted on its {m.fit_split} split; "
+           f"nothing refitted on these data), on {where}" if m.frozen else f"On the held-out {m.split} split")
     text = (f"{how} ({d['n']} images of {d['n_patients']} patients; {d['n_pos']} "
             f"with fibrosis, prevalence {pct(d['prevalence'])}), the model's AUC was {disc['auc']:.3f} "
             f"({ci_label(m)} {ci3(disc['delong']['ci'])} by DeLong; {ci3(disc['bootstrap']['ci'])} by "
             f"patient-clustered bootstrap).")
-    op = next((o for o in m["operating_points"] if o["name"] == "youden"), None)
+    op = next((o for o in m.operating_points if o["name"] == "youden"), None)
     if op and op["sensitivity"]["value"] is not None and op["specificity"]["value"] is not None:
         cm = op["confusion"]
         text += (f" At the Youden threshold chosen on the {op['chosen_on']['split']} split "
@@ -97,16 +98,16 @@ def _qa_line(qa: dict[str, Any] | None) -> str:
             f"check (inverted or unsure display); images in the cache with a QA note: {noted}")
 
 
-def _data_blocks(m: dict[str, Any]) -> list[Block]:
-    d = m["data"]
+def _data_blocks(m: EvaluationResult) -> list[Block]:
+    d = m.data
     rows = [[name, s["n"], s["n_patients"], s["n_pos"], pct(s["prevalence"])]
             for name, s in d.get("splits", {}).items()]
     blocks: list[Block] = [
         {"type": "h2", "text": "1. Data"},
         {"type": "kv", "items": [("Source", d.get("source", "not recorded")), ("Labels", d.get("labels", "")),
                                  ("Split method", d.get("split_method", "not recorded")),
-                                 ("Reported split", f"{m['split']} (calibration and thresholds fitted on "
-                                                    f"{m['fit_split']} only)"),
+                                 ("Reported split", f"{m.split} (calibration and thresholds fitted on "
+                                                    f"{m.fit_split} only)"),
                                  ("Polarity QA", _qa_line(d.get("qa"))),
                                  ("Manifest sha256", d.get("manifest_sha256") or "n/a")]},
         {"type": "table", "caption": "Images per split", "header": ["split", "images", "patients", "fibrosis",
@@ -135,8 +136,8 @@ def tta_text(record: dict[str, Any] | None) -> str:
             + f"; outside the image: {record.get('padding', 'black')}; no flips")
 
 
-def _model_blocks(m: dict[str, Any]) -> list[Block]:
-    r = m.get("run", {})
+def _model_blocks(m: EvaluationResult) -> list[Block]:
+    r = m.run
     w = r.get("weights", {})
     stages = r.get("stages_run") or []
     conf = {s["name"]: s for s in r.get("stages_configured") or []}
@@ -183,8 +184,8 @@ def _aux_blocks(aux: dict[str, Any] | None) -> list[Block]:
              "header": ["finding", "OOF AUC"], "rows": [[k, f"{v:.3f}"] for k, v in sorted(oof.items())]}]
 
 
-def _calibration_blocks(m: dict[str, Any]) -> list[Block]:
-    c = m["calibration"]
+def _calibration_blocks(m: EvaluationResult) -> list[Block]:
+    c = m.calibration
     cal = c["calibrator"]
     rows = []
     for label, b in (("before", c["before"]), (f"after ({c['method']})", c["after"])):
@@ -202,7 +203,7 @@ def _calibration_blocks(m: dict[str, Any]) -> list[Block]:
                               f"ECE binning: {c['before']['reliability']['binning']}. Ideal calibration: "
                               "ECE 0, slope 1, intercept 0. Calibration holds at the prevalence of the "
                               "data it was fitted on; it must be re-checked at another site or prevalence."},
-        {"type": "table", "caption": f"Calibration on the {m['split']} split",
+        {"type": "table", "caption": f"Calibration on the {m.split} split",
          "header": ["", "ECE", "Brier", f"slope ({ci_label(m)})", f"intercept ({ci_label(m)})"], "rows": rows},
         {"type": "figure", "key": "reliability", "caption": "Reliability diagrams before and after calibration; "
                                                             "bars: number of images per bin (log scale)."},
@@ -219,11 +220,11 @@ def threshold_digits(values: list[float]) -> int:
     return 8
 
 
-def _operating_blocks(m: dict[str, Any]) -> list[Block]:
+def _operating_blocks(m: EvaluationResult) -> list[Block]:
     rows = []
-    digits = threshold_digits([o["threshold"] for o in m["operating_points"]])
-    dep_prev = m.get("deployment_prevalence")
-    for o in m["operating_points"]:
+    digits = threshold_digits([o["threshold"] for o in m.operating_points])
+    dep_prev = m.deployment_prevalence
+    for o in m.operating_points:
         cm = o["confusion"]
         row = [op_label(o["name"]), f"{o['threshold']:.{digits}f}",
                f"{pct(o['chosen_on']['sensitivity'])} / {pct(o['chosen_on']['specificity'])}",
@@ -233,35 +234,35 @@ def _operating_blocks(m: dict[str, Any]) -> list[Block]:
             dep = o.get("deployment") or {}
             row.append(f"{pct(dep.get('ppv'))} / {pct(dep.get('npv'), 2)}")
         rows.append(row)
-    header = ["operating point", "threshold", f"{m['fit_split']} sens / spec", "TP / FP / TN / FN",
-              "sensitivity", "specificity", f"PPV at {pct(m['data']['prevalence'])}",
-              f"NPV at {pct(m['data']['prevalence'])}"]
+    header = ["operating point", "threshold", f"{m.fit_split} sens / spec", "TP / FP / TN / FN",
+              "sensitivity", "specificity", f"PPV at {pct(m.data['prevalence'])}",
+              f"NPV at {pct(m.data['prevalence'])}"]
     if dep_prev is not None:
         header.append(f"PPV / NPV at {pct(dep_prev)}")
     note = ("Thresholds are on the calibrated probability, chosen on the "
-            f"{m['fit_split']} split and frozen, then applied to the {m['split']} split. Intervals: Wilson "
-            f"{ci_label(m)}. PPV and NPV depend on prevalence: the {m['split']} prevalence is "
-            f"{pct(m['data']['prevalence'])}.")
+            f"{m.fit_split} split and frozen, then applied to the {m.split} split. Intervals: Wilson "
+            f"{ci_label(m)}. PPV and NPV depend on prevalence: the {m.split} prevalence is "
+            f"{pct(m.data['prevalence'])}.")
     if dep_prev is not None:
         note += (f" The last column re-computes them by Bayes' rule at the deployment prevalence "
                  f"{pct(dep_prev)} (interval from the sensitivity/specificity bounds in the JSON).")
     else:
         note += " No deployment prevalence was given (evaluate.deployment_prevalence)."
     return [{"type": "h2", "text": "5. Operating points"}, {"type": "p", "text": note},
-            {"type": "table", "caption": f"Operating points on the {m['split']} split", "header": header,
+            {"type": "table", "caption": f"Operating points on the {m.split} split", "header": header,
              "rows": rows}]
 
 
-def _subgroup_blocks(m: dict[str, Any]) -> list[Block]:
-    cfg = m["evaluate_config"]
+def _subgroup_blocks(m: EvaluationResult) -> list[Block]:
+    cfg = m.evaluate_config
     rows, muted = [], []
-    for g in m["subgroups"]:
+    for g in m.subgroups:
         rows.append([g["attribute"], g["value"], g["n"], g["n_pos"], pct(g["prevalence"]),
                      "n/a" if g["auc"] is None else f"{g['auc']:.3f} ({ci3(g['ci'])})",
                      "; ".join(g["flags"]) or ""])
         muted.append(bool(g["small"]))
     return [{"type": "h2", "text": "6. Subgroups"},
-            {"type": "p", "text": f"AUC with DeLong {ci_label(m)} per subgroup of the {m['split']} split. Groups with "
+            {"type": "p", "text": f"AUC with DeLong {ci_label(m)} per subgroup of the {m.split} split. Groups with "
                                   f"fewer than {cfg['min_subgroup_n']} images or fewer than "
                                   f"{cfg['min_subgroup_positives']} positives (or negatives) are greyed out and "
                                   "flagged: their AUC is shown for completeness and must not be read as a "
@@ -271,11 +272,11 @@ def _subgroup_blocks(m: dict[str, Any]) -> list[Block]:
              "rows": rows, "muted": muted}]
 
 
-def _gradcam_blocks(m: dict[str, Any], have_figure: bool) -> list[Block]:
+def _gradcam_blocks(m: EvaluationResult, have_figure: bool) -> list[Block]:
     blocks: list[Block] = [{"type": "h2", "text": "7. Grad-CAM examples"}]
     if not have_figure:
         return blocks + [{"type": "p", "style": "warn", "text": "Grad-CAM panels were not produced for this run."}]
-    g = m["gradcam"]
+    g = m.gradcam or {}
     text = ("Most confident true positives, false positives and most confidently missed fibrosis cases at the "
             "Youden threshold. Red marks image regions that raised the fibrosis score. This is a plausibility "
             "check (is the model looking at the lungs rather than markers, tubes or borders?), not a "
@@ -286,39 +287,39 @@ def _gradcam_blocks(m: dict[str, Any], have_figure: bool) -> list[Block]:
     return blocks + [{"type": "p", "text": text}, {"type": "figure", "key": "gradcam", "caption": g["method"]}]
 
 
-def _repro_blocks(m: dict[str, Any]) -> list[Block]:
-    r = m.get("run", {})
+def _repro_blocks(m: EvaluationResult) -> list[Block]:
+    r = m.run
     vt, ve = r.get("versions_training") or {}, r.get("versions_evaluation") or {}
     rows = [[k, vt.get(k, "not recorded") if vt else "not recorded", ve.get(k, "")] for k in ve]
     return [
         {"type": "h2", "text": "9. Reproducibility"},
         {"type": "kv", "items": [
             ("Training seed / split seed", f"{r.get('seed')} / {r.get('split_seed')}"),
-            ("Bootstrap", f"{m['discrimination']['bootstrap']['n_resamples']} resamples of patients, seed "
-                          f"{m['discrimination']['bootstrap']['seed']}"),
+            ("Bootstrap", f"{m.discrimination['bootstrap']['n_resamples']} resamples of patients, seed "
+                          f"{m.discrimination['bootstrap']['seed']}"),
             ("Manifest sha256 (training)", r.get("manifest_sha256") or "n/a"),
-            ("Manifest sha256 (evaluated)", m["data"].get("manifest_sha256") or "n/a"),
+            ("Manifest sha256 (evaluated)", m.data.get("manifest_sha256") or "n/a"),
             ("Weights sha256", (r.get("weights") or {}).get("sha256") or "n/a"),
             ("Checkpoint sha256", r.get("checkpoint_sha256") or "n/a"),
-            ("Evaluated", m.get("created", "")), ("fibrosis version", __version__)]},
+            ("Evaluated", m.created), ("fibrosis version", __version__)]},
         {"type": "table", "caption": "Package versions", "header": ["package", "training", "evaluation"],
          "rows": rows},
         {"type": "pre", "caption": "Resolved configuration (config.yaml of the run + evaluation settings)",
-         "text": yaml.safe_dump({**(r.get("config") or {}), "evaluate": m["evaluate_config"]}, sort_keys=False,
+         "text": yaml.safe_dump({**(r.get("config") or {}), "evaluate": m.evaluate_config}, sort_keys=False,
                                 default_flow_style=None, width=100)},
     ]
 
 
-def _tune_blocks(t: dict[str, Any]) -> list[Block]:
+def _tune_blocks(t: TuneResult) -> list[Block]:
     """"How much to unfreeze?": the `fibrosis tune` arms table, OOF ROC curves and the choice."""
-    lvl = f"{100 * float(t['level']):.4g}% CI"
+    lvl = f"{100 * float(t.level):.4g}% CI"
 
     def vs(d: dict[str, Any] | None) -> str:
         return "-" if not d else f"{d['difference']:+.3f} (p={d['p']:.3g})"
 
-    twins = any(a.get("tta") for a in t["arms"])  # tune.tta: "<arm>+tta" rows, the same models with TTA
+    twins = any(a.get("tta") for a in t.arms)  # tune.tta: "<arm>+tta" rows, the same models with TTA
     rows = []
-    for a in t["arms"]:
+    for a in t.arms:
         reps = ", ".join(f"{v:.3f}" for v in (a.get("repeat_aucs") or {}).values())
         minutes = (f"{a.get('minutes', 0):.1f} ({a.get('cpu_minutes', 0):.1f} CPU)"
                    + (f"; TTA {a['tta_seconds']:.0f} s" if a.get("tta") else ""))
@@ -329,9 +330,9 @@ def _tune_blocks(t: dict[str, Any]) -> list[Block]:
         rows.append([a["name"], a.get("describe", ""), f"{a['auc']:.3f}", ci3(a["ci"]), vs(a.get("vs_reference")),
                      vs(a.get("vs_best")), vs(a.get("vs_base")), reps or "-", num(a.get("oof_sd"), 2),
                      str(a.get("epoch", "")), minutes])
-    reps = f" x {t['repeats']} repeats" if t.get("repeats", 1) > 1 else ""
-    adj = t.get("selection_adjusted")
-    checks = t.get("replication") or []
+    reps = f" x {t.repeats} repeats" if t.repeats > 1 else ""
+    adj = t.selection_adjusted or None
+    checks = t.replication
     replicated = " ".join(
         f"{c['chosen']!r} against the simpler {c['rival']!r}: AUC per repeat "
         + ", ".join(f"{a:.3f} vs {b:.3f}" for a, b in zip(c["chosen_auc"], c["rival_auc"]))
@@ -339,8 +340,8 @@ def _tune_blocks(t: dict[str, Any]) -> list[Block]:
            else " (not kept: the gain did not replicate).") for c in checks)
     blocks: list[Block] = [
         {"type": "h2", "text": "How much to unfreeze?"},
-        {"type": "p", "text": f"Patient-level, label-stratified {t['folds']}-fold cross-validation{reps} over the "
-                              f"{t['n_dev']} development images ({t['n_dev_patients']} patients, {t['n_dev_pos']} with "
+        {"type": "p", "text": f"Patient-level, label-stratified {t.folds}-fold cross-validation{reps} over the "
+                              f"{t.n_dev} development images ({t.n_dev_patients} patients, {t.n_dev_pos} with "
                               "fibrosis; the test split was not used). The first row is the reference: scikit-learn's "
                               "logistic regression on the backbone's pooled features, what a team would write without "
                               "this tool. Fine-tuning arms start from the tool's linear probe and train with the same "
@@ -364,26 +365,26 @@ def _tune_blocks(t: dict[str, Any]) -> list[Block]:
          "caption": "Out-of-fold ROC curves of every arm; dotted grey: random initialisation."},
     ]
     return blocks + _tune_aux_blocks(t) + [
-        {"type": "p", "style": "summary", "text": t["reason"] + (
+        {"type": "p", "style": "summary", "text": t.reason + (
             f" Replication over the repeats of the cross-validation: {replicated}" if replicated else "") + (
             f" Its pooled out-of-fold AUC ({adj['pooled_auc']:.3f}) is optimistic, since it was chosen on these "
             f"predictions; the selection-adjusted estimate (Tibshirani & Tibshirani 2009) is {adj['auc']:.3f}. The "
             "test-split results in this report are the unbiased estimate." if adj else "") + (
-            f" The model evaluated here is its {t['folds'] * t.get('repeats', 1)} fold models as one ensemble "
+            f" The model evaluated here is its {t.folds * t.repeats} fold models as one ensemble "
             "(mean logit); calibration and thresholds were fitted on the pooled out-of-fold logits."
-            if t.get("final", "ensemble") == "ensemble" else
+            if t.final == "ensemble" else
             " The model evaluated here was refitted on all development data with that budget; calibration and "
             "thresholds were fitted on the pooled out-of-fold logits.")},
     ]
 
 
-def _tune_aux_blocks(t: dict[str, Any]) -> list[Block]:
+def _tune_aux_blocks(t: TuneResult) -> list[Block]:
     """Arms that could not run, and the auxiliary findings: labels and each aux arm's own OOF AUCs."""
     out: list[Block] = []
-    for name, why in (t.get("skipped_arms") or {}).items():
+    for name, why in t.skipped_arms.items():
         out.append({"type": "p", "text": f"Arm {name!r} was not run: {why}."})
-    aux = t.get("aux") or {}
-    arms = [a for a in t["arms"] if a.get("aux_auc")]
+    aux = t.aux
+    arms = [a for a in t.arms if a.get("aux_auc")]
     if aux.get("names") and arms:
         rows = [[n, f"{aux['counts'][n][0]} / {aux['counts'][n][1]}"]
                 + [num(a["aux_auc"].get(n)) for a in arms] for n in aux["names"]]
@@ -397,33 +398,33 @@ def _tune_aux_blocks(t: dict[str, Any]) -> list[Block]:
     return out
 
 
-def build_blocks(m: dict[str, Any], have: set[str], tune: dict[str, Any] | None = None) -> list[Block]:
+def build_blocks(m: EvaluationResult, have: set[str], tune: TuneResult | None = None) -> list[Block]:
     """The report as neutral blocks (same content for HTML and PDF); ``tune``: RUN/tune.json."""
-    r = m.get("run", {})
+    r = m.run
     blocks: list[Block] = []
     if not r.get("pretrained", False):
         blocks.append({"type": "banner", "text": NOT_PRETRAINED})
-    d = m["data"]
+    d = m.data
     blocks += [
         {"type": "h1", "text": "Pulmonary fibrosis classifier: validation report"},
         {"type": "kv", "items": [
             ("Run", r.get("name", "?")), ("Report date", dt.date.today().isoformat()),
-            ("Evaluated", m.get("created", "")), ("Data source", d.get("source", "not recorded")),
-            ("Reported split", f"{m['split']}: {d['n']} images, {d['n_patients']} patients, {d['n_pos']} with "
+            ("Evaluated", m.created), ("Data source", d.get("source", "not recorded")),
+            ("Reported split", f"{m.split}: {d['n']} images, {d['n_patients']} patients, {d['n_pos']} with "
                                f"fibrosis (prevalence {pct(d['prevalence'])})")]},
         {"type": "p", "style": "summary", "text": headline(m)},
         {"type": "p", "style": "note", "text": "Research software, not a medical device. Labels are mined from "
                                                "radiology report text, not confirmed diagnoses. See the model card "
                                                "(section 8) before drawing any conclusion."},
     ]
-    if m.get("warnings"):
-        blocks += [{"type": "h3", "text": "Read with care"}, {"type": "list", "items": m["warnings"]}]
+    if m.warnings:
+        blocks += [{"type": "h3", "text": "Read with care"}, {"type": "list", "items": m.warnings}]
     blocks += _data_blocks(m) + _model_blocks(m) + (_tune_blocks(tune) if tune else [])
-    disc = m["discrimination"]
+    disc = m.discrimination
     boot = disc["bootstrap"]
     blocks += [
         {"type": "h2", "text": "3. Discrimination"},
-        {"type": "table", "caption": f"AUC on the {m['split']} split",
+        {"type": "table", "caption": f"AUC on the {m.split} split",
          "header": ["measure", "value", ci_label(m), "method"],
          "rows": [["AUC", f"{disc['auc']:.3f}", ci3(disc["delong"]["ci"]), "DeLong"],
                   ["AUC", f"{disc['auc']:.3f}", ci3(boot["ci"]),
@@ -444,14 +445,14 @@ def build_blocks(m: dict[str, Any], have: set[str], tune: dict[str, Any] | None 
     return blocks
 
 
-def make_figures(m: dict[str, Any], eval_dir: Path) -> dict[str, bytes]:
-    disc, cal, ops = m["discrimination"], m["calibration"], m["operating_points"]
+def make_figures(m: EvaluationResult, eval_dir: Path) -> dict[str, bytes]:
+    disc, cal, ops = m.discrimination, m.calibration, m.operating_points
     figs = {"roc": plots.png_bytes(plots.roc_figure(disc, ops)),
             "pr": plots.png_bytes(plots.pr_figure(disc["pr"])),
             "reliability": plots.png_bytes(plots.reliability_figure(cal["before"], cal["after"], cal["method"])),
             "histogram": plots.png_bytes(plots.histogram_figure(cal["before"]["histogram"],
                                                                 cal["after"]["histogram"], ops))}
-    g = m.get("gradcam")
+    g = m.gradcam
     if g and (eval_dir / PANELS_FILE).is_file():
         panels, per_kind = load_panels(eval_dir / PANELS_FILE)
         figs["gradcam"] = plots.png_bytes(plots.gradcam_figure(panels, g["threshold"], per_kind))
@@ -466,19 +467,19 @@ def write_report(run: str | Path, out: str | Path | None = None, split: str = "t
     if not mpath.is_file():
         raise FileNotFoundError(f"{mpath}: no evaluation of split {split!r}; run `fibrosis evaluate "
                                 f"--run {run} --cache CACHE --split {split}` first")
-    m = json.loads(read_text(mpath))
+    m = EvaluationResult.read(mpath)
     out = Path(out) if out is not None else Path("reports") / run.name
     out.mkdir(parents=True, exist_ok=True)
     figs = make_figures(m, eval_dir)
-    tune = json.loads(read_text(run / artefacts.TUNE)) if (run / artefacts.TUNE).is_file() else None  # `fibrosis tune`
+    tune = TuneResult.read(run / artefacts.TUNE) if (run / artefacts.TUNE).is_file() else None  # `fibrosis tune`
     if tune:
-        figs["tune_roc"] = plots.png_bytes(plots.tune_roc_figure(tune["arms"], tune["chosen"]))
+        figs["tune_roc"] = plots.png_bytes(plots.tune_roc_figure(tune.arms, tune.chosen))
     blocks = build_blocks(m, set(figs), tune)
-    title = f"Fibrosis classifier validation: {m.get('run', {}).get('name', run.name)}"
+    title = f"Fibrosis classifier validation: {m.run_name or run.name}"
     page = render_html(blocks, figs, title)
     atomic_write_bytes(out / artefacts.REPORT_HTML, page.encode("utf-8"))  # never left truncated
     atomic_write_bytes(out / artefacts.METRICS, read_text(mpath).encode("utf-8"))
     render_pdf(page, out / artefacts.REPORT_PDF,  # last: HTML and metrics stand even if the PDF engine fails
-               page_banner=None if m.get("run", {}).get("pretrained", False) else "NOT ImageNet-pretrained")
+               page_banner=None if m.pretrained else "NOT ImageNet-pretrained")
     logger.info("report: %s, %s, %s", out / artefacts.REPORT_HTML, out / artefacts.REPORT_PDF, out / artefacts.METRICS)
     return out

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fibrosis.evaluate.result import EvaluationResult
+
 NIH_PREVALENCE = 1686 / 112120  # "Fibrosis" in the whole NIH ChestX-ray14 data set (1.5%)
 
 
@@ -15,8 +17,8 @@ def _pct(v: float) -> str:
     return f"{100 * v:.1f}%"
 
 
-def model_card(m: dict[str, Any]) -> list[dict[str, Any]]:
-    d, r = m["data"], m.get("run", {})
+def model_card(m: EvaluationResult) -> list[dict[str, Any]]:
+    d, r = m.data, m.run
     total = d.get("total") or {}
     prev = total.get("prevalence") or d["prevalence"]
     intended = [
@@ -52,9 +54,9 @@ def model_card(m: dict[str, Any]) -> list[dict[str, Any]]:
         "Grad-CAM maps show where the score came from, not where disease is; they cannot validate the model.",
         "The model sees a downsampled gray image; fine reticular patterns visible at full resolution may be lost.",
     ]
-    small = [g for g in m.get("subgroups", []) if g.get("small")]
+    small = [g for g in m.subgroups if g.get("small")]
     if small:
-        limits.append(f"{len(small)} of {len(m['subgroups'])} subgroups are too small to compare "
+        limits.append(f"{len(small)} of {len(m.subgroups)} subgroups are too small to compare "
                       "(flagged in section 6); fairness across sex, age, view and device is not established.")
     if not r.get("pretrained", False):
         limits.insert(0, "The backbone was NOT ImageNet-pretrained (random initialisation): this run does "

@@ -590,7 +590,7 @@ class Node:
         path = resolve_checkpoint(self.cfg.model)
         ckpt = load_checkpoint(path)
         frozen_settings(ckpt, path, "")  # refuses an unevaluated checkpoint now, not at the first batch
-        self._ingest = config_from_dict(ckpt["config"]).ingest
+        self._ingest = config_from_dict(ckpt.config).ingest
         del ckpt
         # Started here, by the thread that runs the node: the fork server dies with the thread
         # that started it (PR_SET_PDEATHSIG), and an association's thread ends with the association.

@@ -1,7 +1,7 @@
 """`fibrosis score`: batch-score DICOM/PNG/JPEG studies with a trained, evaluated checkpoint.
 
 Everything that shapes a score comes from the checkpoint: the ingestion settings
-(``ckpt["config"]["ingest"]``, so the same :func:`fibrosis.data.pixels.load_image` and
+(the checkpoint's ``config.ingest``, so the same :func:`fibrosis.data.pixels.load_image` and
 policy checks as training), the model input transform (the cache quantisation,
 then :mod:`fibrosis.data.dataset`'s resize + normalise), the calibrator and the frozen
 default operating point. Nothing on the command line can change them.
@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from fibrosis.config import IngestConfig, ScoreConfig, config_from_dict
 from fibrosis.data.identity import identity, resolve_salt
 from fibrosis.data.pixels import excluded_flag, qa_flags
 from fibrosis.data.records import Decoded, DecodeResult, Preprocessing, Rejected, Skipped
+
+if TYPE_CHECKING:  # the record's module imports torch, which `import fibrosis` does not need
+    from fibrosis.model.checkpoint import Checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -100,19 +103,19 @@ def resolve_checkpoint(model: str | Path) -> Path:
     return p
 
 
-def frozen_settings(ckpt: dict[str, Any], path: Path, sha256: str) -> Frozen:
+def frozen_settings(ckpt: Checkpoint, path: Path, sha256: str) -> Frozen:
     """Scoring settings from a checkpoint; refuses one that was never evaluated."""
     from fibrosis.model.calibration import calibrator_from_dict
 
-    thr, cal = ckpt.get("threshold"), ckpt.get("calibration")
+    thr, cal = ckpt.threshold, ckpt.calibration
     if not isinstance(thr, dict) or not isinstance(cal, dict):
         raise ValueError(f"{path}: no calibration/threshold stored; run `fibrosis evaluate` on this "
                          f"run first (scoring applies the operating point chosen on validation)")
     if thr.get("scale") != "calibrated probability" or "value" not in thr:
         raise ValueError(f"{path}: threshold record {thr!r}; expected scale 'calibrated probability' "
                          f"and a 'value' (written by fibrosis.evaluate.run)")
-    cfg = config_from_dict(ckpt["config"])
-    return Frozen(cfg.ingest, cfg.score, Preprocessing.from_dict(ckpt["preprocessing"], str(path)), calibrator_from_dict(cal),
+    cfg = config_from_dict(ckpt.config)
+    return Frozen(cfg.ingest, cfg.score, ckpt.preprocessing, calibrator_from_dict(cal),
                   str(thr.get("default", "default")), float(thr["value"]), sha256[:16])
 
 
@@ -384,8 +387,7 @@ def score(model: str | Path, input: str | Path, out: str | Path, *, workers: int
                              f"(train with train.aux_weight > 0, or a tune arm with aux_weight)")
         logger.info("test-time augmentation: %s (recorded in the checkpoint)", tta_describe(variants_of(net)))
         fz = frozen_settings(ckpt, ckpt_path, sha)
-        for key in ("model", "optimizer", "scheduler"):  # loaded already / not needed: free them
-            ckpt.pop(key, None)
+        del ckpt  # the weights are in ``net`` now; a second copy would only hold memory
         plan = _plan(fz, d, input, Path(out).resolve(), workers=workers, batch_size=batch_size,
                      gradcam_dir=gradcam_dir, study_aggregate=study_aggregate, engine=engine, salt_dir=salt_dir,
                      aux_columns=score_io.aux_columns(net.aux_names) if aux else None)

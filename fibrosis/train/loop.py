@@ -34,7 +34,8 @@ from fibrosis.model import distributed
 from fibrosis.train import runlog
 from fibrosis.train.aux import AllHeads, AuxLoss, HeadsOnFeatures, aux_record, aux_targets, choose_aux, describe
 from fibrosis.data.cache import CacheReader, manifest_hash
-from fibrosis.model.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fibrosis.model.checkpoint import (Checkpoint, Training, load_checkpoint, rng_state, save_checkpoint,
+                                       set_rng_state)
 from fibrosis.config import Config, StageConfig, config_from_dict, config_to_dict
 from fibrosis.data.dataset import (CacheDataset, EpochSampler, Sample, build_augment, pos_weight, row_label,
                               steps_per_epoch)
@@ -157,19 +158,24 @@ def split_keys(reader: CacheReader, idx: list[int]) -> dict[str, list[str]]:
             "images": sorted({r["content_hash"] for r in rows})}
 
 
-def _check_resume(ckpt: dict[str, Any], cfg: Config, mhash: str, path: Path, world: int) -> None:
-    old, new = ckpt["config"], config_to_dict(cfg)
+def _check_resume(ckpt: Checkpoint, cfg: Config, mhash: str, path: Path, world: int) -> Training:
+    """The resume state of ``ckpt``, once its config, data and process count are checked."""
+    if ckpt.training is None:
+        raise ValueError(f"{path}: no training state to resume from (a packaged model, not `fibrosis train`'s "
+                         f"{artefacts.LAST})")
+    old, new = ckpt.config, config_to_dict(cfg)
     diff = [f"{sec}.{k}: {old[sec].get(k)!r} -> {v!r}" for sec in ("model", "train")
             for k, v in new[sec].items() if k not in RUNTIME_KEYS and old[sec].get(k) != v]
     if diff:
         raise ValueError(f"{path}: config differs from the run being resumed ({'; '.join(diff)});"
                          f" resume with the run's own config.yaml or start a new out_dir")
-    if ckpt["manifest_hash"] != mhash:
-        raise ValueError(f"{path}: trained on manifest sha256 {ckpt['manifest_hash'][:12]}..., the "
+    if ckpt.manifest_hash != mhash:
+        raise ValueError(f"{path}: trained on manifest sha256 {ckpt.manifest_hash[:12]}..., the "
                          f"cache now has {mhash[:12]}...; resume needs the same data")
-    if len(ckpt.get("rng_per_rank", [])) != world:
+    if len(ckpt.training.rng_per_rank) != world:
         logger.warning("resuming a %d-process run on %d processes: continues, but not bit-exact",
-                       len(ckpt.get("rng_per_rank", [])), world)
+                       len(ckpt.training.rng_per_rank), world)
+    return ckpt.training
 
 
 def _features(model: FibrosisNet, reader: CacheReader, idx: list[int], cfg: Config,
@@ -250,9 +256,9 @@ class _Run:
     stages: tuple[StageConfig, ...]
     loss_fn: nn.BCEWithLogitsLoss
     train_ds: Dataset[Sample]
-    base: dict[str, Any]  # checkpoint fields fixed for the run
+    base: Checkpoint  # the fields fixed for the run (its weights and training state change per epoch)
     state: RunState
-    ckpt: dict[str, Any] | None  # the checkpoint resumed from, if any
+    resumed: Training | None  # the training state resumed from, if any
     tracker: Any
     max_epochs: int | None
     aux_loss: AuxLoss | None = None  # auxiliary heads (train.aux_weight > 0)
@@ -336,7 +342,7 @@ def _open(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs:
     if not model.pretrained:
         logger.warning("the backbone is NOT pretrained (weights source: %s)", model.weights_info["source"])
     aux = _aux_heads(model, cfg, reader, train_idx)  # before _restore: the heads' weights load too
-    state, ckpt = _restore(model, cfg, mhash, out_dir, resume, d)
+    state, resumed = _restore(model, cfg, mhash, out_dir, resume, d)
     if d.is_main:
         runlog.write_config(out_dir, config_to_dict(cfg), {"preset": why, "manifest_sha256": mhash})
     tracker = None
@@ -357,21 +363,19 @@ def _open(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs:
     aux_loss, aux_train, aux_record = aux if aux is not None else (None, None, None)
     train_ds = CacheDataset(reader, train_idx, model.preprocessing,
                             build_augment(tcfg.augment), seed=tcfg.seed, aux=aux_train)
-    base = {"config": config_to_dict(cfg), "stages": [config_to_dict(s) for s in stages],
-            "preset": why, "arch": cfg.model.arch, "preprocessing": model.preprocessing.to_dict(),
-            "weights_info": model.weights_info, "pretrained": model.pretrained,
-            "manifest_hash": mhash, "world_size": d.world, "tta": tta_record(variants_of(model)),
-            "split_keys": {"train": split_keys(reader, train_idx), "val": split_keys(reader, val_idx)},
-            "versions": package_versions()}
-    if aux_record is not None:
-        base["aux"] = aux_record
+    base = Checkpoint(weights={}, config=config_to_dict(cfg), stages=[config_to_dict(s) for s in stages],
+                      preset=why, arch=cfg.model.arch, preprocessing=model.preprocessing,
+                      weights_info=model.weights_info, pretrained=model.pretrained,
+                      manifest_hash=mhash, world_size=d.world, tta=tta_record(variants_of(model)),
+                      split_keys={"train": split_keys(reader, train_idx), "val": split_keys(reader, val_idx)},
+                      versions=package_versions(), aux=aux_record)
     run = _Run(cfg, d, out_dir, reader, train_idx, val_idx, train_y, val_y, model, stages, loss_fn,
-               train_ds, base, state, ckpt, tracker, max_epochs, aux_loss, aux_train)
+               train_ds, base, state, resumed, tracker, max_epochs, aux_loss, aux_train)
     if state.stage_done:  # stopped right after a stage ended: the next one starts fresh
         state.stage, state.epoch_in_stage, state.stage_done, state.bad_epochs = state.stage + 1, 0, False, 0
-    if ckpt is not None:
-        per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
-        run.pending_rng = per_rank[d.rank] if d.rank < len(per_rank) else ckpt["rng"]
+    if resumed is not None:
+        per_rank = resumed.rng_per_rank or [resumed.rng]
+        run.pending_rng = per_rank[d.rank] if d.rank < len(per_rank) else resumed.rng
         if state.epoch_in_stage == 0:  # at a stage boundary: the saved state precedes its setup
             set_rng_state(run.pending_rng)
             run.pending_rng = None
@@ -401,7 +405,7 @@ def _aux_heads(model: FibrosisNet, cfg: Config, reader: CacheReader, train_idx: 
 
 
 def _restore(model: FibrosisNet, cfg: Config, mhash: str, out_dir: Path, resume: bool,
-             d: distributed.Dist) -> tuple[RunState, dict[str, Any] | None]:
+             d: distributed.Dist) -> tuple[RunState, Training | None]:
     """The weights and position of the run being resumed; a fresh state otherwise (and a
     refusal to overwrite an existing run without --resume)."""
     last = out_dir / artefacts.LAST
@@ -411,12 +415,12 @@ def _restore(model: FibrosisNet, cfg: Config, mhash: str, out_dir: Path, resume:
                                   f"continue it or choose a new output directory")
         return RunState(), None
     ckpt = load_checkpoint(last)  # FileNotFoundError names the missing file
-    _check_resume(ckpt, cfg, mhash, last, d.world)
-    model.load_state_dict(ckpt["model"])
-    state = RunState(**ckpt["run"])
+    training = _check_resume(ckpt, cfg, mhash, last, d.world)
+    model.load_state_dict(ckpt.weights)
+    state = RunState(**training.run)
     logger.info("resuming %s at stage %d, %d epoch(s) done in it (%d overall)", last,
                 state.stage, state.epoch_in_stage, state.epochs_done)
-    return state, ckpt
+    return state, training
 
 
 def _setup_stage(run: _Run, s: int) -> _Stage:
@@ -448,9 +452,9 @@ def _setup_stage(run: _Run, s: int) -> _Stage:
         ds, step_model = run.train_ds, (model if run.aux_loss is None else AllHeads(model))
     n_steps = steps_per_epoch(len(run.train_idx), cfg.train.batch_size, d.world)
     opt, sched = make_optimizer(model, stage, n_steps)
-    if run.ckpt is not None and s == run.ckpt["run"]["stage"] and state.epoch_in_stage > 0:
-        opt.load_state_dict(run.ckpt["optimizer"])
-        sched.load_state_dict(run.ckpt["scheduler"])
+    if run.resumed is not None and s == run.resumed.run["stage"] and state.epoch_in_stage > 0:
+        opt.load_state_dict(run.resumed.optimizer)
+        sched.load_state_dict(run.resumed.scheduler)
     if d.world > 1:
         step_model = DDP(step_model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     if cfg.train.compile:
@@ -510,14 +514,14 @@ def _save(run: _Run, stage: _Stage, row: dict[str, Any], improved: bool) -> None
     d, state = run.d, run.state
     rngs = distributed.gather_object(d, rng_state())
     if d.is_main:
-        payload = {**run.base, "model": run.model.state_dict(), "optimizer": stage.opt.state_dict(),
-                   "scheduler": stage.sched.state_dict(), "stage": stage.index, "stage_name": stage.config.name,
-                   "epoch": state.epochs_done, "run": dataclasses.asdict(state),
-                   "rng": rngs[0], "rng_per_rank": rngs,
-                   "best_val_auc": state.best_val_auc, "best_epoch": state.best_epoch}
-        save_checkpoint(run.last, payload)
+        training = Training(optimizer=stage.opt.state_dict(), scheduler=stage.sched.state_dict(),
+                            stage=stage.index, stage_name=stage.config.name, epoch=state.epochs_done,
+                            run=dataclasses.asdict(state), rng=rngs[0], rng_per_rank=rngs)
+        ckpt = dataclasses.replace(run.base, weights=run.model.state_dict(), training=training,
+                                   best_val_auc=state.best_val_auc, best_epoch=state.best_epoch)
+        save_checkpoint(run.last, ckpt)
         if improved:
-            save_checkpoint(run.best, payload)
+            save_checkpoint(run.best, ckpt)
         runlog.write_metrics(run.out_dir, state.history)
         if run.tracker is not None:
             run.tracker.log_epoch(row)

@@ -7,13 +7,14 @@ import re
 import numpy as np
 import pytest
 
-from helpers.asah_data import MARKERS, Y  # pROC aSAH reference data (tests/asah_data.py)
+from helpers.asah_data import MARKERS, Y  # pROC aSAH reference data
+from helpers.checkpoints import checkpoint_of
 from fibrosis.model.calibration import calibrator_from_dict
 from fibrosis.evaluate.compare import compare_predictions, compare_runs
 from fibrosis.config import ConfigError, EvaluateConfig, load_config
+from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.evaluate.run import Predictions, evaluate_predictions, evaluate_run, resolve_fit_split
 from fibrosis.evaluate.subgroups import age_band
-from fibrosis.io import write_json
 
 
 def _preds(n: int, seed: int, split: str, prev: float = 0.15, images_per_patient: int = 2) -> Predictions:
@@ -45,20 +46,20 @@ def test_calibration_and_thresholds_come_from_the_fit_split_only(evaluated):
     assert thr2["points"] == threshold["points"] and cal2.to_dict() == cal.to_dict()
     # the frozen thresholds, applied to the test split, give the reported confusion matrices
     prob = np.array([c["prob"] for c in cases])
-    for op in res["operating_points"]:
+    for op in res.operating_points:
         pred = prob >= op["threshold"]
         assert op["confusion"]["tp"] == int((pred & (test.labels == 1)).sum())
         assert op["confusion"]["fp"] == int((pred & (test.labels == 0)).sum())
         assert op["chosen_on"]["split"] == "val"
         assert op["sensitivity"]["ci"][0] <= op["sensitivity"]["value"] <= op["sensitivity"]["ci"][1]
         assert op["deployment"]["prevalence"] == 0.015
-    assert [op["name"] for op in res["operating_points"]] == ["youden", "sensitivity_0.90", "sensitivity_0.95"]
+    assert [op["name"] for op in res.operating_points] == ["youden", "sensitivity_0.90", "sensitivity_0.95"]
     assert threshold["value"] == threshold["points"]["youden"]
 
 
 def test_calibration_improves_overconfident_logits(evaluated):
     _, _, _, (res, _, _, _) = evaluated
-    before, after = res["calibration"]["before"], res["calibration"]["after"]
+    before, after = res.calibration["before"], res.calibration["after"]
     assert after["reliability"]["ece"] < before["reliability"]["ece"]
     assert before["intercept_slope"]["slope"] < 0.8  # overconfident
     assert after["intercept_slope"]["slope"] == pytest.approx(1.0, abs=0.3)
@@ -66,32 +67,32 @@ def test_calibration_improves_overconfident_logits(evaluated):
 
 def test_metrics_are_json_and_identifier_free(evaluated, tmp_path):
     _, _, _, (res, cal, threshold, cases) = evaluated
-    write_json(tmp_path / "m.json", res)  # allow_nan=False: no NaN/inf slipped through
+    res.write(tmp_path / "m.json")  # standard JSON: no NaN/inf slipped through
     text = (tmp_path / "m.json").read_text()
     assert "SECRET-PATIENT" not in text and "Doe^John" not in text and "hash2-" not in text
     assert calibrator_from_dict(json.loads(json.dumps(cal.to_dict()))).predict([0.0])[0] == 0.5
     # per-case rows keep the pseudonymous key (for the run folder) but never the path
     assert "path" not in cases[0] and cases[0]["patient_key"].startswith("SECRET-PATIENT")
-    boot = res["discrimination"]["bootstrap"]
+    boot = res.discrimination["bootstrap"]
     assert boot["n_patients"] == 250 and boot["n_resamples"] == 500
-    assert "bootstrap: 500 resamples (< 2000): CI is coarse" in res["warnings"]
+    assert "bootstrap: 500 resamples (< 2000): CI is coarse" in res.warnings
 
 
 def test_subgroups_ordered_and_flagged(evaluated):
     _, _, _, (res, _, _, _) = evaluated
-    ages = [g["value"] for g in res["subgroups"] if g["attribute"] == "age_band"]
+    ages = [g["value"] for g in res.subgroups if g["attribute"] == "age_band"]
     assert ages == ["<40", "40-59", "60-79", ">=80"]
-    for g in res["subgroups"]:
+    for g in res.subgroups:
         assert g["small"] == (g["n"] < 30 or g["n_pos"] < 5 or g["n"] - g["n_pos"] < 5), g
-    assert {g["attribute"] for g in res["subgroups"]} == {"sex", "age_band", "view_position", "manufacturer"}
+    assert {g["attribute"] for g in res.subgroups} == {"sex", "age_band", "view_position", "manufacturer"}
 
 
 def test_small_sets_are_warned_not_silent():
     res, *_ = evaluate_predictions(_preds(40, 3, "val", prev=0.3), _preds(40, 4, "test", prev=0.2),
                                    EvaluateConfig(bootstrap_resamples=200))
-    assert any("unstable" in w for w in res["warnings"])
-    assert any(w.startswith("thresholds (val)") for w in res["warnings"])
-    assert all(g["small"] for g in res["subgroups"])  # 40 images, 4 positives: every group is flagged
+    assert any("unstable" in w for w in res.warnings)
+    assert any(w.startswith("thresholds (val)") for w in res.warnings)
+    assert all(g["small"] for g in res.subgroups)  # 40 images, 4 positives: every group is flagged
 
 
 def test_nan_logits_and_missing_labels_are_errors():
@@ -189,18 +190,19 @@ def test_evaluate_run_end_to_end(tmp_path):
     assert [(p["kind"], p["prob"], p["label"]) for p in panels] == \
         [(c["kind"], c["prob"], c["label"]) for c in m["gradcam"]["cases"]] and m["gradcam"]["cases"]
     ckpt = load_checkpoint(run / "best.pt")  # weights_only load
-    assert ckpt["calibration"]["method"] == m["evaluate_config"]["calibration"]
-    assert ckpt["calibration"]["fitted_on"]["split"] == "val"
-    assert ckpt["threshold"]["value"] == m["operating_points"][0]["threshold"]
+    assert ckpt.calibration["method"] == m["evaluate_config"]["calibration"]
+    assert ckpt.calibration["fitted_on"]["split"] == "val"
+    assert ckpt.threshold["value"] == m["operating_points"][0]["threshold"]
     # the stored calibration reproduces the evaluated probabilities exactly
     model, _ = load_model(run / "best.pt")
-    cal = calibrator_from_dict(ckpt["calibration"])
+    cal = calibrator_from_dict(ckpt.calibration)
     rows = [line.split(",") for line in preds.splitlines()[1:]]
     logits, probs = np.array([float(r[5]) for r in rows]), np.array([float(r[7]) for r in rows])
     assert cal.predict(logits) == pytest.approx(probs, abs=1e-12)
     # report content from this real evaluation (figure rendering itself is covered in test_report)
-    figs = make_figures(m, run / "eval" / "test")  # the report draws Grad-CAM from the panels
-    html = render_html(build_blocks(m, set(figs)), {"gradcam": figs["gradcam"]}, "t")
+    record = EvaluationResult.read(metrics_path)
+    figs = make_figures(record, run / "eval" / "test")  # the report draws Grad-CAM from the panels
+    html = render_html(build_blocks(record, set(figs)), {"gradcam": figs["gradcam"]}, "t")
     assert html.count("data:image/png;base64,") == 1 and "7. Grad-CAM examples" in html
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)  # keys could occur in base64 by chance
     assert "p000" not in text and "synthetic/0" not in text  # patient keys and paths of the cache
@@ -213,12 +215,12 @@ def test_degenerate_bootstrap_is_reported_not_fatal(tmp_path):
     test = _preds(30, 11, "test", prev=0.0, images_per_patient=1)
     test.labels[:2] = 1
     res, *_ = evaluate_predictions(_preds(200, 10, "val"), test, EvaluateConfig(bootstrap_resamples=400))
-    boot = res["discrimination"]["bootstrap"]
+    boot = res.discrimination["bootstrap"]
     assert boot["ci"] is None and "contained both classes" in boot["error"]
-    assert any("bootstrap CI not reported" in w for w in res["warnings"])
-    assert res["discrimination"]["delong"]["ci"] is not None
-    write_json(tmp_path / "m.json", res)
-    m = json.loads((tmp_path / "m.json").read_text())
+    assert any("bootstrap CI not reported" in w for w in res.warnings)
+    assert res.discrimination["delong"]["ci"] is not None
+    res.write(tmp_path / "m.json")
+    m = EvaluationResult.read(tmp_path / "m.json")
     figs = make_figures(m, tmp_path)  # the ROC figure is drawn without a band
     assert "n/a by patient-clustered bootstrap" in json.dumps(build_blocks(m, set(figs)))
 
@@ -255,7 +257,7 @@ def _tiny_run(tmp_path, *, evaluate=None, with_split_keys=True, splits=None):
 
     from fibrosis.io import read_csv
     from fibrosis.model.checkpoint import save_checkpoint, update_checkpoint
-    from fibrosis.config import config_from_dict, config_to_dict
+    from fibrosis.config import config_from_dict
     from fibrosis.model.net import build_model
     from fibrosis.data.synthetic import make_synthetic_cache
 
@@ -266,9 +268,7 @@ def _tiny_run(tmp_path, *, evaluate=None, with_split_keys=True, splits=None):
     cfg = config_from_dict({"model": {"arch": "resnet18", "weights": "none", "input_size": 32},
                             "evaluate": {"bootstrap_resamples": 200, "gradcam_per_kind": 0, **(evaluate or {})}})
     run = tmp_path / "run"
-    save_checkpoint(run / "best.pt", {"model": model.state_dict(), "config": config_to_dict(cfg),
-                                      "preprocessing": model.preprocessing, "weights_info": model.weights_info,
-                                      "pretrained": False, "manifest_hash": manifest_hash(cache)})
+    save_checkpoint(run / "best.pt", checkpoint_of(model, cfg, manifest_hash=manifest_hash(cache)))
     if with_split_keys:  # what train.py records
         rows = read_csv(cache / "manifest.csv")
         update_checkpoint(run / "best.pt", split_keys={s: _split_keys(rows, s) for s in ("train", "val")})
@@ -308,7 +308,7 @@ def test_resplit_after_training_is_refused(tmp_path):
     _rewrite_manifest(cache, move_train_to_test)
     with pytest.raises(ValueError, match=r"split 'test': 5 of 25 patient\(s\) and 5 of 25 image\(s\)"):
         evaluate_run(run, cache, "test", gradcam=False, device="cpu")
-    assert "calibration" not in __import__("fibrosis.model.checkpoint").model.checkpoint.load_checkpoint(run / "best.pt")
+    assert __import__("fibrosis.model.checkpoint").model.checkpoint.load_checkpoint(run / "best.pt").calibration is None
 
 
 @pytest.mark.slow
@@ -317,8 +317,8 @@ def test_old_checkpoint_manifest_change_is_a_recorded_warning(tmp_path):
 
     run, cache = _tiny_run(tmp_path, with_split_keys=False)
     _rewrite_manifest(cache, lambda rows: rows.reverse())  # same split assignment, different file
-    m = json.loads(evaluate_run(run, cache, "test", gradcam=False, device="cpu").read_text())
-    warning = next(w for w in m["warnings"] if "manifest differs" in w)
+    m = EvaluationResult.read(evaluate_run(run, cache, "test", gradcam=False, device="cpu"))
+    warning = next(w for w in m.warnings if "manifest differs" in w)
     assert "cannot verify" in warning and "'test'" in warning
     assert warning in json.dumps(build_blocks(m, set()))
 
@@ -369,15 +369,15 @@ def test_frozen_external_validation_leaves_the_checkpoint_untouched(tmp_path):
                                 gradcam=False, device="cpu").read_text())
     assert hashlib.sha256((run / "best.pt").read_bytes()).hexdigest() == before
     assert m["frozen"] is True and m["split"] == "all" and m["data"]["n"] == 40
-    assert m["fit_split"] == "val" and m["calibration"]["calibrator"] == stored["calibration"]
-    assert m["calibration"]["method"] == stored["calibration"]["method"] != "isotonic"  # stored one, not --set
-    assert {o["name"]: o["threshold"] for o in m["operating_points"]} == stored["threshold"]["points"]
+    assert m["fit_split"] == "val" and m["calibration"]["calibrator"] == stored.calibration
+    assert m["calibration"]["method"] == stored.calibration["method"] != "isotonic"  # stored one, not --set
+    assert {o["name"]: o["threshold"] for o in m["operating_points"]} == stored.threshold["points"]
     cases = (run / "eval" / "frozen-site_b-all" / "predictions.csv").read_text().splitlines()
     assert len(cases) == 41
     assert not (run / "eval" / "all").exists()
 
     def same_patients(rows):  # site B's cache holds training patients: refused like a re-split
-        rows[0]["patient_key"] = stored["split_keys"]["train"]["patients"][0]
+        rows[0]["patient_key"] = stored.split_keys["train"]["patients"][0]
     _rewrite_manifest(ext, same_patients)
     with pytest.raises(ValueError, match=r"split 'all': 1 of 40 patient\(s\)"):
         evaluate_run(run, ext, "all", frozen=True, gradcam=False, device="cpu")

@@ -1,15 +1,18 @@
 """An evaluated run for the report: synthetic predictions through the real evaluation code."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from fibrosis.config import Config, EvaluateConfig, config_to_dict
+from fibrosis.data.records import Preprocessing
 from fibrosis.data.synthetic import make_synthetic_cache
 from fibrosis.evaluate.run import Predictions, evaluate_predictions
 from fibrosis.evaluate.summary import data_summary, run_summary
-from fibrosis.io import read_csv, write_csv, write_json
+from fibrosis.model.checkpoint import Checkpoint, Training
+from fibrosis.io import read_csv, write_csv
 
 
 def predictions(n: int, seed: int, split: str) -> Predictions:
@@ -35,16 +38,19 @@ def make_run(tmp_path: Path, pretrained: bool) -> Path:
                                          data_source="synthetic test images"))
     res, *_ = evaluate_predictions(predictions(300, 6, "val"), predictions(300, 7, "test"), cfg.evaluate)
     run = tmp_path / "runs" / "my-run"
-    ckpt = {"config": config_to_dict(cfg), "pretrained": pretrained, "arch": "resnet18",
-            "weights_info": {"source": "mobilenet_v2-imagenet-features.pth" if pretrained else "none",
-                             "sha256": "f" * 64 if pretrained else None},
-            "preprocessing": {"input_size": 224}, "best_epoch": 3, "best_val_auc": 0.8,
-            "stages": [{"name": "head", "epochs": 2, "lr": 1e-3, "unfreeze": []}],
-            "run": {"history": [{"stage": 0, "stage_name": "head", "lr": 1e-3, "val_auc": 0.8}] * 2}}
-    res["run"] = run_summary(run, ckpt)
-    res["data"].update(data_summary(cache, [dict(r) for r in _rows(cache)], cfg))
+    ckpt = Checkpoint(
+        weights={}, config=config_to_dict(cfg), arch="resnet18", pretrained=pretrained,
+        weights_info={"source": "mobilenet_v2-imagenet-features.pth" if pretrained else "none",
+                      "sha256": "f" * 64 if pretrained else None},
+        preprocessing=Preprocessing(224, 1, 0.449, 0.226, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                                    "rgb-stem", "area"), best_epoch=3, best_val_auc=0.8,
+        stages=[{"name": "head", "epochs": 2, "lr": 1e-3, "unfreeze": []}],
+        training=Training(optimizer={}, scheduler={}, stage=0, stage_name="head", epoch=2, rng={}, rng_per_rank=[],
+                          run={"history": [{"stage": 0, "stage_name": "head", "lr": 1e-3, "val_auc": 0.8}] * 2}))
+    res = dataclasses.replace(res, run=run_summary(run, ckpt),
+                              data={**res.data, **data_summary(cache, [dict(r) for r in _rows(cache)], cfg)})
     (run / "eval" / "test").mkdir(parents=True)
-    write_json(run / "eval" / "test" / "metrics.json", res)
+    res.write(run / "eval" / "test" / "metrics.json")
     return run
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import random
 
 import numpy as np
@@ -5,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from fibrosis.model.checkpoint import (CheckpointError, load_checkpoint, load_model, rng_state,
-                                 save_checkpoint, set_rng_state, update_checkpoint)
+from fibrosis.model.checkpoint import (Checkpoint, CheckpointError, Training, load_checkpoint, load_model,
+                                       rng_state, save_checkpoint, set_rng_state, update_checkpoint)
 from fibrosis.config import Config, ModelConfig, config_to_dict
 from fibrosis.model.net import build_model
 
@@ -16,18 +17,68 @@ def ckpt_path(tmp_path):
     torch.manual_seed(0)
     model = build_model("resnet18", "none", input_size=32, dropout=0.1)
     cfg = Config(model=ModelConfig(arch="resnet18", weights="none", input_size=32, dropout=0.1))
-    payload = {"model": model.state_dict(), "config": config_to_dict(cfg),
-               "preprocessing": model.preprocessing, "weights_info": model.weights_info,
-               "pretrained": False, "manifest_hash": "ab" * 32, "rng": rng_state()}
-    path = save_checkpoint(tmp_path / "run" / "best.pt", payload)
+    ckpt = Checkpoint(weights=model.state_dict(), config=config_to_dict(cfg), arch="resnet18",
+                      preprocessing=model.preprocessing, weights_info=model.weights_info,
+                      pretrained=False, manifest_hash="ab" * 32)
+    path = save_checkpoint(tmp_path / "run" / "best.pt", ckpt)
     return path, model
 
 
 def test_roundtrip_and_no_temp_files(ckpt_path):
     path, model = ckpt_path
     ckpt = load_checkpoint(path)
-    assert ckpt["format"] == "fibrosis-checkpoint" and ckpt["manifest_hash"] == "ab" * 32
+    assert ckpt.manifest_hash == "ab" * 32 and ckpt.arch == "resnet18" and ckpt.calibration is None
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "fibrosis-checkpoint" and raw["format_version"] == 1
+    # unset optional fields stay out of the file; the rest is written under its own key
+    assert "calibration" not in raw and "run" not in raw and raw["arch"] == "resnet18"
     assert [p.name for p in path.parent.iterdir()] == ["best.pt"]
+
+
+def _raw(path, **change):
+    data = torch.load(path, weights_only=True)
+    data.update(change)
+    torch.save(data, path)
+
+
+def test_a_newer_schema_or_an_unknown_key_is_refused_in_one_line(ckpt_path):
+    path, _ = ckpt_path
+    _raw(path, format_version=2)
+    with pytest.raises(CheckpointError, match=r"best.pt: schema 2; this version of fibrosis reads schema 1; "
+                                              r"it was written by a newer version"):
+        load_checkpoint(path)
+    _raw(path, format_version=1, surprise=1)
+    with pytest.raises(CheckpointError, match=r"best.pt: unknown checkpoint key\(s\) \['surprise'\]"):
+        load_checkpoint(path)
+
+
+def test_an_older_file_migrates_explicitly(ckpt_path):
+    """Files from before ``arch`` had its own key take it from the config; a top-level
+    ``history`` (now inside the training state) is dropped."""
+    path, _ = ckpt_path
+    data = torch.load(path, weights_only=True)
+    del data["arch"]
+    data["history"] = [{"epoch": 1}]
+    torch.save(data, path)
+    ckpt = load_checkpoint(path)
+    assert ckpt.arch == "resnet18" and ckpt.history == []
+
+
+def test_a_training_checkpoint_round_trips_its_resume_state(ckpt_path, tmp_path):
+    path, _ = ckpt_path
+    training = Training(optimizer={"state": {}}, scheduler={"last_epoch": 3}, stage=1, stage_name="finetune",
+                        epoch=4, run={"stage": 1, "history": [{"epoch": 4, "val_auc": 0.7}]}, rng=rng_state(),
+                        rng_per_rank=[rng_state()])
+    ckpt = dataclasses.replace(load_checkpoint(path), training=training, best_val_auc=0.7, best_epoch=4)
+    back = load_checkpoint(save_checkpoint(tmp_path / "last.pt", ckpt))
+    assert back.training is not None and back.training.stage_name == "finetune" and back.history == [{"epoch": 4, "val_auc": 0.7}]
+    assert back.best_val_auc == 0.7 and set(back.to_payload()) == set(ckpt.to_payload())
+    raw = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert raw["stage"] == 1 and raw["run"]["history"][0]["epoch"] == 4  # flat on disk, as train wrote it
+    del raw["rng"]
+    torch.save(raw, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match=r"last.pt: a training checkpoint without \['rng'\]"):
+        load_checkpoint(tmp_path / "last.pt")
 
 
 def test_load_model_reproduces_outputs(ckpt_path):
@@ -49,9 +100,10 @@ def test_a_checkpoint_written_with_the_summed_fold_loads_and_scores_as_it_did(tm
               "gray_fold": "first conv weights summed over RGB; gray replicated x3 == folded",
               "resize": "cv2.INTER_AREA from the cache image to input_size x input_size"}
     cfg = Config(model=ModelConfig(arch="resnet18", weights="none", input_size=32))
-    path = save_checkpoint(tmp_path / "old.pt", {"model": old.state_dict(), "config": config_to_dict(cfg),
-                                                 "preprocessing": record, "weights_info": old.weights_info,
-                                                 "pretrained": False, "manifest_hash": "ab" * 32})
+    path = tmp_path / "old.pt"
+    torch.save({"model": old.state_dict(), "config": config_to_dict(cfg), "preprocessing": record,
+                "weights_info": old.weights_info, "pretrained": False, "manifest_hash": "ab" * 32,
+                "format": "fibrosis-checkpoint", "format_version": 1}, path)
     assert old.state_dict()["backbone.conv1.weight"].shape[1] == 1
     loaded, _ = load_model(path)
     assert loaded.preprocessing.gray_fold == "summed" and loaded.preprocessing.mean == old.preprocessing.mean
@@ -82,9 +134,9 @@ def test_update_adds_calibration_and_threshold(ckpt_path):
     update_checkpoint(path, calibration={"method": "temperature", "T": 1.7},
                       threshold={"sens90": {"logit": -0.3, "sensitivity": 0.9}})
     ckpt = load_checkpoint(path)
-    assert ckpt["calibration"]["T"] == 1.7 and ckpt["threshold"]["sens90"]["logit"] == -0.3
-    with pytest.raises(CheckpointError, match="protected"):
-        update_checkpoint(path, model={})
+    assert ckpt.calibration["T"] == 1.7 and ckpt.threshold["sens90"]["logit"] == -0.3
+    with pytest.raises(CheckpointError, match=r"refusing to overwrite \['weights'\]; an update may set only"):
+        update_checkpoint(path, weights={})
     with pytest.raises(CheckpointError, match="not JSON-able"):
         update_checkpoint(path, calibration={"t": torch.ones(1)})
 
@@ -92,10 +144,10 @@ def test_update_adds_calibration_and_threshold(ckpt_path):
 def test_rng_state_roundtrip_through_weights_only_file(tmp_path):
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
     np.random.randn()  # leaves a cached gaussian in numpy's state
-    save_checkpoint(tmp_path / "r.pt", {"rng": rng_state()})
+    torch.save({"rng": rng_state()}, tmp_path / "r.pt")
     expect = (torch.rand(3), np.random.rand(3), random.random(), np.random.randn())
     torch.manual_seed(9), np.random.seed(9), random.seed(9)
-    set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
+    set_rng_state(torch.load(tmp_path / "r.pt", weights_only=True)["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random(), np.random.randn())
     assert torch.equal(expect[0], got[0]) and np.array_equal(expect[1], got[1])
     assert expect[2:] == got[2:]

@@ -4,12 +4,14 @@ padding, the checkpoint record, every engine, Grad-CAM, and `evaluate` / `score`
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from helpers.checkpoints import checkpoint_of
 
 from fibrosis.config import Config, ModelConfig, config_to_dict, load_config
 from fibrosis.model import engine as E
@@ -116,8 +118,7 @@ def test_warp_geometry_rotation_direction_scale_and_black_padding():
 
 def _payload(net, tta_on: bool, **extra):
     cfg = Config(model=ModelConfig(arch="resnet18", weights="none", input_size=32, tta=tta_on))
-    return {"model": net.state_dict(), "config": config_to_dict(cfg), "preprocessing": net.preprocessing,
-            "weights_info": net.weights_info, "pretrained": False, **extra}
+    return checkpoint_of(net, cfg, **extra)
 
 
 def test_checkpoint_round_trip_keeps_the_recorded_variants(tmp_path):
@@ -129,13 +130,13 @@ def test_checkpoint_round_trip_keeps_the_recorded_variants(tmp_path):
     net.set_tta(custom)
     path = save_checkpoint(tmp_path / "best.pt", _payload(net, True, tta=T.to_record(custom)))
     model, ckpt = load_model(path)
-    assert T.variants_of(model) == custom and ckpt["tta"]["variants"][1]["rotate_deg"] == 3.0
+    assert T.variants_of(model) == custom and ckpt.tta["variants"][1]["rotate_deg"] == 3.0
     x = _asymmetric()
     with torch.no_grad():
         torch.testing.assert_close(model(x), net(x))
     # A checkpoint from before TTA existed (no field, no config key) loads with TTA off.
     old = _payload(net, False)
-    old["config"]["model"].pop("tta")
+    old.config["model"].pop("tta")
     model, _ = load_model(save_checkpoint(tmp_path / "old.pt", old))
     assert model.tta is None
     # model.tta on but no variants recorded: refused rather than guessing today's defaults.
@@ -217,8 +218,8 @@ def tta_run(tmp_path_factory):
                              "evaluate.bootstrap_resamples=200", "evaluate.gradcam_per_kind=1",
                              "score.engine=eager", "score.workers=1"])
     run = root / "run"
-    save_checkpoint(run / "best.pt", {**_payload(net, True, tta=T.to_record(T.DEFAULT_VARIANTS)),
-                                      "config": config_to_dict(cfg), "manifest_hash": manifest_hash(cache)})
+    save_checkpoint(run / "best.pt", dataclasses.replace(_payload(net, True, tta=T.to_record(T.DEFAULT_VARIANTS)),
+                                                         config=config_to_dict(cfg), manifest_hash=manifest_hash(cache)))
     rows = read_csv(cache / "manifest.csv")
     keys = {s: {"patients": sorted({r["patient_key"] for r in rows if r["split"] == s}),
                 "images": sorted({r["content_hash"] for r in rows if r["split"] == s})} for s in ("train", "val")}
@@ -232,6 +233,7 @@ def test_evaluate_and_score_apply_the_recorded_tta(tta_run, tmp_path, monkeypatc
     from fibrosis.data.cache import CacheReader
     from fibrosis.evaluate.run import evaluate_run
     from fibrosis.model.inference import predict_rows, split_rows
+    from fibrosis.evaluate.result import EvaluationResult
     from fibrosis.report.build import build_blocks
     from fibrosis.score.run import score
 
@@ -247,7 +249,7 @@ def test_evaluate_and_score_apply_the_recorded_tta(tta_run, tmp_path, monkeypatc
     got = [float(r["logit"]) for r in csv.DictReader(open(run / "eval" / "test" / "predictions.csv"))]
     ref = predict_rows(net, CacheReader(cache, rows), idx, 64, "cpu")
     np.testing.assert_allclose(got, ref, atol=1e-5)
-    text = json.dumps(build_blocks(m, set()))
+    text = json.dumps(build_blocks(EvaluationResult.read(run / "eval" / "test" / "metrics.json"), set()))
     assert "mean logit over 5 views" in text and "rot-5 (rotate -5 deg)" in text and "never mirrored" in text
 
     inputs = tmp_path / "inputs"
@@ -269,9 +271,8 @@ def test_evaluate_and_score_apply_the_recorded_tta(tta_run, tmp_path, monkeypatc
     plain = tmp_path / "plain"
     shutil.copytree(run, plain)
     ckpt = load_checkpoint(plain / "best.pt")
-    ckpt["tta"] = None
-    ckpt["config"]["model"]["tta"] = False
-    save_checkpoint(plain / "best.pt", ckpt)
+    ckpt.config["model"]["tta"] = False
+    save_checkpoint(plain / "best.pt", dataclasses.replace(ckpt, tta=None))
     score(plain, inputs, tmp_path / "plain.csv", engine="eager", progress=False, device="cpu", workers=1)
     off = [float(r["logit"]) for r in csv.DictReader(open(tmp_path / "plain.csv"))]
     assert np.abs(np.array(off) - np.array(scored["eager"])).max() > 1e-3
@@ -307,6 +308,6 @@ def test_training_with_model_tta_records_the_variants(tmp_path):
                   "num_workers": 0, "amp": False, "channels_last": False}})
     train(cfg, cache, tmp_path / "run", device="cpu")
     ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
-    assert ckpt["config"]["model"]["tta"] is True and T.from_record(ckpt["tta"]) == T.DEFAULT_VARIANTS
+    assert ckpt.config["model"]["tta"] is True and T.from_record(ckpt.tta) == T.DEFAULT_VARIANTS
     model, _ = load_model(tmp_path / "run" / "best.pt")
     assert T.variants_of(model) == T.DEFAULT_VARIANTS

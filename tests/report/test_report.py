@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from fibrosis.config import EvaluateConfig
+from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.evaluate.run import evaluate_predictions
-from fibrosis.io import write_json
 from fibrosis.report.build import build_blocks, write_report
 from fibrosis.report.render import render_html
 from fibrosis.evaluate.summary import scrub_reason
@@ -62,8 +62,7 @@ def test_not_pretrained_banner_comes_first(report, tmp_path):
     assert body.startswith('<div class="banner" role="alert">WARNING: the backbone of this model is NOT '
                            "ImageNet-pretrained")
     run = make_run(tmp_path, pretrained=True)
-    m = json.loads((run / "eval" / "test" / "metrics.json").read_text())
-    blocks = build_blocks(m, set())
+    blocks = build_blocks(EvaluationResult.read(run / "eval" / "test" / "metrics.json"), set())
     assert blocks[0] == {"type": "h1", "text": "Pulmonary fibrosis classifier: validation report"}
     assert "NOT ImageNet-pretrained" not in render_html(blocks, {}, "t")
     pages = pdf_pages(report / "report.pdf")
@@ -119,9 +118,8 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
 def test_intervals_are_labelled_with_the_configured_level(tmp_path):
     ecfg = EvaluateConfig(bootstrap_resamples=200, ci_level=0.9, deployment_prevalence=0.015)
     res, *_ = evaluate_predictions(predictions(300, 6, "val"), predictions(300, 7, "test"), ecfg)
-    write_json(tmp_path / "m.json", res)
-    m = json.loads((tmp_path / "m.json").read_text())
-    text = json.dumps(build_blocks(m, {"roc", "pr", "reliability", "histogram"}))
+    res.write(tmp_path / "m.json")
+    text = json.dumps(build_blocks(EvaluationResult.read(tmp_path / "m.json"), {"roc", "pr", "reliability", "histogram"}))
     assert "95%" not in text
     for needle in ("(90% CI 0.", "slope (90% CI)", "intercept (90% CI)", "Wilson 90% CI",
                    "DeLong 90% CI per subgroup", "AUC (90% CI)", "bootstrap 90% band"):
@@ -135,10 +133,10 @@ def test_frozen_external_evaluation_is_described_as_such(tmp_path):
     _, cal, threshold, _ = evaluate_predictions(predictions(300, 6, "val"), predictions(300, 7, "test"), ecfg)
     stored = stored_operating_points(cal.to_dict(), threshold, "checkpoint")  # what evaluate --frozen applies
     res, cal2, thr2, _ = measure(stored, predictions(200, 8, "all"), ecfg, WarningLog())
-    assert cal2.to_dict() == cal.to_dict() and thr2 == threshold and res["frozen"] is True
-    assert res["operating_points"][0]["chosen_on"]["sensitivity"] == threshold["details"]["youden"]["sensitivity"]
-    write_json(tmp_path / "m.json", res)
-    text = json.dumps(build_blocks(json.loads((tmp_path / "m.json").read_text()), set()))
+    assert cal2.to_dict() == cal.to_dict() and thr2 == threshold and res.frozen is True
+    assert res.operating_points[0]["chosen_on"]["sensitivity"] == threshold["details"]["youden"]["sensitivity"]
+    res.write(tmp_path / "m.json")
+    text = json.dumps(build_blocks(EvaluationResult.read(tmp_path / "m.json"), set()))
     assert "held-out all split" not in text
     assert "all images of the evaluated cache" in text and "frozen" in text
 
@@ -173,16 +171,16 @@ def test_pdf_is_the_html_and_text_stays_text(report, tmp_path):
 
 def test_tune_section_shows_failed_arms_replication_and_the_adjusted_auc():
     from fibrosis.report.build import _tune_blocks
+    from helpers.records import tune_result
 
     arm = {"name": "reference", "describe": "sklearn", "auc": 0.70, "ci": [0.6, 0.8], "vs_reference": None,
            "vs_best": None, "vs_base": None, "repeat_aucs": {"0": 0.70, "1": 0.68}, "oof_sd": 4.2, "epoch": 0,
            "minutes": 0.2, "failed": None}
     dead = {**arm, "name": "random-init", "auc": None, "ci": None, "failed": "r0-f2: constant held-out logits"}
-    t = {"level": 0.95, "folds": 5, "n_dev": 300, "n_dev_patients": 290, "n_dev_pos": 30, "arms": [arm, dead],
-         "reason": "Chose 'reference': because.", "final": "ensemble",
-         "replication": [{"chosen": "last1", "rival": "reference", "chosen_auc": [0.72, 0.66],
-                          "rival_auc": [0.70, 0.68], "holds": False}],
-         "selection_adjusted": {"auc": 0.64, "pooled_auc": 0.70, "bias": 0.06}}
+    t = tune_result(arms=[arm, dead], reason="Chose 'reference': because.", n_dev_patients=290,
+                    replication=[{"chosen": "last1", "rival": "reference", "chosen_auc": [0.72, 0.66],
+                                  "rival_auc": [0.70, 0.68], "holds": False}],
+                    selection_adjusted={"auc": 0.64, "pooled_auc": 0.70, "bias": 0.06})
     blocks = _tune_blocks(t)
     table = next(b for b in blocks if b["type"] == "table")
     assert table["rows"][0][:4] == ["reference", "sklearn", "0.700", "0.600-0.800"]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from helpers.records import evaluation_result
+
 from fibrosis.io import read_csv, write_csv
 from fibrosis.config import Config
 from fibrosis.report.build import _data_blocks
@@ -31,7 +33,7 @@ def test_data_section_counts_polarity_exclusions_and_notes(tmp_path):
         ("polarity suspect: looks inverted (ingest.polarity_qa=exclude)", 3),
         ("polarity suspect: polarity unsure (ingest.polarity_qa=exclude)", 1),
         ("(0018,5101) ViewPosition='LL' is an excluded view", 1)]
-    blocks = _data_blocks({"data": d, "split": "test", "fit_split": "val"})
+    blocks = _data_blocks(evaluation_result(data=d))
     items = dict(blocks[1]["items"])
     assert items["Polarity QA"] == ("ingest.polarity_qa=exclude: 4 input(s) excluded by the polarity check (inverted or "
                                     "unsure display); images in the cache with a QA note: 1 polarity-inverted, "

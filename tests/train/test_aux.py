@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.checkpoints import checkpoint_of
 from fibrosis.model.net import build_model, set_aux_heads
 from fibrosis.train.aux import aux_pos_weight, aux_targets, choose_aux, masked_bce
 
@@ -65,24 +66,21 @@ def test_aux_heads_leave_the_fibrosis_output_unchanged():
 
 
 def test_checkpoint_with_aux_heads_round_trips(tmp_path):
-    from fibrosis.model.checkpoint import aux_names, load_model, save_checkpoint
-    from fibrosis.config import config_to_dict, load_config
+    from fibrosis.model.checkpoint import load_model, save_checkpoint
+    from fibrosis.config import load_config
 
     torch.manual_seed(0)
     model = set_aux_heads(build_model("resnet18", "none", input_size=32), ["Effusion", "Mass"])
     with torch.no_grad():
         model.aux_head[-1].weight.normal_()
     cfg = load_config(None, ["model.arch=resnet18", "model.weights=none", "model.input_size=32"])
-    payload = {"model": model.state_dict(), "config": config_to_dict(cfg), "arch": "resnet18",
-               "preprocessing": model.preprocessing, "weights_info": model.weights_info, "pretrained": False,
-               "manifest_hash": "x", "aux": {"names": ["Effusion", "Mass"], "weight": 0.5}}
-    path = save_checkpoint(tmp_path / "a.pt", payload)
+    path = save_checkpoint(tmp_path / "a.pt", checkpoint_of(model, cfg, manifest_hash="x",
+                                                          aux={"names": ["Effusion", "Mass"], "weight": 0.5}))
     loaded, ckpt = load_model(path)
-    assert aux_names(ckpt) == ("Effusion", "Mass") and loaded.aux_names == ("Effusion", "Mass")
+    assert ckpt.aux_names == ("Effusion", "Mass") and loaded.aux_names == ("Effusion", "Mass")
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded.forward_all(x), model.eval().forward_all(x))
-    assert aux_names({}) == ()
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +113,8 @@ def test_training_with_aux_heads_records_them_and_keeps_one_fibrosis_output(aux_
     from fibrosis.train.loop import train
 
     ckpt = load_checkpoint(aux_run / "best.pt")
-    assert ckpt["aux"]["names"] == ["Noise", "Stripes"] and ckpt["aux"]["weight"] == 0.5
-    assert len(ckpt["aux"]["pos_weight"]) == 2
+    assert ckpt.aux["names"] == ["Noise", "Stripes"] and ckpt.aux["weight"] == 0.5
+    assert len(ckpt.aux["pos_weight"]) == 2
     model, _ = load_model(aux_run / "best.pt")
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
@@ -174,16 +172,13 @@ def test_aux_checkpoint_round_trips_through_evaluate_gradcam_and_every_engine(au
 
 
 def test_score_aux_on_a_model_without_aux_heads_is_refused(tmp_path):
-    from fibrosis.config import config_to_dict, load_config
+    from fibrosis.config import load_config
     from fibrosis.model.checkpoint import save_checkpoint
     from fibrosis.score.run import score
 
     model = build_model("resnet18", "none", input_size=32)
     cfg = load_config(None, ["model.arch=resnet18", "model.weights=none", "model.input_size=32"])
-    save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "config": config_to_dict(cfg),
-                                        "arch": "resnet18", "preprocessing": model.preprocessing,
-                                        "weights_info": model.weights_info, "pretrained": False,
-                                        "manifest_hash": "x"})
+    save_checkpoint(tmp_path / "m.pt", checkpoint_of(model, cfg, manifest_hash="x"))
     (tmp_path / "in").mkdir()
     with pytest.raises(ValueError, match="no auxiliary heads"):
         score(tmp_path / "m.pt", tmp_path / "in", tmp_path / "s.csv", aux=True, progress=False, device="cpu")
@@ -191,7 +186,7 @@ def test_score_aux_on_a_model_without_aux_heads_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_tune_aux_arm_reports_aux_oof_aucs_and_packages_the_heads(aux_cache, tmp_path):
-    from fibrosis.cli.tune import run_tune
+    from fibrosis.pipeline.tune import run_tune
     from fibrosis.config import load_config
     from fibrosis.model.checkpoint import load_checkpoint, load_model
 
@@ -201,8 +196,8 @@ def test_tune_aux_arm_reports_aux_oof_aucs_and_packages_the_heads(aux_cache, tmp
                              "tune.arms=[{name: last1, unfreeze: last1, lr_ratio: 10},"
                              " {name: last1-aux, unfreeze: last1, lr_ratio: 10, aux_weight: 1.0}]"])
     result = run_tune(cfg, aux_cache, tmp_path / "t", progress=False)
-    arms = {a["name"]: a for a in result["arms"]}
-    assert result["aux"]["names"] == ["Noise", "Stripes"] and result["skipped_arms"] == {}
+    arms = {a["name"]: a for a in result.arms}
+    assert result.aux["names"] == ["Noise", "Stripes"] and result.skipped_arms == {}
     assert arms["last1"]["aux_auc"] == {} and set(arms["last1-aux"]["aux_auc"]) == {"Noise", "Stripes"}
     assert arms["last1-aux"]["vs_base"] is not None and arms["last1"]["vs_base"] is None
     assert arms["last1-aux"]["base"] == "last1" and arms["last1-aux"]["extras"] == 1
@@ -214,8 +209,8 @@ def test_tune_aux_arm_reports_aux_oof_aucs_and_packages_the_heads(aux_cache, tmp
     cv = cross_validate(cfg, aux_cache, tmp_path / "t", progress=False)  # all units done: reads arm.json
     path = package(cfg, aux_cache, tmp_path / "t", cv, "last1-aux")
     ckpt = load_checkpoint(path)
-    assert ckpt["aux"]["names"] == ["Noise", "Stripes"] and ckpt["aux"]["oof_auc"] == arms["last1-aux"]["aux_auc"]
-    assert ckpt["config"]["train"]["aux_weight"] == 1.0
+    assert ckpt.aux["names"] == ["Noise", "Stripes"] and ckpt.aux["oof_auc"] == arms["last1-aux"]["aux_auc"]
+    assert ckpt.config["train"]["aux_weight"] == 1.0
     model, _ = load_model(path)
     assert model.aux_names == ("Noise", "Stripes") and len(model.members) == 3
 
@@ -236,13 +231,14 @@ def test_tune_skips_aux_arms_with_a_reason_when_the_cache_has_no_auxiliary_label
 
 def test_report_lists_the_auxiliary_findings_and_skipped_arms():
     from fibrosis.report.build import _tune_aux_blocks
+    from helpers.records import tune_result
 
-    t = {"arms": [{"name": "a"}, {"name": "a-aux", "aux_auc": {"Mass": 0.71}}],
-         "aux": {"names": ["Mass"], "counts": {"Mass": [12, 300]}, "dropped": {"Hernia": "2 positive"}},
-         "skipped_arms": {"b-aux": "no labels"}}
+    t = tune_result(arms=[{"name": "a"}, {"name": "a-aux", "aux_auc": {"Mass": 0.71}}],
+                    aux={"names": ["Mass"], "counts": {"Mass": [12, 300]}, "dropped": {"Hernia": "2 positive"}},
+                    skipped_arms={"b-aux": "no labels"})
     blocks = _tune_aux_blocks(t)
     table = next(b for b in blocks if b["type"] == "table")
     assert table["rows"] == [["Mass", "12 / 300", "0.710"]] and table["header"][-1] == "OOF AUC, a-aux"
     text = " ".join(b.get("text", "") for b in blocks)
     assert "'b-aux' was not run: no labels" in text and "Hernia: 2 positive" in text
-    assert _tune_aux_blocks({"arms": [{"name": "a"}]}) == []
+    assert _tune_aux_blocks(tune_result(arms=[{"name": "a"}])) == []

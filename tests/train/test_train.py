@@ -75,15 +75,15 @@ def test_head_learns_and_run_dir_is_complete(bigger_cache, tmp_path):
     for key in ("model", "optimizer", "scheduler", "stage", "epoch", "rng", "config", "preprocessing",
                 "weights_info", "pretrained", "manifest_hash", "best_val_auc"):
         assert key in ckpt, key
-    assert ckpt["pretrained"] is False and ckpt["best_val_auc"] == max(r["val_auc"] for r in history)
-    assert config_from_dict(ckpt["config"]) == cfg
+    assert ckpt.pretrained is False and ckpt.best_val_auc == max(r["val_auc"] for r in history)
+    assert config_from_dict(ckpt.config) == cfg
     assert load_config(run / "config.yaml") == cfg
     log = (run / "train.log").read_text()
     assert "preset 'head-only'" in log and "NOT pretrained" in log
 
 
 def _weights(path):
-    return load_checkpoint(path)["model"]
+    return load_checkpoint(path).weights
 
 
 def test_resume_is_exact_across_the_unfreeze(cache, tmp_path):
@@ -92,14 +92,14 @@ def test_resume_is_exact_across_the_unfreeze(cache, tmp_path):
     train(cfg, cache, tmp_path / "straight", device="cpu")
     # Stop mid-head, resume across the unfreeze and stop mid-finetune, resume to the end.
     train(cfg, cache, tmp_path / "chunked", device="cpu", max_epochs=1)
-    assert load_checkpoint(tmp_path / "chunked" / "last.pt")["run"]["epochs_done"] == 1
+    assert load_checkpoint(tmp_path / "chunked" / "last.pt").training.run["epochs_done"] == 1
     train(cfg, cache, tmp_path / "chunked", device="cpu", max_epochs=2, resume=True)
-    assert load_checkpoint(tmp_path / "chunked" / "last.pt")["stage"] == 1
+    assert load_checkpoint(tmp_path / "chunked" / "last.pt").training.stage == 1
     train(cfg, cache, tmp_path / "chunked", device="cpu", resume=True)
     a, b = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "chunked" / "last.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ha = load_checkpoint(tmp_path / "straight" / "last.pt")["run"]["history"]
-    hb = load_checkpoint(tmp_path / "chunked" / "last.pt")["run"]["history"]
+    ha = load_checkpoint(tmp_path / "straight" / "last.pt").history
+    hb = load_checkpoint(tmp_path / "chunked" / "last.pt").history
     key = ("epoch", "stage", "lr", "train_loss", "val_loss", "val_auc")
     assert [[r[k] for k in key] for r in ha] == [[r[k] for k in key] for r in hb]
     assert len(ha) == 4 and ha[2]["n_trainable"] > ha[1]["n_trainable"]
@@ -152,10 +152,10 @@ def test_ddp_two_cpu_processes_match_one_process_with_double_batch(cache, tmp_pa
     ddp = load_checkpoint(tmp_path / "ddp" / "last.pt")
     single = load_checkpoint(tmp_path / "single" / "last.pt")
     assert ddp["world_size"] == 2 and len(ddp["rng_per_rank"]) == 2
-    for r_ddp, r_one in zip(ddp["run"]["history"][:2], single["run"]["history"][:2]):
+    for r_ddp, r_one in zip(ddp.history[:2], single.history[:2]):
         for k in ("train_loss", "val_loss", "val_auc"):
             assert np.isclose(r_ddp[k], r_one[k], rtol=1e-4, atol=1e-5), (k, r_ddp, r_one)
-    assert len(ddp["run"]["history"]) == 3 and ddp["stage"] == 1
+    assert len(ddp.history) == 3 and ddp.training.stage == 1
     # Only rank 0 writes: one set of run files, log lines of one process.
     files = {p.name for p in (tmp_path / "ddp").iterdir()}
     assert files == {"best.pt", "last.pt", "metrics.csv", "metrics.jsonl", "config.yaml", "train.log"}

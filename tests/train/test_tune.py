@@ -328,7 +328,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tuned(cache, tmp_path_factory):
-    from fibrosis.cli.tune import run_tune
+    from fibrosis.pipeline.tune import run_tune
 
     out = tmp_path_factory.mktemp("tune") / "t"
     result = run_tune(load_config(None, BASE), cache, out, progress=False)
@@ -338,33 +338,33 @@ def tuned(cache, tmp_path_factory):
 @pytest.mark.slow
 def test_tune_writes_table_choice_and_an_ensemble_checkpoint(tuned, cache):
     out, result = tuned
-    names = [a["name"] for a in result["arms"]]  # tune.tta (default): each arm's TTA twin right after it
+    names = [a["name"] for a in result.arms]  # tune.tta (default): each arm's TTA twin right after it
     assert names == [n + t for n in NAMES for t in ("", "+tta") if not (n == "random-init" and t)]
-    assert result["chosen"] in names and result["reason"].startswith(f"Chose {result['chosen']!r}")
-    assert result["random_control"] == "random-init"  # the control as trained, not its twin
-    assert result["reference"] == "reference" and names[0] == "reference"  # shown first
-    for a in result["arms"]:
+    assert result.chosen in names and result.reason.startswith(f"Chose {result.chosen!r}")
+    assert result.random_control == "random-init"  # the control as trained, not its twin
+    assert result.reference == "reference" and names[0] == "reference"  # shown first
+    for a in result.arms:
         assert not a["failed"], a  # the random control learns too: no constant fold model
         assert a["ci"] and len(a["roc"]["fpr"]) > 2 and a["minutes"] >= 0 and a["oof_sd"] > 0
         assert (a["vs_random"] is None) == (a["name"] == "random-init")
         assert (a["vs_reference"] is None) == (a["name"] == "reference")
     # The finalists (the choice, its simpler rival, the reference) ran a second deal of the folds.
-    finalists = ({result["chosen"], result["first_choice"], result["reference"]}
-                 | {c[k] for c in result["replication"] for k in ("chosen", "rival")})
-    for a in result["arms"]:
+    finalists = ({result.chosen, result.first_choice, result.reference}
+                 | {c[k] for c in result.replication for k in ("chosen", "rival")})
+    for a in result.arms:
         assert len(a["repeat_aucs"]) == (2 if a["name"] in finalists else 1), a["name"]
-    adj = result["selection_adjusted"]
+    adj = result.selection_adjusted
     assert adj["auc"] <= adj["pooled_auc"] and adj["bias"] >= 0 and adj["folds"] == 3
     # The fine-tuning arm's budget came from the OOF curve; its other epochs' weights are gone.
-    ft = next(a for a in result["arms"] if a["name"] == "last1-x0.1")
+    ft = next(a for a in result.arms if a["name"] == "last1-x0.1")
     assert 1 <= ft["epoch"] <= 2 and len(ft["curve"]) == 3
     assert sorted(p.name for p in (out / "cv" / "last1-x0.1" / "r0-f0").glob("epoch-*.pt")) == [f"epoch-{ft['epoch']}.pt"]
     json.loads((out / "tune.json").read_text())
     ckpt = load_checkpoint(out / "best.pt")
-    assert ckpt["ensemble"]["members"] == 3 and ckpt["threshold"]["chosen_on"] == "out-of-fold"
-    assert ckpt["preprocessing"]["gray_fold"] == "rgb-stem"
+    assert ckpt.ensemble["members"] == 3 and ckpt.threshold["chosen_on"] == "out-of-fold"
+    assert ckpt.preprocessing.gray_fold == "rgb-stem"
     test_keys = {r["patient_key"] for r in csv.DictReader(open(cache / "manifest.csv")) if r["split"] == "test"}
-    assert not test_keys & set(ckpt["split_keys"]["train"]["patients"])
+    assert not test_keys & set(ckpt.split_keys["train"]["patients"])
     folds = list(csv.DictReader(open(out / "folds.csv")))
     assert not test_keys & {r["patient_key"] for r in folds}
 
@@ -385,7 +385,7 @@ def test_ensemble_is_the_mean_logit_of_its_fold_models(tuned):
 def test_resume_after_interruption_gives_the_same_result(cache, tuned, tmp_path):
     """A run killed with three (fold, arm) units unfinished: each later call trains only what is
     missing, and the finished run equals the uninterrupted one."""
-    from fibrosis.cli.tune import run_tune
+    from fibrosis.pipeline.tune import run_tune
 
     out = tmp_path / "t"
     shutil.copytree(tuned[0], out)
@@ -404,10 +404,10 @@ def test_resume_after_interruption_gives_the_same_result(cache, tuned, tmp_path)
     assert run_tune(cfg, cache, out, max_units=0, progress=False) is None  # nothing new: still stopped
     result = run_tune(cfg, cache, out, progress=False)
     ref = tuned[1]
-    for a, b in zip(result["arms"], ref["arms"], strict=True):
+    for a, b in zip(result.arms, ref.arms, strict=True):
         assert a["name"] == b["name"] and a["epoch"] == b["epoch"]
         assert a["auc"] == pytest.approx(b["auc"], abs=1e-9)
-    assert result["chosen"] == ref["chosen"] and (out / "best.pt").is_file()
+    assert result.chosen == ref.chosen and (out / "best.pt").is_file()
 
 
 @pytest.mark.slow
@@ -461,15 +461,15 @@ def test_ensemble_round_trips_through_evaluate_and_score(tuned, cache, tmp_path,
     shutil.copytree(out, run)
     metrics = json.loads(evaluate_run(run, cache, device="cpu").read_text())
     assert metrics["fit_split"] == "out-of-fold" and metrics["data"]["n"] == 12
-    assert metrics["run"]["preset"].startswith(f"tune: arm {result['chosen']!r}")
+    assert metrics["run"]["preset"].startswith(f"tune: arm {result.chosen!r}")
     assert metrics["gradcam"]["layer"].startswith("members.0.")
     ckpt = load_checkpoint(run / "best.pt")
-    assert ckpt["calibration"] == load_checkpoint(out / "best.pt")["calibration"]  # not refitted
+    assert ckpt.calibration == load_checkpoint(out / "best.pt").calibration  # not refitted
     from fibrosis.report.build import write_report
 
     html = unescape((write_report(run, tmp_path / "report") / "report.html").read_text())
-    assert "How much to unfreeze?" in html and result["reason"].split(":")[0] in html
-    assert all(a["name"] in html for a in result["arms"])
+    assert "How much to unfreeze?" in html and result.reason.split(":")[0] in html
+    assert all(a["name"] in html for a in result.arms)
     frozen = json.loads(evaluate_run(run, cache, frozen=True, gradcam=False, device="cpu").read_text())
     assert frozen["discrimination"]["auc"] == pytest.approx(metrics["discrimination"]["auc"])
 
@@ -492,16 +492,16 @@ def test_ensemble_round_trips_through_evaluate_and_score(tuned, cache, tmp_path,
 
 @pytest.mark.slow
 def test_refit_option_leaves_one_model_trained_on_all_development_data(tuned, cache, tmp_path):
-    from fibrosis.cli.tune import run_tune
+    from fibrosis.pipeline.tune import run_tune
     from fibrosis.evaluate.run import evaluate_run
 
     out = tmp_path / "t"
     shutil.copytree(tuned[0], out)  # every unit done: only the refit trains
     (out / "best.pt").unlink()
     result = run_tune(load_config(None, BASE + ["tune.final=refit"]), cache, out, progress=False)
-    assert result["chosen"] == tuned[1]["chosen"] and result["final"] == "refit"
+    assert result.chosen == tuned[1].chosen and result.final == "refit"
     ckpt = load_checkpoint(out / "best.pt")
-    assert "ensemble" not in ckpt and "refit on all development data" in ckpt["preset"]
+    assert ckpt.ensemble is None and "refit on all development data" in ckpt.preset
     probe = torch.load(out / "refit" / "probe.pt", weights_only=True)
     assert probe["weight"].shape[0] == 512  # resnet18 features: the head solved on all dev rows
     model, _ = load_model(out / "best.pt")
@@ -551,7 +551,7 @@ def test_tta_twins_table_cache_and_identity_check(tuned, cache, tmp_path):
     from fibrosis.train.tune.tta import tta_twin
 
     out, result = tuned
-    arms = {a["name"]: a for a in result["arms"]}
+    arms = {a["name"]: a for a in result.arms}
     assert "random-init+tta" not in arms  # the control is judged as trained
     for name in ("reference", "head-only", "last1-x0.1", "partial"):
         twin = arms[f"{name}+tta"]
@@ -611,11 +611,11 @@ def test_choosing_a_tta_twin_packages_a_checkpoint_with_tta_on(tuned, cache, tmp
     shutil.copytree(tuned[0], out)
     cfg = load_config(None, BASE)
     cv = cross_validate(cfg, cache, out, progress=False)  # everything cached: nothing trains or predicts
-    assert [r.arm.name for r in cv.arms] == [a["name"] for a in tuned[1]["arms"]]
+    assert [r.arm.name for r in cv.arms] == [a["name"] for a in tuned[1].arms]
     path = package(cfg, cache, out, cv, "last1-x0.1+tta")
     ckpt = load_checkpoint(path)
-    assert ckpt["config"]["model"]["tta"] is True and ckpt["tune"]["arm"] == "last1-x0.1+tta"
-    assert "test-time augmentation" in ckpt["preset"] and ckpt["ensemble"]["members"] == 3
+    assert ckpt.config["model"]["tta"] is True and ckpt.tune["arm"] == "last1-x0.1+tta"
+    assert "test-time augmentation" in ckpt.preset and ckpt.ensemble["members"] == 3
     model, _ = load_model(path)
     assert isinstance(model, EnsembleNet) and variants_of(model) == DEFAULT_VARIANTS
     assert all(m.tta is None for m in model.members)  # applied once, by the ensemble
@@ -627,8 +627,8 @@ def test_choosing_a_tta_twin_packages_a_checkpoint_with_tta_on(tuned, cache, tmp
         assert agree.ok, str(agree)
     plain = package(cfg, cache, out, cv, "last1-x0.1")  # the same arm without TTA: same weights
     ckpt_plain = load_checkpoint(plain)
-    assert ckpt_plain["tta"] is None and ckpt_plain["config"]["model"]["tta"] is False
-    assert all(torch.equal(ckpt["model"][k], v) for k, v in ckpt_plain["model"].items())
+    assert ckpt_plain.tta is None and ckpt_plain.config["model"]["tta"] is False
+    assert all(torch.equal(ckpt.weights[k], v) for k, v in ckpt_plain.weights.items())
 
 
 @pytest.mark.slow
@@ -658,16 +658,16 @@ def test_train_recipe_arm_is_fibrosis_train_on_each_fold(tuned, cache):
     from fibrosis.train.tune.context import UnitRecord
 
     out, result = tuned
-    arm = next(a for a in result["arms"] if a["name"] == "partial")
+    arm = next(a for a in result.arms if a["name"] == "partial")
     assert arm["recipe"] == "train" and arm["depth"] == 1 and arm["lr_ratio"] == pytest.approx(10.0)
     rows = read_csv(cache / "manifest.csv")
     folds = [r for r in csv.DictReader(open(out / "folds.csv")) if r["repeat"] == "0" and r["fold"] == "0"]
     heldout = {r["content_hash"] for r in folds}
     unit = out / "cv" / "partial" / "r0-f0"
     ckpt = load_checkpoint(unit / "run" / "best.pt")
-    assert [s["name"] for s in ckpt["stages"]] == ["head", "finetune"]  # the preset's own stages
-    assert ckpt["stages"][1]["unfreeze"] == ["layer4"]
-    trained, val = set(ckpt["split_keys"]["train"]["images"]), set(ckpt["split_keys"]["val"]["images"])
+    assert [s["name"] for s in ckpt.stages] == ["head", "finetune"]  # the preset's own stages
+    assert ckpt.stages[1]["unfreeze"] == ["layer4"]
+    trained, val = set(ckpt.split_keys["train"]["images"]), set(ckpt.split_keys["val"]["images"])
     assert trained and val and not (trained | val) & heldout and not trained & val  # an inner validation part
     assert not (unit / "run" / "last.pt").exists()
     rec = UnitRecord.read(unit / "done.json")

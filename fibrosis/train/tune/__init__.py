@@ -5,7 +5,7 @@ Read in this order: ``arms`` (what each arm trains), ``context`` (what the units
 fold x arm), ``results`` (an arm's pooled out-of-fold curves and budget), ``tta``
 (test-time-augmentation twins), ``cv`` (every unit, the finalists' repeats) and ``package``
 (OUT/best.pt). Judging the arms is inference statistics and lives in
-fibrosis.evaluate.selection; the `tune` command (fibrosis.cli.tune) composes the two.
+fibrosis.evaluate.selection; the `tune` command (fibrosis.pipeline.tune) composes the two.
 """
 from fibrosis.train.tune.cv import CVResult, cross_validate, extend_repeats, setup
 from fibrosis.train.tune.results import ArmResult

@@ -16,7 +16,7 @@ from fibrosis import artefacts
 from fibrosis.config import Config, config_to_dict
 from fibrosis.data.cache import CacheReader, manifest_hash
 from fibrosis.io import package_versions
-from fibrosis.model.checkpoint import load_checkpoint, save_checkpoint
+from fibrosis.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fibrosis.model.ensemble import EnsembleNet, ensemble_record
 from fibrosis.model.net import FibrosisNet
 from fibrosis.model.tta import describe as tta_describe
@@ -78,7 +78,7 @@ def package(cfg: Config, cache_dir: str | Path, out_dir: str | Path, cv: CVResul
     first = members[0]
     if arm.recipe == "train":
         trained = load_checkpoint(unit0 / TRAIN_RUN / artefacts.BEST)
-        stages, aux = trained["stages"], trained.get("aux")
+        stages, aux = trained.stages, trained.aux
     else:
         stages = [{"name": "linear probe", "epochs": 0, "lr": None, "unfreeze": []}] + (
             [{"name": "finetune", "epochs": res.epoch, "lr": cfg.tune.lr / arm.cfg.lr_ratio,
@@ -88,21 +88,17 @@ def package(cfg: Config, cache_dir: str | Path, out_dir: str | Path, cv: CVResul
     what = (f"{len(folds)} fold models, mean logit" if record else "refit on all development data")
     if arm.recipe != "train":  # `fibrosis train` chose its own best epoch on its validation part
         what = f"{res.epoch} fine-tuning epoch(s), {what}"
-    payload = {"model": model.state_dict(), "config": config_to_dict(acfg), "arch": arm.arch,
-               "preprocessing": first.preprocessing.to_dict(), "weights_info": dict(first.weights_info),
-               "pretrained": bool(first.pretrained) and arm.cfg.init == "pretrained",
-               "manifest_hash": manifest_hash(cache_dir), "world_size": 1, "tta": tta_record(tta),
-               # Every development patient trained some member (or the refit), so all count as
-               # "train" for evaluate's held-out checks; val is folded into the folds.
-               "split_keys": {"train": _keys(ctx.rows, ctx.dev), "val": {"patients": [], "images": []}},
-               "preset": f"tune: arm {chosen!r} ({arm.describe(cfg)}), {what}"
-                         + (f", test-time augmentation ({tta_describe(tta)})" if tta else ""),
-               "stages": stages, "best_epoch": res.epoch, "versions": package_versions(),
-               "tune": {"arm": chosen, "epoch": res.epoch, "final": cfg.tune.final}}
-    if record:
-        payload["ensemble"] = record
-    if aux:
-        payload["aux"] = aux
-    path = save_checkpoint(out_dir / artefacts.BEST, payload)
-    logger.info("%s -> %s", payload["preset"], path)
+    ckpt = Checkpoint(
+        weights=model.state_dict(), config=config_to_dict(acfg), arch=arm.arch, preprocessing=first.preprocessing,
+        weights_info=dict(first.weights_info), pretrained=bool(first.pretrained) and arm.cfg.init == "pretrained",
+        manifest_hash=manifest_hash(cache_dir), world_size=1, tta=tta_record(tta),
+        # Every development patient trained some member (or the refit), so all count as
+        # "train" for evaluate's held-out checks; val is folded into the folds.
+        split_keys={"train": _keys(ctx.rows, ctx.dev), "val": {"patients": [], "images": []}},
+        preset=f"tune: arm {chosen!r} ({arm.describe(cfg)}), {what}"
+               + (f", test-time augmentation ({tta_describe(tta)})" if tta else ""),
+        stages=stages, best_epoch=res.epoch, versions=package_versions(),
+        tune={"arm": chosen, "epoch": res.epoch, "final": cfg.tune.final}, ensemble=record, aux=aux or None)
+    path = save_checkpoint(out_dir / artefacts.BEST, ckpt)
+    logger.info("%s -> %s", ckpt.preset, path)
     return path

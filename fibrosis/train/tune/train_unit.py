@@ -38,7 +38,7 @@ def run_train_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path) -> UnitRe
     if fold.heldout:
         oof = predict_rows(model, CacheReader(ctx.cache_dir, ctx.rows), list(fold.heldout), 2 * cfg.train.batch_size,
                            ctx.device, amp=cfg.train.amp).astype(float).tolist()
-    history = load_checkpoint(run / artefacts.LAST)["run"]["history"]  # every epoch, not only up to the best
+    history = load_checkpoint(run / artefacts.LAST).history  # every epoch, not only up to the best
     (run / artefacts.LAST).unlink()  # only a resume needs it; best.pt is the fold model
     record = UnitRecord(arm.name, fold.name, list(fold.heldout), [oof],
                         [float(h["train_loss"]) for h in history], round(clock.wall_s(), 2), round(clock.cpu_s(), 2))

@@ -1,12 +1,12 @@
 """`fibrosis tune`: how much of the backbone to fine-tune, answered by patient-level CV.
 
-Composition of the stages (this is the layer allowed to see all of them):
+Composition of two sibling stages, which may not import each other:
 fibrosis.train.tune runs every (fold, arm) model and its out-of-fold curves;
 fibrosis.evaluate.selection judges the arms (DeLong, the first choice, replication over repeats,
 selection-adjusted AUC) and fits calibration and thresholds on the chosen arm's pooled OOF
 logits; fibrosis.train.tune.package leaves the deployable checkpoint in ``OUT/best.pt``, which
 `evaluate`, `report` and `score` take like any run. ``OUT/tune.json`` holds the arms table the
-report shows.
+report shows (:class:`fibrosis.train.tune.record.TuneResult`).
 """
 from __future__ import annotations
 
@@ -20,15 +20,15 @@ import numpy as np
 
 from fibrosis import artefacts
 from fibrosis.config import Config, config_to_dict
-from fibrosis.io import write_json
+from fibrosis.train.tune.record import TuneResult
 
 logger = logging.getLogger(__name__)
 
 
 def run_tune(cfg: Config, cache: str | Path, out: str | Path, *, device: str | None = None,
-             max_units: int | None = None, progress: bool = True) -> dict[str, Any] | None:
-    """Cross-validate, select (replicated over the finalists' repeats), package; returns the
-    tune.json content (None when stopped early by ``max_units``; run again to continue)."""
+             max_units: int | None = None, progress: bool = True) -> TuneResult | None:
+    """Cross-validate, select (replicated over the finalists' repeats), package; returns what
+    tune.json records (None when stopped early by ``max_units``; run again to continue)."""
     from fibrosis.evaluate.selection import fit_oof_operating_points, select_arm, selection_adjusted
     from fibrosis.model.checkpoint import update_checkpoint
     from fibrosis.train.tune import cross_validate, package
@@ -60,20 +60,20 @@ def run_tune(cfg: Config, cache: str | Path, out: str | Path, *, device: str | N
     path = package(cfg, cache, out, cv, chosen, device=dev)
     dev_rows = [cv.rows[i] for i in cv.dev]
     calibration, threshold = fit_oof_operating_points(dev_rows, oof[chosen], cfg.evaluate)
-    result = {**sel, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "tune_config": config_to_dict(cfg.tune), "arch": cfg.model.arch,
-              "folds": cfg.tune.folds, "repeats": cfg.tune.repeats, "finalist_repeats": cfg.tune.finalist_repeats,
-              "n_dev": len(cv.dev), "n_dev_pos": int(cv.y.sum()),
-              "n_dev_patients": len({cv.rows[i]["patient_key"] for i in cv.dev}),
-              "features": cv.feature_cost.to_dict(), "final": cfg.tune.final,
-              "checkpoint": path.name, "first_choice": sel["chosen"], "chosen": chosen, "reason": reason,
-              "replication": checks, "selection_adjusted": adjusted,
-              "skipped_arms": cv.ctx.skipped if cv.ctx else {}, "aux": cv.ctx.aux_summary() if cv.ctx else {},
-              "minutes_total": round((time.perf_counter() - t0) / 60, 2)}
+    result = TuneResult(
+        **{**sel, "chosen": chosen, "reason": reason},
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        tune_config=config_to_dict(cfg.tune), arch=cfg.model.arch,
+        folds=cfg.tune.folds, repeats=cfg.tune.repeats, finalist_repeats=cfg.tune.finalist_repeats,
+        n_dev=len(cv.dev), n_dev_pos=int(cv.y.sum()), n_dev_patients=len({cv.rows[i]["patient_key"] for i in cv.dev}),
+        features=cv.feature_cost.to_dict(), final=cfg.tune.final,
+        checkpoint=path.name, first_choice=sel["chosen"], replication=checks, selection_adjusted=adjusted,
+        skipped_arms=cv.ctx.skipped if cv.ctx else {}, aux=cv.ctx.aux_summary() if cv.ctx else {},
+        minutes_total=round((time.perf_counter() - t0) / 60, 2))
     update_checkpoint(path, calibration=calibration, threshold=threshold,
                       tune_selection={"chosen": chosen, "reason": reason,
                                       "selection_adjusted_auc": adjusted["auc"]})
-    write_json(out / artefacts.TUNE, result)
+    result.write(out / artefacts.TUNE)
     log_table(result)
     return result
 
@@ -152,16 +152,16 @@ def base_arm(arm: dict[str, Any], arms: dict[str, dict[str, Any]]) -> str | None
                  and all(o[k] == arm[k] for k in RECIPE)), None)
 
 
-def log_table(result: dict[str, Any]) -> None:
+def log_table(result: TuneResult) -> None:
     """The arms table in the log: OOF AUC with CI, differences to the reference and to the same
     recipe without add-ons (paired p), AUC per repeat, OOF logit sd, epochs, minutes."""
-    lvl = f"{100 * result['level']:.4g}%"
+    lvl = f"{100 * result.level:.4g}%"
     paired: Callable[[dict[str, Any] | None], str] = (  # noqa: E731
         lambda t: f"{t['difference']:+.3f} (p={t['p']:.3f})" if t else "-")
     logger.info("%-20s %-7s %-12s %-20s %-20s %-22s %6s %5s %6s %7s", "arm", "OOF AUC", f"{lvl} CI",
                 "vs reference (p)", "vs base (p)", "AUC per repeat", "sd", "epoch", "min", "CPU min")
-    for a in result["arms"]:
-        mark = "  <- chosen" if a["name"] == result["chosen"] else ""
+    for a in result.arms:
+        mark = "  <- chosen" if a["name"] == result.chosen else ""
         if a.get("failed"):
             logger.info("%-20s FAILED: %s%s", a["name"], a["failed"], mark)
             continue
@@ -173,13 +173,13 @@ def log_table(result: dict[str, Any]) -> None:
         if a.get("aux_auc"):
             logger.info("%20s auxiliary heads' own OOF AUC: %s", "",
                         ", ".join(f"{k} {v:.2f}" for k, v in a["aux_auc"].items()))
-    feats = result.get("features") or {}
+    feats = result.features
     if feats:
         logger.info("frozen features and augmented views, shared by the arms of each backbone: %.1f min (%.1f CPU min)",
                     feats["minutes"], feats["cpu_minutes"])
-    adj = result.get("selection_adjusted")
+    adj = result.selection_adjusted
     if adj:
         logger.info("chosen %r: pooled OOF AUC %.3f is optimistic (chosen on these predictions); selection-adjusted "
                     "%.3f (Tibshirani & Tibshirani 2009). Paired p-values hold the trained models fixed and are "
-                    "not corrected for the number of arms.", result["chosen"], adj["pooled_auc"], adj["auc"])
-    logger.info("%s", result["reason"])
+                    "not corrected for the number of arms.", result.chosen, adj["pooled_auc"], adj["auc"])
+    logger.info("%s", result.reason)

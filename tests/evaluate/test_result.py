@@ -1,0 +1,53 @@
+"""metrics.json: one writer, one reader, and what the reader refuses."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers.runs import predictions
+
+from fibrosis.artefacts import SchemaError
+from fibrosis.config import EvaluateConfig
+from fibrosis.evaluate.result import EvaluationResult
+from fibrosis.evaluate.run import evaluate_predictions
+
+
+@pytest.fixture(scope="module")
+def result() -> EvaluationResult:
+    res, *_ = evaluate_predictions(predictions(120, 1, "val"), predictions(120, 2, "test"),
+                                   EvaluateConfig(bootstrap_resamples=50))
+    return res
+
+
+def test_round_trip_is_exact_and_keeps_the_file_layout(result, tmp_path):
+    path = tmp_path / "metrics.json"
+    result.write(path)
+    data = json.loads(path.read_text())
+    assert list(data)[:3] == ["format", "split", "fit_split"] and data["format"] == 1
+    assert "gradcam" not in data  # no panels: no key, as before the record
+    back = EvaluationResult.read(path)
+    assert back == result and back.auc == result.discrimination["auc"]
+
+
+def _rewrite(path, **change):
+    data = json.loads(path.read_text())
+    data.update(change)
+    for k in [k for k, v in change.items() if v is None]:
+        del data[k]
+    path.write_text(json.dumps(data))
+
+
+def test_newer_missing_or_unknown_is_refused_naming_the_file(result, tmp_path):
+    path = tmp_path / "metrics.json"
+    result.write(path)
+    _rewrite(path, format=2)
+    with pytest.raises(SchemaError, match=r"metrics.json: schema 2; this version of fibrosis reads schema 1; "
+                                          r"it was written by a newer version"):
+        EvaluationResult.read(path)
+    _rewrite(path, format=1, discrimination=None, extra=1)
+    with pytest.raises(ValueError, match=r"metrics.json: metrics.json without \['discrimination'\]; "
+                                         r"with unknown keys \['extra'\]"):
+        EvaluationResult.read(path)
+    _rewrite(path, format=None)
+    with pytest.raises(SchemaError, match="schema None"):
+        EvaluationResult.read(path)
