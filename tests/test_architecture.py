@@ -124,3 +124,102 @@ def test_test_modules_never_import_each_other():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             bad += [f"{path.name} imports {n}" for n in names if n.split(".")[-1].startswith("test_")]
     assert bad == []
+
+
+def _top_level_imports(module: str) -> set[str]:
+    """Every module name ``module`` imports when it is imported: outside functions and outside
+    ``if TYPE_CHECKING`` (third-party and fibrosis alike)."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out: set[str] = set()
+
+    class Visitor(ast.NodeVisitor):
+        def visit_FunctionDef(self, node: ast.AST) -> None:
+            pass  # runs later, if at all
+
+        visit_AsyncFunctionDef = visit_Lambda = visit_FunctionDef
+
+        def visit_If(self, node: ast.If) -> None:
+            if "TYPE_CHECKING" not in ast.unparse(node.test):
+                self.generic_visit(node)
+
+        def visit_Import(self, node: ast.Import) -> None:
+            out.update(a.name for a in node.names)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            base = _absolute(node, package)
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names)
+
+    Visitor().visit(ast.parse(path.read_text()))
+    return out
+
+
+def _absolute(node: ast.ImportFrom, package: str) -> str:
+    base = node.module or ""
+    if node.level:
+        parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join(parts + ([base] if base else []))
+    return base
+
+
+def _is_heavy(name: str) -> bool:
+    from fibrosis._exports import HEAVY
+
+    return any(name == h or name.startswith(h + ".") for h in HEAVY)
+
+
+def _with_packages(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def _heavy_modules() -> set[str]:
+    """fibrosis modules whose import (at the top, transitively) loads a HEAVY library."""
+    # importing a.b.c runs a/__init__ and a/b/__init__ first
+    top = {m: {p for n in _top_level_imports(m) for p in _with_packages(n)} for m in MODULES}
+    heavy = {m for m, names in top.items() if any(_is_heavy(n) for n in names)}
+    changed = True
+    while changed:
+        changed = False
+        for m, names in top.items():
+            if m not in heavy and any(n in heavy for n in names):
+                heavy.add(m)
+                changed = True
+    return heavy
+
+
+def _function_local_imports() -> list[tuple[str, int, str]]:
+    out = []
+    for module, path in MODULES.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    out += [(module, node.lineno, a.name) for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    base = _absolute(node, package)
+                    out += [(module, node.lineno, f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base)
+                            for a in node.names]
+    return out
+
+
+def test_imports_inside_functions_only_defer_heavy_modules():
+    """fibrosis._exports states the rule: a function-local import defers a HEAVY library, or a
+    fibrosis module that loads one; any other belongs at the top of the module."""
+    heavy = _heavy_modules()
+    bad = sorted({f"{m}:{line} imports {name} inside a function" for m, line, name in _function_local_imports()
+                  if not _is_heavy(name) and name not in heavy})
+    assert bad == []
+
+
+def test_the_command_line_starts_without_any_heavy_library():
+    """What the rule above buys: `fibrosis --help`, a config error or `split` answer before torch,
+    pydicom or matplotlib have loaded. In a child: this process has loaded them already."""
+    code = ("import sys, fibrosis.cli.main\nfrom fibrosis._exports import HEAVY\n"
+            "print(sorted(m for m in sys.modules if m in HEAVY))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "[]"

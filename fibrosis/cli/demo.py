@@ -19,6 +19,8 @@ from pathlib import Path
 from fibrosis import artefacts
 from fibrosis.io import read_csv
 from fibrosis.config import load_config
+from fibrosis.pipeline.tune import run_tune
+from fibrosis.data.split import split_cache
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +66,10 @@ def find_demo_data(data: str | Path | None = None) -> tuple[Path, Path]:
 def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
              report_dir: str | Path | None = None, data: str | Path | None = None) -> bool:
     """Run every stage on data/demo; True when every stage met its contract."""
-    from fibrosis.pipeline.tune import run_tune
     from fibrosis.evaluate.run import evaluate_run
     from fibrosis.data.ingest import ingest
     from fibrosis.report.build import write_report
     from fibrosis.score.run import score
-    from fibrosis.data.split import split_cache
 
     DEMO_DATA, DEMO_CONFIG = find_demo_data(data)
     work = Path(work)

@@ -10,7 +10,9 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, get_args
 
@@ -18,6 +20,10 @@ from fibrosis import artefacts
 from fibrosis import __version__
 from fibrosis.config import Config, ConfigError, EngineName, StudyAggregate, load_config
 from fibrosis.io import NO_SPACE_ERRNOS
+from fibrosis.cli.demo import run_demo
+from fibrosis.data.split import split_cache
+from fibrosis.pipeline.tune import run_tune
+from fibrosis.score.dicomweb import Query, retrieve, store
 
 if TYPE_CHECKING:
     from fibrosis.score.dicomweb import Retrieved
@@ -99,7 +105,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from fibrosis.data.split import split_cache
 
     _folder(args.cache, "--cache")
     summary = split_cache(args.cache, _config(args).split, reassign=args.reassign)
@@ -131,7 +136,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from fibrosis.pipeline.tune import run_tune
 
     result = run_tune(_config(args), args.cache, args.out, device=args.device,
                       max_units=args.max_units, progress=not args.no_progress)
@@ -204,7 +208,6 @@ def cmd_score(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     logger.info("%s", summary)
     if args.stow:
-        from fibrosis.score.dicomweb import store
 
         _, _, stow_failed = store(args.dicomweb, summary.dicom_files, _stow_record(args.fetch_dir),
                                   args.dicomweb_auth_file)
@@ -219,7 +222,6 @@ def _stow_record(fetch_dir: Path) -> Path:
 
 def _retrieve(args: argparse.Namespace) -> tuple[Retrieved, Path]:
     """QIDO-RS + WADO-RS into --fetch-dir: (what was retrieved, the folder to read)."""
-    from fibrosis.score.dicomweb import Query, retrieve
 
     if args.fetch_dir is None:
         raise UsageError("--dicomweb: give --fetch-dir DIR, the folder the studies are retrieved into "
@@ -230,8 +232,6 @@ def _retrieve(args: argparse.Namespace) -> tuple[Retrieved, Path]:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    import signal
-    import threading
 
     from fibrosis.score.node import Destination, NodeConfig, listen
 
@@ -283,7 +283,6 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fibrosis.cli.demo import run_demo
 
     _folder(args.work, "--work")
     return EXIT_OK if run_demo(args.work, quick=args.quick, data=args.data) else EXIT_FAIL

@@ -33,7 +33,9 @@ from fibrosis.io import write_csv
 from fibrosis.model.calibration import Calibrator, calibrator_from_dict, make_calibrator
 from fibrosis.numeric import MetricWarning, check_binary, sigmoid
 from fibrosis.config import Config, EvaluateConfig, config_to_dict
-from fibrosis.evaluate.checks import ALL
+from fibrosis.data.cache import CacheReader, manifest_hash
+from fibrosis.evaluate.checks import (ALL, check_evaluated_split, check_split_isolation, manifest_warning,
+                                      resolve_config)
 from fibrosis.evaluate.reference import write_reference
 from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.evaluate.subgroups import AGE_BANDS, attribute_values
@@ -334,9 +336,6 @@ def _prepare(run: Path, cache: Path, split: str, cfg: Config | None, overrides: 
     config and the fit split, and refuse any split that overlaps training."""
     import torch
 
-    from fibrosis.data.cache import manifest_hash
-    from fibrosis.evaluate.checks import (check_evaluated_split, check_split_isolation, manifest_warning,
-                                          resolve_config)
     from fibrosis.model.checkpoint import load_model
     from fibrosis.model.inference import split_rows
 
@@ -374,7 +373,6 @@ def _prepare(run: Path, cache: Path, split: str, cfg: Config | None, overrides: 
 def _measure(job: _Job) -> tuple[EvaluationResult, Calibrator, dict[str, Any], list[dict[str, Any]], Predictions]:
     """Predict, then measure: with the stored calibration (frozen), or fitting it and the
     thresholds on the fit split and storing them in the checkpoint."""
-    from fibrosis.data.cache import CacheReader
     from fibrosis.model.checkpoint import update_checkpoint
     from fibrosis.model.inference import predict_rows
 
@@ -416,8 +414,6 @@ def _describe(job: _Job, result: EvaluationResult) -> EvaluationResult:
 def _reference(job: _Job, test: Predictions, cal: Calibrator, result: EvaluationResult,
                threshold: dict[str, Any]) -> None:
     """reference.json beside metrics.json: what `fibrosis monitor` compares new batches with."""
-    from fibrosis.data.cache import CacheReader
-
     write_reference(job.out, job.ckpt_path, test.rows, test.labels, cal.predict(test.logits), result, threshold,
                     CacheReader(job.cache, job.all_rows), job.idx)
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from fibrosis.io import atomic_write_bytes
+from fibrosis.data.cache import CacheReader
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,6 @@ def gradcam_panels(model: Any, cache: str | Path, test: Any, prob: np.ndarray,
     """
     import cv2
 
-    from fibrosis.data.cache import CacheReader
     from fibrosis.data.dataset import model_array, resize
 
     out_dir = Path(out_dir)

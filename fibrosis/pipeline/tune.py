@@ -31,7 +31,8 @@ def run_tune(cfg: Config, cache: str | Path, out: str | Path, *, device: str | N
     tune.json records (None when stopped early by ``max_units``; run again to continue)."""
     from fibrosis.evaluate.selection import fit_oof_operating_points, select_arm, selection_adjusted
     from fibrosis.model.checkpoint import update_checkpoint
-    from fibrosis.train.tune import cross_validate, package
+    from fibrosis.train.tune.cv import cross_validate
+    from fibrosis.train.tune.package import package
 
     t0 = time.perf_counter()
     cache, out = Path(cache), Path(out)
@@ -92,7 +93,7 @@ def _replicate(cfg: Config, cv: Any, sel: dict[str, Any], out: Path, progress: b
     takes its place for the rest of the path. The choice must also match the reference on the mean
     over repeats. Returns (chosen, reason, the checks made)."""
     from fibrosis.evaluate.selection import repeat_aucs, replicated_choice, rivals
-    from fibrosis.train.tune import extend_repeats
+    from fibrosis.train.tune.cv import extend_repeats
 
     first, reason = sel["chosen"], sel["reason"]
     if cfg.tune.selection == "best":

@@ -46,6 +46,8 @@ from typing import Any
 from fibrosis import artefacts
 from fibrosis.data.dicom import shown
 from fibrosis.io import atomic_write_bytes, csv_line, write_json
+from fibrosis.data.records import Rejected
+from fibrosis.config import config_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -279,7 +281,6 @@ class Node:
         crash on another association's file does not refuse this one."""
         from concurrent.futures.process import BrokenProcessPool
 
-        from fibrosis.data.records import Rejected
         from fibrosis.data.workers import process_file
 
         for _attempt in (1, 2):
@@ -583,7 +584,6 @@ class Node:
         serving and scoring."""
         from pynetdicom import evt
 
-        from fibrosis.config import config_from_dict
         from fibrosis.model.checkpoint import load_checkpoint
         from fibrosis.score.run import frozen_settings, resolve_checkpoint
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import heapq
 import io
+import itertools
 import logging
 import os
 import re
+import tempfile
 import typing
 from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any, cast
 
 from fibrosis.config import StudyAggregate
 from fibrosis.data.cache import IMAGE_STATS
+from fibrosis.data.discover import discover_entries
 from fibrosis.io import (CsvRows, csv_line, is_no_space, iter_csv, no_space, not_regular, open_regular,
                          write_csv)
 
@@ -94,7 +97,6 @@ def discover_inputs(input_: str | Path, out: Path, gradcam_dir: Path | None,
     discovery ingest uses: hidden files included, unreadable folders as entries with their
     reason). Our own outputs (and the salt file) are left out when they sit inside the
     input folder: a re-run must not score its own CSV."""
-    from fibrosis.data.discover import discover_entries
 
     ours = (out, studies_path(out), meta_path(out), aux_path(out))
     skip = {str(p.resolve()) for p in (*ours, salt_file) if p}
@@ -303,7 +305,6 @@ def study_rows(path: Path, aggregate: str) -> Iterator[dict[str, Any]]:
 
 def _study_rows(path: Path, aggregate: str) -> Iterator[dict[str, Any]]:
     import sqlite3
-    import tempfile
 
     fd, name = tempfile.mkstemp(prefix="fibrosis-studies-", suffix=".sqlite")
     os.close(fd)
@@ -319,7 +320,6 @@ def _study_rows(path: Path, aggregate: str) -> Iterator[dict[str, Any]]:
 
 def _grouped(path: Path, name: str, aggregate: str) -> Iterator[dict[str, Any]]:
     """The study rows of ``path``, grouped in the SQLite file ``name``."""
-    import itertools
     import sqlite3
 
     db = sqlite3.connect(name, isolation_level=None)

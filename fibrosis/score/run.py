@@ -42,6 +42,7 @@ from fibrosis.config import IngestConfig, ScoreConfig, config_from_dict
 from fibrosis.data.identity import identity, resolve_salt
 from fibrosis.data.pixels import excluded_flag, qa_flags
 from fibrosis.data.records import Decoded, DecodeResult, Preprocessing, Rejected, Skipped
+from fibrosis.numeric import sigmoid
 
 if TYPE_CHECKING:  # the record's module imports torch, which `import fibrosis` does not need
     from fibrosis.model.checkpoint import Checkpoint
@@ -303,7 +304,6 @@ class Scorer:
         second forward of the batch, paid only by runs that ask for them."""
         import torch
 
-        from fibrosis.numeric import sigmoid
 
         dev = next(self.model.parameters()).device
         with torch.no_grad():

@@ -23,6 +23,7 @@ import numpy as np
 from fibrosis.io import atomic_write_bytes
 from fibrosis.score.identity import MANUFACTURER, uid_for
 from fibrosis.score.pixels import model_input, overlay
+from fibrosis.data.records import Decoded
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,6 @@ def write_scs(studies: list[Any], fz: Any, sha256: str, net: Any, sc_dir: Path) 
     import torch
     from pydicom.dataset import Dataset
 
-    from fibrosis.data.records import Decoded
     from fibrosis.data.workers import process_file
     from fibrosis.model.cam import compute_cams
 

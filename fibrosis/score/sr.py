@@ -37,6 +37,8 @@ never receives one UID with two contents, and a reader takes the highest Instanc
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import re
 from collections.abc import Iterable
@@ -258,7 +260,6 @@ def content_digest(ds: Any) -> str:
     """What an SR says, without when it was written or which version it is: the content
     tree and the evidence, serialised (so a dataset read from disk and one just built
     compare alike)."""
-    import hashlib
 
     from pydicom.dataset import Dataset
     from pydicom.filebase import DicomBytesIO
@@ -299,7 +300,6 @@ def write_srs(scores: Path, sr_dir: Path, obs: Observer, paths: set[str] | None 
     """Write one SR per DICOM study among ``paths``' rows of ``scores``, superseding the
     study's current SR in ``sr_dir`` when the content changed; returns the study files
     (also those left unchanged)."""
-    import io
 
     import pydicom
 

@@ -7,8 +7,16 @@ fold x arm), ``results`` (an arm's pooled out-of-fold curves and budget), ``tta`
 (OUT/best.pt). Judging the arms is inference statistics and lives in
 fibrosis.evaluate.selection; the `tune` command (fibrosis.pipeline.tune) composes the two.
 """
-from fibrosis.train.tune.cv import CVResult, cross_validate, extend_repeats, setup
-from fibrosis.train.tune.results import ArmResult
-from fibrosis.train.tune.package import package
+from fibrosis._exports import lazy
 
-__all__ = ["ArmResult", "CVResult", "cross_validate", "extend_repeats", "package", "setup"]
+# Lazy: the report reads tune.json through fibrosis.train.tune.record without loading torch.
+_EXPORTS = {
+    "CVResult": "fibrosis.train.tune.cv",
+    "cross_validate": "fibrosis.train.tune.cv",
+    "extend_repeats": "fibrosis.train.tune.cv",
+    "setup": "fibrosis.train.tune.cv",
+    "ArmResult": "fibrosis.train.tune.results",
+    "package": "fibrosis.train.tune.package",
+}
+__getattr__ = lazy(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
