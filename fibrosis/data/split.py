@@ -406,7 +406,7 @@ class _Keys(Sequence[str]):
         return len(self.keys)
 
     def __getitem__(self, i: int) -> str:  # type: ignore[override]  # by index only, never a slice
-        return self.keys[i].decode("utf-8")
+        return str(self.keys[i].decode("utf-8"))  # numpy types the element as Any
 
 
 def _rank_codes(key_chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
