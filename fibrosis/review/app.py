@@ -186,6 +186,7 @@ def build_app(r: Review, guard: Guard) -> Starlette:
 
     routes = [Route("/", home), Route("/view/{level}/{key}", view), Route("/image/{key}.png", image),
               Route("/cam/{key}.png", cam), Route("/label", label, methods=["POST"]),
+              Route("/favicon.ico", lambda request: Response(status_code=204)),  # browsers ask; there is none
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
     return Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard.dispatch)])
 

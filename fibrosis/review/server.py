@@ -72,6 +72,7 @@ def serve(s: Settings, on_ready: Callable[[str], None] | None = None) -> None:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((s.host.strip("[]"), s.port))
+    sock.listen(128)  # connections wait in the backlog from now on, not refused until uvicorn is up
     port = sock.getsockname()[1]
     host = f"[{s.host.strip('[]')}]" if family == socket.AF_INET6 else s.host
     address = f"http://{'127.0.0.1' if s.host == '0.0.0.0' else host}:{port}/"
@@ -85,4 +86,8 @@ def serve(s: Settings, on_ready: Callable[[str], None] | None = None) -> None:
                 f"?token=<${TOKEN_ENV}>" if guard.token is not None else "")
     if on_ready is not None:
         on_ready(address)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C is how a reader ends a session, not an error
+        pass
+    logger.info("review: stopped; %d reader label(s) in %s", len(review.labels), review.labels.path)

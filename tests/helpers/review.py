@@ -4,16 +4,25 @@ excludes, one with two frontal images), a PNG export and a truncated file, score
 of helpers.monitor, so `monitor --labels` can read the reader's labels)."""
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fibrosis.io import read_csv
 from fibrosis.score.run import score
 from helpers.checkpoints import make_checkpoint
 from helpers.dicom_factory import chest_phantom, make_dicom, make_png, to_stored, truncate
 from helpers.monitor import evaluated_run
+from helpers.paths import REPO
 
 PATIENT_ID, PATIENT_NAME = "PAT-SECRET-4711", "Doe^Jane"  # must never reach a URL or a log
 N_STUDIES = 8  # studies with at least one scored image (six single, one pair, one PA + lateral)
@@ -50,3 +59,68 @@ def scored_folder(root: Path) -> Scored:
 
 def statuses(scores: Path) -> dict[str, str]:
     return {Path(r["path"]).name: r["status"].split(":")[0] for r in read_csv(scores)}
+
+
+class Server:
+    """`fibrosis review ARGS` in a child process on a free port; ``url`` once it listens, ``log`` its
+    stderr (drained by a thread, so the pipe never fills)."""
+
+    def __init__(self, args: list[str], timeout: float = 60):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+        self.proc = subprocess.Popen([sys.executable, "-m", "fibrosis.cli", "review", "--port", "0", *args], cwd=REPO,
+                                     env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        self.lines: list[str] = []
+        self.url = ""
+        ready = threading.Event()
+
+        def drain() -> None:
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.lines.append(line)
+                if "review: open http://" in line and not self.url:
+                    self.url = line.split("review: open ", 1)[1].split()[0]
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        end = time.monotonic() + timeout
+        while not ready.wait(0.1) and time.monotonic() < end:
+            pass
+        if not self.url:
+            self.stop()
+            raise RuntimeError("`fibrosis review` did not start:\n" + "".join(self.lines[-20:]))
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def chromium(playwright: object) -> object:
+    """Debian's chromium under Playwright (no browser download). Where it or Playwright is missing the
+    test skips on a user's machine but FAILS in CI (where .ci/run installs both)."""
+    exe = shutil.which("chromium")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium not installed in CI (apt-get install chromium)")
+        pytest.skip("Debian's chromium not installed")
+    return playwright.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])  # type: ignore[attr-defined]
+
+
+def sync_playwright() -> object:
+    """playwright.sync_api.sync_playwright, or skip (FAIL in CI) where the package is missing."""
+    try:
+        from playwright.sync_api import sync_playwright as start
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("playwright not installed in CI (a dev dependency: pip install -e '.[dev]')")
+        pytest.skip("playwright not installed (pip install playwright; no browser download needed)")
+    return start()
