@@ -289,7 +289,7 @@ def cmd_review(args: argparse.Namespace) -> int:
         _file_out(args.labels_out, "--labels-out")
     serve(Settings(args.scores, model=args.model, labels_out=args.labels_out,
                    host=args.host, port=args.port, reader=args.reader or "", level=args.level,
-                   blinded=args.blinded, read_only=args.read_only))
+                   blinded=args.blinded, read_only=args.read_only, truth=args.truth))
     return EXIT_OK
 
 
@@ -516,6 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "committed a label for the item: a reader study without automation bias")
     p.add_argument("--read-only", action="store_true",
                    help="show scores and existing labels, record nothing (to show results to others)")
+    p.add_argument("--truth", type=Path, default=None, metavar="LABELS_CSV",
+                   help="reference standard labels of the scored files (read as `ingest --labels` reads them): "
+                        "on stop, RUN/reader/reader.json gets the reader's sensitivity and specificity against "
+                        "it beside the model's ROC, for `fibrosis report` (with --model)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only); any other needs a token in "
                         "$FIBROSIS_REVIEW_TOKEN (16+ characters), opened once as ?token=...")

@@ -39,6 +39,7 @@ class Settings:
     blinded: bool = False
     read_only: bool = False
     token: str | None = None  # default: $FIBROSIS_REVIEW_TOKEN
+    truth: Path | None = None  # reference standard labels CSV for reader vs model
 
     def labels_path(self) -> Path:
         return self.labels_out or self.scores.with_name(artefacts.READER_LABELS)
@@ -48,6 +49,8 @@ def prepare(s: Settings) -> tuple[Review, Guard]:
     """The application's state, checked before a socket is opened: a bad option is one line and exit 2."""
     token = s.token if s.token is not None else os.environ.get(TOKEN_ENV) or None
     check_binding(s.host, token)
+    if s.truth is not None and not s.truth.is_file():
+        raise FileNotFoundError(f"--truth {s.truth}: labels CSV not found")
     if s.reader:
         check_reader(s.reader)
     model: Model | None = load_model(s.model) if s.model is not None else None
@@ -91,3 +94,21 @@ def serve(s: Settings, on_ready: Callable[[str], None] | None = None) -> None:
     except KeyboardInterrupt:  # Ctrl-C is how a reader ends a session, not an error
         pass
     logger.info("review: stopped; %d reader label(s) in %s", len(review.labels), review.labels.path)
+    if s.model is not None and not s.read_only and len(review.labels):
+        reader_vs_model(s, review)
+
+
+def reader_vs_model(s: Settings, review: Review) -> None:
+    """RUN/reader/reader.json for the report (the run of --model): the reader's labels against the model's."""
+    from fibrosis.evaluate.reader import write_reader_vs_model
+    from fibrosis.score.run import resolve_checkpoint
+
+    assert s.model is not None
+    run = resolve_checkpoint(s.model).parent
+    out = run / artefacts.READER_DIR / artefacts.READER_VS_MODEL
+    try:
+        write_reader_vs_model(out, s.scores, review.labels.path, review.labels.label_column, s.truth)
+    except (OSError, ValueError) as exc:  # the labels are saved; only the report's summary is missing
+        logger.warning("reader vs model not written to %s: %s", out, exc)
+        return
+    logger.info("review: reader vs model -> %s (`fibrosis report --run %s` shows it)", out, run)

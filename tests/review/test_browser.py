@@ -4,12 +4,14 @@ restart the server, and find the labels file intact and readable by `monitor`. S
 browser is installed, FAILS in CI (helpers.review.chromium)."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
+from fibrosis import artefacts
 from fibrosis.data.labels import load_labels
-from fibrosis.io import read_csv
+from fibrosis.io import read_csv, write_csv
 from fibrosis.monitor.load import attach_labels, read_scores
 from fibrosis.review.worklist import load_worklist
 from helpers.review import N_STUDIES, PATIENT_ID, PATIENT_NAME, Server, chromium, sync_playwright
@@ -39,8 +41,10 @@ def browser():
 
 
 def test_review_in_a_browser(scored, tmp_path, browser):
-    labels = tmp_path / "reader_labels.csv"
-    args = ["--scores", str(scored.scores), "--model", str(scored.run), "--labels-out", str(labels), "--reader", "AB"]
+    labels, truth = tmp_path / "reader_labels.csv", tmp_path / "truth.csv"
+    write_csv(truth, [{"image": f"IM{i:04d}.dcm", "fibrosis": i % 2} for i in range(7)], ("image", "fibrosis"))
+    args = ["--scores", str(scored.scores), "--model", str(scored.run), "--labels-out", str(labels), "--reader", "AB",
+            "--truth", str(truth)]
     server = Server(args)
     problems: list[str] = []
     page = browser.new_page(viewport={"width": 1300, "height": 900})
@@ -88,6 +92,9 @@ def test_review_in_a_browser(scored, tmp_path, browser):
         server.stop()
     first_log = server.log
 
+    # on stop, the reader against the model for the report, in the model's run folder
+    reader = json.loads((scored.run / artefacts.READER_DIR / artefacts.READER_VS_MODEL).read_text())
+    assert reader["scores"] == "scores.csv" and reader["n_cases"] >= 5 and reader["against_truth"]["n"] >= 4
     rows = read_csv(labels)
     assert [(r["reader_call"], r["reader"], r["level"]) for r in rows] == [(c, "AB", "study") for _, c in done]
 
