@@ -104,7 +104,6 @@ class Viewer:
         """The model input (1, S, S) of ``path`` (the cache image when there is no model)."""
         from fibrosis.data.records import Decoded
         from fibrosis.data.workers import process_file
-        from fibrosis.score.pixels import model_input
 
         res = process_file((path, "", {}), self.ingest)
         if not isinstance(res, Decoded):
@@ -113,6 +112,8 @@ class Viewer:
             raise ImageUnavailable("the file changed since it was scored (other content hash); not shown")
         if self.model is None:
             return res.image[None].astype(np.float32) / float(np.iinfo(res.image.dtype).max)
+        from fibrosis.score.pixels import model_input  # torch, through the model's resize: with a model only
+
         return model_input(res.image, self.ingest.cache_dtype, self.model.frozen.preprocessing)
 
     def _cached_input(self, key: str, path: str, content_hash: str) -> np.ndarray:

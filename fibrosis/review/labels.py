@@ -64,8 +64,6 @@ class LabelStore:
         self.columns = columns(label_column)
         self._lock = threading.Lock()
         self._rows: dict[tuple[str, str], dict[str, str]] = {}  # (level, UID) -> CSV row, file order
-        self._sop_index = {worklist.images.sop_uid[i]: i for i in range(len(worklist.image_table))}
-        self._study_index = {worklist.studies.study_uid[s]: s for s in range(len(worklist.study_table))}
         self._resume()
 
     def _resume(self) -> None:
@@ -84,14 +82,13 @@ class LabelStore:
                 raise ValueError(f"{self.path}:{line}: level={level!r}, reader_call={call!r}; expected image or "
                                  f"study, one of {list(CALLS)} and its UID (a file written by `fibrosis review`)")
             self._rows[(level, uid)] = row
-            self._mark(level, uid, True)
+        for level in ("image", "study"):  # one pass over the UIDs, not a dict of 100,000 of them
+            wanted = {uid for lv, uid in self._rows if lv == level}
+            table = self.wl.table(level)
+            for i in range(len(table) if wanted else 0):
+                if self._uid(typing.cast(Level, level), i) in wanted:
+                    table.read[i] = True
         logger.info("%s: %d reader label(s) resumed", self.path, len(self._rows))
-
-    def _mark(self, level: str, uid: str, read: bool) -> None:
-        index = self._sop_index if level == "image" else self._study_index
-        i = index.get(uid)
-        if i is not None:
-            self.wl.table(level).read[i] = read
 
     def _uid(self, level: Level, i: int) -> str:
         return self.wl.images.sop_uid[i] if level == "image" else self.wl.studies.study_uid[i]
@@ -122,7 +119,8 @@ class LabelStore:
                self.label_column: LABEL_VALUE[call], "reader_call": call, "reader": reader, "level": level,
                "labelled_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
         with self._lock:
-            self._rows[(level, uid)] = row
-            write_csv(self.path, self._rows.values(), self.columns)
-            self._mark(level, uid, True)
+            rows = {**self._rows, (level, uid): row}  # kept only once it is on disk
+            write_csv(self.path, rows.values(), self.columns)
+            self._rows = rows
+            self.wl.table(level).read[i] = True
         return Entry(typing.cast(Call, call), reader, row["labelled_at"])

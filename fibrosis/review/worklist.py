@@ -13,7 +13,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
+import sys
 import typing
+from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,7 +27,7 @@ import numpy as np
 from fibrosis.evaluate.summary import scrub_reason
 from fibrosis.io import iter_csv
 from fibrosis.monitor.load import STATUS_KINDS, row_problem
-from fibrosis.review.strings import Strings
+from fibrosis.review.strings import KeyIndex, Strings
 from fibrosis.score.output import COLUMNS, FRONTAL_VIEWS, meta_path, study_rows, studies_path
 
 logger = logging.getLogger(__name__)
@@ -111,7 +114,7 @@ class Table:
     ``views`` / ``manufacturers``; ``decision`` is -1 where there is none; ``status`` a code into
     STATUS_KINDS; ``read`` whether a reader label exists (kept current by the label store)."""
 
-    keys: list[str]
+    keys: Strings
     names: Strings
     prob: np.ndarray
     decision: np.ndarray
@@ -122,12 +125,12 @@ class Table:
     manufacturer: np.ndarray
     manufacturers: list[str]
     read: np.ndarray = field(init=False)
-    index: dict[str, int] = field(init=False)
+    index: KeyIndex = field(init=False)
     _orders: dict[tuple[str, bool], np.ndarray] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.read = np.zeros(len(self.keys), bool)
-        self.index = {k: i for i, k in enumerate(self.keys)}
+        self.index = KeyIndex(self.keys, KEY_HEX)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -273,9 +276,11 @@ def load_worklist(scores: Path, aggregate: str = "max") -> Worklist:
         raise FileNotFoundError(f"{scores}: scores file not found (written by `fibrosis score --out`)")
     meta = meta_path(scores)
     maker = {m["path"]: m.get("manufacturer", "") for m in iter_csv(meta)} if meta.is_file() else {}
-    cols: dict[str, list[str]] = {c: [] for c in ("path", "sop_uid", "study_uid", "content_hash", "threshold_name",
-                                                  "reason", "name", "key")}
-    prob, decision, status, threshold, view, made, study = [], [], [], [], [], [], []
+    text = {c: Strings() for c in ("path", "sop_uid", "study_uid", "content_hash", "threshold_name", "reason", "name",
+                                   "key")}
+    prob, threshold = array("f"), array("f")
+    decision, status = array("b"), array("b")
+    view, made, study = array("h"), array("h"), array("l")
     views, makers, study_codes = _Codes(), _Codes(), _Codes()
     seen: set[str] = set()
     model_ids: set[str] = set()
@@ -287,15 +292,15 @@ def load_worklist(scores: Path, aggregate: str = "max") -> Worklist:
             raise ValueError(f"{scores}:{line}: {problem} (a scores file written by `fibrosis score`)")
         model_ids.add(r["model_id"])
         kind, _, reason = r["status"].partition(":")
-        key = r["content_hash"][:KEY_HEX] if r["content_hash"] else _key("row", str(line))
+        key = r["content_hash"][:KEY_HEX] if len(r["content_hash"]) >= KEY_HEX else _key("row", str(line))
         if key in seen:  # the same content under two paths: still two rows
             key = _key(key, str(line))
         seen.add(key)
         for c in ("path", "sop_uid", "study_uid", "content_hash", "threshold_name"):
-            cols[c].append(r[c])
-        cols["key"].append(key)
-        cols["name"].append(Path(r["path"]).name)
-        cols["reason"].append(scrub_reason(reason.strip(), r["path"]))
+            text[c].append(r[c])
+        text["key"].append(key)
+        text["name"].append(os.path.basename(r["path"]))
+        text["reason"].append(scrub_reason(reason.strip(), r["path"]) if reason else "")
         status.append(STATUS_KINDS.index(kind.strip()))
         ok = kind.strip() == "ok"
         prob.append(float(r["probability"]) if ok else math.nan)
@@ -305,31 +310,32 @@ def load_worklist(scores: Path, aggregate: str = "max") -> Worklist:
         made.append(makers(maker.get(r["path"], "")))
         # an image without a study UID (unreadable) is a study of its own
         study.append(study_codes(_key(r["patient_key"], r["study_uid"]) if r["study_uid"] else _key("image", key)))
+    del seen, maker
     if len(model_ids) > 1:
         raise ValueError(f"{scores}: rows of {len(model_ids)} models {sorted(model_ids)}; expected the scores "
                          "of one model (review each model's scores on their own)")
-    images = Images(Strings(cols["path"]), Strings(cols["sop_uid"]), Strings(cols["study_uid"]),
-                    Strings(cols["content_hash"]), Strings(cols["threshold_name"]),
+    images = Images(text["path"], text["sop_uid"], text["study_uid"], text["content_hash"], text["threshold_name"],
                     np.array(threshold, np.float32), np.array(study, np.int32))
-    image_table = Table(cols["key"], Strings(cols["name"]), np.array(prob, np.float32), np.array(decision, np.int8),
-                        np.array(status, np.int8), Strings(cols["reason"]), np.array(view, np.int16), views.names,
+    image_table = Table(text["key"], text["name"], np.array(prob, np.float32), np.array(decision, np.int8),
+                        np.array(status, np.int8), text["reason"], np.array(view, np.int16), views.names,
                         np.array(made, np.int16), makers.names)
-    studies, study_table = _studies(scores, aggregate, images, image_table, study_codes.names)
+    studies, study_table = _studies(scores, aggregate, images, image_table, Strings(study_codes.names))
     logger.info("%s: %d image(s) in %d stud(ies)", scores, len(image_table), len(study_table))
     return Worklist(scores, next(iter(model_ids), ""), image_table, study_table, images, studies)
 
 
 def _studies(scores: Path, aggregate: str, images: Images, t: Table,
-             keys: list[str]) -> tuple[Studies, Table]:
+             keys: Strings) -> tuple[Studies, Table]:
     """The study table: the aggregate from ``scores.studies.csv`` (else computed as `score` does),
     status ok when any image is ok, else the first image's; views joined; first image's maker."""
     n = len(keys)
     order = np.argsort(images.study, kind="stable")
     starts = np.searchsorted(images.study[order], np.arange(n + 1))
     side = studies_path(scores)
-    agg_rows = iter_csv(side) if side.is_file() else study_rows(scores, aggregate)
-    by_uid = {r["study_uid"]: r for r in agg_rows}
-    uids, aggs, names, reasons = [], [], [], []
+    by_uid = {r["study_uid"]: (r["aggregate"], r["probability"], r["decision"])
+              for r in (iter_csv(side) if side.is_file() else study_rows(scores, aggregate))}
+    uids, names, reasons = Strings(), Strings(), Strings()
+    aggs: list[str] = []
     prob = np.full(n, np.nan, np.float32)
     decision = np.full(n, -1, np.int8)
     status = np.zeros(n, np.int8)
@@ -348,10 +354,9 @@ def _studies(scores: Path, aggregate: str, images: Images, t: Table,
         view[s] = views("+".join(sorted({t.views[t.view[i]] or "?" for i in members})))
         made[s] = t.manufacturer[first]
         n_frontal[s] = sum(t.views[t.view[i]] in FRONTAL_VIEWS for i in ok)
-        row = by_uid.get(uid) if uid else None
-        aggs.append(row["aggregate"] if row else "")
-        if row and row["probability"]:
-            prob[s], decision[s] = float(row["probability"]), int(row["decision"])
-    table = Table(keys, Strings(names), prob, decision, status, Strings(reasons), view, views.names, made,
-                  t.manufacturers)
-    return Studies(Strings(uids), aggs, n_frontal, starts.astype(np.int64), order.astype(np.int64)), table
+        agg, p, d = by_uid.get(uid, ("", "", "")) if uid else ("", "", "")
+        aggs.append(sys.intern(agg))
+        if p:
+            prob[s], decision[s] = float(p), int(d)
+    table = Table(keys, names, prob, decision, status, reasons, view, views.names, made, t.manufacturers)
+    return Studies(uids, aggs, n_frontal, starts.astype(np.int64), order.astype(np.int64)), table

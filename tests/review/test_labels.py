@@ -80,6 +80,7 @@ def test_a_failed_rewrite_leaves_the_previous_file(wl, tmp_path, monkeypatch):
         store.set("study", 1, "absent", "AB")
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"]  # no temporary file left behind
+    assert len(store) == 1 and store.get("study", 1) is None  # nor a label the file does not hold
 
 
 def test_a_file_that_is_not_ours_is_refused_unchanged(wl, tmp_path):
