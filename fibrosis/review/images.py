@@ -90,6 +90,12 @@ def png(array: np.ndarray) -> bytes:
     return bytes(buf.tobytes())
 
 
+def _warm_up() -> None:
+    import monai.visualize  # noqa: F401  (Grad-CAM's library, imported by fibrosis.model.cam when used)
+
+    import fibrosis.model.cam  # noqa: F401
+
+
 class Viewer:
     """Pixels for the study view, thread-safe (the server answers requests in a thread pool)."""
 
@@ -99,6 +105,8 @@ class Viewer:
         self._lock = threading.Lock()
         self._inputs: _Lru = _Lru(CACHED_IMAGES)
         self._cams: _Lru = _Lru(CACHED_IMAGES)
+        if model is not None:  # the first overlay would otherwise wait for these imports (seconds)
+            threading.Thread(target=_warm_up, name="review-warm-up", daemon=True).start()
 
     def _input(self, path: str, content_hash: str) -> np.ndarray:
         """The model input (1, S, S) of ``path`` (the cache image when there is no model)."""
