@@ -53,7 +53,7 @@ def main() -> None:
             raise SystemExit("`fibrosis review` did not start")
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1280, "height": 760}, device_scale_factor=1)
+            page = browser.new_page(viewport={"width": 1280, "height": 880}, device_scale_factor=1)
             page.goto(url + "?level=image&sort=probability&desc=1")
             page.screenshot(path=str(args.out / "review-worklist.png"))
             page.click("#worklist tbody tr:first-child a.open")
@@ -63,6 +63,7 @@ def main() -> None:
                 if page.eval_on_selector("#heat", "img => img.complete && img.naturalWidth > 0"):
                     break
                 page.wait_for_timeout(50)
+            page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=str(args.out / "review-study.png"))
             browser.close()
         logger.info("screenshots: %s, %s", args.out / "review-worklist.png", args.out / "review-study.png")

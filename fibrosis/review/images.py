@@ -27,7 +27,7 @@ from fibrosis.io import file_sha256
 logger = logging.getLogger(__name__)
 
 CACHED_IMAGES = 64
-HEAT_ALPHA = 0.55  # opacity of the heat map where Grad-CAM is 1; it fades to clear where it is 0
+HEAT_ALPHA = 0.4  # the heat map's opacity: as `score --gradcam` and the Secondary Captures draw it
 
 
 class ImageUnavailable(Exception):
@@ -72,13 +72,13 @@ def window(gray: np.ndarray, center: float, width: float) -> np.ndarray:
 
 
 def heat_rgba(cam: np.ndarray) -> np.ndarray:
-    """BGRA uint8 of a Grad-CAM map in [0, 1]: JET colours, alpha growing with the map."""
+    """BGRA uint8 of a Grad-CAM map in [0, 1]: JET colours at HEAT_ALPHA, so that the page shows over
+    the image what :func:`fibrosis.score.pixels.overlay` blends into it."""
     import cv2
 
     c = np.clip(np.nan_to_num(cam), 0.0, 1.0)
     bgr = cv2.applyColorMap((c * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    alpha = (c * HEAT_ALPHA * 255).astype(np.uint8)
-    return np.dstack([bgr, alpha])
+    return np.dstack([bgr, np.full(c.shape, round(HEAT_ALPHA * 255), np.uint8)])
 
 
 def png(array: np.ndarray) -> bytes:
