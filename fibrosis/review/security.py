@@ -102,8 +102,11 @@ class Guard:
         response = await self._checked(request, call_next)
         for name, value in HEADERS.items():
             response.headers[name] = value
-        # the path holds opaque keys only; the query string (filters, a token) is never logged
-        logger.info("%s %s %d", request.method, request.url.path, response.status_code)
+        # the path holds opaque keys only; the query string (filters, a token) is never logged. Pixels
+        # and static files at debug level: a page view is one line.
+        path = request.url.path
+        quiet = path.startswith(("/image/", "/cam/", "/static/")) and response.status_code < 400
+        logger.log(logging.DEBUG if quiet else logging.INFO, "%s %s %d", request.method, path, response.status_code)
         return response
 
     async def _checked(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
