@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlencode
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
@@ -97,7 +98,7 @@ def build_app(r: Review, guard: Guard) -> Starlette:
             q = query(request)
         except ValueError as exc:
             return _bad(str(exc))
-        q = Query(**{**q.__dict__, "level": level})
+        q = replace(q, level=level)
         wl = r.worklist
         study = int(wl.images.study[i]) if level == "image" else i
         siblings = wl.studies.images(study)
@@ -178,7 +179,8 @@ def build_app(r: Review, guard: Guard) -> Starlette:
         if i is None:
             return _bad("no such row in this worklist", 404)
         try:
-            entry = r.labels.set(cast(Level, level), i, call, reader)
+            # the atomic rewrite (fsync) in a worker thread, not on the event loop
+            entry = await run_in_threadpool(r.labels.set, cast(Level, level), i, call, reader)
         except ValueError as exc:
             return _bad(str(exc))
         return JSONResponse({"call": entry.call, "reader": entry.reader, "labelled_at": entry.labelled_at,
