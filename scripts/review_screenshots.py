@@ -27,6 +27,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scores", type=Path, required=True, help="scores CSV written by `fibrosis score`")
     ap.add_argument("--model", type=Path, required=True, help="the run that scored them")
+    ap.add_argument("--labels", type=Path, default=None,
+                    help="a reader labels file to show (copied: the copy is the one the server may write)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots", help="folder for the PNGs")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -37,6 +39,8 @@ def main() -> None:
         raise SystemExit("Debian's chromium is needed: apt-get install chromium")
     args.out.mkdir(parents=True, exist_ok=True)
     labels = Path(tempfile.mkdtemp(prefix="review-shots-")) / "labels.csv"
+    if args.labels is not None:
+        shutil.copyfile(args.labels, labels)
     cmd = [sys.executable, "-m", "fibrosis.cli", "review", "--scores", str(args.scores), "--model", str(args.model),
            "--labels-out", str(labels), "--reader", "JD", "--port", "0"]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE,
@@ -54,7 +58,7 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1280, "height": 880}, device_scale_factor=1)
-            page.goto(url + "?level=image&sort=probability&desc=1")
+            page.goto(url + "?sort=probability&desc=1")
             page.screenshot(path=str(args.out / "review-worklist.png"))
             page.click("#worklist tbody tr:first-child a.open")
             page.wait_for_selector("#overlay-toggle")

@@ -29,7 +29,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from fibrosis.review.images import ImageUnavailable, Viewer, heat_rgba, png, window
-from fibrosis.review.labels import LabelStore
+from fibrosis.review.labels import Entry, LabelStore
 from fibrosis.review.pages import Mode, StudyView, study_page, worklist_page
 from fibrosis.review.security import Guard
 from fibrosis.review.worklist import LEVELS, Level, Query, Worklist
@@ -67,6 +67,15 @@ def _revealed(r: Review, level: str, i: int) -> bool:
     return bool(wl.study_table.read[i])
 
 
+def _label(r: Review, level: Level, i: int) -> Entry | None:
+    """The label of row ``i``; for an image without one, its study's (as ingest and monitor join it)."""
+    entry = r.labels.get(level, i)
+    if entry is None and level == "image":
+        study = r.labels.get("study", int(r.worklist.images.study[i]))
+        return replace(study, via_study=True) if study else None
+    return entry
+
+
 def _item(r: Review, request: Request) -> tuple[Level, int] | Response:
     level, key = request.path_params["level"], request.path_params["key"]
     if level not in LEVELS:
@@ -85,7 +94,7 @@ def build_app(r: Review, guard: Guard) -> Starlette:
         except ValueError as exc:
             return _bad(str(exc))
         rows, total = r.worklist.table(q.level).page(q)
-        entries = [r.labels.get(q.level, i) for i in rows.tolist()]
+        entries = [_label(r, q.level, i) for i in rows.tolist()]
         return HTMLResponse(worklist_page(r.worklist, q, rows, total, entries, r.mode),
                             headers={"Cache-Control": "no-store"})
 

@@ -47,6 +47,7 @@ class Entry:
     call: Call
     reader: str
     labelled_at: str
+    via_study: bool = False  # an image's label that its study's label gives it
 
 
 def check_reader(reader: str) -> str:

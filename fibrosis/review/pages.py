@@ -111,7 +111,7 @@ def worklist_page(wl: Worklist, q: Query, rows: np.ndarray, total: int, labels: 
                  _e(t.manufacturers[t.manufacturer[i]]), _e(status)]
         if not mode.blinded:
             cells += [_prob(float(t.prob[i])), _decision(int(t.decision[i]))]
-        cells.append(_e(f"{entry.call} ({entry.reader})") if entry else "")
+        cells.append(_e(f"{entry.call} ({entry.reader}{', study' if entry.via_study else ''})") if entry else "")
         body.append(f'<tr data-key="{_e(t.keys[i])}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     pages = max(1, math.ceil(total / q.per_page))
     nav = []
