@@ -39,6 +39,9 @@ REPORT_PDF = "report.pdf"
 SCORES = "scores.csv"
 MONITOR_JSON = "monitor.json"
 MONITOR_HTML = "monitor.html"
+READER_LABELS = "reader_labels.csv"  # `review`'s labels, beside the scores unless --labels-out names another
+READER_DIR = "reader"  # RUN/reader/: what `review` leaves for the report
+READER_VS_MODEL = "reader.json"  # the reader's calls against the model's, under RUN/reader/
 
 
 class SchemaError(ValueError):

@@ -116,6 +116,8 @@ def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
     result = score(run, DEMO_DATA / "score", scores, progress=False, salt_dir=cache)
     logger.info("%s", result)
     logger.info("scores: %s (per study: %s)", scores, scores.with_suffix(".studies.csv"))
+    logger.info("look at them and label them: fibrosis review --scores %s --model %s --truth %s", scores, run,
+                DEMO_DATA / "score_expected.csv")
     # The scoring folder holds two deliberately broken files, so `error` rows are
     # expected; the demo succeeds when every file got the status it expects.
     expected = {r["image"]: r["expected"] for r in read_csv(DEMO_DATA / "score_expected.csv")}

@@ -282,6 +282,17 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return EXIT_FAIL if summary.alert else EXIT_OK
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    from fibrosis.review.server import Settings, serve
+
+    if args.labels_out is not None:
+        _file_out(args.labels_out, "--labels-out")
+    serve(Settings(args.scores, model=args.model, labels_out=args.labels_out,
+                   host=args.host, port=args.port, reader=args.reader or "", level=args.level,
+                   blinded=args.blinded, read_only=args.read_only, truth=args.truth))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
 
     _folder(args.work, "--work")
@@ -479,6 +490,39 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0.01)")
     p.add_argument("--label-column", default=None,
                    help="label column of --labels (default: the checkpoint's ingest.label_column)")
+
+    p = add("review", cmd_review,
+            "Serve a local web page to review scored studies: a sortable, filterable worklist, each image as "
+            "the model saw it with its Grad-CAM overlay, and a reader's label (present / absent / uncertain) "
+            "saved on each click to a labels CSV that `ingest --labels` and `monitor --labels` read. "
+            "Binds 127.0.0.1 unless --host says otherwise. Ctrl-C stops it; labels are kept and resumed.")
+    p.add_argument("--scores", type=Path, required=True,
+                   help="scores CSV written by `fibrosis score` (its side files <name>.meta.csv and "
+                        "<name>.studies.csv are read beside it when present)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="run directory or checkpoint (.pt) that scored the files: shows each image as this "
+                        "model saw it and its Grad-CAM; without it, images as ingest prepares them and no heat map")
+    p.add_argument("--labels-out", type=Path, default=None,
+                   help=f"the reader's labels CSV, created or resumed (default: {artefacts.READER_LABELS} beside "
+                        "--scores); one file per reader")
+    p.add_argument("--reader", default=None, metavar="CODE",
+                   help="the reader's initials or code, saved with each label (else asked for in the page)")
+    p.add_argument("--level", choices=["study", "image"], default="study",
+                   help="what the worklist lists and a label applies to when the address names none "
+                        "(default: study; the page switches between the two)")
+    p.add_argument("--blinded", action="store_true",
+                   help="hide the model's output (probability, decision, Grad-CAM) until the reader has "
+                        "committed a label for the item: a reader study without automation bias")
+    p.add_argument("--read-only", action="store_true",
+                   help="show scores and existing labels, record nothing (to show results to others)")
+    p.add_argument("--truth", type=Path, default=None, metavar="LABELS_CSV",
+                   help="reference standard labels of the scored files (read as `ingest --labels` reads them): "
+                        "on stop, RUN/reader/reader.json gets the reader's sensitivity and specificity against "
+                        "it beside the model's ROC, for `fibrosis report` (with --model)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only); any other needs a token in "
+                        "$FIBROSIS_REVIEW_TOKEN (16+ characters), opened once as ?token=...")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any free port, logged)")
 
     p = add("demo", cmd_demo,
             "Run the whole pipeline on the bundled demo data (data/demo): ingest, split, train, "

@@ -22,6 +22,7 @@ from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.model.cam import PANELS_FILE, load_panels
 from fibrosis.report import plots
 from fibrosis.report.card import model_card
+from fibrosis.report.reader import reader_blocks
 from fibrosis.report.render import Block, render_html, render_pdf
 from fibrosis.train.tune.record import TuneResult
 
@@ -475,6 +476,7 @@ def write_report(run: str | Path, out: str | Path | None = None, split: str = "t
     if tune:
         figs["tune_roc"] = plots.png_bytes(plots.tune_roc_figure(tune.arms, tune.chosen))
     blocks = build_blocks(m, set(figs), tune)
+    blocks += reader_blocks(run, figs)  # `fibrosis review`'s reader vs model, when RUN/reader/reader.json exists
     title = f"Fibrosis classifier validation: {m.run_name or run.name}"
     page = render_html(blocks, figs, title)
     atomic_write_bytes(out / artefacts.REPORT_HTML, page.encode("utf-8"))  # never left truncated

@@ -6,7 +6,7 @@ import pytest
 from fibrosis.cli.main import build_parser, main
 from helpers.paths import REPO
 
-COMMANDS = ["ingest", "split", "train", "tune", "evaluate", "report", "compare", "score", "listen", "monitor", "demo"]
+COMMANDS = ["ingest", "split", "train", "tune", "evaluate", "report", "compare", "score", "listen", "monitor", "review", "demo"]
 
 
 def test_every_command_has_help(capsys):

@@ -1,0 +1,106 @@
+"""The report's "Reader versus model" section, from ``RUN/reader/reader.json`` (written by
+`fibrosis review` when it stops: :func:`fibrosis.evaluate.reader.reader_vs_model`). Absent file,
+no section. Drawing and wording only: every number comes from that file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from fibrosis import artefacts
+from fibrosis.io import read_text
+from fibrosis.report import plots
+from fibrosis.report.render import Block
+
+FIGURE = "reader_roc"
+
+
+def reader_json(run: Path) -> Path:
+    return run / artefacts.READER_DIR / artefacts.READER_VS_MODEL
+
+
+def _pm(p: dict[str, Any] | None) -> str:
+    """'83.3% (95% CI 43.6-97.0%)', or 'n/a'."""
+    if not p or p.get("value") is None:
+        return "n/a"
+    ci = p.get("ci")
+    return f"{100 * p['value']:.1f}% ({p['k']}/{p['n']}; CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f}%)" if ci else \
+        f"{100 * p['value']:.1f}%"
+
+
+def _auc(part: dict[str, Any] | None) -> str:
+    if not part or part.get("auc") is None:
+        return f"n/a ({part['why']})" if part and part.get("why") else "n/a"
+    a = part["auc"]
+    ci = a.get("ci")
+    return f"{a['auc']:.3f}" + (f" (CI {ci[0]:.3f}-{ci[1]:.3f}, DeLong)" if ci else "")
+
+
+@plots.styled
+def reader_figure(res: dict[str, Any]) -> Figure:
+    """The model's ROC curve against the reference standard, its operating point, and the reader as
+    a point with Wilson CIs on both axes."""
+    t = res["against_truth"]
+    fig = plots.figure(5.2, 5.0)
+    ax = fig.add_subplot()
+    ax.plot(t["roc"]["fpr"], t["roc"]["tpr"], color=plots.BLUE, lw=2, label=f"model ROC  AUC {t['auc']['auc']:.3f}")
+    ax.plot([0, 1], [0, 1], ls="--", color=plots.GREY, lw=1, label="chance")
+    se, sp = t["model"]["sensitivity"], t["model"]["specificity"]
+    if se["value"] is not None and sp["value"] is not None:
+        ax.plot(1 - sp["value"], se["value"], "o", ms=7, mfc=plots.VERMILLION, mec="black", mew=0.6,
+                label=f"model at threshold {res['threshold']:.3f}")
+    reader = t.get("reader")
+    if reader and reader["sensitivity"]["value"] is not None and reader["specificity"]["value"] is not None:
+        rse, rsp = reader["sensitivity"], reader["specificity"]
+        x, y = 1 - rsp["value"], rse["value"]
+        ax.errorbar([x], [y], xerr=[[x - (1 - rsp["ci"][1])], [(1 - rsp["ci"][0]) - x]],
+                    yerr=[[y - rse["ci"][0]], [rse["ci"][1] - y]], fmt="D", ms=7, color=plots.GREEN, mec="black",
+                    capsize=3, label=f"reader ({int(100 * res['level'])}% CIs)")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal", xlabel="1 - specificity (false-positive rate)",
+           ylabel="sensitivity (true-positive rate)")
+    ax.grid(alpha=0.3, lw=0.5)
+    ax.set_title(f"Reader vs model (n={t['n']}, {t['n_pos']} positive)")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def reader_blocks(run: Path, figures: dict[str, bytes]) -> list[Block]:
+    """The section, or [] when no reader has labelled scores of this model; adds its figure to ``figures``."""
+    path = reader_json(run)
+    if not path.is_file():
+        return []
+    res = json.loads(read_text(path))
+    level = int(round(100 * res["level"]))
+    t, r = res.get("against_truth"), res["against_reader"]
+    text = (f"A reader labelled {res['n_cases']} scored image(s) in `fibrosis review` ({res['n_reader_positive']} "
+            f"present, {res['n_uncertain']} uncertain; a study's label counts for each of its images, and "
+            f"uncertain is no call: left out below). Scores: {res.get('scores', 'not recorded')}. Intervals are "
+            f"{level}% (Wilson for proportions, DeLong for AUCs). These are the cases the reader chose to label, "
+            "not a random sample: read them as a check of agreement, not as a measure of performance.")
+    rows = [["model AUC against the reader's labels", _auc(r)],
+            ["model sensitivity / specificity against the reader", _pm((r.get("model") or {}).get("sensitivity"))
+             + " / " + _pm((r.get("model") or {}).get("specificity"))]]
+    if t is not None:
+        rows = [["model AUC against the reference standard", _auc(t)],
+                ["model sensitivity / specificity (reference)", _pm((t.get("model") or {}).get("sensitivity"))
+                 + " / " + _pm((t.get("model") or {}).get("specificity"))],
+                ["reader sensitivity / specificity (reference)", _pm((t.get("reader") or {}).get("sensitivity"))
+                 + " / " + _pm((t.get("reader") or {}).get("specificity"))], *rows]
+    blocks: list[Block] = [{"type": "h2", "text": "Appendix: reader versus model"}, {"type": "p", "text": text},
+                           {"type": "table", "caption": f"Reader and model on the same cases (threshold "
+                                                        f"{res['threshold']:.3f})",
+                            "header": ["measure", f"value ({level}% CI)"], "rows": rows}]
+    notes = [w for part in (t, r) if part for w in part.get("warnings", ())]
+    if notes:
+        blocks += [{"type": "h3", "text": "Read with care"}, {"type": "list", "items": notes}]
+    if t is not None and t.get("auc") is not None:
+        figures[FIGURE] = plots.png_bytes(reader_figure(res))
+        blocks.append({"type": "figure", "key": FIGURE, "caption": "The model's ROC curve against the reference "
+                       "standard on the reader's cases, its operating point, and the reader's sensitivity and "
+                       "specificity as a point with its confidence intervals."})
+    elif t is None:
+        blocks.append({"type": "p", "style": "note", "text": "No reference standard was given (`fibrosis review "
+                       "--truth LABELS_CSV`): the reader's own sensitivity and specificity cannot be measured."})
+    return blocks
