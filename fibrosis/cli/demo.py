@@ -91,13 +91,12 @@ def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
     (cache / artefacts.SALT_KEY).write_text(DEMO_SALT)
 
     logger.info("demo 1/6: ingest %s", DEMO_DATA / "images")
-    summary = ingest([DEMO_DATA / "images"], cache, cfg.ingest, progress=False)
-    logger.info("%s", summary)
+    summary = ingest([DEMO_DATA / "images"], cache, cfg.ingest, progress=False)  # logs its summary
     if not summary.ok():
         return False
 
     logger.info("demo 2/6: patient-level split")
-    logger.info("%s", split_cache(cache, cfg.split))
+    split_cache(cache, cfg.split)  # logs its summary
 
     logger.info("demo 3/6: tune (%s, %s px): how much to unfreeze, by %d-fold patient-level CV",
                 cfg.model.arch, cfg.model.input_size, cfg.tune.folds)

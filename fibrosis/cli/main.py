@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Callable, get_args
 
 from fibrosis import artefacts
 from fibrosis import __version__
+from fibrosis.cli.logs import setup_logging
 from fibrosis.config import Config, ConfigError, EngineName, StudyAggregate, load_config
 from fibrosis.io import NO_SPACE_ERRNOS
+from fibrosis.words import plural
 
 if TYPE_CHECKING:
     from fibrosis.score.dicomweb import Retrieved
@@ -92,7 +94,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         raise UsageError("ingest: give INPUT folders or files, or --dicomweb URL with --fetch-dir")
     summary = ingest(inputs, args.cache, cfg.ingest, strict=args.strict,
                      workers=args.workers, progress=not args.no_progress, verify=args.verify)
-    logger.info("%s", summary)
     if retrieved is not None and retrieved.failed and summary.exit_code == EXIT_OK:
         return EXIT_FAIL  # the stage ran, but not every instance the query named got in
     return summary.exit_code
@@ -102,12 +103,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     from fibrosis.data.split import split_cache
 
     _folder(args.cache, "--cache")
-    summary = split_cache(args.cache, _config(args).split, reassign=args.reassign)
-    for name, counts in summary.counts.items():
-        logger.info("%-6s %s", name, counts)
-    for warning in summary.warnings:
-        logger.warning("%s", warning)
-    logger.info("near-duplicate pairs: %s", Path(args.cache) / artefacts.NEAR_DUPLICATES)
+    split_cache(args.cache, _config(args).split, reassign=args.reassign)  # logs its summary and warnings
     return EXIT_OK
 
 
@@ -264,9 +260,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
         signal.signal(sig, on_signal)
     counts = listen(cfg, stop)
     if counts.get("unsent_studies") or counts.get("batches_failed"):
-        logger.warning("exit 1: %d studie(s) with results not sent (kept in %s, sent on the next start), %d "
-                       "batch(es) failed (scored again on the next start)", counts.get("unsent_studies", 0),
-                       args.workdir, counts.get("batches_failed", 0))
+        logger.warning("exit 1: %s with results not sent (kept in %s, sent on the next start), %s "
+                       "failed (scored again on the next start)", plural(counts.get("unsent_studies", 0), "study"),
+                       args.workdir, plural(counts.get("batches_failed", 0), "batch"))
         return EXIT_FAIL
     return EXIT_OK
 
@@ -277,7 +273,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     _folder(args.out, "--out", create=True)
     summary = monitor(args.model, args.scores, args.out, labels=args.labels, reference=args.reference,
                       alpha=args.alpha, window=args.window, label_column=args.label_column)
-    logger.info("monitor: %s -> %s", f"{len(summary.alerts)} alert(s)" if summary.alert else "no alert",
+    logger.info("monitor: %s -> %s", plural(len(summary.alerts), "alert") if summary.alert else "no alert",
                 summary.html_path)
     return EXIT_FAIL if summary.alert else EXIT_OK
 
@@ -528,25 +524,6 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
 
 
-def _setup_logging(verbose: bool, log_file: Path | None) -> str:
-    """Log to stderr (and ``log_file``); returns why the log file cannot be used, or ''."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    problem = ""
-    if log_file:
-        try:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            handlers.append(logging.FileHandler(log_file))
-        except OSError as exc:
-            problem = (f"--log-file {log_file}: cannot write ({exc.strerror or exc}); "
-                       "expected a writable file path")
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
-    # highdicom and pynetdicom narrate every copied module and PDU at INFO; keep their warnings.
-    for name in ("highdicom", "pynetdicom"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    return problem
-
-
 def _one_line(exc: BaseException) -> str:
     """The message, cut to MAX_MESSAGE_CHARS: a hostile input must not print megabytes."""
     text = str(exc)
@@ -556,7 +533,7 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    problem = _setup_logging(args.verbose, args.log_file)
+    problem = setup_logging(args.verbose, args.log_file)
     if problem:
         logger.error("%s", problem)
         return EXIT_USAGE

@@ -42,6 +42,7 @@ from fibrosis.config import IngestConfig, ScoreConfig, config_from_dict
 from fibrosis.data.identity import identity, resolve_salt
 from fibrosis.data.pixels import excluded_flag, qa_flags
 from fibrosis.data.records import Decoded, DecodeResult, Preprocessing, Rejected, Skipped
+from fibrosis.words import plural
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class ScoreSummary:
     def __str__(self) -> str:
         n = sum(self.counts.values())
         rate = n / self.seconds if self.seconds > 0 else 0.0
-        return (f"score: {n} file(s) scored now + {self.resumed} resumed -> {self.out}: "
+        return (f"score: {plural(n, 'file')} scored now + {self.resumed} resumed -> {self.out}: "
                 f"ok {self.counts['ok']}, excluded {self.counts['excluded']}, "
                 f"error {self.counts['error']}; {self.seconds:.1f} s ({rate:.1f} files/s), "
                 f"engine {self.engine}, model {self.model_id}; per study: {self.studies_out}")
@@ -458,8 +459,8 @@ def _plan(fz: Frozen, d: Any, input: str | Path, out: Path, *, workers: int | No
     known = {p: done[p] for p, err in todo if not err and done.get(p)}
     resumed = len(mine) - len(todo)
     if done:
-        logger.info("resuming: %d of %d file(s) have a row in %s; files whose content hash "
-                    "changed are scored again", len(known) + resumed, len(mine), part)
+        logger.info("resuming: %d of %s have a row in %s; files whose content hash "
+                    "changed are scored again", len(known) + resumed, plural(len(mine), "file"), part)
     return _Plan(out, part, entries, todo, known, resumed, salt, scored_at, bs, n_workers, aggregate,
                  engine or fz.score.engine, gc_dir, aux_columns)
 
@@ -536,5 +537,5 @@ def _finish(plan: _Plan, summary: ScoreSummary, scorer: "Scorer", d: Any) -> Non
     if d.is_main:
         n_studies = score_io.write_studies(out, Path(summary.studies_out), plan.aggregate)
         # The count is of the whole file, which may hold earlier runs' rows (resume, the node).
-        logger.info("%s: %d studie(s) in all, aggregate %s over frontal ok images", summary.studies_out,
-                    n_studies, plan.aggregate)
+        logger.info("%s: %s in all, aggregate %s over frontal ok images", summary.studies_out,
+                    plural(n_studies, "study"), plan.aggregate)

@@ -23,6 +23,7 @@ import numpy as np
 from fibrosis.io import atomic_write_bytes
 from fibrosis.score.identity import MANUFACTURER, uid_for
 from fibrosis.score.pixels import model_input, overlay
+from fibrosis.words import plural
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,6 @@ def write_scs(studies: list[Any], fz: Any, sha256: str, net: Any, sc_dir: Path) 
             sc.save_as(buf, enforce_file_format=True)
             atomic_write_bytes(target, buf.getvalue())
             written.append(target)
-    logger.info("SC: %d Grad-CAM overlay(s) -> %s (%d already there for the same content)", len(written), sc_dir,
+    logger.info("SC: %s -> %s (%d already there for the same content)", plural(len(written), "Grad-CAM overlay"), sc_dir,
                 kept)
     return written

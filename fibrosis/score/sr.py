@@ -49,6 +49,7 @@ from fibrosis.io import atomic_write_bytes
 from fibrosis.score import output as score_io
 from fibrosis.score.identity import MANUFACTURER, uid_for
 from fibrosis.score.sc import write_scs
+from fibrosis.words import plural
 
 logger = logging.getLogger(__name__)
 
@@ -305,8 +306,8 @@ def write_srs(scores: Path, sr_dir: Path, obs: Observer, paths: set[str] | None 
 
     studies, orphans = collect(scores, paths, obs.aggregate)
     if orphans:
-        logger.info("SR: %d file(s) with no readable DICOM header belong to no study; listed only in %s",
-                    orphans, scores)
+        logger.info("SR: %s with no readable DICOM header belong to no study; listed only in %s",
+                    plural(orphans, "file"), scores)
     sr_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for s in studies:
@@ -329,8 +330,8 @@ def write_srs(scores: Path, sr_dir: Path, obs: Observer, paths: set[str] | None 
             sr.save_as(buf, enforce_file_format=True)
         atomic_write_bytes(target, buf.getvalue())
         written.append(target)
-        logger.info("SR: study %s: %d image(s) scored, %d not scored -> %s (instance %d%s)", s.study_uid,
-                    len(s.ok), len(s.not_scored), target, sr.InstanceNumber,
+        logger.info("SR: study %s: %s scored, %d not scored -> %s (instance %d%s)", s.study_uid,
+                    plural(len(s.ok), "image"), len(s.not_scored), target, sr.InstanceNumber,
                     f", replaces {old.SOPInstanceUID}" if old is not None else "")
     return written
 
