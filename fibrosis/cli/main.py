@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Callable, get_args
 
 from fibrosis import artefacts
 from fibrosis import __version__
+from fibrosis.cli.completion import SHELLS
 from fibrosis.cli.logs import setup_logging
+from fibrosis.cli.options import (EXIT_FAIL, EXIT_OK, EXIT_USAGE, Formatter, add_global_options, add_run_option,
+                                  check_required, deprecated, deprecations, exit_status)
 from fibrosis.config import Config, ConfigError, EngineName, StudyAggregate, load_config
 from fibrosis.io import NO_SPACE_ERRNOS
 from fibrosis.words import plural
@@ -26,7 +29,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fibrosis")
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 # OSErrors that mean "this path cannot be used as given" (a file where a folder is
 # expected, no permission, read-only) or "this file system is full" (fibrosis.io.NoSpaceError
 # names the file system and the file): usage errors, one line. Others (I/O errors) keep
@@ -113,9 +115,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     _folder(args.cache, "--cache")
-    _folder(args.out, "--out", create=True)
+    _folder(args.run, "--run", create=True)
     try:
-        best = train(cfg, args.cache, args.out, resume=args.resume,
+        best = train(cfg, args.cache, args.run, resume=args.resume,
                      max_epochs=args.max_epochs, device=args.device)
     except WeightsError as exc:  # offline without the ImageNet file, or a bad model.weights
         logger.error("%s", _one_line(exc))
@@ -129,13 +131,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from fibrosis.cli.tune import run_tune
 
-    result = run_tune(_config(args), args.cache, args.out, device=args.device,
+    result = run_tune(_config(args), args.cache, args.run, device=args.device,
                       max_units=args.max_units, progress=not args.no_progress)
     if result is None:
         logger.info("tune stopped after --max-units %s; run the same command again to continue", args.max_units)
     else:
         logger.info("model: %s (evaluate it with `fibrosis evaluate --run %s --cache %s`)",
-                    Path(args.out) / artefacts.BEST, args.out, args.cache)
+                    Path(args.run) / artefacts.BEST, args.run, args.cache)
     return EXIT_OK
 
 
@@ -166,8 +168,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from fibrosis.evaluate.compare import compare_runs
 
-    result = compare_runs(args.run_a, args.run_b, split=args.split, level=args.level)
-    logger.info("%s", result)
+    if args.evaluations:
+        logger.warning("%s", deprecated("compare A B", "compare --run A --run B"))
+    given = [*(args.run or []), *args.evaluations]
+    if len(given) != 2:
+        raise UsageError(f"compare: give two evaluations (--run A --run B); got {len(given)}")
+    splits = args.split or ["test"]
+    if len(splits) > 2:
+        raise UsageError(f"compare: --split once (both) or twice (A's, B's); got {len(splits)}")
+    compare_runs(given[0], given[1], split=splits[0], split_b=splits[-1], level=args.level, out=args.out)
     return EXIT_OK
 
 
@@ -190,7 +199,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.dicomweb:
         retrieved, args.input = _retrieve(args)
     try:
-        summary = score(args.model, args.input, args.out, workers=args.workers,
+        summary = score(args.run, args.input, args.out, workers=args.workers,
                         batch_size=args.batch_size, gradcam_dir=args.gradcam,
                         study_aggregate=args.aggregate, engine=args.engine,
                         progress=not args.no_progress, salt_dir=args.salt_dir, device=args.device,
@@ -234,7 +243,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     _folder(args.workdir, "--workdir", create=True)
     if args.salt_dir is not None:
         _folder(args.salt_dir, "--salt-dir")
-    cfg = NodeConfig(model=args.model, workdir=args.workdir, port=args.port, ae_title=args.ae_title,
+    cfg = NodeConfig(model=args.run, workdir=args.workdir, port=args.port, ae_title=args.ae_title,
                      host=args.host, idle_seconds=args.idle, allowed_callers=tuple(args.allow_caller or ()),
                      destination=Destination.parse(args.send_to) if args.send_to else None, sc=args.sc,
                      timeout=args.timeout, engine=args.engine, device=args.device, workers=args.workers,
@@ -271,11 +280,18 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from fibrosis.monitor.run import monitor
 
     _folder(args.out, "--out", create=True)
-    summary = monitor(args.model, args.scores, args.out, labels=args.labels, reference=args.reference,
+    summary = monitor(args.run, args.scores, args.out, labels=args.labels, reference=args.reference,
                       alpha=args.alpha, window=args.window, label_column=args.label_column)
     logger.info("monitor: %s -> %s", plural(len(summary.alerts), "alert") if summary.alert else "no alert",
                 summary.html_path)
     return EXIT_FAIL if summary.alert else EXIT_OK
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from fibrosis.cli.completion import script
+
+    sys.stdout.write(script(build_parser(), args.shell))
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -292,15 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fibrosis",
         description="Train, validate and batch-score a pulmonary-fibrosis classifier on chest "
-                    "X-rays by transfer learning. Pipeline: ingest -> split -> train -> evaluate "
-                    "-> report -> score -> monitor.")
+                    "X-rays by transfer learning. Pipeline: ingest -> split -> train or tune -> evaluate "
+                    "-> report -> score -> monitor. -v and --log-file go before or after the command.",
+        epilog=exit_status(None), formatter_class=Formatter)
     parser.add_argument("--version", action="version", version=f"fibrosis {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--log-file", type=Path, default=None, help="also log to this file")
+    add_global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, epilog=exit_status(name), formatter_class=Formatter)
+        add_global_options(p, top=False)
         p.set_defaults(func=func)
         return p
 
@@ -328,16 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("split", cmd_split,
             "Write a seeded, patient-level, label-stratified train/val/test(/calib) split into the manifest.")
-    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--cache", type=Path, required=True, help="cache folder written by `fibrosis ingest`")
     p.add_argument("--reassign", action="store_true",
                    help="re-draw every patient's split (default: assigned patients never move)")
     _add_config_args(p)
 
     p = add("train", cmd_train, "Fine-tune an ImageNet backbone (freeze, then unfreeze) on the cache.")
-    p.add_argument("--cache", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs)")
+    p.add_argument("--cache", type=Path, required=True, help="cache folder, split by `fibrosis split`")
+    add_run_option(p, "run folder to write (checkpoints, logs; created)", old=["--out"])
     p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/last.pt exactly where it stopped (error if absent)")
+                   help="continue from RUN/last.pt exactly where it stopped (error if absent)")
     p.add_argument("--max-epochs", type=int, default=None,
                    help="stop after N epochs in this invocation (time-boxed jobs; then --resume)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
@@ -348,10 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
             "the linear probe, fine-tuning arms (with augmentation), `fibrosis train`'s partial preset and "
             "a random-init control; picks the arm with the highest pooled out-of-fold AUC, kept only if it "
             "beats each simpler arm on its path in every repeat of the CV (tune.selection), reports its "
-            "selection-adjusted AUC, and leaves its fold models as one ensemble checkpoint in OUT/best.pt "
+            "selection-adjusted AUC, and leaves its fold models as one ensemble checkpoint in RUN/best.pt "
             "(resumable).")
-    p.add_argument("--cache", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True, help="tune directory (re-run to resume)")
+    p.add_argument("--cache", type=Path, required=True, help="cache folder, split by `fibrosis split`")
+    add_run_option(p, "run folder to write (re-run the same command to resume)", old=["--out"])
     p.add_argument("--max-units", type=int, default=None,
                    help="stop after N (fold, arm) units of the first repeats in this invocation; re-run to continue")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cpu)")
@@ -360,8 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("evaluate", cmd_evaluate,
             "Fit calibration and operating points on validation, measure on a held-out split.")
-    p.add_argument("--run", type=Path, required=True, help="run directory written by `train`")
-    p.add_argument("--cache", type=Path, required=True)
+    add_run_option(p, "run folder written by `fibrosis train` or `fibrosis tune`")
+    p.add_argument("--cache", type=Path, required=True,
+                   help="cache folder to measure on: the training cache, or (with --frozen) an external one")
     p.add_argument("--split", default="test",
                    help="split to measure on: test (default); `all` = every row of the cache, "
                         "only with --frozen")
@@ -373,23 +391,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     p = add("report", cmd_report, "Write the HTML + PDF validation report and metrics.json.")
-    p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--out", type=Path, default=None, help="default: reports/<run name>/")
+    add_run_option(p, "run folder evaluated by `fibrosis evaluate`")
+    p.add_argument("--out", type=Path, default=None, help="folder for the report (default: reports/<run name>/)")
     p.add_argument("--split", default="test",
                    help="evaluation to report: a folder name under RUN/eval/ (default: test; a "
                         "frozen evaluation is frozen-<cache dir name>-<split>)")
 
-    p = add("compare", cmd_compare, "Paired DeLong test of two evaluated runs on the same cases.")
-    p.add_argument("run_a", type=Path)
-    p.add_argument("run_b", type=Path)
-    p.add_argument("--split", default="test")
-    p.add_argument("--level", type=float, default=0.95, help="confidence level of the CI")
+    p = add("compare", cmd_compare,
+            "Paired DeLong test of two evaluations on the same cases: two models on the same test split, or on "
+            "the same external images (`evaluate --frozen`). Each --run is a run folder (its evaluation named "
+            "by --split) or an evaluation folder itself (RUN/eval/NAME/, holding predictions.csv). Refused "
+            "when the two case sets or their labels differ.")
+    p.add_argument("--run", type=Path, action="append", metavar="RUN_OR_EVALUATION",
+                   help="a run folder or an evaluation folder; give it twice, A then B")
+    p.add_argument("evaluations", type=Path, nargs="*", metavar="A B", help=argparse.SUPPRESS)
+    p.add_argument("--split", action="append", metavar="NAME",
+                   help="evaluation of a run folder: a folder name under RUN/eval/ (test, or "
+                        "frozen-<cache dir name>-<split> for `evaluate --frozen`); once for both, or twice, "
+                        "A's then B's (default: test)")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the CI (default 0.95)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="result JSON (default: compare_<B>.json in A's evaluation folder)")
 
     p = add("score", cmd_score,
             "Batch-score DICOM/PNG studies with a trained model, its calibration and threshold; from a folder, "
-            "a CSV of paths or a DICOMweb server. Exit 0: every file scored (exclusions by policy included); "
-            "1: a file failed, or an instance could not be retrieved or stored back; 2: usage or input error.")
-    p.add_argument("--model", type=Path, required=True, help="run directory or checkpoint (.pt)")
+            "a CSV of paths or a DICOMweb server.")
+    add_run_option(p, "run folder (or its checkpoint .pt) whose model, calibration and threshold score",
+                   old=["--model"])
     p.add_argument("--input", type=Path, default=None,
                    help="folder (recursive) or CSV of paths (or --dicomweb instead)")
     p.add_argument("--out", type=Path, required=True,
@@ -417,12 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Run a DICOM node (C-STORE SCP with C-ECHO): receive CR/DX images from a PACS or modality, "
             "score each study once it has been idle, write CSV rows and an SR (and SC), optionally send "
             "them back with C-STORE. SIGTERM / Ctrl-C: stop accepting, let the batch being scored finish, "
-            "exit; a second one exits at once. Exit 0: stopped with every result sent; 1: results left "
-            "unsent (kept, sent on the next start) or a batch failed; 2: usage error; 128+N: a second "
-            "signal N.")
-    p.add_argument("--model", type=Path, required=True,
-                   help="run directory or checkpoint (.pt); preprocessing, policy, calibrator and threshold "
-                        "come from it, as for `score`")
+            "exit; a second one exits at once.")
+    add_run_option(p, "run folder or checkpoint (.pt); preprocessing, policy, calibrator and threshold "
+                      "come from it, as for `score`", old=["--model"])
     p.add_argument("--workdir", type=Path, required=True,
                    help="node folder: incoming/<StudyInstanceUID>/ (received instances), scores.csv, "
                         "scores.studies.csv, sr/, sc/, state/ (created; reused on restart)")
@@ -455,10 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("monitor", cmd_monitor,
             "Compare scored batches with the evaluation the model was validated on: input shift "
             "(metadata mix, image statistics, exclusions), output shift (probabilities, positive rate) "
-            "and, with labels, performance. Exit 0: no alert; 1: alerts (one line each); 2: usage error.")
-    p.add_argument("--model", type=Path, required=True,
-                   help="run directory or checkpoint (.pt) that scored the files; its reference is "
-                        "RUN/eval/test/reference.json, written by `fibrosis evaluate`")
+            "and, with labels, performance.")
+    add_run_option(p, "run folder or checkpoint (.pt) that scored the files; its reference is "
+                      "RUN/eval/test/reference.json, written by `fibrosis evaluate`", old=["--model"])
     p.add_argument("--scores", type=Path, required=True, action="append",
                    help="scores CSV written by `fibrosis score` (its side file <name>.meta.csv is read "
                         "beside it); repeatable: each file is a scoring batch")
@@ -478,13 +502,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label column of --labels (default: the checkpoint's ingest.label_column)")
 
     p = add("demo", cmd_demo,
-            "Run the whole pipeline on the bundled demo data (data/demo): ingest, split, train, "
-            "evaluate, report, score.")
-    p.add_argument("--work", type=Path, default=Path("work/demo"), help="working directory")
-    p.add_argument("--quick", action="store_true", help="fewer epochs (smoke test)")
+            "Run the whole pipeline on the bundled demo data (data/demo): ingest, split, tune (patient-level "
+            "cross-validation of how much to unfreeze; keeps the chosen arm's fold ensemble), evaluate on the "
+            "test split, report (reports/demo/), score data/demo/score (two broken files on purpose).")
+    p.add_argument("--work", type=Path, default=Path("work/demo"),
+                   help="working folder for the cache, run and scores (emptied first; default work/demo)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke-test size: 2 folds, one fine-tuning epoch, one probe strength, eager scoring")
     p.add_argument("--data", type=Path, default=None,
                    help="the demo data folder (<repository>/data/demo; default: $FIBROSIS_DEMO_DATA, "
                         "else the checkout this package runs from)")
+
+    p = add("completion", cmd_completion,
+            "Print a shell completion script for fibrosis (every command and option; paths complete file "
+            "names). bash: fibrosis completion bash > ~/.local/share/bash-completion/completions/fibrosis; "
+            "zsh: fibrosis completion zsh > DIR/_fibrosis, with DIR on $fpath.")
+    p.add_argument("shell", choices=SHELLS, help="the shell to complete in")
     return parser
 
 
@@ -533,10 +566,13 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_required(args)
     problem = setup_logging(args.verbose, args.log_file)
     if problem:
         logger.error("%s", problem)
         return EXIT_USAGE
+    for line in deprecations(args):
+        logger.warning("%s", line)
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as exc:

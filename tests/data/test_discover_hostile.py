@@ -160,7 +160,7 @@ def test_score_writes_a_status_row_for_a_non_utf8_name(ckpt, bad_named, tmp_path
 
 def test_score_cli_with_every_hostile_entry(ckpt, hostile, tmp_path):
     out = tmp_path / "scores.csv"
-    res = run_child(["-m", "fibrosis.cli.main", "score", "--model", str(ckpt.parent), "--input", str(hostile),
+    res = run_child(["-m", "fibrosis.cli.main", "score", "--run", str(ckpt.parent), "--input", str(hostile),
                      "--out", str(out), "--workers", "2", "--device", "cpu", "--no-progress"],
                     timeout=240, mem_gb=10)
     assert res.returncode == 1, res.stderr[-3000:]  # README: 1 when any file failed

@@ -22,7 +22,7 @@ def run(tmp_path_factory) -> Path:
 
 
 def _monitor(run: Path, tmp_path: Path, *scores: Path, extra: tuple[str, ...] = ()) -> int:
-    argv = ["monitor", "--model", str(run), "--out", str(tmp_path / "mon"), *extra]
+    argv = ["monitor", "--run", str(run), "--out", str(tmp_path / "mon"), *extra]
     for s in scores:
         argv += ["--scores", str(s)]
     return main(argv)

@@ -65,7 +65,7 @@ def rows(path: Path) -> list[dict[str, str]]:
 
 
 def score_args(server, ckpt, tmp: Path, *extra: str) -> list[str]:
-    return ["--log-file", str(tmp / "log.txt"), "score", "--model", str(ckpt), "--dicomweb", url(server),
+    return ["--log-file", str(tmp / "log.txt"), "score", "--run", str(ckpt), "--dicomweb", url(server),
             "--fetch-dir", str(tmp / "fetch"), "--out", str(tmp / "scores.csv"), "--sr-out", str(tmp / "sr"),
             "--workers", "1", "--engine", "eager", "--device", "cpu", "--no-progress", *extra]
 

@@ -326,7 +326,7 @@ def test_a_refusing_destination_gets_backoff_and_a_cap_and_nothing_is_scored_twi
 
 def _start_cli(ckpt: Path, work: Path, *extra: str) -> tuple[subprocess.Popen, int, list[str]]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "FIBROSIS_SALT": "s"}
-    proc = subprocess.Popen([sys.executable, "-m", "fibrosis.cli", "listen", "--model", str(ckpt),
+    proc = subprocess.Popen([sys.executable, "-m", "fibrosis.cli", "listen", "--run", str(ckpt),
                              "--workdir", str(work), "--port", "0", "--ae-title", "FIB", "--engine", "eager",
                              "--device", "cpu", *extra], stderr=subprocess.PIPE, text=True, env=env)
     lines: list[str] = []
@@ -403,7 +403,7 @@ def test_a_second_sigterm_exits_at_once_and_the_study_is_scored_on_the_next_star
 
 def test_listen_cli_answers_echo_and_stops_cleanly_on_sigterm(ckpt, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "FIBROSIS_SALT": "s"}
-    proc = subprocess.Popen([sys.executable, "-m", "fibrosis.cli", "listen", "--model", str(ckpt),
+    proc = subprocess.Popen([sys.executable, "-m", "fibrosis.cli", "listen", "--run", str(ckpt),
                              "--workdir", str(tmp_path / "node"), "--port", "0", "--ae-title", "FIB",
                              "--idle", "1", "--engine", "eager", "--device", "cpu"],
                             stderr=subprocess.PIPE, text=True, env=env)
@@ -436,8 +436,8 @@ def test_listen_help_describes_every_option():
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     listen = sub.choices["listen"]
-    options = [a for a in listen._actions if a.option_strings and a.dest != "help"]
-    assert {a.dest for a in options} >= {"model", "workdir", "port", "ae_title", "idle", "allow_caller",
+    options = [a for a in listen._actions if a.option_strings and a.dest != "help" and a.help != argparse.SUPPRESS]
+    assert {a.dest for a in options} >= {"run", "workdir", "port", "ae_title", "idle", "allow_caller",
                                          "send_to", "sc", "host", "timeout"}
     assert all(a.help and len(a.help) > 15 for a in options), [a.dest for a in options if not a.help]
 

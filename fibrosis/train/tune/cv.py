@@ -72,7 +72,7 @@ def setup(cfg: Config, cache_dir: Path, out_dir: Path, device: str | torch.devic
         found = json.loads(state.read_text()).get("schema") if state.is_file() else None
         if found != SCHEMA:
             raise ValueError(f"{out_dir}: a tune run of another version (schema {found}; this version writes "
-                             f"{SCHEMA}); its units were trained another way: use a new --out")
+                             f"{SCHEMA}); its units were trained another way: use a new --run folder")
     rows = read_csv(where)
     links = near_duplicate_links(cache_dir)
     t = cfg.tune
@@ -85,7 +85,7 @@ def setup(cfg: Config, cache_dir: Path, out_dir: Path, device: str | torch.devic
         if [(r["content_hash"], int(r["repeat"]), int(r["fold"])) for r in old] != \
                 [(r["content_hash"], r["repeat"], r["fold"]) for r in table]:
             raise ValueError(f"{fpath}: the folds of the run being resumed differ from the folds of {where} "
-                             f"now (manifest or tune.folds/repeats/finalist_repeats/seed changed); use a new --out")
+                             f"now (manifest or tune.folds/repeats/finalist_repeats/seed changed); use a new --run folder")
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_csv(fpath, table, ("content_hash", "patient_key", "repeat", "fold"))
