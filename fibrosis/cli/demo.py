@@ -118,7 +118,7 @@ def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
     # The scoring folder holds two deliberately broken files, so `error` rows are
     # expected; the demo succeeds when every file got the status it expects.
     expected = {r["image"]: r["expected"] for r in read_csv(DEMO_DATA / "score_expected.csv")}
-    got = {Path(r["path"]).name: r["status"].split(":")[0] for r in read_csv(scores)}
+    got = {Path(r["path"]).name: r["status"] for r in read_csv(scores)}
     if got != expected:
         logger.error("demo scoring: statuses %s differ from %s", got, DEMO_DATA / "score_expected.csv")
         return False

@@ -235,10 +235,10 @@ class Scorer:
             assert x is not None  # a decoded file comes with its model input
             self.xs.append(x)
         else:  # kind is "error" or "excluded"; one line per file, whatever the reason text holds
-            row["status"] = f"{res.kind}: " + " ".join(str(res.reason).split())
+            row.update(score_io.status_cells(res.kind, str(res.reason)))
             if res.kind == "excluded":
                 row["qa"] = excluded_flag(str(res.reason))
-        self.counts[row["status"].split(":")[0]] += 1
+        self.counts[row["status"]] += 1
         self.rows.append(row)
         if len(self.xs) >= self.batch_size or len(self.rows) >= 4 * self.batch_size:
             self.flush()
@@ -279,8 +279,8 @@ class Scorer:
             p = self.fz.calibrator.predict(z)
             ok_rows = [r for r in self.rows if r["status"] == "ok"]
             for row, zi, pi in zip(ok_rows, z, p):
-                row.update(logit=f"{zi:.6f}", probability=f"{pi:.6f}",
-                           decision=int(pi >= self.fz.threshold), engine=self.engine.name)
+                row.update(logit_uncalibrated=f"{zi:.6f}", probability_calibrated=f"{pi:.6f}",
+                           decision_fibrosis=int(pi >= self.fz.threshold), engine=self.engine.name)
             if self.gradcam_dir is not None:
                 self._gradcam(x, ok_rows, self.gradcam_dir)
             if self.aux_writer is not None:
@@ -318,7 +318,7 @@ class Scorer:
 
         from fibrosis.model.cam import compute_cams
 
-        pos = [i for i, r in enumerate(ok_rows) if r["decision"] == 1]
+        pos = [i for i, r in enumerate(ok_rows) if r["decision_fibrosis"] == 1]
         if not pos:
             return
         dev = next(self.model.parameters()).device

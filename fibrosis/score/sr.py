@@ -179,7 +179,7 @@ def _group(tracking: str, tracking_uid: str, obs: Observer, refs: Iterable[Any],
 
 
 def _decision(row: dict[str, Any]) -> str:
-    return "present" if int(row["decision"]) else "absent"
+    return "present" if int(row["decision_fibrosis"]) else "absent"
 
 
 def build_sr(s: StudyRows, obs: Observer, *, sop_instance_uid: str | None = None, instance_number: int = 1,
@@ -204,16 +204,16 @@ def build_sr(s: StudyRows, obs: Observer, *, sop_instance_uid: str | None = None
     study = s.study or {}
     key = (obs.checkpoint_sha256, s.study_uid)
     groups = [_group("study", uid_for("track", *key, "study"), obs, [h for _, h in s.ok],
-                     _decision(study) if study.get("probability", "") != "" else "not evaluated",
-                     prob=str(study.get("probability", "")),
+                     _decision(study) if study.get("probability_calibrated", "") != "" else "not evaluated",
+                     prob=str(study.get("probability_calibrated", "")),
                      reason="" if s.ok else "no frontal image of the study was scored")]
     for row, hdr in s.ok:
         groups.append(_group(f"image {hdr.SOPInstanceUID}", uid_for("track", *key, str(hdr.SOPInstanceUID)),
-                             obs, [hdr], _decision(row), prob=row["probability"]))
+                             obs, [hdr], _decision(row), prob=row["probability_calibrated"]))
     for row, hdr in s.not_scored:
         groups.append(_group(f"not scored {hdr.SOPInstanceUID}",
                              uid_for("track", *key, str(hdr.SOPInstanceUID)), obs, [hdr], "not evaluated",
-                             reason=row["status"]))
+                             reason=f"{row['status']}: {row['reason']}"))
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=c["procedure"],
                                      imaging_measurements=groups)
     # TID 1600 by hand: highdicom's descriptors of a projection radiograph need

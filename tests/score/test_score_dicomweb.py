@@ -83,7 +83,7 @@ def test_query_retrieve_score_and_stow_end_to_end(orthanc, ckpt, tmp_path, auth)
         srs = [i for i in orthanc.instances(study) if i["modality"] == "SR"]
         assert len(srs) == 1, study
         doc = read_sr(pydicom.dcmread(pydicom.filebase.DicomBytesIO(orthanc.file(srs[0]["id"]))))
-        assert doc["study"]["decision"] is bool(int(row["decision"]))
+        assert doc["study"]["decision"] is bool(int(row["decision_fibrosis"]))
         images = sorted(i["sop_uid"] for i in orthanc.instances(study) if i["modality"] in ("CR", "DX"))
         assert sorted(doc["study"]["refs"]) == images
     first_log = (tmp_path / "log.txt").read_text()

@@ -171,16 +171,17 @@ def test_loopback_node_returns_the_same_scores_as_fibrosis_score(ckpt, tmp_path,
     assert len(pacs.datasets) == n_srs and set(got) >= set(ref_studies)
     for study_uid, doc in got.items():
         if study_uid in ref_studies:
-            assert doc["study"]["probability"] == pytest.approx(float(ref_studies[study_uid]["probability"]),
-                                                                abs=1e-6)
+            want = float(ref_studies[study_uid]["probability_calibrated"])
+            assert doc["study"]["probability"] == pytest.approx(want, abs=1e-6)
         for img in doc["images"]:
             ref_row = ref_rows[img["refs"][0]]
-            assert img["probability"] == pytest.approx(float(ref_row["probability"]), abs=1e-6)
-            assert img["decision"] == bool(int(ref_row["decision"]))
+            assert img["probability"] == pytest.approx(float(ref_row["probability_calibrated"]), abs=1e-6)
+            assert img["decision"] == bool(int(ref_row["decision_fibrosis"]))
     assert sum(len(d["images"]) for d in got.values()) == ref.counts["ok"]
     assert sum(len(d["not_scored"]) for d in got.values()) == 0  # the truncated file never got in
-    node_rows = {r["sop_uid"]: r["probability"] for r in rows(tmp_path / "node" / "scores.csv") if r["sop_uid"]}
-    assert node_rows == {k: r["probability"] for k, r in ref_rows.items()}
+    node_rows = {r["sop_uid"]: r["probability_calibrated"] for r in rows(tmp_path / "node" / "scores.csv")
+                 if r["sop_uid"]}
+    assert node_rows == {k: r["probability_calibrated"] for k, r in ref_rows.items()}
     assert not (tmp_path / "node" / "incoming" / pydicom.dcmread(truncated, force=True,
                                                                  stop_before_pixels=True).StudyInstanceUID).exists()
     # Logs an IT person can use: one INFO line per association, with who, and why when refused.
