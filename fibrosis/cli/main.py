@@ -131,8 +131,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from fibrosis.cli.tune import run_tune
 
-    result = run_tune(_config(args), args.cache, args.run, device=args.device,
+    cfg = _config(args)
+    result = run_tune(cfg, args.cache, args.run, device=args.device,
                       max_units=args.max_units, progress=not args.no_progress)
+    if result is not None and cfg.train.mlflow_uri:
+        from fibrosis.cli.tracking import log_tune
+
+        logger.info("MLflow run %s (%s)", log_tune(cfg.train.mlflow_uri, Path(args.run), result), cfg.train.mlflow_uri)
     if result is None:
         logger.info("tune stopped after --max-units %s; run the same command again to continue", args.max_units)
     else:
@@ -152,6 +157,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        overrides=() if args.config else (args.set or ()), frozen=args.frozen,
                        gradcam=not args.no_gradcam, device=args.device)
     logger.info("metrics: %s", out)
+    # The tracking URI of this command (--config / --set), not the one the run was trained with.
+    uri = (cfg or _config(args)).train.mlflow_uri
+    if uri:
+        from fibrosis.cli.tracking import log_evaluation
+
+        logger.info("MLflow run %s (%s)", log_evaluation(uri, Path(out)), uri)
     return EXIT_OK
 
 
