@@ -266,7 +266,9 @@ class Scorer:
             return z
         if not self.auto:
             raise EngineError(f"on the first {len(x)} real images: {agree}")
-        logger.warning("first batch: %s; falling back to eager fp32 for this run", agree)
+        # auto's fallback, as when choosing the engine: the scores are eager fp32's, nothing to act on
+        logger.info("first batch: engine %s not used: its outputs differ from eager fp32 beyond tolerance (%s); "
+                    "eager fp32 scores this run", self.engine.name, agree)
         self.engine = eager
         return eager(x)
 
