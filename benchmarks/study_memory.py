@@ -33,8 +33,8 @@ def write_scores(path: Path, n: int) -> None:
             r = dict.fromkeys(so.COLUMNS, "")
             r.update(path=f"/archive/src/{i // 1000:04d}/{i:07d}.dcm", status="ok", view_position="PA",
                      study_uid=f"1.2.826.0.1.3680043.9.8.{(i * 7919) % n // 2}",  # a study's images far apart
-                     patient_key=f"{(i * 7919) % n // 2:016x}", probability=f"{(i % 997) / 997:.6f}",
-                     decision=str(int(i % 997 > 498)), threshold_name="youden", threshold="0.5", model_id="m")
+                     patient_key=f"{(i * 7919) % n // 2:016x}", probability_calibrated=f"{(i % 997) / 997:.6f}",
+                     decision_fibrosis=str(int(i % 997 > 498)), threshold_name="youden", threshold="0.5", model_id="m")
             w.writerow([r[c] for c in so.COLUMNS])
 
 

@@ -2,7 +2,7 @@
 overlay, taken by Playwright driving Debian's chromium (no browser download).
 
     .venv/bin/python scripts/review_screenshots.py --scores work/demo/scores.csv \\
-        --model work/demo/mobilenet_v2-demo --out docs/screenshots
+        --run work/demo/mobilenet_v2-demo --out docs/screenshots
 
 The server runs on a free port with a throw-away labels file: taking the pictures records no label.
 """
@@ -26,7 +26,7 @@ logger = logging.getLogger("review_screenshots")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scores", type=Path, required=True, help="scores CSV written by `fibrosis score`")
-    ap.add_argument("--model", type=Path, required=True, help="the run that scored them")
+    ap.add_argument("--run", type=Path, required=True, help="the run that scored them")
     ap.add_argument("--labels", type=Path, default=None,
                     help="a reader labels file to show (copied: the copy is the one the server may write)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots", help="folder for the PNGs")
@@ -41,7 +41,7 @@ def main() -> None:
     labels = Path(tempfile.mkdtemp(prefix="review-shots-")) / "labels.csv"
     if args.labels is not None:
         shutil.copyfile(args.labels, labels)
-    cmd = [sys.executable, "-m", "fibrosis.cli", "review", "--scores", str(args.scores), "--model", str(args.model),
+    cmd = [sys.executable, "-m", "fibrosis.cli", "review", "--scores", str(args.scores), "--run", str(args.run),
            "--labels-out", str(labels), "--reader", "JD", "--port", "0"]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE,
                             text=True)

@@ -91,13 +91,12 @@ def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
     (cache / artefacts.SALT_KEY).write_text(DEMO_SALT)
 
     logger.info("demo 1/6: ingest %s", DEMO_DATA / "images")
-    summary = ingest([DEMO_DATA / "images"], cache, cfg.ingest, progress=False)
-    logger.info("%s", summary)
+    summary = ingest([DEMO_DATA / "images"], cache, cfg.ingest, progress=False)  # logs its summary
     if not summary.ok():
         return False
 
     logger.info("demo 2/6: patient-level split")
-    logger.info("%s", split_cache(cache, cfg.split))
+    split_cache(cache, cfg.split)  # logs its summary
 
     logger.info("demo 3/6: tune (%s, %s px): how much to unfreeze, by %d-fold patient-level CV",
                 cfg.model.arch, cfg.model.input_size, cfg.tune.folds)
@@ -116,12 +115,12 @@ def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
     result = score(run, DEMO_DATA / "score", scores, progress=False, salt_dir=cache)
     logger.info("%s", result)
     logger.info("scores: %s (per study: %s)", scores, scores.with_suffix(".studies.csv"))
-    logger.info("look at them and label them: fibrosis review --scores %s --model %s --truth %s", scores, run,
+    logger.info("look at them and label them: fibrosis review --scores %s --run %s --truth %s", scores, run,
                 DEMO_DATA / "score_expected.csv")
     # The scoring folder holds two deliberately broken files, so `error` rows are
     # expected; the demo succeeds when every file got the status it expects.
     expected = {r["image"]: r["expected"] for r in read_csv(DEMO_DATA / "score_expected.csv")}
-    got = {Path(r["path"]).name: r["status"].split(":")[0] for r in read_csv(scores)}
+    got = {Path(r["path"]).name: r["status"] for r in read_csv(scores)}
     if got != expected:
         logger.error("demo scoring: statuses %s differ from %s", got, DEMO_DATA / "score_expected.csv")
         return False

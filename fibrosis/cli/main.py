@@ -18,19 +18,24 @@ from typing import TYPE_CHECKING, Callable, get_args
 
 from fibrosis import artefacts
 from fibrosis import __version__
+from fibrosis.cli.completion import SHELLS, script
+from fibrosis.cli.demo import run_demo
+from fibrosis.cli.logs import setup_logging
+from fibrosis.cli.options import (EXIT_FAIL, EXIT_OK, EXIT_USAGE, Formatter, add_global_options, add_run_option,
+                                  check_required, deprecated, deprecations, exit_status)
 from fibrosis.config import Config, ConfigError, EngineName, StudyAggregate, load_config
 from fibrosis.io import NO_SPACE_ERRNOS
-from fibrosis.cli.demo import run_demo
+from fibrosis.cli.tracking import log_evaluation, log_tune
 from fibrosis.data.split import split_cache
 from fibrosis.pipeline.tune import run_tune
 from fibrosis.score.dicomweb import Query, retrieve, store
+from fibrosis.words import plural
 
 if TYPE_CHECKING:
     from fibrosis.score.dicomweb import Retrieved
 
 logger = logging.getLogger("fibrosis")
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 # OSErrors that mean "this path cannot be used as given" (a file where a folder is
 # expected, no permission, read-only) or "this file system is full" (fibrosis.io.NoSpaceError
 # names the file system and the file): usage errors, one line. Others (I/O errors) keep
@@ -98,7 +103,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         raise UsageError("ingest: give INPUT folders or files, or --dicomweb URL with --fetch-dir")
     summary = ingest(inputs, args.cache, cfg.ingest, strict=args.strict,
                      workers=args.workers, progress=not args.no_progress, verify=args.verify)
-    logger.info("%s", summary)
     if retrieved is not None and retrieved.failed and summary.exit_code == EXIT_OK:
         return EXIT_FAIL  # the stage ran, but not every instance the query named got in
     return summary.exit_code
@@ -107,12 +111,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_split(args: argparse.Namespace) -> int:
 
     _folder(args.cache, "--cache")
-    summary = split_cache(args.cache, _config(args).split, reassign=args.reassign)
-    for name, counts in summary.counts.items():
-        logger.info("%-6s %s", name, counts)
-    for warning in summary.warnings:
-        logger.warning("%s", warning)
-    logger.info("near-duplicate pairs: %s", Path(args.cache) / artefacts.NEAR_DUPLICATES)
+    split_cache(args.cache, _config(args).split, reassign=args.reassign)  # logs its summary and warnings
     return EXIT_OK
 
 
@@ -122,9 +121,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     _folder(args.cache, "--cache")
-    _folder(args.out, "--out", create=True)
+    _folder(args.run, "--run", create=True)
     try:
-        best = train(cfg, args.cache, args.out, resume=args.resume,
+        best = train(cfg, args.cache, args.run, resume=args.resume,
                      max_epochs=args.max_epochs, device=args.device)
     except WeightsError as exc:  # offline without the ImageNet file, or a bad model.weights
         logger.error("%s", _one_line(exc))
@@ -137,13 +136,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
 
-    result = run_tune(_config(args), args.cache, args.out, device=args.device,
+    cfg = _config(args)
+    result = run_tune(cfg, args.cache, args.run, device=args.device,
                       max_units=args.max_units, progress=not args.no_progress)
+    if result is not None and cfg.train.mlflow_uri:
+
+        logger.info("MLflow run %s (%s)", log_tune(cfg.train.mlflow_uri, Path(args.run), result), cfg.train.mlflow_uri)
     if result is None:
         logger.info("tune stopped after --max-units %s; run the same command again to continue", args.max_units)
     else:
         logger.info("model: %s (evaluate it with `fibrosis evaluate --run %s --cache %s`)",
-                    Path(args.out) / artefacts.BEST, args.out, args.cache)
+                    Path(args.run) / artefacts.BEST, args.run, args.cache)
     return EXIT_OK
 
 
@@ -158,6 +161,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        overrides=() if args.config else (args.set or ()), frozen=args.frozen,
                        gradcam=not args.no_gradcam, device=args.device)
     logger.info("metrics: %s", out)
+    # The tracking URI of this command (--config / --set), not the one the run was trained with.
+    uri = (cfg or _config(args)).train.mlflow_uri
+    if uri:
+
+        logger.info("MLflow run %s (%s)", log_evaluation(uri, Path(out)), uri)
     return EXIT_OK
 
 
@@ -174,8 +182,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from fibrosis.evaluate.compare import compare_runs
 
-    result = compare_runs(args.run_a, args.run_b, split=args.split, level=args.level)
-    logger.info("%s", result)
+    if args.evaluations:
+        logger.warning("%s", deprecated("compare A B", "compare --run A --run B"))
+    given = [*(args.run or []), *args.evaluations]
+    if len(given) != 2:
+        raise UsageError(f"compare: give two evaluations (--run A --run B); got {len(given)}")
+    splits = args.split or ["test"]
+    if len(splits) > 2:
+        raise UsageError(f"compare: --split once (both) or twice (A's, B's); got {len(splits)}")
+    compare_runs(given[0], given[1], split=splits[0], split_b=splits[-1], level=args.level, out=args.out)
     return EXIT_OK
 
 
@@ -198,7 +213,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.dicomweb:
         retrieved, args.input = _retrieve(args)
     try:
-        summary = score(args.model, args.input, args.out, workers=args.workers,
+        summary = score(args.run, args.input, args.out, workers=args.workers,
                         batch_size=args.batch_size, gradcam_dir=args.gradcam,
                         study_aggregate=args.aggregate, engine=args.engine,
                         progress=not args.no_progress, salt_dir=args.salt_dir, device=args.device,
@@ -238,7 +253,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     _folder(args.workdir, "--workdir", create=True)
     if args.salt_dir is not None:
         _folder(args.salt_dir, "--salt-dir")
-    cfg = NodeConfig(model=args.model, workdir=args.workdir, port=args.port, ae_title=args.ae_title,
+    cfg = NodeConfig(model=args.run, workdir=args.workdir, port=args.port, ae_title=args.ae_title,
                      host=args.host, idle_seconds=args.idle, allowed_callers=tuple(args.allow_caller or ()),
                      destination=Destination.parse(args.send_to) if args.send_to else None, sc=args.sc,
                      timeout=args.timeout, engine=args.engine, device=args.device, workers=args.workers,
@@ -264,9 +279,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
         signal.signal(sig, on_signal)
     counts = listen(cfg, stop)
     if counts.get("unsent_studies") or counts.get("batches_failed"):
-        logger.warning("exit 1: %d studie(s) with results not sent (kept in %s, sent on the next start), %d "
-                       "batch(es) failed (scored again on the next start)", counts.get("unsent_studies", 0),
-                       args.workdir, counts.get("batches_failed", 0))
+        logger.warning("exit 1: %s with results not sent (kept in %s, sent on the next start), %s "
+                       "failed (scored again on the next start)", plural(counts.get("unsent_studies", 0), "study"),
+                       args.workdir, plural(counts.get("batches_failed", 0), "batch"))
         return EXIT_FAIL
     return EXIT_OK
 
@@ -275,9 +290,9 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from fibrosis.monitor.run import monitor
 
     _folder(args.out, "--out", create=True)
-    summary = monitor(args.model, args.scores, args.out, labels=args.labels, reference=args.reference,
+    summary = monitor(args.run, args.scores, args.out, labels=args.labels, reference=args.reference,
                       alpha=args.alpha, window=args.window, label_column=args.label_column)
-    logger.info("monitor: %s -> %s", f"{len(summary.alerts)} alert(s)" if summary.alert else "no alert",
+    logger.info("monitor: %s -> %s", plural(len(summary.alerts), "alert") if summary.alert else "no alert",
                 summary.html_path)
     return EXIT_FAIL if summary.alert else EXIT_OK
 
@@ -287,9 +302,15 @@ def cmd_review(args: argparse.Namespace) -> int:
 
     if args.labels_out is not None:
         _file_out(args.labels_out, "--labels-out")
-    serve(Settings(args.scores, model=args.model, labels_out=args.labels_out,
+    serve(Settings(args.scores, model=args.run, labels_out=args.labels_out,
                    host=args.host, port=args.port, reader=args.reader or "", level=args.level,
                    blinded=args.blinded, read_only=args.read_only, truth=args.truth))
+    return EXIT_OK
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+
+    sys.stdout.write(script(build_parser(), args.shell))
     return EXIT_OK
 
 
@@ -306,15 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fibrosis",
         description="Train, validate and batch-score a pulmonary-fibrosis classifier on chest "
-                    "X-rays by transfer learning. Pipeline: ingest -> split -> train -> evaluate "
-                    "-> report -> score -> monitor.")
+                    "X-rays by transfer learning. Pipeline: ingest -> split -> train or tune -> evaluate "
+                    "-> report -> score -> monitor. -v and --log-file go before or after the command.",
+        epilog=exit_status(None), formatter_class=Formatter)
     parser.add_argument("--version", action="version", version=f"fibrosis {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--log-file", type=Path, default=None, help="also log to this file")
+    add_global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, epilog=exit_status(name), formatter_class=Formatter)
+        add_global_options(p, top=False)
         p.set_defaults(func=func)
         return p
 
@@ -342,16 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("split", cmd_split,
             "Write a seeded, patient-level, label-stratified train/val/test(/calib) split into the manifest.")
-    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--cache", type=Path, required=True, help="cache folder written by `fibrosis ingest`")
     p.add_argument("--reassign", action="store_true",
                    help="re-draw every patient's split (default: assigned patients never move)")
     _add_config_args(p)
 
     p = add("train", cmd_train, "Fine-tune an ImageNet backbone (freeze, then unfreeze) on the cache.")
-    p.add_argument("--cache", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs)")
+    p.add_argument("--cache", type=Path, required=True, help="cache folder, split by `fibrosis split`")
+    add_run_option(p, "run folder to write (checkpoints, logs; created)", old=["--out"])
     p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/last.pt exactly where it stopped (error if absent)")
+                   help="continue from RUN/last.pt exactly where it stopped (error if absent)")
     p.add_argument("--max-epochs", type=int, default=None,
                    help="stop after N epochs in this invocation (time-boxed jobs; then --resume)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
@@ -362,10 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
             "the linear probe, fine-tuning arms (with augmentation), `fibrosis train`'s partial preset and "
             "a random-init control; picks the arm with the highest pooled out-of-fold AUC, kept only if it "
             "beats each simpler arm on its path in every repeat of the CV (tune.selection), reports its "
-            "selection-adjusted AUC, and leaves its fold models as one ensemble checkpoint in OUT/best.pt "
+            "selection-adjusted AUC, and leaves its fold models as one ensemble checkpoint in RUN/best.pt "
             "(resumable).")
-    p.add_argument("--cache", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True, help="tune directory (re-run to resume)")
+    p.add_argument("--cache", type=Path, required=True, help="cache folder, split by `fibrosis split`")
+    add_run_option(p, "run folder to write (re-run the same command to resume)", old=["--out"])
     p.add_argument("--max-units", type=int, default=None,
                    help="stop after N (fold, arm) units of the first repeats in this invocation; re-run to continue")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cpu)")
@@ -374,8 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("evaluate", cmd_evaluate,
             "Fit calibration and operating points on validation, measure on a held-out split.")
-    p.add_argument("--run", type=Path, required=True, help="run directory written by `train`")
-    p.add_argument("--cache", type=Path, required=True)
+    add_run_option(p, "run folder written by `fibrosis train` or `fibrosis tune`")
+    p.add_argument("--cache", type=Path, required=True,
+                   help="cache folder to measure on: the training cache, or (with --frozen) an external one")
     p.add_argument("--split", default="test",
                    help="split to measure on: test (default); `all` = every row of the cache, "
                         "only with --frozen")
@@ -387,23 +410,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     p = add("report", cmd_report, "Write the HTML + PDF validation report and metrics.json.")
-    p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--out", type=Path, default=None, help="default: reports/<run name>/")
+    add_run_option(p, "run folder evaluated by `fibrosis evaluate`")
+    p.add_argument("--out", type=Path, default=None, help="folder for the report (default: reports/<run name>/)")
     p.add_argument("--split", default="test",
                    help="evaluation to report: a folder name under RUN/eval/ (default: test; a "
                         "frozen evaluation is frozen-<cache dir name>-<split>)")
 
-    p = add("compare", cmd_compare, "Paired DeLong test of two evaluated runs on the same cases.")
-    p.add_argument("run_a", type=Path)
-    p.add_argument("run_b", type=Path)
-    p.add_argument("--split", default="test")
-    p.add_argument("--level", type=float, default=0.95, help="confidence level of the CI")
+    p = add("compare", cmd_compare,
+            "Paired DeLong test of two evaluations on the same cases: two models on the same test split, or on "
+            "the same external images (`evaluate --frozen`). Each --run is a run folder (its evaluation named "
+            "by --split) or an evaluation folder itself (RUN/eval/NAME/, holding predictions.csv). Refused "
+            "when the two case sets or their labels differ.")
+    p.add_argument("--run", type=Path, action="append", metavar="RUN_OR_EVALUATION",
+                   help="a run folder or an evaluation folder; give it twice, A then B")
+    p.add_argument("evaluations", type=Path, nargs="*", metavar="A B", help=argparse.SUPPRESS)
+    p.add_argument("--split", action="append", metavar="NAME",
+                   help="evaluation of a run folder: a folder name under RUN/eval/ (test, or "
+                        "frozen-<cache dir name>-<split> for `evaluate --frozen`); once for both, or twice, "
+                        "A's then B's (default: test)")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the CI (default 0.95)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="result JSON (default: compare_<B>.json in A's evaluation folder)")
 
     p = add("score", cmd_score,
             "Batch-score DICOM/PNG studies with a trained model, its calibration and threshold; from a folder, "
-            "a CSV of paths or a DICOMweb server. Exit 0: every file scored (exclusions by policy included); "
-            "1: a file failed, or an instance could not be retrieved or stored back; 2: usage or input error.")
-    p.add_argument("--model", type=Path, required=True, help="run directory or checkpoint (.pt)")
+            "a CSV of paths or a DICOMweb server.")
+    add_run_option(p, "run folder (or its checkpoint .pt) whose model, calibration and threshold score",
+                   old=["--model"])
     p.add_argument("--input", type=Path, default=None,
                    help="folder (recursive) or CSV of paths (or --dicomweb instead)")
     p.add_argument("--out", type=Path, required=True,
@@ -431,12 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Run a DICOM node (C-STORE SCP with C-ECHO): receive CR/DX images from a PACS or modality, "
             "score each study once it has been idle, write CSV rows and an SR (and SC), optionally send "
             "them back with C-STORE. SIGTERM / Ctrl-C: stop accepting, let the batch being scored finish, "
-            "exit; a second one exits at once. Exit 0: stopped with every result sent; 1: results left "
-            "unsent (kept, sent on the next start) or a batch failed; 2: usage error; 128+N: a second "
-            "signal N.")
-    p.add_argument("--model", type=Path, required=True,
-                   help="run directory or checkpoint (.pt); preprocessing, policy, calibrator and threshold "
-                        "come from it, as for `score`")
+            "exit; a second one exits at once.")
+    add_run_option(p, "run folder or checkpoint (.pt); preprocessing, policy, calibrator and threshold "
+                      "come from it, as for `score`", old=["--model"])
     p.add_argument("--workdir", type=Path, required=True,
                    help="node folder: incoming/<StudyInstanceUID>/ (received instances), scores.csv, "
                         "scores.studies.csv, sr/, sc/, state/ (created; reused on restart)")
@@ -469,10 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("monitor", cmd_monitor,
             "Compare scored batches with the evaluation the model was validated on: input shift "
             "(metadata mix, image statistics, exclusions), output shift (probabilities, positive rate) "
-            "and, with labels, performance. Exit 0: no alert; 1: alerts (one line each); 2: usage error.")
-    p.add_argument("--model", type=Path, required=True,
-                   help="run directory or checkpoint (.pt) that scored the files; its reference is "
-                        "RUN/eval/test/reference.json, written by `fibrosis evaluate`")
+            "and, with labels, performance.")
+    add_run_option(p, "run folder or checkpoint (.pt) that scored the files; its reference is "
+                      "RUN/eval/test/reference.json, written by `fibrosis evaluate`", old=["--model"])
     p.add_argument("--scores", type=Path, required=True, action="append",
                    help="scores CSV written by `fibrosis score` (its side file <name>.meta.csv is read "
                         "beside it); repeatable: each file is a scoring batch")
@@ -499,9 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", type=Path, required=True,
                    help="scores CSV written by `fibrosis score` (its side files <name>.meta.csv and "
                         "<name>.studies.csv are read beside it when present)")
-    p.add_argument("--model", type=Path, default=None,
-                   help="run directory or checkpoint (.pt) that scored the files: shows each image as this "
-                        "model saw it and its Grad-CAM; without it, images as ingest prepares them and no heat map")
+    add_run_option(p, "run directory or checkpoint (.pt) that scored the files: shows each image as this "
+                      "model saw it and its Grad-CAM; without it, images as ingest prepares them and no heat map",
+                   required=False)
     p.add_argument("--labels-out", type=Path, default=None,
                    help=f"the reader's labels CSV, created or resumed (default: {artefacts.READER_LABELS} beside "
                         "--scores); one file per reader")
@@ -518,20 +547,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", type=Path, default=None, metavar="LABELS_CSV",
                    help="reference standard labels of the scored files (read as `ingest --labels` reads them): "
                         "on stop, RUN/reader/reader.json gets the reader's sensitivity and specificity against "
-                        "it beside the model's ROC, for `fibrosis report` (with --model)")
+                        "it beside the model's ROC, for `fibrosis report` (with --run)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only); any other needs a token in "
                         "$FIBROSIS_REVIEW_TOKEN (16+ characters), opened once as ?token=...")
     p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any free port, logged)")
 
     p = add("demo", cmd_demo,
-            "Run the whole pipeline on the bundled demo data (data/demo): ingest, split, train, "
-            "evaluate, report, score.")
-    p.add_argument("--work", type=Path, default=Path("work/demo"), help="working directory")
-    p.add_argument("--quick", action="store_true", help="fewer epochs (smoke test)")
+            "Run the whole pipeline on the bundled demo data (data/demo): ingest, split, tune (patient-level "
+            "cross-validation of how much to unfreeze; keeps the chosen arm's fold ensemble), evaluate on the "
+            "test split, report (reports/demo/), score data/demo/score (two broken files on purpose).")
+    p.add_argument("--work", type=Path, default=Path("work/demo"),
+                   help="working folder for the cache, run and scores (emptied first; default work/demo)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke-test size: 2 folds, one fine-tuning epoch, one probe strength, eager scoring")
     p.add_argument("--data", type=Path, default=None,
                    help="the demo data folder (<repository>/data/demo; default: $FIBROSIS_DEMO_DATA, "
                         "else the checkout this package runs from)")
+
+    p = add("completion", cmd_completion,
+            "Print a shell completion script for fibrosis (every command and option; paths complete file "
+            "names). bash: fibrosis completion bash > ~/.local/share/bash-completion/completions/fibrosis; "
+            "zsh: fibrosis completion zsh > DIR/_fibrosis, with DIR on $fpath.")
+    p.add_argument("shell", choices=SHELLS, help="the shell to complete in")
     return parser
 
 
@@ -571,25 +609,6 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
 
 
-def _setup_logging(verbose: bool, log_file: Path | None) -> str:
-    """Log to stderr (and ``log_file``); returns why the log file cannot be used, or ''."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    problem = ""
-    if log_file:
-        try:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            handlers.append(logging.FileHandler(log_file))
-        except OSError as exc:
-            problem = (f"--log-file {log_file}: cannot write ({exc.strerror or exc}); "
-                       "expected a writable file path")
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
-    # highdicom and pynetdicom narrate every copied module and PDU at INFO; keep their warnings.
-    for name in ("highdicom", "pynetdicom"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    return problem
-
-
 def _one_line(exc: BaseException) -> str:
     """The message, cut to MAX_MESSAGE_CHARS: a hostile input must not print megabytes."""
     text = str(exc)
@@ -599,10 +618,13 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    problem = _setup_logging(args.verbose, args.log_file)
+    check_required(args)
+    problem = setup_logging(args.verbose, args.log_file)
     if problem:
         logger.error("%s", problem)
         return EXIT_USAGE
+    for line in deprecations(args):
+        logger.warning("%s", line)
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as exc:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from fibrosis.io import iter_csv, not_regular
+from fibrosis.words import plural
 
 logger = logging.getLogger(__name__)
 
@@ -139,11 +140,11 @@ def iter_entries(inputs: Iterable[str | Path]) -> Iterator[Entry]:
 
 def log_discovery(folder_errors: int, others: int) -> None:
     if folder_errors:
-        logger.warning("%d folder(s) could not be listed; each is reported as an input with its reason",
-                       folder_errors)
+        logger.warning("%s could not be listed; each is reported as an input with its reason",
+                       plural(folder_errors, "folder"))
     if others:
-        logger.warning("%d input(s) are not read (not a regular file, symlink loop or non-UTF-8 name); "
-                       "each is reported with its reason", others)
+        logger.warning("%s not read (not a regular file, symlink loop or non-UTF-8 name); "
+                       "each is reported with its reason", plural(others, "input"))
 
 
 def discover_entries(inputs: Iterable[str | Path]) -> list[Entry]:

@@ -42,6 +42,7 @@ from fibrosis.data.records import AUX_ASSIGN, STAMP_COLUMNS, Decoded, Rejected, 
 from fibrosis.data.labels import Labels, load_labels
 from fibrosis.data.pixels import POLARITY_EXCLUDED, preprocessing_signature, qa_flags
 from fibrosis.data.workers import ordered_map, process_file
+from fibrosis.words import plural
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,17 @@ class IngestSummary:
     def ok(self) -> bool:
         """Something was ingested (or already was), and with ``strict`` nothing was rejected."""
         return self.status == "ok"
+
+    def __str__(self) -> str:
+        """One line in words: what came in, what went where, and the outcome when it is not ok."""
+        rejected = sum(self.rejected.values())
+        why = ", ".join(f"{n} {kind}" for kind, n in self.rejected.items() if n)
+        text = (f"{plural(self.inputs, 'input')}: {self.ingested} ingested, {self.skipped} already in the cache"
+                f"{f' ({self.relabelled} relabelled)' if self.relabelled else ''}, {rejected} rejected"
+                f"{f' ({why})' if why else ''}")
+        if self.unlabeled:
+            text += f"; {plural(self.unlabeled, 'image')} without a label"
+        return text if self.ok() else f"{text}; {self.status.replace('-', ' ')}"
 
 
 # ---------------------------------------------------------------- inputs, identity
@@ -294,7 +306,7 @@ def _ingest(inputs: list[str | Path], root: Path, cfg: IngestConfig, labels: Lab
         n_unread, n_labels = _plan(index, labels, salt, verify, rows_only, counts)
         summary.skipped += n_unread
         if n_unread:
-            logger.info("%d file(s) unchanged since committed (size, mtime, inode): skipped unread", n_unread)
+            logger.info("%s unchanged since committed (size, mtime, inode): skipped unread", plural(n_unread, "file"))
         n_tasks = index.task_count()
         n_workers = workers if workers is not None else (cfg.workers or len(os.sched_getaffinity(0)))
         bar = tqdm(total=n_tasks, unit="img", desc="ingest", disable=not progress)
@@ -353,7 +365,7 @@ def _index_inputs(index: CommittedIndex, inputs: list[str | Path], root: Path, c
     n, folder_errors, others = index.input_counts()
     log_discovery(folder_errors, others)
     if under_root:
-        logger.info("%d file(s) under the cache folder %s are not inputs", under_root, root)
+        logger.info("%s under the cache folder %s are not inputs", plural(under_root, "file"), root)
     return n
 
 
@@ -461,19 +473,18 @@ def _log_summary(summary: IngestSummary, counts: Counter[str], labels: Labels | 
     summary.unlabeled = counts["unlabeled"] if labelled else summary.ingested
     for what, n in sorted(counts.items()):
         if what.startswith("patient-from"):
-            logger.warning("%d image(s) without PatientID: patient key derived from the %s, so images "
-                           "of one patient may land in different splits", n, what.split("-")[-1])
+            logger.warning("%s without PatientID: patient key derived from the %s, so images "
+                           "of one patient may land in different splits", plural(n, "image"), what.split("-")[-1])
     if labelled and counts["unlabeled"]:
-        logger.warning("%d ingested image(s) have no row in %s", counts["unlabeled"], cfg.labels_csv)
-    logger.info("ingest: %d inputs, %d ingested, %d skipped (%d relabelled), rejected %s; cache now "
-                "%d images, %d rejects", summary.inputs, summary.ingested, summary.skipped,
-                summary.relabelled, summary.rejected, n_rows, n_rejects)
+        logger.warning("%s without a row in %s", plural(counts["unlabeled"], "ingested image"), cfg.labels_csv)
+    logger.info("ingest: %s; the cache now holds %s and %s (%s)", summary, plural(n_rows, "image"),
+                plural(n_rejects, "reject"), summary.cache_dir)
     if labels is not None and labels.aux_names:
-        logger.info("auxiliary findings: %d (%s); %d labelled value(s) joined to %d image(s) (new and "
-                    "committed)", len(labels.aux_names), ", ".join(labels.aux_names), counts["aux-values"],
-                    counts["aux-images"])
+        logger.info("auxiliary findings: %d (%s); %s joined to %s (new and "
+                    "committed)", len(labels.aux_names), ", ".join(labels.aux_names),
+                    plural(counts["aux-values"], "labelled value"), plural(counts["aux-images"], "image"))
     if summary.qa_excluded or summary.qa_flagged:
         # Not a debug-level detail: these images are left out of (or enter) training on a guess.
-        logger.warning("polarity QA (ingest.polarity_qa=%s): %d image(s) excluded (inverted or unsure), "
+        logger.warning("polarity QA (ingest.polarity_qa=%s): %s excluded (inverted or unsure), "
                        "%d ingested inverted back or with a qa: note (manifest steps)", cfg.polarity_qa,
-                       summary.qa_excluded, summary.qa_flagged)
+                       plural(summary.qa_excluded, "image"), summary.qa_flagged)

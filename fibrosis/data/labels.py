@@ -34,6 +34,7 @@ from typing import Any, Iterable, Sequence
 from fibrosis.data.coded import PLACEHOLDERS, SEXES, age_years, coded
 from fibrosis.data.records import AUX_SEPARATOR, aux_name_problem, format_aux
 from fibrosis.io import csv_rows
+from fibrosis.words import plural
 
 logger = logging.getLogger(__name__)
 
@@ -266,8 +267,8 @@ def _clean_hints(rows: list[dict[str, str]], path: Path, views: Iterable[str]) -
                 if not row[col]:
                     bad.append(i)
         if bad:
-            logger.warning("%s: column %r: %d value(s) are not %s (first on line %d; not shown): left empty",
-                           path, col, len(bad), expected, bad[0])
+            logger.warning("%s: column %r: %s %s not %s (first on line %d; not shown): left empty",
+                           path, col, plural(len(bad), "value"), "is" if len(bad) == 1 else "are", expected, bad[0])
 
 
 def load_labels(path: str | Path, label_column: str, aux_columns: Sequence[str] = (),
@@ -341,7 +342,7 @@ def load_labels(path: str | Path, label_column: str, aux_columns: Sequence[str] 
     labels.by_stem = {k: v for k, v in stems.items() if v is not None}
     logger.info("%s: %d label rows (%d positive)", path, len(rows), sum(r["_label"] == "1" for r in rows))
     if labels.aux_names:
-        logger.info("%s: %d auxiliary finding(s) %s; %d row(s) label at least one", path, len(labels.aux_names),
-                    list(labels.aux_names), sum(bool(r["_auxcols"]) or (r["_listed"] is not None and bool(vocabulary))
-                                                for r in rows))
+        n = sum(bool(r["_auxcols"]) or (r["_listed"] is not None and bool(vocabulary)) for r in rows)
+        logger.info("%s: %s %s; %d of %d rows label at least one", path,
+                    plural(len(labels.aux_names), "auxiliary finding"), list(labels.aux_names), n, len(rows))
     return labels

@@ -33,6 +33,7 @@ from fibrosis.artefacts import check_schema
 from fibrosis.data.cache import MANIFEST_COLUMNS, CacheLock, CacheReader, manifest_rewritten
 from fibrosis.io import csv_value, file_sha256, iter_csv, open_regular, read_text, write_csv, write_json
 from fibrosis.config import SplitConfig
+from fibrosis.words import plural
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,20 @@ class SplitSummary:
     kept: int = 0  # patients whose earlier assignment was kept
     assigned: int = 0  # patients dealt in this run
     warnings: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        """One line in words: per split its images, patients and labels; the near-duplicates."""
+        parts = []
+        for name, c in self.counts.items():
+            labels = f"{c.get('positive', 0)} positive, {c.get('negative', 0)} negative"
+            if c.get("unlabeled"):
+                labels += f", {c['unlabeled']} unlabelled"
+            parts.append(f"{name} {plural(c.get('images', 0), 'image')} of {plural(c.get('patients', 0), 'patient')} "
+                         f"({labels})")
+        dup = plural(self.near_duplicates, "near-duplicate pair")
+        if self.near_duplicates_across_splits:
+            dup += f" ({self.near_duplicates_across_splits} across splits)"
+        return f"{'; '.join(parts) or 'no images'}; {dup} across patients"
 
 
 def fractions(cfg: SplitConfig) -> dict[str, float]:
@@ -477,8 +492,8 @@ class _Compact:
         time with its memory map closed after, so memory stays that of one shard."""
         if not self.missing:
             return
-        logger.info("split: %d image(s) without a stored dHash (cache from an older version): "
-                    "reading their pixels once", sum(map(len, self.missing.values())))
+        logger.info("split: %s without a stored dHash (cache from an older version): "
+                    "reading their pixels once", plural(sum(map(len, self.missing.values())), "image"))
         CacheReader(root, [])  # checks cache.json (format, dtype) before any shard is read
         for shard, idx in sorted(self.missing.items()):
             arr = np.load(root / "shards" / f"shard-{shard:06d}.npy", mmap_mode="r")
@@ -598,7 +613,8 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
         if done is not None:
             for w in done.warnings:
                 logger.warning("%s", w)
-            logger.info("split: manifest unchanged since the split recorded in %s: nothing to do", root / artefacts.SPLIT_STATE)
+            logger.info("split: manifest unchanged since the split recorded in %s, kept: %s",
+                        root / artefacts.SPLIT_STATE, done)
             return done
         m = _Compact(manifest)
         if not m.n:
@@ -689,6 +705,5 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
     for w in summary.warnings:
         logger.warning("%s", w)
     SplitRecord(written, asdict(cfg), reassign, summary).write(root)
-    logger.info("split: %s; %d near-duplicate pair(s) across patients", summary.counts,
-                summary.near_duplicates)
+    logger.info("split: %s (%s)", summary, root / artefacts.NEAR_DUPLICATES)
     return summary

@@ -1,9 +1,11 @@
-"""`fibrosis compare RUN_A RUN_B`: paired DeLong test of two evaluated runs on the same cases.
+"""`fibrosis compare A B`: paired DeLong test of two evaluations on the same cases.
 
-Both runs must have been evaluated (``RUN/eval/<split>/predictions.csv``) on the same
-images: cases are matched by image content hash, and a differing case set or label is
-an error, because a "paired" test on different cases is meaningless. The test uses the
-model logits (the AUC before any calibration, which temperature/Platt do not change).
+An evaluation is a folder holding ``predictions.csv``: ``RUN/eval/<split>/`` of `fibrosis evaluate`,
+or ``RUN/eval/frozen-<cache>-<split>/`` of `evaluate --frozen` (external images). Each side is given
+as that folder, or as a run folder and the evaluation's name. Cases are matched by image content
+hash, and a differing case set or label is an error, because a "paired" test on different cases is
+meaningless. The test uses the model logits (the AUC before any calibration, which
+temperature/Platt do not change).
 """
 from __future__ import annotations
 
@@ -20,14 +22,34 @@ from fibrosis.data.records import parse_label
 from fibrosis.io import write_json
 from fibrosis.evaluate.metrics import delong_paired_test
 from fibrosis.numeric import MetricWarning
+from fibrosis.words import plural
 
 logger = logging.getLogger(__name__)
 
 
-def _load(run: Path, split: str) -> dict[str, tuple[int, float]]:
-    path = run / "eval" / split / artefacts.PREDICTIONS
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run `fibrosis evaluate --run {run} --split {split}` first")
+def evaluation_folder(path: str | Path, name: str = "test") -> Path:
+    """The evaluation ``path`` names: ``path`` itself when it holds predictions.csv, else the run
+    folder's ``eval/<name>/``; an error that lists the run's evaluations when neither is there."""
+    path = Path(path)
+    if (path / artefacts.PREDICTIONS).is_file():
+        return path
+    folder = path / "eval" / name
+    if (folder / artefacts.PREDICTIONS).is_file():
+        return folder
+    found = sorted(p.parent.name for p in (path / "eval").glob(f"*/{artefacts.PREDICTIONS}"))
+    hint = (f"its evaluations: {', '.join(found)} (name one with --split)" if found else
+            f"no evaluation there: run `fibrosis evaluate --run {path}` first (--frozen for external images)")
+    raise FileNotFoundError(f"{folder / artefacts.PREDICTIONS}: not found, nor {path / artefacts.PREDICTIONS}; "
+                            f"expected a run folder or an evaluation folder; {hint}")
+
+
+def evaluation_label(folder: Path) -> str:
+    """``<run>/<evaluation>`` for RUN/eval/NAME, else the folder's name."""
+    return f"{folder.parent.parent.name}/{folder.name}" if folder.parent.name == "eval" else folder.name
+
+
+def _load(folder: Path) -> dict[str, tuple[int, float]]:
+    path = folder / artefacts.PREDICTIONS
     out: dict[str, tuple[int, float]] = {}
     for i, row in enumerate(read_csv(path)):
         key = row.get("content_hash", "")
@@ -47,14 +69,14 @@ def compare_predictions(a: dict[str, tuple[int, float]], b: dict[str, tuple[int,
     """Pure core: {content_hash: (label, logit)} of two runs -> paired DeLong result."""
     only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
     if only_a or only_b:
-        raise ValueError(f"runs {names[0]} and {names[1]} were evaluated on different cases: {len(only_a)} only in "
-                         f"{names[0]}, {len(only_b)} only in {names[1]} (of {len(a)} / {len(b)}); evaluate both "
-                         "on the same cache and split")
+        raise ValueError(f"{names[0]} and {names[1]} were evaluated on different cases: {len(only_a)} only in "
+                         f"{names[0]}, {len(only_b)} only in {names[1]} (of {len(a)} / {len(b)}, matched by image "
+                         "content hash); a paired test needs both evaluated on the same cache and split")
     keys = sorted(a)
     y = np.array([a[k][0] for k in keys])
     disagree = int(sum(a[k][0] != b[k][0] for k in keys))
     if disagree:
-        raise ValueError(f"{disagree} case(s) have different labels in {names[0]} and {names[1]}; "
+        raise ValueError(f"{plural(disagree, 'case')} with different labels in {names[0]} and {names[1]}; "
                          "were they evaluated against the same labels?")
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always", MetricWarning)
@@ -67,17 +89,27 @@ def compare_predictions(a: dict[str, tuple[int, float]], b: dict[str, tuple[int,
     return res
 
 
-def compare_runs(run_a: str | Path, run_b: str | Path, split: str = "test", *, level: float = 0.95,
-                 out: str | Path | None = None) -> dict[str, Any]:
-    """Paired DeLong test; writes ``RUN_A/eval/<split>/compare_<RUN_B name>.json`` (or ``out``)."""
-    run_a, run_b = Path(run_a), Path(run_b)
-    res = compare_predictions(_load(run_a, split), _load(run_b, split), level, (run_a.name, run_b.name))
-    res["split"] = split
-    path = Path(out) if out else run_a / "eval" / split / f"compare_{run_b.name}.json"
+def compare_runs(run_a: str | Path, run_b: str | Path, split: str = "test", *, split_b: str | None = None,
+                 level: float = 0.95, out: str | Path | None = None) -> dict[str, Any]:
+    """Paired DeLong test of two evaluations, each a run folder (evaluation ``split``, B's ``split_b``)
+    or an evaluation folder; writes ``compare_<B>.json`` in A's evaluation folder (or ``out``)."""
+    a, b = evaluation_folder(run_a, split), evaluation_folder(run_b, split if split_b is None else split_b)
+    names = (evaluation_label(a), evaluation_label(b))
+    res = compare_predictions(_load(a), _load(b), level, names)
+    res.update(evaluation_a=str(a), evaluation_b=str(b), split=a.name, split_b=b.name)
+    path = Path(out) if out else a / f"compare_{_file_label(a, b)}.json"
     write_json(path, res)
     lvl = int(round(100 * level))
     zstat = "undefined (variance 0)" if res["z"] is None else f"{res['z']:.2f}"
-    logger.info("%s: AUC %s %.3f vs %s %.3f; difference %.3f (%d%% CI %.3f to %.3f), z = %s, p = %.4g "
-                "(paired DeLong, %d cases, %d positive) -> %s", split, run_a.name, res["auc_a"], run_b.name,
+    logger.info("AUC %s %.3f vs %s %.3f; difference %.3f (%d%% CI %.3f to %.3f), z = %s, p = %.4g "
+                "(paired DeLong, %d cases, %d positive) -> %s", names[0], res["auc_a"], names[1],
                 res["auc_b"], res["difference"], lvl, *res["ci"], zstat, res["p"], res["n"], res["n_pos"], path)
     return res
+
+
+def _file_label(a: Path, b: Path) -> str:
+    """B's run name, with its evaluation's name where that differs from A's."""
+    if b.parent.name != "eval":
+        return b.name
+    run = b.parent.parent.name
+    return run if b.name == a.name else f"{run}_{b.name}"

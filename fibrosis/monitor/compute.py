@@ -81,8 +81,9 @@ def assess_window(ref: dict[str, Any], name: str, rows: Sequence[Row], alpha: fl
     perf = None
     if labelled:
         perf = performance(ref["performance"], [r["_label"] for r in labelled],
-                           [float(r["logit"]) for r in labelled], [float(r["probability"]) for r in labelled],
-                           [int(r["decision"]) for r in labelled], mins["min_n"], mins["min_positives"])
+                           [float(r["logit_uncalibrated"]) for r in labelled],
+                           [float(r["probability_calibrated"]) for r in labelled],
+                           [int(r["decision_fibrosis"]) for r in labelled], mins["min_n"], mins["min_positives"])
     window = {"name": name, "n": len(rows), "n_ok": n_ok, "n_labelled": len(labelled), "small": small,
               "flags": [f"n={n_ok} scored ok < {mins['min_n']}"] if small else [],
               "checks": checks, "performance": perf}

@@ -22,7 +22,8 @@ HIST_BINS = 20
 
 
 def status_kind(row: Row) -> str:
-    return str(row.get("status", "")).split(":", 1)[0].strip()
+    """scores.csv `status`: ok, excluded or error (the reason is its own column)."""
+    return str(row.get("status", ""))
 
 
 def _top(counts: dict[str, int], k: int = 3) -> str:
@@ -50,7 +51,7 @@ def input_checks(ref: dict[str, Any], rows: Sequence[Row]) -> list[dict[str, Any
     out = ref["outcomes"]
     kinds = Counter(status_kind(r) for r in rows)
     level = ref["minimums"]["level"]
-    reasons = Counter(f"{status_kind(r)}: {reason_class(str(r['status']).partition(':')[2])}"
+    reasons = Counter(f"{status_kind(r)}: {reason_class(str(r.get('reason', '')))}"
                       for r in rows if status_kind(r) in ("excluded", "error"))
     for kind in ("excluded", "error"):
         res = T.rate_test(out[kind], out["n"], kinds[kind], len(rows), level)
@@ -65,8 +66,8 @@ def input_checks(ref: dict[str, Any], rows: Sequence[Row]) -> list[dict[str, Any
 
 def output_checks(ref: dict[str, Any], rows: Sequence[Row]) -> list[dict[str, Any]]:
     """Calibrated probabilities and the positive rate at the frozen operating point."""
-    ok = [r for r in rows if status_kind(r) == "ok" and str(r.get("probability", "")) != ""]
-    probs = [float(r["probability"]) for r in ok]
+    ok = [r for r in rows if status_kind(r) == "ok" and str(r.get("probability_calibrated", "")) != ""]
+    probs = [float(r["probability_calibrated"]) for r in ok]
     res = T.continuous_test(ref["probabilities"], probs)
     checks = []
     if res["p"] is not None:
@@ -79,7 +80,7 @@ def output_checks(ref: dict[str, Any], rows: Sequence[Row]) -> list[dict[str, An
                                   f"{res['reference_quartiles'][1]:.3f}; KS D={res['statistic']:.3f}, "
                                   f"PSI {res['psi']:.2f}"})
     thr = ref["threshold"]
-    k = sum(int(r.get("decision") or 0) for r in ok)
+    k = sum(int(r.get("decision_fibrosis") or 0) for r in ok)
     rate = T.rate_test(ref["positive"]["k"], ref["positive"]["n"], k, len(ok), ref["minimums"]["level"])
     if len(ok):
         b, r = rate["batch"], rate["reference"]

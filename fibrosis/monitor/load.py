@@ -1,6 +1,7 @@
 """Read what the monitor compares: the reference, scores (+ side files) and labels.
 
-Rows are joined by path: ``scores.csv`` gives status, probability and decision; its side
+Rows are joined by path: ``scores.csv`` gives status, probability and decision (an older
+file's columns are migrated on reading, with a note: :func:`fibrosis.score.output.migrate_row`); its side
 file ``scores.meta.csv`` (written by `fibrosis score`) the header fields, study month,
 batch and image statistics; a labels CSV is joined as `fibrosis ingest --labels` joins it
 (SOP Instance UID, file name / relative path, Study Instance UID).
@@ -19,7 +20,7 @@ from fibrosis import artefacts
 from fibrosis.data.labels import load_labels
 from fibrosis.evaluate.reference import REFERENCE_FORMAT
 from fibrosis.io import read_csv, read_text
-from fibrosis.score.output import COLUMNS, meta_path
+from fibrosis.score.output import COLUMNS, OLD_COLUMNS, STATUSES, meta_path, migrate_row
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ def read_reference(path: Path) -> dict[str, Any]:
     return ref
 
 
-STATUS_KINDS = ("ok", "excluded", "error")  # scores.csv `status`: "ok", or "<kind>: <reason>"
 _NUMBER_LIKE = re.compile(r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|inf(?:inity)?|nan)?", re.IGNORECASE)
 
 
@@ -61,19 +61,19 @@ def _finite(text: str) -> float | None:
 def row_problem(row: dict[str, Any]) -> str:
     """Why a scores row cannot be what `fibrosis score` writes ("" when it can): an ``ok`` row
     carries a finite logit, a calibrated probability in [0, 1] and a decision of 0 or 1."""
-    kind, _, _ = str(row.get("status") or "").partition(":")
-    if kind.strip() not in STATUS_KINDS:
-        return f"status={_shown(str(row.get('status') or ''))}; expected ok, 'excluded: reason' or 'error: reason'"
-    if kind.strip() != "ok":
+    status = str(row.get("status") or "")
+    if status not in STATUSES:
+        return f"status={_shown(status)}; expected one of {list(STATUSES)}"
+    if status != "ok":
         return ""
-    p, z, d = (str(row.get(k) or "") for k in ("probability", "logit", "decision"))
+    p, z, d = (str(row.get(k) or "") for k in ("probability_calibrated", "logit_uncalibrated", "decision_fibrosis"))
     prob = _finite(p)
     if prob is None or not 0.0 <= prob <= 1.0:
-        return f"probability={_shown(p)}; expected a calibrated probability in [0, 1]"
+        return f"probability_calibrated={_shown(p)}; expected a calibrated probability in [0, 1]"
     if _finite(z) is None:
-        return f"logit={_shown(z)}; expected a finite number"
+        return f"logit_uncalibrated={_shown(z)}; expected a finite number"
     if d not in ("0", "1"):
-        return f"decision={_shown(d)}; expected 0 or 1 (the decision at the frozen threshold)"
+        return f"decision_fibrosis={_shown(d)}; expected 0 or 1 (the decision at the frozen threshold)"
     return ""
 
 
@@ -84,6 +84,11 @@ def read_scores(path: Path, model_id: str) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"{path}: scores file not found (written by `fibrosis score --out`)")
     # a FIFO, an over-long field or non-UTF-8 bytes: one line naming the file
     rows: list[dict[str, Any]] = read_csv(path)
+    if rows and tuple(rows[0]) == OLD_COLUMNS:
+        logger.info("%s: a scores file of an earlier version (status 'kind: reason'; logit, probability, "
+                    "decision): read as status + reason, logit_uncalibrated, probability_calibrated, "
+                    "decision_fibrosis", path)
+        rows = [migrate_row(r) for r in rows]
     if rows and tuple(rows[0]) != COLUMNS:
         raise ValueError(f"{path}: columns {list(rows[0])}; expected {list(COLUMNS)} (a fibrosis scores file)")
     for line, r in enumerate(rows, start=2):

@@ -45,7 +45,7 @@ def run_tune(cfg: Config, cache: str | Path, out: str | Path, *, device: str | N
     for m in meta.values():
         m["base"] = base_arm(m, meta)
     sel = select_arm(cv.y, oof, meta, cfg.evaluate.ci_level, cfg.tune.selection)
-    logger.info("%s", sel["reason"])
+    logger.debug("first choice, before replication: %s", sel["reason"])  # log_table says the final choice
     chosen, reason, checks = _replicate(cfg, cv, sel, out, progress)
     rows = {a["name"]: a for a in sel["arms"]}
     by_name = {r.name: r for r in cv.arms}
@@ -55,9 +55,6 @@ def run_tune(cfg: Config, cache: str | Path, out: str | Path, *, device: str | N
         rows[name]["failed"] = r.failed
     live = {n: r.fold_auc_at_epoch() for n, r in by_name.items() if not r.failed}
     adjusted = selection_adjusted(live, chosen, rows[chosen]["auc"])
-    logger.info("chosen %r: pooled OOF AUC %.3f, selection-adjusted %.3f (Tibshirani & Tibshirani bias %.3f over "
-                "%d folds and %d arms)", chosen, adjusted["pooled_auc"], adjusted["auc"], adjusted["bias"],
-                adjusted["folds"], adjusted["arms"])
     path = package(cfg, cache, out, cv, chosen, device=dev)
     dev_rows = [cv.rows[i] for i in cv.dev]
     calibration, threshold = fit_oof_operating_points(dev_rows, oof[chosen], cfg.evaluate)

@@ -150,7 +150,7 @@ class Viewer:
         from fibrosis.model.cam import compute_cams
 
         if self.model is None:
-            raise ImageUnavailable("no model given (--model): no Grad-CAM")
+            raise ImageUnavailable("no model given (--run): no Grad-CAM")
         with self._lock:
             hit = self._cams.get(key)
         if hit is not None:

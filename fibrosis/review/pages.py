@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 
-from fibrosis.monitor.load import STATUS_KINDS
+from fibrosis.score.output import STATUSES
 from fibrosis.review.labels import CALLS, Entry
 from fibrosis.review.worklist import DECISIONS, LEVELS, Query, Table, Worklist
 
@@ -70,7 +70,7 @@ def _select(name: str, value: str, options: list[tuple[str, str]], label: str) -
 def _filters(wl: Worklist, q: Query, mode: Mode) -> str:
     t = wl.table(q.level)
     parts = [_select("level", q.level, [(v, PLURAL[v]) for v in LEVELS], "rows"),
-             _select("status", q.status, [("", "any"), *((s, s) for s in STATUS_KINDS)], "status"),
+             _select("status", q.status, [("", "any"), *((s, s) for s in STATUSES)], "status"),
              _select("view", q.view, [("", "any"), *((v, v or "(none)") for v in sorted(t.views) if v)], "view"),
              _select("manufacturer", q.manufacturer,
                      [("", "any"), *((m, m) for m in sorted(wl.image_table.manufacturers) if m)], "manufacturer")]
@@ -106,7 +106,7 @@ def worklist_page(wl: Worklist, q: Query, rows: np.ndarray, total: int, labels: 
     body = []
     for n, (i, entry) in enumerate(zip(rows.tolist(), labels), start=(q.page - 1) * q.per_page + 1):
         href = _url(f"/view/{q.level}/{t.keys[i]}", q.params(page=1))
-        status = STATUS_KINDS[t.status[i]] + (f": {t.reasons[i]}" if t.reasons[i] else "")
+        status = STATUSES[t.status[i]] + (f": {t.reasons[i]}" if t.reasons[i] else "")
         cells = [str(n), f'<a class="open" href="{_e(href)}">{_e(t.names[i])}</a>', _e(t.views[t.view[i]]),
                  _e(t.manufacturers[t.manufacturer[i]]), _e(status)]
         if not mode.blinded:
@@ -179,7 +179,7 @@ def _label_panel(v: StudyView, mode: Mode) -> str:
 def study_page(wl: Worklist, v: StudyView, mode: Mode, image_problem: str) -> str:
     it = wl.image_table
     img_key = it.keys[v.image]
-    status = STATUS_KINDS[it.status[v.image]] + (f": {it.reasons[v.image]}" if it.reasons[v.image] else "")
+    status = STATUSES[it.status[v.image]] + (f": {it.reasons[v.image]}" if it.reasons[v.image] else "")
     if image_problem:
         stage = f'<p class="problem">{_e(image_problem)}</p>'
     else:

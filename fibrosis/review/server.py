@@ -58,7 +58,7 @@ def prepare(s: Settings) -> tuple[Review, Guard]:
     aggregate = model.frozen.score.study_aggregate if model else "max"
     wl = load_worklist(s.scores, aggregate)
     if model is not None and wl.model_id and wl.model_id != model.frozen.model_id:
-        raise ValueError(f"{s.scores}: scored by model_id {wl.model_id!r}; --model {s.model} is model_id "
+        raise ValueError(f"{s.scores}: scored by model_id {wl.model_id!r}; --run {s.model} is model_id "
                          f"{model.frozen.model_id!r}: give the model that scored these files")
     store = LabelStore(s.labels_path(), wl, ingest.label_column)
     guard = Guard(loopback=is_loopback(s.host), token=token)
@@ -99,7 +99,7 @@ def serve(s: Settings, on_ready: Callable[[str], None] | None = None) -> None:
 
 
 def reader_vs_model(s: Settings, review: Review) -> None:
-    """RUN/reader/reader.json for the report (the run of --model): the reader's labels against the model's."""
+    """RUN/reader/reader.json for the report (the run of --run): the reader's labels against the model's."""
     from fibrosis.evaluate.reader import write_reader_vs_model
     from fibrosis.score.run import resolve_checkpoint
 

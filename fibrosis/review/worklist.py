@@ -26,9 +26,10 @@ import numpy as np
 
 from fibrosis.evaluate.summary import scrub_reason
 from fibrosis.io import iter_csv
-from fibrosis.monitor.load import STATUS_KINDS, row_problem
+from fibrosis.monitor.load import row_problem
 from fibrosis.review.strings import KeyIndex, Strings
-from fibrosis.score.output import COLUMNS, FRONTAL_VIEWS, meta_path, study_rows, studies_path
+from fibrosis.score.output import (COLUMNS, FRONTAL_VIEWS, OLD_COLUMNS, STATUSES, meta_path, migrate_row, study_rows,
+                                   studies_path)
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class Query:
     level: Level = "image"
     sort: SortKey = "order"
     desc: bool = False
-    status: str = ""  # one of STATUS_KINDS, or "" for all
+    status: str = ""  # one of STATUSES, or "" for all
     decision: str = ""  # one of DECISIONS, or ""
     view: str = ""
     manufacturer: str = ""
@@ -86,7 +87,7 @@ class Query:
         q = cls(level=typing.cast(Level, choice("level", LEVELS, level)),
                 sort=typing.cast(SortKey, choice("sort", SORT_KEYS, "order")),
                 desc=choice("desc", ("0", "1"), "0") == "1",
-                status=choice("status", ("", *STATUS_KINDS), ""),
+                status=choice("status", ("", *STATUSES), ""),
                 decision=choice("decision", ("", *DECISIONS), ""),
                 view=params.get("view", ""), manufacturer=params.get("manufacturer", ""),
                 unread=choice("unread", ("0", "1"), "0") == "1",
@@ -112,7 +113,7 @@ class Query:
 class Table:
     """Rows of one level, column by column. ``view`` and ``manufacturer`` are codes into
     ``views`` / ``manufacturers``; ``decision`` is -1 where there is none; ``status`` a code into
-    STATUS_KINDS; ``read`` whether a reader label exists (kept current by the label store)."""
+    STATUSES; ``read`` whether a reader label exists (kept current by the label store)."""
 
     keys: Strings
     names: Strings
@@ -165,7 +166,7 @@ class Table:
     def mask(self, q: Query) -> np.ndarray:
         m = np.ones(len(self), bool)
         if q.status:
-            m &= self.status == STATUS_KINDS.index(q.status)
+            m &= self.status == STATUSES.index(q.status)
         if q.decision:
             m &= self.decision == {"1": 1, "0": 0, "none": -1}[q.decision]
         for value, codes, names in ((q.view, self.view, self.views),
@@ -284,14 +285,21 @@ def load_worklist(scores: Path, aggregate: str = "max") -> Worklist:
     views, makers, study_codes = _Codes(), _Codes(), _Codes()
     seen: set[str] = set()
     model_ids: set[str] = set()
+    old = False
     for line, r in enumerate(iter_csv(scores), start=2):
-        if line == 2 and tuple(r) != COLUMNS:
-            raise ValueError(f"{scores}: columns {list(r)}; expected {list(COLUMNS)} (a fibrosis scores file)")
+        if line == 2:
+            old = tuple(r) == OLD_COLUMNS
+            if old:
+                logger.info("%s: a scores file of an earlier version: read with this version's columns", scores)
+            elif tuple(r) != COLUMNS:
+                raise ValueError(f"{scores}: columns {list(r)}; expected {list(COLUMNS)} (a fibrosis scores file)")
+        if old:
+            r = migrate_row(r)
         problem = row_problem(r)
         if problem:
             raise ValueError(f"{scores}:{line}: {problem} (a scores file written by `fibrosis score`)")
         model_ids.add(r["model_id"])
-        kind, _, reason = r["status"].partition(":")
+        kind, reason = r["status"], r["reason"]
         key = r["content_hash"][:KEY_HEX] if len(r["content_hash"]) >= KEY_HEX else _key("row", str(line))
         if key in seen:  # the same content under two paths: still two rows
             key = _key(key, str(line))
@@ -300,11 +308,11 @@ def load_worklist(scores: Path, aggregate: str = "max") -> Worklist:
             text[c].append(r[c])
         text["key"].append(key)
         text["name"].append(os.path.basename(r["path"]))
-        text["reason"].append(scrub_reason(reason.strip(), r["path"]) if reason else "")
-        status.append(STATUS_KINDS.index(kind.strip()))
-        ok = kind.strip() == "ok"
-        prob.append(float(r["probability"]) if ok else math.nan)
-        decision.append(int(r["decision"]) if ok else -1)
+        text["reason"].append(scrub_reason(reason, r["path"]) if reason else "")
+        status.append(STATUSES.index(kind))
+        ok = kind == "ok"
+        prob.append(float(r["probability_calibrated"]) if ok else math.nan)
+        decision.append(int(r["decision_fibrosis"]) if ok else -1)
         threshold.append(_float(r["threshold"]))
         view.append(views(r["view_position"]))
         made.append(makers(maker.get(r["path"], "")))
@@ -332,7 +340,7 @@ def _studies(scores: Path, aggregate: str, images: Images, t: Table,
     order = np.argsort(images.study, kind="stable")
     starts = np.searchsorted(images.study[order], np.arange(n + 1))
     side = studies_path(scores)
-    by_uid = {r["study_uid"]: (r["aggregate"], r["probability"], r["decision"])
+    by_uid = {r["study_uid"]: (r["aggregate"], r["probability_calibrated"], r["decision_fibrosis"])
               for r in (iter_csv(side) if side.is_file() else study_rows(scores, aggregate))}
     uids, names, reasons = Strings(), Strings(), Strings()
     aggs: list[str] = []

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fibrosis.io import atomic_write_bytes
+from fibrosis.words import plural
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class Retrieved:
     failed: int = 0  # could not be retrieved or written
 
     def __str__(self) -> str:
-        return (f"DICOMweb: {self.studies} studie(s): {self.retrieved} instance(s) retrieved, {self.present} "
+        return (f"DICOMweb: {plural(self.studies, 'study')}: {plural(self.retrieved, 'instance')} retrieved, {self.present} "
                 f"already there, {self.skipped} not CR/DX (not retrieved), {self.failed} failed")
 
 
@@ -235,6 +236,6 @@ def store(url: str, files: list[str], record: Path, auth_file: Path | None = Non
         done.add(uid)
         stored += 1
         atomic_write_bytes(record, ("\n".join(sorted(done)) + "\n").encode())
-    logger.info("STOW-RS %s: %d object(s) stored, %d stored by an earlier run, %d failed", url, stored, already,
+    logger.info("STOW-RS %s: %s stored, %d stored by an earlier run, %d failed", url, plural(stored, "object"), already,
                 failed)
     return stored, already, failed

@@ -48,6 +48,7 @@ from fibrosis.data.dicom import shown
 from fibrosis.io import atomic_write_bytes, csv_line, write_json
 from fibrosis.data.records import Rejected
 from fibrosis.config import config_from_dict
+from fibrosis.words import plural
 
 logger = logging.getLogger(__name__)
 
@@ -371,8 +372,8 @@ class Node:
             logger.info("association from %s to %s refused: no acceptable presentation context (offered: %s)",
                         self._peer(assoc), self.cfg.ae_title, ", ".join(offered[:8]) or "none")
             return
-        logger.info("association from %s to %s accepted: %d instance(s) stored, %d refused; %s",
-                    self._peer(assoc), self.cfg.ae_title, counts["stored"], counts["refused"], how)
+        logger.info("association from %s to %s accepted: %s stored, %d refused; %s",
+                    self._peer(assoc), self.cfg.ae_title, plural(counts["stored"], "instance"), counts["refused"], how)
 
     # ------------------------------------------------------------------ state
 
@@ -441,7 +442,7 @@ class Node:
 
         files = {s: self._files(s) for s in studies}
         n_files = sum(map(len, files.values()))
-        logger.info("batch: scoring %d studie(s), %d file(s)", len(studies), n_files)
+        logger.info("batch: scoring %s, %s", plural(len(studies), "study"), plural(n_files, "file"))
         batch = self.state / "batch.csv"  # a CSV of paths is one of score's input forms
         atomic_write_bytes(batch, (csv_line(["path"]) + "".join(csv_line([self.incoming / s / f]) for s in studies
                                                                 for f in files[s])).encode())
@@ -458,19 +459,19 @@ class Node:
             st = StudyState(files[study], objects, sent=old.sent if old else [])
             st.uids = [uid for _, uid in self._unsent(dataclasses.replace(st, sent=[]))]  # read once, here
             st.write(self.state / f"{study}.json")
-            logger.info("study %s: %d instance(s) scored; %d DICOM object(s), %d not sent yet", study,
-                        len(files[study]), len(objects), len(self._unsent(st)) if self.cfg.destination else 0)
+            logger.info("study %s: %s scored; %s, %d not sent yet", study,
+                        plural(len(files[study]), "instance"), plural(len(objects), "DICOM object"), len(self._unsent(st)) if self.cfg.destination else 0)
             if self.cfg.destination is not None:
                 with self._lock:
                     self._send_due[study] = 0.0  # now
         with self._lock:
             self.counts["studies_scored"] += len(studies)
         c = summary.counts
-        logger.info("batch: %d studie(s), %d file(s) scored in %.1f s: ok %d, excluded %d, error %d",
-                    len(studies), n_files, time.perf_counter() - t0, c["ok"], c["excluded"], c["error"])
+        logger.info("batch: %s, %s scored in %.1f s: ok %d, excluded %d, error %d",
+                    plural(len(studies), "study"), plural(n_files, "file"), time.perf_counter() - t0, c["ok"], c["excluded"], c["error"])
         if c["error"]:
-            logger.warning("batch: %d file(s) could not be scored (status 'error: ...' in %s; listed as not "
-                           "evaluated in the SR)", c["error"], self.scores)
+            logger.warning("batch: %s could not be scored (status 'error' in %s; listed as not "
+                           "evaluated in the SR)", plural(c["error"], "file"), self.scores)
 
     # ------------------------------------------------------------------ sending
 
@@ -518,9 +519,9 @@ class Node:
             st.failures += 1
             if st.failures >= self.cfg.send_attempts:
                 st.gave_up = True
-                logger.error("study %s: %s did not take %d object(s) after %d attempt(s) (%s); giving up until "
+                logger.error("study %s: %s did not take %s after %s (%s); giving up until "
                              "the next start (the objects stay in %s)", study, where,
-                             len([u for _, u in todo if u not in st.sent]), st.failures, "; ".join(failed)[:300],
+                             plural(len([u for _, u in todo if u not in st.sent]), "object"), plural(st.failures, "attempt"), "; ".join(failed)[:300],
                              self.cfg.workdir)
             else:
                 wait = self.cfg.retry_wait(st.failures)
@@ -531,7 +532,7 @@ class Node:
                              "; ".join(failed)[:300], wait)
         else:
             st.failures, st.gave_up = 0, False
-            logger.info("study %s: %d object(s) sent to %s", study, len(todo), where)
+            logger.info("study %s: %s sent to %s", study, plural(len(todo), "object"), where)
         st.write(self.state / f"{study}.json")
 
     # ------------------------------------------------------------------ scheduling
@@ -555,8 +556,8 @@ class Node:
                 try:
                     self._score_batch(ready)
                 except Exception:  # a batch must not stop the node; its files stay in incoming/
-                    logger.exception("scoring %d studie(s) failed; their files stay in %s and are scored "
-                                     "again on the next start", len(ready), self.incoming)
+                    logger.exception("scoring %s failed; their files stay in %s and are scored "
+                                     "again on the next start", plural(len(ready), "study"), self.incoming)
                     with self._lock:
                         self.counts["batches_failed"] += 1
                 finally:
@@ -598,8 +599,8 @@ class Node:
         pending = self.pending_on_startup()
         unsent = self.unsent_on_startup()
         if pending or unsent:
-            logger.info("start-up: %d studie(s) received earlier and not scored (scoring them), %d scored and "
-                        "not completely sent (sending them)", len(pending), len(unsent))
+            logger.info("start-up: %s received earlier and not scored (scoring them), %d scored and "
+                        "not completely sent (sending them)", plural(len(pending), "study"), len(unsent))
         for study in unsent:  # a new start gets the full number of attempts again
             st = self._state(study)
             if st is not None and (st.failures or st.gave_up):

@@ -23,7 +23,7 @@ import tempfile
 import typing
 from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from fibrosis.config import StudyAggregate
 from fibrosis.data.cache import IMAGE_STATS
@@ -33,17 +33,28 @@ from fibrosis.io import (CsvRows, csv_line, is_no_space, iter_csv, no_space, not
 
 logger = logging.getLogger(__name__)
 
-# qa: ';'-joined QA findings of the pixel function (fibrosis.data.pixels.qa_flags): polarity-suspect
-# (looks inverted) or polarity-unsure (kept as shown, or excluded: see status), or polarity-inverted.
+# Every column, its type, values and units: docs/scores.md (tests/score/test_score_dictionary.py
+# holds it to these tuples). qa: ';'-joined QA findings of the pixel function
+# (fibrosis.data.pixels.qa_flags). The names say what a value is: the logit before calibration,
+# the probability after it, the decision for the positive class (1 = fibrosis).
+ScoreStatus = Literal["ok", "excluded", "error"]
+STATUSES: tuple[str, ...] = typing.get_args(ScoreStatus)  # `status`; why not ok is in `reason`
 COLUMNS: tuple[str, ...] = (
-    "path", "status", "qa", "sop_uid", "series_uid", "study_uid", "patient_key", "view_position",
-    "logit", "probability", "decision", "threshold_name", "threshold", "model_id", "engine",
-    "content_hash",
+    "path", "status", "reason", "qa", "sop_uid", "series_uid", "study_uid", "patient_key", "view_position",
+    "logit_uncalibrated", "probability_calibrated", "decision_fibrosis", "threshold_name", "threshold", "model_id",
+    "engine", "content_hash",
 )
 STUDY_COLUMNS: tuple[str, ...] = (
-    "study_uid", "patient_key", "n_images", "n_ok", "aggregate", "probability", "decision",
+    "study_uid", "patient_key", "n_images", "n_ok", "aggregate", "probability_calibrated", "decision_fibrosis",
     "threshold_name", "threshold", "model_id",
 )
+# scores.csv as versions before these names wrote it: `status` was "ok" or "<kind>: <reason>",
+# and three columns had the names on the left. Read (by `fibrosis monitor`) through migrate_row.
+OLD_COLUMNS: tuple[str, ...] = (
+    "path", "status", "qa", "sop_uid", "series_uid", "study_uid", "patient_key", "view_position",
+    "logit", "probability", "decision", "threshold_name", "threshold", "model_id", "engine", "content_hash",
+)
+RENAMED = {"logit": "logit_uncalibrated", "probability": "probability_calibrated", "decision": "decision_fibrosis"}
 # The side file <out stem>.meta.csv, one row per row of the scores file (joined by path):
 # the per-image header fields and cached-image statistics `fibrosis monitor` compares with
 # the evaluation's reference. scores.csv keeps its columns (resume checks its header).
@@ -56,6 +67,22 @@ AGGREGATES = typing.get_args(StudyAggregate)
 # Frontal = PA or AP; "" when the file does not say (PNG/JPEG exports, ViewPosition
 # absent): lateral views never reach "ok" because ingestion policy excludes them.
 FRONTAL_VIEWS = frozenset({"PA", "AP", ""})
+
+
+def status_cells(kind: str, reason: str) -> dict[str, str]:
+    """``status`` and ``reason`` of a file that was not scored: the code, and the reason on one line."""
+    if kind not in STATUSES or kind == "ok":
+        raise ValueError(f"status {kind!r}; expected one of {[s for s in STATUSES if s != 'ok']}")
+    return {"status": kind, "reason": " ".join(str(reason).split())}
+
+
+def migrate_row(row: dict[str, str]) -> dict[str, str]:
+    """A row of an OLD_COLUMNS file with this version's columns: "<kind>: <reason>" split into
+    ``status`` and ``reason``, the renamed columns under their new names."""
+    kind, _, reason = row.get("status", "").partition(":")
+    out = {RENAMED.get(k, k): v for k, v in row.items()}
+    out.update(status=kind.strip(), reason=reason.strip())
+    return {c: out.get(c, "") for c in COLUMNS}
 
 
 def _side_path(scores: Path, kind: str) -> Path:
@@ -335,8 +362,8 @@ def _grouped(path: Path, name: str, aggregate: str) -> Iterator[dict[str, Any]]:
                 continue
             frontal = row["view_position"] in FRONTAL_VIEWS
             batch.append((row["study_uid"], row["patient_key"], frontal,
-                          float(row["probability"]) if frontal else None,
-                          int(row["decision"]) if frontal else None,
+                          float(row["probability_calibrated"]) if frontal else None,
+                          int(row["decision_fibrosis"]) if frontal else None,
                           row["threshold_name"], row["threshold"], row["model_id"]))
             if len(batch) >= 4096:
                 db.executemany("INSERT INTO img VALUES (?,?,?,?,?,?,?,?)", batch)
@@ -369,8 +396,8 @@ def _study_row(uid: str, images: list[tuple[Any, ...]], aggregate: str) -> dict[
         prob = sum(probs) / len(probs)
         decision = int(prob >= float(threshold))
     return {"study_uid": uid, "patient_key": "|".join(keys), "n_images": len(probs), "n_ok": len(images),
-            "aggregate": aggregate, "probability": "" if prob is None else f"{prob:.6f}",
-            "decision": "" if decision is None else decision, "threshold_name": threshold_name,
+            "aggregate": aggregate, "probability_calibrated": "" if prob is None else f"{prob:.6f}",
+            "decision_fibrosis": "" if decision is None else decision, "threshold_name": threshold_name,
             "threshold": threshold, "model_id": model_id}
 
 

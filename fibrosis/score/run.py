@@ -43,6 +43,7 @@ from fibrosis.data.identity import identity, resolve_salt
 from fibrosis.data.pixels import excluded_flag, qa_flags
 from fibrosis.data.records import Decoded, DecodeResult, Preprocessing, Rejected, Skipped
 from fibrosis.numeric import sigmoid
+from fibrosis.words import plural
 
 if TYPE_CHECKING:  # the record's module imports torch, which `import fibrosis` does not need
     from fibrosis.model.checkpoint import Checkpoint
@@ -71,7 +72,7 @@ class ScoreSummary:
     def __str__(self) -> str:
         n = sum(self.counts.values())
         rate = n / self.seconds if self.seconds > 0 else 0.0
-        return (f"score: {n} file(s) scored now + {self.resumed} resumed -> {self.out}: "
+        return (f"score: {plural(n, 'file')} scored now + {self.resumed} resumed -> {self.out}: "
                 f"ok {self.counts['ok']}, excluded {self.counts['excluded']}, "
                 f"error {self.counts['error']}; {self.seconds:.1f} s ({rate:.1f} files/s), "
                 f"engine {self.engine}, model {self.model_id}; per study: {self.studies_out}")
@@ -238,10 +239,10 @@ class Scorer:
             assert x is not None  # a decoded file comes with its model input
             self.xs.append(x)
         else:  # kind is "error" or "excluded"; one line per file, whatever the reason text holds
-            row["status"] = f"{res.kind}: " + " ".join(str(res.reason).split())
+            row.update(score_io.status_cells(res.kind, str(res.reason)))
             if res.kind == "excluded":
                 row["qa"] = excluded_flag(str(res.reason))
-        self.counts[row["status"].split(":")[0]] += 1
+        self.counts[row["status"]] += 1
         self.rows.append(row)
         if len(self.xs) >= self.batch_size or len(self.rows) >= 4 * self.batch_size:
             self.flush()
@@ -269,7 +270,9 @@ class Scorer:
             return z
         if not self.auto:
             raise EngineError(f"on the first {len(x)} real images: {agree}")
-        logger.warning("first batch: %s; falling back to eager fp32 for this run", agree)
+        # auto's fallback, as when choosing the engine: the scores are eager fp32's, nothing to act on
+        logger.info("first batch: engine %s not used: its outputs differ from eager fp32 beyond tolerance (%s); "
+                    "eager fp32 scores this run", self.engine.name, agree)
         self.engine = eager
         return eager(x)
 
@@ -282,8 +285,8 @@ class Scorer:
             p = self.fz.calibrator.predict(z)
             ok_rows = [r for r in self.rows if r["status"] == "ok"]
             for row, zi, pi in zip(ok_rows, z, p):
-                row.update(logit=f"{zi:.6f}", probability=f"{pi:.6f}",
-                           decision=int(pi >= self.fz.threshold), engine=self.engine.name)
+                row.update(logit_uncalibrated=f"{zi:.6f}", probability_calibrated=f"{pi:.6f}",
+                           decision_fibrosis=int(pi >= self.fz.threshold), engine=self.engine.name)
             if self.gradcam_dir is not None:
                 self._gradcam(x, ok_rows, self.gradcam_dir)
             if self.aux_writer is not None:
@@ -320,7 +323,7 @@ class Scorer:
 
         from fibrosis.model.cam import compute_cams
 
-        pos = [i for i, r in enumerate(ok_rows) if r["decision"] == 1]
+        pos = [i for i, r in enumerate(ok_rows) if r["decision_fibrosis"] == 1]
         if not pos:
             return
         dev = next(self.model.parameters()).device
@@ -460,8 +463,8 @@ def _plan(fz: Frozen, d: Any, input: str | Path, out: Path, *, workers: int | No
     known = {p: done[p] for p, err in todo if not err and done.get(p)}
     resumed = len(mine) - len(todo)
     if done:
-        logger.info("resuming: %d of %d file(s) have a row in %s; files whose content hash "
-                    "changed are scored again", len(known) + resumed, len(mine), part)
+        logger.info("resuming: %d of %s have a row in %s; files whose content hash "
+                    "changed are scored again", len(known) + resumed, plural(len(mine), "file"), part)
     return _Plan(out, part, entries, todo, known, resumed, salt, scored_at, bs, n_workers, aggregate,
                  engine or fz.score.engine, gc_dir, aux_columns)
 
@@ -538,5 +541,5 @@ def _finish(plan: _Plan, summary: ScoreSummary, scorer: "Scorer", d: Any) -> Non
     if d.is_main:
         n_studies = score_io.write_studies(out, Path(summary.studies_out), plan.aggregate)
         # The count is of the whole file, which may hold earlier runs' rows (resume, the node).
-        logger.info("%s: %d studie(s) in all, aggregate %s over frontal ok images", summary.studies_out,
-                    n_studies, plan.aggregate)
+        logger.info("%s: %s in all, aggregate %s over frontal ok images", summary.studies_out,
+                    plural(n_studies, "study"), plan.aggregate)

@@ -24,6 +24,7 @@ from fibrosis.io import atomic_write_bytes
 from fibrosis.score.identity import MANUFACTURER, uid_for
 from fibrosis.score.pixels import model_input, overlay
 from fibrosis.data.records import Decoded
+from fibrosis.words import plural
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def write_scs(studies: list[Any], fz: Any, sha256: str, net: Any, sc_dir: Path) 
             big = cv2.resize(x[0, 0], (SC_SIZE, SC_SIZE), interpolation=cv2.INTER_CUBIC)
             heat = cv2.resize(np.asarray(cam, np.float32), (SC_SIZE, SC_SIZE), interpolation=cv2.INTER_LINEAR)
             rgb = cv2.cvtColor(overlay(big, heat, fz.preprocessing), cv2.COLOR_BGR2RGB)
-            rgb = burn_in(rgb, (BURNED_IN, f"Grad-CAM, fibrosis model {fz.model_id}, p = {row['probability']}"))
+            rgb = burn_in(rgb, (BURNED_IN, f"Grad-CAM, fibrosis model {fz.model_id}, p = {row['probability_calibrated']}"))
             sc = hd.sc.SCImage.from_ref_dataset(
                 ref_dataset=hdr, pixel_array=np.ascontiguousarray(rgb), photometric_interpretation="RGB",
                 bits_allocated=8, coordinate_system="PATIENT",
@@ -131,6 +132,6 @@ def write_scs(studies: list[Any], fz: Any, sha256: str, net: Any, sc_dir: Path) 
             sc.save_as(buf, enforce_file_format=True)
             atomic_write_bytes(target, buf.getvalue())
             written.append(target)
-    logger.info("SC: %d Grad-CAM overlay(s) -> %s (%d already there for the same content)", len(written), sc_dir,
+    logger.info("SC: %s -> %s (%d already there for the same content)", plural(len(written), "Grad-CAM overlay"), sc_dir,
                 kept)
     return written

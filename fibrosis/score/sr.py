@@ -51,6 +51,7 @@ from fibrosis.io import atomic_write_bytes
 from fibrosis.score import output as score_io
 from fibrosis.score.identity import MANUFACTURER, uid_for
 from fibrosis.score.sc import write_scs
+from fibrosis.words import plural
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def _group(tracking: str, tracking_uid: str, obs: Observer, refs: Iterable[Any],
 
 
 def _decision(row: dict[str, Any]) -> str:
-    return "present" if int(row["decision"]) else "absent"
+    return "present" if int(row["decision_fibrosis"]) else "absent"
 
 
 def build_sr(s: StudyRows, obs: Observer, *, sop_instance_uid: str | None = None, instance_number: int = 1,
@@ -205,16 +206,16 @@ def build_sr(s: StudyRows, obs: Observer, *, sop_instance_uid: str | None = None
     study = s.study or {}
     key = (obs.checkpoint_sha256, s.study_uid)
     groups = [_group("study", uid_for("track", *key, "study"), obs, [h for _, h in s.ok],
-                     _decision(study) if study.get("probability", "") != "" else "not evaluated",
-                     prob=str(study.get("probability", "")),
+                     _decision(study) if study.get("probability_calibrated", "") != "" else "not evaluated",
+                     prob=str(study.get("probability_calibrated", "")),
                      reason="" if s.ok else "no frontal image of the study was scored")]
     for row, hdr in s.ok:
         groups.append(_group(f"image {hdr.SOPInstanceUID}", uid_for("track", *key, str(hdr.SOPInstanceUID)),
-                             obs, [hdr], _decision(row), prob=row["probability"]))
+                             obs, [hdr], _decision(row), prob=row["probability_calibrated"]))
     for row, hdr in s.not_scored:
         groups.append(_group(f"not scored {hdr.SOPInstanceUID}",
                              uid_for("track", *key, str(hdr.SOPInstanceUID)), obs, [hdr], "not evaluated",
-                             reason=row["status"]))
+                             reason=f"{row['status']}: {row['reason']}"))
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=c["procedure"],
                                      imaging_measurements=groups)
     # TID 1600 by hand: highdicom's descriptors of a projection radiograph need
@@ -305,8 +306,8 @@ def write_srs(scores: Path, sr_dir: Path, obs: Observer, paths: set[str] | None 
 
     studies, orphans = collect(scores, paths, obs.aggregate)
     if orphans:
-        logger.info("SR: %d file(s) with no readable DICOM header belong to no study; listed only in %s",
-                    orphans, scores)
+        logger.info("SR: %s with no readable DICOM header belong to no study; listed only in %s",
+                    plural(orphans, "file"), scores)
     sr_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for s in studies:
@@ -329,8 +330,8 @@ def write_srs(scores: Path, sr_dir: Path, obs: Observer, paths: set[str] | None 
             sr.save_as(buf, enforce_file_format=True)
         atomic_write_bytes(target, buf.getvalue())
         written.append(target)
-        logger.info("SR: study %s: %d image(s) scored, %d not scored -> %s (instance %d%s)", s.study_uid,
-                    len(s.ok), len(s.not_scored), target, sr.InstanceNumber,
+        logger.info("SR: study %s: %s scored, %d not scored -> %s (instance %d%s)", s.study_uid,
+                    plural(len(s.ok), "image"), len(s.not_scored), target, sr.InstanceNumber,
                     f", replaces {old.SOPInstanceUID}" if old is not None else "")
     return written
 

@@ -44,6 +44,7 @@ from fibrosis.model.net import FibrosisNet, build_model_from_config, set_aux_hea
 from fibrosis.model.tta import to_record as tta_record, variants_of
 from fibrosis.io import package_versions
 from fibrosis.model.inference import autocast, extract_features, predict_rows, split_rows
+from fibrosis.words import plural
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +311,7 @@ def _train(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs
             break
         state.stage, state.epoch_in_stage, state.stage_done, state.bad_epochs = s + 1, 0, False, 0
     if max_epochs is not None and state.stage < len(run.stages):
-        logger.info("stopping after %d epoch(s) as asked; continue with --resume", run.ran)
+        logger.info("stopping after %s as asked; continue with --resume", plural(run.ran, "epoch"))
         return run.best
     logger.info("done: best val AUC %.4f at epoch %d -> %s", state.best_val_auc, state.best_epoch, run.best)
     if run.tracker is not None:
@@ -399,7 +400,7 @@ def _aux_heads(model: FibrosisNet, cfg: Config, reader: CacheReader, train_idx: 
         return None
     set_aux_heads(model, names)
     targets = aux_targets(reader.rows, train_idx, names)
-    logger.info("%d auxiliary head(s), loss weight %g: %s", len(names), tcfg.aux_weight, describe(names, targets))
+    logger.info("%s, loss weight %g: %s", plural(len(names), "auxiliary head"), tcfg.aux_weight, describe(names, targets))
     record = aux_record(names, tcfg.aux_weight, targets, dropped, tcfg.aux_min_positives)
     return AuxLoss(float(tcfg.aux_weight), torch.tensor(record["pos_weight"])), targets, record
 
@@ -418,8 +419,8 @@ def _restore(model: FibrosisNet, cfg: Config, mhash: str, out_dir: Path, resume:
     training = _check_resume(ckpt, cfg, mhash, last, d.world)
     model.load_state_dict(ckpt.weights)
     state = RunState(**training.run)
-    logger.info("resuming %s at stage %d, %d epoch(s) done in it (%d overall)", last,
-                state.stage, state.epoch_in_stage, state.epochs_done)
+    logger.info("resuming %s at stage %d, %s done in it (%d overall)", last,
+                state.stage, plural(state.epoch_in_stage, "epoch"), state.epochs_done)
     return state, training
 
 
@@ -504,7 +505,7 @@ def _run_epoch(run: _Run, stage: _Stage, e: int) -> bool:
                 row["train_images_per_s"], " *" if improved else "")
     _save(run, stage, row, improved)
     if stop:
-        logger.info("early stop of stage %r: no val-AUC gain for %d epoch(s)", stage.config.name, patience)
+        logger.info("early stop of stage %r: no val-AUC gain for %s", stage.config.name, plural(patience, "epoch"))
     return stop
 
 

@@ -40,6 +40,23 @@ class Probe:
     def logits(self, feats: np.ndarray) -> np.ndarray:
         return np.asarray(feats, np.float64) @ self.weight + self.bias
 
+    def grid_end(self) -> str:
+        """"lower" or "upper" when the chosen C lies at that end of a grid of two or more; else ""."""
+        if len(self.inner_loss) < 2:
+            return ""
+        return "lower" if self.c == min(self.inner_loss) else "upper" if self.c == max(self.inner_loss) else ""
+
+
+def log_grid_ends(probes: Sequence[Probe], grid: Sequence[float]) -> None:
+    """One warning for the probes whose C lies at an end of ``grid`` (tune.probe_c): each fold's
+    probe is fitted on its own, and one line per fold said the same thing five times over."""
+    ends = [p.grid_end() for p in probes]
+    hits = {end: ends.count(end) for end in ("lower", "upper") if end in ends}
+    if hits:
+        where = " and ".join(f"the {end} end in {n} of {len(ends)} fits" for end, n in hits.items())
+        logger.warning("linear probe: C chosen at %s of tune.probe_c %s: the optimum may lie beyond it; "
+                       "extend the grid", where, sorted(grid))
+
 
 def weighted_log_loss(y: np.ndarray, z: np.ndarray, pos_weight: float) -> float:
     """Mean BCE-with-logits with positives weighted ``pos_weight`` (as BCEWithLogitsLoss)."""
@@ -94,7 +111,7 @@ def fit_probe(feats: np.ndarray, y: Sequence[int] | np.ndarray, groups: Sequence
     """Fit the head on ``feats`` (n, d); C chosen by inner grouped CV over ``groups`` by
     ``criterion`` (tune.probe_criterion). ``standardise``: the L2 penalty acts on features
     scaled to unit variance (else on the raw features). ``quiet``: a C at the end of the
-    grid is logged at debug level (auxiliary heads: context)."""
+    grid is logged at debug level (the caller says it once for all folds: :func:`log_grid_ends`)."""
     x = np.asarray(feats, np.float64)
     y = np.asarray(y, int)
     n_pos = int(y.sum())
@@ -118,16 +135,17 @@ def fit_probe(feats: np.ndarray, y: Sequence[int] | np.ndarray, groups: Sequence
             losses[float(c)] = _inner_score(criterion, y, z)
         # Smallest loss; on a tie the stronger regularisation (smaller C) wins.
         best = min(sorted(losses), key=lambda c: (round(losses[c], 10), c))
-        if best in (min(losses), max(losses)):
-            (logger.debug if quiet else logger.warning)("linear probe: C=%g chosen at the %s end of tune.probe_c %s: the optimum may "
-                           "lie beyond it; extend the grid", best, "lower" if best == min(losses) else "upper",
-                           sorted(losses))
     else:
         best = float(c_grid[0])
     clf = _fit(xs, y, best, pw)
     w = clf.coef_[0] / sd
     b = float(clf.intercept_[0] - (w * mu).sum())
-    return Probe(w, b, best, losses)
+    probe = Probe(w, b, best, losses)
+    if probe.grid_end():
+        (logger.debug if quiet else logger.warning)(
+            "linear probe: C=%g chosen at the %s end of tune.probe_c %s: the optimum may lie beyond it; extend "
+            "the grid", best, probe.grid_end(), sorted(losses))
+    return probe
 
 
 REFERENCE_CS = 10  # LogisticRegressionCV's defaults: 10 values of C from 1e-4 to 1e4, ...

@@ -97,5 +97,10 @@ class MlflowTracker:
     def log_artifact(self, path: Path) -> None:
         self.mlflow.log_artifact(str(path))
 
+    def log_summary(self, metrics: dict[str, float], tags: dict[str, str]) -> None:
+        """Metrics of a whole stage (no step) and tags that say which command and folder made it."""
+        self.mlflow.set_tags(tags)
+        self.mlflow.log_metrics(metrics)
+
     def close(self) -> None:
         self.mlflow.end_run()

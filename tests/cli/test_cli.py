@@ -6,7 +6,8 @@ import pytest
 from fibrosis.cli.main import build_parser, main
 from helpers.paths import REPO
 
-COMMANDS = ["ingest", "split", "train", "tune", "evaluate", "report", "compare", "score", "listen", "monitor", "review", "demo"]
+COMMANDS = ["ingest", "split", "train", "tune", "evaluate", "report", "compare", "score", "listen", "monitor", "review",
+            "demo", "completion"]
 
 
 def test_every_command_has_help(capsys):

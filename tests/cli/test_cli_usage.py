@@ -46,7 +46,7 @@ def test_bad_override_yaml(tmp_path, capsys):
 
 def test_missing_weights_file_is_one_line(tmp_path, capsys):
     cache = make_synthetic_cache(tmp_path / "c", 16, 32, splits={"train": 0.5, "val": 0.5, "test": 0.0})
-    _usage_error(capsys, ["train", "--cache", str(cache), "--out", str(tmp_path / "run"), "--device", "cpu",
+    _usage_error(capsys, ["train", "--cache", str(cache), "--run", str(tmp_path / "run"), "--device", "cpu",
                           "--set", "model.arch=resnet18", "--set", "model.weights=/missing.pth",
                           "--set", "model.input_size=32"],
                  "model.weights='/missing.pth': file not found")
@@ -69,7 +69,7 @@ def test_unwritable_cache_folder(capsys, images):
 
 
 def test_score_out_that_is_a_folder(tmp_path, capsys, images):
-    _usage_error(capsys, ["score", "--model", str(tmp_path), "--input", str(images), "--out", str(tmp_path)],
+    _usage_error(capsys, ["score", "--run", str(tmp_path), "--input", str(images), "--out", str(tmp_path)],
                  f"--out {tmp_path}: is a folder; expected a file path")
 
 

@@ -42,7 +42,8 @@ def test_quick_demo_runs_every_stage(tmp_path):
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["run"]["checkpoint_sha256"] == file_sha256(run / "best.pt")
     rows = list(csv.DictReader(open(work / "scores.csv")))
-    statuses = sorted(r["status"].split(":")[0] for r in rows)
+    statuses = sorted(r["status"] for r in rows)
+    assert all(bool(r["reason"]) == (r["status"] != "ok") for r in rows)
     # data/demo/score: 13 good files and the two broken on purpose.
     assert statuses == ["error"] * 2 + ["ok"] * 13
     assert (work / "scores.studies.csv").exists()

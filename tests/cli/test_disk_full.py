@@ -106,7 +106,7 @@ def test_monitor_on_a_full_disk_logs_its_alerts_and_leaves_nothing(tmp_path):
     run = evaluated_run(make_checkpoint(tmp_path / "run" / "best.pt"))
     scores = scores_file(run, tmp_path / "s.csv", vendor="NeverSeen")
     mount = tmp_path / "disk"
-    rc, err, left = on_full_disk(mount, 4, ["monitor", "--model", str(run), "--scores", str(scores),
+    rc, err, left = on_full_disk(mount, 4, ["monitor", "--run", str(run), "--scores", str(scores),
                                             "--out", str(mount / "mon")])
     assert rc == 2
     _no_space_line(err, mount, mount / "mon" / "monitor.json")

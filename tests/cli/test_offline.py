@@ -108,12 +108,12 @@ def test_ingest_split_score_listen_make_no_network_call(env, tmp_path):
     for args in (["ingest", str(src), "--cache", str(tmp_path / "cache"), "--workers", "2", "--no-progress",
                   "--set", "ingest.image_size=64", "--set", "ingest.min_side=1"],
                  ["split", "--cache", str(tmp_path / "cache")],
-                 ["score", "--model", str(ckpt), "--input", str(src), "--out", str(tmp_path / "s.csv"),
+                 ["score", "--run", str(ckpt), "--input", str(src), "--out", str(tmp_path / "s.csv"),
                   "--workers", "2", "--no-progress", "--sr-out", str(tmp_path / "sr")]):
         res = _run(environ, cli + args)
         assert res.returncode == 0, (args[0], res.stderr[-2000:])
         assert "Error fetching version info" not in res.stderr
-    proc = subprocess.Popen(_isolated() + [sys.executable, *cli, "listen", "--model", str(ckpt), "--workdir",
+    proc = subprocess.Popen(_isolated() + [sys.executable, *cli, "listen", "--run", str(ckpt), "--workdir",
                                            str(tmp_path / "node"), "--port", "0", "--idle", "1"],
                             env=environ, stderr=subprocess.PIPE, text=True)
     try:

@@ -16,6 +16,7 @@ import pytest
 
 from helpers.dicom_factory import chest_phantom, make_dicom, to_stored
 from helpers.processes import run_child
+from helpers.scores import status_text
 from fibrosis.config import IngestConfig
 from fibrosis.data.discover import LOOP_ERROR, NAME_ERROR, discover_entries
 from fibrosis.data.ingest import ingest
@@ -154,18 +155,18 @@ def test_score_writes_a_status_row_for_a_non_utf8_name(ckpt, bad_named, tmp_path
     summary = S.score(ckpt.parent, d, out, device="cpu", progress=False)
     rows = {Path(r["path"]).name: r for r in _read(out)}
     assert rows["good1.dcm"]["status"] == "ok"
-    assert rows[BAD_SHOWN]["status"] == f"error: {NAME_ERROR}"
+    assert status_text(rows[BAD_SHOWN]) == f"error: {NAME_ERROR}"
     assert summary.counts == {"ok": 1, "error": 1} and not summary.ok()
 
 
 def test_score_cli_with_every_hostile_entry(ckpt, hostile, tmp_path):
     out = tmp_path / "scores.csv"
-    res = run_child(["-m", "fibrosis.cli.main", "score", "--model", str(ckpt.parent), "--input", str(hostile),
+    res = run_child(["-m", "fibrosis.cli.main", "score", "--run", str(ckpt.parent), "--input", str(hostile),
                      "--out", str(out), "--workers", "2", "--device", "cpu", "--no-progress"],
                     timeout=240, mem_gb=10)
     assert res.returncode == 1, res.stderr[-3000:]  # README: 1 when any file failed
     assert "Traceback" not in res.stderr
-    status = {Path(r["path"]).name: r["status"] for r in _read(out)}
+    status = {Path(r["path"]).name: status_text(r) for r in _read(out)}
     assert status == {"good1.dcm": "ok", "good2.dcm": "ok", BAD_SHOWN: f"error: {NAME_ERROR}",
                       "loop.dcm": f"error: {LOOP_ERROR}",
                       "pipe.dcm": "error: not a regular file: a FIFO (named pipe); not opened",

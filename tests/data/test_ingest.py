@@ -454,7 +454,7 @@ def test_aux_findings_reach_the_manifest_and_missing_stays_missing(tmp_path, cfg
     rows = {Path(r["path"]).name: r for r in read_csv(tmp_path / "c" / "manifest.csv")}
     assert {n: (r["label"], r["aux_labels"]) for n, r in rows.items()} == {
         "a.dcm": ("1", "Mass=1|edema=1"), "b.dcm": ("0", "Mass=0"), "c.dcm": ("0", "edema=0"), "d.dcm": ("", "")}
-    assert "auxiliary findings: 2 (Mass, edema); 4 labelled value(s) joined to 3 image(s)" in caplog.text
+    assert "auxiliary findings: 2 (Mass, edema); 4 labelled values joined to 3 images" in caplog.text
     assert list(MANIFEST_COLUMNS)[-1] == "aux_labels"
 
 

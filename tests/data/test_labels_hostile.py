@@ -44,7 +44,7 @@ def test_hint_values_that_are_no_age_sex_or_view_are_emptied_with_a_warning(tmp_
     assert labels.hints("/in/c.png") == {"age": "61", "sex": "O", "view": "LL"}
     assert labels.hints("/in/d.png") == {}
     for col, what in (("age", "an age in years"), ("sex", "a sex code"), ("view", "a view position code")):
-        assert f"column '{col}': 2 value(s) are not {what}" in caplog.text and "(first on line 2; not shown)" in caplog.text
+        assert f"column '{col}': 2 values are not {what}" in caplog.text and "(first on line 2; not shown)" in caplog.text
     for secret in ("Jane", "DOE", "12345678", "CMD", "=1+2", "-2+3"):
         assert secret not in caplog.text
 

@@ -47,8 +47,9 @@ def scores_file(run: Path, out: Path, n: int = 60, vendor: str = "ACME", **overr
     rows, metas = RowWriter(out), RowWriter(meta_path(out), META_COLUMNS)
     for i in range(n):
         p = float(rng.uniform(0.02, 0.98))
-        row = {"path": f"/in/{i}.dcm", "status": "ok", "logit": f"{np.log(p / (1 - p)):.6f}",
-               "probability": f"{p:.6f}", "decision": int(p >= 0.5), "model_id": model_id, "content_hash": f"h{i}",
+        row = {"path": f"/in/{i}.dcm", "status": "ok", "logit_uncalibrated": f"{np.log(p / (1 - p)):.6f}",
+               "probability_calibrated": f"{p:.6f}", "decision_fibrosis": int(p >= 0.5), "model_id": model_id,
+               "content_hash": f"h{i}",
                "threshold_name": "youden", "threshold": "0.5", "view_position": "PA"}
         row.update(override if i == 0 else {})
         rows.write(row)

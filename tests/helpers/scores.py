@@ -9,8 +9,14 @@ from fibrosis.score import output as IO
 def score_row(path: str, **kw: str) -> dict[str, str]:
     """An ok row of model ``m1`` for ``path``; ``kw`` replaces or adds cells."""
     return {"path": path, "status": "ok", "study_uid": "S1", "patient_key": "k1", "view_position": "PA",
-            "logit": "0.0", "probability": "0.5", "decision": "1", "threshold_name": "youden",
+            "logit_uncalibrated": "0.0", "probability_calibrated": "0.5", "decision_fibrosis": "1",
+            "threshold_name": "youden",
             "threshold": "0.4", "model_id": "m1", "engine": "eager", **kw}
+
+
+def status_text(row: dict[str, str]) -> str:
+    """``status`` with its ``reason`` as one line ("error: truncated ..."), for assertions on both."""
+    return f"{row['status']}: {row['reason']}" if row.get("reason") else row["status"]
 
 
 def write_scores(path: Path, rows: list[dict[str, str]]) -> Path:

@@ -129,7 +129,7 @@ def test_the_test_split_itself_gives_no_alert(site, tmp_path):
     meta = read_csv(scores.with_name("test_split.meta.csv"))
     assert len(meta) == 33 and all(m["manufacturer"] == "TestVendor" and m["img_mean"] for m in meta)
     out = tmp_path / "mon"
-    code = main(["monitor", "--model", str(site["run"]), "--scores", str(scores),
+    code = main(["monitor", "--run", str(site["run"]), "--scores", str(scores),
                  "--labels", str(labels_csv(site["images"])), "--out", str(out)])
     result = json.loads((out / "monitor.json").read_text())
     assert code == 0 and result["status"] == "ok" and result["alerts"] == [], result["alerts"]

@@ -22,7 +22,7 @@ def run(tmp_path_factory) -> Path:
 
 
 def _monitor(run: Path, tmp_path: Path, *scores: Path, extra: tuple[str, ...] = ()) -> int:
-    argv = ["monitor", "--model", str(run), "--out", str(tmp_path / "mon"), *extra]
+    argv = ["monitor", "--run", str(run), "--out", str(tmp_path / "mon"), *extra]
     for s in scores:
         argv += ["--scores", str(s)]
     return main(argv)
@@ -53,14 +53,15 @@ def test_every_figure_goes_through_plain_text_even_one_made_outside_the_report_s
 
 
 @pytest.mark.parametrize("cells, message", [
-    ({"probability": "inf"}, "probability='inf'; expected a calibrated probability in [0, 1]"),
-    ({"probability": "1e999"}, "probability='1e999'; expected a calibrated probability in [0, 1]"),
-    ({"probability": "-5"}, "probability='-5'; expected a calibrated probability in [0, 1]"),
-    ({"probability": "nan"}, "probability='nan'; expected a calibrated probability in [0, 1]"),
-    ({"probability": "Jane Doe"}, "probability=<8 characters, not shown>"),
-    ({"decision": "2"}, "decision='2'; expected 0 or 1"),
-    ({"logit": "-inf"}, "logit='-inf'; expected a finite number"),
-    ({"status": "maybe"}, "status=<5 characters, not shown>; expected ok, 'excluded: reason' or 'error: reason'"),
+    ({"probability_calibrated": "inf"}, "probability_calibrated='inf'; expected a calibrated probability in [0, 1]"),
+    ({"probability_calibrated": "1e999"}, "probability_calibrated='1e999'; expected a calibrated probability"),
+    ({"probability_calibrated": "-5"}, "probability_calibrated='-5'; expected a calibrated probability in [0, 1]"),
+    ({"probability_calibrated": "nan"}, "probability_calibrated='nan'; expected a calibrated probability"),
+    ({"probability_calibrated": "Jane Doe"}, "probability_calibrated=<8 characters, not shown>"),
+    ({"decision_fibrosis": "2"}, "decision_fibrosis='2'; expected 0 or 1"),
+    ({"logit_uncalibrated": "-inf"}, "logit_uncalibrated='-inf'; expected a finite number"),
+    ({"status": "maybe"}, "status=<5 characters, not shown>; expected one of ['ok', 'excluded', 'error']"),
+    ({"status": "error: truncated"}, "status=<16 characters, not shown>; expected one of ['ok', 'excluded', 'error']"),
 ])
 def test_values_score_never_writes_are_refused_naming_file_and_line(run, tmp_path, capsys, cells, message):
     scores = scores_file(run, tmp_path / "s.csv", **cells)
@@ -85,7 +86,8 @@ def test_an_image_counts_once(run, tmp_path, capsys):
 
 
 def test_an_error_row_without_a_reason_is_counted_not_a_traceback(run, tmp_path, capsys):
-    scores = scores_file(run, tmp_path / "s.csv", status="error", probability="", logit="", decision="")
+    scores = scores_file(run, tmp_path / "s.csv", status="error", probability_calibrated="", logit_uncalibrated="",
+                         decision_fibrosis="")
     assert _monitor(run, tmp_path, scores) in (0, 1)
     result = json.loads((tmp_path / "mon" / "monitor.json").read_text())
     failed = next(c for c in result["windows"][0]["checks"] if c["check"] == "failed share")
@@ -102,3 +104,35 @@ def test_a_field_over_the_csv_limit_is_one_line(run, tmp_path, capsys, where):
     err = capsys.readouterr().err
     assert f"{'s.csv:2' if where == 'scores' else 'labels.csv:3'}: a field longer than 131072 characters" in err
     assert "Traceback" not in err
+
+
+def test_a_scores_file_of_an_earlier_version_is_migrated_with_a_note(run, tmp_path, capsys):
+    """status "error: reason" and the columns logit, probability, decision: read as this version's."""
+    from fibrosis.io import read_csv, write_csv
+    from fibrosis.score.output import OLD_COLUMNS, RENAMED, meta_path
+
+    new = scores_file(run, tmp_path / "new.csv", status="error", reason="truncated: (7FE0,0010) PixelData",
+                      probability_calibrated="", logit_uncalibrated="", decision_fibrosis="")
+    old = tmp_path / "old.csv"
+    back = {v: k for k, v in RENAMED.items()}
+    rows = [{**{back.get(k, k): v for k, v in r.items()},
+             "status": f"{r['status']}: {r['reason']}" if r["reason"] else r["status"]} for r in read_csv(new)]
+    write_csv(old, rows, OLD_COLUMNS)
+    meta_path(old).write_bytes(meta_path(new).read_bytes())
+    assert _monitor(run, tmp_path / "a", new) == _monitor(run, tmp_path / "b", old)
+    assert "old.csv: a scores file of an earlier version" in capsys.readouterr().err
+    a, b = (json.loads((tmp_path / x / "mon" / "monitor.json").read_text())["windows"] for x in "ab")
+    assert a == b
+    failed = next(c for c in b[0]["checks"] if c["check"] == "failed share")
+    assert failed["reasons"] == {"error: truncated": 1}
+
+
+def test_score_refuses_to_append_to_an_earlier_versions_file(tmp_path):
+    from fibrosis.score.output import OLD_COLUMNS, open_for_resume
+
+    old = tmp_path / "old.csv"
+    old.write_text(",".join(OLD_COLUMNS) + "\n/a,ok\n")
+    before = old.read_bytes()
+    with pytest.raises(ValueError, match="not a score file of this version"):
+        open_for_resume(old, "m1")
+    assert old.read_bytes() == before

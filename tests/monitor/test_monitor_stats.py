@@ -39,8 +39,8 @@ def _rows(n: int, vendor: str, seed: int = 2) -> list[dict]:
     rows = []
     for i in range(n):
         p = float(rng.uniform(0, 1))
-        rows.append({"path": f"/x/{i}.dcm", "status": "ok", "probability": f"{p:.6f}", "logit": f"{np.log(p / (1 - p)):.6f}",
-                     "decision": int(p >= 0.5), "manufacturer": vendor, "view_position": "PA", "modality": "DX",
+        rows.append({"path": f"/x/{i}.dcm", "status": "ok", "probability_calibrated": f"{p:.6f}",
+                     "logit_uncalibrated": f"{np.log(p / (1 - p)):.6f}", "decision_fibrosis": int(p >= 0.5), "manufacturer": vendor, "view_position": "PA", "modality": "DX",
                      "transfer_syntax": "1.2.840.10008.1.2.1", "sex": "FM"[i % 2], "age": "50",
                      **{k: f"{rng.normal(0.5, 0.05):.5f}" for k in
                         ("pixel_spacing", "rows", "cols", "img_mean", "img_std", "img_p05", "img_p50", "img_p95")},
@@ -113,7 +113,7 @@ def test_labels_join_as_ingest_and_fill_what_png_exports_lack(tmp_path):
     labels.write_text("image,fibrosis,age,sex,view\na.png,1,61,f,PA\nb.dcm,0,40,M,PA\n")
     rows = [{"path": "/in/a.png", "status": "ok", "view_position": "", "sex": "", "age": "", "_has_meta": True},
             {"path": "/in/b.dcm", "status": "ok", "view_position": "AP", "sex": "F", "age": "70", "_has_meta": True},
-            {"path": "/in/c.dcm", "status": "error: truncated", "_has_meta": True}]
+            {"path": "/in/c.dcm", "status": "error", "reason": "truncated", "_has_meta": True}]
     assert attach_labels(rows, labels, "fibrosis") == 2
     assert [r["_label"] for r in rows] == [1, 0, None]
     assert (rows[0]["view_position"], rows[0]["sex"], rows[0]["age"]) == ("PA", "F", "61")

@@ -43,7 +43,7 @@ def browser():
 def test_review_in_a_browser(scored, tmp_path, browser):
     labels, truth = tmp_path / "reader_labels.csv", tmp_path / "truth.csv"
     write_csv(truth, [{"image": f"IM{i:04d}.dcm", "fibrosis": i % 2} for i in range(7)], ("image", "fibrosis"))
-    args = ["--scores", str(scored.scores), "--model", str(scored.run), "--labels-out", str(labels), "--reader", "AB",
+    args = ["--scores", str(scored.scores), "--run", str(scored.run), "--labels-out", str(labels), "--reader", "AB",
             "--truth", str(truth)]
     server = Server(args)
     problems: list[str] = []

@@ -19,6 +19,7 @@ from fibrosis.config import IngestConfig
 from fibrosis.data.dataset import CacheDataset
 from fibrosis.model.net import build_model
 from helpers.paths import DEMO
+from helpers.scores import status_text
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
@@ -81,17 +82,19 @@ def test_scores_every_file_with_a_status_row(ckpt, inputs, tmp_path, locked):
     for name in ("s1_pa.dcm", "s1_ap.dcm", "s2.dcm", "export.png"):
         r = rows[name]
         assert r["status"] == "ok" and r["engine"] == "eager" and r["model_id"] == summary.model_id
-        p = float(r["probability"])
-        assert p == pytest.approx(1 / (1 + np.exp(-float(r["logit"]) / 2.0)), abs=1e-6)  # T = 2
-        assert int(r["decision"]) == int(p >= THRESHOLD) and float(r["threshold"]) == THRESHOLD
+        p = float(r["probability_calibrated"])
+        assert p == pytest.approx(1 / (1 + np.exp(-float(r["logit_uncalibrated"]) / 2.0)), abs=1e-6)  # T = 2
+        assert int(r["decision_fibrosis"]) == int(p >= THRESHOLD) and float(r["threshold"]) == THRESHOLD
         assert r["threshold_name"] == "youden" and len(r["patient_key"]) == 16
     assert rows["s1_pa.dcm"]["sop_uid"] == "1.2.3.1.1" and rows["s1_ap.dcm"]["view_position"] == "AP"
-    assert rows["s1_lat.dcm"]["status"].startswith("excluded: (0018,5101) ViewPosition='LL'")
-    assert rows["truncated.dcm"]["status"].startswith("error: truncated")
-    assert rows["notes.dcm"]["status"].startswith("error: not a DICOM")
-    assert rows["empty.dcm"]["status"].startswith("error: not a DICOM")
-    assert "Rows=60000" in rows["huge.dcm"]["status"] and rows["huge.dcm"]["status"].startswith("error")
-    assert rows["locked"]["status"] == "error: cannot list folder: Permission denied"
+    assert status_text(rows["s1_lat.dcm"]).startswith("excluded: (0018,5101) ViewPosition='LL'")
+    assert status_text(rows["truncated.dcm"]).startswith("error: truncated")
+    assert status_text(rows["notes.dcm"]).startswith("error: not a DICOM")
+    assert status_text(rows["empty.dcm"]).startswith("error: not a DICOM")
+    assert "Rows=60000" in rows["huge.dcm"]["reason"] and rows["huge.dcm"]["status"] == "error"
+    assert status_text(rows["locked"]) == "error: cannot list folder: Permission denied"
+    assert all(r["status"] in ("ok", "excluded", "error") and bool(r["reason"]) == (r["status"] != "ok")
+               for r in rows.values())
     assert summary.counts == {"ok": 4, "excluded": 1, "error": 5} and not summary.ok()
     assert "ok 4, excluded 1, error 5" in str(summary)
     paths = [r["path"] for r in read(out)]
@@ -102,8 +105,8 @@ def test_scores_every_file_with_a_status_row(ckpt, inputs, tmp_path, locked):
         assert PATIENT_ID not in text and "Doe" not in text
     studies = {r["study_uid"]: r for r in read(out.with_suffix(".studies.csv"))}
     s1 = studies["1.2.3.1"]
-    probs = [float(rows[n]["probability"]) for n in ("s1_pa.dcm", "s1_ap.dcm")]
-    assert s1["n_images"] == "2" and float(s1["probability"]) == max(probs)
+    probs = [float(rows[n]["probability_calibrated"]) for n in ("s1_pa.dcm", "s1_ap.dcm")]
+    assert s1["n_images"] == "2" and float(s1["probability_calibrated"]) == max(probs)
     assert s1["patient_key"] == rows["s1_pa.dcm"]["patient_key"]
     assert studies["1.2.3.2"]["n_images"] == "1" and len(studies) == 3  # + the PNG's file-derived study
 
@@ -116,9 +119,9 @@ def test_mean_aggregate_and_ok_run(ckpt, inputs, tmp_path, locked):
     out = tmp_path / "s.csv"
     summary = run(ckpt, good, out, study_aggregate="mean")
     assert summary.ok() and summary.counts == {"ok": 2}
-    probs = [float(r["probability"]) for r in read(out)]
+    probs = [float(r["probability_calibrated"]) for r in read(out)]
     (study,) = read(out.with_suffix(".studies.csv"))
-    assert study["aggregate"] == "mean" and float(study["probability"]) == pytest.approx(np.mean(probs), abs=2e-6)
+    assert study["aggregate"] == "mean" and float(study["probability_calibrated"]) == pytest.approx(np.mean(probs), abs=2e-6)
 
 
 @pytest.mark.slow
@@ -175,7 +178,7 @@ def test_ingest_settings_come_from_the_checkpoint(tmp_path, inputs, locked):
     (good / "ap.dcm").write_bytes((inputs / "a" / "s1_ap.dcm").read_bytes())
     summary = S.score(ck, good, tmp_path / "o.csv", progress=False, device="cpu")
     (row,) = read(tmp_path / "o.csv")
-    assert row["status"].startswith("excluded: (0018,5101) ViewPosition='AP'") and summary.ok()
+    assert status_text(row).startswith("excluded: (0018,5101) ViewPosition='AP'") and summary.ok()
 
 
 def test_model_input_matches_training_transform(tmp_path, ckpt):
@@ -295,7 +298,7 @@ def test_first_real_batch_rechecks_the_engine(tmp_path, ckpt, auto):
     with torch.no_grad():
         ref = net(torch.from_numpy(x))[:, 0].numpy()
     assert [r["engine"] for r in rows] == ["eager", "eager"]
-    np.testing.assert_allclose([float(r["logit"]) for r in rows], ref, atol=1e-6)
+    np.testing.assert_allclose([float(r["logit_uncalibrated"]) for r in rows], ref, atol=1e-6)
     assert PATIENT_ID not in (tmp_path / "o.csv").read_text()
 
 
@@ -308,7 +311,7 @@ def test_demo_score_folder_matches_its_expected_statuses(tmp_path, monkeypatch):
     ck = make_checkpoint(tmp_path / "run" / "best.pt", ingest=IngestConfig(image_size=64))
     out = tmp_path / "scores.csv"
     summary = S.score(ck, demo / "score", out, progress=False, device="cpu")
-    got = {Path(r["path"]).name: r["status"].split(":")[0] for r in read(out)}
+    got = {Path(r["path"]).name: r["status"] for r in read(out)}
     expected = {r["image"]: r["expected"] for r in read(demo / "score_expected.csv")}
     assert got == expected
     assert not summary.ok() and summary.counts["error"] == 2

@@ -65,7 +65,7 @@ def rows(path: Path) -> list[dict[str, str]]:
 
 
 def score_args(server, ckpt, tmp: Path, *extra: str) -> list[str]:
-    return ["--log-file", str(tmp / "log.txt"), "score", "--model", str(ckpt), "--dicomweb", url(server),
+    return ["--log-file", str(tmp / "log.txt"), "score", "--run", str(ckpt), "--dicomweb", url(server),
             "--fetch-dir", str(tmp / "fetch"), "--out", str(tmp / "scores.csv"), "--sr-out", str(tmp / "sr"),
             "--workers", "1", "--engine", "eager", "--device", "cpu", "--no-progress", *extra]
 
@@ -83,20 +83,20 @@ def test_query_retrieve_score_and_stow_end_to_end(orthanc, ckpt, tmp_path, auth)
         srs = [i for i in orthanc.instances(study) if i["modality"] == "SR"]
         assert len(srs) == 1, study
         doc = read_sr(pydicom.dcmread(pydicom.filebase.DicomBytesIO(orthanc.file(srs[0]["id"]))))
-        assert doc["study"]["decision"] is bool(int(row["decision"]))
+        assert doc["study"]["decision"] is bool(int(row["decision_fibrosis"]))
         images = sorted(i["sop_uid"] for i in orthanc.instances(study) if i["modality"] in ("CR", "DX"))
         assert sorted(doc["study"]["refs"]) == images
     first_log = (tmp_path / "log.txt").read_text()
-    assert "15 instance(s) retrieved, 0 already there" in first_log
-    assert "12 object(s) stored, 0 stored by an earlier run, 0 failed" in first_log
+    assert "15 instances retrieved, 0 already there" in first_log
+    assert "12 objects stored, 0 stored by an earlier run, 0 failed" in first_log
 
     # Again: nothing retrieved twice, no SR rewritten or sent twice, the PACS unchanged.
     (tmp_path / "log.txt").unlink()
     sr_bytes = {p.name: p.read_bytes() for p in (tmp_path / "sr").iterdir()}
     assert main(score_args(orthanc, ckpt, tmp_path, "--stow")) == 0
     log = (tmp_path / "log.txt").read_text()
-    assert "0 instance(s) retrieved, 15 already there, 12 not CR/DX (not retrieved)" in log  # our SRs
-    assert "0 object(s) stored, 12 stored by an earlier run" in log
+    assert "0 instances retrieved, 15 already there, 12 not CR/DX (not retrieved)" in log  # our SRs
+    assert "0 objects stored, 12 stored by an earlier run" in log
     assert {p.name: p.read_bytes() for p in (tmp_path / "sr").iterdir()} == sr_bytes
     assert sum(1 for s in studies for i in orthanc.instances(s) if i["modality"] == "SR") == 12
 

@@ -52,20 +52,23 @@ def test_sort_in_place(tmp_path):
 
 def test_study_aggregate_frontal_ok_only(tmp_path):
     f = write_scores(tmp_path / "s.csv", [
-        score_row("/1", probability="0.30", decision="0"),
-        score_row("/2", probability="0.60", decision="1", view_position="AP"),
-        score_row("/3", probability="0.90", decision="1", view_position="RLO"),  # oblique: not frontal
-        score_row("/4", status="excluded: lateral", probability="", decision="", study_uid=""),
-        score_row("/5", study_uid="S2", probability="0.20", decision="0", view_position=""),  # view unknown
-        score_row("/6", study_uid="S3", view_position="LLO", probability="0.7"),
+        score_row("/1", probability_calibrated="0.30", decision_fibrosis="0"),
+        score_row("/2", probability_calibrated="0.60", decision_fibrosis="1", view_position="AP"),
+        score_row("/3", probability_calibrated="0.90", decision_fibrosis="1",
+                  view_position="RLO"),  # oblique: not frontal
+        score_row("/4", status="excluded", reason="lateral", probability_calibrated="", decision_fibrosis="",
+                  study_uid=""),
+        score_row("/5", study_uid="S2", probability_calibrated="0.20", decision_fibrosis="0",
+                  view_position=""),  # view unknown
+        score_row("/6", study_uid="S3", view_position="LLO", probability_calibrated="0.7"),
     ])
     s = {r["study_uid"]: r for r in IO.study_rows(f, "max")}
     assert set(s) == {"S1", "S2", "S3"}
-    assert (s["S1"]["n_images"], s["S1"]["n_ok"], s["S1"]["probability"], s["S1"]["decision"]) == (2, 3, "0.600000", 1)
-    assert s["S2"]["probability"] == "0.200000" and s["S2"]["decision"] == 0
-    assert s["S3"]["n_images"] == 0 and s["S3"]["probability"] == "" and s["S3"]["decision"] == ""
+    assert (s["S1"]["n_images"], s["S1"]["n_ok"], s["S1"]["probability_calibrated"], s["S1"]["decision_fibrosis"]) == (2, 3, "0.600000", 1)
+    assert s["S2"]["probability_calibrated"] == "0.200000" and s["S2"]["decision_fibrosis"] == 0
+    assert s["S3"]["n_images"] == 0 and s["S3"]["probability_calibrated"] == "" and s["S3"]["decision_fibrosis"] == ""
     mean = {r["study_uid"]: r for r in IO.study_rows(f, "mean")}
-    assert mean["S1"]["probability"] == "0.450000" and mean["S1"]["decision"] == 1  # 0.45 >= 0.4
+    assert mean["S1"]["probability_calibrated"] == "0.450000" and mean["S1"]["decision_fibrosis"] == 1  # 0.45 >= 0.4
     with pytest.raises(ValueError, match="'median'.*allowed"):
         IO.study_rows(f, "median")
 
@@ -92,18 +95,18 @@ def test_study_aggregate_groups_studies_spread_over_the_file_and_streams(tmp_pat
     studies come out sorted by UID, each exactly once, with their patient keys, and the
     written file holds one row per study."""
     f = write_scores(tmp_path / "s.csv", [
-        score_row("/a", study_uid="S9", probability="0.10", decision="0", patient_key="k2"),
-        score_row("/b", study_uid="S1", probability="0.80", decision="1"),
-        score_row("/c", study_uid="S9", probability="0.90", decision="1", patient_key="k1"),
-        score_row("/d", study_uid="S1", probability="0.20", decision="0"),
+        score_row("/a", study_uid="S9", probability_calibrated="0.10", decision_fibrosis="0", patient_key="k2"),
+        score_row("/b", study_uid="S1", probability_calibrated="0.80", decision_fibrosis="1"),
+        score_row("/c", study_uid="S9", probability_calibrated="0.90", decision_fibrosis="1", patient_key="k1"),
+        score_row("/d", study_uid="S1", probability_calibrated="0.20", decision_fibrosis="0"),
     ])
     out = list(IO.study_rows(f, "mean"))
     assert [r["study_uid"] for r in out] == ["S1", "S9"]
-    assert out[0]["probability"] == "0.500000" and out[0]["n_images"] == 2
-    assert out[1]["patient_key"] == "k1|k2" and out[1]["probability"] == "0.500000" and out[1]["decision"] == 1
+    assert out[0]["probability_calibrated"] == "0.500000" and out[0]["n_images"] == 2
+    assert out[1]["patient_key"] == "k1|k2" and out[1]["probability_calibrated"] == "0.500000" and out[1]["decision_fibrosis"] == 1
     assert "study S9: images carry 2 different patient keys" in caplog.text
     assert IO.write_studies(f, tmp_path / "st.csv", "max") == 2
     with open(tmp_path / "st.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert [(r["study_uid"], r["probability"], r["decision"]) for r in rows] == [("S1", "0.800000", "1"),
+    assert [(r["study_uid"], r["probability_calibrated"], r["decision_fibrosis"]) for r in rows] == [("S1", "0.800000", "1"),
                                                                                 ("S9", "0.900000", "1")]

@@ -60,10 +60,10 @@ def test_a_torn_header_or_device_is_refused_too(tmp_path):
 def test_merge_keeps_the_newest_row_of_a_path(tmp_path):
     """A file scored again after it changed: the rank part's new row wins over the merged output's
     old row, and a row appended after its old one in the same file wins at re-sorting."""
-    out = write_scores(tmp_path / "out.csv", [score_row("/a"), score_row("/d", content_hash="old", logit="1.0")])
-    part = write_scores(tmp_path / "out.csv.rank0", [score_row("/d", content_hash="new", logit="2.0")])
+    out = write_scores(tmp_path / "out.csv", [score_row("/a"), score_row("/d", content_hash="old", logit_uncalibrated="1.0")])
+    part = write_scores(tmp_path / "out.csv.rank0", [score_row("/d", content_hash="new", logit_uncalibrated="2.0")])
     assert IO.merge_parts(out, [part]) == 2
-    assert [(r["path"], r["content_hash"], r["logit"]) for r in _read(out)] == [
+    assert [(r["path"], r["content_hash"], r["logit_uncalibrated"]) for r in _read(out)] == [
         ("/a", "", "0.0"), ("/d", "new", "2.0")]
     one = write_scores(tmp_path / "one.csv", [score_row("/a", content_hash="old"), score_row("/b"), score_row("/a", content_hash="new")])
     IO.sort_in_place(one)
@@ -129,7 +129,7 @@ def test_resume_scores_a_changed_file_again(ckpt, folder, tmp_path, workers):
     new = {Path(r["path"]).name: r for r in rows}
     assert new["im1.dcm"]["content_hash"] == hashlib.sha256(changed.read_bytes()).hexdigest()
     assert new["im1.dcm"]["content_hash"] != old["im1.dcm"]["content_hash"]
-    assert new["im1.dcm"]["logit"] != old["im1.dcm"]["logit"]
+    assert new["im1.dcm"]["logit_uncalibrated"] != old["im1.dcm"]["logit_uncalibrated"]
     assert new["im0.dcm"] == old["im0.dcm"] and new["im2.dcm"] == old["im2.dcm"]
     # identical to scoring the new state from scratch
     fresh = tmp_path / "fresh.csv"

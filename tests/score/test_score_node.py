@@ -171,16 +171,17 @@ def test_loopback_node_returns_the_same_scores_as_fibrosis_score(ckpt, tmp_path,
     assert len(pacs.datasets) == n_srs and set(got) >= set(ref_studies)
     for study_uid, doc in got.items():
         if study_uid in ref_studies:
-            assert doc["study"]["probability"] == pytest.approx(float(ref_studies[study_uid]["probability"]),
-                                                                abs=1e-6)
+            want = float(ref_studies[study_uid]["probability_calibrated"])
+            assert doc["study"]["probability"] == pytest.approx(want, abs=1e-6)
         for img in doc["images"]:
             ref_row = ref_rows[img["refs"][0]]
-            assert img["probability"] == pytest.approx(float(ref_row["probability"]), abs=1e-6)
-            assert img["decision"] == bool(int(ref_row["decision"]))
+            assert img["probability"] == pytest.approx(float(ref_row["probability_calibrated"]), abs=1e-6)
+            assert img["decision"] == bool(int(ref_row["decision_fibrosis"]))
     assert sum(len(d["images"]) for d in got.values()) == ref.counts["ok"]
     assert sum(len(d["not_scored"]) for d in got.values()) == 0  # the truncated file never got in
-    node_rows = {r["sop_uid"]: r["probability"] for r in rows(tmp_path / "node" / "scores.csv") if r["sop_uid"]}
-    assert node_rows == {k: r["probability"] for k, r in ref_rows.items()}
+    node_rows = {r["sop_uid"]: r["probability_calibrated"] for r in rows(tmp_path / "node" / "scores.csv")
+                 if r["sop_uid"]}
+    assert node_rows == {k: r["probability_calibrated"] for k, r in ref_rows.items()}
     assert not (tmp_path / "node" / "incoming" / pydicom.dcmread(truncated, force=True,
                                                                  stop_before_pixels=True).StudyInstanceUID).exists()
     # Logs an IT person can use: one INFO line per association, with who, and why when refused.
@@ -326,7 +327,7 @@ def test_a_refusing_destination_gets_backoff_and_a_cap_and_nothing_is_scored_twi
 
 def _start_cli(ckpt: Path, work: Path, *extra: str) -> tuple[subprocess.Popen, int, list[str]]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "FIBROSIS_SALT": "s"}
-    proc = subprocess.Popen([sys.executable, "-m", "fibrosis.cli", "listen", "--model", str(ckpt),
+    proc = subprocess.Popen([sys.executable, "-m", "fibrosis.cli", "listen", "--run", str(ckpt),
                              "--workdir", str(work), "--port", "0", "--ae-title", "FIB", "--engine", "eager",
                              "--device", "cpu", *extra], stderr=subprocess.PIPE, text=True, env=env)
     lines: list[str] = []
@@ -403,7 +404,7 @@ def test_a_second_sigterm_exits_at_once_and_the_study_is_scored_on_the_next_star
 
 def test_listen_cli_answers_echo_and_stops_cleanly_on_sigterm(ckpt, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "FIBROSIS_SALT": "s"}
-    proc = subprocess.Popen([sys.executable, "-m", "fibrosis.cli", "listen", "--model", str(ckpt),
+    proc = subprocess.Popen([sys.executable, "-m", "fibrosis.cli", "listen", "--run", str(ckpt),
                              "--workdir", str(tmp_path / "node"), "--port", "0", "--ae-title", "FIB",
                              "--idle", "1", "--engine", "eager", "--device", "cpu"],
                             stderr=subprocess.PIPE, text=True, env=env)
@@ -436,8 +437,8 @@ def test_listen_help_describes_every_option():
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     listen = sub.choices["listen"]
-    options = [a for a in listen._actions if a.option_strings and a.dest != "help"]
-    assert {a.dest for a in options} >= {"model", "workdir", "port", "ae_title", "idle", "allow_caller",
+    options = [a for a in listen._actions if a.option_strings and a.dest != "help" and a.help != argparse.SUPPRESS]
+    assert {a.dest for a in options} >= {"run", "workdir", "port", "ae_title", "idle", "allow_caller",
                                          "send_to", "sc", "host", "timeout"}
     assert all(a.help and len(a.help) > 15 for a in options), [a.dest for a in options if not a.help]
 

@@ -171,9 +171,9 @@ def test_demo_studies_go_through_orthanc_and_their_results_come_back(orthanc, ck
         else:
             assert "PredecessorDocumentsSequence" not in current
         assert sorted(doc["study"]["refs"]) == sorted(sops) == sorted(r for g in doc["images"] for r in g["refs"])
-        decision = bool(int(study_rows[study]["decision"]))
+        decision = bool(int(study_rows[study]["decision_fibrosis"]))
         assert doc["study"]["decision"] is decision
-        assert doc["study"]["probability"] == pytest.approx(float(study_rows[study]["probability"]), abs=1e-6)
+        assert doc["study"]["probability"] == pytest.approx(float(study_rows[study]["probability_calibrated"]), abs=1e-6)
         # One SC per image, in the study, each pointing at its source image.
         sc_sources = sorted(pydicom.dcmread(pydicom.filebase.DicomBytesIO(orthanc.file(i["id"])),
                                             stop_before_pixels=True).SourceImageSequence[0].ReferencedSOPInstanceUID

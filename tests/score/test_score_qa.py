@@ -43,8 +43,8 @@ def _score(tmp_path, inputs, polarity_qa: str) -> dict[str, dict[str, str]]:
 def test_inverted_export_is_excluded_with_evidence_and_qa_column(tmp_path, inputs):
     rows = _score(tmp_path, inputs, "exclude")
     inv = rows["inverted.dcm"]
-    assert inv["status"].startswith("excluded: polarity suspect (inverted, score=-")
-    assert inv["qa"] == "polarity-suspect" and inv["probability"] == ""
+    assert inv["status"] == "excluded" and inv["reason"].startswith("polarity suspect (inverted, score=-")
+    assert inv["qa"] == "polarity-suspect" and inv["probability_calibrated"] == ""
     assert rows["ok.dcm"]["status"] == "ok" and rows["ok.dcm"]["qa"] == ""
 
 
@@ -59,7 +59,7 @@ def test_the_default_turns_a_confidently_inverted_export_back_and_says_so(tmp_pa
 def test_keep_and_invert_score_the_image_and_say_so(tmp_path, inputs, policy, flag):
     rows = _score(tmp_path, inputs, policy)
     assert rows["inverted.dcm"]["status"] == "ok" and rows["inverted.dcm"]["qa"] == flag
-    assert 0 <= float(rows["inverted.dcm"]["probability"]) <= 1
+    assert 0 <= float(rows["inverted.dcm"]["probability_calibrated"]) <= 1
     assert rows["ok.dcm"]["qa"] == ""
 
 
@@ -67,7 +67,7 @@ def test_keep_and_invert_score_the_image_and_say_so(tmp_path, inputs, policy, fl
 def test_free_text_tags_never_reach_scores(tmp_path, inputs, caplog):
     caplog.set_level(logging.DEBUG)
     rows = _score(tmp_path, inputs, "exclude")
-    assert rows["hand.dcm"]["status"] == ("excluded: (0020,4000) ImageComments contains excluded term 'HAND' "
-                                          "(ingest.excluded_description_terms)")
+    assert (rows["hand.dcm"]["status"], rows["hand.dcm"]["reason"]) == (
+        "excluded", "(0020,4000) ImageComments contains excluded term 'HAND' (ingest.excluded_description_terms)")
     text = (tmp_path / "scores-exclude.csv").read_text() + caplog.text
     assert not [s for s in SECRETS if s in text]

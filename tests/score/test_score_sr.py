@@ -13,6 +13,7 @@ import pytest
 
 from helpers.dicom_factory import chest_phantom, make_dicom, make_png, to_stored, truncate
 from helpers.sr_reader import read_sr
+from helpers.scores import status_text
 from helpers.checkpoints import PATIENT_ID, PATIENT_NAME, THRESHOLD, make_checkpoint
 from fibrosis.io import file_sha256
 from fibrosis.score import run as S
@@ -78,8 +79,8 @@ def test_sr_round_trip_matches_the_scores_csv(scored, ckpt):
         assert doc["observer"]["121016"] == sha  # device serial number
         assert doc["observer"]["121015"] == summary.model_id  # device model name
         study = studies[ds.StudyInstanceUID]
-        assert doc["study"]["probability"] == pytest.approx(float(study["probability"]), abs=1e-6)
-        assert doc["study"]["decision"] == bool(int(study["decision"]))
+        assert doc["study"]["probability"] == pytest.approx(float(study["probability_calibrated"]), abs=1e-6)
+        assert doc["study"]["decision"] == bool(int(study["decision_fibrosis"]))
         assert (doc["study"]["threshold_name"], doc["study"]["threshold"]) == ("youden", THRESHOLD)
         assert doc["title"] == ("DCM", "126000")  # TID 1500 Imaging Measurement Report
         ok = {r["sop_uid"]: r for r in csv_rows.values()
@@ -88,11 +89,11 @@ def test_sr_round_trip_matches_the_scores_csv(scored, ckpt):
         assert sorted(ref for img in doc["images"] for ref in img["refs"]) == sorted(ok)
         for img in doc["images"]:
             row = ok[img["refs"][0]]
-            assert img["probability"] == pytest.approx(float(row["probability"]), abs=1e-6)
-            assert img["decision"] == bool(int(row["decision"]))
+            assert img["probability"] == pytest.approx(float(row["probability_calibrated"]), abs=1e-6)
+            assert img["decision"] == bool(int(row["decision_fibrosis"]))
             assert (img["threshold_name"], img["threshold"]) == (row["threshold_name"], float(row["threshold"]))
             # The finding is the concept; its value says present or absent, as a consumer reads it.
-            assert img["finding"] == (("SCT", "52101004") if int(row["decision"]) else ("SCT", "272519000"))
+            assert img["finding"] == (("SCT", "52101004") if int(row["decision_fibrosis"]) else ("SCT", "272519000"))
         # Every SOP instance referenced in the tree is listed as evidence of the same study.
         evidence = {s.ReferencedSOPInstanceUID for e in ds.CurrentRequestedProcedureEvidenceSequence
                     for r in e.ReferencedSeriesSequence for s in r.ReferencedSOPSequence}
@@ -100,8 +101,8 @@ def test_sr_round_trip_matches_the_scores_csv(scored, ckpt):
         assert refs <= evidence and refs <= set(doc["library"])
     s1 = read_sr(pydicom.dcmread(out / "sr" / "1.2.3.1.sr.dcm"))
     not_scored = {c["refs"][0]: c["reason"] for c in s1["not_scored"]}
-    assert not_scored == {"1.2.3.1.3": csv_rows["s1_lat.dcm"]["status"],
-                          "1.2.3.1.4": csv_rows["s1_trunc.dcm"]["status"]}
+    assert not_scored == {"1.2.3.1.3": status_text(csv_rows["s1_lat.dcm"]),
+                          "1.2.3.1.4": status_text(csv_rows["s1_trunc.dcm"])}
     assert not_scored["1.2.3.1.3"].startswith("excluded:") and not_scored["1.2.3.1.4"].startswith("error:")
     # An image that was not scored is "not evaluated", never "fibrosis" nor "absent".
     assert [c["finding"] for c in s1["not_scored"]] == [("SCT", "373121007")] * 2

@@ -18,6 +18,7 @@ from fibrosis.config import ArmConfig, Config
 from fibrosis.model.arch import arch_spec
 from fibrosis.train.schedule import preset_stages
 from fibrosis.train.stages import ArchOnly, first_trainable, resolve_arm_unfreeze
+from fibrosis.words import plural
 
 RANDOM_DEPTH = 1000  # the random-init control ranks as the most-changed arm in the one-SE rule
 ALL_DEPTH = 100  # "all": more than any lastN
@@ -73,8 +74,8 @@ class Arm:
             return f"{init}, {where}, head only (linear probe)"
         lr = cfg.tune.lr / self.cfg.lr_ratio
         aux = f", + auxiliary-finding heads (loss weight {self.cfg.aux_weight:g})" if self.aux else ""
-        return (f"{init}, {where}, linear probe then unfreeze {self.cfg.unfreeze} ({len(self.groups)} block "
-                f"group(s) from {self.groups[0]}) at lr {lr:g}, augmentation{aux}")
+        return (f"{init}, {where}, linear probe then unfreeze {self.cfg.unfreeze} ({plural(len(self.groups), 'block group')} "
+                f"from {self.groups[0]}) at lr {lr:g}, augmentation{aux}")
 
 
 def _train_groups(cfg: Config, arm: ArmConfig, arch: str) -> tuple[tuple[str, ...], float]:

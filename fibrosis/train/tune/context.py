@@ -51,7 +51,7 @@ class UnitRecord:
     def read(cls, path: Path) -> "UnitRecord":
         d = json.loads(path.read_text())
         if d.pop("schema", None) != SCHEMA:
-            raise ValueError(f"{path}: unit record of another tune version; expected schema {SCHEMA} (use a new --out)")
+            raise ValueError(f"{path}: unit record of another tune version; expected schema {SCHEMA} (use a new --run folder)")
         return cls(**d)
 
 

@@ -36,8 +36,10 @@ from fibrosis.train.tune.arms import Arm, resolve_arms
 from fibrosis.train.tune.context import SCHEMA, Context, Cost, UnitRecord, write_json
 from fibrosis.train.tune.models import prepare_base
 from fibrosis.train.tune.results import ArmResult, by_repeat, failure, finish_arm
+from fibrosis.train.probe import log_grid_ends
 from fibrosis.train.tune.tta import TwinResult, tta_twin, twin_logits
 from fibrosis.train.tune.unit import run_unit
+from fibrosis.words import plural
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def setup(cfg: Config, cache_dir: Path, out_dir: Path, device: str | torch.devic
         found = json.loads(state.read_text()).get("schema") if state.is_file() else None
         if found != SCHEMA:
             raise ValueError(f"{out_dir}: a tune run of another version (schema {found}; this version writes "
-                             f"{SCHEMA}); its units were trained another way: use a new --out")
+                             f"{SCHEMA}); its units were trained another way: use a new --run folder")
     rows = read_csv(where)
     links = near_duplicate_links(cache_dir)
     t = cfg.tune
@@ -83,7 +85,7 @@ def setup(cfg: Config, cache_dir: Path, out_dir: Path, device: str | torch.devic
         if [(r["content_hash"], int(r["repeat"]), int(r["fold"])) for r in old] != \
                 [(r["content_hash"], r["repeat"], r["fold"]) for r in table]:
             raise ValueError(f"{fpath}: the folds of the run being resumed differ from the folds of {where} "
-                             f"now (manifest or tune.folds/repeats/finalist_repeats/seed changed); use a new --out")
+                             f"now (manifest or tune.folds/repeats/finalist_repeats/seed changed); use a new --run folder")
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_csv(fpath, table, ("content_hash", "patient_key", "repeat", "fold"))
@@ -161,8 +163,10 @@ def cross_validate(cfg: Config, cache_dir: str | Path, out_dir: str | Path, *, d
             _add_twin(ctx, results, base, reader, out_dir, arms)
     finally:
         bar.close()
+    # The fibrosis probes of the folds run now (key: backbone, fold, is-the-reference); not the aux heads'
+    log_grid_ends([p for k, p in ctx.probes.items() if len(k) == 3 and k[2] is False], cfg.tune.probe_c)
     if not complete:
-        logger.info("stopping after %d new unit(s) as asked; run tune again to continue", ran)
+        logger.info("stopping after %s as asked; run tune again to continue", plural(ran, "new unit"))
     return CVResult(ctx.rows, ctx.dev, ctx.y, folds, results, complete, ctx, feat)
 
 

@@ -28,6 +28,7 @@ from fibrosis.train.tune.cv import CVResult, setup
 from fibrosis.train.tune.models import TRAIN_RUN, arm_config, base_model, member, prepare_base
 from fibrosis.train.tune.tta import untwin
 from fibrosis.train.tune.unit import run_unit
+from fibrosis.words import plural
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def package(cfg: Config, cache_dir: str | Path, out_dir: str | Path, cv: CVResul
                              cfg.train.aux_min_positives), "oof_auc": res.aux_auc} if arm.aux else None)
     what = (f"{len(folds)} fold models, mean logit" if record else "refit on all development data")
     if arm.recipe != "train":  # `fibrosis train` chose its own best epoch on its validation part
-        what = f"{res.epoch} fine-tuning epoch(s), {what}"
+        what = f"{plural(res.epoch, 'fine-tuning epoch')}, {what}"
     ckpt = Checkpoint(
         weights=model.state_dict(), config=config_to_dict(acfg), arch=arm.arch, preprocessing=first.preprocessing,
         weights_info=dict(first.weights_info), pretrained=bool(first.pretrained) and arm.cfg.init == "pretrained",

@@ -87,7 +87,7 @@ class ArmResult:
     def read(cls, arm: Arm, path: Path) -> "ArmResult":
         d = json.loads(path.read_text())
         if d.get("schema") != SCHEMA:
-            raise ValueError(f"{path}: arm record of another tune version; expected schema {SCHEMA} (use a new --out)")
+            raise ValueError(f"{path}: arm record of another tune version; expected schema {SCHEMA} (use a new --run folder)")
         return cls(arm, int(d["epoch"]), np.asarray(d["oof"], float), d["curve"], Cost(**d["cost"]), d["units"],
                    d["aux_auc"], d["failed"], d["fold_auc"],
                    {int(r): np.asarray(z, float) for r, z in d["by_repeat"].items()}, Cost(**d["repeat_cost"]))

@@ -54,7 +54,8 @@ def probe_for(ctx: Context, arm: Arm, acts: Activations, fold: Fold, tr: Sequenc
             ctx.probes[key] = fit_reference(acts.features[tr], ctx.y[tr], groups, seed)
         else:
             ctx.probes[key] = fit_probe(acts.features[tr], ctx.y[tr], groups, tcfg.probe_c, tcfg.probe_inner_folds,
-                                        seed, criterion=tcfg.probe_criterion, standardise=tcfg.probe_standardise)
+                                        seed, quiet=True, criterion=tcfg.probe_criterion,
+                                        standardise=tcfg.probe_standardise)  # cv.py warns once for all folds
     return ctx.probes[key]
 
 
