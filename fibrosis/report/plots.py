@@ -279,34 +279,34 @@ def flow_figure(flow: dict[str, Any]) -> Figure:
     ``flow`` is :func:`fibrosis.report.sections.data.participant_flow`."""
     import textwrap
 
-    fig = Figure(figsize=(9.0, 5.6), dpi=100)
+    fig = Figure(figsize=(8.0, 5.0), dpi=100)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.axis("off")
     _box(ax, 0.05, 0.86, 0.40, 0.10, f"Inputs read by ingest\nn = {flow['inputs']}", bold=True)
-    reasons = [textwrap.shorten(r, 62, placeholder="\u2026") for r in flow["reasons"]] or ["none"]
+    reasons = [textwrap.shorten(r, 52, placeholder="\u2026") for r in flow["reasons"]] or ["none"]
     h_exc = 0.06 + 0.035 * len(reasons)
     y_exc = min(0.99 - h_exc, 0.80 - h_exc / 2)  # centred on the arrow's way down, below the top edge
     _box(ax, 0.55, y_exc, 0.42, h_exc, f"Excluded at ingest: {flow['excluded']}\n" + "\n".join(reasons),
-         fc="#f6f6f6", fontsize=8)
+         fc="#f6f6f6", fontsize=8.5)
     _arrow(ax, 0.25, 0.86, 0.25, 0.74)
     _arrow(ax, 0.25, 0.80, 0.55, 0.80)
-    _box(ax, 0.05, 0.64, 0.40, 0.10, "In the cache\n" + textwrap.fill(flow["cache"], 46), bold=False)
+    _box(ax, 0.05, 0.64, 0.40, 0.10, "In the cache\n" + textwrap.fill(flow["cache"], 40), bold=False)
     cols = flow["columns"]
     width = min(0.30, 0.94 / len(cols) - 0.02)
     gap = (0.96 - width * len(cols)) / (len(cols) + 1)
     for i, c in enumerate(cols):
         x = 0.02 + gap + i * (width + gap)
         _arrow(ax, 0.25, 0.64, x + width / 2, 0.50)
-        chars = max(18, int(width * 110))
+        chars = max(16, int(width * 90))
         text = (f"{textwrap.fill(c['title'], chars)}\n{c['n']} images, {c['n_pos']} with fibrosis\n"
                 + textwrap.fill(c["role"], chars))
-        _box(ax, x, 0.26, width, 0.24, text, fc="#eef5fb" if c["analysed"] else "white", fontsize=8.5)
+        _box(ax, x, 0.26, width, 0.24, text, fc="#eef5fb" if c["analysed"] else "white", fontsize=9)
         if c["analysed"]:
             _arrow(ax, x + width / 2, 0.26, x + width / 2, 0.16)
             _box(ax, max(0.01, x + width / 2 - 0.2), 0.04, 0.40, 0.12,
-                 textwrap.fill(flow["analysed"], 52), fc="#eef5fb", bold=True, fontsize=8.5)
+                 textwrap.fill(flow["analysed"], 46), fc="#eef5fb", bold=True, fontsize=9)
     return fig
 
 
@@ -326,9 +326,10 @@ def decision_figure(dc: dict[str, Any]) -> Figure:
         lows.append(min(curve["model"]))
     ax.axhline(0.0, color=GREY, lw=1.2, label="treat none")
     top = max(max(c["treat_all"][0], max(c["model"])) for c, _ in curves)
-    # treat-all falls steeply at high thresholds: keep the axis on the model's range
-    ax.set_ylim(min(-0.02, min(lows) - 0.01), top * 1.1 + 0.005)
-    ax.set_xlim(pts[0], pts[-1])
+    # treat-all falls steeply at high thresholds, and below zero no strategy is worth using: the
+    # axis keeps a little of the negative range (the table beside gives every value)
+    ax.set_ylim(max(min(lows), -0.25 * top) - 0.005, top * 1.1 + 0.005)
+    ax.set_xlim(0, pts[-1])
     ax.set_xlabel("threshold probability (%)")
     ax.set_ylabel("net benefit (true positives per image)")
     ax.grid(alpha=0.3, lw=0.5)

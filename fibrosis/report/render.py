@@ -53,7 +53,7 @@ CSS += """
 @media print{
 body{max-width:none;padding:0;font-size:10pt}h1{string-set:doctitle content()}
 .banner{margin:0 0 10px}
-h2,h3,caption,p.lead{break-after:avoid}figure,dl.kv,.summary,.warn,p.lead{break-inside:avoid}
+h2,h3,caption,p.lead{break-after:avoid}figure,dl.kv,.summary,.warn{break-inside:avoid}
 table{font-size:8.5pt;width:100%}th,td{padding:2px 4px;overflow-wrap:break-word}tr{break-inside:avoid}
 table.wide{font-size:7.5pt}
 .figrow{display:block;break-inside:avoid}.figrow figure{display:inline-block;width:48%;vertical-align:top;

@@ -15,7 +15,7 @@ ITEMS: tuple[tuple[str, str, str | None, str], ...] = (
     ("TRIPOD+AI, CLAIM, STARD", "Dates of data collection", None,
      "the cache keeps no acquisition dates: state them with the source"),
     ("TRIPOD+AI, CLAIM, STARD", "Eligibility criteria", "data", "ingest settings; exclusions by reason"),
-    ("CLAIM", "Data preprocessing and de-identification", "reproducibility",
+    ("CLAIM", "Data preprocessing and anonymisation", "reproducibility",
      "ingest settings in the configuration; patient keys are salted hashes, none shown"),
     ("TRIPOD+AI, CLAIM, STARD", "Reference standard (ground truth): definition and source", "data",
      "the label column; who labelled and how is a property of the data set"),
