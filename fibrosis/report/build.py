@@ -82,7 +82,7 @@ def build_blocks(m: EvaluationResult, have: set[str], tune: TuneResult | None = 
 def make_figures(m: EvaluationResult, eval_dir: Path, tune: TuneResult | None = None) -> dict[str, bytes]:
     disc, cal, ops = m.discrimination, m.calibration, m.operating_points
     ctx = Context(m, tune)
-    figs = {"flow": plots.png_bytes(plots.flow_figure(data.participant_flow(m, ctx.out_of_fold))),
+    figs = {"flow": plots.png_bytes(plots.flow_figure(data.participant_flow(m, ctx.pooled_development))),
             "roc": plots.png_bytes(plots.roc_figure(disc, ops)),
             "pr": plots.png_bytes(plots.pr_figure(disc["pr"])),
             "reliability": plots.png_bytes(plots.reliability_figure(cal["before"], cal["after"], cal["method"])),

@@ -54,8 +54,8 @@ def non_default(config: dict[str, Any]) -> list[list[str]]:
 
 
 def compact(config: dict[str, Any]) -> str:
-    """One wrapped flow-style line per section: the full configuration in a few lines."""
-    return "\n".join(f"{name}: " + yaml.safe_dump(values, default_flow_style=True, width=110, sort_keys=False).strip()
+    """One flow-style line per section (the page wraps it): the full configuration in a few lines."""
+    return "\n".join(f"{name}: " + yaml.safe_dump(values, default_flow_style=True, width=1 << 20, sort_keys=False).strip()
                      if isinstance(values, dict) else f"{name}: {_show(values)}"
                      for name, values in _no_paths(config).items())
 

@@ -33,6 +33,12 @@ class Context:
         """Calibration and thresholds were fitted by `fibrosis tune` on pooled out-of-fold logits."""
         return self.m.fit_split == OOF_FIT
 
+    @property
+    def pooled_development(self) -> bool:
+        """The evaluated cache's train and val splits were pooled as this model's development data
+        (not so for a frozen evaluation, whose cache's splits did not train the model)."""
+        return self.out_of_fold and not self.m.frozen
+
 
 def fitted_where(m: EvaluationResult) -> str:
     """Where the calibration and thresholds came from, in words: the one statement the summary,

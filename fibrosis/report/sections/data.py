@@ -65,14 +65,14 @@ def data_blocks(ctx: Context) -> list[Block]:
 
 def flow_caption(ctx: Context) -> str:
     text = "Participant flow (STARD): inputs read, excluded at ingest by reason, images per split, images analysed."
-    if ctx.out_of_fold:
+    if ctx.pooled_development:
         text += (" `fibrosis tune` pooled train and val into one development set: models were chosen by "
                  "patient-level cross-validation on it and calibration and thresholds fitted on its out-of-fold "
                  "predictions; there was no separate validation set.")
     return text
 
 
-def participant_flow(m: EvaluationResult, out_of_fold: bool) -> dict[str, Any]:
+def participant_flow(m: EvaluationResult, pooled: bool) -> dict[str, Any]:
     """The boxes of the flow diagram, in words (drawn by :func:`fibrosis.report.plots.flow_figure`)."""
     d = m.data
     total = d.get("total") or {"n": d["n"], "n_pos": d["n_pos"], "n_patients": d["n_patients"]}
@@ -88,15 +88,15 @@ def participant_flow(m: EvaluationResult, out_of_fold: bool) -> dict[str, Any]:
                         "role": "evaluated with frozen calibration and thresholds", "analysed": True})
     else:
         dev = [s for s in ("train", "val") if s in splits]
-        if out_of_fold and dev:
+        if pooled and dev:
             n, n_pos = sum(splits[s]["n"] for s in dev), sum(splits[s]["n_pos"] for s in dev)
             columns.append({"title": "development (" + " + ".join(dev) + " pooled)", "n": n, "n_pos": n_pos,
                             "role": "cross-validated model selection; calibration and thresholds fitted out of fold",
                             "analysed": False})
         for name, s in splits.items():
-            if out_of_fold and name in dev:
+            if pooled and name in dev:
                 continue
-            role = ROLES.get(name, "not used")
+            role = "not part of this evaluation" if m.frozen else ROLES.get(name, "not used")
             if name == m.fit_split and not m.frozen:
                 role = ("early stopping; calibration and thresholds" if name == "val"
                         else "calibration and thresholds")
@@ -123,7 +123,7 @@ def baseline_blocks(ctx: Context) -> list[Block]:
         return [{"type": "p", "style": "warn", "text": f"Baseline characteristics: not computed for this evaluation "
                                                        f"({why}); re-run `fibrosis evaluate` to add them."}]
     cols = b["columns"]
-    dev = ctx.out_of_fold
+    dev = ctx.pooled_development
     header = ["characteristic"] + [
         (f"{c['name']} ({c['within']})" if c["by"] == "label"
          else f"development: {c['name']}" if dev and c["name"] in ("train", "val") else c["name"]) for c in cols]
