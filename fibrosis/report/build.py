@@ -35,6 +35,7 @@ class Section:
     title: str  # "{split}" is replaced by the reported split
     blocks: Callable[[Context], list[Block]]
     appendix: bool = False  # lettered A, B, ... after the numbered sections
+    new_page: bool = False  # in the PDF, start on a page of its own
 
 
 # The report's order. A new section is one line here.
@@ -50,7 +51,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("limitations", "Intended use and limitations (model card)", model_card),
     Section("reproducibility", "Reproducibility", appendix.reproducibility_blocks, appendix=True),
     Section("checklist", "Reporting checklist (TRIPOD+AI, CLAIM, STARD)", checklist.checklist_blocks, appendix=True),
-    Section("configuration", "Configuration", appendix.configuration_blocks, appendix=True),
+    # a page of its own: its tail never strands a few lines of settings on a page alone
+    Section("configuration", "Configuration", appendix.configuration_blocks, appendix=True, new_page=True),
 )
 
 
@@ -74,7 +76,8 @@ def build_blocks(m: EvaluationResult, have: set[str], tune: TuneResult | None = 
     for s in SECTIONS:
         label = refs[s.key].split(" ", 1)[1]
         title = s.title.format(split=m.split)
-        blocks.append({"type": "h2", "text": f"Appendix {label}: {title}" if s.appendix else f"{label}. {title}"})
+        blocks.append({"type": "h2", "text": f"Appendix {label}: {title}" if s.appendix else f"{label}. {title}",
+                       **({"new_page": True} if s.new_page else {})})
         blocks += s.blocks(ctx)
     return blocks
 

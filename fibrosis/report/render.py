@@ -1,8 +1,8 @@
 """Render report blocks as one self-contained HTML page, and that page as a PDF.
 
-Block types: banner, h1/h2/h3, p (style: summary | note | warn), kv (key-value
-pairs), list, table (optional ``muted`` rows, ``caption``), figure (PNG by ``key``),
-pre (monospace text). The PDF is the same HTML laid out for A4 by WeasyPrint (a real
+Block types: banner, h1/h2/h3 (``new_page``: a PDF page break before), p (style: summary |
+note | warn), kv (key-value pairs), list, table (optional ``muted`` rows, ``caption``; never
+empty), figure (PNG by ``key``), pre (monospace text). The PDF is the same HTML laid out for A4 by WeasyPrint (a real
 CSS engine), so the two documents cannot disagree, and text stays text.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ CSS += """
 @media print{
 body{max-width:none;padding:0;font-size:10pt}h1{string-set:doctitle content()}
 .banner{margin:0 0 10px}
-h2,h3,caption,p.lead{break-after:avoid}figure,dl.kv,.summary,.warn{break-inside:avoid}
+h2,h3,caption,p.lead{break-after:avoid}h2.newpage{break-before:page}figure,dl.kv,.summary,.warn{break-inside:avoid}
 table{font-size:8.5pt;width:100%}th,td{padding:2px 4px;overflow-wrap:break-word}tr{break-inside:avoid}
 table.wide{font-size:7.5pt}
 .figrow{display:block;break-inside:avoid}.figrow figure{display:inline-block;width:48%;vertical-align:top;
@@ -102,7 +102,7 @@ def render_html(blocks: list[Block], figures: dict[str, bytes], title: str) -> s
         if t == "banner":
             out.append(f'<div class="banner" role="alert">{_e(b["text"])}</div>')
         elif t in ("h1", "h2", "h3"):
-            out.append(f"<{t}>{_e(b['text'])}</{t}>")
+            out.append(f"<{t}{' class=newpage' if b.get('new_page') else ''}>{_e(b['text'])}</{t}>")
         elif t == "p":
             # a paragraph that introduces a figure stays on its page (PDF)
             lead = i + 1 < len(grouped) and grouped[i + 1]["type"] in ("figure", "figrow")
