@@ -1,9 +1,10 @@
 """Render report blocks as one self-contained HTML page, and that page as a PDF.
 
 Block types: banner, h1/h2/h3 (``new_page``: a PDF page break before), p (style: summary |
-note | warn), kv (key-value pairs), list, table (optional ``muted`` rows, ``caption``; never
-empty), figure (PNG by ``key``), pre (monospace text). The PDF is the same HTML laid out for A4 by WeasyPrint (a real
-CSS engine), so the two documents cannot disagree, and text stays text.
+note | warn), kv (key-value pairs), list, table (optional ``muted`` rows, ``caption``; one
+without rows is a sentence), figure (PNG by ``key``), pre (monospace text). The PDF is the
+same HTML laid out for A4 by WeasyPrint (a real CSS engine), so the two documents cannot
+disagree, and text stays text.
 """
 from __future__ import annotations
 
@@ -132,8 +133,8 @@ def render_html(blocks: list[Block], figures: dict[str, bytes], title: str) -> s
 def _html_table(b: Block) -> str:
     """A table in a horizontally scrolling box (a wide table scrolls itself, never the page);
     more than 8 columns print in a smaller font."""
-    if not b["rows"]:
-        raise ValueError(f"report table {b.get('caption', '')!r} has no rows; a section says so in words instead")
+    if not b["rows"]:  # a header over nothing reads as a layout error: say it in words
+        return f'<p class="note">{_e(b.get("caption") or "Table")}: none.</p>'
     muted = b.get("muted") or [False] * len(b["rows"])
     rows = "".join(f'<tr{" class=muted" if mu else ""}>' + "".join(f"<td>{_text(c)}</td>" for c in r) + "</tr>"
                    for r, mu in zip(b["rows"], muted))

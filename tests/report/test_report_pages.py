@@ -86,9 +86,9 @@ def test_schema_1_evaluation_says_what_it_lacks(tmp_path):
     assert "Decision curve: not computed for this evaluation (metrics.json schema 1)" in text
 
 
-def test_an_empty_table_is_refused():
-    with pytest.raises(ValueError, match="report table 'x' has no rows"):
-        render_html([{"type": "table", "caption": "x", "header": ["a"], "rows": []}], {}, "t")
+def test_an_empty_table_is_a_sentence_not_a_header():
+    page = render_html([{"type": "table", "caption": "Shift tests", "header": ["a"], "rows": []}], {}, "t")
+    assert '<p class="note">Shift tests: none.</p>' in page and "<table" not in page
 
 
 # Headless Chromium will not open a window narrower than 500 px: the page is measured in an
