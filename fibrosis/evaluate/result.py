@@ -14,7 +14,14 @@ Python (R, a spreadsheet) reads the same file:
 - ``operating_points``: one entry per threshold rule (:mod:`fibrosis.evaluate.operating`);
 - ``subgroups``: AUC and counts per attribute value;
 - ``run``: the model, weights and schedule (:func:`fibrosis.evaluate.summary.run_summary`);
-- ``gradcam``: the panels shown in the report, when made.
+- ``gradcam``: the panels shown in the report, when made;
+- ``baseline``: age, sex, view and manufacturer per split and per label
+  (:func:`fibrosis.evaluate.baseline.baseline_table`);
+- ``decision_curve``: net benefit against treat-all / treat-none
+  (:func:`fibrosis.evaluate.decision.decision_curve`).
+
+Schema 1 files (written before ``baseline`` and ``decision_curve`` existed) are read with both
+set to None; the report then says they were not computed for that evaluation.
 """
 from __future__ import annotations
 
@@ -28,7 +35,9 @@ from fibrosis.artefacts import check_schema
 from fibrosis.io import read_text, write_json
 
 # The file's own key is "format", as every evaluation so far wrote it.
-METRICS_SCHEMA = 1
+METRICS_SCHEMA = 2
+# Sections each schema added: absent from an older file, read as None.
+ADDED_IN = {2: ("baseline", "decision_curve")}
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,9 @@ class EvaluationResult:
     warnings: list[str]  # what qualifies the numbers, most serious first
     run: dict[str, Any] = field(default_factory=dict)
     gradcam: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None  # None: schema 1, or the rows were not at hand
+    decision_curve: dict[str, Any] | None = None  # None: schema 1
+    schema: int = dataclasses.field(default=METRICS_SCHEMA, compare=False)  # the schema it was read as
 
     @property
     def auc(self) -> float:
@@ -65,6 +77,8 @@ class EvaluationResult:
         out: dict[str, Any] = {"format": METRICS_SCHEMA}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name == "schema":
+                continue  # written as "format", always the current one
             if f.name == "gradcam" and value is None:
                 continue  # no panels made: the key is absent, as readers of older files expect
             out[f.name] = value
@@ -76,16 +90,23 @@ class EvaluationResult:
 
     @classmethod
     def read(cls, path: str | Path) -> "EvaluationResult":
-        """The one reader: refuses a newer schema, a file without one, or one missing a section."""
+        """The one reader: refuses a newer schema, a file without one, or one missing a section;
+        migrates schema 1 (its missing sections are None)."""
         data = json.loads(read_text(path))
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object written by `fibrosis evaluate`")
-        check_schema(path, data.pop("format", None), METRICS_SCHEMA)
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names[:12] if n not in data]
+        schema = check_schema(path, data.pop("format", None), METRICS_SCHEMA, oldest=1)
+        later = [n for version, added in ADDED_IN.items() if version > schema for n in added]
+        if any(n in data for n in later):
+            raise ValueError(f"{path}: metrics.json of schema {schema} with {sorted(n for n in later if n in data)}, "
+                             f"which only schema {METRICS_SCHEMA} has")
+        data.update({n: None for n in later})
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "schema"]
+        required = names[:12] + [n for added in ADDED_IN.values() for n in added]
+        missing = [n for n in required if n not in data]
         unknown = sorted(set(data) - set(names))
         if missing or unknown:
             raise ValueError(f"{path}: metrics.json " + "; ".join(
                 ([f"without {missing}"] if missing else []) + ([f"with unknown keys {unknown}"] if unknown else []))
                 + f"; schema {METRICS_SCHEMA} has {names}")
-        return cls(**data)
+        return cls(**data, schema=schema)

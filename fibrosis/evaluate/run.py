@@ -34,8 +34,10 @@ from fibrosis.model.calibration import Calibrator, calibrator_from_dict, make_ca
 from fibrosis.numeric import MetricWarning, check_binary, sigmoid
 from fibrosis.config import Config, EvaluateConfig, config_to_dict
 from fibrosis.data.cache import CacheReader, manifest_hash
+from fibrosis.evaluate.baseline import baseline_table
 from fibrosis.evaluate.checks import (ALL, check_evaluated_split, check_split_isolation, manifest_warning,
                                       resolve_config)
+from fibrosis.evaluate.decision import decision_curve
 from fibrosis.evaluate.reference import write_reference
 from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.evaluate.subgroups import AGE_BANDS, attribute_values
@@ -221,6 +223,8 @@ def measure(op: OperatingPoints, test: Predictions, ecfg: EvaluateConfig, log: W
         boot = _bootstrap(y, z, test.patient_keys, ecfg, log, test.split)
         auc_cal = M.auc_delong(y, prob, ecfg.ci_level)["auc"] if method == "isotonic" else None
         roc, pr = M.roc_points(y, z), M.pr_curve(y, z)
+    with log.step(f"decision curve ({test.split})"):
+        decision = decision_curve(y, prob, ecfg.deployment_prevalence)
     if ecfg.bootstrap_resamples < 2000:
         log.items.append(f"bootstrap: {ecfg.bootstrap_resamples} resamples (< 2000): CI is coarse")
     with log.step(f"subgroups ({test.split})"):
@@ -247,6 +251,7 @@ def measure(op: OperatingPoints, test: Predictions, ecfg: EvaluateConfig, log: W
         deployment_prevalence=ecfg.deployment_prevalence,
         subgroups=subgroups,
         warnings=log.items,
+        decision_curve=decision,
     )
     cases = [{"case": i + 1, "content_hash": r.get("content_hash", ""),
               "patient_key": test.patient_keys[i], "split": test.split, "label": int(y[i]),
@@ -408,7 +413,7 @@ def _describe(job: _Job, result: EvaluationResult) -> EvaluationResult:
         data["split_method"] = "none: every row of the cache evaluated (external validation)"
     # the loud warnings first: they qualify every number below
     return dataclasses.replace(result, warnings=[*job.loud, *result.warnings], run=run_summary(job.run, job.ckpt),
-                               data=data)
+                               data=data, baseline=baseline_table(job.all_rows, job.split))
 
 
 def _reference(job: _Job, test: Predictions, cal: Calibrator, result: EvaluationResult,

@@ -11,14 +11,20 @@ AGE_BANDS = ((0, 40, "<40"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 200, ">=
 DERIVED_ATTRIBUTES = ("age_band",)
 
 
-def age_band(value: Any) -> str:
-    """'61', '61.0' or DICOM AS '061Y' -> '60-79'; months/weeks/days -> '<40'; bad -> 'unknown'."""
+def age_years(value: Any) -> float | None:
+    """'61', '61.0' or DICOM AS '061Y' -> 61.0; '018M' -> 1.5; missing or implausible -> None."""
     text = str(value or "").strip().upper()
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([DWMY]?)", text)
     if not m:
-        return "unknown"
+        return None
     years = float(m.group(1)) / {"": 1, "Y": 1, "M": 12, "W": 52.18, "D": 365.25}[m.group(2)]
-    if years > 130:
+    return None if years > 130 else years
+
+
+def age_band(value: Any) -> str:
+    """'61', '61.0' or DICOM AS '061Y' -> '60-79'; months/weeks/days -> '<40'; bad -> 'unknown'."""
+    years = age_years(value)
+    if years is None:
         return "unknown"
     return next(name for lo, hi, name in AGE_BANDS if lo <= years < hi)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fibrosis.evaluate.result import EvaluationResult
+from fibrosis.report.sections.context import Context, fitted_where
 
 NIH_PREVALENCE = 1686 / 112120  # "Fibrosis" in the whole NIH ChestX-ray14 data set (1.5%)
 
@@ -17,15 +17,16 @@ def _pct(v: float) -> str:
     return f"{100 * v:.1f}%"
 
 
-def model_card(m: EvaluationResult) -> list[dict[str, Any]]:
+def model_card(ctx: Context) -> list[dict[str, Any]]:
+    m = ctx.m
     d, r = m.data, m.run
     total = d.get("total") or {}
     prev = total.get("prevalence") or d["prevalence"]
     intended = [
         "Research use: retrospective validation, by a hospital research team, of a transfer-learning classifier "
         "that flags frontal (PA/AP) adult chest radiographs whose report mentions pulmonary fibrosis.",
-        "Output: a calibrated probability and a yes/no flag at a threshold frozen on the validation split. "
-        "Every flag is meant to be reviewed by a radiologist (second reader / worklist triage in a study setting).",
+        f"Output: a calibrated probability and a yes/no flag at a threshold {fitted_where(m)}. Every flag is "
+        "meant to be reviewed by a radiologist (second reader / worklist triage in a study setting).",
     ]
     tta = r.get("tta")
     intended.append(
@@ -44,11 +45,11 @@ def model_card(m: EvaluationResult) -> list[dict[str, Any]]:
         "Weak labels: the reference standard is text-mined from radiology reports (NLP), not a confirmed "
         "diagnosis; a report mention of fibrosis includes minor scarring and misses unreported disease. "
         "Label noise caps and biases every metric in this report.",
-        f"Single source: {d.get('source', 'see section 1')}. Performance at other hospitals, on other "
+        f"Single source: {d.get('source') or 'see ' + ctx.ref('data')}. Performance at other hospitals, on other "
         "detectors and post-processing, and in other populations is unknown until validated there.",
         f"Prevalence shift: fibrosis is {_pct(prev)} of this data set versus {_pct(NIH_PREVALENCE)} in the full "
         "NIH ChestX-ray14 set and less in most clinical populations. Calibration, PPV and NPV measured here "
-        "do not transfer; PPV at a lower prevalence is much lower (see section 5).",
+        f"do not transfer; PPV at a lower prevalence is much lower (see {ctx.ref('decisions')}).",
         f"Small test set: {d['n']} images with {d['n_pos']} positives; the confidence intervals are the result, "
         "the point estimates alone are not.",
         "Grad-CAM maps show where the score came from, not where disease is; they cannot validate the model.",
@@ -56,8 +57,8 @@ def model_card(m: EvaluationResult) -> list[dict[str, Any]]:
     ]
     small = [g for g in m.subgroups if g.get("small")]
     if small:
-        limits.append(f"{len(small)} of {len(m.subgroups)} subgroups are too small to compare "
-                      "(flagged in section 6); fairness across sex, age, view and device is not established.")
+        limits.append(f"{len(small)} of {len(m.subgroups)} subgroups are too small to compare (flagged in "
+                      f"{ctx.ref('subgroups')}); fairness across sex, age, view and device is not established.")
     if not r.get("pretrained", False):
         limits.insert(0, "The backbone was NOT ImageNet-pretrained (random initialisation): this run does "
                          "not represent the intended transfer-learning method.")

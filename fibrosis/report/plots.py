@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from fibrosis.report.format import num, pct, span
 
 if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType
@@ -44,7 +47,27 @@ def figure(w: float, h: float) -> Figure:
 
 
 def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}%"
+    return pct(v)
+
+
+def point_name(name: str) -> str:
+    """'sensitivity_0.90' -> 'sens ≥ 0.90', 'youden' -> 'Youden'."""
+    return f"sens \u2265 {name.split('_', 1)[1]}" if name.startswith("sensitivity_") else name.capitalize()
+
+
+def coincident_points(operating_points: Sequence[dict[str, Any]]) -> list[tuple[tuple[float, float], list[str], str]]:
+    """Operating points as ((1 - specificity, sensitivity), names, colour): points that fall on the
+    same spot are one marker named by all of them, so none hides another."""
+    spots: dict[tuple[float, float], list[str]] = {}
+    colours: dict[tuple[float, float], str] = {}
+    for op, colour in zip(operating_points, OP_COLOURS):
+        se, sp = op["sensitivity"]["value"], op["specificity"]["value"]
+        if se is None or sp is None:
+            continue
+        key = (round(1 - sp, 9), round(se, 9))
+        spots.setdefault(key, []).append(point_name(op["name"]))
+        colours.setdefault(key, colour)
+    return [(k, names, colours[k]) for k, names in spots.items()]
 
 
 def png_bytes(fig: Figure, dpi: int = 150) -> bytes:
@@ -84,15 +107,11 @@ def roc_figure(disc: dict[str, Any], operating_points: Sequence[dict[str, Any]] 
     ax.plot(disc["roc"]["fpr"], disc["roc"]["tpr"], color=BLUE, lw=2, drawstyle="default",
             label=f"ROC  AUC {disc['auc']:.3f}")
     ax.plot([0, 1], [0, 1], ls="--", color=GREY, lw=1, label="chance")
-    for op, colour in zip(operating_points, OP_COLOURS):
-        se, sp = op["sensitivity"]["value"], op["specificity"]["value"]
-        if se is None or sp is None:
-            continue
-        ax.plot(1 - sp, se, "o", ms=7, mfc=colour, mec="black", mew=0.6,
-                label=f"{op['name'].replace('_', ' ')} (test): sens {_pct(se)}, spec {_pct(sp)}")
-    ci_d = delong.get("ci")
-    text = f"AUC {disc['auc']:.3f}\n{level}% CI DeLong " + (f"{ci_d[0]:.3f}-{ci_d[1]:.3f}" if ci_d else "n/a")
-    text += f"\n{level}% CI bootstrap " + (f"{boot['ci'][0]:.3f}-{boot['ci'][1]:.3f}" if boot["ci"] else "n/a")
+    for (fpr, se), names, colour in coincident_points(operating_points):
+        ax.plot(fpr, se, "o", ms=7, mfc=colour, mec="black", mew=0.6,
+                label=f"{' = '.join(names)}: sens {_pct(se)}, spec {_pct(1 - fpr)}")
+    text = (f"AUC {num(disc['auc'], 'auc')}\n{level}% CI DeLong {span(delong.get('ci'), 'auc')}"
+            f"\n{level}% CI bootstrap {span(boot['ci'], 'auc')}")
     ax.text(0.98, 0.04, text, ha="right", va="bottom", transform=ax.transAxes, fontsize=9,
             bbox={"boxstyle": "round", "fc": "white", "ec": GREY, "alpha": 0.9})
     _unit_axes(ax, "1 - specificity (false-positive rate)", "sensitivity (true-positive rate)")
@@ -144,14 +163,12 @@ def _reliability_panel(ax: Any, axh: Any, block: dict[str, Any], title: str, col
     ax.errorbar(mp, ob, yerr=err, fmt="o-", color=colour, ms=5, lw=1.5, capsize=2,
                 label=f"observed (Wilson {100 * rel.get('level', 0.95):g}% CI)")
     cs = block["intercept_slope"]
-    slope = "n/a" if cs.get("slope") is None else f"{cs['slope']:.2f}"
-    icpt = "n/a" if cs.get("intercept") is None else f"{cs['intercept']:.2f}"
-    ax.text(0.03, 0.97, f"ECE {rel['ece']:.3f}\nBrier {block['brier']:.3f}\nslope {slope}\n"
-            f"intercept {icpt}", ha="left", va="top", transform=ax.transAxes, fontsize=9,
-            bbox={"boxstyle": "round", "fc": "white", "ec": GREY, "alpha": 0.9})
+    slope, icpt = num(cs.get("slope"), "slope"), num(cs.get("intercept"), "intercept")
     _unit_axes(ax, "", "observed frequency of fibrosis")
     ax.set_aspect("auto")
-    ax.set_title(title)
+    # the statistics go in the title, not in a box over the axes, where they would hide a bin
+    ax.set_title(f"{title}\nECE {num(rel['ece'], 'ece')}, Brier {num(block['brier'], 'brier')}, "
+                 f"slope {slope}, intercept {icpt}", fontsize=10)
     ax.legend(loc="lower right")
     centres = [(b["lower"] + b["upper"]) / 2 for b in rel["bins"]]
     widths = [b["upper"] - b["lower"] for b in rel["bins"]]
@@ -161,6 +178,9 @@ def _reliability_panel(ax: Any, axh: Any, block: dict[str, Any], title: str, col
     axh.set_xlabel("predicted probability")
     axh.set_ylabel("cases")
     axh.set_yscale("log")
+    # plain numbers: the default log labels are mathtext, which the report draws as plain text
+    axh.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axh.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
 
 @styled
@@ -197,7 +217,7 @@ def histogram_figure(before: dict[str, Any], after: dict[str, Any],
         if k == 1:
             for op, colour in zip(operating_points, OP_COLOURS):
                 ax.axvline(op["threshold"], color=colour, ls=":", lw=1.5,
-                           label=f"{op['name'].replace('_', ' ')} = {op['threshold']:.4g}")
+                           label=f"{point_name(op['name'])}: {op['threshold']:.4g}")
         ax.set_xlim(0, 1)
         ax.set_xlabel(title)
         ax.set_ylabel("share of class")
@@ -236,4 +256,82 @@ def gradcam_figure(panels: Sequence[dict[str, Any]], threshold: float, per_kind:
             ax_cam.set_title(f"p = {p['prob']:.3f}", fontsize=9)
     fig.suptitle(f"Grad-CAM at the Youden threshold {threshold:.3f} (most confident cases; "
                  "red = evidence for fibrosis)", fontsize=10)
+    return fig
+
+
+def _box(ax: Any, x: float, y: float, w: float, h: float, text: str, *, fc: str = "white", bold: bool = False,
+         fontsize: float = 9) -> None:
+    from matplotlib.patches import FancyBboxPatch
+
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.004,rounding_size=0.01", fc=fc, ec="#555555",
+                                lw=1.0))
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize,
+            fontweight="bold" if bold else "normal", linespacing=1.3)
+
+
+def _arrow(ax: Any, x0: float, y0: float, x1: float, y1: float) -> None:
+    ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "-|>", "color": "#555555", "lw": 1.0})
+
+
+@styled
+def flow_figure(flow: dict[str, Any]) -> Figure:
+    """STARD participant flow: inputs -> excluded at ingest (by reason) -> cache -> splits -> analysed.
+    ``flow`` is :func:`fibrosis.report.sections.data.participant_flow`."""
+    import textwrap
+
+    fig = Figure(figsize=(8.0, 5.0), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.axis("off")
+    _box(ax, 0.05, 0.86, 0.40, 0.10, f"Inputs read by ingest\nn = {flow['inputs']}", bold=True)
+    reasons = [textwrap.shorten(r, 52, placeholder="\u2026") for r in flow["reasons"]] or ["none"]
+    h_exc = 0.06 + 0.035 * len(reasons)
+    y_exc = min(0.99 - h_exc, 0.80 - h_exc / 2)  # centred on the arrow's way down, below the top edge
+    _box(ax, 0.55, y_exc, 0.42, h_exc, f"Excluded at ingest: {flow['excluded']}\n" + "\n".join(reasons),
+         fc="#f6f6f6", fontsize=8.5)
+    _arrow(ax, 0.25, 0.86, 0.25, 0.74)
+    _arrow(ax, 0.25, 0.80, 0.55, 0.80)
+    _box(ax, 0.05, 0.64, 0.40, 0.10, "In the cache\n" + textwrap.fill(flow["cache"], 40), bold=False)
+    cols = flow["columns"]
+    width = min(0.30, 0.94 / len(cols) - 0.02)
+    gap = (0.96 - width * len(cols)) / (len(cols) + 1)
+    for i, c in enumerate(cols):
+        x = 0.02 + gap + i * (width + gap)
+        _arrow(ax, 0.25, 0.64, x + width / 2, 0.50)
+        chars = max(16, int(width * 90))
+        text = (f"{textwrap.fill(c['title'], chars)}\n{c['n']} images, {c['n_pos']} with fibrosis\n"
+                + textwrap.fill(c["role"], chars))
+        _box(ax, x, 0.26, width, 0.24, text, fc="#eef5fb" if c["analysed"] else "white", fontsize=9)
+        if c["analysed"]:
+            _arrow(ax, x + width / 2, 0.26, x + width / 2, 0.16)
+            _box(ax, max(0.01, x + width / 2 - 0.2), 0.04, 0.40, 0.12,
+                 textwrap.fill(flow["analysed"], 46), fc="#eef5fb", bold=True, fontsize=9)
+    return fig
+
+
+@styled
+def decision_figure(dc: dict[str, Any]) -> Figure:
+    """Net benefit of the model vs treat all and treat none by threshold probability, at the
+    evaluated prevalence and, when set, at the deployment prevalence (dashed)."""
+    fig = figure(7.0, 4.2)
+    ax = fig.add_subplot()
+    pts = 100 * np.asarray(dc["thresholds"])
+    curves = [(dc["evaluated"], "-")] + ([(dc["deployment"], "--")] if dc.get("deployment") else [])
+    lows = [0.0]
+    for curve, ls in curves:
+        prev = _pct(curve["prevalence"])
+        ax.plot(pts, curve["model"], color=BLUE, lw=2, ls=ls, label=f"model, prevalence {prev}")
+        ax.plot(pts, curve["treat_all"], color=ORANGE, lw=1.5, ls=ls, label=f"treat all, prevalence {prev}")
+        lows.append(min(curve["model"]))
+    ax.axhline(0.0, color=GREY, lw=1.2, label="treat none")
+    top = max(max(c["treat_all"][0], max(c["model"])) for c, _ in curves)
+    # treat-all falls steeply at high thresholds, and below zero no strategy is worth using: the
+    # axis keeps a little of the negative range (the table beside gives every value)
+    ax.set_ylim(max(min(lows), -0.25 * top) - 0.005, top * 1.1 + 0.005)
+    ax.set_xlim(0, pts[-1])
+    ax.set_xlabel("threshold probability (%)")
+    ax.set_ylabel("net benefit (true positives per image)")
+    ax.grid(alpha=0.3, lw=0.5)
+    ax.legend(loc="upper right")
     return fig

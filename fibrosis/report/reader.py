@@ -1,6 +1,6 @@
-"""The report's "Reader versus model" section, from ``RUN/reader/reader.json`` (written by
+"""The report's "Reader versus model" appendix, from ``RUN/reader/reader.json`` (written by
 `fibrosis review` when it stops: :func:`fibrosis.evaluate.reader.reader_vs_model`). Absent file,
-no section. Drawing and wording only: every number comes from that file."""
+no appendix. Drawing and wording only: every number comes from that file."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from fibrosis import artefacts
 from fibrosis.io import read_text
 from fibrosis.report import plots
+from fibrosis.report.format import NA, estimate, proportion
 from fibrosis.report.render import Block
 
 FIGURE = "reader_roc"
@@ -22,20 +23,21 @@ def reader_json(run: Path) -> Path:
 
 
 def _pm(p: dict[str, Any] | None) -> str:
-    """'83.3% (95% CI 43.6-97.0%)', or 'n/a'."""
-    if not p or p.get("value") is None:
-        return "n/a"
-    ci = p.get("ci")
-    return f"{100 * p['value']:.1f}% ({p['k']}/{p['n']}; CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f}%)" if ci else \
-        f"{100 * p['value']:.1f}%"
+    """'83.3% (5/6; 43.6% to 97.0%)', or 'n/a'."""
+    return proportion(p) if p else NA
 
 
 def _auc(part: dict[str, Any] | None) -> str:
     if not part or part.get("auc") is None:
-        return f"n/a ({part['why']})" if part and part.get("why") else "n/a"
+        return f"{NA} ({part['why']})" if part and part.get("why") else NA
     a = part["auc"]
-    ci = a.get("ci")
-    return f"{a['auc']:.3f}" + (f" (CI {ci[0]:.3f}-{ci[1]:.3f}, DeLong)" if ci else "")
+    return estimate(a["auc"], a.get("ci"), "auc") + " (DeLong)"
+
+
+def read_reader(run: Path) -> dict[str, Any] | None:
+    """The reader-vs-model record of ``run``, or None when no reader has labelled its scores."""
+    path = reader_json(run)
+    return json.loads(read_text(path)) if path.is_file() else None
 
 
 @plots.styled
@@ -66,12 +68,8 @@ def reader_figure(res: dict[str, Any]) -> Figure:
     return fig
 
 
-def reader_blocks(run: Path, figures: dict[str, bytes]) -> list[Block]:
-    """The section, or [] when no reader has labelled scores of this model; adds its figure to ``figures``."""
-    path = reader_json(run)
-    if not path.is_file():
-        return []
-    res = json.loads(read_text(path))
+def reader_blocks(res: dict[str, Any], have_figure: bool) -> list[Block]:
+    """The appendix's text, table and (when drawn: :func:`reader_figure`) figure."""
     level = int(round(100 * res["level"]))
     t, r = res.get("against_truth"), res["against_reader"]
     text = (f"A reader labelled {res['n_cases']} scored image(s) in `fibrosis review` ({res['n_reader_positive']} "
@@ -88,15 +86,14 @@ def reader_blocks(run: Path, figures: dict[str, bytes]) -> list[Block]:
                  + " / " + _pm((t.get("model") or {}).get("specificity"))],
                 ["reader sensitivity / specificity (reference)", _pm((t.get("reader") or {}).get("sensitivity"))
                  + " / " + _pm((t.get("reader") or {}).get("specificity"))], *rows]
-    blocks: list[Block] = [{"type": "h2", "text": "Appendix: reader versus model"}, {"type": "p", "text": text},
+    blocks: list[Block] = [{"type": "p", "text": text},
                            {"type": "table", "caption": f"Reader and model on the same cases (threshold "
                                                         f"{res['threshold']:.3f})",
                             "header": ["measure", f"value ({level}% CI)"], "rows": rows}]
     notes = [w for part in (t, r) if part for w in part.get("warnings", ())]
     if notes:
         blocks += [{"type": "h3", "text": "Read with care"}, {"type": "list", "items": notes}]
-    if t is not None and t.get("auc") is not None:
-        figures[FIGURE] = plots.png_bytes(reader_figure(res))
+    if have_figure:
         blocks.append({"type": "figure", "key": FIGURE, "caption": "The model's ROC curve against the reference "
                        "standard on the reader's cases, its operating point, and the reader's sensitivity and "
                        "specificity as a point with its confidence intervals."})
@@ -104,3 +101,8 @@ def reader_blocks(run: Path, figures: dict[str, bytes]) -> list[Block]:
         blocks.append({"type": "p", "style": "note", "text": "No reference standard was given (`fibrosis review "
                        "--truth LABELS_CSV`): the reader's own sensitivity and specificity cannot be measured."})
     return blocks
+
+
+def has_figure(res: dict[str, Any]) -> bool:
+    t = res.get("against_truth")
+    return t is not None and t.get("auc") is not None

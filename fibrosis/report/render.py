@@ -1,14 +1,16 @@
 """Render report blocks as one self-contained HTML page, and that page as a PDF.
 
-Block types: banner, h1/h2/h3, p (style: summary | note | warn), kv (key-value
-pairs), list, table (optional ``muted`` rows, ``caption``), figure (PNG by ``key``),
-pre (monospace text). The PDF is the same HTML laid out for A4 by WeasyPrint (a real
-CSS engine), so the two documents cannot disagree, and text stays text.
+Block types: banner, h1/h2/h3 (``new_page``: a PDF page break before), p (style: summary |
+note | warn), kv (key-value pairs), list, table (optional ``muted`` rows, ``caption``; one
+without rows is a sentence), figure (PNG by ``key``), pre (monospace text). The PDF is the
+same HTML laid out for A4 by WeasyPrint (a real CSS engine), so the two documents cannot
+disagree, and text stays text.
 """
 from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +33,16 @@ th,td{border:1px solid #c9c9c9;padding:4px 8px;text-align:left;vertical-align:to
 th{background:#f0f0f0}tr.muted td{color:#8a8a8a;background:#fafafa;font-style:italic}
 caption{text-align:left;font-weight:600;padding:2px 0 4px}
 dl.kv{display:grid;grid-template-columns:max-content 1fr;gap:3px 14px;margin:6px 0 12px}
-dl.kv dt{font-weight:600}dl.kv dd{margin:0;word-break:break-all}
+dl.kv dt{font-weight:600}dl.kv dd{margin:0}.tok{overflow-wrap:anywhere}
 figure{margin:10px 0 18px}figure img{max-width:100%;border:1px solid #ddd}
 .figrow{display:flex;gap:16px;flex-wrap:wrap}.figrow figure{flex:1 1 440px;margin:10px 0}
 figcaption{font-size:13px;color:#444}
-pre{background:#f6f6f6;padding:10px;font-size:12px;overflow-x:auto;max-height:520px}
-@media print{.banner{-webkit-print-color-adjust:exact;print-color-adjust:exact}figure{break-inside:avoid}}
+pre{background:#f6f6f6;padding:10px;font-size:12px;white-space:pre-wrap;overflow-wrap:anywhere}
+.scroll{max-width:100%}
+/* screen only: WeasyPrint (the PDF) does not know these properties and skips screen rules */
+@media screen{.scroll{overflow-x:auto}.banner{-webkit-print-color-adjust:exact;print-color-adjust:exact}}
+@media screen{@media (max-width:640px){body{padding:0 10px 30px;font-size:14px}dl.kv{grid-template-columns:1fr}
+ dl.kv dd{margin-bottom:6px}h1{font-size:21px}h2{font-size:18px}}}
 """
 # The PDF is this same HTML paginated by WeasyPrint, so the two cannot say different things;
 # these rules (also used when a browser prints the page) fit it to A4, keep headings with
@@ -47,15 +53,27 @@ CSS += """
  @bottom-left{content:string(doctitle);font-size:8pt;color:#555}}
 @media print{
 body{max-width:none;padding:0;font-size:10pt}h1{string-set:doctitle content()}
-.banner{margin:0 0 10px}h2,h3{break-after:avoid}figure,dl.kv,.summary{break-inside:avoid}
-table{font-size:7.5pt;width:100%}th,td{padding:2px 4px;overflow-wrap:break-word}tr{break-inside:avoid}
-.figrow{display:block}.figrow figure{display:inline-block;width:48%;vertical-align:top;margin:6px 1% 6px 0}
-pre{max-height:none;white-space:pre-wrap;overflow-wrap:anywhere;font-size:7.5pt}}
+.banner{margin:0 0 10px}
+h2,h3,caption,p.lead{break-after:avoid}h2.newpage{break-before:page}figure,dl.kv,.summary,.warn{break-inside:avoid}
+table{font-size:8.5pt;width:100%}th,td{padding:2px 4px;overflow-wrap:break-word}tr{break-inside:avoid}
+table.wide{font-size:7.5pt}
+.figrow{display:block;break-inside:avoid}.figrow figure{display:inline-block;width:48%;vertical-align:top;
+ margin:6px 1% 6px 0}
+pre{font-size:7.5pt}}
 """
 
 
 def _e(v: Any) -> str:
     return html.escape(str(v))
+
+
+_LONG = re.compile(r"(\S{28,})")  # hashes, paths, joined names: the only words allowed to break anywhere
+
+
+def _text(v: Any) -> str:
+    """Escaped text whose long unbreakable tokens may wrap anywhere (ordinary words never break)."""
+    parts = _LONG.split(str(v))  # odd indices: the long tokens
+    return "".join(f'<span class="tok">{_e(p)}</span>' if i % 2 else _e(p) for i, p in enumerate(parts))
 
 
 def _group_halves(blocks: list[Block], figures: dict[str, bytes]) -> list[Block]:
@@ -79,37 +97,50 @@ def render_html(blocks: list[Block], figures: dict[str, bytes], title: str) -> s
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width,initial-scale=1">',
            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"]
-    for b in _group_halves(blocks, figures):
+    grouped = _group_halves(blocks, figures)
+    for i, b in enumerate(grouped):
         t = b["type"]
         if t == "banner":
             out.append(f'<div class="banner" role="alert">{_e(b["text"])}</div>')
         elif t in ("h1", "h2", "h3"):
-            out.append(f"<{t}>{_e(b['text'])}</{t}>")
+            out.append(f"<{t}{' class=newpage' if b.get('new_page') else ''}>{_e(b['text'])}</{t}>")
         elif t == "p":
-            cls = f' class="{b["style"]}"' if b.get("style") else ""
-            out.append(f"<p{cls}>{_e(b['text'])}</p>")
+            # a paragraph that introduces a figure stays on its page (PDF)
+            lead = i + 1 < len(grouped) and grouped[i + 1]["type"] in ("figure", "figrow")
+            style = " ".join(c for c in (b.get("style"), "lead" if lead else None) if c)
+            cls = f' class="{style}"' if style else ""
+            out.append(f"<p{cls}>{_text(b['text'])}</p>")
         elif t == "list":
-            out.append("<ul>" + "".join(f"<li>{_e(i)}</li>" for i in b["items"]) + "</ul>")
+            out.append("<ul>" + "".join(f"<li>{_text(i)}</li>" for i in b["items"]) + "</ul>")
         elif t == "kv":
-            out.append('<dl class="kv">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in b["items"])
+            out.append('<dl class="kv">' + "".join(f"<dt>{_e(k)}</dt><dd>{_text(v)}</dd>" for k, v in b["items"])
                        + "</dl>")
         elif t == "table":
-            muted = b.get("muted") or [False] * len(b["rows"])
-            rows = "".join(f'<tr{" class=muted" if mu else ""}>' + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>"
-                           for r, mu in zip(b["rows"], muted))
-            out.append(f"<table><caption>{_e(b.get('caption', ''))}</caption><thead><tr>"
-                       + "".join(f"<th>{_e(h)}</th>" for h in b["header"])
-                       + f"</tr></thead><tbody>{rows}</tbody></table>")
+            out.append(_html_table(b))
         elif t == "figure":
             out.append(_html_figure(b, figures))
         elif t == "figrow":
             out.append('<div class="figrow">' + "".join(_html_figure(f, figures) for f in b["items"]) + "</div>")
         elif t == "pre":
-            out.append(f"<h3>{_e(b.get('caption', ''))}</h3><pre>{_e(b['text'])}</pre>")
+            head = f"<h3>{_e(b['caption'])}</h3>" if b.get("caption") else ""
+            out.append(f"{head}<pre>{_e(b['text'])}</pre>")
         else:
             raise ValueError(f"report block type {t!r}; allowed: banner, h1, h2, h3, p, list, kv, table, figure, pre")
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def _html_table(b: Block) -> str:
+    """A table in a horizontally scrolling box (a wide table scrolls itself, never the page);
+    more than 8 columns print in a smaller font."""
+    if not b["rows"]:  # a header over nothing reads as a layout error: say it in words
+        return f'<p class="note">{_e(b.get("caption") or "Table")}: none.</p>'
+    muted = b.get("muted") or [False] * len(b["rows"])
+    rows = "".join(f'<tr{" class=muted" if mu else ""}>' + "".join(f"<td>{_text(c)}</td>" for c in r) + "</tr>"
+                   for r, mu in zip(b["rows"], muted))
+    wide = ' class="wide"' if len(b["header"]) > 8 else ""
+    return (f'<div class="scroll"><table{wide}><caption>{_e(b.get("caption", ""))}</caption><thead><tr>'
+            + "".join(f"<th>{_e(h)}</th>" for h in b["header"]) + f"</tr></thead><tbody>{rows}</tbody></table></div>")
 
 
 def _html_figure(b: Block, figures: dict[str, bytes]) -> str:

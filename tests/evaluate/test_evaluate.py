@@ -179,6 +179,10 @@ def test_evaluate_run_end_to_end(tmp_path):
     m = json.loads(metrics_path.read_text())
     assert m["split"] == "test" and m["fit_split"] == "val"
     assert m["data"]["splits"]["test"]["n"] == m["data"]["n"] == 24
+    # baseline per split and label, from the manifest rows; decision curve at both prevalences
+    assert [(c["name"], c["n"]) for c in m["baseline"]["columns"]][2:] == [
+        ("test", 24), ("fibrosis", m["data"]["n_pos"]), ("no fibrosis", 24 - m["data"]["n_pos"])]
+    assert m["decision_curve"]["deployment"]["prevalence"] == 0.015 and m["format"] == 2
     assert m["run"]["pretrained"] is False and m["run"]["arch"] == "resnet18"
     assert m["run"]["stages_run"] == [{"name": "head", "epochs": 2, "lr_peak": m["run"]["stages_run"][0]["lr_peak"],
                                        "best_val_auc": m["run"]["stages_run"][0]["best_val_auc"]}]

@@ -23,10 +23,23 @@ def test_round_trip_is_exact_and_keeps_the_file_layout(result, tmp_path):
     path = tmp_path / "metrics.json"
     result.write(path)
     data = json.loads(path.read_text())
-    assert list(data)[:3] == ["format", "split", "fit_split"] and data["format"] == 1
+    assert list(data)[:3] == ["format", "split", "fit_split"] and data["format"] == 2
     assert "gradcam" not in data  # no panels: no key, as before the record
+    assert data["decision_curve"]["evaluated"]["model"] and data["baseline"] is None  # no manifest rows here
     back = EvaluationResult.read(path)
-    assert back == result and back.auc == result.discrimination["auc"]
+    assert back == result and back.auc == result.discrimination["auc"] and back.schema == 2
+
+
+def test_schema_1_is_migrated_with_the_new_sections_absent(result, tmp_path):
+    path = tmp_path / "metrics.json"
+    result.write(path)
+    _rewrite(path, format=1, baseline=None, decision_curve=None)
+    old = EvaluationResult.read(path)
+    assert old.schema == 1 and old.baseline is None and old.decision_curve is None
+    assert old.discrimination == result.discrimination
+    _rewrite(path, decision_curve={"thresholds": []})  # schema 1 never had it: a hand-edited file
+    with pytest.raises(ValueError, match=r"metrics.json of schema 1 with \['decision_curve'\], which only schema 2"):
+        EvaluationResult.read(path)
 
 
 def _rewrite(path, **change):
@@ -40,11 +53,11 @@ def _rewrite(path, **change):
 def test_newer_missing_or_unknown_is_refused_naming_the_file(result, tmp_path):
     path = tmp_path / "metrics.json"
     result.write(path)
-    _rewrite(path, format=2)
-    with pytest.raises(SchemaError, match=r"metrics.json: schema 2; this version of fibrosis reads schema 1; "
+    _rewrite(path, format=3)
+    with pytest.raises(SchemaError, match=r"metrics.json: schema 3; this version of fibrosis reads schema 1 to 2; "
                                           r"it was written by a newer version"):
         EvaluationResult.read(path)
-    _rewrite(path, format=1, discrimination=None, extra=1)
+    _rewrite(path, format=2, discrimination=None, extra=1)
     with pytest.raises(ValueError, match=r"metrics.json: metrics.json without \['discrimination'\]; "
                                          r"with unknown keys \['extra'\]"):
         EvaluationResult.read(path)

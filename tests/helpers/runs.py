@@ -1,4 +1,6 @@
-"""An evaluated run for the report: synthetic predictions through the real evaluation code."""
+"""Evaluated runs for the report: synthetic predictions through the real evaluation code, as
+`fibrosis train` + `evaluate` leave them (:func:`make_run`) and as `fibrosis tune` + `evaluate`
+do (:func:`make_tune_run`: calibration and thresholds fitted out of fold, tune.json beside)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +11,9 @@ import numpy as np
 from fibrosis.config import Config, EvaluateConfig, config_to_dict
 from fibrosis.data.records import Preprocessing
 from fibrosis.data.synthetic import make_synthetic_cache
-from fibrosis.evaluate.run import Predictions, evaluate_predictions
+from fibrosis.evaluate.baseline import baseline_table
+from fibrosis.evaluate.run import Predictions, WarningLog, evaluate_predictions, measure, stored_operating_points
+from fibrosis.evaluate.selection import fit_oof_operating_points, select_arm
 from fibrosis.evaluate.summary import data_summary, run_summary
 from fibrosis.model.checkpoint import Checkpoint, Training
 from fibrosis.io import read_csv, write_csv
@@ -19,8 +23,9 @@ def predictions(n: int, seed: int, split: str) -> Predictions:
     rng = np.random.default_rng(seed)
     y = (rng.uniform(size=n) < 0.15).astype(int)
     z = 2.0 * (rng.normal(size=n) + 1.8 * y - 2.2)
-    rows = [{"patient_key": f"SECRET-PATIENT-{i // 2}", "label": str(y[i]), "content_hash": f"hash{seed}-{i}",
-             "sex": "FM"[i % 2], "age": str(25 + i % 60), "view_position": "PA", "manufacturer": "ACME"}
+    rows = [{"patient_key": f"SECRET-PATIENT-{seed}-{i // 2}", "label": str(y[i]), "content_hash": f"hash{seed}-{i}",
+             "sex": "FM"[i % 2] if i % 17 else "", "age": str(25 + i % 60) if i % 13 else "",
+             "view_position": "AP" if i % 11 == 0 else "PA", "manufacturer": "ACME", "split": split}
             for i in range(n)]
     return Predictions.from_rows(rows, z, split)
 
@@ -47,10 +52,61 @@ def make_run(tmp_path: Path, pretrained: bool) -> Path:
         stages=[{"name": "head", "epochs": 2, "lr": 1e-3, "unfreeze": []}],
         training=Training(optimizer={}, scheduler={}, stage=0, stage_name="head", epoch=2, rng={}, rng_per_rank=[],
                           run={"history": [{"stage": 0, "stage_name": "head", "lr": 1e-3, "val_auc": 0.8}] * 2}))
-    res = dataclasses.replace(res, run=run_summary(run, ckpt),
+    val, test = predictions(300, 6, "val"), predictions(300, 7, "test")
+    res = dataclasses.replace(res, run=run_summary(run, ckpt), baseline=baseline_table(val.rows + test.rows, "test"),
                               data={**res.data, **data_summary(cache, [dict(r) for r in _rows(cache)], cfg)})
     (run / "eval" / "test").mkdir(parents=True)
     res.write(run / "eval" / "test" / "metrics.json")
+    return run
+
+
+ARMS = {"reference": {"depth": 0, "lr_ratio": 1.0, "recipe": "reference", "describe": "scikit-learn probe"},
+        "head-only": {"depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft", "describe": "linear probe"},
+        "last1": {"depth": 1, "lr_ratio": 0.1, "recipe": "lp-ft", "describe": "probe, then the last block"}}
+
+
+def make_tune_run(tmp_path: Path) -> Path:
+    """A run as `fibrosis tune` then `fibrosis evaluate` leave it: three arms' pooled out-of-fold
+    logits judged by :func:`select_arm`, calibration and thresholds fitted on the chosen arm's OOF
+    logits, applied unchanged to the test split; tune.json beside metrics.json."""
+    from fibrosis.train.tune.record import TuneResult
+
+    from helpers.records import tune_result
+
+    ecfg = EvaluateConfig(bootstrap_resamples=300, deployment_prevalence=0.015, data_source="synthetic tune images")
+    train, val, test = predictions(160, 11, "train"), predictions(60, 12, "val"), predictions(120, 13, "test")
+    dev_rows, y = train.rows + val.rows, np.concatenate([train.labels, val.labels])
+    rng = np.random.default_rng(5)
+    oof = {name: 2.0 * (rng.normal(size=len(y)) + k * y - 2.2) for k, name in ((0.8, "reference"), (1.0, "head-only"),
+                                                                              (1.3, "last1"))}
+    table = select_arm(y, oof, {k: {**v, "epoch": 3} for k, v in ARMS.items()}, rule="best")
+    for arm in table["arms"]:
+        arm.update({"minutes": 0.5, "cpu_minutes": 1.0, "repeat_aucs": {"0": arm["auc"]}})
+    cal, threshold = fit_oof_operating_points(dev_rows, oof[table["chosen"]], ecfg)
+    stored = dataclasses.replace(stored_operating_points(cal, threshold, "best.pt"), frozen=False)
+    res, *_ = measure(stored, test, ecfg, WarningLog())
+    cfg = Config(evaluate=ecfg)
+    ckpt = Checkpoint(
+        weights={}, config=config_to_dict(cfg), arch="resnet18", pretrained=True,
+        weights_info={"source": "resnet18-imagenet.pth", "file": "resnet18-imagenet.pth", "sha256": "e" * 64},
+        preprocessing=Preprocessing(224, 1, 0.449, 0.226, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                                    "rgb-stem", "area"), best_epoch=3, best_val_auc=None,
+        preset=f"tune: arm {table['chosen']!r}, 3 fine-tuning epoch(s), 5 fold models, mean logit",
+        stages=[{"name": "linear probe", "epochs": 0}, {"name": "finetune", "epochs": 3, "lr": 1e-4,
+                                                        "unfreeze": ["layer4"]}])
+    run = tmp_path / "runs" / "tuned"
+    all_rows = dev_rows + test.rows
+    res = dataclasses.replace(res, run=run_summary(run, ckpt), baseline=baseline_table(all_rows, "test"),
+                              data={**res.data, **data_summary(tmp_path / "no-cache", all_rows, cfg)})
+    (run / "eval" / "test").mkdir(parents=True)
+    res.write(run / "eval" / "test" / "metrics.json")
+    t: TuneResult = tune_result(
+        **{k: table[k] for k in ("level", "rule", "n", "n_pos", "arms", "best", "random_control", "reference",
+                                 "chosen", "reason", "warnings")},
+        n_dev=len(y), n_dev_pos=int(y.sum()), n_dev_patients=len({r["patient_key"] for r in dev_rows}),
+        selection_adjusted={"auc": table["arms"][-1]["auc"] - 0.02, "pooled_auc": table["arms"][-1]["auc"],
+                            "bias": 0.02})
+    t.write(run / "tune.json")
     return run
 
 

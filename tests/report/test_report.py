@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -44,14 +45,22 @@ def report(tmp_path_factory):
 def test_report_files_and_sections(report):
     assert {p.name for p in report.iterdir()} == {"report.html", "report.pdf", "metrics.json"}
     html = (report / "report.html").read_text()
-    for needle in ("validation report", "my-run", "synthetic test images", "prevalence", "1. Data",
-                   "Model and training schedule", "3. Discrimination", "DeLong", "bootstrap", "4. Calibration",
-                   "ECE binning: 10 equal-width bins", "5. Operating points", "PPV / NPV at 1.5%", "6. Subgroups",
-                   "7. Grad-CAM", "Intended use", "Out of scope", "Limitations", "Weak labels",
-                   "Prevalence shift", "9. Reproducibility", "Package versions", "Manifest sha256",
-                   "Resolved configuration", "(0018,5101) ViewPosition=&#x27;LL&#x27;"):
+    for needle in ("validation report", "my-run", "synthetic test images", "prevalence", "1. Summary",
+                   "2. Data and participant flow", "Baseline characteristics", "age, years: median (IQR)",
+                   "3. Results on the test split", "DeLong", "bootstrap", "4. Calibration",
+                   "ECE binning: 10 equal-width bins", "5. Operating points and decision curve", "PPV / NPV at 1.5%",
+                   "Decision curve", "Net benefit at selected threshold probabilities", "6. Subgroups",
+                   "7. Grad-CAM", "8. Model and selection", "9. Intended use and limitations", "Out of scope",
+                   "Weak labels", "Prevalence shift", "Appendix A: Reproducibility", "Package versions",
+                   "Manifest sha256", "Appendix B: Reporting checklist", "Appendix C: Configuration",
+                   "(0018,5101) ViewPosition=&#x27;LL&#x27;"):
         assert needle in html, needle
-    assert html.count("data:image/png;base64,") == 4  # ROC, PR, reliability, histograms (no Grad-CAM here)
+    # the sections come in the order a reader needs them
+    heads = re.findall(r"<h2[^>]*>(\d+|Appendix [A-C])[.:]", html)
+    assert heads == [str(i) for i in range(1, 10)] + ["Appendix A", "Appendix B", "Appendix C"]
+    # flow, ROC, PR, reliability, histograms, decision curve (no Grad-CAM here)
+    assert html.count("data:image/png;base64,") == 6
+    assert "word-break" not in html and "frozen on the validation split" not in html
     assert "http://" not in html and "https://" not in html  # self-contained: nothing fetched
     assert (report / "report.pdf").read_bytes()[:5] == b"%PDF-"
 
@@ -149,7 +158,7 @@ def test_pdf_is_the_html_and_text_stays_text(report, tmp_path):
 
     html = (report / "report.html").read_text()
     pdf = " ".join(" ".join(pdf_pages(report / "report.pdf")).split())
-    heads = [unescape(h) for h in re.findall(r"<h[123]>(.*?)</h[123]>", html)]
+    heads = [unescape(h) for h in re.findall(r"<h[123][^>]*>(.*?)</h[123]>", html)]
     assert len(heads) >= 10
     pos = [pdf.find(" ".join(h.split())) for h in heads]
     assert -1 not in pos and pos == sorted(pos), list(zip(heads, pos))
@@ -170,7 +179,7 @@ def test_pdf_is_the_html_and_text_stays_text(report, tmp_path):
 
 
 def test_tune_section_shows_failed_arms_replication_and_the_adjusted_auc():
-    from fibrosis.report.build import _tune_blocks
+    from fibrosis.report.sections.selection import tune_blocks
     from helpers.records import tune_result
 
     arm = {"name": "reference", "describe": "sklearn", "auc": 0.70, "ci": [0.6, 0.8], "vs_reference": None,
@@ -181,12 +190,13 @@ def test_tune_section_shows_failed_arms_replication_and_the_adjusted_auc():
                     replication=[{"chosen": "last1", "rival": "reference", "chosen_auc": [0.72, 0.66],
                                   "rival_auc": [0.70, 0.68], "holds": False}],
                     selection_adjusted={"auc": 0.64, "pooled_auc": 0.70, "bias": 0.06})
-    blocks = _tune_blocks(t)
+    blocks = tune_blocks(t)
     table = next(b for b in blocks if b["type"] == "table")
-    assert table["rows"][0][:4] == ["reference", "sklearn", "0.700", "0.600-0.800"]
-    assert table["rows"][0][7] == "0.700, 0.680"
-    assert table["rows"][1][2:4] == ["failed", "r0-f2: constant held-out logits"]  # no AUC from ties
+    assert table["rows"][0][:4] == ["reference", "sklearn", "0.700 (0.600 to 0.800)", "the reference"]
+    assert table["rows"][0][6] == "0.700, 0.680"
+    assert table["rows"][1][2:4] == ["failed: r0-f2: constant held-out logits", "n/a"]  # no AUC from ties
     text = " ".join(b.get("text", "") for b in blocks)
     assert "hold the trained models fixed" in text and "not corrected for the number of arms" in text
+    assert "Multiplicity: 2 arms were compared" in text
     assert "selection-adjusted estimate (Tibshirani & Tibshirani 2009) is 0.640" in text
     assert "0.720 vs 0.700, 0.660 vs 0.680 (not kept: the gain did not replicate)" in text

@@ -7,7 +7,8 @@ from helpers.records import evaluation_result
 
 from fibrosis.io import read_csv, write_csv
 from fibrosis.config import Config
-from fibrosis.report.build import _data_blocks
+from fibrosis.report.sections.context import Context
+from fibrosis.report.sections.data import data_blocks
 from fibrosis.evaluate.summary import data_summary
 from fibrosis.data.synthetic import make_synthetic_cache
 
@@ -33,8 +34,8 @@ def test_data_section_counts_polarity_exclusions_and_notes(tmp_path):
         ("polarity suspect: looks inverted (ingest.polarity_qa=exclude)", 3),
         ("polarity suspect: polarity unsure (ingest.polarity_qa=exclude)", 1),
         ("(0018,5101) ViewPosition='LL' is an excluded view", 1)]
-    blocks = _data_blocks(evaluation_result(data=d))
-    items = dict(blocks[1]["items"])
+    blocks = data_blocks(Context(evaluation_result(data=d)))
+    items = dict(blocks[0]["items"])
     assert items["Polarity QA"] == ("ingest.polarity_qa=exclude: 4 input(s) excluded by the polarity check (inverted or "
                                     "unsure display); images in the cache with a QA note: 1 polarity-inverted, "
                                     "1 polarity-suspect")

@@ -9,7 +9,7 @@ from fibrosis import artefacts
 from fibrosis.evaluate.reader import reader_vs_model
 from fibrosis.io import write_json
 from fibrosis.report.build import write_report
-from fibrosis.report.reader import FIGURE, reader_blocks
+from fibrosis.report.reader import has_figure, read_reader, reader_blocks
 from helpers.runs import make_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::fibrosis.numeric.MetricWarning")
@@ -30,16 +30,19 @@ def test_the_appendix_shows_the_reader_beside_the_model(tmp_path):
     write_json(run / artefacts.READER_DIR / artefacts.READER_VS_MODEL, result(truth=True))
     out = write_report(run, tmp_path / "out")
     html = (out / artefacts.REPORT_HTML).read_text()
-    assert "Appendix: reader versus model" in html and "reader sensitivity / specificity (reference)" in html
+    assert "Appendix D: Reader versus model" in html and "reader sensitivity / specificity (reference)" in html
     assert "4 uncertain" in html and "model AUC against the reader" in html
     assert html.count("data:image/png;base64,") >= 5  # the reader figure among the others
 
 
 def test_no_reader_no_appendix_and_no_reference_no_point(tmp_path):
     run = make_run(tmp_path, pretrained=True)
-    assert reader_blocks(run, {}) == []
+    assert read_reader(run) is None
+    out = write_report(run, tmp_path / "out")
+    assert "Reader versus model" not in (out / artefacts.REPORT_HTML).read_text()
     (run / artefacts.READER_DIR).mkdir()
     write_json(run / artefacts.READER_DIR / artefacts.READER_VS_MODEL, result(truth=False))
-    figs: dict[str, bytes] = {}
-    text = str(reader_blocks(run, figs))
-    assert FIGURE not in figs and "No reference standard was given" in text and "model AUC against the reader" in text
+    res = read_reader(run)
+    assert res is not None and not has_figure(res)
+    text = str(reader_blocks(res, have_figure=False))
+    assert "No reference standard was given" in text and "model AUC against the reader" in text

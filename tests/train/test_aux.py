@@ -230,15 +230,15 @@ def test_tune_skips_aux_arms_with_a_reason_when_the_cache_has_no_auxiliary_label
 
 
 def test_report_lists_the_auxiliary_findings_and_skipped_arms():
-    from fibrosis.report.build import _tune_aux_blocks
+    from fibrosis.report.sections.selection import tune_aux_blocks
     from helpers.records import tune_result
 
     t = tune_result(arms=[{"name": "a"}, {"name": "a-aux", "aux_auc": {"Mass": 0.71}}],
                     aux={"names": ["Mass"], "counts": {"Mass": [12, 300]}, "dropped": {"Hernia": "2 positive"}},
                     skipped_arms={"b-aux": "no labels"})
-    blocks = _tune_aux_blocks(t)
+    blocks = tune_aux_blocks(t)
     table = next(b for b in blocks if b["type"] == "table")
     assert table["rows"] == [["Mass", "12 / 300", "0.710"]] and table["header"][-1] == "OOF AUC, a-aux"
     text = " ".join(b.get("text", "") for b in blocks)
     assert "'b-aux' was not run: no labels" in text and "Hernia: 2 positive" in text
-    assert _tune_aux_blocks(tune_result(arms=[{"name": "a"}])) == []
+    assert tune_aux_blocks(tune_result(arms=[{"name": "a"}])) == []

@@ -1,0 +1,44 @@
+"""Baseline characteristics: counts, age quartiles and missing values on hand-checkable rows."""
+from __future__ import annotations
+
+from fibrosis.evaluate.baseline import baseline_table
+
+
+def _row(split, label, age, sex, view="PA", maker="ACME", key=None):
+    return {"split": split, "label": label, "age": age, "sex": sex, "view_position": view,
+            "manufacturer": maker, "patient_key": key or f"{split}{age}{sex}"}
+
+
+ROWS = [_row("train", "1", "60", "F", key="p1"), _row("train", "0", "070Y", "M", key="p1"),
+        _row("test", "1", "50", "F"), _row("test", "0", "", "m", view="AP"),
+        _row("test", "0", "30", "", maker=""), _row("val", "0", "40", "F")]
+
+
+def test_columns_counts_and_age_by_split_and_label():
+    b = baseline_table(ROWS, "test")
+    assert [(c["name"], c["by"], c["n"], c["n_patients"]) for c in b["columns"]] == [
+        ("train", "split", 2, 1), ("val", "split", 1, 1), ("test", "split", 3, 3),
+        ("fibrosis", "label", 1, 1), ("no fibrosis", "label", 2, 2)]
+    assert b["columns"][3]["within"] == "test"
+    train, _, test, pos, neg = b["age"]
+    assert (train["median"], train["q1"], train["q3"], train["missing"]) == (65.0, 62.5, 67.5, 0)
+    assert (test["median"], test["missing"]) == (40.0, 1)  # 50 and 30; one blank
+    assert pos["median"] == 50.0 and (neg["median"], neg["missing"]) == (30.0, 1)
+
+
+def test_categories_are_normalised_and_missing_counted():
+    cats = {c["attribute"]: c["levels"] for c in baseline_table(ROWS, "test")["categorical"]}
+    assert cats["sex"] == [{"value": "F", "counts": [1, 1, 1, 1, 0]}, {"value": "M", "counts": [1, 0, 1, 0, 1]},
+                           {"value": "missing", "counts": [0, 0, 1, 0, 1]}]
+    assert cats["view_position"] == [{"value": "PA", "counts": [2, 1, 2, 1, 1]},
+                                     {"value": "AP", "counts": [0, 0, 1, 0, 1]}]
+    assert cats["manufacturer"][-1] == {"value": "missing", "counts": [0, 0, 1, 0, 1]}
+
+
+def test_rare_values_pool_as_other_and_all_means_every_row():
+    rows = [_row("x", "1", "50", "F", maker=m) for m in "ABBCC"]
+    b = baseline_table(rows, "all", max_levels=2)
+    levels = next(c["levels"] for c in b["categorical"] if c["attribute"] == "manufacturer")
+    assert levels == [{"value": "B", "counts": [2, 2, 0]}, {"value": "C", "counts": [2, 2, 0]},
+                      {"value": "other (1 value)", "counts": [1, 1, 0]}]
+    assert b["age"][2] == {"median": None, "q1": None, "q3": None, "missing": 0}
