@@ -188,7 +188,7 @@ def test_loopback_node_returns_the_same_scores_as_fibrosis_score(ckpt, tmp_path,
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assoc_lines = [m for m in infos if m.startswith("association from")]
     assert any(re.fullmatch(rf"association from MODALITY@127\.0\.0\.1:\d+ to FIBROSIS accepted: "
-                            rf"{len(files) - 1} instance\(s\) stored, 3 refused; released", m) for m in assoc_lines), \
+                            rf"{len(files) - 1} instances stored, 3 refused; released", m) for m in assoc_lines), \
         assoc_lines
     assert any("STRANGER" in m and "refused: calling AE title 'STRANGER' not allowed" in m for m in assoc_lines)
     assert any("refused: called AE title 'OTHER'; this node is 'FIBROSIS'" in m for m in assoc_lines)

@@ -185,7 +185,7 @@ def test_demo_studies_go_through_orthanc_and_their_results_come_back(orthanc, ck
     print("\nstored in Orthanc per study:\n" + "\n".join(json.dumps(r) for r in report))
     assert {r["decision"] for r in report} == {"Present", "Absent"}
     # Logged for an IT person: Orthanc's associations with the AE titles and the peer.
-    assert any(re.fullmatch(r"association from ORTHANC@127\.0\.0\.1:\d+ to FIBROSIS accepted: \d+ instance\(s\) "
+    assert any(re.fullmatch(r"association from ORTHANC@127\.0\.0\.1:\d+ to FIBROSIS accepted: \d+ instances "
                             r"stored, 0 refused; released", r.getMessage()) for r in caplog.records)
 
 
