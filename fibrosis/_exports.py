@@ -19,7 +19,7 @@ from typing import Any, Callable
 HEAVY = frozenset({
     "torch", "torchvision", "monai", "sklearn", "scipy", "cv2", "PIL", "matplotlib", "weasyprint",
     "pydicom", "highdicom", "pynetdicom", "dicomweb_client", "requests", "onnx", "onnxscript",
-    "onnxruntime", "albumentations", "mlflow", "tqdm", "uvicorn", "starlette",
+    "onnxruntime", "albumentations", "mlflow", "tqdm", "uvicorn", "starlette", "shtab",
     # standard-library modules with a real import cost: metadata scans site-packages, the rest
     # start machinery (process pools, SQLite) only the commands that use them need
     "importlib.metadata", "multiprocessing", "concurrent.futures", "sqlite3",

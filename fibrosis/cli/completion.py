@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import shtab
-
 SHELLS = ("bash", "zsh")  # the choices of `fibrosis completion`
 
 
 def script(parser: argparse.ArgumentParser, shell: str) -> str:
     """The completion script for ``shell``; options that take a path complete file names."""
+    import shtab  # it loads importlib.metadata: only this command pays for it
 
     if shell not in SHELLS:
         raise ValueError(f"shell {shell!r}; allowed: {list(SHELLS)}")

@@ -91,7 +91,7 @@ def reader_cases(scores: Path, reader_labels: Path, label_column: str,
         hit, _ = reader.row(row["path"], row["sop_uid"], row["study_uid"])
         if hit is None:
             continue
-        probs.append(float(row["probability"]))
+        probs.append(float(row["probability_calibrated"]))
         thresholds.add(float(row["threshold"]))
         calls.append(np.nan if hit.get("reader_call") == UNCERTAIN else _value(hit["_label"]))
         if ref is not None:

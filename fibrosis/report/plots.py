@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import io
+import textwrap
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -277,7 +278,6 @@ def _arrow(ax: Any, x0: float, y0: float, x1: float, y1: float) -> None:
 def flow_figure(flow: dict[str, Any]) -> Figure:
     """STARD participant flow: inputs -> excluded at ingest (by reason) -> cache -> splits -> analysed.
     ``flow`` is :func:`fibrosis.report.sections.data.participant_flow`."""
-    import textwrap
 
     fig = Figure(figsize=(8.0, 5.0), dpi=100)
     ax = fig.add_axes((0, 0, 1, 1))

@@ -2,9 +2,10 @@
 a real MLflow file store. mlflow is an optional extra: skipped where it is not installed."""
 from __future__ import annotations
 
-import json
 
 import pytest
+
+from helpers.records import evaluation_result, tune_result
 
 from fibrosis.cli.tracking import log_evaluation, log_tune, numbers
 from fibrosis.io import write_csv
@@ -32,11 +33,10 @@ def _client(uri: str):
 def test_an_evaluation_is_an_mlflow_run(tmp_path, store):
     folder = tmp_path / "runs" / "r1" / "eval" / "frozen-site2-all"
     folder.mkdir(parents=True)
-    metrics = {"split": "all", "fit_split": "stored", "frozen": True, "deployment_prevalence": 0.015,
-               "evaluate_config": {"ci_level": 0.95},
-               "discrimination": {"auc": 0.71, "delong": {"ci": [0.6, 0.82]}},
-               "calibration": {"slope": 0.9, "intercept": -0.1, "ece": None}}
-    (folder / "metrics.json").write_text(json.dumps(metrics))
+    evaluation_result(split="all", fit_split="stored", frozen=True, deployment_prevalence=0.015,
+                      evaluate_config={"ci_level": 0.95},
+                      discrimination={"auc": 0.71, "delong": {"ci": [0.6, 0.82]}},
+                      calibration={"slope": 0.9, "intercept": -0.1, "ece": None}).write(folder / "metrics.json")
     write_csv(folder / "predictions.csv", [{"content_hash": "h", "label": 1, "logit": 0.3}], ("content_hash", "label", "logit"))
     run_id = log_evaluation(store, folder / "metrics.json")
     run = _client(store).get_run(run_id)
@@ -52,11 +52,11 @@ def test_an_evaluation_is_an_mlflow_run(tmp_path, store):
 def test_a_tune_is_an_mlflow_run(tmp_path, store):
     run_dir = tmp_path / "t1"
     run_dir.mkdir()
-    result = {"tune_config": {"folds": 3, "arms": ["head-only", "last1"]}, "arch": "mobilenet_v2", "chosen": "last1",
-              "n_dev": 121, "n_dev_pos": 26, "arms": [{"name": "head-only", "auc": 0.62}, {"name": "last1", "auc": 0.66},
-                                                      {"name": "random-init", "auc": None}],
-              "selection_adjusted": {"auc": 0.63, "pooled_auc": 0.66, "bias": 0.03, "folds": 3, "arms": 2}}
-    (run_dir / "tune.json").write_text(json.dumps(result))
+    result = tune_result(tune_config={"folds": 3, "arms": ["head-only", "last1"]}, arch="mobilenet_v2", chosen="last1",
+                         n_dev=121, n_dev_pos=26, arms=[{"name": "head-only", "auc": 0.62}, {"name": "last1", "auc": 0.66},
+                                                        {"name": "random-init", "auc": None}],
+                         selection_adjusted={"auc": 0.63, "pooled_auc": 0.66, "bias": 0.03, "folds": 3, "arms": 2})
+    result.write(run_dir / "tune.json")
     run_id = log_tune(store, run_dir, result)
     run = _client(store).get_run(run_id)
     assert run.data.metrics == {"arm.head-only.oof_auc": 0.62, "arm.last1.oof_auc": 0.66,

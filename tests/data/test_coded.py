@@ -12,6 +12,7 @@ from helpers.dicom_factory import chest_phantom, make_dicom, to_stored
 from fibrosis.config import IngestConfig
 from fibrosis.data.coded import INVALID, OTHER, WITHHELD, age_years, coded, quoted, uid
 from fibrosis.data.ingest import ingest
+from fibrosis.io import read_csv
 
 NAME, MRN = "DOE^JOHN", "84736251"
 PHI = f"{NAME} MRN {MRN}"  # 21 characters: longer than any CS value
@@ -92,4 +93,5 @@ def test_nor_any_score_file_or_the_score_log(tmp_path, caplog, monkeypatch):
     text = "".join(p.read_text() for p in tmp_path.glob("scores*.csv")) + caplog.text
     for secret in ("DOE", "JOHN", MRN, "SMITH"):
         assert secret not in text, secret
-    assert "excluded: (0008,0060) Modality=<invalid> (not a valid CS value; not shown)" in out.read_text()
+    assert any(r["status"] == "excluded" and r["reason"].startswith("(0008,0060) Modality=<invalid> (not a valid CS "
+                                                                    "value; not shown)") for r in read_csv(out))

@@ -50,7 +50,7 @@ CFG = IngestConfig(image_size=256)
 
 @pytest.fixture(scope="module")
 def files(request):
-    from conftest import SHARED
+    from helpers.paths import SHARED
 
     d = SHARED / "data" / "dicom-robustness" / "files"
     if not d.is_dir():

@@ -7,7 +7,13 @@ from fibrosis.score import output as IO
 
 
 def score_row(path: str, **kw: str) -> dict[str, str]:
-    """An ok row of model ``m1`` for ``path``; ``kw`` replaces or adds cells."""
+    """An ok row of model ``m1`` for ``path``; ``kw`` replaces or adds cells. Short names are read
+    as the score file's own: ``probability``, ``logit``, ``decision`` (the renamed columns) and a
+    ``status`` of "<kind>: <reason>" (split into status and reason)."""
+    kw = {IO.RENAMED.get(k, k): v for k, v in kw.items()}
+    if ":" in kw.get("status", ""):
+        kind, _, reason = kw["status"].partition(":")
+        kw.update(status=kind.strip(), reason=reason.strip())
     return {"path": path, "status": "ok", "study_uid": "S1", "patient_key": "k1", "view_position": "PA",
             "logit_uncalibrated": "0.0", "probability_calibrated": "0.5", "decision_fibrosis": "1",
             "threshold_name": "youden",

@@ -246,7 +246,7 @@ def test_evaluate_and_score_apply_the_recorded_tta(tta_run, tmp_path, monkeypatc
     assert m["gradcam"]["cases"]  # Grad-CAM ran on the TTA model
     # evaluate's logits are the TTA logits (predict_rows through forward), not the plain ones
     rows, idx = split_rows(cache, "test")
-    got = [float(r["logit"]) for r in csv.DictReader(open(run / "eval" / "test" / "predictions.csv"))]
+    got = [float(r["logit_uncalibrated"]) for r in csv.DictReader(open(run / "eval" / "test" / "predictions.csv"))]
     ref = predict_rows(net, CacheReader(cache, rows), idx, 64, "cpu")
     np.testing.assert_allclose(got, ref, atol=1e-5)
     text = json.dumps(build_blocks(EvaluationResult.read(run / "eval" / "test" / "metrics.json"), set()))
@@ -263,7 +263,7 @@ def test_evaluate_and_score_apply_the_recorded_tta(tta_run, tmp_path, monkeypatc
         summary = score(run, inputs, tmp_path / f"{engine}.csv", engine=engine, progress=False, device="cpu",
                         gradcam_dir=tmp_path / f"cam-{engine}", workers=1)
         assert summary.ok() and summary.counts["ok"] == 3
-        scored[engine] = [float(r["logit"]) for r in csv.DictReader(open(tmp_path / f"{engine}.csv"))]
+        scored[engine] = [float(r["logit_uncalibrated"]) for r in csv.DictReader(open(tmp_path / f"{engine}.csv"))]
         assert len(list((tmp_path / f"cam-{engine}").glob("*.png"))) == 3
     for engine in engines[1:]:
         np.testing.assert_allclose(scored[engine], scored["eager"], atol=1e-3)
@@ -274,7 +274,7 @@ def test_evaluate_and_score_apply_the_recorded_tta(tta_run, tmp_path, monkeypatc
     ckpt.config["model"]["tta"] = False
     save_checkpoint(plain / "best.pt", dataclasses.replace(ckpt, tta=None))
     score(plain, inputs, tmp_path / "plain.csv", engine="eager", progress=False, device="cpu", workers=1)
-    off = [float(r["logit"]) for r in csv.DictReader(open(tmp_path / "plain.csv"))]
+    off = [float(r["logit_uncalibrated"]) for r in csv.DictReader(open(tmp_path / "plain.csv"))]
     assert np.abs(np.array(off) - np.array(scored["eager"])).max() > 1e-3
 
 

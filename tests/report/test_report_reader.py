@@ -30,7 +30,7 @@ def test_the_appendix_shows_the_reader_beside_the_model(tmp_path):
     write_json(run / artefacts.READER_DIR / artefacts.READER_VS_MODEL, result(truth=True))
     out = write_report(run, tmp_path / "out")
     html = (out / artefacts.REPORT_HTML).read_text()
-    assert "Appendix D: Reader versus model" in html and "reader sensitivity / specificity (reference)" in html
+    assert "Appendix C: Reader versus model" in html and "reader sensitivity / specificity (reference)" in html
     assert "4 uncertain" in html and "model AUC against the reader" in html
     assert html.count("data:image/png;base64,") >= 5  # the reader figure among the others
 

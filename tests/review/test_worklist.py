@@ -117,7 +117,7 @@ def test_scores_of_two_models_or_bad_rows_are_refused(tmp_path):
     with pytest.raises(ValueError, match="rows of 2 models"):
         load_worklist(two)
     bad = write_scores(tmp_path / "bad.csv", [score_row("/a", probability="1.5")])
-    with pytest.raises(ValueError, match=r"bad.csv:2: probability='1.5'"):
+    with pytest.raises(ValueError, match=r"bad.csv:2: probability_calibrated='1.5'"):
         load_worklist(bad)
     with pytest.raises(FileNotFoundError, match="scores file not found"):
         load_worklist(tmp_path / "none.csv")

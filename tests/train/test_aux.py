@@ -162,7 +162,7 @@ def test_aux_checkpoint_round_trips_through_evaluate_gradcam_and_every_engine(au
         assert summary.ok() and summary.counts["ok"] == 3
         rows = list(csv.DictReader(open(out)))
         assert not any(k.startswith("p_") for k in rows[0])  # scores.csv: fibrosis only
-        got[engine] = [float(r["logit"]) for r in rows]
+        got[engine] = [float(r["logit_uncalibrated"]) for r in rows]
     for engine in engines[1:]:
         np.testing.assert_allclose(got[engine], got["eager"], atol=1e-3)
     aux_rows = list(csv.DictReader(open(tmp_path / "eager.aux.csv")))
@@ -204,7 +204,8 @@ def test_tune_aux_arm_reports_aux_oof_aucs_and_packages_the_heads(aux_cache, tmp
     # The two arms differ only by the auxiliary loss: their fibrosis OOF logits differ.
     assert arms["last1"]["auc"] != arms["last1-aux"]["auc"] or arms["last1"]["epoch"] != arms["last1-aux"]["epoch"]
     # Package the aux arm whatever was chosen: its heads and their OOF AUCs travel in best.pt.
-    from fibrosis.train.tune import cross_validate, package
+    from fibrosis.train.tune.cv import cross_validate
+    from fibrosis.train.tune.package import package
 
     cv = cross_validate(cfg, aux_cache, tmp_path / "t", progress=False)  # all units done: reads arm.json
     path = package(cfg, aux_cache, tmp_path / "t", cv, "last1-aux")

@@ -484,7 +484,7 @@ def test_ensemble_round_trips_through_evaluate_and_score(tuned, cache, tmp_path,
         summary = score(run, inputs, tmp_path / f"{engine}.csv", engine=engine, progress=False, device="cpu",
                         gradcam_dir=tmp_path / "cam", workers=1)
         assert summary.ok() and summary.counts["ok"] == 3
-        got[engine] = [float(r["logit"]) for r in csv.DictReader(open(tmp_path / f"{engine}.csv"))]
+        got[engine] = [float(r["logit_uncalibrated"]) for r in csv.DictReader(open(tmp_path / f"{engine}.csv"))]
     # The scored logit is the ensemble's mean logit of the same input (eager reference).
     for engine in engines[1:]:
         np.testing.assert_allclose(got[engine], got["eager"], atol=1e-3)
@@ -605,7 +605,8 @@ def test_tta_twins_table_cache_and_identity_check(tuned, cache, tmp_path):
 @pytest.mark.slow
 def test_choosing_a_tta_twin_packages_a_checkpoint_with_tta_on(tuned, cache, tmp_path):
     from fibrosis.model.tta import DEFAULT_VARIANTS, variants_of
-    from fibrosis.train.tune import cross_validate, package
+    from fibrosis.train.tune.cv import cross_validate
+    from fibrosis.train.tune.package import package
 
     out = tmp_path / "t"
     shutil.copytree(tuned[0], out)

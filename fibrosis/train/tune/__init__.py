@@ -16,7 +16,7 @@ _EXPORTS = {
     "extend_repeats": "fibrosis.train.tune.cv",
     "setup": "fibrosis.train.tune.cv",
     "ArmResult": "fibrosis.train.tune.results",
-    "package": "fibrosis.train.tune.package",
 }
+# ``package`` is not re-exported: the submodule of that name would shadow the function once imported.
 __getattr__ = lazy(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)
