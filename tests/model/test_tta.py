@@ -246,7 +246,7 @@ def test_evaluate_and_score_apply_the_recorded_tta(tta_run, tmp_path, monkeypatc
     assert m["gradcam"]["cases"]  # Grad-CAM ran on the TTA model
     # evaluate's logits are the TTA logits (predict_rows through forward), not the plain ones
     rows, idx = split_rows(cache, "test")
-    got = [float(r["logit_uncalibrated"]) for r in csv.DictReader(open(run / "eval" / "test" / "predictions.csv"))]
+    got = [float(r["logit"]) for r in csv.DictReader(open(run / "eval" / "test" / "predictions.csv"))]
     ref = predict_rows(net, CacheReader(cache, rows), idx, 64, "cpu")
     np.testing.assert_allclose(got, ref, atol=1e-5)
     text = json.dumps(build_blocks(EvaluationResult.read(run / "eval" / "test" / "metrics.json"), set()))
