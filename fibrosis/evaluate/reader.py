@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 from fibrosis.data.labels import load_labels
 from fibrosis.evaluate.metrics import auc_delong, roc_points
 from fibrosis.evaluate.operating import binary_metrics, confusion
-from fibrosis.io import iter_csv, write_json
+from fibrosis.io import write_json
 from fibrosis.numeric import MetricWarning
 
 logger = logging.getLogger(__name__)
@@ -78,14 +79,15 @@ def _value(label: str) -> float:
     return float(label) if label in ("0", "1") else np.nan
 
 
-def reader_cases(scores: Path, reader_labels: Path, label_column: str,
+def reader_cases(scores: Path, rows: Iterable[Mapping[str, str]], reader_labels: Path, label_column: str,
                  truth: Path | None = None) -> tuple[np.ndarray, float, np.ndarray, np.ndarray | None]:
-    """(probabilities, threshold, reader calls, reference labels or None) of the ``ok`` images of
-    ``scores`` that the reader labelled (uncertain included, as NaN)."""
+    """(probabilities, threshold, reader calls, reference labels or None) of the ``ok`` images among
+    ``rows`` of ``scores`` (read by its own stage's reader) that the reader labelled (uncertain
+    included, as NaN)."""
     reader = load_labels(reader_labels, label_column)
     ref = load_labels(truth, label_column) if truth is not None else None
     probs, calls, refs, thresholds = [], [], [], set()
-    for row in iter_csv(scores):
+    for row in rows:
         if row["status"] != "ok":
             continue
         hit, _ = reader.row(row["path"], row["sop_uid"], row["study_uid"])
@@ -104,12 +106,12 @@ def reader_cases(scores: Path, reader_labels: Path, label_column: str,
             np.array(refs, float) if ref is not None else None)
 
 
-def write_reader_vs_model(out: Path, scores: Path, reader_labels: Path, label_column: str,
-                          truth: Path | None = None, level: float = 0.95) -> dict[str, Any] | None:
+def write_reader_vs_model(out: Path, scores: Path, rows: Iterable[Mapping[str, str]], reader_labels: Path,
+                          label_column: str, truth: Path | None = None, level: float = 0.95) -> dict[str, Any] | None:
     """``out`` (JSON, atomically) from :func:`reader_cases` and :func:`reader_vs_model`; None (and
     nothing written) when the reader labelled none of the scored images. Files are named by their
     name only: a folder may carry a patient's name."""
-    prob, threshold, calls, ref = reader_cases(scores, reader_labels, label_column, truth)
+    prob, threshold, calls, ref = reader_cases(scores, rows, reader_labels, label_column, truth)
     if len(prob) == 0:
         return None
     res = reader_vs_model(prob, threshold, calls, ref, level)

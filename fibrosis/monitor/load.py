@@ -20,7 +20,7 @@ from fibrosis import artefacts
 from fibrosis.data.labels import load_labels
 from fibrosis.evaluate.reference import REFERENCE_FORMAT
 from fibrosis.io import read_csv, read_text
-from fibrosis.score.output import COLUMNS, OLD_COLUMNS, STATUSES, meta_path, migrate_row
+from fibrosis.score.output import STATUSES, iter_score_rows, meta_path
 
 logger = logging.getLogger(__name__)
 
@@ -83,14 +83,7 @@ def read_scores(path: Path, model_id: str) -> list[dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: scores file not found (written by `fibrosis score --out`)")
     # a FIFO, an over-long field or non-UTF-8 bytes: one line naming the file
-    rows: list[dict[str, Any]] = read_csv(path)
-    if rows and tuple(rows[0]) == OLD_COLUMNS:
-        logger.info("%s: a scores file of an earlier version (status 'kind: reason'; logit, probability, "
-                    "decision): read as status + reason, logit_uncalibrated, probability_calibrated, "
-                    "decision_fibrosis", path)
-        rows = [migrate_row(r) for r in rows]
-    if rows and tuple(rows[0]) != COLUMNS:
-        raise ValueError(f"{path}: columns {list(rows[0])}; expected {list(COLUMNS)} (a fibrosis scores file)")
+    rows: list[dict[str, Any]] = list(iter_score_rows(path))
     for line, r in enumerate(rows, start=2):
         problem = row_problem(r)
         if problem:

@@ -21,6 +21,7 @@ from fibrosis.review.labels import LabelStore, check_reader
 from fibrosis.review.pages import Mode
 from fibrosis.review.security import TOKEN_ENV, Guard, check_binding, is_loopback
 from fibrosis.review.worklist import Level, load_worklist
+from fibrosis.score.output import iter_score_rows
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,8 @@ def reader_vs_model(s: Settings, review: Review) -> None:
     run = resolve_checkpoint(s.model).parent
     out = run / artefacts.READER_DIR / artefacts.READER_VS_MODEL
     try:
-        write_reader_vs_model(out, s.scores, review.labels.path, review.labels.label_column, s.truth)
+        write_reader_vs_model(out, s.scores, iter_score_rows(s.scores), review.labels.path,
+                              review.labels.label_column, s.truth)
     except (OSError, ValueError) as exc:  # the labels are saved; only the report's summary is missing
         logger.warning("reader vs model not written to %s: %s", out, exc)
         return

@@ -28,7 +28,7 @@ from fibrosis.evaluate.summary import scrub_reason
 from fibrosis.io import iter_csv
 from fibrosis.monitor.load import row_problem
 from fibrosis.review.strings import KeyIndex, Strings
-from fibrosis.score.output import (COLUMNS, FRONTAL_VIEWS, OLD_COLUMNS, STATUSES, meta_path, migrate_row, study_rows,
+from fibrosis.score.output import (FRONTAL_VIEWS, STATUSES, iter_score_rows, meta_path, study_rows,
                                    studies_path)
 
 logger = logging.getLogger(__name__)
@@ -285,16 +285,7 @@ def load_worklist(scores: Path, aggregate: str = "max") -> Worklist:
     views, makers, study_codes = _Codes(), _Codes(), _Codes()
     seen: set[str] = set()
     model_ids: set[str] = set()
-    old = False
-    for line, r in enumerate(iter_csv(scores), start=2):
-        if line == 2:
-            old = tuple(r) == OLD_COLUMNS
-            if old:
-                logger.info("%s: a scores file of an earlier version: read with this version's columns", scores)
-            elif tuple(r) != COLUMNS:
-                raise ValueError(f"{scores}: columns {list(r)}; expected {list(COLUMNS)} (a fibrosis scores file)")
-        if old:
-            r = migrate_row(r)
+    for line, r in enumerate(iter_score_rows(scores), start=2):
         problem = row_problem(r)
         if problem:
             raise ValueError(f"{scores}:{line}: {problem} (a scores file written by `fibrosis score`)")

@@ -76,6 +76,24 @@ def status_cells(kind: str, reason: str) -> dict[str, str]:
     return {"status": kind, "reason": " ".join(str(reason).split())}
 
 
+def iter_score_rows(path: Path) -> Iterator[dict[str, str]]:
+    """The rows of a scores file with this version's columns, one at a time: the one reader of
+    `monitor`, `review` and review's reader-vs-model summary. An OLD_COLUMNS file is migrated row by
+    row (:func:`migrate_row`) with one note; any other header is refused, naming the file."""
+    rows = iter_csv(path)
+    for line, r in enumerate(rows, start=2):
+        if line == 2 and tuple(r) == OLD_COLUMNS:
+            logger.info("%s: a scores file of an earlier version (status 'kind: reason'; logit, probability, "
+                        "decision): read as status + reason, logit_uncalibrated, probability_calibrated, "
+                        "decision_fibrosis", path)
+            yield migrate_row(r)
+            yield from (migrate_row(o) for o in rows)
+            return
+        if line == 2 and tuple(r) != COLUMNS:
+            raise ValueError(f"{path}: columns {list(r)}; expected {list(COLUMNS)} (a fibrosis scores file)")
+        yield r
+
+
 def migrate_row(row: dict[str, str]) -> dict[str, str]:
     """A row of an OLD_COLUMNS file with this version's columns: "<kind>: <reason>" split into
     ``status`` and ``reason``, the renamed columns under their new names."""

@@ -9,6 +9,8 @@ from fibrosis.evaluate.reader import reader_cases, reader_vs_model
 from fibrosis.io import write_csv
 from helpers.scores import score_row, write_scores
 
+from fibrosis.score.output import iter_score_rows
+
 pytestmark = pytest.mark.filterwarnings("ignore::fibrosis.numeric.MetricWarning")  # the tests' own small AUCs
 NAN = float("nan")
 #            10 cases: truth, reader (NaN = uncertain), model probability
@@ -64,7 +66,8 @@ def test_cases_are_the_scored_images_the_reader_labelled(tmp_path):
         {"study_instance_uid": "S3", "fibrosis": "0", "reader_call": "absent", "level": "study"}], cols)
     write_csv(tmp_path / "truth.csv", [{"image": "a.dcm", "fibrosis": "1"}, {"image": "c.dcm", "fibrosis": "0"}],
               ("image", "fibrosis"))
-    prob, thr, calls, ref = reader_cases(scores, tmp_path / "reader.csv", "fibrosis", tmp_path / "truth.csv")
+    prob, thr, calls, ref = reader_cases(scores, iter_score_rows(scores), tmp_path / "reader.csv", "fibrosis",
+                                   tmp_path / "truth.csv")
     # S1's label reaches both its images; S3's only image was not scored; e.dcm was not labelled
     assert prob.tolist() == [0.9, 0.7, 0.2] and thr == 0.4
     assert calls[:2].tolist() == [1.0, 1.0] and np.isnan(calls[2])

@@ -110,3 +110,23 @@ def test_study_aggregate_groups_studies_spread_over_the_file_and_streams(tmp_pat
         rows = list(csv.DictReader(fh))
     assert [(r["study_uid"], r["probability_calibrated"], r["decision_fibrosis"]) for r in rows] == [("S1", "0.800000", "1"),
                                                                                 ("S9", "0.900000", "1")]
+
+
+def test_one_reader_migrates_an_earlier_scores_file_and_refuses_a_foreign_one(tmp_path):
+    """iter_score_rows is what monitor, review and review's reader summary read a scores file with."""
+    from fibrosis.io import write_csv
+    from fibrosis.score.output import COLUMNS, OLD_COLUMNS, iter_score_rows
+
+    old = tmp_path / "old.csv"
+    write_csv(old, [{"path": "/in/a.dcm", "status": "error: truncated file", "logit": "", "probability": "",
+                     "decision": ""},
+                    {"path": "/in/b.dcm", "status": "ok", "logit": "0.5", "probability": "0.6", "decision": "1"}],
+              OLD_COLUMNS)
+    rows = list(iter_score_rows(old))
+    assert [tuple(r) for r in rows] == [COLUMNS, COLUMNS]
+    assert (rows[0]["status"], rows[0]["reason"]) == ("error", "truncated file")
+    assert (rows[1]["probability_calibrated"], rows[1]["decision_fibrosis"]) == ("0.6", "1")
+    other = tmp_path / "other.csv"
+    write_csv(other, [{"path": "a", "score": "1"}], ("path", "score"))
+    with pytest.raises(ValueError, match=r"other.csv: columns \['path', 'score'\]; expected"):
+        list(iter_score_rows(other))
