@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -43,6 +44,36 @@ def detach_file_log(handler: logging.Handler) -> None:
     pkg.removeHandler(handler)
     pkg.setLevel(getattr(handler, "previous_level", pkg.level))
     handler.close()
+
+
+class _OnlyWarnings(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(self.prefix)
+
+
+@contextmanager
+def console_warnings_only(prefix: str) -> Iterator[None]:
+    """While inside, the root handlers (the console, ``--log-file``) show only warnings of the
+    ``prefix`` loggers; the run's own train.log keeps every line. `fibrosis tune` runs
+    `fibrosis train` once per fold: its per-epoch lines would bury the arms' one-line
+    summaries. With ``-v`` (root at DEBUG) nothing is hidden."""
+    root = logging.getLogger()
+    if root.getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    only = _OnlyWarnings(prefix)
+    handlers = list(root.handlers)
+    for h in handlers:
+        h.addFilter(only)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(only)
 
 
 def write_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:

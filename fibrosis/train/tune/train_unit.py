@@ -18,6 +18,7 @@ from fibrosis.model.checkpoint import load_checkpoint, load_model
 from fibrosis.model.inference import predict_rows
 from fibrosis.train.folds import Fold, inner_validation, near_duplicate_links
 from fibrosis.train.loop import train
+from fibrosis.train.runlog import console_warnings_only
 from fibrosis.train.tune.arms import Arm
 from fibrosis.train.tune.context import Clock, Context, UnitRecord
 from fibrosis.train.tune.models import TRAIN_RUN, arm_config
@@ -31,8 +32,9 @@ def run_train_unit(ctx: Context, arm: Arm, fold: Fold, unit_dir: Path) -> UnitRe
     tr, val = inner_validation(ctx.rows, fold.train, fraction, cfg.tune.seed + 7919 * fold.repeat + fold.fold,
                                near_duplicate_links(ctx.cache_dir))
     run = unit_dir / TRAIN_RUN
-    best = train(cfg, ctx.cache_dir, run, resume=(run / artefacts.LAST).is_file(), rows=(tr, val),
-                 device=str(ctx.device))
+    with console_warnings_only("fibrosis.train."):
+        best = train(cfg, ctx.cache_dir, run, resume=(run / artefacts.LAST).is_file(), rows=(tr, val),
+                     device=str(ctx.device))
     model, _ = load_model(best, ctx.device)
     oof = []
     if fold.heldout:
