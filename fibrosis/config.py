@@ -217,6 +217,11 @@ class EvaluateConfig:
     fit_split: FitSplit = "auto"  # split that fits calibration + thresholds: auto (calib if any, else val) | val | calib
     gradcam_per_kind: int = 2  # Grad-CAM panels per kind (most confident TP, FP, FN); 0 = none
     data_source: str | None = None  # one line for the report header, e.g. "NIH ChestX-ray14 sample"
+    # The study facts the data cannot tell (TRIPOD+AI 5b, 6a, 8a-b; STARD 8, 10b): the report
+    # states them in words, or says they were not stated.
+    data_setting: str | None = None  # e.g. "one tertiary hospital, inpatients and outpatients"
+    data_dates: str | None = None  # e.g. "studies acquired 2019-01 to 2023-12"
+    reference_standard: str | None = None  # who labelled, how, blinded to what
 
 
 @dataclass(frozen=True)
