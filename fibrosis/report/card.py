@@ -42,9 +42,12 @@ def model_card(ctx: Context) -> list[dict[str, Any]]:
         "Reading the probability as a patient's risk at another prevalence without re-calibrating on local data.",
     ]
     limits = [
-        "Weak labels: the reference standard is text-mined from radiology reports (NLP), not a confirmed "
-        "diagnosis; a report mention of fibrosis includes minor scarring and misses unreported disease. "
-        "Label noise caps and biases every metric in this report.",
+        (f"Reference standard: {m.evaluate_config['reference_standard']}. Whatever its noise (a label taken "
+         "from report text includes minor scarring and misses unreported disease), it caps and biases every "
+         "metric in this report."
+         if m.evaluate_config.get("reference_standard") else
+         "Reference standard not stated (evaluate.reference_standard): who labelled and how is unknown to "
+         "this report, so the label noise that caps and biases every metric here cannot be judged."),
         f"Single source: {d.get('source') or 'see ' + ctx.ref('data')}. Performance at other hospitals, on other "
         "detectors and post-processing, and in other populations is unknown until validated there.",
         f"Prevalence shift: fibrosis is {_pct(prev)} of this data set versus {_pct(NIH_PREVALENCE)} in the full "

@@ -33,16 +33,24 @@ def _eligibility(m: EvaluationResult) -> str:
     return "Images accepted by ingest (settings of the model's run): " + "; ".join(parts) + "."
 
 
+def _stated(ecfg: dict[str, Any], key: str, what: str = "") -> str:
+    """The team's statement of a study fact the data cannot tell, or where to state it."""
+    text = ecfg.get(key)
+    if text:
+        return str(text)
+    return f"not stated ({what + '; ' if what else ''}set evaluate.{key} in the configuration)"
+
+
 def data_blocks(ctx: Context) -> list[Block]:
     m = ctx.m
-    d = m.data
+    d, ecfg = m.data, m.evaluate_config
     items = [
-        ("Source and setting", d.get("source", "not recorded")),
-        ("Dates", "not recorded by the tool (the cache keeps no acquisition dates); state them with the source"),
+        ("Source", d.get("source", "not recorded")),
+        ("Setting", _stated(ecfg, "data_setting")),
+        ("Dates", _stated(ecfg, "data_dates", "the cache keeps no acquisition dates")),
         ("Eligibility", _eligibility(m)),
-        ("Reference standard", f"{d.get('labels', 'not recorded')}: a binary label per image as supplied with the "
-                               "data (who labelled and how is a property of the data set; for the bundled NIH "
-                               "images, text-mined from the radiology report)"),
+        ("Reference standard", f"label column {d.get('labels', 'not recorded')}, one binary label per image: "
+                               + _stated(ecfg, "reference_standard", "who labelled, how, and blinded to what")),
         ("Missing data", "images without a label are not evaluated (evaluate refuses them); missing age, sex, "
                          "view or manufacturer are counted in the baseline table below and form an "
                          "'unknown' subgroup; nothing is imputed"),
