@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 from pathlib import Path
 
 OWN = "fibrosis"
@@ -51,9 +52,26 @@ def browser_only_css(record: logging.LogRecord) -> bool:
     return bool(args) and str(args[0]) in BROWSER_ONLY_CSS
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record, not at setup: a caller
+    that swaps stderr (a test's capture, a notebook) and closes the old one leaves no
+    handler writing to a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def setup_logging(verbose: bool, log_file: Path | None) -> str:
     """Log to stderr (and ``log_file``); returns why the log file cannot be used, or ''."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [StderrHandler()]
     problem = ""
     if log_file:
         try:

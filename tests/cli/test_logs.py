@@ -63,3 +63,19 @@ def test_stage_summaries_read_as_words():
                          near_duplicates=1)
     assert str(split) == ("train 3 images of 2 patients (1 positive, 2 negative); test 1 image of 1 patient "
                           "(0 positive, 1 negative); 1 near-duplicate pair across patients")
+
+
+def test_the_console_handler_follows_sys_stderr(monkeypatch):
+    import io
+
+    from fibrosis.cli.logs import setup_logging
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    setup_logging(False, None)
+    logging.getLogger("fibrosis.x").warning("one")
+    first.close()  # what a test's capture does when it ends
+    monkeypatch.setattr("sys.stderr", second)
+    logging.getLogger("fibrosis.x").warning("two")  # no "I/O operation on closed file"
+    assert "two" in second.getvalue()
+    logging.basicConfig(force=True, handlers=[logging.NullHandler()])
