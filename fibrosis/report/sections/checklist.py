@@ -150,7 +150,7 @@ def checklist_blocks(ctx: Context) -> list[Block]:
                                   "(objectives, ethics, funding) are the study team's to write; \"not stated\" "
                                   "marks what the team can state in the evaluate section of the configuration."},
             {"type": "table", "caption": "TRIPOD+AI (2024) and STARD 2015",
-             "header": ["TRIPOD+AI", "item", "where", "what / why not", "STARD"], "rows": rows},
+             "header": ["TRIPOD+AI", "topic", "where", "what / why not", "STARD 2015"], "rows": rows},
             {"type": "p", "text": "CLAIM (2024) topics not covered above, named by topic: its 2024 update "
                                   "renumbered the items."},
             {"type": "table", "caption": "CLAIM (2024), further topics",
