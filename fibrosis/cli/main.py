@@ -179,6 +179,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from fibrosis.report.runs_page import write_runs_index
+
+    if not args.dir.exists():
+        raise UsageError(f"runs {args.dir}: no such folder; expected a folder holding run folders")
+    _folder(args.dir, "runs")
+    if args.out is not None:
+        _file_out(args.out, "--out")
+    roots = args.reports if args.reports is not None else [Path("reports")]
+    page, index = write_runs_index(args.dir, args.out, roots)
+    logger.info("runs: %s, %s (%d not readable) -> %s", plural(index.n_runs, "run"),
+                plural(index.n_evaluations, "evaluation"), index.n_unreadable, page)
+    return EXIT_OK
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from fibrosis.evaluate.compare import compare_runs
 
@@ -415,6 +430,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test",
                    help="evaluation to report: a folder name under RUN/eval/ (default: test; a "
                         "frozen evaluation is frozen-<cache dir name>-<split>)")
+
+    p = add("runs", cmd_runs,
+            "Write one HTML page listing every run under DIR (at any depth) and each of its evaluations: "
+            "model, data, split, AUC with its CI, calibration, date and a link to its report; newest first. "
+            "A run not evaluated yet, and a folder that cannot be read (with the reason), get a row too.")
+    p.add_argument("dir", type=Path, metavar="DIR", help="folder to search for run folders (each holding best.pt)")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE",
+                   help="the page to write (default: DIR/index.html)")
+    p.add_argument("--reports", type=Path, action="append", metavar="FOLDER",
+                   help="where to look for reports besides DIR: `fibrosis report`'s --out folders or a folder "
+                        "above them (repeatable; default: ./reports, where `fibrosis report` writes by default); "
+                        "a report is linked to the evaluation whose metrics.json it copied")
 
     p = add("compare", cmd_compare,
             "Paired DeLong test of two evaluations on the same cases: two models on the same test split, or on "

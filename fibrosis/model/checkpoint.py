@@ -165,12 +165,14 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path, *, mmap: bool = False) -> Checkpoint:
+    """The record of ``path``; ``mmap``: the weights stay on disk, mapped, until read (a caller
+    after the other fields only, such as `fibrosis runs`, never reads them)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # pickle that needs code, truncated file, not a torch file
         raise CheckpointError(f"{path}: not a loadable fibrosis checkpoint "
                               f"({type(exc).__name__}: {str(exc)[:200]})") from exc
