@@ -61,10 +61,10 @@ def _folder(path: Path, option: str, *, create: bool = False) -> Path:
     return path
 
 
-def _file_out(path: Path, option: str) -> Path:
+def _file_out(path: Path, option: str, example: str = artefacts.SCORES) -> Path:
     """``path`` can be written as a file: not an existing folder."""
     if path.is_dir():
-        raise UsageError(f"{option} {path}: is a folder; expected a file path (e.g. {path / 'scores.csv'})")
+        raise UsageError(f"{option} {path}: is a folder; expected a file path (e.g. {path / example})")
     return path
 
 
@@ -180,13 +180,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from fibrosis.report.runs_page import write_runs_index
+    from fibrosis.report.runs_page import INDEX_HTML, write_runs_index
 
     if not args.dir.exists():
         raise UsageError(f"runs {args.dir}: no such folder; expected a folder holding run folders")
     _folder(args.dir, "runs")
     if args.out is not None:
-        _file_out(args.out, "--out")
+        _file_out(args.out, "--out", INDEX_HTML)
     roots = args.reports if args.reports is not None else [Path("reports")]
     page, index = write_runs_index(args.dir, args.out, roots)
     logger.info("runs: %s, %s (%d not readable) -> %s", plural(index.n_runs, "run"),

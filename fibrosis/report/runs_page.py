@@ -93,5 +93,6 @@ def write_runs_index(root: str | Path, out: str | Path | None = None,
     index = scan_runs(root, report_roots)
     page = Path(out) if out is not None else Path(root) / INDEX_HTML
     text = render_html(build_blocks(index, page), {}, f"fibrosis runs: {index.root}")
+    page.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(page, text.encode("utf-8"))
     return page, index
