@@ -28,6 +28,7 @@ from fibrosis.io import NO_SPACE_ERRNOS
 from fibrosis.cli.tracking import log_evaluation, log_tune
 from fibrosis.data.split import split_cache
 from fibrosis.pipeline.tune import run_tune
+from fibrosis.report.runs_page import INDEX_HTML, write_runs_index
 from fibrosis.score.dicomweb import Query, retrieve, store
 from fibrosis.words import plural
 
@@ -180,8 +181,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from fibrosis.report.runs_page import INDEX_HTML, write_runs_index
-
     if not args.dir.exists():
         raise UsageError(f"runs {args.dir}: no such folder; expected a folder holding run folders")
     _folder(args.dir, "runs")
@@ -583,7 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo,
             "Run the whole pipeline on the bundled demo data (data/demo): ingest, split, tune (patient-level "
             "cross-validation of how much to unfreeze; keeps the chosen arm's fold ensemble), evaluate on the "
-            "test split, report (reports/demo/), score data/demo/score (two broken files on purpose).")
+            "test split, report (reports/demo/), score data/demo/score (two broken files on purpose), and the "
+            "runs index WORK/index.html (`fibrosis runs`).")
     p.add_argument("--work", type=Path, default=Path("work/demo"),
                    help="working folder for the cache, run and scores (emptied first; default work/demo)")
     p.add_argument("--quick", action="store_true",
