@@ -24,6 +24,7 @@ EPOCHS_JSONL = "metrics.jsonl"
 TRAIN_LOG = "train.log"
 METRICS = "metrics.json"  # evaluate's result, under eval/<split>/
 PREDICTIONS = "predictions.csv"  # evaluate's per-image outputs, beside it
+MLFLOW_RUN = "mlflow.json"  # the MLflow run evaluate logged to (tracking URI, run id), beside it
 REFERENCE = "reference.json"  # the distributions monitor compares new scores with
 TUNE = "tune.json"  # tune's arms table and choice
 TUNE_STATE = "tune_state.json"  # the schema a resumable tune folder was written with

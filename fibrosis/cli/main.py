@@ -25,7 +25,7 @@ from fibrosis.cli.options import (EXIT_FAIL, EXIT_OK, EXIT_USAGE, Formatter, add
                                   check_required, deprecated, deprecations, exit_status)
 from fibrosis.config import Config, ConfigError, EngineName, StudyAggregate, load_config
 from fibrosis.io import NO_SPACE_ERRNOS
-from fibrosis.cli.tracking import log_evaluation, log_tune
+from fibrosis.cli.tracking import attach_report, log_evaluation, log_tune
 from fibrosis.data.split import split_cache
 from fibrosis.pipeline.tune import run_tune
 from fibrosis.report.runs_page import INDEX_HTML, write_runs_index
@@ -177,6 +177,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         _folder(args.out, "--out")
     out = write_report(args.run, args.out, split=args.split)
     logger.info("report written to %s", out)
+    eval_dir = Path(args.run) / "eval" / args.split
+    try:
+        link = attach_report(eval_dir, out)
+    except Exception as exc:  # noqa: BLE001 - the report stands; MLflow (optional, maybe remote) is a copy of it
+        logger.warning("report not added to the evaluation's MLflow run (%s): %s", eval_dir / artefacts.MLFLOW_RUN,
+                       _one_line(exc))
+    else:
+        if link is not None:
+            logger.info("report added to MLflow run %s (%s)", link.run_id, link.uri)
     return EXIT_OK
 
 
