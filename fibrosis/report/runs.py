@@ -111,9 +111,11 @@ def _walk(root: Path) -> Iterable[tuple[Path, list[str], list[str]]]:
         yield Path(dirpath), dirnames, filenames
 
 
-def find_runs(root: Path) -> list[Path]:
-    """Every run folder under ``root`` (itself included), outermost only."""
+def survey(root: Path) -> tuple[list[Path], list[Path]]:
+    """One walk of ``root``: its run folders (outermost only, itself included) and its report
+    folders (report.html beside metrics.json, as `fibrosis report` writes them)."""
     runs: list[Path] = []
+    reports: list[Path] = []
     inside: set[Path] = set()  # folders within a run: their best.pt files are the run's own units
     for folder, dirnames, filenames in _walk(root):
         within = folder in inside
@@ -121,27 +123,28 @@ def find_runs(root: Path) -> list[Path]:
             runs.append(folder)
         if within or artefacts.BEST in filenames:
             inside.update(folder / d for d in dirnames)
-    return runs
+        if artefacts.REPORT_HTML in filenames and artefacts.METRICS in filenames:
+            reports.append(folder)
+    return runs, reports
 
 
-def find_reports(roots: Iterable[Path]) -> dict[str, Path]:
-    """report.html by the sha256 of the metrics.json beside it, over every folder under ``roots``
-    (the newest report where one evaluation has several)."""
+def find_runs(root: Path) -> list[Path]:
+    """Every run folder under ``root`` (itself included), outermost only."""
+    return survey(root)[0]
+
+
+def index_reports(folders: Iterable[Path]) -> dict[str, Path]:
+    """report.html by the sha256 of the metrics.json beside it (the newest report where one
+    evaluation has several)."""
     found: dict[str, Path] = {}
-    seen: set[Path] = set()
-    for root in roots:
-        for folder, _, filenames in _walk(root):
-            key = folder.resolve()
-            if key in seen or artefacts.REPORT_HTML not in filenames or artefacts.METRICS not in filenames:
-                continue
-            seen.add(key)
-            try:
-                digest = _sha256(folder / artefacts.METRICS)
-                page = folder / artefacts.REPORT_HTML
-                if digest not in found or page.stat().st_mtime > found[digest].stat().st_mtime:
-                    found[digest] = page
-            except OSError as exc:  # unreadable report folder: no link to it
-                logger.warning("%s: skipped (%s)", folder, exc.strerror or exc)
+    for folder in {f.resolve(): f for f in folders}.values():
+        try:
+            digest = _sha256(folder / artefacts.METRICS)
+            page = folder / artefacts.REPORT_HTML
+            if digest not in found or page.stat().st_mtime > found[digest].stat().st_mtime:
+                found[digest] = page
+        except OSError as exc:  # an unreadable report folder: no link to it
+            logger.warning("%s: skipped (%s)", folder, exc.strerror or exc)
     return found
 
 
@@ -267,8 +270,11 @@ def scan_runs(root: str | Path, report_roots: Iterable[str | Path] = ()) -> Runs
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder; expected a folder holding run folders "
                                 f"(each with its {artefacts.BEST})")
-    reports = find_reports([root, *(Path(r) for r in report_roots if Path(r).is_dir())])
-    runs = find_runs(root)
+    runs, folders = survey(root)
+    for extra in (Path(r) for r in report_roots):
+        if extra.is_dir():
+            folders += survey(extra)[1]
+    reports = index_reports(folders)
     rows = [row for run in runs for row in run_rows(root, run, reports)]
     rows.sort(key=lambda r: (r.when, r.run, r.evaluation or ""), reverse=True)
     for row in rows:

@@ -55,10 +55,12 @@ def _href(target: Path, page: Path) -> str:
     return urllib.parse.quote(Path(rel).as_posix())
 
 
+def _date(row: RunRow) -> str:
+    return row.when.strftime("%Y-%m-%d %H:%M")
+
+
 def _cells(row: RunRow, page: Path) -> list[object]:
-    date = row.when.strftime("%Y-%m-%d %H:%M")
-    if row.problem:
-        return [row.run, row.evaluation or "", date, f"could not be read: {row.problem}", "", "", "", "", ""]
+    date = _date(row)
     if row.evaluation is None:
         return [row.run, "", date, _model(row), _data(row), "", "not evaluated", "",
                 f"evaluate first: fibrosis evaluate --run {row.folder} --cache CACHE"]
@@ -73,7 +75,7 @@ def build_blocks(index: RunsIndex, page: Path) -> list[Block]:
     summary = (f"{plural(index.n_runs, 'run')} under {index.root}, {plural(index.n_evaluations, 'evaluation')}"
                f"; {n_unevaluated} not evaluated; {index.n_unreadable} could not be read. "
                f"Written {index.written:%Y-%m-%d %H:%M} UTC; newest first.")
-    return [
+    blocks: list[Block] = [
         {"type": "h1", "text": f"Runs under {index.root}"},
         {"type": "p", "style": "warn" if index.n_unreadable else "summary", "text": summary},
         {"type": "p", "style": "note", "text": "One row per evaluation (RUN/eval/NAME/; frozen-CACHE-SPLIT is an "
@@ -81,10 +83,16 @@ def build_blocks(index: RunsIndex, page: Path) -> list[Block]:
          "evaluation measured, as it recorded it. AUC with its confidence interval by DeLong on the evaluated "
          "split; ECE and Brier score after the calibrator. A report is linked when its metrics.json is a copy of "
          "the evaluation's: a report of an earlier evaluation of the same run is not this one's."},
-        {"type": "table", "caption": "Runs and evaluations", "header": HEADER,
-         "rows": [_cells(r, page) for r in index.rows],
-         "muted": [r.evaluation is None and r.problem is None for r in index.rows]},
     ]
+    bad = [r for r in index.rows if r.problem]
+    if bad:  # first: what the user has to act on; a table of its own, so that the reasons read in full
+        blocks.append({"type": "table", "caption": "Could not be read", "header": ["run", "evaluation", "date (UTC)",
+                                                                                   "reason"],
+                       "rows": [[r.run, r.evaluation or "", _date(r), r.problem] for r in bad]})
+    good = [r for r in index.rows if not r.problem]
+    blocks.append({"type": "table", "caption": "Runs and evaluations", "header": HEADER,
+                   "rows": [_cells(r, page) for r in good], "muted": [r.evaluation is None for r in good]})
+    return blocks
 
 
 def write_runs_index(root: str | Path, out: str | Path | None = None,
