@@ -21,6 +21,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ class RunRow:
     @property
     def report_command(self) -> str:
         """The command that writes this evaluation's report."""
-        return f"fibrosis report --run {self.folder} --split {self.evaluation}"
+        return f"fibrosis report --run {shlex.quote(str(self.folder))} --split {shlex.quote(self.evaluation or '')}"
 
 
 @dataclass(frozen=True)

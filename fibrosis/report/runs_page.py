@@ -4,6 +4,7 @@ HTML page (the report's renderer and CSS, no script, nothing fetched), each numb
 from __future__ import annotations
 
 import os
+import shlex
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
@@ -63,7 +64,7 @@ def _cells(row: RunRow, page: Path) -> list[object]:
     date = _date(row)
     if row.evaluation is None:
         return [row.run, "", date, _model(row), _data(row), "", "not evaluated", "",
-                f"evaluate first: fibrosis evaluate --run {row.folder} --cache CACHE"]
+                f"evaluate first: fibrosis evaluate --run {shlex.quote(str(row.folder))} --cache CACHE"]
     report: object = (Link(urllib.parse.unquote(_href(row.report, page)), _href(row.report, page)) if row.report
                       else f"no report yet: {row.report_command}")
     return [row.run, row.evaluation, date, _model(row), _data(row), _split(row), _auc(row), _calibration(row), report]

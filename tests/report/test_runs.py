@@ -104,7 +104,7 @@ def test_an_evaluation_row_holds_its_numbers_and_its_report(work):
     assert row.report == work["tmp"] / "reports" / "alpha" / "report.html"
     frozen = rows[(f"{ODD}/alpha", "frozen-site2-all")]
     assert (frozen.split, frozen.frozen, frozen.cache, frozen.report) == ("all", True, "site2", None)
-    assert frozen.report_command == f"fibrosis report --run {work['alpha']} --split frozen-site2-all"
+    assert frozen.report_command == f"fibrosis report --run '{work['alpha']}' --split frozen-site2-all"  # a shell word
 
 
 def test_a_tune_run_names_its_arm_and_unit_folders_are_not_runs(work):
