@@ -177,7 +177,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         _folder(args.out, "--out")
     out = write_report(args.run, args.out, split=args.split)
     logger.info("report written to %s", out)
-    eval_dir = Path(args.run) / "eval" / args.split
+    eval_dir = Path(args.run) / artefacts.EVAL_DIR / args.split
     try:
         link = attach_report(eval_dir, out)
     except Exception as exc:  # noqa: BLE001 - the report stands; MLflow (optional, maybe remote) is a copy of it

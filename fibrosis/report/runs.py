@@ -36,8 +36,6 @@ if TYPE_CHECKING:  # the checkpoint's module imports torch: loaded only for a ru
 
 logger = logging.getLogger(__name__)
 
-EVAL_DIR = "eval"  # RUN/eval/<name>/, as `fibrosis evaluate` writes it
-FROZEN_PREFIX = "frozen-"  # RUN/eval/frozen-<cache folder>-<split>/: `evaluate --frozen`
 # Folders never searched: version control and tool state, and MLflow's store, whose artefact
 # copies of report.html would read as reports of their own.
 SKIPPED = ("mlruns",)
@@ -185,8 +183,8 @@ def _row_from(result: EvaluationResult, base: RunRow, metrics: Path, tune_arm: s
     ci = (disc.get("delong") or {}).get("ci")
     name = base.evaluation or ""
     cache = None
-    if result.frozen and name.startswith(FROZEN_PREFIX) and name.endswith(f"-{result.split}"):
-        cache = name[len(FROZEN_PREFIX):-len(result.split) - 1]
+    if result.frozen and name.startswith(artefacts.FROZEN_PREFIX) and name.endswith(f"-{result.split}"):
+        cache = name[len(artefacts.FROZEN_PREFIX):-len(result.split) - 1]
     return dataclasses.replace(
         base, when=_when(result.created, metrics),
         model=Model(arch=str(run.get("arch") or "not recorded"), input_size=run.get("input_size"),
@@ -236,9 +234,10 @@ def run_rows(root: Path, run: Path, reports: dict[str, Path]) -> list[RunRow]:
         rows.append(dataclasses.replace(base, problem=_problem(exc, run / artefacts.TUNE),
                                         when=_mtime(run / artefacts.TUNE)))
     try:
-        evals = sorted(p for p in (run / EVAL_DIR).iterdir() if p.is_dir()) if (run / EVAL_DIR).is_dir() else []
+        top = run / artefacts.EVAL_DIR
+        evals = sorted(p for p in top.iterdir() if p.is_dir()) if top.is_dir() else []
     except OSError as exc:
-        return [*rows, dataclasses.replace(base, problem=_problem(exc, run / EVAL_DIR))]
+        return [*rows, dataclasses.replace(base, problem=_problem(exc, run / artefacts.EVAL_DIR))]
     for folder in evals:
         metrics = folder / artefacts.METRICS
         row = dataclasses.replace(base, evaluation=folder.name, when=_mtime(folder))
