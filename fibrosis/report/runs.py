@@ -3,8 +3,8 @@
 A run folder is one holding the checkpoint (``best.pt``); runs may sit at any depth. A run's own
 subfolders hold no further runs: the ``best.pt`` files inside a tune's ``cv/`` are its fold units.
 Each ``RUN/eval/<name>/`` is one evaluation (``frozen-<cache>-<split>`` for an external one) and
-one row; a run without any is one "not evaluated" row. A folder whose files cannot be read (a
-corrupt or newer-schema metrics.json or checkpoint) is a row with the reason, never left out.
+one row; a run without any is one "not evaluated" row. A file that cannot be read (a corrupt or
+newer-schema metrics.json, tune.json or checkpoint) is a row with the reason, never left out.
 
 Artefacts are read through their typed readers only. The model of an evaluated row is the one its
 metrics.json recorded when it was measured, so a row's numbers and its model cannot disagree, and
@@ -36,8 +36,8 @@ if TYPE_CHECKING:  # the checkpoint's module imports torch: loaded only for a ru
 
 logger = logging.getLogger(__name__)
 
-# Folders never searched: version control and tool state, and MLflow's store, whose artefact
-# copies of report.html would read as reports of their own.
+# Folders never searched, besides hidden ones: MLflow's store, whose artefact copies of
+# report.html would read as reports of their own.
 SKIPPED = ("mlruns",)
 
 
