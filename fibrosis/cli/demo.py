@@ -2,9 +2,10 @@
 
 ingest (DICOM path) -> split -> tune (cross-validated: random init vs linear probe vs
 fine-tuning the last blocks; leaves the chosen arm's fold ensemble) -> evaluate -> report
--> score. Each step is the same function the individual commands call; the demo only
-chooses the inputs (data/demo), the config (configs/demo.yaml) and the backbone, and wipes
-its previous outputs so that a re-run starts clean and gives the same numbers.
+-> score, then the runs index of the work folder (WORK/index.html). Each step is the same
+function the individual commands call; the demo only chooses the inputs (data/demo), the
+config (configs/demo.yaml) and the backbone, and wipes its previous outputs so that a re-run
+starts clean and gives the same numbers.
 
 The backbone is ImageNet-pretrained either way: torchvision's ResNet-18 when its weights
 are in the torch cache, else the MobileNetV2 bundled in ``data/weights`` (hash-checked).
@@ -21,6 +22,8 @@ from fibrosis.io import read_csv
 from fibrosis.config import load_config
 from fibrosis.pipeline.tune import run_tune
 from fibrosis.data.split import split_cache
+from fibrosis.report.runs_page import write_runs_index
+from fibrosis.words import plural
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +120,8 @@ def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
     logger.info("scores: %s (per study: %s)", scores, scores.with_suffix(".studies.csv"))
     logger.info("look at them and label them: fibrosis review --scores %s --run %s --truth %s", scores, run,
                 DEMO_DATA / "score_expected.csv")
+    page, index = write_runs_index(work, report_roots=[report_dir])
+    logger.info("runs index: %s (%s)", page, plural(index.n_evaluations, "evaluation"))
     # The scoring folder holds two deliberately broken files, so `error` rows are
     # expected; the demo succeeds when every file got the status it expects.
     expected = {r["image"]: r["expected"] for r in read_csv(DEMO_DATA / "score_expected.csv")}

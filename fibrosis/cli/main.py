@@ -25,9 +25,10 @@ from fibrosis.cli.options import (EXIT_FAIL, EXIT_OK, EXIT_USAGE, Formatter, add
                                   check_required, deprecated, deprecations, exit_status)
 from fibrosis.config import Config, ConfigError, EngineName, StudyAggregate, load_config
 from fibrosis.io import NO_SPACE_ERRNOS
-from fibrosis.cli.tracking import log_evaluation, log_tune
+from fibrosis.cli.tracking import attach_report, log_evaluation, log_tune
 from fibrosis.data.split import split_cache
 from fibrosis.pipeline.tune import run_tune
+from fibrosis.report.runs_page import INDEX_HTML, write_runs_index
 from fibrosis.score.dicomweb import Query, retrieve, store
 from fibrosis.words import plural
 
@@ -61,10 +62,10 @@ def _folder(path: Path, option: str, *, create: bool = False) -> Path:
     return path
 
 
-def _file_out(path: Path, option: str) -> Path:
+def _file_out(path: Path, option: str, example: str = artefacts.SCORES) -> Path:
     """``path`` can be written as a file: not an existing folder."""
     if path.is_dir():
-        raise UsageError(f"{option} {path}: is a folder; expected a file path (e.g. {path / 'scores.csv'})")
+        raise UsageError(f"{option} {path}: is a folder; expected a file path (e.g. {path / example})")
     return path
 
 
@@ -176,6 +177,28 @@ def cmd_report(args: argparse.Namespace) -> int:
         _folder(args.out, "--out")
     out = write_report(args.run, args.out, split=args.split)
     logger.info("report written to %s", out)
+    eval_dir = Path(args.run) / artefacts.EVAL_DIR / args.split
+    try:
+        link = attach_report(eval_dir, out)
+    except Exception as exc:  # noqa: BLE001 - the report stands; MLflow (optional, maybe remote) is a copy of it
+        logger.warning("report not added to the evaluation's MLflow run (%s): %s", eval_dir / artefacts.MLFLOW_RUN,
+                       _one_line(exc))
+    else:
+        if link is not None:
+            logger.info("report added to MLflow run %s (%s)", link.run_id, link.uri)
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    if not args.dir.exists():
+        raise UsageError(f"runs {args.dir}: no such folder; expected a folder holding run folders")
+    _folder(args.dir, "runs")
+    if args.out is not None:
+        _file_out(args.out, "--out", INDEX_HTML)
+    roots = args.reports if args.reports is not None else [Path("reports")]
+    page, index = write_runs_index(args.dir, args.out, roots)
+    logger.info("runs: %s, %s (%d not readable) -> %s", plural(index.n_runs, "run"),
+                plural(index.n_evaluations, "evaluation"), index.n_unreadable, page)
     return EXIT_OK
 
 
@@ -416,6 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation to report: a folder name under RUN/eval/ (default: test; a "
                         "frozen evaluation is frozen-<cache dir name>-<split>)")
 
+    p = add("runs", cmd_runs,
+            "Write one HTML page listing every run under DIR (at any depth) and each of its evaluations: "
+            "model, data, split, AUC with its CI, calibration, date and a link to its report; newest first. "
+            "A run not evaluated yet, and a folder that cannot be read (with the reason), get a row too.")
+    p.add_argument("dir", type=Path, metavar="DIR", help="folder to search for run folders (each holding best.pt)")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE",
+                   help="the page to write (default: DIR/index.html)")
+    p.add_argument("--reports", type=Path, action="append", metavar="FOLDER",
+                   help="where to look for reports besides DIR: `fibrosis report`'s --out folders or a folder "
+                        "above them (repeatable; default: ./reports, where `fibrosis report` writes by default); "
+                        "a report is linked to the evaluation whose metrics.json it copied")
+
     p = add("compare", cmd_compare,
             "Paired DeLong test of two evaluations on the same cases: two models on the same test split, or on "
             "the same external images (`evaluate --frozen`). Each --run is a run folder (its evaluation named "
@@ -556,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo,
             "Run the whole pipeline on the bundled demo data (data/demo): ingest, split, tune (patient-level "
             "cross-validation of how much to unfreeze; keeps the chosen arm's fold ensemble), evaluate on the "
-            "test split, report (reports/demo/), score data/demo/score (two broken files on purpose).")
+            "test split, report (reports/demo/), score data/demo/score (two broken files on purpose), and the "
+            "runs index WORK/index.html (`fibrosis runs`).")
     p.add_argument("--work", type=Path, default=Path("work/demo"),
                    help="working folder for the cache, run and scores (emptied first; default work/demo)")
     p.add_argument("--quick", action="store_true",

@@ -1,17 +1,53 @@
 """MLflow runs for `fibrosis tune` and `fibrosis evaluate` (`train` logs its own, per epoch:
 fibrosis.train.runlog), made when ``train.mlflow_uri`` is set: the stage's settings as params, its
-results as metrics, its JSON (and predictions) as artefacts. mlflow is an optional dependency,
-imported only then."""
+results as metrics, its JSON (and predictions) as artefacts. An evaluation's run is recorded beside
+it (``mlflow.json``: :class:`MlflowLink`), so that `fibrosis report` adds the report to that same
+run. mlflow is an optional dependency, imported only then."""
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fibrosis import artefacts
+from fibrosis.artefacts import check_schema
 from fibrosis.evaluate.result import EvaluationResult
+from fibrosis.io import read_text, write_json
 from fibrosis.train.runlog import MlflowTracker
 from fibrosis.train.tune.record import TuneResult
+
+LINK_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class MlflowLink:
+    """The MLflow run an evaluation was logged to: ``RUN/eval/<name>/mlflow.json``."""
+    uri: str  # the tracking URI, a relative path made absolute (`report` may run elsewhere)
+    run_id: str
+
+    def write(self, path: Path) -> None:
+        write_json(path, {"schema": LINK_SCHEMA, "uri": self.uri, "run_id": self.run_id})
+
+    @classmethod
+    def read(cls, path: Path) -> "MlflowLink":
+        data = json.loads(read_text(path))
+        if not isinstance(data, dict) or not isinstance(data.get("uri"), str) or not isinstance(data.get("run_id"), str):
+            raise ValueError(f"{path}: expected a JSON object with 'uri' and 'run_id' (written by `fibrosis evaluate`)")
+        check_schema(path, data.get("schema"), LINK_SCHEMA)
+        return cls(data["uri"], data["run_id"])
+
+
+def pinned_uri(uri: str) -> str:
+    """``uri`` with a relative file-store or SQLite path made absolute; any other URI as given."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    if uri.startswith("file:") and not uri.startswith("file://"):
+        return "file:" + str(Path(uri[len("file:"):]).resolve())
+    if ":" not in uri:  # a plain folder: MLflow's file store
+        return str(Path(uri).resolve())
+    return uri
 
 
 def numbers(tree: Any, prefix: str = "") -> dict[str, float]:
@@ -46,7 +82,8 @@ def log_tune(uri: str, run: Path, result: TuneResult) -> str:
 
 def log_evaluation(uri: str, metrics_path: Path) -> str:
     """One MLflow run for an evaluation: its settings, the numbers of its discrimination and
-    calibration, metrics.json and predictions.csv. Returns the MLflow run id."""
+    calibration, metrics.json and predictions.csv; its id goes to mlflow.json beside them.
+    Returns the MLflow run id."""
     folder = metrics_path.parent
     result = EvaluationResult.read(metrics_path)
     params: dict[str, Any] = {"split": result.split, "fit_split": result.fit_split, "frozen": result.frozen,
@@ -62,6 +99,24 @@ def log_evaluation(uri: str, metrics_path: Path) -> str:
         for name in (artefacts.METRICS, artefacts.PREDICTIONS):
             if (folder / name).is_file():
                 tracker.log_artifact(folder / name)
+        MlflowLink(pinned_uri(uri), tracker.run_id).write(folder / artefacts.MLFLOW_RUN)
         return tracker.run_id
+    finally:
+        tracker.close()
+
+
+def attach_report(eval_dir: Path, report_dir: Path) -> MlflowLink | None:
+    """Add report.html and report.pdf of ``report_dir`` to the MLflow run ``eval_dir``'s evaluation
+    was logged to; None (nothing done) when it was not tracked."""
+    path = eval_dir / artefacts.MLFLOW_RUN
+    if not path.is_file():
+        return None
+    link = MlflowLink.read(path)
+    tracker = MlflowTracker(link.uri, "", {}, link.run_id)
+    try:
+        for name in (artefacts.REPORT_HTML, artefacts.REPORT_PDF):
+            if (report_dir / name).is_file():
+                tracker.log_artifact(report_dir / name)
+        return link
     finally:
         tracker.close()

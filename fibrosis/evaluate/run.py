@@ -293,8 +293,8 @@ class _Job:
 
     @property
     def out(self) -> Path:
-        return self.run / "eval" / (f"frozen-{self.cache.resolve().name}-{self.split}" if self.frozen
-                                    else self.split)
+        name = f"{artefacts.FROZEN_PREFIX}{self.cache.resolve().name}-{self.split}" if self.frozen else self.split
+        return self.run / artefacts.EVAL_DIR / name
 
 
 def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import random
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -165,12 +166,15 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path, *, mmap: bool = False) -> Checkpoint:
+    """The record of ``path``; ``mmap``: the weights stay on disk, mapped, until read (a caller
+    after the other fields only, such as `fibrosis runs`, never reads them)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap needs torch's zip layout; any other file gets the reader's own error, not mmap's
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except Exception as exc:  # pickle that needs code, truncated file, not a torch file
         raise CheckpointError(f"{path}: not a loadable fibrosis checkpoint "
                               f"({type(exc).__name__}: {str(exc)[:200]})") from exc

@@ -2,21 +2,30 @@
 
 Block types: banner, h1/h2/h3 (``new_page``: a PDF page break before), p (style: summary |
 note | warn), kv (key-value pairs), list, table (optional ``muted`` rows, ``caption``; one
-without rows is a sentence), figure (PNG by ``key``), pre (monospace text). The PDF is the
-same HTML laid out for A4 by WeasyPrint (a real CSS engine), so the two documents cannot
-disagree, and text stays text.
+without rows is a sentence; a cell may be a :class:`Link`), figure (PNG by ``key``), pre
+(monospace text). The PDF is the same HTML laid out for A4 by WeasyPrint (a real CSS engine),
+so the two documents cannot disagree, and text stays text.
 """
 from __future__ import annotations
 
 import base64
 import html
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fibrosis.io import atomic_target
 
 Block = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Link:
+    """A table cell that links to ``href`` (a relative address: the page stays self-contained)."""
+    text: str
+    href: str
+
 
 CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,"DejaVu Sans",Arial,sans-serif;color:#1b1b1b;
@@ -136,11 +145,15 @@ def _html_table(b: Block) -> str:
     if not b["rows"]:  # a header over nothing reads as a layout error: say it in words
         return f'<p class="note">{_e(b.get("caption") or "Table")}: none.</p>'
     muted = b.get("muted") or [False] * len(b["rows"])
-    rows = "".join(f'<tr{" class=muted" if mu else ""}>' + "".join(f"<td>{_text(c)}</td>" for c in r) + "</tr>"
+    rows = "".join(f'<tr{" class=muted" if mu else ""}>' + "".join(f"<td>{_cell(c)}</td>" for c in r) + "</tr>"
                    for r, mu in zip(b["rows"], muted))
     wide = ' class="wide"' if len(b["header"]) > 8 else ""
     return (f'<div class="scroll"><table{wide}><caption>{_e(b.get("caption", ""))}</caption><thead><tr>'
             + "".join(f"<th>{_e(h)}</th>" for h in b["header"]) + f"</tr></thead><tbody>{rows}</tbody></table></div>")
+
+
+def _cell(c: Any) -> str:
+    return f'<a href="{_e(c.href)}">{_text(c.text)}</a>' if isinstance(c, Link) else _text(c)
 
 
 def _html_figure(b: Block, figures: dict[str, bytes]) -> str:

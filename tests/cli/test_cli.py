@@ -6,7 +6,7 @@ import pytest
 from fibrosis.cli.main import build_parser, main
 from helpers.paths import REPO
 
-COMMANDS = ["ingest", "split", "train", "tune", "evaluate", "report", "compare", "score", "listen", "monitor", "review",
+COMMANDS = ["ingest", "split", "train", "tune", "evaluate", "report", "runs", "compare", "score", "listen", "monitor", "review",
             "demo", "completion"]
 
 

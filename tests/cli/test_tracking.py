@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 
 from helpers.records import evaluation_result, tune_result
+from helpers.runs import make_run
 
-from fibrosis.cli.tracking import log_evaluation, log_tune, numbers
+from fibrosis.cli.main import main
+from fibrosis.cli.tracking import MlflowLink, attach_report, log_evaluation, log_tune, numbers, pinned_uri
 from fibrosis.io import write_csv
 
 
@@ -47,6 +49,29 @@ def test_an_evaluation_is_an_mlflow_run(tmp_path, store):
     assert run.data.tags["fibrosis.command"] == "evaluate" and run.data.tags["fibrosis.evaluation"] == folder.name
     assert run.data.tags["mlflow.runName"] == "r1 evaluate frozen-site2-all"
     assert sorted(a.path for a in _client(store).list_artifacts(run_id)) == ["metrics.json", "predictions.csv"]
+    assert MlflowLink.read(folder / "mlflow.json") == MlflowLink(store, run_id)  # for `fibrosis report`
+
+
+def test_report_adds_itself_to_the_evaluations_mlflow_run(tmp_path, store, capsys):
+    run = make_run(tmp_path, pretrained=True)
+    run_id = log_evaluation(store, run / "eval" / "test" / "metrics.json")
+    assert main(["report", "--run", str(run), "--out", str(tmp_path / "report")]) == 0
+    assert f"report added to MLflow run {run_id}" in capsys.readouterr().err
+    assert sorted(a.path for a in _client(store).list_artifacts(run_id)) == ["metrics.json", "report.html",
+                                                                            "report.pdf"]
+
+
+def test_an_evaluation_not_tracked_adds_nothing(tmp_path):
+    assert attach_report(tmp_path / "eval" / "test", tmp_path / "report") is None
+
+
+def test_a_relative_store_is_recorded_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert pinned_uri("file:./mlruns") == f"file:{tmp_path / 'mlruns'}"
+    assert pinned_uri("mlruns") == str(tmp_path / "mlruns")
+    assert pinned_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert pinned_uri("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"
+    assert pinned_uri("https://mlflow.example.org") == "https://mlflow.example.org"
 
 
 def test_a_tune_is_an_mlflow_run(tmp_path, store):

@@ -1,6 +1,8 @@
 """Evaluated runs for the report: synthetic predictions through the real evaluation code, as
 `fibrosis train` + `evaluate` leave them (:func:`make_run`) and as `fibrosis tune` + `evaluate`
-do (:func:`make_tune_run`: calibration and thresholds fitted out of fold, tune.json beside)."""
+do (:func:`make_tune_run`: calibration and thresholds fitted out of fold, tune.json beside); and
+folders of runs for `fibrosis runs` (:func:`hand_evaluation`, :func:`save_run_checkpoint`,
+:func:`write_evaluation`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +17,7 @@ from fibrosis.evaluate.baseline import baseline_table
 from fibrosis.evaluate.run import Predictions, WarningLog, evaluate_predictions, measure, stored_operating_points
 from fibrosis.evaluate.selection import fit_oof_operating_points, select_arm
 from fibrosis.evaluate.summary import data_summary, run_summary
-from fibrosis.model.checkpoint import Checkpoint, Training
+from fibrosis.model.checkpoint import Checkpoint, Training, load_checkpoint, save_checkpoint
 from fibrosis.io import read_csv, write_csv
 
 
@@ -112,3 +114,48 @@ def make_tune_run(tmp_path: Path) -> Path:
 
 def _rows(cache: Path) -> list[dict[str, str]]:
     return read_csv(cache / "manifest.csv")
+
+
+# ------------------------------------------------------------------ folders of runs (`fibrosis runs`)
+
+# A test split whose AUC is counted by hand: 14 of the 16 (positive, negative) pairs ordered right.
+LABELS = [0, 0, 0, 0, 1, 1, 1, 1]
+LOGITS = [-2.0, -1.0, 0.0, 1.5, 0.5, 1.0, 3.0, 4.0]
+AUC = 0.875
+
+
+def tiny_predictions(labels: list[int], logits: list[float], split: str) -> Predictions:
+    rows = [{"patient_key": f"{split}-p{i}", "label": str(v), "split": split} for i, v in enumerate(labels)]
+    return Predictions.from_rows(rows, logits, split)
+
+
+def hand_evaluation(manifest_sha256: str = "ab" * 32) -> tuple:
+    """(EvaluationResult, per-case rows) of :data:`LOGITS` on the test split, Platt-calibrated on a
+    val split of 8, through the real evaluation code (200 bootstrap resamples)."""
+    fit = tiny_predictions(LABELS, [-2.0, -1.0, 0.5, 1.0, -0.5, 1.5, 2.0, 3.0], "val")
+    res, _, _, cases = evaluate_predictions(fit, tiny_predictions(LABELS, LOGITS, "test"),
+                                            EvaluateConfig(bootstrap_resamples=200))
+    return dataclasses.replace(res, data={**res.data, "manifest_sha256": manifest_sha256}), cases
+
+
+def save_run_checkpoint(run: Path, *, arch: str = "resnet18", pretrained: bool = True, input_size: int = 224,
+                        manifest_hash: str = "") -> Path:
+    """RUN/best.pt: a checkpoint record without weights, as `fibrosis runs` reads it."""
+    ckpt = Checkpoint(
+        weights={}, config=config_to_dict(Config()), arch=arch, pretrained=pretrained,
+        weights_info={"source": "imagenet:resnet18-f37072fd.pth" if pretrained else "none",
+                      "sha256": "f" * 64 if pretrained else None},
+        preprocessing=Preprocessing(input_size, 1, 0.449, 0.226, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                                    "rgb-stem", "area"), manifest_hash=manifest_hash)
+    return save_checkpoint(run / "best.pt", ckpt)
+
+
+def write_evaluation(run: Path, result, name: str | None = None, *, created: str, **fields) -> Path:
+    """RUN/eval/<name>/metrics.json of ``result`` dated ``created`` (top-level ``fields`` replaced),
+    its run section the model of RUN/best.pt."""
+    result = dataclasses.replace(result, created=created, run=run_summary(run, load_checkpoint(run / "best.pt")),
+                                 **fields)
+    folder = run / "eval" / (name or result.split)
+    folder.mkdir(parents=True, exist_ok=True)
+    result.write(folder / "metrics.json")
+    return folder / "metrics.json"
