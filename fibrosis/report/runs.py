@@ -120,7 +120,9 @@ def survey(root: Path) -> tuple[list[Path], list[Path]]:
         within = folder in inside
         if artefacts.BEST in filenames and not within:
             runs.append(folder)
-        if within or artefacts.BEST in filenames:
+        # A tune folder's fold units hold best.pt files of their own; before the tune has
+        # written its best.pt (still running, or stopped), they are still not runs.
+        if within or artefacts.BEST in filenames or artefacts.TUNE_STATE in filenames:
             inside.update(folder / d for d in dirnames)
         if artefacts.REPORT_HTML in filenames and artefacts.METRICS in filenames:
             reports.append(folder)

@@ -159,3 +159,12 @@ def test_the_default_page_sits_in_the_scanned_folder(work, tmp_path):
     page, _ = write_runs_index(work["root"] / "fresh")
     assert page == work["root"] / "fresh" / "index.html" and "mobilenet_v2, 128 px" in page.read_text()
     page.unlink()
+
+
+def test_the_units_of_a_tune_still_running_are_not_runs(tmp_path):
+    tune = tmp_path / "tuning"  # tune_state.json written, best.pt not yet
+    unit = tune / "cv" / "last1" / "r0-f0" / "run"
+    unit.mkdir(parents=True)
+    (tune / "tune_state.json").write_text("{}")
+    (unit / "best.pt").write_bytes(b"a fold model")
+    assert find_runs(tmp_path) == []
