@@ -55,8 +55,8 @@ def log_evaluation(uri: str, metrics_path: Path) -> str:
     run = folder.parent.parent
     tracker = MlflowTracker(uri, f"{run.name} evaluate {folder.name}", params, None)
     try:
-        metrics = {**numbers(result.discrimination, "discrimination."),
-                   **numbers(result.calibration, "calibration.")}
+        metrics = {**numbers(result.discrimination.to_json(), "discrimination."),
+                   **numbers(result.calibration.to_json(), "calibration.")}
         tracker.log_summary(metrics, {"fibrosis.command": "evaluate", "fibrosis.run": str(run),
                                       "fibrosis.evaluation": folder.name})
         for name in (artefacts.METRICS, artefacts.PREDICTIONS):

@@ -54,7 +54,7 @@ def reader_vs_model(prob: Any, threshold: float, reader: Any, truth: Any | None 
     reader_cm = confusion(t[both].astype(int), r[both], 0.5) if both.any() else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricWarning)  # an empty cell is reported as None
-        model["reader"] = binary_metrics(reader_cm, level) if reader_cm else None
+        model["reader"] = binary_metrics(reader_cm, level).to_json() if reader_cm else None
     model["n_reader_called"] = int(both.sum())
     out["against_truth"] = model
     return out
@@ -70,7 +70,7 @@ def _against(y: np.ndarray, p: np.ndarray, threshold: float, level: float, what:
     with warnings.catch_warnings(record=True) as caught:  # small samples: kept for the report to print
         warnings.simplefilter("always", MetricWarning)
         res["auc"] = auc_delong(y.astype(int), p, level)
-        res["model"] = binary_metrics(confusion(y.astype(int), p, threshold), level)
+        res["model"] = binary_metrics(confusion(y.astype(int), p, threshold), level).to_json()
     res["warnings"] = [f"against {what}: {w.message}" for w in caught if issubclass(w.category, MetricWarning)]
     return res
 

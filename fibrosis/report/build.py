@@ -97,16 +97,15 @@ def make_figures(m: EvaluationResult, eval_dir: Path, tune: TuneResult | None = 
     ctx = Context(m, tune)
     figs = {"flow": plots.png_bytes(plots.flow_figure(data.participant_flow(m, ctx.pooled_development))),
             "roc": plots.png_bytes(plots.roc_figure(disc, ops)),
-            "pr": plots.png_bytes(plots.pr_figure(disc["pr"])),
-            "reliability": plots.png_bytes(plots.reliability_figure(cal["before"], cal["after"], cal["method"])),
-            "histogram": plots.png_bytes(plots.histogram_figure(cal["before"]["histogram"],
-                                                                cal["after"]["histogram"], ops))}
+            "pr": plots.png_bytes(plots.pr_figure(disc.pr)),
+            "reliability": plots.png_bytes(plots.reliability_figure(cal.before, cal.after, cal.method)),
+            "histogram": plots.png_bytes(plots.histogram_figure(cal.before.histogram, cal.after.histogram, ops))}
     if m.decision_curve:
         figs["decision"] = plots.png_bytes(plots.decision_figure(m.decision_curve))
     g = m.gradcam
     if g and (eval_dir / PANELS_FILE).is_file():
         panels, per_kind = load_panels(eval_dir / PANELS_FILE)
-        figs["gradcam"] = plots.png_bytes(plots.gradcam_figure(panels, g["threshold"], per_kind))
+        figs["gradcam"] = plots.png_bytes(plots.gradcam_figure(panels, g.threshold, per_kind))
     if tune:
         figs["tune_roc"] = plots.png_bytes(plots.tune_roc_figure(tune.arms, tune.chosen))
     if reader_result is not None and reader.has_figure(reader_result):

@@ -10,6 +10,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from fibrosis import artefacts
+from fibrosis.evaluate.operating import Proportion
 from fibrosis.io import read_text
 from fibrosis.report import plots
 from fibrosis.report.format import NA, estimate, proportion
@@ -24,7 +25,7 @@ def reader_json(run: Path) -> Path:
 
 def _pm(p: dict[str, Any] | None) -> str:
     """'83.3% (5/6; 43.6% to 97.0%)', or 'n/a'."""
-    return proportion(p) if p else NA
+    return proportion(Proportion.from_json(p, "reader.json")) if p else NA
 
 
 def _auc(part: dict[str, Any] | None) -> str:

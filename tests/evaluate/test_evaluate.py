@@ -47,22 +47,22 @@ def test_calibration_and_thresholds_come_from_the_fit_split_only(evaluated):
     # the frozen thresholds, applied to the test split, give the reported confusion matrices
     prob = np.array([c["prob"] for c in cases])
     for op in res.operating_points:
-        pred = prob >= op["threshold"]
-        assert op["confusion"]["tp"] == int((pred & (test.labels == 1)).sum())
-        assert op["confusion"]["fp"] == int((pred & (test.labels == 0)).sum())
-        assert op["chosen_on"]["split"] == "val"
-        assert op["sensitivity"]["ci"][0] <= op["sensitivity"]["value"] <= op["sensitivity"]["ci"][1]
-        assert op["deployment"]["prevalence"] == 0.015
-    assert [op["name"] for op in res.operating_points] == ["youden", "sensitivity_0.90", "sensitivity_0.95"]
+        pred = prob >= op.threshold
+        assert op.confusion.tp == int((pred & (test.labels == 1)).sum())
+        assert op.confusion.fp == int((pred & (test.labels == 0)).sum())
+        assert op.chosen_on.split == "val"
+        assert op.sensitivity.ci[0] <= op.sensitivity.value <= op.sensitivity.ci[1]
+        assert op.deployment.prevalence == 0.015
+    assert [op.name for op in res.operating_points] == ["youden", "sensitivity_0.90", "sensitivity_0.95"]
     assert threshold["value"] == threshold["points"]["youden"]
 
 
 def test_calibration_improves_overconfident_logits(evaluated):
     _, _, _, (res, _, _, _) = evaluated
-    before, after = res.calibration["before"], res.calibration["after"]
-    assert after["reliability"]["ece"] < before["reliability"]["ece"]
-    assert before["intercept_slope"]["slope"] < 0.8  # overconfident
-    assert after["intercept_slope"]["slope"] == pytest.approx(1.0, abs=0.3)
+    before, after = res.calibration.before, res.calibration.after
+    assert after.reliability.ece < before.reliability.ece
+    assert before.intercept_slope.slope < 0.8  # overconfident
+    assert after.intercept_slope.slope == pytest.approx(1.0, abs=0.3)
 
 
 def test_metrics_are_json_and_identifier_free(evaluated, tmp_path):
@@ -73,18 +73,18 @@ def test_metrics_are_json_and_identifier_free(evaluated, tmp_path):
     assert calibrator_from_dict(json.loads(json.dumps(cal.to_dict()))).predict([0.0])[0] == 0.5
     # per-case rows keep the pseudonymous key (for the run folder) but never the path
     assert "path" not in cases[0] and cases[0]["patient_key"].startswith("SECRET-PATIENT")
-    boot = res.discrimination["bootstrap"]
-    assert boot["n_patients"] == 250 and boot["n_resamples"] == 500
+    boot = res.discrimination.bootstrap
+    assert boot.n_patients == 250 and boot.n_resamples == 500
     assert "bootstrap: 500 resamples (< 2000): CI is coarse" in res.warnings
 
 
 def test_subgroups_ordered_and_flagged(evaluated):
     _, _, _, (res, _, _, _) = evaluated
-    ages = [g["value"] for g in res.subgroups if g["attribute"] == "age_band"]
+    ages = [g.value for g in res.subgroups if g.attribute == "age_band"]
     assert ages == ["<40", "40-59", "60-79", ">=80"]
     for g in res.subgroups:
-        assert g["small"] == (g["n"] < 30 or g["n_pos"] < 5 or g["n"] - g["n_pos"] < 5), g
-    assert {g["attribute"] for g in res.subgroups} == {"sex", "age_band", "view_position", "manufacturer"}
+        assert g.small == (g.n < 30 or g.n_pos < 5 or g.n - g.n_pos < 5), g
+    assert {g.attribute for g in res.subgroups} == {"sex", "age_band", "view_position", "manufacturer"}
 
 
 def test_small_sets_are_warned_not_silent():
@@ -92,7 +92,7 @@ def test_small_sets_are_warned_not_silent():
                                    EvaluateConfig(bootstrap_resamples=200))
     assert any("unstable" in w for w in res.warnings)
     assert any(w.startswith("thresholds (val)") for w in res.warnings)
-    assert all(g["small"] for g in res.subgroups)  # 40 images, 4 positives: every group is flagged
+    assert all(g.small for g in res.subgroups)  # 40 images, 4 positives: every group is flagged
 
 
 def test_nan_logits_and_missing_labels_are_errors():
@@ -219,10 +219,10 @@ def test_degenerate_bootstrap_is_reported_not_fatal(tmp_path):
     test = _preds(30, 11, "test", prev=0.0, images_per_patient=1)
     test.labels[:2] = 1
     res, *_ = evaluate_predictions(_preds(200, 10, "val"), test, EvaluateConfig(bootstrap_resamples=400))
-    boot = res.discrimination["bootstrap"]
-    assert boot["ci"] is None and "contained both classes" in boot["error"]
+    boot = res.discrimination.bootstrap
+    assert boot.ci is None and "contained both classes" in boot.error
     assert any("bootstrap CI not reported" in w for w in res.warnings)
-    assert res.discrimination["delong"]["ci"] is not None
+    assert res.discrimination.delong.ci is not None
     res.write(tmp_path / "m.json")
     m = EvaluationResult.read(tmp_path / "m.json")
     figs = make_figures(m, tmp_path)  # the ROC figure is drawn without a band

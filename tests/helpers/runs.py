@@ -54,7 +54,8 @@ def make_run(tmp_path: Path, pretrained: bool) -> Path:
                           run={"history": [{"stage": 0, "stage_name": "head", "lr": 1e-3, "val_auc": 0.8}] * 2}))
     val, test = predictions(300, 6, "val"), predictions(300, 7, "test")
     res = dataclasses.replace(res, run=run_summary(run, ckpt), baseline=baseline_table(val.rows + test.rows, "test"),
-                              data={**res.data, **data_summary(cache, [dict(r) for r in _rows(cache)], cfg)})
+                              data=dataclasses.replace(
+                                  res.data, provenance=data_summary(cache, [dict(r) for r in _rows(cache)], cfg)))
     (run / "eval" / "test").mkdir(parents=True)
     res.write(run / "eval" / "test" / "metrics.json")
     return run
@@ -97,7 +98,8 @@ def make_tune_run(tmp_path: Path) -> Path:
     run = tmp_path / "runs" / "tuned"
     all_rows = dev_rows + test.rows
     res = dataclasses.replace(res, run=run_summary(run, ckpt), baseline=baseline_table(all_rows, "test"),
-                              data={**res.data, **data_summary(tmp_path / "no-cache", all_rows, cfg)})
+                              data=dataclasses.replace(res.data, provenance=data_summary(tmp_path / "no-cache", all_rows,
+                                                                                         cfg)))
     (run / "eval" / "test").mkdir(parents=True)
     res.write(run / "eval" / "test" / "metrics.json")
     t: TuneResult = tune_result(

@@ -44,8 +44,8 @@ class Context:
 def fitted_where(m: EvaluationResult) -> str:
     """Where the calibration and thresholds came from, in words: the one statement the summary,
     the calibration and operating-point sections and the model card all make."""
-    fit = m.data.get("fit") or {}
-    n = f"{fit['n']} images, {fit.get('n_pos')} with fibrosis" if fit.get("n") else "size not recorded"
+    fit = m.data.fit
+    n = f"{fit.n} images, {fit.n_pos} with fibrosis" if fit.n else "size not recorded"
     if m.fit_split == OOF_FIT:
         where = ("fitted by `fibrosis tune` on the pooled out-of-fold predictions of the development data "
                  f"(train and val pooled, {n}; each image predicted by a fold model that did not train on it)")
