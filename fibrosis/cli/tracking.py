@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from fibrosis import artefacts
-from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.train.runlog import MlflowTracker
 from fibrosis.train.tune.record import TuneResult
 
@@ -47,6 +46,8 @@ def log_tune(uri: str, run: Path, result: TuneResult) -> str:
 def log_evaluation(uri: str, metrics_path: Path) -> str:
     """One MLflow run for an evaluation: its settings, the numbers of its discrimination and
     calibration, metrics.json and predictions.csv. Returns the MLflow run id."""
+    from fibrosis.evaluate.result import EvaluationResult  # its section records load scipy
+
     folder = metrics_path.parent
     result = EvaluationResult.read(metrics_path)
     params: dict[str, Any] = {"split": result.split, "fit_split": result.fit_split, "frozen": result.frozen,
