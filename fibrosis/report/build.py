@@ -14,10 +14,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from fibrosis import artefacts
 from fibrosis.io import atomic_write_bytes, read_text
+from fibrosis.evaluate.reader import ReaderVsModel
 from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.model.cam import PANELS_FILE, load_panels
 from fibrosis.report import plots
@@ -54,7 +54,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("limitations", "Intended use and limitations (model card)", model_card),
     Section("reproducibility", "Reproducibility", appendix.reproducibility_blocks, appendix=True),
     Section("checklist", "Reporting checklist (TRIPOD+AI, CLAIM, STARD)", checklist.checklist_blocks, appendix=True),
-    Section("reader", "Reader versus model", lambda ctx: reader.reader_blocks(ctx.reader or {}, reader.FIGURE in ctx.have),
+    Section("reader", "Reader versus model",
+            lambda ctx: reader.reader_blocks(ctx.reader, reader.FIGURE in ctx.have) if ctx.reader else [],
             appendix=True, shown=lambda ctx: ctx.reader is not None),
     # a page of its own: its tail never strands a few lines of settings on a page alone
     Section("configuration", "Configuration", appendix.configuration_blocks, appendix=True, new_page=True),
@@ -74,7 +75,7 @@ def _labels(sections: tuple[Section, ...]) -> dict[str, str]:
 
 
 def build_blocks(m: EvaluationResult, have: set[str], tune: TuneResult | None = None,
-                 reader_result: dict[str, Any] | None = None) -> list[Block]:
+                 reader_result: ReaderVsModel | None = None) -> list[Block]:
     """The report as neutral blocks (same content for HTML and PDF); ``tune``: RUN/tune.json;
     ``reader_result``: `fibrosis review`'s RUN/reader/reader.json."""
     probe = Context(m, tune, frozenset(have), {}, reader_result)
@@ -92,7 +93,7 @@ def build_blocks(m: EvaluationResult, have: set[str], tune: TuneResult | None = 
 
 
 def make_figures(m: EvaluationResult, eval_dir: Path, tune: TuneResult | None = None,
-                 reader_result: dict[str, Any] | None = None) -> dict[str, bytes]:
+                 reader_result: ReaderVsModel | None = None) -> dict[str, bytes]:
     disc, cal, ops = m.discrimination, m.calibration, m.operating_points
     ctx = Context(m, tune)
     figs = {"flow": plots.png_bytes(plots.flow_figure(data.participant_flow(m, ctx.pooled_development))),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fibrosis.evaluate.reader import ReaderVsModel
 from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.evaluate.run import OOF_FIT
 from fibrosis.report.format import ci_label, pct
@@ -19,7 +20,7 @@ class Context:
     tune: TuneResult | None = None
     have: frozenset[str] = frozenset()  # figure keys that were drawn
     refs: dict[str, str] = field(default_factory=dict)  # section key -> "section 3" / "appendix A"
-    reader: dict[str, Any] | None = None  # RUN/reader/reader.json of `fibrosis review`, when a reader labelled
+    reader: ReaderVsModel | None = None  # RUN/reader/reader.json of `fibrosis review`, when a reader labelled
 
     def ref(self, key: str) -> str:
         return self.refs.get(key, "below")
