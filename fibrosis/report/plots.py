@@ -18,6 +18,7 @@ from fibrosis.evaluate.decision import DecisionCurve
 from fibrosis.evaluate.metrics import CalibrationBlock, Discrimination, PrCurve, ScoreHistogram
 from fibrosis.evaluate.operating import MeasuredOperatingPoint
 from fibrosis.report.format import num, pct, span
+from fibrosis.report.sections.data import ParticipantFlow
 
 if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType
@@ -276,7 +277,7 @@ def _arrow(ax: Any, x0: float, y0: float, x1: float, y1: float) -> None:
 
 
 @styled
-def flow_figure(flow: dict[str, Any]) -> Figure:
+def flow_figure(flow: ParticipantFlow) -> Figure:
     """STARD participant flow: inputs -> excluded at ingest (by reason) -> cache -> splits -> analysed.
     ``flow`` is :func:`fibrosis.report.sections.data.participant_flow`."""
 
@@ -285,29 +286,29 @@ def flow_figure(flow: dict[str, Any]) -> Figure:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.axis("off")
-    _box(ax, 0.05, 0.86, 0.40, 0.10, f"Inputs read by ingest\nn = {flow['inputs']}", bold=True)
-    reasons = [textwrap.shorten(r, 52, placeholder="\u2026") for r in flow["reasons"]] or ["none"]
+    _box(ax, 0.05, 0.86, 0.40, 0.10, f"Inputs read by ingest\nn = {flow.inputs}", bold=True)
+    reasons = [textwrap.shorten(r, 52, placeholder="\u2026") for r in flow.reasons] or ["none"]
     h_exc = 0.06 + 0.035 * len(reasons)
     y_exc = min(0.99 - h_exc, 0.80 - h_exc / 2)  # centred on the arrow's way down, below the top edge
-    _box(ax, 0.55, y_exc, 0.42, h_exc, f"Excluded at ingest: {flow['excluded']}\n" + "\n".join(reasons),
+    _box(ax, 0.55, y_exc, 0.42, h_exc, f"Excluded at ingest: {flow.excluded}\n" + "\n".join(reasons),
          fc="#f6f6f6", fontsize=8.5)
     _arrow(ax, 0.25, 0.86, 0.25, 0.74)
     _arrow(ax, 0.25, 0.80, 0.55, 0.80)
-    _box(ax, 0.05, 0.64, 0.40, 0.10, "In the cache\n" + textwrap.fill(flow["cache"], 40), bold=False)
-    cols = flow["columns"]
+    _box(ax, 0.05, 0.64, 0.40, 0.10, "In the cache\n" + textwrap.fill(flow.cache, 40), bold=False)
+    cols = flow.columns
     width = min(0.30, 0.94 / len(cols) - 0.02)
     gap = (0.96 - width * len(cols)) / (len(cols) + 1)
     for i, c in enumerate(cols):
         x = 0.02 + gap + i * (width + gap)
         _arrow(ax, 0.25, 0.64, x + width / 2, 0.50)
         chars = max(16, int(width * 90))
-        text = (f"{textwrap.fill(c['title'], chars)}\n{c['n']} images, {c['n_pos']} with fibrosis\n"
-                + textwrap.fill(c["role"], chars))
-        _box(ax, x, 0.26, width, 0.24, text, fc="#eef5fb" if c["analysed"] else "white", fontsize=9)
-        if c["analysed"]:
+        text = (f"{textwrap.fill(c.title, chars)}\n{c.n} images, {c.n_pos} with fibrosis\n"
+                + textwrap.fill(c.role, chars))
+        _box(ax, x, 0.26, width, 0.24, text, fc="#eef5fb" if c.analysed else "white", fontsize=9)
+        if c.analysed:
             _arrow(ax, x + width / 2, 0.26, x + width / 2, 0.16)
             _box(ax, max(0.01, x + width / 2 - 0.2), 0.04, 0.40, 0.12,
-                 textwrap.fill(flow["analysed"], 46), fc="#eef5fb", bold=True, fontsize=9)
+                 textwrap.fill(flow.analysed, 46), fc="#eef5fb", bold=True, fontsize=9)
     return fig
 
 

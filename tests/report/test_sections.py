@@ -46,22 +46,22 @@ def _data(**extra):
 
 def test_flow_of_a_tune_run_pools_train_and_val():
     flow = participant_flow(evaluation_result(data=_data(), fit_split="out-of-fold"), pooled=True)
-    assert (flow["inputs"], flow["excluded"], flow["reasons"]) == (153, 3, ["2 lateral view", "1 truncated"])
-    assert [(c["title"], c["n"], c["n_pos"], c["analysed"]) for c in flow["columns"]] == [
+    assert (flow.inputs, flow.excluded, flow.reasons) == (153, 3, ["2 lateral view", "1 truncated"])
+    assert [(c.title, c.n, c.n_pos, c.analysed) for c in flow.columns] == [
         ("development (train + val pooled)", 121, 26, False), ("test", 29, 6, True)]
-    assert "fitted out of fold" in flow["columns"][0]["role"]
-    assert flow["analysed"].startswith("analysed: 29 images (6 with fibrosis, 23 without)")
+    assert "fitted out of fold" in flow.columns[0].role
+    assert flow.analysed.startswith("analysed: 29 images (6 with fibrosis, 23 without)")
 
 
 def test_flow_of_a_train_run_and_of_a_frozen_evaluation():
     flow = participant_flow(evaluation_result(data=_data(), fit_split="val"), pooled=False)
-    assert [(c["title"], c["role"]) for c in flow["columns"]] == [
+    assert [(c.title, c.role) for c in flow.columns] == [
         ("train", "trained the model"), ("val", "early stopping; calibration and thresholds"),
         ("test", "reported: analysed")]
     frozen = participant_flow(evaluation_result(data=_data(), fit_split="val", frozen=True), pooled=False)
-    assert [c["role"] for c in frozen["columns"]][:2] == ["not part of this evaluation"] * 2
+    assert [c.role for c in frozen.columns][:2] == ["not part of this evaluation"] * 2
     everything = participant_flow(evaluation_result(data=_data(splits={}), split="all", frozen=True), pooled=False)
-    assert [c["title"] for c in everything["columns"]] == ["all images (no split)"]
+    assert [c.title for c in everything.columns] == ["all images (no split)"]
 
 
 def test_subgroup_without_both_classes_has_no_auc():

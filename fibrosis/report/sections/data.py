@@ -2,6 +2,7 @@
 the STARD flow (inputs -> excluded at ingest -> splits -> analysed) and baseline characteristics."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fibrosis.evaluate.result import EvaluationResult
@@ -75,7 +76,28 @@ def flow_caption(ctx: Context) -> str:
     return text
 
 
-def participant_flow(m: EvaluationResult, pooled: bool) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class FlowColumn:
+    """One box of the flow diagram's split row."""
+    title: str
+    n: int
+    n_pos: int
+    role: str  # what these images did, in words
+    analysed: bool  # the reported split
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantFlow:
+    """The boxes of the STARD flow diagram, in words."""
+    inputs: int
+    excluded: int
+    reasons: list[str]
+    cache: str
+    columns: list[FlowColumn]
+    analysed: str
+
+
+def participant_flow(m: EvaluationResult, pooled: bool) -> ParticipantFlow:
     """The boxes of the flow diagram, in words (drawn by :func:`fibrosis.report.plots.flow_figure`)."""
     d, p = m.data, m.data.provenance
     # the evaluated split stands for the cache when the cache was not read (no provenance)
@@ -86,17 +108,17 @@ def participant_flow(m: EvaluationResult, pooled: bool) -> dict[str, Any]:
     if len(exc) > MAX_REASONS:
         reasons.append(f"{sum(e.count for e in exc[MAX_REASONS:])} for {len(exc) - MAX_REASONS} other reasons")
     splits = p.splits if p else {}
-    columns: list[dict[str, Any]] = []
+    columns: list[FlowColumn] = []
     if m.split == "all" or not splits:
-        columns.append({"title": "all images (no split)", "n": total.n, "n_pos": total.n_pos,
-                        "role": "evaluated with frozen calibration and thresholds", "analysed": True})
+        columns.append(FlowColumn("all images (no split)", total.n, total.n_pos,
+                                  "evaluated with frozen calibration and thresholds", True))
     else:
         dev = [s for s in ("train", "val") if s in splits]
         if pooled and dev:
             n, n_pos = sum(splits[s].n for s in dev), sum(splits[s].n_pos for s in dev)
-            columns.append({"title": "development (" + " + ".join(dev) + " pooled)", "n": n, "n_pos": n_pos,
-                            "role": "cross-validated model selection; calibration and thresholds fitted out of fold",
-                            "analysed": False})
+            columns.append(FlowColumn("development (" + " + ".join(dev) + " pooled)", n, n_pos,
+                                      "cross-validated model selection; calibration and thresholds fitted out of fold",
+                                      False))
         for name, s in splits.items():
             if pooled and name in dev:
                 continue
@@ -106,13 +128,11 @@ def participant_flow(m: EvaluationResult, pooled: bool) -> dict[str, Any]:
                         else "calibration and thresholds")
             if name == m.split:
                 role = "reported: analysed"
-            columns.append({"title": name, "n": s.n, "n_pos": s.n_pos, "role": role,
-                            "analysed": name == m.split})
-    return {"inputs": total.n + n_exc, "excluded": n_exc, "reasons": reasons,
-            "cache": f"{total.n} images of {total.n_patients} patients, {total.n_pos} with fibrosis",
-            "columns": columns,
-            "analysed": f"analysed: {d.n} images ({d.n_pos} with fibrosis, {d.n - d.n_pos} without); "
-                        "none excluded from analysis"}
+            columns.append(FlowColumn(name, s.n, s.n_pos, role, name == m.split))
+    return ParticipantFlow(total.n + n_exc, n_exc, reasons,
+                           f"{total.n} images of {total.n_patients} patients, {total.n_pos} with fibrosis", columns,
+                           f"analysed: {d.n} images ({d.n_pos} with fibrosis, {d.n - d.n_pos} without); "
+                           "none excluded from analysis")
 
 
 def _count(k: int, n: int) -> str:
