@@ -131,8 +131,10 @@ def test_compare_reproduces_proc_paired_test():
     a = {f"c{i}": (int(Y[i]), float(MARKERS["wfns"][i])) for i in range(len(Y))}
     b = {f"c{i}": (int(Y[i]), float(MARKERS["s100b"][i])) for i in range(len(Y))}
     res = compare_predictions(a, b, names=("wfns", "s100b"))
-    assert res["z"] == pytest.approx(2.20898359144091, rel=1e-10)  # pROC roc.test(r.wfns, r.s100b)
-    assert res["p"] == pytest.approx(0.0271757822291882, rel=1e-10)
+    assert res.z == pytest.approx(2.20898359144091, rel=1e-10)  # pROC roc.test(r.wfns, r.s100b)
+    assert res.p == pytest.approx(0.0271757822291882, rel=1e-10)
+    assert list(res.to_json()) == ["auc_a", "auc_b", "difference", "se", "z", "p", "ci", "level", "correlation",
+                                   "n_pos", "n_neg", "method", "warnings", "run_a", "run_b", "n"]
     b.pop("c0")
     with pytest.raises(ValueError, match="different cases: 1 only in wfns"):
         compare_predictions(a, b, names=("wfns", "s100b"))
@@ -147,8 +149,9 @@ def test_compare_runs_reads_prediction_files(tmp_path):
         (tmp_path / name / "eval" / "test").mkdir(parents=True)
         write_csv(tmp_path / name / "eval" / "test" / "predictions.csv", rows, ("content_hash", "label", "logit"))
     res = compare_runs(tmp_path / "run_a", tmp_path / "run_b")
-    assert res["z"] == pytest.approx(2.79777591868904, rel=1e-10)  # pROC roc.test(r.wfns, r.ndka)
-    assert (tmp_path / "run_a" / "eval" / "test" / "compare_run_b.json").is_file()
+    assert res.z == pytest.approx(2.79777591868904, rel=1e-10)  # pROC roc.test(r.wfns, r.ndka)
+    saved = json.loads((tmp_path / "run_a" / "eval" / "test" / "compare_run_b.json").read_text())
+    assert saved == res.to_json() and list(saved)[-4:] == ["evaluation_a", "evaluation_b", "split", "split_b"]
     with pytest.raises(FileNotFoundError, match="run `fibrosis evaluate"):
         compare_runs(tmp_path / "run_a", tmp_path / "missing")
 
@@ -239,10 +242,10 @@ def test_compare_zero_variance_is_recorded_not_p_one(tmp_path):
         (tmp_path / name / "eval" / "test").mkdir(parents=True)
         write_csv(tmp_path / name / "eval" / "test" / "predictions.csv", rows, ("content_hash", "label", "logit"))
     res = compare_runs(tmp_path / "run_a", tmp_path / "run_b")
-    assert res["p"] == 0.0 and res["z"] is None and res["difference"] == 0.5
-    assert any("variance is 0" in w for w in res["warnings"])
+    assert res.p == 0.0 and res.z is None and res.difference == 0.5
+    assert any("variance is 0" in w for w in res.warnings)
     saved = json.loads((tmp_path / "run_a" / "eval" / "test" / "compare_run_b.json").read_text())
-    assert saved["warnings"] == res["warnings"]
+    assert saved["warnings"] == res.warnings and saved["z"] is None
 
 
 # ------------------------------------------------------------------ run-level guards (tiny random model)
