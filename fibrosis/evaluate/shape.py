@@ -11,9 +11,8 @@ from typing import Any
 
 
 def obj(data: Any, where: str, required: Sequence[str] = ()) -> dict[str, Any]:
-    """``data`` as a JSON object holding every key of ``required``.
-
-    The return stays ``dict[str, Any]``: it is the raw JSON at the edge of a ``from_json``."""
+    """``data`` as a JSON object holding every key of ``required`` (the raw JSON at the edge of a
+    ``from_json``: the record built from it gives the keys their types)."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: {type(data).__name__} {_short(data)}; expected a JSON object")
     missing = [k for k in required if k not in data]

@@ -6,9 +6,7 @@ so the limitations a reader sees are the ones of *this* run.
 """
 from __future__ import annotations
 
-from typing import Any
-
-from fibrosis.report.sections.context import Context, fitted_where
+from fibrosis.report.sections.context import Block, Context, fitted_where
 
 NIH_PREVALENCE = 1686 / 112120  # "Fibrosis" in the whole NIH ChestX-ray14 data set (1.5%)
 
@@ -17,7 +15,7 @@ def _pct(v: float) -> str:
     return f"{100 * v:.1f}%"
 
 
-def model_card(ctx: Context) -> list[dict[str, Any]]:
+def model_card(ctx: Context) -> list[Block]:
     m = ctx.m
     d, r = m.data, m.run
     prev = (d.provenance.total.prevalence if d.provenance else None) or d.prevalence
