@@ -51,7 +51,7 @@ def main() -> None:
     res = bootstrap_roc(y, s, groups, n_resamples=args.resamples, seed=1)
     t_fast = time.perf_counter() - t0
     lo, hi = np.quantile(ref, [0.025, 0.975])
-    assert np.allclose([lo, hi], res["ci"], atol=1e-12), (lo, hi, res["ci"])
+    assert res.ci is not None and np.allclose([lo, hi], res.ci, atol=1e-12), (lo, hi, res.ci)
     print(f"{args.n} images, {args.n // 2} patients, {args.resamples} resamples; CI {lo:.4f}-{hi:.4f} (identical)")
     print(f"naive loop + roc_auc_score : {t_naive:7.2f} s")
     print(f"fibrosis.bootstrap_roc     : {t_fast:7.2f} s (includes the ROC band)")

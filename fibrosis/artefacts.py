@@ -38,6 +38,7 @@ PROBE = "probe.pt"  # a linear probe's weights
 
 # ---------------------------------------------------------------- report, score, monitor
 REPORT_HTML = "report.html"
+RUNS_INDEX = "index.html"  # `fibrosis runs DIR`: the page, in DIR by default
 REPORT_PDF = "report.pdf"
 SCORES = "scores.csv"
 MONITOR_JSON = "monitor.json"

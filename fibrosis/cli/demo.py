@@ -22,7 +22,6 @@ from fibrosis.io import read_csv
 from fibrosis.config import load_config
 from fibrosis.pipeline.tune import run_tune
 from fibrosis.data.split import split_cache
-from fibrosis.report.runs_page import write_runs_index
 from fibrosis.words import plural
 
 logger = logging.getLogger(__name__)
@@ -120,6 +119,8 @@ def run_demo(work: str | Path = "work/demo", *, quick: bool = False,
     logger.info("scores: %s (per study: %s)", scores, scores.with_suffix(".studies.csv"))
     logger.info("look at them and label them: fibrosis review --scores %s --run %s --truth %s", scores, run,
                 DEMO_DATA / "score_expected.csv")
+    from fibrosis.report.runs_page import write_runs_index  # reads metrics.json: scipy
+
     page, index = write_runs_index(work, report_roots=[report_dir])
     logger.info("runs index: %s (%s)", page, plural(index.n_evaluations, "evaluation"))
     # The scoring folder holds two deliberately broken files, so `error` rows are

@@ -28,7 +28,6 @@ from fibrosis.io import NO_SPACE_ERRNOS
 from fibrosis.cli.tracking import attach_report, log_evaluation, log_tune
 from fibrosis.data.split import split_cache
 from fibrosis.pipeline.tune import run_tune
-from fibrosis.report.runs_page import INDEX_HTML, write_runs_index
 from fibrosis.score.dicomweb import Query, retrieve, store
 from fibrosis.words import plural
 
@@ -194,8 +193,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
         raise UsageError(f"runs {args.dir}: no such folder; expected a folder holding run folders")
     _folder(args.dir, "runs")
     if args.out is not None:
-        _file_out(args.out, "--out", INDEX_HTML)
+        _file_out(args.out, "--out", artefacts.RUNS_INDEX)
     roots = args.reports if args.reports is not None else [Path("reports")]
+    from fibrosis.report.runs_page import write_runs_index  # reads metrics.json: scipy
+
     page, index = write_runs_index(args.dir, args.out, roots)
     logger.info("runs: %s, %s (%d not readable) -> %s", plural(index.n_runs, "run"),
                 plural(index.n_evaluations, "evaluation"), index.n_unreadable, page)

@@ -13,7 +13,6 @@ from typing import Any
 
 from fibrosis import artefacts
 from fibrosis.artefacts import check_schema
-from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.io import read_text, write_json
 from fibrosis.train.runlog import MlflowTracker
 from fibrosis.train.tune.record import TuneResult
@@ -84,6 +83,8 @@ def log_evaluation(uri: str, metrics_path: Path) -> str:
     """One MLflow run for an evaluation: its settings, the numbers of its discrimination and
     calibration, metrics.json and predictions.csv; its id goes to mlflow.json beside them.
     Returns the MLflow run id."""
+    from fibrosis.evaluate.result import EvaluationResult  # its section records load scipy
+
     folder = metrics_path.parent
     result = EvaluationResult.read(metrics_path)
     params: dict[str, Any] = {"split": result.split, "fit_split": result.fit_split, "frozen": result.frozen,
@@ -92,8 +93,8 @@ def log_evaluation(uri: str, metrics_path: Path) -> str:
     run = folder.parent.parent
     tracker = MlflowTracker(uri, f"{run.name} evaluate {folder.name}", params, None)
     try:
-        metrics = {**numbers(result.discrimination, "discrimination."),
-                   **numbers(result.calibration, "calibration.")}
+        metrics = {**numbers(result.discrimination.to_json(), "discrimination."),
+                   **numbers(result.calibration.to_json(), "calibration.")}
         tracker.log_summary(metrics, {"fibrosis.command": "evaluate", "fibrosis.run": str(run),
                                       "fibrosis.evaluation": folder.name})
         for name in (artefacts.METRICS, artefacts.PREDICTIONS):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,45 @@ def _load(folder: Path) -> dict[str, tuple[int, float]]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class PairedComparison:
+    """``compare_<B>.json``: the paired DeLong test of two evaluations on the same cases (the
+    test's own fields, then its warnings, the two names and, once written, the two folders)."""
+    auc_a: float
+    auc_b: float
+    difference: float
+    se: float
+    z: float | None  # None: variance 0 and the AUCs differ (p is then a degenerate 0)
+    p: float
+    ci: list[float]
+    level: float
+    correlation: float | None
+    n_pos: int
+    n_neg: int
+    method: str
+    warnings: list[str]  # zero variance, tiny sets: kept next to the numbers
+    run_a: str
+    run_b: str
+    n: int
+    evaluation_a: str | None = None
+    evaluation_b: str | None = None
+    split: str | None = None
+    split_b: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "auc_a": self.auc_a, "auc_b": self.auc_b, "difference": self.difference, "se": self.se, "z": self.z,
+            "p": self.p, "ci": list(self.ci), "level": self.level, "correlation": self.correlation,
+            "n_pos": self.n_pos, "n_neg": self.n_neg, "method": self.method, "warnings": list(self.warnings),
+            "run_a": self.run_a, "run_b": self.run_b, "n": self.n}
+        if self.evaluation_a is not None:
+            out.update(evaluation_a=self.evaluation_a, evaluation_b=self.evaluation_b, split=self.split,
+                       split_b=self.split_b)
+        return out
+
+
 def compare_predictions(a: dict[str, tuple[int, float]], b: dict[str, tuple[int, float]],
-                        level: float = 0.95, names: tuple[str, str] = ("A", "B")) -> dict[str, Any]:
+                        level: float = 0.95, names: tuple[str, str] = ("A", "B")) -> PairedComparison:
     """Pure core: {content_hash: (label, logit)} of two runs -> paired DeLong result."""
     only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
     if only_a or only_b:
@@ -80,30 +118,30 @@ def compare_predictions(a: dict[str, tuple[int, float]], b: dict[str, tuple[int,
                          "were they evaluated against the same labels?")
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always", MetricWarning)
-        res = delong_paired_test(y, [a[k][1] for k in keys], [b[k][1] for k in keys], level)
+        t = delong_paired_test(y, [a[k][1] for k in keys], [b[k][1] for k in keys], level)
     # Kept next to the numbers (zero variance, tiny sets), not only in the log.
-    res["warnings"] = [str(w.message) for w in rec if issubclass(w.category, MetricWarning)]
-    for msg in res["warnings"]:
+    notes = [str(w.message) for w in rec if issubclass(w.category, MetricWarning)]
+    for msg in notes:
         logger.warning("compare %s vs %s: %s", names[0], names[1], msg)
-    res.update(run_a=names[0], run_b=names[1], n=len(keys))
-    return res
+    return PairedComparison(t["auc_a"], t["auc_b"], t["difference"], t["se"], t["z"], t["p"], t["ci"], t["level"],
+                            t["correlation"], t["n_pos"], t["n_neg"], t["method"], notes, names[0], names[1], len(keys))
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, split: str = "test", *, split_b: str | None = None,
-                 level: float = 0.95, out: str | Path | None = None) -> dict[str, Any]:
+                 level: float = 0.95, out: str | Path | None = None) -> PairedComparison:
     """Paired DeLong test of two evaluations, each a run folder (evaluation ``split``, B's ``split_b``)
     or an evaluation folder; writes ``compare_<B>.json`` in A's evaluation folder (or ``out``)."""
     a, b = evaluation_folder(run_a, split), evaluation_folder(run_b, split if split_b is None else split_b)
     names = (evaluation_label(a), evaluation_label(b))
-    res = compare_predictions(_load(a), _load(b), level, names)
-    res.update(evaluation_a=str(a), evaluation_b=str(b), split=a.name, split_b=b.name)
+    res = replace(compare_predictions(_load(a), _load(b), level, names), evaluation_a=str(a), evaluation_b=str(b),
+                  split=a.name, split_b=b.name)
     path = Path(out) if out else a / f"compare_{_file_label(a, b)}.json"
-    write_json(path, res)
+    write_json(path, res.to_json())
     lvl = int(round(100 * level))
-    zstat = "undefined (variance 0)" if res["z"] is None else f"{res['z']:.2f}"
+    zstat = "undefined (variance 0)" if res.z is None else f"{res.z:.2f}"
     logger.info("AUC %s %.3f vs %s %.3f; difference %.3f (%d%% CI %.3f to %.3f), z = %s, p = %.4g "
-                "(paired DeLong, %d cases, %d positive) -> %s", names[0], res["auc_a"], names[1],
-                res["auc_b"], res["difference"], lvl, *res["ci"], zstat, res["p"], res["n"], res["n_pos"], path)
+                "(paired DeLong, %d cases, %d positive) -> %s", names[0], res.auc_a, names[1],
+                res.auc_b, res.difference, lvl, *res.ci, zstat, res.p, res.n, res.n_pos, path)
     return res
 
 

@@ -9,7 +9,11 @@ Conventions used everywhere in this module:
   Results that are computable but fragile (tiny sets, degenerate bootstrap
   resamples, non-converged fits) emit a :class:`MetricWarning`; the evaluation
   stage records those warnings next to the numbers, so nothing is silently off.
-* Results are plain dicts of Python floats/lists so they go straight into JSON.
+* Results are frozen records of Python floats/lists (``to_json()`` gives the metrics.json
+  section as it is written, ``from_json()`` reads it back). ``auc_delong``,
+  ``delong_paired_test`` and ``roc_points`` return plain JSON dicts: model selection and
+  benchmarks store them as they are; :class:`DelongAuc` and :class:`RocCurve` type them
+  where they enter metrics.json.
 
 References: DeLong, DeLong & Clarke-Pearson (1988) Biometrics 44:837; Sun & Xu (2014)
 IEEE Signal Process Lett 21:1389 (midrank algorithm); pROC (Robin et al. 2011) for
@@ -22,12 +26,14 @@ import logging
 import math
 import typing
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import sparse, stats
 
 from fibrosis.config import EceStrategy
+from fibrosis.evaluate.shape import arr, obj, opt_arr
 from fibrosis.numeric import MetricWarning, check_binary, fit_logistic
 
 logger = logging.getLogger(__name__)
@@ -68,6 +74,30 @@ def delong_placements(y_true: Any, y_score: Any) -> tuple[float, np.ndarray, np.
     v10 = (tz[:m] - tx) / n
     v01 = 1.0 - (tz[m:] - ty) / m
     return float(v10.mean()), v10, v01
+
+
+@dataclass(frozen=True, slots=True)
+class DelongAuc:
+    """AUC with its DeLong variance and Wald interval (None where fewer than 2 per class)."""
+    auc: float
+    variance: float | None
+    se: float | None
+    ci: list[float] | None
+    level: float
+    method: str
+    n_pos: int
+    n_neg: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"auc": self.auc, "variance": self.variance, "se": self.se,
+                "ci": None if self.ci is None else list(self.ci), "level": self.level,
+                "method": self.method, "n_pos": self.n_pos, "n_neg": self.n_neg}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "DelongAuc":
+        d = obj(data, where, ("auc", "variance", "se", "ci", "level", "method", "n_pos", "n_neg"))
+        return cls(d["auc"], d["variance"], d["se"], opt_arr(d["ci"], f"{where}.ci"), d["level"], d["method"],
+                   d["n_pos"], d["n_neg"])
 
 
 def auc_delong(y_true: Any, y_score: Any, level: float = 0.95) -> dict[str, Any]:
@@ -135,6 +165,23 @@ def delong_paired_test(y_true: Any, score_a: Any, score_b: Any, level: float = 0
 # ---------------------------------------------------------------- ROC / PR curves
 
 
+@dataclass(frozen=True, slots=True)
+class RocCurve:
+    """Empirical ROC points; ``thresholds[0]`` is None (nobody positive)."""
+    fpr: list[float]
+    tpr: list[float]
+    thresholds: list[float | None]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fpr": list(self.fpr), "tpr": list(self.tpr), "thresholds": list(self.thresholds)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "RocCurve":
+        d = obj(data, where, ("fpr", "tpr", "thresholds"))
+        return cls(arr(d["fpr"], f"{where}.fpr"), arr(d["tpr"], f"{where}.tpr"),
+                   arr(d["thresholds"], f"{where}.thresholds"))
+
+
 def roc_points(y_true: Any, y_score: Any) -> dict[str, list[float]]:
     """Empirical ROC: one point per distinct threshold, from (0, 0) to (1, 1).
 
@@ -152,15 +199,36 @@ def roc_points(y_true: Any, y_score: Any) -> dict[str, list[float]]:
             "thresholds": [None, *s_sorted[last].tolist()]}
 
 
-def pr_curve(y_true: Any, y_score: Any) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class PrCurve:
+    """Precision-recall curve and average precision."""
+    precision: list[float]
+    recall: list[float]
+    average_precision: float
+    prevalence: float
+    n_pos: int
+    n: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"precision": list(self.precision), "recall": list(self.recall),
+                "average_precision": self.average_precision, "prevalence": self.prevalence,
+                "n_pos": self.n_pos, "n": self.n}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "PrCurve":
+        d = obj(data, where, ("precision", "recall", "average_precision", "prevalence", "n_pos", "n"))
+        return cls(arr(d["precision"], f"{where}.precision"), arr(d["recall"], f"{where}.recall"),
+                   d["average_precision"], d["prevalence"], d["n_pos"], d["n"])
+
+
+def pr_curve(y_true: Any, y_score: Any) -> PrCurve:
     """Precision-recall curve and average precision (step-wise, as scikit-learn)."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
     y, s = check_binary(y_true, y_score)
     precision, recall, _ = precision_recall_curve(y, s)
-    return {"precision": precision.tolist(), "recall": recall.tolist(),
-            "average_precision": float(average_precision_score(y, s)),
-            "prevalence": float(y.mean()), "n_pos": int(y.sum()), "n": int(len(y))}
+    return PrCurve(precision.tolist(), recall.tolist(), float(average_precision_score(y, s)),
+                   float(y.mean()), int(y.sum()), int(len(y)))
 
 
 # ---------------------------------------------------------------- clustered bootstrap
@@ -178,9 +246,72 @@ def _cluster_ids(groups: Any, n: int) -> np.ndarray:
     return np.unique(g, return_inverse=True)[1].ravel()
 
 
+@dataclass(frozen=True, slots=True)
+class RocBand:
+    """Pointwise percentile band of the bootstrap ROC curves on a fixed FPR grid."""
+    fpr: list[float]
+    tpr_lower: list[float]
+    tpr_upper: list[float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fpr": list(self.fpr), "tpr_lower": list(self.tpr_lower), "tpr_upper": list(self.tpr_upper)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "RocBand":
+        d = obj(data, where, ("fpr", "tpr_lower", "tpr_upper"))
+        return cls(arr(d["fpr"], f"{where}.fpr"), arr(d["tpr_lower"], f"{where}.tpr_lower"),
+                   arr(d["tpr_upper"], f"{where}.tpr_upper"))
+
+
+BOOTSTRAP_METHOD = "patient-clustered percentile bootstrap"
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapAuc:
+    """The clustered bootstrap's AUC interval and ROC band, or, when too few resamples held both
+    classes, a "not reported" record: ``error`` says why and the numbers are None."""
+    auc: float | None
+    ci: list[float] | None
+    level: float
+    method: str
+    n_resamples: int
+    n_used: int | None
+    n_degenerate: int | None  # None in a "not reported" record
+    n_patients: int
+    seed: int
+    se: float | None
+    band: RocBand | None
+    error: str | None = None
+
+    @classmethod
+    def not_reported(cls, error: str, *, level: float, n_resamples: int, n_patients: int,
+                     seed: int) -> "BootstrapAuc":
+        return cls(None, None, level, BOOTSTRAP_METHOD, n_resamples, None, None, n_patients, seed, None, None, error)
+
+    def to_json(self) -> dict[str, Any]:
+        ci = None if self.ci is None else list(self.ci)
+        band = None if self.band is None else self.band.to_json()
+        if self.error is not None:  # the "not reported" layout, as written since it existed
+            return {"auc": self.auc, "ci": ci, "band": band, "level": self.level, "method": self.method,
+                    "n_resamples": self.n_resamples, "n_used": self.n_used, "n_patients": self.n_patients,
+                    "seed": self.seed, "error": self.error}
+        return {"auc": self.auc, "ci": ci, "level": self.level, "method": self.method,
+                "n_resamples": self.n_resamples, "n_used": self.n_used, "n_degenerate": self.n_degenerate,
+                "n_patients": self.n_patients, "seed": self.seed, "se": self.se, "band": band}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "BootstrapAuc":
+        error = obj(data, where).get("error")
+        d = obj(data, where, ("auc", "ci", "band", "level", "method", "n_resamples", "n_used", "n_patients", "seed")
+                + (() if error is not None else ("n_degenerate", "se")))
+        return cls(d["auc"], opt_arr(d["ci"], f"{where}.ci"), d["level"], d["method"], d["n_resamples"],
+                   d["n_used"], d.get("n_degenerate"), d["n_patients"], d["seed"], d.get("se"),
+                   None if d["band"] is None else RocBand.from_json(d["band"], f"{where}.band"), error)
+
+
 def bootstrap_roc(y_true: Any, y_score: Any, groups: Any = None, *, n_resamples: int = 2000,
                   level: float = 0.95, seed: int = 0, fpr_grid: int = 101,
-                  chunk: int = 250) -> dict[str, Any]:
+                  chunk: int = 250) -> BootstrapAuc:
     """Patient-clustered percentile bootstrap of the AUC and of the ROC curve (vertical band).
 
     Patients (``groups``) are drawn with replacement and carry all their images,
@@ -240,12 +371,36 @@ def bootstrap_roc(y_true: Any, y_score: Any, groups: Any = None, *, n_resamples:
     alpha = (1.0 - level) / 2.0
     band = np.vstack(bands)
     auc, _, _ = delong_placements(y, s)
-    return {"auc": auc, "ci": np.quantile(auc_boot, [alpha, 1 - alpha]).tolist(), "level": level,
-            "method": "patient-clustered percentile bootstrap", "n_resamples": n_resamples,
-            "n_used": int(len(auc_boot)), "n_degenerate": degenerate, "n_patients": n_clusters,
-            "seed": seed, "se": float(auc_boot.std(ddof=1)) if len(auc_boot) > 1 else None,
-            "band": {"fpr": grid.tolist(), "tpr_lower": np.quantile(band, alpha, axis=0).tolist(),
-                     "tpr_upper": np.quantile(band, 1 - alpha, axis=0).tolist()}}
+    return BootstrapAuc(auc, np.quantile(auc_boot, [alpha, 1 - alpha]).tolist(), level, BOOTSTRAP_METHOD,
+                        n_resamples, int(len(auc_boot)), degenerate, n_clusters, seed,
+                        float(auc_boot.std(ddof=1)) if len(auc_boot) > 1 else None,
+                        RocBand(grid.tolist(), np.quantile(band, alpha, axis=0).tolist(),
+                                np.quantile(band, 1 - alpha, axis=0).tolist()))
+
+
+@dataclass(frozen=True, slots=True)
+class Discrimination:
+    """The ``discrimination`` section of metrics.json: AUC on the model logit with its DeLong and
+    bootstrap intervals, ROC and PR curves."""
+    score: str  # what the AUC ranks (the logit: temperature/Platt leave it unchanged)
+    auc: float
+    delong: DelongAuc
+    bootstrap: BootstrapAuc
+    auc_after_calibration: float | None  # only where calibration can reorder cases (isotonic)
+    roc: RocCurve
+    pr: PrCurve
+
+    def to_json(self) -> dict[str, Any]:
+        return {"score": self.score, "auc": self.auc, "delong": self.delong.to_json(),
+                "bootstrap": self.bootstrap.to_json(), "auc_after_calibration": self.auc_after_calibration,
+                "roc": self.roc.to_json(), "pr": self.pr.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "Discrimination":
+        d = obj(data, where, ("score", "auc", "delong", "bootstrap", "auc_after_calibration", "roc", "pr"))
+        return cls(d["score"], d["auc"], DelongAuc.from_json(d["delong"], f"{where}.delong"),
+                   BootstrapAuc.from_json(d["bootstrap"], f"{where}.bootstrap"), d["auc_after_calibration"],
+                   RocCurve.from_json(d["roc"], f"{where}.roc"), PrCurve.from_json(d["pr"], f"{where}.pr"))
 
 
 # ---------------------------------------------------------------- calibration
@@ -268,8 +423,52 @@ def _bin_edges(p: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
     raise ValueError(f"binning strategy {strategy!r}; allowed: {list(ECE_STRATEGIES)}")
 
 
+@dataclass(frozen=True, slots=True)
+class ReliabilityBin:
+    """One non-empty probability bin: mean predicted vs observed frequency (Wilson CI)."""
+    lower: float
+    upper: float
+    count: int
+    mean_predicted: float
+    observed: float
+    observed_ci: list[float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lower": self.lower, "upper": self.upper, "count": self.count,
+                "mean_predicted": self.mean_predicted, "observed": self.observed,
+                "observed_ci": list(self.observed_ci)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "ReliabilityBin":
+        d = obj(data, where, ("lower", "upper", "count", "mean_predicted", "observed", "observed_ci"))
+        return cls(d["lower"], d["upper"], d["count"], d["mean_predicted"], d["observed"],
+                   arr(d["observed_ci"], f"{where}.observed_ci"))
+
+
+@dataclass(frozen=True, slots=True)
+class Reliability:
+    """Reliability bins and the expected calibration error (ECE) over them."""
+    bins: list[ReliabilityBin]
+    ece: float
+    n_bins: int
+    strategy: str
+    binning: str  # the binning and the ECE in words, for the report
+    n: int
+    level: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bins": [b.to_json() for b in self.bins], "ece": self.ece, "n_bins": self.n_bins,
+                "strategy": self.strategy, "binning": self.binning, "n": self.n, "level": self.level}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "Reliability":
+        d = obj(data, where, ("bins", "ece", "n_bins", "strategy", "binning", "n", "level"))
+        return cls([ReliabilityBin.from_json(b, f"{where}.bins[{i}]") for i, b in enumerate(arr(d["bins"], f"{where}.bins"))],
+                   d["ece"], d["n_bins"], d["strategy"], d["binning"], d["n"], d["level"])
+
+
 def reliability_curve(y_true: Any, prob: Any, n_bins: int = 10, strategy: str = "uniform",
-                      level: float = 0.95) -> dict[str, Any]:
+                      level: float = 0.95) -> Reliability:
     """Per-bin mean predicted probability vs observed frequency (Wilson CI), and the ECE.
 
     ECE = sum_b (n_b / n) * |mean predicted_b - observed frequency_b| over non-empty
@@ -290,20 +489,41 @@ def reliability_curve(y_true: Any, prob: Any, n_bins: int = 10, strategy: str = 
         conf, freq = float(p[sel].mean()), float(y[sel].mean())
         lo, hi = wilson_ci(int(y[sel].sum()), k, level)
         ece += k / len(p) * abs(conf - freq)
-        bins.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": k,
-                     "mean_predicted": conf, "observed": freq, "observed_ci": [lo, hi]})
-    return {"bins": bins, "ece": float(ece), "n_bins": n_bins, "strategy": strategy,
-            "binning": f"{n_bins} {'equal-width' if strategy == 'uniform' else 'equal-count'} bins on "
+        bins.append(ReliabilityBin(float(edges[b]), float(edges[b + 1]), k, conf, freq, [lo, hi]))
+    return Reliability(bins, float(ece), n_bins, strategy,
+                       f"{n_bins} {'equal-width' if strategy == 'uniform' else 'equal-count'} bins on "
                        "[0, 1]; ECE = count-weighted mean |mean predicted - observed| "
-                       "of the positive-class probability", "n": int(len(p)), "level": level}
+                       "of the positive-class probability", int(len(p)), level)
 
 
 def expected_calibration_error(y_true: Any, prob: Any, n_bins: int = 10,
                                strategy: str = "uniform") -> float:
-    return reliability_curve(y_true, prob, n_bins, strategy)["ece"]
+    return reliability_curve(y_true, prob, n_bins, strategy).ece
 
 
-def calibration_intercept_slope(y_true: Any, prob: Any, level: float = 0.95) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class InterceptSlope:
+    """Calibration intercept and slope with Wald intervals; None where the fit did not converge."""
+    level: float
+    method: str
+    slope: float | None
+    slope_ci: list[float] | None
+    intercept: float | None
+    intercept_ci: list[float] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"level": self.level, "method": self.method, "slope": self.slope,
+                "slope_ci": None if self.slope_ci is None else list(self.slope_ci), "intercept": self.intercept,
+                "intercept_ci": None if self.intercept_ci is None else list(self.intercept_ci)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "InterceptSlope":
+        d = obj(data, where, ("level", "method", "slope", "slope_ci", "intercept", "intercept_ci"))
+        return cls(d["level"], d["method"], d["slope"], opt_arr(d["slope_ci"], f"{where}.slope_ci"),
+                   d["intercept"], opt_arr(d["intercept_ci"], f"{where}.intercept_ci"))
+
+
+def calibration_intercept_slope(y_true: Any, prob: Any, level: float = 0.95) -> InterceptSlope:
     """Logistic recalibration on logit(p): slope from ``y ~ a + b*logit(p)``, intercept
     (calibration-in-the-large) from ``y ~ a + offset(logit(p))``. Ideal: 0 and 1."""
     z = _z(level)
@@ -312,33 +532,92 @@ def calibration_intercept_slope(y_true: Any, prob: Any, level: float = 0.95) -> 
     lp = np.log(np.clip(p, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(p, 1e-7, 1 - 1e-7))
     beta2, cov2, ok2 = fit_logistic(lp, y)
     beta1, cov1, ok1 = fit_logistic(lp, y, offset=lp, slope=False)
-    out: dict[str, Any] = {"level": level, "method": "logistic recalibration on logit(p)"}
+    slope: float | None = None
+    slope_ci: list[float] | None = None
+    intercept: float | None = None
+    intercept_ci: list[float] | None = None
     if ok2:
         se = math.sqrt(cov2[1, 1])
-        out.update(slope=float(beta2[1]), slope_ci=[float(beta2[1] - z * se), float(beta2[1] + z * se)])
+        slope, slope_ci = float(beta2[1]), [float(beta2[1] - z * se), float(beta2[1] + z * se)]
     else:
         warnings.warn("calibration slope: the logistic fit did not converge or the slope is extreme "
                       "(|slope| > 50: classes separated, or predictions nearly constant); not reported",
                       MetricWarning, stacklevel=2)
-        out.update(slope=None, slope_ci=None)
     if ok1:
         se = math.sqrt(cov1[0, 0])
-        out.update(intercept=float(beta1[0]),
-                   intercept_ci=[float(beta1[0] - z * se), float(beta1[0] + z * se)])
+        intercept, intercept_ci = float(beta1[0]), [float(beta1[0] - z * se), float(beta1[0] + z * se)]
     else:
         warnings.warn("calibration intercept: fit did not converge; not reported",
                       MetricWarning, stacklevel=2)
-        out.update(intercept=None, intercept_ci=None)
-    return out
+    return InterceptSlope(level, "logistic recalibration on logit(p)", slope, slope_ci, intercept, intercept_ci)
 
 
-def score_histogram(y_true: Any, prob: Any, n_bins: int = 20) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class ScoreHistogram:
+    """Counts of predicted probabilities per class on fixed bins (``edges`` has one more entry)."""
+    edges: list[float]
+    positives: list[int]
+    negatives: list[int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"edges": list(self.edges), "positives": list(self.positives), "negatives": list(self.negatives)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "ScoreHistogram":
+        d = obj(data, where, ("edges", "positives", "negatives"))
+        return cls(arr(d["edges"], f"{where}.edges"), arr(d["positives"], f"{where}.positives"),
+                   arr(d["negatives"], f"{where}.negatives"))
+
+
+def score_histogram(y_true: Any, prob: Any, n_bins: int = 20) -> ScoreHistogram:
     """Counts of predicted probabilities per class on fixed [0, 1] bins (for the histogram figure)."""
     y, p = check_binary(y_true, prob, score_name="prob", probability=True, need_both=False)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    return {"edges": edges.tolist(),
-            "positives": np.histogram(p[y == 1], edges)[0].tolist(),
-            "negatives": np.histogram(p[y == 0], edges)[0].tolist()}
+    return ScoreHistogram(edges.tolist(), np.histogram(p[y == 1], edges)[0].tolist(),
+                          np.histogram(p[y == 0], edges)[0].tolist())
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationBlock:
+    """Calibration of one set of probabilities (before or after the calibrator)."""
+    reliability: Reliability
+    brier: float
+    intercept_slope: InterceptSlope
+    histogram: ScoreHistogram
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reliability": self.reliability.to_json(), "brier": self.brier,
+                "intercept_slope": self.intercept_slope.to_json(), "histogram": self.histogram.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "CalibrationBlock":
+        d = obj(data, where, ("reliability", "brier", "intercept_slope", "histogram"))
+        return cls(Reliability.from_json(d["reliability"], f"{where}.reliability"), d["brier"],
+                   InterceptSlope.from_json(d["intercept_slope"], f"{where}.intercept_slope"),
+                   ScoreHistogram.from_json(d["histogram"], f"{where}.histogram"))
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationSummary:
+    """The ``calibration`` section of metrics.json: the calibrator, and calibration before and
+    after it (ECE, Brier, intercept/slope, reliability bins, score histogram)."""
+    method: str
+    # The calibrator's own stored record (fibrosis.model.calibration writes and reads it): its
+    # parameters differ per method, and the checkpoint holds the same record.
+    calibrator: dict[str, Any]
+    before: CalibrationBlock
+    after: CalibrationBlock
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "calibrator": self.calibrator, "before": self.before.to_json(),
+                "after": self.after.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "CalibrationSummary":
+        d = obj(data, where, ("method", "calibrator", "before", "after"))
+        return cls(d["method"], obj(d["calibrator"], f"{where}.calibrator"),
+                   CalibrationBlock.from_json(d["before"], f"{where}.before"),
+                   CalibrationBlock.from_json(d["after"], f"{where}.after"))
 
 
 def wilson_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from fibrosis.evaluate.metrics import auc_delong, wilson_ci
+from fibrosis.evaluate.shape import arr, obj, opt_arr
 
 from fibrosis.numeric import MetricWarning, check_binary
 
@@ -66,36 +68,167 @@ def threshold_for_sensitivity(y_true: Any, y_score: Any, target: float) -> dict[
             "sensitivity": float(sens[k]), "specificity": float(spec[k])}
 
 
-def confusion(y_true: Any, y_score: Any, threshold: float) -> dict[str, int]:
+def confusion(y_true: Any, y_score: Any, threshold: float) -> Confusion:
     """Confusion matrix for "positive if score >= threshold"."""
     y, s = check_binary(y_true, y_score, need_both=False)
     if math.isnan(threshold):
         raise ValueError("threshold is NaN; expected a number (or +/-inf)")
     pred = s >= threshold
-    return {"tp": int((pred & (y == 1)).sum()), "fp": int((pred & (y == 0)).sum()),
-            "tn": int((~pred & (y == 0)).sum()), "fn": int((~pred & (y == 1)).sum())}
+    return Confusion(int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum()),
+                     int((~pred & (y == 0)).sum()), int((~pred & (y == 1)).sum()))
 
 
-def _proportion(k: int, n: int, level: float, name: str) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Confusion:
+    """Counts of "positive if score >= threshold" against the labels."""
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tp": self.tp, "fp": self.fp, "tn": self.tn, "fn": self.fn}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "Confusion":
+        d = obj(data, where, ("tp", "fp", "tn", "fn"))
+        return cls(d["tp"], d["fp"], d["tn"], d["fn"])
+
+
+@dataclass(frozen=True, slots=True)
+class Proportion:
+    """k of n with a Wilson interval; value and ci None when n is 0 (not defined)."""
+    value: float | None
+    ci: list[float] | None
+    k: int
+    n: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value, "ci": None if self.ci is None else list(self.ci), "k": self.k, "n": self.n}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "Proportion":
+        d = obj(data, where, ("value", "ci", "k", "n"))
+        return cls(d["value"], opt_arr(d["ci"], f"{where}.ci"), d["k"], d["n"])
+
+
+@dataclass(frozen=True, slots=True)
+class BinaryMetrics:
+    """Sensitivity, specificity, PPV and NPV of one confusion matrix (PPV/NPV at its prevalence)."""
+    sensitivity: Proportion
+    specificity: Proportion
+    ppv: Proportion
+    npv: Proportion
+    prevalence: float
+    level: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sensitivity": self.sensitivity.to_json(), "specificity": self.specificity.to_json(),
+                "ppv": self.ppv.to_json(), "npv": self.npv.to_json(), "prevalence": self.prevalence,
+                "level": self.level}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "BinaryMetrics":
+        d = obj(data, where, ("sensitivity", "specificity", "ppv", "npv", "prevalence", "level"))
+        sens, spec, ppv, npv = (Proportion.from_json(d[k], f"{where}.{k}") for k in ("sensitivity", "specificity",
+                                                                                        "ppv", "npv"))
+        return cls(sens, spec, ppv, npv, d["prevalence"], d["level"])
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentValues:
+    """PPV and NPV at a deployment prevalence (Bayes' rule); None where sensitivity or
+    specificity is undefined, and then without ``method``."""
+    prevalence: float
+    ppv: float | None
+    npv: float | None
+    ppv_ci: list[float | None] | None
+    npv_ci: list[float | None] | None
+    method: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"prevalence": self.prevalence, "ppv": self.ppv, "npv": self.npv,
+                               "ppv_ci": None if self.ppv_ci is None else list(self.ppv_ci),
+                               "npv_ci": None if self.npv_ci is None else list(self.npv_ci)}
+        if self.method is not None:
+            out["method"] = self.method
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "DeploymentValues":
+        d = obj(data, where, ("prevalence", "ppv", "npv", "ppv_ci", "npv_ci"))
+        return cls(d["prevalence"], d["ppv"], d["npv"], opt_arr(d["ppv_ci"], f"{where}.ppv_ci"),
+                   opt_arr(d["npv_ci"], f"{where}.npv_ci"), d.get("method"))
+
+
+@dataclass(frozen=True, slots=True)
+class ChosenOn:
+    """Where an operating point's threshold was chosen, and its sensitivity/specificity there
+    (None where a stored threshold record lacks them)."""
+    split: str | None
+    sensitivity: float | None
+    specificity: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"split": self.split, "sensitivity": self.sensitivity, "specificity": self.specificity}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "ChosenOn":
+        d = obj(data, where, ("split", "sensitivity", "specificity"))
+        return cls(d["split"], d["sensitivity"], d["specificity"])
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuredOperatingPoint:
+    """One threshold rule, chosen on the fit split, measured on the evaluated split (one entry of
+    ``operating_points`` in metrics.json)."""
+    name: str  # "youden", "sensitivity_0.90", ...
+    rule: str
+    threshold: float  # on the calibrated probability; positive if prob >= threshold
+    chosen_on: ChosenOn
+    confusion: Confusion
+    sensitivity: Proportion
+    specificity: Proportion
+    ppv: Proportion
+    npv: Proportion
+    deployment: DeploymentValues | None  # None: no deployment prevalence configured
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "rule": self.rule, "threshold": self.threshold,
+                "chosen_on": self.chosen_on.to_json(), "confusion": self.confusion.to_json(),
+                "sensitivity": self.sensitivity.to_json(), "specificity": self.specificity.to_json(),
+                "ppv": self.ppv.to_json(), "npv": self.npv.to_json(),
+                "deployment": None if self.deployment is None else self.deployment.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "MeasuredOperatingPoint":
+        d = obj(data, where, ("name", "rule", "threshold", "chosen_on", "confusion", "sensitivity", "specificity",
+                              "ppv", "npv", "deployment"))
+        sens, spec, ppv, npv = (Proportion.from_json(d[k], f"{where}.{k}") for k in ("sensitivity", "specificity",
+                                                                                        "ppv", "npv"))
+        return cls(d["name"], d["rule"], d["threshold"], ChosenOn.from_json(d["chosen_on"], f"{where}.chosen_on"),
+                   Confusion.from_json(d["confusion"], f"{where}.confusion"), sens, spec, ppv, npv,
+                   None if d["deployment"] is None else DeploymentValues.from_json(d["deployment"], f"{where}.deployment"))
+
+
+def _proportion(k: int, n: int, level: float, name: str) -> Proportion:
     if n == 0:
         warnings.warn(f"{name}: denominator is 0 (no cases in that cell); not defined",
                       MetricWarning, stacklevel=3)
-        return {"value": None, "ci": None, "k": k, "n": n}
+        return Proportion(None, None, k, n)
     lo, hi = wilson_ci(k, n, level)
-    return {"value": k / n, "ci": [lo, hi], "k": k, "n": n}
+    return Proportion(k / n, [lo, hi], k, n)
 
 
-def binary_metrics(cm: Mapping[str, int], level: float = 0.95) -> dict[str, Any]:
+def binary_metrics(cm: Confusion, level: float = 0.95) -> BinaryMetrics:
     """Sensitivity, specificity, PPV, NPV (Wilson CIs) from a confusion matrix.
 
     PPV and NPV here hold at the prevalence of the evaluated set only.
     """
-    tp, fp, tn, fn = (int(cm[k]) for k in ("tp", "fp", "tn", "fn"))
-    return {"sensitivity": _proportion(tp, tp + fn, level, "sensitivity"),
-            "specificity": _proportion(tn, tn + fp, level, "specificity"),
-            "ppv": _proportion(tp, tp + fp, level, "PPV"),
-            "npv": _proportion(tn, tn + fn, level, "NPV"),
-            "prevalence": (tp + fn) / max(1, tp + fp + tn + fn), "level": level}
+    tp, fp, tn, fn = cm.tp, cm.fp, cm.tn, cm.fn
+    return BinaryMetrics(_proportion(tp, tp + fn, level, "sensitivity"), _proportion(tn, tn + fp, level, "specificity"),
+                         _proportion(tp, tp + fp, level, "PPV"), _proportion(tn, tn + fn, level, "NPV"),
+                         (tp + fn) / max(1, tp + fp + tn + fn), level)
 
 
 def _ppv(se: float, sp: float, pi: float) -> float:
@@ -108,8 +241,8 @@ def _npv(se: float, sp: float, pi: float) -> float:
     return sp * (1 - pi) / den if den > 0 else float("nan")
 
 
-def predictive_values_at_prevalence(sensitivity: Mapping[str, Any], specificity: Mapping[str, Any],
-                                    prevalence: float) -> dict[str, Any]:
+def predictive_values_at_prevalence(sensitivity: Proportion, specificity: Proportion,
+                                    prevalence: float) -> DeploymentValues:
     """PPV/NPV by Bayes' rule at a deployment prevalence.
 
     The interval combines the Wilson bounds of sensitivity and specificity (both
@@ -118,24 +251,49 @@ def predictive_values_at_prevalence(sensitivity: Mapping[str, Any], specificity:
     if not 0.0 < prevalence < 1.0:
         raise ValueError(f"deployment prevalence {prevalence!r}; allowed: 0 < prevalence < 1 "
                          "(e.g. 0.015 for 1.5%)")
-    se, sp = sensitivity.get("value"), specificity.get("value")
-    if se is None or sp is None:
-        return {"prevalence": prevalence, "ppv": None, "npv": None, "ppv_ci": None, "npv_ci": None}
-    (se_lo, se_hi), (sp_lo, sp_hi) = sensitivity["ci"], specificity["ci"]
+    se, sp = sensitivity.value, specificity.value
+    if se is None or sp is None or sensitivity.ci is None or specificity.ci is None:
+        return DeploymentValues(prevalence, None, None, None, None)
+    (se_lo, se_hi), (sp_lo, sp_hi) = sensitivity.ci, specificity.ci
 
     def clean(v: float) -> float | None:
         return None if math.isnan(v) else v
 
-    return {"prevalence": prevalence, "ppv": clean(_ppv(se, sp, prevalence)),
-            "npv": clean(_npv(se, sp, prevalence)),
-            "ppv_ci": [clean(_ppv(se_lo, sp_lo, prevalence)), clean(_ppv(se_hi, sp_hi, prevalence))],
-            "npv_ci": [clean(_npv(se_lo, sp_lo, prevalence)), clean(_npv(se_hi, sp_hi, prevalence))],
-            "method": "Bayes' rule; interval from the Wilson bounds of sensitivity and specificity"}
+    return DeploymentValues(prevalence, clean(_ppv(se, sp, prevalence)), clean(_npv(se, sp, prevalence)),
+                            [clean(_ppv(se_lo, sp_lo, prevalence)), clean(_ppv(se_hi, sp_hi, prevalence))],
+                            [clean(_npv(se_lo, sp_lo, prevalence)), clean(_npv(se_hi, sp_hi, prevalence))],
+                            "Bayes' rule; interval from the Wilson bounds of sensitivity and specificity")
+
+
+@dataclass(frozen=True, slots=True)
+class SubgroupRow:
+    """n, prevalence and AUC (DeLong CI) of one value of one attribute (one entry of
+    ``subgroups`` in metrics.json); ``flags`` say why a group is too small to read."""
+    attribute: str
+    value: str
+    n: int
+    n_pos: int
+    prevalence: float
+    auc: float | None
+    ci: list[float] | None
+    flags: list[str]
+    small: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"attribute": self.attribute, "value": self.value, "n": self.n, "n_pos": self.n_pos,
+                "prevalence": self.prevalence, "auc": self.auc, "ci": None if self.ci is None else list(self.ci),
+                "flags": list(self.flags), "small": self.small}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "SubgroupRow":
+        d = obj(data, where, ("attribute", "value", "n", "n_pos", "prevalence", "auc", "ci", "flags", "small"))
+        return cls(d["attribute"], d["value"], d["n"], d["n_pos"], d["prevalence"], d["auc"],
+                   opt_arr(d["ci"], f"{where}.ci"), arr(d["flags"], f"{where}.flags"), d["small"])
 
 
 def subgroup_table(y_true: Any, y_score: Any, attributes: Mapping[str, Sequence[Any]], *,
                    min_n: int = 30, min_positives: int = 5, level: float = 0.95,
-                   value_order: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
+                   value_order: Mapping[str, Sequence[str]] | None = None) -> list[SubgroupRow]:
     """n, prevalence and AUC (DeLong CI) per value of each attribute.
 
     Groups with fewer than ``min_n`` cases or ``min_positives`` positives (or
@@ -145,7 +303,7 @@ def subgroup_table(y_true: Any, y_score: Any, attributes: Mapping[str, Sequence[
     "unknown" comes last.
     """
     y, s = check_binary(y_true, y_score, need_both=False)
-    rows: list[dict[str, Any]] = []
+    rows: list[SubgroupRow] = []
     for attr, values in attributes.items():
         vals = np.asarray(["unknown" if v in (None, "") else str(v) for v in values], dtype=object)
         if len(vals) != len(y):
@@ -156,22 +314,22 @@ def subgroup_table(y_true: Any, y_score: Any, attributes: Mapping[str, Sequence[
             sel = vals == value
             ys, ss = y[sel], s[sel]
             n, n_pos = int(sel.sum()), int(ys.sum())
-            row: dict[str, Any] = {"attribute": attr, "value": value, "n": n, "n_pos": n_pos,
-                                   "prevalence": n_pos / n, "auc": None, "ci": None, "flags": []}
+            flags: list[str] = []
+            auc: float | None = None
+            ci: list[float] | None = None
             if n < min_n:
-                row["flags"].append(f"n={n} < {min_n}")
+                flags.append(f"n={n} < {min_n}")
             if n_pos < min_positives:
-                row["flags"].append(f"positives={n_pos} < {min_positives}")
+                flags.append(f"positives={n_pos} < {min_positives}")
             if n - n_pos < min_positives:
-                row["flags"].append(f"negatives={n - n_pos} < {min_positives}")
+                flags.append(f"negatives={n - n_pos} < {min_positives}")
             if 0 < n_pos < n:
                 with warnings.catch_warnings():
                     # small-group warnings are carried by the flags column instead
                     warnings.simplefilter("ignore", MetricWarning)
                     res = auc_delong(ys, ss, level)
-                row["auc"], row["ci"] = res["auc"], res["ci"]
+                auc, ci = res["auc"], res["ci"]
             else:
-                row["flags"].append("one class only: AUC undefined")
-            row["small"] = bool(row["flags"])
-            rows.append(row)
+                flags.append("one class only: AUC undefined")
+            rows.append(SubgroupRow(attr, value, n, n_pos, n_pos / n, auc, ci, flags, bool(flags)))
     return rows

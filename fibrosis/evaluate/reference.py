@@ -98,19 +98,19 @@ def ece_interval(y: Any, p: Any, n_bins: int, strategy: str, level: float,
 
 def performance_summary(metrics: EvaluationResult, threshold_name: str) -> dict[str, Any]:
     """The validation report's headline numbers, each with its interval."""
-    disc, after = metrics.discrimination, metrics.calibration["after"]
-    cs = after["intercept_slope"]
-    op = next((o for o in metrics.operating_points if o["name"] == threshold_name),
+    disc, after = metrics.discrimination, metrics.calibration.after
+    cs = after.intercept_slope
+    op = next((o for o in metrics.operating_points if o.name == threshold_name),
               metrics.operating_points[0])
     ecfg = metrics.evaluate_config
-    return {"auc": disc["auc"], "auc_ci": disc["delong"]["ci"],
-            "intercept": cs.get("intercept"), "intercept_ci": cs.get("intercept_ci"),
-            "slope": cs.get("slope"), "slope_ci": cs.get("slope_ci"),
-            "ece": after["reliability"]["ece"], "ece_bins": ecfg["ece_bins"], "ece_strategy": ecfg["ece_strategy"],
-            "sensitivity": {k: op["sensitivity"][k] for k in ("value", "ci")},
-            "specificity": {k: op["specificity"][k] for k in ("value", "ci")},
-            "operating_point": op["name"], "level": ecfg["ci_level"],
-            "n": metrics.data["n"], "n_pos": metrics.data["n_pos"]}
+    return {"auc": disc.auc, "auc_ci": disc.delong.ci,
+            "intercept": cs.intercept, "intercept_ci": cs.intercept_ci,
+            "slope": cs.slope, "slope_ci": cs.slope_ci,
+            "ece": after.reliability.ece, "ece_bins": ecfg["ece_bins"], "ece_strategy": ecfg["ece_strategy"],
+            "sensitivity": {"value": op.sensitivity.value, "ci": op.sensitivity.ci},
+            "specificity": {"value": op.specificity.value, "ci": op.specificity.ci},
+            "operating_point": op.name, "level": ecfg["ci_level"],
+            "n": metrics.data.n, "n_pos": metrics.data.n_pos}
 
 
 def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stats: Sequence[dict[str, float]],

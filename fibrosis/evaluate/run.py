@@ -10,7 +10,7 @@ Flow for a trained run:
 4. ``RUN/eval/<split>/metrics.json`` + ``predictions.csv`` are written and the
    calibrator and thresholds are stored in the checkpoint for `fibrosis score`.
 
-``evaluate_predictions`` is the pure core (arrays in, JSON-able dict out); the rest is I/O.
+``evaluate_predictions`` is the pure core (arrays in, an :class:`EvaluationResult` out); the rest is I/O.
 """
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ from fibrosis.evaluate.checks import (ALL, check_evaluated_split, check_split_is
                                       resolve_config)
 from fibrosis.evaluate.decision import decision_curve
 from fibrosis.evaluate.reference import write_reference
-from fibrosis.evaluate.result import EvaluationResult
+from fibrosis.evaluate.result import EvaluationResult, GradcamSummary
 from fibrosis.evaluate.subgroups import AGE_BANDS, attribute_values
+from fibrosis.evaluate.summary import DataSummary, FitCounts
 
 if TYPE_CHECKING:  # the record's module imports torch, which `import fibrosis` does not need
     from fibrosis.model.checkpoint import Checkpoint
@@ -97,16 +98,15 @@ class WarningLog:
 
 
 def _calibration_block(y: np.ndarray, prob: np.ndarray, ecfg: EvaluateConfig,
-                       log: WarningLog, label: str) -> dict[str, Any]:
+                       log: WarningLog, label: str) -> M.CalibrationBlock:
     with log.step(f"calibration ({label})"):
-        return {"reliability": M.reliability_curve(y, prob, ecfg.ece_bins, ecfg.ece_strategy, ecfg.ci_level),
-                "brier": M.brier_score(y, prob),
-                "intercept_slope": M.calibration_intercept_slope(y, prob, ecfg.ci_level),
-                "histogram": M.score_histogram(y, prob)}
+        return M.CalibrationBlock(M.reliability_curve(y, prob, ecfg.ece_bins, ecfg.ece_strategy, ecfg.ci_level),
+                                  M.brier_score(y, prob), M.calibration_intercept_slope(y, prob, ecfg.ci_level),
+                                  M.score_histogram(y, prob))
 
 
 def _bootstrap(y: np.ndarray, z: np.ndarray, keys: list[str], ecfg: EvaluateConfig, log: WarningLog,
-               split: str) -> dict[str, Any]:
+               split: str) -> M.BootstrapAuc:
     """Clustered bootstrap, or an explicit "not reported" record when too few positives make
     it degenerate (tiny test sets): the DeLong interval and every other number still stand."""
     try:
@@ -114,9 +114,8 @@ def _bootstrap(y: np.ndarray, z: np.ndarray, keys: list[str], ecfg: EvaluateConf
                                seed=ecfg.seed)
     except ValueError as exc:
         log.items.append(f"discrimination ({split}): bootstrap CI not reported: {exc}")
-        return {"auc": None, "ci": None, "band": None, "level": ecfg.ci_level,
-                "method": "patient-clustered percentile bootstrap", "n_resamples": ecfg.bootstrap_resamples,
-                "n_used": None, "n_patients": len(set(keys)), "seed": ecfg.seed, "error": str(exc)}
+        return M.BootstrapAuc.not_reported(str(exc), level=ecfg.ci_level, n_resamples=ecfg.bootstrap_resamples,
+                                           n_patients=len(set(keys)), seed=ecfg.seed)
 
 
 def choose_thresholds(y: np.ndarray, prob: np.ndarray, ecfg: EvaluateConfig) -> list[dict[str, Any]]:
@@ -209,20 +208,18 @@ def measure(op: OperatingPoints, test: Predictions, ecfg: EvaluateConfig, log: W
         with log.step(f"operating point {p['name']} ({test.split})"):
             cm = O.confusion(y, prob, p["threshold"])
             perf = O.binary_metrics(cm, ecfg.ci_level)
-            deploy = (O.predictive_values_at_prevalence(perf["sensitivity"], perf["specificity"],
+            deploy = (O.predictive_values_at_prevalence(perf.sensitivity, perf.specificity,
                                                         ecfg.deployment_prevalence)
                       if ecfg.deployment_prevalence is not None else None)
-        ops.append({"name": p["name"], "rule": p["rule"], "threshold": p["threshold"],
-                    "chosen_on": {"split": op.split, "sensitivity": p["sensitivity"],
-                                  "specificity": p["specificity"]},
-                    "confusion": cm, **{k: perf[k] for k in ("sensitivity", "specificity", "ppv", "npv")},
-                    "deployment": deploy})
+        ops.append(O.MeasuredOperatingPoint(p["name"], p["rule"], p["threshold"],
+                                            O.ChosenOn(op.split, p["sensitivity"], p["specificity"]), cm,
+                                            perf.sensitivity, perf.specificity, perf.ppv, perf.npv, deploy))
 
     with log.step(f"discrimination ({test.split})"):
-        delong = M.auc_delong(y, z, ecfg.ci_level)
+        delong = M.DelongAuc.from_json(M.auc_delong(y, z, ecfg.ci_level), "discrimination.delong")
         boot = _bootstrap(y, z, test.patient_keys, ecfg, log, test.split)
         auc_cal = M.auc_delong(y, prob, ecfg.ci_level)["auc"] if method == "isotonic" else None
-        roc, pr = M.roc_points(y, z), M.pr_curve(y, z)
+        roc, pr = M.RocCurve.from_json(M.roc_points(y, z), "discrimination.roc"), M.pr_curve(y, z)
     with log.step(f"decision curve ({test.split})"):
         decision = decision_curve(y, prob, ecfg.deployment_prevalence)
     if ecfg.bootstrap_resamples < 2000:
@@ -238,15 +235,12 @@ def measure(op: OperatingPoints, test: Predictions, ecfg: EvaluateConfig, log: W
         split=test.split, fit_split=op.split, frozen=op.frozen,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         evaluate_config=config_to_dict(ecfg),
-        data={"n": int(len(y)), "n_pos": n_pos, "n_neg": int(len(y) - n_pos),
-              "prevalence": n_pos / len(y), "n_patients": len(set(test.patient_keys)),
-              "fit": dict(op.fit_data)},
-        discrimination={"score": "model logit (AUC is unchanged by temperature/Platt calibration)",
-                        "auc": delong["auc"], "delong": delong,
-                        "bootstrap": boot, "auc_after_calibration": auc_cal, "roc": roc, "pr": pr},
-        calibration={"method": method, "calibrator": cal.to_dict(),
-                     "before": _calibration_block(y, raw, ecfg, log, "before"),
-                     "after": _calibration_block(y, prob, ecfg, log, f"after {method}")},
+        data=DataSummary(int(len(y)), n_pos, int(len(y) - n_pos), n_pos / len(y), len(set(test.patient_keys)),
+                         FitCounts.from_json(dict(op.fit_data), "the fit split's counts")),
+        discrimination=M.Discrimination("model logit (AUC is unchanged by temperature/Platt calibration)",
+                                        delong.auc, delong, boot, auc_cal, roc, pr),
+        calibration=M.CalibrationSummary(method, cal.to_dict(), _calibration_block(y, raw, ecfg, log, "before"),
+                                         _calibration_block(y, prob, ecfg, log, f"after {method}")),
         operating_points=ops,
         deployment_prevalence=ecfg.deployment_prevalence,
         subgroups=subgroups,
@@ -328,8 +322,8 @@ def evaluate_run(run: str | Path, cache: str | Path, split: str = "test",
     write_csv(job.out / artefacts.PREDICTIONS, cases, tuple(cases[0]))
     _reference(job, test, cal, result, threshold)
     d = result.discrimination
-    logger.info("%s AUC %.3f (DeLong %.3f-%.3f; bootstrap %.3f-%.3f); %s", split, d["auc"],
-                *(d["delong"]["ci"] or [float("nan")] * 2), *(d["bootstrap"]["ci"] or [float("nan")] * 2),
+    logger.info("%s AUC %.3f (DeLong %.3f-%.3f; bootstrap %.3f-%.3f); %s", split, d.auc,
+                *(d.delong.ci or [float("nan")] * 2), *(d.bootstrap.ci or [float("nan")] * 2),
                 f"checkpoint left unchanged ({'frozen' if frozen else 'tune fitted them out of fold'}) -> {job.out}"
                 if frozen or job.oof else f"calibration + thresholds stored in {job.ckpt_path}")
     return job.out / artefacts.METRICS
@@ -408,9 +402,9 @@ def _describe(job: _Job, result: EvaluationResult) -> EvaluationResult:
     """The run and data sections of metrics.json; the loud warnings go first."""
     from fibrosis.evaluate.summary import data_summary, run_summary
 
-    data = {**result.data, **data_summary(job.cache, job.all_rows, job.cfg)}
+    data = dataclasses.replace(result.data, provenance=data_summary(job.cache, job.all_rows, job.cfg))
     if job.split == ALL:
-        data["split_method"] = "none: every row of the cache evaluated (external validation)"
+        data = data.with_split_method("none: every row of the cache evaluated (external validation)")
     # the loud warnings first: they qualify every number below
     return dataclasses.replace(result, warnings=[*job.loud, *result.warnings], run=run_summary(job.run, job.ckpt),
                                data=data, baseline=baseline_table(job.all_rows, job.split))
@@ -424,12 +418,13 @@ def _reference(job: _Job, test: Predictions, cal: Calibrator, result: Evaluation
 
 
 def _gradcam(job: _Job, test: Predictions, cal: Calibrator, threshold: dict[str, Any],
-             warnings_out: list[str]) -> dict[str, Any] | None:
+             warnings_out: list[str]) -> GradcamSummary | None:
     from fibrosis.model.cam import gradcam_panels
 
     try:
-        return gradcam_panels(job.model, job.cache, test, cal.predict(test.logits), threshold["value"],
-                              job.out, per_kind=job.cfg.evaluate.gradcam_per_kind)
+        return GradcamSummary.from_json(
+            gradcam_panels(job.model, job.cache, test, cal.predict(test.logits), threshold["value"],
+                           job.out, per_kind=job.cfg.evaluate.gradcam_per_kind), "Grad-CAM panels")
     except Exception as exc:  # a figure must not sink the numbers; say so in the report
         logger.exception("Grad-CAM failed")
         warnings_out.append(f"Grad-CAM panels not produced: {type(exc).__name__}: {exc}")

@@ -56,17 +56,17 @@ def performance(ref_perf: dict[str, Any], y: Any, logit: Any, prob: Any, decisio
             dl = M.auc_delong(y, z, level)
             m["auc"] = _metric(dl["auc"], dl["ci"], ref_perf["auc"], ref_perf["auc_ci"], "DeLong")
             cs = M.calibration_intercept_slope(y, p, level)
-            m["calibration_intercept"] = _metric(cs["intercept"], cs["intercept_ci"], ref_perf["intercept"],
+            m["calibration_intercept"] = _metric(cs.intercept, cs.intercept_ci, ref_perf["intercept"],
                                                  ref_perf["intercept_ci"], "calibration-in-the-large (logistic, offset)")
-            m["calibration_slope"] = _metric(cs["slope"], cs["slope_ci"], ref_perf["slope"], ref_perf["slope_ci"],
+            m["calibration_slope"] = _metric(cs.slope, cs.slope_ci, ref_perf["slope"], ref_perf["slope_ci"],
                                              "logistic recalibration slope")
         bins, strategy = ref_perf["ece_bins"], ref_perf["ece_strategy"]
         m["ece"] = _metric(M.expected_calibration_error(y, p, bins, strategy),
                            ece_interval(y, p, bins, strategy, level), ref_perf["ece"], ref_perf.get("ece_ci"),
                            f"ECE, {bins} {strategy} bins; percentile bootstrap ({ECE_RESAMPLES})")
         perf = O.binary_metrics(O.confusion(y, d, 0.5), level)
-    for name in ("sensitivity", "specificity"):
-        if perf[name]["value"] is not None:
-            m[name] = _metric(perf[name]["value"], perf[name]["ci"], ref_perf[name]["value"],
+    for name, prop in (("sensitivity", perf.sensitivity), ("specificity", perf.specificity)):
+        if prop.value is not None:
+            m[name] = _metric(prop.value, prop.ci, ref_perf[name]["value"],
                               ref_perf[name]["ci"], f"Wilson, at the frozen {ref_perf['operating_point']} threshold")
     return out

@@ -14,10 +14,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from fibrosis import artefacts
 from fibrosis.io import atomic_write_bytes, read_text
+from fibrosis.evaluate.reader import ReaderVsModel
 from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.model.cam import PANELS_FILE, load_panels
 from fibrosis.report import plots
@@ -54,7 +54,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("limitations", "Intended use and limitations (model card)", model_card),
     Section("reproducibility", "Reproducibility", appendix.reproducibility_blocks, appendix=True),
     Section("checklist", "Reporting checklist (TRIPOD+AI, CLAIM, STARD)", checklist.checklist_blocks, appendix=True),
-    Section("reader", "Reader versus model", lambda ctx: reader.reader_blocks(ctx.reader or {}, reader.FIGURE in ctx.have),
+    Section("reader", "Reader versus model",
+            lambda ctx: reader.reader_blocks(ctx.reader, reader.FIGURE in ctx.have) if ctx.reader else [],
             appendix=True, shown=lambda ctx: ctx.reader is not None),
     # a page of its own: its tail never strands a few lines of settings on a page alone
     Section("configuration", "Configuration", appendix.configuration_blocks, appendix=True, new_page=True),
@@ -74,7 +75,7 @@ def _labels(sections: tuple[Section, ...]) -> dict[str, str]:
 
 
 def build_blocks(m: EvaluationResult, have: set[str], tune: TuneResult | None = None,
-                 reader_result: dict[str, Any] | None = None) -> list[Block]:
+                 reader_result: ReaderVsModel | None = None) -> list[Block]:
     """The report as neutral blocks (same content for HTML and PDF); ``tune``: RUN/tune.json;
     ``reader_result``: `fibrosis review`'s RUN/reader/reader.json."""
     probe = Context(m, tune, frozenset(have), {}, reader_result)
@@ -92,21 +93,20 @@ def build_blocks(m: EvaluationResult, have: set[str], tune: TuneResult | None = 
 
 
 def make_figures(m: EvaluationResult, eval_dir: Path, tune: TuneResult | None = None,
-                 reader_result: dict[str, Any] | None = None) -> dict[str, bytes]:
+                 reader_result: ReaderVsModel | None = None) -> dict[str, bytes]:
     disc, cal, ops = m.discrimination, m.calibration, m.operating_points
     ctx = Context(m, tune)
     figs = {"flow": plots.png_bytes(plots.flow_figure(data.participant_flow(m, ctx.pooled_development))),
             "roc": plots.png_bytes(plots.roc_figure(disc, ops)),
-            "pr": plots.png_bytes(plots.pr_figure(disc["pr"])),
-            "reliability": plots.png_bytes(plots.reliability_figure(cal["before"], cal["after"], cal["method"])),
-            "histogram": plots.png_bytes(plots.histogram_figure(cal["before"]["histogram"],
-                                                                cal["after"]["histogram"], ops))}
+            "pr": plots.png_bytes(plots.pr_figure(disc.pr)),
+            "reliability": plots.png_bytes(plots.reliability_figure(cal.before, cal.after, cal.method)),
+            "histogram": plots.png_bytes(plots.histogram_figure(cal.before.histogram, cal.after.histogram, ops))}
     if m.decision_curve:
         figs["decision"] = plots.png_bytes(plots.decision_figure(m.decision_curve))
     g = m.gradcam
     if g and (eval_dir / PANELS_FILE).is_file():
         panels, per_kind = load_panels(eval_dir / PANELS_FILE)
-        figs["gradcam"] = plots.png_bytes(plots.gradcam_figure(panels, g["threshold"], per_kind))
+        figs["gradcam"] = plots.png_bytes(plots.gradcam_figure(panels, g.threshold, per_kind))
     if tune:
         figs["tune_roc"] = plots.png_bytes(plots.tune_roc_figure(tune.arms, tune.chosen))
     if reader_result is not None and reader.has_figure(reader_result):

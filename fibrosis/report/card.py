@@ -6,9 +6,7 @@ so the limitations a reader sees are the ones of *this* run.
 """
 from __future__ import annotations
 
-from typing import Any
-
-from fibrosis.report.sections.context import Context, fitted_where
+from fibrosis.report.sections.context import Block, Context, fitted_where
 
 NIH_PREVALENCE = 1686 / 112120  # "Fibrosis" in the whole NIH ChestX-ray14 data set (1.5%)
 
@@ -17,18 +15,17 @@ def _pct(v: float) -> str:
     return f"{100 * v:.1f}%"
 
 
-def model_card(ctx: Context) -> list[dict[str, Any]]:
+def model_card(ctx: Context) -> list[Block]:
     m = ctx.m
     d, r = m.data, m.run
-    total = d.get("total") or {}
-    prev = total.get("prevalence") or d["prevalence"]
+    prev = (d.provenance.total.prevalence if d.provenance else None) or d.prevalence
     intended = [
         "Research use: retrospective validation, by a hospital research team, of a transfer-learning classifier "
         "that flags frontal (PA/AP) adult chest radiographs whose report mentions pulmonary fibrosis.",
         f"Output: a calibrated probability and a yes/no flag at a threshold {fitted_where(m)}. Every flag is "
         "meant to be reviewed by a radiologist (second reader / worklist triage in a study setting).",
     ]
-    tta = r.get("tta")
+    tta = r.tta if r else None
     intended.append(
         f"Test-time augmentation: the score is the mean logit over {len(tta['variants'])} slightly rotated or "
         f"scaled views ({', '.join(v['name'] for v in tta['variants'])}; never mirrored). Grad-CAM maps show "
@@ -48,21 +45,22 @@ def model_card(ctx: Context) -> list[dict[str, Any]]:
          if m.evaluate_config.get("reference_standard") else
          "Reference standard not stated (evaluate.reference_standard): who labelled and how is unknown to "
          "this report, so the label noise that caps and biases every metric here cannot be judged."),
-        f"Single source: {d.get('source') or 'see ' + ctx.ref('data')}. Performance at other hospitals, on other "
+        f"Single source: {(d.provenance.source if d.provenance else None) or 'see ' + ctx.ref('data')}. "
+        "Performance at other hospitals, on other "
         "detectors and post-processing, and in other populations is unknown until validated there.",
         f"Prevalence shift: fibrosis is {_pct(prev)} of this data set versus {_pct(NIH_PREVALENCE)} in the full "
         "NIH ChestX-ray14 set and less in most clinical populations. Calibration, PPV and NPV measured here "
         f"do not transfer; PPV at a lower prevalence is much lower (see {ctx.ref('decisions')}).",
-        f"Small test set: {d['n']} images with {d['n_pos']} positives; the confidence intervals are the result, "
+        f"Small test set: {d.n} images with {d.n_pos} positives; the confidence intervals are the result, "
         "the point estimates alone are not.",
         "Grad-CAM maps show where the score came from, not where disease is; they cannot validate the model.",
         "The model sees a downsampled gray image; fine reticular patterns visible at full resolution may be lost.",
     ]
-    small = [g for g in m.subgroups if g.get("small")]
+    small = [g for g in m.subgroups if g.small]
     if small:
         limits.append(f"{len(small)} of {len(m.subgroups)} subgroups are too small to compare (flagged in "
                       f"{ctx.ref('subgroups')}); fairness across sex, age, view and device is not established.")
-    if not r.get("pretrained", False):
+    if not m.pretrained:
         limits.insert(0, "The backbone was NOT ImageNet-pretrained (random initialisation): this run does "
                          "not represent the intended transfer-learning method.")
     return [{"type": "h3", "text": "Intended use"}, {"type": "list", "items": intended},

@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from fibrosis.evaluate.operating import Proportion
+
 MINUS = "\u2212"
 NA = "n/a"
 
@@ -62,11 +64,11 @@ def estimate(v: Any, ci: Sequence[Any] | None, quantity: str, *, sign: bool = Fa
     return f"{num(v, quantity, sign=sign)} ({'no CI' if inner == NA else inner})"
 
 
-def proportion(p: dict[str, Any], digits: int = 1) -> str:
+def proportion(p: Proportion, digits: int = 1) -> str:
     """An operating-point proportion record (value, k, n, ci): '82.4% (14/17; 61.3% to 93.2%)'."""
-    if missing(p.get("value")):
-        return f"{NA} ({p.get('k', 0)}/{p.get('n', 0)})"
-    return f"{pct(p['value'], digits)} ({p['k']}/{p['n']}; {pct_span(p.get('ci'), digits)})"
+    if missing(p.value):
+        return f"{NA} ({p.k}/{p.n})"
+    return f"{pct(p.value, digits)} ({p.k}/{p.n}; {pct_span(p.ci, digits)})"
 
 
 def p_value(p: Any) -> str:

@@ -181,23 +181,24 @@ def _when(created: str, fallback: Path) -> dt.datetime:
 def _row_from(result: EvaluationResult, base: RunRow, metrics: Path, tune_arm: str | None) -> RunRow:
     """The row of one evaluation: every read of the record's fields is here."""
     disc, cal, data, run = result.discrimination, result.calibration, result.data, result.run
-    weights = run.get("weights") or {}
-    ci = (disc.get("delong") or {}).get("ci")
+    ci = disc.delong.ci
     name = base.evaluation or ""
     cache = None
     if result.frozen and name.startswith(artefacts.FROZEN_PREFIX) and name.endswith(f"-{result.split}"):
         cache = name[len(artefacts.FROZEN_PREFIX):-len(result.split) - 1]
+    model = Model(arch="not recorded", input_size=None, weights=_weights(None, None), pretrained=False,
+                  tune_arm=tune_arm)
+    if run is not None:
+        model = Model(arch=run.arch or "not recorded", input_size=run.input_size,
+                      weights=_weights(run.weights.source, run.weights.file), pretrained=run.pretrained,
+                      tune_arm=tune_arm)
     return dataclasses.replace(
-        base, when=_when(result.created, metrics),
-        model=Model(arch=str(run.get("arch") or "not recorded"), input_size=run.get("input_size"),
-                    weights=_weights(weights.get("source"), weights.get("file")),
-                    pretrained=bool(run.get("pretrained")), tune_arm=tune_arm),
-        split=result.split, frozen=result.frozen, n=data.get("n"), n_pos=data.get("n_pos"), cache=cache,
-        manifest_sha256=data.get("manifest_sha256"), auc=disc.get("auc"),
+        base, when=_when(result.created, metrics), model=model,
+        split=result.split, frozen=result.frozen, n=data.n, n_pos=data.n_pos, cache=cache,
+        manifest_sha256=data.provenance.manifest_sha256 if data.provenance else None, auc=disc.auc,
         auc_ci=(float(ci[0]), float(ci[1])) if ci else None,
         ci_level=float(result.evaluate_config.get("ci_level", 0.95)),
-        calibration=cal.get("method"), ece=(cal.get("after") or {}).get("reliability", {}).get("ece"),
-        brier=(cal.get("after") or {}).get("brier"))
+        calibration=cal.method, ece=cal.after.reliability.ece, brier=cal.after.brier)
 
 
 def _model_from(ckpt: Checkpoint, tune_arm: str | None) -> Model:

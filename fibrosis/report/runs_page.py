@@ -9,13 +9,13 @@ import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
 
+from fibrosis import artefacts
 from fibrosis.io import atomic_write_bytes
 from fibrosis.report.format import NA, ci_label, missing, num, span
 from fibrosis.report.render import Block, Link, render_html
 from fibrosis.report.runs import RunRow, RunsIndex, scan_runs
 from fibrosis.words import plural
 
-INDEX_HTML = "index.html"  # the default page, in the scanned folder
 HEADER = ["run", "evaluation", "date (UTC)", "model", "data", "split evaluated", "AUC (DeLong)",
           "calibration", "report"]
 
@@ -100,7 +100,7 @@ def write_runs_index(root: str | Path, out: str | Path | None = None,
                      report_roots: Iterable[str | Path] = ()) -> tuple[Path, RunsIndex]:
     """Scan ``root`` and write the page to ``out`` (default ROOT/index.html); returns both."""
     index = scan_runs(root, report_roots)
-    page = Path(out) if out is not None else Path(root) / INDEX_HTML
+    page = Path(out) if out is not None else Path(root) / artefacts.RUNS_INDEX
     text = render_html(build_blocks(index, page), {}, f"fibrosis runs: {index.root}")
     page.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(page, text.encode("utf-8"))

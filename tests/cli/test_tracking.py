@@ -36,15 +36,18 @@ def test_an_evaluation_is_an_mlflow_run(tmp_path, store):
     folder = tmp_path / "runs" / "r1" / "eval" / "frozen-site2-all"
     folder.mkdir(parents=True)
     evaluation_result(split="all", fit_split="stored", frozen=True, deployment_prevalence=0.015,
-                      evaluate_config={"ci_level": 0.95},
-                      discrimination={"auc": 0.71, "delong": {"ci": [0.6, 0.82]}},
-                      calibration={"slope": 0.9, "intercept": -0.1, "ece": None}).write(folder / "metrics.json")
+                      evaluate_config={"ci_level": 0.95}).write(folder / "metrics.json")
     write_csv(folder / "predictions.csv", [{"content_hash": "h", "label": 1, "logit": 0.3}], ("content_hash", "label", "logit"))
     run_id = log_evaluation(store, folder / "metrics.json")
     run = _client(store).get_run(run_id)
-    assert run.data.metrics == {"discrimination.auc": 0.71, "discrimination.delong.ci.0": 0.6,
-                                "discrimination.delong.ci.1": 0.82, "calibration.slope": 0.9,
-                                "calibration.intercept": -0.1}
+    metrics = run.data.metrics
+    assert (metrics["discrimination.auc"], metrics["discrimination.delong.ci.0"], metrics["discrimination.delong.ci.1"],
+            metrics["calibration.after.intercept_slope.slope"], metrics["calibration.after.brier"]) == (
+        0.75, 0.55, 0.95, 0.9, 0.125)
+    assert all(k.startswith(("discrimination.", "calibration.")) for k in metrics)
+    # null leaves (the bootstrap here was not reported) are left out, not logged as numbers
+    assert not any(k.startswith("discrimination.bootstrap.ci") for k in metrics)
+    assert "discrimination.bootstrap.n_patients" in metrics
     assert run.data.params["frozen"] == "True" and run.data.params["evaluate.ci_level"] == "0.95"
     assert run.data.tags["fibrosis.command"] == "evaluate" and run.data.tags["fibrosis.evaluation"] == folder.name
     assert run.data.tags["mlflow.runName"] == "r1 evaluate frozen-site2-all"

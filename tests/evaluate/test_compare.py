@@ -27,8 +27,8 @@ def test_two_frozen_evaluations_by_run_and_name(tmp_path):
     _evaluation(tmp_path / "a" / "eval" / "frozen-site2-all", "wfns")
     _evaluation(tmp_path / "b" / "eval" / "frozen-site2-all", "ndka")
     res = compare_runs(tmp_path / "a", tmp_path / "b", "frozen-site2-all")
-    assert res["z"] == pytest.approx(Z_WFNS_NDKA, rel=1e-10)
-    assert (res["run_a"], res["run_b"]) == ("a/frozen-site2-all", "b/frozen-site2-all")
+    assert res.z == pytest.approx(Z_WFNS_NDKA, rel=1e-10)
+    assert (res.run_a, res.run_b) == ("a/frozen-site2-all", "b/frozen-site2-all")
     assert json.loads((tmp_path / "a" / "eval" / "frozen-site2-all" / "compare_b.json").read_text())["n"] == len(Y)
 
 

@@ -47,22 +47,22 @@ def test_calibration_and_thresholds_come_from_the_fit_split_only(evaluated):
     # the frozen thresholds, applied to the test split, give the reported confusion matrices
     prob = np.array([c["prob"] for c in cases])
     for op in res.operating_points:
-        pred = prob >= op["threshold"]
-        assert op["confusion"]["tp"] == int((pred & (test.labels == 1)).sum())
-        assert op["confusion"]["fp"] == int((pred & (test.labels == 0)).sum())
-        assert op["chosen_on"]["split"] == "val"
-        assert op["sensitivity"]["ci"][0] <= op["sensitivity"]["value"] <= op["sensitivity"]["ci"][1]
-        assert op["deployment"]["prevalence"] == 0.015
-    assert [op["name"] for op in res.operating_points] == ["youden", "sensitivity_0.90", "sensitivity_0.95"]
+        pred = prob >= op.threshold
+        assert op.confusion.tp == int((pred & (test.labels == 1)).sum())
+        assert op.confusion.fp == int((pred & (test.labels == 0)).sum())
+        assert op.chosen_on.split == "val"
+        assert op.sensitivity.ci[0] <= op.sensitivity.value <= op.sensitivity.ci[1]
+        assert op.deployment.prevalence == 0.015
+    assert [op.name for op in res.operating_points] == ["youden", "sensitivity_0.90", "sensitivity_0.95"]
     assert threshold["value"] == threshold["points"]["youden"]
 
 
 def test_calibration_improves_overconfident_logits(evaluated):
     _, _, _, (res, _, _, _) = evaluated
-    before, after = res.calibration["before"], res.calibration["after"]
-    assert after["reliability"]["ece"] < before["reliability"]["ece"]
-    assert before["intercept_slope"]["slope"] < 0.8  # overconfident
-    assert after["intercept_slope"]["slope"] == pytest.approx(1.0, abs=0.3)
+    before, after = res.calibration.before, res.calibration.after
+    assert after.reliability.ece < before.reliability.ece
+    assert before.intercept_slope.slope < 0.8  # overconfident
+    assert after.intercept_slope.slope == pytest.approx(1.0, abs=0.3)
 
 
 def test_metrics_are_json_and_identifier_free(evaluated, tmp_path):
@@ -73,18 +73,18 @@ def test_metrics_are_json_and_identifier_free(evaluated, tmp_path):
     assert calibrator_from_dict(json.loads(json.dumps(cal.to_dict()))).predict([0.0])[0] == 0.5
     # per-case rows keep the pseudonymous key (for the run folder) but never the path
     assert "path" not in cases[0] and cases[0]["patient_key"].startswith("SECRET-PATIENT")
-    boot = res.discrimination["bootstrap"]
-    assert boot["n_patients"] == 250 and boot["n_resamples"] == 500
+    boot = res.discrimination.bootstrap
+    assert boot.n_patients == 250 and boot.n_resamples == 500
     assert "bootstrap: 500 resamples (< 2000): CI is coarse" in res.warnings
 
 
 def test_subgroups_ordered_and_flagged(evaluated):
     _, _, _, (res, _, _, _) = evaluated
-    ages = [g["value"] for g in res.subgroups if g["attribute"] == "age_band"]
+    ages = [g.value for g in res.subgroups if g.attribute == "age_band"]
     assert ages == ["<40", "40-59", "60-79", ">=80"]
     for g in res.subgroups:
-        assert g["small"] == (g["n"] < 30 or g["n_pos"] < 5 or g["n"] - g["n_pos"] < 5), g
-    assert {g["attribute"] for g in res.subgroups} == {"sex", "age_band", "view_position", "manufacturer"}
+        assert g.small == (g.n < 30 or g.n_pos < 5 or g.n - g.n_pos < 5), g
+    assert {g.attribute for g in res.subgroups} == {"sex", "age_band", "view_position", "manufacturer"}
 
 
 def test_small_sets_are_warned_not_silent():
@@ -92,7 +92,7 @@ def test_small_sets_are_warned_not_silent():
                                    EvaluateConfig(bootstrap_resamples=200))
     assert any("unstable" in w for w in res.warnings)
     assert any(w.startswith("thresholds (val)") for w in res.warnings)
-    assert all(g["small"] for g in res.subgroups)  # 40 images, 4 positives: every group is flagged
+    assert all(g.small for g in res.subgroups)  # 40 images, 4 positives: every group is flagged
 
 
 def test_nan_logits_and_missing_labels_are_errors():
@@ -131,8 +131,10 @@ def test_compare_reproduces_proc_paired_test():
     a = {f"c{i}": (int(Y[i]), float(MARKERS["wfns"][i])) for i in range(len(Y))}
     b = {f"c{i}": (int(Y[i]), float(MARKERS["s100b"][i])) for i in range(len(Y))}
     res = compare_predictions(a, b, names=("wfns", "s100b"))
-    assert res["z"] == pytest.approx(2.20898359144091, rel=1e-10)  # pROC roc.test(r.wfns, r.s100b)
-    assert res["p"] == pytest.approx(0.0271757822291882, rel=1e-10)
+    assert res.z == pytest.approx(2.20898359144091, rel=1e-10)  # pROC roc.test(r.wfns, r.s100b)
+    assert res.p == pytest.approx(0.0271757822291882, rel=1e-10)
+    assert list(res.to_json()) == ["auc_a", "auc_b", "difference", "se", "z", "p", "ci", "level", "correlation",
+                                   "n_pos", "n_neg", "method", "warnings", "run_a", "run_b", "n"]
     b.pop("c0")
     with pytest.raises(ValueError, match="different cases: 1 only in wfns"):
         compare_predictions(a, b, names=("wfns", "s100b"))
@@ -147,8 +149,9 @@ def test_compare_runs_reads_prediction_files(tmp_path):
         (tmp_path / name / "eval" / "test").mkdir(parents=True)
         write_csv(tmp_path / name / "eval" / "test" / "predictions.csv", rows, ("content_hash", "label", "logit"))
     res = compare_runs(tmp_path / "run_a", tmp_path / "run_b")
-    assert res["z"] == pytest.approx(2.79777591868904, rel=1e-10)  # pROC roc.test(r.wfns, r.ndka)
-    assert (tmp_path / "run_a" / "eval" / "test" / "compare_run_b.json").is_file()
+    assert res.z == pytest.approx(2.79777591868904, rel=1e-10)  # pROC roc.test(r.wfns, r.ndka)
+    saved = json.loads((tmp_path / "run_a" / "eval" / "test" / "compare_run_b.json").read_text())
+    assert saved == res.to_json() and list(saved)[-4:] == ["evaluation_a", "evaluation_b", "split", "split_b"]
     with pytest.raises(FileNotFoundError, match="run `fibrosis evaluate"):
         compare_runs(tmp_path / "run_a", tmp_path / "missing")
 
@@ -219,10 +222,10 @@ def test_degenerate_bootstrap_is_reported_not_fatal(tmp_path):
     test = _preds(30, 11, "test", prev=0.0, images_per_patient=1)
     test.labels[:2] = 1
     res, *_ = evaluate_predictions(_preds(200, 10, "val"), test, EvaluateConfig(bootstrap_resamples=400))
-    boot = res.discrimination["bootstrap"]
-    assert boot["ci"] is None and "contained both classes" in boot["error"]
+    boot = res.discrimination.bootstrap
+    assert boot.ci is None and "contained both classes" in boot.error
     assert any("bootstrap CI not reported" in w for w in res.warnings)
-    assert res.discrimination["delong"]["ci"] is not None
+    assert res.discrimination.delong.ci is not None
     res.write(tmp_path / "m.json")
     m = EvaluationResult.read(tmp_path / "m.json")
     figs = make_figures(m, tmp_path)  # the ROC figure is drawn without a band
@@ -239,10 +242,10 @@ def test_compare_zero_variance_is_recorded_not_p_one(tmp_path):
         (tmp_path / name / "eval" / "test").mkdir(parents=True)
         write_csv(tmp_path / name / "eval" / "test" / "predictions.csv", rows, ("content_hash", "label", "logit"))
     res = compare_runs(tmp_path / "run_a", tmp_path / "run_b")
-    assert res["p"] == 0.0 and res["z"] is None and res["difference"] == 0.5
-    assert any("variance is 0" in w for w in res["warnings"])
+    assert res.p == 0.0 and res.z is None and res.difference == 0.5
+    assert any("variance is 0" in w for w in res.warnings)
     saved = json.loads((tmp_path / "run_a" / "eval" / "test" / "compare_run_b.json").read_text())
-    assert saved["warnings"] == res["warnings"]
+    assert saved["warnings"] == res.warnings and saved["z"] is None
 
 
 # ------------------------------------------------------------------ run-level guards (tiny random model)

@@ -111,22 +111,22 @@ def test_roc_points_match_sklearn():
 
 def test_pr_curve_average_precision():
     res = M.pr_curve(Y, MARKERS["s100b"])
-    assert res["average_precision"] == pytest.approx(average_precision_score(Y, MARKERS["s100b"]))
-    assert res["prevalence"] == pytest.approx(41 / 113)
+    assert res.average_precision == pytest.approx(average_precision_score(Y, MARKERS["s100b"]))
+    assert res.prevalence == pytest.approx(41 / 113)
 
 
 def test_bootstrap_seeded_and_close_to_delong():
     s = MARKERS["s100b"]
     a = M.bootstrap_roc(Y, s, n_resamples=2000, seed=3)
     b = M.bootstrap_roc(Y, s, n_resamples=2000, seed=3)
-    assert a["ci"] == b["ci"] and a["n_used"] == 2000
-    lo, hi = a["ci"]
+    assert a.ci == b.ci and a.n_used == 2000
+    lo, hi = a.ci
     assert lo < 0.7314 < hi
     # percentile bootstrap and DeLong agree to ~0.01 on 113 cases (0.630-0.833)
     assert lo == pytest.approx(0.630, abs=0.02) and hi == pytest.approx(0.833, abs=0.02)
-    band = a["band"]
-    assert all(lo_ <= hi_ for lo_, hi_ in zip(band["tpr_lower"], band["tpr_upper"]))
-    assert band["tpr_upper"][-1] == 1.0
+    band = a.band
+    assert all(lo_ <= hi_ for lo_, hi_ in zip(band.tpr_lower, band.tpr_upper))
+    assert band.tpr_upper[-1] == 1.0
 
 
 def test_bootstrap_resamples_patients_not_images():
@@ -138,11 +138,11 @@ def test_bootstrap_resamples_patients_not_images():
     # so a patient-clustered bootstrap must give exactly the same interval ...
     y4, s4, g4 = np.repeat(y, 4), np.repeat(s, 4), np.repeat(np.arange(80), 4)
     clustered = M.bootstrap_roc(y4, s4, groups=g4, n_resamples=500, seed=7)
-    assert clustered["ci"] == pytest.approx(single["ci"], abs=1e-12)
-    assert clustered["n_patients"] == 80
+    assert clustered.ci == pytest.approx(single.ci, abs=1e-12)
+    assert clustered.n_patients == 80
     # ... whereas resampling images pretends to have 4x the data and is too narrow.
     naive = M.bootstrap_roc(y4, s4, groups=None, n_resamples=500, seed=7)
-    width = lambda r: r["ci"][1] - r["ci"][0]  # noqa: E731
+    width = lambda r: r.ci[1] - r.ci[0]  # noqa: E731
     assert width(naive) < 0.7 * width(clustered)
 
 
@@ -155,7 +155,7 @@ def test_bootstrap_weighted_auc_matches_direct_resample():
     res = M.bootstrap_roc(y, s, groups=g, n_resamples=1, seed=11, chunk=1)
     counts = np.random.default_rng(11).multinomial(20, np.full(20, 1 / 20))
     idx = np.concatenate([np.flatnonzero(g == p).repeat(c) for p, c in enumerate(counts)])
-    assert res["ci"][0] == pytest.approx(roc_auc_score(y[idx], s[idx]), abs=1e-12)
+    assert res.ci[0] == pytest.approx(roc_auc_score(y[idx], s[idx]), abs=1e-12)
 
 
 # ---------------------------------------------------------------- calibration
@@ -170,21 +170,21 @@ def _calibrated(n=200_000, seed=0):
 def test_perfectly_calibrated_predictor():
     y, p = _calibrated()
     rel = M.reliability_curve(y, p, n_bins=10)
-    assert rel["ece"] < 0.005
-    assert "10 equal-width bins" in rel["binning"]
-    assert sum(b["count"] for b in rel["bins"]) == len(y)
+    assert rel.ece < 0.005
+    assert "10 equal-width bins" in rel.binning
+    assert sum(b.count for b in rel.bins) == len(y)
     cal = M.calibration_intercept_slope(y, p)
-    assert cal["slope"] == pytest.approx(1.0, abs=0.03)
-    assert cal["intercept"] == pytest.approx(0.0, abs=0.02)
-    lo, hi = cal["slope_ci"]
-    assert lo < cal["slope"] < hi and hi - lo < 0.05  # n = 200k: a tight Wald interval
+    assert cal.slope == pytest.approx(1.0, abs=0.03)
+    assert cal.intercept == pytest.approx(0.0, abs=0.02)
+    lo, hi = cal.slope_ci
+    assert lo < cal.slope < hi and hi - lo < 0.05  # n = 200k: a tight Wald interval
 
 
 def test_overconfident_predictor_has_slope_below_one():
     y, p = _calibrated()
     logit = np.log(p / (1 - p))
     over = 1 / (1 + np.exp(-2 * logit))  # logits doubled: too extreme
-    assert M.calibration_intercept_slope(y, over)["slope"] == pytest.approx(0.5, abs=0.02)
+    assert M.calibration_intercept_slope(y, over).slope == pytest.approx(0.5, abs=0.02)
     assert M.expected_calibration_error(y, over) > 0.05
 
 
@@ -195,12 +195,12 @@ def test_ece_hand_computed_and_quantile_bins():
     assert M.expected_calibration_error(y, p, n_bins=10) == pytest.approx(0.225)
     assert M.brier_score(y, p) == pytest.approx((0.01 + 0.81 + 0.01 + 0) / 4)
     rel = M.reliability_curve(y, p, n_bins=2, strategy="quantile")
-    assert rel["strategy"] == "quantile" and sum(b["count"] for b in rel["bins"]) == 4
+    assert rel.strategy == "quantile" and sum(b.count for b in rel.bins) == 4
 
 
 def test_score_histogram_counts():
     h = M.score_histogram([0, 0, 1, 1], [0.01, 0.5, 0.51, 1.0], n_bins=2)
-    assert h["negatives"] == [1, 1] and h["positives"] == [0, 2]
+    assert h.negatives == [1, 1] and h.positives == [0, 2]
 
 
 # ---------------------------------------------------------------- edge cases
@@ -245,7 +245,7 @@ def test_separated_classes_slope_warns_not_silent():
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         res = M.calibration_intercept_slope([0] * 20 + [1] * 20, [0.2] * 20 + [0.8] * 20)
-    assert res["slope"] is None
+    assert res.slope is None
     assert any("did not converge" in str(w.message) for w in rec)
 
 
@@ -290,3 +290,67 @@ def test_single_auc_zero_variance_warns():
         res = M.auc_delong(y, np.r_[np.linspace(2, 3, 15), np.linspace(-3, -2, 15)])
     assert res["auc"] == 1.0 and res["se"] == 0.0 and res["ci"] == [1.0, 1.0]
     assert any("variance is 0" in msg and "understates" in msg for msg in _metric_messages(rec))
+
+
+# ---------------------------------------------------------------- records (metrics.json sections)
+
+DELONG = {"auc": 0.75, "variance": 0.01, "se": 0.1, "ci": [0.55, 0.95], "level": 0.95, "method": "DeLong",
+          "n_pos": 2, "n_neg": 2}
+BOOT = {"auc": 0.75, "ci": [0.5, 1.0], "level": 0.95, "method": "patient-clustered percentile bootstrap",
+        "n_resamples": 10, "n_used": 9, "n_degenerate": 1, "n_patients": 4, "seed": 0, "se": 0.125,
+        "band": {"fpr": [0.0, 1.0], "tpr_lower": [0.0, 1.0], "tpr_upper": [0.5, 1.0]}}
+DISCRIMINATION = {"score": "model logit", "auc": 0.75, "delong": DELONG, "bootstrap": BOOT,
+                  "auc_after_calibration": None,
+                  "roc": {"fpr": [0.0, 0.5, 1.0], "tpr": [0.0, 1.0, 1.0], "thresholds": [None, 0.5, -1.0]},
+                  "pr": {"precision": [0.5, 1.0], "recall": [1.0, 0.5], "average_precision": 0.75,
+                         "prevalence": 0.5, "n_pos": 2, "n": 4}}
+
+
+def test_discrimination_json_is_the_file_layout_and_reads_back():
+    disc = M.Discrimination(
+        "model logit", 0.75, M.DelongAuc(0.75, 0.01, 0.1, [0.55, 0.95], 0.95, "DeLong", 2, 2),
+        M.BootstrapAuc(0.75, [0.5, 1.0], 0.95, M.BOOTSTRAP_METHOD, 10, 9, 1, 4, 0, 0.125,
+                       M.RocBand([0.0, 1.0], [0.0, 1.0], [0.5, 1.0])),
+        None, M.RocCurve([0.0, 0.5, 1.0], [0.0, 1.0, 1.0], [None, 0.5, -1.0]),
+        M.PrCurve([0.5, 1.0], [1.0, 0.5], 0.75, 0.5, 2, 4))
+    assert disc.to_json() == DISCRIMINATION and list(disc.to_json()["bootstrap"]) == list(BOOT)
+    assert M.Discrimination.from_json(DISCRIMINATION, "metrics.json: discrimination") == disc
+    with pytest.raises(ValueError, match=r"metrics.json: discrimination.delong: without \['se'\]"):
+        M.Discrimination.from_json({**DISCRIMINATION, "delong": {k: v for k, v in DELONG.items() if k != "se"}},
+                                   "metrics.json: discrimination")
+
+
+def test_bootstrap_not_reported_keeps_its_own_layout():
+    boot = M.BootstrapAuc.not_reported("too few positives", level=0.95, n_resamples=10, n_patients=4, seed=0)
+    assert boot.to_json() == {"auc": None, "ci": None, "band": None, "level": 0.95,
+                              "method": "patient-clustered percentile bootstrap", "n_resamples": 10, "n_used": None,
+                              "n_patients": 4, "seed": 0, "error": "too few positives"}
+    assert list(boot.to_json())[:3] == ["auc", "ci", "band"]
+    assert M.BootstrapAuc.from_json(boot.to_json(), "metrics.json: discrimination.bootstrap") == boot
+
+
+BLOCK = {"reliability": {"bins": [{"lower": 0.0, "upper": 0.5, "count": 2, "mean_predicted": 0.25, "observed": 0.5,
+                                   "observed_ci": [0.1, 0.9]}],
+                         "ece": 0.25, "n_bins": 2, "strategy": "uniform", "binning": "2 equal-width bins", "n": 2,
+                         "level": 0.95},
+         "brier": 0.125,
+         "intercept_slope": {"level": 0.95, "method": "logistic recalibration on logit(p)", "slope": None,
+                             "slope_ci": None, "intercept": 0.5, "intercept_ci": [-1.0, 2.0]},
+         "histogram": {"edges": [0.0, 0.5, 1.0], "positives": [1, 0], "negatives": [1, 0]}}
+
+
+def test_calibration_json_is_the_file_layout_and_reads_back():
+    block = M.CalibrationBlock(
+        M.Reliability([M.ReliabilityBin(0.0, 0.5, 2, 0.25, 0.5, [0.1, 0.9])], 0.25, 2, "uniform",
+                      "2 equal-width bins", 2, 0.95),
+        0.125, M.InterceptSlope(0.95, "logistic recalibration on logit(p)", None, None, 0.5, [-1.0, 2.0]),
+        M.ScoreHistogram([0.0, 0.5, 1.0], [1, 0], [1, 0]))
+    cal = M.CalibrationSummary("platt", {"format": 1, "method": "platt", "params": {"a": 1.0, "b": 0.0}}, block, block)
+    data = {"method": "platt", "calibrator": {"format": 1, "method": "platt", "params": {"a": 1.0, "b": 0.0}},
+            "before": BLOCK, "after": BLOCK}
+    assert cal.to_json() == data and list(cal.to_json()["after"]["intercept_slope"]) == list(BLOCK["intercept_slope"])
+    assert M.CalibrationSummary.from_json(data, "metrics.json: calibration") == cal
+    with pytest.raises(ValueError, match=r"metrics.json: calibration.before.reliability.bins\[0\]: without"):
+        M.CalibrationSummary.from_json(
+            {**data, "before": {**BLOCK, "reliability": {**BLOCK["reliability"], "bins": [{"lower": 0.0}]}}},
+            "metrics.json: calibration")

@@ -44,11 +44,11 @@ def test_target_sensitivity_is_highest_cutoff_reaching_it():
     op = O.threshold_for_sensitivity(Y, s, 0.90)
     assert op["sensitivity"] >= 0.90
     cm = O.confusion(Y, s, op["threshold"])
-    assert cm["tp"] / (cm["tp"] + cm["fn"]) == pytest.approx(op["sensitivity"])
+    assert cm.tp / (cm.tp + cm.fn) == pytest.approx(op["sensitivity"])
     # the next higher distinct score would drop below the target
     higher = np.min(s[s > op["threshold"]])
     cm2 = O.confusion(Y, s, higher + 1e-9)
-    assert cm2["tp"] / 41 < 0.90
+    assert cm2.tp / 41 < 0.90
 
 
 def test_threshold_frozen_on_other_split():
@@ -58,30 +58,36 @@ def test_threshold_frozen_on_other_split():
     s = rng.normal(size=400) + 1.5 * y
     op = O.threshold_youden(y[:200], s[:200])
     cm = O.confusion(y[200:], s[200:], op["threshold"])
-    assert sum(cm.values()) == 200
+    assert cm.tp + cm.fp + cm.tn + cm.fn == 200
     m = O.binary_metrics(cm)
-    assert m["sensitivity"]["k"] == cm["tp"] and m["sensitivity"]["n"] == cm["tp"] + cm["fn"]
-    assert m["sensitivity"]["ci"][0] < m["sensitivity"]["value"] < m["sensitivity"]["ci"][1]
+    assert m.sensitivity.k == cm.tp and m.sensitivity.n == cm.tp + cm.fn
+    assert m.sensitivity.ci is not None and m.sensitivity.value is not None
+    assert m.sensitivity.ci[0] < m.sensitivity.value < m.sensitivity.ci[1]
 
 
 def test_binary_metrics_hand_computed():
-    m = O.binary_metrics({"tp": 9, "fn": 1, "tn": 80, "fp": 10})
-    assert m["sensitivity"]["value"] == 0.9 and m["specificity"]["value"] == pytest.approx(80 / 90)
-    assert m["ppv"]["value"] == pytest.approx(9 / 19) and m["npv"]["value"] == pytest.approx(80 / 81)
-    assert m["prevalence"] == 0.1
+    m = O.binary_metrics(O.Confusion(tp=9, fp=10, tn=80, fn=1))
+    assert m.sensitivity.value == 0.9 and m.specificity.value == pytest.approx(80 / 90)
+    assert m.ppv.value == pytest.approx(9 / 19) and m.npv.value == pytest.approx(80 / 81)
+    assert m.prevalence == 0.1
+    assert m.sensitivity == O.Proportion(0.9, m.sensitivity.ci, 9, 10)
     with pytest.warns(MetricWarning, match="PPV: denominator is 0"):
-        empty = O.binary_metrics({"tp": 0, "fn": 3, "tn": 7, "fp": 0})
-    assert empty["ppv"]["value"] is None
+        empty = O.binary_metrics(O.Confusion(tp=0, fp=0, tn=7, fn=3))
+    assert empty.ppv == O.Proportion(None, None, 0, 0)
+    assert empty.to_json()["ppv"] == {"value": None, "ci": None, "k": 0, "n": 0}
 
 
 def test_predictive_values_at_deployment_prevalence():
     # sens 0.9, spec 0.9 at 1.5% prevalence: PPV = .9*.015 / (.9*.015 + .1*.985) = 0.12053
-    se = {"value": 0.9, "ci": [0.8, 0.95]}
-    sp = {"value": 0.9, "ci": [0.85, 0.94]}
+    se = O.Proportion(0.9, [0.8, 0.95], 90, 100)
+    sp = O.Proportion(0.9, [0.85, 0.94], 90, 100)
     res = O.predictive_values_at_prevalence(se, sp, 0.015)
-    assert res["ppv"] == pytest.approx(0.0135 / (0.0135 + 0.0985))
-    assert res["npv"] == pytest.approx(0.9 * 0.985 / (0.1 * 0.015 + 0.9 * 0.985))
-    assert res["ppv_ci"][0] < res["ppv"] < res["ppv_ci"][1]
+    assert res.ppv == pytest.approx(0.0135 / (0.0135 + 0.0985))
+    assert res.npv == pytest.approx(0.9 * 0.985 / (0.1 * 0.015 + 0.9 * 0.985))
+    assert res.ppv_ci is not None and res.ppv_ci[0] < res.ppv < res.ppv_ci[1]
+    assert list(res.to_json()) == ["prevalence", "ppv", "npv", "ppv_ci", "npv_ci", "method"]
+    undefined = O.predictive_values_at_prevalence(O.Proportion(None, None, 0, 0), sp, 0.015)
+    assert undefined.to_json() == {"prevalence": 0.015, "ppv": None, "npv": None, "ppv_ci": None, "npv_ci": None}
     with pytest.raises(ValueError, match="deployment prevalence 1.5; allowed: 0 < prevalence < 1"):
         O.predictive_values_at_prevalence(se, sp, 1.5)
 
@@ -95,19 +101,20 @@ def test_subgroups_flag_small_groups():
     view = np.where(np.arange(n) < 195, "PA", "AP")
     y[195:] = 0  # the AP group has no positives
     rows = O.subgroup_table(y, s, {"sex": sex, "view_position": view}, min_n=30, min_positives=5)
-    by = {(r["attribute"], r["value"]): r for r in rows}
-    assert by[("sex", "F")]["n"] == 180 and not by[("sex", "F")]["small"]
-    assert by[("sex", "F")]["ci"][0] < by[("sex", "F")]["auc"] < by[("sex", "F")]["ci"][1]
-    assert by[("sex", "M")]["small"] and "n=20 < 30" in by[("sex", "M")]["flags"]
+    by = {(r.attribute, r.value): r for r in rows}
+    f = by[("sex", "F")]
+    assert f.n == 180 and not f.small
+    assert f.ci is not None and f.auc is not None and f.ci[0] < f.auc < f.ci[1]
+    assert by[("sex", "M")].small and "n=20 < 30" in by[("sex", "M")].flags
     ap = by[("view_position", "AP")]
-    assert ap["auc"] is None and "one class only: AUC undefined" in ap["flags"]
-    assert sum(r["n"] for r in rows if r["attribute"] == "sex") == n
+    assert ap.auc is None and "one class only: AUC undefined" in ap.flags
+    assert sum(r.n for r in rows if r.attribute == "sex") == n
 
 
 def test_subgroup_unknown_values_and_length_check():
     rows = O.subgroup_table([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8], {"sex": ["F", "", None, "F"]},
                             min_n=1, min_positives=1)
-    assert {r["value"] for r in rows} == {"F", "unknown"}
+    assert {r.value for r in rows} == {"F", "unknown"}
     with pytest.raises(ValueError, match="'sex' has 1 values; expected 4"):
         O.subgroup_table([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8], {"sex": ["F"]})
 
@@ -122,3 +129,33 @@ def test_small_positive_count_for_target_sensitivity_warns():
 @pytest.mark.parametrize("n", [1, 3, 7, 77, 1000])
 def test_wilson_contains_observed_proportion_at_the_ends(n):
     assert wilson_ci(0, n)[0] == 0.0 and wilson_ci(n, n)[1] == 1.0
+
+
+POINT = {"name": "youden", "rule": "youden", "threshold": 0.25,
+         "chosen_on": {"split": "val", "sensitivity": 0.8, "specificity": 0.7},
+         "confusion": {"tp": 2, "fp": 1, "tn": 3, "fn": 0},
+         "sensitivity": {"value": 1.0, "ci": [0.34, 1.0], "k": 2, "n": 2},
+         "specificity": {"value": 0.75, "ci": [0.3, 0.95], "k": 3, "n": 4},
+         "ppv": {"value": None, "ci": None, "k": 0, "n": 0},
+         "npv": {"value": 1.0, "ci": [0.44, 1.0], "k": 3, "n": 3},
+         "deployment": {"prevalence": 0.015, "ppv": None, "npv": None, "ppv_ci": None, "npv_ci": None}}
+
+
+def test_operating_point_json_is_the_file_layout_and_reads_back():
+    point = O.MeasuredOperatingPoint(
+        "youden", "youden", 0.25, O.ChosenOn("val", 0.8, 0.7), O.Confusion(2, 1, 3, 0),
+        O.Proportion(1.0, [0.34, 1.0], 2, 2), O.Proportion(0.75, [0.3, 0.95], 3, 4), O.Proportion(None, None, 0, 0),
+        O.Proportion(1.0, [0.44, 1.0], 3, 3), O.DeploymentValues(0.015, None, None, None, None))
+    assert point.to_json() == POINT and list(point.to_json()) == list(POINT)
+    assert O.MeasuredOperatingPoint.from_json(POINT, "metrics.json: operating_points[0]") == point
+    with pytest.raises(ValueError, match=r"metrics.json: operating_points\[0\].confusion: without \['fn'\]"):
+        O.MeasuredOperatingPoint.from_json({**POINT, "confusion": {"tp": 2, "fp": 1, "tn": 3}},
+                                           "metrics.json: operating_points[0]")
+
+
+def test_subgroup_row_json_is_the_file_layout_and_reads_back():
+    data = {"attribute": "sex", "value": "F", "n": 4, "n_pos": 2, "prevalence": 0.5, "auc": 0.75,
+            "ci": [0.2, 1.0], "flags": ["n=4 < 30"], "small": True}
+    row = O.SubgroupRow("sex", "F", 4, 2, 0.5, 0.75, [0.2, 1.0], ["n=4 < 30"], True)
+    assert row.to_json() == data and list(row.to_json()) == list(data)
+    assert O.SubgroupRow.from_json(data, "metrics.json: subgroups[0]") == row

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fibrosis.evaluate.metrics import CalibrationSummary, Discrimination
 from fibrosis.evaluate.result import EvaluationResult
+from fibrosis.evaluate.summary import DataSummary, FitCounts
 from fibrosis.train.tune.record import TuneResult
 
 
@@ -17,9 +19,41 @@ def tune_result(**fields: Any) -> TuneResult:
     return TuneResult(**{**base, **fields})
 
 
+# metrics.json sections of four test images (2 with fibrosis), small enough to check by hand.
+DISCRIMINATION: dict[str, Any] = {
+    "score": "model logit", "auc": 0.75,
+    "delong": {"auc": 0.75, "variance": 0.01, "se": 0.1, "ci": [0.55, 0.95], "level": 0.95, "method": "DeLong",
+               "n_pos": 2, "n_neg": 2},
+    "bootstrap": {"auc": None, "ci": None, "band": None, "level": 0.95,
+                  "method": "patient-clustered percentile bootstrap", "n_resamples": 10, "n_used": None,
+                  "n_patients": 4, "seed": 0, "error": "too few patients"},
+    "auc_after_calibration": None,
+    "roc": {"fpr": [0.0, 0.5, 1.0], "tpr": [0.0, 1.0, 1.0], "thresholds": [None, 0.5, -1.0]},
+    "pr": {"precision": [0.5, 1.0], "recall": [1.0, 0.5], "average_precision": 0.75, "prevalence": 0.5,
+           "n_pos": 2, "n": 4}}
+_BLOCK: dict[str, Any] = {
+    "reliability": {"bins": [{"lower": 0.0, "upper": 0.5, "count": 4, "mean_predicted": 0.25, "observed": 0.5,
+                              "observed_ci": [0.15, 0.85]}],
+                    "ece": 0.25, "n_bins": 2, "strategy": "uniform", "binning": "2 equal-width bins", "n": 4,
+                    "level": 0.95},
+    "brier": 0.125,
+    "intercept_slope": {"level": 0.95, "method": "logistic recalibration on logit(p)", "slope": 0.9,
+                        "slope_ci": None, "intercept": -0.1, "intercept_ci": None},
+    "histogram": {"edges": [0.0, 0.5, 1.0], "positives": [2, 0], "negatives": [2, 0]}}
+CALIBRATION: dict[str, Any] = {"method": "platt", "calibrator": {"format": 1, "method": "platt", "params": {"a": 1.0, "b": 0.0}},
+                               "before": _BLOCK, "after": _BLOCK}
+
+
+def data_summary(**fields: Any) -> DataSummary:
+    base: dict[str, Any] = dict(n=4, n_pos=2, n_neg=2, prevalence=0.5, n_patients=4,
+                                fit=FitCounts("val", 10, 5, 10), provenance=None)
+    return DataSummary(**{**base, **fields})
+
+
 def evaluation_result(**fields: Any) -> EvaluationResult:
     base: dict[str, Any] = dict(
         split="test", fit_split="val", frozen=False, created="2026-12-07T00:00:00+00:00", evaluate_config={},
-        data={}, discrimination={}, calibration={}, operating_points=[], deployment_prevalence=None,
-        subgroups=[], warnings=[])
+        data=data_summary(), discrimination=Discrimination.from_json(DISCRIMINATION, "helpers"),
+        calibration=CalibrationSummary.from_json(CALIBRATION, "helpers"), operating_points=[],
+        deployment_prevalence=None, subgroups=[], warnings=[])
     return EvaluationResult(**{**base, **fields})

@@ -16,7 +16,7 @@ from fibrosis.data.synthetic import make_synthetic_cache
 from fibrosis.evaluate.baseline import baseline_table
 from fibrosis.evaluate.run import Predictions, WarningLog, evaluate_predictions, measure, stored_operating_points
 from fibrosis.evaluate.selection import fit_oof_operating_points, select_arm
-from fibrosis.evaluate.summary import data_summary, run_summary
+from fibrosis.evaluate.summary import CacheProvenance, SplitCounts, data_summary, run_summary
 from fibrosis.model.checkpoint import Checkpoint, Training, load_checkpoint, save_checkpoint
 from fibrosis.io import read_csv, write_csv
 
@@ -56,7 +56,8 @@ def make_run(tmp_path: Path, pretrained: bool) -> Path:
                           run={"history": [{"stage": 0, "stage_name": "head", "lr": 1e-3, "val_auc": 0.8}] * 2}))
     val, test = predictions(300, 6, "val"), predictions(300, 7, "test")
     res = dataclasses.replace(res, run=run_summary(run, ckpt), baseline=baseline_table(val.rows + test.rows, "test"),
-                              data={**res.data, **data_summary(cache, [dict(r) for r in _rows(cache)], cfg)})
+                              data=dataclasses.replace(
+                                  res.data, provenance=data_summary(cache, [dict(r) for r in _rows(cache)], cfg)))
     (run / "eval" / "test").mkdir(parents=True)
     res.write(run / "eval" / "test" / "metrics.json")
     return run
@@ -99,7 +100,8 @@ def make_tune_run(tmp_path: Path) -> Path:
     run = tmp_path / "runs" / "tuned"
     all_rows = dev_rows + test.rows
     res = dataclasses.replace(res, run=run_summary(run, ckpt), baseline=baseline_table(all_rows, "test"),
-                              data={**res.data, **data_summary(tmp_path / "no-cache", all_rows, cfg)})
+                              data=dataclasses.replace(res.data, provenance=data_summary(tmp_path / "no-cache", all_rows,
+                                                                                         cfg)))
     (run / "eval" / "test").mkdir(parents=True)
     res.write(run / "eval" / "test" / "metrics.json")
     t: TuneResult = tune_result(
@@ -135,7 +137,11 @@ def hand_evaluation(manifest_sha256: str = "ab" * 32) -> tuple:
     fit = tiny_predictions(LABELS, [-2.0, -1.0, 0.5, 1.0, -0.5, 1.5, 2.0, 3.0], "val")
     res, _, _, cases = evaluate_predictions(fit, tiny_predictions(LABELS, LOGITS, "test"),
                                             EvaluateConfig(bootstrap_resamples=200))
-    return dataclasses.replace(res, data={**res.data, "manifest_sha256": manifest_sha256}), cases
+    counts = SplitCounts(n=8, n_pos=sum(LABELS), prevalence=sum(LABELS) / 8, n_patients=8)
+    provenance = CacheProvenance(source="hand-made", labels="labels.csv column label", total=counts,
+                                 splits={"test": counts}, split_method="hand-made", exclusions=[], n_excluded=0,
+                                 qa=None, manifest_sha256=manifest_sha256, cache={})
+    return dataclasses.replace(res, data=dataclasses.replace(res.data, provenance=provenance)), cases
 
 
 def save_run_checkpoint(run: Path, *, arch: str = "resnet18", pretrained: bool = True, input_size: int = 224,

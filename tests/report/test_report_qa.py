@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 
+from helpers.records import data_summary as data_summary_record
 from helpers.records import evaluation_result
 
 from fibrosis.io import read_csv, write_csv
 from fibrosis.config import Config
 from fibrosis.report.sections.context import Context
 from fibrosis.report.sections.data import data_blocks
-from fibrosis.evaluate.summary import data_summary
+from fibrosis.evaluate.summary import PolarityQa, data_summary
 from fibrosis.data.synthetic import make_synthetic_cache
 
 
@@ -27,14 +28,13 @@ def test_data_section_counts_polarity_exclusions_and_notes(tmp_path):
     rows[0]["steps"] = "decode:x|polarity:inverted(score=-3.000: ...)|qa:polarity-suspect(score=-3.000: ...)|resize:none"
     rows[1]["steps"] = "decode:x|polarity:inverted(score=-4.000: ...)|qa:polarity-inverted(score=-4.000: ...)|resize:none"
     d = data_summary(cache, rows, Config())
-    assert d["qa"] == {"polarity_qa": "exclude", "n_excluded": 4,
-                       "n_flagged": {"polarity-inverted": 1, "polarity-suspect": 1}}
+    assert d.qa == PolarityQa("exclude", 4, {"polarity-inverted": 1, "polarity-suspect": 1})
     # one exclusion group per verdict for the polarity rejects, not one row per measured score
-    assert [(e["reason"], e["count"]) for e in d["exclusions"]] == [
+    assert [(e.reason, e.count) for e in d.exclusions] == [
         ("polarity suspect: looks inverted (ingest.polarity_qa=exclude)", 3),
         ("polarity suspect: polarity unsure (ingest.polarity_qa=exclude)", 1),
         ("(0018,5101) ViewPosition='LL' is an excluded view", 1)]
-    blocks = data_blocks(Context(evaluation_result(data=d)))
+    blocks = data_blocks(Context(evaluation_result(data=data_summary_record(provenance=d))))
     items = dict(blocks[0]["items"])
     assert items["Polarity QA"] == ("ingest.polarity_qa=exclude: 4 input(s) excluded by the polarity check (inverted or "
                                     "unsure display); images in the cache with a QA note: 1 polarity-inverted, "

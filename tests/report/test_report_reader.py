@@ -2,6 +2,8 @@
 absent otherwise."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -16,12 +18,15 @@ pytestmark = pytest.mark.filterwarnings("ignore::fibrosis.numeric.MetricWarning"
 
 
 def result(truth: bool) -> dict:
+    """reader.json as `fibrosis review` writes it."""
     rng = np.random.default_rng(0)
     y = (rng.uniform(size=60) < 0.3).astype(float)
     prob = np.clip(0.3 * y + rng.uniform(0, 0.7, 60), 0, 1)
     reader = np.where(rng.uniform(size=60) < 0.85, y, 1 - y)
     reader[:4] = np.nan  # uncertain
-    return {**reader_vs_model(prob, 0.5, reader, y if truth else None), "scores": "scores.csv"}
+    res = reader_vs_model(prob, 0.5, reader, y if truth else None)
+    return dataclasses.replace(res, scores="scores.csv", reader_labels="reader.csv", truth=None,
+                               created="2026-12-08T00:00:00+00:00").to_json()
 
 
 def test_the_appendix_shows_the_reader_beside_the_model(tmp_path):

@@ -61,23 +61,23 @@ def compact(config: dict[str, Any]) -> str:
 
 
 def _config(ctx: Context) -> dict[str, Any]:
-    return {**(ctx.m.run.get("config") or {}), "evaluate": ctx.m.evaluate_config}
+    return {**(ctx.m.run.config if ctx.m.run else {}), "evaluate": ctx.m.evaluate_config}
 
 
 def reproducibility_blocks(ctx: Context) -> list[Block]:
     m = ctx.m
     r = m.run
-    vt, ve = r.get("versions_training") or {}, r.get("versions_evaluation") or {}
-    boot = m.discrimination["bootstrap"]
+    vt, ve = (r.versions_training or {}) if r else {}, r.versions_evaluation if r else {}
+    boot = m.discrimination.bootstrap
     rows = non_default(_config(ctx))
     blocks: list[Block] = [
         {"type": "kv", "items": [
-            ("Training seed / split seed", f"{r.get('seed', 'not recorded')} / {r.get('split_seed', 'not recorded')}"),
-            ("Bootstrap", f"{boot['n_resamples']} resamples of patients, seed {boot['seed']}"),
-            ("Manifest sha256 (training)", r.get("manifest_sha256") or "not recorded"),
-            ("Manifest sha256 (evaluated)", m.data.get("manifest_sha256") or "not recorded"),
-            ("Weights sha256", (r.get("weights") or {}).get("sha256") or "none (no weights file)"),
-            ("Checkpoint sha256", r.get("checkpoint_sha256") or "not recorded"),
+            ("Training seed / split seed", f"{r.seed if r else 'not recorded'} / {r.split_seed if r else 'not recorded'}"),
+            ("Bootstrap", f"{boot.n_resamples} resamples of patients, seed {boot.seed}"),
+            ("Manifest sha256 (training)", (r.manifest_sha256 if r else None) or "not recorded"),
+            ("Manifest sha256 (evaluated)", m.data.manifest_sha256 or "not recorded"),
+            ("Weights sha256", (r.weights.sha256 if r else None) or "none (no weights file)"),
+            ("Checkpoint sha256", (r.checkpoint_sha256 if r else None) or "not recorded"),
             ("Evaluated", m.created), ("fibrosis version", __version__)]},
     ]
     if ve:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fibrosis.evaluate.reader import ReaderVsModel
 from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.evaluate.run import OOF_FIT
 from fibrosis.report.format import ci_label, pct
@@ -19,7 +20,7 @@ class Context:
     tune: TuneResult | None = None
     have: frozenset[str] = frozenset()  # figure keys that were drawn
     refs: dict[str, str] = field(default_factory=dict)  # section key -> "section 3" / "appendix A"
-    reader: dict[str, Any] | None = None  # RUN/reader/reader.json of `fibrosis review`, when a reader labelled
+    reader: ReaderVsModel | None = None  # RUN/reader/reader.json of `fibrosis review`, when a reader labelled
 
     def ref(self, key: str) -> str:
         return self.refs.get(key, "below")
@@ -44,8 +45,8 @@ class Context:
 def fitted_where(m: EvaluationResult) -> str:
     """Where the calibration and thresholds came from, in words: the one statement the summary,
     the calibration and operating-point sections and the model card all make."""
-    fit = m.data.get("fit") or {}
-    n = f"{fit['n']} images, {fit.get('n_pos')} with fibrosis" if fit.get("n") else "size not recorded"
+    fit = m.data.fit
+    n = f"{fit.n} images, {fit.n_pos} with fibrosis" if fit.n else "size not recorded"
     if m.fit_split == OOF_FIT:
         where = ("fitted by `fibrosis tune` on the pooled out-of-fold predictions of the development data "
                  f"(train and val pooled, {n}; each image predicted by a fold model that did not train on it)")

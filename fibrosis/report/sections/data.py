@@ -2,9 +2,11 @@
 the STARD flow (inputs -> excluded at ingest -> splits -> analysed) and baseline characteristics."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fibrosis.evaluate.result import EvaluationResult
+from fibrosis.evaluate.summary import PolarityQa, SplitCounts
 from fibrosis.report.format import pct
 from fibrosis.report.sections.context import Block, Context
 
@@ -12,17 +14,18 @@ MAX_REASONS = 6  # exclusion reasons named in the flow diagram; the table lists 
 ROLES = {"train": "trained the model", "val": "early stopping (best epoch)", "calib": "calibration only"}
 
 
-def qa_line(qa: dict[str, Any] | None) -> str:
+def qa_line(qa: PolarityQa | None) -> str:
     """The polarity QA of the cache in one line: policy, exclusions, images kept with a note."""
-    if not qa:
+    if qa is None:
         return "not recorded"
-    noted = ", ".join(f"{n} {flag}" for flag, n in qa.get("n_flagged", {}).items()) or "none"
-    return (f"ingest.polarity_qa={qa['polarity_qa']}: {qa['n_excluded']} input(s) excluded by the polarity "
+    noted = ", ".join(f"{n} {flag}" for flag, n in qa.n_flagged.items()) or "none"
+    return (f"ingest.polarity_qa={qa.polarity_qa}: {qa.n_excluded} input(s) excluded by the polarity "
             f"check (inverted or unsure display); images in the cache with a QA note: {noted}")
 
 
 def _eligibility(m: EvaluationResult) -> str:
-    ing = (m.run.get("config") or {}).get("ingest") or {}
+    # the run's config as plain data: read for a few ingest settings
+    ing = ((m.run.config if m.run else {}).get("ingest") or {})
     if not ing:
         return "not recorded"
     parts = [f"modality {', '.join(ing.get('allowed_modalities') or []) or 'any'}",
@@ -44,28 +47,29 @@ def _stated(ecfg: dict[str, Any], key: str, what: str = "") -> str:
 def data_blocks(ctx: Context) -> list[Block]:
     m = ctx.m
     d, ecfg = m.data, m.evaluate_config
+    p = d.provenance
     items = [
-        ("Source", d.get("source", "not recorded")),
+        ("Source", p.source if p else "not recorded"),
         ("Setting", _stated(ecfg, "data_setting")),
         ("Dates", _stated(ecfg, "data_dates", "the cache keeps no acquisition dates")),
         ("Eligibility", _eligibility(m)),
-        ("Reference standard", f"label column {d.get('labels', 'not recorded')}, one binary label per image: "
+        ("Reference standard", f"label column {p.labels if p else 'not recorded'}, one binary label per image: "
                                + _stated(ecfg, "reference_standard", "who labelled, how, and blinded to what")),
         ("Missing data", "images without a label are not evaluated (evaluate refuses them); missing age, sex, "
                          "view or manufacturer are counted in the baseline table below and form an "
                          "'unknown' subgroup; nothing is imputed"),
-        ("Split method", d.get("split_method", "not recorded")),
-        ("Polarity QA", qa_line(d.get("qa"))),
-        ("Manifest sha256", d.get("manifest_sha256") or "not recorded"),
+        ("Split method", d.split_method or "not recorded"),
+        ("Polarity QA", qa_line(p.qa if p else None)),
+        ("Manifest sha256", d.manifest_sha256 or "not recorded"),
     ]
     blocks: list[Block] = [{"type": "kv", "items": items}]
     if "flow" in ctx.have:
         blocks.append({"type": "figure", "key": "flow", "caption": flow_caption(ctx)})
-    exc = d.get("exclusions") or []
-    if exc:
-        blocks.append({"type": "table", "caption": f"Inputs excluded at ingest ({d.get('n_excluded', 0)})",
+    exc = p.exclusions if p else []
+    if p and exc:
+        blocks.append({"type": "table", "caption": f"Inputs excluded at ingest ({p.n_excluded})",
                        "header": ["kind", "reason", "count"],
-                       "rows": [[e["kind"], e["reason"], e["count"]] for e in exc]})
+                       "rows": [[e.kind, e.reason, e.count] for e in exc]})
     else:
         blocks.append({"type": "p", "text": "No inputs were excluded at ingest."})
     return blocks + baseline_blocks(ctx)
@@ -80,27 +84,49 @@ def flow_caption(ctx: Context) -> str:
     return text
 
 
-def participant_flow(m: EvaluationResult, pooled: bool) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class FlowColumn:
+    """One box of the flow diagram's split row."""
+    title: str
+    n: int
+    n_pos: int
+    role: str  # what these images did, in words
+    analysed: bool  # the reported split
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantFlow:
+    """The boxes of the STARD flow diagram, in words."""
+    inputs: int
+    excluded: int
+    reasons: list[str]
+    cache: str
+    columns: list[FlowColumn]
+    analysed: str
+
+
+def participant_flow(m: EvaluationResult, pooled: bool) -> ParticipantFlow:
     """The boxes of the flow diagram, in words (drawn by :func:`fibrosis.report.plots.flow_figure`)."""
-    d = m.data
-    total = d.get("total") or {"n": d["n"], "n_pos": d["n_pos"], "n_patients": d["n_patients"]}
-    n_exc = int(d.get("n_excluded") or 0)
-    exc = d.get("exclusions") or []
-    reasons = [f"{e['count']} {e['reason']}" for e in exc[:MAX_REASONS]]
+    d, p = m.data, m.data.provenance
+    # the evaluated split stands for the cache when the cache was not read (no provenance)
+    total = p.total if p else SplitCounts(d.n, d.n_pos, d.prevalence, d.n_patients)
+    n_exc = p.n_excluded if p else 0
+    exc = p.exclusions if p else []
+    reasons = [f"{e.count} {e.reason}" for e in exc[:MAX_REASONS]]
     if len(exc) > MAX_REASONS:
-        reasons.append(f"{sum(e['count'] for e in exc[MAX_REASONS:])} for {len(exc) - MAX_REASONS} other reasons")
-    splits = d.get("splits") or {}
-    columns: list[dict[str, Any]] = []
+        reasons.append(f"{sum(e.count for e in exc[MAX_REASONS:])} for {len(exc) - MAX_REASONS} other reasons")
+    splits = p.splits if p else {}
+    columns: list[FlowColumn] = []
     if m.split == "all" or not splits:
-        columns.append({"title": "all images (no split)", "n": total["n"], "n_pos": total["n_pos"],
-                        "role": "evaluated with frozen calibration and thresholds", "analysed": True})
+        columns.append(FlowColumn("all images (no split)", total.n, total.n_pos,
+                                  "evaluated with frozen calibration and thresholds", True))
     else:
         dev = [s for s in ("train", "val") if s in splits]
         if pooled and dev:
-            n, n_pos = sum(splits[s]["n"] for s in dev), sum(splits[s]["n_pos"] for s in dev)
-            columns.append({"title": "development (" + " + ".join(dev) + " pooled)", "n": n, "n_pos": n_pos,
-                            "role": "cross-validated model selection; calibration and thresholds fitted out of fold",
-                            "analysed": False})
+            n, n_pos = sum(splits[s].n for s in dev), sum(splits[s].n_pos for s in dev)
+            columns.append(FlowColumn("development (" + " + ".join(dev) + " pooled)", n, n_pos,
+                                      "cross-validated model selection; calibration and thresholds fitted out of fold",
+                                      False))
         for name, s in splits.items():
             if pooled and name in dev:
                 continue
@@ -110,13 +136,11 @@ def participant_flow(m: EvaluationResult, pooled: bool) -> dict[str, Any]:
                         else "calibration and thresholds")
             if name == m.split:
                 role = "reported: analysed"
-            columns.append({"title": name, "n": s["n"], "n_pos": s["n_pos"], "role": role,
-                            "analysed": name == m.split})
-    return {"inputs": total["n"] + n_exc, "excluded": n_exc, "reasons": reasons,
-            "cache": f"{total['n']} images of {total['n_patients']} patients, {total['n_pos']} with fibrosis",
-            "columns": columns,
-            "analysed": f"analysed: {d['n']} images ({d['n_pos']} with fibrosis, {d['n'] - d['n_pos']} without); "
-                        "none excluded from analysis"}
+            columns.append(FlowColumn(name, s.n, s.n_pos, role, name == m.split))
+    return ParticipantFlow(total.n + n_exc, n_exc, reasons,
+                           f"{total.n} images of {total.n_patients} patients, {total.n_pos} with fibrosis", columns,
+                           f"analysed: {d.n} images ({d.n_pos} with fibrosis, {d.n - d.n_pos} without); "
+                           "none excluded from analysis")
 
 
 def _count(k: int, n: int) -> str:
@@ -130,21 +154,21 @@ def baseline_blocks(ctx: Context) -> list[Block]:
         why = ("metrics.json schema 1" if m.schema < 2 else "the manifest rows were not at hand")
         return [{"type": "p", "style": "warn", "text": f"Baseline characteristics: not computed for this evaluation "
                                                        f"({why}); re-run `fibrosis evaluate` to add them."}]
-    cols = b["columns"]
+    cols = b.columns
     dev = ctx.pooled_development
     header = ["characteristic"] + [
-        (f"{c['name']} ({c['within']})" if c["by"] == "label"
-         else f"development: {c['name']}" if dev and c["name"] in ("train", "val") else c["name"]) for c in cols]
-    rows: list[list[Any]] = [["images", *(c["n"] for c in cols)], ["patients", *(c["n_patients"] for c in cols)]]
+        (f"{c.name} ({c.within})" if c.by == "label"
+         else f"development: {c.name}" if dev and c.name in ("train", "val") else c.name) for c in cols]
+    rows: list[list[Any]] = [["images", *(c.n for c in cols)], ["patients", *(c.n_patients for c in cols)]]
     rows.append(["age, years: median (IQR)", *(
-        "n/a" if a["median"] is None else f"{a['median']:.0f} ({a['q1']:.0f} to {a['q3']:.0f})"
-        for a in b["age"])])
-    rows.append(["age: missing", *(_count(a["missing"], c["n"]) for a, c in zip(b["age"], cols))])
+        "n/a" if a.median is None or a.q1 is None or a.q3 is None else f"{a.median:.0f} ({a.q1:.0f} to {a.q3:.0f})"
+        for a in b.age)])
+    rows.append(["age: missing", *(_count(a.missing, c.n) for a, c in zip(b.age, cols))])
     names = {"sex": "sex", "view_position": "view", "manufacturer": "manufacturer"}
-    for cat in b["categorical"]:
-        for level in cat["levels"]:
-            rows.append([f"{names.get(cat['attribute'], cat['attribute'])}: {level['value']}",
-                         *(_count(k, c["n"]) for k, c in zip(level["counts"], cols))])
+    for cat in b.categorical:
+        for level in cat.levels:
+            rows.append([f"{names.get(cat.attribute, cat.attribute)}: {level.value}",
+                         *(_count(k, c.n) for k, c in zip(level.counts, cols))])
     return [{"type": "table", "caption": "Baseline characteristics per split and, on the reported split, per "
                                          "label; n (% of the column)", "header": header, "rows": rows,
              }]

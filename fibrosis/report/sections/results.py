@@ -8,15 +8,15 @@ from fibrosis.report.sections.context import Block, Context, fitted_where
 def discrimination_blocks(ctx: Context) -> list[Block]:
     m = ctx.m
     disc = m.discrimination
-    boot = disc["bootstrap"]
-    how = (f"percentile bootstrap, {boot['n_used']} resamples of {boot['n_patients']} patients" if boot["ci"]
-           else f"bootstrap not reported: {boot.get('error') or 'not computed'}")
+    boot = disc.bootstrap
+    how = (f"percentile bootstrap, {boot.n_used} resamples of {boot.n_patients} patients" if boot.ci
+           else f"bootstrap not reported: {boot.error or 'not computed'}")
     return [
         {"type": "table", "caption": f"AUC on the {m.split} split", "header": ["measure", "value", ctx.ci, "method"],
-         "rows": [["AUC", num(disc["auc"], "auc"), span(disc["delong"]["ci"], "auc"), "DeLong"],
-                  ["AUC", num(disc["auc"], "auc"), span(boot["ci"], "auc"), how],
-                  ["average precision", num(disc["pr"]["average_precision"], "ap"), "not computed",
-                   f"no-skill level = prevalence {pct(disc['pr']['prevalence'])}"]]},
+         "rows": [["AUC", num(disc.auc, "auc"), span(disc.delong.ci, "auc"), "DeLong"],
+                  ["AUC", num(disc.auc, "auc"), span(boot.ci, "auc"), how],
+                  ["average precision", num(disc.pr.average_precision, "ap"), "not computed",
+                   f"no-skill level = prevalence {pct(disc.pr.prevalence)}"]]},
         {"type": "figure", "key": "roc", "half": True,
          "caption": f"ROC curve with the patient-clustered bootstrap {ctx.ci[:-3]} band; dots: the frozen "
                     "operating points on this split (points that coincide share one dot)."},
@@ -28,18 +28,17 @@ def discrimination_blocks(ctx: Context) -> list[Block]:
 def calibration_blocks(ctx: Context) -> list[Block]:
     m = ctx.m
     c = m.calibration
-    cal = c["calibrator"]
+    cal = c.calibrator
     rows = []
-    for label, b in (("before", c["before"]), (f"after ({c['method']})", c["after"])):
-        cs = b["intercept_slope"]
-        rows.append([label, num(b["reliability"]["ece"], "ece"), num(b["brier"], "brier"),
-                     estimate(cs.get("slope"), cs.get("slope_ci"), "slope"),
-                     estimate(cs.get("intercept"), cs.get("intercept_ci"), "intercept")])
+    for label, b in (("before", c.before), (f"after ({c.method})", c.after)):
+        cs = b.intercept_slope
+        rows.append([label, num(b.reliability.ece, "ece"), num(b.brier, "brier"),
+                     estimate(cs.slope, cs.slope_ci, "slope"), estimate(cs.intercept, cs.intercept_ci, "intercept")])
     params = ", ".join(f"{k} = {num(v, 'param')}" for k, v in cal["params"].items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool))
     return [
-        {"type": "p", "text": f"Post-hoc {c['method']} calibration{(' (' + params + ')') if params else ''}: "
-                              f"{fitted_where(m)}. ECE binning: {c['before']['reliability']['binning']}. Ideal "
+        {"type": "p", "text": f"Post-hoc {c.method} calibration{(' (' + params + ')') if params else ''}: "
+                              f"{fitted_where(m)}. ECE binning: {c.before.reliability.binning}. Ideal "
                               "calibration: ECE 0, slope 1, intercept 0. Calibration holds at the prevalence of the "
                               "data it was fitted on; it must be re-checked at another site or prevalence."},
         {"type": "table", "caption": f"Calibration on the {m.split} split",

@@ -34,42 +34,44 @@ def _training_text(ctx: Context) -> tuple[str, str]:
     r = ctx.m.run
     if ctx.tune is not None or ctx.out_of_fold:
         return ("Training", "chosen by `fibrosis tune` (below, 'How much to unfreeze?'): "
-                            f"{r.get('preset') or 'recipe not recorded'}. No validation set picked an epoch: "
-                            "the epoch budget was chosen on the pooled out-of-fold loss.")
-    done = r.get("epochs_done")
-    if not done:
+                            f"{(r.preset if r else None) or 'recipe not recorded'}. No validation set picked an "
+                            "epoch: the epoch budget was chosen on the pooled out-of-fold loss.")
+    done = r.epochs_done if r else None
+    if r is None or not done:
         return ("Epochs trained", "not recorded in the checkpoint")
-    best = f"best checkpoint: epoch {r['best_epoch']}" if r.get("best_epoch") is not None else "best epoch not recorded"
-    if r.get("best_val_auc") is not None:
-        best += f", validation AUC {num(r['best_val_auc'], 'auc')}"
+    best = f"best checkpoint: epoch {r.best_epoch}" if r.best_epoch is not None else "best epoch not recorded"
+    if r.best_val_auc is not None:
+        best += f", validation AUC {num(r.best_val_auc, 'auc')}"
     return ("Epochs trained", f"{done} ({best})")
 
 
 def model_blocks(ctx: Context) -> list[Block]:
     r = ctx.m.run
-    w = r.get("weights") or {}
-    conf = {s["name"]: s for s in r.get("stages_configured") or []}
+    if r is None:
+        return [{"type": "p", "style": "warn", "text": "Model: not recorded in metrics.json."}] + (
+            tune_blocks(ctx.tune) if ctx.tune else [])
+    w = r.weights
+    conf = {s.name: s for s in r.stages_configured}
     rows = []
-    for s in r.get("stages_run") or []:
-        c = conf.get(s["name"], {})
-        rows.append([s["name"], f"{s['epochs']} / {c.get('epochs') or 'not recorded'}",
-                     NA if c.get("lr") is None else f"{c['lr']:g}",
-                     ", ".join(c.get("unfreeze") or []) or "head only", num(s.get("best_val_auc"), "auc")])
+    for s in r.stages_run:
+        c = conf.get(s.name)
+        rows.append([s.name, f"{s.epochs} / {(c.epochs if c else None) or 'not recorded'}",
+                     NA if c is None or c.lr is None else f"{c.lr:g}",
+                     ", ".join(c.unfreeze if c else []) or "head only", num(s.best_val_auc, "auc")])
     blocks: list[Block] = [{"type": "kv", "items": [
-        ("Architecture", f"{r.get('arch')} (one-logit head, gray input {r.get('input_size')} px)"),
-        ("Backbone weights", f"{w.get('file') or w.get('source') or 'none'}"
-                             + ("" if r.get("pretrained") else " (NOT PRETRAINED)")),
-        ("Weights sha256", w.get("sha256") or "none (no weights file)"),
-        ("Test-time augmentation", tta_text(r.get("tta"))),
-        *([] if ctx.tune is not None or ctx.out_of_fold else [("Preset", r.get("preset") or "none (explicit stages)")]),
+        ("Architecture", f"{r.arch} (one-logit head, gray input {r.input_size} px)"),
+        ("Backbone weights", f"{w.file or w.source or 'none'}" + ("" if r.pretrained else " (NOT PRETRAINED)")),
+        ("Weights sha256", w.sha256 or "none (no weights file)"),
+        ("Test-time augmentation", tta_text(r.tta)),
+        *([] if ctx.tune is not None or ctx.out_of_fold else [("Preset", r.preset or "none (explicit stages)")]),
         _training_text(ctx),
-        ("Auxiliary heads", _aux_text(r.get("aux"))),
-        ("Checkpoint sha256", r.get("checkpoint_sha256") or "not recorded")]}]
+        ("Auxiliary heads", _aux_text(r.aux)),
+        ("Checkpoint sha256", r.checkpoint_sha256 or "not recorded")]}]
     if rows:
         blocks.append({"type": "table", "caption": "Training stages (freeze, then unfreeze)",
                        "header": ["stage", "epochs run / planned", "learning rate", "trainable blocks",
                                   "best val AUC"], "rows": rows})
-    oof = (r.get("aux") or {}).get("oof_auc") or {}
+    oof = (r.aux or {}).get("oof_auc") or {}
     if oof and ctx.tune is None:  # a tune run lists them per arm below
         blocks.append({"type": "table", "caption": "Auxiliary findings: each head's own pooled out-of-fold AUC "
                                                    "(context: whether the backbone learned them; not validated here)",
