@@ -11,7 +11,7 @@ from typing import Any
 from fibrosis import artefacts
 from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.train.runlog import MlflowTracker
-from fibrosis.train.tune.record import TuneResult
+from fibrosis.evaluate.tune_record import TuneResult
 
 
 def numbers(tree: Any, prefix: str = "") -> dict[str, float]:
@@ -34,9 +34,10 @@ def log_tune(uri: str, run: Path, result: TuneResult) -> str:
               "n_dev": result.n_dev, "n_dev_pos": result.n_dev_pos}
     tracker = MlflowTracker(uri, f"{run.name} tune", params, None)
     try:
-        metrics = {f"arm.{a['name']}.oof_auc": float(a["auc"]) for a in result.arms
-                   if isinstance(a.get("auc"), (int, float)) and math.isfinite(a["auc"])}
-        metrics.update({f"selection_adjusted.{k}": v for k, v in numbers(result.selection_adjusted).items()})
+        metrics = {f"arm.{a.name}.oof_auc": float(auc) for a in result.arms
+                   if (auc := a.score.auc) is not None and math.isfinite(auc)}
+        adjusted = result.selection_adjusted.to_json() if result.selection_adjusted else {}
+        metrics.update({f"selection_adjusted.{k}": v for k, v in numbers(adjusted).items()})
         tracker.log_summary(metrics, {"fibrosis.command": "tune", "fibrosis.run": str(run)})
         tracker.log_artifact(run / artefacts.TUNE)
         return tracker.run_id

@@ -34,14 +34,14 @@ from fibrosis.model import distributed
 from fibrosis.train import runlog
 from fibrosis.train.aux import AllHeads, AuxLoss, HeadsOnFeatures, aux_record, aux_targets, choose_aux, describe
 from fibrosis.data.cache import CacheReader, manifest_hash
-from fibrosis.model.checkpoint import (Checkpoint, Training, load_checkpoint, rng_state, save_checkpoint,
+from fibrosis.model.checkpoint import (AuxRecord, Checkpoint, Training, load_checkpoint, rng_state, save_checkpoint,
                                        set_rng_state)
 from fibrosis.config import Config, StageConfig, config_from_dict, config_to_dict
 from fibrosis.data.dataset import (CacheDataset, EpochSampler, Sample, build_augment, pos_weight, row_label,
                               steps_per_epoch)
 from fibrosis.train.schedule import backbone_frozen, freeze, make_optimizer, resolve_stages
 from fibrosis.model.net import FibrosisNet, build_model_from_config, set_aux_heads
-from fibrosis.model.tta import to_record as tta_record, variants_of
+from fibrosis.model.tta import TTARecord, variants_of
 from fibrosis.io import package_versions
 from fibrosis.model.inference import autocast, extract_features, predict_rows, split_rows
 from fibrosis.words import plural
@@ -367,7 +367,7 @@ def _open(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs:
     base = Checkpoint(weights={}, config=config_to_dict(cfg), stages=[config_to_dict(s) for s in stages],
                       preset=why, arch=cfg.model.arch, preprocessing=model.preprocessing,
                       weights_info=model.weights_info, pretrained=model.pretrained,
-                      manifest_hash=mhash, world_size=d.world, tta=tta_record(variants_of(model)),
+                      manifest_hash=mhash, world_size=d.world, tta=TTARecord.of(variants_of(model)),
                       split_keys={"train": split_keys(reader, train_idx), "val": split_keys(reader, val_idx)},
                       versions=package_versions(), aux=aux_record)
     run = _Run(cfg, d, out_dir, reader, train_idx, val_idx, train_y, val_y, model, stages, loss_fn,
@@ -384,7 +384,7 @@ def _open(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs:
 
 
 def _aux_heads(model: FibrosisNet, cfg: Config, reader: CacheReader, train_idx: list[int]
-               ) -> tuple[AuxLoss, np.ndarray, dict[str, Any]] | None:
+               ) -> tuple[AuxLoss, np.ndarray, AuxRecord] | None:
     """With ``train.aux_weight > 0``: attach a head per auxiliary finding with enough training
     labels; returns its loss, the training targets and the checkpoint's ``aux`` record."""
     tcfg = cfg.train
@@ -402,7 +402,7 @@ def _aux_heads(model: FibrosisNet, cfg: Config, reader: CacheReader, train_idx: 
     targets = aux_targets(reader.rows, train_idx, names)
     logger.info("%s, loss weight %g: %s", plural(len(names), "auxiliary head"), tcfg.aux_weight, describe(names, targets))
     record = aux_record(names, tcfg.aux_weight, targets, dropped, tcfg.aux_min_positives)
-    return AuxLoss(float(tcfg.aux_weight), torch.tensor(record["pos_weight"])), targets, record
+    return AuxLoss(float(tcfg.aux_weight), torch.tensor(record.pos_weight)), targets, record
 
 
 def _restore(model: FibrosisNet, cfg: Config, mhash: str, out_dir: Path, resume: bool,

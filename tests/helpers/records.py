@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from fibrosis.evaluate.result import EvaluationResult
-from fibrosis.train.tune.record import TuneResult
+from fibrosis.evaluate.tune_record import TuneResult
 
 
 def tune_result(**fields: Any) -> TuneResult:

@@ -69,7 +69,7 @@ def make_tune_run(tmp_path: Path) -> Path:
     """A run as `fibrosis tune` then `fibrosis evaluate` leave it: three arms' pooled out-of-fold
     logits judged by :func:`select_arm`, calibration and thresholds fitted on the chosen arm's OOF
     logits, applied unchanged to the test split; tune.json beside metrics.json."""
-    from fibrosis.train.tune.record import TuneResult
+    from fibrosis.evaluate.tune_record import TuneResult
 
     from helpers.records import tune_result
 

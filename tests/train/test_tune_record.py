@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fibrosis.artefacts import SchemaError
-from fibrosis.train.tune.record import TuneResult
+from fibrosis.evaluate.tune_record import TuneResult
 
 
 def _result() -> TuneResult:

@@ -8,7 +8,7 @@ from typing import Any
 from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.evaluate.run import OOF_FIT
 from fibrosis.report.format import ci_label, pct
-from fibrosis.train.tune.record import TuneResult
+from fibrosis.evaluate.tune_record import TuneResult
 
 Block = dict[str, Any]
 
