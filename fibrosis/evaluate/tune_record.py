@@ -235,16 +235,11 @@ class TuneArm:
                          self.failed, self.base)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "twin":
-                out.update(value.to_json() if value else {})
-            elif f.name == "score":
-                out.update(value.to_json())
-            else:
-                out[f.name] = value
-        return out
+        """The row's keys in field order, with the twin's and the score's entries in their places."""
+        trained = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if f.name not in ("twin", "base", "score", "repeat_aucs")}
+        return {**trained, **(self.twin.to_json() if self.twin else {}), "base": self.base, **self.score.to_json(),
+                "repeat_aucs": self.repeat_aucs}
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> "TuneArm":

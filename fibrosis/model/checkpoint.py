@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,9 +125,8 @@ class AuxRecord:
     oof_auc: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"names": self.names, "weight": self.weight, "pos_weight": self.pos_weight,
-                               "dropped": self.dropped, "min_positives": self.min_positives}
-        return out if self.oof_auc is None else {**out, "oof_auc": self.oof_auc}
+        return {"names": self.names, "weight": self.weight, "pos_weight": self.pos_weight, "dropped": self.dropped,
+                "min_positives": self.min_positives, **({} if self.oof_auc is None else {"oof_auc": self.oof_auc})}
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> "AuxRecord":
@@ -240,9 +240,9 @@ class Checkpoint:
             body.pop(k, None)
         # Files written before the architecture had its own key: it is the config's.
         arch = body.pop("arch", None) or (config.get("model") or {}).get("arch", "")
-        for k, record in _RECORDS.items():
+        for k, read in _RECORDS.items():
             if body.get(k) is not None:
-                body[k] = record.from_json(body[k], where)
+                body[k] = read(body[k], where)
         return cls(weights=body.pop("model"), config=config, arch=str(arch), training=training,
                    preprocessing=Preprocessing.from_dict(body.pop("preprocessing"), where), **body)
 
@@ -251,8 +251,9 @@ class Checkpoint:
 _OPTIONAL = frozenset({"best_epoch", "best_val_auc", "aux", "ensemble", "tune", "calibration",
                        "threshold", "tune_selection"})
 # Entries written as plain data and read back into their record.
-_RECORDS: dict[str, Any] = {"tta": TTARecord, "ensemble": EnsembleRecord, "tune": TuneProvenance,
-                            "tune_selection": TuneSelection, "aux": AuxRecord}
+_RECORDS: dict[str, Callable[[Any, str], object]] = {
+    "tta": TTARecord.from_json, "ensemble": EnsembleRecord.from_json, "tune": TuneProvenance.from_json,
+    "tune_selection": TuneSelection.from_json, "aux": AuxRecord.from_json}
 # Keys of older files that the record no longer carries: the history sits in ``run``.
 _DROPPED = ("history",)
 

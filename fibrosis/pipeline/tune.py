@@ -22,7 +22,6 @@ import numpy as np
 from fibrosis import artefacts
 from fibrosis.config import Config, config_to_dict
 from fibrosis.evaluate.tune_record import ArmTraits, AuxSummary, Paired, ReplicationCheck, TuneArm, TuneResult
-from fibrosis.model.checkpoint import TuneSelection
 
 if TYPE_CHECKING:
     from fibrosis.evaluate.selection import ArmSelection
@@ -37,7 +36,7 @@ def run_tune(cfg: Config, cache: str | Path, out: str | Path, *, device: str | N
     """Cross-validate, select (replicated over the finalists' repeats), package; returns what
     tune.json records (None when stopped early by ``max_units``; run again to continue)."""
     from fibrosis.evaluate.selection import fit_oof_operating_points, select_arm, selection_adjusted
-    from fibrosis.model.checkpoint import update_checkpoint
+    from fibrosis.model.checkpoint import TuneSelection, update_checkpoint
     from fibrosis.train.tune.cv import cross_validate
     from fibrosis.train.tune.package import package
 

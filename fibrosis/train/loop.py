@@ -64,7 +64,7 @@ class RunState:
     best_epoch: int = -1
     bad_epochs: int = 0  # epochs without val-AUC gain in the current stage
     mlflow_run_id: str | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[runlog.EpochRow] = field(default_factory=list)  # plain dicts in the checkpoint (asdict)
 
 
 def make_loader(ds: Dataset[Sample], labels: list[float], cfg: Config, d: distributed.Dist,
@@ -418,7 +418,8 @@ def _restore(model: FibrosisNet, cfg: Config, mhash: str, out_dir: Path, resume:
     ckpt = load_checkpoint(last)  # FileNotFoundError names the missing file
     training = _check_resume(ckpt, cfg, mhash, last, d.world)
     model.load_state_dict(ckpt.weights)
-    state = RunState(**training.run)
+    state = RunState(**{**training.run, "history": [runlog.EpochRow.from_json(r, f"{last}: run.history[{i}]")
+                                                    for i, r in enumerate(training.run.get("history") or [])]})
     logger.info("resuming %s at stage %d, %s done in it (%d overall)", last,
                 state.stage, plural(state.epoch_in_stage, "epoch"), state.epochs_done)
     return state, training
@@ -486,12 +487,12 @@ def _run_epoch(run: _Run, stage: _Stage, e: int) -> bool:
         state.best_val_auc, state.best_epoch, state.bad_epochs = auc, state.epochs_done, 0
     else:
         state.bad_epochs += 1
-    row = {"epoch": state.epochs_done, "stage": stage.index, "stage_name": stage.config.name,
-           "epoch_in_stage": e, "lr": stage.opt.param_groups[0]["lr"], "train_loss": loss,
-           "val_loss": val_loss, "val_auc": auc, "best_val_auc": state.best_val_auc,
-           "improved": improved, "n_trainable": stage.n_params, "cached_features": stage.cached,
-           "seconds": round(time.perf_counter() - t0, 3),
-           "train_images_per_s": round(n_seen * d.world / max(train_s, 1e-9), 1)}
+    row = runlog.EpochRow(
+        epoch=state.epochs_done, stage=stage.index, stage_name=stage.config.name, epoch_in_stage=e,
+        lr=stage.opt.param_groups[0]["lr"], train_loss=loss, val_loss=val_loss, val_auc=auc,
+        best_val_auc=state.best_val_auc, improved=improved, n_trainable=stage.n_params,
+        cached_features=stage.cached, seconds=round(time.perf_counter() - t0, 3),
+        train_images_per_s=round(n_seen * d.world / max(train_s, 1e-9), 1))
     state.history.append(row)
     state.epochs_done += 1
     run.ran += 1
@@ -500,16 +501,16 @@ def _run_epoch(run: _Run, stage: _Stage, e: int) -> bool:
     stop = patience > 0 and state.bad_epochs >= patience
     state.stage_done = stop or e + 1 == stage.config.epochs
     logger.info("epoch %d [%s %d/%d] loss %.4f val_loss %.4f val_auc %.4f (best %.4f @%d) "
-                "%.1f s, %.0f img/s%s", row["epoch"], stage.config.name, e + 1, stage.config.epochs, loss,
-                val_loss, auc, state.best_val_auc, state.best_epoch, row["seconds"],
-                row["train_images_per_s"], " *" if improved else "")
+                "%.1f s, %.0f img/s%s", row.epoch, stage.config.name, e + 1, stage.config.epochs, loss,
+                val_loss, auc, state.best_val_auc, state.best_epoch, row.seconds,
+                row.train_images_per_s, " *" if improved else "")
     _save(run, stage, row, improved)
     if stop:
         logger.info("early stop of stage %r: no val-AUC gain for %s", stage.config.name, plural(patience, "epoch"))
     return stop
 
 
-def _save(run: _Run, stage: _Stage, row: dict[str, Any], improved: bool) -> None:
+def _save(run: _Run, stage: _Stage, row: runlog.EpochRow, improved: bool) -> None:
     """last.pt after every epoch (and best.pt when it improved), with every rank's RNG
     state, so that a resume continues bit-exactly; then the metrics logs."""
     d, state = run.d, run.state

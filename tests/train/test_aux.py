@@ -113,8 +113,8 @@ def test_training_with_aux_heads_records_them_and_keeps_one_fibrosis_output(aux_
     from fibrosis.train.loop import train
 
     ckpt = load_checkpoint(aux_run / "best.pt")
-    assert ckpt.aux["names"] == ["Noise", "Stripes"] and ckpt.aux["weight"] == 0.5
-    assert len(ckpt.aux["pos_weight"]) == 2
+    assert ckpt.aux and ckpt.aux.names == ["Noise", "Stripes"] and ckpt.aux.weight == 0.5
+    assert len(ckpt.aux.pos_weight) == 2
     model, _ = load_model(aux_run / "best.pt")
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
@@ -196,13 +196,13 @@ def test_tune_aux_arm_reports_aux_oof_aucs_and_packages_the_heads(aux_cache, tmp
                              "tune.arms=[{name: last1, unfreeze: last1, lr_ratio: 10},"
                              " {name: last1-aux, unfreeze: last1, lr_ratio: 10, aux_weight: 1.0}]"])
     result = run_tune(cfg, aux_cache, tmp_path / "t", progress=False)
-    arms = {a["name"]: a for a in result.arms}
-    assert result.aux["names"] == ["Noise", "Stripes"] and result.skipped_arms == {}
-    assert arms["last1"]["aux_auc"] == {} and set(arms["last1-aux"]["aux_auc"]) == {"Noise", "Stripes"}
-    assert arms["last1-aux"]["vs_base"] is not None and arms["last1"]["vs_base"] is None
-    assert arms["last1-aux"]["base"] == "last1" and arms["last1-aux"]["extras"] == 1
+    arms = {a.name: a for a in result.arms}
+    assert result.aux and result.aux.names == ["Noise", "Stripes"] and result.skipped_arms == {}
+    assert arms["last1"].aux_auc == {} and set(arms["last1-aux"].aux_auc) == {"Noise", "Stripes"}
+    assert arms["last1-aux"].score.vs_base is not None and arms["last1"].score.vs_base is None
+    assert arms["last1-aux"].base == "last1" and arms["last1-aux"].extras == 1
     # The two arms differ only by the auxiliary loss: their fibrosis OOF logits differ.
-    assert arms["last1"]["auc"] != arms["last1-aux"]["auc"] or arms["last1"]["epoch"] != arms["last1-aux"]["epoch"]
+    assert arms["last1"].score.auc != arms["last1-aux"].score.auc or arms["last1"].epoch != arms["last1-aux"].epoch
     # Package the aux arm whatever was chosen: its heads and their OOF AUCs travel in best.pt.
     from fibrosis.train.tune.cv import cross_validate
     from fibrosis.train.tune.package import package
@@ -210,7 +210,7 @@ def test_tune_aux_arm_reports_aux_oof_aucs_and_packages_the_heads(aux_cache, tmp
     cv = cross_validate(cfg, aux_cache, tmp_path / "t", progress=False)  # all units done: reads arm.json
     path = package(cfg, aux_cache, tmp_path / "t", cv, "last1-aux")
     ckpt = load_checkpoint(path)
-    assert ckpt.aux["names"] == ["Noise", "Stripes"] and ckpt.aux["oof_auc"] == arms["last1-aux"]["aux_auc"]
+    assert ckpt.aux and ckpt.aux.names == ["Noise", "Stripes"] and ckpt.aux.oof_auc == arms["last1-aux"].aux_auc
     assert ckpt.config["train"]["aux_weight"] == 1.0
     model, _ = load_model(path)
     assert model.aux_names == ("Noise", "Stripes") and len(model.members) == 3
