@@ -66,7 +66,7 @@ def test_aux_heads_leave_the_fibrosis_output_unchanged():
 
 
 def test_checkpoint_with_aux_heads_round_trips(tmp_path):
-    from fibrosis.model.checkpoint import load_model, save_checkpoint
+    from fibrosis.model.checkpoint import AuxRecord, load_model, save_checkpoint
     from fibrosis.config import load_config
 
     torch.manual_seed(0)
@@ -75,7 +75,7 @@ def test_checkpoint_with_aux_heads_round_trips(tmp_path):
         model.aux_head[-1].weight.normal_()
     cfg = load_config(None, ["model.arch=resnet18", "model.weights=none", "model.input_size=32"])
     path = save_checkpoint(tmp_path / "a.pt", checkpoint_of(model, cfg, manifest_hash="x",
-                                                          aux={"names": ["Effusion", "Mass"], "weight": 0.5}))
+                                                          aux=AuxRecord(["Effusion", "Mass"], 0.5, [1.0, 1.0], {}, 2)))
     loaded, ckpt = load_model(path)
     assert ckpt.aux_names == ("Effusion", "Mass") and loaded.aux_names == ("Effusion", "Mass")
     x = torch.randn(2, 1, 32, 32)
@@ -231,15 +231,17 @@ def test_tune_skips_aux_arms_with_a_reason_when_the_cache_has_no_auxiliary_label
 
 
 def test_report_lists_the_auxiliary_findings_and_skipped_arms():
+    from fibrosis.evaluate.tune_record import AuxSummary
     from fibrosis.report.sections.selection import tune_aux_blocks
-    from helpers.records import tune_result
+    from helpers.records import judged_arms, tune_arm, tune_result
 
-    t = tune_result(arms=[{"name": "a"}, {"name": "a-aux", "aux_auc": {"Mass": 0.71}}],
-                    aux={"names": ["Mass"], "counts": {"Mass": [12, 300]}, "dropped": {"Hernia": "2 positive"}},
+    a, a_aux = judged_arms([{"name": "a", "depth": 1, "lr_ratio": 10.0}, {"name": "a-aux", "depth": 1, "lr_ratio": 10.0}])
+    t = tune_result(arms=[tune_arm(a), tune_arm(a_aux, aux_auc={"Mass": 0.71})],
+                    aux=AuxSummary(["Mass"], {"Hernia": "2 positive"}, {"Mass": [12, 300]}),
                     skipped_arms={"b-aux": "no labels"})
     blocks = tune_aux_blocks(t)
     table = next(b for b in blocks if b["type"] == "table")
     assert table["rows"] == [["Mass", "12 / 300", "0.710"]] and table["header"][-1] == "OOF AUC, a-aux"
     text = " ".join(b.get("text", "") for b in blocks)
     assert "'b-aux' was not run: no labels" in text and "Hernia: 2 positive" in text
-    assert tune_aux_blocks(tune_result(arms=[{"name": "a"}])) == []
+    assert tune_aux_blocks(tune_result(arms=[tune_arm(a)])) == []
