@@ -154,7 +154,9 @@ class Training:
     stage: int  # index into the checkpoint's ``stages``
     stage_name: str
     epoch: int  # epochs done over all stages
-    run: dict[str, Any]  # fibrosis.train.loop.RunState as plain data (history included)
+    # fibrosis.train.loop.RunState as plain data: train's own resume state, read back (history rows
+    # as fibrosis.train.runlog.EpochRow) by the loop, which this layer may not import.
+    run: dict[str, Any]
     rng: dict[str, Any]  # rank 0's RNG states (rng_state())
     rng_per_rank: list[dict[str, Any]]
 
@@ -174,7 +176,9 @@ class Checkpoint:
     manifest_hash: str = ""  # sha256 of the manifest it was trained on
     world_size: int = 1
     tta: TTARecord | None = None  # test-time augmentation variants; None: off
-    stages: list[dict[str, Any]] = field(default_factory=list)  # the schedule as configured
+    # The schedule as configured, as plain data: train writes its StageConfigs whole, tune a probe
+    # and a fine-tuning stage with fewer keys; evaluate's run summary shows either.
+    stages: list[dict[str, Any]] = field(default_factory=list)
     preset: str = ""  # why this schedule, in words
     versions: dict[str, str] = field(default_factory=dict)  # package versions at training
     split_keys: dict[str, dict[str, list[str]]] | None = None  # salted train/val patients and images
