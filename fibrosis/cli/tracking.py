@@ -15,7 +15,7 @@ from fibrosis import artefacts
 from fibrosis.artefacts import check_schema
 from fibrosis.io import read_text, write_json
 from fibrosis.train.runlog import MlflowTracker
-from fibrosis.train.tune.record import TuneResult
+from fibrosis.evaluate.tune_record import TuneResult
 
 LINK_SCHEMA = 1
 
@@ -69,9 +69,10 @@ def log_tune(uri: str, run: Path, result: TuneResult) -> str:
               "n_dev": result.n_dev, "n_dev_pos": result.n_dev_pos}
     tracker = MlflowTracker(uri, f"{run.name} tune", params, None)
     try:
-        metrics = {f"arm.{a['name']}.oof_auc": float(a["auc"]) for a in result.arms
-                   if isinstance(a.get("auc"), (int, float)) and math.isfinite(a["auc"])}
-        metrics.update({f"selection_adjusted.{k}": v for k, v in numbers(result.selection_adjusted).items()})
+        metrics = {f"arm.{a.name}.oof_auc": float(auc) for a in result.arms
+                   if (auc := a.score.auc) is not None and math.isfinite(auc)}
+        adjusted = result.selection_adjusted.to_json() if result.selection_adjusted else {}
+        metrics.update({f"selection_adjusted.{k}": v for k, v in numbers(adjusted).items()})
         tracker.log_summary(metrics, {"fibrosis.command": "tune", "fibrosis.run": str(run)})
         tracker.log_artifact(run / artefacts.TUNE)
         return tracker.run_id

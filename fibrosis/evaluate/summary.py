@@ -395,7 +395,7 @@ def run_summary(run: str | Path, ckpt: Checkpoint) -> RunSummary:
         weights=WeightsRecord(info.get("source"), info.get("file"), info.get("sha256")),
         pretrained=ckpt.pretrained,
         input_size=ckpt.preprocessing.input_size,
-        tta=ckpt.tta,  # test-time augmentation variants (None: off); see fibrosis.model.tta
+        tta=ckpt.tta.to_json() if ckpt.tta else None,  # test-time augmentation variants (None: off)
         preset=ckpt.preset or train_cfg.get("preset"),
         stages_configured=configured,
         stages_run=stages_run(history),
@@ -406,7 +406,7 @@ def run_summary(run: str | Path, ckpt: Checkpoint) -> RunSummary:
         split_seed=(cfg.get("split") or {}).get("seed"),
         manifest_sha256=ckpt.manifest_hash or None,
         config=cfg,
-        aux=ckpt.aux,  # auxiliary-finding heads, None when the model has none
+        aux=ckpt.aux.to_json() if ckpt.aux else None,  # auxiliary-finding heads, None when the model has none
         versions_training=ckpt.versions or None,
         versions_evaluation=package_versions(),
     )

@@ -9,9 +9,12 @@ writer and :func:`load_checkpoint` its one reader; the record's fields are the f
 the model's state dict under ``model`` and, in `fibrosis train`'s per-epoch files, the resume
 state (:class:`Training`) flattened beside them.
 
-Nested entries stay plain data because each has its own reader one layer down or up:
-``preprocessing`` (:class:`fibrosis.data.records.Preprocessing`), ``tta``
-(:func:`fibrosis.model.tta.from_record`), ``calibration``
+Nested entries are typed records written as plain data (:meth:`Checkpoint.to_payload` and
+:meth:`Checkpoint.from_payload` convert them): ``preprocessing``
+(:class:`fibrosis.data.records.Preprocessing`), ``tta`` (:class:`fibrosis.model.tta.TTARecord`),
+``ensemble`` (:class:`EnsembleRecord`), ``tune`` (:class:`TuneProvenance`), ``tune_selection``
+(:class:`TuneSelection`), ``aux`` (:class:`AuxRecord`). These stay plain data, each with its own
+reader one layer down or up: ``calibration``
 (:func:`fibrosis.model.calibration.calibrator_from_dict`), ``threshold``
 (:func:`fibrosis.evaluate.operating` via ``stored_operating_points``), ``config``
 (:func:`fibrosis.config.config_from_dict`), ``run`` (``fibrosis.train.loop.RunState``).
@@ -24,6 +27,7 @@ import json
 import logging
 import random
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +38,7 @@ import torch
 from fibrosis.artefacts import SchemaError, check_schema
 from fibrosis.data.records import Preprocessing
 from fibrosis.io import atomic_write_bytes
+from fibrosis.model.tta import TTARecord
 
 if TYPE_CHECKING:
     from fibrosis.model.ensemble import EnsembleNet
@@ -52,6 +57,95 @@ class CheckpointError(ValueError):
     """A file is not a fibrosis checkpoint, or an update would corrupt one."""
 
 
+ENSEMBLE_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class EnsembleRecord:
+    """The ``ensemble`` entry of a `fibrosis tune` fold ensemble: how load_model rebuilds it
+    (``members``, mean logit), and which arm, budget and folds it is."""
+    members: int
+    arm: str
+    epoch: int
+    folds: int
+    repeats: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": ENSEMBLE_FORMAT, "members": self.members, "combine": "mean logit", "arm": self.arm,
+                "epoch": self.epoch, "folds": self.folds, "repeats": self.repeats}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "EnsembleRecord":
+        entries = _entries(data, where, "ensemble", ("members", "arm", "epoch", "folds", "repeats"))
+        if data.get("format") != ENSEMBLE_FORMAT or data.get("combine") != "mean logit":
+            raise CheckpointError(f"{where}: ensemble format={data.get('format')!r} combine={data.get('combine')!r}; "
+                                  f"expected {ENSEMBLE_FORMAT} and 'mean logit'")
+        return cls(**entries)
+
+
+@dataclass(frozen=True, slots=True)
+class TuneProvenance:
+    """The ``tune`` entry: the arm of `fibrosis tune` this model is, its epoch budget and
+    ``tune.final`` (ensemble | refit)."""
+    arm: str
+    epoch: int
+    final: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"arm": self.arm, "epoch": self.epoch, "final": self.final}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "TuneProvenance":
+        return cls(**_entries(data, where, "tune", ("arm", "epoch", "final")))
+
+
+@dataclass(frozen=True, slots=True)
+class TuneSelection:
+    """The ``tune_selection`` entry: tune's choice, why, and its selection-adjusted AUC."""
+    chosen: str
+    reason: str
+    selection_adjusted_auc: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"chosen": self.chosen, "reason": self.reason, "selection_adjusted_auc": self.selection_adjusted_auc}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "TuneSelection":
+        return cls(**_entries(data, where, "tune_selection", ("chosen", "reason", "selection_adjusted_auc")))
+
+
+@dataclass(frozen=True, slots=True)
+class AuxRecord:
+    """The ``aux`` entry: the auxiliary-finding heads' names, loss weight, per-head pos_weight,
+    the findings left without a head and why; a tune arm adds each head's own OOF AUC."""
+    names: list[str]
+    weight: float
+    pos_weight: list[float]
+    dropped: dict[str, str]
+    min_positives: int
+    oof_auc: dict[str, float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"names": self.names, "weight": self.weight, "pos_weight": self.pos_weight, "dropped": self.dropped,
+                "min_positives": self.min_positives, **({} if self.oof_auc is None else {"oof_auc": self.oof_auc})}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "AuxRecord":
+        keys = ("names", "weight", "pos_weight", "dropped", "min_positives")
+        return cls(**_entries(data, where, "aux", keys, ("oof_auc",)))
+
+
+def _entries(data: Any, where: str, key: str, names: tuple[str, ...], optional: tuple[str, ...] = ()
+             ) -> dict[str, Any]:
+    """The entries ``names`` (and ``optional``) of the checkpoint's ``key``; anything else is refused."""
+    if not isinstance(data, dict) or not set(names) <= set(data):
+        raise CheckpointError(f"{where}: {key}={str(data)[:200]!r}; expected a dict with {list(names)}")
+    other = sorted(set(data) - set(names) - set(optional) - {"format", "combine"})
+    if other:
+        raise CheckpointError(f"{where}: {key} has unknown entries {other}; expected {list(names + optional)}")
+    return {k: data[k] for k in names + optional if k in data}
+
+
 @dataclass(frozen=True)
 class Training:
     """Where `fibrosis train` stood after an epoch: what ``--resume`` continues bit-exactly from.
@@ -61,7 +155,9 @@ class Training:
     stage: int  # index into the checkpoint's ``stages``
     stage_name: str
     epoch: int  # epochs done over all stages
-    run: dict[str, Any]  # fibrosis.train.loop.RunState as plain data (history included)
+    # fibrosis.train.loop.RunState as plain data: train's own resume state, read back (history rows
+    # as fibrosis.train.runlog.EpochRow) by the loop, which this layer may not import.
+    run: dict[str, Any]
     rng: dict[str, Any]  # rank 0's RNG states (rng_state())
     rng_per_rank: list[dict[str, Any]]
 
@@ -80,20 +176,22 @@ class Checkpoint:
     pretrained: bool = False
     manifest_hash: str = ""  # sha256 of the manifest it was trained on
     world_size: int = 1
-    tta: dict[str, Any] | None = None  # test-time augmentation variants; None: off
-    stages: list[dict[str, Any]] = field(default_factory=list)  # the schedule as configured
+    tta: TTARecord | None = None  # test-time augmentation variants; None: off
+    # The schedule as configured, as plain data: train writes its StageConfigs whole, tune a probe
+    # and a fine-tuning stage with fewer keys; evaluate's run summary shows either.
+    stages: list[dict[str, Any]] = field(default_factory=list)
     preset: str = ""  # why this schedule, in words
     versions: dict[str, str] = field(default_factory=dict)  # package versions at training
     split_keys: dict[str, dict[str, list[str]]] | None = None  # salted train/val patients and images
     best_epoch: int | None = None
     best_val_auc: float | None = None  # train's own validation AUC at best_epoch
-    aux: dict[str, Any] | None = None  # auxiliary-finding heads (fibrosis.train.aux.aux_record)
-    ensemble: dict[str, Any] | None = None  # the fold models of `fibrosis tune` (ensemble_record)
-    tune: dict[str, Any] | None = None  # the tune arm this model is (arm, epoch, final)
+    aux: AuxRecord | None = None  # auxiliary-finding heads (fibrosis.train.aux.aux_record)
+    ensemble: EnsembleRecord | None = None  # the fold models of `fibrosis tune`
+    tune: TuneProvenance | None = None  # the tune arm this model is
     training: Training | None = None
     calibration: dict[str, Any] | None = None  # added by evaluate (or tune, out of fold)
     threshold: dict[str, Any] | None = None  # operating points on the calibrated probability
-    tune_selection: dict[str, Any] | None = None  # tune's choice and its selection-adjusted AUC
+    tune_selection: TuneSelection | None = None  # tune's choice and its selection-adjusted AUC
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -103,7 +201,7 @@ class Checkpoint:
     @property
     def aux_names(self) -> tuple[str, ...]:
         """The auxiliary findings the model has heads for; () for none."""
-        return tuple((self.aux or {}).get("names") or ())
+        return tuple(self.aux.names) if self.aux else ()
 
     def to_payload(self) -> dict[str, Any]:
         """The dict written to disk: every field under its own key (optional ones only when set)."""
@@ -114,6 +212,8 @@ class Checkpoint:
                 continue
             if f.name == "preprocessing":
                 value = value.to_dict()
+            elif f.name in _RECORDS and value is not None:
+                value = value.to_json()
             if value is None and f.name in _OPTIONAL:
                 continue
             out[f.name] = value
@@ -145,6 +245,9 @@ class Checkpoint:
             body.pop(k, None)
         # Files written before the architecture had its own key: it is the config's.
         arch = body.pop("arch", None) or (config.get("model") or {}).get("arch", "")
+        for k, read in _RECORDS.items():
+            if body.get(k) is not None:
+                body[k] = read(body[k], where)
         return cls(weights=body.pop("model"), config=config, arch=str(arch), training=training,
                    preprocessing=Preprocessing.from_dict(body.pop("preprocessing"), where), **body)
 
@@ -152,6 +255,10 @@ class Checkpoint:
 # Optional fields are left out of the file when unset, as `train` and `tune` always wrote them.
 _OPTIONAL = frozenset({"best_epoch", "best_val_auc", "aux", "ensemble", "tune", "calibration",
                        "threshold", "tune_selection"})
+# Entries written as plain data and read back into their record.
+_RECORDS: dict[str, Callable[[Any, str], object]] = {
+    "tta": TTARecord.from_json, "ensemble": EnsembleRecord.from_json, "tune": TuneProvenance.from_json,
+    "tune_selection": TuneSelection.from_json, "aux": AuxRecord.from_json}
 # Keys of older files that the record no longer carries: the history sits in ``run``.
 _DROPPED = ("history",)
 
@@ -205,7 +312,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[An
     if ckpt.ensemble:  # `fibrosis tune`: the fold models as one mean-logit ensemble
         from fibrosis.model.ensemble import build_ensemble
 
-        model = build_ensemble(ckpt.arch, int(ckpt.ensemble["members"]), **shape)
+        model = build_ensemble(ckpt.arch, ckpt.ensemble.members, **shape)
     else:
         model = build_model(ckpt.arch, "none", **shape)
     aux = ckpt.aux_names
@@ -223,9 +330,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[An
 
 def checkpoint_tta(ckpt: Checkpoint, source: str) -> tuple[Variant, ...] | None:
     """The TTA variants a checkpoint recorded (``tta``; absent in older files: no TTA)."""
-    from fibrosis.model.tta import from_record
-
-    variants = from_record(ckpt.tta, source)
+    variants = ckpt.tta.variants if ckpt.tta else None
     if variants is None and ckpt.config["model"].get("tta"):
         # Written with model.tta on but without its variants: guessing today's defaults
         # could score differently from the model that was evaluated.
@@ -242,7 +347,7 @@ def update_checkpoint(path: str | Path, **fields: Any) -> Checkpoint:
         raise CheckpointError(f"{path}: refusing to overwrite {bad}; an update may set only {list(UPDATABLE)}")
     for key, value in fields.items():
         try:
-            json.dumps(value, allow_nan=True)
+            json.dumps(value.to_json() if key in _RECORDS and value is not None else value, allow_nan=True)
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: field {key!r} is not JSON-able ({exc}); store plain "
                                   f"dicts/lists/numbers/strings") from None

@@ -17,9 +17,6 @@ from torch import nn
 from fibrosis.model.net import FibrosisNet, build_model
 from fibrosis.model.tta import TTA, Variant, make_tta
 
-ENSEMBLE_FORMAT = 1
-
-
 class EnsembleNet(nn.Module):
     """``members`` share arch and preprocessing; forward = mean of their logits."""
 
@@ -79,8 +76,3 @@ def build_ensemble(arch: str, n_members: int, **shape: Any) -> EnsembleNet:
     """An untrained ensemble of ``n_members`` randomly initialised members (load a state dict
     next); ``shape``: build_model's keywords (input_size, dropout, resize, gray_fold)."""
     return EnsembleNet([build_model(arch, "none", **shape) for _ in range(n_members)])
-
-
-def ensemble_record(n_members: int, **extra: Any) -> dict[str, Any]:
-    """The checkpoint's ``ensemble`` entry: how load_model rebuilds it, and what it is."""
-    return {"format": ENSEMBLE_FORMAT, "members": int(n_members), "combine": "mean logit", **extra}

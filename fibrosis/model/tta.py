@@ -20,8 +20,8 @@ zero padding would be mid-gray after normalisation, and 'border' would smear the
 rows (collimator edges, labels) into the corners. An identity variant skips the warp,
 so an identity-only TTA is exactly the plain model.
 
-The variants are plain data: a checkpoint stores them (``to_record``) and a loaded model
-gets them back (``from_record``), so scoring reproduces what was chosen in training even
+The variants are plain data: a checkpoint stores them (:class:`TTARecord`) and a loaded model
+gets them back, so scoring reproduces what was chosen in training even
 if ``DEFAULT_VARIANTS`` changes later.
 """
 from __future__ import annotations
@@ -71,29 +71,35 @@ MAX_ROTATE_DEG = 30.0  # bounds for a stored record: anything larger is not a "s
 SCALE_RANGE = (0.5, 2.0)
 
 
-def to_record(variants: Sequence[Variant] | None) -> dict[str, Any] | None:
-    """The checkpoint's ``tta`` entry (None: no TTA)."""
-    if variants is None:
-        return None
-    return {"format": TTA_FORMAT, "combine": "mean logit", "padding": "black (normalised intensity 0)",
-            "variants": [asdict(v) for v in variants]}
+@dataclass(frozen=True, slots=True)
+class TTARecord:
+    """The checkpoint's ``tta`` entry (and a tune twin's ``tta_variants``): the variants, with the
+    combination and padding they imply in words."""
+    variants: tuple[Variant, ...]
 
+    def to_json(self) -> dict[str, Any]:
+        return {"format": TTA_FORMAT, "combine": "mean logit", "padding": "black (normalised intensity 0)",
+                "variants": [asdict(v) for v in self.variants]}
 
-def from_record(record: Any, source: str = "checkpoint") -> tuple[Variant, ...] | None:
-    """Variants from a checkpoint's ``tta`` entry; None (or absent) means no TTA."""
-    if record is None:
-        return None
-    if not isinstance(record, dict) or record.get("format") != TTA_FORMAT or \
-            not isinstance(record.get("variants"), list) or not record["variants"]:
-        raise ValueError(f"{source}: tta={str(record)[:200]!r}; expected None or "
-                         f"{{'format': {TTA_FORMAT}, 'variants': [{{{', '.join(_FIELDS)}}}, ...]}}")
-    out = []
-    for i, v in enumerate(record["variants"]):
-        if not isinstance(v, dict) or set(v) != set(_FIELDS):
-            raise ValueError(f"{source}: tta.variants[{i}]={str(v)[:120]!r}; expected exactly the keys {list(_FIELDS)}")
-        out.append(Variant(str(v["name"]), float(v["rotate_deg"]), float(v["scale"])))
-    check_variants(out, source)
-    return tuple(out)
+    @classmethod
+    def from_json(cls, record: Any, source: str = "checkpoint") -> "TTARecord":
+        """Validated variants of a stored entry; ValueError naming ``source`` otherwise."""
+        if not isinstance(record, dict) or record.get("format") != TTA_FORMAT or \
+                not isinstance(record.get("variants"), list) or not record["variants"]:
+            raise ValueError(f"{source}: tta={str(record)[:200]!r}; expected None or "
+                             f"{{'format': {TTA_FORMAT}, 'variants': [{{{', '.join(_FIELDS)}}}, ...]}}")
+        out = []
+        for i, v in enumerate(record["variants"]):
+            if not isinstance(v, dict) or set(v) != set(_FIELDS):
+                raise ValueError(f"{source}: tta.variants[{i}]={str(v)[:120]!r}; expected exactly the keys {list(_FIELDS)}")
+            out.append(Variant(str(v["name"]), float(v["rotate_deg"]), float(v["scale"])))
+        check_variants(out, source)
+        return cls(tuple(out))
+
+    @classmethod
+    def of(cls, variants: Sequence[Variant] | None) -> "TTARecord | None":
+        """The record of ``variants`` (None: no TTA)."""
+        return None if variants is None else cls(tuple(variants))
 
 
 def check_variants(variants: Sequence[Variant], source: str = "tta") -> None:

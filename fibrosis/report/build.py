@@ -26,7 +26,7 @@ from fibrosis.report import reader
 from fibrosis.report.render import Block, render_html, render_pdf
 from fibrosis.report.sections import appendix, checklist, data, decisions, results, selection, subgroups, summary
 from fibrosis.report.sections.context import Context
-from fibrosis.train.tune.record import TuneResult
+from fibrosis.evaluate.tune_record import TuneResult
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def make_figures(m: EvaluationResult, eval_dir: Path, tune: TuneResult | None = 
         panels, per_kind = load_panels(eval_dir / PANELS_FILE)
         figs["gradcam"] = plots.png_bytes(plots.gradcam_figure(panels, g.threshold, per_kind))
     if tune:
-        figs["tune_roc"] = plots.png_bytes(plots.tune_roc_figure(tune.arms, tune.chosen))
+        figs["tune_roc"] = plots.png_bytes(plots.tune_roc_figure([a.to_json() for a in tune.arms], tune.chosen))
     if reader_result is not None and reader.has_figure(reader_result):
         figs[reader.FIGURE] = plots.png_bytes(reader.reader_figure(reader_result))
     return figs

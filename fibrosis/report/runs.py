@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from fibrosis import artefacts
 from fibrosis.evaluate.result import EvaluationResult
-from fibrosis.train.tune.record import TuneResult
+from fibrosis.evaluate.tune_record import TuneResult
 
 if TYPE_CHECKING:  # the checkpoint's module imports torch: loaded only for a run without evaluations
     from fibrosis.model.checkpoint import Checkpoint

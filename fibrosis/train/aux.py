@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from fibrosis.data.records import aux_names as manifest_aux_names
 from fibrosis.data.records import parse_aux
+from fibrosis.model.checkpoint import AuxRecord
 
 if TYPE_CHECKING:
     from fibrosis.model.net import FibrosisNet
@@ -65,11 +66,10 @@ def aux_pos_weight(targets: np.ndarray) -> np.ndarray:
 
 
 def aux_record(names: Sequence[str], weight: float, targets: np.ndarray, dropped: Mapping[str, str],
-               min_positives: int) -> dict[str, object]:
+               min_positives: int) -> AuxRecord:
     """The checkpoint's ``aux`` entry: the heads' names, loss weight, per-head pos_weight (from
     ``targets``, the labels they trained on), the findings left without a head and why."""
-    return {"names": list(names), "weight": float(weight), "pos_weight": aux_pos_weight(targets).tolist(),
-            "dropped": dict(dropped), "min_positives": min_positives}
+    return AuxRecord(list(names), float(weight), aux_pos_weight(targets).tolist(), dict(dropped), min_positives)
 
 
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:

@@ -34,14 +34,14 @@ from fibrosis.model import distributed
 from fibrosis.train import runlog
 from fibrosis.train.aux import AllHeads, AuxLoss, HeadsOnFeatures, aux_record, aux_targets, choose_aux, describe
 from fibrosis.data.cache import CacheReader, manifest_hash
-from fibrosis.model.checkpoint import (Checkpoint, Training, load_checkpoint, rng_state, save_checkpoint,
+from fibrosis.model.checkpoint import (AuxRecord, Checkpoint, Training, load_checkpoint, rng_state, save_checkpoint,
                                        set_rng_state)
 from fibrosis.config import Config, StageConfig, config_from_dict, config_to_dict
 from fibrosis.data.dataset import (CacheDataset, EpochSampler, Sample, build_augment, pos_weight, row_label,
                               steps_per_epoch)
 from fibrosis.train.schedule import backbone_frozen, freeze, make_optimizer, resolve_stages
 from fibrosis.model.net import FibrosisNet, build_model_from_config, set_aux_heads
-from fibrosis.model.tta import to_record as tta_record, variants_of
+from fibrosis.model.tta import TTARecord, variants_of
 from fibrosis.io import package_versions
 from fibrosis.model.inference import autocast, extract_features, predict_rows, split_rows
 from fibrosis.words import plural
@@ -64,7 +64,7 @@ class RunState:
     best_epoch: int = -1
     bad_epochs: int = 0  # epochs without val-AUC gain in the current stage
     mlflow_run_id: str | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[runlog.EpochRow] = field(default_factory=list)  # plain dicts in the checkpoint (asdict)
 
 
 def make_loader(ds: Dataset[Sample], labels: list[float], cfg: Config, d: distributed.Dist,
@@ -367,7 +367,7 @@ def _open(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs:
     base = Checkpoint(weights={}, config=config_to_dict(cfg), stages=[config_to_dict(s) for s in stages],
                       preset=why, arch=cfg.model.arch, preprocessing=model.preprocessing,
                       weights_info=model.weights_info, pretrained=model.pretrained,
-                      manifest_hash=mhash, world_size=d.world, tta=tta_record(variants_of(model)),
+                      manifest_hash=mhash, world_size=d.world, tta=TTARecord.of(variants_of(model)),
                       split_keys={"train": split_keys(reader, train_idx), "val": split_keys(reader, val_idx)},
                       versions=package_versions(), aux=aux_record)
     run = _Run(cfg, d, out_dir, reader, train_idx, val_idx, train_y, val_y, model, stages, loss_fn,
@@ -384,7 +384,7 @@ def _open(cfg: Config, cache_dir: Path, out_dir: Path, resume: bool, max_epochs:
 
 
 def _aux_heads(model: FibrosisNet, cfg: Config, reader: CacheReader, train_idx: list[int]
-               ) -> tuple[AuxLoss, np.ndarray, dict[str, Any]] | None:
+               ) -> tuple[AuxLoss, np.ndarray, AuxRecord] | None:
     """With ``train.aux_weight > 0``: attach a head per auxiliary finding with enough training
     labels; returns its loss, the training targets and the checkpoint's ``aux`` record."""
     tcfg = cfg.train
@@ -402,7 +402,7 @@ def _aux_heads(model: FibrosisNet, cfg: Config, reader: CacheReader, train_idx: 
     targets = aux_targets(reader.rows, train_idx, names)
     logger.info("%s, loss weight %g: %s", plural(len(names), "auxiliary head"), tcfg.aux_weight, describe(names, targets))
     record = aux_record(names, tcfg.aux_weight, targets, dropped, tcfg.aux_min_positives)
-    return AuxLoss(float(tcfg.aux_weight), torch.tensor(record["pos_weight"])), targets, record
+    return AuxLoss(float(tcfg.aux_weight), torch.tensor(record.pos_weight)), targets, record
 
 
 def _restore(model: FibrosisNet, cfg: Config, mhash: str, out_dir: Path, resume: bool,
@@ -418,7 +418,8 @@ def _restore(model: FibrosisNet, cfg: Config, mhash: str, out_dir: Path, resume:
     ckpt = load_checkpoint(last)  # FileNotFoundError names the missing file
     training = _check_resume(ckpt, cfg, mhash, last, d.world)
     model.load_state_dict(ckpt.weights)
-    state = RunState(**training.run)
+    state = RunState(**{**training.run, "history": [runlog.EpochRow.from_json(r, f"{last}: run.history[{i}]")
+                                                    for i, r in enumerate(training.run.get("history") or [])]})
     logger.info("resuming %s at stage %d, %s done in it (%d overall)", last,
                 state.stage, plural(state.epoch_in_stage, "epoch"), state.epochs_done)
     return state, training
@@ -486,12 +487,12 @@ def _run_epoch(run: _Run, stage: _Stage, e: int) -> bool:
         state.best_val_auc, state.best_epoch, state.bad_epochs = auc, state.epochs_done, 0
     else:
         state.bad_epochs += 1
-    row = {"epoch": state.epochs_done, "stage": stage.index, "stage_name": stage.config.name,
-           "epoch_in_stage": e, "lr": stage.opt.param_groups[0]["lr"], "train_loss": loss,
-           "val_loss": val_loss, "val_auc": auc, "best_val_auc": state.best_val_auc,
-           "improved": improved, "n_trainable": stage.n_params, "cached_features": stage.cached,
-           "seconds": round(time.perf_counter() - t0, 3),
-           "train_images_per_s": round(n_seen * d.world / max(train_s, 1e-9), 1)}
+    row = runlog.EpochRow(
+        epoch=state.epochs_done, stage=stage.index, stage_name=stage.config.name, epoch_in_stage=e,
+        lr=stage.opt.param_groups[0]["lr"], train_loss=loss, val_loss=val_loss, val_auc=auc,
+        best_val_auc=state.best_val_auc, improved=improved, n_trainable=stage.n_params,
+        cached_features=stage.cached, seconds=round(time.perf_counter() - t0, 3),
+        train_images_per_s=round(n_seen * d.world / max(train_s, 1e-9), 1))
     state.history.append(row)
     state.epochs_done += 1
     run.ran += 1
@@ -500,16 +501,16 @@ def _run_epoch(run: _Run, stage: _Stage, e: int) -> bool:
     stop = patience > 0 and state.bad_epochs >= patience
     state.stage_done = stop or e + 1 == stage.config.epochs
     logger.info("epoch %d [%s %d/%d] loss %.4f val_loss %.4f val_auc %.4f (best %.4f @%d) "
-                "%.1f s, %.0f img/s%s", row["epoch"], stage.config.name, e + 1, stage.config.epochs, loss,
-                val_loss, auc, state.best_val_auc, state.best_epoch, row["seconds"],
-                row["train_images_per_s"], " *" if improved else "")
+                "%.1f s, %.0f img/s%s", row.epoch, stage.config.name, e + 1, stage.config.epochs, loss,
+                val_loss, auc, state.best_val_auc, state.best_epoch, row.seconds,
+                row.train_images_per_s, " *" if improved else "")
     _save(run, stage, row, improved)
     if stop:
         logger.info("early stop of stage %r: no val-AUC gain for %s", stage.config.name, plural(patience, "epoch"))
     return stop
 
 
-def _save(run: _Run, stage: _Stage, row: dict[str, Any], improved: bool) -> None:
+def _save(run: _Run, stage: _Stage, row: runlog.EpochRow, improved: bool) -> None:
     """last.pt after every epoch (and best.pt when it improved), with every rank's RNG
     state, so that a resume continues bit-exactly; then the metrics logs."""
     d, state = run.d, run.state

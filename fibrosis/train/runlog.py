@@ -6,9 +6,11 @@ checkpoint knows about: no duplicated or orphaned rows.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,9 +21,37 @@ from fibrosis.io import atomic_write_bytes, write_csv
 
 logger = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ("epoch", "stage", "stage_name", "epoch_in_stage", "lr", "train_loss",
-                  "val_loss", "val_auc", "best_val_auc", "improved", "n_trainable",
-                  "cached_features", "seconds", "train_images_per_s")
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRow:
+    """One epoch of `fibrosis train`: a row of metrics.csv/jsonl and of the checkpoint's run history."""
+    epoch: int  # over all stages
+    stage: int
+    stage_name: str
+    epoch_in_stage: int
+    lr: float
+    train_loss: float
+    val_loss: float
+    val_auc: float
+    best_val_auc: float
+    improved: bool
+    n_trainable: int
+    cached_features: bool
+    seconds: float
+    train_images_per_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in METRIC_COLUMNS}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "EpochRow":
+        if not isinstance(data, dict) or set(data) != set(METRIC_COLUMNS):
+            raise ValueError(f"{where}: history row {str(data)[:200]!r}; expected exactly the keys {list(METRIC_COLUMNS)}")
+        return cls(**data)
+
+
+METRIC_COLUMNS = tuple(f.name for f in dataclasses.fields(EpochRow))
 
 
 def attach_file_log(path: Path) -> logging.Handler:
@@ -76,9 +106,10 @@ def console_warnings_only(prefix: str) -> Iterator[None]:
             h.removeFilter(only)
 
 
-def write_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
-    write_csv(out_dir / artefacts.EPOCHS_CSV, history, METRIC_COLUMNS)
-    text = "".join(json.dumps(row) + "\n" for row in history)
+def write_metrics(out_dir: Path, history: list[EpochRow]) -> None:
+    rows = [row.to_json() for row in history]
+    write_csv(out_dir / artefacts.EPOCHS_CSV, rows, METRIC_COLUMNS)
+    text = "".join(json.dumps(row) + "\n" for row in rows)
     atomic_write_bytes(out_dir / artefacts.EPOCHS_JSONL, text.encode("utf-8"))
 
 
@@ -120,10 +151,10 @@ class MlflowTracker:
     def run_id(self) -> str:
         return self.run.info.run_id
 
-    def log_epoch(self, row: dict[str, Any]) -> None:
-        metrics = {k: float(v) for k, v in row.items()
+    def log_epoch(self, row: EpochRow) -> None:
+        metrics = {k: float(v) for k, v in row.to_json().items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.mlflow.log_metrics(metrics, step=int(row["epoch"]))
+        self.mlflow.log_metrics(metrics, step=row.epoch)
 
     def log_artifact(self, path: Path) -> None:
         self.mlflow.log_artifact(str(path))

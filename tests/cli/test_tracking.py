@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.records import evaluation_result, tune_result
+from fibrosis.evaluate.tune_record import SelectionAdjusted
+from helpers.records import evaluation_result, judged_arms, tune_arm, tune_result
 from helpers.runs import make_run
 
 from fibrosis.cli.main import main
@@ -81,9 +82,11 @@ def test_a_tune_is_an_mlflow_run(tmp_path, store):
     run_dir = tmp_path / "t1"
     run_dir.mkdir()
     result = tune_result(tune_config={"folds": 3, "arms": ["head-only", "last1"]}, arch="mobilenet_v2", chosen="last1",
-                         n_dev=121, n_dev_pos=26, arms=[{"name": "head-only", "auc": 0.62}, {"name": "last1", "auc": 0.66},
-                                                        {"name": "random-init", "auc": None}],
-                         selection_adjusted={"auc": 0.63, "pooled_auc": 0.66, "bias": 0.03, "folds": 3, "arms": 2})
+                         n_dev=121, n_dev_pos=26, arms=[tune_arm(a) for a in judged_arms([
+                             {"name": "head-only", "auc": 0.62, "depth": 0, "lr_ratio": 1.0},
+                             {"name": "last1", "auc": 0.66, "depth": 1, "lr_ratio": 10.0},
+                             {"name": "random-init", "auc": None, "depth": 1, "lr_ratio": 1.0, "failed": "constant"}])],
+                         selection_adjusted=SelectionAdjusted(0.63, 0.66, 0.03, 3, 2, "Tibshirani & Tibshirani 2009"))
     result.write(run_dir / "tune.json")
     run_id = log_tune(store, run_dir, result)
     run = _client(store).get_run(run_id)

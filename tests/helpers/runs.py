@@ -72,9 +72,9 @@ def make_tune_run(tmp_path: Path) -> Path:
     """A run as `fibrosis tune` then `fibrosis evaluate` leave it: three arms' pooled out-of-fold
     logits judged by :func:`select_arm`, calibration and thresholds fitted on the chosen arm's OOF
     logits, applied unchanged to the test split; tune.json beside metrics.json."""
-    from fibrosis.train.tune.record import TuneResult
+    from fibrosis.evaluate.tune_record import ArmTraits, SelectionAdjusted, TuneResult
 
-    from helpers.records import tune_result
+    from helpers.records import tune_arm, tune_result
 
     ecfg = EvaluateConfig(bootstrap_resamples=300, deployment_prevalence=0.015, data_source="synthetic tune images")
     train, val, test = predictions(160, 11, "train"), predictions(60, 12, "val"), predictions(120, 13, "test")
@@ -82,10 +82,11 @@ def make_tune_run(tmp_path: Path) -> Path:
     rng = np.random.default_rng(5)
     oof = {name: 2.0 * (rng.normal(size=len(y)) + k * y - 2.2) for k, name in ((0.8, "reference"), (1.0, "head-only"),
                                                                               (1.3, "last1"))}
-    table = select_arm(y, oof, {k: {**v, "epoch": 3} for k, v in ARMS.items()}, rule="best")
-    for arm in table["arms"]:
-        arm.update({"minutes": 0.5, "cpu_minutes": 1.0, "repeat_aucs": {"0": arm["auc"]}})
-    cal, threshold = fit_oof_operating_points(dev_rows, oof[table["chosen"]], ecfg)
+    table = select_arm(y, oof, [ArmTraits(k, v["depth"], v["lr_ratio"], recipe=v["recipe"]) for k, v in ARMS.items()],
+                       rule="best")
+    arms = [tune_arm(a, describe=ARMS[a.name]["describe"], epoch=3, minutes=0.5, cpu_minutes=1.0,
+                     repeat_aucs={"0": a.auc}) for a in table.arms]
+    cal, threshold = fit_oof_operating_points(dev_rows, oof[table.chosen], ecfg)
     stored = dataclasses.replace(stored_operating_points(cal, threshold, "best.pt"), frozen=False)
     res, *_ = measure(stored, test, ecfg, WarningLog())
     cfg = Config(evaluate=ecfg)
@@ -94,7 +95,7 @@ def make_tune_run(tmp_path: Path) -> Path:
         weights_info={"source": "resnet18-imagenet.pth", "file": "resnet18-imagenet.pth", "sha256": "e" * 64},
         preprocessing=Preprocessing(224, 1, 0.449, 0.226, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                                     "rgb-stem", "area"), best_epoch=3, best_val_auc=None,
-        preset=f"tune: arm {table['chosen']!r}, 3 fine-tuning epoch(s), 5 fold models, mean logit",
+        preset=f"tune: arm {table.chosen!r}, 3 fine-tuning epoch(s), 5 fold models, mean logit",
         stages=[{"name": "linear probe", "epochs": 0}, {"name": "finetune", "epochs": 3, "lr": 1e-4,
                                                         "unfreeze": ["layer4"]}])
     run = tmp_path / "runs" / "tuned"
@@ -104,12 +105,13 @@ def make_tune_run(tmp_path: Path) -> Path:
                                                                                          cfg)))
     (run / "eval" / "test").mkdir(parents=True)
     res.write(run / "eval" / "test" / "metrics.json")
+    pooled = table.arms[-1].auc
     t: TuneResult = tune_result(
-        **{k: table[k] for k in ("level", "rule", "n", "n_pos", "arms", "best", "random_control", "reference",
-                                 "chosen", "reason", "warnings")},
+        level=table.level, rule=table.rule, n=table.n, n_pos=table.n_pos, arms=arms, best=table.best,
+        random_control=table.random_control, reference=table.reference, chosen=table.chosen, reason=table.reason,
+        warnings=table.warnings,
         n_dev=len(y), n_dev_pos=int(y.sum()), n_dev_patients=len({r["patient_key"] for r in dev_rows}),
-        selection_adjusted={"auc": table["arms"][-1]["auc"] - 0.02, "pooled_auc": table["arms"][-1]["auc"],
-                            "bias": 0.02})
+        selection_adjusted=SelectionAdjusted(pooled - 0.02, pooled, 0.02, 5, len(arms), "Tibshirani & Tibshirani 2009"))
     t.write(run / "tune.json")
     return run
 

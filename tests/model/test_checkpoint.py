@@ -52,6 +52,38 @@ def test_a_newer_schema_or_an_unknown_key_is_refused_in_one_line(ckpt_path):
         load_checkpoint(path)
 
 
+# The plain data a `fibrosis tune` checkpoint has always carried for these entries, key order included.
+TUNE_ENTRIES = {
+    "tta": {"format": 1, "combine": "mean logit", "padding": "black (normalised intensity 0)",
+            "variants": [{"name": "identity", "rotate_deg": 0.0, "scale": 1.0},
+                         {"name": "rot+5", "rotate_deg": 5.0, "scale": 1.0}]},
+    "aux": {"names": ["Mass"], "weight": 0.5, "pos_weight": [3.0], "dropped": {"Hernia": "1 positive"},
+            "min_positives": 2, "oof_auc": {"Mass": 0.7}},
+    "ensemble": {"format": 1, "members": 3, "combine": "mean logit", "arm": "last1", "epoch": 2, "folds": 3,
+                 "repeats": 1},
+    "tune": {"arm": "last1", "epoch": 2, "final": "ensemble"},
+    "tune_selection": {"chosen": "last1", "reason": "Chose 'last1'.", "selection_adjusted_auc": 0.71},
+}
+
+
+def test_tune_entries_read_into_records_and_write_the_same_plain_data(ckpt_path):
+    path, _ = ckpt_path
+    _raw(path, **TUNE_ENTRIES)
+    ckpt = load_checkpoint(path)
+    assert ckpt.ensemble and ckpt.ensemble.members == 3 and ckpt.tune and ckpt.tune.final == "ensemble"
+    assert ckpt.aux_names == ("Mass",) and ckpt.tta and ckpt.tta.variants[1].rotate_deg == 5.0
+    assert ckpt.tune_selection and ckpt.tune_selection.selection_adjusted_auc == 0.71
+    save_checkpoint(path, ckpt)
+    raw = torch.load(path, weights_only=True)
+    assert {k: raw[k] for k in TUNE_ENTRIES} == TUNE_ENTRIES
+    assert [list(raw[k]) for k in TUNE_ENTRIES] == [list(v) for v in TUNE_ENTRIES.values()]
+    again = load_checkpoint(path)
+    assert [getattr(again, k) for k in TUNE_ENTRIES] == [getattr(ckpt, k) for k in TUNE_ENTRIES]
+    _raw(path, ensemble={**TUNE_ENTRIES["ensemble"], "members": None, "extra": 1})
+    with pytest.raises(CheckpointError, match=r"best.pt: ensemble has unknown entries \['extra'\]"):
+        load_checkpoint(path)
+
+
 def test_an_older_file_migrates_explicitly(ckpt_path):
     """Files from before ``arch`` had its own key take it from the config; a top-level
     ``history`` (now inside the training state) is dropped."""

@@ -128,9 +128,9 @@ def test_checkpoint_round_trip_keeps_the_recorded_variants(tmp_path):
     assert T.variants_of(net) == T.DEFAULT_VARIANTS
     custom = (T.Variant("identity"), T.Variant("tilt", rotate_deg=3.0))  # e.g. yesterday's defaults
     net.set_tta(custom)
-    path = save_checkpoint(tmp_path / "best.pt", _payload(net, True, tta=T.to_record(custom)))
+    path = save_checkpoint(tmp_path / "best.pt", _payload(net, True, tta=T.TTARecord(custom)))
     model, ckpt = load_model(path)
-    assert T.variants_of(model) == custom and ckpt.tta["variants"][1]["rotate_deg"] == 3.0
+    assert T.variants_of(model) == custom and ckpt.tta and ckpt.tta.variants[1].rotate_deg == 3.0
     x = _asymmetric()
     with torch.no_grad():
         torch.testing.assert_close(model(x), net(x))
@@ -143,9 +143,10 @@ def test_checkpoint_round_trip_keeps_the_recorded_variants(tmp_path):
     save_checkpoint(tmp_path / "bad.pt", _payload(net, True))
     with pytest.raises(CheckpointError, match="no 'tta' variants recorded"):
         load_model(tmp_path / "bad.pt")
-    bad = T.to_record(custom)
+    bad = T.TTARecord(custom).to_json()
     bad["variants"][0]["shear"] = 0.1
-    save_checkpoint(tmp_path / "bad2.pt", _payload(net, True, tta=bad))
+    raw = torch.load(save_checkpoint(tmp_path / "bad2.pt", _payload(net, True)), weights_only=True)
+    torch.save({**raw, "tta": bad}, tmp_path / "bad2.pt")
     with pytest.raises(ValueError, match=r"tta.variants\[0\].*expected exactly the keys"):
         load_model(tmp_path / "bad2.pt")
 
@@ -218,7 +219,7 @@ def tta_run(tmp_path_factory):
                              "evaluate.bootstrap_resamples=200", "evaluate.gradcam_per_kind=1",
                              "score.engine=eager", "score.workers=1"])
     run = root / "run"
-    save_checkpoint(run / "best.pt", dataclasses.replace(_payload(net, True, tta=T.to_record(T.DEFAULT_VARIANTS)),
+    save_checkpoint(run / "best.pt", dataclasses.replace(_payload(net, True, tta=T.TTARecord(T.DEFAULT_VARIANTS)),
                                                          config=config_to_dict(cfg), manifest_hash=manifest_hash(cache)))
     rows = read_csv(cache / "manifest.csv")
     keys = {s: {"patients": sorted({r["patient_key"] for r in rows if r["split"] == s}),
@@ -308,6 +309,6 @@ def test_training_with_model_tta_records_the_variants(tmp_path):
                   "num_workers": 0, "amp": False, "channels_last": False}})
     train(cfg, cache, tmp_path / "run", device="cpu")
     ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
-    assert ckpt.config["model"]["tta"] is True and T.from_record(ckpt.tta) == T.DEFAULT_VARIANTS
+    assert ckpt.config["model"]["tta"] is True and ckpt.tta and ckpt.tta.variants == T.DEFAULT_VARIANTS
     model, _ = load_model(tmp_path / "run" / "best.pt")
     assert T.variants_of(model) == T.DEFAULT_VARIANTS

@@ -179,17 +179,20 @@ def test_pdf_is_the_html_and_text_stays_text(report, tmp_path):
 
 
 def test_tune_section_shows_failed_arms_replication_and_the_adjusted_auc():
+    from fibrosis.evaluate.tune_record import ArmScore, ReplicationCheck, SelectionAdjusted
     from fibrosis.report.sections.selection import tune_blocks
-    from helpers.records import tune_result
+    from helpers.records import judged_arms, tune_arm, tune_result
 
-    arm = {"name": "reference", "describe": "sklearn", "auc": 0.70, "ci": [0.6, 0.8], "vs_reference": None,
-           "vs_best": None, "vs_base": None, "repeat_aucs": {"0": 0.70, "1": 0.68}, "oof_sd": 4.2, "epoch": 0,
-           "minutes": 0.2, "failed": None}
-    dead = {**arm, "name": "random-init", "auc": None, "ci": None, "failed": "r0-f2: constant held-out logits"}
+    ref, random = judged_arms([{"name": "reference", "depth": 0, "lr_ratio": 1.0, "recipe": "reference"},
+                               {"name": "random-init", "depth": 1, "lr_ratio": 1.0, "init": "random",
+                                "failed": "r0-f2: constant held-out logits"}])
+    arm = tune_arm(ref, describe="sklearn", score=ArmScore(0.70, 0.05, [0.6, 0.8], None),
+                   repeat_aucs={"0": 0.70, "1": 0.68}, oof_sd=4.2, epoch=0, minutes=0.2)
+    dead = tune_arm(random, describe="sklearn", repeat_aucs={"0": 0.70, "1": 0.68}, minutes=0.2)
     t = tune_result(arms=[arm, dead], reason="Chose 'reference': because.", n_dev_patients=290,
-                    replication=[{"chosen": "last1", "rival": "reference", "chosen_auc": [0.72, 0.66],
-                                  "rival_auc": [0.70, 0.68], "holds": False}],
-                    selection_adjusted={"auc": 0.64, "pooled_auc": 0.70, "bias": 0.06})
+                    replication=[ReplicationCheck("last1", "reference", [0, 1], [0.72, 0.66], [0.70, 0.68],
+                                                  [0.02, -0.02], holds=False, failed=False)],
+                    selection_adjusted=SelectionAdjusted(0.64, 0.70, 0.06, 3, 2, "Tibshirani & Tibshirani 2009"))
     blocks = tune_blocks(t)
     table = next(b for b in blocks if b["type"] == "table")
     assert table["rows"][0][:4] == ["reference", "sklearn", "0.700 (0.600 to 0.800)", "the reference"]

@@ -21,7 +21,7 @@ from fibrosis.report.build import write_report
 from fibrosis.report.format import span
 from fibrosis.report.runs import find_runs, scan_runs
 from fibrosis.report.runs_page import write_runs_index
-from fibrosis.train.tune.record import TuneResult
+from fibrosis.evaluate.tune_record import TuneResult
 
 ODD = "group & <b>"  # a folder name the page must escape
 

@@ -66,7 +66,7 @@ def test_aux_heads_leave_the_fibrosis_output_unchanged():
 
 
 def test_checkpoint_with_aux_heads_round_trips(tmp_path):
-    from fibrosis.model.checkpoint import load_model, save_checkpoint
+    from fibrosis.model.checkpoint import AuxRecord, load_model, save_checkpoint
     from fibrosis.config import load_config
 
     torch.manual_seed(0)
@@ -75,7 +75,7 @@ def test_checkpoint_with_aux_heads_round_trips(tmp_path):
         model.aux_head[-1].weight.normal_()
     cfg = load_config(None, ["model.arch=resnet18", "model.weights=none", "model.input_size=32"])
     path = save_checkpoint(tmp_path / "a.pt", checkpoint_of(model, cfg, manifest_hash="x",
-                                                          aux={"names": ["Effusion", "Mass"], "weight": 0.5}))
+                                                          aux=AuxRecord(["Effusion", "Mass"], 0.5, [1.0, 1.0], {}, 2)))
     loaded, ckpt = load_model(path)
     assert ckpt.aux_names == ("Effusion", "Mass") and loaded.aux_names == ("Effusion", "Mass")
     x = torch.randn(2, 1, 32, 32)
@@ -113,8 +113,8 @@ def test_training_with_aux_heads_records_them_and_keeps_one_fibrosis_output(aux_
     from fibrosis.train.loop import train
 
     ckpt = load_checkpoint(aux_run / "best.pt")
-    assert ckpt.aux["names"] == ["Noise", "Stripes"] and ckpt.aux["weight"] == 0.5
-    assert len(ckpt.aux["pos_weight"]) == 2
+    assert ckpt.aux and ckpt.aux.names == ["Noise", "Stripes"] and ckpt.aux.weight == 0.5
+    assert len(ckpt.aux.pos_weight) == 2
     model, _ = load_model(aux_run / "best.pt")
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
@@ -196,13 +196,13 @@ def test_tune_aux_arm_reports_aux_oof_aucs_and_packages_the_heads(aux_cache, tmp
                              "tune.arms=[{name: last1, unfreeze: last1, lr_ratio: 10},"
                              " {name: last1-aux, unfreeze: last1, lr_ratio: 10, aux_weight: 1.0}]"])
     result = run_tune(cfg, aux_cache, tmp_path / "t", progress=False)
-    arms = {a["name"]: a for a in result.arms}
-    assert result.aux["names"] == ["Noise", "Stripes"] and result.skipped_arms == {}
-    assert arms["last1"]["aux_auc"] == {} and set(arms["last1-aux"]["aux_auc"]) == {"Noise", "Stripes"}
-    assert arms["last1-aux"]["vs_base"] is not None and arms["last1"]["vs_base"] is None
-    assert arms["last1-aux"]["base"] == "last1" and arms["last1-aux"]["extras"] == 1
+    arms = {a.name: a for a in result.arms}
+    assert result.aux and result.aux.names == ["Noise", "Stripes"] and result.skipped_arms == {}
+    assert arms["last1"].aux_auc == {} and set(arms["last1-aux"].aux_auc) == {"Noise", "Stripes"}
+    assert arms["last1-aux"].score.vs_base is not None and arms["last1"].score.vs_base is None
+    assert arms["last1-aux"].base == "last1" and arms["last1-aux"].extras == 1
     # The two arms differ only by the auxiliary loss: their fibrosis OOF logits differ.
-    assert arms["last1"]["auc"] != arms["last1-aux"]["auc"] or arms["last1"]["epoch"] != arms["last1-aux"]["epoch"]
+    assert arms["last1"].score.auc != arms["last1-aux"].score.auc or arms["last1"].epoch != arms["last1-aux"].epoch
     # Package the aux arm whatever was chosen: its heads and their OOF AUCs travel in best.pt.
     from fibrosis.train.tune.cv import cross_validate
     from fibrosis.train.tune.package import package
@@ -210,7 +210,7 @@ def test_tune_aux_arm_reports_aux_oof_aucs_and_packages_the_heads(aux_cache, tmp
     cv = cross_validate(cfg, aux_cache, tmp_path / "t", progress=False)  # all units done: reads arm.json
     path = package(cfg, aux_cache, tmp_path / "t", cv, "last1-aux")
     ckpt = load_checkpoint(path)
-    assert ckpt.aux["names"] == ["Noise", "Stripes"] and ckpt.aux["oof_auc"] == arms["last1-aux"]["aux_auc"]
+    assert ckpt.aux and ckpt.aux.names == ["Noise", "Stripes"] and ckpt.aux.oof_auc == arms["last1-aux"].aux_auc
     assert ckpt.config["train"]["aux_weight"] == 1.0
     model, _ = load_model(path)
     assert model.aux_names == ("Noise", "Stripes") and len(model.members) == 3
@@ -231,15 +231,17 @@ def test_tune_skips_aux_arms_with_a_reason_when_the_cache_has_no_auxiliary_label
 
 
 def test_report_lists_the_auxiliary_findings_and_skipped_arms():
+    from fibrosis.evaluate.tune_record import AuxSummary
     from fibrosis.report.sections.selection import tune_aux_blocks
-    from helpers.records import tune_result
+    from helpers.records import judged_arms, tune_arm, tune_result
 
-    t = tune_result(arms=[{"name": "a"}, {"name": "a-aux", "aux_auc": {"Mass": 0.71}}],
-                    aux={"names": ["Mass"], "counts": {"Mass": [12, 300]}, "dropped": {"Hernia": "2 positive"}},
+    a, a_aux = judged_arms([{"name": "a", "depth": 1, "lr_ratio": 10.0}, {"name": "a-aux", "depth": 1, "lr_ratio": 10.0}])
+    t = tune_result(arms=[tune_arm(a), tune_arm(a_aux, aux_auc={"Mass": 0.71})],
+                    aux=AuxSummary(["Mass"], {"Hernia": "2 positive"}, {"Mass": [12, 300]}),
                     skipped_arms={"b-aux": "no labels"})
     blocks = tune_aux_blocks(t)
     table = next(b for b in blocks if b["type"] == "table")
     assert table["rows"] == [["Mass", "12 / 300", "0.710"]] and table["header"][-1] == "OOF AUC, a-aux"
     text = " ".join(b.get("text", "") for b in blocks)
     assert "'b-aux' was not run: no labels" in text and "Hernia: 2 positive" in text
-    assert tune_aux_blocks(tune_result(arms=[{"name": "a"}])) == []
+    assert tune_aux_blocks(tune_result(arms=[tune_arm(a)])) == []

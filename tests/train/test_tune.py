@@ -15,12 +15,14 @@ import torch
 from fibrosis.config import ConfigError, load_config
 from fibrosis.data.synthetic import make_synthetic_cache
 from fibrosis.evaluate.selection import first_choice, select_arm
+from fibrosis.evaluate.tune_record import ArmTraits
 from fibrosis.model.checkpoint import load_checkpoint, load_model
 from fibrosis.model.ensemble import EnsembleNet
 from fibrosis.model.net import build_model
 from fibrosis.train.folds import check_folds, make_folds
 from fibrosis.train.probe import fit_probe
 from fibrosis.train.stages import forward_from, forward_range, last_stages, n_groups
+from helpers.records import judged_arms
 
 
 @pytest.fixture(autouse=True)
@@ -104,17 +106,17 @@ ARMS = [  # name, pooled OOF AUC, DeLong SE, depth (0 = head only), lr_ratio
 def test_one_standard_error_rule_on_hand_checkable_numbers():
     # Best: all-x0.1 at 0.86, SE 0.03 -> arms >= 0.83 qualify: last1-x0.1, last1-x0.01, all-x0.1.
     # Least unfrozen among them: depth 1; of the two, the slower backbone (lr / 100) wins.
-    name, reason = first_choice(ARMS, "one-se")
+    name, reason = first_choice(judged_arms(ARMS), "one-se")
     assert name == "last1-x0.01"
     assert "within one standard error (0.030)" in reason and "'all-x0.1' (0.860)" in reason
     # head-only (0.78) is outside 0.86 - 0.03; with a wider SE it is chosen.
     wide = [dict(a, se=0.09) if a["name"] == "all-x0.1" else a for a in ARMS]
-    assert first_choice(wide, "one-se")[0] == "head-only"
-    assert first_choice(ARMS, "best")[0] == first_choice(ARMS, "replicated")[0] == "all-x0.1"
+    assert first_choice(judged_arms(wide), "one-se")[0] == "head-only"
+    assert first_choice(judged_arms(ARMS), "best")[0] == first_choice(judged_arms(ARMS), "replicated")[0] == "all-x0.1"
     with pytest.raises(ValueError, match=r"tune.selection='worst'; allowed: \['replicated', 'one-se', 'best'\]"):
-        first_choice(ARMS, "worst")
+        first_choice(judged_arms(ARMS), "worst")
     # Alone at the top with nothing less unfrozen within one SE: the best arm itself.
-    assert first_choice([ARMS[1], dict(ARMS[4], se=0.01)], "one-se")[0] == "all-x0.1"
+    assert first_choice(judged_arms([ARMS[1], dict(ARMS[4], se=0.01)]), "one-se")[0] == "all-x0.1"
 
 
 def test_select_arm_table_has_delong_ci_and_paired_tests():
@@ -122,37 +124,37 @@ def test_select_arm_table_has_delong_ci_and_paired_tests():
     y = np.r_[np.ones(30), np.zeros(90)].astype(int)
     good = y * 1.5 + rng.normal(size=len(y))
     noise = rng.normal(size=len(y))
-    meta = {"head-only": {"depth": 0, "lr_ratio": 1.0, "init": "pretrained"},
-            "random-init": {"depth": 1000, "lr_ratio": 1.0, "init": "random"}}
-    sel = select_arm(y, {"head-only": good, "random-init": noise}, meta)
-    arms = {a["name"]: a for a in sel["arms"]}
-    assert sel["chosen"] == "head-only" and sel["random_control"] == "random-init"
-    h = arms["head-only"]
-    assert h["ci"][0] < h["auc"] < h["ci"][1] and h["vs_random"]["p"] < 0.01
-    assert h["vs_random"]["difference"] == pytest.approx(h["auc"] - arms["random-init"]["auc"])
-    assert arms["random-init"]["vs_best"]["difference"] < 0
+    arms = [ArmTraits("head-only", depth=0, lr_ratio=1.0, init="pretrained"),
+            ArmTraits("random-init", depth=1000, lr_ratio=1.0, init="random")]
+    sel = select_arm(y, {"head-only": good, "random-init": noise}, arms)
+    assert sel.chosen == "head-only" and sel.random_control == "random-init"
+    h = sel.arm("head-only").score
+    assert h.ci and h.auc and h.vs_random and h.ci[0] < h.auc < h.ci[1] and h.vs_random.p < 0.01
+    assert h.vs_random.difference == pytest.approx(h.auc - sel.arm("random-init").auc)
+    vs_best = sel.arm("random-init").score.vs_best
+    assert vs_best and vs_best.difference < 0
 
 
 def test_one_se_rule_never_chooses_a_failed_arm_and_ranks_the_reference_simplest():
     ref = {"name": "reference", "auc": 0.80, "se": 0.05, "depth": 0, "lr_ratio": 1.0, "recipe": "reference"}
     probe = {"name": "head-only", "auc": 0.81, "se": 0.05, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft"}
     # Equally unfrozen and within one SE: the plain baseline is the simpler choice.
-    assert first_choice([probe, ref], "one-se")[0] == "reference"
+    assert first_choice(judged_arms([probe, ref]), "one-se")[0] == "reference"
     broken = {"name": "last1", "auc": 0.99, "se": 0.01, "depth": 1, "lr_ratio": 10.0, "failed": "r0-f1: constant"}
-    assert first_choice([probe, ref, broken], "one-se")[0] == "reference"  # its 0.99 is ties, not a model
-    assert first_choice([probe, ref, broken], "replicated")[0] == "head-only"
+    assert first_choice(judged_arms([probe, ref, broken]), "one-se")[0] == "reference"  # ties, not a model
+    assert first_choice(judged_arms([probe, ref, broken]), "replicated")[0] == "head-only"
     with pytest.raises(ValueError, match="every arm failed"):
-        first_choice([broken], "replicated")
+        first_choice(judged_arms([broken]), "replicated")
 
 
 def test_select_arm_gives_a_failed_arm_no_auc():
     rng = np.random.default_rng(0)
     y = np.r_[np.ones(20), np.zeros(60)].astype(int)
-    meta = {"head-only": {"depth": 0, "lr_ratio": 1.0, "init": "pretrained", "recipe": "lp-ft"},
-            "dead": {"depth": 1, "lr_ratio": 10.0, "init": "pretrained", "recipe": "lp-ft", "failed": "r0-f0: constant"}}
-    sel = select_arm(y, {"head-only": y + rng.normal(size=80), "dead": np.zeros(80)}, meta)
-    dead = next(a for a in sel["arms"] if a["name"] == "dead")
-    assert dead["auc"] is None and dead["ci"] is None and dead["vs_best"] is None and sel["chosen"] == "head-only"
+    arms = [ArmTraits("head-only", depth=0, lr_ratio=1.0),
+            ArmTraits("dead", depth=1, lr_ratio=10.0, failed="r0-f0: constant")]
+    sel = select_arm(y, {"head-only": y + rng.normal(size=80), "dead": np.zeros(80)}, arms)
+    dead = sel.arm("dead").score
+    assert dead.auc is None and dead.ci is None and dead.vs_best is None and sel.chosen == "head-only"
 
 
 def test_constant_fold_logits_are_caught():
@@ -168,11 +170,12 @@ def test_constant_fold_logits_are_caught():
 def test_replication_and_rival_on_hand_checkable_numbers():
     from fibrosis.evaluate.selection import replication, rival, rivals
 
-    table = [{"name": "reference", "auc": 0.70, "depth": 0, "lr_ratio": 1.0, "recipe": "reference"},
-             {"name": "head-only", "auc": 0.72, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft"},
-             {"name": "head-only+tta", "auc": 0.74, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft", "tta": True},
-             {"name": "last1", "auc": 0.80, "depth": 1, "lr_ratio": 10.0, "recipe": "lp-ft"},
-             {"name": "dead", "auc": None, "depth": 0, "lr_ratio": 100.0, "recipe": "lp-ft", "failed": "x"}]
+    table = judged_arms([
+        {"name": "reference", "auc": 0.70, "depth": 0, "lr_ratio": 1.0, "recipe": "reference"},
+        {"name": "head-only", "auc": 0.72, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft"},
+        {"name": "head-only+tta", "auc": 0.74, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft", "tta": True},
+        {"name": "last1", "auc": 0.80, "depth": 1, "lr_ratio": 10.0, "recipe": "lp-ft"},
+        {"name": "dead", "auc": None, "depth": 0, "lr_ratio": 100.0, "recipe": "lp-ft", "failed": "x"}])
     assert rival(table, "last1") == "head-only+tta"  # the best simpler arm (failed ones never count)
     assert rival(table, "head-only+tta") == "head-only" and rival(table, "head-only") == "reference"
     assert rival(table, "reference") is None
@@ -180,9 +183,9 @@ def test_replication_and_rival_on_hand_checkable_numbers():
     y = np.array([0, 0, 0, 1, 1])
     good, bad = np.array([0., 1, 2, 3, 4]), np.array([0., 3, 2, 1, 4])  # AUC 1 and 4/6
     reps = {"a": {0: good, 1: good}, "b": {0: bad, 1: bad}, "c": {0: good, 1: bad}}
-    assert replication(y, "a", "b", reps)["holds"]
+    assert replication(y, "a", "b", reps).holds
     check = replication(y, "c", "b", reps)  # a win in repeat 0 and a tie in repeat 1: not replicated
-    assert not check["holds"] and check["difference"] == pytest.approx([1 / 3, 0.0]) and check["repeats"] == [0, 1]
+    assert not check.holds and check.difference == pytest.approx([1 / 3, 0.0]) and check.repeats == [0, 1]
 
 
 def test_a_choice_must_beat_every_arm_on_its_path_of_simpler_rivals():
@@ -190,10 +193,11 @@ def test_a_choice_must_beat_every_arm_on_its_path_of_simpler_rivals():
     head-only in one, so head-only takes its place and is checked against the rest of the path."""
     from fibrosis.evaluate.selection import replicated_choice
 
-    table = [{"name": "reference", "auc": 0.70, "depth": 0, "lr_ratio": 1.0, "recipe": "reference"},
-             {"name": "head-only", "auc": 0.72, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft"},
-             {"name": "head-only+tta", "auc": 0.74, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft", "tta": True},
-             {"name": "last1", "auc": 0.80, "depth": 1, "lr_ratio": 10.0, "recipe": "lp-ft"}]
+    table = judged_arms([
+        {"name": "reference", "auc": 0.70, "depth": 0, "lr_ratio": 1.0, "recipe": "reference"},
+        {"name": "head-only", "auc": 0.72, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft"},
+        {"name": "head-only+tta", "auc": 0.74, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft", "tta": True},
+        {"name": "last1", "auc": 0.80, "depth": 1, "lr_ratio": 10.0, "recipe": "lp-ft"}])
     y = np.array([0, 0, 0, 1, 1])
     auc1, auc5, auc3 = np.array([0., 1, 2, 3, 4]), np.array([0., 1, 3, 2, 4]), np.array([0., 3, 2, 1, 4])  # AUC 1, 5/6, 4/6
     auc2 = np.array([0., 3, 4, 1, 2])  # AUC 2/6
@@ -203,13 +207,13 @@ def test_a_choice_must_beat_every_arm_on_its_path_of_simpler_rivals():
             "reference": {0: auc2, 1: auc2}}
     chosen, checks = replicated_choice(y, table, "last1", reps)
     assert chosen == "head-only"
-    assert [(c["chosen"], c["rival"], c["holds"]) for c in checks] == [
+    assert [(c.chosen, c.rival, c.holds) for c in checks] == [
         ("last1", "head-only+tta", True), ("last1", "head-only", False), ("head-only", "reference", True)]
     chosen, checks = replicated_choice(y, table, "last1", reps, failed=["last1"])  # a failed arm beats nothing
-    assert chosen == "head-only" and checks[0]["failed"] and not checks[0]["holds"] and not checks[1]["failed"]
+    assert chosen == "head-only" and checks[0].failed and not checks[0].holds and not checks[1].failed
     # ... and takes no place: head-only failed, so last1 is checked against the reference only after it
     chosen, checks = replicated_choice(y, table, "last1", reps, failed=["head-only"])
-    assert chosen == "last1" and [c["rival"] for c in checks] == ["head-only+tta", "reference"]
+    assert chosen == "last1" and [c.rival for c in checks] == ["head-only+tta", "reference"]
     with pytest.raises(ValueError, match=r"'reference' failed in a further deal .* no simpler arm"):
         replicated_choice(y, table, "reference", reps, failed=["reference"])
     assert replicated_choice(y, table, "reference", reps) == ("reference", [])
@@ -220,11 +224,12 @@ def test_an_add_on_must_beat_its_own_recipe_without_it():
     judged against last1, the same recipe without it: last1 is on the path, and here it wins."""
     from fibrosis.evaluate.selection import replicated_choice, rivals
 
-    table = [{"name": "reference", "auc": 0.70, "depth": 0, "lr_ratio": 1.0, "recipe": "reference"},
-             {"name": "head-only", "auc": 0.72, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft"},
-             {"name": "last1", "auc": 0.71, "depth": 1, "lr_ratio": 100.0, "recipe": "lp-ft"},
-             {"name": "last1-aux", "auc": 0.75, "depth": 1, "lr_ratio": 100.0, "recipe": "lp-ft", "extras": 1,
-              "base": "last1"}]
+    table = judged_arms([
+        {"name": "reference", "auc": 0.70, "depth": 0, "lr_ratio": 1.0, "recipe": "reference"},
+        {"name": "head-only", "auc": 0.72, "depth": 0, "lr_ratio": 1.0, "recipe": "lp-ft"},
+        {"name": "last1", "auc": 0.71, "depth": 1, "lr_ratio": 100.0, "recipe": "lp-ft"},
+        {"name": "last1-aux", "auc": 0.75, "depth": 1, "lr_ratio": 100.0, "recipe": "lp-ft", "extras": 1,
+         "base": "last1"}])
     assert rivals(table, "last1-aux") == ["last1", "head-only", "reference"]
     y = np.array([0, 0, 0, 1, 1])
     auc1, auc5, auc3, auc2 = (np.array([0., 1, 2, 3, 4]), np.array([0., 1, 3, 2, 4]), np.array([0., 3, 2, 1, 4]),
@@ -232,7 +237,7 @@ def test_an_add_on_must_beat_its_own_recipe_without_it():
     reps = {"last1-aux": {0: auc1, 1: auc3}, "last1": {0: auc5, 1: auc5}, "head-only": {0: auc3, 1: auc2},
             "reference": {0: auc2, 1: auc2}}
     chosen, checks = replicated_choice(y, table, "last1-aux", reps)
-    assert chosen == "last1" and [c["rival"] for c in checks] == ["last1", "head-only", "reference"]
+    assert chosen == "last1" and [c.rival for c in checks] == ["last1", "head-only", "reference"]
 
 
 def test_selection_adjusted_auc_hand_checked():
@@ -241,8 +246,8 @@ def test_selection_adjusted_auc_hand_checked():
     folds = {"a": {"f0": 0.8, "f1": 0.6, "f2": None}, "b": {"f0": 0.7, "f1": 0.9, "f2": 0.5}}
     # chosen a: fold 0 it is the best (gap 0), fold 1 b is 0.3 better, fold 2 has one class for a: skipped
     adj = selection_adjusted(folds, "a", 0.75)
-    assert adj["bias"] == pytest.approx(0.15) and adj["auc"] == pytest.approx(0.60) and adj["folds"] == 2
-    assert selection_adjusted({"a": {"f0": 0.9}, "b": {"f0": 0.7}}, "a", 0.9)["bias"] == 0.0
+    assert adj.bias == pytest.approx(0.15) and adj.auc == pytest.approx(0.60) and adj.folds == 2
+    assert selection_adjusted({"a": {"f0": 0.9}, "b": {"f0": 0.7}}, "a", 0.9).bias == 0.0
 
 
 def test_reference_probe_is_scikit_learns_logistic_regression_cv():
@@ -338,30 +343,30 @@ def tuned(cache, tmp_path_factory):
 @pytest.mark.slow
 def test_tune_writes_table_choice_and_an_ensemble_checkpoint(tuned, cache):
     out, result = tuned
-    names = [a["name"] for a in result.arms]  # tune.tta (default): each arm's TTA twin right after it
+    names = [a.name for a in result.arms]  # tune.tta (default): each arm's TTA twin right after it
     assert names == [n + t for n in NAMES for t in ("", "+tta") if not (n == "random-init" and t)]
     assert result.chosen in names and result.reason.startswith(f"Chose {result.chosen!r}")
     assert result.random_control == "random-init"  # the control as trained, not its twin
     assert result.reference == "reference" and names[0] == "reference"  # shown first
     for a in result.arms:
-        assert not a["failed"], a  # the random control learns too: no constant fold model
-        assert a["ci"] and len(a["roc"]["fpr"]) > 2 and a["minutes"] >= 0 and a["oof_sd"] > 0
-        assert (a["vs_random"] is None) == (a["name"] == "random-init")
-        assert (a["vs_reference"] is None) == (a["name"] == "reference")
+        assert not a.failed, a  # the random control learns too: no constant fold model
+        assert a.score.ci and a.score.roc and len(a.score.roc["fpr"]) > 2 and a.minutes >= 0 and a.oof_sd > 0
+        assert (a.score.vs_random is None) == (a.name == "random-init")
+        assert (a.score.vs_reference is None) == (a.name == "reference")
     # The finalists (the choice, its simpler rival, the reference) ran a second deal of the folds.
     finalists = ({result.chosen, result.first_choice, result.reference}
-                 | {c[k] for c in result.replication for k in ("chosen", "rival")})
+                 | {n for c in result.replication for n in (c.chosen, c.rival)})
     for a in result.arms:
-        assert len(a["repeat_aucs"]) == (2 if a["name"] in finalists else 1), a["name"]
+        assert len(a.repeat_aucs) == (2 if a.name in finalists else 1), a.name
     adj = result.selection_adjusted
-    assert adj["auc"] <= adj["pooled_auc"] and adj["bias"] >= 0 and adj["folds"] == 3
+    assert adj and adj.auc <= adj.pooled_auc and adj.bias >= 0 and adj.folds == 3
     # The fine-tuning arm's budget came from the OOF curve; its other epochs' weights are gone.
-    ft = next(a for a in result.arms if a["name"] == "last1-x0.1")
-    assert 1 <= ft["epoch"] <= 2 and len(ft["curve"]) == 3
-    assert sorted(p.name for p in (out / "cv" / "last1-x0.1" / "r0-f0").glob("epoch-*.pt")) == [f"epoch-{ft['epoch']}.pt"]
+    ft = result.arm("last1-x0.1")
+    assert 1 <= ft.epoch <= 2 and len(ft.curve) == 3
+    assert sorted(p.name for p in (out / "cv" / "last1-x0.1" / "r0-f0").glob("epoch-*.pt")) == [f"epoch-{ft.epoch}.pt"]
     json.loads((out / "tune.json").read_text())
     ckpt = load_checkpoint(out / "best.pt")
-    assert ckpt.ensemble["members"] == 3 and ckpt.threshold["chosen_on"] == "out-of-fold"
+    assert ckpt.ensemble and ckpt.ensemble.members == 3 and ckpt.threshold["chosen_on"] == "out-of-fold"
     assert ckpt.preprocessing.gray_fold == "rgb-stem"
     test_keys = {r["patient_key"] for r in csv.DictReader(open(cache / "manifest.csv")) if r["split"] == "test"}
     assert not test_keys & set(ckpt.split_keys["train"]["patients"])
@@ -405,8 +410,8 @@ def test_resume_after_interruption_gives_the_same_result(cache, tuned, tmp_path)
     result = run_tune(cfg, cache, out, progress=False)
     ref = tuned[1]
     for a, b in zip(result.arms, ref.arms, strict=True):
-        assert a["name"] == b["name"] and a["epoch"] == b["epoch"]
-        assert a["auc"] == pytest.approx(b["auc"], abs=1e-9)
+        assert a.name == b.name and a.epoch == b.epoch
+        assert a.score.auc == pytest.approx(b.score.auc, abs=1e-9)
     assert result.chosen == ref.chosen and (out / "best.pt").is_file()
 
 
@@ -469,7 +474,7 @@ def test_ensemble_round_trips_through_evaluate_and_score(tuned, cache, tmp_path,
 
     html = unescape((write_report(run, tmp_path / "report") / "report.html").read_text())
     assert "How much to unfreeze?" in html and result.reason.split(":")[0] in html
-    assert all(a["name"] in html for a in result.arms)
+    assert all(a.name in html for a in result.arms)
     frozen = json.loads(evaluate_run(run, cache, frozen=True, gradcam=False, device="cpu").read_text())
     assert frozen["discrimination"]["auc"] == pytest.approx(metrics["discrimination"]["auc"])
 
@@ -531,10 +536,10 @@ def test_calibrated_loss_ignores_logit_scale_and_judges_ranking():
 def test_one_se_rule_ranks_a_tta_twin_just_after_its_arm():
     twin = {"name": "last1-x0.01+tta", "auc": 0.845, "se": 0.04, "depth": 1, "lr_ratio": 100.0, "tta": True}
     # Within one SE of the best (0.86 - 0.03) and higher than its arm, but TTA counts as more: the arm wins.
-    assert first_choice(ARMS + [twin], "one-se")[0] == "last1-x0.01"
+    assert first_choice(judged_arms(ARMS + [twin]), "one-se")[0] == "last1-x0.01"
     # A twin that beats everything by more than the plain arms' reach is chosen (depth 0 < 1).
     best = {"name": "head-only+tta", "auc": 0.90, "se": 0.03, "depth": 0, "lr_ratio": 1.0, "tta": True}
-    assert first_choice(ARMS + [best], "one-se")[0] == "head-only+tta"
+    assert first_choice(judged_arms(ARMS + [best]), "one-se")[0] == "head-only+tta"
 
 
 def test_arm_names_ending_in_plus_tta_are_reserved():
@@ -551,15 +556,16 @@ def test_tta_twins_table_cache_and_identity_check(tuned, cache, tmp_path):
     from fibrosis.train.tune.tta import tta_twin
 
     out, result = tuned
-    arms = {a["name"]: a for a in result.arms}
+    arms = {a.name: a for a in result.arms}
     assert "random-init+tta" not in arms  # the control is judged as trained
     for name in ("reference", "head-only", "last1-x0.1", "partial"):
         twin = arms[f"{name}+tta"]
-        assert twin["tta"] and twin["base_arm"] == name and twin["epoch"] == arms[name]["epoch"]
-        assert twin["depth"] == arms[name]["depth"] and twin["ci"] and twin["tta_seconds"] >= 0
-        assert twin["vs_base"]["difference"] == pytest.approx(twin["auc"] - arms[name]["auc"])
-        assert 0 <= twin["vs_base"]["p"] <= 1 and arms[name]["vs_base"] is None
-        assert [v["name"] for v in twin["tta_variants"]["variants"]] == [v.name for v in DEFAULT_VARIANTS]
+        assert twin.twin and twin.twin.base_arm == name and twin.epoch == arms[name].epoch
+        assert twin.depth == arms[name].depth and twin.score.ci and twin.twin.tta_seconds >= 0
+        vs_base, auc, base_auc = twin.score.vs_base, twin.score.auc, arms[name].score.auc
+        assert vs_base and auc and base_auc and vs_base.difference == pytest.approx(auc - base_auc)
+        assert 0 <= vs_base.p <= 1 and arms[name].score.vs_base is None
+        assert [v["name"] for v in twin.twin.tta_variants["variants"]] == [v.name for v in DEFAULT_VARIANTS]
         assert (out / "cv" / f"{name}+tta" / "arm.json").is_file()
         assert sorted(p.name for p in (out / "cv" / f"{name}+tta").glob("r0-f*.json")) == \
             ["r0-f0.json", "r0-f1.json", "r0-f2.json"]
@@ -583,7 +589,7 @@ def test_tta_twins_table_cache_and_identity_check(tuned, cache, tmp_path):
 
     for name in ("head-only", "last1-x0.1"):
         arm = next(a for a in arms_ if a.name == name)
-        epoch = arms[name]["epoch"]
+        epoch = arms[name].epoch
         rec = json.loads((out / "cv" / f"{name}+tta" / "r0-f1.json").read_text())
         base_model(ctx, arm)
         model = member(ctx, arm, work / "cv" / name / "r0-f1", epoch).set_tta(DEFAULT_VARIANTS)
@@ -612,11 +618,11 @@ def test_choosing_a_tta_twin_packages_a_checkpoint_with_tta_on(tuned, cache, tmp
     shutil.copytree(tuned[0], out)
     cfg = load_config(None, BASE)
     cv = cross_validate(cfg, cache, out, progress=False)  # everything cached: nothing trains or predicts
-    assert [r.arm.name for r in cv.arms] == [a["name"] for a in tuned[1].arms]
+    assert [r.arm.name for r in cv.arms] == [a.name for a in tuned[1].arms]
     path = package(cfg, cache, out, cv, "last1-x0.1+tta")
     ckpt = load_checkpoint(path)
-    assert ckpt.config["model"]["tta"] is True and ckpt.tune["arm"] == "last1-x0.1+tta"
-    assert "test-time augmentation" in ckpt.preset and ckpt.ensemble["members"] == 3
+    assert ckpt.config["model"]["tta"] is True and ckpt.tune and ckpt.tune.arm == "last1-x0.1+tta"
+    assert "test-time augmentation" in ckpt.preset and ckpt.ensemble and ckpt.ensemble.members == 3
     model, _ = load_model(path)
     assert isinstance(model, EnsembleNet) and variants_of(model) == DEFAULT_VARIANTS
     assert all(m.tta is None for m in model.members)  # applied once, by the ensemble
@@ -659,8 +665,8 @@ def test_train_recipe_arm_is_fibrosis_train_on_each_fold(tuned, cache):
     from fibrosis.train.tune.context import UnitRecord
 
     out, result = tuned
-    arm = next(a for a in result.arms if a["name"] == "partial")
-    assert arm["recipe"] == "train" and arm["depth"] == 1 and arm["lr_ratio"] == pytest.approx(10.0)
+    arm = result.arm("partial")
+    assert arm.recipe == "train" and arm.depth == 1 and arm.lr_ratio == pytest.approx(10.0)
     rows = read_csv(cache / "manifest.csv")
     folds = [r for r in csv.DictReader(open(out / "folds.csv")) if r["repeat"] == "0" and r["fold"] == "0"]
     heldout = {r["content_hash"] for r in folds}

@@ -9,7 +9,7 @@ from fibrosis.evaluate.reader import ReaderVsModel
 from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.evaluate.run import OOF_FIT
 from fibrosis.report.format import ci_label, pct
-from fibrosis.train.tune.record import TuneResult
+from fibrosis.evaluate.tune_record import TuneResult
 
 Block = dict[str, Any]
 

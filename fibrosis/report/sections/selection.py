@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from fibrosis.evaluate.tune_record import Paired
 from fibrosis.report.format import NA, estimate, num, p_value
 from fibrosis.report.sections.context import Block, Context
-from fibrosis.train.tune.record import TuneResult
+from fibrosis.evaluate.tune_record import TuneResult
 
 
 def tta_text(record: dict[str, Any] | None) -> str:
@@ -79,31 +80,32 @@ def model_blocks(ctx: Context) -> list[Block]:
     return blocks + (tune_blocks(ctx.tune) if ctx.tune else [])
 
 
-def _vs(d: dict[str, Any] | None, absent: str) -> str:
-    return absent if not d else f"{num(d['difference'], 'difference', sign=True)} (p = {p_value(d['p'])})"
+def _vs(d: Paired | None, absent: str) -> str:
+    return absent if not d else f"{num(d.difference, 'difference', sign=True)} (p = {p_value(d.p)})"
 
 
 def tune_blocks(t: TuneResult) -> list[Block]:
     """"How much to unfreeze?": the `fibrosis tune` arms table, OOF ROC curves and the choice."""
-    twins = any(a.get("tta") for a in t.arms)  # tune.tta: "<arm>+tta" rows, the same models with TTA
+    twins = any(a.tta for a in t.arms)  # tune.tta: "<arm>+tta" rows, the same models with TTA
     rows = []
     for a in t.arms:
-        reps = ", ".join(num(v, "auc") for v in (a.get("repeat_aucs") or {}).values())
-        minutes = (f"{a.get('minutes', 0):.1f} ({a.get('cpu_minutes', 0):.1f} CPU)"
-                   + (f"; TTA {a['tta_seconds']:.0f} s" if a.get("tta") else ""))
-        if a.get("failed"):
-            rows.append([a["name"], a.get("describe", ""), f"failed: {a['failed']}", NA, NA, NA, NA, NA, minutes])
+        reps = ", ".join(num(v, "auc") for v in a.repeat_aucs.values())
+        minutes = (f"{a.minutes:.1f} ({a.cpu_minutes:.1f} CPU)"
+                   + (f"; TTA {a.twin.tta_seconds:.0f} s" if a.twin else ""))
+        if a.failed:
+            rows.append([a.name, a.describe, f"failed: {a.failed}", NA, NA, NA, NA, NA, minutes])
             continue
-        rows.append([a["name"], a.get("describe", ""), estimate(a["auc"], a["ci"], "auc"),
-                     _vs(a.get("vs_reference"), "the reference"), _vs(a.get("vs_best"), "the best"),
-                     _vs(a.get("vs_base"), "no base arm"), reps or NA,
-                     str(a.get("epoch", NA)), minutes])
+        s = a.score
+        rows.append([a.name, a.describe, estimate(s.auc, s.ci, "auc"),
+                     _vs(s.vs_reference, "the reference"), _vs(s.vs_best, "the best"),
+                     _vs(s.vs_base, "no base arm"), reps or NA,
+                     str(a.epoch), minutes])
     reps = f" \u00d7 {t.repeats} repeats" if t.repeats > 1 else ""
-    adj = t.selection_adjusted or None
+    adj = t.selection_adjusted
     replicated = " ".join(
-        f"{c['chosen']!r} against the simpler {c['rival']!r}: AUC per repeat "
-        + ", ".join(f"{num(a, 'auc')} vs {num(b, 'auc')}" for a, b in zip(c["chosen_auc"], c["rival_auc"]))
-        + (" (kept)." if c["holds"] else " (not kept: it failed in a further deal of the folds)." if c.get("failed")
+        f"{c.chosen!r} against the simpler {c.rival!r}: AUC per repeat "
+        + ", ".join(f"{num(a, 'auc')} vs {num(b, 'auc')}" for a, b in zip(c.chosen_auc, c.rival_auc))
+        + (" (kept)." if c.holds else " (not kept: it failed in a further deal of the folds)." if c.failed
            else " (not kept: the gain did not replicate).") for c in t.replication)
     lvl = f"{100 * float(t.level):.4g}% CI"
     blocks: list[Block] = [
@@ -140,9 +142,9 @@ def tune_blocks(t: TuneResult) -> list[Block]:
     return blocks + tune_aux_blocks(t) + [
         {"type": "p", "style": "summary", "text": t.reason + (
             f" Replication over the repeats of the cross-validation: {replicated}" if replicated else "") + (
-            f" Its pooled out-of-fold AUC ({num(adj['pooled_auc'], 'auc')}) is optimistic, since it was chosen on "
+            f" Its pooled out-of-fold AUC ({num(adj.pooled_auc, 'auc')}) is optimistic, since it was chosen on "
             "these predictions; the selection-adjusted estimate (Tibshirani & Tibshirani 2009) is "
-            f"{num(adj['auc'], 'auc')}. The held-out results in this report are the unbiased estimate." if adj else "")
+            f"{num(adj.auc, 'auc')}. The held-out results in this report are the unbiased estimate." if adj else "")
             + (f" The model evaluated here is its {t.folds * t.repeats} fold models as one ensemble "
                "(mean logit); calibration and thresholds were fitted on the pooled out-of-fold logits."
                if t.final == "ensemble" else
@@ -157,15 +159,15 @@ def tune_aux_blocks(t: TuneResult) -> list[Block]:
     for name, why in t.skipped_arms.items():
         out.append({"type": "p", "text": f"Arm {name!r} was not run: {why}."})
     aux = t.aux
-    arms = [a for a in t.arms if a.get("aux_auc")]
-    if aux.get("names") and arms:
-        rows = [[n, f"{aux['counts'][n][0]} / {aux['counts'][n][1]}"]
-                + [num(a["aux_auc"].get(n), "auc") for a in arms] for n in aux["names"]]
+    arms = [a for a in t.arms if a.aux_auc]
+    if aux and aux.names and arms:
+        rows = [[n, f"{aux.counts[n][0]} / {aux.counts[n][1]}"]
+                + [num(a.aux_auc.get(n), "auc") for a in arms] for n in aux.names]
         out.append({"type": "table", "caption": "Auxiliary findings used as extra training targets "
                     "(context: each head's own pooled out-of-fold AUC; not validated here)",
-                    "header": ["finding", "labelled + / \u2212"] + [f"OOF AUC, {a['name']}" for a in arms],
+                    "header": ["finding", "labelled + / \u2212"] + [f"OOF AUC, {a.name}" for a in arms],
                     "rows": rows})
-        if aux.get("dropped"):
+        if aux.dropped:
             out.append({"type": "p", "text": "No head (too few labels): " + "; ".join(
-                f"{k}: {v}" for k, v in aux["dropped"].items()) + "."})
+                f"{k}: {v}" for k, v in aux.dropped.items()) + "."})
     return out

@@ -9,7 +9,7 @@ fibrosis.evaluate.selection; the `tune` command (fibrosis.pipeline.tune) compose
 """
 from fibrosis._exports import lazy
 
-# Lazy: the report reads tune.json through fibrosis.train.tune.record without loading torch.
+# Lazy: importing the package loads none of its torch-heavy modules.
 _EXPORTS = {
     "CVResult": "fibrosis.train.tune.cv",
     "cross_validate": "fibrosis.train.tune.cv",

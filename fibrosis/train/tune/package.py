@@ -16,11 +16,12 @@ from fibrosis import artefacts
 from fibrosis.config import Config, config_to_dict
 from fibrosis.data.cache import CacheReader, manifest_hash
 from fibrosis.io import package_versions
-from fibrosis.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fibrosis.model.ensemble import EnsembleNet, ensemble_record
+from fibrosis.model.checkpoint import (Checkpoint, EnsembleRecord, TuneProvenance, load_checkpoint,
+                                       save_checkpoint)
+from fibrosis.model.ensemble import EnsembleNet
 from fibrosis.model.net import FibrosisNet
 from fibrosis.model.tta import describe as tta_describe
-from fibrosis.model.tta import to_record as tta_record
+from fibrosis.model.tta import TTARecord
 from fibrosis.train.aux import aux_record
 from fibrosis.train.folds import Fold
 from fibrosis.train.loop import cache_ingest_config, train
@@ -57,8 +58,8 @@ def package(cfg: Config, cache_dir: str | Path, out_dir: str | Path, cv: CVResul
     if cfg.tune.final == "ensemble":
         members = [member(ctx, arm, arm_dir / f.name, res.epoch) for f in folds]
         model: FibrosisNet | EnsembleNet = EnsembleNet(members)
-        record = ensemble_record(len(folds), arm=arm.name, epoch=res.epoch, folds=cfg.tune.folds,
-                                 repeats=cfg.tune.repeats)
+        record: EnsembleRecord | None = EnsembleRecord(len(folds), arm=arm.name, epoch=res.epoch,
+                                                       folds=cfg.tune.folds, repeats=cfg.tune.repeats)
         unit0 = arm_dir / folds[0].name
     elif arm.recipe == "train":  # refit: `fibrosis train` itself, on the manifest's train/val split
         unit0 = out_dir / "refit"
@@ -84,22 +85,23 @@ def package(cfg: Config, cache_dir: str | Path, out_dir: str | Path, cv: CVResul
         stages = [{"name": "linear probe", "epochs": 0, "lr": None, "unfreeze": []}] + (
             [{"name": "finetune", "epochs": res.epoch, "lr": cfg.tune.lr / arm.cfg.lr_ratio,
               "unfreeze": list(arm.groups)}] if arm.fine_tunes else [])
-        aux = ({**aux_record(ctx.aux_names, arm.cfg.aux_weight, ctx.aux_labels(), ctx.aux_dropped,
-                             cfg.train.aux_min_positives), "oof_auc": res.aux_auc} if arm.aux else None)
+        aux = (dataclasses.replace(
+            aux_record(ctx.aux_names, arm.cfg.aux_weight, ctx.aux_labels(), ctx.aux_dropped,
+                       cfg.train.aux_min_positives), oof_auc=res.aux_auc) if arm.aux else None)
     what = (f"{len(folds)} fold models, mean logit" if record else "refit on all development data")
     if arm.recipe != "train":  # `fibrosis train` chose its own best epoch on its validation part
         what = f"{plural(res.epoch, 'fine-tuning epoch')}, {what}"
     ckpt = Checkpoint(
         weights=model.state_dict(), config=config_to_dict(acfg), arch=arm.arch, preprocessing=first.preprocessing,
         weights_info=dict(first.weights_info), pretrained=bool(first.pretrained) and arm.cfg.init == "pretrained",
-        manifest_hash=manifest_hash(cache_dir), world_size=1, tta=tta_record(tta),
+        manifest_hash=manifest_hash(cache_dir), world_size=1, tta=TTARecord.of(tta),
         # Every development patient trained some member (or the refit), so all count as
         # "train" for evaluate's held-out checks; val is folded into the folds.
         split_keys={"train": _keys(ctx.rows, ctx.dev), "val": {"patients": [], "images": []}},
         preset=f"tune: arm {chosen!r} ({arm.describe(cfg)}), {what}"
                + (f", test-time augmentation ({tta_describe(tta)})" if tta else ""),
         stages=stages, best_epoch=res.epoch, versions=package_versions(),
-        tune={"arm": chosen, "epoch": res.epoch, "final": cfg.tune.final}, ensemble=record, aux=aux or None)
+        tune=TuneProvenance(chosen, res.epoch, cfg.tune.final), ensemble=record, aux=aux)
     path = save_checkpoint(out_dir / artefacts.BEST, ckpt)
     logger.info("%s -> %s", ckpt.preset, path)
     return path

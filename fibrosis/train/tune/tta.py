@@ -36,7 +36,7 @@ from fibrosis.config import TTA_ARM_SUFFIX, Config
 from fibrosis.data.cache import CacheReader
 from fibrosis.model.inference import predict_rows
 from fibrosis.model.net import FibrosisNet
-from fibrosis.model.tta import DEFAULT_VARIANTS, TTA, Variant, black, describe, from_record, to_record
+from fibrosis.model.tta import DEFAULT_VARIANTS, TTA, TTARecord, Variant, black, describe
 from fibrosis.train.folds import Fold
 from fibrosis.train.stages import Suffix
 from fibrosis.train.tune.activations import Activations
@@ -63,7 +63,7 @@ class TwinResult(ArmResult):
     def to_dict(self, cfg: Config) -> dict[str, Any]:
         return {**super().to_dict(cfg), "describe": f"{self.arm.describe(cfg)}, + test-time augmentation "
                                                     f"({describe(self.variants)})",
-                "tta": True, "base_arm": self.base, "tta_variants": to_record(self.variants),
+                "tta": True, "base_arm": self.base, "tta_variants": TTARecord(self.variants).to_json(),
                 "tta_seconds": round(self.tta_cost.wall, 1), "tta_cost": dataclasses.asdict(self.tta_cost)}
 
     def write(self, path: Path, cfg: Config) -> None:
@@ -168,7 +168,7 @@ def tta_twin(ctx: Context, res: ArmResult, folds: Sequence[Fold], reader: CacheR
         d = json.loads(summary.read_text())
         base = ArmResult.read(twin_arm, summary)
         return TwinResult(**{f.name: getattr(base, f.name) for f in dataclasses.fields(ArmResult)},
-                          base=arm.name, variants=from_record(d["tta_variants"], str(summary)) or (),
+                          base=arm.name, variants=TTARecord.from_json(d["tta_variants"], str(summary)).variants,
                           tta_cost=Cost(**d["tta_cost"]))
     records, tta = _twin_records(ctx, arm, res.epoch, folds, reader, out_dir, list(arms) or [arm], tuple(variants))
     pos = {r: k for k, r in enumerate(ctx.dev)}
