@@ -28,6 +28,7 @@ from fibrosis.data.cache import IMAGE_STATS, image_statistics
 from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.evaluate.subgroups import age_band
 from fibrosis.io import file_sha256, read_csv, write_json
+from fibrosis.model.threshold import ThresholdRecord
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def performance_summary(metrics: EvaluationResult, threshold_name: str) -> dict[
 
 
 def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stats: Sequence[dict[str, float]],
-                    metrics: EvaluationResult, threshold: dict[str, Any], rejects: Sequence[dict[str, str]],
+                    metrics: EvaluationResult, threshold: ThresholdRecord, rejects: Sequence[dict[str, str]],
                     model_id: str, n_cached: int) -> dict[str, Any]:
     """Pure: the reference record of one evaluated split (rows, calibrated probabilities and
     image statistics aligned). Rejects belong to no split, so the excluded/failed shares are
@@ -124,8 +125,7 @@ def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stat
         raise ValueError(f"reference: {len(rows)} rows, {len(p)} probabilities, {len(stats)} image statistics; "
                          "expected one of each per image")
     merged = [{**r, **s} for r, s in zip(rows, stats)]
-    name = str(threshold.get("default", "youden"))
-    value = float(threshold["value"])
+    name, value = threshold.default, threshold.value
     ecfg = metrics.evaluate_config
     perf = performance_summary(metrics, name)
     perf["ece_ci"] = ece_interval(labels, p, perf["ece_bins"], perf["ece_strategy"], perf["level"])
@@ -133,7 +133,7 @@ def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stat
         "format": REFERENCE_FORMAT, "split": metrics.split, "frozen": metrics.frozen,
         "model_id": model_id, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "n": len(rows),
-        "threshold": {"name": name, "value": value, "rule": threshold.get("rule", "")},
+        "threshold": {"name": name, "value": value, "rule": threshold.rule or ""},
         "probabilities": [round(float(v), 6) for v in p],
         "positive": {"k": int((p >= value).sum()), "n": int(len(p))},
         "categories": {c: dict(Counter(category_value(r, c) for r in rows)) for c in CATEGORIES},
@@ -147,7 +147,7 @@ def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stat
 
 
 def write_reference(out: Path, ckpt_path: Path, rows: Sequence[dict[str, str]], labels: Any, prob: Any,
-                    metrics: EvaluationResult, threshold: dict[str, Any], reader: Any,
+                    metrics: EvaluationResult, threshold: ThresholdRecord, reader: Any,
                     index: Sequence[int]) -> Path:
     """I/O adapter: image statistics from the cache, rejects.csv, the checkpoint's model id
     (as `fibrosis score` writes it), then ``out/reference.json``."""

@@ -11,10 +11,10 @@ state (:class:`Training`) flattened beside them.
 
 Nested entries stay plain data because each has its own reader one layer down or up:
 ``preprocessing`` (:class:`fibrosis.data.records.Preprocessing`), ``tta``
-(:func:`fibrosis.model.tta.from_record`), ``calibration``
-(:func:`fibrosis.model.calibration.calibrator_from_dict`), ``threshold``
-(:func:`fibrosis.evaluate.operating` via ``stored_operating_points``), ``config``
-(:func:`fibrosis.config.config_from_dict`), ``run`` (``fibrosis.train.loop.RunState``).
+(:func:`fibrosis.model.tta.from_record`), ``config`` (:func:`fibrosis.config.config_from_dict`),
+``run`` (``fibrosis.train.loop.RunState``). ``calibration`` and ``threshold`` are typed records
+(:class:`fibrosis.model.calibration.CalibrationRecord`, :class:`fibrosis.model.threshold.ThresholdRecord`),
+plain JSON on disk.
 """
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ import torch
 from fibrosis.artefacts import SchemaError, check_schema
 from fibrosis.data.records import Preprocessing
 from fibrosis.io import atomic_write_bytes
+from fibrosis.model.calibration import CalibrationRecord
+from fibrosis.model.threshold import ThresholdRecord
 
 if TYPE_CHECKING:
     from fibrosis.model.ensemble import EnsembleNet
@@ -90,8 +92,8 @@ class Checkpoint:
     ensemble: dict[str, Any] | None = None  # the fold models of `fibrosis tune` (ensemble_record)
     tune: dict[str, Any] | None = None  # the tune arm this model is (arm, epoch, final)
     training: Training | None = None
-    calibration: dict[str, Any] | None = None  # added by evaluate (or tune, out of fold)
-    threshold: dict[str, Any] | None = None  # operating points on the calibrated probability
+    calibration: CalibrationRecord | None = None  # added by evaluate (or tune, out of fold)
+    threshold: ThresholdRecord | None = None  # operating points on the calibrated probability
     tune_selection: dict[str, Any] | None = None  # tune's choice and its selection-adjusted AUC
 
     @property
@@ -113,6 +115,8 @@ class Checkpoint:
                 continue
             if f.name == "preprocessing":
                 value = value.to_dict()
+            if f.name in _RECORDS and value is not None:
+                value = value.to_json()
             if value is None and f.name in _OPTIONAL:
                 continue
             out[f.name] = value
@@ -142,6 +146,9 @@ class Checkpoint:
             training = Training(**{k: body.pop(k) for k in _TRAINING_KEYS})
         for k in _DROPPED:
             body.pop(k, None)
+        for k, record in _RECORDS.items():
+            if body.get(k) is not None:
+                body[k] = record.from_json(body[k], where)
         # Files written before the architecture had its own key: it is the config's.
         arch = body.pop("arch", None) or (config.get("model") or {}).get("arch", "")
         return cls(weights=body.pop("model"), config=config, arch=str(arch), training=training,
@@ -151,6 +158,9 @@ class Checkpoint:
 # Optional fields are left out of the file when unset, as `train` and `tune` always wrote them.
 _OPTIONAL = frozenset({"best_epoch", "best_val_auc", "aux", "ensemble", "tune", "calibration",
                        "threshold", "tune_selection"})
+# Fields stored as their record's JSON.
+_RECORDS: dict[str, type[CalibrationRecord] | type[ThresholdRecord]] = {
+    "calibration": CalibrationRecord, "threshold": ThresholdRecord}
 # Keys of older files that the record no longer carries: the history sits in ``run``.
 _DROPPED = ("history",)
 
@@ -238,7 +248,7 @@ def update_checkpoint(path: str | Path, **fields: Any) -> Checkpoint:
         raise CheckpointError(f"{path}: refusing to overwrite {bad}; an update may set only {list(UPDATABLE)}")
     for key, value in fields.items():
         try:
-            json.dumps(value, allow_nan=True)
+            json.dumps(value.to_json() if key in _RECORDS and value is not None else value, allow_nan=True)
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: field {key!r} is not JSON-able ({exc}); store plain "
                                   f"dicts/lists/numbers/strings") from None

@@ -42,6 +42,7 @@ from fibrosis.config import IngestConfig, ScoreConfig, config_from_dict
 from fibrosis.data.identity import identity, resolve_salt
 from fibrosis.data.pixels import excluded_flag, qa_flags
 from fibrosis.data.records import Decoded, DecodeResult, Preprocessing, Rejected, Skipped
+from fibrosis.model.threshold import SCALE
 from fibrosis.numeric import sigmoid
 from fibrosis.words import plural
 
@@ -107,18 +108,18 @@ def resolve_checkpoint(model: str | Path) -> Path:
 
 def frozen_settings(ckpt: Checkpoint, path: Path, sha256: str) -> Frozen:
     """Scoring settings from a checkpoint; refuses one that was never evaluated."""
-    from fibrosis.model.calibration import calibrator_from_dict
+    from fibrosis.model.calibration import calibrator_from_record
 
     thr, cal = ckpt.threshold, ckpt.calibration
-    if not isinstance(thr, dict) or not isinstance(cal, dict):
+    if thr is None or cal is None:
         raise ValueError(f"{path}: no calibration/threshold stored; run `fibrosis evaluate` on this "
                          f"run first (scoring applies the operating point chosen on validation)")
-    if thr.get("scale") != "calibrated probability" or "value" not in thr:
-        raise ValueError(f"{path}: threshold record {thr!r}; expected scale 'calibrated probability' "
-                         f"and a 'value' (written by fibrosis.evaluate.run)")
+    if thr.scale != SCALE:
+        raise ValueError(f"{path}: threshold scale {thr.scale!r}; expected {SCALE!r} "
+                         f"(written by fibrosis.evaluate.run)")
     cfg = config_from_dict(ckpt.config)
-    return Frozen(cfg.ingest, cfg.score, ckpt.preprocessing, calibrator_from_dict(cal),
-                  str(thr.get("default", "default")), float(thr["value"]), sha256[:16])
+    return Frozen(cfg.ingest, cfg.score, ckpt.preprocessing, calibrator_from_record(cal),
+                  thr.default, thr.value, sha256[:16])
 
 
 # ------------------------------------------------------------------ per file
