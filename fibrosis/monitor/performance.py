@@ -9,6 +9,7 @@ Windows with fewer than the subgroup minimums (cases, positives, negatives) are
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,18 +25,54 @@ def _outside(value: Any, ci: Any) -> bool:
     return value is not None and ci is not None and ci[0] is not None and not ci[0] <= value <= ci[1]
 
 
-def _metric(value: Any, ci: Any, ref_value: Any, ref_ci: Any, method: str) -> dict[str, Any]:
-    """``excludes_reference``: the new interval excludes the validated value (the flag the
+@dataclass(frozen=True, slots=True)
+class MetricComparison:
+    """One metric of a labelled window beside the validation report's value.
+
+    ``excludes_reference``: the new interval excludes the validated value (the flag the
     page shows). ``changed`` (what alerts) also needs the validated interval to exclude the
     new value: the reference is a sample too, and a new interval narrower than the old one
     would otherwise flag a model that merely did as well as validation allowed."""
+    value: float | None
+    ci: list[float] | None
+    reference: float | None
+    reference_ci: list[float] | None
+    method: str
+    excludes_reference: bool
+    changed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value, "ci": self.ci, "reference": self.reference, "reference_ci": self.reference_ci,
+                "method": self.method, "excludes_reference": self.excludes_reference, "changed": self.changed}
+
+
+@dataclass(frozen=True, slots=True)
+class Performance:
+    """The metrics of one labelled window (by name, in the order measured); ``small`` windows
+    (``flags`` say why) are shown, never flagged."""
+    n: int
+    n_pos: int
+    level: float
+    flags: list[str]
+    metrics: dict[str, MetricComparison] = field(default_factory=dict)
+
+    @property
+    def small(self) -> bool:
+        return bool(self.flags)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n": self.n, "n_pos": self.n_pos, "level": self.level, "flags": list(self.flags),
+                "small": self.small, "metrics": {k: m.to_json() for k, m in self.metrics.items()}}
+
+
+def _metric(value: Any, ci: Any, ref_value: Any, ref_ci: Any, method: str) -> MetricComparison:
     excl = _outside(ref_value, ci)
-    return {"value": value, "ci": ci, "reference": ref_value, "reference_ci": ref_ci,
-            "method": method, "excludes_reference": excl, "changed": excl and _outside(value, ref_ci)}
+    return MetricComparison(value, ci, ref_value, ref_ci, method, excl, excl and _outside(value, ref_ci))
 
 
+# ``ref_perf`` is reference.json's ``performance`` (fibrosis.evaluate.reference.performance_summary).
 def performance(ref_perf: dict[str, Any], y: Any, logit: Any, prob: Any, decision: Any,
-                min_n: int, min_positives: int) -> dict[str, Any]:
+                min_n: int, min_positives: int) -> Performance:
     """AUC (DeLong), calibration intercept and slope, ECE, sensitivity/specificity at the
     frozen threshold (the decisions scoring wrote), against ``ref_perf``."""
     y, z = np.asarray(y, int), np.asarray(logit, float)
@@ -45,11 +82,10 @@ def performance(ref_perf: dict[str, Any], y: Any, logit: Any, prob: Any, decisio
     flags = [f for f, bad in ((f"n={n} < {min_n}", n < min_n),
                               (f"positives={n_pos} < {min_positives}", n_pos < min_positives),
                               (f"negatives={n - n_pos} < {min_positives}", n - n_pos < min_positives)) if bad]
-    out: dict[str, Any] = {"n": n, "n_pos": n_pos, "level": level, "flags": flags, "small": bool(flags),
-                           "metrics": {}}
+    out = Performance(n, n_pos, level, flags)
     if n == 0:
         return out
-    m = out["metrics"]
+    m = out.metrics
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricWarning)  # smallness is carried by the flags
         if 0 < n_pos < n:
