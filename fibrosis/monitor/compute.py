@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fibrosis.evaluate.reference import Reference
 from fibrosis.monitor.drift import Check, Row, input_checks, output_checks, status_kind
 from fibrosis.monitor.performance import Performance, performance
 
@@ -95,9 +96,7 @@ class MonitorContext:
     checkpoint: str
     model_id: str
     reference_path: str
-    # The reference.json entries the page shows (split, n, created, threshold, performance,
-    # minimums), copied as fibrosis.evaluate.reference wrote them.
-    reference: dict[str, Any]
+    reference: Reference  # monitor.json repeats what the page shows of it
     scores: list[str]
     labels: str | None
     warnings: list[str]
@@ -105,7 +104,10 @@ class MonitorContext:
     def to_json(self) -> dict[str, Any]:
         return {"created": self.created, "version": self.version,
                 "model": {"checkpoint": self.checkpoint, "model_id": self.model_id},
-                "reference": {"path": self.reference_path, **self.reference}, "scores": list(self.scores),
+                "reference": {"path": self.reference_path, "split": self.reference.split, "n": self.reference.n,
+                              "created": self.reference.created, "threshold": self.reference.threshold.to_json(),
+                              "performance": self.reference.performance.to_json(),
+                              "minimums": self.reference.minimums.to_json()}, "scores": list(self.scores),
                 "labels": self.labels, "warnings": list(self.warnings)}
 
 
@@ -145,19 +147,19 @@ def decide(checks: list[Check], small: bool, alpha: float) -> list[Check]:
     return out
 
 
-def assess_window(ref: dict[str, Any], name: str, rows: Sequence[Row], alpha: float) -> Window:
-    mins = ref["minimums"]
+def assess_window(ref: Reference, name: str, rows: Sequence[Row], alpha: float) -> Window:
+    mins = ref.minimums
     n_ok = sum(status_kind(r) == "ok" for r in rows)
-    small = n_ok < mins["min_n"]
+    small = n_ok < mins.min_n
     checks = decide(input_checks(ref, rows) + output_checks(ref, rows), small, alpha)
     labelled = [r for r in rows if status_kind(r) == "ok" and r.get("_label") is not None]
     perf = None
     if labelled:
-        perf = performance(ref["performance"], [r["_label"] for r in labelled],
+        perf = performance(ref.performance, [r["_label"] for r in labelled],
                            [float(r["logit_uncalibrated"]) for r in labelled],
                            [float(r["probability_calibrated"]) for r in labelled],
-                           [int(r["decision_fibrosis"]) for r in labelled], mins["min_n"], mins["min_positives"])
-    window = Window(name, len(rows), n_ok, len(labelled), [f"n={n_ok} scored ok < {mins['min_n']}"] if small else [],
+                           [int(r["decision_fibrosis"]) for r in labelled], mins.min_n, mins.min_positives)
+    window = Window(name, len(rows), n_ok, len(labelled), [f"n={n_ok} scored ok < {mins.min_n}"] if small else [],
                     checks, perf)
     alerts, notes = window_alerts(window)
     return dataclasses.replace(window, alerts=alerts, notes=notes)
@@ -191,7 +193,7 @@ def window_alerts(w: Window) -> tuple[list[str], list[str]]:
     return alerts, notes
 
 
-def monitor_result(ref: dict[str, Any], rows: Sequence[Row], *, alpha: float = ALPHA,
+def monitor_result(ref: Reference, rows: Sequence[Row], *, alpha: float = ALPHA,
                    mode: str = "auto") -> MonitorResult:
     """All windows (``all`` first, then each month or batch when there are several)."""
     if not 0 < alpha < 1:

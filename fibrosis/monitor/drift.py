@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from fibrosis.evaluate.reference import CATEGORIES, CONTINUOUS, UNITS, category_value, continuous_value, reason_class
+from fibrosis.evaluate.reference import (CATEGORIES, CONTINUOUS, UNITS, Reference, category_value, continuous_value,
+                                        reason_class)
 from fibrosis.monitor import stattests as T
 
 # A scores.csv row joined with its side-file row and the monitor's own ``_`` keys: its columns
@@ -78,57 +79,58 @@ def _continuous_summary(res: T.ContinuousTest, digits: str, unit: str = "") -> s
             f"KS D={res.statistic:.3f}, PSI {res.psi:.2f}")
 
 
-def input_checks(ref: dict[str, Any], rows: Sequence[Row]) -> list[Check]:
+def input_checks(ref: Reference, rows: Sequence[Row]) -> list[Check]:
     """Metadata mix, continuous header values, image statistics, excluded and failed shares."""
     ok = [r for r in rows if status_kind(r) == "ok" and r.get("_has_meta")]
     checks: list[Check] = []
     for name in CATEGORIES:
-        cat = T.categorical_test(ref["categories"][name], Counter(category_value(r, name) for r in ok))
+        cat = T.categorical_test(ref.categories[name], Counter(category_value(r, name) for r in ok))
         unseen = f"; never seen in the reference: {', '.join(repr(u) for u in cat.unseen)}" if cat.unseen else ""
         checks.append(Check("input", name, "category", cat,
                             f"batch {_top(cat.batch)} vs reference {_top(cat.reference)}{unseen}"))
     for name in CONTINUOUS:
         values = [v for v in (continuous_value(r, name) for r in ok) if v is not None]
-        res = T.continuous_test(ref["continuous"][name], values)
+        res = T.continuous_test(ref.continuous[name], values)
         if res.p is None:
             continue  # e.g. no pixel spacing in PNG exports: nothing to compare, not a shift
         checks.append(Check("input", name, "continuous", res, _continuous_summary(res, ".4g", f" {UNITS[name]}"),
                             unit=UNITS[name]))
-    out = ref["outcomes"]
+    out = ref.outcomes
     kinds = Counter(status_kind(r) for r in rows)
-    level = ref["minimums"]["level"]
+    level = ref.minimums.level
     reasons = Counter(f"{status_kind(r)}: {reason_class(str(r.get('reason', '')))}"
                       for r in rows if status_kind(r) in ("excluded", "error"))
     for kind in ("excluded", "error"):
-        rate = T.rate_test(out[kind], out["n"], kinds[kind], len(rows), level)
+        before = out.excluded if kind == "excluded" else out.error
+        rate = T.rate_test(before, out.n, kinds[kind], len(rows), level)
         name = "excluded share" if kind == "excluded" else "failed share"
         mine = {k: v for k, v in reasons.items() if k.startswith(kind)}
         checks.append(Check("input", name, "rate", rate,
-                            f"{kinds[kind]}/{len(rows)} vs reference {out[kind]}/{out['n']}"
+                            f"{kinds[kind]}/{len(rows)} vs reference {before}/{out.n}"
                             + (f" ({_top(mine)})" if mine else ""), reasons=dict(mine),
-                            reference_reasons={k: v for k, v in out["reasons"].items() if k.startswith(kind)}))
+                            reference_reasons={k: v for k, v in out.reasons.items() if k.startswith(kind)}))
     return checks
 
 
-def output_checks(ref: dict[str, Any], rows: Sequence[Row]) -> list[Check]:
+def output_checks(ref: Reference, rows: Sequence[Row]) -> list[Check]:
     """Calibrated probabilities and the positive rate at the frozen operating point."""
     ok = [r for r in rows if status_kind(r) == "ok" and str(r.get("probability_calibrated", "")) != ""]
     probs = [float(r["probability_calibrated"]) for r in ok]
-    res = T.continuous_test(ref["probabilities"], probs)
+    res = T.continuous_test(ref.probabilities, probs)
     checks = []
     if res.p is not None:
         edges = np.linspace(0.0, 1.0, HIST_BINS + 1)
-        hist = Histogram(edges.tolist(), np.histogram(ref["probabilities"], edges)[0].tolist(),
+        hist = Histogram(edges.tolist(), np.histogram(ref.probabilities, edges)[0].tolist(),
                          np.histogram(probs, edges)[0].tolist())
         checks.append(Check("output", "calibrated probability", "continuous", res, _continuous_summary(res, ".3f"),
                             histogram=hist))
-    thr = ref["threshold"]
+    thr = ref.threshold
     k = sum(int(r.get("decision_fibrosis") or 0) for r in ok)
-    rate = T.rate_test(ref["positive"]["k"], ref["positive"]["n"], k, len(ok), ref["minimums"]["level"])
+    rate = T.rate_test(ref.positive_k, ref.positive_n, k, len(ok), ref.minimums.level)
     if len(ok):
         b, r = rate.batch, rate.reference
         assert b.value is not None and b.ci is not None and r.value is not None and r.ci is not None  # n > 0
-        checks.append(Check("output", f"positive rate at {thr['name']} ({thr['value']:.4g})", "rate", rate,
+        checks.append(Check("output", f"positive rate at {thr.name} ({thr.value:.4g})", "rate", rate,
                             f"{k}/{len(ok)} = {100 * b.value:.1f}% ({100 * b.ci[0]:.1f}-"
                             f"{100 * b.ci[1]:.1f}%) vs reference {100 * r.value:.1f}% "
                             f"({100 * r.ci[0]:.1f}-{100 * r.ci[1]:.1f}%)"))

@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from fibrosis.evaluate.reference import FrozenThreshold
 from fibrosis.monitor.compute import Window
 from fibrosis.monitor.stattests import CategoricalTest, RateTest
 from fibrosis.report.plots import BLUE, GREY, OP_COLOURS, ORANGE, VERMILLION, figure, styled
 
 @styled
-def probability_figure(windows: Sequence[Window], threshold: dict[str, Any]) -> Figure | None:
-    """Calibrated probabilities of the reference and of each window, overlaid (share per bin).
-    ``threshold``: reference.json's (name, value, rule)."""
+def probability_figure(windows: Sequence[Window], threshold: FrozenThreshold) -> Figure | None:
+    """Calibrated probabilities of the reference and of each window, overlaid (share per bin)."""
     hists = [(w.name, c.histogram) for w in windows for c in w.checks
              if c.check == "calibrated probability" and c.histogram is not None]
     if not hists:
@@ -33,8 +33,8 @@ def probability_figure(windows: Sequence[Window], threshold: dict[str, Any]) -> 
         counts = np.asarray(h.batch, float)
         ax.stairs(counts / max(1.0, counts.sum()), edges, color=colour, lw=1.8,
                   label=f"{name} (n={int(counts.sum())})")
-    ax.axvline(threshold["value"], color=VERMILLION, ls=":", lw=1.5,
-               label=f"frozen {threshold['name']} threshold {threshold['value']:.3g}")
+    ax.axvline(threshold.value, color=VERMILLION, ls=":", lw=1.5,
+               label=f"frozen {threshold.name} threshold {threshold.value:.3g}")
     ax.set_xlim(0, 1)
     ax.set_xlabel("calibrated probability")
     ax.set_ylabel("share of images")

@@ -18,7 +18,7 @@ from typing import Any
 
 from fibrosis import artefacts
 from fibrosis.data.labels import load_labels
-from fibrosis.evaluate.reference import REFERENCE_FORMAT
+from fibrosis.evaluate.reference import Reference
 from fibrosis.io import read_csv, read_text
 from fibrosis.score.output import STATUSES, iter_score_rows, meta_path
 
@@ -35,11 +35,8 @@ def find_reference(run: Path, reference: Path | None) -> Path:
     return path
 
 
-def read_reference(path: Path) -> dict[str, Any]:
-    ref = json.loads(read_text(path))
-    if ref.get("format") != REFERENCE_FORMAT:
-        raise ValueError(f"{path}: reference format={ref.get('format')!r}; this version reads {REFERENCE_FORMAT}")
-    return ref
+def read_reference(path: Path) -> Reference:
+    return Reference.from_json(json.loads(read_text(path)), str(path))
 
 
 _NUMBER_LIKE = re.compile(r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|inf(?:inity)?|nan)?", re.IGNORECASE)

@@ -57,6 +57,7 @@ def build_blocks(result: MonitorResult) -> list[Block]:
     run = result.context
     assert run is not None  # the page shows a monitored run
     ref = run.reference
+    thr, mins = ref.threshold, ref.minimums
     n_alerts = len(result.alerts)
     blocks: list[Block] = [
         {"type": "h1", "text": f"Monitoring: model {run.model_id} against its validation"},
@@ -64,7 +65,7 @@ def build_blocks(result: MonitorResult) -> list[Block]:
          "text": (f"{n_alerts} alert(s): the validation report may no longer describe what the model meets."
                   if n_alerts else "No alert: the scored images, the model's outputs and (where labelled) its "
                                    "performance are consistent with the validation.")
-         + f" Reference: the {ref['split']} split of the evaluation ({ref['n']} images, {ref['created']})."},
+         + f" Reference: the {ref.split} split of the evaluation ({ref.n} images, {ref.created})."},
     ]
     if result.alerts:
         blocks += [{"type": "h2", "text": "Alerts"}, {"type": "list", "items": result.alerts}]
@@ -73,9 +74,9 @@ def build_blocks(result: MonitorResult) -> list[Block]:
     blocks.append({"type": "kv", "items": [
         ("scores", ", ".join(run.scores)), ("labels", run.labels or "none"),
         ("windows", f"by {result.window_mode}: {', '.join(w.name for w in result.windows)}"),
-        ("frozen threshold", f"{ref['threshold']['name']} = {ref['threshold']['value']:.4g}"),
+        ("frozen threshold", f"{thr.name} = {thr.value:.4g}"),
         ("alpha", f"{result.alpha} (Bonferroni within each window)"),
-        ("minimums", f"{ref['minimums']['min_n']} images, {ref['minimums']['min_positives']} positives "
+        ("minimums", f"{mins.min_n} images, {mins.min_positives} positives "
                      "and negatives (as the subgroup analysis)"),
         ("rules", " | ".join(RULES))]})
     blocks += [{"type": "h2", "text": "Output and performance over windows"},
@@ -96,7 +97,7 @@ def build_blocks(result: MonitorResult) -> list[Block]:
 
 def make_figures(result: MonitorResult) -> dict[str, bytes]:
     assert result.context is not None  # the page shows a monitored run
-    figs = {"probabilities": F.probability_figure(result.windows, result.context.reference["threshold"]),
+    figs = {"probabilities": F.probability_figure(result.windows, result.context.reference.threshold),
             "over_time": F.over_time_figure(result.windows)}
     for w in result.windows:
         figs[f"categories-{w.name}"] = F.category_figure(w)

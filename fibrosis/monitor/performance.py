@@ -16,7 +16,7 @@ import numpy as np
 
 from fibrosis.evaluate import metrics as M
 from fibrosis.evaluate import operating as O
-from fibrosis.evaluate.reference import ECE_RESAMPLES, ece_interval
+from fibrosis.evaluate.reference import ECE_RESAMPLES, PerformanceSummary, ece_interval
 from fibrosis.numeric import MetricWarning
 
 
@@ -70,14 +70,13 @@ def _metric(value: Any, ci: Any, ref_value: Any, ref_ci: Any, method: str) -> Me
     return MetricComparison(value, ci, ref_value, ref_ci, method, excl, excl and _outside(value, ref_ci))
 
 
-# ``ref_perf`` is reference.json's ``performance`` (fibrosis.evaluate.reference.performance_summary).
-def performance(ref_perf: dict[str, Any], y: Any, logit: Any, prob: Any, decision: Any,
+def performance(ref_perf: PerformanceSummary, y: Any, logit: Any, prob: Any, decision: Any,
                 min_n: int, min_positives: int) -> Performance:
     """AUC (DeLong), calibration intercept and slope, ECE, sensitivity/specificity at the
     frozen threshold (the decisions scoring wrote), against ``ref_perf``."""
     y, z = np.asarray(y, int), np.asarray(logit, float)
     p, d = np.asarray(prob, float), np.asarray(decision, int)
-    level = ref_perf["level"]
+    level = ref_perf.level
     n, n_pos = int(len(y)), int(y.sum())
     flags = [f for f, bad in ((f"n={n} < {min_n}", n < min_n),
                               (f"positives={n_pos} < {min_positives}", n_pos < min_positives),
@@ -90,19 +89,20 @@ def performance(ref_perf: dict[str, Any], y: Any, logit: Any, prob: Any, decisio
         warnings.simplefilter("ignore", MetricWarning)  # smallness is carried by the flags
         if 0 < n_pos < n:
             dl = M.auc_delong(y, z, level)
-            m["auc"] = _metric(dl["auc"], dl["ci"], ref_perf["auc"], ref_perf["auc_ci"], "DeLong")
+            m["auc"] = _metric(dl["auc"], dl["ci"], ref_perf.auc, ref_perf.auc_ci, "DeLong")
             cs = M.calibration_intercept_slope(y, p, level)
-            m["calibration_intercept"] = _metric(cs["intercept"], cs["intercept_ci"], ref_perf["intercept"],
-                                                 ref_perf["intercept_ci"], "calibration-in-the-large (logistic, offset)")
-            m["calibration_slope"] = _metric(cs["slope"], cs["slope_ci"], ref_perf["slope"], ref_perf["slope_ci"],
+            m["calibration_intercept"] = _metric(cs["intercept"], cs["intercept_ci"], ref_perf.intercept,
+                                                 ref_perf.intercept_ci, "calibration-in-the-large (logistic, offset)")
+            m["calibration_slope"] = _metric(cs["slope"], cs["slope_ci"], ref_perf.slope, ref_perf.slope_ci,
                                              "logistic recalibration slope")
-        bins, strategy = ref_perf["ece_bins"], ref_perf["ece_strategy"]
+        bins, strategy = ref_perf.ece_bins, ref_perf.ece_strategy
         m["ece"] = _metric(M.expected_calibration_error(y, p, bins, strategy),
-                           ece_interval(y, p, bins, strategy, level), ref_perf["ece"], ref_perf.get("ece_ci"),
+                           ece_interval(y, p, bins, strategy, level), ref_perf.ece, ref_perf.ece_ci,
                            f"ECE, {bins} {strategy} bins; percentile bootstrap ({ECE_RESAMPLES})")
         perf = O.binary_metrics(O.confusion(y, d, 0.5), level)
     for name in ("sensitivity", "specificity"):
         if perf[name]["value"] is not None:
-            m[name] = _metric(perf[name]["value"], perf[name]["ci"], ref_perf[name]["value"],
-                              ref_perf[name]["ci"], f"Wilson, at the frozen {ref_perf['operating_point']} threshold")
+            ref = ref_perf.sensitivity if name == "sensitivity" else ref_perf.specificity
+            m[name] = _metric(perf[name]["value"], perf[name]["ci"], ref.value, ref.ci,
+                              f"Wilson, at the frozen {ref_perf.operating_point} threshold")
     return out

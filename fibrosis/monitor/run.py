@@ -54,11 +54,11 @@ def monitor(model: str | Path, scores: Sequence[str | Path], out: str | Path, *,
     ref_path = load.find_reference(run, Path(reference) if reference else None)
     ref = load.read_reference(ref_path)
     warnings: list[str] = []
-    if file_sha256(ckpt_path)[:16] != ref["model_id"]:
+    if file_sha256(ckpt_path)[:16] != ref.model_id:
         warnings.append(f"{ckpt_path} has changed since the reference was written (model_id "
-                        f"{ref['model_id']}): re-run `fibrosis evaluate` and re-score, or monitor with the "
+                        f"{ref.model_id}): re-run `fibrosis evaluate` and re-score, or monitor with the "
                         "checkpoint that scored these files")
-    rows = load.read_all_scores([Path(s) for s in scores], ref["model_id"])
+    rows = load.read_all_scores([Path(s) for s in scores], ref.model_id)
     if not rows:
         raise ValueError(f"{', '.join(map(str, scores))}: no scored rows; expected a scores file written by "
                          "`fibrosis score`")
@@ -69,8 +69,7 @@ def monitor(model: str | Path, scores: Sequence[str | Path], out: str | Path, *,
     result = monitor_result(ref, rows, alpha=alpha, mode=window)
     result = dataclasses.replace(result, context=MonitorContext(
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), version=__version__,
-        checkpoint=str(ckpt_path), model_id=ref["model_id"], reference_path=str(ref_path),
-        reference={k: ref[k] for k in ("split", "n", "created", "threshold", "performance", "minimums")},
+        checkpoint=str(ckpt_path), model_id=ref.model_id, reference_path=str(ref_path), reference=ref,
         scores=[str(s) for s in scores], labels=str(labels) if labels else None, warnings=warnings))
     for w in warnings:
         logger.warning("%s", w)

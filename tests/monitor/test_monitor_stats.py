@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from fibrosis.monitor import stattests as T
-from helpers.monitor import reference_summary
+from fibrosis.evaluate.reference import Reference
+from helpers.monitor import reference, reference_file
 from fibrosis.monitor.compute import monitor_result
 from fibrosis.monitor.performance import performance
 
@@ -60,7 +61,7 @@ def _rows(n: int, vendor: str, seed: int = 2) -> list[dict]:
 
 
 def test_unseen_vendor_alerts_in_a_full_batch_but_a_small_batch_is_only_flagged():
-    ref = reference_summary()
+    ref = reference()
     full = monitor_result(ref, _rows(40, "NEWCO"))
     assert full.to_json()["status"] == "alert" and any("manufacturer" in a and "'NEWCO'" in a for a in full.alerts)
     same = monitor_result(ref, _rows(40, "ACME"))
@@ -79,12 +80,24 @@ def test_windows_by_month_when_dated():
     rows = _rows(70, "ACME")
     for i, r in enumerate(rows):
         r["study_month"] = "2026-01" if i < 35 else "2026-02"
-    res = monitor_result(reference_summary(), rows)
+    res = monitor_result(reference(), rows)
     assert res.window_mode == "month" and [w.name for w in res.windows] == ["all", "2026-01", "2026-02"]
 
 
+def test_reference_reads_back_as_written():
+    data = reference_file()
+    ref = Reference.from_json(data, "reference.json")
+    assert ref.to_json() == data and list(ref.to_json()) == ["format", "split", "frozen", "model_id", "created", "n",
+                                                             "threshold", "probabilities", "positive", "categories",
+                                                             "continuous", "outcomes", "performance", "minimums"]
+    with pytest.raises(ValueError, match="reference.json: reference format=2; this version reads 1"):
+        Reference.from_json({**data, "format": 2}, "reference.json")
+    with pytest.raises(ValueError, match="reference.json: outcomes: no 'error'"):
+        Reference.from_json({**data, "outcomes": {"n": 1, "ok": 1, "excluded": 0, "reasons": {}}}, "reference.json")
+
+
 def test_performance_flags_versus_alerts():
-    ref = reference_summary()["performance"]
+    ref = reference().performance
     rng = np.random.default_rng(3)
     y = np.r_[np.ones(200), np.zeros(200)].astype(int)
     z = np.where(y == 1, 1.66, 0.0) + rng.normal(0, 1, 400)  # AUC about 0.88: within the validated CI
