@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fibrosis.evaluate.reference import Reference
-from fibrosis.monitor.drift import Check, Row, input_checks, output_checks, status_kind
+from fibrosis.monitor.drift import Check, input_checks, output_checks, status_kind
+from fibrosis.monitor.load import ScoredImage
 from fibrosis.monitor.performance import Performance, performance
 
 MONITOR_FORMAT = 1
@@ -36,21 +37,21 @@ METRIC_NAMES = {"auc": "AUC", "calibration_intercept": "calibration-in-the-large
                 "sensitivity": "sensitivity", "specificity": "specificity"}
 
 
-def window_of(row: Row, mode: str) -> str:
+def window_of(row: ScoredImage, mode: str) -> str:
     """Study month (``YYYY-MM``) or scoring batch of one row."""
-    month = str(row.get("study_month") or "")
+    month = str(row.cells.get("study_month") or "")
     if mode == "month":
         return month or "no date"
-    return str(row.get("_batch") or "batch")
+    return row.batch or "batch"
 
 
-def resolve_mode(rows: Sequence[Row], mode: str) -> str:
+def resolve_mode(rows: Sequence[ScoredImage], mode: str) -> str:
     """``auto``: by month when most scored images carry a StudyDate/AcquisitionDate, else by batch."""
     if mode not in WINDOW_MODES:
         raise ValueError(f"window mode {mode!r}; allowed: {list(WINDOW_MODES)}")
     if mode != "auto":
         return mode
-    dated = sum(bool(r.get("study_month")) for r in rows)
+    dated = sum(bool(r.cells.get("study_month")) for r in rows)
     return "month" if rows and dated >= 0.5 * len(rows) else "batch"
 
 
@@ -147,18 +148,18 @@ def decide(checks: list[Check], small: bool, alpha: float) -> list[Check]:
     return out
 
 
-def assess_window(ref: Reference, name: str, rows: Sequence[Row], alpha: float) -> Window:
+def assess_window(ref: Reference, name: str, rows: Sequence[ScoredImage], alpha: float) -> Window:
     mins = ref.minimums
     n_ok = sum(status_kind(r) == "ok" for r in rows)
     small = n_ok < mins.min_n
     checks = decide(input_checks(ref, rows) + output_checks(ref, rows), small, alpha)
-    labelled = [r for r in rows if status_kind(r) == "ok" and r.get("_label") is not None]
+    labelled = [r for r in rows if status_kind(r) == "ok" and r.label is not None]
     perf = None
     if labelled:
-        perf = performance(ref.performance, [r["_label"] for r in labelled],
-                           [float(r["logit_uncalibrated"]) for r in labelled],
-                           [float(r["probability_calibrated"]) for r in labelled],
-                           [int(r["decision_fibrosis"]) for r in labelled], mins.min_n, mins.min_positives)
+        perf = performance(ref.performance, [r.label for r in labelled],
+                           [float(r.cells["logit_uncalibrated"]) for r in labelled],
+                           [float(r.cells["probability_calibrated"]) for r in labelled],
+                           [int(r.cells["decision_fibrosis"]) for r in labelled], mins.min_n, mins.min_positives)
     window = Window(name, len(rows), n_ok, len(labelled), [f"n={n_ok} scored ok < {mins.min_n}"] if small else [],
                     checks, perf)
     alerts, notes = window_alerts(window)
@@ -193,13 +194,13 @@ def window_alerts(w: Window) -> tuple[list[str], list[str]]:
     return alerts, notes
 
 
-def monitor_result(ref: Reference, rows: Sequence[Row], *, alpha: float = ALPHA,
+def monitor_result(ref: Reference, rows: Sequence[ScoredImage], *, alpha: float = ALPHA,
                    mode: str = "auto") -> MonitorResult:
     """All windows (``all`` first, then each month or batch when there are several)."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha={alpha!r}; allowed: 0 < alpha < 1 (e.g. 0.01)")
     mode = resolve_mode(rows, mode)
-    groups: dict[str, list[Row]] = {}
+    groups: dict[str, list[ScoredImage]] = {}
     for r in rows:
         groups.setdefault(window_of(r, mode), []).append(r)
     windows = [assess_window(ref, "all", rows, alpha)]

@@ -18,10 +18,8 @@ import numpy as np
 from fibrosis.evaluate.reference import (CATEGORIES, CONTINUOUS, UNITS, Reference, category_value, continuous_value,
                                         reason_class)
 from fibrosis.monitor import stattests as T
+from fibrosis.monitor.load import ScoredImage
 
-# A scores.csv row joined with its side-file row and the monitor's own ``_`` keys: its columns
-# are whatever the scoring version wrote (older files lack some), read by name.
-Row = dict[str, Any]
 HIST_BINS = 20
 
 
@@ -64,9 +62,9 @@ class Check:
         return out
 
 
-def status_kind(row: Row) -> str:
+def status_kind(row: ScoredImage) -> str:
     """scores.csv `status`: ok, excluded or error (the reason is its own column)."""
-    return str(row.get("status", ""))
+    return row.status
 
 
 def _top(counts: dict[str, int], k: int = 3) -> str:
@@ -79,9 +77,9 @@ def _continuous_summary(res: T.ContinuousTest, digits: str, unit: str = "") -> s
             f"KS D={res.statistic:.3f}, PSI {res.psi:.2f}")
 
 
-def input_checks(ref: Reference, rows: Sequence[Row]) -> list[Check]:
+def input_checks(ref: Reference, rows: Sequence[ScoredImage]) -> list[Check]:
     """Metadata mix, continuous header values, image statistics, excluded and failed shares."""
-    ok = [r for r in rows if status_kind(r) == "ok" and r.get("_has_meta")]
+    ok = [r.cells for r in rows if status_kind(r) == "ok" and r.has_meta]
     checks: list[Check] = []
     for name in CATEGORIES:
         cat = T.categorical_test(ref.categories[name], Counter(category_value(r, name) for r in ok))
@@ -98,7 +96,7 @@ def input_checks(ref: Reference, rows: Sequence[Row]) -> list[Check]:
     out = ref.outcomes
     kinds = Counter(status_kind(r) for r in rows)
     level = ref.minimums.level
-    reasons = Counter(f"{status_kind(r)}: {reason_class(str(r.get('reason', '')))}"
+    reasons = Counter(f"{status_kind(r)}: {reason_class(str(r.cells.get('reason', '')))}"
                       for r in rows if status_kind(r) in ("excluded", "error"))
     for kind in ("excluded", "error"):
         before = out.excluded if kind == "excluded" else out.error
@@ -112,9 +110,9 @@ def input_checks(ref: Reference, rows: Sequence[Row]) -> list[Check]:
     return checks
 
 
-def output_checks(ref: Reference, rows: Sequence[Row]) -> list[Check]:
+def output_checks(ref: Reference, rows: Sequence[ScoredImage]) -> list[Check]:
     """Calibrated probabilities and the positive rate at the frozen operating point."""
-    ok = [r for r in rows if status_kind(r) == "ok" and str(r.get("probability_calibrated", "")) != ""]
+    ok = [r.cells for r in rows if status_kind(r) == "ok" and str(r.cells.get("probability_calibrated", "")) != ""]
     probs = [float(r["probability_calibrated"]) for r in ok]
     res = T.continuous_test(ref.probabilities, probs)
     checks = []

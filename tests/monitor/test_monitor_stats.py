@@ -8,6 +8,7 @@ from fibrosis.monitor import stattests as T
 from fibrosis.evaluate.reference import Reference
 from helpers.monitor import reference, reference_file
 from fibrosis.monitor.compute import monitor_result
+from fibrosis.monitor.load import ScoredImage
 from fibrosis.monitor.performance import performance
 
 
@@ -46,7 +47,7 @@ def test_rate_test_has_wilson_intervals():
         "batch": {"k": 1, "n": 4, "value": 0.25, "ci": list(T.wilson_ci(1, 4, 0.95))}, "statistic": None, "p": None}
 
 
-def _rows(n: int, vendor: str, seed: int = 2) -> list[dict]:
+def _rows(n: int, vendor: str, seed: int = 2) -> list[ScoredImage]:
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
@@ -55,9 +56,8 @@ def _rows(n: int, vendor: str, seed: int = 2) -> list[dict]:
                      "logit_uncalibrated": f"{np.log(p / (1 - p)):.6f}", "decision_fibrosis": int(p >= 0.5), "manufacturer": vendor, "view_position": "PA", "modality": "DX",
                      "transfer_syntax": "1.2.840.10008.1.2.1", "sex": "FM"[i % 2], "age": "50",
                      **{k: f"{rng.normal(0.5, 0.05):.5f}" for k in
-                        ("pixel_spacing", "rows", "cols", "img_mean", "img_std", "img_p05", "img_p50", "img_p95")},
-                     "_has_meta": True, "_batch": "b1", "_label": None})
-    return rows
+                        ("pixel_spacing", "rows", "cols", "img_mean", "img_std", "img_p05", "img_p50", "img_p95")}})
+    return [ScoredImage(r, f"s.csv:{i + 2}", "b1", True) for i, r in enumerate(rows)]
 
 
 def test_unseen_vendor_alerts_in_a_full_batch_but_a_small_batch_is_only_flagged():
@@ -79,7 +79,7 @@ def test_unseen_vendor_alerts_in_a_full_batch_but_a_small_batch_is_only_flagged(
 def test_windows_by_month_when_dated():
     rows = _rows(70, "ACME")
     for i, r in enumerate(rows):
-        r["study_month"] = "2026-01" if i < 35 else "2026-02"
+        r.cells["study_month"] = "2026-01" if i < 35 else "2026-02"
     res = monitor_result(reference(), rows)
     assert res.window_mode == "month" and [w.name for w in res.windows] == ["all", "2026-01", "2026-02"]
 
@@ -143,13 +143,14 @@ def test_labels_join_as_ingest_and_fill_what_png_exports_lack(tmp_path):
 
     labels = tmp_path / "labels.csv"
     labels.write_text("image,fibrosis,age,sex,view\na.png,1,61,f,PA\nb.dcm,0,40,M,PA\n")
-    rows = [{"path": "/in/a.png", "status": "ok", "view_position": "", "sex": "", "age": "", "_has_meta": True},
-            {"path": "/in/b.dcm", "status": "ok", "view_position": "AP", "sex": "F", "age": "70", "_has_meta": True},
-            {"path": "/in/c.dcm", "status": "error", "reason": "truncated", "_has_meta": True}]
+    rows = [ScoredImage(cells, f"s.csv:{i + 2}", "s", True) for i, cells in enumerate([
+        {"path": "/in/a.png", "status": "ok", "view_position": "", "sex": "", "age": ""},
+        {"path": "/in/b.dcm", "status": "ok", "view_position": "AP", "sex": "F", "age": "70"},
+        {"path": "/in/c.dcm", "status": "error", "reason": "truncated"}])]
     assert attach_labels(rows, labels, "fibrosis") == 2
-    assert [r["_label"] for r in rows] == [1, 0, None]
-    assert (rows[0]["view_position"], rows[0]["sex"], rows[0]["age"]) == ("PA", "F", "61")
-    assert (rows[1]["view_position"], rows[1]["sex"], rows[1]["age"]) == ("AP", "F", "70")  # the file wins
+    assert [r.label for r in rows] == [1, 0, None]
+    assert (rows[0].cells["view_position"], rows[0].cells["sex"], rows[0].cells["age"]) == ("PA", "F", "61")
+    assert (rows[1].cells["view_position"], rows[1].cells["sex"], rows[1].cells["age"]) == ("AP", "F", "70")  # the file wins
 
 
 def test_reference_and_batch_read_values_alike():
