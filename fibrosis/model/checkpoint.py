@@ -247,8 +247,11 @@ def update_checkpoint(path: str | Path, **fields: Any) -> Checkpoint:
     if bad:
         raise CheckpointError(f"{path}: refusing to overwrite {bad}; an update may set only {list(UPDATABLE)}")
     for key, value in fields.items():
+        record = _RECORDS.get(key)
+        if record is not None and value is not None and not isinstance(value, record):
+            raise CheckpointError(f"{path}: field {key!r} is a {type(value).__name__}; expected a {record.__name__}")
         try:
-            json.dumps(value.to_json() if key in _RECORDS and value is not None else value, allow_nan=True)
+            json.dumps(value.to_json() if record is not None and value is not None else value, allow_nan=True)
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: field {key!r} is not JSON-able ({exc}); store plain "
                                   f"dicts/lists/numbers/strings") from None

@@ -143,6 +143,8 @@ def test_update_adds_calibration_and_threshold(ckpt_path):
         update_checkpoint(path, weights={})
     with pytest.raises(CheckpointError, match="not JSON-able"):
         update_checkpoint(path, tune_selection={"t": torch.ones(1)})
+    with pytest.raises(CheckpointError, match="field 'threshold' is a dict; expected a ThresholdRecord"):
+        update_checkpoint(path, threshold=threshold.to_json())
 
 
 def test_rng_state_roundtrip_through_weights_only_file(tmp_path):
