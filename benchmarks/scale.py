@@ -195,6 +195,7 @@ def make_checkpoint(root: Path) -> None:
 
     from fibrosis.config import config_to_dict
     from fibrosis.model.calibration import TemperatureScaling
+    from fibrosis.model.threshold import SCALE, ThresholdRecord
     from fibrosis.model.checkpoint import Checkpoint, save_checkpoint
     from fibrosis.model.net import build_model
 
@@ -204,9 +205,8 @@ def make_checkpoint(root: Path) -> None:
     (root / "ckpt").mkdir(parents=True, exist_ok=True)
     save_checkpoint(root / "ckpt" / "best.pt", Checkpoint(
         weights=net.state_dict(), config=config_to_dict(cfg), arch=cfg.model.arch, preprocessing=net.preprocessing,
-        weights_info=net.weights_info, calibration=TemperatureScaling(1.5).to_dict(),
-        threshold={"format": 1, "scale": "calibrated probability", "default": "youden",
-                   "value": 0.5, "points": {"youden": 0.5}}))
+        weights_info=net.weights_info, calibration=TemperatureScaling(1.5).record(),
+        threshold=ThresholdRecord(SCALE, "youden", 0.5, points={"youden": 0.5})))
 
 
 def _tree_rss_mb(root_pid: int) -> tuple[float, float]:

@@ -60,6 +60,7 @@ def make_checkpoint(path: Path, arch: str, input_size: int) -> Path:
     import torch
 
     from fibrosis.model.calibration import TemperatureScaling
+    from fibrosis.model.threshold import SCALE, ThresholdRecord
     from fibrosis.model.checkpoint import Checkpoint, save_checkpoint
     from fibrosis.config import Config, ModelConfig, config_to_dict
     from fibrosis.model.net import build_model
@@ -69,9 +70,8 @@ def make_checkpoint(path: Path, arch: str, input_size: int) -> Path:
     cfg = Config(model=ModelConfig(arch=arch, weights="none", input_size=input_size))
     return save_checkpoint(path, Checkpoint(
         weights=net.state_dict(), config=config_to_dict(cfg), arch=cfg.model.arch, preprocessing=net.preprocessing,
-        weights_info=net.weights_info, calibration=TemperatureScaling(1.5).to_dict(),
-        threshold={"format": 1, "scale": "calibrated probability", "default": "youden",
-                   "value": 0.5, "points": {"youden": 0.5}}))
+        weights_info=net.weights_info, calibration=TemperatureScaling(1.5).record(),
+        threshold=ThresholdRecord(SCALE, "youden", 0.5, points={"youden": 0.5})))
 
 
 def model_rates(ckpt: Path, engines: list[str], batch: int, rounds: int, seconds: float) -> dict[str, float]:

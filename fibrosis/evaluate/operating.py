@@ -38,7 +38,16 @@ def _sens_spec_table(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return thr, sens, spec
 
 
-def threshold_youden(y_true: Any, y_score: Any) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Cutoff:
+    """A threshold chosen on some cases, and the sensitivity/specificity it has on them."""
+    rule: str
+    threshold: float  # may be -inf (everyone positive) or +inf (no one)
+    sensitivity: float
+    specificity: float
+
+
+def threshold_youden(y_true: Any, y_score: Any) -> Cutoff:
     """Cut-off maximising Youden's J = sensitivity + specificity - 1.
 
     Ties in J go to the lowest cut-off (the most sensitive one): for a screening
@@ -48,11 +57,10 @@ def threshold_youden(y_true: Any, y_score: Any) -> dict[str, Any]:
     thr, sens, spec = _sens_spec_table(y, s)
     j = sens + spec - 1.0
     k = int(np.flatnonzero(j >= j.max() - 1e-12)[0])
-    return {"rule": "youden", "threshold": float(thr[k]), "sensitivity": float(sens[k]),
-            "specificity": float(spec[k]), "j": float(j[k])}
+    return Cutoff("youden", float(thr[k]), float(sens[k]), float(spec[k]))
 
 
-def threshold_for_sensitivity(y_true: Any, y_score: Any, target: float) -> dict[str, Any]:
+def threshold_for_sensitivity(y_true: Any, y_score: Any, target: float) -> Cutoff:
     """Highest cut-off whose sensitivity on these cases is >= target (best specificity at that
     sensitivity)."""
     if not 0.0 < target <= 1.0:
@@ -64,8 +72,7 @@ def threshold_for_sensitivity(y_true: Any, y_score: Any, target: float) -> dict[
     if n_pos < 1.0 / (1.0 - target + 1e-12):
         warnings.warn(f"target sensitivity {target:.2f} chosen on only {n_pos} positives: one case "
                       "moves sensitivity by more than the gap to 1.0", MetricWarning, stacklevel=2)
-    return {"rule": f"sensitivity>={target:g}", "target": target, "threshold": float(thr[k]),
-            "sensitivity": float(sens[k]), "specificity": float(spec[k])}
+    return Cutoff(f"sensitivity>={target:g}", float(thr[k]), float(sens[k]), float(spec[k]))
 
 
 def confusion(y_true: Any, y_score: Any, threshold: float) -> Confusion:

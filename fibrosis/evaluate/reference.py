@@ -18,6 +18,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from fibrosis.data.cache import IMAGE_STATS, image_statistics
 from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.evaluate.subgroups import age_band
 from fibrosis.io import file_sha256, read_csv, write_json
+from fibrosis.model.threshold import ThresholdRecord
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,155 @@ CONTINUOUS: tuple[str, ...] = ("pixel_spacing", "rows", "cols", *IMAGE_STATS)
 UNITS = {"pixel_spacing": "mm (row spacing)", "rows": "pixels", "cols": "pixels",
          **{k: "[0, 1] display scale" for k in IMAGE_STATS}}
 _TAG_REASON = re.compile(r"^(\(\w{4},\w{4}\) \w+)")
+
+
+def _need(data: Any, key: str, where: str) -> Any:
+    if not isinstance(data, dict) or key not in data:
+        raise ValueError(f"{where}: no {key!r}; expected a reference written by `fibrosis evaluate`")
+    return data[key]
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """A value with its interval (either None when not estimable)."""
+    value: float | None
+    ci: list[float] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value, "ci": self.ci}
+
+
+@dataclass(frozen=True, slots=True)
+class PerformanceSummary:
+    """The validation report's headline numbers (``performance`` of reference.json)."""
+    auc: float
+    auc_ci: list[float] | None
+    intercept: float | None
+    intercept_ci: list[float] | None
+    slope: float | None
+    slope_ci: list[float] | None
+    ece: float
+    ece_bins: int
+    ece_strategy: str
+    sensitivity: Interval
+    specificity: Interval
+    operating_point: str
+    level: float
+    n: int
+    n_pos: int
+    ece_ci: list[float] | None = None  # absent in references of earlier versions
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"auc": self.auc, "auc_ci": self.auc_ci, "intercept": self.intercept, "intercept_ci": self.intercept_ci,
+               "slope": self.slope, "slope_ci": self.slope_ci, "ece": self.ece, "ece_bins": self.ece_bins,
+               "ece_strategy": self.ece_strategy, "sensitivity": self.sensitivity.to_json(),
+               "specificity": self.specificity.to_json(), "operating_point": self.operating_point,
+               "level": self.level, "n": self.n, "n_pos": self.n_pos}
+        return out if self.ece_ci is None else {**out, "ece_ci": self.ece_ci}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "PerformanceSummary":
+        where = f"{where}: performance"
+        get = {k: _need(data, k, where) for k in ("auc", "auc_ci", "ece", "ece_bins", "ece_strategy",
+                                                  "sensitivity", "specificity", "operating_point", "level",
+                                                  "n", "n_pos")}
+        sens, spec = (Interval(_need(get[k], "value", f"{where}.{k}"), _need(get[k], "ci", f"{where}.{k}"))
+                      for k in ("sensitivity", "specificity"))
+        return cls(get["auc"], get["auc_ci"], data.get("intercept"), data.get("intercept_ci"), data.get("slope"),
+                   data.get("slope_ci"), get["ece"], int(get["ece_bins"]), str(get["ece_strategy"]), sens, spec,
+                   str(get["operating_point"]), float(get["level"]), int(get["n"]), int(get["n_pos"]),
+                   data.get("ece_ci"))
+
+
+@dataclass(frozen=True, slots=True)
+class FrozenThreshold:
+    """The operating point scoring applies (``threshold`` of reference.json)."""
+    name: str
+    value: float
+    rule: str | None = None  # absent in hand-made references
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "value": self.value}
+        return out if self.rule is None else {**out, "rule": self.rule}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcomes:
+    """ok / excluded / error counts of the evaluated cache, and the reasons by class."""
+    n: int
+    ok: int
+    excluded: int
+    error: int
+    reasons: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n": self.n, "ok": self.ok, "excluded": self.excluded, "error": self.error,
+                "reasons": dict(self.reasons)}
+
+
+@dataclass(frozen=True, slots=True)
+class Minimums:
+    """Below these a monitored window is small: shown, not tested (the subgroup minimums)."""
+    min_n: int
+    min_positives: int
+    level: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"min_n": self.min_n, "min_positives": self.min_positives, "level": self.level}
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """reference.json as `fibrosis monitor` reads it (:func:`build_reference` writes it)."""
+    split: str
+    frozen: bool
+    model_id: str
+    created: str
+    n: int
+    threshold: FrozenThreshold
+    probabilities: list[float]
+    positive_k: int  # images at or above the threshold
+    positive_n: int
+    categories: dict[str, dict[str, int]]  # CATEGORIES -> value -> images
+    continuous: dict[str, list[float]]  # CONTINUOUS -> values
+    outcomes: Outcomes
+    performance: PerformanceSummary
+    minimums: Minimums
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": REFERENCE_FORMAT, "split": self.split, "frozen": self.frozen, "model_id": self.model_id,
+                "created": self.created, "n": self.n, "threshold": self.threshold.to_json(),
+                "probabilities": list(self.probabilities), "positive": {"k": self.positive_k, "n": self.positive_n},
+                "categories": {c: dict(v) for c, v in self.categories.items()},
+                "continuous": {c: list(v) for c, v in self.continuous.items()},
+                "outcomes": self.outcomes.to_json(), "performance": self.performance.to_json(),
+                "minimums": self.minimums.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "Reference":
+        """Validate a reference.json; errors name ``where`` (the file) and the key."""
+        if not isinstance(data, dict) or data.get("format") != REFERENCE_FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{where}: reference format={found!r}; this version reads {REFERENCE_FORMAT}")
+        thr, pos, out, mins = (_need(data, k, where) for k in ("threshold", "positive", "outcomes", "minimums"))
+        categories, continuous = _need(data, "categories", where), _need(data, "continuous", where)
+        for key, table, names in (("categories", categories, CATEGORIES), ("continuous", continuous, CONTINUOUS)):
+            for name in names:
+                _need(table, name, f"{where}: {key}")
+        return cls(
+            str(_need(data, "split", where)), bool(_need(data, "frozen", where)), str(_need(data, "model_id", where)),
+            str(_need(data, "created", where)), int(_need(data, "n", where)),
+            FrozenThreshold(str(_need(thr, "name", f"{where}: threshold")),
+                            float(_need(thr, "value", f"{where}: threshold")), thr.get("rule")),
+            list(_need(data, "probabilities", where)), int(_need(pos, "k", f"{where}: positive")),
+            int(_need(pos, "n", f"{where}: positive")), categories, continuous,
+            Outcomes(int(_need(out, "n", f"{where}: outcomes")), int(_need(out, "ok", f"{where}: outcomes")),
+                     int(_need(out, "excluded", f"{where}: outcomes")), int(_need(out, "error", f"{where}: outcomes")),
+                     dict(_need(out, "reasons", f"{where}: outcomes"))),
+            PerformanceSummary.from_json(_need(data, "performance", where), where),
+            Minimums(int(_need(mins, "min_n", f"{where}: minimums")),
+                     int(_need(mins, "min_positives", f"{where}: minimums")),
+                     float(_need(mins, "level", f"{where}: minimums"))))
 
 
 def category_value(row: dict[str, Any], name: str) -> str:
@@ -114,7 +265,7 @@ def performance_summary(metrics: EvaluationResult, threshold_name: str) -> dict[
 
 
 def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stats: Sequence[dict[str, float]],
-                    metrics: EvaluationResult, threshold: dict[str, Any], rejects: Sequence[dict[str, str]],
+                    metrics: EvaluationResult, threshold: ThresholdRecord, rejects: Sequence[dict[str, str]],
                     model_id: str, n_cached: int) -> dict[str, Any]:
     """Pure: the reference record of one evaluated split (rows, calibrated probabilities and
     image statistics aligned). Rejects belong to no split, so the excluded/failed shares are
@@ -124,8 +275,7 @@ def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stat
         raise ValueError(f"reference: {len(rows)} rows, {len(p)} probabilities, {len(stats)} image statistics; "
                          "expected one of each per image")
     merged = [{**r, **s} for r, s in zip(rows, stats)]
-    name = str(threshold.get("default", "youden"))
-    value = float(threshold["value"])
+    name, value = threshold.default, threshold.value
     ecfg = metrics.evaluate_config
     perf = performance_summary(metrics, name)
     perf["ece_ci"] = ece_interval(labels, p, perf["ece_bins"], perf["ece_strategy"], perf["level"])
@@ -133,7 +283,7 @@ def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stat
         "format": REFERENCE_FORMAT, "split": metrics.split, "frozen": metrics.frozen,
         "model_id": model_id, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "n": len(rows),
-        "threshold": {"name": name, "value": value, "rule": threshold.get("rule", "")},
+        "threshold": {"name": name, "value": value, "rule": threshold.rule or ""},
         "probabilities": [round(float(v), 6) for v in p],
         "positive": {"k": int((p >= value).sum()), "n": int(len(p))},
         "categories": {c: dict(Counter(category_value(r, c) for r in rows)) for c in CATEGORIES},
@@ -147,7 +297,7 @@ def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stat
 
 
 def write_reference(out: Path, ckpt_path: Path, rows: Sequence[dict[str, str]], labels: Any, prob: Any,
-                    metrics: EvaluationResult, threshold: dict[str, Any], reader: Any,
+                    metrics: EvaluationResult, threshold: ThresholdRecord, reader: Any,
                     index: Sequence[int]) -> Path:
     """I/O adapter: image statistics from the cache, rejects.csv, the checkpoint's model id
     (as `fibrosis score` writes it), then ``out/reference.json``."""

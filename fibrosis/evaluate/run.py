@@ -30,7 +30,8 @@ from fibrosis.evaluate import metrics as M
 from fibrosis.evaluate import operating as O
 from fibrosis.data.records import require_label
 from fibrosis.io import write_csv
-from fibrosis.model.calibration import Calibrator, calibrator_from_dict, make_calibrator
+from fibrosis.model.calibration import CalibrationRecord, Calibrator, calibrator_from_record, make_calibrator
+from fibrosis.model.threshold import FitData, OperatingPointSpec, ThresholdRecord
 from fibrosis.numeric import MetricWarning, check_binary, sigmoid
 from fibrosis.config import Config, EvaluateConfig, config_to_dict
 from fibrosis.data.cache import CacheReader, manifest_hash
@@ -41,14 +42,13 @@ from fibrosis.evaluate.decision import decision_curve
 from fibrosis.evaluate.reference import write_reference
 from fibrosis.evaluate.result import EvaluationResult, GradcamSummary
 from fibrosis.evaluate.subgroups import AGE_BANDS, attribute_values
-from fibrosis.evaluate.summary import DataSummary, FitCounts
+from fibrosis.evaluate.summary import DataSummary
 
 if TYPE_CHECKING:  # the record's module imports torch, which `import fibrosis` does not need
     from fibrosis.model.checkpoint import Checkpoint
 
 logger = logging.getLogger(__name__)
 
-THRESHOLD_FORMAT = 1
 OOF_FIT = "out-of-fold"  # = fibrosis.evaluate.selection.OOF_SPLIT: fitted by `fibrosis tune`
 
 
@@ -118,44 +118,37 @@ def _bootstrap(y: np.ndarray, z: np.ndarray, keys: list[str], ecfg: EvaluateConf
                                            n_patients=len(set(keys)), seed=ecfg.seed)
 
 
-def choose_thresholds(y: np.ndarray, prob: np.ndarray, ecfg: EvaluateConfig) -> list[dict[str, Any]]:
+def _spec(name: str, cut: O.Cutoff) -> OperatingPointSpec:
+    # On the probability scale "everyone positive" is 0.0 and "no one" is just above 1.0;
+    # finite values keep the threshold JSON-able for the checkpoint and scoring.
+    t = cut.threshold
+    t = 0.0 if t == -np.inf else float(np.nextafter(1.0, 2.0)) if t == np.inf else t
+    return OperatingPointSpec(name, cut.rule, t, cut.sensitivity, cut.specificity)
+
+
+def choose_thresholds(y: np.ndarray, prob: np.ndarray, ecfg: EvaluateConfig) -> list[OperatingPointSpec]:
     """Youden and target-sensitivity cut-offs on the fit split's calibrated probabilities."""
-    points = [{"name": "youden", **O.threshold_youden(y, prob)}]
-    for target in ecfg.target_sensitivities:
-        points.append({"name": f"sensitivity_{target:.2f}", **O.threshold_for_sensitivity(y, prob, target)})
-    for p in points:
-        # On the probability scale "everyone positive" is 0.0 and "no one" is just above 1.0;
-        # finite values keep the threshold JSON-able for the checkpoint and scoring.
-        if p["threshold"] == -np.inf:
-            p["threshold"] = 0.0
-        elif p["threshold"] == np.inf:
-            p["threshold"] = float(np.nextafter(1.0, 2.0))
-    return points
+    return [_spec("youden", O.threshold_youden(y, prob)),
+            *(_spec(f"sensitivity_{target:.2f}", O.threshold_for_sensitivity(y, prob, target))
+              for target in ecfg.target_sensitivities)]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class OperatingPoints:
     """Calibrator and thresholds: fitted on a split now, or frozen from the checkpoint."""
 
     calibrator: Calibrator
-    points: list[dict[str, Any]]  # name, rule, threshold, sensitivity, specificity (on the fit split)
-    fit_data: dict[str, Any]  # split, n, n_pos, n_patients (None where an old record lacks them)
+    points: list[OperatingPointSpec]  # the first is the default (Youden)
+    fit_data: FitData
     frozen: bool = False
 
     @property
     def split(self) -> str:
-        return str(self.fit_data.get("split"))
+        return str(self.fit_data.split)
 
-    def threshold_record(self) -> dict[str, Any]:
+    def threshold_record(self) -> ThresholdRecord:
         """What the checkpoint stores for `fibrosis score` and for later frozen evaluations."""
-        return {"format": THRESHOLD_FORMAT, "scale": "calibrated probability",
-                "calibration": self.calibrator.method, "chosen_on": self.split, "default": "youden",
-                "value": self.points[0]["threshold"],
-                "points": {p["name"]: p["threshold"] for p in self.points},
-                "details": {p["name"]: {k: p[k] for k in ("rule", "sensitivity", "specificity")}
-                            for p in self.points},
-                "fit_data": dict(self.fit_data),
-                "rule": "positive if calibrated probability >= threshold"}
+        return ThresholdRecord.of(self.points, self.calibrator.method, self.fit_data)
 
 
 def fit_operating_points(fit: Predictions, ecfg: EvaluateConfig, log: WarningLog) -> OperatingPoints:
@@ -164,40 +157,32 @@ def fit_operating_points(fit: Predictions, ecfg: EvaluateConfig, log: WarningLog
         cal = make_calibrator(ecfg.calibration).fit(fit.logits, fit.labels, split=fit.split)
     with log.step(f"thresholds ({fit.split})"):
         points = choose_thresholds(fit.labels, cal.predict(fit.logits), ecfg)
-    return OperatingPoints(cal, points, {"split": fit.split, "n": int(len(fit.labels)),
-                                         "n_pos": int(fit.labels.sum()), "n_patients": len(set(fit.patient_keys))})
+    return OperatingPoints(cal, points, FitData(fit.split, int(len(fit.labels)), int(fit.labels.sum()),
+                                                len(set(fit.patient_keys))))
 
 
-def stored_operating_points(calibration: dict[str, Any] | None, threshold: dict[str, Any] | None,
+def stored_operating_points(calibration: CalibrationRecord | None, threshold: ThresholdRecord | None,
                             source: str) -> OperatingPoints:
     """The calibrator and thresholds a previous (fitting) evaluation stored, unchanged."""
-    if not calibration or not threshold:
+    if calibration is None or threshold is None:
         raise ValueError(f"{source}: no calibration/threshold stored; run `fibrosis evaluate` without "
                          "--frozen on the training cache first (it fits them on val/calib and stores them)")
-    if threshold.get("format") != THRESHOLD_FORMAT:
-        raise ValueError(f"{source}: threshold format={threshold.get('format')!r}; this version reads "
-                         f"{THRESHOLD_FORMAT}")
-    cal = calibrator_from_dict(calibration)
-    details = threshold.get("details") or {}
-    points = [{"name": name, "threshold": float(value),
-               "rule": (details.get(name) or {}).get("rule", f"stored threshold {name!r}"),
-               "sensitivity": (details.get(name) or {}).get("sensitivity"),
-               "specificity": (details.get(name) or {}).get("specificity")}
-              for name, value in threshold["points"].items()]
-    fit_data = {"split": threshold.get("chosen_on"), "n": None, "n_pos": None, "n_patients": None,
-                **(threshold.get("fit_data") or {})}
-    return OperatingPoints(cal, points, fit_data, frozen=True)
+    if threshold.points is None:
+        raise ValueError(f"{source}: threshold record without 'points'; expected the operating points "
+                         "`fibrosis evaluate` stores")
+    return OperatingPoints(calibrator_from_record(calibration), threshold.operating_points(), threshold.fit(),
+                           frozen=True)
 
 
 def evaluate_predictions(fit: Predictions, test: Predictions, ecfg: EvaluateConfig,
-                         ) -> tuple[EvaluationResult, Calibrator, dict[str, Any], list[dict[str, Any]]]:
+                         ) -> tuple[EvaluationResult, Calibrator, ThresholdRecord, list[dict[str, Any]]]:
     """Pure core: returns (metrics, fitted calibrator, threshold record, per-case rows)."""
     log = WarningLog()
     return measure(fit_operating_points(fit, ecfg, log), test, ecfg, log)
 
 
 def measure(op: OperatingPoints, test: Predictions, ecfg: EvaluateConfig, log: WarningLog,
-            ) -> tuple[EvaluationResult, Calibrator, dict[str, Any], list[dict[str, Any]]]:
+            ) -> tuple[EvaluationResult, Calibrator, ThresholdRecord, list[dict[str, Any]]]:
     """Everything reported on ``test`` with calibrator and thresholds already fixed."""
     y, z = test.labels, test.logits
     check_binary(y, z, score_name=f"{test.split} logits")
@@ -205,14 +190,14 @@ def measure(op: OperatingPoints, test: Predictions, ecfg: EvaluateConfig, log: W
     raw, prob = sigmoid(z), cal.predict(z)
     ops = []
     for p in points:
-        with log.step(f"operating point {p['name']} ({test.split})"):
-            cm = O.confusion(y, prob, p["threshold"])
+        with log.step(f"operating point {p.name} ({test.split})"):
+            cm = O.confusion(y, prob, p.threshold)
             perf = O.binary_metrics(cm, ecfg.ci_level)
             deploy = (O.predictive_values_at_prevalence(perf.sensitivity, perf.specificity,
                                                         ecfg.deployment_prevalence)
                       if ecfg.deployment_prevalence is not None else None)
-        ops.append(O.MeasuredOperatingPoint(p["name"], p["rule"], p["threshold"],
-                                            O.ChosenOn(op.split, p["sensitivity"], p["specificity"]), cm,
+        ops.append(O.MeasuredOperatingPoint(p.name, p.rule, p.threshold,
+                                            O.ChosenOn(op.split, p.sensitivity, p.specificity), cm,
                                             perf.sensitivity, perf.specificity, perf.ppv, perf.npv, deploy))
 
     with log.step(f"discrimination ({test.split})"):
@@ -236,7 +221,7 @@ def measure(op: OperatingPoints, test: Predictions, ecfg: EvaluateConfig, log: W
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         evaluate_config=config_to_dict(ecfg),
         data=DataSummary(int(len(y)), n_pos, int(len(y) - n_pos), n_pos / len(y), len(set(test.patient_keys)),
-                         FitCounts.from_json(dict(op.fit_data), "the fit split's counts")),
+                         op.fit_data),
         discrimination=M.Discrimination("model logit (AUC is unchanged by temperature/Platt calibration)",
                                         delong.auc, delong, boot, auc_cal, roc, pr),
         calibration=M.CalibrationSummary(method, cal.to_dict(), _calibration_block(y, raw, ecfg, log, "before"),
@@ -250,7 +235,7 @@ def measure(op: OperatingPoints, test: Predictions, ecfg: EvaluateConfig, log: W
     cases = [{"case": i + 1, "content_hash": r.get("content_hash", ""),
               "patient_key": test.patient_keys[i], "split": test.split, "label": int(y[i]),
               "logit": float(z[i]), "prob_uncalibrated": float(raw[i]), "prob": float(prob[i]),
-              **{f"pred_{p['name']}": int(prob[i] >= p["threshold"]) for p in points},
+              **{f"pred_{p.name}": int(prob[i] >= p.threshold) for p in points},
               **{name: attrs[name][i] for name in attrs}}
              for i, r in enumerate(test.rows)]
     return result, cal, op.threshold_record(), cases
@@ -345,7 +330,7 @@ def _prepare(run: Path, cache: Path, split: str, cfg: Config | None, overrides: 
     all_rows, idx = split_rows(cache, split)
     # `fibrosis tune` fitted calibration + thresholds on the pooled out-of-fold logits of all
     # development patients: they are kept (not refitted on val, which the folds trained on).
-    oof = not frozen and (ckpt.threshold or {}).get("chosen_on") == OOF_FIT
+    oof = not frozen and ckpt.threshold is not None and ckpt.threshold.chosen_on == OOF_FIT
     stored = (stored_operating_points(ckpt.calibration, ckpt.threshold, str(ckpt_path))
               if frozen or oof else None)
     if oof:
@@ -369,7 +354,7 @@ def _prepare(run: Path, cache: Path, split: str, cfg: Config | None, overrides: 
                 stored, loud)
 
 
-def _measure(job: _Job) -> tuple[EvaluationResult, Calibrator, dict[str, Any], list[dict[str, Any]], Predictions]:
+def _measure(job: _Job) -> tuple[EvaluationResult, Calibrator, ThresholdRecord, list[dict[str, Any]], Predictions]:
     """Predict, then measure: with the stored calibration (frozen), or fitting it and the
     thresholds on the fit split and storing them in the checkpoint."""
     from fibrosis.model.checkpoint import update_checkpoint
@@ -394,7 +379,7 @@ def _measure(job: _Job) -> tuple[EvaluationResult, Calibrator, dict[str, Any], l
     result, cal, threshold, cases = evaluate_predictions(predictions(fit_idx, job.fit_split), test, job.cfg.evaluate)
     # Store calibration + thresholds now, so the checkpoint hash in the report is the
     # hash of the file `fibrosis score` will read (it was taken before the rewrite).
-    update_checkpoint(job.ckpt_path, calibration=cal.to_dict(), threshold=threshold)
+    update_checkpoint(job.ckpt_path, calibration=cal.record(), threshold=threshold)
     return result, cal, threshold, cases, test
 
 
@@ -411,19 +396,19 @@ def _describe(job: _Job, result: EvaluationResult) -> EvaluationResult:
 
 
 def _reference(job: _Job, test: Predictions, cal: Calibrator, result: EvaluationResult,
-               threshold: dict[str, Any]) -> None:
+               threshold: ThresholdRecord) -> None:
     """reference.json beside metrics.json: what `fibrosis monitor` compares new batches with."""
     write_reference(job.out, job.ckpt_path, test.rows, test.labels, cal.predict(test.logits), result, threshold,
                     CacheReader(job.cache, job.all_rows), job.idx)
 
 
-def _gradcam(job: _Job, test: Predictions, cal: Calibrator, threshold: dict[str, Any],
+def _gradcam(job: _Job, test: Predictions, cal: Calibrator, threshold: ThresholdRecord,
              warnings_out: list[str]) -> GradcamSummary | None:
     from fibrosis.model.cam import gradcam_panels
 
     try:
         return GradcamSummary.from_json(
-            gradcam_panels(job.model, job.cache, test, cal.predict(test.logits), threshold["value"],
+            gradcam_panels(job.model, job.cache, test, cal.predict(test.logits), threshold.value,
                            job.out, per_kind=job.cfg.evaluate.gradcam_per_kind), "Grad-CAM panels")
     except Exception as exc:  # a figure must not sink the numbers; say so in the report
         logger.exception("Grad-CAM failed")

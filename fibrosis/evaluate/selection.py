@@ -35,7 +35,6 @@ import typing
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -43,6 +42,8 @@ from fibrosis.config import ArmRecipe, EvaluateConfig, Selection
 from fibrosis.evaluate import metrics as M
 from fibrosis.evaluate.run import OOF_FIT, Predictions, WarningLog, fit_operating_points
 from fibrosis.evaluate.tune_record import ArmScore, ArmTraits, JudgedArm, Paired, ReplicationCheck, SelectionAdjusted
+from fibrosis.model.calibration import CalibrationRecord
+from fibrosis.model.threshold import ThresholdRecord
 from fibrosis.numeric import MetricWarning
 
 OOF_SPLIT = OOF_FIT  # what the calibration/threshold record names as its fit data
@@ -247,9 +248,9 @@ def selection_adjusted(fold_auc: Mapping[str, Mapping[str, float | None]], chose
 
 
 def fit_oof_operating_points(rows: Sequence[dict[str, str]], oof: np.ndarray, ecfg: EvaluateConfig
-                             ) -> tuple[dict[str, Any], dict[str, Any]]:
+                             ) -> tuple[CalibrationRecord, ThresholdRecord]:
     """Calibrator and thresholds fitted on the pooled OOF logits of all development patients:
     (calibration dict, threshold record) for the checkpoint."""
     pred = Predictions.from_rows(rows, oof, OOF_SPLIT)
     op = fit_operating_points(pred, ecfg, WarningLog())
-    return op.calibrator.to_dict(), op.threshold_record()
+    return op.calibrator.record(), op.threshold_record()

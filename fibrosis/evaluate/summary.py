@@ -21,6 +21,7 @@ from fibrosis.data.cache import manifest_hash
 from fibrosis.data.pixels import POLARITY_EXCLUDED, excluded_flag, qa_flags
 from fibrosis.data.records import parse_label
 from fibrosis.evaluate.shape import arr, obj
+from fibrosis.model.threshold import FitData
 from fibrosis.io import file_sha256, package_versions, read_csv, read_text
 
 if TYPE_CHECKING:  # the record's module imports torch, which `import fibrosis` does not need
@@ -49,24 +50,6 @@ class SplitCounts:
     def from_json(cls, data: Any, where: str) -> "SplitCounts":
         d = obj(data, where, ("n", "n_pos", "prevalence", "n_patients"))
         return cls(d["n"], d["n_pos"], d["prevalence"], d["n_patients"])
-
-
-@dataclass(frozen=True, slots=True)
-class FitCounts:
-    """The split calibration and thresholds were fitted on, and its counts (None where a stored
-    threshold record lacks them)."""
-    split: str | None
-    n: int | None
-    n_pos: int | None
-    n_patients: int | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"split": self.split, "n": self.n, "n_pos": self.n_pos, "n_patients": self.n_patients}
-
-    @classmethod
-    def from_json(cls, data: Any, where: str) -> "FitCounts":
-        d = obj(data, where, ("split", "n", "n_pos", "n_patients"))
-        return cls(d["split"], d["n"], d["n_pos"], d["n_patients"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +133,7 @@ class DataSummary:
     n_neg: int
     prevalence: float
     n_patients: int
-    fit: FitCounts
+    fit: FitData
     provenance: CacheProvenance | None = None  # None: measured from arrays alone, no cache read
 
     @property
@@ -171,7 +154,7 @@ class DataSummary:
         d = obj(data, where, ("n", "n_pos", "n_neg", "prevalence", "n_patients", "fit"))
         provenance = CacheProvenance.from_json(d, where) if any(k in d for k in _PROVENANCE) else None
         return cls(d["n"], d["n_pos"], d["n_neg"], d["prevalence"], d["n_patients"],
-                   FitCounts.from_json(d["fit"], f"{where}.fit"), provenance)
+                   FitData.from_json(d["fit"], f"{where}.fit"), provenance)
 
     def with_split_method(self, text: str) -> "DataSummary":
         """The same summary with its split method replaced (e.g. external validation: no split)."""

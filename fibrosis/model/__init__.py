@@ -15,7 +15,9 @@ _EXPORTS = {
     "compute_cams": "fibrosis.model.cam",
     "Calibrator": "fibrosis.model.calibration",
     "make_calibrator": "fibrosis.model.calibration",
-    "calibrator_from_dict": "fibrosis.model.calibration",
+    "calibrator_from_record": "fibrosis.model.calibration",
+    "CalibrationRecord": "fibrosis.model.calibration",
+    "ThresholdRecord": "fibrosis.model.threshold",
 }
 __getattr__ = lazy(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)

@@ -1,9 +1,9 @@
 """Post-hoc probability calibration of the model's logit: temperature, Platt, isotonic.
 
 A calibrator is fitted on the validation (or dedicated calibration) split only and
-then frozen; it is stored inside the checkpoint as a plain JSON-able dict
-(``to_dict``) so that ``torch.load(..., weights_only=True)`` can read it and
-scoring applies exactly the mapping that was evaluated.
+then frozen; it is stored inside the checkpoint as a :class:`CalibrationRecord` (plain
+JSON on disk, so that ``torch.load(..., weights_only=True)`` can read it) and scoring
+applies exactly the mapping that was evaluated.
 
 * temperature: p = sigmoid(z / T), one parameter, keeps the ranking (AUC) intact.
 * platt: p = sigmoid(a * z + b), also fixes a shifted base rate; keeps the ranking.
@@ -17,6 +17,7 @@ import logging
 import math
 import typing
 import warnings
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,18 +44,74 @@ def _check_logits(logits: Any) -> np.ndarray:
     return z
 
 
+@dataclass(frozen=True, slots=True)
+class FittedOn:
+    """The split a calibrator was fitted on."""
+    split: str
+    n: int
+    n_pos: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"split": self.split, "n": self.n, "n_pos": self.n_pos}
+
+
+# A calibrator's parameters: its constructor's keyword arguments (a number each, or the
+# isotonic knots), so they differ by method.
+Params = dict[str, float | list[float]]
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationRecord:
+    """A fitted calibrator as the checkpoint (key ``calibration``) and metrics.json store it."""
+    method: str
+    params: Params
+    fitted_on: FittedOn | None  # None: never fitted (stored as {})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "method": self.method,
+                "params": {k: list(v) if isinstance(v, list) else v for k, v in self.params.items()},
+                "fitted_on": self.fitted_on.to_json() if self.fitted_on else {}}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "CalibrationRecord":
+        """Validate a stored record; errors name ``where`` (the checkpoint) and the key."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: calibration={data!r}; expected a record (written by fibrosis evaluate)")
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{where}: calibration dict format {data.get('format')!r}; this version reads {FORMAT}")
+        method = data.get("method")
+        if method not in _CLASSES:
+            raise ValueError(f"{where}: calibration method {method!r} in checkpoint; allowed: {list(METHODS)}")
+        params = data.get("params", {})
+        if not isinstance(params, dict) or not all(
+                isinstance(v, (int, float)) or (isinstance(v, list) and all(isinstance(x, (int, float)) for x in v))
+                for v in params.values()):
+            raise ValueError(f"{where}: calibration params={params!r}; expected numbers or lists of numbers")
+        try:
+            _CLASSES[method](**params)
+        except TypeError:
+            raise ValueError(f"{where}: calibration params {sorted(params)} for method {method!r}; expected "
+                             f"{sorted(_CLASSES[method]().params())}") from None
+        fit = data.get("fitted_on", {})
+        try:
+            fitted_on = FittedOn(str(fit["split"]), int(fit["n"]), int(fit["n_pos"])) if fit else None
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{where}: calibration fitted_on={fit!r}; expected split, n and n_pos") from None
+        return cls(str(method), dict(params), fitted_on)
+
+
 class Calibrator:
     """Base class: ``fit(logits, y)`` on the calibration split, ``predict(logits)`` -> probabilities."""
 
     method: ClassVar[str] = "none"
 
     def __init__(self) -> None:
-        self.fitted_on: dict[str, Any] = {}
+        self.fitted_on: FittedOn | None = None
 
     def fit(self, logits: Any, y_true: Any, split: str = "val") -> "Calibrator":
         y, z = check_binary(y_true, _check_logits(logits), score_name="logits")
         self._fit(z, y.astype(float))
-        self.fitted_on = {"split": split, "n": int(len(y)), "n_pos": int(y.sum())}
+        self.fitted_on = FittedOn(split, int(len(y)), int(y.sum()))
         logger.info("calibration %s fitted on %s (n=%d, positives=%d): %s", self.method, split,
                     len(y), int(y.sum()), self.params())
         return self
@@ -65,12 +122,15 @@ class Calibrator:
     def predict(self, logits: Any) -> np.ndarray:
         return sigmoid(_check_logits(logits))
 
-    def params(self) -> dict[str, Any]:
+    def params(self) -> Params:
         return {}
 
+    def record(self) -> CalibrationRecord:
+        return CalibrationRecord(self.method, self.params(), self.fitted_on)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "method": self.method, "params": self.params(),
-                "fitted_on": dict(self.fitted_on)}
+        """The record's JSON (what metrics.json shows as ``calibrator``)."""
+        return self.record().to_json()
 
 
 class TemperatureScaling(Calibrator):
@@ -97,7 +157,7 @@ class TemperatureScaling(Calibrator):
     def predict(self, logits: Any) -> np.ndarray:
         return sigmoid(_check_logits(logits) / self.temperature)
 
-    def params(self) -> dict[str, Any]:
+    def params(self) -> Params:
         return {"temperature": self.temperature}
 
 
@@ -124,7 +184,7 @@ class PlattScaling(Calibrator):
     def predict(self, logits: Any) -> np.ndarray:
         return sigmoid(self.a * _check_logits(logits) + self.b)
 
-    def params(self) -> dict[str, Any]:
+    def params(self) -> Params:
         return {"a": self.a, "b": self.b}
 
 
@@ -149,7 +209,7 @@ class IsotonicCalibration(Calibrator):
         # Same mapping as IsotonicRegression.predict: linear between knots, clipped outside.
         return np.interp(_check_logits(logits), self.x, self.y)
 
-    def params(self) -> dict[str, Any]:
+    def params(self) -> Params:
         return {"x": list(self.x), "y": list(self.y)}
 
 
@@ -164,15 +224,10 @@ def make_calibrator(method: str) -> Calibrator:
     return _CLASSES[method]()
 
 
-def calibrator_from_dict(data: dict[str, Any] | None) -> Calibrator:
-    """Rebuild a calibrator saved with ``to_dict`` (None -> identity sigmoid)."""
-    if data is None:
+def calibrator_from_record(record: CalibrationRecord | None) -> Calibrator:
+    """Rebuild a stored calibrator (None -> identity sigmoid)."""
+    if record is None:
         return Calibrator()
-    if data.get("format") != FORMAT:
-        raise ValueError(f"calibration dict format {data.get('format')!r}; this version reads {FORMAT}")
-    method = data.get("method")
-    if method not in _CLASSES:
-        raise ValueError(f"calibration method {method!r} in checkpoint; allowed: {list(METHODS)}")
-    cal = _CLASSES[method](**data.get("params", {}))
-    cal.fitted_on = dict(data.get("fitted_on", {}))
+    cal = _CLASSES[record.method](**record.params)
+    cal.fitted_on = record.fitted_on
     return cal

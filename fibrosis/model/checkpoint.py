@@ -14,10 +14,9 @@ Nested entries are typed records written as plain data (:meth:`Checkpoint.to_pay
 (:class:`fibrosis.data.records.Preprocessing`), ``tta`` (:class:`fibrosis.model.tta.TTARecord`),
 ``ensemble`` (:class:`EnsembleRecord`), ``tune`` (:class:`TuneProvenance`), ``tune_selection``
 (:class:`TuneSelection`), ``aux`` (:class:`AuxRecord`). These stay plain data, each with its own
-reader one layer down or up: ``calibration``
-(:func:`fibrosis.model.calibration.calibrator_from_dict`), ``threshold``
-(:func:`fibrosis.evaluate.operating` via ``stored_operating_points``), ``config``
-(:func:`fibrosis.config.config_from_dict`), ``run`` (``fibrosis.train.loop.RunState``).
+reader one layer down or up: ``config`` (:func:`fibrosis.config.config_from_dict`), ``run``
+(``fibrosis.train.loop.RunState``). ``calibration`` and ``threshold`` are typed records too
+(:class:`fibrosis.model.calibration.CalibrationRecord`, :class:`fibrosis.model.threshold.ThresholdRecord`).
 """
 from __future__ import annotations
 
@@ -27,7 +26,6 @@ import json
 import logging
 import random
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +36,8 @@ import torch
 from fibrosis.artefacts import SchemaError, check_schema
 from fibrosis.data.records import Preprocessing
 from fibrosis.io import atomic_write_bytes
+from fibrosis.model.calibration import CalibrationRecord
+from fibrosis.model.threshold import ThresholdRecord
 from fibrosis.model.tta import TTARecord
 
 if TYPE_CHECKING:
@@ -189,8 +189,8 @@ class Checkpoint:
     ensemble: EnsembleRecord | None = None  # the fold models of `fibrosis tune`
     tune: TuneProvenance | None = None  # the tune arm this model is
     training: Training | None = None
-    calibration: dict[str, Any] | None = None  # added by evaluate (or tune, out of fold)
-    threshold: dict[str, Any] | None = None  # operating points on the calibrated probability
+    calibration: CalibrationRecord | None = None  # added by evaluate (or tune, out of fold)
+    threshold: ThresholdRecord | None = None  # operating points on the calibrated probability
     tune_selection: TuneSelection | None = None  # tune's choice and its selection-adjusted AUC
 
     @property
@@ -245,9 +245,9 @@ class Checkpoint:
             body.pop(k, None)
         # Files written before the architecture had its own key: it is the config's.
         arch = body.pop("arch", None) or (config.get("model") or {}).get("arch", "")
-        for k, read in _RECORDS.items():
+        for k, record in _RECORDS.items():
             if body.get(k) is not None:
-                body[k] = read(body[k], where)
+                body[k] = record.from_json(body[k], where)
         return cls(weights=body.pop("model"), config=config, arch=str(arch), training=training,
                    preprocessing=Preprocessing.from_dict(body.pop("preprocessing"), where), **body)
 
@@ -255,10 +255,12 @@ class Checkpoint:
 # Optional fields are left out of the file when unset, as `train` and `tune` always wrote them.
 _OPTIONAL = frozenset({"best_epoch", "best_val_auc", "aux", "ensemble", "tune", "calibration",
                        "threshold", "tune_selection"})
-# Entries written as plain data and read back into their record.
-_RECORDS: dict[str, Callable[[Any, str], object]] = {
-    "tta": TTARecord.from_json, "ensemble": EnsembleRecord.from_json, "tune": TuneProvenance.from_json,
-    "tune_selection": TuneSelection.from_json, "aux": AuxRecord.from_json}
+# Entries stored as their record's JSON and read back into it.
+_RecordType = (type[TTARecord] | type["EnsembleRecord"] | type["TuneProvenance"] | type["TuneSelection"]
+               | type["AuxRecord"] | type[CalibrationRecord] | type[ThresholdRecord])
+_RECORDS: dict[str, _RecordType] = {
+    "tta": TTARecord, "ensemble": EnsembleRecord, "tune": TuneProvenance, "tune_selection": TuneSelection,
+    "aux": AuxRecord, "calibration": CalibrationRecord, "threshold": ThresholdRecord}
 # Keys of older files that the record no longer carries: the history sits in ``run``.
 _DROPPED = ("history",)
 
@@ -346,8 +348,11 @@ def update_checkpoint(path: str | Path, **fields: Any) -> Checkpoint:
     if bad:
         raise CheckpointError(f"{path}: refusing to overwrite {bad}; an update may set only {list(UPDATABLE)}")
     for key, value in fields.items():
+        record = _RECORDS.get(key)
+        if record is not None and value is not None and not isinstance(value, record):
+            raise CheckpointError(f"{path}: field {key!r} is a {type(value).__name__}; expected a {record.__name__}")
         try:
-            json.dumps(value.to_json() if key in _RECORDS and value is not None else value, allow_nan=True)
+            json.dumps(value.to_json() if record is not None and value is not None else value, allow_nan=True)
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: field {key!r} is not JSON-able ({exc}); store plain "
                                   f"dicts/lists/numbers/strings") from None

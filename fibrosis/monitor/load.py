@@ -8,23 +8,41 @@ batch and image statistics; a labels CSV is joined as `fibrosis ingest --labels`
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from fibrosis import artefacts
 from fibrosis.data.labels import load_labels
-from fibrosis.evaluate.reference import REFERENCE_FORMAT
+from fibrosis.evaluate.reference import Reference
 from fibrosis.io import read_csv, read_text
 from fibrosis.score.output import STATUSES, iter_score_rows, meta_path
 
 logger = logging.getLogger(__name__)
 
 HINTS = (("age", "age"), ("sex", "sex"), ("view_position", "view"))  # side-file column, labels column
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredImage:
+    """One scored image as the monitor compares it: its scores.csv row joined with its side-file row."""
+    # The scores row's cells with the side file's merged in (header fields, study month, image
+    # statistics) and, for images with a side-file row, the labels' hints where it had none.
+    # Which columns there are depends on the scoring version (read by name, absent = "").
+    cells: dict[str, str]
+    where: str  # file:line, for messages
+    batch: str  # the scoring batch: file stem and scored_at
+    has_meta: bool  # a side-file row was joined
+    label: int | None = None  # from --labels; None: no label (or not labelled)
+
+    @property
+    def status(self) -> str:
+        return str(self.cells.get("status", ""))
 
 
 def find_reference(run: Path, reference: Path | None) -> Path:
@@ -35,11 +53,8 @@ def find_reference(run: Path, reference: Path | None) -> Path:
     return path
 
 
-def read_reference(path: Path) -> dict[str, Any]:
-    ref = json.loads(read_text(path))
-    if ref.get("format") != REFERENCE_FORMAT:
-        raise ValueError(f"{path}: reference format={ref.get('format')!r}; this version reads {REFERENCE_FORMAT}")
-    return ref
+def read_reference(path: Path) -> Reference:
+    return Reference.from_json(json.loads(read_text(path)), str(path))
 
 
 _NUMBER_LIKE = re.compile(r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|inf(?:inity)?|nan)?", re.IGNORECASE)
@@ -58,7 +73,7 @@ def _finite(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def row_problem(row: dict[str, Any]) -> str:
+def row_problem(row: Mapping[str, str]) -> str:
     """Why a scores row cannot be what `fibrosis score` writes ("" when it can): an ``ok`` row
     carries a finite logit, a calibrated probability in [0, 1] and a decision of 0 or 1."""
     status = str(row.get("status") or "")
@@ -77,18 +92,17 @@ def row_problem(row: dict[str, Any]) -> str:
     return ""
 
 
-def read_scores(path: Path, model_id: str) -> list[dict[str, Any]]:
+def read_scores(path: Path, model_id: str) -> list[ScoredImage]:
     """Rows of one scores file with its side file merged in; refuses another model's scores and
     any row `fibrosis score` could not have written (naming the file and line)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: scores file not found (written by `fibrosis score --out`)")
     # a FIFO, an over-long field or non-UTF-8 bytes: one line naming the file
-    rows: list[dict[str, Any]] = list(iter_score_rows(path))
+    rows = list(iter_score_rows(path))
     for line, r in enumerate(rows, start=2):
         problem = row_problem(r)
         if problem:
             raise ValueError(f"{path}:{line}: {problem} (a scores file written by `fibrosis score`)")
-        r["_where"] = f"{path}:{line}"
     other = sorted({r["model_id"] for r in rows} - {model_id})
     if other:
         raise ValueError(f"{path}: scored by model_id {other}; the reference belongs to model_id {model_id!r} "
@@ -98,18 +112,19 @@ def read_scores(path: Path, model_id: str) -> list[dict[str, Any]]:
     if not meta:
         logger.warning("%s: no side file %s; input shift is measured on the outcomes only "
                        "(re-score with this version for metadata and image statistics)", path, side.name)
-    for r in rows:
+    out = []
+    for line, r in enumerate(rows, start=2):
         m = meta.get(r["path"])
-        r.update({k: v for k, v in (m or {}).items() if k != "path"})
-        r["_has_meta"] = m is not None
-        r["_batch"] = f"{path.stem} {m['scored_at']}" if m and m.get("scored_at") else path.stem
-    return rows
+        out.append(ScoredImage({**r, **{k: v for k, v in (m or {}).items() if k != "path"}}, f"{path}:{line}",
+                               f"{path.stem} {m['scored_at']}" if m and m.get("scored_at") else path.stem,
+                               m is not None))
+    return out
 
 
-def read_all_scores(paths: Sequence[Path], model_id: str) -> list[dict[str, Any]]:
+def read_all_scores(paths: Sequence[Path], model_id: str) -> list[ScoredImage]:
     """:func:`read_scores` of every file, each image counted once: the same file given twice, or
     one image (path and content) in two rows, would double its weight in every test."""
-    rows: list[dict[str, Any]] = []
+    rows: list[ScoredImage] = []
     files: dict[Path, Path] = {}
     seen: dict[tuple[str, str], str] = {}
     for path in paths:
@@ -119,34 +134,37 @@ def read_all_scores(paths: Sequence[Path], model_id: str) -> list[dict[str, Any]
                              "scores file once")
         files[real] = Path(path)
         for r in read_scores(Path(path), model_id):
-            key = (r["path"], r.get("content_hash") or "")
+            key = (r.cells["path"], r.cells.get("content_hash") or "")
             if key in seen:
-                raise ValueError(f"{r['_where']}: the image of {seen[key]} again (same path and content "
+                raise ValueError(f"{r.where}: the image of {seen[key]} again (same path and content "
                                  "hash); expected each scored image once over all --scores files")
-            seen[key] = r["_where"]
+            seen[key] = r.where
             rows.append(r)
     return rows
 
 
-def attach_labels(rows: Sequence[dict[str, Any]], labels_csv: Path, label_column: str,
+def attach_labels(rows: list[ScoredImage], labels_csv: Path, label_column: str,
                   views: Sequence[str] = ()) -> int:
-    """Set ``_label`` (0, 1 or None) on every row; returns how many ok rows got one. ``views``:
-    the view codes the model's ingest config adds (``ingest.excluded_views``)."""
+    """Replace every row by its labelled self (``label`` 0, 1 or None); returns how many ok rows got
+    one. ``views``: the view codes the model's ingest config adds (``ingest.excluded_views``)."""
     labels = load_labels(labels_csv, label_column, views=views)
-    labels.check_unique(r["path"] for r in rows)
+    labels.check_unique(r.cells["path"] for r in rows)
     n = 0
-    for r in rows:
-        value, _ = labels.label(r["path"], r.get("sop_uid", ""), r.get("study_uid", ""))
-        r["_label"] = int(value) if value in ("0", "1") else None
-        n += r["_label"] is not None and r["status"] == "ok"
-        if r.get("_has_meta"):
+    for i, r in enumerate(rows):
+        value, _ = labels.label(r.cells["path"], r.cells.get("sop_uid", ""), r.cells.get("study_uid", ""))
+        label = int(value) if value in ("0", "1") else None
+        n += label is not None and r.status == "ok"
+        cells = r.cells
+        if r.has_meta:
+            cells = dict(cells)
             # As ingest does for PNG/JPEG exports (no header): age/sex/view from the labels row,
             # so the reference (built from hinted manifest rows) and the batch read alike.
             # Values the file itself carries win.
             for key, hint in HINTS:
-                value = labels.hints(r["path"]).get(hint, "")
-                if value and not r.get(key):
-                    r[key] = value.upper() if key in ("sex", "view_position") else value
+                value = labels.hints(r.cells["path"]).get(hint, "")
+                if value and not cells.get(key):
+                    cells[key] = value.upper() if key in ("sex", "view_position") else value
+        rows[i] = dataclasses.replace(r, cells=cells, label=label)
     if n == 0:
         logger.warning("%s: no label joined to any scored image (by sop_instance_uid, image/file or "
                        "study_instance_uid); performance is not measured", labels_csv)

@@ -17,7 +17,7 @@ from fibrosis import artefacts
 from fibrosis import __version__
 from fibrosis.io import atomic_write_bytes, file_sha256, write_json
 from fibrosis.monitor import load
-from fibrosis.monitor.compute import ALPHA, monitor_result
+from fibrosis.monitor.compute import ALPHA, MonitorContext, monitor_result
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +54,11 @@ def monitor(model: str | Path, scores: Sequence[str | Path], out: str | Path, *,
     ref_path = load.find_reference(run, Path(reference) if reference else None)
     ref = load.read_reference(ref_path)
     warnings: list[str] = []
-    if file_sha256(ckpt_path)[:16] != ref["model_id"]:
+    if file_sha256(ckpt_path)[:16] != ref.model_id:
         warnings.append(f"{ckpt_path} has changed since the reference was written (model_id "
-                        f"{ref['model_id']}): re-run `fibrosis evaluate` and re-score, or monitor with the "
+                        f"{ref.model_id}): re-run `fibrosis evaluate` and re-score, or monitor with the "
                         "checkpoint that scored these files")
-    rows = load.read_all_scores([Path(s) for s in scores], ref["model_id"])
+    rows = load.read_all_scores([Path(s) for s in scores], ref.model_id)
     if not rows:
         raise ValueError(f"{', '.join(map(str, scores))}: no scored rows; expected a scores file written by "
                          "`fibrosis score`")
@@ -67,27 +67,24 @@ def monitor(model: str | Path, scores: Sequence[str | Path], out: str | Path, *,
         load.attach_labels(rows, Path(labels), label_column or ingest_cfg["label_column"],
                            ingest_cfg.get("excluded_views", ()))
     result = monitor_result(ref, rows, alpha=alpha, mode=window)
-    result.update(created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                  version=__version__, model={"checkpoint": str(ckpt_path), "model_id": ref["model_id"]},
-                  reference={"path": str(ref_path), "split": ref["split"], "n": ref["n"],
-                             "created": ref["created"], "threshold": ref["threshold"],
-                             "performance": ref["performance"], "minimums": ref["minimums"]},
-                  scores=[str(s) for s in scores], labels=str(labels) if labels else None,
-                  warnings=warnings)
+    result = dataclasses.replace(result, context=MonitorContext(
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), version=__version__,
+        checkpoint=str(ckpt_path), model_id=ref.model_id, reference_path=str(ref_path), reference=ref,
+        scores=[str(s) for s in scores], labels=str(labels) if labels else None, warnings=warnings))
     for w in warnings:
         logger.warning("%s", w)
     out.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out / artefacts.MONITOR_JSON, out / artefacts.MONITOR_HTML
     # The alerts are logged as soon as they are known: a job watching the log or the exit
     # status must see them even if writing a file fails afterwards.
-    for a in result["alerts"]:
+    for a in result.alerts:
         logger.warning("ALERT %s", a)
-    for n in result["notes"]:
+    for n in result.notes:
         logger.info("note: %s", n)
-    write_json(json_path, result)
+    write_json(json_path, result.to_json())
     from fibrosis.monitor.page import render_page
 
     atomic_write_bytes(html_path, render_page(result, figures=figures).encode("utf-8"))
-    logger.info("monitor: %d alert(s) over %d window(s) -> %s", len(result["alerts"]),
-                len(result["windows"]), html_path)
-    return MonitorSummary(json_path, html_path, result["alerts"], result["notes"])
+    logger.info("monitor: %d alert(s) over %d window(s) -> %s", len(result.alerts),
+                len(result.windows), html_path)
+    return MonitorSummary(json_path, html_path, result.alerts, result.notes)

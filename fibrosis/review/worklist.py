@@ -332,7 +332,8 @@ def _studies(scores: Path, aggregate: str, images: Images, t: Table,
     starts = np.searchsorted(images.study[order], np.arange(n + 1))
     side = studies_path(scores)
     by_uid = {r["study_uid"]: (r["aggregate"], r["probability_calibrated"], r["decision_fibrosis"])
-              for r in (iter_csv(side) if side.is_file() else study_rows(scores, aggregate))}
+              for r in (iter_csv(side) if side.is_file() else
+                        ({k: str(v) for k, v in s.to_csv().items()} for s in study_rows(scores, aggregate)))}
     uids, names, reasons = Strings(), Strings(), Strings()
     aggs: list[str] = []
     prob = np.full(n, np.nan, np.float32)

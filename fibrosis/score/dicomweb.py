@@ -134,6 +134,8 @@ def _call(what: str, url: str, fn: Any, *args: Any, **kw: Any) -> Any:
 PAGE = 100  # QIDO-RS results per request
 
 
+# QIDO-RS results stay the server's DICOM JSON (tag -> {"vr", "Value"}): read at this edge by
+# _value only, never passed on.
 def _search(what: str, url: str, fn: Any, **kw: Any) -> list[dict[str, Any]]:
     """Every result of a QIDO-RS search, page by page (limit/offset): dicomweb-client's own
     get_remaining keeps asking a server that answers an exhausted search with an empty 200."""

@@ -21,7 +21,8 @@ import os
 import re
 import tempfile
 import typing
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -67,6 +68,62 @@ AGGREGATES = typing.get_args(StudyAggregate)
 # Frontal = PA or AP; "" when the file does not say (PNG/JPEG exports, ViewPosition
 # absent): lateral views never reach "ok" because ingestion policy excludes them.
 FRONTAL_VIEWS = frozenset({"PA", "AP", ""})
+
+
+# A cell of a row to write: text, a count or decision, a statistic; None is an empty cell.
+Cell = str | int | float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRow:
+    """One row of scores.csv (COLUMNS); None leaves a cell empty (e.g. the logit of a file not scored)."""
+    path: str
+    status: str
+    content_hash: str
+    model_id: str
+    threshold_name: str
+    threshold: str  # as written: format(threshold, ".10g")
+    reason: str | None = None
+    qa: str | None = None
+    sop_uid: str | None = None
+    series_uid: str | None = None
+    study_uid: str | None = None
+    patient_key: str | None = None
+    view_position: str | None = None
+    logit_uncalibrated: str | None = None  # "%.6f"
+    probability_calibrated: str | None = None  # "%.6f"
+    decision_fibrosis: int | None = None
+    engine: str | None = None
+
+    def to_csv(self) -> dict[str, Cell]:
+        return {c: getattr(self, c) for c in COLUMNS}
+
+
+@dataclass(frozen=True, slots=True)
+class StudyRow:
+    """One row of the per-study aggregate (STUDY_COLUMNS); probability and decision None when
+    no frontal image of the study was scored."""
+    study_uid: str
+    patient_key: str  # '|'-joined when the images disagree
+    n_images: int  # frontal ok images aggregated
+    n_ok: int
+    aggregate: str
+    probability: float | None
+    decision_fibrosis: int | None
+    threshold_name: str
+    threshold: str
+    model_id: str
+
+    @property
+    def probability_calibrated(self) -> str:
+        """As written: "%.6f", "" for none."""
+        return "" if self.probability is None else f"{self.probability:.6f}"
+
+    def to_csv(self) -> dict[str, Cell]:
+        return {"study_uid": self.study_uid, "patient_key": self.patient_key, "n_images": self.n_images,
+                "n_ok": self.n_ok, "aggregate": self.aggregate, "probability_calibrated": self.probability_calibrated,
+                "decision_fibrosis": "" if self.decision_fibrosis is None else self.decision_fibrosis,
+                "threshold_name": self.threshold_name, "threshold": self.threshold, "model_id": self.model_id}
 
 
 def status_cells(kind: str, reason: str) -> dict[str, str]:
@@ -156,7 +213,7 @@ def discover_inputs(input_: str | Path, out: Path, gradcam_dir: Path | None,
             and not (gc and p.startswith(gc))]
 
 
-def _line(row: dict[str, Any], columns: tuple[str, ...]) -> str:
+def _line(row: Mapping[str, Cell], columns: tuple[str, ...]) -> str:
     return csv_line(row.get(c) for c in columns)
 
 
@@ -260,7 +317,7 @@ class RowWriter:
                 raise no_space(exc, self.path) from None
             raise
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, row: Mapping[str, Cell]) -> None:
         self._do(self.fh.write, _line(row, self.columns))
 
     def flush(self) -> None:
@@ -332,7 +389,7 @@ def merge_parts(out: Path, parts: list[Path], columns: tuple[str, ...] = COLUMNS
     return n
 
 
-def study_rows(path: Path, aggregate: str) -> Iterator[dict[str, Any]]:
+def study_rows(path: Path, aggregate: str) -> Iterator[StudyRow]:
     """Per-study aggregate of calibrated probabilities over frontal ``ok`` images, by study UID.
 
     ``max`` (default) flags a study when any frontal image is positive -- the same
@@ -348,7 +405,7 @@ def study_rows(path: Path, aggregate: str) -> Iterator[dict[str, Any]]:
     return _study_rows(path, aggregate)
 
 
-def _study_rows(path: Path, aggregate: str) -> Iterator[dict[str, Any]]:
+def _study_rows(path: Path, aggregate: str) -> Iterator[StudyRow]:
     import sqlite3
 
     fd, name = tempfile.mkstemp(prefix="fibrosis-studies-", suffix=".sqlite")
@@ -363,7 +420,7 @@ def _study_rows(path: Path, aggregate: str) -> Iterator[dict[str, Any]]:
         os.unlink(name)
 
 
-def _grouped(path: Path, name: str, aggregate: str) -> Iterator[dict[str, Any]]:
+def _grouped(path: Path, name: str, aggregate: str) -> Iterator[StudyRow]:
     """The study rows of ``path``, grouped in the SQLite file ``name``."""
     import sqlite3
 
@@ -398,7 +455,7 @@ def _grouped(path: Path, name: str, aggregate: str) -> Iterator[dict[str, Any]]:
         db.close()
 
 
-def _study_row(uid: str, images: list[tuple[Any, ...]], aggregate: str) -> dict[str, Any]:
+def _study_row(uid: str, images: list[tuple[Any, ...]], aggregate: str) -> StudyRow:
     """One study's aggregate from its images (study, key, frontal, prob, decision, threshold
     name, threshold, model id), in file order: the first image's threshold and model."""
     keys = sorted({im[1] for im in images})
@@ -413,12 +470,10 @@ def _study_row(uid: str, images: list[tuple[Any, ...]], aggregate: str) -> dict[
     else:
         prob = sum(probs) / len(probs)
         decision = int(prob >= float(threshold))
-    return {"study_uid": uid, "patient_key": "|".join(keys), "n_images": len(probs), "n_ok": len(images),
-            "aggregate": aggregate, "probability_calibrated": "" if prob is None else f"{prob:.6f}",
-            "decision_fibrosis": "" if decision is None else decision, "threshold_name": threshold_name,
-            "threshold": threshold, "model_id": model_id}
+    return StudyRow(uid, "|".join(keys), len(probs), len(images), aggregate, prob, decision, threshold_name,
+                    threshold, model_id)
 
 
 def write_studies(scores: Path, out: Path, aggregate: str) -> int:
     """``out``: one row per study (:func:`study_rows`), streamed to disk; returns their number."""
-    return write_csv(out, study_rows(scores, aggregate), STUDY_COLUMNS)
+    return write_csv(out, (r.to_csv() for r in study_rows(scores, aggregate)), STUDY_COLUMNS)

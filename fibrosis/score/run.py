@@ -42,10 +42,12 @@ from fibrosis.config import IngestConfig, ScoreConfig, config_from_dict
 from fibrosis.data.identity import identity, resolve_salt
 from fibrosis.data.pixels import excluded_flag, qa_flags
 from fibrosis.data.records import Decoded, DecodeResult, Preprocessing, Rejected, Skipped
+from fibrosis.model.threshold import SCALE
 from fibrosis.numeric import sigmoid
 from fibrosis.words import plural
 
 if TYPE_CHECKING:  # the record's module imports torch, which `import fibrosis` does not need
+    from fibrosis.data.workers import Task
     from fibrosis.model.checkpoint import Checkpoint
 
 logger = logging.getLogger(__name__)
@@ -107,18 +109,18 @@ def resolve_checkpoint(model: str | Path) -> Path:
 
 def frozen_settings(ckpt: Checkpoint, path: Path, sha256: str) -> Frozen:
     """Scoring settings from a checkpoint; refuses one that was never evaluated."""
-    from fibrosis.model.calibration import calibrator_from_dict
+    from fibrosis.model.calibration import calibrator_from_record
 
     thr, cal = ckpt.threshold, ckpt.calibration
-    if not isinstance(thr, dict) or not isinstance(cal, dict):
+    if thr is None or cal is None:
         raise ValueError(f"{path}: no calibration/threshold stored; run `fibrosis evaluate` on this "
                          f"run first (scoring applies the operating point chosen on validation)")
-    if thr.get("scale") != "calibrated probability" or "value" not in thr:
-        raise ValueError(f"{path}: threshold record {thr!r}; expected scale 'calibrated probability' "
-                         f"and a 'value' (written by fibrosis.evaluate.run)")
+    if thr.scale != SCALE:
+        raise ValueError(f"{path}: threshold scale {thr.scale!r}; expected {SCALE!r} "
+                         f"(written by fibrosis.evaluate.run)")
     cfg = config_from_dict(ckpt.config)
-    return Frozen(cfg.ingest, cfg.score, ckpt.preprocessing, calibrator_from_dict(cal),
-                  str(thr.get("default", "default")), float(thr["value"]), sha256[:16])
+    return Frozen(cfg.ingest, cfg.score, ckpt.preprocessing, calibrator_from_record(cal),
+                  thr.default, thr.value, sha256[:16])
 
 
 # ------------------------------------------------------------------ per file
@@ -183,7 +185,7 @@ def results(entries: list[tuple[str, str]], cfg: IngestConfig, preprocessing: Pr
     # start in milliseconds without torch. The model transform (a 512 -> 224 area
     # resize and normalise, well under a millisecond) runs here, in the prefetch thread.
     known = known or {}
-    files: list[tuple[str, str, dict[str, Any]]] = [(p, known.get(p, ""), {}) for p, err in entries if not err]
+    files: list[Task] = [(p, known.get(p, ""), {}) for p, err in entries if not err]
     decoded = ordered_map(process_file, files, cfg, max(1, min(workers, len(files))))
     try:
         for path, err in entries:
@@ -214,9 +216,9 @@ class Scorer:
         self.model, self.engine, self.fz, self.writer = model, engine, fz, writer
         self.aux_writer = aux_writer  # auxiliary heads' outputs, only when asked (--aux)
         self.meta_writer, self.scored_at = meta_writer, scored_at
-        self.meta_rows: list[dict[str, Any]] = []  # side-file rows of the pending rows
+        self.meta_rows: list[dict[str, score_io.Cell]] = []  # side-file rows (META_COLUMNS) of the pending rows
         self.batch_size, self.salt, self.auto, self.gradcam_dir = batch_size, salt, auto, gradcam_dir
-        self.rows: list[dict[str, Any]] = []  # pending, in path order
+        self.rows: list[score_io.ScoreRow] = []  # pending, in path order
         self.xs: list[np.ndarray] = []  # inputs of the pending ok rows, in order
         self.counts: Counter[str] = Counter()
         self.verified = engine.name == "eager"
@@ -227,29 +229,28 @@ class Scorer:
         """One file's row: ``res`` decoded (with its model input ``x`` and the image
         statistics for the side file) or rejected."""
         fz = self.fz
-        row: dict[str, Any] = {"path": res.path, "content_hash": res.content_hash,
-                               "model_id": fz.model_id,
-                               "threshold_name": fz.threshold_name, "threshold": format(fz.threshold, ".10g")}
+        common = score_io.ScoreRow(path=res.path, status="", content_hash=res.content_hash, model_id=fz.model_id,
+                                   threshold_name=fz.threshold_name, threshold=format(fz.threshold, ".10g"))
         self.meta_rows.append(self._meta_row(res, stats))
         if isinstance(res, Decoded):
             meta = res.meta
-            row.update(status="ok", patient_key=identity(meta, res.content_hash, self.salt), sop_uid=meta.sop_uid,
-                       series_uid=meta.series_uid, study_uid=meta.study_uid, view_position=meta.view_position)
-            row["qa"] = qa_flags(res.steps)
+            row = dataclasses.replace(common, status="ok", patient_key=identity(meta, res.content_hash, self.salt),
+                                      sop_uid=meta.sop_uid, series_uid=meta.series_uid, study_uid=meta.study_uid,
+                                      view_position=meta.view_position, qa=qa_flags(res.steps))
             assert x is not None  # a decoded file comes with its model input
             self.xs.append(x)
         else:  # kind is "error" or "excluded"; one line per file, whatever the reason text holds
-            row.update(score_io.status_cells(res.kind, str(res.reason)))
-            if res.kind == "excluded":
-                row["qa"] = excluded_flag(str(res.reason))
-        self.counts[row["status"]] += 1
+            cells = score_io.status_cells(res.kind, str(res.reason))
+            row = dataclasses.replace(common, status=cells["status"], reason=cells["reason"],
+                                      qa=excluded_flag(str(res.reason)) if res.kind == "excluded" else None)
+        self.counts[row.status] += 1
         self.rows.append(row)
         if len(self.xs) >= self.batch_size or len(self.rows) >= 4 * self.batch_size:
             self.flush()
 
-    def _meta_row(self, res: Decoded | Rejected, stats: dict[str, float] | None) -> dict[str, Any]:
+    def _meta_row(self, res: Decoded | Rejected, stats: dict[str, float] | None) -> dict[str, score_io.Cell]:
         """Header fields and image statistics for the side file; rejects carry path and batch only."""
-        out: dict[str, Any] = {"path": res.path, "scored_at": self.scored_at}
+        out: dict[str, score_io.Cell] = {"path": res.path, "scored_at": self.scored_at}
         if isinstance(res, Decoded):
             fields = res.meta.manifest_fields()
             out.update({k: fields[k] for k in score_io.META_COLUMNS if k in fields}, **(stats or {}))
@@ -283,10 +284,12 @@ class Scorer:
             if not self.verified:
                 z = self._verify(x, z)
             p = self.fz.calibrator.predict(z)
-            ok_rows = [r for r in self.rows if r["status"] == "ok"]
-            for row, zi, pi in zip(ok_rows, z, p):
-                row.update(logit_uncalibrated=f"{zi:.6f}", probability_calibrated=f"{pi:.6f}",
-                           decision_fibrosis=int(pi >= self.fz.threshold), engine=self.engine.name)
+            ok = [i for i, r in enumerate(self.rows) if r.status == "ok"]
+            for i, zi, pi in zip(ok, z, p):
+                self.rows[i] = dataclasses.replace(
+                    self.rows[i], logit_uncalibrated=f"{zi:.6f}", probability_calibrated=f"{pi:.6f}",
+                    decision_fibrosis=int(pi >= self.fz.threshold), engine=self.engine.name)
+            ok_rows = [self.rows[i] for i in ok]
             if self.gradcam_dir is not None:
                 self._gradcam(x, ok_rows, self.gradcam_dir)
             if self.aux_writer is not None:
@@ -297,12 +300,12 @@ class Scorer:
             self.meta_writer.flush()
         self.meta_rows.clear()
         for row in self.rows:
-            self.writer.write(row)
+            self.writer.write(row.to_csv())
         self.writer.flush()
         self.rows.clear()
         self.xs.clear()
 
-    def _aux(self, x: np.ndarray, ok_rows: list[dict[str, Any]], writer: score_io.RowWriter) -> None:
+    def _aux(self, x: np.ndarray, ok_rows: list[score_io.ScoreRow], writer: score_io.RowWriter) -> None:
         """The auxiliary heads' probabilities (sigmoid, uncalibrated) by a plain eager pass: a
         second forward of the batch, paid only by runs that ask for them."""
         import torch
@@ -313,24 +316,24 @@ class Scorer:
             z = self.model.forward_all(torch.from_numpy(x).to(dev))[:, 1:].float().cpu().numpy()
         names = self.model.aux_names
         for row, zi in zip(ok_rows, sigmoid(z.astype(np.float64))):
-            writer.write({"path": row["path"], "model_id": row["model_id"],
+            writer.write({"path": row.path, "model_id": row.model_id,
                           **{f"p_{n}": f"{v:.6f}" for n, v in zip(names, zi)}})
         writer.flush()
 
-    def _gradcam(self, x: np.ndarray, ok_rows: list[dict[str, Any]], out_dir: Path) -> None:
+    def _gradcam(self, x: np.ndarray, ok_rows: list[score_io.ScoreRow], out_dir: Path) -> None:
         import cv2
         import torch
 
         from fibrosis.model.cam import compute_cams
 
-        pos = [i for i, r in enumerate(ok_rows) if r["decision_fibrosis"] == 1]
+        pos = [i for i, r in enumerate(ok_rows) if r.decision_fibrosis == 1]
         if not pos:
             return
         dev = next(self.model.parameters()).device
         cams = compute_cams(self.model, torch.from_numpy(x[pos]).to(dev), self.model.cam_layer_name)
         out_dir.mkdir(parents=True, exist_ok=True)
         for i, cam in zip(pos, cams):
-            name = re.sub(r"[^A-Za-z0-9._-]", "_", ok_rows[i]["sop_uid"] or ok_rows[i]["content_hash"][:16])
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", ok_rows[i].sop_uid or ok_rows[i].content_hash[:16])
             ok, png = cv2.imencode(".png", overlay(x[i, 0], cam, self.fz.preprocessing))
             if not ok:  # cv2.imwrite would have returned False and written nothing, silently
                 raise RuntimeError(f"{out_dir / name}.png: PNG encoding failed")

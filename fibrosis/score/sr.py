@@ -44,7 +44,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fibrosis import __version__
 from fibrosis.io import atomic_write_bytes
@@ -52,6 +52,9 @@ from fibrosis.score import output as score_io
 from fibrosis.score.identity import MANUFACTURER, uid_for
 from fibrosis.score.sc import write_scs
 from fibrosis.words import plural
+
+if TYPE_CHECKING:  # pydicom loads only when an SR is written
+    from pydicom.sr.coding import Code
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ _TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "Accessi
           "StudyDate", "StudyTime", "ReferringPhysicianName")
 
 
-def _codes() -> dict[str, Any]:
+def _codes() -> dict[str, Code]:
     from pydicom.sr.coding import Code
 
     return {
@@ -126,7 +129,7 @@ class StudyRows:
     study_uid: str
     ok: list[tuple[dict[str, str], Any]]  # (row, header) of frontal ok images
     not_scored: list[tuple[dict[str, str], Any]]  # (row, header) of excluded / failed images
-    study: dict[str, Any] | None  # the .studies.csv row (aggregate), if any
+    study: score_io.StudyRow | None  # the .studies.csv row (aggregate), if any
 
 
 def collect(scores: Path, paths: set[str] | None, aggregate: str) -> tuple[list[StudyRows], int]:
@@ -148,7 +151,7 @@ def collect(scores: Path, paths: set[str] | None, aggregate: str) -> tuple[list[
                 s.ok.append((row, hdr))
         else:
             s.not_scored.append((row, hdr))
-    agg = {r["study_uid"]: r for r in score_io.study_rows(scores, aggregate)}
+    agg = {r.study_uid: r for r in score_io.study_rows(scores, aggregate)}
     for uid, s in by_study.items():
         s.study = agg.get(uid)
     return [by_study[k] for k in sorted(by_study)], orphans
@@ -180,8 +183,8 @@ def _group(tracking: str, tracking_uid: str, obs: Observer, refs: Iterable[Any],
     return group
 
 
-def _decision(row: dict[str, Any]) -> str:
-    return "present" if int(row["decision_fibrosis"]) else "absent"
+def _decision(decision: str | int | None) -> str:
+    return "present" if int(decision or 0) else "absent"
 
 
 def build_sr(s: StudyRows, obs: Observer, *, sop_instance_uid: str | None = None, instance_number: int = 1,
@@ -203,15 +206,15 @@ def build_sr(s: StudyRows, obs: Observer, *, sop_instance_uid: str | None = None
         manufacturer_name=MANUFACTURER, model_name=obs.model_id, serial_number=obs.checkpoint_sha256)
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"), observer_identifying_attributes=device))
-    study = s.study or {}
+    study = s.study
+    prob = study.probability_calibrated if study else ""
     key = (obs.checkpoint_sha256, s.study_uid)
     groups = [_group("study", uid_for("track", *key, "study"), obs, [h for _, h in s.ok],
-                     _decision(study) if study.get("probability_calibrated", "") != "" else "not evaluated",
-                     prob=str(study.get("probability_calibrated", "")),
+                     _decision(study.decision_fibrosis) if study and prob != "" else "not evaluated", prob=prob,
                      reason="" if s.ok else "no frontal image of the study was scored")]
     for row, hdr in s.ok:
         groups.append(_group(f"image {hdr.SOPInstanceUID}", uid_for("track", *key, str(hdr.SOPInstanceUID)),
-                             obs, [hdr], _decision(row), prob=row["probability_calibrated"]))
+                             obs, [hdr], _decision(row["decision_fibrosis"]), prob=row["probability_calibrated"]))
     for row, hdr in s.not_scored:
         groups.append(_group(f"not scored {hdr.SOPInstanceUID}",
                              uid_for("track", *key, str(hdr.SOPInstanceUID)), obs, [hdr], "not evaluated",

@@ -25,7 +25,7 @@ def test_quick_demo_runs_every_stage(tmp_path):
     # The demo answers "how much to unfreeze?" on its own data: the tune table, and the model
     # evaluated is the chosen arm's fold ensemble.
     assert "How much to unfreeze?" in html and "random-init" in html and "head-only" in html
-    assert ckpt.ensemble and ckpt.ensemble.members == 2 and ckpt.threshold["chosen_on"] == "out-of-fold"
+    assert ckpt.ensemble and ckpt.ensemble.members == 2 and ckpt.threshold.chosen_on == "out-of-fold"
     assert "reference" in html and "partial" in html  # the plain baseline and `fibrosis train`'s preset
     # Fine-tuning continues from the probe without wrecking it: on every fold, the first epoch's
     # training loss stays within 1.5x of the probe's on the same (augmented) images. (Pretrained

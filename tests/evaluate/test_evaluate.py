@@ -9,7 +9,7 @@ import pytest
 
 from helpers.asah_data import MARKERS, Y  # pROC aSAH reference data
 from helpers.checkpoints import checkpoint_of
-from fibrosis.model.calibration import calibrator_from_dict
+from fibrosis.model.calibration import CalibrationRecord, FittedOn, calibrator_from_record
 from fibrosis.evaluate.compare import compare_predictions, compare_runs
 from fibrosis.config import ConfigError, EvaluateConfig, load_config
 from fibrosis.evaluate.result import EvaluationResult
@@ -39,11 +39,11 @@ def evaluated():
 
 def test_calibration_and_thresholds_come_from_the_fit_split_only(evaluated):
     fit, test, cfg, (res, cal, threshold, cases) = evaluated
-    assert cal.fitted_on == {"split": "val", "n": 400, "n_pos": int(fit.labels.sum())}
+    assert cal.fitted_on == FittedOn("val", 400, int(fit.labels.sum()))
     assert cal.temperature == pytest.approx(2.0, rel=0.35)
     # same fit split with a different test split -> identical calibrator and thresholds
     _, cal2, thr2, _ = evaluate_predictions(fit, _preds(300, 9, "test"), cfg)
-    assert thr2["points"] == threshold["points"] and cal2.to_dict() == cal.to_dict()
+    assert thr2.points == threshold.points and cal2.to_dict() == cal.to_dict()
     # the frozen thresholds, applied to the test split, give the reported confusion matrices
     prob = np.array([c["prob"] for c in cases])
     for op in res.operating_points:
@@ -54,7 +54,7 @@ def test_calibration_and_thresholds_come_from_the_fit_split_only(evaluated):
         assert op.sensitivity.ci[0] <= op.sensitivity.value <= op.sensitivity.ci[1]
         assert op.deployment.prevalence == 0.015
     assert [op.name for op in res.operating_points] == ["youden", "sensitivity_0.90", "sensitivity_0.95"]
-    assert threshold["value"] == threshold["points"]["youden"]
+    assert threshold.points is not None and threshold.value == threshold.points["youden"]
 
 
 def test_calibration_improves_overconfident_logits(evaluated):
@@ -70,7 +70,8 @@ def test_metrics_are_json_and_identifier_free(evaluated, tmp_path):
     res.write(tmp_path / "m.json")  # standard JSON: no NaN/inf slipped through
     text = (tmp_path / "m.json").read_text()
     assert "SECRET-PATIENT" not in text and "Doe^John" not in text and "hash2-" not in text
-    assert calibrator_from_dict(json.loads(json.dumps(cal.to_dict()))).predict([0.0])[0] == 0.5
+    back = CalibrationRecord.from_json(json.loads(json.dumps(cal.to_dict())), "m.json")
+    assert calibrator_from_record(back).predict([0.0])[0] == 0.5
     # per-case rows keep the pseudonymous key (for the run folder) but never the path
     assert "path" not in cases[0] and cases[0]["patient_key"].startswith("SECRET-PATIENT")
     boot = res.discrimination.bootstrap
@@ -197,12 +198,13 @@ def test_evaluate_run_end_to_end(tmp_path):
     assert [(p["kind"], p["prob"], p["label"]) for p in panels] == \
         [(c["kind"], c["prob"], c["label"]) for c in m["gradcam"]["cases"]] and m["gradcam"]["cases"]
     ckpt = load_checkpoint(run / "best.pt")  # weights_only load
-    assert ckpt.calibration["method"] == m["evaluate_config"]["calibration"]
-    assert ckpt.calibration["fitted_on"]["split"] == "val"
-    assert ckpt.threshold["value"] == m["operating_points"][0]["threshold"]
+    assert ckpt.calibration is not None and ckpt.threshold is not None
+    assert ckpt.calibration.method == m["evaluate_config"]["calibration"]
+    assert ckpt.calibration.fitted_on is not None and ckpt.calibration.fitted_on.split == "val"
+    assert ckpt.threshold.value == m["operating_points"][0]["threshold"]
     # the stored calibration reproduces the evaluated probabilities exactly
     model, _ = load_model(run / "best.pt")
-    cal = calibrator_from_dict(ckpt.calibration)
+    cal = calibrator_from_record(ckpt.calibration)
     rows = [line.split(",") for line in preds.splitlines()[1:]]
     logits, probs = np.array([float(r[5]) for r in rows]), np.array([float(r[7]) for r in rows])
     assert cal.predict(logits) == pytest.approx(probs, abs=1e-12)
@@ -376,9 +378,9 @@ def test_frozen_external_validation_leaves_the_checkpoint_untouched(tmp_path):
                                 gradcam=False, device="cpu").read_text())
     assert hashlib.sha256((run / "best.pt").read_bytes()).hexdigest() == before
     assert m["frozen"] is True and m["split"] == "all" and m["data"]["n"] == 40
-    assert m["fit_split"] == "val" and m["calibration"]["calibrator"] == stored.calibration
-    assert m["calibration"]["method"] == stored.calibration["method"] != "isotonic"  # stored one, not --set
-    assert {o["name"]: o["threshold"] for o in m["operating_points"]} == stored.threshold["points"]
+    assert m["fit_split"] == "val" and m["calibration"]["calibrator"] == stored.calibration.to_json()
+    assert m["calibration"]["method"] == stored.calibration.method != "isotonic"  # stored one, not --set
+    assert {o["name"]: o["threshold"] for o in m["operating_points"]} == stored.threshold.points
     cases = (run / "eval" / "frozen-site_b-all" / "predictions.csv").read_text().splitlines()
     assert len(cases) == 41
     assert not (run / "eval" / "all").exists()

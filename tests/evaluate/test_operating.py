@@ -34,19 +34,19 @@ def test_wilson_rejects_bad_counts():
 def test_youden_matches_proc():
     # pROC coords(r.s100b, "best"): threshold 0.205, specificity 0.8056, sensitivity 0.6341
     best = O.threshold_youden(Y, MARKERS["s100b"])
-    assert best["threshold"] == pytest.approx(0.205)
-    assert best["specificity"] == pytest.approx(29 / 36)
-    assert best["sensitivity"] == pytest.approx(26 / 41)
+    assert best.threshold == pytest.approx(0.205)
+    assert best.specificity == pytest.approx(29 / 36)
+    assert best.sensitivity == pytest.approx(26 / 41)
 
 
 def test_target_sensitivity_is_highest_cutoff_reaching_it():
     s = MARKERS["s100b"]
     op = O.threshold_for_sensitivity(Y, s, 0.90)
-    assert op["sensitivity"] >= 0.90
-    cm = O.confusion(Y, s, op["threshold"])
-    assert cm.tp / (cm.tp + cm.fn) == pytest.approx(op["sensitivity"])
+    assert op.sensitivity >= 0.90
+    cm = O.confusion(Y, s, op.threshold)
+    assert cm.tp / (cm.tp + cm.fn) == pytest.approx(op.sensitivity)
     # the next higher distinct score would drop below the target
-    higher = np.min(s[s > op["threshold"]])
+    higher = np.min(s[s > op.threshold])
     cm2 = O.confusion(Y, s, higher + 1e-9)
     assert cm2.tp / 41 < 0.90
 
@@ -57,7 +57,7 @@ def test_threshold_frozen_on_other_split():
     y = rng.integers(0, 2, 400)
     s = rng.normal(size=400) + 1.5 * y
     op = O.threshold_youden(y[:200], s[:200])
-    cm = O.confusion(y[200:], s[200:], op["threshold"])
+    cm = O.confusion(y[200:], s[200:], op.threshold)
     assert cm.tp + cm.fp + cm.tn + cm.fn == 200
     m = O.binary_metrics(cm)
     assert m.sensitivity.k == cm.tp and m.sensitivity.n == cm.tp + cm.fn

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from fibrosis.evaluate.summary import (CacheProvenance, ConfiguredStage, DataSummary, Exclusion, FitCounts, PolarityQa,
+from fibrosis.model.threshold import FitData
+from fibrosis.evaluate.summary import (CacheProvenance, ConfiguredStage, DataSummary, Exclusion, PolarityQa,
                                        RunSummary, SplitCounts, StageRun, WeightsRecord, stages_run)
 
 COUNTS = {"n": 4, "n_pos": 1, "n_neg": 3, "prevalence": 0.25, "n_patients": 3,
@@ -18,7 +19,7 @@ PROVENANCE = {"source": "site A", "labels": "labels.csv, column 'fibrosis'",
 
 
 def _summary() -> DataSummary:
-    return DataSummary(4, 1, 3, 0.25, 3, FitCounts("val", 8, 2, 8), CacheProvenance(
+    return DataSummary(4, 1, 3, 0.25, 3, FitData("val", 8, 2, 8), CacheProvenance(
         "site A", "labels.csv, column 'fibrosis'", SplitCounts(12, 3, 0.25, 11),
         {"val": SplitCounts(8, 2, 0.25, 8), "test": SplitCounts(4, 1, 0.25, 3)}, "random",
         [Exclusion("error", "truncated", 1)], 1, PolarityQa("auto", 0, {"polarity-unsure": 1}), "ab" * 32,

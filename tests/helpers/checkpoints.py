@@ -10,6 +10,7 @@ from fibrosis.config import Config, IngestConfig, ModelConfig, ScoreConfig, conf
 from fibrosis.model.calibration import TemperatureScaling
 from fibrosis.model.checkpoint import Checkpoint, save_checkpoint
 from fibrosis.model.net import build_model
+from fibrosis.model.threshold import SCALE, ThresholdRecord
 
 INGEST = IngestConfig(image_size=64, min_side=1)
 THRESHOLD = 0.47
@@ -23,12 +24,16 @@ def checkpoint_of(net, cfg: Config, **fields) -> Checkpoint:
                       pretrained=bool(net.pretrained), **fields)
 
 
+def youden_threshold(value: float) -> ThresholdRecord:
+    """A hand-made threshold record: one Youden point, no fit-split details."""
+    return ThresholdRecord(SCALE, "youden", value, points={"youden": value})
+
+
 def make_checkpoint(path: Path, ingest: IngestConfig = INGEST, **extra) -> Path:
     torch.manual_seed(0)
     net = build_model("resnet18", "none", input_size=32)
     cfg = Config(ingest=ingest, model=ModelConfig(arch="resnet18", weights="none", input_size=32),
                  score=ScoreConfig(batch_size=3, workers=1, engine="eager"))
-    fields = {"calibration": TemperatureScaling(2.0).to_dict(),
-              "threshold": {"format": 1, "scale": "calibrated probability", "default": "youden",
-                            "value": THRESHOLD, "points": {"youden": THRESHOLD}}, **extra}
+    fields = {"calibration": TemperatureScaling(2.0).record(),
+              "threshold": youden_threshold(THRESHOLD), **extra}
     return save_checkpoint(path, checkpoint_of(net, cfg, **fields))

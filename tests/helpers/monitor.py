@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fibrosis.evaluate.reference import Reference
 from fibrosis.io import file_sha256, write_json
 from fibrosis.score.output import META_COLUMNS, RowWriter, meta_path
 
@@ -31,10 +32,20 @@ def reference_summary(n: int = 60) -> dict:
             "minimums": {"min_n": 30, "min_positives": 5, "level": 0.95}}
 
 
+def reference_file(n: int = 60, model_id: str = "0" * 16) -> dict:
+    """reference.json of an evaluation of n test images: :func:`reference_summary` and what names it."""
+    return {**reference_summary(n), "format": 1, "model_id": model_id, "split": "test", "frozen": False, "n": n,
+            "created": "2026-12-01T00:00:00+00:00"}
+
+
+def reference(n: int = 60) -> Reference:
+    """:func:`reference_file` as `fibrosis monitor` reads it."""
+    return Reference.from_json(reference_file(n), "reference.json")
+
+
 def evaluated_run(ckpt: Path, n: int = 60) -> Path:
     """``ckpt``'s run folder with the reference an evaluation of n test images would have written."""
-    ref = {**reference_summary(n), "format": 1, "model_id": file_sha256(ckpt)[:16], "split": "test", "n": n,
-           "created": "2026-12-01T00:00:00+00:00"}
+    ref = reference_file(n, file_sha256(ckpt)[:16])
     (ckpt.parent / "eval" / "test").mkdir(parents=True)
     write_json(ckpt.parent / "eval" / "test" / "reference.json", ref)
     return ckpt.parent

@@ -5,7 +5,8 @@ from typing import Any
 
 from fibrosis.evaluate.metrics import CalibrationSummary, Discrimination
 from fibrosis.evaluate.result import EvaluationResult
-from fibrosis.evaluate.summary import DataSummary, FitCounts
+from fibrosis.evaluate.summary import DataSummary
+from fibrosis.model.threshold import FitData
 from fibrosis.evaluate.tune_record import ArmScore, ArmTraits, JudgedArm, TuneArm, TuneResult
 
 
@@ -46,7 +47,7 @@ CALIBRATION: dict[str, Any] = {"method": "platt", "calibrator": {"format": 1, "m
 
 def data_summary(**fields: Any) -> DataSummary:
     base: dict[str, Any] = dict(n=4, n_pos=2, n_neg=2, prevalence=0.5, n_patients=4,
-                                fit=FitCounts("val", 10, 5, 10), provenance=None)
+                                fit=FitData("val", 10, 5, 10), provenance=None)
     return DataSummary(**{**base, **fields})
 
 

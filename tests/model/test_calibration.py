@@ -22,7 +22,7 @@ def test_temperature_scaling_recovers_known_temperature():
     z, y = _data(scale=2.5)
     cal = C.TemperatureScaling().fit(z, y)
     assert cal.temperature == pytest.approx(2.5, rel=0.05)
-    assert cal.fitted_on == {"split": "val", "n": 50_000, "n_pos": int(y.sum())}
+    assert cal.fitted_on == C.FittedOn("val", 50_000, int(y.sum()))
     # monotone map: ranking (AUC) unchanged
     assert np.all(np.diff(cal.predict(np.sort(z))) >= 0)
 
@@ -57,15 +57,17 @@ def test_round_trip_through_weights_only_checkpoint(method):
     torch.save({"calibration": d}, buf)
     buf.seek(0)
     loaded = torch.load(buf, weights_only=True)["calibration"]
-    back = C.calibrator_from_dict(loaded)
-    assert back.method == method and back.fitted_on["split"] == "calib"
+    record = C.CalibrationRecord.from_json(loaded, "x.pt")
+    assert record.to_json() == d and record == cal.record()
+    back = C.calibrator_from_record(record)
+    assert back.method == method and back.fitted_on is not None and back.fitted_on.split == "calib"
     test = np.linspace(-8, 8, 50)
     assert back.predict(test) == pytest.approx(cal.predict(test))
 
 
 def test_none_is_plain_sigmoid():
     assert C.make_calibrator("none").predict(np.array([0.0, 2.0])) == pytest.approx([0.5, 1 / (1 + np.exp(-2))])
-    assert C.calibrator_from_dict(None).method == "none"
+    assert C.calibrator_from_record(None).method == "none"
 
 
 def test_sigmoid_is_stable_for_extreme_logits():
@@ -81,8 +83,11 @@ def test_errors_name_the_bad_value():
         C.TemperatureScaling().fit([0.1, float("nan")], [0, 1])
     with pytest.raises(ValueError, match="only one class"):
         C.TemperatureScaling().fit([0.1, 0.2, 0.3], [1, 1, 1])
-    with pytest.raises(ValueError, match="format 7; this version reads 1"):
-        C.calibrator_from_dict({"format": 7, "method": "temperature"})
+    with pytest.raises(ValueError, match="x.pt: calibration dict format 7; this version reads 1"):
+        C.CalibrationRecord.from_json({"format": 7, "method": "temperature"}, "x.pt")
+    with pytest.raises(ValueError, match=r"x.pt: calibration params \['T'\] for method 'temperature'; "
+                                         r"expected \['temperature'\]"):
+        C.CalibrationRecord.from_json({"format": 1, "method": "temperature", "params": {"T": 2.0}}, "x.pt")
 
 
 

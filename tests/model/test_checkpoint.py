@@ -9,7 +9,9 @@ from torch import nn
 from fibrosis.model.checkpoint import (Checkpoint, CheckpointError, Training, load_checkpoint, load_model,
                                        rng_state, save_checkpoint, set_rng_state, update_checkpoint)
 from fibrosis.config import Config, ModelConfig, config_to_dict
+from fibrosis.model.calibration import CalibrationRecord, FittedOn
 from fibrosis.model.net import build_model
+from fibrosis.model.threshold import FitData, OperatingPointSpec, ThresholdRecord
 
 
 @pytest.fixture
@@ -163,14 +165,18 @@ def test_refuses_files_that_are_not_ours(tmp_path):
 
 def test_update_adds_calibration_and_threshold(ckpt_path):
     path, _ = ckpt_path
-    update_checkpoint(path, calibration={"method": "temperature", "T": 1.7},
-                      threshold={"sens90": {"logit": -0.3, "sensitivity": 0.9}})
+    calibration = CalibrationRecord("temperature", {"temperature": 1.7}, FittedOn("val", 10, 4))
+    threshold = ThresholdRecord.of([OperatingPointSpec("sens90", "sensitivity>=0.9", 0.3, 0.9, 0.5)], "temperature",
+                                   FitData("val", 10, 4, 8))
+    update_checkpoint(path, calibration=calibration, threshold=threshold)
     ckpt = load_checkpoint(path)
-    assert ckpt.calibration["T"] == 1.7 and ckpt.threshold["sens90"]["logit"] == -0.3
+    assert ckpt.calibration == calibration and ckpt.threshold == threshold
     with pytest.raises(CheckpointError, match=r"refusing to overwrite \['weights'\]; an update may set only"):
         update_checkpoint(path, weights={})
     with pytest.raises(CheckpointError, match="not JSON-able"):
-        update_checkpoint(path, calibration={"t": torch.ones(1)})
+        update_checkpoint(path, tune_selection={"t": torch.ones(1)})
+    with pytest.raises(CheckpointError, match="field 'threshold' is a dict; expected a ThresholdRecord"):
+        update_checkpoint(path, threshold=threshold.to_json())
 
 
 def test_rng_state_roundtrip_through_weights_only_file(tmp_path):

@@ -140,10 +140,10 @@ def test_frozen_external_evaluation_is_described_as_such(tmp_path):
 
     ecfg = EvaluateConfig(bootstrap_resamples=200)
     _, cal, threshold, _ = evaluate_predictions(predictions(300, 6, "val"), predictions(300, 7, "test"), ecfg)
-    stored = stored_operating_points(cal.to_dict(), threshold, "checkpoint")  # what evaluate --frozen applies
+    stored = stored_operating_points(cal.record(), threshold, "checkpoint")  # what evaluate --frozen applies
     res, cal2, thr2, _ = measure(stored, predictions(200, 8, "all"), ecfg, WarningLog())
     assert cal2.to_dict() == cal.to_dict() and thr2 == threshold and res.frozen is True
-    assert res.operating_points[0].chosen_on.sensitivity == threshold["details"]["youden"]["sensitivity"]
+    assert res.operating_points[0].chosen_on.sensitivity == threshold.details["youden"].sensitivity
     res.write(tmp_path / "m.json")
     text = json.dumps(build_blocks(EvaluationResult.read(tmp_path / "m.json"), set()))
     assert "held-out all split" not in text

@@ -113,5 +113,5 @@ def test_ingest_and_monitor_read_the_labels_as_they_are(wl, scored, tmp_path):
     # monitor's reader of scores and labels
     scores = read_scores(scored.scores, wl.model_id)
     assert attach_labels(scores, path, "fibrosis") == 4
-    assert {r["path"].rsplit("/", 1)[-1]: r["_label"] for r in scores if r["_label"] is not None} == {
+    assert {r.cells["path"].rsplit("/", 1)[-1]: r.label for r in scores if r.label is not None} == {
         "IM0000.dcm": 1, "IM0100.dcm": 1, "IM0004.dcm": 0, "export.png": 1}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.checkpoints import PATIENT_ID, PATIENT_NAME, THRESHOLD, make_checkpoint
+from helpers.checkpoints import PATIENT_ID, PATIENT_NAME, THRESHOLD, make_checkpoint, youden_threshold
 from helpers.dicom_factory import chest_phantom, make_dicom, make_png, to_stored, truncate
 from fibrosis.data.records import Decoded, ImageMeta, PatientId
 from fibrosis.score import run as S
@@ -163,8 +163,7 @@ def test_worker_processes_give_the_same_rows(ckpt, inputs, tmp_path, locked):
 def test_resume_refuses_rows_of_another_model(ckpt, inputs, tmp_path, locked):
     out = tmp_path / "scores.csv"
     run(ckpt, inputs, out)
-    other = make_checkpoint(tmp_path / "other" / "best.pt", threshold={
-        "format": 1, "scale": "calibrated probability", "default": "youden", "value": 0.9})
+    other = make_checkpoint(tmp_path / "other" / "best.pt", threshold=youden_threshold(0.9))
     with pytest.raises(ValueError, match="scored by model_id=.*must not be mixed"):
         S.score(other, inputs, out, progress=False, device="cpu")
 
@@ -215,8 +214,7 @@ def test_refuses_unevaluated_checkpoint(tmp_path, inputs):
 
 def test_gradcam_overlays_for_positives(tmp_path, inputs, locked):
     """Threshold 0 makes every scored image positive: one overlay PNG per ok image."""
-    ck = make_checkpoint(tmp_path / "run" / "best.pt", threshold={
-        "format": 1, "scale": "calibrated probability", "default": "youden", "value": 0.0})
+    ck = make_checkpoint(tmp_path / "run" / "best.pt", threshold=youden_threshold(0.0))
     out, cams = tmp_path / "o.csv", tmp_path / "cams"
     run(ck, inputs / "a", out, gradcam_dir=cams)
     assert sorted(p.name for p in cams.iterdir()) == ["1.2.3.1.1.png", "1.2.3.1.2.png"]

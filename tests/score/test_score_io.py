@@ -62,12 +62,12 @@ def test_study_aggregate_frontal_ok_only(tmp_path):
                   view_position=""),  # view unknown
         score_row("/6", study_uid="S3", view_position="LLO", probability_calibrated="0.7"),
     ])
-    s = {r["study_uid"]: r for r in IO.study_rows(f, "max")}
+    s = {r.study_uid: r.to_csv() for r in IO.study_rows(f, "max")}
     assert set(s) == {"S1", "S2", "S3"}
     assert (s["S1"]["n_images"], s["S1"]["n_ok"], s["S1"]["probability_calibrated"], s["S1"]["decision_fibrosis"]) == (2, 3, "0.600000", 1)
     assert s["S2"]["probability_calibrated"] == "0.200000" and s["S2"]["decision_fibrosis"] == 0
     assert s["S3"]["n_images"] == 0 and s["S3"]["probability_calibrated"] == "" and s["S3"]["decision_fibrosis"] == ""
-    mean = {r["study_uid"]: r for r in IO.study_rows(f, "mean")}
+    mean = {r.study_uid: r.to_csv() for r in IO.study_rows(f, "mean")}
     assert mean["S1"]["probability_calibrated"] == "0.450000" and mean["S1"]["decision_fibrosis"] == 1  # 0.45 >= 0.4
     with pytest.raises(ValueError, match="'median'.*allowed"):
         IO.study_rows(f, "median")
@@ -100,7 +100,7 @@ def test_study_aggregate_groups_studies_spread_over_the_file_and_streams(tmp_pat
         score_row("/c", study_uid="S9", probability_calibrated="0.90", decision_fibrosis="1", patient_key="k1"),
         score_row("/d", study_uid="S1", probability_calibrated="0.20", decision_fibrosis="0"),
     ])
-    out = list(IO.study_rows(f, "mean"))
+    out = [r.to_csv() for r in IO.study_rows(f, "mean")]
     assert [r["study_uid"] for r in out] == ["S1", "S9"]
     assert out[0]["probability_calibrated"] == "0.500000" and out[0]["n_images"] == 2
     assert out[1]["patient_key"] == "k1|k2" and out[1]["probability_calibrated"] == "0.500000" and out[1]["decision_fibrosis"] == 1

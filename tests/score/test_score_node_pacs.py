@@ -22,7 +22,7 @@ from pydicom.encaps import encapsulate
 
 from helpers import pacs
 from helpers.sr_reader import read_sr
-from helpers.checkpoints import make_checkpoint
+from helpers.checkpoints import make_checkpoint, youden_threshold
 from fibrosis.config import IngestConfig
 from fibrosis.score.node import Destination, Node, NodeConfig
 from helpers.paths import REPO
@@ -48,8 +48,7 @@ def ckpt(tmp_path_factory) -> Path:
     # Threshold inside the tiny model's range of study probabilities on the demo (0.54-0.57),
     # so that Orthanc gets both Present and Absent.
     return make_checkpoint(tmp_path_factory.mktemp("run") / "best.pt", ingest=IngestConfig(image_size=64),
-                           threshold={"format": 1, "scale": "calibrated probability", "default": "youden",
-                                      "value": 0.55, "points": {"youden": 0.55}})
+                           threshold=youden_threshold(0.55))
 
 
 def readme_command(tool: str) -> list[str]:

@@ -366,7 +366,7 @@ def test_tune_writes_table_choice_and_an_ensemble_checkpoint(tuned, cache):
     assert sorted(p.name for p in (out / "cv" / "last1-x0.1" / "r0-f0").glob("epoch-*.pt")) == [f"epoch-{ft.epoch}.pt"]
     json.loads((out / "tune.json").read_text())
     ckpt = load_checkpoint(out / "best.pt")
-    assert ckpt.ensemble and ckpt.ensemble.members == 3 and ckpt.threshold["chosen_on"] == "out-of-fold"
+    assert ckpt.ensemble and ckpt.ensemble.members == 3 and ckpt.threshold.chosen_on == "out-of-fold"
     assert ckpt.preprocessing.gray_fold == "rgb-stem"
     test_keys = {r["patient_key"] for r in csv.DictReader(open(cache / "manifest.csv")) if r["split"] == "test"}
     assert not test_keys & set(ckpt.split_keys["train"]["patients"])
