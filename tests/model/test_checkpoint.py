@@ -174,7 +174,9 @@ def test_update_adds_calibration_and_threshold(ckpt_path):
     with pytest.raises(CheckpointError, match=r"refusing to overwrite \['weights'\]; an update may set only"):
         update_checkpoint(path, weights={})
     with pytest.raises(CheckpointError, match="not JSON-able"):
-        update_checkpoint(path, tune_selection={"t": torch.ones(1)})
+        update_checkpoint(path, split_keys={"train": {"patients": torch.ones(1)}})
+    with pytest.raises(CheckpointError, match="field 'tune_selection' is a dict; expected a TuneSelection"):
+        update_checkpoint(path, tune_selection={"chosen": "x"})
     with pytest.raises(CheckpointError, match="field 'threshold' is a dict; expected a ThresholdRecord"):
         update_checkpoint(path, threshold=threshold.to_json())
 

@@ -51,7 +51,7 @@ def test_report_files_and_sections(report):
                    "ECE binning: 10 equal-width bins", "5. Operating points and decision curve", "PPV / NPV at 1.5%",
                    "Decision curve", "Net benefit at selected threshold probabilities", "6. Subgroups",
                    "7. Grad-CAM", "8. Model and selection", "9. Intended use and limitations", "Out of scope",
-                   "Weak labels", "Prevalence shift", "Appendix A: Reproducibility", "Package versions",
+                   "Reference standard not stated", "Prevalence shift", "Appendix A: Reproducibility", "Package versions",
                    "Manifest sha256", "Appendix B: Reporting checklist", "Appendix C: Configuration",
                    "(0018,5101) ViewPosition=&#x27;LL&#x27;"):
         assert needle in html, needle
