@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from fibrosis.data.manifest import ManifestRow
 from fibrosis.config import ArmRecipe, EvaluateConfig, Selection
 from fibrosis.evaluate import metrics as M
 from fibrosis.evaluate.run import OOF_FIT, Predictions, WarningLog, fit_operating_points
@@ -219,7 +220,7 @@ def selection_adjusted(fold_auc: Mapping[str, Mapping[str, float | None]], chose
             "arms": len(fold_auc), "method": "Tibshirani & Tibshirani 2009 (max over arms of each fold's AUC)"}
 
 
-def fit_oof_operating_points(rows: Sequence[dict[str, str]], oof: np.ndarray, ecfg: EvaluateConfig
+def fit_oof_operating_points(rows: Sequence[ManifestRow], oof: np.ndarray, ecfg: EvaluateConfig
                              ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Calibrator and thresholds fitted on the pooled OOF logits of all development patients:
     (calibration dict, threshold record) for the checkpoint."""

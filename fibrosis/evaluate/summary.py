@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from fibrosis import artefacts
 from fibrosis.config import Config
 from fibrosis.data.cache import manifest_hash
+from fibrosis.data.manifest import ManifestRow
 from fibrosis.data.pixels import POLARITY_EXCLUDED, excluded_flag, qa_flags
-from fibrosis.data.records import parse_label
 from fibrosis.io import file_sha256, package_versions, read_csv, read_text
 
 if TYPE_CHECKING:  # the record's module imports torch, which `import fibrosis` does not need
@@ -41,17 +41,17 @@ def scrub_reason(reason: str, path: str = "") -> str:
     return re.sub(r"^(<file>|<path>)\s*:\s*", "", text).strip()
 
 
-def _positive(row: dict[str, str]) -> bool:
-    return parse_label(row.get("label")) == 1
+def _positive(row: ManifestRow) -> bool:
+    return row.label == 1
 
 
-def _split_counts(rows: Sequence[dict[str, str]]) -> dict[str, dict[str, Any]]:
+def _split_counts(rows: Sequence[ManifestRow]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
-        s = out.setdefault(r.get("split") or "unassigned", {"n": 0, "n_pos": 0, "patients": set()})
+        s = out.setdefault(r.split or "unassigned", {"n": 0, "n_pos": 0, "patients": set()})
         s["n"] += 1
         s["n_pos"] += _positive(r)
-        s["patients"].add(r.get("patient_key"))
+        s["patients"].add(r.patient_key)
     order = {name: i for i, name in enumerate(("train", "val", "calib", "test"))}
     return {k: {"n": v["n"], "n_pos": v["n_pos"], "prevalence": v["n_pos"] / v["n"],
                 "n_patients": len(v["patients"])}
@@ -61,7 +61,7 @@ def _split_counts(rows: Sequence[dict[str, str]]) -> dict[str, dict[str, Any]]:
 _POLARITY_GROUP = {"polarity-suspect": "looks inverted", "polarity-unsure": "polarity unsure"}
 
 
-def data_summary(cache: str | Path, rows: Sequence[dict[str, str]], cfg: Config) -> dict[str, Any]:
+def data_summary(cache: str | Path, rows: Sequence[ManifestRow], cfg: Config) -> dict[str, Any]:
     """Source, counts per split, prevalence, split method and exclusions of the evaluated cache."""
     cache = Path(cache)
     meta: dict[str, Any] = {}
@@ -76,7 +76,7 @@ def data_summary(cache: str | Path, rows: Sequence[dict[str, str]], cfg: Config)
                        f"(ingest.polarity_qa={policy or 'exclude'})" if qa
                        else scrub_reason(r.get("reason", ""), r.get("path", "")))
                       for r, qa in zip(rejects, is_qa))
-    flagged = Counter(f for r in rows for f in qa_flags(r.get("steps", "")).split(";") if f)
+    flagged = Counter(f for r in rows for f in qa_flags(r.steps).split(";") if f)
     s = cfg.split
     n_pos = sum(_positive(r) for r in rows)
     source = cfg.evaluate.data_source or meta.get("source") or meta.get("description")
@@ -85,7 +85,7 @@ def data_summary(cache: str | Path, rows: Sequence[dict[str, str]], cfg: Config)
         "labels": (Path(cfg.ingest.labels_csv).name if cfg.ingest.labels_csv else "from the inputs")
         + f", column {cfg.ingest.label_column!r}",
         "total": {"n": len(rows), "n_pos": n_pos, "prevalence": n_pos / len(rows) if rows else None,
-                  "n_patients": len({r.get("patient_key") for r in rows})},
+                  "n_patients": len({r.patient_key for r in rows})},
         "splits": _split_counts(rows),
         "split_method": (f"patient-level, label-stratified random split (seed {s.seed}): train {s.train:g} / "
                          f"val {s.val:g} / test {s.test:g}" + (f" / calib {s.calib:g}" if s.calib else "")
