@@ -214,14 +214,15 @@ def test_a_hand_edited_manifest_or_a_new_file_is_consolidated_again(tmp_path, fo
 
 def test_a_version_with_other_manifest_columns_consolidates_again(tmp_path, folder, cfg, monkeypatch):
     import fibrosis.data.cache as cache_mod
-    import fibrosis.data.ingest as ingest_mod
+    import fibrosis.data.manifest as manifest_mod
 
     cache = tmp_path / "cache"
     ingest([folder], cache, cfg, workers=1, progress=False)
     before = _file_ids(cache)["manifest.csv"]
-    more = MANIFEST_COLUMNS + ("a_new_column",)
-    for mod in (cache_mod, ingest_mod):
+    more = MANIFEST_COLUMNS + ("a_new_column",)  # appended, so optional on read as every appended column
+    for mod in (cache_mod, manifest_mod):
         monkeypatch.setattr(mod, "MANIFEST_COLUMNS", more)
+    monkeypatch.setattr(manifest_mod, "OPTIONAL_COLUMNS", manifest_mod.OPTIONAL_COLUMNS | {"a_new_column"})
     ingest([folder], cache, cfg, workers=1, progress=False)
     assert _file_ids(cache)["manifest.csv"] != before
     with open(cache / "manifest.csv") as fh:

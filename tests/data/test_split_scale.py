@@ -111,7 +111,7 @@ def cache(tmp_path):
 
 def test_ingest_records_the_dhash_split_would_compute_and_split_reads_no_pixels(cache, tmp_path):
     rows = read_csv(cache / "manifest.csv")
-    reader = CacheReader(cache, rows)
+    reader = CacheReader(cache)
     assert [r["dhash"] for r in rows] == [stored_dhash(reader.raw(i)) for i in range(len(rows))]
     split_cache(cache, SplitConfig(train=0.5, val=0.25, test=0.25))
     expected = read_csv(cache / "manifest.csv"), (cache / "near_duplicates.csv").read_bytes()
