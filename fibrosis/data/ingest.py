@@ -8,7 +8,7 @@ rejects and redoes the rest -- nothing lost, nothing duplicated, because
 consolidation keeps only the latest committed entry of each path.
 
 Labels are re-joined on every run that has a labels CSV, skipped files included:
-a corrected label or auxiliary finding (LABEL_COLUMNS) is committed as a rows-only
+a corrected label or auxiliary finding (manifest.RowLabels) is committed as a rows-only
 part (the rows keep their shard and index, no re-decode); a changed PNG/JPEG hint (patient_id, age, sex, view: the
 only source of those fields for a raster export) re-ingests that file. A run
 without a labels CSV keeps the labels the cache has.
@@ -18,7 +18,6 @@ Patient identity: PatientID is replaced by a salted, pseudonymous ``patient_key`
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sqlite3
@@ -37,7 +36,7 @@ from fibrosis.config import IngestConfig, config_to_dict
 from fibrosis.data.discover import FOLDER_ERROR, check_inputs, discover_entries, iter_entries, log_discovery
 from fibrosis.data.ingest_index import INDEX_NAME, PAGE, CommittedIndex
 from fibrosis.data.identity import identity, patient_key, resolve_salt
-from fibrosis.data.manifest import ManifestRow, RejectRow, iter_manifest, write_manifest, write_rejects
+from fibrosis.data.manifest import ManifestRow, RejectRow, RowLabels, iter_manifest, write_manifest, write_rejects
 from fibrosis.data.records import AUX_ASSIGN, Decoded, Rejected, RejectKind, Skipped, file_stamp, parse_label
 from fibrosis.data.labels import Labels, load_labels
 from fibrosis.data.pixels import POLARITY_EXCLUDED, preprocessing_signature, qa_flags
@@ -47,8 +46,6 @@ from fibrosis.words import plural
 logger = logging.getLogger(__name__)
 
 REJECT_KINDS = typing.get_args(RejectKind)
-# The manifest columns a labels CSV sets: re-joined on every run that has one.
-LABEL_COLUMNS = ("label", "aux_labels")
 
 
 @dataclass
@@ -177,11 +174,10 @@ def _identity_keys(content_hash: str, sop_uid: str) -> list[str]:
     return [content_hash] + ([f"sop:{sop_uid}"] if sop_uid and not sop_uid.startswith("file:") else [])
 
 
-def _joined(labels: Labels, path: str, sop_uid: str, study_uid: str) -> tuple[dict[str, Any], str]:
-    """(the LABEL_COLUMNS of an image from the labels CSV, as ManifestRow fields; how its row
-    was joined)."""
+def _joined(labels: Labels, path: str, sop_uid: str, study_uid: str) -> tuple[RowLabels, str]:
+    """(the label columns of an image from the labels CSV, how its row was joined)."""
     label, aux, how = labels.join(path, sop_uid, study_uid)
-    return dict(zip(LABEL_COLUMNS, (parse_label(label), aux))), how
+    return RowLabels(parse_label(label), aux), how
 
 
 def _count_aux(counts: Counter[str], aux: str) -> None:
@@ -193,11 +189,11 @@ def _count_aux(counts: Counter[str], aux: str) -> None:
 
 def _manifest_row(res: Decoded, key: str, labels: Labels | None, counts: Counter[str]) -> ManifestRow:
     """The manifest row of a decoded file, not yet placed in a shard (CacheWriter.write_shard does)."""
-    joined: dict[str, Any] = {}
+    joined = RowLabels()
     if labels is not None:
         joined, how = _joined(labels, res.path, res.meta.sop_uid, res.meta.study_uid)
         counts[f"label-by-{how}" if how else "unlabeled"] += 1
-        _count_aux(counts, joined["aux_labels"])
+        _count_aux(counts, joined.aux_labels)
     meta = res.meta
     row = ManifestRow(
         path=res.path, content_hash=res.content_hash, source_format=meta.source_format, patient_key=key,
@@ -205,7 +201,8 @@ def _manifest_row(res: Decoded, key: str, labels: Labels | None, counts: Counter
         view_position=meta.view_position, body_part=meta.body_part, modality=meta.modality,
         manufacturer=meta.manufacturer, model_name=meta.model_name, sex=meta.sex, age=meta.age,
         pixel_spacing=meta.pixel_spacing, rows=meta.rows, cols=meta.cols, transfer_syntax=meta.transfer_syntax,
-        photometric=meta.photometric, steps=res.steps, dhash=res.dhash, **joined)
+        photometric=meta.photometric, steps=res.steps, dhash=res.dhash, label=joined.label,
+        aux_labels=joined.aux_labels)
     return row.stamped(res.stamp)
 
 
@@ -235,12 +232,12 @@ def _unchanged(path: str, entry: ManifestRow) -> bool:
     return now == recorded
 
 
-def _label_changes(entry: ManifestRow, labels: Labels, path: str) -> dict[str, Any]:
-    """The label-like fields of a committed row that this run's labels CSV changes ({} if none).
-    Every such field is compared here, and the changed ones are rewritten into the row by a
-    rows-only part without re-reading the file (an added label column joins this dict)."""
+def _label_changes(entry: ManifestRow, labels: Labels, path: str) -> RowLabels | None:
+    """The label columns this run's labels CSV gives a committed row, where they differ from the
+    row's (None: unchanged). They are rewritten into the row by a rows-only part without
+    re-reading the file (an added label column joins RowLabels)."""
     joined, _ = _joined(labels, path, entry.sop_uid, entry.study_uid)
-    return {c: joined[c] for c in LABEL_COLUMNS if joined[c] != getattr(entry, c)}
+    return None if joined == entry.labels() else joined
 
 
 class _RowsOnly:
@@ -321,9 +318,9 @@ def _ingest(inputs: list[str | Path], root: Path, cfg: IngestConfig, labels: Lab
             if isinstance(res, Skipped):
                 summary.skipped += 1
                 changes = index.changes(res.path)
-                n_labels += bool(changes)
+                n_labels += changes is not None
                 if labels is not None:
-                    _count_aux(counts, changes.get("aux_labels", _committed(index, res.path).aux_labels))
+                    _count_aux(counts, (changes or _committed(index, res.path).labels()).aux_labels)
                 shards.skipped(res, changes)
             elif isinstance(res, Decoded):
                 shards.decoded(res, lambda r: _manifest_row(r, identity(r.meta, r.content_hash, salt, counts),
@@ -380,14 +377,14 @@ def _plan(index: CommittedIndex, labels: Labels | None, salt: str, verify: bool,
     """Which files to decode or hash (recorded as the index's tasks), which to skip unread, and
     which labels changed. Returns (files skipped unread, of them relabelled)."""
     unread = relabelled = 0
-    tasks: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
+    tasks: list[tuple[str, str, dict[str, Any], RowLabels | None]] = []
     for path, error in index.inputs():
         if error:
             continue
         entry = index.get(path)
         known = entry.content_hash if isinstance(entry, ManifestRow) else ""
         hints = labels.hints(path) if labels else {}
-        changes: dict[str, Any] = {}
+        changes: RowLabels | None = None
         if isinstance(entry, ManifestRow) and labels is not None:
             if _hints_change(entry, hints, salt):
                 known = ""  # patient key / view policy come from decoding with the hints
@@ -396,10 +393,10 @@ def _plan(index: CommittedIndex, labels: Labels | None, salt: str, verify: bool,
         if known and isinstance(entry, ManifestRow) and not verify and _unchanged(path, entry):
             unread += 1
             if labels is not None:
-                _count_aux(counts, changes.get("aux_labels", entry.aux_labels))
-            if changes:
+                _count_aux(counts, (changes or entry.labels()).aux_labels)
+            if changes is not None:
                 relabelled += 1
-                rows_only.add(dataclasses.replace(entry, **changes))
+                rows_only.add(entry.relabelled(changes))
         else:
             tasks.append((path, known, hints, changes))
             if len(tasks) >= PAGE:
@@ -422,12 +419,12 @@ class _Shards:
         self.rows: list[ManifestRow] = []
         self.rejects: list[RejectRow] = []
 
-    def skipped(self, res: Skipped, changes: dict[str, Any]) -> None:
+    def skipped(self, res: Skipped, changes: RowLabels | None) -> None:
         entry = _committed(self.index, res.path)
         # Same content, new or missing stamp (touched, copied back, a cache of an older
         # version): record the stamp, so the next run skips the file unread.
-        if changes or entry.stamp() != res.stamp:
-            self.rows_only.add(dataclasses.replace(entry.stamped(res.stamp), **changes))
+        if changes is not None or entry.stamp() != res.stamp:
+            self.rows_only.add(entry.stamped(res.stamp).relabelled(changes or entry.labels()))
 
     def decoded(self, res: Decoded, manifest_row: Callable[[Decoded], ManifestRow], summary: IngestSummary) -> None:
         keys = _identity_keys(res.content_hash, res.meta.sop_uid)

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator
 
 from fibrosis.data.cache import iter_parts
 from fibrosis.data.discover import FOLDER_ERROR, Entry
-from fibrosis.data.manifest import MANIFEST_COLUMNS, REJECT_COLUMNS, ManifestRow, RejectRow
+from fibrosis.data.manifest import MANIFEST_COLUMNS, REJECT_COLUMNS, ManifestRow, RejectRow, RowLabels
 
 INDEX_NAME = ".ingest-index.sqlite"
 PAGE = 1000  # rows per keyset-paged query: bounded memory, and no cursor open across writes
@@ -158,10 +158,11 @@ class CommittedIndex:
         """(path, error) sorted by path (SQLite compares UTF-8 bytes: the order of Python's str)."""
         return self._paged("SELECT path, error FROM inputs WHERE path > ? ORDER BY path LIMIT ?")
 
-    def add_tasks(self, tasks: Iterable[tuple[str, str, dict[str, Any], dict[str, Any]]]) -> None:
-        """(path, known content hash, hints, label changes) of the files to hash or decode."""
+    def add_tasks(self, tasks: Iterable[tuple[str, str, dict[str, Any], RowLabels | None]]) -> None:
+        """(path, known content hash, hints, changed label columns or None) of the files to hash or decode."""
         self.db.executemany("INSERT INTO tasks VALUES (?, ?, ?, ?)",
-                            [(p, known, json.dumps(hints), json.dumps(changes)) for p, known, hints, changes in tasks])
+                            [(p, known, json.dumps(hints), json.dumps(None if c is None else [c.label, c.aux_labels]))
+                             for p, known, hints, c in tasks])
 
     def tasks(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """(path, known hash, hints) for the decode workers, in path order."""
@@ -172,11 +173,11 @@ class CommittedIndex:
     def task_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM tasks").fetchone()[0]
 
-    def changes(self, path: str) -> dict[str, Any]:
-        """The label-like fields this run changes in the committed row of a task's file (field ->
-        new value, for dataclasses.replace; JSON-shaped, as stored)."""
+    def changes(self, path: str) -> RowLabels | None:
+        """The label columns this run changes in the committed row of a task's file (None: none)."""
         hit = self.db.execute("SELECT changes FROM tasks WHERE path = ?", (path,)).fetchone()
-        return json.loads(hit[0]) if hit else {}
+        cells = json.loads(hit[0]) if hit else None
+        return None if cells is None else RowLabels(*cells)
 
     def _paged(self, sql: str) -> Iterator[tuple[Any, ...]]:
         """Keyset pages ordered by path: no cursor stays open while the caller writes."""

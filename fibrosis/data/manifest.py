@@ -90,12 +90,27 @@ class ManifestRow:
             return self
         return dataclasses.replace(self, file_size=stamp.size, file_mtime_ns=stamp.mtime_ns, file_id=stamp.id)
 
+    def labels(self) -> RowLabels:
+        return RowLabels(self.label, self.aux_labels)
+
+    def relabelled(self, labels: RowLabels) -> ManifestRow:
+        """The row with the label columns ``labels`` holds."""
+        return dataclasses.replace(self, label=labels.label, aux_labels=labels.aux_labels)
+
     def aux(self) -> dict[str, int]:
         """``{finding: 0 | 1}`` of the ``aux_labels`` cell (ValueError naming the row's path)."""
         return parse_aux(self.aux_labels, self.path or "manifest row")
 
 
+@dataclass(frozen=True, slots=True)
+class RowLabels:
+    """The columns of a row that a labels CSV sets (re-joined on every ingest that has one)."""
+    label: int | None = None
+    aux_labels: str = ""
+
+
 MANIFEST_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ManifestRow))
+LABEL_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RowLabels))
 # Columns a manifest may lack: the appended ones (a manifest of an older version) and ``split``
 # (a cache never split, e.g. another site's, evaluated as a whole).
 OPTIONAL_COLUMNS: frozenset[str] = frozenset(
