@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             from fibrosis.data.cache import CacheReader
 
             reader = CacheReader(last_cache)
-            by_name = {Path(r["path"]).name: i for i, r in enumerate(reader.rows)}
+            by_name = {Path(r.path).name: i for i, r in enumerate(reader.rows)}
             diffs = []
             for f, img in zip(files, ref):
                 ours = reader.image(by_name[f.name])

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fibrosis.config import TuneConfig  # noqa: E402
 from fibrosis.data.cache import CacheReader  # noqa: E402
 from fibrosis.evaluate.metrics import delong_paired_test  # noqa: E402
-from fibrosis.io import read_csv  # noqa: E402
+from fibrosis.data.manifest import read_manifest  # noqa: E402
 from fibrosis.model.inference import extract_features  # noqa: E402
 from fibrosis.model.net import build_model  # noqa: E402
 from fibrosis.train.folds import make_folds, near_duplicate_links, patient_groups  # noqa: E402
@@ -56,8 +56,8 @@ def features(cache: Path, hashes: list[str], weights: Path, stem: str, resize: s
     path = work / f"feat-{cache.name}-{stem}-{resize}.npy"
     if path.is_file():
         return np.load(path)
-    rows = read_csv(cache / "manifest.csv")
-    pos = {r["content_hash"]: i for i, r in enumerate(rows)}
+    rows = read_manifest(cache / "manifest.csv")
+    pos = {r.content_hash: i for i, r in enumerate(rows)}
     model = build_model("mobilenet_v2", str(weights), weights_sha256=SHA, input_size=INPUT, resize=resize,
                         gray_fold=stem)
     t0 = time.perf_counter()
@@ -143,15 +143,15 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     caches = {s: prepare_cache(args.data, args.work / f"cache{s}", *CACHES[s]) for s in CACHES}
     # Development images: train + val of the 512 px cache that every cache also kept.
-    rows = read_csv(caches["512"] / "manifest.csv")
-    kept = set.intersection(*({r["content_hash"] for r in read_csv(c / "manifest.csv")} for c in caches.values()))
-    rows = [r for r in rows if r["content_hash"] in kept]
+    rows = read_manifest(caches["512"] / "manifest.csv")
+    kept = set.intersection(*({r.content_hash for r in read_manifest(c / "manifest.csv")} for c in caches.values()))
+    rows = [r for r in rows if r.content_hash in kept]
     folds_all = make_folds(rows, args.folds, args.repeats, args.seed, near_duplicate_links(caches["512"]))
     dev = sorted({i for f in folds_all for i in f.heldout})
     at = {row: p for p, row in enumerate(dev)}
-    hashes = [rows[i]["content_hash"] for i in dev]
-    y = np.array([int(float(rows[i]["label"])) for i in dev])
-    groups = patient_groups([rows[i]["patient_key"] for i in dev], near_duplicate_links(caches["512"]))
+    hashes = [rows[i].content_hash for i in dev]
+    y = np.array([rows[i].label for i in dev])
+    groups = patient_groups([rows[i].patient_key for i in dev], near_duplicate_links(caches["512"]))
     folds = [[(np.array([at[i] for i in f.train]), np.array([at[i] for i in f.heldout]))
               for f in folds_all if f.repeat == r] for r in range(args.repeats)]
     log.info("%d development images (%d positive), %d x %d folds", len(y), int(y.sum()), args.repeats, args.folds)

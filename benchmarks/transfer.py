@@ -51,7 +51,7 @@ def test_logits(run: Path, cache: Path) -> tuple[np.ndarray, np.ndarray, list[np
     model, _ = load_model(run / "best.pt")
     rows, idx = split_rows(cache, "test")
     reader = CacheReader(cache, rows)
-    y = np.array([int(rows[i]["label"]) for i in idx])
+    y = np.array([rows[i].label for i in idx])
     members = [predict_rows(m, reader, idx, 64, "cpu") for m in getattr(model, "members", [model])]
     return y, predict_rows(model, reader, idx, 64, "cpu"), members
 

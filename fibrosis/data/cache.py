@@ -20,6 +20,7 @@ that re-runs skip or nothing that counts: no loss and no duplicates.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -30,27 +31,12 @@ from typing import Any, Iterator
 import numpy as np
 
 from fibrosis import artefacts
-from fibrosis.io import (file_sha256, open_regular, read_csv, read_text, save_npy, write_csv,
-                         write_json)
+from fibrosis.data.manifest import (MANIFEST_COLUMNS, REJECT_COLUMNS, ManifestRow, RejectRow, read_manifest,
+                                    read_rejects, write_manifest, write_rejects)
+from fibrosis.io import file_sha256, open_regular, read_text, save_npy, write_json
 
 CACHE_FORMAT = 1
 
-MANIFEST_COLUMNS: tuple[str, ...] = (
-    "path", "content_hash", "shard", "index", "source_format",
-    "patient_key", "study_uid", "series_uid", "sop_uid",
-    "view_position", "body_part", "modality", "manufacturer", "model_name",
-    "sex", "age", "pixel_spacing", "rows", "cols",
-    "transfer_syntax", "photometric", "steps", "label", "split",
-    # Appended after the columns above so an older manifest keeps its columns' places; one
-    # without them reads as before and is filled on the next ingest/split.
-    "dhash",  # hex 256-bit dHash of the cached image: split finds near-duplicates without pixels
-    # records.file_stamp of the file when it was read: a re-run skips it unread if unchanged
-    "file_size", "file_mtime_ns", "file_id",
-    # Last for the same reason; a manifest without it reads as ""
-    # (no auxiliary finding known) and is filled on the next ingest with a labels CSV.
-    "aux_labels",  # other findings of the labels CSV: records.format_aux, e.g. "Effusion=1|Mass=0"
-)
-REJECT_COLUMNS: tuple[str, ...] = ("path", "kind", "reason", "transfer_syntax")
 DTYPES: dict[str, type[np.unsignedinteger[Any]]] = {"uint8": np.uint8, "uint16": np.uint16}
 
 
@@ -125,24 +111,25 @@ class CacheWriter:
         ids += [int(p.stem.split("-")[1]) for p in (self.root / "shards").glob("shard-*.npy")]
         return max(ids, default=-1) + 1
 
-    def write_shard(self, shard_id: int, images: list[np.ndarray], rows: list[dict[str, Any]],
-                    rejects: list[dict[str, Any]]) -> None:
-        """Commit one chunk: array first, rejects, then the manifest part (the marker)."""
+    def write_shard(self, shard_id: int, images: list[np.ndarray], rows: list[ManifestRow],
+                    rejects: list[RejectRow]) -> list[ManifestRow]:
+        """Commit one chunk: array first, rejects, then the manifest part (the marker).
+        Returns the rows as committed: image ``i`` of the shard is row ``i``, placed there."""
         name = f"shard-{shard_id:06d}"
         if images:
             save_npy(self.root / "shards" / f"{name}.npy", np.stack(images).astype(DTYPES[self.dtype], copy=False))
-        for i, row in enumerate(rows):
-            row["shard"], row["index"] = shard_id, i
-        write_csv(self.root / "parts" / f"rejects-{shard_id:06d}.csv", rejects, REJECT_COLUMNS)
-        write_csv(self.root / "parts" / f"{name}.csv", rows, MANIFEST_COLUMNS)
+        placed = [dataclasses.replace(row, shard=shard_id, index=i) for i, row in enumerate(rows)]
+        write_rejects(self.root / "parts" / f"rejects-{shard_id:06d}.csv", rejects)
+        write_manifest(self.root / "parts" / f"{name}.csv", placed)
+        return placed
 
 
-def iter_parts(root: str | Path) -> Iterator[tuple[int, list[dict[str, str]], list[dict[str, str]]]]:
+def iter_parts(root: str | Path) -> Iterator[tuple[int, list[ManifestRow], list[RejectRow]]]:
     """(shard id, manifest rows, reject rows) of every committed chunk, in commit order."""
     root = Path(root)
     for part in sorted((root / "parts").glob("shard-*.csv")):
         rej = part.with_name(part.name.replace("shard-", "rejects-"))
-        yield int(part.stem.split("-")[1]), read_csv(part), (read_csv(rej) if rej.exists() else [])
+        yield int(part.stem.split("-")[1]), read_manifest(part), (read_rejects(rej) if rej.exists() else [])
 
 
 def manifest_hash(root: str | Path) -> str:
@@ -194,7 +181,7 @@ def manifest_rewritten(root: str | Path, before_sha256: str, after_sha256: str) 
 class CacheReader:
     """Random access to cached images by manifest row; memmaps open lazily per process."""
 
-    def __init__(self, root: str | Path, rows: list[dict[str, str]] | None = None):
+    def __init__(self, root: str | Path, rows: list[ManifestRow] | None = None):
         self.root = Path(root)
         meta_path = self.root / artefacts.CACHE_META
         if not meta_path.exists():
@@ -203,7 +190,7 @@ class CacheReader:
         if self.meta.get("format") != CACHE_FORMAT:
             raise ValueError(f"{meta_path}: cache format {self.meta.get('format')!r}, "
                              f"this version reads {CACHE_FORMAT}")
-        self.rows = rows if rows is not None else read_csv(self.root / artefacts.MANIFEST)
+        self.rows = rows if rows is not None else read_manifest(self.root / artefacts.MANIFEST)
         self.image_size = int(self.meta["image_size"])
         self.scale = float(np.iinfo(DTYPES[self.meta["dtype"]]).max)
         self._shards: dict[int, np.ndarray] = {}
@@ -224,7 +211,7 @@ class CacheReader:
     def raw(self, i: int) -> np.ndarray:
         """Stored integer image (S, S), a read-only view into the memmap."""
         row = self.rows[i]
-        return self._shard(int(row["shard"]))[int(row["index"])]
+        return self._shard(row.shard)[row.index]
 
     def image(self, i: int) -> np.ndarray:
         """Float32 image in [0, 1], shape (S, S)."""

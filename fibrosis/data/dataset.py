@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from fibrosis.data.cache import CacheReader
+from fibrosis.data.manifest import ManifestRow
 from fibrosis.data.records import Preprocessing, require_label
 from fibrosis.config import AugmentConfig
 
@@ -67,8 +68,8 @@ def model_array(img01: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     return normalise(resize(img01, preprocessing.input_size, preprocessing.resize), preprocessing)
 
 
-def row_label(row: dict[str, str]) -> float:
-    return float(require_label(row.get("label", ""), row.get("path", "?"), "ingest with labels to train"))
+def row_label(row: ManifestRow) -> float:
+    return float(require_label(row.label, row.path or "?", "ingest with labels to train"))
 
 
 Sample = tuple[torch.Tensor, ...]  # image, label (, auxiliary targets)

@@ -8,7 +8,7 @@ rejects and redoes the rest -- nothing lost, nothing duplicated, because
 consolidation keeps only the latest committed entry of each path.
 
 Labels are re-joined on every run that has a labels CSV, skipped files included:
-a corrected label or auxiliary finding (LABEL_COLUMNS) is committed as a rows-only
+a corrected label or auxiliary finding (manifest.RowLabels) is committed as a rows-only
 part (the rows keep their shard and index, no re-decode); a changed PNG/JPEG hint (patient_id, age, sex, view: the
 only source of those fields for a raster export) re-ingests that file. A run
 without a labels CSV keeps the labels the cache has.
@@ -25,20 +25,19 @@ import typing
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
 from fibrosis import artefacts
-from fibrosis.data.cache import (MANIFEST_COLUMNS, REJECT_COLUMNS, CacheLock, CacheWriter, consolidation_stamp,
-                                 record_consolidation, recorded_consolidation)
-
-from fibrosis.io import is_no_space, iter_csv, no_space, write_csv
+from fibrosis.data.cache import CacheLock, CacheWriter, consolidation_stamp, record_consolidation, recorded_consolidation
+from fibrosis.io import is_no_space, no_space
 from fibrosis.config import IngestConfig, config_to_dict
 from fibrosis.data.discover import FOLDER_ERROR, check_inputs, discover_entries, iter_entries, log_discovery
 from fibrosis.data.ingest_index import INDEX_NAME, PAGE, CommittedIndex
 from fibrosis.data.identity import identity, patient_key, resolve_salt
-from fibrosis.data.records import AUX_ASSIGN, STAMP_COLUMNS, Decoded, Rejected, RejectKind, Skipped, file_stamp
+from fibrosis.data.manifest import ManifestRow, RejectRow, RowLabels, iter_manifest, write_manifest, write_rejects
+from fibrosis.data.records import AUX_ASSIGN, Decoded, Rejected, RejectKind, Skipped, file_stamp, parse_label
 from fibrosis.data.labels import Labels, load_labels
 from fibrosis.data.pixels import POLARITY_EXCLUDED, preprocessing_signature, qa_flags
 from fibrosis.data.workers import ordered_map, process_file
@@ -47,8 +46,6 @@ from fibrosis.words import plural
 logger = logging.getLogger(__name__)
 
 REJECT_KINDS = typing.get_args(RejectKind)
-# The manifest columns a labels CSV sets: re-joined on every run that has one.
-LABEL_COLUMNS = ("label", "aux_labels")
 
 
 @dataclass
@@ -106,13 +103,13 @@ def discover(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def _listable_again(reject: dict[str, str]) -> bool:
+def _listable_again(reject: RejectRow) -> bool:
     """A folder rejected as unlistable that can be listed now: its files are inputs again,
     so its reject no longer stands (it is never re-discovered to be superseded)."""
-    if reject["kind"] != "error" or not reject["reason"].startswith(FOLDER_ERROR):
+    if reject.kind != "error" or not reject.reason.startswith(FOLDER_ERROR):
         return False
     try:
-        with os.scandir(reject["path"]):
+        with os.scandir(reject.path):
             return True
     except OSError:
         return False
@@ -140,19 +137,19 @@ def consolidate(cache_dir: str | Path, index: CommittedIndex | None = None) -> t
         # unlistable folders listable again: the rewrite would give the same bytes
         return index.count("row"), index.count("reject") - len(stamp["listable_again"])
     if (root / artefacts.MANIFEST).exists():
-        index.set_old_split((r["path"], r["content_hash"], r.get("split", ""), r.get("dhash") or "")
-                            for r in iter_csv(root / artefacts.MANIFEST))
-    n_rows = write_csv(root / artefacts.MANIFEST, index.rows_in_cache_order(), MANIFEST_COLUMNS)
+        index.set_old_split((r.path, r.content_hash, r.split, r.dhash)
+                            for r in iter_manifest(root / artefacts.MANIFEST))
+    n_rows = write_manifest(root / artefacts.MANIFEST, index.rows_in_cache_order())
     listable = set(stamp["listable_again"])
-    n_rejects = write_csv(root / artefacts.REJECTS, (e for e in index.rejects_in_path_order() if e["path"] not in listable),
-                          REJECT_COLUMNS)
+    n_rejects = write_rejects(root / artefacts.REJECTS,
+                              (e for e in index.rejects_in_path_order() if e.path not in listable))
     record_consolidation(root, {**consolidation_stamp(root), "listable_again": stamp["listable_again"]})
     return n_rows, n_rejects
 
 
 def _listable_folders(index: CommittedIndex) -> list[str]:
     """Paths of the committed folder rejects that can be listed now (dropped from rejects.csv)."""
-    return [r["path"] for r in index.folder_rejects() if _listable_again(r)]
+    return [r.path for r in index.folder_rejects() if _listable_again(r)]
 
 
 def _remove_uncommitted(root: Path) -> None:
@@ -177,63 +174,70 @@ def _identity_keys(content_hash: str, sop_uid: str) -> list[str]:
     return [content_hash] + ([f"sop:{sop_uid}"] if sop_uid and not sop_uid.startswith("file:") else [])
 
 
-def _joined(labels: Labels, path: str, sop_uid: str, study_uid: str) -> tuple[dict[str, str], str]:
-    """(the LABEL_COLUMNS of an image from the labels CSV, how its row was joined)."""
+def _joined(labels: Labels, path: str, sop_uid: str, study_uid: str) -> tuple[RowLabels, str]:
+    """(the label columns of an image from the labels CSV, how its row was joined)."""
     label, aux, how = labels.join(path, sop_uid, study_uid)
-    return dict(zip(LABEL_COLUMNS, (label, aux))), how
+    return RowLabels(parse_label(label), aux), how
 
 
-def _count_aux(counts: Counter[str], row: dict[str, str]) -> None:
-    """Count the auxiliary values an image of this run's manifest holds (for the summary log)."""
-    aux = row.get("aux_labels", "")  # a row of an older version has none
+def _count_aux(counts: Counter[str], aux: str) -> None:
+    """Count the auxiliary values (an ``aux_labels`` cell) an image of this run's manifest holds
+    (for the summary log)."""
     counts["aux-images"] += bool(aux)
     counts["aux-values"] += aux.count(AUX_ASSIGN)
 
 
-def _manifest_row(res: Decoded, key: str, labels: Labels | None, counts: Counter[str]) -> dict[str, Any]:
-    row = {k: v for k, v in res.meta.manifest_fields().items() if k in MANIFEST_COLUMNS}
-    joined = {"label": "", "aux_labels": ""}
+def _manifest_row(res: Decoded, key: str, labels: Labels | None, counts: Counter[str]) -> ManifestRow:
+    """The manifest row of a decoded file, not yet placed in a shard (CacheWriter.write_shard does)."""
+    joined = RowLabels()
     if labels is not None:
         joined, how = _joined(labels, res.path, res.meta.sop_uid, res.meta.study_uid)
         counts[f"label-by-{how}" if how else "unlabeled"] += 1
-        _count_aux(counts, joined)
-    row.update(path=res.path, content_hash=res.content_hash, patient_key=key,
-               steps="|".join(res.steps), split="", dhash=res.dhash, **joined, **res.stamp)
-    return row
+        _count_aux(counts, joined.aux_labels)
+    meta = res.meta
+    row = ManifestRow(
+        path=res.path, content_hash=res.content_hash, source_format=meta.source_format, patient_key=key,
+        study_uid=meta.study_uid, series_uid=meta.series_uid, sop_uid=meta.sop_uid,
+        view_position=meta.view_position, body_part=meta.body_part, modality=meta.modality,
+        manufacturer=meta.manufacturer, model_name=meta.model_name, sex=meta.sex, age=meta.age,
+        pixel_spacing=meta.pixel_spacing, rows=meta.rows, cols=meta.cols, transfer_syntax=meta.transfer_syntax,
+        photometric=meta.photometric, steps=res.steps, dhash=res.dhash, label=joined.label,
+        aux_labels=joined.aux_labels)
+    return row.stamped(res.stamp)
 
 
-def _hints_change(row: dict[str, str], hints: dict[str, Any], salt: str) -> bool:
+def _hints_change(row: ManifestRow, hints: dict[str, Any], salt: str) -> bool:
     """Would this run's hints change a committed PNG/JPEG row? For a raster export the
     hints are the only source of these fields, so the comparison is exact; a DICOM's own
     header wins over hints (``pixels._apply_hints``), so DICOM rows are not compared."""
-    if row["source_format"] not in ("png", "jpeg"):
+    if row.source_format not in ("png", "jpeg"):
         return False
     want = {col: str(hints.get(h, "") or "").strip() for col, h in
             (("age", "age"), ("sex", "sex"), ("view_position", "view"), ("patient_key", "patient_id"))}
     want["sex"], want["view_position"] = want["sex"].upper(), want["view_position"].upper()
-    want["patient_key"] = patient_key(want["patient_key"] or "file:" + row["content_hash"], salt)
-    return any(row.get(k, "") != v for k, v in want.items())
+    want["patient_key"] = patient_key(want["patient_key"] or "file:" + row.content_hash, salt)
+    return any(row.cell(k) != v for k, v in want.items())
 
 
-def _unchanged(path: str, entry: dict[str, str]) -> bool:
+def _unchanged(path: str, entry: ManifestRow) -> bool:
     """The file's stamp equals the one recorded with its committed row: skipped unread.
     A row of an older version has no stamp and is hashed once (its stamp is then recorded)."""
-    if not all(entry.get(c) for c in STAMP_COLUMNS):
+    recorded = entry.stamp()
+    if recorded is None:
         return False
     try:
         now = file_stamp(os.stat(path))
     except OSError:
         return False  # gone or unreadable: the worker reports it
-    return all(now[c] == entry[c] for c in STAMP_COLUMNS)
+    return now == recorded
 
 
-def _label_changes(entry: dict[str, str], labels: Labels, path: str) -> dict[str, str]:
-    """The label-like columns of a committed row that this run's labels CSV changes ({} if none).
-    Every such column is compared here, and the changed ones are rewritten into the row by a
-    rows-only part without re-reading the file (an added label column joins this dict)."""
-    joined, _ = _joined(labels, path, entry["sop_uid"], entry["study_uid"])
-    # .get: a row of an older version has no aux_labels (= none known)
-    return {c: joined[c] for c in LABEL_COLUMNS if joined[c] != entry.get(c, "")}
+def _label_changes(entry: ManifestRow, labels: Labels, path: str) -> RowLabels | None:
+    """The label columns this run's labels CSV gives a committed row, where they differ from the
+    row's (None: unchanged). They are rewritten into the row by a rows-only part without
+    re-reading the file (an added label column joins RowLabels)."""
+    joined, _ = _joined(labels, path, entry.sop_uid, entry.study_uid)
+    return None if joined == entry.labels() else joined
 
 
 class _RowsOnly:
@@ -244,18 +248,17 @@ class _RowsOnly:
 
     def __init__(self, root: Path, writer: CacheWriter, index: CommittedIndex, size: int):
         self.root, self.writer, self.index, self.size = root, writer, index, size
-        self.rows: list[dict[str, str]] = []
+        self.rows: list[ManifestRow] = []
 
-    def add(self, row: dict[str, str]) -> None:
+    def add(self, row: ManifestRow) -> None:
         self.rows.append(row)
         if len(self.rows) >= self.size:
             self.commit()
 
     def commit(self) -> None:
         if self.rows:
-            write_csv(self.root / "parts" / f"shard-{self.writer.next_shard_id():06d}.csv", self.rows,
-                      MANIFEST_COLUMNS)
-            self.index.put("row", self.rows)
+            write_manifest(self.root / "parts" / f"shard-{self.writer.next_shard_id():06d}.csv", self.rows)
+            self.index.put(self.rows)
             self.rows.clear()
 
 
@@ -315,9 +318,9 @@ def _ingest(inputs: list[str | Path], root: Path, cfg: IngestConfig, labels: Lab
             if isinstance(res, Skipped):
                 summary.skipped += 1
                 changes = index.changes(res.path)
-                n_labels += bool(changes)
+                n_labels += changes is not None
                 if labels is not None:
-                    _count_aux(counts, {**_committed(index, res.path), **changes})
+                    _count_aux(counts, (changes or _committed(index, res.path).labels()).aux_labels)
                 shards.skipped(res, changes)
             elif isinstance(res, Decoded):
                 shards.decoded(res, lambda r: _manifest_row(r, identity(r.meta, r.content_hash, salt, counts),
@@ -333,11 +336,11 @@ def _ingest(inputs: list[str | Path], root: Path, cfg: IngestConfig, labels: Lab
     return summary
 
 
-def _committed(index: CommittedIndex, path: str) -> dict[str, str]:
-    """The committed entry of ``path``, which a Skipped result matched."""
+def _committed(index: CommittedIndex, path: str) -> ManifestRow:
+    """The committed row of ``path``, which a Skipped result matched."""
     hit = index.get(path)
-    assert hit is not None  # a file is skipped only when its committed entry has the same content
-    return hit[1]
+    assert isinstance(hit, ManifestRow)  # a file is skipped only when its committed row has the same content
+    return hit
 
 
 def _index_inputs(index: CommittedIndex, inputs: list[str | Path], root: Path, cfg: IngestConfig,
@@ -374,26 +377,26 @@ def _plan(index: CommittedIndex, labels: Labels | None, salt: str, verify: bool,
     """Which files to decode or hash (recorded as the index's tasks), which to skip unread, and
     which labels changed. Returns (files skipped unread, of them relabelled)."""
     unread = relabelled = 0
-    tasks: list[tuple[str, str, dict[str, Any], dict[str, str]]] = []
+    tasks: list[tuple[str, str, dict[str, Any], RowLabels | None]] = []
     for path, error in index.inputs():
         if error:
             continue
-        kind, entry = index.get(path) or ("", {})
-        known = entry["content_hash"] if kind == "row" else ""
+        entry = index.get(path)
+        known = entry.content_hash if isinstance(entry, ManifestRow) else ""
         hints = labels.hints(path) if labels else {}
-        changes: dict[str, str] = {}
-        if known and labels is not None:
+        changes: RowLabels | None = None
+        if isinstance(entry, ManifestRow) and labels is not None:
             if _hints_change(entry, hints, salt):
                 known = ""  # patient key / view policy come from decoding with the hints
             else:
                 changes = _label_changes(entry, labels, path)
-        if known and not verify and _unchanged(path, entry):
+        if known and isinstance(entry, ManifestRow) and not verify and _unchanged(path, entry):
             unread += 1
             if labels is not None:
-                _count_aux(counts, {**entry, **changes})
-            if changes:
+                _count_aux(counts, (changes or entry.labels()).aux_labels)
+            if changes is not None:
                 relabelled += 1
-                rows_only.add({**entry, **changes})
+                rows_only.add(entry.relabelled(changes))
         else:
             tasks.append((path, known, hints, changes))
             if len(tasks) >= PAGE:
@@ -413,17 +416,17 @@ class _Shards:
     def __init__(self, writer: CacheWriter, index: CommittedIndex, size: int, rows_only: _RowsOnly):
         self.writer, self.index, self.size, self.rows_only = writer, index, size, rows_only
         self.images: list[Any] = []
-        self.rows: list[dict[str, Any]] = []
-        self.rejects: list[dict[str, Any]] = []
+        self.rows: list[ManifestRow] = []
+        self.rejects: list[RejectRow] = []
 
-    def skipped(self, res: Skipped, changes: dict[str, str]) -> None:
+    def skipped(self, res: Skipped, changes: RowLabels | None) -> None:
         entry = _committed(self.index, res.path)
         # Same content, new or missing stamp (touched, copied back, a cache of an older
         # version): record the stamp, so the next run skips the file unread.
-        if changes or any(entry.get(c, "") != res.stamp.get(c, "") for c in STAMP_COLUMNS):
-            self.rows_only.add({**entry, **res.stamp, **changes})
+        if changes is not None or entry.stamp() != res.stamp:
+            self.rows_only.add(entry.stamped(res.stamp).relabelled(changes or entry.labels()))
 
-    def decoded(self, res: Decoded, manifest_row: Any, summary: IngestSummary) -> None:
+    def decoded(self, res: Decoded, manifest_row: Callable[[Decoded], ManifestRow], summary: IngestSummary) -> None:
         keys = _identity_keys(res.content_hash, res.meta.sop_uid)
         clash = next(((k, owner) for k in keys if (owner := self.index.owner(k)) not in (None, res.path)), None)
         if clash is not None:
@@ -440,14 +443,14 @@ class _Shards:
         self._maybe_commit()
 
     def reject(self, res: Rejected, summary: IngestSummary) -> None:
-        record = {"path": res.path, "kind": res.kind, "reason": res.reason, "transfer_syntax": res.transfer_syntax}
+        record = RejectRow(res.path, res.kind, res.reason, res.transfer_syntax)
         summary.rejected[res.kind] += 1
         summary.qa_excluded += res.kind == "excluded" and res.reason.startswith(POLARITY_EXCLUDED)
         logger.debug("%s: %s: %s", res.path, res.kind, res.reason)
         # A rejected file is read again every run (a decoder installed or a setting changed since
         # may take it), but the same verdict again is not committed again: it would change
         # nothing but add a part per run, and a no-op run would never be one.
-        if self.index.is_latest("reject", record):
+        if self.index.is_latest(record):
             return
         self.rejects.append(record)
         self._maybe_commit()
@@ -458,10 +461,10 @@ class _Shards:
 
     def commit(self) -> None:
         if self.rows or self.rejects:
-            self.writer.write_shard(self.writer.next_shard_id(), self.images, self.rows, self.rejects)
+            placed = self.writer.write_shard(self.writer.next_shard_id(), self.images, self.rows, self.rejects)
             # what loading the parts would give, without reading them back
-            self.index.put("row", self.rows)
-            self.index.put("reject", self.rejects)
+            self.index.put(placed)
+            self.index.put(self.rejects)
             self.images.clear()
             self.rows.clear()
             self.rejects.clear()

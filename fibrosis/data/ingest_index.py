@@ -17,17 +17,19 @@ rows-only part without re-reading the file.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from fibrosis.data.cache import MANIFEST_COLUMNS, REJECT_COLUMNS, iter_parts
+from fibrosis.data.cache import iter_parts
 from fibrosis.data.discover import FOLDER_ERROR, Entry
+from fibrosis.data.manifest import MANIFEST_COLUMNS, REJECT_COLUMNS, ManifestRow, RejectRow, RowLabels
 
 INDEX_NAME = ".ingest-index.sqlite"
 PAGE = 1000  # rows per keyset-paged query: bounded memory, and no cursor open across writes
-_COLUMNS = {"row": MANIFEST_COLUMNS, "reject": REJECT_COLUMNS}
+Committed = ManifestRow | RejectRow  # a committed entry: kind 'row' or 'reject'
 
 _SCHEMA = """
 CREATE TABLE latest (            -- path -> the newest committed entry naming it
@@ -42,10 +44,6 @@ CREATE TABLE inputs (path TEXT PRIMARY KEY, error TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE tasks (path TEXT PRIMARY KEY, known TEXT NOT NULL, hints TEXT NOT NULL,
                     changes TEXT NOT NULL) WITHOUT ROWID;
 """
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
 
 
 class CommittedIndex:
@@ -74,17 +72,18 @@ class CommittedIndex:
     def load_parts(self, root: Path) -> None:
         """Every committed part in commit order: the newest entry of a path wins."""
         for _, rows, rejects in iter_parts(root):
-            self.put("row", rows)
-            self.put("reject", rejects)
+            self.put(rows)
+            self.put(rejects)
 
-    def put(self, kind: str, entries: Iterable[dict[str, Any]]) -> None:
+    def put(self, entries: Iterable[Committed]) -> None:
         """Record committed entries (the newest of a path replaces the older, keeping its rowid)."""
-        columns = _COLUMNS[kind]
-        values = []
+        values: list[tuple[str, str, int | None, int | None, str, str, str]] = []
         for e in entries:
-            text = [_text(e.get(c)) for c in columns]
-            values.append((e["path"], kind, *(_int(e.get(c)) for c in ("shard", "index")),
-                           _text(e.get("content_hash")), _text(e.get("sop_uid")), json.dumps(text)))
+            text = list(e.cells().values())
+            if isinstance(e, ManifestRow):
+                values.append((e.path, "row", e.shard, e.index, e.content_hash, e.sop_uid, json.dumps(text)))
+            else:
+                values.append((e.path, "reject", None, None, "", "", json.dumps(text)))
         self.db.execute("BEGIN")
         self.db.executemany(
             "INSERT INTO latest (path, kind, shard, idx, content_hash, sop_uid, data) VALUES (?,?,?,?,?,?,?) "
@@ -92,24 +91,24 @@ class CommittedIndex:
             "content_hash=excluded.content_hash, sop_uid=excluded.sop_uid, data=excluded.data", values)
         self.db.execute("COMMIT")
 
-    def get(self, path: str) -> tuple[str, dict[str, str]] | None:
-        """('row' | 'reject', the entry as reading its part back gives it), or None."""
+    def get(self, path: str) -> Committed | None:
+        """The newest committed entry of ``path``, as reading its part back gives it, or None."""
         hit = self.db.execute("SELECT kind, data FROM latest WHERE path = ?", (path,)).fetchone()
-        return None if hit is None else (hit[0], dict(zip(_COLUMNS[hit[0]], json.loads(hit[1]))))
+        if hit is None:
+            return None
+        return _row(hit[1]) if hit[0] == "row" else _reject(hit[1])
 
-    def is_latest(self, kind: str, entry: dict[str, Any]) -> bool:
-        """Is ``entry`` (as it would be committed) already the newest committed entry of its
-        path, value for value as the parts store it?"""
-        hit = self.get(entry["path"])
-        return hit is not None and hit[0] == kind and hit[1] == {c: _text(entry.get(c)) for c in _COLUMNS[kind]}
+    def is_latest(self, entry: Committed) -> bool:
+        """Is ``entry`` (as it would be committed) already the newest committed entry of its path?"""
+        return self.get(entry.path) == entry
 
-    def folder_rejects(self) -> Iterator[dict[str, str]]:
+    def folder_rejects(self) -> Iterator[RejectRow]:
         """Committed rejects that may be folders that could not be listed, by path (a reject
         that merely names the words is a false hit: the caller checks kind and reason)."""
         cur = self.db.execute("SELECT data FROM latest WHERE kind = 'reject' AND instr(data, ?) > 0 ORDER BY path",
                               (FOLDER_ERROR,))
         for (data,) in cur:
-            yield dict(zip(REJECT_COLUMNS, json.loads(data)))
+            yield _reject(data)
 
     def count(self, kind: str) -> int:
         return self.db.execute("SELECT count(*) FROM latest WHERE kind = ?", (kind,)).fetchone()[0]
@@ -159,10 +158,11 @@ class CommittedIndex:
         """(path, error) sorted by path (SQLite compares UTF-8 bytes: the order of Python's str)."""
         return self._paged("SELECT path, error FROM inputs WHERE path > ? ORDER BY path LIMIT ?")
 
-    def add_tasks(self, tasks: Iterable[tuple[str, str, dict[str, Any], dict[str, str]]]) -> None:
-        """(path, known content hash, hints, label changes) of the files to hash or decode."""
+    def add_tasks(self, tasks: Iterable[tuple[str, str, dict[str, Any], RowLabels | None]]) -> None:
+        """(path, known content hash, hints, changed label columns or None) of the files to hash or decode."""
         self.db.executemany("INSERT INTO tasks VALUES (?, ?, ?, ?)",
-                            [(p, known, json.dumps(hints), json.dumps(changes)) for p, known, hints, changes in tasks])
+                            [(p, known, json.dumps(hints), json.dumps(None if c is None else [c.label, c.aux_labels]))
+                             for p, known, hints, c in tasks])
 
     def tasks(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """(path, known hash, hints) for the decode workers, in path order."""
@@ -173,10 +173,11 @@ class CommittedIndex:
     def task_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM tasks").fetchone()[0]
 
-    def changes(self, path: str) -> dict[str, str]:
-        """The label-like columns this run changes in the committed row of a task's file."""
+    def changes(self, path: str) -> RowLabels | None:
+        """The label columns this run changes in the committed row of a task's file (None: none)."""
         hit = self.db.execute("SELECT changes FROM tasks WHERE path = ?", (path,)).fetchone()
-        return json.loads(hit[0]) if hit else {}
+        cells = json.loads(hit[0]) if hit else None
+        return None if cells is None else RowLabels(*cells)
 
     def _paged(self, sql: str) -> Iterator[tuple[Any, ...]]:
         """Keyset pages ordered by path: no cursor stays open while the caller writes."""
@@ -203,27 +204,27 @@ class CommittedIndex:
                 chunk.clear()
         self.db.executemany(sql, chunk)
 
-    def rows_in_cache_order(self) -> Iterator[dict[str, str]]:
+    def rows_in_cache_order(self) -> Iterator[ManifestRow]:
         """Committed rows by (shard, index), each with the previous manifest's split and dHash
         (for a row of an older version, which has none of its own) filled in."""
         cur = self.db.execute("SELECT data, coalesce(old_split, ''), coalesce(old_dhash, '') FROM latest "
                               "WHERE kind = 'row' ORDER BY shard, idx, rowid")
         for data, split, dhash in cur:
-            row = dict(zip(MANIFEST_COLUMNS, json.loads(data)))
-            row["split"], row["dhash"] = split, row["dhash"] or dhash
-            yield row
+            row = _row(data)
+            yield dataclasses.replace(row, split=split, dhash=row.dhash or dhash)
 
-    def rejects_in_path_order(self) -> Iterator[dict[str, str]]:
+    def rejects_in_path_order(self) -> Iterator[RejectRow]:
         cur = self.db.execute("SELECT data FROM latest WHERE kind = 'reject' ORDER BY path")
         for (data,) in cur:
-            yield dict(zip(REJECT_COLUMNS, json.loads(data)))
+            yield _reject(data)
 
 
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
+def _row(data: str) -> ManifestRow:
+    return ManifestRow.from_cells(dict(zip(MANIFEST_COLUMNS, json.loads(data))))
+
+
+def _reject(data: str) -> RejectRow:
+    return RejectRow.from_cells(dict(zip(REJECT_COLUMNS, json.loads(data))))
 
 
 def _remove(path: Path) -> None:

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Mapping, Union, get_args
+from typing import Any, Literal, Mapping, Union, get_args
 
 import numpy as np
 
@@ -97,7 +97,7 @@ class Decoded:
     steps: tuple[str, ...]
     image: np.ndarray
     dhash: str = ""  # hex dHash of ``image`` (split.stored_dhash): split never re-reads pixels
-    stamp: dict[str, str] = field(default_factory=dict)  # file_stamp() taken before reading
+    stamp: FileStamp | None = None  # file_stamp() taken before reading (None: not trusted)
 
 
 @dataclass(frozen=True)
@@ -105,18 +105,22 @@ class Skipped:
     """A file already committed with this content hash: not decoded again."""
     path: str
     content_hash: str
-    stamp: dict[str, str] = field(default_factory=dict)  # file_stamp() taken before reading
+    stamp: FileStamp | None = None  # file_stamp() taken before reading (None: not trusted)
 
 
-STAMP_COLUMNS: tuple[str, ...] = ("file_size", "file_mtime_ns", "file_id")
-
-
-def file_stamp(st: os.stat_result) -> dict[str, str]:
+@dataclass(frozen=True, slots=True)
+class FileStamp:
     """What tells an unchanged file without reading it (as rsync and make do): size,
     modification time in ns and the file's identity (device:inode). A rewrite changes the
-    mtime, a replacement by rename changes the inode; ``--verify`` still hashes everything."""
-    return {"file_size": str(st.st_size), "file_mtime_ns": str(st.st_mtime_ns),
-            "file_id": f"{st.st_dev}:{st.st_ino}"}
+    mtime, a replacement by rename changes the inode; ``--verify`` still hashes everything.
+    The manifest's file_size, file_mtime_ns and file_id columns."""
+    size: int
+    mtime_ns: int
+    id: str
+
+
+def file_stamp(st: os.stat_result) -> FileStamp:
+    return FileStamp(st.st_size, st.st_mtime_ns, f"{st.st_dev}:{st.st_ino}")
 
 
 @dataclass(frozen=True)
@@ -270,11 +274,3 @@ def _aux_entry_problem(name: str, sep: str, value: str, seen: Mapping[str, int])
     if name in seen:
         return f"{name!r} given twice"
     return ""
-
-
-def aux_names(rows: Iterable[Mapping[str, str]]) -> list[str]:
-    """Sorted names of every auxiliary finding labelled in any of a manifest's rows."""
-    names: set[str] = set()
-    for i, row in enumerate(rows):
-        names.update(parse_aux(row.get("aux_labels"), f"{row.get('path') or f'manifest row {i + 1}'}"))
-    return sorted(names)

@@ -22,7 +22,7 @@ import json
 import logging
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence, TypeGuard, cast
 
@@ -30,8 +30,9 @@ import numpy as np
 
 from fibrosis import artefacts
 from fibrosis.artefacts import check_schema
-from fibrosis.data.cache import MANIFEST_COLUMNS, CacheLock, CacheReader, manifest_rewritten
-from fibrosis.io import csv_value, file_sha256, iter_csv, open_regular, read_text, write_csv, write_json
+from fibrosis.data.cache import CacheLock, CacheReader, manifest_rewritten
+from fibrosis.data.manifest import ManifestRow, iter_manifest, write_manifest
+from fibrosis.io import csv_value, file_sha256, open_regular, read_text, write_csv, write_json
 from fibrosis.config import SplitConfig
 from fibrosis.words import plural
 
@@ -259,7 +260,7 @@ def assign_codes(codes: np.ndarray, labels: np.ndarray, splits: np.ndarray, pati
     """Split code (index into SPLITS) per patient code, patients kept, patients dealt.
 
     Rows are three arrays -- patient code (rank of the key in the sorted ``patients``), label
-    code (LABEL_TEXT) and split code (SPLITS, 255 = none) -- and patients and groups are array
+    code (:func:`label_code`) and split code (SPLITS, 255 = none) -- and patients and groups are array
     entries: memory is a few bytes per row and per patient, not a dict and a set per patient,
     so it stays a small fraction of the manifest whatever the archive's size. Each
     per-patient table is dropped as soon as what it is for is taken from it. ``root``: the
@@ -322,19 +323,18 @@ def assign_codes(codes: np.ndarray, labels: np.ndarray, splits: np.ndarray, pati
     return result, kept, n - kept
 
 
-def assign(rows: Iterable[dict[str, str]], cfg: SplitConfig, links: Iterable[tuple[str, str]] = (),
+def assign(rows: Iterable[ManifestRow], cfg: SplitConfig, links: Iterable[tuple[str, str]] = (),
            reassign: bool = False) -> tuple[dict[str, str], int, int]:
-    """patient_key -> split, for rows as dicts (``patient_key``, ``label``, ``split``); ``links``
-    are patient pairs that must share a split. :func:`assign_codes` on the rows' codes."""
+    """patient_key -> split, for manifest rows (their ``patient_key``, ``label`` and ``split``);
+    ``links`` are patient pairs that must share a split. :func:`assign_codes` on the rows' codes."""
     fractions(cfg)  # refused before anything is read
     keys: list[str] = []
-    label_code = {t: k for k, t in enumerate(LABEL_TEXT)}
     split_code = {sp: k for k, sp in enumerate(SPLITS)}
     labels, splits = bytearray(), bytearray()
     for r in rows:
-        keys.append(r["patient_key"])
-        labels.append(label_code.get(r.get("label") or "", 3))
-        splits.append(split_code.get(r.get("split") or "", 255))
+        keys.append(r.patient_key)
+        labels.append(label_code(r.label))
+        splits.append(split_code.get(r.split, 255))
     patients = sorted(set(keys))
     rank = {p: k for k, p in enumerate(patients)}
     link_codes = np.array([(rank[x], rank[y]) for x, y in links], np.int64).reshape(-1, 2)
@@ -407,7 +407,9 @@ def _is_hex_hash(value: str | None, nbytes: int) -> TypeGuard[str]:
     return True
 
 
-LABEL_TEXT = ("0", "1", "", "?")  # label codes of _Compact; "?" = any other text (counts as none)
+def label_code(label: int | None) -> int:
+    """A row's label as split's one-byte code: 0, 1, or 2 for none."""
+    return 2 if label is None else label
 
 
 class _Keys(Sequence[str]):
@@ -460,21 +462,19 @@ class _Compact:
         labels, splits = bytearray(), bytearray()
         hashes = bytearray()
         self.missing: dict[int, list[tuple[int, int]]] = defaultdict(list)  # shard -> (row, index)
-        label_code = {t: k for k, t in enumerate(LABEL_TEXT)}
         split_code = {s: k for k, s in enumerate(SPLITS)}
-        for i, r in enumerate(iter_csv(manifest)):
-            keys.append(r["patient_key"].encode("utf-8"))
+        for i, r in enumerate(iter_manifest(manifest)):
+            keys.append(r.patient_key.encode("utf-8"))
             if len(keys) >= chunk:  # fixed-width bytes, chunk by chunk: no str per row is kept
                 key_chunks.append(np.array(keys, dtype=bytes))
                 keys.clear()
-            labels.append(label_code.get(r.get("label") or "", 3))
-            splits.append(split_code.get(r.get("split") or "", 255))
-            h = r.get("dhash")
-            if _is_hex_hash(h, nbytes):
-                hashes += bytes.fromhex(h)
+            labels.append(label_code(r.label))
+            splits.append(split_code.get(r.split, 255))
+            if _is_hex_hash(r.dhash, nbytes):
+                hashes += bytes.fromhex(r.dhash)
             else:
                 hashes += bytes(nbytes)
-                self.missing[int(r["shard"])].append((i, int(r["index"])))
+                self.missing[r.shard].append((i, r.index))
         key_chunks.append(np.array(keys, dtype=bytes))
         del keys
         uniq, self.codes = _rank_codes(key_chunks)
@@ -636,15 +636,12 @@ def split_cache(cache_dir: str | Path, cfg: SplitConfig, *, reassign: bool = Fal
         in_pairs = np.zeros(m.n, bool)
         in_pairs[a] = in_pairs[b] = True
 
-        def rewritten() -> Iterator[dict[str, str]]:
+        def rewritten() -> Iterator[ManifestRow]:
             # row i of the manifest is row i of m: the lock keeps anyone else from rewriting it
-            for i, (r, sp) in enumerate(zip(iter_csv(manifest), _chunked(row_split))):
-                r["split"] = SPLITS[sp]
-                if i in m.filled:
-                    r["dhash"] = m.filled[i]
-                yield r
+            for i, (r, sp) in enumerate(zip(iter_manifest(manifest), _chunked(row_split))):
+                yield replace(r, split=SPLITS[sp], dhash=m.filled.get(i, r.dhash))
 
-        write_csv(manifest, rewritten(), MANIFEST_COLUMNS)
+        write_manifest(manifest, rewritten())
         pair_row_ids = np.flatnonzero(in_pairs)
         del in_pairs
         source = _OffsetRows(manifest)  # the manifest as just written

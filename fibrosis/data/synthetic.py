@@ -12,10 +12,9 @@ import cv2
 import numpy as np
 
 from fibrosis import artefacts
-from fibrosis.data.cache import MANIFEST_COLUMNS, CacheWriter, to_cache_dtype
+from fibrosis.data.cache import CacheWriter, to_cache_dtype
+from fibrosis.data.manifest import ManifestRow, write_manifest
 from fibrosis.data.records import format_aux
-
-from fibrosis.io import write_csv
 
 
 def synthetic_image(rng: np.random.Generator, size: int, positive: bool) -> np.ndarray:
@@ -65,12 +64,11 @@ def make_synthetic_cache(root: str | Path, n: int, size: int = 64, *, pos_frac: 
     for sid, start in enumerate(range(0, n, shard_size)):
         ids = range(start, min(n, start + shard_size))
         images = [to_cache_dtype(synthetic_image(rng, size, bool(labels[i])), dtype) for i in ids]
-        rows = [{"path": f"synthetic/{i:06d}.png", "content_hash": f"{seed}-{i}",
-                 "patient_key": f"p{i:06d}", "source_format": "synthetic", "label": int(labels[i]),
-                 "sex": "FM"[i % 2], "age": 30 + i % 50, "view_position": "PA",
-                 "split": split_of[i], "aux_labels": _aux_cell(aux_rng, int(labels[i])) if aux else ""}
+        rows = [ManifestRow(path=f"synthetic/{i:06d}.png", content_hash=f"{seed}-{i}",
+                            patient_key=f"p{i:06d}", source_format="synthetic", label=int(labels[i]),
+                            sex="FM"[i % 2], age=str(30 + i % 50), view_position="PA",
+                            split=str(split_of[i] or ""), aux_labels=_aux_cell(aux_rng, int(labels[i])) if aux else "")
                 for i in ids]
-        writer.write_shard(sid, images, rows, [])
-        rows_all.extend(rows)
-    write_csv(root / artefacts.MANIFEST, rows_all, MANIFEST_COLUMNS)
+        rows_all.extend(writer.write_shard(sid, images, rows, []))
+    write_manifest(root / artefacts.MANIFEST, rows_all)
     return root

@@ -57,9 +57,9 @@ def process_file(task: Task, cfg: IngestConfig) -> DecodeResult:
         # "Racily clean" (as git calls it): a file modified within the timestamp granularity
         # of its read could change again with the same mtime, so its stamp is not trusted;
         # it is hashed on the next run, which records the stamp once the file is older.
-        stamp = file_stamp(st) if time.time_ns() - st.st_mtime_ns > RACY_NS else {}
+        stamp = file_stamp(st) if time.time_ns() - st.st_mtime_ns > RACY_NS else None
     except OSError:
-        stamp = {}  # read_input reports why the file cannot be read
+        stamp = None  # read_input reports why the file cannot be read
     try:
         data, digest = read_input(path, cfg)  # bounded by ingest.max_file_mb, regular files only
     except InputError as exc:

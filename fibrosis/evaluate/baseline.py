@@ -6,13 +6,13 @@ Aggregates only (counts and age quartiles): nothing that identifies a patient le
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from fibrosis.data.records import parse_label
+from fibrosis.data.manifest import ManifestRow
 from fibrosis.evaluate.shape import arr, obj
 from fibrosis.evaluate.subgroups import age_years
 
@@ -113,20 +113,20 @@ class BaselineTable:
                     for i, c in enumerate(arr(d["categorical"], f"{where}.categorical"))])
 
 
-def _value(row: Mapping[str, str], name: str) -> str:
-    text = str(row.get(name) or "").strip().upper()
+def _value(row: ManifestRow, name: str) -> str:
+    text = row.cell(name).strip().upper()
     return MISSING if text in ("", "UNKNOWN") else text
 
 
-def _age(rows: Sequence[Mapping[str, str]]) -> AgeSummary:
-    years = [a for a in (age_years(r.get("age")) for r in rows) if a is not None]
+def _age(rows: Sequence[ManifestRow]) -> AgeSummary:
+    years = [a for a in (age_years(r.age) for r in rows) if a is not None]
     if not years:
         return AgeSummary(None, None, None, len(rows))
     q1, med, q3 = np.percentile(years, [25, 50, 75])
     return AgeSummary(float(med), float(q1), float(q3), len(rows) - len(years))
 
 
-def _levels(columns: list[list[Mapping[str, str]]], name: str, max_levels: int) -> list[BaselineLevel]:
+def _levels(columns: list[list[ManifestRow]], name: str, max_levels: int) -> list[BaselineLevel]:
     """Counts per value and column: the ``max_levels`` most common values, the rest pooled as
     'other', then 'missing' (only where some value is missing)."""
     per_col = [Counter(_value(r, name) for r in rows) for rows in columns]
@@ -142,23 +142,23 @@ def _levels(columns: list[list[Mapping[str, str]]], name: str, max_levels: int) 
     return out
 
 
-def baseline_table(rows: Sequence[Mapping[str, str]], split: str, *, max_levels: int = 5) -> BaselineTable:
+def baseline_table(rows: Sequence[ManifestRow], split: str, *, max_levels: int = 5) -> BaselineTable:
     """Columns: every split of ``rows`` (in train, val, calib, test order), then the reported
     ``split``'s rows with and without fibrosis ("all": every row). Each column has n, patients,
     age (median, quartiles, missing) and counts per value of sex, view and manufacturer."""
-    splits: dict[str, list[Mapping[str, str]]] = {}
+    splits: dict[str, list[ManifestRow]] = {}
     for r in rows:
-        splits.setdefault(str(r.get("split") or "unassigned"), []).append(r)
+        splits.setdefault(r.split or "unassigned", []).append(r)
     order = {name: i for i, name in enumerate(SPLIT_ORDER)}
     named = sorted(splits, key=lambda s: (order.get(s, len(order)), s))
     reported = list(rows) if split == "all" else splits.get(split, [])
-    columns: list[tuple[tuple[str, str, str | None], list[Mapping[str, str]]]] = [
+    columns: list[tuple[tuple[str, str, str | None], list[ManifestRow]]] = [
         ((s, "split", None), splits[s]) for s in named]
     for value, name in ((1, "fibrosis"), (0, "no fibrosis")):
-        columns.append(((name, "label", split), [r for r in reported if parse_label(r.get("label")) == value]))
+        columns.append(((name, "label", split), [r for r in reported if r.label == value]))
     groups = [rows_ for _, rows_ in columns]
     return BaselineTable(
-        [BaselineColumn(name, by, len(rs), len({r.get("patient_key") for r in rs}), within)
+        [BaselineColumn(name, by, len(rs), len({r.patient_key for r in rs}), within)
          for (name, by, within), rs in columns],
         [_age(rs) for rs in groups],
         [BaselineAttribute(name, _levels(groups, name, max_levels)) for name in CATEGORICAL])

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fibrosis.data.manifest import ManifestRow
 from fibrosis.config import Config, ConfigError, merge_dicts, config_from_dict, config_to_dict, parse_override
 
 logger = logging.getLogger(__name__)
@@ -60,18 +61,18 @@ def check_evaluated_split(split: str, fit_split: str | None, frozen: bool,
                          "optimistic; report on a held-out split (test)")
 
 
-def _overlap(keys: Mapping[str, Any], names: Sequence[str], rows: Sequence[Mapping[str, str]]
+def _overlap(keys: Mapping[str, Any], names: Sequence[str], rows: Sequence[ManifestRow]
              ) -> tuple[int, int, int, int]:
     """(patients in the checkpoint's ``names`` splits, patients in rows, images ..., images in rows)."""
     seen_p = set().union(*(keys.get(n, {}).get("patients", ()) for n in names))
     seen_i = set().union(*(keys.get(n, {}).get("images", ()) for n in names))
-    pats = {str(r.get("patient_key") or "") for r in rows} - {""}
-    imgs = {str(r.get("content_hash") or "") for r in rows} - {""}
+    pats = {r.patient_key for r in rows} - {""}
+    imgs = {r.content_hash for r in rows} - {""}
     return len(pats & seen_p), len(pats), len(imgs & seen_i), len(imgs)
 
 
-def check_split_isolation(split_keys: Mapping[str, Any], split: str, rows: Sequence[Mapping[str, str]],
-                          fit_split: str | None, fit_rows: Sequence[Mapping[str, str]] | None,
+def check_split_isolation(split_keys: Mapping[str, Any], split: str, rows: Sequence[ManifestRow],
+                          fit_split: str | None, fit_rows: Sequence[ManifestRow] | None,
                           split_seed: int | None = None) -> None:
     """Refuse when an evaluated patient/image was in the checkpoint's train or val split, or
     a fit-split patient/image was in its train split (val as fit split is by design).

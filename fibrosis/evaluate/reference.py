@@ -26,6 +26,7 @@ import numpy as np
 
 from fibrosis import artefacts
 from fibrosis.data.cache import IMAGE_STATS, image_statistics
+from fibrosis.data.manifest import ManifestRow
 from fibrosis.evaluate.result import EvaluationResult
 from fibrosis.evaluate.subgroups import age_band
 from fibrosis.io import file_sha256, read_csv, write_json
@@ -264,7 +265,7 @@ def performance_summary(metrics: EvaluationResult, threshold_name: str) -> dict[
             "n": metrics.data.n, "n_pos": metrics.data.n_pos}
 
 
-def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stats: Sequence[dict[str, float]],
+def build_reference(rows: Sequence[ManifestRow], labels: Any, prob: Any, stats: Sequence[dict[str, float]],
                     metrics: EvaluationResult, threshold: ThresholdRecord, rejects: Sequence[dict[str, str]],
                     model_id: str, n_cached: int) -> dict[str, Any]:
     """Pure: the reference record of one evaluated split (rows, calibrated probabilities and
@@ -274,7 +275,9 @@ def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stat
     if not len(rows) == len(p) == len(stats):
         raise ValueError(f"reference: {len(rows)} rows, {len(p)} probabilities, {len(stats)} image statistics; "
                          "expected one of each per image")
-    merged = [{**r, **s} for r, s in zip(rows, stats)]
+    # as cells: the value functions read the monitor's scored rows (dicts of text) alike
+    cells = [r.cells() for r in rows]
+    merged = [{**r, **s} for r, s in zip(cells, stats)]
     name, value = threshold.default, threshold.value
     ecfg = metrics.evaluate_config
     perf = performance_summary(metrics, name)
@@ -286,7 +289,7 @@ def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stat
         "threshold": {"name": name, "value": value, "rule": threshold.rule or ""},
         "probabilities": [round(float(v), 6) for v in p],
         "positive": {"k": int((p >= value).sum()), "n": int(len(p))},
-        "categories": {c: dict(Counter(category_value(r, c) for r in rows)) for c in CATEGORIES},
+        "categories": {c: dict(Counter(category_value(r, c) for r in cells)) for c in CATEGORIES},
         "continuous": {c: [v for v in (continuous_value(r, c) for r in merged) if v is not None]
                        for c in CONTINUOUS},
         "outcomes": outcome_counts(n_cached, rejects),
@@ -296,7 +299,7 @@ def build_reference(rows: Sequence[dict[str, str]], labels: Any, prob: Any, stat
     }
 
 
-def write_reference(out: Path, ckpt_path: Path, rows: Sequence[dict[str, str]], labels: Any, prob: Any,
+def write_reference(out: Path, ckpt_path: Path, rows: Sequence[ManifestRow], labels: Any, prob: Any,
                     metrics: EvaluationResult, threshold: ThresholdRecord, reader: Any,
                     index: Sequence[int]) -> Path:
     """I/O adapter: image statistics from the cache, rejects.csv, the checkpoint's model id

@@ -35,6 +35,7 @@ from fibrosis.model.threshold import FitData, OperatingPointSpec, ThresholdRecor
 from fibrosis.numeric import MetricWarning, check_binary, sigmoid
 from fibrosis.config import Config, EvaluateConfig, config_to_dict
 from fibrosis.data.cache import CacheReader, manifest_hash
+from fibrosis.data.manifest import ManifestRow
 from fibrosis.evaluate.baseline import baseline_table
 from fibrosis.evaluate.checks import (ALL, check_evaluated_split, check_split_isolation, manifest_warning,
                                       resolve_config)
@@ -60,23 +61,22 @@ class Predictions:
     logits: np.ndarray
     labels: np.ndarray
     patient_keys: list[str]
-    rows: list[dict[str, str]]
+    rows: list[ManifestRow]
 
     @classmethod
-    def from_rows(cls, rows: Sequence[dict[str, str]], logits: Any, split: str) -> "Predictions":
+    def from_rows(cls, rows: Sequence[ManifestRow], logits: Any, split: str) -> "Predictions":
         z = np.asarray(logits, dtype=float).ravel()
         if len(z) != len(rows):
             raise ValueError(f"split {split!r}: {len(rows)} manifest rows but {len(z)} logits")
         labels = []
         for i, r in enumerate(rows):
-            labels.append(require_label(str(r.get("label", "")).strip(),
-                                        f"split {split!r}, row {i} (patient_key={r.get('patient_key')!r})",
+            labels.append(require_label(r.label, f"split {split!r}, row {i} (patient_key={r.patient_key!r})",
                                         "evaluation needs labelled data"))
-        keys = [str(r.get("patient_key") or "") for r in rows]
+        keys = [r.patient_key for r in rows]
         if any(not k for k in keys):
             raise ValueError(f"split {split!r}: {sum(not k for k in keys)} row(s) without patient_key; "
                              "the bootstrap resamples patients and needs one key per image")
-        return cls(split, z, np.asarray(labels, dtype=int), keys, [dict(r) for r in rows])
+        return cls(split, z, np.asarray(labels, dtype=int), keys, list(rows))
 
 
 class WarningLog:
@@ -232,7 +232,7 @@ def measure(op: OperatingPoints, test: Predictions, ecfg: EvaluateConfig, log: W
         warnings=log.items,
         decision_curve=decision,
     )
-    cases = [{"case": i + 1, "content_hash": r.get("content_hash", ""),
+    cases = [{"case": i + 1, "content_hash": r.content_hash,
               "patient_key": test.patient_keys[i], "split": test.split, "label": int(y[i]),
               "logit": float(z[i]), "prob_uncalibrated": float(raw[i]), "prob": float(prob[i]),
               **{f"pred_{p.name}": int(prob[i] >= p.threshold) for p in points},
@@ -244,8 +244,8 @@ def measure(op: OperatingPoints, test: Predictions, ecfg: EvaluateConfig, log: W
 # ------------------------------------------------------------------ I/O adapter
 
 
-def resolve_fit_split(rows: Sequence[dict[str, str]], requested: str) -> str:
-    present = {r.get("split", "") for r in rows}
+def resolve_fit_split(rows: Sequence[ManifestRow], requested: str) -> str:
+    present = {r.split for r in rows}
     if requested == "auto":
         return "calib" if "calib" in present else "val"
     return requested  # "val" or "calib": the config's Literal was checked when it was loaded
@@ -264,7 +264,7 @@ class _Job:
     model: Any
     device: Any
     cfg: Config
-    all_rows: list[dict[str, str]]
+    all_rows: list[ManifestRow]
     idx: list[int]
     fit_split: str | None
     stored: Any  # frozen mode: the calibration and thresholds stored in the checkpoint
@@ -340,7 +340,7 @@ def _prepare(run: Path, cache: Path, split: str, cfg: Config | None, overrides: 
     check_evaluated_split(split, fit_split, frozen, stored.split if stored else None)
     if not idx:
         raise ValueError(f"{cache}/manifest.csv: no rows with split={split!r}")
-    fit_rows = [r for r in all_rows if r.get("split") == fit_split] if fit_split else None
+    fit_rows = [r for r in all_rows if r.split == fit_split] if fit_split else None
     loud: list[str] = []
     if ckpt.split_keys:
         check_split_isolation(ckpt.split_keys, split, [all_rows[i] for i in idx], fit_split, fit_rows,
@@ -373,7 +373,7 @@ def _measure(job: _Job) -> tuple[EvaluationResult, Calibrator, ThresholdRecord, 
         return (*measure(job.stored, test, job.cfg.evaluate, WarningLog()), test)
     logger.info("evaluating %s: fit calibration + thresholds on %r, report on %r", job.run, job.fit_split, job.split)
     assert job.fit_split is not None  # resolved whenever calibration and thresholds are fitted
-    fit_idx = [i for i, r in enumerate(job.all_rows) if r.get("split") == job.fit_split]
+    fit_idx = [i for i, r in enumerate(job.all_rows) if r.split == job.fit_split]
     if not fit_idx:
         raise ValueError(f"{job.cache}/manifest.csv: no rows with split={job.fit_split!r}")
     result, cal, threshold, cases = evaluate_predictions(predictions(fit_idx, job.fit_split), test, job.cfg.evaluate)

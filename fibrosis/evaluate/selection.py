@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fibrosis.data.manifest import ManifestRow
 from fibrosis.config import ArmRecipe, EvaluateConfig, Selection
 from fibrosis.evaluate import metrics as M
 from fibrosis.evaluate.run import OOF_FIT, Predictions, WarningLog, fit_operating_points
@@ -247,7 +248,7 @@ def selection_adjusted(fold_auc: Mapping[str, Mapping[str, float | None]], chose
                              "Tibshirani & Tibshirani 2009 (max over arms of each fold's AUC)")
 
 
-def fit_oof_operating_points(rows: Sequence[dict[str, str]], oof: np.ndarray, ecfg: EvaluateConfig
+def fit_oof_operating_points(rows: Sequence[ManifestRow], oof: np.ndarray, ecfg: EvaluateConfig
                              ) -> tuple[CalibrationRecord, ThresholdRecord]:
     """Calibrator and thresholds fitted on the pooled OOF logits of all development patients:
     (calibration dict, threshold record) for the checkpoint."""

@@ -5,7 +5,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from fibrosis.data.cache import MANIFEST_COLUMNS
+from fibrosis.data.manifest import MANIFEST_COLUMNS, ManifestRow
 
 AGE_BANDS = ((0, 40, "<40"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 200, ">=80"))
 DERIVED_ATTRIBUTES = ("age_band",)
@@ -29,10 +29,11 @@ def age_band(value: Any) -> str:
     return next(name for lo, hi, name in AGE_BANDS if lo <= years < hi)
 
 
-def attribute_values(rows: Sequence[dict[str, str]], name: str) -> list[str]:
+def attribute_values(rows: Sequence[ManifestRow], name: str) -> list[str]:
     if name == "age_band":
-        return [age_band(r.get("age")) for r in rows]
+        return [age_band(r.age) for r in rows]
     if name not in MANIFEST_COLUMNS:
         raise ValueError(f"evaluate.subgroups: unknown attribute {name!r}; allowed: "
                          f"{sorted(set(MANIFEST_COLUMNS) | set(DERIVED_ATTRIBUTES))}")
-    return [str(r.get(name) or "").strip().upper() or "unknown" for r in rows]
+    # the column's stored text, as the manifest holds it (a label of 0 is "0", not missing)
+    return [r.cell(name).strip().upper() or "unknown" for r in rows]

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from fibrosis import artefacts
 from fibrosis.config import Config
 from fibrosis.data.cache import manifest_hash
+from fibrosis.data.manifest import ManifestRow
 from fibrosis.data.pixels import POLARITY_EXCLUDED, excluded_flag, qa_flags
-from fibrosis.data.records import parse_label
 from fibrosis.evaluate.shape import arr, obj
 from fibrosis.model.threshold import FitData
 from fibrosis.io import file_sha256, package_versions, read_csv, read_text
@@ -171,17 +171,17 @@ def scrub_reason(reason: str, path: str = "") -> str:
     return re.sub(r"^(<file>|<path>)\s*:\s*", "", text).strip()
 
 
-def _positive(row: dict[str, str]) -> bool:
-    return parse_label(row.get("label")) == 1
+def _positive(row: ManifestRow) -> bool:
+    return row.label == 1
 
 
-def _split_counts(rows: Sequence[dict[str, str]]) -> dict[str, SplitCounts]:
+def _split_counts(rows: Sequence[ManifestRow]) -> dict[str, SplitCounts]:
     out: dict[str, dict[str, Any]] = {}  # running counts and the patient-key set, per split
     for r in rows:
-        s = out.setdefault(r.get("split") or "unassigned", {"n": 0, "n_pos": 0, "patients": set()})
+        s = out.setdefault(r.split or "unassigned", {"n": 0, "n_pos": 0, "patients": set()})
         s["n"] += 1
         s["n_pos"] += _positive(r)
-        s["patients"].add(r.get("patient_key"))
+        s["patients"].add(r.patient_key)
     order = {name: i for i, name in enumerate(("train", "val", "calib", "test"))}
     return {k: SplitCounts(v["n"], v["n_pos"], v["n_pos"] / v["n"], len(v["patients"]))
             for k, v in sorted(out.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))}
@@ -190,7 +190,7 @@ def _split_counts(rows: Sequence[dict[str, str]]) -> dict[str, SplitCounts]:
 _POLARITY_GROUP = {"polarity-suspect": "looks inverted", "polarity-unsure": "polarity unsure"}
 
 
-def data_summary(cache: str | Path, rows: Sequence[dict[str, str]], cfg: Config) -> CacheProvenance:
+def data_summary(cache: str | Path, rows: Sequence[ManifestRow], cfg: Config) -> CacheProvenance:
     """Source, counts per split, prevalence, split method and exclusions of the evaluated cache."""
     cache = Path(cache)
     meta: dict[str, Any] = {}  # cache_meta.json as ingest wrote it (read for a few keys only)
@@ -205,7 +205,7 @@ def data_summary(cache: str | Path, rows: Sequence[dict[str, str]], cfg: Config)
                        f"(ingest.polarity_qa={policy or 'exclude'})" if qa
                        else scrub_reason(r.get("reason", ""), r.get("path", "")))
                       for r, qa in zip(rejects, is_qa))
-    flagged = Counter(f for r in rows for f in qa_flags(r.get("steps", "")).split(";") if f)
+    flagged = Counter(f for r in rows for f in qa_flags(r.steps).split(";") if f)
     s = cfg.split
     n_pos = sum(_positive(r) for r in rows)
     source = cfg.evaluate.data_source or meta.get("source") or meta.get("description")
@@ -214,7 +214,7 @@ def data_summary(cache: str | Path, rows: Sequence[dict[str, str]], cfg: Config)
         labels=(Path(cfg.ingest.labels_csv).name if cfg.ingest.labels_csv else "from the inputs")
         + f", column {cfg.ingest.label_column!r}",
         total=SplitCounts(len(rows), n_pos, n_pos / len(rows) if rows else None,
-                          len({r.get("patient_key") for r in rows})),
+                          len({r.patient_key for r in rows})),
         splits=_split_counts(rows),
         split_method=(f"patient-level, label-stratified random split (seed {s.seed}): train {s.train:g} / "
                       f"val {s.val:g} / test {s.test:g}" + (f" / calib {s.calib:g}" if s.calib else "")

@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader
 
 from fibrosis import artefacts
 from fibrosis.data.cache import CacheReader
+from fibrosis.data.manifest import ManifestRow, read_manifest
 
-from fibrosis.io import read_csv
 from fibrosis.data.dataset import CacheDataset
 
 if TYPE_CHECKING:
@@ -78,18 +78,17 @@ def extract_features(model: FibrosisNet, reader: CacheReader, indices: Sequence[
     return _run(fn, model, reader, indices, batch_size, device, num_workers, amp, channels_last)
 
 
-def split_rows(cache_dir: str | Path, split: str) -> tuple[list[dict[str, str]], list[int]]:
+def split_rows(cache_dir: str | Path, split: str) -> tuple[list[ManifestRow], list[int]]:
     """All manifest rows and the indices of those in ``split`` ("all": every row, split
     column or not -- another site's cache evaluated as a whole)."""
     path = Path(cache_dir) / artefacts.MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest (run `fibrosis ingest` and `fibrosis split`)")
-    rows = read_csv(path)
     if split == ALL_ROWS:
+        rows = read_manifest(path)
         return rows, list(range(len(rows)))
-    if rows and "split" not in rows[0]:
-        raise ValueError(f"{path}: no 'split' column; run `fibrosis split` first")
-    idx = [i for i, r in enumerate(rows) if r.get("split") == split]
+    rows = read_manifest(path, required=("split",), why="run `fibrosis split` first")
+    idx = [i for i, r in enumerate(rows) if r.split == split]
     return rows, idx
 
 

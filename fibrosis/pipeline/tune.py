@@ -70,7 +70,7 @@ def run_tune(cfg: Config, cache: str | Path, out: str | Path, *, device: str | N
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         tune_config=config_to_dict(cfg.tune), arch=cfg.model.arch,
         folds=cfg.tune.folds, repeats=cfg.tune.repeats, finalist_repeats=cfg.tune.finalist_repeats,
-        n_dev=len(cv.dev), n_dev_pos=int(cv.y.sum()), n_dev_patients=len({cv.rows[i]["patient_key"] for i in cv.dev}),
+        n_dev=len(cv.dev), n_dev_pos=int(cv.y.sum()), n_dev_patients=len({cv.rows[i].patient_key for i in cv.dev}),
         features=cv.feature_cost.to_dict(), final=cfg.tune.final,
         checkpoint=path.name, first_choice=sel.chosen, replication=checks, selection_adjusted=adjusted,
         skipped_arms=cv.ctx.skipped if cv.ctx else {},

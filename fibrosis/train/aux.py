@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fibrosis.data.records import aux_names as manifest_aux_names
-from fibrosis.data.records import parse_aux
+from fibrosis.data.manifest import ManifestRow
+from fibrosis.data.manifest import aux_names as manifest_aux_names
 from fibrosis.model.checkpoint import AuxRecord
 
 if TYPE_CHECKING:
@@ -29,19 +29,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def aux_targets(rows: Sequence[Mapping[str, str]], idx: Sequence[int], names: Sequence[str]) -> np.ndarray:
+def aux_targets(rows: Sequence[ManifestRow], idx: Sequence[int], names: Sequence[str]) -> np.ndarray:
     """(len(idx), len(names)) float32: 1 / 0 per finding, NaN where the label is missing."""
     out = np.full((len(idx), len(names)), np.nan, np.float32)
     col = {n: k for k, n in enumerate(names)}
     for r, i in enumerate(idx):
-        row = rows[i]
-        for name, v in parse_aux(row.get("aux_labels", ""), row.get("path", "?")).items():
+        for name, v in rows[i].aux().items():
             if name in col:
                 out[r, col[name]] = v
     return out
 
 
-def choose_aux(rows: Sequence[Mapping[str, str]], idx: Sequence[int], min_positives: int
+def choose_aux(rows: Sequence[ManifestRow], idx: Sequence[int], min_positives: int
                ) -> tuple[tuple[str, ...], dict[str, str]]:
     """Findings with at least ``min_positives`` positive and one negative label among ``idx``;
     returns (names, {dropped name: why})."""

@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from fibrosis import artefacts
+from fibrosis.data.manifest import ManifestRow
 from fibrosis.data.split import group_roots
 from fibrosis.io import read_csv
 
@@ -48,15 +49,13 @@ def repeat_of(fold_name: str) -> int:
     return int(m.group(1))
 
 
-def dev_indices(rows: Sequence[dict[str, str]], where: str = artefacts.MANIFEST) -> list[int]:
-    """Rows of the development patients; refuses a manifest without a split column or labels."""
-    if rows and "split" not in rows[0]:
-        raise ValueError(f"{where}: no 'split' column; run `fibrosis split` first (tune keeps its test split apart)")
-    idx = [i for i, r in enumerate(rows) if r.get("split") in DEV_SPLITS]
-    bad = [i for i in idx if str(rows[i].get("label", "")).strip() not in ("0", "1", "0.0", "1.0")]
+def dev_indices(rows: Sequence[ManifestRow], where: str = artefacts.MANIFEST) -> list[int]:
+    """Rows of the development patients; refuses a development row without a label."""
+    idx = [i for i, r in enumerate(rows) if r.split in DEV_SPLITS]
+    bad = [i for i in idx if rows[i].label is None]
     if bad:
-        raise ValueError(f"{where}: row {bad[0]} (split {rows[bad[0]]['split']!r}) has label="
-                         f"{rows[bad[0]].get('label')!r}; expected 0 or 1 for every development row")
+        raise ValueError(f"{where}: row {bad[0]} (split {rows[bad[0]].split!r}) has label="
+                         f"{rows[bad[0]].cell('label')!r}; expected 0 or 1 for every development row")
     return idx
 
 
@@ -78,17 +77,17 @@ def patient_groups(keys: Sequence[str], links: Sequence[tuple[str, str]] = ()) -
     return [names[root[code[k]]] for k in keys]
 
 
-def _strata(rows: Sequence[dict[str, str]], idx: Sequence[int], links: Sequence[tuple[str, str]]
+def _strata(rows: Sequence[ManifestRow], idx: Sequence[int], links: Sequence[tuple[str, str]]
             ) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(labels, patient group, group label) of rows ``idx``: a group is positive when any of its
     images is, as `split` stratifies."""
-    y = np.array([int(float(rows[i]["label"])) for i in idx])
-    groups = patient_groups([rows[i]["patient_key"] for i in idx], links)
+    y = np.array([rows[i].label for i in idx])
+    groups = patient_groups([rows[i].patient_key for i in idx], links)
     g_pos = {g for g, v in zip(groups, y) if v == 1}
     return y, groups, np.array([1 if g in g_pos else 0 for g in groups])
 
 
-def make_folds(rows: Sequence[dict[str, str]], folds: int, repeats: int = 1, seed: int = 0,
+def make_folds(rows: Sequence[ManifestRow], folds: int, repeats: int = 1, seed: int = 0,
                links: Sequence[tuple[str, str]] = (), where: str = artefacts.MANIFEST) -> list[Fold]:
     """``repeats`` x ``folds`` patient-level folds over the development rows of ``rows``.
 
@@ -115,7 +114,7 @@ def make_folds(rows: Sequence[dict[str, str]], folds: int, repeats: int = 1, see
     return out
 
 
-def check_folds(rows: Sequence[dict[str, str]], folds: Sequence[Fold],
+def check_folds(rows: Sequence[ManifestRow], folds: Sequence[Fold],
                 groups: dict[int, str] | None = None) -> None:
     """Invariants every fold set must keep (asserted at run time, not only in tests):
     within a repeat every development row is held out exactly once; no patient (or
@@ -127,11 +126,10 @@ def check_folds(rows: Sequence[dict[str, str]], folds: Sequence[Fold],
         every = set(f.train) | set(f.heldout)
         if set(f.train) & set(f.heldout) or every != dev:
             raise RuntimeError(f"fold {f.name}: train/held-out rows overlap or differ from the development rows")
-        for key in ("patient_key",):
-            a = {rows[i][key] for i in f.train}
-            b = {rows[i][key] for i in f.heldout}
-            if a & b:
-                raise RuntimeError(f"fold {f.name}: patient(s) {sorted(a & b)[:3]} on both sides")
+        a = {rows[i].patient_key for i in f.train}
+        b = {rows[i].patient_key for i in f.heldout}
+        if a & b:
+            raise RuntimeError(f"fold {f.name}: patient(s) {sorted(a & b)[:3]} on both sides")
         if groups is not None and {groups[i] for i in f.train} & {groups[i] for i in f.heldout}:
             raise RuntimeError(f"fold {f.name}: a near-duplicate group is on both sides")
     for r, held in by_repeat.items():
@@ -139,7 +137,7 @@ def check_folds(rows: Sequence[dict[str, str]], folds: Sequence[Fold],
             raise RuntimeError(f"repeat {r}: development rows are not each held out exactly once")
 
 
-def inner_validation(rows: Sequence[dict[str, str]], train: Sequence[int], fraction: float, seed: int,
+def inner_validation(rows: Sequence[ManifestRow], train: Sequence[int], fraction: float, seed: int,
                      links: Sequence[tuple[str, str]] = ()) -> tuple[list[int], list[int]]:
     """A fold's training rows cut into (train, val) as `fibrosis split` cuts development data:
     patient-level (near-duplicate groups kept together), label-stratified, ``fraction`` held for

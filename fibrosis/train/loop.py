@@ -155,8 +155,8 @@ def split_keys(reader: CacheReader, idx: list[int]) -> dict[str, list[str]]:
     """Pseudonymous patient keys and content hashes of a split, sorted: stored in the
     checkpoint so `evaluate` can refuse a test set that overlaps what training saw."""
     rows = [reader.rows[i] for i in idx]
-    return {"patients": sorted({r["patient_key"] for r in rows}),
-            "images": sorted({r["content_hash"] for r in rows})}
+    return {"patients": sorted({r.patient_key for r in rows}),
+            "images": sorted({r.content_hash for r in rows})}
 
 
 def _check_resume(ckpt: Checkpoint, cfg: Config, mhash: str, path: Path, world: int) -> Training:

@@ -9,6 +9,7 @@ from fibrosis.data.cache import CacheReader
 from fibrosis.config import AugmentConfig
 from fibrosis.data.dataset import (CacheDataset, EpochSampler, build_augment, pos_weight, resize,
                               row_label)
+from fibrosis.data.manifest import ManifestRow
 from fibrosis.data.records import Preprocessing
 from fibrosis.data.synthetic import make_synthetic_cache
 
@@ -28,7 +29,7 @@ def test_plain_item_is_resized_and_normalised(reader):
     assert x.shape == (1, 16, 16) and x.dtype == torch.float32
     expect = (resize(reader.image(5), 16) - 0.5) / 0.25
     assert np.allclose(x[0].numpy(), expect, atol=1e-6)
-    assert y.item() == float(reader.rows[5]["label"])
+    assert y.item() == reader.rows[5].label
 
 
 def test_resize_averages_when_shrinking():
@@ -112,4 +113,4 @@ def test_pos_weight_and_labels():
     with pytest.raises(ValueError, match="no positive"):
         pos_weight([0, 0])
     with pytest.raises(ValueError, match="a.dcm: label=''"):
-        row_label({"path": "a.dcm", "label": ""})
+        row_label(ManifestRow(path="a.dcm"))

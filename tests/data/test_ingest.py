@@ -165,10 +165,10 @@ def test_killed_run_then_rerun_loses_and_duplicates_nothing(tmp_path, cfg):
     rows_c, rej_c = _accounting(clean)
     assert set(rows_k) == set(rows_c) and set(rej_k) == set(rej_c) and len(rows_k) == 9
     rk, rc = CacheReader(killed), CacheReader(clean)
-    index_k = {r["path"]: i for i, r in enumerate(rk.rows)}
+    index_k = {r.path: i for i, r in enumerate(rk.rows)}
     for i, r in enumerate(rc.rows):
-        np.testing.assert_array_equal(rk.raw(index_k[r["path"]]), rc.raw(i))
-    shard_ids = {int(r["shard"]) for r in rk.rows}
+        np.testing.assert_array_equal(rk.raw(index_k[r.path]), rc.raw(i))
+    shard_ids = {r.shard for r in rk.rows}
     assert {int(p.stem.split("-")[1]) for p in (killed / "shards").glob("*.npy")} == shard_ids  # orphan gone
 
 

@@ -133,24 +133,13 @@ def test_the_runs_own_view_consolidates_exactly_as_the_parts_do(tmp_path, folder
 
 
 def _manifest_rows_alive() -> int:
-    """Manifest-row dicts (a path, a content hash and a stamp) reachable in this process.
-    A dict of strings only is untracked by the garbage collector (gc.get_objects misses it), so
-    they are looked for among the referents, two levels down, of every tracked object."""
+    """Manifest rows (:class:`ManifestRow` instances) alive in this process."""
     import gc
 
-    found: set[int] = set()
+    from fibrosis.data.manifest import ManifestRow
 
-    def visit(x: object, depth: int) -> None:
-        if type(x) is dict and "content_hash" in x and "file_id" in x and "path" in x:
-            found.add(id(x))
-        elif depth and type(x) in (tuple, list, dict):
-            for r in gc.get_referents(x):
-                visit(r, depth - 1)
-
-    for o in gc.get_objects():
-        for r in gc.get_referents(o):
-            visit(r, 2)
-    return len(found)
+    gc.collect()
+    return sum(type(o) is ManifestRow for o in gc.get_objects())
 
 
 def test_the_planner_holds_no_row_per_committed_file_in_memory(tmp_path, cfg, monkeypatch):
@@ -225,14 +214,15 @@ def test_a_hand_edited_manifest_or_a_new_file_is_consolidated_again(tmp_path, fo
 
 def test_a_version_with_other_manifest_columns_consolidates_again(tmp_path, folder, cfg, monkeypatch):
     import fibrosis.data.cache as cache_mod
-    import fibrosis.data.ingest as ingest_mod
+    import fibrosis.data.manifest as manifest_mod
 
     cache = tmp_path / "cache"
     ingest([folder], cache, cfg, workers=1, progress=False)
     before = _file_ids(cache)["manifest.csv"]
-    more = MANIFEST_COLUMNS + ("a_new_column",)
-    for mod in (cache_mod, ingest_mod):
+    more = MANIFEST_COLUMNS + ("a_new_column",)  # appended, so optional on read as every appended column
+    for mod in (cache_mod, manifest_mod):
         monkeypatch.setattr(mod, "MANIFEST_COLUMNS", more)
+    monkeypatch.setattr(manifest_mod, "OPTIONAL_COLUMNS", manifest_mod.OPTIONAL_COLUMNS | {"a_new_column"})
     ingest([folder], cache, cfg, workers=1, progress=False)
     assert _file_ids(cache)["manifest.csv"] != before
     with open(cache / "manifest.csv") as fh:

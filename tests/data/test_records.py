@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 from fibrosis.data.identity import patient_key
-from fibrosis.data.records import (ImageMeta, PatientId, Preprocessing, aux_names, format_aux, parse_aux,
+from fibrosis.data.records import (ImageMeta, PatientId, Preprocessing, format_aux, parse_aux,
                                    parse_label)
 
 
@@ -65,13 +65,6 @@ def test_aux_cell_round_trips_sorted_and_missing_stays_missing():
     assert "Nodule" not in parse_aux(cell)  # not listed = missing, never 0
 
 
-def test_aux_names_is_the_sorted_union_and_reads_old_manifests():
-    rows = [{"path": "a", "aux_labels": "Mass=1|Effusion=0"}, {"path": "b", "aux_labels": ""},
-            {"path": "c", "aux_labels": "Atelectasis=0"}, {"path": "old"}]  # a row without the column
-    assert aux_names(rows) == ["Atelectasis", "Effusion", "Mass"]
-    assert aux_names([]) == []
-
-
 @pytest.mark.parametrize("cell, problem", [
     ("Mass", "no '='"), ("Mass=2", "value '2'"), ("Mass=", "value ''"), ("=1", "name ''"),
     ("Mass=1|Mass=0", "'Mass' given twice"), ("Mass=1||Edema=0", "entry '' (no '=')"), ("Mass=yes", "value 'yes'"),
@@ -82,8 +75,6 @@ def test_parse_aux_names_where_the_cell_and_what_was_expected(cell, problem):
     msg = str(err.value)
     assert msg.startswith("cache/manifest.csv: x.dcm: aux_labels") and repr(cell) in msg and problem in msg
     assert "expected name=0 or name=1" in msg
-    with pytest.raises(ValueError, match="x.dcm"):
-        aux_names([{"path": "x.dcm", "aux_labels": cell}])
 
 
 @pytest.mark.parametrize("values", [{"A|B": 1}, {"A=B": 0}, {"": 1}, {" A": 1}, {"A": 2}, {"A": "yes"}])

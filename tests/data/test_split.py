@@ -2,27 +2,30 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import replace
 
 import cv2
 import numpy as np
 import pytest
 from helpers.dicom_factory import make_dicom
+from helpers.manifest import row
 
 from fibrosis.io import read_csv
 from fibrosis.config import IngestConfig, SplitConfig
 from fibrosis.data.ingest import ingest
+from fibrosis.data.manifest import ManifestRow
 from fibrosis.data.split import assign, dhash, near_duplicate_pairs, split_cache
 
 
-def _rows(n_patients: int, n_pos: int, images_per_patient: int = 2, prefix: str = "p") -> list[dict]:
-    return [{"patient_key": f"{prefix}{i:03d}", "label": "1" if i < n_pos else "0", "split": ""}
+def _rows(n_patients: int, n_pos: int, images_per_patient: int = 2, prefix: str = "p") -> list[ManifestRow]:
+    return [row(patient_key=f"{prefix}{i:03d}", label=int(i < n_pos))
             for i in range(n_patients) for _ in range(images_per_patient)]
 
 
 def _patient_splits(rows, mapping) -> dict[str, set[str]]:
     out = defaultdict(set)
     for r in rows:
-        out[r["patient_key"]].add(mapping[r["patient_key"]])
+        out[r.patient_key].add(mapping[r.patient_key])
     return out
 
 
@@ -47,8 +50,7 @@ def test_seeded():
 def test_existing_assignments_are_kept_and_new_patients_fill_the_quotas():
     rows = _rows(50, 10)
     first, _, _ = assign(rows, SplitConfig())
-    for r in rows:
-        r["split"] = first[r["patient_key"]]
+    rows = [replace(r, split=first[r.patient_key]) for r in rows]
     more = rows + _rows(50, 10, prefix="q")
     second, kept, new = assign(more, SplitConfig())
     assert (kept, new) == (50, 50)

@@ -5,11 +5,12 @@ import pytest
 
 from fibrosis.evaluate.baseline import (AgeSummary, BaselineAttribute, BaselineColumn, BaselineLevel, BaselineTable,
                                         baseline_table)
+from helpers.manifest import row
 
 
 def _row(split, label, age, sex, view="PA", maker="ACME", key=None):
-    return {"split": split, "label": label, "age": age, "sex": sex, "view_position": view,
-            "manufacturer": maker, "patient_key": key or f"{split}{age}{sex}"}
+    return row(split=split, label=label, age=age, sex=sex, view_position=view, manufacturer=maker,
+               patient_key=key or f"{split}{age}{sex}")
 
 
 ROWS = [_row("train", "1", "60", "F", key="p1"), _row("train", "0", "070Y", "M", key="p1"),

@@ -9,6 +9,7 @@ import pytest
 
 from helpers.asah_data import MARKERS, Y  # pROC aSAH reference data
 from helpers.checkpoints import checkpoint_of
+from helpers.manifest import row, rows
 from fibrosis.model.calibration import CalibrationRecord, FittedOn, calibrator_from_record
 from fibrosis.evaluate.compare import compare_predictions, compare_runs
 from fibrosis.config import ConfigError, EvaluateConfig, load_config
@@ -22,11 +23,11 @@ def _preds(n: int, seed: int, split: str, prev: float = 0.15, images_per_patient
     rng = np.random.default_rng(seed)
     y = (rng.uniform(size=n) < prev).astype(int)
     z = 2.0 * (rng.normal(size=n) + 1.8 * y - 2.2)
-    rows = [{"patient_key": f"SECRET-PATIENT-{seed}-{i // images_per_patient}", "label": str(y[i]),
+    cells = [{"patient_key": f"SECRET-PATIENT-{seed}-{i // images_per_patient}", "label": str(y[i]),
              "content_hash": f"hash{seed}-{i}", "path": f"/data/Doe^John/{i}.dcm",
              "sex": "FM"[i % 2], "age": f"{20 + i % 70:03d}Y", "view_position": "PA" if i % 4 else "AP",
              "manufacturer": "ACME"} for i in range(n)]
-    return Predictions.from_rows(rows, z, split)
+    return Predictions.from_rows(rows(cells), z, split)
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +104,9 @@ def test_nan_logits_and_missing_labels_are_errors():
     with pytest.raises(ValueError, match=r"test logits\[3\] = nan"):
         evaluate_predictions(fit, bad, EvaluateConfig(bootstrap_resamples=100))
     with pytest.raises(ValueError, match="label=''; expected 0 or 1"):
-        Predictions.from_rows([{"patient_key": "a", "label": ""}], [0.1], "test")
+        Predictions.from_rows([row(patient_key="a", label="")], [0.1], "test")
     with pytest.raises(ValueError, match="without patient_key"):
-        Predictions.from_rows([{"patient_key": "", "label": "1"}], [0.1], "test")
+        Predictions.from_rows([row(patient_key="", label="1")], [0.1], "test")
     with pytest.raises(ValueError, match="calibration method 'beta'"):
         evaluate_predictions(fit, _preds(50, 7, "test"), EvaluateConfig(calibration="beta"))
 
@@ -117,10 +118,10 @@ def test_age_band(raw, band):
 
 
 def test_fit_split_resolution():
-    rows = [{"split": "train"}, {"split": "val"}, {"split": "test"}]
-    assert resolve_fit_split(rows, "auto") == "val"
-    assert resolve_fit_split(rows + [{"split": "calib"}], "auto") == "calib"
-    assert resolve_fit_split(rows, "val") == "val"
+    some = [row(split="train"), row(split="val"), row(split="test")]
+    assert resolve_fit_split(some, "auto") == "val"
+    assert resolve_fit_split(some + [row(split="calib")], "auto") == "calib"
+    assert resolve_fit_split(some, "val") == "val"
     with pytest.raises(ConfigError, match=r"evaluate.fit_split: 'test' is not one of \['auto', 'val', 'calib'\]"):
         load_config(None, ["evaluate.fit_split=test"])  # refused at load, before any evaluation
 
@@ -297,14 +298,14 @@ def test_split_isolation_pure_check():
     from fibrosis.evaluate.checks import check_split_isolation
 
     keys = {"train": {"patients": ["a", "b"], "images": ["ha", "hb"]}, "val": {"patients": ["v"], "images": ["hv"]}}
-    clean = [{"patient_key": "t", "content_hash": "ht"}]
-    check_split_isolation(keys, "test", clean, "val", [{"patient_key": "v", "content_hash": "hv"}])  # by design
+    clean = [row(patient_key="t", content_hash="ht")]
+    check_split_isolation(keys, "test", clean, "val", [row(patient_key="v", content_hash="hv")])  # by design
     with pytest.raises(ValueError, match=r"split 'test'.*2 of 3 patient\(s\) and 1 of 3 image\(s\).*train or val"
                                          r".*original seed.*fresh cache"):
-        check_split_isolation(keys, "test", clean + [{"patient_key": "a", "content_hash": "new"},
-                                                     {"patient_key": "v", "content_hash": "hb"}], "val", [])
+        check_split_isolation(keys, "test", clean + [row(patient_key="a", content_hash="new"),
+                                                     row(patient_key="v", content_hash="hb")], "val", [])
     with pytest.raises(ValueError, match=r"fit split 'calib'.*1 of 1 patient\(s\) and 0 of 1 image\(s\).*train"):
-        check_split_isolation(keys, "test", clean, "calib", [{"patient_key": "b", "content_hash": "x"}])
+        check_split_isolation(keys, "test", clean, "calib", [row(patient_key="b", content_hash="x")])
     check_split_isolation(keys, "all", clean, None, None)  # frozen: no fit split
 
 

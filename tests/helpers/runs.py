@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from fibrosis.config import Config, EvaluateConfig, config_to_dict
+from fibrosis.data.manifest import ManifestRow, read_manifest
 from fibrosis.data.records import Preprocessing
 from fibrosis.data.synthetic import make_synthetic_cache
 from fibrosis.evaluate.baseline import baseline_table
@@ -18,16 +19,17 @@ from fibrosis.evaluate.run import Predictions, WarningLog, evaluate_predictions,
 from fibrosis.evaluate.selection import fit_oof_operating_points, select_arm
 from fibrosis.evaluate.summary import CacheProvenance, SplitCounts, data_summary, run_summary
 from fibrosis.model.checkpoint import Checkpoint, Training, load_checkpoint, save_checkpoint
-from fibrosis.io import read_csv, write_csv
+from helpers.manifest import row
+from fibrosis.io import write_csv
 
 
 def predictions(n: int, seed: int, split: str) -> Predictions:
     rng = np.random.default_rng(seed)
     y = (rng.uniform(size=n) < 0.15).astype(int)
     z = 2.0 * (rng.normal(size=n) + 1.8 * y - 2.2)
-    rows = [{"patient_key": f"SECRET-PATIENT-{seed}-{i // 2}", "label": str(y[i]), "content_hash": f"hash{seed}-{i}",
+    rows = [row(**{"patient_key": f"SECRET-PATIENT-{seed}-{i // 2}", "label": str(y[i]), "content_hash": f"hash{seed}-{i}",
              "sex": "FM"[i % 2] if i % 17 else "", "age": str(25 + i % 60) if i % 13 else "",
-             "view_position": "AP" if i % 11 == 0 else "PA", "manufacturer": "ACME", "split": split}
+             "view_position": "AP" if i % 11 == 0 else "PA", "manufacturer": "ACME", "split": split})
             for i in range(n)]
     return Predictions.from_rows(rows, z, split)
 
@@ -57,7 +59,7 @@ def make_run(tmp_path: Path, pretrained: bool) -> Path:
     val, test = predictions(300, 6, "val"), predictions(300, 7, "test")
     res = dataclasses.replace(res, run=run_summary(run, ckpt), baseline=baseline_table(val.rows + test.rows, "test"),
                               data=dataclasses.replace(
-                                  res.data, provenance=data_summary(cache, [dict(r) for r in _rows(cache)], cfg)))
+                                  res.data, provenance=data_summary(cache, _rows(cache), cfg)))
     (run / "eval" / "test").mkdir(parents=True)
     res.write(run / "eval" / "test" / "metrics.json")
     return run
@@ -116,8 +118,8 @@ def make_tune_run(tmp_path: Path) -> Path:
     return run
 
 
-def _rows(cache: Path) -> list[dict[str, str]]:
-    return read_csv(cache / "manifest.csv")
+def _rows(cache: Path) -> list[ManifestRow]:
+    return read_manifest(cache / "manifest.csv")
 
 
 # ------------------------------------------------------------------ folders of runs (`fibrosis runs`)
@@ -129,7 +131,7 @@ AUC = 0.875
 
 
 def tiny_predictions(labels: list[int], logits: list[float], split: str) -> Predictions:
-    rows = [{"patient_key": f"{split}-p{i}", "label": str(v), "split": split} for i, v in enumerate(labels)]
+    rows = [row(patient_key=f"{split}-p{i}", label=v, split=split) for i, v in enumerate(labels)]
     return Predictions.from_rows(rows, logits, split)
 
 

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from helpers.records import data_summary as data_summary_record
 from helpers.records import evaluation_result
 
-from fibrosis.io import read_csv, write_csv
+from fibrosis.io import write_csv
+from fibrosis.data.manifest import read_manifest
 from fibrosis.config import Config
 from fibrosis.report.sections.context import Context
 from fibrosis.report.sections.data import data_blocks
@@ -24,9 +26,11 @@ def test_data_section_counts_polarity_exclusions_and_notes(tmp_path):
         + [{"path": "/in/u.dcm", "kind": "excluded", "reason": reason.format("unsure", -1.2)},
            {"path": "/in/lat.dcm", "kind": "excluded", "reason": "(0018,5101) ViewPosition='LL' is an excluded view"}],
         ("path", "kind", "reason", "transfer_syntax"))
-    rows = read_csv(cache / "manifest.csv")
-    rows[0]["steps"] = "decode:x|polarity:inverted(score=-3.000: ...)|qa:polarity-suspect(score=-3.000: ...)|resize:none"
-    rows[1]["steps"] = "decode:x|polarity:inverted(score=-4.000: ...)|qa:polarity-inverted(score=-4.000: ...)|resize:none"
+    rows = read_manifest(cache / "manifest.csv")
+    rows[0] = replace(rows[0], steps=("decode:x", "polarity:inverted(score=-3.000: ...)",
+                                      "qa:polarity-suspect(score=-3.000: ...)", "resize:none"))
+    rows[1] = replace(rows[1], steps=("decode:x", "polarity:inverted(score=-4.000: ...)",
+                                      "qa:polarity-inverted(score=-4.000: ...)", "resize:none"))
     d = data_summary(cache, rows, Config())
     assert d.qa == PolarityQa("exclude", 4, {"polarity-inverted": 1, "polarity-suspect": 1})
     # one exclusion group per verdict for the polarity rejects, not one row per measured score

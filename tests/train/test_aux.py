@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from helpers.checkpoints import checkpoint_of
+from helpers.manifest import row
 from fibrosis.model.net import build_model, set_aux_heads
 from fibrosis.train.aux import aux_pos_weight, aux_targets, choose_aux, masked_bce
 
@@ -31,9 +32,9 @@ def test_masked_bce_of_an_all_missing_batch_is_zero_not_nan():
     assert float(loss.detach()) == 0.0 and (z.grad == 0).all()
 
 
-ROWS = [{"path": "a", "aux_labels": "Effusion=1|Mass=0"}, {"path": "b", "aux_labels": "Effusion=0"},
-        {"path": "c", "aux_labels": ""}, {"path": "d", "aux_labels": "Effusion=1|Hernia=1|Mass=0"},
-        {"path": "e"}]  # a manifest from before aux_labels existed
+ROWS = [row(path="a", aux_labels="Effusion=1|Mass=0"), row(path="b", aux_labels="Effusion=0"),
+        row(path="c", aux_labels=""), row(path="d", aux_labels="Effusion=1|Hernia=1|Mass=0"),
+        row(path="e")]  # a manifest from before aux_labels existed
 
 
 def test_targets_keep_missing_as_nan_never_negative():

@@ -70,7 +70,7 @@ def test_head_learns_and_run_dir_is_complete(bigger_cache, tmp_path):
     assert len(history) == 12 or (len(history) < 12 and not any(tail))
     rows, idx = split_rows(cache, "test")
     logits = predict_rows(load_model(best)[0], CacheReader(cache, rows), idx, 64, "cpu")
-    assert roc_auc_score([int(rows[i]["label"]) for i in idx], logits) >= 0.75
+    assert roc_auc_score([rows[i].label for i in idx], logits) >= 0.75
     ckpt = load_checkpoint(best)
     assert ckpt.training is not None and ckpt.training.optimizer and ckpt.training.scheduler and ckpt.training.rng
     assert ckpt.config and ckpt.weights_info and ckpt.manifest_hash and ckpt.best_val_auc is not None

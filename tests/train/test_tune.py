@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.manifest import row
 from fibrosis.config import ConfigError, load_config
+from fibrosis.data.manifest import ManifestRow, read_manifest
 from fibrosis.data.synthetic import make_synthetic_cache
 from fibrosis.evaluate.selection import first_choice, select_arm
 from fibrosis.evaluate.tune_record import ArmTraits
@@ -36,7 +38,7 @@ def one_thread():
 # ------------------------------------------------------------------ folds
 
 
-def _rows(n_patients: int = 40, seed: int = 0) -> list[dict[str, str]]:
+def _rows(n_patients: int = 40, seed: int = 0) -> list[ManifestRow]:
     """1-3 images per patient; ~25% positive patients; 20% of patients in test, some in calib."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -44,29 +46,28 @@ def _rows(n_patients: int = 40, seed: int = 0) -> list[dict[str, str]]:
         split = "test" if p % 5 == 0 else ("calib" if p % 11 == 3 else ("val" if p % 4 == 1 else "train"))
         label = int(p % 4 == 2 or p % 7 == 0)
         for k in range(int(rng.integers(1, 4))):
-            rows.append({"patient_key": f"p{p:03d}", "label": str(label), "split": split,
-                         "content_hash": f"h{p}-{k}"})
+            rows.append(row(patient_key=f"p{p:03d}", label=label, split=split, content_hash=f"h{p}-{k}"))
     return rows
 
 
 def test_folds_keep_patients_and_near_duplicates_together_and_never_touch_test():
     rows = _rows()
-    dev_patients = sorted({r["patient_key"] for r in rows if r["split"] in ("train", "val")})
+    dev_patients = sorted({r.patient_key for r in rows if r.split in ("train", "val")})
     links = [(dev_patients[0], dev_patients[1]), (dev_patients[5], dev_patients[9])]  # near-duplicates
     folds = make_folds(rows, folds=3, repeats=2, seed=0, links=links)
     assert len(folds) == 6
     for r in (0, 1):
         held = [i for f in folds if f.repeat == r for i in f.heldout]
-        dev = [i for i, row in enumerate(rows) if row["split"] in ("train", "val")]
+        dev = [i for i, r in enumerate(rows) if r.split in ("train", "val")]
         assert sorted(held) == dev  # every development row held out exactly once per repeat
     for f in folds:
-        assert not {rows[i]["split"] for i in f.train + f.heldout} & {"test", "calib"}
-        tr = {rows[i]["patient_key"] for i in f.train}
-        ho = {rows[i]["patient_key"] for i in f.heldout}
+        assert not {rows[i].split for i in f.train + f.heldout} & {"test", "calib"}
+        tr = {rows[i].patient_key for i in f.train}
+        ho = {rows[i].patient_key for i in f.heldout}
         assert not tr & ho
         for a, b in links:  # a near-duplicate pair sits on one side of every fold
             assert (a in ho) == (b in ho)
-        assert any(rows[i]["label"] == "1" for i in f.heldout)
+        assert any(rows[i].label == 1 for i in f.heldout)
     # The two repeats deal differently.
     assert [f.heldout for f in folds[:3]] != [f.heldout for f in folds[3:]]
 
@@ -76,7 +77,7 @@ def test_fold_check_refuses_a_patient_on_both_sides():
     folds = make_folds(rows, folds=3)
     f = folds[0]
     moved = f.train[0]  # put one image of a training patient into the held-out part
-    other = [i for i in f.train if rows[i]["patient_key"] == rows[moved]["patient_key"]]
+    other = [i for i in f.train if rows[i].patient_key == rows[moved].patient_key]
     bad = type(f)(f.repeat, f.fold, tuple(i for i in f.train if i != moved), tuple(sorted(f.heldout + (moved,))))
     if len(other) == 1:  # a one-image patient moved whole is no leak; use a patient with two images
         pytest.skip("first training patient has one image")
@@ -85,8 +86,7 @@ def test_fold_check_refuses_a_patient_on_both_sides():
 
 
 def test_too_few_positive_patients_for_the_folds_is_an_error():
-    rows = [{"patient_key": f"p{i}", "label": str(int(i < 2)), "split": "train", "content_hash": str(i)}
-            for i in range(20)]
+    rows = [row(patient_key=f"p{i}", label=int(i < 2), split="train", content_hash=str(i)) for i in range(20)]
     with pytest.raises(ValueError, match=r"2 positive .* tune.folds=3 needs at least 3"):
         make_folds(rows, folds=3)
 
@@ -660,14 +660,13 @@ def test_lp_ft_at_learning_rate_zero_reproduces_the_probe_exactly(cache, tmp_pat
 @pytest.mark.slow
 def test_train_recipe_arm_is_fibrosis_train_on_each_fold(tuned, cache):
     from fibrosis.data.cache import CacheReader
-    from fibrosis.io import read_csv
     from fibrosis.model.inference import predict_rows
     from fibrosis.train.tune.context import UnitRecord
 
     out, result = tuned
     arm = result.arm("partial")
     assert arm.recipe == "train" and arm.depth == 1 and arm.lr_ratio == pytest.approx(10.0)
-    rows = read_csv(cache / "manifest.csv")
+    rows = read_manifest(cache / "manifest.csv")
     folds = [r for r in csv.DictReader(open(out / "folds.csv")) if r["repeat"] == "0" and r["fold"] == "0"]
     heldout = {r["content_hash"] for r in folds}
     unit = out / "cv" / "partial" / "r0-f0"
@@ -679,7 +678,7 @@ def test_train_recipe_arm_is_fibrosis_train_on_each_fold(tuned, cache):
     assert not (unit / "run" / "last.pt").exists()
     rec = UnitRecord.read(unit / "done.json")
     model, _ = load_model(unit / "run" / "best.pt")
-    index = {r["content_hash"]: i for i, r in enumerate(rows)}
+    index = {r.content_hash: i for i, r in enumerate(rows)}
     assert sorted(rec.heldout) == sorted(index[h] for h in heldout)
     z = predict_rows(model, CacheReader(cache, rows), rec.heldout, 8, "cpu", amp=False)
     np.testing.assert_allclose(rec.oof[0], z, atol=1e-5)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from fibrosis.config import Config
+from fibrosis.data.manifest import ManifestRow
 from fibrosis.io import atomic_write_bytes
 from fibrosis.io import write_json as write_json_file
 from fibrosis.model.net import FibrosisNet
@@ -61,7 +62,7 @@ class Context:
 
     cfg: Config
     cache_dir: Path
-    rows: list[dict[str, str]]
+    rows: list[ManifestRow]
     dev: list[int]
     y: np.ndarray  # labels of the development rows, in ``dev`` order
     groups: list[str]  # patient / near-duplicate group per development row

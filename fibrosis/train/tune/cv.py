@@ -28,6 +28,7 @@ from tqdm import tqdm
 from fibrosis import artefacts
 from fibrosis.config import Config
 from fibrosis.data.cache import CacheReader
+from fibrosis.data.manifest import ManifestRow, read_manifest
 from fibrosis.io import read_csv, write_csv
 from fibrosis.train.aux import aux_targets, choose_aux
 from fibrosis.train.aux import describe as describe_aux
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class CVResult:
-    rows: list[dict[str, str]]
+    rows: list[ManifestRow]
     dev: list[int]
     y: np.ndarray
     folds: list[Fold]  # every fold dealt: tune.repeats + tune.finalist_repeats repeats
@@ -73,11 +74,11 @@ def setup(cfg: Config, cache_dir: Path, out_dir: Path, device: str | torch.devic
         if found != SCHEMA:
             raise ValueError(f"{out_dir}: a tune run of another version (schema {found}; this version writes "
                              f"{SCHEMA}); its units were trained another way: use a new --run folder")
-    rows = read_csv(where)
+    rows = read_manifest(where, required=("split",), why="run `fibrosis split` first (tune keeps its test split apart)")
     links = near_duplicate_links(cache_dir)
     t = cfg.tune
     folds = make_folds(rows, t.folds, t.repeats + t.finalist_repeats, t.seed, links, str(where))
-    table = [{"content_hash": rows[i]["content_hash"], "patient_key": rows[i]["patient_key"],
+    table = [{"content_hash": rows[i].content_hash, "patient_key": rows[i].patient_key,
               "repeat": f.repeat, "fold": f.fold} for f in folds for i in f.heldout]
     fpath = out_dir / artefacts.FOLDS
     if fpath.is_file():
@@ -91,8 +92,8 @@ def setup(cfg: Config, cache_dir: Path, out_dir: Path, device: str | torch.devic
         write_csv(fpath, table, ("content_hash", "patient_key", "repeat", "fold"))
     write_json(state, {"schema": SCHEMA})
     dev = sorted({i for f in folds for i in f.heldout})
-    y = np.array([int(float(rows[i]["label"])) for i in dev])
-    groups = patient_groups([rows[i]["patient_key"] for i in dev], links)
+    y = np.array([rows[i].label for i in dev])
+    groups = patient_groups([rows[i].patient_key for i in dev], links)
     ctx = Context(cfg, cache_dir, rows, dev, y, groups, torch.device(device))
     arms = resolve_arms(cfg)
     if any(a.aux for a in arms) and not _aux_setup(ctx):

@@ -15,6 +15,7 @@ from pathlib import Path
 from fibrosis import artefacts
 from fibrosis.config import Config, config_to_dict
 from fibrosis.data.cache import CacheReader, manifest_hash
+from fibrosis.data.manifest import ManifestRow
 from fibrosis.io import package_versions
 from fibrosis.model.checkpoint import (Checkpoint, EnsembleRecord, TuneProvenance, load_checkpoint,
                                        save_checkpoint)
@@ -34,9 +35,9 @@ from fibrosis.words import plural
 logger = logging.getLogger(__name__)
 
 
-def _keys(rows: Sequence[dict[str, str]], idx: Sequence[int]) -> dict[str, list[str]]:
-    return {"patients": sorted({rows[i]["patient_key"] for i in idx}),
-            "images": sorted({rows[i]["content_hash"] for i in idx})}
+def _keys(rows: Sequence[ManifestRow], idx: Sequence[int]) -> dict[str, list[str]]:
+    return {"patients": sorted({rows[i].patient_key for i in idx}),
+            "images": sorted({rows[i].content_hash for i in idx})}
 
 
 def package(cfg: Config, cache_dir: str | Path, out_dir: str | Path, cv: CVResult, chosen: str, *,
