@@ -156,12 +156,13 @@ def test_the_planner_holds_no_row_per_committed_file_in_memory(tmp_path, cfg, mo
         _chest(d / f"ok{i:02d}.dcm", i)
     cache = tmp_path / "cache"
     ingest([d], cache, cfg, workers=1, progress=False)
+    before = _manifest_rows_alive()  # other tests' fixtures may hold rows of their own
     seen: list[int] = []
     real = ingest_mod.process_file
 
     def counting(task, c):
         if task[0].endswith("ok15.dcm"):  # the last file: every other one was committed or is pending
-            seen.append(_manifest_rows_alive())
+            seen.append(_manifest_rows_alive() - before)
         return real(task, c)
 
     monkeypatch.setattr(ingest_mod, "process_file", counting)

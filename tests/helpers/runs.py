@@ -112,7 +112,7 @@ def make_tune_run(tmp_path: Path) -> Path:
         level=table.level, rule=table.rule, n=table.n, n_pos=table.n_pos, arms=arms, best=table.best,
         random_control=table.random_control, reference=table.reference, chosen=table.chosen, reason=table.reason,
         warnings=table.warnings,
-        n_dev=len(y), n_dev_pos=int(y.sum()), n_dev_patients=len({r["patient_key"] for r in dev_rows}),
+        n_dev=len(y), n_dev_pos=int(y.sum()), n_dev_patients=len({r.patient_key for r in dev_rows}),
         selection_adjusted=SelectionAdjusted(pooled - 0.02, pooled, 0.02, 5, len(arms), "Tibshirani & Tibshirani 2009"))
     t.write(run / "tune.json")
     return run

@@ -11,6 +11,7 @@ import torch
 
 from helpers.checkpoints import PATIENT_ID, PATIENT_NAME, THRESHOLD, make_checkpoint, youden_threshold
 from helpers.dicom_factory import chest_phantom, make_dicom, make_png, to_stored, truncate
+from helpers.manifest import row
 from fibrosis.data.records import Decoded, ImageMeta, PatientId
 from fibrosis.score import run as S
 from fibrosis.data.cache import CacheReader, CacheWriter, to_cache_dtype
@@ -186,8 +187,8 @@ def test_model_input_matches_training_transform(tmp_path, ckpt):
     stored = to_cache_dtype(img, "uint8")
     net = build_model("resnet18", "none", input_size=32)
     writer = CacheWriter(tmp_path / "cache", 64, "uint8", {"sig": 1})
-    writer.write_shard(0, [stored], [{"path": "x", "label": "1"}], [])
-    reader = CacheReader(tmp_path / "cache", [{"path": "x", "shard": "0", "index": "0", "label": "1"}])
+    (placed,) = writer.write_shard(0, [stored], [row(path="x", label=1)], [])
+    reader = CacheReader(tmp_path / "cache", [placed])
     x_train, _ = CacheDataset(reader, [0], net.preprocessing, augment=None)[0]
     x_score = S.model_input(stored, "uint8", net.preprocessing)
     assert x_score.shape == (1, 32, 32) and x_score.dtype == np.float32
