@@ -37,7 +37,8 @@ class Section:
     title: str  # "{split}" is replaced by the reported split
     blocks: Callable[[Context], list[Block]]
     appendix: bool = False  # lettered A, B, ... after the numbered sections
-    new_page: bool = False  # in the PDF, start on a page of its own
+    # in the PDF, start on a page of its own (always, or where this says so for the run)
+    new_page: bool | Callable[[Context], bool] = False
     shown: Callable[[Context], bool] = lambda ctx: True  # a section only some runs have
 
 
@@ -49,7 +50,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("calibration", "Calibration", results.calibration_blocks),
     Section("decisions", "Operating points and decision curve", decisions.operating_blocks),
     Section("subgroups", "Subgroups", subgroups.subgroup_blocks),
-    Section("gradcam", "Grad-CAM examples", subgroups.gradcam_blocks),
+    # a page of its own: its figure fills a page, and its heading must not stay behind without it
+    Section("gradcam", "Grad-CAM examples", subgroups.gradcam_blocks, new_page=lambda ctx: "gradcam" in ctx.have),
     Section("model", "Model and selection", selection.model_blocks),
     Section("limitations", "Intended use and limitations (model card)", model_card),
     Section("reproducibility", "Reproducibility", appendix.reproducibility_blocks, appendix=True),
@@ -87,7 +89,7 @@ def build_blocks(m: EvaluationResult, have: set[str], tune: TuneResult | None = 
         label = refs[s.key].split(" ", 1)[1]
         title = s.title.format(split=m.split)
         blocks.append({"type": "h2", "text": f"Appendix {label}: {title}" if s.appendix else f"{label}. {title}",
-                       **({"new_page": True} if s.new_page else {})})
+                       **({"new_page": True} if (s.new_page(ctx) if callable(s.new_page) else s.new_page) else {})})
         blocks += s.blocks(ctx)
     return blocks
 

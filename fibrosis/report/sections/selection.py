@@ -99,7 +99,8 @@ def tune_blocks(t: TuneResult) -> list[Block]:
         rows.append([a.name, a.describe, estimate(s.auc, s.ci, "auc"),
                      _vs(s.vs_reference, "the reference"), _vs(s.vs_best, "the best"),
                      _vs(s.vs_base, "no base arm"), reps or NA,
-                     str(a.epoch), minutes])
+                     # a recipe-train arm stops early on each fold's own validation part
+                     "per fold (early stopping)" if a.recipe == "train" else str(a.epoch), minutes])
     reps = f" \u00d7 {t.repeats} repeats" if t.repeats > 1 else ""
     adj = t.selection_adjusted
     replicated = " ".join(

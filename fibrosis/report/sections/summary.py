@@ -52,13 +52,18 @@ def headline(m: EvaluationResult, ci: str) -> str:
     return text
 
 
+def _standard(m: EvaluationResult) -> str:
+    stated = m.evaluate_config.get("reference_standard")
+    return f"as stated: {stated}" if stated else ("who labelled and how is not stated; set "
+                                                  "evaluate.reference_standard")
+
+
 def summary(ctx: Context) -> list[Block]:
     m = ctx.m
     blocks: list[Block] = [
         {"type": "p", "style": "summary", "text": headline(m, ctx.ci)},
         {"type": "p", "style": "note", "text": "Research software, not a medical device. The reference standard "
-                                              "is the label column of the data (for the bundled NIH images: "
-                                              "mined from radiology report text, not confirmed diagnoses). Read "
+                                              f"is the label column of the data ({_standard(m)}). Read "
                                               f"the intended use and limitations ({ctx.ref('limitations')}) before "
                                               "drawing any conclusion."},
     ]

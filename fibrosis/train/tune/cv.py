@@ -159,8 +159,10 @@ def cross_validate(cfg: Config, cache_dir: str | Path, out_dir: str | Path, *, d
                 break
             res = finish_arm(ctx, arm, records, arm_dir)
             results.append(res)
-            logger.info("arm %-16s OOF AUC %.3f at epoch %d, OOF logit sd %.2f (%s); %.1f min", arm.name,
-                        res.curve[res.epoch]["oof_auc"], res.epoch, res.oof_sd(), arm.describe(cfg), res.cost.wall / 60)
+            # a recipe-train arm has no shared epoch budget: each fold stopped early on its own
+            when = "early stopping per fold" if arm.recipe == "train" else f"at epoch {res.epoch}"
+            logger.info("arm %-16s OOF AUC %.3f %s, OOF logit sd %.2f (%s); %.1f min", arm.name,
+                        res.curve[res.epoch]["oof_auc"], when, res.oof_sd(), arm.describe(cfg), res.cost.wall / 60)
             _add_twin(ctx, results, base, reader, out_dir, arms)
     finally:
         bar.close()
