@@ -13,6 +13,8 @@ read the same way.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import datetime as dt
 import logging
 import re
@@ -225,13 +227,12 @@ def reason_class(reason: str) -> str:
     return " ".join(head.split()[:6]) or "other"
 
 
-def outcome_counts(n_ok: int, rejects: Sequence[dict[str, str]]) -> dict[str, Any]:
+def outcome_counts(n_ok: int, rejects: Sequence[dict[str, str]]) -> Outcomes:
     """ok / excluded / error counts and reasons; duplicates are not outcomes of an image."""
     kinds = [r for r in rejects if r.get("kind") in ("excluded", "error")]
-    return {"n": n_ok + len(kinds), "ok": n_ok,
-            "excluded": sum(r["kind"] == "excluded" for r in kinds),
-            "error": sum(r["kind"] == "error" for r in kinds),
-            "reasons": dict(Counter(f"{r['kind']}: {reason_class(r.get('reason', ''))}" for r in kinds))}
+    return Outcomes(n_ok + len(kinds), n_ok, sum(r["kind"] == "excluded" for r in kinds),
+                    sum(r["kind"] == "error" for r in kinds),
+                    dict(Counter(f"{r['kind']}: {reason_class(r.get('reason', ''))}" for r in kinds)))
 
 
 def ece_interval(y: Any, p: Any, n_bins: int, strategy: str, level: float,
@@ -248,26 +249,24 @@ def ece_interval(y: Any, p: Any, n_bins: int, strategy: str, level: float,
     return np.quantile(values, [a, 1 - a]).tolist()
 
 
-def performance_summary(metrics: EvaluationResult, threshold_name: str) -> dict[str, Any]:
-    """The validation report's headline numbers, each with its interval."""
+def performance_summary(metrics: EvaluationResult, threshold_name: str) -> PerformanceSummary:
+    """The validation report's headline numbers, each with its interval (the ECE's is added by
+    :func:`build_reference`, which has the images)."""
     disc, after = metrics.discrimination, metrics.calibration.after
     cs = after.intercept_slope
     op = next((o for o in metrics.operating_points if o.name == threshold_name),
               metrics.operating_points[0])
     ecfg = metrics.evaluate_config
-    return {"auc": disc.auc, "auc_ci": disc.delong.ci,
-            "intercept": cs.intercept, "intercept_ci": cs.intercept_ci,
-            "slope": cs.slope, "slope_ci": cs.slope_ci,
-            "ece": after.reliability.ece, "ece_bins": ecfg["ece_bins"], "ece_strategy": ecfg["ece_strategy"],
-            "sensitivity": {"value": op.sensitivity.value, "ci": op.sensitivity.ci},
-            "specificity": {"value": op.specificity.value, "ci": op.specificity.ci},
-            "operating_point": op.name, "level": ecfg["ci_level"],
-            "n": metrics.data.n, "n_pos": metrics.data.n_pos}
+    return PerformanceSummary(disc.auc, disc.delong.ci, cs.intercept, cs.intercept_ci, cs.slope, cs.slope_ci,
+                              after.reliability.ece, ecfg["ece_bins"], ecfg["ece_strategy"],
+                              Interval(op.sensitivity.value, op.sensitivity.ci),
+                              Interval(op.specificity.value, op.specificity.ci), op.name, ecfg["ci_level"],
+                              metrics.data.n, metrics.data.n_pos)
 
 
 def build_reference(rows: Sequence[ManifestRow], labels: Any, prob: Any, stats: Sequence[dict[str, float]],
                     metrics: EvaluationResult, threshold: ThresholdRecord, rejects: Sequence[dict[str, str]],
-                    model_id: str, n_cached: int) -> dict[str, Any]:
+                    model_id: str, n_cached: int) -> Reference:
     """Pure: the reference record of one evaluated split (rows, calibrated probabilities and
     image statistics aligned). Rejects belong to no split, so the excluded/failed shares are
     those of the whole cache (``n_cached`` images ingested)."""
@@ -281,22 +280,15 @@ def build_reference(rows: Sequence[ManifestRow], labels: Any, prob: Any, stats: 
     name, value = threshold.default, threshold.value
     ecfg = metrics.evaluate_config
     perf = performance_summary(metrics, name)
-    perf["ece_ci"] = ece_interval(labels, p, perf["ece_bins"], perf["ece_strategy"], perf["level"])
-    return {
-        "format": REFERENCE_FORMAT, "split": metrics.split, "frozen": metrics.frozen,
-        "model_id": model_id, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "n": len(rows),
-        "threshold": {"name": name, "value": value, "rule": threshold.rule or ""},
-        "probabilities": [round(float(v), 6) for v in p],
-        "positive": {"k": int((p >= value).sum()), "n": int(len(p))},
-        "categories": {c: dict(Counter(category_value(r, c) for r in cells)) for c in CATEGORIES},
-        "continuous": {c: [v for v in (continuous_value(r, c) for r in merged) if v is not None]
-                       for c in CONTINUOUS},
-        "outcomes": outcome_counts(n_cached, rejects),
-        "performance": perf,
-        "minimums": {"min_n": ecfg["min_subgroup_n"], "min_positives": ecfg["min_subgroup_positives"],
-                     "level": ecfg["ci_level"]},
-    }
+    perf = dataclasses.replace(perf, ece_ci=ece_interval(labels, p, perf.ece_bins, perf.ece_strategy, perf.level))
+    return Reference(
+        metrics.split, metrics.frozen, model_id, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        len(rows), FrozenThreshold(name, value, threshold.rule or ""), [round(float(v), 6) for v in p],
+        int((p >= value).sum()), int(len(p)),
+        {c: dict(Counter(category_value(r, c) for r in cells)) for c in CATEGORIES},
+        {c: [v for v in (continuous_value(r, c) for r in merged) if v is not None] for c in CONTINUOUS},
+        outcome_counts(n_cached, rejects), perf,
+        Minimums(ecfg["min_subgroup_n"], ecfg["min_subgroup_positives"], ecfg["ci_level"]))
 
 
 def write_reference(out: Path, ckpt_path: Path, rows: Sequence[ManifestRow], labels: Any, prob: Any,
@@ -310,6 +302,6 @@ def write_reference(out: Path, ckpt_path: Path, rows: Sequence[ManifestRow], lab
     ref = build_reference(rows, labels, prob, stats, metrics, threshold, rejects, file_sha256(ckpt_path)[:16],
                           len(reader.rows))
     path = Path(out) / artefacts.REFERENCE
-    write_json(path, ref)
-    logger.info("monitoring reference (%d images of %r) -> %s", ref["n"], ref["split"], path)
+    write_json(path, ref.to_json())
+    logger.info("monitoring reference (%d images of %r) -> %s", ref.n, ref.split, path)
     return path
